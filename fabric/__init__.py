@@ -1,0 +1,1 @@
+"""The data plane: userspace WireGuard, netlink routes, nftables NAT, node agent."""

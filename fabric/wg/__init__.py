@@ -1,0 +1,1 @@
+"""crosswire-wg: userspace WireGuard (sans-IO core + thin I/O layer)."""

@@ -1,0 +1,1 @@
+"""The control plane daemon: config, keys, peering, reconcile, HTTP API, CLI."""

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One-time set-up shared by the test command and the lab: system packages from
+# Debian (only the missing ones, without recommends: wireguard-tools would pull a
+# kernel image) and a project venv in .venv with the test extra installed.
+# Idempotent; safe to run on every invocation.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+pkgs=(iproute2 nftables libnftables1 wireguard-tools wireguard-go iperf3 iputils-ping
+      conntrack curl procps python3 python3-venv kmod)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing system packages (${missing[*]}); run as root" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+venv="$root/.venv"
+stamp="$venv/.crosswire-installed"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+# Reinstall when pyproject.toml changes.
+want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$venv/bin/pip" install -q -e "$root[test]"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,75 @@
+"""The desired state of the data plane: what the gateway asks the fabric to program.
+
+The gateway (control plane) builds these from its config, keys, IPAM and the
+peering exchange; the fabric renders them into WireGuard peers, routes and an
+nftables table. Frozen dataclasses, so two states compare equal exactly when
+nothing needs reprogramming.
+
+Address spaces (see design.md, "Packet walk"): every CIDR is tagged with the
+cluster whose address space it lives in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["pod", "service"]
+
+
+@dataclass(frozen=True)
+class RangeMap:
+    """One range and the prefix under which the *other* side addresses it.
+
+    ``real`` and ``view`` have the same prefix length; a view equal to the real
+    range means no rewriting.
+    """
+
+    kind: Kind
+    real: str
+    view: str
+
+
+@dataclass(frozen=True)
+class PeerFabric:
+    """Everything the data plane needs about one peer cluster."""
+
+    cluster_id: str
+    public_key: str  # WireGuard public key, base64
+    endpoint: str | None  # "host:port" / "[v6]:port" the peer listens on; None = wait for it
+    preshared_key: str | None = field(default=None, repr=False)  # base64; secret
+    # The peer's real ranges (peer address space) -> OUR views of them (our
+    # address space). The views are this peer's WireGuard allowed IPs, the
+    # routes into the tunnel, and the DNAT-free destination side.
+    remote: tuple[RangeMap, ...] = ()
+    # OUR real ranges (our address space) -> the PEER's views of them (peer
+    # address space). Egress SNAT rewrites our sources prefix-for-prefix to these.
+    local: tuple[RangeMap, ...] = ()
+    # The peer gateway's own pod address as we address it (inside one of
+    # ``remote``'s views): the target of health probes.
+    probe_ip: str | None = None
+    persistent_keepalive: int = 25
+
+
+@dataclass(frozen=True)
+class LocalFabric:
+    """This gateway's side."""
+
+    cluster_id: str
+    interface: str  # WireGuard interface name (unique on the machine in the lab)
+    listen_port: int
+    private_key: str = field(repr=False)  # base64; secret
+    mtu: int = 1420
+    pod_cidrs: tuple[str, ...] = ()
+    service_cidrs: tuple[str, ...] = ()
+    # The gateway's own pod address: SNAT source for traffic from the host
+    # network, and for everything delivered inward when ``masquerade`` is on.
+    gateway_ip: str | None = None
+    masquerade: bool = False
+    nft_table: str = "crosswire"
+
+
+@dataclass(frozen=True)
+class FabricState:
+    local: LocalFabric
+    peers: tuple[PeerFabric, ...] = ()

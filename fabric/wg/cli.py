@@ -1,0 +1,162 @@
+"""``crosswire-wg [-f|--foreground] IFACE``: a drop-in for wireguard-go.
+
+Without ``-f`` (and without WG_PROCESS_FOREGROUND=1, which wireguard-go also
+honours) it forks; the child creates the TUN device, the UDP sockets and the
+UAPI socket, then reports through a pipe, and only then does the parent exit
+0 — so ``wg-quick`` may run ``wg setconf`` right after we return. A start-up
+failure is reported by the parent on stderr with exit status 1.
+
+Logs go to stderr in the foreground; in the background to ``--log-file`` if
+given, else (as wireguard-go) nowhere unless LOG_LEVEL is set in the
+environment. Log lines never carry key material: the daemon logs UAPI
+operations and errno values, never request bodies.
+
+Counters (drops by reason, rx/tx, I/O errors) are written as JSON to
+``--stats-file`` (default /var/run/wireguard/IFACE.stats, refreshed every
+second, removed at exit) and logged at info level on SIGUSR1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from typing import NoReturn
+
+from fabric.wg.tun import Tun, TunError, check_name
+from fabric.wg.uapi_server import SOCKET_DIR
+
+LEVELS = {"debug": logging.DEBUG, "verbose": logging.DEBUG, "info": logging.INFO,
+          "warning": logging.WARNING, "error": logging.ERROR, "silent": logging.CRITICAL + 10}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="crosswire-wg", description="Userspace WireGuard (crosswire)")
+    p.add_argument("-f", "--foreground", action="store_true", help="do not fork into the background")
+    p.add_argument("--log-level", choices=sorted(LEVELS), default=None,
+                   help="default: $LOG_LEVEL or info")
+    p.add_argument("--log-file", default=None, help="append logs here (background mode)")
+    p.add_argument("--stats-file", default=None,
+                   help=f"counters as JSON (default {SOCKET_DIR}/IFACE.stats; 'none' disables)")
+    p.add_argument("--version", action="version", version="crosswire-wg 0.1.0")
+    p.add_argument("interface")
+    return p.parse_args(argv)
+
+
+def _setup_logging(args: argparse.Namespace, foreground: bool) -> None:
+    level_name = args.log_level or os.environ.get("LOG_LEVEL", "info").lower()
+    level = LEVELS.get(level_name, logging.INFO)
+    fmt = f"%(asctime)s crosswire-wg({args.interface}) %(levelname)s: %(message)s"
+    handler: logging.Handler
+    if args.log_file:
+        handler = logging.FileHandler(args.log_file)
+    elif foreground or os.environ.get("LOG_LEVEL"):
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
+    """Create everything, signal readiness, run the loop, clean up. Returns the exit status."""
+    from fabric.wg.daemon import Daemon
+    from fabric.wg.device import Device
+
+    log = logging.getLogger("crosswire.wg")
+    stats = args.stats_file
+    if stats is None:
+        stats = os.path.join(SOCKET_DIR, f"{args.interface}.stats")
+    elif stats == "none":
+        stats = None
+    try:
+        tun = Tun(args.interface)
+    except (TunError, OSError) as e:
+        return _fail(ready_fd, f"cannot create interface {args.interface}: {e.strerror or e}")
+    try:
+        daemon = Daemon(Device(), tun, stats_path=stats)
+    except OSError as e:
+        tun.close()
+        return _fail(ready_fd, f"cannot start on {args.interface}: {e.strerror or e}")
+    try:
+        daemon.install_signal_handlers()
+        log.info("device %s up (UAPI %s)", args.interface, daemon.uapi.path)
+        if ready_fd is not None:
+            os.write(ready_fd, b"ok")
+            os.close(ready_fd)
+        daemon.run()
+    finally:
+        daemon.close()
+        log.info("shut down, removed %s", args.interface)
+    return 0
+
+
+def _fail(ready_fd: int | None, msg: str) -> int:
+    logging.getLogger("crosswire.wg").error("%s", msg)
+    if ready_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, msg.encode())
+            os.close(ready_fd)
+    else:
+        print(f"crosswire-wg: {msg}", file=sys.stderr)
+    return 1
+
+
+def _daemonize(args: argparse.Namespace) -> NoReturn:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(w)
+        chunks = []
+        while chunk := os.read(r, 4096):
+            chunks.append(chunk)
+        msg = b"".join(chunks).decode(errors="replace")
+        if msg == "ok":
+            os._exit(0)
+        print(f"crosswire-wg: {msg or 'daemon exited during start-up'}", file=sys.stderr)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        os._exit(1)
+    os.close(r)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    if args.log_file or not os.environ.get("LOG_LEVEL"):
+        # Keep no pipe of the caller open: `$(wg-quick up)` or subprocess.run would hang.
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    os.close(devnull)
+    _setup_logging(args, foreground=False)
+    code = 1
+    try:
+        code = _serve(args, w)
+    except BaseException:
+        logging.getLogger("crosswire.wg").exception("daemon crashed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_name(args.interface)
+    except TunError as e:
+        print(f"crosswire-wg: {e.strerror}", file=sys.stderr)
+        return 1
+    if os.geteuid() != 0:
+        print("crosswire-wg: must run as root (CAP_NET_ADMIN)", file=sys.stderr)
+        return 1
+    foreground = args.foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
+    if not foreground:
+        _daemonize(args)
+    _setup_logging(args, foreground=True)
+    return _serve(args, None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

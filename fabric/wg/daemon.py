@@ -1,0 +1,392 @@
+"""The crosswire-wg event loop: TUN + UDP sockets + UAPI socket around a sans-IO ``Device``.
+
+One thread, one epoll. Each wakeup drains up to ``BATCH`` packets from every
+ready fd before flushing the device's ``outbox`` (to UDP) and ``inbox`` (to
+TUN), so a busy tunnel costs one epoll_wait per batch rather than per packet.
+UDP sockets stay blocking for sends (a full send buffer applies back-pressure
+instead of dropping) and are read with MSG_DONTWAIT; the TUN fd is
+non-blocking. Socket buffers are forced large (root may exceed rmem_max), as
+wireguard-go does.
+
+Two UDP sockets, IPv4 and IPv6-only, share the listen port; ``config_generation``
+tells the loop when ``listen_port``/``fwmark`` changed so it rebinds or re-marks.
+A bind failure turns the UAPI reply's errno into EADDRINUSE and keeps the old
+sockets, as wireguard-go does.
+
+Housekeeping once a second: stop if the UAPI socket file or the interface is
+gone, follow MTU changes made with ``ip link``, write the counters file.
+Counters are the device's dict plus the loop's own ``io_*`` entries; they are
+written as JSON to ``stats_path`` and logged on SIGUSR1 (and at debug level
+every ``STATS_LOG_INTERVAL`` s). The wg(8) protocol has no room for them: wg
+rejects unknown keys in a ``get`` reply.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from fabric.wg.tun import Tun
+from fabric.wg.uapi_server import UapiServer
+
+log = logging.getLogger("crosswire.wg")
+
+Endpoint = tuple[str, int]
+
+BATCH = 128
+SOCK_BUF = 8 << 20
+SO_MARK = getattr(socket, "SO_MARK", 36)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+HOUSEKEEPING_INTERVAL = 1.0
+STATS_LOG_INTERVAL = 10.0
+READ_SIZE = 65535
+
+
+class DeviceLike(Protocol):
+    """The part of ``fabric.wg.device.Device`` the loop uses (see the contract in device.py)."""
+
+    listen_port: int
+    fwmark: int
+    config_generation: int
+    mtu: int
+    outbox: collections.deque[tuple[bytes, Endpoint]]
+    inbox: collections.deque[bytes]
+    counters: dict[str, int]
+
+    def uapi(self, request: str, now: float) -> str: ...
+    def set_bound_port(self, port: int) -> None: ...
+    def on_datagram(self, data: bytes, src: Endpoint, now: float) -> None: ...
+    def on_packet(self, packet: bytes, now: float) -> None: ...
+    def on_timer(self, now: float) -> None: ...
+    def next_deadline(self) -> float | None: ...
+
+
+class BindError(OSError):
+    pass
+
+
+def _bind_pair(port: int, fwmark: int) -> tuple[socket.socket, socket.socket | None, int]:
+    """Bind an IPv4 and an IPv6-only UDP socket on the same port (any port if 0)."""
+    last: OSError | None = None
+    for _ in range(100 if port == 0 else 1):
+        s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            _tune(s4, fwmark)
+            s4.bind(("0.0.0.0", port))
+        except OSError as e:
+            s4.close()
+            raise BindError(e.errno or errno.EIO, f"cannot bind UDP port {port}: {e.strerror}") from e
+        bound = s4.getsockname()[1]
+        try:
+            s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        except OSError:
+            return s4, None, bound  # no IPv6 in this kernel/namespace
+        try:
+            s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            _tune(s6, fwmark)
+            s6.bind(("::", bound))
+        except OSError as e:
+            s6.close()
+            if e.errno == errno.EADDRINUSE:
+                s4.close()
+                last = e
+                continue  # someone holds this port on v6: try another (only when port==0)
+            if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return s4, None, bound
+            s4.close()
+            raise BindError(e.errno or errno.EIO, f"cannot bind UDP6 port {bound}: {e.strerror}") from e
+        return s4, s6, bound
+    assert last is not None
+    raise BindError(last.errno or errno.EADDRINUSE, f"cannot bind UDP port {port}: {last.strerror}")
+
+
+def _tune(s: socket.socket, fwmark: int) -> None:
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, plain, SOCK_BUF)
+    if fwmark:
+        s.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+
+
+class Daemon:
+    """Owns the fds around one Device; ``run()`` blocks until ``stop()`` or a shutdown cause."""
+
+    def __init__(self, device: DeviceLike, tun: Tun, *, uapi_dir: str | None = None,
+                 stats_path: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.device = device
+        self.tun = tun
+        self.clock = clock
+        self.epoll = select.epoll()
+        self.stats_path = stats_path
+        self.stop_reason: str | None = None
+        self.io_counters: dict[str, int] = collections.defaultdict(int)
+        self.s4: socket.socket | None = None
+        self.s6: socket.socket | None = None
+        self.bound_port = 0
+        self.generation = -1
+        self._dump_requested = False
+        device.mtu = tun.mtu()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._apply_config()
+            kwargs = {"directory": uapi_dir} if uapi_dir else {}
+            self.uapi = UapiServer(tun.name, self._on_uapi, self.epoll, **kwargs)
+        except BaseException:
+            self._close_sockets()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
+        self.epoll.register(tun.fd, select.EPOLLIN)
+        self.epoll.register(self._wake_r, select.EPOLLIN)
+
+    # -- configuration ------------------------------------------------------------------
+
+    def _on_uapi(self, request: str) -> str:
+        now = self.clock()
+        reply = self.device.uapi(request, now)
+        log.debug("uapi %s -> %s", request[:5], reply.strip().rsplit("\n", 1)[-1])
+        if self.device.config_generation != self.generation:
+            try:
+                self._apply_config()
+            except OSError as e:
+                log.error("%s", e)
+                # The device already took the new port; tell it (and `wg show`) the truth.
+                self.device.set_bound_port(self.bound_port)
+                self.generation = self.device.config_generation
+                if reply.endswith("errno=0\n\n"):
+                    reply = reply[: -len("errno=0\n\n")] + f"errno={errno.EADDRINUSE}\n\n"
+        self._flush()
+        return reply
+
+    def _apply_config(self) -> None:
+        dev = self.device
+        gen, port, mark = dev.config_generation, dev.listen_port, dev.fwmark
+        if self.s4 is not None and (port == self.bound_port or (port == 0 and self.bound_port)):
+            for s in (self.s4, self.s6):
+                if s is not None:
+                    s.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+            self.generation = gen
+            return
+        s4, s6, bound = _bind_pair(port, mark)
+        self._close_sockets()
+        self.s4, self.s6, self.bound_port = s4, s6, bound
+        for s in (s4, s6):
+            if s is not None:
+                self.epoll.register(s.fileno(), select.EPOLLIN)
+        dev.set_bound_port(bound)
+        self.generation = gen
+        log.info("listening on UDP port %d%s", bound, "" if s6 else " (IPv4 only)")
+
+    def _close_sockets(self) -> None:
+        for s in (self.s4, self.s6):
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    self.epoll.unregister(s.fileno())
+                s.close()
+        self.s4 = self.s6 = None
+
+    # -- data path ------------------------------------------------------------------------
+
+    def _read_tun(self, now: float) -> None:
+        read, fd, on_packet = os.read, self.tun.fd, self.device.on_packet
+        for _ in range(BATCH):
+            try:
+                pkt = read(fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.EBADFD:
+                    self.stop_reason = "interface deleted"
+                    return
+                self.io_counters["io_tun_read_error"] += 1
+                return
+            on_packet(pkt, now)
+
+    def _read_udp(self, sock: socket.socket, now: float) -> None:
+        recv, on_datagram = sock.recvfrom, self.device.on_datagram
+        flags = socket.MSG_DONTWAIT
+        for _ in range(BATCH):
+            try:
+                data, addr = recv(READ_SIZE, flags)
+            except BlockingIOError:
+                return
+            except OSError:
+                # ICMP errors (port unreachable) surface here; they are not fatal.
+                self.io_counters["io_udp_recv_error"] += 1
+                continue
+            on_datagram(data, (addr[0], addr[1]), now)
+
+    def _flush(self) -> None:
+        dev = self.device
+        outbox = dev.outbox
+        if outbox:
+            s4, s6 = self.s4, self.s6
+            pop = outbox.popleft
+            while outbox:
+                data, ep = pop()
+                try:
+                    if ":" in ep[0]:
+                        if s6 is None:
+                            self.io_counters["io_send_no_ipv6"] += 1
+                            continue
+                        s6.sendto(data, ep)
+                    elif s4 is not None:
+                        s4.sendto(data, ep)
+                except OSError:
+                    self.io_counters["io_udp_send_error"] += 1
+        inbox = dev.inbox
+        if inbox:
+            write, fd = os.write, self.tun.fd
+            pop_in = inbox.popleft
+            while inbox:
+                try:
+                    write(fd, pop_in())
+                except OSError as e:
+                    if e.errno == errno.EBADFD:
+                        self.stop_reason = "interface deleted"
+                        inbox.clear()
+                        return
+                    self.io_counters["io_tun_write_error"] += 1
+
+    # -- loop -------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Serve until stopped; returns why it stopped."""
+        dev = self.device
+        clock = self.clock
+        poll = self.epoll.poll
+        tun_fd = self.tun.fd
+        wake_r = self._wake_r
+        next_housekeeping = clock()
+        next_stats_log = next_housekeeping + STATS_LOG_INTERVAL
+        s4_fd = s6_fd = -1
+        while self.stop_reason is None:
+            now = clock()
+            deadline = dev.next_deadline()
+            if deadline is not None and deadline <= now:
+                dev.on_timer(now)
+                self._flush()
+                deadline = dev.next_deadline()
+            if now >= next_housekeeping:
+                self._housekeeping()
+                next_housekeeping = now + HOUSEKEEPING_INTERVAL
+                if now >= next_stats_log and log.isEnabledFor(logging.DEBUG):
+                    log.debug("counters %s", json.dumps(self.counters(), sort_keys=True))
+                    next_stats_log = now + STATS_LOG_INTERVAL
+                if self.stop_reason:
+                    break
+            wake_at = next_housekeeping if deadline is None else min(deadline, next_housekeeping)
+            timeout = max(0.0, wake_at - now)
+            try:
+                events = poll(timeout)
+            except InterruptedError:
+                continue
+            now = clock()
+            s4_fd = self.s4.fileno() if self.s4 is not None else -1
+            s6_fd = self.s6.fileno() if self.s6 is not None else -1
+            for fd, ev in events:
+                if fd == tun_fd:
+                    if ev & (select.EPOLLERR | select.EPOLLHUP):
+                        self.stop_reason = "interface deleted"
+                        break
+                    self._read_tun(now)
+                elif fd == s4_fd and self.s4 is not None:
+                    self._read_udp(self.s4, now)
+                elif fd == s6_fd and self.s6 is not None:
+                    self._read_udp(self.s6, now)
+                elif fd == wake_r:
+                    self._drain_wakeup()
+                else:
+                    self.uapi.on_event(fd, ev)
+            self._flush()
+            if self._dump_requested:
+                self._dump_requested = False
+                log.info("counters %s", json.dumps(self.counters(), sort_keys=True))
+                self._write_stats()
+        log.info("stopping: %s", self.stop_reason)
+        return self.stop_reason or "stopped"
+
+    def _housekeeping(self) -> None:
+        if not self.uapi.still_ours():
+            self.stop_reason = "UAPI socket deleted"
+            return
+        if not self.tun.exists():
+            self.stop_reason = "interface deleted"
+            return
+        with contextlib.suppress(OSError):
+            mtu = self.tun.mtu()
+            if mtu != self.device.mtu:
+                log.info("MTU now %d", mtu)
+                self.device.mtu = mtu
+        self._write_stats()
+
+    def counters(self) -> dict[str, int]:
+        merged = dict(self.device.counters)
+        merged.update(self.io_counters)
+        return merged
+
+    def _write_stats(self) -> None:
+        if not self.stats_path:
+            return
+        tmp = f"{self.stats_path}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.counters(), f, sort_keys=True)
+            os.replace(tmp, self.stats_path)
+        except OSError as e:
+            self.io_counters["io_stats_write_error"] += 1
+            log.debug("cannot write stats file: %s", e.strerror)
+
+    # -- signals and shutdown ------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop the loop, SIGUSR1 dumps counters; the wakeup pipe breaks epoll_wait."""
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_stop_signal)
+        signal.signal(signal.SIGUSR1, self._on_dump_signal)
+
+    def _on_stop_signal(self, signum: int, _frame: object) -> None:
+        self.stop_reason = f"signal {signal.Signals(signum).name}"
+
+    def _on_dump_signal(self, _signum: int, _frame: object) -> None:
+        self._dump_requested = True
+
+    def _drain_wakeup(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 512):
+                pass
+
+    def stop(self, reason: str = "stopped") -> None:
+        self.stop_reason = reason
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def close(self) -> None:
+        """Remove everything this daemon created: UAPI socket, stats file, sockets, TUN."""
+        with contextlib.suppress(ValueError):  # ValueError: not the main thread
+            signal.set_wakeup_fd(-1)
+        self.uapi.close()
+        self._close_sockets()
+        if self.stats_path:
+            for p in (self.stats_path, f"{self.stats_path}.tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+        self.tun.close()
+        self.epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

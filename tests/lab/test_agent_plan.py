@@ -1,0 +1,76 @@
+"""The node agent's pure logic: parsing the gateway's answer, next hop, diff."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from fabric.agent import (
+    NextHop,
+    Plan,
+    RoutesError,
+    desired_routes,
+    parse_routes,
+    plan,
+    resolve_nexthop,
+)
+
+N = ipaddress.ip_network
+
+
+def test_parse_sorts_dedups_and_validates() -> None:
+    p = parse_routes({"gateway_ip": "10.244.0.2",
+                      "cidrs": ["100.80.0.0/12", "100.64.0.0/16", "100.64.0.0/16"]})
+    assert str(p.gateway_ip) == "10.244.0.2"
+    assert p.cidrs == (N("100.64.0.0/16"), N("100.80.0.0/12"))
+
+
+@pytest.mark.parametrize("body", [
+    None, [], "x",
+    {"cidrs": []},
+    {"gateway_ip": 5, "cidrs": []},
+    {"gateway_ip": "10.0.0.300", "cidrs": []},
+    {"gateway_ip": "10.0.0.1", "cidrs": "100.64.0.0/16"},
+    {"gateway_ip": "10.0.0.1", "cidrs": [1]},
+    {"gateway_ip": "10.0.0.1", "cidrs": ["100.64.0.1/16"]},  # host bits set
+    {"gateway_ip": "10.0.0.1", "cidrs": ["100.64.0.0/16", "nonsense"]},
+    {"gateway_ip": "10.0.0.1", "cidrs": ["0.0.0.0/0"]},
+])
+def test_parse_rejects_bad_answers(body: object) -> None:
+    with pytest.raises(RoutesError):
+        parse_routes(body)
+
+
+def test_nexthop_on_gateway_node_and_elsewhere() -> None:
+    gw = ipaddress.ip_address("10.244.0.2")
+    # Own node: the pod is directly on a veth, so route via the pod itself.
+    assert resolve_nexthop(gw, {"oif": 7, "gateway": None}) == NextHop("10.244.0.2", 7)
+    # Other node: follow the underlay next hop to the gateway's node.
+    assert resolve_nexthop(gw, {"oif": 2, "gateway": "192.168.10.11"}) == NextHop("192.168.10.11", 2)
+    with pytest.raises(RoutesError):
+        resolve_nexthop(gw, {})
+
+
+def test_desired_skips_other_family() -> None:
+    p = parse_routes({"gateway_ip": "10.244.0.2", "cidrs": ["100.64.0.0/16", "fd00:1::/48"]})
+    h = NextHop("10.244.0.2", 3)
+    assert desired_routes(p, h) == {N("100.64.0.0/16"): h}
+
+
+def test_plan_adds_removes_and_replaces_moved_routes() -> None:
+    a, b = NextHop("10.244.0.2", 3), NextHop("192.168.10.11", 2)
+    present = {N("100.64.0.0/16"): a, N("100.80.0.0/12"): a, N("100.66.0.0/16"): a}
+    desired = {N("100.64.0.0/16"): a, N("100.80.0.0/12"): b, N("100.65.0.0/16"): a}
+    p = plan(desired, present)
+    assert p.add == ((N("100.65.0.0/16"), a), (N("100.80.0.0/12"), b))
+    assert p.remove == (N("100.66.0.0/16"),)
+    assert not p.empty
+
+
+def test_plan_is_empty_when_converged_and_removes_all_when_nothing_published() -> None:
+    a = NextHop("10.244.0.2", 3)
+    state = {N("100.64.0.0/16"): a}
+    assert plan(state, state) == Plan()
+    assert plan(state, state).empty
+    assert plan({}, state).remove == (N("100.64.0.0/16"),)

@@ -1,0 +1,371 @@
+"""Gateway configuration: YAML file plus environment overrides, validated up front.
+
+Every problem raises :class:`ConfigError` naming the key, e.g.
+``pod_cidrs[1]: '10.244.0.0/33' is not a valid CIDR``; the daemon prints it and
+exits non-zero before touching any state.
+
+Environment overrides (applied over the file; lists are comma separated):
+
+=================================  ==========================
+``CROSSWIRE_CLUSTER_ID``           ``cluster_id``
+``CROSSWIRE_POD_CIDRS``            ``pod_cidrs``
+``CROSSWIRE_SERVICE_CIDRS``        ``service_cidrs``
+``CROSSWIRE_RESERVED_CIDRS``       ``reserved_cidrs``
+``CROSSWIRE_IPAM_POOLS``           ``ipam.pools``
+``CROSSWIRE_WIREGUARD_<KEY>``      ``wireguard.<key>`` (interface, listen_port, endpoint,
+                                   implementation, mtu)
+``CROSSWIRE_API_LISTEN``           ``api.listen``
+``CROSSWIRE_API_ADVERTISE``        ``api.advertise``
+``CROSSWIRE_STATE_DIR``            ``state_dir``
+``CROSSWIRE_MASQUERADE``           ``masquerade`` (true/false)
+``CROSSWIRE_GATEWAY_IP``           ``gateway_ip``
+``CROSSWIRE_POD_IP``               ``gateway_ip`` (Kubernetes downward API; wins)
+``CROSSWIRE_HEALTH_PORT``          ``health.port``
+=================================  ==========================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import yaml
+
+Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
+_CLUSTER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+DEFAULT_POOLS = ("100.64.0.0/10",)
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the key and the problem."""
+
+
+@dataclass(frozen=True)
+class WireguardConfig:
+    interface: str = "crosswire0"
+    listen_port: int = 51820
+    endpoint: str | None = None  # host:port peers dial; derived from api.advertise if unset
+    implementation: Implementation = "auto"
+    mtu: int = 1420
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "0.0.0.0:8080"
+    advertise: str | None = None  # peering URL written into tokens
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    port: int = 51830  # UDP echo responder on the gateway's pod IP
+    interval: float = 1.0
+    timeout: float = 5.0  # silence after which a peer is in state "error"
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster_id: str
+    pod_cidrs: tuple[str, ...]
+    service_cidrs: tuple[str, ...] = ()
+    reserved_cidrs: tuple[str, ...] = ()
+    ipam_pools: tuple[str, ...] = DEFAULT_POOLS
+    wireguard: WireguardConfig = field(default_factory=WireguardConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    state_dir: str = "/var/lib/crosswire"
+    masquerade: bool = False
+    gateway_ip: str | None = None
+    nft_table: str = "crosswire"
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.api.listen, "api.listen")
+
+    def advertise_url(self) -> str:
+        """The peering URL peers use to reach this gateway's API."""
+        if self.api.advertise:
+            return self.api.advertise.rstrip("/")
+        host, port = self.listen_host_port
+        if host in ("0.0.0.0", "::", ""):
+            host = self.gateway_ip or socket.gethostname()
+        return f"http://{_bracket(host)}:{port}"
+
+    def wireguard_endpoint(self) -> str:
+        if self.wireguard.endpoint:
+            return self.wireguard.endpoint
+        host = _url_host(self.advertise_url())
+        return f"{_bracket(host)}:{self.wireguard.listen_port}"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _url_host(url: str) -> str:
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    if rest.startswith("["):
+        return rest[1 : rest.index("]")]
+    return rest.rsplit(":", 1)[0] if ":" in rest else rest
+
+
+def split_host_port(value: str, key: str) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{key}: {value!r} is not host:port")
+    host, _, port_s = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} has no valid port") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key}: port {port} is out of range 1-65535")
+    return host, port
+
+
+# --- validation helpers --------------------------------------------------------------------
+
+
+def _cidr(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: {value!r} is not a valid CIDR")
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as e:
+        if "has host bits set" in str(e):
+            raise ConfigError(f"{key}: {value!r} has host bits set") from None
+        raise ConfigError(f"{key}: {value!r} is not a valid CIDR") from None
+    return str(net)
+
+
+def _cidr_list(value: object, key: str, *, required: bool = False) -> tuple[str, ...]:
+    if value is None:
+        value = []
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of CIDRs, got {type(value).__name__}")
+    if required and not value:
+        raise ConfigError(f"{key}: at least one CIDR is required")
+    return tuple(_cidr(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def _int(value: object, key: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not an integer")
+    try:
+        n = int(cast(Any, value))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not an integer") from None
+    if isinstance(value, float) and value != n:
+        raise ConfigError(f"{key}: {value!r} is not an integer")
+    if not lo <= n <= hi:
+        raise ConfigError(f"{key}: {n} is out of range {lo}-{hi}")
+    return n
+
+
+def _float(value: object, key: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: {value!r} is not a number")
+    try:
+        x = float(cast(Any, value))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a number") from None
+    if not lo <= x <= hi:
+        raise ConfigError(f"{key}: {x} is out of range {lo}-{hi}")
+    return x
+
+
+def _bool(value: object, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+        return value.lower() in ("true", "yes", "1", "on")
+    raise ConfigError(f"{key}: {value!r} is not true or false")
+
+
+def _str(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+    for k in value:
+        if k not in known:
+            raise ConfigError(f"{key}.{k}: unknown key")
+    return dict(value)
+
+
+_TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
+             "api", "state_dir", "masquerade", "gateway_ip", "health", "nft_table"}
+_WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
+_API_KEYS = {"listen", "advertise"}
+_HEALTH_KEYS = {"port", "interval", "timeout"}
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    def put(path: str, value: str) -> None:
+        node = raw
+        *parents, leaf = path.split(".")
+        for p in parents:
+            sub = node.get(p)
+            if not isinstance(sub, dict):
+                sub = {}
+                node[p] = sub
+            node = sub
+        node[leaf] = value
+
+    simple = {
+        "CROSSWIRE_CLUSTER_ID": "cluster_id",
+        "CROSSWIRE_POD_CIDRS": "pod_cidrs",
+        "CROSSWIRE_SERVICE_CIDRS": "service_cidrs",
+        "CROSSWIRE_RESERVED_CIDRS": "reserved_cidrs",
+        "CROSSWIRE_IPAM_POOLS": "ipam.pools",
+        "CROSSWIRE_API_LISTEN": "api.listen",
+        "CROSSWIRE_API_ADVERTISE": "api.advertise",
+        "CROSSWIRE_STATE_DIR": "state_dir",
+        "CROSSWIRE_MASQUERADE": "masquerade",
+        "CROSSWIRE_GATEWAY_IP": "gateway_ip",
+        "CROSSWIRE_POD_IP": "gateway_ip",  # after GATEWAY_IP: the downward API wins
+        "CROSSWIRE_HEALTH_PORT": "health.port",
+    }
+    simple.update({f"CROSSWIRE_WIREGUARD_{k.upper()}": f"wireguard.{k}" for k in sorted(_WG_KEYS)})
+    for var, path in simple.items():
+        if var in env and env[var] != "":
+            put(path, env[var])
+
+
+def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed YAML document (plus env overrides) into a :class:`Config`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = dict(raw)
+    _apply_env(raw, os.environ if env is None else env)
+    for k in raw:
+        if k not in _TOP_KEYS:
+            raise ConfigError(f"{k}: unknown key")
+
+    if "cluster_id" not in raw:
+        raise ConfigError("cluster_id: required")
+    cluster_id = raw["cluster_id"]
+    if not isinstance(cluster_id, str) or not _CLUSTER_ID.match(cluster_id):
+        raise ConfigError(
+            f"cluster_id: {cluster_id!r} must be a DNS label (lowercase letters, digits, '-', 1-63 chars)")
+    if "pod_cidrs" not in raw:
+        raise ConfigError("pod_cidrs: required")
+    pod = _cidr_list(raw["pod_cidrs"], "pod_cidrs", required=True)
+    svc = _cidr_list(raw.get("service_cidrs"), "service_cidrs")
+    reserved = _cidr_list(raw.get("reserved_cidrs"), "reserved_cidrs")
+
+    ipam = _section(raw, "ipam", {"pools"})
+    pools = _cidr_list(ipam["pools"], "ipam.pools", required=True) if "pools" in ipam else DEFAULT_POOLS
+    own = [("pod_cidrs", c) for c in pod] + [("service_cidrs", c) for c in svc]
+    for i, p in enumerate(pools):
+        pn = ipaddress.ip_network(p)
+        for key, c in own:
+            if pn.overlaps(ipaddress.ip_network(c)):
+                raise ConfigError(f"ipam.pools[{i}]: {p} overlaps {key} {c}")
+
+    wg = _section(raw, "wireguard", _WG_KEYS)
+    iface = wg.get("interface", WireguardConfig.interface)
+    if not isinstance(iface, str) or not _IFACE.match(iface):
+        raise ConfigError(f"wireguard.interface: {iface!r} is not a valid interface name (1-15 chars)")
+    endpoint = wg.get("endpoint")
+    if endpoint is not None:
+        split_host_port(_str(endpoint, "wireguard.endpoint"), "wireguard.endpoint")
+    impl = wg.get("implementation", "auto")
+    if impl not in IMPLEMENTATIONS:
+        raise ConfigError(f"wireguard.implementation: {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
+    wgc = WireguardConfig(
+        interface=iface,
+        listen_port=_int(wg.get("listen_port", 51820), "wireguard.listen_port", 1, 65535),
+        endpoint=endpoint,
+        implementation=cast(Implementation, impl),
+        mtu=_int(wg.get("mtu", 1420), "wireguard.mtu", 576, 9000),
+    )
+
+    api = _section(raw, "api", _API_KEYS)
+    listen = _str(api.get("listen", ApiConfig.listen), "api.listen")
+    split_host_port(listen, "api.listen")
+    advertise = api.get("advertise")
+    if advertise is not None:
+        advertise = _str(advertise, "api.advertise")
+        if not re.match(r"^https?://[^/\s]+/?$", advertise):
+            raise ConfigError(f"api.advertise: {advertise!r} is not an http(s)://host:port URL")
+
+    h = _section(raw, "health", _HEALTH_KEYS)
+    health = HealthConfig(
+        port=_int(h.get("port", HealthConfig.port), "health.port", 1, 65535),
+        interval=_float(h.get("interval", HealthConfig.interval), "health.interval", 0.05, 60),
+        timeout=_float(h.get("timeout", HealthConfig.timeout), "health.timeout", 0.1, 300),
+    )
+
+    gateway_ip = raw.get("gateway_ip")
+    if gateway_ip is not None:
+        try:
+            gw = ipaddress.ip_address(_str(gateway_ip, "gateway_ip"))
+        except ValueError:
+            raise ConfigError(f"gateway_ip: {gateway_ip!r} is not an IP address") from None
+        if not any(gw in ipaddress.ip_network(c) for c in pod):
+            raise ConfigError(f"gateway_ip: {gateway_ip} is not inside pod_cidrs")
+        gateway_ip = str(gw)
+
+    table = raw.get("nft_table", "crosswire")
+    if not isinstance(table, str) or not re.match(r"^[A-Za-z0-9_-]{1,64}$", table):
+        raise ConfigError(f"nft_table: {table!r} is not a valid nftables table name")
+
+    return Config(
+        cluster_id=cluster_id,
+        pod_cidrs=pod,
+        service_cidrs=svc,
+        reserved_cidrs=reserved,
+        ipam_pools=pools,
+        wireguard=wgc,
+        api=ApiConfig(listen=listen, advertise=advertise),
+        health=health,
+        state_dir=_str(raw.get("state_dir", Config.state_dir), "state_dir"),
+        masquerade=_bool(raw.get("masquerade", False), "masquerade"),
+        gateway_ip=gateway_ip,
+        nft_table=table,
+    )
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config: {path} is not valid YAML: {e}") from None
+    return parse(raw, env)
+
+
+def detect_gateway_ip(pod_cidrs: tuple[str, ...]) -> str | None:
+    """The first address of ours (this netns) inside pod_cidrs, via pyroute2."""
+    from pyroute2 import IPRoute
+
+    nets = [ipaddress.ip_network(c) for c in pod_cidrs]
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            addr = msg.get_attr("IFA_ADDRESS")
+            if addr is None:
+                continue
+            ip = ipaddress.ip_address(addr)
+            if any(ip in n for n in nets):
+                return str(ip)
+    return None

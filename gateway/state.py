@@ -1,0 +1,228 @@
+"""Durable gateway state in ``state_dir`` (SQLite, WAL; directory 0700, files 0600).
+
+Holds the WireGuard private key (generated once), issued tokens (only the
+verifier of each secret), peers (their key, endpoint, real ranges, their views
+of us, the per-pair channel key and PSK) and recently seen nonces (replay
+protection survives a restart). The views *we* allocate live in the IPAM store
+(``ipam.db``, owned by :mod:`ipam`); the admin credential is the plain file
+``admin-token`` so the CLI beside the daemon can read it.
+
+Every write is one transaction: a refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from gateway.tokens import TokenRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY, verifier BLOB NOT NULL, created REAL NOT NULL,
+    expires REAL NOT NULL, reusable INTEGER NOT NULL, uses INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS peers (
+    cluster_id TEXT PRIMARY KEY, public_key TEXT NOT NULL UNIQUE, endpoint TEXT,
+    url TEXT NOT NULL, gateway_ip TEXT, ranges TEXT NOT NULL, their_views TEXT,
+    channel_key BLOB NOT NULL, psk BLOB NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires REAL NOT NULL);
+"""
+
+
+class StateError(RuntimeError):
+    pass
+
+
+def wg_keypair() -> tuple[str, str]:
+    """(private, public) WireGuard keys, base64 as `wg genkey | wg pubkey`."""
+    k = X25519PrivateKey.generate()
+    raw = k.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                          serialization.NoEncryption())
+    return base64.b64encode(raw).decode(), public_key_of(base64.b64encode(raw).decode())
+
+
+def public_key_of(private_b64: str) -> str:
+    k = X25519PrivateKey.from_private_bytes(base64.b64decode(private_b64))
+    pub = k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(pub).decode()
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    cluster_id: str
+    public_key: str
+    endpoint: str | None
+    url: str
+    gateway_ip: str | None
+    ranges: tuple[tuple[str, str], ...]  # the peer's real (kind, cidr)
+    # The peer's views of OUR ranges; None until the peer told us (pending).
+    their_views: tuple[tuple[str, str, str], ...] | None
+    channel_key: bytes = field(repr=False)
+    psk: bytes = field(repr=False)
+    created: float = 0.0
+
+    @property
+    def psk_b64(self) -> str:
+        return base64.b64encode(self.psk).decode()
+
+
+def _secure_file(path: Path) -> None:
+    if path.exists():
+        os.chmod(path, 0o600)
+
+
+class StateStore:
+    def __init__(self, state_dir: str | Path) -> None:
+        self.dir = Path(state_dir)
+        old = os.umask(0o077)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.dir, 0o700)
+            self.path = self.dir / "state.db"
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        finally:
+            os.umask(old)
+        for suffix in ("", "-wal", "-shm"):
+            _secure_file(Path(str(self.path) + suffix))
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def private_key(self) -> str:
+        """This gateway's WireGuard private key, generated on first use."""
+        with self.tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='private_key'").fetchone()
+            if row is not None:
+                return str(row[0])
+            priv, _ = wg_keypair()
+            db.execute("INSERT INTO meta VALUES ('private_key', ?)", (priv,))
+            return priv
+
+    def set_private_key(self, private_b64: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('private_key', ?)", (private_b64,))
+
+    def admin_token(self) -> str:
+        """The admin credential (file ``admin-token``, 0600), created on first use."""
+        path = self.dir / "admin-token"
+        if path.exists():
+            return path.read_text().strip()
+        value = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        return value
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def add_token(self, rec: TokenRecord) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO tokens VALUES (?,?,?,?,?,?)",
+                       (rec.token_id, rec.verifier, rec.created, rec.expires, int(rec.reusable), rec.uses))
+
+    def token(self, token_id: str) -> TokenRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM tokens WHERE token_id=?", (token_id,)).fetchone()
+        if row is None:
+            return None
+        return TokenRecord(token_id=row[0], verifier=bytes(row[1]), created=row[2], expires=row[3],
+                           reusable=bool(row[4]), uses=row[5])
+
+    def tokens(self) -> list[TokenRecord]:
+        with self._lock:
+            ids = [r[0] for r in self._db.execute("SELECT token_id FROM tokens ORDER BY created")]
+        return [t for t in (self.token(i) for i in ids) if t is not None]
+
+    # --- nonces ----------------------------------------------------------------------------
+
+    def remember_nonce(self, db: sqlite3.Connection, nonce: str, expires: float, now: float) -> bool:
+        """Inside a transaction: False if the nonce was already seen (a replay)."""
+        db.execute("DELETE FROM nonces WHERE expires < ?", (now,))
+        try:
+            db.execute("INSERT INTO nonces VALUES (?, ?)", (nonce, expires))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    # --- peers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _peer_row(row: tuple[Any, ...]) -> PeerRecord:
+        tv = row[6]
+        return PeerRecord(
+            cluster_id=str(row[0]), public_key=str(row[1]),
+            endpoint=None if row[2] is None else str(row[2]), url=str(row[3]),
+            gateway_ip=None if row[4] is None else str(row[4]),
+            ranges=tuple((k, c) for k, c in json.loads(str(row[5]))),
+            their_views=None if tv is None else tuple((k, r, v) for k, r, v in json.loads(str(tv))),
+            channel_key=bytes(row[7]), psk=bytes(row[8]), created=float(row[9]))
+
+    def peers(self) -> list[PeerRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM peers ORDER BY cluster_id").fetchall()
+        return [self._peer_row(r) for r in rows]
+
+    def peer(self, cluster_id: str) -> PeerRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM peers WHERE cluster_id=?", (cluster_id,)).fetchone()
+        return None if row is None else self._peer_row(row)
+
+    def peer_by_key(self, public_key: str) -> PeerRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM peers WHERE public_key=?", (public_key,)).fetchone()
+        return None if row is None else self._peer_row(row)
+
+    def put_peer(self, db: sqlite3.Connection, p: PeerRecord) -> None:
+        tv = None if p.their_views is None else json.dumps([list(v) for v in p.their_views])
+        db.execute("INSERT OR REPLACE INTO peers VALUES (?,?,?,?,?,?,?,?,?,?)",
+                   (p.cluster_id, p.public_key, p.endpoint, p.url, p.gateway_ip,
+                    json.dumps([list(r) for r in p.ranges]), tv, p.channel_key, p.psk, p.created))
+
+    def update_peer(self, cluster_id: str, **changes: object) -> PeerRecord:
+        with self.tx() as db:
+            row = db.execute("SELECT * FROM peers WHERE cluster_id=?", (cluster_id,)).fetchone()
+            if row is None:
+                raise StateError(f"no peer {cluster_id}")
+            p = replace(self._peer_row(row), **changes)  # type: ignore[arg-type]
+            self.put_peer(db, p)
+            return p
+
+    def delete_peer(self, cluster_id: str) -> bool:
+        with self.tx() as db:
+            return db.execute("DELETE FROM peers WHERE cluster_id=?", (cluster_id,)).rowcount > 0

@@ -1,0 +1,369 @@
+"""Sans-IO renderer: FabricState -> one nftables table (JSON) implementing the packet walk.
+
+See fabric/DESIGN.md for the layout and how to read ``nft list table inet crosswire``.
+In short, with ``wg`` the WireGuard interface:
+
+- ``postrouting`` (nat, srcnat): packets leaving into ``wg`` are dispatched by
+  destination through the interval verdict map ``to_peer_v4``/``_v6`` (keys: our
+  views of every peer) to chain ``to-<peer>``, which rewrites the source
+  prefix-for-prefix from our real range to the peer's view of it; any other
+  source (host network) is SNATed to the gateway's pod address as the peer sees it.
+  With ``masquerade`` a second rule SNATs what came from a peer and leaves
+  towards the cluster to the gateway's own pod address.
+- ``prerouting`` (nat, dstnat): packets arriving from ``wg`` are dispatched by
+  source through ``from_peer_v4``/``_v6`` (same keys) to chain ``from-<peer>``,
+  which rewrites the destination from the peer's view of us to our real range;
+  destinations we never offered that peer are dropped.
+- ``mss-clamp`` (filter, forward): TCP SYNs through ``wg`` get MSS <= MTU-40/60.
+
+The dispatch is one map lookup whatever the number of peers; a per-peer chain
+holds one rule per mapping (a handful), each with its own counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from fabric.model import FabricState, PeerFabric, RangeMap
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+FAMILY = "inet"
+COMMENT_MAX = 128  # nftables limit for rule/element comments
+
+
+class NatError(ValueError):
+    """The state cannot be rendered (overlapping views, malformed CIDRs, ...)."""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _net(cidr: str, what: str) -> Network:
+    try:
+        return ipaddress.ip_network(cidr, strict=True)
+    except ValueError as e:
+        raise NatError(f"{what}: {cidr!r} is not a valid CIDR ({e})") from None
+
+
+def _addr(text: str, what: str) -> Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError as e:
+        raise NatError(f"{what}: {text!r} is not an IP address ({e})") from None
+
+
+def _proto(net: Network | Address) -> str:
+    return "ip" if net.version == 4 else "ip6"
+
+
+def _prefix(net: Network) -> dict[str, Any]:
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _comment(text: str) -> str:
+    return text if len(text) <= COMMENT_MAX else text[: COMMENT_MAX - 3] + "..."
+
+
+def chain_suffix(cluster_id: str) -> str:
+    """A chain-name-safe form of a cluster ID (unchanged for DNS-label-like IDs)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", cluster_id)[:64]
+    if safe != cluster_id:
+        safe += "-" + hashlib.sha256(cluster_id.encode()).hexdigest()[:8]
+    return safe
+
+
+def egress_chain(cluster_id: str) -> str:
+    return f"to-{chain_suffix(cluster_id)}"
+
+
+def ingress_chain(cluster_id: str) -> str:
+    return f"from-{chain_suffix(cluster_id)}"
+
+
+def map_into(addr: Address, real: Network, view: Network) -> Address:
+    """``addr`` (inside ``real``) moved prefix-for-prefix into ``view``."""
+    offset = int(addr) - int(real.network_address)
+    return ipaddress.ip_address(int(view.network_address) + offset)
+
+
+def _match(proto: str, field: str, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"payload": {"protocol": proto, "field": field}}, "right": right}}
+
+
+def _meta(key: str, value: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
+
+
+_COUNTER: dict[str, Any] = {"counter": {"packets": 0, "bytes": 0}}
+
+
+# ---------------------------------------------------------------- validation
+
+
+class _Checked:
+    """Parsed, validated state (all CIDRs as ipaddress objects)."""
+
+    def __init__(self, state: FabricState) -> None:
+        local = state.local
+        if not local.interface or len(local.interface) > 15 or '"' in local.interface:
+            raise NatError(f"interface: {local.interface!r} is not a valid interface name")
+        if not local.nft_table or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", local.nft_table):
+            raise NatError(f"nft_table: {local.nft_table!r} is not a valid table name")
+        if not 1280 <= local.mtu <= 65535:
+            raise NatError(f"mtu: {local.mtu} out of range 1280..65535")
+        self.pod = [_net(c, "pod_cidrs") for c in local.pod_cidrs]
+        self.service = [_net(c, "service_cidrs") for c in local.service_cidrs]
+        self.gateway = _addr(local.gateway_ip, "gateway_ip") if local.gateway_ip else None
+        if local.masquerade and self.gateway is None:
+            raise NatError("masquerade: needs gateway_ip (the address to SNAT to)")
+        seen_ids: set[str] = set()
+        seen_chains: set[str] = set()
+        owned: list[tuple[Network, str]] = [(n, "local range") for n in self.pod + self.service]
+        self.remote: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
+        self.local: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
+        for peer in state.peers:
+            cid = peer.cluster_id
+            if not cid:
+                raise NatError("peer cluster_id: empty")
+            if cid in seen_ids:
+                raise NatError(f"peer {cid!r}: listed twice")
+            seen_ids.add(cid)
+            if chain_suffix(cid) in seen_chains:
+                raise NatError(f"peer {cid!r}: chain name collides with another peer")
+            seen_chains.add(chain_suffix(cid))
+            self.remote[cid] = [self._pair(peer, m, "remote") for m in peer.remote]
+            self.local[cid] = [self._pair(peer, m, "local") for m in peer.local]
+            # Our views of peers must be unique in our address space (they are
+            # map keys and WireGuard allowed IPs); the peer's views of us live
+            # in its address space and may repeat across peers.
+            for _m, _real, view in self.remote[cid]:
+                for other, owner in owned:
+                    if view.version == other.version and view.overlaps(other):
+                        raise NatError(
+                            f"peer {cid!r}: view {view} overlaps {other} ({owner}); "
+                            "views must be unique in this cluster")
+                owned.append((view, f"view of peer {cid!r}"))
+            views_of_us = [v for _m, _r, v in self.local[cid]]
+            for i, a in enumerate(views_of_us):
+                for b in views_of_us[i + 1:]:
+                    if a.version == b.version and a.overlaps(b):
+                        raise NatError(f"peer {cid!r}: its views of us {a} and {b} overlap")
+
+    @staticmethod
+    def _pair(peer: PeerFabric, m: RangeMap, side: str) -> tuple[RangeMap, Network, Network]:
+        what = f"peer {peer.cluster_id!r} {side} {m.kind}"
+        if m.kind not in ("pod", "service"):
+            raise NatError(f"{what}: kind must be pod or service, not {m.kind!r}")
+        real, view = _net(m.real, what + " real"), _net(m.view, what + " view")
+        if real.version != view.version or real.prefixlen != view.prefixlen:
+            raise NatError(f"{what}: view {view} must have the same family and length as {real}")
+        return m, real, view
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _egress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, Any]]:
+    chain = egress_chain(peer.cluster_id)
+    cid = peer.cluster_id
+    rules: list[dict[str, Any]] = []
+
+    def rule(expr: list[dict[str, Any]], comment: str) -> None:
+        rules.append({"family": FAMILY, "table": table, "chain": chain, "expr": expr,
+                      "comment": _comment(comment)})
+
+    for m, real, view in c.local[cid]:
+        p = _proto(real)
+        text = f"{cid}: egress {m.kind} src {real} -> {view}"
+        if real == view:
+            rule([_match(p, "saddr", _prefix(real)), _COUNTER, {"accept": None}], text + " (no rewrite)")
+        else:
+            rule([_match(p, "saddr", _prefix(real)), _COUNTER,
+                  {"snat": {"family": p, "addr": _prefix(view), "flags": "netmap", "type_flags": "prefix"}}],
+                 text)
+    # Host network (any other source): one SNAT straight to the final address,
+    # the gateway's pod IP as this peer sees it, so conntrack holds one rewrite.
+    for version, nfproto in ((4, "ipv4"), (6, "ipv6")):
+        target = None
+        if c.gateway is not None and c.gateway.version == version:
+            for _m, real, view in c.local[cid]:
+                if c.gateway in real:
+                    target = map_into(c.gateway, real, view)
+                    break
+        if target is not None:
+            rule([_meta("nfproto", nfproto), _COUNTER,
+                  {"snat": {"family": _proto(target), "addr": str(target)}}],
+                 f"{cid}: egress host-network {nfproto} src -> {target}")
+        else:
+            rule([_meta("nfproto", nfproto), _COUNTER, {"drop": None}],
+                 f"{cid}: egress host-network {nfproto} src: no gateway address this peer maps, drop")
+    return rules
+
+
+def _ingress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, Any]]:
+    chain = ingress_chain(peer.cluster_id)
+    cid = peer.cluster_id
+    rules: list[dict[str, Any]] = []
+
+    def rule(expr: list[dict[str, Any]], comment: str) -> None:
+        rules.append({"family": FAMILY, "table": table, "chain": chain, "expr": expr,
+                      "comment": _comment(comment)})
+
+    for m, real, view in c.local[cid]:
+        p = _proto(real)
+        text = f"{cid}: ingress {m.kind} dst {view} -> {real}"
+        if real == view:
+            rule([_match(p, "daddr", _prefix(view)), _COUNTER, {"accept": None}], text + " (no rewrite)")
+        else:
+            rule([_match(p, "daddr", _prefix(view)), _COUNTER,
+                  {"dnat": {"family": p, "addr": _prefix(real), "flags": "netmap", "type_flags": "prefix"}}],
+                 text)
+    rule([_COUNTER, {"drop": None}], f"{cid}: ingress dst not offered to this peer, drop")
+    return rules
+
+
+def _elements(c: _Checked, state: FabricState, version: int, chain_of: Any) -> list[Any]:
+    out: list[Any] = []
+    for peer in state.peers:
+        for m, _real, view in c.remote[peer.cluster_id]:
+            if view.version != version:
+                continue
+            key = {"elem": {"val": _prefix(view), "comment": _comment(f"{peer.cluster_id} {m.kind}")}}
+            out.append([key, {"goto": {"target": chain_of(peer.cluster_id)}}] if chain_of else key)
+    return out
+
+
+def render(state: FabricState) -> dict[str, Any]:
+    """The nftables JSON batch that replaces table ``inet <nft_table>`` wholly and atomically."""
+    c = _Checked(state)
+    local = state.local
+    t = local.nft_table
+    wg = local.interface
+    tbl = {"family": FAMILY, "name": t}
+    cmds: list[dict[str, Any]] = [
+        # add+delete: replaces whatever is there (or nothing) in the same batch.
+        {"add": {"table": dict(tbl)}},
+        {"delete": {"table": dict(tbl)}},
+        {"add": {"table": dict(tbl)}},
+    ]
+
+    def add(kind: str, body: dict[str, Any]) -> None:
+        cmds.append({"add": {kind: {"family": FAMILY, "table": t, **body}}})
+
+    # Chains before the maps whose elements jump to them.
+    add("chain", {"name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"})
+    add("chain", {"name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"})
+    add("chain", {"name": "mss-clamp", "type": "filter", "hook": "forward", "prio": -150, "policy": "accept"})
+    for peer in state.peers:
+        add("chain", {"name": egress_chain(peer.cluster_id)})
+        add("chain", {"name": ingress_chain(peer.cluster_id)})
+    for v, addr_type in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        for name, chain_of in ((f"to_peer_v{v}", egress_chain), (f"from_peer_v{v}", ingress_chain)):
+            body: dict[str, Any] = {"name": name, "type": addr_type, "map": "verdict", "flags": ["interval"]}
+            elems = _elements(c, state, v, chain_of)
+            if elems:
+                body["elem"] = elems
+            add("map", body)
+        body = {"name": f"peer_views_v{v}", "type": addr_type, "flags": ["interval"]}
+        elems = _elements(c, state, v, None)
+        if elems:
+            body["elem"] = elems
+        add("set", body)
+
+
+    def rule(chain: str, expr: list[dict[str, Any]], comment: str) -> None:
+        add("rule", {"chain": chain, "expr": expr, "comment": _comment(comment)})
+
+    for v, p in ((4, "ip"), (6, "ip6")):
+        rule("prerouting", [_meta("iifname", wg),
+                            {"vmap": {"key": {"payload": {"protocol": p, "field": "saddr"}},
+                                      "data": f"@from_peer_v{v}"}}],
+             f"from {wg} {p}: the source (our view of a peer) picks the peer")
+    rule("prerouting", [_meta("iifname", wg), _COUNTER, {"drop": None}],
+         f"from {wg}: source in no peer view, drop")
+    for v, p in ((4, "ip"), (6, "ip6")):
+        rule("postrouting", [_meta("oifname", wg),
+                             {"vmap": {"key": {"payload": {"protocol": p, "field": "daddr"}},
+                                       "data": f"@to_peer_v{v}"}}],
+             f"into {wg} {p}: the destination (our view of a peer) picks the peer")
+    if local.masquerade and c.gateway is not None:
+        g = c.gateway
+        rule("postrouting", [_meta("oifname", wg, "!="),
+                             _match(_proto(g), "saddr", f"@peer_views_v{g.version}"), _COUNTER,
+                             {"snat": {"family": _proto(g), "addr": str(g)}}],
+             f"masquerade: from peers into the cluster -> {g}")
+    for v, nfproto in ((4, "ipv4"), (6, "ipv6")):
+        mss = local.mtu - (40 if v == 4 else 60)
+        for direction in ("iifname", "oifname"):
+            rule("mss-clamp", [
+                _meta(direction, wg),
+                _meta("nfproto", nfproto),
+                {"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp", "field": "flags"}},
+                                                      ["syn", "rst"]]}, "right": "syn"}},
+                {"match": {"op": ">", "left": {"tcp option": {"name": "maxseg", "field": "size"}},
+                           "right": mss}},
+                {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": mss}},
+            ], f"{direction} {wg} {nfproto}: clamp MSS to MTU {local.mtu}")
+    for peer in state.peers:
+        for r in _egress_rules(c, peer, t) + _ingress_rules(c, peer, t):
+            cmds.append({"add": {"rule": r}})
+    return {"nftables": cmds}
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def _rule_index(rules: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["chain"], r.get("comment", "")): r for r in rules}
+
+
+def mappings(state: FabricState) -> list[dict[str, Any]]:
+    """Per peer: real ranges, our views, the peer's views of us, and the rules implementing them.
+
+    Rules are identified by (chain, comment); ``with_counters`` fills in the
+    kernel's packets/bytes and handles from ``Nft.list_table``.
+    """
+    c = _Checked(state)
+    t = state.local.nft_table
+    out: list[dict[str, Any]] = []
+    for peer in state.peers:
+        cid = peer.cluster_id
+        rules = _egress_rules(c, peer, t) + _ingress_rules(c, peer, t)
+        out.append({
+            "cluster_id": cid,
+            "egress_chain": egress_chain(cid),
+            "ingress_chain": ingress_chain(cid),
+            "remote": [{"kind": m.kind, "real": str(r), "view": str(v)} for m, r, v in c.remote[cid]],
+            "local": [{"kind": m.kind, "real": str(r), "view": str(v)} for m, r, v in c.local[cid]],
+            "rules": [{"chain": r["chain"], "comment": r["comment"], "rule": r} for r in rules],
+        })
+    return out
+
+
+def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[dict[str, Any]]:
+    """``mappings()`` joined with a listed table: each rule gains handle, packets, bytes.
+
+    A rule missing from the kernel gets ``handle: None`` and zero counters
+    (the table is not what the state says: the caller should re-apply).
+    """
+    kernel = _rule_index(item["rule"] for item in listed.get("nftables", []) if "rule" in item)
+    result: list[dict[str, Any]] = []
+    for peer in maps:
+        rules = []
+        for r in peer["rules"]:
+            k = kernel.get((r["chain"], r["comment"]))
+            packets = bytes_ = 0
+            if k is not None:
+                for e in k.get("expr", []):
+                    if "counter" in e and isinstance(e["counter"], dict):
+                        packets, bytes_ = e["counter"].get("packets", 0), e["counter"].get("bytes", 0)
+            rules.append({**r, "handle": k.get("handle") if k else None,
+                          "packets": packets, "bytes": bytes_})
+        result.append({**peer, "rules": rules})
+    return result

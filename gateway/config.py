@@ -41,7 +41,6 @@ Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
 _CLUSTER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-DEFAULT_POOLS = ("100.64.0.0/10",)
 
 
 class ConfigError(ValueError):
@@ -76,7 +75,7 @@ class Config:
     pod_cidrs: tuple[str, ...]
     service_cidrs: tuple[str, ...] = ()
     reserved_cidrs: tuple[str, ...] = ()
-    ipam_pools: tuple[str, ...] = DEFAULT_POOLS
+    ipam_pools: tuple[str, ...] | None = None  # None: the IPAM's defaults (ipam.model.DEFAULT_POOLS)
     wireguard: WireguardConfig = field(default_factory=WireguardConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -271,13 +270,8 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
     reserved = _cidr_list(raw.get("reserved_cidrs"), "reserved_cidrs")
 
     ipam = _section(raw, "ipam", {"pools"})
-    pools = _cidr_list(ipam["pools"], "ipam.pools", required=True) if "pools" in ipam else DEFAULT_POOLS
-    own = [("pod_cidrs", c) for c in pod] + [("service_cidrs", c) for c in svc]
-    for i, p in enumerate(pools):
-        pn = ipaddress.ip_network(p)
-        for key, c in own:
-            if pn.overlaps(ipaddress.ip_network(c)):
-                raise ConfigError(f"ipam.pools[{i}]: {p} overlaps {key} {c}")
+    # Pools may contain local ranges (the IPAM carves them out); they just must parse.
+    pools = _cidr_list(ipam["pools"], "ipam.pools", required=True) if "pools" in ipam else None
 
     wg = _section(raw, "wireguard", _WG_KEYS)
     iface = wg.get("interface", WireguardConfig.interface)

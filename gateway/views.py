@@ -1,0 +1,62 @@
+"""Our views of peers: a thin adapter over :mod:`ipam`'s store (``state_dir/ipam.db``).
+
+The controller speaks plain tuples ``(kind, real, view)`` so it (and its tests)
+do not depend on IPAM's classes; this module is the only place that does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+ViewTuple = tuple[str, str, str]  # (kind, real, view)
+
+
+class ViewsError(ValueError):
+    """Malformed claimed ranges or exhausted pools (wraps ipam.IpamError)."""
+
+
+class Views(Protocol):
+    def allocate(self, peer: str, ranges: list[tuple[str, str]]) -> list[ViewTuple]: ...
+    def views(self, peer: str) -> list[ViewTuple]: ...
+    def release(self, peer: str) -> None: ...
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class IpamViews:
+    """Views backed by ipam.IpamStore."""
+
+    def __init__(self, path: str | Path, pod: tuple[str, ...], service: tuple[str, ...],
+                 reserved: tuple[str, ...], pools: tuple[str, ...] | None) -> None:
+        import importlib
+
+        from ipam.model import DEFAULT_POOLS, LocalRanges
+
+        ipam: Any = importlib.import_module("ipam")  # IpamStore/IpamError, typed loosely on purpose
+        self._ipam = ipam
+        self.pools = tuple(pools) if pools is not None else DEFAULT_POOLS
+        self.local = {"pod": list(pod), "service": list(service), "reserved": list(reserved)}
+        try:
+            self.store = ipam.IpamStore.open(str(path), LocalRanges(pod, service, reserved), self.pools)
+        except ipam.IpamError as e:
+            raise ViewsError(str(e)) from None
+
+    def allocate(self, peer: str, ranges: list[tuple[str, str]]) -> list[ViewTuple]:
+        from ipam.model import PeerRange
+
+        try:
+            got = self.store.allocate(peer, [PeerRange(k, c) for k, c in ranges])  # type: ignore[arg-type]
+        except self._ipam.IpamError as e:
+            raise ViewsError(str(e)) from None
+        return [(v.kind, v.real, v.view) for v in got]
+
+    def views(self, peer: str) -> list[ViewTuple]:
+        return [(v.kind, v.real, v.view) for v in self.store.views(peer)]
+
+    def release(self, peer: str) -> None:
+        self.store.release(peer)
+
+    def snapshot(self) -> dict[str, Any]:
+        allocs = [{"peer": v.peer, "kind": v.kind, "real": v.real, "view": v.view,
+                   "remapped": v.view != v.real} for v in self.store.allocations()]
+        return {"pools": list(self.pools), "local": self.local, "allocations": allocs}

@@ -1,0 +1,241 @@
+"""Configure a WireGuard interface through its UAPI socket (crosswire-wg or wireguard-go).
+
+The UAPI is the ``get=1`` / ``set=1`` text protocol on
+``/var/run/wireguard/IFACE.sock``. ``sync`` reads the device first and then
+sends one ``set`` with only what must change, so re-syncing the same state
+does not rebind the UDP socket, drop sessions or undo a peer's roaming:
+
+- the listen port only when it differs (wireguard-go rebinds on every set);
+- unknown peers removed one by one (never ``replace_peers``, which would drop
+  every session);
+- allowed IPs replaced only when they differ;
+- the endpoint when the peer is new, has none, or the configured one changed
+  since this object last set it (the peer may have roamed since).
+
+Keys never appear in logs, errors or reprs. The pure halves (``parse_get``,
+``render_set``) are tested without a socket. Kernel WireGuard has no UAPI
+socket; it is not supported here yet (``WgError`` names the missing socket).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabric.model import LocalFabric, PeerFabric
+
+SOCKET_DIR = "/var/run/wireguard"
+_ZERO_KEY = "0" * 64
+
+
+class WgError(RuntimeError):
+    """WireGuard configuration failed (message never contains key material)."""
+
+
+def key_hex(b64: str, what: str) -> str:
+    """A base64 WireGuard key as the UAPI's lowercase hex; errors do not echo the key."""
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise WgError(f"{what}: not valid base64") from None
+    if len(raw) != 32:
+        raise WgError(f"{what}: must be 32 bytes, got {len(raw)}")
+    return raw.hex()
+
+
+def key_b64(hexkey: str) -> str:
+    return base64.b64encode(bytes.fromhex(hexkey)).decode()
+
+
+def resolve_endpoint(endpoint: str) -> str:
+    """``host:port`` / ``[v6]:port`` -> ``ip:port`` / ``[ip]:port`` as the UAPI wants."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise WgError(f"endpoint {endpoint!r}: expected host:port")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+        except OSError as e:
+            raise WgError(f"endpoint {endpoint!r}: cannot resolve {host!r}: {e}") from None
+        ip = ipaddress.ip_address(infos[0][4][0])
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+@dataclass
+class PeerStatus:
+    public_key: str  # base64
+    endpoint: str | None = None
+    last_handshake: float = 0.0  # unix time, 0 = never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    persistent_keepalive: int = 0
+    allowed_ips: list[str] = field(default_factory=list)
+    has_preshared_key: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "last_handshake": self.last_handshake,
+                "rx_bytes": self.rx_bytes, "tx_bytes": self.tx_bytes,
+                "persistent_keepalive": self.persistent_keepalive,
+                "allowed_ips": list(self.allowed_ips)}
+
+
+@dataclass
+class DeviceStatus:
+    listen_port: int = 0
+    has_private_key: bool = False
+    private_key_hex: str = field(default="", repr=False)  # compared, never shown
+    peers: dict[str, PeerStatus] = field(default_factory=dict)  # by base64 public key
+
+
+def parse_get(text: str) -> DeviceStatus:
+    """Parse a UAPI ``get=1`` reply (raises WgError on a non-zero errno)."""
+    dev = DeviceStatus()
+    peer: PeerStatus | None = None
+    errno_value: int | None = None
+    for line in text.split("\n"):
+        if not line:
+            continue
+        k, _, v = line.partition("=")
+        if k == "errno":
+            errno_value = int(v)
+        elif k == "public_key":
+            peer = PeerStatus(public_key=key_b64(v))
+            dev.peers[peer.public_key] = peer
+        elif peer is None:
+            if k == "listen_port":
+                dev.listen_port = int(v)
+            elif k == "private_key":
+                dev.has_private_key = v != _ZERO_KEY
+                dev.private_key_hex = v
+        elif k == "endpoint":
+            peer.endpoint = v
+        elif k == "last_handshake_time_sec":
+            peer.last_handshake = float(v)
+        elif k == "last_handshake_time_nsec":
+            if peer.last_handshake:
+                peer.last_handshake += int(v) / 1e9
+        elif k == "rx_bytes":
+            peer.rx_bytes = int(v)
+        elif k == "tx_bytes":
+            peer.tx_bytes = int(v)
+        elif k == "persistent_keepalive_interval":
+            peer.persistent_keepalive = int(v)
+        elif k == "allowed_ip":
+            peer.allowed_ips.append(str(ipaddress.ip_network(v, strict=False)))
+        elif k == "preshared_key":
+            peer.has_preshared_key = v != _ZERO_KEY
+    if errno_value is None:
+        raise WgError("UAPI get: reply without errno")
+    if errno_value != 0:
+        raise WgError(f"UAPI get failed: errno={errno_value}")
+    return dev
+
+
+def _norm_nets(cidrs: Sequence[str]) -> list[str]:
+    nets = {ipaddress.ip_network(c, strict=False) for c in cidrs}
+    return [str(n) for n in sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen))]
+
+
+def render_set(local: LocalFabric, peers: Sequence[PeerFabric], current: DeviceStatus,
+               last_endpoints: dict[str, str]) -> str:
+    """The ``set=1`` request taking ``current`` to the desired state (only the differences)."""
+    lines = ["set=1"]
+    priv = key_hex(local.private_key, "private key")
+    if priv != current.private_key_hex:
+        lines.append(f"private_key={priv}")
+    if local.listen_port != current.listen_port:
+        lines.append(f"listen_port={local.listen_port}")
+    wanted: dict[str, PeerFabric] = {}
+    for p in peers:
+        k = key_hex(p.public_key, f"peer {p.cluster_id} public key")
+        if k in wanted:
+            raise WgError(f"peer {p.cluster_id}: public key used by peer {wanted[k].cluster_id} too")
+        wanted[k] = p
+    current_hex = {key_hex(b, "current key"): s for b, s in current.peers.items()}
+    for k in sorted(set(current_hex) - set(wanted)):
+        lines += [f"public_key={k}", "remove=true"]
+    for k, p in wanted.items():
+        cur = current_hex.get(k)
+        lines.append(f"public_key={k}")
+        psk = key_hex(p.preshared_key, f"peer {p.cluster_id} preshared key") if p.preshared_key else _ZERO_KEY
+        lines.append(f"preshared_key={psk}")
+        if p.endpoint:
+            ep = resolve_endpoint(p.endpoint)
+            if cur is None or not cur.endpoint or last_endpoints.get(k) != ep:
+                lines.append(f"endpoint={ep}")
+        lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+        allowed = _norm_nets([m.view for m in p.remote])
+        if cur is None or _norm_nets(cur.allowed_ips) != allowed:
+            lines.append("replace_allowed_ips=true")
+            lines += [f"allowed_ip={a}" for a in allowed]
+    return "\n".join(lines) + "\n\n"
+
+
+def _uapi(path: str, request: str, timeout: float = 5.0) -> str:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(request.encode())
+        buf = b""
+        while not buf.endswith(b"\n\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf.decode(errors="replace")
+    finally:
+        s.close()
+
+
+class WgControl:
+    """One WireGuard interface, driven through its UAPI socket."""
+
+    def __init__(self, interface: str, socket_dir: str = SOCKET_DIR) -> None:
+        self.interface = interface
+        self.socket_path = os.path.join(socket_dir, f"{interface}.sock")
+        self._last_endpoints: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"WgControl({self.interface!r})"
+
+    def _call(self, request: str) -> str:
+        try:
+            return _uapi(self.socket_path, request)
+        except OSError as e:
+            raise WgError(f"{self.interface}: UAPI socket {self.socket_path}: {e.strerror or e}") from None
+
+    def device(self) -> DeviceStatus:
+        return parse_get(self._call("get=1\n\n"))
+
+    def sync(self, local: LocalFabric, peers: Sequence[PeerFabric]) -> None:
+        """Private key, listen port and exactly ``peers``; unknown peers removed."""
+        request = render_set(local, peers, self.device(), self._last_endpoints)
+        reply = self._call(request)
+        errno_line = next((ln for ln in reply.split("\n") if ln.startswith("errno=")), None)
+        if errno_line != "errno=0":
+            # The request holds keys: report only the interface and errno.
+            raise WgError(f"{self.interface}: UAPI set failed ({errno_line or 'no reply'})")
+        for p in peers:
+            if p.endpoint:
+                self._last_endpoints[key_hex(p.public_key, "peer key")] = resolve_endpoint(p.endpoint)
+
+    def show(self) -> dict[str, dict[str, Any]]:
+        """Per base64 public key: endpoint, last_handshake (unix time), rx_bytes, tx_bytes, ..."""
+        return {k: p.as_dict() for k, p in self.device().peers.items()}
+
+    def alive(self) -> bool:
+        try:
+            self.device()
+        except (WgError, ValueError):
+            return False
+        return True

@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1
+# crosswire: the gateway daemon and the node agent in one image (see deploy/README.md).
+#
+#   docker build -t crosswire:0.1.0 .
+#
+# Stage 1 builds wheels for the project and every dependency; stage 2 installs
+# them offline, so the final image carries no compiler, build backend or source.
+
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+# Only what the wheel needs (.dockerignore keeps the rest out of the context).
+COPY pyproject.toml README.md ./
+COPY ipam/ ipam/
+COPY fabric/ fabric/
+COPY gateway/ gateway/
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim-bookworm
+LABEL org.opencontainers.image.title="crosswire" \
+      org.opencontainers.image.description="WireGuard fabric between Kubernetes clusters with overlapping pod and service ranges" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# Debian 12 packages, pinned; --no-install-recommends because wireguard-tools
+# would otherwise pull in a kernel image. libnftables1 is what fabric/nft.py
+# loads through ctypes; wireguard-go is the `wireguard.implementation:
+# wireguard-go` option; iproute2 and wireguard-tools are for operators (ip, wg).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      iproute2=6.1.0-3 \
+      libnftables1=1.0.6-2+deb12u2 \
+      nftables=1.0.6-2+deb12u2 \
+      wireguard-go=0.0.20220316-1+b4 \
+      wireguard-tools=1.0.20210914-1+b1 \
+ && rm -rf /var/lib/apt/lists/*
+# Install from the build stage's wheels without network access, then drop the
+# installers: nothing in the image builds or fetches code at run time.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/crosswire-*.whl \
+ && pip uninstall --yes --no-cache-dir setuptools wheel pip
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# WireGuard (UDP) and the HTTP API / peering port (TCP): config defaults.
+EXPOSE 51820/udp 8080/tcp
+# state_dir (keys, IPAM, peers): keep it on a volume or the cluster's identity
+# is lost with the container.
+VOLUME ["/var/lib/crosswire"]
+# Runs as root with only CAP_NET_ADMIN in Kubernetes (deploy/kubernetes drops
+# every other capability): creating the TUN device, links, routes and the
+# nftables table all need it, and capabilities do not reach a non-root process
+# without ambient capabilities, which Kubernetes cannot grant.
+ENTRYPOINT ["crosswire"]
+CMD ["gateway", "run", "--config", "/etc/crosswire/gateway.yaml"]

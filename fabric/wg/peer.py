@@ -1,0 +1,121 @@
+"""Per-peer state: keypairs (previous/current/next), handshake, timers, stats."""
+
+from __future__ import annotations
+
+import collections
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from fabric.wg.cookie import CookieGenerator
+from fabric.wg.replay import ReplayWindow
+
+Endpoint = tuple[str, int]
+
+# Handshake states
+HS_NONE = 0
+HS_INITIATION_SENT = 1
+HS_INITIATION_CONSUMED = 2
+
+
+class Keypair:
+    """One direction pair of transport keys. Raw keys are not kept: only the
+    AEAD objects (reused for every packet) hold them."""
+
+    __slots__ = (
+        "created",
+        "is_initiator",
+        "local_index",
+        "peer",
+        "recv",
+        "remote_index",
+        "replay",
+        "send",
+        "send_counter",
+    )
+
+    def __init__(
+        self,
+        peer: Peer,
+        send_key: bytes,
+        recv_key: bytes,
+        local_index: int,
+        remote_index: int,
+        is_initiator: bool,
+        created: float,
+    ) -> None:
+        self.peer = peer
+        self.send = ChaCha20Poly1305(send_key)
+        self.recv = ChaCha20Poly1305(recv_key)
+        self.send_counter = 0
+        self.replay = ReplayWindow()
+        self.local_index = local_index
+        self.remote_index = remote_index
+        self.is_initiator = is_initiator
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"Keypair(local={self.local_index:#x}, remote={self.remote_index:#x}, initiator={self.is_initiator})"
+
+
+class Peer:
+    def __init__(self, public_key: bytes) -> None:
+        self.public_key = public_key
+        self.preshared_key = bytes(32)
+        self.endpoint: Endpoint | None = None
+        self.persistent_keepalive = 0
+        self.static_static: bytes | None = None  # DH(our private, their public), cached
+        self.cookie = CookieGenerator(public_key)
+
+        # handshake
+        self.hs_state = HS_NONE
+        self.hs_local_index = 0
+        self.hs_remote_index = 0
+        self.hs_ephemeral_priv = b""
+        self.hs_remote_ephemeral = b""
+        self.hs_ck = b""
+        self.hs_h = b""
+        self.last_timestamp = bytes(12)
+        self.last_initiation_consumed = float("-inf")
+        self.last_sent_handshake = float("-inf")
+        self.handshake_attempts = 0
+        self.sent_last_minute_handshake = False
+        self.need_another_keepalive = False
+
+        # keypairs
+        self.previous: Keypair | None = None
+        self.current: Keypair | None = None
+        self.next: Keypair | None = None
+
+        self.staged: collections.deque[bytes] = collections.deque()
+
+        # timers (monotonic deadlines)
+        self.t_retransmit: float | None = None
+        self.t_send_keepalive: float | None = None
+        self.t_new_handshake: float | None = None
+        self.t_zero_keys: float | None = None
+        self.t_persistent_keepalive: float | None = None
+
+        # stats
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.last_handshake_wall: float = 0.0  # unix time; 0 = never
+        self.last_handshake_ns = 0
+
+    def next_deadline(self) -> float | None:
+        best: float | None = None
+        for t in (
+            self.t_retransmit,
+            self.t_send_keepalive,
+            self.t_new_handshake,
+            self.t_zero_keys,
+            self.t_persistent_keepalive,
+        ):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def __repr__(self) -> str:
+        # Public key only (never psk / keys).
+        import base64
+
+        return f"Peer({base64.b64encode(self.public_key).decode()[:8]}…)"

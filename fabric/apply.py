@@ -1,0 +1,134 @@
+"""Program a FabricState: WireGuard peers, routes and the nftables table.
+
+Everything is validated before anything changes (bad input: a clear error and
+nothing touched). Then, in an order that never sends a packet down a path that
+is not ready:
+
+- adding/keeping peers: NAT table first (the rewrites exist before any route
+  attracts traffic), then WireGuard peers, then routes;
+- when peers or views go away: routes first (stop attracting traffic), then
+  WireGuard, then the NAT table.
+
+Every step is a full sync, so applying the same state again changes nothing
+(and the nft table comes out identical: it is replaced wholly in one batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from fabric import nat, routes
+from fabric.model import FabricState
+from fabric.nft import Nft, NftError
+from fabric.wgctl import WgControl, WgError, key_hex
+
+# One control object per UAPI socket, so endpoints set earlier are remembered
+# (a peer that roamed is not pulled back on every reconcile).
+_controls: dict[str, WgControl] = {}
+
+
+class ApplyError(RuntimeError):
+    """Programming the data plane failed; the message names the step."""
+
+
+def _control(interface: str) -> WgControl:
+    return _controls.setdefault(interface, WgControl(interface))
+
+
+def _views(state: FabricState) -> set[str]:
+    return {m.view for p in state.peers for m in p.remote}
+
+
+def validate(state: FabricState) -> dict[str, Any]:
+    """Check everything up front; returns the rendered nft batch."""
+    try:
+        ruleset = nat.render(state)
+        routes.parse_cidrs(_views(state))
+        key_hex(state.local.private_key, "private key")
+        for p in state.peers:
+            key_hex(p.public_key, f"peer {p.cluster_id} public key")
+            if p.preshared_key:
+                key_hex(p.preshared_key, f"peer {p.cluster_id} preshared key")
+    except (nat.NatError, routes.RouteError, WgError) as e:
+        raise ApplyError(f"invalid fabric state: {e}") from None
+    return ruleset
+
+
+def apply(state: FabricState, previous: FabricState | None = None, *, netns: str | None = None) -> None:
+    """Program ``state`` (``previous``: what was programmed last, to clean up and order)."""
+    ruleset = validate(state)
+    local = state.local
+    nft = Nft(netns)
+
+    def do_nat() -> None:
+        try:
+            nft.apply(ruleset)
+        except NftError as e:
+            raise ApplyError(f"nftables table inet {local.nft_table}: {e}") from None
+
+    def do_wg() -> None:
+        try:
+            _control(local.interface).sync(local, state.peers)
+        except WgError as e:
+            raise ApplyError(f"WireGuard {local.interface}: {e}") from None
+
+    def do_routes() -> None:
+        try:
+            routes.sync_routes(local.interface, _views(state), netns=netns)
+        except routes.RouteError as e:
+            raise ApplyError(f"routes via {local.interface}: {e}") from None
+
+    shrinking = previous is not None and not (
+        {p.public_key for p in previous.peers} <= {p.public_key for p in state.peers}
+        and _views(previous) <= _views(state))
+    steps = [do_routes, do_wg, do_nat] if shrinking else [do_nat, do_wg, do_routes]
+    for step in steps:
+        step()
+
+    if previous is not None:
+        old = previous.local
+        if old.interface != local.interface:
+            with contextlib.suppress(routes.RouteError):
+                routes.remove_routes(old.interface, netns=netns)
+            _controls.pop(old.interface, None)
+        if old.nft_table != local.nft_table:
+            with contextlib.suppress(NftError):
+                nft.delete_table(nat.FAMILY, old.nft_table)
+
+
+def remove(state: FabricState, *, netns: str | None = None) -> None:
+    """Undo ``apply``: routes, WireGuard peers, the nft table (the interface stays)."""
+    local = state.local
+    routes.remove_routes(local.interface, netns=netns)
+    with contextlib.suppress(WgError):
+        _control(local.interface).sync(local, ())
+    Nft(netns).delete_table(nat.FAMILY, local.nft_table)
+
+
+def verify(state: FabricState, *, netns: str | None = None) -> list[str]:
+    """What differs between the kernel and ``state`` (empty: programmed as the state says)."""
+    problems: list[str] = []
+    local = state.local
+    try:
+        listed = Nft(netns).list_table(nat.FAMILY, local.nft_table)
+        have = {(r["rule"]["chain"], r["rule"].get("comment", ""))
+                for r in listed.get("nftables", []) if "rule" in r}
+        want = {(r["chain"], r["comment"]) for m in nat.mappings(state) for r in m["rules"]}
+        if not want <= have:
+            problems.append(f"nft table {local.nft_table}: {len(want - have)} mapping rules missing")
+    except NftError:
+        problems.append(f"nft table inet {local.nft_table} missing")
+    try:
+        present = routes.list_routes(local.interface, netns=netns)
+        if present != routes.parse_cidrs(_views(state)):
+            problems.append(f"routes via {local.interface} differ from the peers' views")
+    except routes.RouteError as e:
+        problems.append(str(e))
+    try:
+        peers = set(_control(local.interface).show())
+        if peers != {p.public_key for p in state.peers}:
+            problems.append(f"WireGuard {local.interface}: peers differ from the state")
+    except WgError as e:
+        problems.append(str(e))
+    return problems

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from ipam import DEFAULT_POOLS, IpamError, IpamStore, LocalRanges, PeerRange
+
 ViewTuple = tuple[str, str, str]  # (kind, real, view)
 
 
@@ -28,25 +30,23 @@ class IpamViews:
 
     def __init__(self, path: str | Path, pod: tuple[str, ...], service: tuple[str, ...],
                  reserved: tuple[str, ...], pools: tuple[str, ...] | None) -> None:
-        import importlib
-
-        from ipam.model import DEFAULT_POOLS, LocalRanges
-
-        ipam: Any = importlib.import_module("ipam")  # IpamStore/IpamError, typed loosely on purpose
-        self._ipam = ipam
         self.pools = tuple(pools) if pools is not None else DEFAULT_POOLS
         self.local = {"pod": list(pod), "service": list(service), "reserved": list(reserved)}
         try:
-            self.store = ipam.IpamStore.open(str(path), LocalRanges(pod, service, reserved), self.pools)
-        except ipam.IpamError as e:
+            self.store = IpamStore.open(path, LocalRanges(pod, service, reserved), self.pools)
+        except IpamError as e:
             raise ViewsError(str(e)) from None
 
     def allocate(self, peer: str, ranges: list[tuple[str, str]]) -> list[ViewTuple]:
-        from ipam.model import PeerRange
-
+        """All views of ``peer`` after adding ``ranges``; all or nothing."""
+        claims = []
+        for kind, cidr in ranges:
+            if kind not in ("pod", "service"):
+                raise ViewsError(f"range kind {kind!r} is not pod or service")
+            claims.append(PeerRange("pod" if kind == "pod" else "service", cidr))
         try:
-            got = self.store.allocate(peer, [PeerRange(k, c) for k, c in ranges])  # type: ignore[arg-type]
-        except self._ipam.IpamError as e:
+            got = self.store.allocate(peer, claims)
+        except IpamError as e:
             raise ViewsError(str(e)) from None
         return [(v.kind, v.real, v.view) for v in got]
 
@@ -56,7 +56,14 @@ class IpamViews:
     def release(self, peer: str) -> None:
         self.store.release(peer)
 
+    def close(self) -> None:
+        self.store.close()
+
     def snapshot(self) -> dict[str, Any]:
         allocs = [{"peer": v.peer, "kind": v.kind, "real": v.real, "view": v.view,
-                   "remapped": v.view != v.real} for v in self.store.allocations()]
-        return {"pools": list(self.pools), "local": self.local, "allocations": allocs}
+                   "remapped": v.view != v.real}
+                  for views in self.store.allocations().values() for v in views]
+        conflicts = [{"peer": c.view.peer, "view": c.view.view, "overlaps": c.local}
+                     for c in self.store.conflicts()]
+        return {"pools": list(self.pools), "local": self.local, "allocations": allocs,
+                "conflicts": conflicts}

@@ -1,0 +1,78 @@
+"""Prometheus text exposition for the gateway (no client library: a handful of gauges)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.controller import Gateway
+
+STATES = ("pending", "connecting", "connected", "error")
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_: str) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, value: float | int | None, **labels: str) -> None:
+        if value is None:
+            return
+        lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+        self.lines.append(f"{name}{{{lab}}} {value}" if lab else f"{name} {value}")
+
+
+def render_metrics(gw: Gateway) -> str:
+    o = _Out()
+    peers = gw.peers()
+    o.family("crosswire_peers", "gauge", "Peers by state.")
+    for s in STATES:
+        o.sample("crosswire_peers", sum(1 for p in peers if p["state"] == s), state=s)
+    o.family("crosswire_peer_up", "gauge", "1 if the peer answers probes through the tunnel.")
+    for p in peers:
+        o.sample("crosswire_peer_up", int(p["state"] == "connected"), peer=p["cluster_id"])
+    o.family("crosswire_peer_handshake_age_seconds", "gauge", "Seconds since the latest WireGuard handshake.")
+    for p in peers:
+        o.sample("crosswire_peer_handshake_age_seconds", p["handshake_age_s"], peer=p["cluster_id"])
+    o.family("crosswire_peer_rx_bytes_total", "counter", "Bytes received from the peer (WireGuard).")
+    for p in peers:
+        o.sample("crosswire_peer_rx_bytes_total", p["rx_bytes"], peer=p["cluster_id"])
+    o.family("crosswire_peer_tx_bytes_total", "counter", "Bytes sent to the peer (WireGuard).")
+    for p in peers:
+        o.sample("crosswire_peer_tx_bytes_total", p["tx_bytes"], peer=p["cluster_id"])
+    o.family("crosswire_peer_rtt_seconds", "gauge", "Round-trip time of the latest probe through the tunnel.")
+    for p in peers:
+        rtt = p["rtt_ms"]
+        o.sample("crosswire_peer_rtt_seconds", None if rtt is None else rtt / 1000, peer=p["cluster_id"])
+    o.family("crosswire_peer_probe_loss_ratio", "gauge", "Lost probes among the last 20.")
+    for p in peers:
+        o.sample("crosswire_peer_probe_loss_ratio", p["loss"], peer=p["cluster_id"])
+    o.family("crosswire_nat_packets_total", "counter", "Packets through the NAT rules of each peer.")
+    o.family("crosswire_nat_bytes_total", "counter", "Bytes through the NAT rules of each peer.")
+    try:
+        nat: list[dict[str, Any]] = gw.nat()
+    except Exception:
+        nat = []
+    for m in nat:
+        peer = str(m.get("peer") or m.get("cluster_id") or "")
+        c = m.get("counters") or {}
+        o.sample("crosswire_nat_packets_total", c.get("packets", 0), peer=peer)
+        o.sample("crosswire_nat_bytes_total", c.get("bytes", 0), peer=peer)
+    st = gw.stats
+    o.family("crosswire_reconcile_runs_total", "counter", "Reconcile passes.")
+    o.sample("crosswire_reconcile_runs_total", st.runs)
+    o.family("crosswire_reconcile_errors_total", "counter", "Reconcile passes that failed.")
+    o.sample("crosswire_reconcile_errors_total", st.errors)
+    o.family("crosswire_dataplane_restarts_total", "counter", "Times the data plane was found dead and restarted.")
+    o.sample("crosswire_dataplane_restarts_total", st.restarts)
+    ready, _ = gw.ready()
+    o.family("crosswire_ready", "gauge", "1 when WireGuard, routes and NAT match the state.")
+    o.sample("crosswire_ready", int(ready))
+    return "\n".join(o.lines) + "\n"

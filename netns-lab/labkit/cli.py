@@ -1,0 +1,91 @@
+"""``netns-lab/lab``: up, down, status, demo, exec."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from .lab import Lab, LabError, list_labs, teardown
+from .topology import TopologyError, load
+
+DEFAULT_NAME = "cwlab"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lab", description="crosswire network-namespace lab")
+    ap.add_argument("--name", default=os.environ.get("CROSSWIRE_LAB_NAME", DEFAULT_NAME),
+                    help="lab instance name, the prefix of everything it creates (default cwlab)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="build the lab and start gateways, agents and pods")
+    up.add_argument("--topology", help="topology YAML (default: clusters gpu and lab)")
+    up.add_argument("--no-gateways", action="store_true", help="clusters only, no crosswire gateways")
+    down = sub.add_parser("down", help="remove everything the lab made")
+    down.add_argument("--all", action="store_true", help="every lab instance on this machine")
+    st = sub.add_parser("status", help="clusters, gateways, peers and their health")
+    st.add_argument("--json", action="store_true")
+    demo = sub.add_parser("demo", help="build the default lab, peer it, curl across, check")
+    demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    ex = sub.add_parser("exec", help="run a command in a node (n1), pod (p1) or gateway (gw)")
+    ex.add_argument("cluster")
+    ex.add_argument("member")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print("lab: must run as root (it creates network namespaces)", file=sys.stderr)
+        return 1
+    try:
+        if a.cmd == "up":
+            Lab(a.name, load(a.topology)).up(gateways=not a.no_gateways)
+        elif a.cmd == "down":
+            names = list_labs() if a.all else [a.name]
+            for n in names:
+                removed = teardown(n)
+                print(f"lab {n}: removed {len(removed)} namespaces/sockets/dirs")
+        elif a.cmd == "status":
+            s = Lab(a.name).status()
+            print(json.dumps(s, indent=2) if a.json else render_status(s))
+        elif a.cmd == "demo":
+            from .demo import run_demo
+
+            return int(run_demo(a.name, keep=a.keep))
+        elif a.cmd == "exec":
+            cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+            if not cmd:
+                print("lab exec: no command given", file=sys.stderr)
+                return 2
+            ns = Lab(a.name).plan.ns_of(a.cluster, a.member)
+            os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
+    except (LabError, TopologyError) as e:
+        print(f"lab: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def render_status(s: dict[str, object]) -> str:
+    out = [f"lab {s['name']}"]
+    for c in s["clusters"]:  # type: ignore[attr-defined]
+        gw = c["gateway"]
+        out.append(f"  cluster {c['id']}: pods {c['pod_cidr']}, services {c['service_cidr']}")
+        out.append(f"    gateway {gw['pod_ip']} (public {gw['public']}), api {gw['api']}")
+        st = gw["status"]
+        out.append(f"    status: {json.dumps(st) if not isinstance(st, str) else st}")
+        peers = c["peers"]
+        if isinstance(peers, dict):
+            peers = peers.get("peers", peers)
+        if isinstance(peers, list):
+            for p in peers:
+                out.append(f"    peer {json.dumps(p)}")
+        out.append(f"    pods: {', '.join(f'{k}={v}' for k, v in c['pods'].items())}")
+        out.append(f"    services: {', '.join(f'{k}={v}' for k, v in c['services'].items())}")
+        procs = c["processes"]
+        dead = [k for k, v in procs.items() if v != "running"]
+        out.append(f"    processes: {len(procs) - len(dead)}/{len(procs)} running"
+                   + (f", DEAD: {', '.join(dead)}" if dead else ""))
+    return "\n".join(out)

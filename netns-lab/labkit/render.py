@@ -1,0 +1,75 @@
+"""Pure renderers: the kube-proxy stand-in, the Cilium check and the gateway config.
+
+kube-proxy stand-in: one nftables table per node, DNAT of every service
+IP:port to a random endpoint pod (numgen), in prerouting (traffic from pods
+and from the gateway) and output (the node's host network), as kube-proxy's
+nftables mode does.
+
+Cilium check: Cilium drops packets leaving a pod whose source is not that
+pod's IP ("Invalid source ip DROPPED"). The lab emulates it on the gateway's
+node with a prerouting rule on the gateway pod's veth, so a gateway that
+delivers remote (remapped) sources into the cluster without ``masquerade``
+is dropped there; drops are counted in ``nft list table inet cwlab-cilium``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .topology import API_PORT, POD_PORT, WG_PORT, ClusterPlan, LabPlan
+
+KUBEPROXY_TABLE = "cwlab-kubeproxy"
+CILIUM_TABLE = "cwlab-cilium"
+
+
+def kubeproxy_ruleset(c: ClusterPlan) -> str:
+    eps = [p.ip for p in c.pods]
+    rules = []
+    for s in c.spec.services:
+        if not eps:
+            continue  # a service without endpoints: kube-proxy rejects; we let it time out
+        m = ", ".join(f"{i} : {ip} . {POD_PORT}" for i, ip in enumerate(eps))
+        rules.append(f"ip daddr {s.ip} tcp dport {s.port} "
+                     f"dnat ip to numgen random mod {len(eps)} map {{ {m} }}")
+    body = "\n".join(f"    {r}" for r in rules)
+    return (f"table ip {KUBEPROXY_TABLE} {{\n"
+            f"  chain services {{\n{body}\n  }}\n"
+            "  chain prerouting { type nat hook prerouting priority dstnat; policy accept;\n"
+            "    jump services\n  }\n"
+            "  chain output { type nat hook output priority -100; policy accept;\n"
+            "    jump services\n  }\n"
+            "}\n")
+
+
+def cilium_ruleset(c: ClusterPlan) -> str:
+    assert c.gateway is not None
+    return (f"table inet {CILIUM_TABLE} {{\n"
+            "  chain from_pods { type filter hook prerouting priority raw; policy accept;\n"
+            f'    iifname "{c.gateway.host_if}" ip saddr != {c.gateway.ip} counter drop '
+            'comment "Invalid source ip DROPPED"\n'
+            "  }\n}\n")
+
+
+def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, Any]:
+    assert c.gateway is not None
+    spec = c.spec
+    cfg: dict[str, Any] = {
+        "cluster_id": spec.id,
+        "pod_cidrs": [spec.pod_cidr],
+        "service_cidrs": [spec.service_cidr],
+        # The underlay and the internet segment must never be handed out as views.
+        "reserved_cidrs": [spec.node_cidr, lab.topology.internet],
+        "wireguard": {
+            "interface": c.wg_interface,
+            "listen_port": WG_PORT,
+            "endpoint": f"{c.internet_ip}:{WG_PORT}",
+            "implementation": "userspace",
+        },
+        "api": {"listen": f"0.0.0.0:{API_PORT}", "advertise": c.public_api_url},
+        "state_dir": state_dir,
+        "masquerade": spec.masquerade,
+        "gateway_ip": c.gateway.ip,
+    }
+    if spec.ipam_pools:
+        cfg["ipam"] = {"pools": list(spec.ipam_pools)}
+    return cfg

@@ -10,7 +10,7 @@ from fabric.wg import messages as m
 def test_handshake_and_data_both_ways(pair: Pair) -> None:
     pkt = pair.a_to_b(b"first")
     # initiation, response, then the staged packet on the new session
-    kinds = [d[:1] for _, _, d in pair.net.log]
+    kinds = [d[:1] for _, _, d, _ in pair.net.log]
     assert kinds == [b"\x01", b"\x02", b"\x04"]
     assert len(pair.net.log[0][2]) == m.INITIATION_SIZE
     assert len(pair.net.log[1][2]) == m.RESPONSE_SIZE

@@ -44,7 +44,7 @@ class Net:
         self.clock = clock
         self.devices: dict[Endpoint, Device] = {}
         self.addr_of: dict[int, Endpoint] = {}
-        self.log: list[tuple[Endpoint, Endpoint, bytes]] = []
+        self.log: list[tuple[Endpoint, Endpoint, bytes, float]] = []  # src, dst, data, time
         # A filter that may drop/alter datagrams: (src, dst, data) -> data | None
         self.filter: Callable[[Endpoint, Endpoint, bytes], bytes | None] | None = None
 
@@ -60,7 +60,7 @@ class Net:
                     data, dst = dev.outbox.popleft()
                     moved = True
                     src = self.addr_of[id(dev)]
-                    self.log.append((src, dst, data))
+                    self.log.append((src, dst, data, self.clock.now))
                     if self.filter is not None:
                         d2 = self.filter(src, dst, data)
                         if d2 is None:
@@ -137,6 +137,9 @@ class Pair:
     @property
     def peer_a(self):  # B's view of A
         return self.b.peers[self.a_pub]
+
+    def kinds(self, since: int = 0, src: Endpoint | None = None) -> list[int]:
+        return [d[0] for s, _, d, _ in self.net.log[since:] if src is None or s == src]
 
     def a_to_b(self, payload: bytes = b"ping") -> bytes:
         pkt = ipv4_packet("10.0.0.1", "10.0.0.2", payload)

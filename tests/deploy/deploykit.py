@@ -1,0 +1,48 @@
+"""Shared helpers of the packaging checks: where the trees are, how to pick objects apart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import kustomize_lite
+
+HERE = Path(__file__).resolve().parent
+
+REPO = HERE.parent.parent
+KUSTOMIZE = REPO / "deploy" / "kubernetes"
+TREES = {"base": KUSTOMIZE / "base", "gpu": KUSTOMIZE / "overlays" / "gpu",
+         "lab": KUSTOMIZE / "overlays" / "lab"}
+
+
+def render_with_component(tmp: Path, overlay: str, component: str) -> list[dict[str, Any]]:
+    """Render an overlay plus an optional component through a throwaway kustomization."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    rel = lambda p: os.path.relpath(p, tmp)  # noqa: E731  (kustomize refuses absolute paths)
+    (tmp / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {rel(TREES[overlay])}\n"
+        f"components:\n  - {rel(KUSTOMIZE / 'components' / component)}\n")
+    return kustomize_lite.build(tmp)
+
+
+def find(resources: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    hits = [r for r in resources if r["kind"] == kind
+            and (name is None or r["metadata"]["name"] == name)]
+    assert len(hits) == 1, f"expected one {kind} {name or ''}, found {len(hits)}"
+    return hits[0]
+
+
+def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    pod = workload["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if c["name"] == name)
+
+
+def gateway_config_text(resources: list[dict[str, Any]]) -> str:
+    """gateway.yaml from the ConfigMap the gateway Deployment actually mounts."""
+    dep = find(resources, "Deployment", "crosswire-gateway")
+    vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+    cm = find(resources, "ConfigMap", vol["configMap"]["name"])
+    text: str = cm["data"]["gateway.yaml"]
+    return text

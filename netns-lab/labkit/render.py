@@ -2,8 +2,8 @@
 
 kube-proxy stand-in: one nftables table per node, DNAT of every service
 IP:port to a random endpoint pod (numgen), in prerouting (traffic from pods
-and from the gateway) and output (the node's host network), as kube-proxy's
-nftables mode does.
+and from the gateway) and output (the node's host network), and masquerade
+for hairpin traffic, as kube-proxy's nftables mode does.
 
 Cilium check: Cilium drops packets leaving a pod whose source is not that
 pod's IP ("Invalid source ip DROPPED"). The lab emulates it on the gateway's
@@ -32,8 +32,15 @@ def kubeproxy_ruleset(c: ClusterPlan) -> str:
         rules.append(f"ip daddr {s.ip} tcp dport {s.port} "
                      f"dnat ip to numgen random mod {len(eps)} map {{ {m} }}")
     body = "\n".join(f"    {r}" for r in rules)
+    # Hairpin: a pod reaching itself through a service would see its own address as
+    # the source and drop the packet; kube-proxy masquerades that case, so do we.
+    hairpin = ""
+    if eps:
+        pairs = ", ".join(f"{ip} . {ip}" for ip in eps)
+        hairpin = ("  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
+                   f"    ct status dnat ip saddr . ip daddr {{ {pairs} }} masquerade\n  }}\n")
     return (f"table ip {KUBEPROXY_TABLE} {{\n"
-            f"  chain services {{\n{body}\n  }}\n"
+            f"  chain services {{\n{body}\n  }}\n{hairpin}"
             "  chain prerouting { type nat hook prerouting priority dstnat; policy accept;\n"
             "    jump services\n  }\n"
             "  chain output { type nat hook output priority -100; policy accept;\n"

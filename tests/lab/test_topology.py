@@ -1,0 +1,88 @@
+"""The lab's topology parsing and address plan (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from labkit import render
+from labkit.topology import TopologyError, default_topology, parse, plan
+
+
+def test_default_is_two_identical_clusters() -> None:
+    p = plan("cwlab", default_topology())
+    assert [c.id for c in p.clusters] == ["gpu", "lab"]
+    for c in p.clusters:
+        assert c.spec.pod_cidr == "10.244.0.0/16" and c.spec.service_cidr == "10.96.0.0/12"
+        assert [n.pod_subnet for n in c.nodes] == ["10.244.0.0/24", "10.244.1.0/24"]
+        assert len(c.pods) == 3 and c.gateway is not None and c.gateway.node == "n1"
+        assert [s.ip for s in c.spec.services] == ["10.96.0.10"]
+        for pod in c.pods:
+            assert ipaddress.ip_address(pod.ip) in ipaddress.ip_network(c.node(pod.node).pod_subnet)
+    # Names never collide between instances or clusters, and interfaces fit in 15 chars.
+    ns = p.namespaces()
+    assert len(ns) == len(set(ns)) and all(n.startswith("cwlab-") for n in ns)
+    assert {c.wg_interface for c in p.clusters} == {"cwlabw0", "cwlabw1"}
+    assert not set(ns) & set(plan("other", default_topology()).namespaces())
+    assert p.ns_of("lab", "p3") == "cwlab-lab-p3" and p.ns_of("gpu", "gw") == "cwlab-gpu-gw"
+
+
+def test_pods_skip_the_gateway_ip() -> None:
+    t = parse({"clusters": [{"id": "a", "gateway_ip": "10.244.0.10"}]})
+    c = plan("x", t).clusters[0]
+    assert c.gateway is not None and c.gateway.ip == "10.244.0.10"
+    assert "10.244.0.10" not in [p.ip for p in c.pods]
+
+
+def test_containment_and_partial_ranges_plan() -> None:
+    t = parse({"clusters": [{"id": "a", "pod_cidr": "10.0.0.0/8"},
+                            {"id": "b", "pod_cidr": "10.244.128.0/17", "nodes": 3,
+                             "pods_per_node": 1}]})
+    a, b = plan("x", t).clusters
+    assert [n.pod_subnet for n in a.nodes] == ["10.0.0.0/24", "10.0.1.0/24"]
+    assert [n.pod_subnet for n in b.nodes] == ["10.244.128.0/24", "10.244.129.0/24", "10.244.130.0/24"]
+    assert b.gateway is not None and b.gateway.ip == "10.244.128.2"
+
+
+@pytest.mark.parametrize("bad", [
+    [],
+    {"clusters": []},
+    {"clusters": [{"id": "a"}, {"id": "a"}]},
+    {"clusters": [{"id": "A-b"}]},
+    {"clusters": [{"id": "a", "pod_cidr": "10.244.0.1/16"}]},
+    {"clusters": [{"id": "a", "pod_cidr": "fd00::/48"}]},
+    {"clusters": [{"id": "a", "nodes": 3, "pods_per_node": [1, 1]}]},
+    {"clusters": [{"id": "a", "pod_cidr": "10.244.0.0/25"}]},
+    {"clusters": [{"id": "a", "services": [{"name": "s", "ip": "10.0.0.1"}]}]},
+    {"clusters": [{"id": "a", "gateway_ip": "10.244.1.2"}]},
+    {"clusters": [{"id": "a", "bogus": 1}]},
+    {"clusterz": []},
+])
+def test_bad_topologies_are_rejected(bad: object) -> None:
+    with pytest.raises(TopologyError):
+        parse(bad)
+
+
+def test_bad_lab_names_are_rejected() -> None:
+    for name in ("", "Upper", "has-dash", "waytoolongname"):
+        with pytest.raises(TopologyError):
+            plan(name, default_topology())
+
+
+def test_renderers() -> None:
+    lab = plan("x", parse({"clusters": [{"id": "a", "cilium_check": True, "masquerade": True}]}))
+    c = lab.clusters[0]
+    kp = render.kubeproxy_ruleset(c)
+    assert "ip daddr 10.96.0.10 tcp dport 80 dnat ip to numgen random mod 3" in kp
+    assert "0 : 10.244.0.10 . 8080, 1 : 10.244.0.11 . 8080, 2 : 10.244.1.10 . 8080" in kp
+    assert 'iifname "vgw" ip saddr != 10.244.0.2 counter drop' in render.cilium_ruleset(c)
+    cfg = render.gateway_config(lab, c, "/tmp/s")
+    assert cfg["wireguard"]["interface"] == "xw0" and cfg["masquerade"] is True
+    assert cfg["api"]["advertise"] == "http://203.0.113.11:8080"
+    assert cfg["wireguard"]["endpoint"] == "203.0.113.11:51820"
+    assert "192.168.10.0/24" in cfg["reserved_cidrs"] and cfg["gateway_ip"] == "10.244.0.2"
+    # The gateway's own validator accepts what the lab writes.
+    from gateway.config import parse as parse_config
+
+    gc = parse_config(cfg, env={})
+    assert gc.advertise_url() == "http://203.0.113.11:8080" and gc.gateway_ip == "10.244.0.2"

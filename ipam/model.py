@@ -1,0 +1,70 @@
+"""The values IPAM takes and returns: peer ranges, views, local ranges, pools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["pod", "service"]
+KINDS: tuple[Kind, ...] = ("pod", "service")
+
+# Default pools for remapped views, tried in order. 100.64.0.0/10 (RFC 6598
+# shared address space) first: no Kubernetes distribution uses it by default.
+# Then RFC 1918, largest block first; 10.0.0.0/8 holds the kubeadm/k3s/etc.
+# defaults (10.244/16, 10.96/12, 10.42/16, 10.43/16), but those are local
+# ranges or peer ranges, and views never overlap local ranges anyway.
+# fd00::/8 (ULA) for IPv6.
+DEFAULT_POOLS: tuple[str, ...] = (
+    "100.64.0.0/10",
+    "172.16.0.0/12",
+    "10.0.0.0/8",
+    "192.168.0.0/16",
+    "fd00::/8",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRange:
+    """A range a peer claims as its own (in the peer's address space)."""
+
+    kind: Kind
+    cidr: str
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """How we address one range of a peer.
+
+    ``real`` is the peer's CIDR (canonical form), ``view`` ours for it; both
+    have the same prefix length. ``view == real`` means no rewriting.
+    """
+
+    peer: str
+    kind: Kind
+    real: str
+    view: str
+
+    @property
+    def remapped(self) -> bool:
+        return self.view != self.real
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRanges:
+    """This cluster's own ranges: no view may overlap any of them."""
+
+    pod: tuple[str, ...]
+    service: tuple[str, ...]
+    reserved: tuple[str, ...] = ()  # node/underlay CIDRs, config's reserved_cidrs
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A stored view that now overlaps a local range (the config changed).
+
+    The view stays allocated (routing to it keeps working as before) until the
+    operator re-peers: ``release(peer)`` then ``allocate(peer, ranges)``.
+    """
+
+    view: View
+    local: str  # the local/reserved range it overlaps, e.g. "pod 100.64.0.0/16"

@@ -1,0 +1,272 @@
+"""The persistent IPAM: the Planner behind a SQLite file (WAL, mode 0600).
+
+Every peer operation is one ``BEGIN IMMEDIATE`` transaction: it takes the
+database's write lock first, then refreshes the in-memory Planner if another
+connection committed since we last looked (``PRAGMA data_version``), plans,
+writes, commits, and only then applies the plan in memory. So two processes
+sharing the file serialize and always plan against the latest views, and a
+crash at any point leaves either the old or the new state of that peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from .cidr import net_from_bytes, parse_cidr
+from .errors import IpamError
+from .model import DEFAULT_POOLS, Conflict, Kind, LocalRanges, PeerRange, View
+from .planner import Plan, Planner, Rec, check_peer_name
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_PlanFn = Callable[[Planner], Plan]
+
+# One b-tree (WITHOUT ROWID, keyed by peer and real range): every extra index
+# costs ~40% of the per-peer commit time. View uniqueness is the Planner's
+# job, and a load re-checks that stored views are pairwise disjoint (a
+# stronger check than a UNIQUE index). vfirst duplicates the view as
+# big-endian address bytes so a reopen builds its index without parsing text
+# (real ranges repeat across peers and hit the parse cache); seq keeps each
+# peer's views in allocation order.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS views (
+    peer   TEXT NOT NULL,
+    real   TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    kind   TEXT NOT NULL CHECK (kind IN ('pod', 'service')),
+    view   TEXT NOT NULL,
+    plen   INTEGER NOT NULL,
+    vfirst BLOB NOT NULL,
+    PRIMARY KEY (peer, real)
+) WITHOUT ROWID;
+"""
+
+
+class IpamStore:
+    """Allocations of views per peer, persisted in SQLite.
+
+    Thread-safe (one lock around the connection). Open with ``IpamStore.open``.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, planner: Planner, path: Path) -> None:
+        self._conn = conn
+        self._planner = planner
+        self.path = path
+        self._lock = threading.RLock()
+        self._data_version: int | None = None  # None: in-memory state must be reloaded
+        self._closed = False
+        self._next_seq = 0
+
+    @classmethod
+    def open(cls, path: str | Path, local: LocalRanges,
+             pools: Sequence[str] = DEFAULT_POOLS) -> IpamStore:
+        """Open (or create) the store at ``path``; config errors raise IpamError first."""
+        planner = Planner(local, pools)  # validates the config before touching files
+        path = Path(path)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Create the file ourselves with 0600 so it never exists with a wider
+        # mode; SQLite gives the -wal/-shm files the database file's mode.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise IpamError(f"IPAM store {path}: cannot switch to WAL (journal_mode={mode})")
+            # WAL + NORMAL: a commit is atomic and survives a process crash
+            # (kill -9); only an OS crash may lose the last commits, never
+            # consistency.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            store = cls(conn, planner, path)
+            with store._lock:
+                store._begin()
+                try:
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            conn.execute(stmt)
+                    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                    if row is None:
+                        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                                     (str(SCHEMA_VERSION),))
+                    elif row[0] != str(SCHEMA_VERSION):
+                        raise IpamError(f"IPAM store {path}: schema version {row[0]}, "
+                                        f"this crosswire reads {SCHEMA_VERSION}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    store._rollback()
+                    raise
+                store._refresh()
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise IpamError(f"IPAM store {path}: {e}") from None
+        except BaseException:
+            conn.close()
+            raise
+        for c in store.conflicts():
+            log.warning("IPAM: view %s of peer %r (%s) overlaps %s after a config change; "
+                        "re-peer to move it", c.view.view, c.view.peer, c.view.real, c.local)
+        return store
+
+    # -- transactions ----------------------------------------------------
+
+    def _begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _sync_in_txn(self) -> None:
+        """Inside a transaction: reload if anyone else committed since our last look."""
+        dv = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if dv != self._data_version:
+            self._load()
+            self._data_version = dv
+
+    def _refresh(self) -> None:
+        """Outside a transaction: bring memory up to date for a read."""
+        with self._lock:
+            self._check_open()
+            dv = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if dv == self._data_version:
+                return
+            self._conn.execute("BEGIN")
+            try:
+                self._sync_in_txn()
+            finally:
+                self._rollback()
+
+    def _load(self) -> None:
+        planner = Planner(self._planner.local, [str(p) for p in self._planner.pools])
+        # Sorting the rows in Python (by their unique leading seq) is cheaper
+        # than an ORDER BY, which SQLite would do with a temporary b-tree.
+        rows = self._conn.execute(
+            "SELECT seq, peer, kind, real, view, plen, vfirst FROM views").fetchall()
+        kinds: dict[str, Kind] = {"pod": "pod", "service": "service"}
+        try:
+            rows.sort()
+            self._next_seq = rows[-1][0] + 1 if rows else 0
+            recs = [Rec(View(peer, kinds[kind], real, view), net_from_bytes(vf, plen),
+                        parse_cidr(real, "stored real range"))
+                    for _, peer, kind, real, view, plen, vf in rows]
+        except (KeyError, TypeError, ValueError) as e:
+            raise IpamError(f"IPAM store {self.path}: malformed row ({e})") from None
+        planner.load(recs)
+        self._planner = planner
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IpamError("IPAM store is closed")
+
+    def _write(self, make_plan: _PlanFn) -> Plan:
+        with self._lock:
+            self._check_open()
+            self._begin()
+            try:
+                self._sync_in_txn()
+                p = make_plan(self._planner)
+                if p.dropped:
+                    self._conn.executemany("DELETE FROM views WHERE peer=? AND real=?",
+                                           [(p.peer, r.view.real) for r in p.dropped])
+                seq = self._next_seq
+                if p.new:
+                    self._conn.executemany(
+                        "INSERT INTO views (seq, peer, kind, real, view, plen, vfirst)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        [(seq + i, r.view.peer, r.view.kind, r.view.real, r.view.view,
+                          r.vnet.plen, r.vnet.to_bytes())
+                         for i, r in enumerate(p.new)])
+                self._conn.execute("COMMIT")
+                self._next_seq = seq + len(p.new)
+            except BaseException:
+                self._rollback()
+                raise
+            try:
+                self._planner.commit(p)
+            except BaseException:
+                self._data_version = None  # memory unsure: reload next time
+                raise
+            return p
+
+    # -- API -------------------------------------------------------------
+
+    def allocate(self, peer: str, ranges: Sequence[PeerRange], *, replace: bool = False) -> list[View]:
+        """Views for ``ranges`` of ``peer``; all or nothing, idempotent.
+
+        Existing views of the peer are kept; with ``replace`` the peer's views
+        of ranges not in ``ranges`` are released in the same transaction.
+        Returns every view of the peer.
+        """
+        check_peer_name(peer)
+        claims = self._planner.check(ranges)  # bad input is rejected before taking the lock
+        p = self._write(lambda pl: pl.plan_checked(peer, claims, replace=replace))
+        return list(p.views)
+
+    def release(self, peer: str) -> None:
+        """Free every view of ``peer`` (no error if it has none)."""
+        check_peer_name(peer)
+        with self._lock:
+            self._check_open()
+            self._begin()
+            try:
+                self._sync_in_txn()
+                self._conn.execute("DELETE FROM views WHERE peer=?", (peer,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            self._planner.release(peer)
+
+    def check(self, ranges: Sequence[PeerRange]) -> None:
+        """Validate peer-claimed ranges without allocating (IpamError if malformed)."""
+        self._planner.check(ranges)
+
+    def views(self, peer: str) -> list[View]:
+        self._refresh()
+        return self._planner.views(peer)
+
+    def allocations(self) -> dict[str, list[View]]:
+        self._refresh()
+        return self._planner.allocations()
+
+    def conflicts(self) -> list[Conflict]:
+        """Stored views overlapping a local/reserved range of the current config."""
+        self._refresh()
+        return self._planner.conflicts()
+
+    @property
+    def local(self) -> LocalRanges:
+        return self._planner.local
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        return tuple(str(p) for p in self._planner.pools)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> IpamStore:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"IpamStore({str(self.path)!r}, {len(self._planner)} views)"
+

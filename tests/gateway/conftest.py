@@ -1,0 +1,152 @@
+"""Fixtures for gateway tests: a fake data plane and in-process gateways wired by ASGI."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fabric import nat
+from fabric.model import FabricState
+from gateway.api import create_app
+from gateway.config import Config, parse
+from gateway.controller import Gateway
+from gateway.state import StateStore
+from gateway.views import IpamViews
+
+
+class FakeFabric:
+    """Records what the controller asks of the data plane; renders NAT with the real renderer."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.applied: list[FabricState] = []
+        self.fail_next: Exception | None = None
+        self.ensure_calls = 0
+
+    def ensure_up(self) -> None:
+        self.ensure_calls += 1
+        self.up = True
+
+    def alive(self) -> bool:
+        return self.up
+
+    def apply(self, state: FabricState, previous: FabricState | None) -> None:
+        if self.fail_next is not None:
+            e, self.fail_next = self.fail_next, None
+            raise e
+        nat.render(state)  # the real renderer must accept what we build
+        self.applied.append(state)
+
+    def stop(self) -> None:
+        self.up = False
+
+    def peer_stats(self) -> dict[str, dict[str, Any]]:
+        last = self.applied[-1] if self.applied else None
+        return {p.public_key: {"endpoint": p.endpoint, "last_handshake": 0.0, "rx_bytes": 7,
+                               "tx_bytes": 9} for p in (last.peers if last else ())}
+
+    def nat(self, state: FabricState) -> list[dict[str, Any]]:
+        return nat.with_counters(nat.mappings(state), {})
+
+    def verify(self, state: FabricState) -> list[str]:
+        return [] if self.applied and self.applied[-1] == state else ["not applied"]
+
+    @property
+    def last(self) -> FabricState:
+        return self.applied[-1]
+
+
+def make_config(name: str, state_dir: Path, **over: Any) -> Config:
+    raw: dict[str, Any] = {
+        "cluster_id": name,
+        "pod_cidrs": ["10.244.0.0/16"],
+        "service_cidrs": ["10.96.0.0/12"],
+        "ipam": {"pools": ["100.64.0.0/10"]},
+        "wireguard": {"interface": f"cw-{name}"[:15], "listen_port": 51820,
+                      "endpoint": f"{name}.example:51820", "implementation": "wireguard-go"},
+        "api": {"listen": "127.0.0.1:8080", "advertise": f"http://{name}:8080"},
+        "state_dir": str(state_dir),
+        "gateway_ip": "10.244.0.10",
+    }
+    raw.update(over)
+    return parse(raw, env={})
+
+
+class Cluster:
+    """One in-process gateway: config, store, IPAM, fake fabric, FastAPI app."""
+
+    def __init__(self, name: str, root: Path, router: dict[str, Any], clock: Callable[[], float],
+                 **over: Any) -> None:
+        self.name = name
+        self.dir = root / name
+        self.router = router
+        self.clock = clock
+        self.over = over
+        self.fabric = FakeFabric()
+        self.open()
+
+    def open(self) -> None:
+        self.config = make_config(self.name, self.dir, **self.over)
+        self.store = StateStore(self.dir)
+        c = self.config
+        self.views = IpamViews(self.dir / "ipam.db", c.pod_cidrs, c.service_cidrs, c.reserved_cidrs,
+                               c.ipam_pools)
+        self.gw = Gateway(config=c, store=self.store, views=self.views, fabric=self.fabric,
+                          clock=self.clock, http=self._http)
+        self.app = create_app(self.gw)
+        self.router[f"http://{self.name}:8080"] = self.app
+        self.admin = self.store.admin_token()
+
+    def close(self) -> None:
+        self.views.close()
+        self.store.close()
+
+    def _http(self) -> httpx.AsyncClient:
+        mounts = {url: httpx.ASGITransport(app=app) for url, app in self.router.items()}
+        return httpx.AsyncClient(mounts=mounts, timeout=5)
+
+    def client(self, auth: bool = True) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.admin}"} if auth else {}
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
+                                 base_url=f"http://{self.name}:8080", headers=headers)
+
+    async def call(self, method: str, path: str, auth: bool = True, **kw: Any) -> httpx.Response:
+        async with self.client(auth) as c:
+            return await c.request(method, path, **kw)
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def clusters(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., Cluster]]:
+    router: dict[str, Any] = {}
+    made: list[Cluster] = []
+
+    def make(name: str, **over: Any) -> Cluster:
+        c = Cluster(name, tmp_path, router, clock, **over)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)

@@ -1,0 +1,156 @@
+"""Every endpoint through FastAPI: auth, bad bodies (4xx + reason, nothing changed), replays."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from typing import Any
+
+import pytest
+
+ADMIN = [("POST", "/api/v1/tokens", {"ttl": "1h"}), ("POST", "/api/v1/peers", {"token": "cw1.xx"}),
+         ("DELETE", "/api/v1/peers/gpu", None), ("POST", "/api/v1/key/rotate", None),
+         ("POST", "/api/v1/ranges/announce", None)]
+
+
+def snapshot(c: Any) -> Any:
+    return (c.store.peers(), c.store.tokens(), c.views.snapshot(), c.store.private_key(),
+            len(c.fabric.applied))
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN)
+def test_admin_endpoints_need_the_credential(clusters: Any, method: str, path: str, body: Any) -> None:
+    gpu = clusters("gpu")
+
+    async def go() -> None:
+        before = snapshot(gpu)
+        r = await gpu.call(method, path, auth=False, json=body)
+        assert r.status_code == 401 and "admin credential" in r.json()["detail"]
+        assert r.headers["www-authenticate"] == "Bearer"
+        async with gpu.client(auth=False) as c:
+            r = await c.request(method, path, json=body, headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401
+        assert snapshot(gpu) == before
+
+    asyncio.run(go())
+
+
+def test_public_endpoints(clusters: Any) -> None:
+    gpu = clusters("gpu")
+
+    async def go() -> None:
+        assert (await gpu.call("GET", "/healthz", auth=False)).json() == {"status": "ok"}
+        r = await gpu.call("GET", "/readyz", auth=False)
+        assert r.status_code == 503  # nothing applied yet
+        assert await gpu.gw.reconcile()
+        assert (await gpu.call("GET", "/readyz", auth=False)).status_code == 200
+        st = (await gpu.call("GET", "/api/v1/status", auth=False)).json()
+        assert st["cluster_id"] == "gpu" and st["ready"] is True and st["peers"] == 0
+        assert (await gpu.call("GET", "/api/v1/peers", auth=False)).json() == []
+        nat = (await gpu.call("GET", "/api/v1/nat", auth=False)).json()
+        assert nat == {"table": "inet crosswire", "peers": []}
+        ipam = (await gpu.call("GET", "/api/v1/ipam", auth=False)).json()
+        assert ipam["pools"] == ["100.64.0.0/10"] and ipam["allocations"] == []
+        assert (await gpu.call("GET", "/api/v1/routes", auth=False)).json() == {
+            "gateway_ip": "10.244.0.10", "cidrs": []}
+        m = await gpu.call("GET", "/metrics", auth=False)
+        assert m.headers["content-type"].startswith("text/plain")
+        assert 'crosswire_peers{state="connected"} 0' in m.text and "crosswire_ready 1" in m.text
+        spec = (await gpu.call("GET", "/openapi.json", auth=False)).json()
+        for p in ("/healthz", "/readyz", "/metrics", "/api/v1/status", "/api/v1/peers", "/api/v1/nat",
+                  "/api/v1/ipam", "/api/v1/routes", "/api/v1/peering/join", "/api/v1/peering/message",
+                  "/api/v1/tokens", "/api/v1/key/rotate"):
+            assert p in spec["paths"], p
+
+    asyncio.run(go())
+
+
+BAD = [
+    ("POST", "/api/v1/tokens", {"ttl": "forever"}, 422, "ttl"),
+    ("POST", "/api/v1/tokens", {"ttl": "1h", "colour": 1}, 422, "colour"),
+    ("POST", "/api/v1/tokens", {"reusable": "perhaps"}, 422, "reusable"),
+    ("POST", "/api/v1/peers", {}, 422, "token"),
+    ("POST", "/api/v1/peers", {"token": "garbage-token"}, 400, "not a crosswire token"),
+    ("POST", "/api/v1/peers", {"token": "cw1.bm90anNvbg"}, 400, "malformed"),
+    ("POST", "/api/v1/peers", [1, 2], 422, "invalid request"),
+    ("DELETE", "/api/v1/peers/nobody", None, 404, "no peer"),
+    ("POST", "/api/v1/peering/join", {"body": {}, "mac": "x"}, 400, "token_id"),
+    ("POST", "/api/v1/peering/join", {"body": {"token_id": "zz"}, "mac": "x"}, 403, "unknown token"),
+    ("POST", "/api/v1/peering/join", {"nope": 1}, 422, "invalid request"),
+    ("POST", "/api/v1/peering/message", {"body": {"from": "ghost"}, "mac": "x"}, 403, "unknown peer"),
+    ("POST", "/api/v1/peering/message", {"body": {}, "mac": "x"}, 400, "from"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "reason"), BAD)
+def test_bad_bodies(clusters: Any, method: str, path: str, body: Any, status: int, reason: str) -> None:
+    gpu = clusters("gpu")
+
+    async def go() -> None:
+        before = snapshot(gpu)
+        r = await gpu.call(method, path, json=body)
+        assert r.status_code == status, r.text
+        assert reason in r.json()["detail"]
+        assert snapshot(gpu) == before
+
+    asyncio.run(go())
+
+
+def test_malformed_json(clusters: Any) -> None:
+    gpu = clusters("gpu")
+
+    async def go() -> None:
+        r = await gpu.call("POST", "/api/v1/tokens", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "invalid request" in r.json()["detail"]
+
+    asyncio.run(go())
+
+
+def test_replayed_join_and_message_refused(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+    seen: list[tuple[str, Any]] = []
+
+    async def go() -> None:
+        import httpx
+
+        # Record what lab sends to gpu.
+        orig = lab._http
+
+        def recording() -> httpx.AsyncClient:
+            client = orig()
+
+            async def hook(req: httpx.Request) -> None:
+                seen.append((req.url.path, req.content))
+            client.event_hooks["request"].append(hook)
+            return client
+        lab.gw.http = recording
+        tok = (await gpu.call("POST", "/api/v1/tokens", json={"ttl": "1h", "reusable": True})).json()["token"]
+        assert (await lab.call("POST", "/api/v1/peers", json={"token": tok})).status_code == 201
+        join = next(c for p, c in seen if p.endswith("/join"))
+        msg = next(c for p, c in seen if p.endswith("/message"))
+        before = snapshot(gpu)
+        # the join replayed (reusable token, so only the nonce/peer checks stop it)
+        r = await gpu.call("POST", "/api/v1/peering/join", content=join,
+                           headers={"content-type": "application/json"})
+        assert r.status_code in (401, 409), r.text
+        r = await gpu.call("POST", "/api/v1/peering/message", content=msg,
+                           headers={"content-type": "application/json"})
+        assert r.status_code == 401 and "replayed" in r.json()["detail"]
+        assert snapshot(gpu) == before
+        # even once gpu forgot lab, the recorded join cannot be replayed (nonce remembered)
+        gpu.gw._forget("lab")
+        before = snapshot(gpu)
+        r = await gpu.call("POST", "/api/v1/peering/join", content=join,
+                           headers={"content-type": "application/json"})
+        assert r.status_code == 401 and "replayed" in r.json()["detail"], r.text
+        assert snapshot(gpu) == before
+
+    asyncio.run(go())
+
+
+def test_state_files_are_private(clusters: Any) -> None:
+    gpu = clusters("gpu")
+    assert stat.S_IMODE(os.stat(gpu.dir).st_mode) == 0o700
+    for name in ("state.db", "admin-token", "ipam.db"):
+        assert stat.S_IMODE(os.stat(gpu.dir / name).st_mode) == 0o600, name

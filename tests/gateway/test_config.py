@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError, load, parse
+
+BASE: dict[str, Any] = {"cluster_id": "gpu", "pod_cidrs": ["10.244.0.0/16"], "service_cidrs": ["10.96.0.0/12"]}
+
+
+def bad(msg: str, env: dict[str, str] | None = None, **over: Any) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse({**BASE, **over}, env=env or {})
+    assert str(e.value) == msg
+
+
+def test_defaults() -> None:
+    c = parse(BASE, env={})
+    assert c.wireguard.interface == "crosswire0" and c.wireguard.listen_port == 51820
+    assert c.wireguard.implementation == "auto" and c.wireguard.mtu == 1420
+    assert c.api.listen == "0.0.0.0:8080" and c.masquerade is False and c.ipam_pools is None
+    assert c.reserved_cidrs == ()
+
+
+def test_messages_name_key_and_problem() -> None:
+    bad("pod_cidrs[1]: '10.244.0.0/33' is not a valid CIDR", pod_cidrs=["10.0.0.0/8", "10.244.0.0/33"])
+    bad("pod_cidrs[0]: '10.244.0.1/16' has host bits set", pod_cidrs=["10.244.0.1/16"])
+    bad("pod_cidrs: at least one CIDR is required", pod_cidrs=[])
+    bad("service_cidrs: expected a list of CIDRs, got int", service_cidrs=5)
+    bad("cluster_id: 'GPU_1' must be a DNS label (lowercase letters, digits, '-', 1-63 chars)", cluster_id="GPU_1")
+    bad("wireguard.listen_port: 70000 is out of range 1-65535", wireguard={"listen_port": 70000})
+    bad("wireguard.listen_port: 'x' is not an integer", wireguard={"listen_port": "x"})
+    bad("wireguard.implementation: 'boringtun' is not one of auto, userspace, kernel, wireguard-go",
+        wireguard={"implementation": "boringtun"})
+    bad("wireguard.interface: 'this-name-is-too-long' is not a valid interface name (1-15 chars)",
+        wireguard={"interface": "this-name-is-too-long"})
+    bad("wireguard.endpoint: 'nohost' is not host:port", wireguard={"endpoint": "nohost"})
+    bad("wireguard.mtu: 100 is out of range 576-9000", wireguard={"mtu": 100})
+    bad("wireguard.mtuu: unknown key", wireguard={"mtuu": 1})
+    bad("ipam.pools[0]: 'nope' is not a valid CIDR", ipam={"pools": ["nope"]})
+    bad("api.listen: port 99999 is out of range 1-65535", api={"listen": ":99999"})
+    bad("api.listen: 'localhost:http' has no valid port", api={"listen": "localhost:http"})
+    bad("api.advertise: 'ftp://x' is not an http(s)://host:port URL", api={"advertise": "ftp://x"})
+    bad("masquerade: 'maybe' is not true or false", masquerade="maybe")
+    bad("gateway_ip: 10.1.2.3 is not inside pod_cidrs", gateway_ip="10.1.2.3")
+    bad("gateway_ip: 'x' is not an IP address", gateway_ip="x")
+    bad("colour: unknown key", colour="blue")
+    with pytest.raises(ConfigError, match=r"^cluster_id: required$"):
+        parse({"pod_cidrs": ["10.0.0.0/8"]}, env={})
+
+
+def test_env_overrides() -> None:
+    env = {"CROSSWIRE_CLUSTER_ID": "lab", "CROSSWIRE_POD_CIDRS": "10.244.0.0/16, fd00::/48",
+           "CROSSWIRE_WIREGUARD_LISTEN_PORT": "51999", "CROSSWIRE_MASQUERADE": "true",
+           "CROSSWIRE_GATEWAY_IP": "10.244.0.5", "CROSSWIRE_POD_IP": "10.244.1.7",
+           "CROSSWIRE_API_ADVERTISE": "http://gw.lab:8080"}
+    c = parse(BASE, env=env)
+    assert c.cluster_id == "lab" and c.pod_cidrs == ("10.244.0.0/16", "fd00::/48")
+    assert c.wireguard.listen_port == 51999 and c.masquerade is True
+    assert c.gateway_ip == "10.244.1.7"  # the downward API wins
+    assert c.advertise_url() == "http://gw.lab:8080"
+    assert c.wireguard_endpoint() == "gw.lab:51999"
+    bad("pod_cidrs[0]: 'x' is not a valid CIDR", env={"CROSSWIRE_POD_CIDRS": "x"})
+
+
+def test_load_file(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("cluster_id: gpu\npod_cidrs: [10.244.0.0/16]\nwireguard:\n  endpoint: 192.0.2.1:51820\n")
+    c = load(p, env={})
+    assert c.wireguard_endpoint() == "192.0.2.1:51820"
+    p.write_text("cluster_id: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(p, env={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.yaml", env={})

@@ -1,0 +1,315 @@
+"""Two (three) gateways peering in-process: real controller, API, IPAM and NAT renderer; fake data plane."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.tokens import b64e, decode
+
+
+async def token_of(c: Any, **kw: Any) -> str:
+    r = await c.call("POST", "/api/v1/tokens", json=kw or {"ttl": "1h"})
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])
+
+
+async def peer(a: Any, b: Any) -> dict[str, Any]:
+    tok = await token_of(b)
+    r = await a.call("POST", "/api/v1/peers", json={"token": tok})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def test_peering_programs_both_sides_with_both_views(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        res = await peer(lab, gpu)  # lab holds gpu's token
+        assert res["cluster_id"] == "gpu"
+        # Both sides programmed before peer add returned.
+        for me, other in ((lab, gpu), (gpu, lab)):
+            st = me.fabric.last
+            assert [p.cluster_id for p in st.peers] == [other.name]
+            p = st.peers[0]
+            assert p.public_key == other.gw.public_key
+            # identical ranges -> remapped views from the pool, same prefix lengths
+            assert {(m.kind, m.real) for m in p.remote} == {("pod", "10.244.0.0/16"), ("service", "10.96.0.0/12")}
+            assert all(m.view.startswith("100.") for m in p.remote)
+            assert {(m.kind, m.real) for m in p.local} == {("pod", "10.244.0.0/16"), ("service", "10.96.0.0/12")}
+            assert p.endpoint == f"{other.name}.example:51820"
+        # Each side's "local" views are exactly the other side's "remote" views.
+        a, g = lab.fabric.last.peers[0], gpu.fabric.last.peers[0]
+        assert {(m.real, m.view) for m in a.local} == {(m.real, m.view) for m in g.remote}
+        assert {(m.real, m.view) for m in g.local} == {(m.real, m.view) for m in a.remote}
+        # Same derived PSK on both sides, never typed.
+        assert a.preshared_key and a.preshared_key == g.preshared_key
+        # probe IP: the peer gateway's pod IP as we address it.
+        pod_view = next(m.view for m in a.remote if m.kind == "pod")
+        assert a.probe_ip == pod_view.split("/")[0].rsplit(".", 2)[0] + ".0.10"
+        # routes for the node agents
+        r = await lab.call("GET", "/api/v1/routes", auth=False)
+        assert r.status_code == 200
+        assert sorted(r.json()["cidrs"]) == sorted(m.view for m in a.remote)
+        assert r.json()["gateway_ip"] == "10.244.0.10"
+        for c in (lab, gpu):
+            r = await c.call("GET", "/readyz")
+            assert r.status_code == 200, r.text
+
+    asyncio.run(go())
+
+
+def test_three_cluster_mesh_on_same_ranges(clusters: Any) -> None:
+    a, b, c = clusters("a"), clusters("b"), clusters("c")
+
+    async def go() -> None:
+        await peer(a, b)
+        await peer(a, c)
+        await peer(b, c)
+        for x in (a, b, c):
+            st = x.fabric.last
+            assert len(st.peers) == 2
+            views = [m.view for p in st.peers for m in p.remote]
+            assert len(set(views)) == 4  # unique inside each cluster
+
+    asyncio.run(go())
+
+
+def test_single_use_token_refused_second_time_without_change(clusters: Any) -> None:
+    gpu, lab, third = clusters("gpu"), clusters("lab"), clusters("third")
+
+    async def go() -> None:
+        tok = await token_of(gpu)
+        r = await lab.call("POST", "/api/v1/peers", json={"token": tok})
+        assert r.status_code == 201
+        before = (gpu.store.peers(), gpu.views.snapshot())
+        r = await third.call("POST", "/api/v1/peers", json={"token": tok})
+        assert r.status_code == 403 and "already used" in r.json()["detail"]
+        assert (gpu.store.peers(), gpu.views.snapshot()) == before
+        assert third.store.peers() == [] and third.views.snapshot()["allocations"] == []
+
+    asyncio.run(go())
+
+
+def test_reusable_token(clusters: Any) -> None:
+    gpu, lab, third = clusters("gpu"), clusters("lab"), clusters("third")
+
+    async def go() -> None:
+        tok = await token_of(gpu, ttl="10m", reusable=True)
+        for c in (lab, third):
+            r = await c.call("POST", "/api/v1/peers", json={"token": tok})
+            assert r.status_code == 201, r.text
+        assert [p.cluster_id for p in gpu.store.peers()] == ["lab", "third"]
+
+    asyncio.run(go())
+
+
+def test_expired_token_refused(clusters: Any, clock: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        tok = await token_of(gpu, ttl=60)
+        clock.t += 61
+        r = await lab.call("POST", "/api/v1/peers", json={"token": tok})
+        assert r.status_code == 400 and "expired" in r.json()["detail"]
+        assert lab.store.peers() == [] and gpu.store.peers() == []
+
+    asyncio.run(go())
+
+
+def test_tampered_and_foreign_tokens_refused(clusters: Any) -> None:
+    gpu, lab, other = clusters("gpu"), clusters("lab"), clusters("other")
+
+    async def go() -> None:
+        tok = await token_of(gpu)
+        # flip a character in the middle: integrity check
+        mid = len(tok) // 2
+        bad = tok[:mid] + ("A" if tok[mid] != "A" else "B") + tok[mid + 1:]
+        r = await lab.call("POST", "/api/v1/peers", json={"token": bad})
+        assert r.status_code == 400, r.text
+        # foreign: other's token, re-signed to point at gpu -> gpu doesn't know it
+        from gateway.tokens import Token
+        otok = decode(await token_of(other))
+        forged = Token(url="http://gpu:8080", cluster_id=otok.cluster_id, public_key=otok.public_key,
+                       token_id=otok.token_id, expires=otok.expires, secret=otok.secret).encode()
+        r = await lab.call("POST", "/api/v1/peers", json={"token": forged})
+        assert r.status_code == 403 and "unknown token" in r.json()["detail"]
+        # a token with gpu's id but a different secret -> MAC fails at gpu
+        g = decode(tok)
+        wrong = Token(url=g.url, cluster_id=g.cluster_id, public_key=g.public_key, token_id=g.token_id,
+                      expires=g.expires, secret=b"\x01" * 32).encode()
+        r = await lab.call("POST", "/api/v1/peers", json={"token": wrong})
+        assert r.status_code == 401 and "authentication failed" in r.json()["detail"]
+        # pinned key: token claims another key for gpu -> gpu refuses (issued for another gateway)
+        pinned = Token(url=g.url, cluster_id=g.cluster_id, public_key=other.gw.public_key,
+                       token_id=g.token_id, expires=g.expires, secret=g.secret).encode()
+        r = await lab.call("POST", "/api/v1/peers", json={"token": pinned})
+        assert r.status_code == 403, r.text
+        assert lab.store.peers() == [] and gpu.store.peers() == []
+        assert gpu.store.token(g.token_id).uses == 0  # type: ignore[union-attr]
+        # the genuine token still works afterwards
+        r = await lab.call("POST", "/api/v1/peers", json={"token": tok})
+        assert r.status_code == 201, r.text
+
+    asyncio.run(go())
+
+
+def test_refuses_self_and_duplicate_cluster_id(clusters: Any, tmp_path: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        r = await gpu.call("POST", "/api/v1/peers", json={"token": await token_of(gpu)})
+        assert r.status_code == 409 and "myself" in r.json()["detail"]
+        await peer(lab, gpu)
+        # another gateway also calling itself "lab" (different key) -> refused by gpu
+        impostor = clusters("lab2")
+        impostor.config = impostor.config.__class__(**{**impostor.config.__dict__, "cluster_id": "lab"})
+        impostor.gw.config = impostor.config
+        tok = await token_of(gpu)
+        r = await impostor.call("POST", "/api/v1/peers", json={"token": tok})
+        assert r.status_code == 409 and "another key" in r.json()["detail"]
+        assert [p.public_key for p in gpu.store.peers()] == [lab.gw.public_key]
+
+    asyncio.run(go())
+
+
+def test_malformed_claimed_ranges_and_exhaustion_refused(clusters: Any) -> None:
+    # gpu's pool only fits one /16 remap: lab's 10.244/16 fits, its 10.96/12 does not.
+    gpu = clusters("gpu", ipam={"pools": ["100.64.0.0/16"]})
+    lab = clusters("lab")
+
+    async def go() -> None:
+        tok = await token_of(gpu)
+        r = await lab.call("POST", "/api/v1/peers", json={"token": tok})
+        assert r.status_code == 422 and "cannot allocate" in r.json()["detail"], r.text
+        assert gpu.store.peers() == [] and gpu.views.snapshot()["allocations"] == []
+        assert lab.store.peers() == []
+        # token not consumed by the refused attempt
+        assert gpu.store.tokens()[0].uses == 0
+
+    asyncio.run(go())
+
+
+def test_peer_remove_cleans_both_sides(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        r = await lab.call("DELETE", "/api/v1/peers/gpu")
+        assert r.status_code == 200 and r.json()["peer_notified"] is True
+        for c in (lab, gpu):
+            assert c.store.peers() == []
+            assert c.views.snapshot()["allocations"] == []
+            assert c.fabric.last.peers == ()
+        r = await lab.call("DELETE", "/api/v1/peers/gpu")
+        assert r.status_code == 404
+        # and they can peer again afterwards
+        await peer(gpu, lab)
+
+    asyncio.run(go())
+
+
+def test_key_rotation_announced_before_switch(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        old = lab.gw.public_key
+        r = await lab.call("POST", "/api/v1/key/rotate")
+        assert r.status_code == 200, r.text
+        new = r.json()["public_key"]
+        assert new != old and lab.gw.public_key == new
+        assert gpu.store.peer("lab").public_key == new  # type: ignore[union-attr]
+        assert gpu.fabric.last.peers[0].public_key == new
+        assert lab.fabric.last.local.private_key == lab.store.private_key()
+        # channel still works after rotation
+        r = await gpu.call("DELETE", "/api/v1/peers/lab")
+        assert r.json()["peer_notified"] is True
+
+    asyncio.run(go())
+
+
+def test_key_rotation_aborts_when_a_peer_is_unreachable(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        old = lab.gw.public_key
+        del lab.router["http://gpu:8080"]
+        r = await lab.call("POST", "/api/v1/key/rotate")
+        assert r.status_code == 502 and "aborted" in r.json()["detail"]
+        assert lab.gw.public_key == old and lab.store.private_key() == lab.fabric.last.local.private_key
+
+    asyncio.run(go())
+
+
+def test_restart_keeps_keys_views_and_rules(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        before = lab.fabric.last
+        key = lab.gw.public_key
+        lab.close()
+        lab.fabric = type(lab.fabric)()  # fresh process: data plane state unknown
+        lab.open()
+        assert lab.gw.public_key == key
+        assert await lab.gw.reconcile()
+        assert lab.fabric.last == before  # same keys, views, PSK -> identical rules
+        assert len(lab.store.peers()) == 1 and len(lab.views.snapshot()["allocations"]) == 2
+
+    asyncio.run(go())
+
+
+def test_no_secret_in_any_response(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        tok_text = await token_of(gpu)
+        tok = decode(tok_text)
+        r = await lab.call("POST", "/api/v1/peers", json={"token": tok_text})
+        assert r.status_code == 201
+        secrets_ = [lab.store.private_key(), gpu.store.private_key(), lab.store.peers()[0].psk_b64,
+                    b64e(tok.secret), lab.admin, gpu.admin]
+        bodies = []
+        for c in (lab, gpu):
+            for path in ("/api/v1/status", "/api/v1/peers", "/api/v1/nat", "/api/v1/ipam",
+                         "/api/v1/routes", "/metrics", "/readyz", "/healthz", "/openapi.json"):
+                rr = await c.call("GET", path)
+                assert rr.status_code == 200, (path, rr.text)
+                bodies.append(rr.text)
+            # error paths too, with the token echoed in a bad body
+            rr = await c.call("POST", "/api/v1/peers", json={"token": tok_text, "extra": tok_text})
+            assert rr.status_code == 422
+            bodies.append(rr.text)
+            rr = await c.call("POST", "/api/v1/peers", json={"token": tok_text})
+            bodies.append(rr.text)
+        blob = "\n".join(bodies)
+        for s in secrets_:
+            assert s not in blob
+        for p in lab.store.peers():
+            assert p.psk_b64 not in repr(p) and p.channel_key.hex() not in repr(p)
+        assert lab.store.private_key() not in repr(lab.fabric.last)
+
+    asyncio.run(go())
+
+
+def test_reconcile_error_counted_and_recovered(clusters: Any) -> None:
+    gpu = clusters("gpu")
+
+    async def go() -> None:
+        gpu.fabric.fail_next = RuntimeError("boom")
+        assert not await gpu.gw.reconcile()
+        assert gpu.gw.stats.errors == 1
+        r = await gpu.call("GET", "/readyz")
+        assert r.status_code == 503 and "boom" in r.json()["reason"]
+        m = (await gpu.call("GET", "/metrics")).text
+        assert "crosswire_reconcile_errors_total 1" in m
+        assert await gpu.gw.reconcile()
+        assert (await gpu.call("GET", "/readyz")).status_code == 200
+        # the data plane died: reconcile restarts it and re-applies
+        gpu.fabric.up = False
+        assert await gpu.gw.reconcile()
+        assert gpu.fabric.up and gpu.gw.stats.restarts == 1
+
+    asyncio.run(go())

@@ -1,0 +1,194 @@
+"""What the rendered manifests promise, checked against each other and the real config loader.
+
+The gateway config inside the ConfigMap is parsed by gateway.config (the code
+the daemon runs), and every number the manifests repeat (ports, paths, the
+Service the agents dial) is compared with it, so manifests and daemon cannot
+drift apart silently.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from deploykit import container, find, gateway_config_text
+
+from gateway import config as gwconfig
+
+ALL = ["base", "gpu", "lab", "gpu+host-network"]
+Rendered = dict[str, list[dict[str, Any]]]
+
+
+def _load(resources: list[dict[str, Any]], env: dict[str, str] | None = None) -> gwconfig.Config:
+    return gwconfig.parse(yaml.safe_load(gateway_config_text(resources)), env or {})
+
+
+def _pod(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_configmap_loads_with_the_real_loader(rendered: Rendered, name: str) -> None:
+    cfg = _load(rendered[name])
+    assert cfg.wireguard.implementation == "auto"
+    assert cfg.pod_cidrs and cfg.service_cidrs
+    # The env the Deployment sets (pod IP from the downward API) is accepted too.
+    pod_ip = str(next(ipaddress.ip_network(cfg.pod_cidrs[0]).hosts()))
+    assert _load(rendered[name], {"CROSSWIRE_POD_IP": pod_ip}).gateway_ip == pod_ip
+
+
+def test_overlays_are_the_two_sides_of_a_peering(rendered: Rendered) -> None:
+    gpu, lab = _load(rendered["gpu"]), _load(rendered["lab"])
+    assert (gpu.cluster_id, lab.cluster_id) == ("gpu", "lab")
+    # The case the project exists for: both sides on the same kubeadm ranges.
+    assert gpu.pod_cidrs == lab.pod_cidrs == ("10.244.0.0/16",)
+    assert gpu.service_cidrs == lab.service_cidrs == ("10.96.0.0/12",)
+
+
+def test_a_broken_config_is_refused_by_the_loader(rendered: Rendered) -> None:
+    raw = yaml.safe_load(gateway_config_text(rendered["gpu"]))
+    raw["pod_cidrs"] = ["10.244.0.0/33"]
+    with pytest.raises(gwconfig.ConfigError, match=r"pod_cidrs\[0\]"):
+        gwconfig.parse(raw, {})
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gateway_deployment(rendered: Rendered, name: str) -> None:
+    res = rendered[name]
+    cfg = _load(res)
+    dep = find(res, "Deployment", "crosswire-gateway")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = _pod(dep)
+    gw = container(dep, "gateway")
+    sc = gw["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    # Only the one-shot sysctl init container is privileged, and it runs no daemon.
+    inits = pod.get("initContainers", [])
+    assert [c["name"] for c in inits] == ["forwarding"]
+    assert "ip_forward" in " ".join(inits[0]["command"])
+
+    # --config points at the file the ConfigMap volume provides.
+    args = gw["args"]
+    assert args[:2] == ["gateway", "run"]
+    config_path = args[args.index("--config") + 1]
+    mounts = {m["name"]: m for m in gw["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert config_path == mounts["config"]["mountPath"] + "/gateway.yaml"
+    assert mounts["config"]["readOnly"] is True
+    # state_dir on the PersistentVolumeClaim.
+    assert mounts["state"]["mountPath"] == cfg.state_dir
+    pvc = find(res, "PersistentVolumeClaim", vols["state"]["persistentVolumeClaim"]["claimName"])
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # The TUN device from the host, and a writable place for the UAPI sockets.
+    assert mounts["tun"]["mountPath"] == "/dev/net/tun"
+    assert vols["tun"]["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
+    assert mounts["wireguard-run"]["mountPath"] == "/var/run/wireguard"
+
+    # Ports and probes agree with the config.
+    ports = {p["name"]: p for p in gw["ports"]}
+    assert ports["wireguard"]["containerPort"] == cfg.wireguard.listen_port
+    assert ports["wireguard"]["protocol"] == "UDP"
+    assert ports["api"]["containerPort"] == cfg.listen_host_port[1]
+    assert gw["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
+    assert gw["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
+
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    assert pod["serviceAccountName"] == "crosswire-gateway"
+
+
+def test_pod_ip_from_the_downward_api(rendered: Rendered) -> None:
+    env = {e["name"]: e for e in container(find(rendered["gpu"], "Deployment"), "gateway")["env"]}
+    assert env["CROSSWIRE_POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_host_network_component(rendered: Rendered) -> None:
+    pod = _pod(find(rendered["gpu+host-network"], "Deployment"))
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    # status.podIP would be the node IP, outside pod_cidrs: the gateway detects its address.
+    gw = next(c for c in pod["containers"] if c["name"] == "gateway")
+    assert "CROSSWIRE_POD_IP" not in {e["name"] for e in gw.get("env", [])}
+    # Everything else is the plain gpu Deployment.
+    plain = _pod(find(rendered["gpu"], "Deployment"))
+    assert "hostNetwork" not in plain
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_service_exposes_wireguard_and_peering(rendered: Rendered, name: str) -> None:
+    res = rendered[name]
+    cfg = _load(res)
+    svc = find(res, "Service", "crosswire-gateway")
+    dep = find(res, "Deployment", "crosswire-gateway")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert (ports["wireguard"]["protocol"], ports["api"]["protocol"]) == ("UDP", "TCP")
+    assert {p["targetPort"] for p in ports.values()} == {p["name"] for p in container(dep, "gateway")["ports"]}
+    kind = svc["spec"]["type"]
+    assert kind in ("LoadBalancer", "NodePort")
+    # What peers are told to dial (config) is what the Service opens.
+    endpoint_port = gwconfig.split_host_port(cfg.wireguard_endpoint(), "wireguard.endpoint")[1]
+    advertise_port = urlsplit(cfg.advertise_url()).port
+    if kind == "NodePort":
+        assert endpoint_port == ports["wireguard"]["nodePort"]
+        assert advertise_port == ports["api"]["nodePort"]
+    else:
+        assert endpoint_port == ports["wireguard"]["port"]
+        assert advertise_port == ports["api"]["port"]
+
+
+def test_nodeport_switch(rendered: Rendered) -> None:
+    assert find(rendered["gpu"], "Service")["spec"]["type"] == "LoadBalancer"
+    svc = find(rendered["lab"], "Service")["spec"]
+    assert svc["type"] == "NodePort"
+    assert all(30000 <= p["nodePort"] <= 32767 for p in svc["ports"])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_agent_daemonset(rendered: Rendered, name: str) -> None:
+    res = rendered[name]
+    ds = find(res, "DaemonSet", "crosswire-agent")
+    pod = _pod(ds)
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["tolerations"] == [{"operator": "Exists"}]  # every taint
+    agent = container(ds, "agent")
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert agent["securityContext"]["allowPrivilegeEscalation"] is False
+    # Same image as the gateway.
+    assert agent["image"] == container(find(res, "Deployment"), "gateway")["image"]
+    # `crosswire agent run --gateway URL`, URL = the gateway Service's API port.
+    args = agent["args"]
+    assert args[:2] == ["agent", "run"]
+    url = urlsplit(args[args.index("--gateway") + 1])
+    svc = find(res, "Service", "crosswire-gateway")
+    api_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "api")
+    assert url.hostname == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
+    assert url.port == api_port
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_least_privilege_identity(rendered: Rendered, name: str) -> None:
+    res = rendered[name]
+    # No API access at all: no RBAC objects, no tokens mounted.
+    assert not [r for r in res if r["kind"] in ("Role", "ClusterRole", "RoleBinding",
+                                                  "ClusterRoleBinding")]
+    for sa in (r for r in res if r["kind"] == "ServiceAccount"):
+        assert sa["automountServiceAccountToken"] is False
+    ns = find(res, "Namespace", "crosswire")
+    # NET_ADMIN, hostPath and hostNetwork are beyond "baseline": say so, or admission refuses.
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+@pytest.mark.parametrize("name", ["gpu", "lab"])
+def test_overlays_set_the_image(rendered: Rendered, name: str) -> None:
+    for w in (find(rendered[name], "Deployment"), find(rendered[name], "DaemonSet")):
+        for c in _pod(w)["containers"] + _pod(w).get("initContainers", []):
+            assert c["image"] == "ghcr.io/crosswire/crosswire:0.1.0"

@@ -1,0 +1,87 @@
+"""Cross-cluster checks shared by the demo and the end-to-end tests.
+
+Each check asks a lab pod's HTTP server who answered and which client
+address it saw, and compares both with what the views say they must be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from . import ops
+from .lab import Lab
+from .podserver import stream
+from .probe import download_sha, eventually_json, upload_sha
+from .topology import POD_PORT
+
+
+@dataclass(frozen=True)
+class Seen:
+    pod: str
+    client: str
+    expected_client: str
+    url: str
+
+
+def expected_client(lab: Lab, src_cid: str, src_member: str, dst_cid: str) -> str:
+    """The address the destination must see for a client in ``src_cid``.
+
+    A pod is seen as the destination's view of its real IP; a node's host
+    network goes out SNATed to its gateway's pod IP, so it is seen as the view
+    of that; with ``masquerade`` on the destination side everything arrives
+    from the destination gateway's own pod IP.
+    """
+    src, dst = lab.plan.cluster(src_cid), lab.plan.cluster(dst_cid)
+    assert src.gateway is not None and dst.gateway is not None
+    if dst.spec.masquerade:
+        return dst.gateway.ip
+    pods = {p.name: p.ip for p in src.pods}
+    real = pods.get(src_member, src.gateway.ip)
+    return ops.view_of(lab, dst_cid, src_cid, real)
+
+
+def pod_to_pod(lab: Lab, src_cid: str, src_member: str, dst_cid: str, dst_pod: str,
+               within: float = 20) -> Seen:
+    """``src_member`` (a pod or a node) of ``src_cid`` fetches ``dst_pod`` of ``dst_cid``."""
+    target = {p.name: p for p in lab.plan.cluster(dst_cid).pods}[dst_pod]
+    url = f"http://{ops.view_of(lab, src_cid, dst_cid, target.ip)}:{POD_PORT}/"
+    seen = eventually_json(lab, src_cid, src_member, url, within=within)
+    want = expected_client(lab, src_cid, src_member, dst_cid)
+    got = seen["client"].rsplit(":", 1)[0]
+    assert seen["pod"] == f"{dst_cid}/{dst_pod}", f"{url} answered by {seen['pod']}"
+    assert got == want, f"{dst_cid}/{dst_pod} saw {src_cid}/{src_member} as {got}, expected {want}"
+    return Seen(seen["pod"], got, want, url)
+
+
+def pod_to_service(lab: Lab, src_cid: str, src_member: str, dst_cid: str, tries: int = 12) -> set[str]:
+    """Fetch ``dst_cid``'s first service through ``src_cid``'s view; the set of pods that answered."""
+    svc = lab.plan.cluster(dst_cid).spec.services[0]
+    url = f"http://{ops.view_of(lab, src_cid, dst_cid, svc.ip)}:{svc.port}/"
+    want = expected_client(lab, src_cid, src_member, dst_cid)
+    answered = set()
+    for _ in range(tries):
+        seen = eventually_json(lab, src_cid, src_member, url)
+        assert seen["cluster"] == dst_cid, f"{url} answered by {seen}"
+        assert seen["client"].rsplit(":", 1)[0] == want
+        answered.add(seen["pod"])
+    return answered
+
+
+def transfer_both_ways(lab: Lab, a: str, a_pod: str, b: str, b_pod: str, n: int) -> dict[str, Any]:
+    """n bytes a<-b (download) and a->b (upload), both checked by sha256."""
+    target = {p.name: p for p in lab.plan.cluster(b).pods}[b_pod]
+    base = f"http://{ops.view_of(lab, a, b, target.ip)}:{POD_PORT}"
+    want_down = hashlib.sha256(stream(n)).hexdigest()
+    got_down = download_sha(lab, a, a_pod, f"{base}/bytes?n={n}")
+    assert got_down == want_down, f"download of {n} B from {b}/{b_pod} corrupted or short"
+    with tempfile.NamedTemporaryFile(prefix="cwlab-", dir="/tmp") as f:
+        data = os.urandom(n)
+        f.write(data)
+        f.flush()
+        up = upload_sha(lab, a, a_pod, f"{base}/sha256", f.name)
+    assert up["bytes"] == n and up["sha256"] == hashlib.sha256(data).hexdigest(), up
+    return {"down_sha256": got_down, "up": up}

@@ -22,9 +22,11 @@ LABEL org.opencontainers.image.title="crosswire" \
 # Debian 12 packages, pinned; --no-install-recommends because wireguard-tools
 # would otherwise pull in a kernel image. libnftables1 is what fabric/nft.py
 # loads through ctypes; wireguard-go is the `wireguard.implementation:
-# wireguard-go` option; iproute2 and wireguard-tools are for operators (ip, wg).
+# wireguard-go` option; iproute2, wireguard-tools and conntrack are what
+# operators debug with (ip, wg show, nft list table, conntrack -L).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
+      conntrack=1:1.4.7-1+b2 \
       iproute2=6.1.0-3 \
       libnftables1=1.0.6-2+deb12u2 \
       nftables=1.0.6-2+deb12u2 \

@@ -86,7 +86,7 @@ def test_runtime_stage() -> None:
     assert install is not None and "--no-install-recommends" in install.group(1)
     pkgs = [w for w in install.group(1).split() if not w.startswith("-")]
     assert {p.split("=")[0] for p in pkgs} >= {"iproute2", "nftables", "libnftables1",
-                                               "wireguard-tools"}
+                                               "wireguard-tools", "conntrack"}
     assert all("=" in p for p in pkgs), pkgs
     assert "rm -rf /var/lib/apt/lists" in run
     # The project comes in as the wheel from the build stage, offline; no source is copied.

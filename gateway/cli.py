@@ -1,0 +1,288 @@
+"""The ``crosswire`` command.
+
+``crosswire gateway run --config FILE`` runs the daemon; every other command
+talks to a running gateway over HTTP:
+
+- API URL: ``--api URL``, else env ``CROSSWIRE_API``, else the config's
+  ``api.listen`` (``--config FILE`` or env ``CROSSWIRE_CONFIG``; a wildcard
+  host becomes 127.0.0.1), else ``http://127.0.0.1:8080``.
+- Admin credential (token create, peer add/remove, key rotate): env
+  ``CROSSWIRE_ADMIN_TOKEN``, else ``<state dir>/admin-token`` where the state
+  dir is ``--state-dir``, the config's ``state_dir``, env ``CROSSWIRE_STATE_DIR``
+  or ``/var/lib/crosswire``.
+
+Errors go to stderr with exit status 1 (2 for usage and config errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.config import Config, ConfigError, load
+
+DEFAULT_API = "http://127.0.0.1:8080"
+DEFAULT_STATE_DIR = "/var/lib/crosswire"
+
+
+class CliError(Exception):
+    pass
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--api", help="gateway API URL (default: $CROSSWIRE_API or the config's api.listen)")
+    p.add_argument("--config", help="gateway config file (for the API URL and state dir)")
+    p.add_argument("--state-dir", help="gateway state dir (for the admin credential)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds")
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common()
+    top = argparse.ArgumentParser(prog="crosswire", description="crosswire gateway and operator commands")
+    sub = top.add_subparsers(dest="cmd", required=True)
+
+    gw = sub.add_parser("gateway", help="the gateway daemon").add_subparsers(dest="sub", required=True)
+    run = gw.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    tok = sub.add_parser("token", help="peering tokens").add_subparsers(dest="sub", required=True)
+    tc = tok.add_parser("create", parents=[common], help="print a token another gateway uses to peer with us")
+    tc.add_argument("--ttl", default="1h", help="lifetime (90s, 15m, 1h, 7d; default 1h)")
+    tc.add_argument("--reusable", action="store_true", help="allow more than one peer to use it")
+
+    peer = sub.add_parser("peer", help="peers").add_subparsers(dest="sub", required=True)
+    pa = peer.add_parser("add", parents=[common], help="peer with the gateway that issued TOKEN")
+    pa.add_argument("token")
+    peer.add_parser("list", parents=[common], help="list peers")
+    pr = peer.add_parser("remove", parents=[common], help="remove a peer (both sides)")
+    pr.add_argument("cluster_id")
+
+    key = sub.add_parser("key", help="WireGuard key").add_subparsers(dest="sub", required=True)
+    key.add_parser("rotate", parents=[common], help="new WireGuard key, announced to every peer first")
+
+    sub.add_parser("status", parents=[common], help="gateway status")
+    nat = sub.add_parser("nat", help="NAT table").add_subparsers(dest="sub", required=True)
+    nat.add_parser("show", parents=[common], help="per peer: ranges, views, rules, counters")
+    ipam = sub.add_parser("ipam", help="view allocations").add_subparsers(dest="sub", required=True)
+    ipam.add_parser("show", parents=[common], help="pools and allocations")
+
+    agent = sub.add_parser("agent", help="the node agent").add_subparsers(dest="sub", required=True)
+    ar = agent.add_parser("run", help="run the node agent (arguments go to fabric.agent)", add_help=False)
+    ar.add_argument("rest", nargs=argparse.REMAINDER)
+    return top
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Config | None:
+    path = args.config or os.environ.get("CROSSWIRE_CONFIG")
+    if not path:
+        return None
+    return load(path)
+
+
+def api_url(args: argparse.Namespace, cfg: Config | None) -> str:
+    if args.api:
+        return str(args.api).rstrip("/")
+    if os.environ.get("CROSSWIRE_API"):
+        return os.environ["CROSSWIRE_API"].rstrip("/")
+    if cfg is not None:
+        host, port = cfg.listen_host_port
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    return DEFAULT_API
+
+
+def admin_token(args: argparse.Namespace, cfg: Config | None) -> str:
+    if os.environ.get("CROSSWIRE_ADMIN_TOKEN"):
+        return os.environ["CROSSWIRE_ADMIN_TOKEN"].strip()
+    state_dir = args.state_dir or (cfg.state_dir if cfg else None) or \
+        os.environ.get("CROSSWIRE_STATE_DIR") or DEFAULT_STATE_DIR
+    path = Path(state_dir) / "admin-token"
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise CliError(f"cannot read the admin credential {path}: {e.strerror} "
+                       "(run beside the gateway, or pass --state-dir / set CROSSWIRE_ADMIN_TOKEN)") from None
+
+
+def call(args: argparse.Namespace, method: str, path: str, *, admin: bool = False,
+         body: Any = None) -> Any:
+    cfg = _config(args)
+    url = api_url(args, cfg)
+    headers = {"Authorization": f"Bearer {admin_token(args, cfg)}"} if admin else {}
+    try:
+        r = httpx.request(method, url + path, json=body, headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as e:
+        raise CliError(f"cannot reach the gateway at {url}: {e}") from None
+    try:
+        data = r.json()
+    except ValueError:
+        data = r.text
+    if r.status_code >= 400:
+        detail = data.get("detail") if isinstance(data, dict) else data
+        raise CliError(f"{detail} (HTTP {r.status_code})")
+    return data
+
+
+def _ranges(views: list[dict[str, str]] | None) -> str:
+    if not views:
+        return "-"
+    return ", ".join(f"{v['kind']} {v['real']}" + (f" as {v['view']}" if v["view"] != v["real"] else "")
+                     for v in views)
+
+
+def _fmt_age(v: float | None) -> str:
+    return "never" if v is None else f"{v:.0f}s ago"
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_gateway_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = load(args.config)
+    except ConfigError as e:
+        print(f"crosswire: config error: {e}", file=sys.stderr)
+        return 2
+    from gateway.daemon import run
+
+    return run(cfg)
+
+
+def print_peers(peers: list[dict[str, Any]]) -> None:
+    if not peers:
+        print("no peers")
+        return
+    for p in peers:
+        rtt = "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.2f} ms"
+        loss = "-" if p.get("loss") is None else f"{100 * p['loss']:.0f}%"
+        print(f"{p['cluster_id']}  {p['state']}  endpoint {p.get('endpoint') or '-'}  "
+              f"handshake {_fmt_age(p.get('handshake_age_s'))}  rx {p['rx_bytes']} B  tx {p['tx_bytes']} B  "
+              f"rtt {rtt}  loss {loss}")
+        print(f"    their ranges, our views: {_ranges(p.get('our_views'))}")
+        print(f"    our ranges, their views: {_ranges(p.get('their_views'))}")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    key = (args.cmd, getattr(args, "sub", None))
+    out: Any
+    if key == ("token", "create"):
+        out = call(args, "POST", "/api/v1/tokens", admin=True,
+                   body={"ttl": args.ttl, "reusable": args.reusable})
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(out["token"])  # one line, pasteable; details on stderr
+            print(f"(token {out['token_id']}, {'reusable' if out['reusable'] else 'single use'}, "
+                  f"expires in {args.ttl})", file=sys.stderr)
+        return 0
+    if key == ("peer", "add"):
+        out = call(args, "POST", "/api/v1/peers", admin=True, body={"token": args.token})
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"peered with {out['cluster_id']} (endpoint {out.get('endpoint') or '-'})")
+            print(f"    their ranges, our views: {_ranges(out.get('our_views'))}")
+            print(f"    our ranges, their views: {_ranges(out.get('their_views'))}")
+        return 0
+    if key == ("peer", "list"):
+        out = call(args, "GET", "/api/v1/peers")
+        print(json.dumps(out, indent=2)) if args.json else print_peers(out)
+        return 0
+    if key == ("peer", "remove"):
+        out = call(args, "DELETE", f"/api/v1/peers/{args.cluster_id}", admin=True)
+        if args.json:
+            print(json.dumps(out))
+        else:
+            note = "" if out["peer_notified"] else " (the peer could not be told; remove it there too)"
+            print(f"removed {out['removed']}{note}")
+        return 0
+    if key == ("key", "rotate"):
+        out = call(args, "POST", "/api/v1/key/rotate", admin=True)
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"new public key {out['public_key']} (announced to {len(out['peers_informed'])} peers)")
+        return 0
+    if args.cmd == "status":
+        out = call(args, "GET", "/api/v1/status")
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            print(f"cluster {out['cluster_id']}  {'ready' if out['ready'] else 'NOT READY: ' + out['ready_reason']}")
+            print(f"  public key {out['public_key']}  endpoint {out['endpoint']}  api {out['url']}")
+            print(f"  interface {out['interface']} ({out['implementation']})  gateway ip {out['gateway_ip']}")
+            print(f"  pods {', '.join(out['pod_cidrs'])}  services {', '.join(out['service_cidrs']) or '-'}")
+            states = ", ".join(f"{v} {k}" for k, v in sorted(out["peers_by_state"].items())) or "none"
+            print(f"  peers {out['peers']} ({states})  reconcile errors {out['reconcile']['errors']}")
+        return 0
+    if key == ("nat", "show"):
+        out = call(args, "GET", "/api/v1/nat")
+        if args.json:
+            print(json.dumps(out, indent=2))
+            return 0
+        print(f"table {out['table']}")
+        if not out["peers"]:
+            print("no peers")
+        for m in out["peers"]:
+            print(f"peer {m['cluster_id']}:")
+            for r in m.get("remote", []):
+                print(f"  their {r['kind']} {r['real']:<18} is our {r['view']}")
+            for r in m.get("local", []):
+                print(f"  our   {r['kind']} {r['real']:<18} is their {r['view']}")
+            for r in m.get("rules", []):
+                print(f"    {r['chain']:<16} {r.get('packets', 0):>10} pkts {r.get('bytes', 0):>12} B  "
+                      f"{r['comment']}")
+        return 0
+    if key == ("ipam", "show"):
+        out = call(args, "GET", "/api/v1/ipam")
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            print(f"pools {', '.join(out['pools'])}")
+            for a in out["allocations"]:
+                print(f"  {a['peer']:<16} {a['kind']:<8} {a['real']:<20} -> {a['view']}")
+        return 0
+    raise CliError(f"unknown command {args.cmd}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["agent", "run"]:
+        from fabric.agent import main as agent_main
+
+        return int(agent_main(argv[2:]) or 0)
+    args = parser().parse_args(argv)
+    try:
+        if (args.cmd, args.sub if hasattr(args, "sub") else None) == ("gateway", "run"):
+            return cmd_gateway_run(args)
+        return dispatch(args)
+    except ConfigError as e:
+        print(f"crosswire: config error: {e}", file=sys.stderr)
+        return 2
+    except CliError as e:
+        print(f"crosswire: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

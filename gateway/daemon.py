@@ -1,0 +1,131 @@
+"""``crosswire gateway run``: wires config, state, IPAM, fabric, health and the API together.
+
+One asyncio loop (uvicorn with ``loop="asyncio"``: pyroute2 breaks under uvloop)
+runs: the HTTP server, the reconcile loop, the health prober and the UDP echo
+responder. Blocking fabric calls run in worker threads (see Gateway.reconcile).
+
+Reconcile loop: every ``CHECK_INTERVAL`` it checks the data plane is alive
+(interface + UAPI socket answering) and restarts/re-applies it if not; every
+``VERIFY_INTERVAL`` it compares the kernel with the state (``fabric.apply.verify``)
+and re-applies on drift. It deliberately does not re-apply blindly on a timer:
+replacing the nft table resets its counters, which /api/v1/nat reports.
+
+On exit (SIGTERM/SIGINT) the data plane is left running, so a restart or an
+upgrade of the daemon does not interrupt traffic; the next start adopts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+import uvicorn
+
+from gateway.api import create_app
+from gateway.config import Config, detect_gateway_ip
+from gateway.controller import Gateway
+from gateway.fabric_driver import SystemFabric
+from gateway.health import EchoResponder, HealthTracker, Prober
+from gateway.state import StateStore
+from gateway.views import IpamViews
+
+log = logging.getLogger("crosswire.daemon")
+
+CHECK_INTERVAL = 1.0
+VERIFY_INTERVAL = 10.0
+
+
+async def reconcile_loop(gw: Gateway, stop: asyncio.Event) -> None:
+    last_verify = time.monotonic()
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), CHECK_INTERVAL)
+        if stop.is_set():
+            return
+        try:
+            alive = await asyncio.to_thread(gw.fabric.alive)
+            force = False
+            if alive and gw.applied is not None and time.monotonic() - last_verify >= VERIFY_INTERVAL:
+                last_verify = time.monotonic()
+                problems = await asyncio.to_thread(gw.fabric.verify, gw.applied)
+                if problems:
+                    log.warning("drift: %s; re-applying", "; ".join(problems))
+                    force = True
+            if not alive or force or gw.applied is None or gw.applied != gw.desired():
+                await gw.reconcile(force=force)
+        except Exception as e:  # keep the loop alive whatever happens
+            gw.stats.errors += 1
+            gw.stats.last_error = f"{type(e).__name__}: {e}"
+            log.error("reconcile loop: %s", gw.stats.last_error)
+
+
+def build(config: Config) -> Gateway:
+    store = StateStore(config.state_dir)
+    store.admin_token()  # make sure the CLI beside us can authenticate
+    gateway_ip = config.gateway_ip
+    if gateway_ip is None:
+        try:
+            gateway_ip = detect_gateway_ip(config.pod_cidrs)
+        except Exception as e:
+            log.warning("cannot detect the gateway pod IP: %s", e)
+    if gateway_ip is None:
+        log.warning("no address of ours inside pod_cidrs: host-network SNAT and health probes are off "
+                    "(set gateway_ip or CROSSWIRE_POD_IP)")
+    views = IpamViews(os.path.join(config.state_dir, "ipam.db"), config.pod_cidrs, config.service_cidrs,
+                      config.reserved_cidrs, config.ipam_pools)
+    fabric = SystemFabric(config.wireguard.interface, config.wireguard.implementation,
+                          config.wireguard.mtu, config.nft_table,
+                          log_path=os.path.join(config.state_dir, "dataplane.log"))
+    return Gateway(config=config, store=store, views=views, fabric=fabric, gateway_ip=gateway_ip,
+                   health=HealthTracker(config.health.interval, config.health.timeout))
+
+
+async def serve(config: Config) -> int:
+    gw = build(config)
+    host, port = config.listen_host_port
+    server = uvicorn.Server(uvicorn.Config(create_app(gw), host=host, port=port, loop="asyncio",
+                                           lifespan="off", access_log=False, log_level="warning"))
+    echo = EchoResponder(config.health.port)
+    try:
+        await echo.start()
+    except OSError as e:
+        log.warning("health echo responder on UDP %d: %s", config.health.port, e)
+    loop = asyncio.get_running_loop()
+    prober = Prober(gw.health, config.health.port, gw.gateway_ip, time.time)
+    stop = asyncio.Event()
+    log.info("crosswire gateway %s (key %s) starting: api %s, wireguard %s (%s) port %d",
+             gw.cluster_id, gw.public_key, config.advertise_url(), config.wireguard.interface,
+             config.wireguard.implementation, config.wireguard.listen_port)
+    if not await gw.reconcile(force=True):
+        log.error("initial reconcile failed (will retry): %s", gw.stats.last_error)
+    tasks = [loop.create_task(reconcile_loop(gw, stop)), loop.create_task(prober.run())]
+
+    async def announce() -> None:
+        with contextlib.suppress(Exception):
+            result = await gw.announce_ranges()
+            if result:
+                log.info("announced new local ranges to peers: %s", result)
+    tasks.append(loop.create_task(announce()))
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        prober.close()
+        echo.close()
+        if isinstance(gw.views, IpamViews):
+            gw.views.close()
+        gw.store.close()
+        log.info("stopped (data plane left running)")
+    return 0 if server.started else 1
+
+
+def run(config: Config) -> int:
+    return asyncio.run(serve(config))

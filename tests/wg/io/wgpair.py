@@ -174,7 +174,11 @@ class Pair:
         """
         for s in self.sides:
             s.start()
-        for s, other in ((self.a, self.b), (self.b, self.a)):
+        # Responders first: an initiation sent before the other side has its key is lost and
+        # only retried after REKEY_TIMEOUT (5 s).
+        order = [(self.b, self.a), (self.a, self.b)] if endpoint_on == "a" else \
+            [(self.a, self.b), (self.b, self.a)]
+        for s, other in order:
             self.configure(s, other, with_endpoint=endpoint_on in ("both", "a" if s is self.a else "b"),
                            outer6=outer6, keepalive=keepalive)
             s.address()

@@ -1,0 +1,95 @@
+"""Throw random and mutated WireGuard-shaped datagrams at HOST:PORT for SECONDS (run in a namespace).
+
+    fuzz_sender.py HOST PORT SECONDS SEED  -> prints "<datagrams sent>"
+
+Templates come from scapy's WireGuard layers (initiation, response, cookie
+reply, transport) with random field values; each datagram is a template as
+is, or mutated (bit flips, truncation, extension, a different type byte,
+non-zero reserved bytes), or plain random bytes of random length. Paced so the
+target's real peer keeps getting its share of the CPU.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import sys
+import time
+
+from scapy.contrib.wireguard import (
+    Wireguard,
+    WireguardCookieReply,
+    WireguardInitiation,
+    WireguardResponse,
+    WireguardTransport,
+)
+
+
+def template(rng: random.Random) -> bytes:
+    def rb(n: int) -> bytes:
+        return rng.randbytes(n)
+
+    kind = rng.randrange(4)
+    if kind == 0:
+        layer = WireguardInitiation(sender_index=rng.getrandbits(32), unencrypted_ephemeral=rb(32),
+                                    encrypted_static=rb(48), encrypted_timestamp=rb(28),
+                                    mac1=rb(16), mac2=rb(16) if rng.random() < 0.5 else bytes(16))
+    elif kind == 1:
+        layer = WireguardResponse(sender_index=rng.getrandbits(32), receiver_index=rng.getrandbits(32),
+                                  unencrypted_ephemeral=rb(32), encrypted_nothing=rb(16),
+                                  mac1=rb(16), mac2=bytes(16))
+    elif kind == 2:
+        layer = WireguardCookieReply(receiver_index=rng.getrandbits(32), nonce=rb(24),
+                                     encrypted_cookie=rb(32))
+    else:
+        layer = WireguardTransport(receiver_index=rng.getrandbits(32), counter=rng.getrandbits(64),
+                                   encrypted_encapsulated_packet=rb(16 * rng.randrange(1, 90)))
+    return bytes(Wireguard() / layer)
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    b = bytearray(data)
+    op = rng.randrange(5)
+    if op == 0:
+        for _ in range(rng.randrange(1, 8)):
+            i = rng.randrange(len(b))
+            b[i] ^= 1 << rng.randrange(8)
+    elif op == 1:
+        del b[rng.randrange(len(b)):]
+    elif op == 2:
+        b += rng.randbytes(rng.randrange(1, 64))
+    elif op == 3:
+        b[0] = rng.choice([0, 5, 6, 255, rng.randrange(256)])
+    else:
+        b[rng.randrange(1, 4)] = rng.randrange(1, 256)
+    return bytes(b)
+
+
+def main() -> None:
+    host, port, seconds, seed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+    rng = random.Random(seed)
+    templates = [template(rng) for _ in range(256)]
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sent = 0
+    end = time.monotonic() + seconds
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        while time.monotonic() < end:
+            r = rng.random()
+            if r < 0.2:
+                data = rng.randbytes(rng.randrange(0, 300))
+            elif r < 0.5:
+                data = rng.choice(templates)
+            else:
+                data = mutate(rng.choice(templates), rng)
+            try:
+                s.sendto(data, (host, port))
+                sent += 1
+            except OSError:
+                pass
+            if sent % 50 == 0:
+                time.sleep(0.005)
+    print(sent, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .cidr import net_from_bytes, parse_cidr
+from .cidr import Net, net_from_bytes, parse_cidr
 from .errors import IpamError
 from .model import DEFAULT_POOLS, Conflict, Kind, LocalRanges, PeerRange, View
 from .planner import Plan, Planner, Rec, check_peer_name
@@ -158,9 +158,13 @@ class IpamStore:
         try:
             rows.sort()
             self._next_seq = rows[-1][0] + 1 if rows else 0
-            recs = [Rec(View(peer, kinds[kind], real, view), net_from_bytes(vf, plen),
-                        parse_cidr(real, "stored real range"))
-                    for _, peer, kind, real, view, plen, vf in rows]
+            reals: dict[str, Net] = {}  # peers share real ranges: parse each once
+            recs: list[Rec] = []
+            for _, peer, kind, real, view, plen, vf in rows:
+                rnet = reals.get(real)
+                if rnet is None:
+                    rnet = reals[real] = parse_cidr(real, "stored real range")
+                recs.append(Rec(View(peer, kinds[kind], real, view), net_from_bytes(vf, plen), rnet))
         except (KeyError, TypeError, ValueError) as e:
             raise IpamError(f"IPAM store {self.path}: malformed row ({e})") from None
         planner.load(recs)

@@ -1,0 +1,308 @@
+"""Two real gateways in namespaces of their own, same 10.244.0.0/16 and 10.96.0.0/12 on both.
+
+Each gateway namespace has two pod namespaces attached directly (veth, /32
+routes) and its own pod address 10.244.0.10 on lo. The
+gateways reach each other over an underlay veth (198.18.0.0/24, inside the
+namespaces only). Everything goes through the real CLI and daemon, with
+wireguard-go as the data plane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nsutil import Namespaces, require_root, sh, uniq
+
+BIN = Path(sys.executable).parent
+PODS = ("10.244.1.5", "10.244.2.7")
+GW_IP = "10.244.0.10"
+
+
+@dataclass
+class Gw:
+    name: str
+    ns: str
+    underlay: str
+    config: Path
+    state_dir: Path
+    log: Path
+    iface: str
+    proc: subprocess.Popen[bytes] | None = None
+    pods: tuple[str, ...] = ()
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return sh(str(BIN / "crosswire"), *args, "--config", str(self.config), ns=self.ns, check=check,
+                  timeout=timeout)
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def start(self) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, str(BIN / "crosswire"), "gateway", "run", "--config",
+             str(self.config)], stdout=out, stderr=out, start_new_session=True)
+        out.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def wait_ready(self, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"gateway {self.name} exited:\n{self.log.read_text()[-3000:]}")
+            r = self.cli("status", "--json", check=False)
+            if r.returncode == 0:
+                st = json.loads(r.stdout)
+                if st["ready"]:
+                    return dict(st)
+                last = st["ready_reason"]
+            else:
+                last = r.stderr
+            time.sleep(0.2)
+        raise AssertionError(f"gateway {self.name} not ready: {last}\n{self.log.read_text()[-3000:]}")
+
+
+def build_cluster(n: Namespaces, name: str, gw_ns: str, underlay: str, tmp: Path) -> Gw:
+    sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=gw_ns)
+    sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", ns=gw_ns)
+    sh("sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0", ns=gw_ns)
+    # The gateway's own "pod IP" (no dummy module here: lo holds it).
+    sh("ip", "addr", "add", f"{GW_IP}/32", "dev", "lo", ns=gw_ns)
+    pods = []
+    for ip in PODS:
+        pod = n.add(f"p{name}")
+        a, b = uniq("vp"), uniq("vg")
+        sh("ip", "link", "add", a, "netns", pod, "type", "veth", "peer", "name", b, "netns", gw_ns)
+        sh("ip", "addr", "add", f"{ip}/32", "dev", a, ns=pod)
+        sh("ip", "link", "set", a, "up", ns=pod)
+        sh("ip", "route", "add", GW_IP, "dev", a, ns=pod)
+        sh("ip", "route", "add", "default", "via", GW_IP, ns=pod)
+        sh("ip", "link", "set", b, "up", ns=gw_ns)
+        sh("ip", "route", "add", f"{ip}/32", "dev", b, ns=gw_ns)
+        pods.append(pod)
+    iface = uniq("cw" + name)
+    state = tmp / name
+    config = tmp / f"{name}.yaml"
+    config.write_text(f"""
+cluster_id: {name}
+pod_cidrs: [10.244.0.0/16]
+service_cidrs: [10.96.0.0/12]
+gateway_ip: {GW_IP}
+wireguard:
+  interface: {iface}
+  listen_port: 51820
+  endpoint: {underlay}:51820
+  implementation: wireguard-go
+api:
+  listen: {underlay}:8080
+state_dir: {state}
+health:
+  interval: 0.5
+  timeout: 3
+""")
+    return Gw(name=name, ns=gw_ns, underlay=underlay, config=config, state_dir=state,
+              log=tmp / f"{name}.log", iface=iface, pods=tuple(pods))
+
+
+@contextlib.contextmanager
+def two_gateways(n: Namespaces, tmp: Path) -> Iterator[tuple[Gw, Gw]]:
+    ns_a, ns_b = n.add("gwa"), n.add("gwb")
+    n.veth(ns_a, ns_b, "198.18.0.1/24", "198.18.0.2/24", name="u")
+    a = build_cluster(n, "a", ns_a, "198.18.0.1", tmp)
+    b = build_cluster(n, "b", ns_b, "198.18.0.2", tmp)
+    try:
+        a.start()
+        b.start()
+        a.wait_ready()
+        b.wait_ready()
+        yield a, b
+    finally:
+        for g in (a, b):
+            if g.proc is not None and g.proc.poll() is None:
+                g.proc.kill()
+                g.proc.wait(timeout=10)
+        # the data plane outlives the daemon on purpose: the namespace cleanup kills it
+
+
+def view_of(ip: str, views: list[dict[str, str]], kind: str = "pod") -> str:
+    import ipaddress
+    v = next(x for x in views if x["kind"] == kind)
+    real, view = ipaddress.ip_network(v["real"]), ipaddress.ip_network(v["view"])
+    return str(ipaddress.ip_address(int(view.network_address) + int(ipaddress.ip_address(ip)) -
+                                    int(real.network_address)))
+
+
+def ping(ns: str, dst: str, count: int = 1, timeout: float = 2) -> bool:
+    return sh("ping", "-n", "-c", str(count), "-W", str(int(timeout)), dst, ns=ns, check=False).returncode == 0
+
+
+def wait_ping(ns: str, dst: str, timeout: float = 10) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if ping(ns, dst, timeout=1):
+            return time.monotonic() - t0
+    raise AssertionError(f"no ping from {ns} to {dst} within {timeout}s")
+
+
+UDP_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 7777)); s.settimeout(10)
+data, addr = s.recvfrom(100); print(addr[0], flush=True); s.sendto(data, addr)
+"""
+UDP_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+for _ in range(10):
+    s.sendto(b"hi", (sys.argv[1], 7777))
+    try:
+        print(s.recvfrom(100)[0].decode()); break
+    except TimeoutError:
+        pass
+"""
+TCP_SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 7778)); s.listen()
+c, _ = s.accept()
+while True:
+    d = c.recv(100)
+    if not d:
+        break
+    c.sendall(d.upper())
+"""
+
+
+def source_seen(src_ns: str, dst_ns: str, dst: str) -> str:
+    server = subprocess.Popen(["ip", "netns", "exec", dst_ns, sys.executable, "-c", UDP_SERVER],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        out = sh(sys.executable, "-c", UDP_CLIENT, dst, ns=src_ns).stdout.strip()
+        assert out == "hi", out
+        got, _ = server.communicate(timeout=10)
+        return got.strip()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def nft_rules(g: Gw) -> str:
+    return sh("nft", "-s", "list", "table", "inet", "crosswire", ns=g.ns).stdout
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
+    require_root("wireguard-go", "wg", "nft", "ping")
+    os.chmod(tmp_path, 0o700)
+    with two_gateways(netns, tmp_path) as (a, b):
+        # --- peer by token through the CLI -----------------------------------------------
+        token = b.cli("token", "create", "--ttl", "10m").stdout.strip()
+        assert token.startswith("cw1.") and "\n" not in token
+        t0 = time.monotonic()
+        a.cli("peer", "add", token)
+        peers_a, peers_b = a.cli_json("peer", "list"), b.cli_json("peer", "list")
+        assert [p["cluster_id"] for p in peers_a] == ["b"] and [p["cluster_id"] for p in peers_b] == ["a"]
+        # the token is single use
+        r = a.cli("peer", "add", token, check=False)
+        assert r.returncode == 1 and "already" in r.stderr
+
+        # --- pod-to-pod both ways through the views ---------------------------------------
+        a_sees_b = peers_a[0]["our_views"]
+        b_sees_a = peers_b[0]["our_views"]
+        dst_b = view_of(PODS[1], a_sees_b)  # a's name for b's pod 10.244.2.7
+        dst_a = view_of(PODS[0], b_sees_a)
+        first = wait_ping(a.pods[0], dst_b)
+        print(f"first ping after peer add returned: {first:.3f}s (peer add + ping {time.monotonic() - t0:.3f}s)")
+        wait_ping(b.pods[1], dst_a)
+        assert ping(a.pods[1], view_of(PODS[0], a_sees_b))  # other pod pair too
+        # remote pod whose real IP equals our own gateway's pod IP
+        assert ping(a.pods[0], view_of(GW_IP, a_sees_b))
+
+        # --- the receiver sees the sender as its own view of the sender -------------------
+        assert source_seen(a.pods[0], b.pods[1], dst_b) == view_of(PODS[0], b_sees_a)
+        assert source_seen(b.pods[1], a.pods[0], dst_a) == view_of(PODS[1], a_sees_b)
+
+        # --- health, handshake, NAT counters via the API -----------------------------------
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            p = a.cli_json("peer", "list")[0]
+            if p["state"] == "connected" and p["rtt_ms"] is not None:
+                break
+            time.sleep(0.3)
+        assert p["state"] == "connected", p
+        assert p["latest_handshake"] and p["rx_bytes"] > 0 and p["tx_bytes"] > 0
+        nat = a.cli_json("nat", "show")
+        assert nat["peers"][0]["cluster_id"] == "b"
+        assert sum(r["packets"] for r in nat["peers"][0]["rules"]) > 0
+        assert "crosswire_peers{state=\"connected\"} 1" in sh(
+            sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).text)",
+            f"http://{a.underlay}:8080/metrics", ns=a.ns).stdout
+
+        # --- kill -9 + restart: same key, views, identical table, open TCP connection survives
+        server = subprocess.Popen(["ip", "netns", "exec", b.pods[1], sys.executable, "-c", TCP_SERVER])
+        try:
+            time.sleep(0.3)
+            client = subprocess.Popen(
+                ["ip", "netns", "exec", a.pods[0], sys.executable, "-c",
+                 "import socket,sys\n"
+                 "c=socket.create_connection((sys.argv[1],7778),timeout=5)\n"
+                 "for line in sys.stdin:\n"
+                 "    c.sendall(line.strip().encode()); print(c.recv(100).decode(), flush=True)\n",
+                 dst_b], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert client.stdin is not None and client.stdout is not None
+            client.stdin.write("before\n")
+            client.stdin.flush()
+            assert client.stdout.readline().strip() == "BEFORE"
+            status_before = a.cli_json("status")
+            rules_before = nft_rules(a)
+            views_before = a.cli_json("ipam", "show")["allocations"]
+            a.kill9()
+            a.start()
+            t_restart = time.monotonic()
+            a.wait_ready()
+            assert a.cli_json("status")["public_key"] == status_before["public_key"]
+            assert a.cli_json("ipam", "show")["allocations"] == views_before
+            assert nft_rules(a) == rules_before
+            wait_ping(a.pods[0], dst_b, timeout=10)
+            print(f"tunnel back {time.monotonic() - t_restart:.3f}s after restart")
+            client.stdin.write("after\n")
+            client.stdin.flush()
+            assert client.stdout.readline().strip() == "AFTER"
+            client.stdin.close()
+            client.wait(timeout=10)
+        finally:
+            server.kill()
+            server.wait()
+            with contextlib.suppress(Exception):
+                client.kill()
+                client.wait()
+
+        # --- peer remove cleans both sides --------------------------------------------------
+        out = a.cli("peer", "remove", "b").stdout
+        assert "removed b" in out and "could not" not in out
+        for g in (a, b):
+            assert g.cli_json("peer", "list") == []
+            assert g.cli_json("ipam", "show")["allocations"] == []
+            assert sh("wg", "show", g.iface, "peers", ns=g.ns).stdout.strip() == ""
+            assert sh("ip", "route", "show", "dev", g.iface, ns=g.ns).stdout.strip() == ""
+            assert "to-" not in nft_rules(g).replace("to-peer", "")
+            g.wait_ready()
+        assert not ping(a.pods[0], dst_b, timeout=1)

@@ -19,6 +19,7 @@ _MASKS = {
     4: [((1 << 32) - 1) ^ ((1 << (32 - n)) - 1) for n in range(33)],
     6: [((1 << 128) - 1) ^ ((1 << (128 - n)) - 1) for n in range(129)],
 }
+_MASKS_V4 = _MASKS[4]
 
 
 def parse_cidr(text: str) -> tuple[int, int, int]:
@@ -100,7 +101,13 @@ class AllowedIPs(Generic[P]):
         return None
 
     def lookup_v4(self, addr: int) -> P | None:
-        return self.lookup(4, addr)
+        tables = self._tables[4]
+        masks = _MASKS_V4
+        for plen in self._lengths[4]:
+            peer = tables[plen].get(addr & masks[plen])
+            if peer is not None:
+                return peer
+        return None
 
     def __iter__(self) -> Iterator[tuple[int, int, int, P]]:
         for family, by_len in self._tables.items():

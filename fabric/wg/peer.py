@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from fabric.wg.cookie import CookieGenerator
 from fabric.wg.replay import ReplayWindow
+from fabric.wg.timers import LAST_MINUTE_HANDSHAKE_AGE, REJECT_AFTER_TIME, REKEY_AFTER_TIME
 
 Endpoint = tuple[str, int]
 
@@ -23,10 +24,13 @@ class Keypair:
 
     __slots__ = (
         "created",
+        "fast_until",
         "is_initiator",
+        "last_minute_at",
         "local_index",
         "peer",
         "recv",
+        "reject_at",
         "remote_index",
         "replay",
         "send",
@@ -52,6 +56,14 @@ class Keypair:
         self.remote_index = remote_index
         self.is_initiator = is_initiator
         self.created = created
+        # Until then the sender needs no freshness checks per packet: the initiator
+        # rekeys after REKEY_AFTER_TIME, anyone stops at REJECT_AFTER_TIME.
+        self.fast_until = created + (REKEY_AFTER_TIME if is_initiator else REJECT_AFTER_TIME)
+        self.reject_at = created + REJECT_AFTER_TIME
+        # Receiving side: the initiator renews this long before its key dies.
+        self.last_minute_at = (
+            created + LAST_MINUTE_HANDSHAKE_AGE if is_initiator else float("inf")
+        )
 
     def __repr__(self) -> str:
         return f"Keypair(local={self.local_index:#x}, remote={self.remote_index:#x}, initiator={self.is_initiator})"

@@ -1,0 +1,294 @@
+"""The NAT renderer's nftables JSON, checked exactly for each design.md case,
+plus simulated packet walks through both gateways' rendered tables."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from nftfmt import chain_rules, elements, objects, walk
+
+from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
+from fabric.nat import NatError, mappings, render, with_counters
+
+KEY = "A" * 43 + "="
+
+
+def local(cid: str, pods: tuple[str, ...], svcs: tuple[str, ...] = (), gw: str | None = None,
+          masquerade: bool = False, wg: str = "wg0") -> LocalFabric:
+    return LocalFabric(cluster_id=cid, interface=wg, listen_port=51820, private_key=KEY, pod_cidrs=pods,
+                       service_cidrs=svcs, gateway_ip=gw, masquerade=masquerade)
+
+
+def rm(*triples: tuple[str, str, str]) -> tuple[RangeMap, ...]:
+    return tuple(RangeMap(k, r, v) for k, r, v in triples)  # type: ignore[arg-type]
+
+
+def peer(cid: str, remote: tuple[RangeMap, ...], mine: tuple[RangeMap, ...]) -> PeerFabric:
+    return PeerFabric(cluster_id=cid, public_key=KEY, endpoint=None, remote=remote, local=mine)
+
+
+def cross(a: FabricState, b: FabricState, src: str, dst: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """A NEW packet from a's cluster to b's: ((src, dst) in the tunnel, (src, dst) delivered in b)."""
+    ra, rb = render(a), render(b)
+    v, s1, d1 = walk(ra, "postrouting", "eth0", a.local.interface, src, dst)
+    assert v == "accept", f"{a.local.cluster_id} egress dropped {src}->{dst}"
+    v, s2, d2 = walk(rb, "prerouting", b.local.interface, None, s1, d1)
+    assert v == "accept", f"{b.local.cluster_id} ingress dropped {s1}->{d1}"
+    v, s3, d3 = walk(rb, "postrouting", None, "eth0", s2, d2)
+    assert v == "accept"
+    return (s1, d1), (s3, d3)
+
+
+# design.md packet walk: lab views gpu pods 100.64/16, services 100.80/12;
+# gpu views lab pods 100.65/16, services 100.112/12.
+LAB_OF_GPU = rm(("pod", "10.244.0.0/16", "100.64.0.0/16"), ("service", "10.96.0.0/12", "100.80.0.0/12"))
+GPU_OF_LAB = rm(("pod", "10.244.0.0/16", "100.65.0.0/16"), ("service", "10.96.0.0/12", "100.112.0.0/12"))
+LAB = FabricState(local("lab", ("10.244.0.0/16",), ("10.96.0.0/12",), "10.244.0.1"),
+                  (peer("gpu", LAB_OF_GPU, GPU_OF_LAB),))
+GPU = FabricState(local("gpu", ("10.244.0.0/16",), ("10.96.0.0/12",), "10.244.0.2"),
+                  (peer("lab", GPU_OF_LAB, LAB_OF_GPU),))
+
+
+def test_identical_ranges_exact_json_skeleton() -> None:
+    r = render(LAB)
+    cmds = r["nftables"]
+    tbl = {"family": "inet", "name": "crosswire"}
+    # Whole-table replacement in one batch: add (so delete cannot fail), delete, add.
+    assert cmds[:3] == [{"add": {"table": tbl}}, {"delete": {"table": tbl}}, {"add": {"table": tbl}}]
+    assert [(c["name"], c.get("type"), c.get("hook"), c.get("prio")) for c in objects(r, "chain")] == [
+        ("prerouting", "nat", "prerouting", -100), ("postrouting", "nat", "postrouting", 100),
+        ("mss-clamp", "filter", "forward", -150), ("to-gpu", None, None, None), ("from-gpu", None, None, None)]
+    assert objects(r, "map")[0] == {
+        "family": "inet", "table": "crosswire", "name": "to_peer_v4", "type": "ipv4_addr", "map": "verdict",
+        "flags": ["interval"], "elem": [
+            [{"elem": {"val": {"prefix": {"addr": "100.64.0.0", "len": 16}}, "comment": "gpu pod"}},
+             {"goto": {"target": "to-gpu"}}],
+            [{"elem": {"val": {"prefix": {"addr": "100.80.0.0", "len": 12}}, "comment": "gpu service"}},
+             {"goto": {"target": "to-gpu"}}]]}
+    rule = next(x for x in objects(r, "rule") if x["chain"] == "to-gpu")
+    assert rule == {"family": "inet", "table": "crosswire", "chain": "to-gpu",
+                    "comment": "gpu: egress pod src 10.244.0.0/16 -> 100.65.0.0/16", "expr": [
+                        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                                   "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}},
+                        {"counter": {"packets": 0, "bytes": 0}},
+                        {"snat": {"family": "ip", "addr": {"prefix": {"addr": "100.65.0.0", "len": 16}},
+                                  "flags": "netmap", "type_flags": "prefix"}}]}
+
+
+def test_identical_ranges_rules() -> None:
+    r = render(LAB)
+    assert chain_rules(r, "prerouting") == [
+        "iifname wg0 ip saddr vmap @from_peer_v4", "iifname wg0 ip6 saddr vmap @from_peer_v6",
+        "iifname wg0 counter drop"]
+    assert chain_rules(r, "postrouting") == [
+        "oifname wg0 ip daddr vmap @to_peer_v4", "oifname wg0 ip6 daddr vmap @to_peer_v6"]
+    assert chain_rules(r, "to-gpu") == [
+        "ip saddr 10.244.0.0/16 counter snat ip prefix to 100.65.0.0/16",
+        "ip saddr 10.96.0.0/12 counter snat ip prefix to 100.112.0.0/12",
+        "nfproto ipv4 counter snat ip to 100.65.0.1",
+        "nfproto ipv6 counter drop"]
+    assert chain_rules(r, "from-gpu") == [
+        "ip daddr 100.65.0.0/16 counter dnat ip prefix to 10.244.0.0/16",
+        "ip daddr 100.112.0.0/12 counter dnat ip prefix to 10.96.0.0/12",
+        "counter drop"]
+    assert elements(r, "from_peer_v4") == ["100.64.0.0/16 : goto from-gpu", "100.80.0.0/12 : goto from-gpu"]
+    assert elements(r, "peer_views_v4") == ["100.64.0.0/16", "100.80.0.0/12"]
+    assert elements(r, "to_peer_v6") == []
+    assert chain_rules(r, "mss-clamp") == [
+        f"{d} wg0 nfproto {f} tcp flags & syn,rst syn tcp option maxseg size > {m} tcp option maxseg size set {m}"
+        for f, m in (("ipv4", 1380), ("ipv6", 1360)) for d in ("iifname", "oifname")]
+
+
+def test_identical_ranges_packet_walk() -> None:
+    # design.md steps 1-5: l1 10.244.1.5 opens 100.64.2.7 (g1 = 10.244.2.7).
+    assert cross(LAB, GPU, "10.244.1.5", "100.64.2.7") == (
+        ("100.65.1.5", "100.64.2.7"), ("100.65.1.5", "10.244.2.7"))
+    assert cross(GPU, LAB, "10.244.2.7", "100.65.1.5") == (
+        ("100.64.2.7", "100.65.1.5"), ("100.64.2.7", "10.244.1.5"))
+    # Remote service: delivered to the real service IP for the remote kube-proxy.
+    assert cross(LAB, GPU, "10.244.1.5", "100.80.0.10")[1] == ("100.65.1.5", "10.96.0.10")
+
+
+def test_same_numbers_picked_by_both_ipams() -> None:
+    same = rm(("pod", "10.244.0.0/16", "100.64.0.0/16"))
+    a = FabricState(local("a", ("10.244.0.0/16",), gw="10.244.0.1"), (peer("b", same, same),))
+    b = FabricState(local("b", ("10.244.0.0/16",), gw="10.244.0.1"), (peer("a", same, same),))
+    assert cross(a, b, "10.244.1.5", "100.64.2.7") == (
+        ("100.64.1.5", "100.64.2.7"), ("100.64.1.5", "10.244.2.7"))
+
+
+def test_partial_overlap() -> None:
+    # a: 10.244.0.0/16; b: 10.244.128.0/17. Each remaps the other.
+    a = FabricState(local("a", ("10.244.0.0/16",), gw="10.244.0.1"), (peer(
+        "b", rm(("pod", "10.244.128.0/17", "100.64.0.0/17")), rm(("pod", "10.244.0.0/16", "100.70.0.0/16"))),))
+    b = FabricState(local("b", ("10.244.128.0/17",), gw="10.244.128.1"), (peer(
+        "a", rm(("pod", "10.244.0.0/16", "100.70.0.0/16")), rm(("pod", "10.244.128.0/17", "100.64.0.0/17"))),))
+    assert chain_rules(render(a), "to-b")[0] == "ip saddr 10.244.0.0/16 counter snat ip prefix to 100.70.0.0/16"
+    assert chain_rules(render(b), "from-a")[0] == "ip daddr 100.64.0.0/17 counter dnat ip prefix to 10.244.128.0/17"
+    # The host part below the prefix is preserved (10.244.200.9 is 100.64.72.9 in a's view).
+    assert cross(a, b, "10.244.1.5", "100.64.72.9") == (
+        ("100.70.1.5", "100.64.72.9"), ("100.70.1.5", "10.244.200.9"))
+    assert cross(b, a, "10.244.200.9", "100.70.1.5") == (
+        ("100.64.72.9", "100.70.1.5"), ("100.64.72.9", "10.244.1.5"))
+
+
+def test_containment() -> None:
+    # a: 10.0.0.0/8 contains b's 10.244.0.0/16.
+    a = FabricState(local("a", ("10.0.0.0/8",), gw="10.0.0.1"), (peer(
+        "b", rm(("pod", "10.244.0.0/16", "100.64.0.0/16")), rm(("pod", "10.0.0.0/8", "30.0.0.0/8"))),))
+    b = FabricState(local("b", ("10.244.0.0/16",), gw="10.244.0.1"), (peer(
+        "a", rm(("pod", "10.0.0.0/8", "30.0.0.0/8")), rm(("pod", "10.244.0.0/16", "100.64.0.0/16"))),))
+    assert chain_rules(render(a), "to-b")[:1] == ["ip saddr 10.0.0.0/8 counter snat ip prefix to 30.0.0.0/8"]
+    assert cross(a, b, "10.244.3.4", "100.64.3.4") == (
+        ("30.244.3.4", "100.64.3.4"), ("30.244.3.4", "10.244.3.4"))
+    assert cross(b, a, "10.244.3.4", "30.1.2.3") == (("100.64.3.4", "30.1.2.3"), ("100.64.3.4", "10.1.2.3"))
+
+
+def test_no_overlap_view_is_real_no_rewriting() -> None:
+    a = FabricState(local("a", ("10.244.0.0/16",), gw="10.244.0.1"), (peer(
+        "b", rm(("pod", "10.245.0.0/16", "10.245.0.0/16")), rm(("pod", "10.244.0.0/16", "10.244.0.0/16"))),))
+    b = FabricState(local("b", ("10.245.0.0/16",), gw="10.245.0.1"), (peer(
+        "a", rm(("pod", "10.244.0.0/16", "10.244.0.0/16")), rm(("pod", "10.245.0.0/16", "10.245.0.0/16"))),))
+    r = render(a)
+    assert chain_rules(r, "to-b") == ["ip saddr 10.244.0.0/16 counter accept", "nfproto ipv4 counter snat ip to 10.244.0.1",
+                                      "nfproto ipv6 counter drop"]
+    assert chain_rules(r, "from-b") == ["ip daddr 10.244.0.0/16 counter accept", "counter drop"]
+    assert not any("prefix" in line for c in ("to-b", "from-b") for line in chain_rules(r, c))
+    assert cross(a, b, "10.244.1.5", "10.245.2.7") == (("10.244.1.5", "10.245.2.7"), ("10.244.1.5", "10.245.2.7"))
+
+
+def test_three_peers_identical_ranges_flat_dispatch() -> None:
+    views = {"b": "100.64.0.0/16", "c": "100.66.0.0/16", "d": "100.68.0.0/16"}
+    # Every peer happens to view us as 100.65.0.0/16 (their own address spaces).
+    state = FabricState(local("a", ("10.244.0.0/16",), gw="10.244.0.1"), tuple(
+        peer(p, rm(("pod", "10.244.0.0/16", v)), rm(("pod", "10.244.0.0/16", "100.65.0.0/16")))
+        for p, v in views.items()))
+    r = render(state)
+    assert elements(r, "to_peer_v4") == [f"{v} : goto to-{p}" for p, v in views.items()]
+    assert elements(r, "from_peer_v4") == [f"{v} : goto from-{p}" for p, v in views.items()]
+    # The hot chains do not grow with peers: one map lookup per family.
+    assert len(chain_rules(r, "postrouting")) == 2 and len(chain_rules(r, "prerouting")) == 3
+    for p, v in views.items():
+        assert chain_rules(r, f"to-{p}")[0] == "ip saddr 10.244.0.0/16 counter snat ip prefix to 100.65.0.0/16"
+        assert chain_rules(r, f"from-{p}")[0] == "ip daddr 100.65.0.0/16 counter dnat ip prefix to 10.244.0.0/16"
+        # The source picks the peer: from peer p, only its view is accepted.
+        base = v.split(".0.0/")[0]
+        assert walk(r, "prerouting", "wg0", None, f"{base}.9.9", "100.65.1.5") == (
+            "accept", f"{base}.9.9", "10.244.1.5")
+    big = FabricState(state.local, tuple(
+        peer(f"p{i}", rm(("pod", "10.244.0.0/24", f"100.{64 + i // 256}.{i % 256}.0/24")), ())
+        for i in range(300)))
+    rb = render(big)
+    assert len(chain_rules(rb, "postrouting")) == 2 and len(elements(rb, "to_peer_v4")) == 300
+
+
+def test_ipv6() -> None:
+    a = FabricState(local("a", ("fd00::/48",), gw="10.244.0.1"), (peer(
+        "b", rm(("pod", "fd00::/48", "fd64::/48")), rm(("pod", "fd00::/48", "fd65::/48"))),))
+    b = FabricState(local("b", ("fd00::/48",), gw="10.244.0.2"), (peer(
+        "a", rm(("pod", "fd00::/48", "fd65::/48")), rm(("pod", "fd00::/48", "fd64::/48"))),))
+    r = render(a)
+    assert chain_rules(r, "to-b")[0] == "ip6 saddr fd00::/48 counter snat ip6 prefix to fd65::/48"
+    assert elements(r, "to_peer_v6") == ["fd64::/48 : goto to-b"]
+    assert elements(r, "to_peer_v4") == []
+    assert cross(a, b, "fd00::1:5", "fd64::2:7") == (("fd65::1:5", "fd64::2:7"), ("fd65::1:5", "fd00::2:7"))
+
+
+def test_host_network_source() -> None:
+    r = render(LAB)
+    # A node (192.168.7.7) is not a pod: one SNAT straight to the gateway's pod IP in gpu's view of lab.
+    assert walk(r, "postrouting", "eth0", "wg0", "192.168.7.7", "100.64.2.7") == (
+        "accept", "100.65.0.1", "100.64.2.7")
+    no_gw = FabricState(local("lab", ("10.244.0.0/16",)), LAB.peers)
+    assert chain_rules(render(no_gw), "to-gpu")[-2:] == ["nfproto ipv4 counter drop", "nfproto ipv6 counter drop"]
+    # Gateway address outside every range this peer maps: cannot be answered, so drop.
+    elsewhere = FabricState(local("lab", ("10.244.0.0/16", "10.250.0.0/16"), gw="10.250.0.1"), LAB.peers)
+    assert chain_rules(render(elsewhere), "to-gpu")[-2] == "nfproto ipv4 counter drop"
+
+
+def test_masquerade() -> None:
+    assert "masquerade" not in str(render(GPU))
+    m = FabricState(local("gpu", ("10.244.0.0/16",), ("10.96.0.0/12",), "10.244.0.2", masquerade=True), GPU.peers)
+    r = render(m)
+    assert chain_rules(r, "postrouting")[-1] == "oifname != wg0 ip saddr @peer_views_v4 counter snat ip to 10.244.0.2"
+    # Delivered inward from the gateway's own pod address; the tunnel leg is unchanged.
+    assert cross(LAB, m, "10.244.1.5", "100.64.2.7") == (
+        ("100.65.1.5", "100.64.2.7"), ("10.244.0.2", "10.244.2.7"))
+    # Not applied to our own pods leaving towards the tunnel.
+    assert walk(r, "postrouting", "eth0", "wg0", "10.244.2.7", "100.65.1.5")[1] == "100.64.2.7"
+    with pytest.raises(NatError, match="masquerade"):
+        render(FabricState(local("gpu", ("10.244.0.0/16",), masquerade=True), GPU.peers))
+
+
+def test_remote_pod_with_local_gateway_ip() -> None:
+    # gpu pod 10.244.0.1 equals lab's gateway pod IP: addressed by view, never confused.
+    assert cross(LAB, GPU, "10.244.1.5", "100.64.0.1") == (
+        ("100.65.1.5", "100.64.0.1"), ("100.65.1.5", "10.244.0.1"))
+    # lab's gateway itself (host network, 10.244.0.1 as a source) goes out as its own pod view.
+    assert cross(LAB, GPU, "10.244.0.1", "100.64.0.1") == (
+        ("100.65.0.1", "100.64.0.1"), ("100.65.0.1", "10.244.0.1"))
+    assert "10.244.0.1" not in str(render(LAB)).replace("10.244.0.0", "")
+
+
+def test_ingress_drops_destinations_not_offered() -> None:
+    r = render(GPU)
+    # From lab (source in gpu's view of lab) to a gpu real address lab was never given.
+    assert walk(r, "prerouting", "wg0", None, "100.65.1.5", "10.244.2.7")[0] == "drop"
+    # Unknown source (in no view): dropped too.
+    assert walk(r, "prerouting", "wg0", None, "192.0.2.1", "100.64.2.7")[0] == "drop"
+
+
+@pytest.mark.parametrize("state, message", [
+    (FabricState(local("a", ("10.244.0.0/16",)), (peer("b", rm(("pod", "10.244.0.0/16", "10.244.0.0/16")), ()),)),
+     "overlaps 10.244.0.0/16"),
+    (FabricState(local("a", ()), (peer("b", rm(("pod", "10.244.0.0/16", "100.64.0.0/16")), ()),
+                                  peer("c", rm(("pod", "10.244.0.0/17", "100.64.128.0/17")), ()))),
+     "overlaps 100.64.0.0/16"),
+    (FabricState(local("a", ()), (peer("b", rm(("pod", "10.244.0.0/16", "100.64.0.0/17")), ()),)),
+     "same family and length"),
+    (FabricState(local("a", ()), (peer("b", rm(("pod", "10.244.0.0/16", "fd00::/16")), ()),)),
+     "same family and length"),
+    (FabricState(local("a", ()), (peer("b", rm(("pod", "10.244.0.1/16", "100.64.0.0/16")), ()),)),
+     "not a valid CIDR"),
+    (FabricState(local("a", ("bogus",)), ()), "pod_cidrs"),
+    (FabricState(local("a", ()), (peer("b", (), ()), peer("b", (), ()))), "listed twice"),
+    (FabricState(local("a", (), wg="x" * 16), ()), "interface"),
+    (FabricState(local("a", ()), (peer("b", (), rm(("pod", "10.244.0.0/16", "100.64.0.0/16"),
+                                                  ("pod", "10.245.0.0/16", "100.64.0.0/16"))),)), "overlap"),
+])
+def test_bad_state_is_refused(state: FabricState, message: str) -> None:
+    with pytest.raises(NatError, match=re.escape(message)):
+        render(state)
+
+
+def test_odd_cluster_ids_get_safe_chain_names() -> None:
+    s = FabricState(LAB.local, (peer('we"ird id', LAB_OF_GPU, GPU_OF_LAB),))
+    names = [c["name"] for c in objects(render(s), "chain")]
+    assert all('"' not in n and " " not in n for n in names)
+    assert any(n.startswith("to-we_ird_id-") for n in names)
+
+
+def test_mappings_and_counters() -> None:
+    maps = mappings(LAB)
+    assert [(m["cluster_id"], m["egress_chain"], m["ingress_chain"]) for m in maps] == [("gpu", "to-gpu", "from-gpu")]
+    assert maps[0]["remote"] == [{"kind": "pod", "real": "10.244.0.0/16", "view": "100.64.0.0/16"},
+                                 {"kind": "service", "real": "10.96.0.0/12", "view": "100.80.0.0/12"}]
+    assert maps[0]["local"][0] == {"kind": "pod", "real": "10.244.0.0/16", "view": "100.65.0.0/16"}
+    # Every mapping rule in the rendered table, and only those, is reported.
+    rendered = [(r["chain"], r["comment"]) for r in objects(render(LAB), "rule") if r["chain"] in ("to-gpu", "from-gpu")]
+    assert [(r["chain"], r["comment"]) for r in maps[0]["rules"]] == rendered
+    first = maps[0]["rules"][0]
+    listed = {"nftables": [{"metainfo": {}}, {"rule": {**first["rule"], "handle": 42, "expr": [
+        {"counter": {"packets": 7, "bytes": 700}}]}}]}
+    rows = with_counters(maps, listed)[0]["rules"]
+    assert (rows[0]["handle"], rows[0]["packets"], rows[0]["bytes"]) == (42, 7, 700)
+    assert all(r["handle"] is None and r["packets"] == 0 for r in rows[1:])
+
+
+def test_secrets_never_rendered() -> None:
+    secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MDA="
+    s = FabricState(LocalFabric(cluster_id="lab", interface="wg0", listen_port=1, private_key=secret,
+                                pod_cidrs=("10.244.0.0/16",)),
+                    (PeerFabric("gpu", KEY, None, preshared_key=secret, remote=LAB_OF_GPU),))
+    assert secret not in str(render(s)) + str(mappings(s)) + repr(s)

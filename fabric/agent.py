@@ -220,17 +220,21 @@ class Agent:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="crosswire agent", description="crosswire node agent")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="keep routes to every peer view towards the gateway")
-    run.add_argument("--gateway", required=True, help="gateway API base URL, e.g. http://10.244.0.2:8080")
-    run.add_argument("--interval", type=float, default=5.0, help="poll interval in seconds")
-    run.add_argument("--once", action="store_true", help="reconcile once and exit (1 on failure)")
-    run.add_argument("--log-level", default="INFO")
+    ap = argparse.ArgumentParser(prog="crosswire agent run",
+                                 description="keep routes to every peer view towards the gateway")
+    ap.add_argument("--gateway", required=True, help="gateway API base URL, e.g. http://10.244.0.2:8080")
+    ap.add_argument("--interval", type=float, default=5.0, help="poll interval in seconds")
+    ap.add_argument("--once", action="store_true", help="reconcile once and exit (1 on failure)")
+    ap.add_argument("--log-level", default="INFO")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; ``argv`` may start with ``run`` (``python -m fabric.agent run ...``) or not
+    (``crosswire agent run`` hands over what follows ``run``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        argv = argv[1:]
     args = _parser().parse_args(argv)
     if args.interval <= 0:
         print("crosswire agent: --interval must be positive", file=sys.stderr)

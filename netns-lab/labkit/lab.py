@@ -218,7 +218,7 @@ class Lab:
             self.start_gateway(c, st)
         for n in c.nodes:
             self.spawn(st, f"{c.id}-{n.name}-agent", n.ns,
-                       [sys.executable, "-m", "fabric.agent", "run", "--gateway", c.api_url,
+                       [str(venv_bin() / "crosswire"), "agent", "run", "--gateway", c.api_url,
                         "--interval", "1"])
 
     def _wait_ready(self, c: ClusterPlan, gateways: bool, timeout: float = 60) -> None:

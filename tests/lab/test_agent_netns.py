@@ -97,7 +97,8 @@ def test_agent_installs_updates_keeps_and_removes_routes(
     sh("ping", "-c1", "-W2", "100.64.0.5", ns=node1)
 
     # Another node: one-shot run resolves the underlay next hop to the gateway's node.
-    sh(sys.executable, "-m", "fabric.agent", "run", "--once", "--gateway",
+    # (through the operator CLI this time, as the DaemonSet runs it)
+    sh(str(Path(sys.executable).parent / "crosswire"), "agent", "run", "--once", "--gateway",
        "http://192.168.10.11:18080", ns=node2)
     assert agent_routes(node2) == {"100.64.0.0/16": f"192.168.10.11 {u2}",
                                    "100.80.0.0/12": f"192.168.10.11 {u2}"}

@@ -10,7 +10,7 @@ wireguard-go does.
 
 Two UDP sockets, IPv4 and IPv6-only, share the listen port; ``config_generation``
 tells the loop when ``listen_port``/``fwmark`` changed so it rebinds or re-marks.
-A bind failure turns the UAPI reply's errno into EADDRINUSE and keeps the old
+A bind failure turns the UAPI reply's errno into -EADDRINUSE and keeps the old
 sockets, as wireguard-go does.
 
 Housekeeping once a second: stop if the UAPI socket file or the interface is
@@ -167,7 +167,8 @@ class Daemon:
                 self.device.set_bound_port(self.bound_port)
                 self.generation = self.device.config_generation
                 if reply.endswith("errno=0\n\n"):
-                    reply = reply[: -len("errno=0\n\n")] + f"errno={errno.EADDRINUSE}\n\n"
+                    # Negative, as wireguard-go's IpcErrorPortInUse: wg negates it for strerror.
+                    reply = reply[: -len("errno=0\n\n")] + f"errno={-errno.EADDRINUSE}\n\n"
         self._flush()
         return reply
 

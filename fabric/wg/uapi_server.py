@@ -159,7 +159,7 @@ class UapiServer:
             try:
                 text = request.decode()
             except UnicodeDecodeError:
-                reply = f"errno={errno.EINVAL}\n\n"
+                reply = f"errno={-errno.EINVAL}\n\n"
             else:
                 reply = self.handler(text)
             conn.outbuf += reply.encode()

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .lab import Lab, LabError, list_labs, teardown
 from .topology import TopologyError, load
@@ -68,20 +69,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def render_status(s: dict[str, object]) -> str:
+def render_status(s: dict[str, Any]) -> str:
     out = [f"lab {s['name']}"]
-    for c in s["clusters"]:  # type: ignore[attr-defined]
+    for c in s["clusters"]:
         gw = c["gateway"]
         out.append(f"  cluster {c['id']}: pods {c['pod_cidr']}, services {c['service_cidr']}")
-        out.append(f"    gateway {gw['pod_ip']} (public {gw['public']}), api {gw['api']}")
         st = gw["status"]
-        out.append(f"    status: {json.dumps(st) if not isinstance(st, str) else st}")
-        peers = c["peers"]
-        if isinstance(peers, dict):
-            peers = peers.get("peers", peers)
-        if isinstance(peers, list):
-            for p in peers:
-                out.append(f"    peer {json.dumps(p)}")
+        if isinstance(st, dict):
+            health = (f"ready={st.get('ready')} ({st.get('ready_reason')}), "
+                      f"up {st.get('uptime_s', 0):.0f}s, reconcile errors "
+                      f"{st.get('reconcile', {}).get('errors')}")
+        else:
+            health = str(st)
+        out.append(f"    gateway {gw['pod_ip']} (public {gw['public']}): {health}")
+        for p in c["peers"] if isinstance(c["peers"], list) else []:
+            views = ", ".join(f"{v['real']} as {v['view']}" for v in p.get("our_views") or [])
+            age = p.get("handshake_age_s")
+            out.append(f"    peer {p.get('cluster_id')}: {p.get('state')}, handshake "
+                       f"{'never' if age is None else f'{age:.0f}s ago'}, rtt {p.get('rtt_ms')} ms, "
+                       f"loss {p.get('loss')}, rx {p.get('rx_bytes')} B, tx {p.get('tx_bytes')} B; "
+                       f"seen as: {views}")
         out.append(f"    pods: {', '.join(f'{k}={v}' for k, v in c['pods'].items())}")
         out.append(f"    services: {', '.join(f'{k}={v}' for k, v in c['services'].items())}")
         procs = c["processes"]

@@ -97,8 +97,13 @@ def _curl(lab: Lab, pod: str, url: str, want_pod: str, want_client: str, what: s
 
 
 def _nat_table(doc: Any) -> str:
+    """The NAT API answer as an operator reads it: one line per rule, with counters."""
     lines = [f"   table {doc.get('table')}"]
     for p in doc.get("peers", []):
-        if isinstance(p, dict):
-            lines.append("   " + json.dumps(p, sort_keys=True))
+        if not isinstance(p, dict):
+            continue
+        lines.append(f"   peer {p.get('cluster_id')}:")
+        for r in p.get("rules", []):
+            lines.append(f"     {r.get('chain', ''):<12} {r.get('packets', 0):>6} pkts "
+                         f"{r.get('bytes', 0):>9} B  {r.get('comment', '')}")
     return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""WgControl's pure halves (parse_get, render_set) and routes.plan, without sockets."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+
+import pytest
+
+from fabric.model import LocalFabric, PeerFabric, RangeMap
+from fabric.routes import RouteError, parse_cidrs, plan
+from fabric.wgctl import (
+    DeviceStatus,
+    PeerStatus,
+    WgError,
+    key_hex,
+    parse_get,
+    render_set,
+    resolve_endpoint,
+)
+
+PRIV = base64.b64encode(bytes(range(32))).decode()
+PUB_A = base64.b64encode(b"\x01" * 32).decode()
+PUB_B = base64.b64encode(b"\x02" * 32).decode()
+PSK = base64.b64encode(b"\x03" * 32).decode()
+LOCAL = LocalFabric(cluster_id="lab", interface="wg0", listen_port=51820, private_key=PRIV)
+
+
+def peer(pub: str, endpoint: str | None = "198.18.0.2:51820", psk: str | None = None) -> PeerFabric:
+    return PeerFabric(cluster_id="gpu", public_key=pub, endpoint=endpoint, preshared_key=psk,
+                      remote=(RangeMap("pod", "10.244.0.0/16", "100.64.0.0/16"),
+                              RangeMap("pod", "fd00::/48", "fd64::/48")), persistent_keepalive=25)
+
+
+GET = f"""private_key={bytes(range(32)).hex()}
+listen_port=51820
+public_key={"01" * 32}
+preshared_key={"00" * 32}
+protocol_version=1
+endpoint=198.18.0.2:51820
+last_handshake_time_sec=1700000000
+last_handshake_time_nsec=500000000
+tx_bytes=1234
+rx_bytes=5678
+persistent_keepalive_interval=25
+allowed_ip=100.64.0.0/16
+allowed_ip=fd64::/48
+public_key={"02" * 32}
+preshared_key={"00" * 32}
+protocol_version=1
+last_handshake_time_sec=0
+last_handshake_time_nsec=0
+tx_bytes=0
+rx_bytes=0
+persistent_keepalive_interval=0
+errno=0
+
+"""
+
+
+def test_parse_get() -> None:
+    dev = parse_get(GET)
+    assert dev.listen_port == 51820 and dev.has_private_key
+    a = dev.peers[PUB_A]
+    assert (a.endpoint, a.last_handshake, a.rx_bytes, a.tx_bytes) == ("198.18.0.2:51820", 1700000000.5, 5678, 1234)
+    assert a.allowed_ips == ["100.64.0.0/16", "fd64::/48"] and a.persistent_keepalive == 25
+    b = dev.peers[PUB_B]
+    assert b.endpoint is None and b.last_handshake == 0.0 and b.allowed_ips == []
+    assert bytes(range(32)).hex() not in repr(dev)  # the private key stays out of reprs
+    with pytest.raises(WgError, match="errno=2"):
+        parse_get("errno=2\n\n")
+
+
+def test_render_set_fresh_device() -> None:
+    req = render_set(LOCAL, [peer(PUB_A, psk=PSK)], DeviceStatus(), {})
+    assert req == (
+        "set=1\n"
+        f"private_key={bytes(range(32)).hex()}\n"
+        "listen_port=51820\n"
+        f"public_key={'01' * 32}\n"
+        f"preshared_key={'03' * 32}\n"
+        "endpoint=198.18.0.2:51820\n"
+        "persistent_keepalive_interval=25\n"
+        "replace_allowed_ips=true\n"
+        "allowed_ip=100.64.0.0/16\n"
+        "allowed_ip=fd64::/48\n\n")
+
+
+def test_render_set_in_sync_touches_nothing_disruptive() -> None:
+    current = parse_get(GET)
+    last = {"01" * 32: "198.18.0.2:51820"}
+    req = render_set(LOCAL, [peer(PUB_A)], current, last)
+    # Same key and port: not resent (wireguard-go rebinds on listen_port); B removed;
+    # A's allowed IPs and endpoint unchanged: not replaced (no roaming undone).
+    assert req == (
+        "set=1\n"
+        f"public_key={'02' * 32}\nremove=true\n"
+        f"public_key={'01' * 32}\n"
+        f"preshared_key={'00' * 32}\n"
+        "persistent_keepalive_interval=25\n\n")
+    # The peer roamed (current endpoint differs) but config did not change: left alone.
+    roamed = parse_get(GET.replace("endpoint=198.18.0.2:51820", "endpoint=198.18.0.9:40000"))
+    assert "endpoint=" not in render_set(LOCAL, [peer(PUB_A)], roamed, last)
+    # The configured endpoint changed: set.
+    assert "endpoint=198.18.0.3:51820" in render_set(LOCAL, [peer(PUB_A, "198.18.0.3:51820")], roamed, last)
+
+
+def test_render_set_errors_do_not_echo_keys() -> None:
+    bad = "not-base64!!" + PRIV
+    with pytest.raises(WgError) as e:
+        render_set(LocalFabric("lab", "wg0", 1, private_key=bad), [], DeviceStatus(), {})
+    assert bad not in str(e.value) and PRIV not in str(e.value)
+    with pytest.raises(WgError, match="32 bytes"):
+        key_hex(base64.b64encode(b"x" * 31).decode(), "psk")
+    with pytest.raises(WgError, match="used by peer"):
+        render_set(LOCAL, [peer(PUB_A), peer(PUB_A)], DeviceStatus(), {})
+
+
+def test_resolve_endpoint() -> None:
+    assert resolve_endpoint("198.18.0.2:51820") == "198.18.0.2:51820"
+    assert resolve_endpoint("[fd00::1]:51820") == "[fd00::1]:51820"
+    assert resolve_endpoint("localhost:1") in ("127.0.0.1:1", "[::1]:1")
+    for bad in ("198.18.0.2", "198.18.0.2:0", "198.18.0.2:x", "[fd00::1]"):
+        with pytest.raises(WgError, match="endpoint"):
+            resolve_endpoint(bad)
+
+
+def test_peer_status_dict() -> None:
+    s = PeerStatus(public_key=PUB_A, endpoint="1.2.3.4:5", last_handshake=1.0, rx_bytes=2, tx_bytes=3)
+    assert s.as_dict()["rx_bytes"] == 2 and "public_key" not in s.as_dict()
+
+
+def test_route_plan() -> None:
+    n = ipaddress.ip_network
+    p = plan(parse_cidrs(["100.64.0.0/16", "fd64::/48"]), {n("100.64.0.0/16"), n("100.80.0.0/12")})
+    assert p.add == (n("fd64::/48"),) and p.remove == (n("100.80.0.0/12"),)
+    assert plan(set(), set()).add == ()
+    with pytest.raises(RouteError, match="not a valid CIDR"):
+        parse_cidrs(["100.64.0.1/16"])

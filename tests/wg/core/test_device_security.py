@@ -334,3 +334,28 @@ def test_no_private_key_drops_handshakes(pair: Pair) -> None:
     pair.b.uapi(f"set=1\nprivate_key={'00' * 32}\n\n", pair.clock.now)
     pair.b.on_datagram(init, pair.A_EP, pair.clock.now)
     assert pair.b.counters["drop_no_private_key"] == 1
+
+
+def test_load_meter_trips_on_handshake_rate(pair: Pair) -> None:
+    from fabric.wg.cookie import CookieGenerator
+
+    pair.b.load.threshold = 3
+    gen = CookieGenerator(pair.b_pub)
+    for i in range(3):
+        body = bytearray(b"\x01\x00\x00\x00" + bytes([i]) * 140 + bytes(4))
+        gen.add_macs(body, 0)
+        pair.b.on_datagram(bytes(body), ("198.51.100.5", 1), pair.clock.now + i * 0.1)
+    assert pair.b.counters["drop_bad_handshake"] == 2
+    assert pair.b.counters["drop_under_load"] == 1  # third one met the threshold
+    assert pair.b.outbox[-1][0][0] == m.COOKIE_REPLY
+
+
+def test_reprs_carry_no_secrets(pair: Pair) -> None:
+    pair.a_to_b(b"x")
+    kp = pair.peer_b.current
+    text = " ".join(
+        repr(o) for o in (pair.a, pair.b, pair.peer_a, pair.peer_b, kp, pair.a.counters)
+    )
+    for secret in (pair.a_priv, pair.b_priv, pair.peer_b.preshared_key):
+        assert secret.hex() not in text
+    assert "ChaCha" not in text

@@ -167,3 +167,43 @@ def test_initiator_rekeys_on_receive_before_reject(pair: Pair) -> None:
         pair.net.advance(1.0)
     assert pair.a.counters["handshake_complete"] >= 2
     assert len(pair.a.inbox) == 170
+
+
+def test_rekey_after_messages(pair: Pair) -> None:
+    pair.a_to_b(b"x")
+    kp = pair.peer_b.current
+    assert kp is not None
+    kp.send_counter = timers.REKEY_AFTER_MESSAGES + 1
+    pair.clock.now += 6  # past the one-initiation-per-REKEY_TIMEOUT limit
+    n = len(pair.net.log)
+    pair.a_to_b(b"y")  # still sent on the old key, and a new handshake starts
+    assert pair.kinds(n)[:2] == [4, 1]
+    assert pair.peer_b.current is not kp
+
+
+def test_reject_after_messages(pair: Pair) -> None:
+    pair.a_to_b(b"x")
+    kp = pair.peer_b.current
+    assert kp is not None
+    pair.net.filter = lambda s, d, data: None  # keep the old session in place
+    kp.send_counter = timers.REJECT_AFTER_MESSAGES - 1
+    pair.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"last"), pair.clock.now)
+    assert [d[0] for d, _ in pair.a.outbox] == [4]  # the very last counter
+    pair.a.outbox.clear()
+    pair.clock.now += 6
+    pair.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"over"), pair.clock.now)
+    assert [d[0] for d, _ in pair.a.outbox] == [1]  # only a handshake, no transport
+    assert kp.send_counter == timers.REJECT_AFTER_MESSAGES
+
+
+def test_staged_queue_bounded(pair: Pair) -> None:
+    pair.net.filter = lambda s, d, data: None
+    for i in range(timers.MAX_STAGED_PACKETS + 10):
+        pair.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i % 256])), pair.clock.now)
+    assert len(pair.peer_b.staged) == timers.MAX_STAGED_PACKETS
+    assert pair.a.counters["drop_staged_overflow"] == 10
+    pair.net.flush()  # the first initiation is lost
+    pair.net.filter = None
+    pair.net.advance(6)
+    assert len(pair.b.inbox) == timers.MAX_STAGED_PACKETS
+    assert pair.b.inbox[0][-1] == 10  # oldest were dropped, order kept

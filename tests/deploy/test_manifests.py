@@ -81,6 +81,9 @@ def test_gateway_deployment(rendered: Rendered, name: str) -> None:
     mounts = {m["name"]: m for m in gw["volumeMounts"]}
     vols = {v["name"]: v for v in pod["volumes"]}
     assert config_path == mounts["config"]["mountPath"] + "/gateway.yaml"
+    # The CLI in `kubectl exec` reads the same file (API URL, state_dir).
+    env = {e["name"]: e.get("value") for e in gw["env"]}
+    assert env["CROSSWIRE_CONFIG"] == config_path
     assert mounts["config"]["readOnly"] is True
     # state_dir on the PersistentVolumeClaim.
     assert mounts["state"]["mountPath"] == cfg.state_dir

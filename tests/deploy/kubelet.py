@@ -1,0 +1,140 @@
+"""A kubelet stand-in: turns a rendered container spec into a process in a lab namespace.
+
+What it does as the kubelet would: the command line is the image ENTRYPOINT
+(from the Dockerfile) or the container's ``command``, plus its ``args`` (or
+CMD); env comes from the spec, with the downward API's ``status.podIP``
+filled in; ConfigMap volumes become files; ``securityContext.capabilities``
+and ``allowPrivilegeEscalation`` are enforced with setpriv (bounding set =
+exactly the added capabilities, no_new_privs), so a process that secretly
+needs more than the manifest grants fails here too.
+
+What it changes, and why: no mount namespaces, so every path under a volume's
+mountPath (in args, env values and the ConfigMap's YAML) is rewritten to a
+temporary directory standing in for the volume; the console scripts resolve
+from the project's venv (the image installs the same wheel); and, because
+WireGuard UAPI sockets live in one machine-wide directory, the caller may
+rename ``wireguard.interface`` in the config.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    mounts: dict[str, Path] = field(default_factory=dict)  # container path -> host path
+
+
+def _rewrite(value: str, mounts: dict[str, Path]) -> str:
+    for inside, outside in sorted(mounts.items(), key=lambda m: -len(m[0])):
+        if value == inside or value.startswith(inside.rstrip("/") + "/"):
+            return str(outside) + value[len(inside.rstrip("/")):]
+    return value
+
+
+def _rewrite_tree(doc: Any, mounts: dict[str, Path]) -> Any:
+    if isinstance(doc, dict):
+        return {k: _rewrite_tree(v, mounts) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_rewrite_tree(v, mounts) for v in doc]
+    return _rewrite(doc, mounts) if isinstance(doc, str) else doc
+
+
+def prepare(resources: list[dict[str, Any]], workload: dict[str, Any], container_name: str,
+            entrypoint: list[str], default_cmd: list[str], workdir: Path, pod_ip: str,
+            config_edit: dict[str, Any] | None = None, init: bool = False) -> Launch:
+    """Work out the process for ``container_name`` of ``workload`` (an init container if ``init``)."""
+    pod = workload["spec"]["template"]["spec"]
+    group = pod.get("initContainers", []) if init else pod["containers"]
+    c = next(x for x in group if x["name"] == container_name)
+
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts: dict[str, Path] = {}
+    for m in c.get("volumeMounts", []):
+        vol = volumes[m["name"]]
+        if "hostPath" in vol:
+            mounts[m["mountPath"]] = Path(vol["hostPath"]["path"])
+            continue
+        if m["mountPath"] == "/var/run/wireguard":
+            # UAPI sockets: wg and the implementations know only the real path.
+            mounts[m["mountPath"]] = Path("/var/run/wireguard")
+            continue
+        host = workdir / "volumes" / m["name"]
+        host.mkdir(parents=True, exist_ok=True, mode=0o755)
+        mounts[m["mountPath"]] = host
+    for m in c.get("volumeMounts", []):
+        vol = volumes[m["name"]]
+        if "configMap" not in vol:
+            continue
+        cm = next(r for r in resources if r["kind"] == "ConfigMap"
+                  and r["metadata"]["name"] == vol["configMap"]["name"])
+        for key, text in cm.get("data", {}).items():
+            doc = yaml.safe_load(text)
+            if isinstance(doc, dict):
+                doc = _rewrite_tree(doc, mounts)
+                for dotted, value in (config_edit or {}).items():
+                    node = doc
+                    *parents, leaf = dotted.split(".")
+                    for p in parents:
+                        node = node.setdefault(p, {})
+                    node[leaf] = value
+                text = yaml.safe_dump(doc, sort_keys=False)
+            (mounts[m["mountPath"]] / key).write_text(text)
+
+    argv = list(c.get("command") or entrypoint) + list(
+        c.get("args") if "args" in c else ([] if "command" in c else default_cmd))
+    argv = [_rewrite(a, mounts) for a in argv]
+    exe = VENV_BIN / argv[0]
+    if exe.exists():
+        argv[0] = str(exe)
+
+    env = {"PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME": "/root", "PYTHONUNBUFFERED": "1"}
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = _rewrite(str(e["value"]), mounts)
+        elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
+            env[e["name"]] = pod_ip
+        else:
+            raise AssertionError(f"kubelet stand-in cannot fill env {e}")
+    return Launch(argv=argv, env=env, mounts=mounts)
+
+
+def confine(container: dict[str, Any], argv: list[str]) -> list[str]:
+    """Prefix ``argv`` with setpriv so it runs with exactly the capabilities the spec grants."""
+    sc = container.get("securityContext", {})
+    if sc.get("privileged"):
+        return argv
+    caps = sc.get("capabilities", {})
+    assert caps.get("drop") == ["ALL"], "stand-in only models drop: [ALL] + add"
+    bounding = ",".join(["-all", *(f"+{c.lower()}" for c in caps.get("add", []))])
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to confine capabilities"
+    prefix = [setpriv, f"--bounding-set={bounding}", "--inh-caps=-all"]
+    if sc.get("allowPrivilegeEscalation") is False:
+        prefix.append("--no-new-privs")
+    return [*prefix, "--", *argv]
+
+
+def env_argv(env: dict[str, str], argv: list[str]) -> list[str]:
+    """``env -i K=V ... argv``: the process sees only the container's environment."""
+    return ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]
+
+
+def cleanup_socket(interface: str) -> None:
+    for suffix in (".sock", ".name"):
+        p = Path("/var/run/wireguard") / f"{interface}{suffix}"
+        if p.exists() or p.is_symlink():
+            os.unlink(p)

@@ -17,17 +17,20 @@ Errors go to stderr with exit status 1 (2 for usage and config errors).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
-import logging
 import os
+import socket
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from gateway.config import Config, ConfigError, load
+# Only the stdlib at import time: operator commands start in a few tens of ms
+# (httpx/yaml/fastapi are imported where needed).
+if TYPE_CHECKING:
+    from gateway.config import Config
 
 DEFAULT_API = "http://127.0.0.1:8080"
 DEFAULT_STATE_DIR = "/var/lib/crosswire"
@@ -37,19 +40,24 @@ class CliError(Exception):
     pass
 
 
-def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--api", help="gateway API URL (default: $CROSSWIRE_API or the config's api.listen)")
-    p.add_argument("--config", help="gateway config file (for the API URL and state dir)")
-    p.add_argument("--state-dir", help="gateway state dir (for the admin credential)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds")
+def _common(p: argparse.ArgumentParser, suppress: bool) -> argparse.ArgumentParser:
+    # Accepted before and after the subcommand; on subcommands SUPPRESS keeps an
+    # absent option from overwriting one given before it.
+    def d(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+    p.add_argument("--api", default=d(None),
+                   help="gateway API URL (default: $CROSSWIRE_API or the config's api.listen)")
+    p.add_argument("--config", default=d(None), help="gateway config file (for the API URL and state dir)")
+    p.add_argument("--state-dir", default=d(None), help="gateway state dir (for the admin credential)")
+    p.add_argument("--json", action="store_true", default=d(False), help="print JSON")
+    p.add_argument("--timeout", type=float, default=d(30.0), help="HTTP timeout in seconds")
     return p
 
 
 def parser() -> argparse.ArgumentParser:
-    common = _common()
-    top = argparse.ArgumentParser(prog="crosswire", description="crosswire gateway and operator commands")
+    common = _common(argparse.ArgumentParser(add_help=False), suppress=True)
+    top = _common(argparse.ArgumentParser(prog="crosswire", description="crosswire gateway and operator commands"),
+                  suppress=False)
     sub = top.add_subparsers(dest="cmd", required=True)
 
     gw = sub.add_parser("gateway", help="the gateway daemon").add_subparsers(dest="sub", required=True)
@@ -91,6 +99,8 @@ def _config(args: argparse.Namespace) -> Config | None:
     path = args.config or os.environ.get("CROSSWIRE_CONFIG")
     if not path:
         return None
+    from gateway.config import load
+
     return load(path)
 
 
@@ -125,18 +135,38 @@ def call(args: argparse.Namespace, method: str, path: str, *, admin: bool = Fals
     cfg = _config(args)
     url = api_url(args, cfg)
     headers = {"Authorization": f"Bearer {admin_token(args, cfg)}"} if admin else {}
-    try:
-        r = httpx.request(method, url + path, json=body, headers=headers, timeout=args.timeout)
-    except httpx.HTTPError as e:
-        raise CliError(f"cannot reach the gateway at {url}: {e}") from None
-    try:
-        data = r.json()
-    except ValueError:
-        data = r.text
-    if r.status_code >= 400:
+    status, data = _http(method, url + path, body, headers, args.timeout)
+    if status >= 400:
         detail = data.get("detail") if isinstance(data, dict) else data
-        raise CliError(f"{detail} (HTTP {r.status_code})")
+        raise CliError(f"{detail} (HTTP {status})")
     return data
+
+
+def _http(method: str, url: str, body: Any, headers: dict[str, str], timeout: float) -> tuple[int, Any]:
+    u = urllib.parse.urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise CliError(f"--api: {url!r} is not an http(s) URL")
+    conn_cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(u.hostname, u.port, timeout=timeout)
+    payload = None if body is None else json.dumps(body).encode()
+    if payload is not None:
+        headers = {**headers, "Content-Type": "application/json"}
+    base = f"{u.scheme}://{u.netloc}"
+    try:
+        conn.request(method, u.path + (f"?{u.query}" if u.query else ""), body=payload, headers=headers)
+        r = conn.getresponse()
+        raw = r.read()
+    except (OSError, http.client.HTTPException) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e) or type(e).__name__)
+        if isinstance(e, socket.timeout):
+            reason = f"no answer within {timeout:.0f}s"
+        raise CliError(f"cannot reach the gateway at {base}: {reason}") from None
+    finally:
+        conn.close()
+    try:
+        return r.status, json.loads(raw)
+    except ValueError:
+        return r.status, raw.decode(errors="replace")
 
 
 def _ranges(views: list[dict[str, str]] | None) -> str:
@@ -154,6 +184,10 @@ def _fmt_age(v: float | None) -> str:
 
 
 def cmd_gateway_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from gateway.config import ConfigError, load
+
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -269,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fabric.agent import main as agent_main
 
         return int(agent_main(argv[2:]) or 0)
+    from gateway.config import ConfigError
+
     args = parser().parse_args(argv)
     try:
         if (args.cmd, args.sub if hasattr(args, "sub") else None) == ("gateway", "run"):

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import yaml
-
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
 _CLUSTER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -338,6 +336,8 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
 
 
 def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    import yaml  # here, not at the top: keeps `crosswire status` & co. quick to start
+
     try:
         text = Path(path).read_text()
     except OSError as e:

@@ -91,6 +91,7 @@ class Gateway:
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
+        self._http_client: httpx.AsyncClient | None = None
         self._private_key = self.store.private_key()
         self.public_key = public_key_of(self._private_key)
         if self.gateway_ip is None:
@@ -156,7 +157,9 @@ class Gateway:
                 else:
                     previous = self.applied
                 if force or want != self.applied:
+                    t0 = time.monotonic()
                     await asyncio.to_thread(self.fabric.apply, want, previous)
+                    log.info("applied %d peers in %.3fs", len(want.peers), time.monotonic() - t0)
                 self.applied = want
                 self.stats.ok = True
                 self.stats.last_ok = self.clock()
@@ -250,6 +253,7 @@ class Gateway:
     # --- A side: peer add -------------------------------------------------------------------
 
     async def peer_add(self, token_text: str) -> dict[str, Any]:
+        t0 = time.monotonic()
         now = self.clock()
         try:
             token = decode(token_text, now=now)
@@ -290,7 +294,7 @@ class Gateway:
         await self.reconcile()
         # Tell B our views of it; B programs its side before it acknowledges.
         await self.send(rec, "views", {"views": [{"kind": k, "real": r, "view": v} for k, r, v in ours]})
-        log.info("peering: peered with %s", other.cluster_id)
+        log.info("peering: peered with %s in %.3fs", other.cluster_id, time.monotonic() - t0)
         return self.peer_summary(self.store.peer(other.cluster_id) or rec)
 
     def _check_views_of_us(self, views: list[tuple[str, str, str]]) -> None:
@@ -301,10 +305,20 @@ class Gateway:
 
     # --- channel ----------------------------------------------------------------------------
 
+    def _client(self) -> httpx.AsyncClient:
+        # One client for the daemon's lifetime: building one (TLS context) costs ~0.1 s.
+        if self._http_client is None or self._http_client.is_closed:
+            self._http_client = self.http()
+        return self._http_client
+
+    async def aclose(self) -> None:
+        if self._http_client is not None:
+            await self._http_client.aclose()
+            self._http_client = None
+
     async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            async with self.http() as client:
-                r = await client.post(url, json=body)
+            r = await self._client().post(url, json=body)
         except httpx.HTTPError as e:
             raise GatewayError(f"cannot reach peer at {url}: {type(e).__name__}: {e}", 502) from None
         try:

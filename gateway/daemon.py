@@ -63,6 +63,7 @@ async def reconcile_loop(gw: Gateway, stop: asyncio.Event) -> None:
 
 
 def build(config: Config) -> Gateway:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     store = StateStore(config.state_dir)
     store.admin_token()  # make sure the CLI beside us can authenticate
     gateway_ip = config.gateway_ip
@@ -99,6 +100,7 @@ async def serve(config: Config) -> int:
     log.info("crosswire gateway %s (key %s) starting: api %s, wireguard %s (%s) port %d",
              gw.cluster_id, gw.public_key, config.advertise_url(), config.wireguard.interface,
              config.wireguard.implementation, config.wireguard.listen_port)
+    gw._client()  # build the peer HTTP client now, not on the first `peer add`
     if not await gw.reconcile(force=True):
         log.error("initial reconcile failed (will retry): %s", gw.stats.last_error)
     tasks = [loop.create_task(reconcile_loop(gw, stop)), loop.create_task(prober.run())]
@@ -118,6 +120,8 @@ async def serve(config: Config) -> int:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+        with contextlib.suppress(Exception):
+            await gw.aclose()
         prober.close()
         echo.close()
         if isinstance(gw.views, IpamViews):

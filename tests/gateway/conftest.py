@@ -77,6 +77,20 @@ def make_config(name: str, state_dir: Path, **over: Any) -> Config:
     return parse(raw, env={})
 
 
+class RouterTransport(httpx.AsyncBaseTransport):
+    """Sends each request to the ASGI app registered for its origin *now* (tests unplug peers)."""
+
+    def __init__(self, router: dict[str, Any]) -> None:
+        self.router = router
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        origin = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+        app = self.router.get(origin)
+        if app is None:
+            raise httpx.ConnectError(f"connection refused: {origin}", request=request)
+        return await httpx.ASGITransport(app=app).handle_async_request(request)
+
+
 class Cluster:
     """One in-process gateway: config, store, IPAM, fake fabric, FastAPI app."""
 
@@ -107,8 +121,7 @@ class Cluster:
         self.store.close()
 
     def _http(self) -> httpx.AsyncClient:
-        mounts = {url: httpx.ASGITransport(app=app) for url, app in self.router.items()}
-        return httpx.AsyncClient(mounts=mounts, timeout=5)
+        return httpx.AsyncClient(transport=RouterTransport(self.router), timeout=5)
 
     def client(self, auth: bool = True) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self.admin}"} if auth else {}

@@ -20,6 +20,7 @@ _MASKS = {
     6: [((1 << 128) - 1) ^ ((1 << (128 - n)) - 1) for n in range(129)],
 }
 _MASKS_V4 = _MASKS[4]
+CACHE_MAX = 16384
 
 
 def parse_cidr(text: str) -> tuple[int, int, int]:
@@ -52,8 +53,12 @@ class AllowedIPs(Generic[P]):
         self._tables: dict[int, dict[int, dict[int, P]]] = {4: {}, 6: {}}
         self._lengths: dict[int, list[int]] = {4: [], 6: []}  # longest first
         self._by_peer: dict[P, set[tuple[int, int, int]]] = {}
+        # Packed address (4 or 16 bytes, straight from the IP header) -> owner.
+        # Cleared on every change; callers hold on to this dict object.
+        self.cache: dict[bytes, P | None] = {}
 
     def insert(self, family: int, net: int, plen: int, peer: P) -> None:
+        self.cache.clear()
         table = self._tables[family].get(plen)
         if table is None:
             table = self._tables[family][plen] = {}
@@ -67,6 +72,7 @@ class AllowedIPs(Generic[P]):
 
     def remove(self, family: int, net: int, plen: int, peer: P) -> bool:
         """Remove one allowed IP if it belongs to ``peer``."""
+        self.cache.clear()
         table = self._tables[family].get(plen)
         net &= _MASKS[family][plen]
         if table is None or table.get(net) != peer:
@@ -79,6 +85,7 @@ class AllowedIPs(Generic[P]):
         return True
 
     def remove_peer(self, peer: P) -> None:
+        self.cache.clear()
         for family, net, plen in list(self._by_peer.pop(peer, ())):
             table = self._tables[family][plen]
             if table.get(net) == peer:
@@ -99,6 +106,19 @@ class AllowedIPs(Generic[P]):
             if peer is not None:
                 return peer
         return None
+
+    def lookup_packed(self, packed: bytes) -> P | None:
+        """Owner of a 4- or 16-byte address as found in an IP header, cached."""
+        cache = self.cache
+        try:
+            return cache[packed]
+        except KeyError:
+            pass
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+        peer = self.lookup(4 if len(packed) == 4 else 6, int.from_bytes(packed, "big"))
+        cache[packed] = peer
+        return peer
 
     def lookup_v4(self, addr: int) -> P | None:
         tables = self._tables[4]

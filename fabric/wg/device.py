@@ -22,6 +22,7 @@ import random
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -96,6 +97,7 @@ _HDR = m.TRANSPORT_HEADER
 _HDR_PACK = _HDR.pack
 _HDR_UNPACK_FROM = _HDR.unpack_from
 _PAD = bytes(16)
+_MISS: Any = object()  # "not cached" (None is a cached "no peer")
 
 
 class Device:
@@ -123,7 +125,7 @@ class Device:
         self._keypairs: dict[int, Keypair] = {}
 
         self._prng = random.Random(rng(16))
-        self._lookup4 = self.allowed_ips.lookup_v4
+        self._route = self.allowed_ips.cache  # same dict object, cleared on changes
         self.cookie_checker = CookieChecker(rng)
         self.load = LoadMeter()
         self.rate_limiter = RateLimiter()
@@ -369,15 +371,18 @@ class Device:
         if n >= 20:
             v = packet[0] >> 4
             if v == 4:
-                peer = self._lookup4(int.from_bytes(packet[16:20], "big"))
+                key = packet[16:20]
             elif v == 6 and n >= 40:
-                peer = self.allowed_ips.lookup(6, int.from_bytes(packet[24:40], "big"))
+                key = packet[24:40]
             else:
                 self.counters["drop_bad_packet"] += 1
                 return
         else:
             self.counters["drop_bad_packet"] += 1
             return
+        peer = self._route.get(key, _MISS)
+        if peer is _MISS:
+            peer = self.allowed_ips.lookup_packed(key)
         if peer is None:
             self.counters["drop_no_peer"] += 1
             return
@@ -492,15 +497,17 @@ class Device:
         c = self.counters
         c["rx_datagrams"] += 1
         c["rx_bytes"] += n
-        if n < 4:
+        if n >= 32:
+            typ, receiver, counter = _HDR_UNPACK_FROM(data)
+            if typ == 4:
+                self._on_transport(data, receiver, counter, src, now)
+                return
+        elif n < 4:
             c["drop_bad_size"] += 1
             return
         t = data[:4]
         if t == _T_TRANSPORT:
-            if n < m.TRANSPORT_MIN_SIZE:
-                c["drop_bad_size"] += 1
-                return
-            self._on_transport(data, src, now)
+            c["drop_bad_size"] += 1  # shorter than header + tag
         elif t == _T_INIT:
             if n != m.INITIATION_SIZE:
                 c["drop_bad_size"] += 1
@@ -681,24 +688,25 @@ class Device:
         if not peer.cookie.consume_reply(msg.nonce, msg.cookie, now):
             c["drop_bad_cookie"] += 1
 
-    def _on_transport(self, data: bytes, src: Endpoint, now: float) -> None:
-        c = self.counters
-        _, receiver, counter = _HDR_UNPACK_FROM(data)
+    def _on_transport(
+        self, data: bytes, receiver: int, counter: int, src: Endpoint, now: float
+    ) -> None:
         kp = self._keypairs.get(receiver)
         if kp is None:
-            c["drop_unknown_index"] += 1
+            self.counters["drop_unknown_index"] += 1
             return
         if now >= kp.reject_at:
-            c["drop_expired_keypair"] += 1
+            self.counters["drop_expired_keypair"] += 1
             return
         try:
             pt = kp.recv.decrypt(_ZERO4 + data[8:16], data[16:], None)
         except InvalidTag:
-            c["drop_bad_auth"] += 1
+            self.counters["drop_bad_auth"] += 1
             return
         if not kp.replay.check(counter):
-            c["drop_replay"] += 1
+            self.counters["drop_replay"] += 1
             return
+        c = self.counters
         peer = kp.peer
         peer.rx_bytes += len(data)
         if peer.endpoint != src:
@@ -737,7 +745,10 @@ class Device:
             if total < 20 or total > plen:
                 c["drop_bad_inner"] += 1
                 return
-            owner = self.allowed_ips.lookup(4, int.from_bytes(pt[12:16], "big"))
+            key = pt[12:16]
+            owner = self._route.get(key, _MISS)
+            if owner is _MISS:
+                owner = self.allowed_ips.lookup_packed(key)
         elif v == 6:
             if plen < 40:
                 c["drop_bad_inner"] += 1
@@ -746,7 +757,10 @@ class Device:
             if total > plen:
                 c["drop_bad_inner"] += 1
                 return
-            owner = self.allowed_ips.lookup(6, int.from_bytes(pt[8:24], "big"))
+            key = pt[8:24]
+            owner = self._route.get(key, _MISS)
+            if owner is _MISS:
+                owner = self.allowed_ips.lookup_packed(key)
         else:
             c["drop_bad_inner"] += 1
             return

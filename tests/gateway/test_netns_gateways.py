@@ -256,6 +256,35 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
             sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).text)",
             f"http://{a.underlay}:8080/metrics", ns=a.ns).stdout
 
+        # --- peer health: error within 10 s of silence, back when it returns ---------------
+        sh("nft", "-f", "-", ns=b.ns, input=(
+            "table inet cwtest {\n chain blackhole {\n  type filter hook input priority -10\n"
+            "  udp dport 51820 drop\n }\n}\n"))
+        t_block = time.monotonic()
+        try:
+            while a.cli_json("peer", "list")[0]["state"] != "error":
+                assert time.monotonic() - t_block < 10, "peer not in error 10 s after going silent"
+                time.sleep(0.3)
+            print(f"peer state error {time.monotonic() - t_block:.2f}s after silence")
+        finally:
+            sh("nft", "delete", "table", "inet", "cwtest", ns=b.ns)
+        t_back = time.monotonic()
+        while a.cli_json("peer", "list")[0]["state"] != "connected":
+            assert time.monotonic() - t_back < 15, "peer did not come back"
+            time.sleep(0.3)
+        print(f"peer connected again {time.monotonic() - t_back:.2f}s after the path returned")
+
+        # --- key rotation: announced first, traffic keeps flowing -----------------------------
+        old_key = a.cli_json("status")["public_key"]
+        pinger = subprocess.Popen(["ip", "netns", "exec", b.pods[1], "ping", "-n", "-i", "0.1", "-c", "40",
+                                   dst_a], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        new_key = a.cli_json("key", "rotate")["public_key"]
+        out, _ = pinger.communicate(timeout=30)
+        assert new_key != old_key and b.cli_json("peer", "list")[0]["public_key"] == new_key
+        print("ping during key rotation:", [x for x in out.splitlines() if "loss" in x])
+        assert ping(a.pods[0], dst_b) and ping(b.pods[1], dst_a)
+
         # --- kill -9 + restart: same key, views, identical table, open TCP connection survives
         server = subprocess.Popen(["ip", "netns", "exec", b.pods[1], sys.executable, "-c", TCP_SERVER])
         try:
@@ -275,14 +304,16 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
             rules_before = nft_rules(a)
             views_before = a.cli_json("ipam", "show")["allocations"]
             a.kill9()
+            # the data plane outlives the daemon: traffic keeps flowing while it is down
+            assert ping(a.pods[0], dst_b)
             a.start()
             t_restart = time.monotonic()
             a.wait_ready()
+            print(f"gateway ready {time.monotonic() - t_restart:.3f}s after restart")
             assert a.cli_json("status")["public_key"] == status_before["public_key"]
             assert a.cli_json("ipam", "show")["allocations"] == views_before
             assert nft_rules(a) == rules_before
             wait_ping(a.pods[0], dst_b, timeout=10)
-            print(f"tunnel back {time.monotonic() - t_restart:.3f}s after restart")
             client.stdin.write("after\n")
             client.stdin.flush()
             assert client.stdout.readline().strip() == "AFTER"

@@ -5,8 +5,10 @@ What it does as the kubelet would: the command line is the image ENTRYPOINT
 CMD); env comes from the spec, with the downward API's ``status.podIP``
 filled in; ConfigMap volumes become files; ``securityContext.capabilities``
 and ``allowPrivilegeEscalation`` are enforced with setpriv (bounding set =
-exactly the added capabilities, no_new_privs), so a process that secretly
-needs more than the manifest grants fails here too.
+exactly the added capabilities, no_new_privs), and ``readOnlyRootFilesystem``
+with a private mount namespace whose root is remounted read-only except for
+the volumes, so a process that secretly needs more than the manifest grants
+fails here too. The image's ENV comes from the Dockerfile.
 
 What it changes, and why: no mount namespaces, so every path under a volume's
 mountPath (in args, env values and the ConfigMap's YAML) is rewritten to a
@@ -19,15 +21,37 @@ rename ``wireguard.interface`` in the config.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dockerfile
 import yaml
 
 VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Image:
+    """What the kubelet takes from the image: ENTRYPOINT, CMD, ENV."""
+
+    entrypoint: list[str]
+    cmd: list[str]
+    env: dict[str, str]
+
+    @classmethod
+    def from_dockerfile(cls, path: Path) -> Image:
+        final = dockerfile.parse(path)[-1]
+        env: dict[str, str] = {}
+        for args in final.all("ENV"):
+            for word in shlex.split(args):
+                key, _, value = word.partition("=")
+                env[key] = value
+        return cls(dockerfile.exec_form(final.all("ENTRYPOINT")[-1]),
+                   dockerfile.exec_form(final.all("CMD")[-1]), env)
 
 
 @dataclass
@@ -53,7 +77,7 @@ def _rewrite_tree(doc: Any, mounts: dict[str, Path]) -> Any:
 
 
 def prepare(resources: list[dict[str, Any]], workload: dict[str, Any], container_name: str,
-            entrypoint: list[str], default_cmd: list[str], workdir: Path, pod_ip: str,
+            image: Image, workdir: Path, pod_ip: str,
             config_edit: dict[str, Any] | None = None, init: bool = False) -> Launch:
     """Work out the process for ``container_name`` of ``workload`` (an init container if ``init``)."""
     pod = workload["spec"]["template"]["spec"]
@@ -69,6 +93,7 @@ def prepare(resources: list[dict[str, Any]], workload: dict[str, Any], container
             continue
         if m["mountPath"] == "/var/run/wireguard":
             # UAPI sockets: wg and the implementations know only the real path.
+            Path("/var/run/wireguard").mkdir(mode=0o755, exist_ok=True)
             mounts[m["mountPath"]] = Path("/var/run/wireguard")
             continue
         host = workdir / "volumes" / m["name"]
@@ -93,15 +118,15 @@ def prepare(resources: list[dict[str, Any]], workload: dict[str, Any], container
                 text = yaml.safe_dump(doc, sort_keys=False)
             (mounts[m["mountPath"]] / key).write_text(text)
 
-    argv = list(c.get("command") or entrypoint) + list(
-        c.get("args") if "args" in c else ([] if "command" in c else default_cmd))
+    argv = list(c.get("command") or image.entrypoint) + list(
+        c.get("args") if "args" in c else ([] if "command" in c else image.cmd))
     argv = [_rewrite(a, mounts) for a in argv]
     exe = VENV_BIN / argv[0]
     if exe.exists():
         argv[0] = str(exe)
 
     env = {"PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "HOME": "/root", "PYTHONUNBUFFERED": "1"}
+           "HOME": "/root", **image.env}
     for e in c.get("env", []):
         if "value" in e:
             env[e["name"]] = _rewrite(str(e["value"]), mounts)
@@ -126,6 +151,25 @@ def confine(container: dict[str, Any], argv: list[str]) -> list[str]:
     if sc.get("allowPrivilegeEscalation") is False:
         prefix.append("--no-new-privs")
     return [*prefix, "--", *argv]
+
+
+def read_only_root(container: dict[str, Any], launch: Launch, argv: list[str]) -> list[str]:
+    """Wrap ``argv`` so / is read-only and only the writable volumes are not (if the spec says so).
+
+    Runs as full root before ``confine`` drops capabilities: a private mount
+    namespace, each writable volume bind-mounted onto itself (a mount of its
+    own, so it stays writable), then / remounted read-only.
+    """
+    if not container.get("securityContext", {}).get("readOnlyRootFilesystem"):
+        return argv
+    ro = {m["mountPath"] for m in container.get("volumeMounts", []) if m.get("readOnly")}
+    writable = [str(host) for inside, host in launch.mounts.items()
+                if inside not in ro and host.is_dir()]
+    script = ('set -e; for p in "$@"; do [ "$p" = -- ] && break; mount --bind "$p" "$p"; done; '
+              'while [ "$1" != -- ]; do shift; done; shift; '
+              'mount -o remount,bind,ro /; exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+            *writable, "--", *argv]
 
 
 def env_argv(env: dict[str, str], argv: list[str]) -> list[str]:

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dockerfile
 import kubelet
 import pytest
 import yaml
@@ -30,12 +29,6 @@ Rendered = dict[str, list[dict[str, Any]]]
 POD_IP = "10.244.1.10"
 NODE_IP = "10.244.1.1"
 AGENT_PROTO = 246  # fabric.agent.AGENT_PROTO
-
-
-def _image() -> tuple[list[str], list[str]]:
-    final = dockerfile.parse(REPO / "Dockerfile")[-1]
-    return (dockerfile.exec_form(final.all("ENTRYPOINT")[-1]),
-            dockerfile.exec_form(final.all("CMD")[-1]))
 
 
 @pytest.fixture
@@ -82,29 +75,30 @@ def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: 
     node, pod, _ = pod_net
     res = rendered["gpu"]
     dep = find(res, "Deployment", "crosswire-gateway")
-    entry, cmd = _image()
+    image = kubelet.Image.from_dockerfile(REPO / "Dockerfile")
     cfg_pods = yaml.safe_load(gateway_config_text(res))["pod_cidrs"]
     assert ipaddress.ip_address(POD_IP) in ipaddress.ip_network(cfg_pods[0])
     iface = uniq("cwdk")  # the UAPI socket directory is machine-wide
 
     # Init container first, as the kubelet does (it runs privileged: no setpriv).
-    init = kubelet.prepare(res, dep, "forwarding", entry, cmd, tmp_path, POD_IP, init=True)
+    init = kubelet.prepare(res, dep, "forwarding", image, tmp_path, POD_IP, init=True)
     sh(*kubelet.env_argv(init.env, init.argv), ns=pod)
     assert sh("cat", "/proc/sys/net/ipv4/ip_forward", ns=pod).stdout.strip() == "1"
 
-    launch = kubelet.prepare(res, dep, "gateway", entry, cmd, tmp_path, POD_IP,
+    launch = kubelet.prepare(res, dep, "gateway", image, tmp_path, POD_IP,
                              config_edit={"wireguard.interface": iface})
     assert launch.argv[1:4] == ["gateway", "run", "--config"]
-    argv = kubelet.env_argv(launch.env, kubelet.confine(container(dep, "gateway"), launch.argv))
+    gw = container(dep, "gateway")
+    argv = kubelet.read_only_root(gw, launch, kubelet.env_argv(
+        launch.env, kubelet.confine(gw, launch.argv)))
     proc = subprocess.Popen(["ip", "netns", "exec", pod, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         # The kubelet probes the pod IP on the named container port, from the node.
-        gw = container(dep, "gateway")
         port = next(p["containerPort"] for p in gw["ports"]
                     if p["name"] == gw["readinessProbe"]["httpGet"]["port"])
         base = f"http://{POD_IP}:{port}"
-        code, body = _wait_http(node, base + gw["readinessProbe"]["httpGet"]["path"], 45, proc)
+        code, body = _wait_http(node, base + gw["readinessProbe"]["httpGet"]["path"], 90, proc)
         assert code == 200, f"/readyz: {code} {body}\n--- gateway output:\n{_stop(proc)}"
         code, _ = _wait_http(node, base + gw["livenessProbe"]["httpGet"]["path"], 5, proc)
         assert code == 200
@@ -120,10 +114,19 @@ def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: 
         assert token_file.exists() and token_file.stat().st_mode & 0o777 == 0o600
         # README step 4, `kubectl exec deploy/crosswire-gateway -- crosswire token create`:
         # the CLI beside the daemon, same env, finds the API and the credential by itself.
-        exec_argv = kubelet.env_argv(launch.env, kubelet.confine(
-            gw, [launch.argv[0], "token", "create", "--ttl", "10m"]))
+        exec_argv = kubelet.read_only_root(gw, launch, kubelet.env_argv(launch.env, kubelet.confine(
+            gw, [launch.argv[0], "token", "create", "--ttl", "10m"])))
         out = sh(*exec_argv, ns=pod)
         assert out.stdout.strip().startswith("cw1."), out.stdout
+        # The confinement is real: NET_ADMIN is the only capability, / is read-only.
+        def confined(*cmd: str) -> subprocess.CompletedProcess[str]:
+            return sh(*kubelet.read_only_root(gw, launch, kubelet.env_argv(
+                launch.env, kubelet.confine(gw, list(cmd)))), ns=pod, check=False)
+
+        caps = confined("grep", "^CapEff", "/proc/self/status").stdout.split()
+        assert int(caps[-1], 16) == 1 << 12, caps  # CAP_NET_ADMIN
+        probe = f"/cw-ro-{iface}"
+        assert confined("touch", probe).returncode != 0 and not Path(probe).exists()
         # The data plane the config asks for is up in the pod's namespace.
         assert iface in sh("ip", "-o", "link", "show", ns=pod).stdout
     finally:
@@ -149,16 +152,13 @@ http.server.HTTPServer((sys.argv[2], int(sys.argv[1])), H).serve_forever()
 
 
 @pytest.mark.root
-@pytest.mark.xfail(reason="gateway/cli.py hands argv[2:] to fabric.agent.main, dropping its 'run' "
-                          "subcommand (fix: argv[1:]); `python -m fabric.agent run` passes this test",
-                   raises=AssertionError, strict=False)
 def test_daemonset_command_installs_routes(rendered: Rendered, pod_net: tuple[str, str, str],
                                            tmp_path: Path) -> None:
     node, pod, node_if = pod_net
     res = rendered["lab"]
     ds = find(res, "DaemonSet", "crosswire-agent")
     agent = container(ds, "agent")
-    entry, cmd = _image()
+    image = kubelet.Image.from_dockerfile(REPO / "Dockerfile")
     url = agent["args"][agent["args"].index("--gateway") + 1]
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     views = ["100.64.0.0/16", "100.80.0.0/12"]
@@ -174,14 +174,15 @@ def test_daemonset_command_installs_routes(rendered: Rendered, pod_net: tuple[st
     try:
         etc.mkdir(parents=True)
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{POD_IP} {host}\n")
-        code, body = _wait_http(node, f"http://{POD_IP}:{port}/api/v1/routes", 10, fake)
+        code, body = _wait_http(node, f"http://{POD_IP}:{port}/api/v1/routes", 30, fake)
         assert code == 200, f"fake gateway: {code} {body}"
-        launch = kubelet.prepare(res, ds, "agent", entry, cmd, tmp_path, NODE_IP)
+        launch = kubelet.prepare(res, ds, "agent", image, tmp_path, NODE_IP)
         assert launch.argv[1:3] == ["agent", "run"]
-        argv = kubelet.env_argv(launch.env, kubelet.confine(agent, launch.argv))
+        argv = kubelet.read_only_root(agent, launch, kubelet.env_argv(
+            launch.env, kubelet.confine(agent, launch.argv)))
         proc = subprocess.Popen(["ip", "netns", "exec", node, *argv], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         routes = ""
         while time.monotonic() < deadline and proc.poll() is None:
             routes = sh("ip", "route", "show", "proto", str(AGENT_PROTO), ns=node).stdout

@@ -53,11 +53,16 @@ def format_net(version: int, first: int, plen: int) -> str:
     return f"{text}/{plen}"
 
 
+_new_tuple = tuple.__new__
+
+
 def net_from_bytes(blob: bytes, plen: int) -> Net:
+    # tuple.__new__ skips NamedTuple's Python-level __new__: this runs once per
+    # stored view on every reopen.
     first = int.from_bytes(blob, "big")
     if len(blob) == 4:
-        return Net(4, first, plen, first + (1 << (32 - plen)) - 1)
-    return Net(6, first, plen, first + (1 << (128 - plen)) - 1)
+        return _new_tuple(Net, (4, first, plen, first + (1 << (32 - plen)) - 1))
+    return _new_tuple(Net, (6, first, plen, first + (1 << (128 - plen)) - 1))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -49,7 +49,8 @@ def check_peer_name(peer: object) -> str:
         raise IpamError(f"peer name {peer!r}: must be a non-empty string")
     if len(peer) > MAX_PEER_NAME:
         raise IpamError(f"peer name {peer[:40]!r}...: longer than {MAX_PEER_NAME} characters")
-    if not all(c.isprintable() and not c.isspace() for c in peer):
+    # isprintable() is False for every whitespace character except " "
+    if not peer.isprintable() or " " in peer:
         raise IpamError(f"peer name {peer!r}: contains whitespace or control characters")
     return peer
 
@@ -96,6 +97,7 @@ class Planner:
         # lowered on release. Turns repeated first-fit into amortized O(log n).
         self._hints: dict[tuple[int, int], int] = {}
         self._fitting: dict[tuple[int, int], list[tuple[int, Net]]] = {}
+        self._checked: dict[tuple[PeerRange, ...], tuple[tuple[PeerRange, Net], ...]] = {}
         self._generation = 0
         self._conflicts: list[Conflict] | None = None
 
@@ -122,10 +124,26 @@ class Planner:
             self._conflicts = out
         return list(self._conflicts)
 
-    def check(self, ranges: Sequence[PeerRange]) -> list[tuple[PeerRange, Net]]:
+    def check(self, ranges: Sequence[PeerRange]) -> tuple[tuple[PeerRange, Net], ...]:
         """Validate a peer's claimed ranges; returns them parsed, duplicates removed."""
         if isinstance(ranges, str | bytes) or not isinstance(ranges, Sequence):
             raise IpamError(f"peer ranges {ranges!r}: must be a list of PeerRange")
+        # Peers mostly claim the same few range sets: remember accepted ones.
+        try:
+            key = tuple(ranges)
+            hit = self._checked.get(key)
+        except TypeError:  # unhashable junk: let the checks below name it
+            key, hit = None, None
+        if hit is not None:
+            return hit
+        result = self._check(ranges)
+        if key is not None:
+            if len(self._checked) >= 1024:
+                self._checked.clear()
+            self._checked[key] = result
+        return result
+
+    def _check(self, ranges: Sequence[PeerRange]) -> tuple[tuple[PeerRange, Net], ...]:
         out: list[tuple[PeerRange, Net]] = []
         for pr in ranges:
             if not isinstance(pr, PeerRange):
@@ -145,7 +163,7 @@ class Planner:
                                     f"{other.kind} range {other.cidr!r} (a peer's ranges must be disjoint)")
             if not dup:
                 out.append((PeerRange(pr.kind, canonical(net)), net))
-        return out
+        return tuple(out)
 
     # -- planning --------------------------------------------------------
 
@@ -259,7 +277,8 @@ class Planner:
                         self._hints[key] = c
                     continue
                 t_end = max((t.last for t in tentative
-                             if t.version == version and t.first <= e and c <= t.last), default=None)
+                             if t.version == version and t.first <= e and c <= t.last),
+                            default=None) if tentative else None
                 if t_end is not None:
                     c = _align_up(t_end + 1, size)
                     advance = False
@@ -300,17 +319,22 @@ class Planner:
             raise RuntimeError("load() needs an empty planner")
         by_first = self._by_first
         by_peer = self._by_peer
+        spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
         for r in recs:
-            key = (r.vnet.version, r.vnet.first)
+            version, first, _, last = r.vnet
+            key = (version, first)
             if key in by_first:
                 self._corrupt(r, by_first[key])
             by_first[key] = r
-            peer_recs = by_peer.setdefault(r.view.peer, [])
-            peer_recs.append(r)
+            spans[version].append((first, last))
+            peer_recs = by_peer.get(r.view.peer)
+            if peer_recs is None:
+                by_peer[r.view.peer] = [r]
+            else:
+                peer_recs.append(r)
         for version in (4, 6):
             try:
-                self._views[version] = IntervalSet.disjoint(
-                    (r.vnet.first, r.vnet.last) for r in by_first.values() if r.vnet.version == version)
+                self._views[version] = IntervalSet.disjoint(spans[version])
             except ValueError:
                 ordered = sorted((x for x in by_first.values() if x.vnet.version == version),
                                  key=lambda x: x.vnet.first)

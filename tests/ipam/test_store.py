@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
 from ipam import DEFAULT_POOLS, IpamError, IpamStore, LocalRanges, PeerRange, View
+from ipam.cidr import parse_cidr
 
 KUBEADM = LocalRanges(pod=("10.244.0.0/16", "fd00::/48"), service=("10.96.0.0/12", "fd01::/108"))
 POD = PeerRange("pod", "10.244.0.0/16")
@@ -194,3 +197,23 @@ def test_accessors(tmp_path: Path) -> None:
         s.allocate("a", [POD])
         assert "1 views" in repr(s)
         assert View("a", "pod", "10.244.0.0/16", "100.64.0.0/16").remapped
+
+
+def test_threads_sharing_one_store_never_overlap(tmp_path: Path) -> None:
+    with IpamStore.open(tmp_path / "ipam.db", KUBEADM) as s:
+        def work(t: int) -> None:
+            for i in range(40):
+                s.allocate(f"t{t}-{i}", [POD, PeerRange("service", "10.96.0.0/24")])
+                if i % 5 == 4:
+                    s.release(f"t{t}-{i - 2}")
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        views = [v for vs in s.allocations().values() for v in vs]
+    assert len(views) == 2 * 4 * (40 - 8)
+    nets = sorted(parse_cidr(v.view, "v") for v in views)
+    assert all(not a.overlaps(b) for a, b in itertools.pairwise(nets))
+    with IpamStore.open(tmp_path / "ipam.db", KUBEADM) as again:
+        assert [v for vs in again.allocations().values() for v in vs] == views

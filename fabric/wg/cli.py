@@ -88,7 +88,18 @@ def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
         if ready_fd is not None:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
-        daemon.run()
+        profile_path = os.environ.get("CROSSWIRE_WG_PROFILE", "").replace("IFACE", args.interface)
+        if profile_path:
+            # Development aid: cProfile the loop, stats written at exit (pstats format).
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                prof.runcall(daemon.run)
+            finally:
+                prof.dump_stats(profile_path)
+        else:
+            daemon.run()
     finally:
         daemon.close()
         log.info("shut down, removed %s", args.interface)

@@ -70,34 +70,52 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("variant", [
+    "gpu",
+    pytest.param("gpu+host-network", marks=pytest.mark.xfail(
+        reason="gateway/daemon.py calls detect_gateway_ip (sync pyroute2 IPRoute) inside the "
+               "running asyncio loop: 'This event loop is already running', so gateway_ip stays "
+               "None; fix: detect before asyncio.run or via asyncio.to_thread",
+        raises=AssertionError, strict=False)),
+])
 def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: tuple[str, str, str],
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, variant: str) -> None:
     node, pod, _ = pod_net
-    res = rendered["gpu"]
+    res = rendered[variant]
     dep = find(res, "Deployment", "crosswire-gateway")
+    host_network = bool(dep["spec"]["template"]["spec"].get("hostNetwork"))
+    # A host-network pod lives in the node's namespace and its status.podIP is the
+    # node's address; here the node's address is inside pod_cidrs (like cni0 or
+    # cilium_host), which is what the gateway must then detect by itself.
+    where, ip = (node, NODE_IP) if host_network else (pod, POD_IP)
     image = kubelet.Image.from_dockerfile(REPO / "Dockerfile")
     cfg_pods = yaml.safe_load(gateway_config_text(res))["pod_cidrs"]
-    assert ipaddress.ip_address(POD_IP) in ipaddress.ip_network(cfg_pods[0])
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(cfg_pods[0])
     iface = uniq("cwdk")  # the UAPI socket directory is machine-wide
 
     # Init container first, as the kubelet does (it runs privileged: no setpriv).
-    init = kubelet.prepare(res, dep, "forwarding", image, tmp_path, POD_IP, init=True)
-    sh(*kubelet.env_argv(init.env, init.argv), ns=pod)
-    assert sh("cat", "/proc/sys/net/ipv4/ip_forward", ns=pod).stdout.strip() == "1"
+    init = kubelet.prepare(res, dep, "forwarding", image, tmp_path, ip, init=True)
+    sh(*kubelet.env_argv(init.env, init.argv), ns=where)
+    assert sh("cat", "/proc/sys/net/ipv4/ip_forward", ns=where).stdout.strip() == "1"
 
-    launch = kubelet.prepare(res, dep, "gateway", image, tmp_path, POD_IP,
+    launch = kubelet.prepare(res, dep, "gateway", image, tmp_path, ip,
                              config_edit={"wireguard.interface": iface})
     assert launch.argv[1:4] == ["gateway", "run", "--config"]
+    assert ("CROSSWIRE_POD_IP" in launch.env) != host_network
     gw = container(dep, "gateway")
-    argv = kubelet.read_only_root(gw, launch, kubelet.env_argv(
-        launch.env, kubelet.confine(gw, launch.argv)))
-    proc = subprocess.Popen(["ip", "netns", "exec", pod, *argv], stdout=subprocess.PIPE,
+
+    def in_container(*cmd: str) -> list[str]:
+        """``cmd`` as the container (or `kubectl exec` into it) would run it."""
+        return ["ip", "netns", "exec", where, *kubelet.read_only_root(
+            gw, launch, kubelet.env_argv(launch.env, kubelet.confine(gw, list(cmd))))]
+
+    proc = subprocess.Popen(in_container(*launch.argv), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         # The kubelet probes the pod IP on the named container port, from the node.
         port = next(p["containerPort"] for p in gw["ports"]
                     if p["name"] == gw["readinessProbe"]["httpGet"]["port"])
-        base = f"http://{POD_IP}:{port}"
+        base = f"http://{ip}:{port}"
         code, body = _wait_http(node, base + gw["readinessProbe"]["httpGet"]["path"], 90, proc)
         assert code == 200, f"/readyz: {code} {body}\n--- gateway output:\n{_stop(proc)}"
         code, _ = _wait_http(node, base + gw["livenessProbe"]["httpGet"]["path"], 5, proc)
@@ -105,30 +123,24 @@ def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: 
 
         status = json.loads(sh("curl", "-sf", "-m", "3", base + "/api/v1/status", ns=node).stdout)
         assert status["cluster_id"] == "gpu"
-        # The pod IP reached the daemon through the downward-API env variable.
+        # The gateway's own address: from the downward API, or detected (host network).
         routes = json.loads(sh("curl", "-sf", "-m", "3", base + "/api/v1/routes", ns=node).stdout)
-        assert routes["gateway_ip"] == POD_IP
+        assert routes["gateway_ip"] == ip, f"{routes}\n{_stop(proc)}"
         # state_dir landed on the "volume", with the admin credential 0600.
-        state = launch.mounts["/var/lib/crosswire"]
-        token_file = state / "admin-token"
+        token_file = launch.mounts["/var/lib/crosswire"] / "admin-token"
         assert token_file.exists() and token_file.stat().st_mode & 0o777 == 0o600
         # README step 4, `kubectl exec deploy/crosswire-gateway -- crosswire token create`:
         # the CLI beside the daemon, same env, finds the API and the credential by itself.
-        exec_argv = kubelet.read_only_root(gw, launch, kubelet.env_argv(launch.env, kubelet.confine(
-            gw, [launch.argv[0], "token", "create", "--ttl", "10m"])))
-        out = sh(*exec_argv, ns=pod)
+        out = sh(*in_container(launch.argv[0], "token", "create", "--ttl", "10m"))
         assert out.stdout.strip().startswith("cw1."), out.stdout
         # The confinement is real: NET_ADMIN is the only capability, / is read-only.
-        def confined(*cmd: str) -> subprocess.CompletedProcess[str]:
-            return sh(*kubelet.read_only_root(gw, launch, kubelet.env_argv(
-                launch.env, kubelet.confine(gw, list(cmd)))), ns=pod, check=False)
-
-        caps = confined("grep", "^CapEff", "/proc/self/status").stdout.split()
+        caps = sh(*in_container("grep", "^CapEff", "/proc/self/status")).stdout.split()
         assert int(caps[-1], 16) == 1 << 12, caps  # CAP_NET_ADMIN
         probe = f"/cw-ro-{iface}"
-        assert confined("touch", probe).returncode != 0 and not Path(probe).exists()
-        # The data plane the config asks for is up in the pod's namespace.
-        assert iface in sh("ip", "-o", "link", "show", ns=pod).stdout
+        assert sh(*in_container("touch", probe), check=False).returncode != 0
+        assert not Path(probe).exists()
+        # The data plane the config asks for is up in the pod's (or node's) namespace.
+        assert iface in sh("ip", "-o", "link", "show", ns=where).stdout
     finally:
         output = _stop(proc)
         kubelet.cleanup_socket(iface)

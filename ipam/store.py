@@ -72,14 +72,17 @@ class IpamStore:
         """Open (or create) the store at ``path``; config errors raise IpamError first."""
         planner = Planner(local, pools)  # validates the config before touching files
         path = Path(path)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Create the file ourselves with 0600 so it never exists with a wider
-        # mode; SQLite gives the -wal/-shm files the database file's mode.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Create the file ourselves with 0600 so it never exists with a wider
+            # mode; SQLite gives the -wal/-shm files the database file's mode.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise IpamError(f"IPAM store {path}: {e.strerror or e}") from None
         conn = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]

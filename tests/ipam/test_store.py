@@ -217,3 +217,11 @@ def test_threads_sharing_one_store_never_overlap(tmp_path: Path) -> None:
     assert all(not a.overlaps(b) for a, b in itertools.pairwise(nets))
     with IpamStore.open(tmp_path / "ipam.db", KUBEADM) as again:
         assert [v for vs in again.allocations().values() for v in vs] == views
+
+
+def test_unusable_paths_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(IpamError, match="Is a directory"):
+        IpamStore.open(tmp_path, KUBEADM)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IpamError, match="File exists|Not a directory"):
+        IpamStore.open(tmp_path / "file" / "ipam.db", KUBEADM)

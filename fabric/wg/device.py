@@ -97,6 +97,7 @@ _HDR = m.TRANSPORT_HEADER
 _HDR_PACK = _HDR.pack
 _HDR_UNPACK_FROM = _HDR.unpack_from
 _PAD = bytes(16)
+_JOIN = b"".join
 _MISS: Any = object()  # "not cached" (None is a cached "no peer")
 
 
@@ -400,8 +401,8 @@ class Device:
                     padded = mtu
                 if padded != last:
                     packet = packet + _PAD[: padded - last]
-                hdr = _HDR_PACK(4, kp.remote_index, counter)
-                data = hdr + kp.send.encrypt(_ZERO4 + hdr[8:], packet, None)
+                cb = counter.to_bytes(8, "little")
+                data = _JOIN((kp.hdr_prefix, cb, kp.send.encrypt(_ZERO4 + cb, packet, None)))
                 self.outbox.append((data, ep))
                 dn = len(data)
                 c = self.counters
@@ -443,7 +444,7 @@ class Device:
             return
         staged = peer.staged
         send = kp.send.encrypt
-        remote = kp.remote_index
+        prefix = kp.hdr_prefix
         mtu = self.mtu
         out = self.outbox
         sent_data = False
@@ -469,8 +470,8 @@ class Device:
                     pkt = pkt + _PAD[:pad]
             else:
                 self.counters["tx_keepalive"] += 1
-            hdr = _HDR_PACK(4, remote, counter)
-            data = hdr + send(_ZERO4 + hdr[8:], pkt, None)
+            cb = counter.to_bytes(8, "little")
+            data = _JOIN((prefix, cb, send(_ZERO4 + cb, pkt, None)))
             out.append((data, ep))
             nbytes += len(data)
             npkts += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import struct
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -25,6 +26,7 @@ class Keypair:
     __slots__ = (
         "created",
         "fast_until",
+        "hdr_prefix",
         "is_initiator",
         "last_minute_at",
         "local_index",
@@ -54,6 +56,7 @@ class Keypair:
         self.replay = ReplayWindow()
         self.local_index = local_index
         self.remote_index = remote_index
+        self.hdr_prefix = struct.pack("<II", 4, remote_index)  # transport type + receiver
         self.is_initiator = is_initiator
         self.created = created
         # Until then the sender needs no freshness checks per packet: the initiator

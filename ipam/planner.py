@@ -179,27 +179,32 @@ class Planner:
     def plan_checked(self, peer: str, claims: Sequence[tuple[PeerRange, Net]], *,
                      replace: bool = False) -> Plan:
         """``plan`` for claims that already went through ``check``."""
-        existing = self._by_peer.get(peer, [])
-        by_real = {r.rnet: r for r in existing}
-        todo: list[tuple[PeerRange, Net]] = []
-        for pr, net in claims:
-            rec = by_real.get(net)
-            if rec is None:
-                todo.append((pr, net))
-            elif rec.view.kind != pr.kind:
-                raise IpamError(f"peer {pr.kind} range {pr.cidr!r}: already allocated to peer "
-                                f"{peer!r} as a {rec.view.kind} range")
-        if replace:
-            claimed = {net for _, net in claims}
-            kept = [r for r in existing if r.rnet in claimed]
-            dropped = tuple(r for r in existing if r.rnet not in claimed)
+        existing = self._by_peer.get(peer)
+        kept: list[Rec] = []
+        dropped: tuple[Rec, ...] = ()
+        if not existing:  # the common case: a new peer
+            todo = list(claims)
         else:
-            kept, dropped = existing, ()
-        for pr, net in todo:
-            for r in kept:
-                if r.rnet.overlaps(net):
-                    raise IpamError(f"peer {pr.kind} range {pr.cidr!r}: overlaps the peer's "
-                                    f"{r.view.kind} range {r.view.real} (a peer's ranges must be disjoint)")
+            by_real = {r.rnet: r for r in existing}
+            todo = []
+            for pr, net in claims:
+                rec = by_real.get(net)
+                if rec is None:
+                    todo.append((pr, net))
+                elif rec.view.kind != pr.kind:
+                    raise IpamError(f"peer {pr.kind} range {pr.cidr!r}: already allocated to peer "
+                                    f"{peer!r} as a {rec.view.kind} range")
+            if replace:
+                claimed = {net for _, net in claims}
+                kept = [r for r in existing if r.rnet in claimed]
+                dropped = tuple(r for r in existing if r.rnet not in claimed)
+            else:
+                kept = existing
+            for pr, net in todo:
+                for r in kept:
+                    if r.rnet.overlaps(net):
+                        raise IpamError(f"peer {pr.kind} range {pr.cidr!r}: overlaps the peer's "
+                                        f"{r.view.kind} range {r.view.real} (a peer's ranges must be disjoint)")
 
         # Pass 1 keeps every free real prefix as its own view before pass 2
         # takes pool space, so a remap never steals a range that could have
@@ -221,9 +226,9 @@ class Planner:
                                 f"{self._collision(net, tentative)} and cannot be remapped: {found}")
             chosen[i] = found
             tentative.append(found)
-        new = tuple(Rec(View(peer, pr.kind, pr.cidr, str(v)), v, net)
-                    for (pr, net), v in zip(todo, chosen, strict=True) if v is not None)
-        views = tuple(r.view for r in kept) + tuple(r.view for r in new)
+        new = tuple([Rec(View(peer, pr.kind, pr.cidr, str(v)), v, net)
+                     for (pr, net), v in zip(todo, chosen, strict=True) if v is not None])
+        views = tuple([r.view for r in kept] + [r.view for r in new])
         return Plan(peer, views, new, dropped, self._generation)
 
     def _is_free(self, net: Net, tentative: Sequence[Net]) -> bool:

@@ -359,3 +359,28 @@ def test_reprs_carry_no_secrets(pair: Pair) -> None:
     for secret in (pair.a_priv, pair.b_priv, pair.peer_b.preshared_key):
         assert secret.hex() not in text
     assert "ChaCha" not in text
+
+
+def test_responder_waits_for_confirmation_before_sending(pair: Pair) -> None:
+    # A's first transport packet (the confirmation) is lost.
+    lost: list[bytes] = []
+
+    def drop_first_transport(s: object, d: object, data: bytes) -> bytes | None:
+        if data[0] == 4 and not lost:
+            lost.append(data)
+            return None
+        return data
+
+    pair.net.filter = drop_first_transport
+    pair.a_to_b(b"lost")
+    assert pair.peer_a.next is not None and pair.peer_a.current is None
+    n = len(pair.net.log)
+    pkt = ipv4_packet("10.0.0.2", "10.0.0.1", b"from responder")
+    pair.b.on_packet(pkt, pair.clock.now)
+    pair.net.flush()
+    # B sends nothing on the unconfirmed keypair (and no competing initiation yet)
+    assert pair.kinds(n, pair.B_EP) == []
+    assert list(pair.peer_a.staged) == [pkt]
+    pair.a_to_b(b"confirm")
+    assert pair.peer_a.current is not None and pair.peer_a.next is None
+    assert pair.a.inbox[-1] == pkt  # released by the confirmation

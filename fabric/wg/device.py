@@ -31,7 +31,7 @@ from fabric.wg import messages as m
 from fabric.wg import noise, tai64n
 from fabric.wg.allowedips import AllowedIPs
 from fabric.wg.cookie import CookieChecker, LoadMeter, RateLimiter
-from fabric.wg.crypto import dh, private_bytes, public_key
+from fabric.wg.crypto import clamp, dh, private_bytes, public_key
 from fabric.wg.peer import HS_INITIATION_CONSUMED, HS_INITIATION_SENT, HS_NONE, Keypair, Peer
 from fabric.wg.timers import (
     HANDSHAKE_INITIATION_RATE,
@@ -165,8 +165,9 @@ class Device:
         if private is not None and private == bytes(32):
             private = None
         if private is not None:
-            # Clamp like `wg`: the public key is the same either way.
-            private = private_bytes(X25519PrivateKey.from_private_bytes(private))
+            # Stored clamped, as wireguard-go does (so `wg showconf` matches it);
+            # the public key is the same either way.
+            private = clamp(private)
         if private == self.private_key:
             return
         self.private_key = private

@@ -214,3 +214,9 @@ def test_private_key_change_rehandshakes() -> None:
     pkt = pair.a_to_b(b"after key change")  # old session expired for sending -> new handshake
     assert list(pair.b.inbox) == [pkt]
     assert pair.b.peers[public_key(new)].current is not None
+
+
+def test_private_key_stored_clamped_like_wireguard_go() -> None:
+    dev = Device()
+    _set(dev, f"private_key={'ff' * 32}\n")
+    assert f"private_key=f8{'ff' * 30}7f\n" in _get(dev)

@@ -220,3 +220,25 @@ def test_private_key_stored_clamped_like_wireguard_go() -> None:
     dev = Device()
     _set(dev, f"private_key={'ff' * 32}\n")
     assert f"private_key=f8{'ff' * 30}7f\n" in _get(dev)
+
+
+def test_garbage_requests_never_raise() -> None:
+    import random
+    import re
+
+    rnd = random.Random(7)
+    keys = [
+        "private_key", "listen_port", "fwmark", "replace_peers", "public_key", "remove",
+        "update_only", "preshared_key", "endpoint", "persistent_keepalive_interval",
+        "replace_allowed_ips", "allowed_ip", "protocol_version", "x",
+    ]  # fmt: skip
+    values = [
+        "", "true", "false", "1", "-1", "65535", "99999999999", PUB1.hex(), PSK.hex(), "zz" * 32,
+        "1.2.3.4:5", "[::1]:5", "[::1]", "10.0.0.0/8", "-10.0.0.0/8", "fd00::/200", "\x00", "=",
+    ]  # fmt: skip
+    dev = Device()
+    for _ in range(500):
+        lines = [f"{rnd.choice(keys)}={rnd.choice(values)}" for _ in range(rnd.randint(0, 6))]
+        op = rnd.choice(["set=1\n", "get=1\n", "", "set=2\n"])
+        reply = dev.uapi(op + "\n".join(lines) + "\n\n", 0.0)
+        assert re.fullmatch(r"(?s).*errno=-?\d+\n\n", reply), reply

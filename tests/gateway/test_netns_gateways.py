@@ -326,6 +326,34 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
                 client.kill()
                 client.wait()
 
+        # --- the data plane dies: the daemon restarts and re-programs it --------------------
+        wg_pids = [pid for pid in sh("ip", "netns", "pids", a.ns).stdout.split()
+                   if a.iface in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+        assert wg_pids, "wireguard-go not found"
+        for pid in wg_pids:
+            os.kill(int(pid), signal.SIGKILL)
+        t_dead = time.monotonic()
+        wait_ping(a.pods[0], dst_b, timeout=15)
+        print(f"data plane restarted, ping back {time.monotonic() - t_dead:.2f}s after it died")
+        assert a.cli_json("status")["reconcile"]["dataplane_restarts"] >= 1
+
+        # --- no secret in any log line -----------------------------------------------------------
+        import base64
+        import sqlite3
+
+        from gateway.tokens import b64e, decode
+        secrets_ = [b64e(decode(token).secret)]
+        for g in (a, b):
+            db = sqlite3.connect(g.state_dir / "state.db")
+            try:
+                secrets_ += [r[0] for r in db.execute("SELECT value FROM meta WHERE key='private_key'")]
+                secrets_ += [base64.b64encode(r[0]).decode() for r in db.execute("SELECT psk FROM peers")]
+                secrets_ += [(g.state_dir / "admin-token").read_text().strip()]
+            finally:
+                db.close()
+        logs = a.log.read_text() + b.log.read_text()
+        assert len(secrets_) == 7 and not [s for s in secrets_ if s in logs]
+
         # --- peer remove cleans both sides --------------------------------------------------
         out = a.cli("peer", "remove", "b").stdout
         assert "removed b" in out and "could not" not in out

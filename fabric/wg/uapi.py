@@ -77,7 +77,7 @@ def format_endpoint(ep: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass
+@dataclass(repr=False)  # may hold a preshared key: never printed
 class _PeerOps:
     public_key: bytes
     remove: bool = False
@@ -85,13 +85,8 @@ class _PeerOps:
     ops: list[tuple[str, object]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(repr=False)  # holds keys: never printed
 class _SetRequest:
-    private_key: bytes | None = None
-    set_private_key: bool = False
-    listen_port: int | None = None
-    fwmark: int | None = None
-    replace_peers: bool = False
     # device-level lines are applied in order, as wireguard-go does
     device_ops: list[tuple[str, object]] = field(default_factory=list)
     peers: list[_PeerOps] = field(default_factory=list)

@@ -242,3 +242,12 @@ def test_garbage_requests_never_raise() -> None:
         op = rnd.choice(["set=1\n", "get=1\n", "", "set=2\n"])
         reply = dev.uapi(op + "\n".join(lines) + "\n\n", 0.0)
         assert re.fullmatch(r"(?s).*errno=-?\d+\n\n", reply), reply
+
+
+def test_parsed_requests_do_not_print_keys() -> None:
+    from fabric.wg.uapi import parse_set
+
+    req = parse_set(f"private_key={PRIV.hex()}\npublic_key={PUB1.hex()}\npreshared_key={PSK.hex()}\n\n")
+    text = repr(req) + repr(req.peers) + str(req)
+    assert PRIV.hex() not in text and PSK.hex() not in text
+    assert repr(PRIV) not in text and repr(PSK) not in text

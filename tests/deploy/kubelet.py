@@ -23,7 +23,9 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,13 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     mounts: dict[str, Path] = field(default_factory=dict)  # container path -> host path
+    container: dict[str, Any] = field(default_factory=dict)
+
+    def in_netns(self, netns: str, cmd: list[str] | None = None) -> list[str]:
+        """The container's process (or ``cmd`` as `kubectl exec` runs it) inside ``netns``."""
+        argv = self.argv if cmd is None else cmd
+        return ["ip", "netns", "exec", netns, *read_only_root(
+            self.container, self, env_argv(self.env, confine(self.container, argv)))]
 
 
 def _rewrite(value: str, mounts: dict[str, Path]) -> str:
@@ -134,7 +143,7 @@ def prepare(resources: list[dict[str, Any]], workload: dict[str, Any], container
             env[e["name"]] = pod_ip
         else:
             raise AssertionError(f"kubelet stand-in cannot fill env {e}")
-    return Launch(argv=argv, env=env, mounts=mounts)
+    return Launch(argv=argv, env=env, mounts=mounts, container=c)
 
 
 def confine(container: dict[str, Any], argv: list[str]) -> list[str]:
@@ -182,3 +191,36 @@ def cleanup_socket(interface: str) -> None:
         p = Path("/var/run/wireguard") / f"{interface}{suffix}"
         if p.exists() or p.is_symlink():
             os.unlink(p)
+
+
+def wait_http(ns: str, url: str, deadline_s: float, proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """Poll ``url`` from inside ``ns`` until 200 (or the deadline); returns the last answer."""
+    last = (0, "")
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            break
+        r = _sh("curl", "-s", "-m", "2", "-o", "/dev/stdout", "-w", "\n%{http_code}", url, ns=ns)
+        body, _, code = r.stdout.rpartition("\n")
+        last = (int(code or 0), body)
+        if last[0] == 200:
+            return last
+        time.sleep(0.5)
+    return last
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    """Stop the container process (SIGTERM, then SIGKILL) and return what it printed."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.stdout.read() if proc.stdout else ""
+
+
+def _sh(*args: str, ns: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *args], capture_output=True, text=True,
+                          timeout=30, check=check)

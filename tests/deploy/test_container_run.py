@@ -41,34 +41,6 @@ def pod_net(netns: Namespaces) -> Iterator[tuple[str, str, str]]:
     yield node, pod, node_if
 
 
-def _wait_http(ns: str, url: str, deadline_s: float, proc: subprocess.Popen[str]) -> tuple[int, str]:
-    """Poll ``url`` from inside ``ns`` until 200 (or the deadline); returns the last answer."""
-    last = (0, "")
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            break
-        r = sh("curl", "-s", "-m", "2", "-o", "/dev/stdout", "-w", "\n%{http_code}", url,
-               ns=ns, check=False)
-        body, _, code = r.stdout.rpartition("\n")
-        last = (int(code or 0), body)
-        if last[0] == 200:
-            return last
-        time.sleep(0.5)
-    return last
-
-
-def _stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    return proc.stdout.read() if proc.stdout else ""
-
-
 @pytest.mark.root
 @pytest.mark.parametrize("variant", [
     "gpu",
@@ -105,34 +77,33 @@ def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: 
     gw = container(dep, "gateway")
 
     def in_container(*cmd: str) -> list[str]:
-        """``cmd`` as the container (or `kubectl exec` into it) would run it."""
-        return ["ip", "netns", "exec", where, *kubelet.read_only_root(
-            gw, launch, kubelet.env_argv(launch.env, kubelet.confine(gw, list(cmd))))]
+        return launch.in_netns(where, list(cmd))
 
-    proc = subprocess.Popen(in_container(*launch.argv), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(launch.in_netns(where), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         # The kubelet probes the pod IP on the named container port, from the node.
         port = next(p["containerPort"] for p in gw["ports"]
                     if p["name"] == gw["readinessProbe"]["httpGet"]["port"])
         base = f"http://{ip}:{port}"
-        code, body = _wait_http(node, base + gw["readinessProbe"]["httpGet"]["path"], 90, proc)
-        assert code == 200, f"/readyz: {code} {body}\n--- gateway output:\n{_stop(proc)}"
-        code, _ = _wait_http(node, base + gw["livenessProbe"]["httpGet"]["path"], 5, proc)
+        code, body = kubelet.wait_http(node, base + gw["readinessProbe"]["httpGet"]["path"], 90, proc)
+        assert code == 200, f"/readyz: {code} {body}\n--- gateway output:\n{kubelet.stop(proc)}"
+        code, _ = kubelet.wait_http(node, base + gw["livenessProbe"]["httpGet"]["path"], 5, proc)
         assert code == 200
 
         status = json.loads(sh("curl", "-sf", "-m", "3", base + "/api/v1/status", ns=node).stdout)
         assert status["cluster_id"] == "gpu"
         # The gateway's own address: from the downward API, or detected (host network).
         routes = json.loads(sh("curl", "-sf", "-m", "3", base + "/api/v1/routes", ns=node).stdout)
-        assert routes["gateway_ip"] == ip, f"{routes}\n{_stop(proc)}"
+        assert routes["gateway_ip"] == ip, f"{routes}\n{kubelet.stop(proc)}"
         # state_dir landed on the "volume", with the admin credential 0600.
         token_file = launch.mounts["/var/lib/crosswire"] / "admin-token"
         assert token_file.exists() and token_file.stat().st_mode & 0o777 == 0o600
         # README step 4, `kubectl exec deploy/crosswire-gateway -- crosswire token create`:
         # the CLI beside the daemon, same env, finds the API and the credential by itself.
         out = sh(*in_container(launch.argv[0], "token", "create", "--ttl", "10m"))
-        assert out.stdout.strip().startswith("cw1."), out.stdout
+        token = out.stdout.strip()
+        assert token.startswith("cw1.") and "\n" not in token, out.stdout  # TOKEN=$(...)
         # The confinement is real: NET_ADMIN is the only capability, / is read-only.
         caps = sh(*in_container("grep", "^CapEff", "/proc/self/status")).stdout.split()
         assert int(caps[-1], 16) == 1 << 12, caps  # CAP_NET_ADMIN
@@ -142,9 +113,11 @@ def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: 
         # The data plane the config asks for is up in the pod's (or node's) namespace.
         assert iface in sh("ip", "-o", "link", "show", ns=where).stdout
     finally:
-        output = _stop(proc)
+        output = kubelet.stop(proc)
         kubelet.cleanup_socket(iface)
     assert "Traceback" not in output, output
+    # What `kubectl logs` would show carries no credential.
+    assert token not in output and token_file.read_text().strip() not in output
 
 
 FAKE_GATEWAY = """
@@ -186,13 +159,11 @@ def test_daemonset_command_installs_routes(rendered: Rendered, pod_net: tuple[st
     try:
         etc.mkdir(parents=True)
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{POD_IP} {host}\n")
-        code, body = _wait_http(node, f"http://{POD_IP}:{port}/api/v1/routes", 30, fake)
+        code, body = kubelet.wait_http(node, f"http://{POD_IP}:{port}/api/v1/routes", 30, fake)
         assert code == 200, f"fake gateway: {code} {body}"
         launch = kubelet.prepare(res, ds, "agent", image, tmp_path, NODE_IP)
         assert launch.argv[1:3] == ["agent", "run"]
-        argv = kubelet.read_only_root(agent, launch, kubelet.env_argv(
-            launch.env, kubelet.confine(agent, launch.argv)))
-        proc = subprocess.Popen(["ip", "netns", "exec", node, *argv], stdout=subprocess.PIPE,
+        proc = subprocess.Popen(launch.in_netns(node), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 30
         routes = ""
@@ -203,9 +174,9 @@ def test_daemonset_command_installs_routes(rendered: Rendered, pod_net: tuple[st
             time.sleep(0.3)
         for v in views:
             assert f"{v} via {POD_IP} dev {node_if}" in routes, \
-                f"routes: {routes!r}\n--- agent output:\n{_stop(proc)}"
+                f"routes: {routes!r}\n--- agent output:\n{kubelet.stop(proc)}"
     finally:
         if proc is not None:
-            _stop(proc)
-        _stop(fake)
+            kubelet.stop(proc)
+        kubelet.stop(fake)
         shutil.rmtree(etc, ignore_errors=True)

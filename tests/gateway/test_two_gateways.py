@@ -313,3 +313,26 @@ def test_reconcile_error_counted_and_recovered(clusters: Any) -> None:
         assert gpu.fabric.up and gpu.gw.stats.restarts == 1
 
     asyncio.run(go())
+
+
+def test_added_ranges_travel_over_the_channel(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        # lab's config grows a pod range and an IPv6 pod range; restart and announce.
+        lab.close()
+        lab.over = {"pod_cidrs": ["10.244.0.0/16", "10.245.0.0/16", "fd00::/48"],
+                    "ipam": {"pools": ["100.64.0.0/10", "fd10::/32"]}}
+        lab.open()
+        r = await lab.call("POST", "/api/v1/ranges/announce")
+        assert r.status_code == 200 and r.json() == {"gpu": "ok"}, r.text
+        g = gpu.fabric.last.peers[0]
+        assert {m.real for m in g.remote} == {"10.244.0.0/16", "10.245.0.0/16", "fd00::/48", "10.96.0.0/12"}
+        l_ = lab.fabric.last.peers[0]
+        assert {(m.real, m.view) for m in l_.local} == {(m.real, m.view) for m in g.remote}
+        # nothing left to announce the second time
+        r = await lab.call("POST", "/api/v1/ranges/announce")
+        assert r.json() == {}
+
+    asyncio.run(go())

@@ -1,0 +1,87 @@
+"""The CLI against a live in-process gateway (uvicorn on 127.0.0.1) and its error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from gateway.cli import main
+
+
+@pytest.fixture
+def served(clusters: Any) -> Iterator[tuple[Any, str]]:
+    gpu = clusters("gpu")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    server = uvicorn.Server(uvicorn.Config(gpu.app, host="127.0.0.1", port=port, loop="asyncio",
+                                           lifespan="off", log_level="warning"))
+    t = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        yield gpu, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(timeout=10)
+
+
+def test_cli_commands(served: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu, url = served
+    monkeypatch.delenv("CROSSWIRE_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("CROSSWIRE_API", raising=False)
+    sd = ["--state-dir", str(gpu.dir)]
+    assert main(["token", "create", "--api", url, *sd, "--ttl", "15m"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("cw1.") and out.count("\n") == 1 and "single use" in err
+    assert main(["--api", url, "status"]) == 0  # options before the subcommand work too
+    assert "cluster gpu" in capsys.readouterr().out
+    assert main(["status", "--api", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cluster_id"] == "gpu"
+    assert main(["peer", "list", "--api", url]) == 0
+    assert "no peers" in capsys.readouterr().out
+    assert main(["nat", "show", "--api", url]) == 0
+    assert "table inet crosswire" in capsys.readouterr().out
+    assert main(["ipam", "show", "--api", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["allocations"] == []
+    # errors: stderr + exit 1
+    assert main(["peer", "remove", "nobody", "--api", url, *sd]) == 1
+    assert "no peer 'nobody' (HTTP 404)" in capsys.readouterr().err
+    assert main(["peer", "add", "cw1.garbage", "--api", url, *sd]) == 1
+    assert "malformed" in capsys.readouterr().err
+    assert main(["token", "create", "--api", url, "--state-dir", "/nonexistent"]) == 1
+    assert "cannot read the admin credential" in capsys.readouterr().err
+    monkeypatch.setenv("CROSSWIRE_ADMIN_TOKEN", "wrong")
+    assert main(["token", "create", "--api", url]) == 1
+    assert "HTTP 401" in capsys.readouterr().err
+
+
+def test_cli_api_from_config_and_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CROSSWIRE_API", raising=False)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"cluster_id: x\npod_cidrs: [10.244.0.0/16]\napi:\n  listen: 0.0.0.0:{port}\n")
+    assert main(["status", "--config", str(cfg)]) == 1
+    assert f"cannot reach the gateway at http://127.0.0.1:{port}" in capsys.readouterr().err
+    cfg.write_text("cluster_id: x\npod_cidrs: [10.244.0.0/33]\n")
+    assert main(["status", "--config", str(cfg)]) == 2
+    assert "pod_cidrs[0]: '10.244.0.0/33' is not a valid CIDR" in capsys.readouterr().err
+    assert main(["gateway", "run", "--config", str(cfg)]) == 2
+    assert "config error: pod_cidrs[0]" in capsys.readouterr().err

@@ -365,3 +365,12 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
             assert "to-" not in nft_rules(g).replace("to-peer", "")
             g.wait_ready()
         assert not ping(a.pods[0], dst_b, timeout=1)
+
+
+@pytest.mark.root
+def test_gateway_ip_autodetected_in_namespace(netns: Namespaces) -> None:
+    ns = netns.add("gwd")
+    sh("ip", "addr", "add", "10.244.3.4/32", "dev", "lo", ns=ns)
+    code = ("from gateway.config import detect_gateway_ip as d; "
+            "print(d(('10.244.0.0/16',)), d(('10.250.0.0/16',)))")
+    assert sh(sys.executable, "-c", code, ns=ns).stdout.split() == ["10.244.3.4", "None"]

@@ -22,6 +22,7 @@ holds one rule per mapping (a handful), each with its own counter.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -44,9 +45,14 @@ class NatError(ValueError):
 # ---------------------------------------------------------------- helpers
 
 
+@functools.lru_cache(maxsize=65536)
+def _parse_net(cidr: str) -> Network:
+    return ipaddress.ip_network(cidr, strict=True)
+
+
 def _net(cidr: str, what: str) -> Network:
     try:
-        return ipaddress.ip_network(cidr, strict=True)
+        return _parse_net(cidr)
     except ValueError as e:
         raise NatError(f"{what}: {cidr!r} is not a valid CIDR ({e})") from None
 
@@ -62,8 +68,22 @@ def _proto(net: Network | Address) -> str:
     return "ip" if net.version == 4 else "ip6"
 
 
+_PREFIX_TEXT: dict[Network, tuple[str, int]] = {}
+
+
 def _prefix(net: Network) -> dict[str, Any]:
-    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+    # str() of an address is slow; 1000 peers render every network several times.
+    text = _PREFIX_TEXT.get(net)
+    if text is None:
+        if len(_PREFIX_TEXT) > 100_000:
+            _PREFIX_TEXT.clear()
+        text = _PREFIX_TEXT[net] = (str(net.network_address), net.prefixlen)
+    return {"prefix": {"addr": text[0], "len": text[1]}}
+
+
+def _t(net: Network) -> str:
+    p = _prefix(net)["prefix"]
+    return f"{p['addr']}/{p['len']}"
 
 
 def _comment(text: str) -> str:
@@ -106,6 +126,25 @@ _COUNTER: dict[str, Any] = {"counter": {"packets": 0, "bytes": 0}}
 # ---------------------------------------------------------------- validation
 
 
+def _first_overlap(nets: list[tuple[Network, str]], prefix: str, views_only: bool = False) -> None:
+    """Raise on the first two overlapping networks: sort and sweep, O(n log n)."""
+    order = sorted(nets, key=lambda x: (x[0].version, int(x[0].network_address), -x[0].prefixlen))
+    reach: tuple[int, int, Network, str] | None = None  # (version, last address, net, owner)
+    for net, owner in order:
+        last = int(net.broadcast_address)
+        if reach is not None and reach[0] == net.version and int(net.network_address) <= reach[1]:
+            other, other_owner = reach[2], reach[3]
+            if views_only and owner == "local range":
+                net, owner, other, other_owner = other, other_owner, net, owner
+            if views_only and owner != "local range":
+                raise NatError(f"{owner[8:] if owner.startswith('view of ') else owner}: view {net} "
+                               f"overlaps {other} ({other_owner}); views must be unique in this cluster")
+            if not views_only:
+                raise NatError(f"{prefix}{owner} {other} and {net} overlap")
+        if reach is None or reach[0] != net.version or last > reach[1]:
+            reach = (net.version, last, net, owner)
+
+
 class _Checked:
     """Parsed, validated state (all CIDRs as ipaddress objects)."""
 
@@ -142,18 +181,9 @@ class _Checked:
             # Our views of peers must be unique in our address space (they are
             # map keys and WireGuard allowed IPs); the peer's views of us live
             # in its address space and may repeat across peers.
-            for _m, _real, view in self.remote[cid]:
-                for other, owner in owned:
-                    if view.version == other.version and view.overlaps(other):
-                        raise NatError(
-                            f"peer {cid!r}: view {view} overlaps {other} ({owner}); "
-                            "views must be unique in this cluster")
-                owned.append((view, f"view of peer {cid!r}"))
-            views_of_us = [v for _m, _r, v in self.local[cid]]
-            for i, a in enumerate(views_of_us):
-                for b in views_of_us[i + 1:]:
-                    if a.version == b.version and a.overlaps(b):
-                        raise NatError(f"peer {cid!r}: its views of us {a} and {b} overlap")
+            owned += [(view, f"view of peer {cid!r}") for _m, _r, view in self.remote[cid]]
+            _first_overlap([(v, "its view of us") for _m, _r, v in self.local[cid]], f"peer {cid!r}: ")
+        _first_overlap(owned, "", views_only=True)
 
     @staticmethod
     def _pair(peer: PeerFabric, m: RangeMap, side: str) -> tuple[RangeMap, Network, Network]:
@@ -180,7 +210,7 @@ def _egress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, A
 
     for m, real, view in c.local[cid]:
         p = _proto(real)
-        text = f"{cid}: egress {m.kind} src {real} -> {view}"
+        text = f"{cid}: egress {m.kind} src {_t(real)} -> {_t(view)}"
         if real == view:
             rule([_match(p, "saddr", _prefix(real)), _COUNTER, {"accept": None}], text + " (no rewrite)")
         else:
@@ -217,7 +247,7 @@ def _ingress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, 
 
     for m, real, view in c.local[cid]:
         p = _proto(real)
-        text = f"{cid}: ingress {m.kind} dst {view} -> {real}"
+        text = f"{cid}: ingress {m.kind} dst {_t(view)} -> {_t(real)}"
         if real == view:
             rule([_match(p, "daddr", _prefix(view)), _COUNTER, {"accept": None}], text + " (no rewrite)")
         else:

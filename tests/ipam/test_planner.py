@@ -330,3 +330,49 @@ def test_stale_plan_cannot_be_committed() -> None:
     commit(p, "b", [POD])
     with pytest.raises(RuntimeError):
         p.commit(stale)
+
+
+def test_plan_function_rejects_partly_overlapping_taken_views() -> None:
+    taken = [View("a", "pod", "10.244.0.0/16", "100.64.0.0/16"),
+             View("b", "pod", "10.244.0.0/17", "100.64.128.0/17")]
+    with pytest.raises(IpamError, match=r"100\.64\.128\.0/17 of peer 'b' overlaps view 100\.64\.0\.0/16"):
+        plan(KUBEADM, DEFAULT_POOLS, taken, "c", [POD])
+
+
+def test_plan_function_rejects_a_taken_peer_with_overlapping_real_ranges() -> None:
+    taken = [View("a", "pod", "10.244.0.0/16", "100.64.0.0/16"),
+             View("a", "service", "10.244.0.0/17", "100.65.0.0/17")]
+    with pytest.raises(IpamError, match="overlapping real ranges"):
+        plan(KUBEADM, DEFAULT_POOLS, taken, "c", [POD])
+
+
+@pytest.mark.parametrize(("view", "needle"), [
+    ("100.64.0.0/16", "not a View"),
+    (View("a", "node", "10.0.0.0/16", "100.64.0.0/16"), "kind 'node'"),  # type: ignore[arg-type]
+    (View("a", "pod", "10.0.0.0/16", "100.64.0.0/24"), "prefix length differ"),
+    (View("a", "pod", "10.0.0.0/16", "fd00::/16"), "family"),
+    (View("a", "pod", "10.0.0.0/16", "100.64.0.1/16"), "host bits"),
+    (View("a b", "pod", "10.0.0.0/16", "100.64.0.0/16"), "peer name"),
+])
+def test_plan_function_validates_taken_views(view: View, needle: str) -> None:
+    with pytest.raises(IpamError, match=needle):
+        plan(KUBEADM, DEFAULT_POOLS, [view], "c", [POD])
+
+
+def test_local_ranges_must_be_a_local_ranges() -> None:
+    with pytest.raises(IpamError, match="not a LocalRanges"):
+        Planner({"pod": []}, DEFAULT_POOLS)  # type: ignore[arg-type]
+
+
+def test_unhashable_claims_get_a_clear_error() -> None:
+    p = Planner(KUBEADM, DEFAULT_POOLS)
+    with pytest.raises(IpamError, match="not a string"):
+        p.check([PeerRange("pod", ["10.0.0.0/8"])])  # type: ignore[arg-type]
+
+
+def test_many_distinct_claim_sets_stay_correct_past_the_check_cache() -> None:
+    p = Planner(KUBEADM, DEFAULT_POOLS)
+    for i in range(1100):
+        [(pr, n)] = p.check([PeerRange("pod", f"192.0.{i % 256}.{i // 256 * 16}/28")])
+        assert pr.cidr == str(n)
+    assert len(p._checked) <= 1024

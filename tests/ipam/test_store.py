@@ -223,5 +223,16 @@ def test_unusable_paths_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(IpamError, match="Is a directory"):
         IpamStore.open(tmp_path, KUBEADM)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(IpamError, match="File exists|Not a directory"):
+    with pytest.raises(IpamError, match=r"File exists|Not a directory"):
         IpamStore.open(tmp_path / "file" / "ipam.db", KUBEADM)
+
+
+def test_a_malformed_row_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "ipam.db"
+    with IpamStore.open(db, KUBEADM) as s:
+        s.allocate("a", [POD])
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute("UPDATE views SET real='junk'")
+        c.commit()
+    with pytest.raises(IpamError, match="malformed row"):
+        IpamStore.open(db, KUBEADM)

@@ -25,10 +25,12 @@ import yaml
 from deploykit import REPO, container, find, gateway_config_text
 from nsutil import Namespaces, require_root, sh, uniq
 
+from fabric.agent import AGENT_PROTO
+
 Rendered = dict[str, list[dict[str, Any]]]
 POD_IP = "10.244.1.10"
 NODE_IP = "10.244.1.1"
-AGENT_PROTO = 246  # fabric.agent.AGENT_PROTO
+
 
 
 @pytest.fixture

@@ -30,17 +30,25 @@ class Seen:
 def expected_client(lab: Lab, src_cid: str, src_member: str, dst_cid: str) -> str:
     """The address the destination must see for a client in ``src_cid``.
 
-    A pod is seen as the destination's view of its real IP; a node's host
-    network goes out SNATed to its gateway's pod IP, so it is seen as the view
-    of that; with ``masquerade`` on the destination side everything arrives
-    from the destination gateway's own pod IP.
+    A pod is seen as the destination's view of its real IP. A node's host
+    network: the gateway's own node sends from its address on the pod veth
+    (inside the pod CIDR, as flannel's cni0 address is), so it is seen like a
+    pod; other nodes send from their underlay address, which the gateway
+    SNATs to its own pod IP, so they are seen as the view of that. With
+    ``masquerade`` on the destination side everything arrives from the
+    destination gateway's own pod IP.
     """
     src, dst = lab.plan.cluster(src_cid), lab.plan.cluster(dst_cid)
     assert src.gateway is not None and dst.gateway is not None
     if dst.spec.masquerade:
         return dst.gateway.ip
     pods = {p.name: p.ip for p in src.pods}
-    real = pods.get(src_member, src.gateway.ip)
+    if src_member in pods:
+        real = pods[src_member]
+    elif src_member == src.gateway.node:
+        real = src.node(src_member).pod_gw
+    else:
+        real = src.gateway.ip
     return ops.view_of(lab, dst_cid, src_cid, real)
 
 

@@ -381,8 +381,8 @@ class Planner:
         self._conflicts = None
         for (idx, plen), hint in self._hints.items():
             pool = self.pools[idx]
-            if pool.version != v.version:
-                continue
+            if pool.version != v.version or v.last < pool.first or v.first > pool.last:
+                continue  # a view outside this pool frees nothing in it
             size = 1 << (v.bits - plen)
             lowest = max(pool.first, v.first // size * size)
             if lowest < hint:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ipam import DEFAULT_POOLS, IpamError, LocalRanges, PeerRange, Planner, View, plan
@@ -376,3 +378,39 @@ def test_many_distinct_claim_sets_stay_correct_past_the_check_cache() -> None:
         [(pr, n)] = p.check([PeerRange("pod", f"192.0.{i % 256}.{i // 256 * 16}/28")])
         assert pr.cidr == str(n)
     assert len(p._checked) <= 1024
+
+
+def count_searches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts IntervalSet.reach calls (one per candidate block examined)."""
+    from ipam import intervals
+    calls = [0]
+    real = intervals.IntervalSet.reach
+
+    def counting(self: intervals.IntervalSet, lo: int, hi: int) -> int | None:
+        calls[0] += 1
+        return real(self, lo, hi)
+
+    monkeypatch.setattr(intervals.IntervalSet, "reach", counting)
+    return calls
+
+
+@pytest.mark.parametrize("n", [300, 3000])
+def test_search_cost_per_peer_does_not_grow_with_the_number_of_views(
+        monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    local = LocalRanges(pod=("fd00::/48",), service=("fd01::/108",))
+    ranges = [PeerRange("pod", "fd00::/48"), PeerRange("service", "fd01::/108")]
+    p = Planner(local, DEFAULT_POOLS)
+    calls = count_searches(monkeypatch)
+    for i in range(n):
+        p.commit(p.plan(f"p{i}", ranges))
+    assert calls[0] / n < 20  # constant (8 here); a linear scan would examine ~n blocks
+    # churn: free every other peer, then refill; holes are found without rescans
+    for i in range(0, n, 2):
+        p.release(f"p{i}")
+    calls[0] = 0
+    for i in range(n // 2):
+        p.commit(p.plan(f"q{i}", ranges))
+    assert calls[0] / (n // 2) < 20  # 12 here: each hole sits behind one occupied block
+    views = sorted(parse_cidr(v.view, "v") for vs in p.allocations().values() for v in vs)
+    assert all(not a.overlaps(b) for a, b in itertools.pairwise(views))
+    assert len(views) == 2 * n

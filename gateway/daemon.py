@@ -62,16 +62,25 @@ async def reconcile_loop(gw: Gateway, stop: asyncio.Event) -> None:
             log.error("reconcile loop: %s", gw.stats.last_error)
 
 
-def build(config: Config) -> Gateway:
+def find_gateway_ip(config: Config) -> str | None:
+    """config/env, else the first address of ours inside pod_cidrs.
+
+    Blocking (sync pyroute2 runs its own event loop): call it outside the
+    daemon's loop or through asyncio.to_thread.
+    """
+    if config.gateway_ip is not None:
+        return config.gateway_ip
+    try:
+        return detect_gateway_ip(config.pod_cidrs)
+    except Exception as e:
+        log.warning("cannot detect the gateway pod IP: %s", e)
+        return None
+
+
+def build(config: Config, gateway_ip: str | None) -> Gateway:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     store = StateStore(config.state_dir)
     store.admin_token()  # make sure the CLI beside us can authenticate
-    gateway_ip = config.gateway_ip
-    if gateway_ip is None:
-        try:
-            gateway_ip = detect_gateway_ip(config.pod_cidrs)
-        except Exception as e:
-            log.warning("cannot detect the gateway pod IP: %s", e)
     if gateway_ip is None:
         log.warning("no address of ours inside pod_cidrs: host-network SNAT and health probes are off "
                     "(set gateway_ip or CROSSWIRE_POD_IP)")
@@ -85,7 +94,7 @@ def build(config: Config) -> Gateway:
 
 
 async def serve(config: Config) -> int:
-    gw = build(config)
+    gw = build(config, await asyncio.to_thread(find_gateway_ip, config))
     host, port = config.listen_host_port
     server = uvicorn.Server(uvicorn.Config(create_app(gw), host=host, port=port, loop="asyncio",
                                            lifespan="off", access_log=False, log_level="warning"))

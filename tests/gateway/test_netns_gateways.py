@@ -368,9 +368,21 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_gateway_ip_autodetected_in_namespace(netns: Namespaces) -> None:
+def test_gateway_ip_autodetected_in_namespace(netns: Namespaces, tmp_path: Path) -> None:
+    require_root("wireguard-go")
+    os.chmod(tmp_path, 0o700)
     ns = netns.add("gwd")
     sh("ip", "addr", "add", "10.244.3.4/32", "dev", "lo", ns=ns)
     code = ("from gateway.config import detect_gateway_ip as d; "
             "print(d(('10.244.0.0/16',)), d(('10.250.0.0/16',)))")
     assert sh(sys.executable, "-c", code, ns=ns).stdout.split() == ["10.244.3.4", "None"]
+    # and the daemon does it too (outside its event loop: sync pyroute2 runs its own)
+    g = build_cluster(netns, "d", ns, "127.0.0.1", tmp_path)
+    g.config.write_text(g.config.read_text().replace(f"gateway_ip: {GW_IP}\n", ""))
+    g.start()
+    try:
+        assert g.wait_ready()["gateway_ip"] in ("10.244.3.4", GW_IP)
+    finally:
+        assert g.proc is not None
+        g.proc.kill()
+        g.proc.wait(timeout=10)

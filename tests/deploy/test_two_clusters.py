@@ -14,15 +14,22 @@ overlay's rendered Deployment (kubelet.py). Then the README's step 4 runs as
 `kubectl exec` would: `crosswire token create` in gpu, `crosswire peer add` in
 lab, and both sides must report the other as connected: WireGuard handshake
 through the NATs and health probes answered through the tunnel and the
-crosswire NAT of both gateways. All addresses live only inside the
+crosswire NAT of both gateways. Finally each node runs the node agent from
+the rendered DaemonSet, and an application pod in lab (10.244.2.20) reaches
+the application pod with the same address in gpu through lab's view of gpu's
+pods, which sees the client under gpu's view of lab's pods (the README's step
+5 `wget`). All addresses live only inside the
 namespaces this test creates (203.0.113.0/24 and 198.51.100.0/24 are
 documentation ranges).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,8 +41,41 @@ import yaml
 from deploykit import REPO, find, gateway_config_text
 from nsutil import Namespaces, require_root, sh, uniq
 
+from fabric.agent import AGENT_PROTO
+
 Rendered = dict[str, list[dict[str, Any]]]
 POD_IP, NODE_POD_SIDE = "10.244.1.10", "10.244.1.1"
+APP_IP, NODE_APP_SIDE = "10.244.2.20", "10.244.2.1"
+APP_PORT = 8080
+
+# A pod that tells each client the address it sees (one line, then closes).
+WHOAMI = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen()
+while True:
+    c, (addr, _) = s.accept()
+    c.sendall(addr.encode() + b"\\n")
+    c.close()
+"""
+
+ASK = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+print(c.recv(100).decode().strip())
+"""
+
+
+def _translate(ip: str, ranges: list[dict[str, str]]) -> str:
+    """``ip`` moved prefix-for-prefix from the ``real`` range containing it to its ``view``."""
+    addr = ipaddress.ip_address(ip)
+    for r in ranges:
+        real, view = ipaddress.ip_network(r["real"]), ipaddress.ip_network(r["view"])
+        if addr in real:
+            return str(view.network_address + (int(addr) - int(real.network_address)))
+    raise AssertionError(f"{ip} is in none of {ranges}")
 
 
 def _node_nat(node: str, public: str, uplink: str, forwards: list[tuple[str, int, int]]) -> None:
@@ -84,14 +124,19 @@ def test_readme_walkthrough_peers_gpu_and_lab(rendered: Rendered, netns: Namespa
         node, pod = netns.add(f"cwd{name[0]}n"), netns.add(f"cwd{name[0]}p")
         _, uplink = netns.veth(inet, node, f"{public.rsplit('.', 1)[0]}.1/24", f"{public}/24",
                                name=f"u{name[0]}")
-        netns.veth(node, pod, f"{NODE_POD_SIDE}/24", f"{POD_IP}/24", name=f"p{name[0]}")
+        gw_if, _ = netns.veth(node, pod, f"{NODE_POD_SIDE}/24", f"{POD_IP}/24", name=f"p{name[0]}")
+        app = netns.add(f"cwd{name[0]}a")
+        netns.veth(node, app, f"{NODE_APP_SIDE}/24", f"{APP_IP}/24", name=f"a{name[0]}")
         sh("ip", "route", "add", "default", "via", f"{public.rsplit('.', 1)[0]}.1", ns=node)
         sh("ip", "route", "add", "default", "via", NODE_POD_SIDE, ns=pod)
+        sh("ip", "route", "add", "default", "via", NODE_APP_SIDE, ns=app)
         _node_nat(node, public, uplink, _service_forwards(res))
-        clusters[name] = {"res": res, "node": node, "pod": pod, "iface": uniq("cwdw")}
+        clusters[name] = {"res": res, "node": node, "pod": pod, "app": app, "gw_if": gw_if,
+                          "iface": uniq("cwdw")}
     sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=inet)
 
     procs: list[subprocess.Popen[str]] = []
+    etc_dirs: list[Path] = []
     try:
         for name, c in clusters.items():
             dep = find(c["res"], "Deployment", "crosswire-gateway")
@@ -130,12 +175,52 @@ def test_readme_walkthrough_peers_gpu_and_lab(rendered: Rendered, netns: Namespa
         assert states == {"gpu": {"lab": "connected"}, "lab": {"gpu": "connected"}}, states
         status = crosswire("lab", "status").stdout
         assert status.startswith("cluster lab  ready"), status
-        nat = json.loads(crosswire("lab", "nat", "show", "--json").stdout)
-        assert [p["cluster_id"] for p in nat["peers"]] == ["gpu"]
+        nat = {name: json.loads(crosswire(name, "nat", "show", "--json").stdout)["peers"]
+               for name in clusters}
+        assert [p["cluster_id"] for p in nat["lab"]] == ["gpu"]
+        assert [p["cluster_id"] for p in nat["gpu"]] == ["lab"]
+
+        # The node agents, from the DaemonSet, on every node; the gateway Service's
+        # name resolves to the gateway pod (ip netns exec's /etc/netns/<ns>/hosts).
+        for name, c in clusters.items():
+            ds = find(c["res"], "DaemonSet", "crosswire-agent")
+            agent = kubelet.prepare(c["res"], ds, "agent", image, tmp_path / name, NODE_POD_SIDE)
+            url = agent.argv[agent.argv.index("--gateway") + 1]
+            etc = Path("/etc/netns") / c["node"]
+            etc.mkdir(parents=True)
+            etc_dirs.append(etc)
+            (etc / "hosts").write_text(f"127.0.0.1 localhost\n{POD_IP} {urlsplit(url).hostname}\n")
+            procs.append(subprocess.Popen(agent.in_netns(c["node"]), stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+
+        # lab's app pod -> gpu's app pod (same real address) through lab's view of it.
+        server = subprocess.Popen(["ip", "netns", "exec", clusters["gpu"]["app"], sys.executable,
+                                   "-c", WHOAMI, str(APP_PORT)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        procs.append(server)
+        target = _translate(APP_IP, nat["lab"][0]["remote"])      # lab's view of gpu's pod
+        expected = _translate(APP_IP, nat["gpu"][0]["remote"])    # gpu's view of lab's pod
+        assert target != APP_IP and expected != APP_IP  # overlap: both sides remap
+        seen = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and seen != expected:
+            r = sh("ip", "netns", "exec", clusters["lab"]["app"], sys.executable, "-c", ASK,
+                   target, str(APP_PORT), check=False)
+            seen = r.stdout.strip()
+            if seen != expected:
+                time.sleep(1)
+        routes = {n: sh("ip", "route", "show", "proto", str(AGENT_PROTO), ns=c["node"]).stdout
+                  for n, c in clusters.items()}
+        assert seen == expected, f"lab pod -> {target}: server saw {seen!r}; agent routes {routes}"
+        for name, c in clusters.items():
+            for view in nat[name][0]["remote"]:
+                assert f"{view['view']} via {POD_IP} dev {c['gw_if']}" in routes[name], routes
     finally:
         outputs = [kubelet.stop(p) for p in procs]
         for c in clusters.values():
             kubelet.cleanup_socket(c["iface"])
+        for etc in etc_dirs:
+            shutil.rmtree(etc, ignore_errors=True)
     for out in outputs:
         assert "Traceback" not in out, out
         assert token not in out

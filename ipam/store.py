@@ -243,17 +243,21 @@ class IpamStore:
         self._planner.check(ranges)
 
     def views(self, peer: str) -> list[View]:
-        self._refresh()
-        return self._planner.views(peer)
+        """The peer's views in allocation order ([] for an unknown peer)."""
+        with self._lock:  # the lock also keeps other threads' commits out of the read
+            self._refresh()
+            return self._planner.views(peer)
 
     def allocations(self) -> dict[str, list[View]]:
-        self._refresh()
-        return self._planner.allocations()
+        with self._lock:
+            self._refresh()
+            return self._planner.allocations()
 
     def conflicts(self) -> list[Conflict]:
         """Stored views overlapping a local/reserved range of the current config."""
-        self._refresh()
-        return self._planner.conflicts()
+        with self._lock:
+            self._refresh()
+            return self._planner.conflicts()
 
     @property
     def local(self) -> LocalRanges:

@@ -206,11 +206,29 @@ def test_threads_sharing_one_store_never_overlap(tmp_path: Path) -> None:
                 s.allocate(f"t{t}-{i}", [POD, PeerRange("service", "10.96.0.0/24")])
                 if i % 5 == 4:
                     s.release(f"t{t}-{i - 2}")
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def read() -> None:  # readers run while writers commit
+            try:
+                while not done.is_set():
+                    for vs in s.allocations().values():
+                        assert vs
+                    s.views("t0-1")
+                    s.conflicts()
+            except BaseException as e:
+                errors.append(e)
+
         threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        reader = threading.Thread(target=read)
+        reader.start()
         for th in threads:
             th.start()
         for th in threads:
             th.join()
+        done.set()
+        reader.join()
+        assert errors == []
         views = [v for vs in s.allocations().values() for v in vs]
     assert len(views) == 2 * 4 * (40 - 8)
     nets = sorted(parse_cidr(v.view, "v") for v in views)

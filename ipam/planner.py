@@ -45,6 +45,7 @@ class Plan:
 
 
 def check_peer_name(peer: object) -> str:
+    """A peer (cluster) name: 1-253 printable characters without whitespace."""
     if not isinstance(peer, str) or not peer:
         raise IpamError(f"peer name {peer!r}: must be a non-empty string")
     if len(peer) > MAX_PEER_NAME:
@@ -66,6 +67,8 @@ class Planner:
     sets); every view either equals its real range or lies inside a pool; a
     new view never overlaps a local, reserved or special range (a stored one
     may after a config change: see ``conflicts()``).
+
+    Not thread-safe on its own; IpamStore serializes access with its lock.
     """
 
     def __init__(self, local: LocalRanges, pools: Sequence[str]) -> None:

@@ -10,10 +10,11 @@ KINDS: tuple[Kind, ...] = ("pod", "service")
 
 # Default pools for remapped views, tried in order. 100.64.0.0/10 (RFC 6598
 # shared address space) first: no Kubernetes distribution uses it by default.
-# Then RFC 1918, largest block first; 10.0.0.0/8 holds the kubeadm/k3s/etc.
-# defaults (10.244/16, 10.96/12, 10.42/16, 10.43/16), but those are local
-# ranges or peer ranges, and views never overlap local ranges anyway.
-# fd00::/8 (ULA) for IPv6.
+# Then RFC 1918, with 10.0.0.0/8 late because it holds most distribution
+# defaults (kubeadm 10.244/16 + 10.96/12, k3s 10.42/16 + 10.43/16, AKS, GKE,
+# OpenShift 10.128/14): a view placed on a popular real range forces later
+# peers that really use that range into a remap instead of keeping it.
+# Views never overlap local ranges anyway. fd00::/8 (ULA) for IPv6.
 DEFAULT_POOLS: tuple[str, ...] = (
     "100.64.0.0/10",
     "172.16.0.0/12",

@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-file", default=None, help="append logs here (background mode)")
     p.add_argument("--stats-file", default=None,
                    help=f"counters as JSON (default {SOCKET_DIR}/IFACE.stats; 'none' disables)")
+    p.add_argument("--no-offload", action="store_true",
+                   help="plain TUN: no TSO/GRO super-packets, no UDP GSO/GRO batching")
     p.add_argument("--version", action="version", version="crosswire-wg 0.1.0")
     p.add_argument("interface")
     return p.parse_args(argv)
@@ -74,11 +76,11 @@ def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     elif stats == "none":
         stats = None
     try:
-        tun = Tun(args.interface)
+        tun = Tun(args.interface, offload=not args.no_offload)
     except (TunError, OSError) as e:
         return _fail(ready_fd, f"cannot create interface {args.interface}: {e.strerror or e}")
     try:
-        daemon = Daemon(Device(), tun, stats_path=stats)
+        daemon = Daemon(Device(), tun, stats_path=stats, gso=not args.no_offload)
     except OSError as e:
         tun.close()
         return _fail(ready_fd, f"cannot start on {args.interface}: {e.strerror or e}")

@@ -32,11 +32,12 @@ import os
 import select
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from fabric.wg.tun import Tun
+from fabric.wg.tun import VNET_HDR_LEN, OffloadError, Tun, coalesce, gso_split
 from fabric.wg.uapi_server import UapiServer
 
 log = logging.getLogger("crosswire.wg")
@@ -50,7 +51,8 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 HOUSEKEEPING_INTERVAL = 1.0
 STATS_LOG_INTERVAL = 10.0
-READ_SIZE = 65535
+READ_SIZE = 65535 + 10  # a TSO super-packet plus its virtio_net_hdr
+FLUSH_AT = 512  # send what a burst of super-packets produced before reading more
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -213,9 +215,11 @@ class Daemon:
 
     def _read_tun(self, now: float) -> None:
         read, fd, on_packet = os.read, self.tun.fd, self.device.on_packet
+        vnet = self.tun.vnet_hdr
+        outbox = self.device.outbox
         for _ in range(BATCH):
             try:
-                pkt = read(fd, READ_SIZE)
+                buf = read(fd, READ_SIZE)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -224,7 +228,22 @@ class Daemon:
                     return
                 self.io_counters["io_tun_read_error"] += 1
                 return
-            on_packet(pkt, now)
+            if not vnet:
+                on_packet(buf, now)
+                continue
+            if len(buf) > VNET_HDR_LEN and not buf[0] and not buf[1]:
+                on_packet(buf[VNET_HDR_LEN:], now)  # plain packet, checksum complete
+                continue
+            try:
+                segments = gso_split(buf)
+            except (OffloadError, struct.error):
+                self.io_counters["io_tun_bad_offload"] += 1
+                continue
+            self.io_counters["io_tso_reads"] += 1
+            for seg in segments:
+                on_packet(seg, now)
+            if len(outbox) >= FLUSH_AT:
+                self._flush()
 
     def _read_udp(self, sock: socket.socket, now: float) -> None:
         # recvmsg for the UDP_GRO cmsg: a coalesced read holds several datagrams of
@@ -334,7 +353,9 @@ class Daemon:
             else:
                 self._send_each(outbox)
         inbox = dev.inbox
-        if inbox:
+        if inbox and self.tun.vnet_hdr:
+            self._write_tun_coalesced(inbox)
+        elif inbox:
             write, fd = os.write, self.tun.fd
             pop_in = inbox.popleft
             while inbox:
@@ -346,6 +367,22 @@ class Daemon:
                         inbox.clear()
                         return
                     self.io_counters["io_tun_write_error"] += 1
+
+    def _write_tun_coalesced(self, inbox: collections.deque[bytes]) -> None:
+        packets = list(inbox)
+        inbox.clear()
+        writev, fd = os.writev, self.tun.fd
+        for vec in coalesce(packets):
+            try:
+                writev(fd, vec)
+            except OSError as e:
+                if e.errno == errno.EBADFD:
+                    self.stop_reason = "interface deleted"
+                    return
+                self.io_counters["io_tun_write_error"] += 1
+            else:
+                if len(vec) > 2:
+                    self.io_counters["io_gro_writes"] += 1
 
     # -- loop -------------------------------------------------------------------------------
 

@@ -219,8 +219,11 @@ class Gateway:
         if existing is not None:
             if existing.public_key != other.public_key:
                 raise GatewayError(f"cluster {other.cluster_id} is already peered under another key", 409)
-            raise GatewayError(f"cluster {other.cluster_id} is already peered; remove it first", 409)
-        if self.store.peer_by_key(other.public_key) is not None:
+            if existing.their_views is not None:
+                raise GatewayError(f"cluster {other.cluster_id} is already peered; remove it first", 409)
+            # Same key, still pending: the joiner never completed (crashed, timed out)
+            # and retries; its row is replaced and its IPAM views are reused.
+        elif self.store.peer_by_key(other.public_key) is not None:
             raise GatewayError("that WireGuard key already belongs to another peer", 409)
 
         eph = peering.Ephemeral.generate()
@@ -244,7 +247,7 @@ class Gateway:
                     channel_key=keys.channel_key, psk=keys.psk, created=now))
                 db.execute("UPDATE tokens SET uses = uses + 1 WHERE token_id=?", (token_id,))
         except BaseException:
-            if allocated:
+            if allocated and existing is None:
                 self.views.release(other.cluster_id)
             raise
         log.info("peering: %s joined with token %s (pending its views of us)", other.cluster_id, token_id)
@@ -293,7 +296,15 @@ class Gateway:
             raise
         await self.reconcile()
         # Tell B our views of it; B programs its side before it acknowledges.
-        await self.send(rec, "views", {"views": [{"kind": k, "real": r, "view": v} for k, r, v in ours]})
+        try:
+            await self.send(rec, "views", {"views": [{"kind": k, "real": r, "view": v} for k, r, v in ours]})
+        except GatewayError as e:
+            # Leave nothing half-done: B drops its pending entry (if it can hear us), we forget B.
+            await self._notify_remove(other.cluster_id, other.url, rec.channel_key)
+            self._forget(other.cluster_id)
+            await self.reconcile()
+            raise GatewayError(f"peering with {other.cluster_id} failed at the last step and was "
+                               f"rolled back: {e}", e.status) from None
         log.info("peering: peered with %s in %.3fs", other.cluster_id, time.monotonic() - t0)
         return self.peer_summary(self.store.peer(other.cluster_id) or rec)
 

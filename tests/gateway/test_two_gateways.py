@@ -336,3 +336,30 @@ def test_added_ranges_travel_over_the_channel(clusters: Any) -> None:
         assert r.json() == {}
 
     asyncio.run(go())
+
+
+def test_failed_last_step_rolls_back_and_pending_rejoin_works(clusters: Any) -> None:
+    from gateway.controller import GatewayError
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+    original = gpu.gw.handle_message
+
+    async def broken(envelope: Any) -> Any:
+        raise GatewayError("disk full", 500)
+
+    async def go() -> None:
+        gpu.gw.handle_message = broken  # type: ignore[method-assign]
+        r = await lab.call("POST", "/api/v1/peers", json={"token": await token_of(gpu)})
+        assert r.status_code == 502 and "rolled back" in r.json()["detail"], r.text
+        assert lab.store.peers() == [] and lab.views.snapshot()["allocations"] == []
+        assert lab.fabric.last.peers == ()
+        # gpu could not be told: it still holds lab as pending (not programmed)
+        assert [p.their_views for p in gpu.store.peers()] == [None]
+        assert gpu.gw.desired().peers == ()
+        gpu.gw.handle_message = original  # type: ignore[method-assign]
+        # lab retries with a fresh token: the pending entry (same key) is replaced
+        await peer(lab, gpu)
+        assert [p.cluster_id for p in gpu.fabric.last.peers] == ["lab"]
+        assert len(gpu.views.snapshot()["allocations"]) == 2
+
+    asyncio.run(go())

@@ -32,10 +32,11 @@ _PlanFn = Callable[[Planner], Plan]
 # One b-tree (WITHOUT ROWID, keyed by peer and real range): every extra index
 # costs ~40% of the per-peer commit time. View uniqueness is the Planner's
 # job, and a load re-checks that stored views are pairwise disjoint (a
-# stronger check than a UNIQUE index). vfirst duplicates the view as
-# big-endian address bytes so a reopen builds its index without parsing text
-# (real ranges repeat across peers and hit the parse cache); seq keeps each
-# peer's views in allocation order.
+# stronger check than a UNIQUE index). vfirst duplicates the view's address
+# as big-endian bytes so a reopen builds its index without parsing text (the
+# prefix length comes from the real range, which repeats across peers and is
+# parsed once per distinct value); seq keeps each peer's views in allocation
+# order.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS views (
@@ -44,7 +45,6 @@ CREATE TABLE IF NOT EXISTS views (
     seq    INTEGER NOT NULL,
     kind   TEXT NOT NULL CHECK (kind IN ('pod', 'service')),
     view   TEXT NOT NULL,
-    plen   INTEGER NOT NULL,
     vfirst BLOB NOT NULL,
     PRIMARY KEY (peer, real)
 ) WITHOUT ROWID;
@@ -156,7 +156,7 @@ class IpamStore:
         # Sorting the rows in Python (by their unique leading seq) is cheaper
         # than an ORDER BY, which SQLite would do with a temporary b-tree.
         rows = self._conn.execute(
-            "SELECT seq, peer, kind, real, view, plen, vfirst FROM views").fetchall()
+            "SELECT seq, peer, kind, real, view, vfirst FROM views").fetchall()
         kinds: dict[str, Kind] = {"pod": "pod", "service": "service"}
         new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__ (20k calls)
         try:
@@ -164,12 +164,14 @@ class IpamStore:
             self._next_seq = rows[-1][0] + 1 if rows else 0
             reals: dict[str, Net] = {}  # peers share real ranges: parse each once
             recs: list[Rec] = []
-            for _, peer, kind, real, view, plen, vf in rows:
+            for _, peer, kind, real, view, vf in rows:
                 rnet = reals.get(real)
                 if rnet is None:
                     rnet = reals[real] = parse_cidr(real, "stored real range")
-                recs.append(new_tuple(Rec, (View(peer, kinds[kind], real, view),
-                                            net_from_bytes(vf, plen), rnet)))
+                vnet = net_from_bytes(vf, rnet.plen)
+                if vnet.version != rnet.version:
+                    raise ValueError(f"view {view} of {real}: address family differs")
+                recs.append(new_tuple(Rec, (View(peer, kinds[kind], real, view), vnet, rnet)))
         except (KeyError, TypeError, ValueError) as e:
             raise IpamError(f"IPAM store {self.path}: malformed row ({e})") from None
         planner.load(recs)
@@ -192,10 +194,10 @@ class IpamStore:
                 seq = self._next_seq
                 if p.new:
                     self._conn.executemany(
-                        "INSERT INTO views (seq, peer, kind, real, view, plen, vfirst)"
-                        " VALUES (?,?,?,?,?,?,?)",
+                        "INSERT INTO views (seq, peer, kind, real, view, vfirst)"
+                        " VALUES (?,?,?,?,?,?)",
                         [(seq + i, r.view.peer, r.view.kind, r.view.real, r.view.view,
-                          r.vnet.plen, r.vnet.to_bytes())
+                          r.vnet.to_bytes())
                          for i, r in enumerate(p.new)])
                 self._conn.execute("COMMIT")
                 self._next_seq = seq + len(p.new)

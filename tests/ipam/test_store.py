@@ -167,7 +167,7 @@ def test_overlapping_rows_written_behind_our_back_are_detected(tmp_path: Path) -
     with IpamStore.open(db, KUBEADM) as s:
         s.allocate("a", [POD])
     with contextlib.closing(sqlite3.connect(db)) as c:
-        c.execute("INSERT INTO views SELECT 'evil', real, seq + 1, kind, view, plen, vfirst FROM views")
+        c.execute("INSERT INTO views SELECT 'evil', real, seq + 1, kind, view, vfirst FROM views")
         c.commit()
     with pytest.raises(IpamError, match="inconsistent"):
         IpamStore.open(db, KUBEADM)
@@ -253,4 +253,9 @@ def test_a_malformed_row_is_a_clear_error(tmp_path: Path) -> None:
         c.execute("UPDATE views SET real='junk'")
         c.commit()
     with pytest.raises(IpamError, match="malformed row"):
+        IpamStore.open(db, KUBEADM)
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        c.execute("UPDATE views SET real='fd00::/16'")
+        c.commit()
+    with pytest.raises(IpamError, match=r"malformed row.*family"):
         IpamStore.open(db, KUBEADM)

@@ -44,14 +44,7 @@ def pod_net(netns: Namespaces) -> Iterator[tuple[str, str, str]]:
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("variant", [
-    "gpu",
-    pytest.param("gpu+host-network", marks=pytest.mark.xfail(
-        reason="gateway/daemon.py calls detect_gateway_ip (sync pyroute2 IPRoute) inside the "
-               "running asyncio loop: 'This event loop is already running', so gateway_ip stays "
-               "None; fix: detect before asyncio.run or via asyncio.to_thread",
-        raises=AssertionError, strict=False)),
-])
+@pytest.mark.parametrize("variant", ["gpu", "gpu+host-network"])
 def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: tuple[str, str, str],
                                                    tmp_path: Path, variant: str) -> None:
     node, pod, _ = pod_net

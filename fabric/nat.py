@@ -3,21 +3,24 @@
 See fabric/DESIGN.md for the layout and how to read ``nft list table inet crosswire``.
 In short, with ``wg`` the WireGuard interface:
 
-- ``postrouting`` (nat, srcnat): packets leaving into ``wg`` are dispatched by
-  destination through the interval verdict map ``to_peer_v4``/``_v6`` (keys: our
-  views of every peer) to chain ``to-<peer>``, which rewrites the source
-  prefix-for-prefix from our real range to the peer's view of it; any other
-  source (host network) is SNATed to the gateway's pod address as the peer sees it.
-  With ``masquerade`` a second rule SNATs what came from a peer and leaves
+- ``postrouting`` (nat, srcnat), packets leaving into ``wg``: the destination
+  (our view of some peer) is looked up in the interval verdict map
+  ``to_peer_v4``/``_v6``, which jumps to chain ``to-<peer>``: one rule per
+  mapping rewrites the source prefix-for-prefix from our real range to the
+  peer's view of it. Any other source (host network) comes back and is SNATed
+  through map ``host_v4``/``_v6`` (key: our view of the peer) straight to the
+  gateway's pod address as that peer sees it; what is still left is dropped.
+  With ``masquerade`` one more rule SNATs what came from a peer and leaves
   towards the cluster to the gateway's own pod address.
-- ``prerouting`` (nat, dstnat): packets arriving from ``wg`` are dispatched by
-  source through ``from_peer_v4``/``_v6`` (same keys) to chain ``from-<peer>``,
-  which rewrites the destination from the peer's view of us to our real range;
-  destinations we never offered that peer are dropped.
+- ``prerouting`` (nat, dstnat), packets arriving from ``wg``: the source (our
+  view of the sending peer, unique) is looked up in ``from_peer_v4``/``_v6``,
+  which jumps to ``from-<peer>``: one rule per mapping rewrites the destination
+  from the peer's view of us to our real range; anything else is dropped.
 - ``mss-clamp`` (filter, forward): TCP SYNs through ``wg`` get MSS <= MTU-40/60.
 
-The dispatch is one map lookup whatever the number of peers; a per-peer chain
-holds one rule per mapping (a handful), each with its own counter.
+The dispatch is one map lookup whatever the number of peers; each mapping
+has its own counter (rule counters, and element counters in ``host_v*``).
+Nothing here touches the system: ``render`` and ``mappings`` return data.
 """
 
 from __future__ import annotations
@@ -217,22 +220,6 @@ def _egress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, A
             rule([_match(p, "saddr", _prefix(real)), _COUNTER,
                   {"snat": {"family": p, "addr": _prefix(view), "flags": "netmap", "type_flags": "prefix"}}],
                  text)
-    # Host network (any other source): one SNAT straight to the final address,
-    # the gateway's pod IP as this peer sees it, so conntrack holds one rewrite.
-    for version, nfproto in ((4, "ipv4"), (6, "ipv6")):
-        target = None
-        if c.gateway is not None and c.gateway.version == version:
-            for _m, real, view in c.local[cid]:
-                if c.gateway in real:
-                    target = map_into(c.gateway, real, view)
-                    break
-        if target is not None:
-            rule([_meta("nfproto", nfproto), _COUNTER,
-                  {"snat": {"family": _proto(target), "addr": str(target)}}],
-                 f"{cid}: egress host-network {nfproto} src -> {target}")
-        else:
-            rule([_meta("nfproto", nfproto), _COUNTER, {"drop": None}],
-                 f"{cid}: egress host-network {nfproto} src: no gateway address this peer maps, drop")
     return rules
 
 
@@ -254,8 +241,33 @@ def _ingress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, 
             rule([_match(p, "daddr", _prefix(view)), _COUNTER,
                   {"dnat": {"family": p, "addr": _prefix(real), "flags": "netmap", "type_flags": "prefix"}}],
                  text)
-    rule([_COUNTER, {"drop": None}], f"{cid}: ingress dst not offered to this peer, drop")
     return rules
+
+
+def host_target(c: _Checked, cid: str, version: int) -> Address | None:
+    """The gateway's pod address as peer ``cid`` sees it (SNAT target for host-network sources)."""
+    if c.gateway is None or c.gateway.version != version:
+        return None
+    for _m, real, view in c.local[cid]:
+        if c.gateway in real:
+            return map_into(c.gateway, real, view)
+    return None
+
+
+def _host_elements(c: _Checked, state: FabricState, version: int) -> list[Any]:
+    # Keyed by our views of each peer (the destination), valued with the final
+    # address, so conntrack holds one rewrite.
+    out: list[Any] = []
+    for peer in state.peers:
+        target = host_target(c, peer.cluster_id, version)
+        if target is None:
+            continue
+        for _m, _real, view in c.remote[peer.cluster_id]:
+            if view.version == version:
+                key = {"elem": {"val": _prefix(view),
+                                "comment": _comment(f"{peer.cluster_id}: host network -> {target}")}}
+                out.append([key, str(target)])
+    return out
 
 
 def _elements(c: _Checked, state: FabricState, version: int, chain_of: Any) -> list[Any]:
@@ -265,7 +277,9 @@ def _elements(c: _Checked, state: FabricState, version: int, chain_of: Any) -> l
             if view.version != version:
                 continue
             key = {"elem": {"val": _prefix(view), "comment": _comment(f"{peer.cluster_id} {m.kind}")}}
-            out.append([key, {"goto": {"target": chain_of(peer.cluster_id)}}] if chain_of else key)
+            # jump, not goto: a packet no per-peer rule takes comes back to the
+            # base chain for the host-network map and the final drop.
+            out.append([key, {"jump": {"target": chain_of(peer.cluster_id)}}] if chain_of else key)
     return out
 
 
@@ -305,6 +319,12 @@ def render(state: FabricState) -> dict[str, Any]:
         if elems:
             body["elem"] = elems
         add("set", body)
+        body = {"name": f"host_v{v}", "type": addr_type, "map": addr_type, "flags": ["interval"],
+                "stmt": [{"counter": None}]}  # a counter on every element
+        elems = _host_elements(c, state, v)
+        if elems:
+            body["elem"] = elems
+        add("map", body)
 
 
     def rule(chain: str, expr: list[dict[str, Any]], comment: str) -> None:
@@ -316,12 +336,19 @@ def render(state: FabricState) -> dict[str, Any]:
                                       "data": f"@from_peer_v{v}"}}],
              f"from {wg} {p}: the source (our view of a peer) picks the peer")
     rule("prerouting", [_meta("iifname", wg), _COUNTER, {"drop": None}],
-         f"from {wg}: source in no peer view, drop")
+         f"from {wg}: source in no peer view, or destination not offered to that peer: drop")
     for v, p in ((4, "ip"), (6, "ip6")):
         rule("postrouting", [_meta("oifname", wg),
                              {"vmap": {"key": {"payload": {"protocol": p, "field": "daddr"}},
                                        "data": f"@to_peer_v{v}"}}],
              f"into {wg} {p}: the destination (our view of a peer) picks the peer")
+    for v, p in ((4, "ip"), (6, "ip6")):
+        rule("postrouting", [_meta("oifname", wg),
+                             {"snat": {"family": p, "addr": {"map": {
+                                 "key": {"payload": {"protocol": p, "field": "daddr"}}, "data": f"@host_v{v}"}}}}],
+             f"into {wg} {p}: other sources (host network) -> the gateway as that peer sees it")
+    rule("postrouting", [_meta("oifname", wg), _COUNTER, {"drop": None}],
+         f"into {wg}: no mapping for this source and peer: drop")
     if local.masquerade and c.gateway is not None:
         g = c.gateway
         rule("postrouting", [_meta("oifname", wg, "!="),
@@ -354,10 +381,12 @@ def _rule_index(rules: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
 
 
 def mappings(state: FabricState) -> list[dict[str, Any]]:
-    """Per peer: real ranges, our views, the peer's views of us, and the rules implementing them.
+    """Per peer: real ranges, our views, the peer's views of us, and what implements them.
 
-    Rules are identified by (chain, comment); ``with_counters`` fills in the
-    kernel's packets/bytes and handles from ``Nft.list_table``.
+    ``rules``: the per-peer chain rules, identified by (chain, comment);
+    ``host_network``: the ``host_v4``/``host_v6`` map elements (key: our view of
+    the peer). ``with_counters`` fills in packets/bytes (and rule handles) from
+    ``Nft.list_table``.
     """
     c = _Checked(state)
     t = state.local.nft_table
@@ -372,8 +401,22 @@ def mappings(state: FabricState) -> list[dict[str, Any]]:
             "remote": [{"kind": m.kind, "real": str(r), "view": str(v)} for m, r, v in c.remote[cid]],
             "local": [{"kind": m.kind, "real": str(r), "view": str(v)} for m, r, v in c.local[cid]],
             "rules": [{"chain": r["chain"], "comment": r["comment"], "rule": r} for r in rules],
+            "host_network": _host_rows(c, peer),
         })
     return out
+
+
+def _host_rows(c: _Checked, peer: PeerFabric) -> list[dict[str, Any]]:
+    rows = []
+    for v in (4, 6):
+        target = host_target(c, peer.cluster_id, v)
+        if target is None:
+            continue
+        for _m, _r, view in c.remote[peer.cluster_id]:
+            if view.version == v:
+                rows.append({"map": f"host_v{v}", "key": _t(view), "target": str(target),
+                             "comment": _comment(f"{peer.cluster_id}: host network -> {target}")})
+    return rows
 
 
 def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[dict[str, Any]]:
@@ -383,6 +426,18 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
     (the table is not what the state says: the caller should re-apply).
     """
     kernel = _rule_index(item["rule"] for item in listed.get("nftables", []) if "rule" in item)
+    elements: dict[tuple[str, str], dict[str, int]] = {}
+    for item in listed.get("nftables", []):
+        m = item.get("map")
+        if not m or not str(m.get("name", "")).startswith("host_v"):
+            continue
+        for el in m.get("elem", []):
+            head = el[0] if isinstance(el, list) else el
+            inner = head.get("elem", head) if isinstance(head, dict) else {}
+            val = inner.get("val", inner) if isinstance(inner, dict) else inner
+            if isinstance(val, dict) and "prefix" in val:
+                key = f"{val['prefix']['addr']}/{val['prefix']['len']}"
+                elements[(m["name"], key)] = dict(inner.get("counter") or {})
     result: list[dict[str, Any]] = []
     for peer in maps:
         rules = []
@@ -395,5 +450,10 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
                         packets, bytes_ = e["counter"].get("packets", 0), e["counter"].get("bytes", 0)
             rules.append({**r, "handle": k.get("handle") if k else None,
                           "packets": packets, "bytes": bytes_})
-        result.append({**peer, "rules": rules})
+        hosts = []
+        for h in peer.get("host_network", []):
+            counter = elements.get((h["map"], h["key"]), {})
+            hosts.append({**h, "present": (h["map"], h["key"]) in elements,
+                          "packets": counter.get("packets", 0), "bytes": counter.get("bytes", 0)})
+        result.append({**peer, "rules": rules, "host_network": hosts})
     return result

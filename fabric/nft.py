@@ -34,6 +34,10 @@ class NftError(RuntimeError):
     """An nftables command failed; the message carries libnftables' error text."""
 
 
+class NetnsError(NftError):
+    """The named network namespace cannot be entered."""
+
+
 def _library() -> ctypes.CDLL:
     global _lib
     if _lib is None:
@@ -76,10 +80,11 @@ def _run_json(command: str) -> tuple[int, str, str]:
         lib.nft_ctx_free(ctx)
 
 
-def _in_netns(netns: str, fn: Callable[[], _T]) -> _T:
+def in_netns(netns: str, fn: Callable[[], _T]) -> _T:
+    """Run ``fn`` in a fresh thread that has joined network namespace ``netns``."""
     path = netns if netns.startswith("/") else f"/run/netns/{netns}"
     if not os.path.exists(path):
-        raise NftError(f"network namespace {netns!r} does not exist")
+        raise NetnsError(f"network namespace {netns!r} does not exist")
     result: list[_T] = []
     error: list[BaseException] = []
 
@@ -90,7 +95,7 @@ def _in_netns(netns: str, fn: Callable[[], _T]) -> _T:
             try:
                 if libc.setns(fd, _CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
-                    raise NftError(f"setns({netns}): {os.strerror(err)}")
+                    raise NetnsError(f"setns({netns}): {os.strerror(err)}")
             finally:
                 os.close(fd)
             result.append(fn())
@@ -116,7 +121,7 @@ class Nft:
         with _LOCK:
             if self.netns is None:
                 return _run_json(text)
-            return _in_netns(self.netns, lambda: _run_json(text))
+            return in_netns(self.netns, lambda: _run_json(text))
 
     def apply(self, ruleset: dict[str, Any]) -> None:
         """Run ``ruleset`` ({"nftables": [...]}) as one atomic transaction."""

@@ -41,6 +41,8 @@ def expr_text(e: dict[str, Any]) -> str:
         return k
     if k in ("snat", "dnat"):
         pre = " prefix" if v.get("type_flags") == "prefix" else ""
+        if isinstance(v["addr"], dict) and "map" in v["addr"]:
+            return f"{k} {v['family']}{pre} to {_left(v['addr']['map']['key'])} map {v['addr']['map']['data']}"
         return f"{k} {v['family']}{pre} to {_val(v['addr'])}"
     if k == "vmap":
         return f"{_left(v['key'])} vmap {v['data']}"
@@ -72,8 +74,11 @@ def elements(ruleset: dict[str, Any], name: str) -> list[str]:
                 for el in m.get("elem", []):
                     if isinstance(el, list):
                         key, verdict = el
-                        (vk, vv), = verdict.items()
-                        out.append(f"{_val(key)} : {vk} {vv['target']}")
+                        (vk, vv), = verdict.items() if isinstance(verdict, dict) else [(None, None)]
+                        if isinstance(verdict, dict) and ("jump" in verdict or "goto" in verdict):
+                            out.append(f"{_val(key)} : {vk} {vv['target']}")
+                        else:
+                            out.append(f"{_val(key)} : {_val(verdict)}")
                     else:
                         out.append(_val(el))
                 return out
@@ -127,12 +132,24 @@ def _eval(ruleset: dict[str, Any], rule: dict[str, Any], env: dict[str, Any]) ->
             for el in elements(ruleset, v["data"][1:]):
                 key, target = el.split(" : ")
                 if _in(a, key):
-                    return ("goto", target.split()[1])
+                    return (target.split()[0], target.split()[1])
             return None
         elif k in ("accept", "drop"):
             return (k, "")
         elif k in ("snat", "dnat"):
-            to = _val(v["addr"])
+            addr = v["addr"]
+            if isinstance(addr, dict) and "map" in addr:
+                kp = addr["map"]["key"]["payload"]
+                if kp["protocol"] != proto:
+                    return None
+                a = s if kp["field"] == "saddr" else d
+                hits = [el.split(" : ")[1] for el in elements(ruleset, addr["map"]["data"][1:])
+                        if _in(a, el.split(" : ")[0])]
+                if not hits:
+                    return None  # no element: the rule does not match
+                to = hits[0]
+            else:
+                to = _val(addr)
             field = "src" if k == "snat" else "dst"
             env[field] = _netmap(env[field], to) if "/" in to else ipaddress.ip_address(to)
             return ("accept", "")
@@ -144,15 +161,21 @@ def walk(ruleset: dict[str, Any], hook: str, iif: str | None, oif: str | None,
     """The first packet of a connection through nat chain ``hook``: (verdict, src, dst)."""
     env: dict[str, Any] = {"src": ipaddress.ip_address(src), "dst": ipaddress.ip_address(dst),
                            "iif": iif, "oif": oif}
-    chain = hook
-    while True:
+
+    def run(chain: str) -> str | None:
         for r in (r for r in objects(ruleset, "rule") if r["chain"] == chain):
             res = _eval(ruleset, r, env)
             if res is None:
                 continue
+            if res[0] == "jump":
+                verdict = run(res[1])
+                if verdict is not None:
+                    return verdict
+                continue  # fell off the end: back in the calling chain
             if res[0] == "goto":
-                chain = res[1]
-                break
-            return res[0], str(env["src"]), str(env["dst"])
-        else:
-            return "accept", str(env["src"]), str(env["dst"])  # policy accept
+                return run(res[1])
+            return res[0]
+        return None
+
+    verdict = run(hook) or "accept"  # base chain policy accept
+    return verdict, str(env["src"]), str(env["dst"])

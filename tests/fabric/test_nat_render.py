@@ -63,9 +63,9 @@ def test_identical_ranges_exact_json_skeleton() -> None:
         "family": "inet", "table": "crosswire", "name": "to_peer_v4", "type": "ipv4_addr", "map": "verdict",
         "flags": ["interval"], "elem": [
             [{"elem": {"val": {"prefix": {"addr": "100.64.0.0", "len": 16}}, "comment": "gpu pod"}},
-             {"goto": {"target": "to-gpu"}}],
+             {"jump": {"target": "to-gpu"}}],
             [{"elem": {"val": {"prefix": {"addr": "100.80.0.0", "len": 12}}, "comment": "gpu service"}},
-             {"goto": {"target": "to-gpu"}}]]}
+             {"jump": {"target": "to-gpu"}}]]}
     rule = next(x for x in objects(r, "rule") if x["chain"] == "to-gpu")
     assert rule == {"family": "inet", "table": "crosswire", "chain": "to-gpu",
                     "comment": "gpu: egress pod src 10.244.0.0/16 -> 100.65.0.0/16", "expr": [
@@ -82,17 +82,19 @@ def test_identical_ranges_rules() -> None:
         "iifname wg0 ip saddr vmap @from_peer_v4", "iifname wg0 ip6 saddr vmap @from_peer_v6",
         "iifname wg0 counter drop"]
     assert chain_rules(r, "postrouting") == [
-        "oifname wg0 ip daddr vmap @to_peer_v4", "oifname wg0 ip6 daddr vmap @to_peer_v6"]
+        "oifname wg0 ip daddr vmap @to_peer_v4", "oifname wg0 ip6 daddr vmap @to_peer_v6",
+        "oifname wg0 snat ip to ip daddr map @host_v4", "oifname wg0 snat ip6 to ip6 daddr map @host_v6",
+        "oifname wg0 counter drop"]
     assert chain_rules(r, "to-gpu") == [
         "ip saddr 10.244.0.0/16 counter snat ip prefix to 100.65.0.0/16",
-        "ip saddr 10.96.0.0/12 counter snat ip prefix to 100.112.0.0/12",
-        "nfproto ipv4 counter snat ip to 100.65.0.1",
-        "nfproto ipv6 counter drop"]
+        "ip saddr 10.96.0.0/12 counter snat ip prefix to 100.112.0.0/12"]
     assert chain_rules(r, "from-gpu") == [
         "ip daddr 100.65.0.0/16 counter dnat ip prefix to 10.244.0.0/16",
-        "ip daddr 100.112.0.0/12 counter dnat ip prefix to 10.96.0.0/12",
-        "counter drop"]
-    assert elements(r, "from_peer_v4") == ["100.64.0.0/16 : goto from-gpu", "100.80.0.0/12 : goto from-gpu"]
+        "ip daddr 100.112.0.0/12 counter dnat ip prefix to 10.96.0.0/12"]
+    # Host network: keyed by our views of gpu, straight to lab's gateway as gpu sees it.
+    assert elements(r, "host_v4") == ["100.64.0.0/16 : 100.65.0.1", "100.80.0.0/12 : 100.65.0.1"]
+    assert elements(r, "host_v6") == []
+    assert elements(r, "from_peer_v4") == ["100.64.0.0/16 : jump from-gpu", "100.80.0.0/12 : jump from-gpu"]
     assert elements(r, "peer_views_v4") == ["100.64.0.0/16", "100.80.0.0/12"]
     assert elements(r, "to_peer_v6") == []
     assert chain_rules(r, "mss-clamp") == [
@@ -151,9 +153,9 @@ def test_no_overlap_view_is_real_no_rewriting() -> None:
     b = FabricState(local("b", ("10.245.0.0/16",), gw="10.245.0.1"), (peer(
         "a", rm(("pod", "10.244.0.0/16", "10.244.0.0/16")), rm(("pod", "10.245.0.0/16", "10.245.0.0/16"))),))
     r = render(a)
-    assert chain_rules(r, "to-b") == ["ip saddr 10.244.0.0/16 counter accept", "nfproto ipv4 counter snat ip to 10.244.0.1",
-                                      "nfproto ipv6 counter drop"]
-    assert chain_rules(r, "from-b") == ["ip daddr 10.244.0.0/16 counter accept", "counter drop"]
+    assert chain_rules(r, "to-b") == ["ip saddr 10.244.0.0/16 counter accept"]
+    assert chain_rules(r, "from-b") == ["ip daddr 10.244.0.0/16 counter accept"]
+    assert elements(r, "host_v4") == ["10.245.0.0/16 : 10.244.0.1"]
     assert not any("prefix" in line for c in ("to-b", "from-b") for line in chain_rules(r, c))
     assert cross(a, b, "10.244.1.5", "10.245.2.7") == (("10.244.1.5", "10.245.2.7"), ("10.244.1.5", "10.245.2.7"))
 
@@ -165,10 +167,10 @@ def test_three_peers_identical_ranges_flat_dispatch() -> None:
         peer(p, rm(("pod", "10.244.0.0/16", v)), rm(("pod", "10.244.0.0/16", "100.65.0.0/16")))
         for p, v in views.items()))
     r = render(state)
-    assert elements(r, "to_peer_v4") == [f"{v} : goto to-{p}" for p, v in views.items()]
-    assert elements(r, "from_peer_v4") == [f"{v} : goto from-{p}" for p, v in views.items()]
+    assert elements(r, "to_peer_v4") == [f"{v} : jump to-{p}" for p, v in views.items()]
+    assert elements(r, "from_peer_v4") == [f"{v} : jump from-{p}" for p, v in views.items()]
     # The hot chains do not grow with peers: one map lookup per family.
-    assert len(chain_rules(r, "postrouting")) == 2 and len(chain_rules(r, "prerouting")) == 3
+    assert len(chain_rules(r, "postrouting")) == 5 and len(chain_rules(r, "prerouting")) == 3
     for p, v in views.items():
         assert chain_rules(r, f"to-{p}")[0] == "ip saddr 10.244.0.0/16 counter snat ip prefix to 100.65.0.0/16"
         assert chain_rules(r, f"from-{p}")[0] == "ip daddr 100.65.0.0/16 counter dnat ip prefix to 10.244.0.0/16"
@@ -180,7 +182,7 @@ def test_three_peers_identical_ranges_flat_dispatch() -> None:
         peer(f"p{i}", rm(("pod", "10.244.0.0/24", f"100.{64 + i // 256}.{i % 256}.0/24")), ())
         for i in range(300)))
     rb = render(big)
-    assert len(chain_rules(rb, "postrouting")) == 2 and len(elements(rb, "to_peer_v4")) == 300
+    assert len(chain_rules(rb, "postrouting")) == 5 and len(elements(rb, "to_peer_v4")) == 300
 
 
 def test_ipv6() -> None:
@@ -190,7 +192,7 @@ def test_ipv6() -> None:
         "a", rm(("pod", "fd00::/48", "fd65::/48")), rm(("pod", "fd00::/48", "fd64::/48"))),))
     r = render(a)
     assert chain_rules(r, "to-b")[0] == "ip6 saddr fd00::/48 counter snat ip6 prefix to fd65::/48"
-    assert elements(r, "to_peer_v6") == ["fd64::/48 : goto to-b"]
+    assert elements(r, "to_peer_v6") == ["fd64::/48 : jump to-b"]
     assert elements(r, "to_peer_v4") == []
     assert cross(a, b, "fd00::1:5", "fd64::2:7") == (("fd65::1:5", "fd64::2:7"), ("fd65::1:5", "fd00::2:7"))
 
@@ -200,11 +202,16 @@ def test_host_network_source() -> None:
     # A node (192.168.7.7) is not a pod: one SNAT straight to the gateway's pod IP in gpu's view of lab.
     assert walk(r, "postrouting", "eth0", "wg0", "192.168.7.7", "100.64.2.7") == (
         "accept", "100.65.0.1", "100.64.2.7")
+    # IPv6 from the host network: no IPv6 gateway address, so dropped (counted).
+    assert walk(r, "postrouting", "eth0", "wg0", "fd99::1", "fd64::1")[0] == "drop"
     no_gw = FabricState(local("lab", ("10.244.0.0/16",)), LAB.peers)
-    assert chain_rules(render(no_gw), "to-gpu")[-2:] == ["nfproto ipv4 counter drop", "nfproto ipv6 counter drop"]
+    assert elements(render(no_gw), "host_v4") == []
+    assert walk(render(no_gw), "postrouting", "eth0", "wg0", "192.168.7.7", "100.64.2.7")[0] == "drop"
     # Gateway address outside every range this peer maps: cannot be answered, so drop.
     elsewhere = FabricState(local("lab", ("10.244.0.0/16", "10.250.0.0/16"), gw="10.250.0.1"), LAB.peers)
-    assert chain_rules(render(elsewhere), "to-gpu")[-2] == "nfproto ipv4 counter drop"
+    assert elements(render(elsewhere), "host_v4") == []
+    # Pods still go out by their mapping.
+    assert walk(render(no_gw), "postrouting", "eth0", "wg0", "10.244.1.5", "100.64.2.7")[1] == "100.65.1.5"
 
 
 def test_masquerade() -> None:
@@ -212,6 +219,7 @@ def test_masquerade() -> None:
     m = FabricState(local("gpu", ("10.244.0.0/16",), ("10.96.0.0/12",), "10.244.0.2", masquerade=True), GPU.peers)
     r = render(m)
     assert chain_rules(r, "postrouting")[-1] == "oifname != wg0 ip saddr @peer_views_v4 counter snat ip to 10.244.0.2"
+    assert len(chain_rules(r, "postrouting")) == 6
     # Delivered inward from the gateway's own pod address; the tunnel leg is unchanged.
     assert cross(LAB, m, "10.244.1.5", "100.64.2.7") == (
         ("100.65.1.5", "100.64.2.7"), ("10.244.0.2", "10.244.2.7"))
@@ -281,9 +289,15 @@ def test_mappings_and_counters() -> None:
     first = maps[0]["rules"][0]
     listed = {"nftables": [{"metainfo": {}}, {"rule": {**first["rule"], "handle": 42, "expr": [
         {"counter": {"packets": 7, "bytes": 700}}]}}]}
-    rows = with_counters(maps, listed)[0]["rules"]
+    listed["nftables"].append({"map": {"name": "host_v4", "elem": [[{"elem": {
+        "val": {"prefix": {"addr": "100.80.0.0", "len": 12}}, "counter": {"packets": 3, "bytes": 300}}},
+        "100.65.0.1"]]}})
+    joined = with_counters(maps, listed)[0]
+    rows = joined["rules"]
     assert (rows[0]["handle"], rows[0]["packets"], rows[0]["bytes"]) == (42, 7, 700)
     assert all(r["handle"] is None and r["packets"] == 0 for r in rows[1:])
+    assert [(h["key"], h["target"], h["present"], h["packets"]) for h in joined["host_network"]] == [
+        ("100.64.0.0/16", "100.65.0.1", False, 0), ("100.80.0.0/12", "100.65.0.1", True, 3)]
 
 
 def test_secrets_never_rendered() -> None:

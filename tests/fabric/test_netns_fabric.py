@@ -107,6 +107,11 @@ def test_host_network_sources(fab: Lab) -> None:
     assert ask(fab.node, "tcp", "100.65.1.5")[:2] == ["l1", "100.64.0.2"]
     # From the gateway itself.
     assert ask(fab.gpu.gw, "udp", "100.65.1.5")[:2] == ["l1", "100.64.0.2"]
+    # Counted on the host-network map element of lab's pod view, read from the kernel.
+    assert fab.gpu.state is not None
+    rows = nat.with_counters(nat.mappings(fab.gpu.state), Nft(fab.gpu.gw).list_table("inet", "crosswire"))
+    host = {h["key"]: h for h in rows[0]["host_network"]}
+    assert host["100.65.0.0/16"]["present"] and host["100.65.0.0/16"]["packets"] >= 2
 
 
 def test_ipv6(fab: Lab) -> None:

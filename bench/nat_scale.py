@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""NAT scale benchmark (issue 4, "Benchmarks", first bullet). Run as root.
+
+1. Programs 1, 100 and 1000 peers (all on the same ranges: pods 10.244.0.0/16,
+   services 10.96.0.0/16; distinct views of each from a synthetic pool
+   32.0.0.0/5, used only inside the benchmark's namespaces) into a gateway
+   namespace with ``fabric.apply.apply``: WireGuard peers through the UAPI of a
+   real wireguard-go interface, routes, and the nft table. Each apply is timed
+   (``apply_s_N``), with the nft part alone as ``nft_s_N``.
+2. TCP throughput (iperf3) from a pod through the NAT path to peer 0, with the
+   table holding 1 and then 1000 peers. The "tunnel" is a veth named as the
+   table's interface (same table, rendered for that interface): a real
+   wireguard-go tunnel on this 2-core shared machine is CPU-bound and noisy,
+   and the question is what the table costs, not what WireGuard costs.
+   Runs alternate 1/1000 to spread noise; medians are reported.
+
+Last line: JSON with apply_s_1, apply_s_100, apply_s_1000, mbps_1, mbps_1000, ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ipaddress
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fabric import nat  # noqa: E402
+from fabric.apply import apply  # noqa: E402
+from fabric.dataplane import Dataplane  # noqa: E402
+from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap  # noqa: E402
+from fabric.nft import Nft  # noqa: E402
+from fabric.routes import sync_routes  # noqa: E402
+
+POOL = ipaddress.ip_network("32.0.0.0/5")
+
+
+def sh(*cmd: str, ns: str | None = None, check: bool = True, timeout: float = 120) -> str:
+    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+    p = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(full)}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def key() -> tuple[str, str]:
+    k = X25519PrivateKey.generate()
+    raw = k.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                          serialization.NoEncryption())
+    pub = k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode(), base64.b64encode(pub).decode()
+
+
+def view(i: int) -> str:
+    return str(list(POOL.subnets(new_prefix=16))[i])
+
+
+def peers(n: int, pubs: list[str]) -> tuple[PeerFabric, ...]:
+    subnets = list(POOL.subnets(new_prefix=16))
+    out = []
+    for i in range(n):
+        out.append(PeerFabric(
+            cluster_id=f"peer{i:04d}", public_key=pubs[i], endpoint=f"198.18.{i // 250}.{i % 250 + 1}:51820",
+            remote=(RangeMap("pod", "10.244.0.0/16", str(subnets[2 * i])),
+                    RangeMap("service", "10.96.0.0/16", str(subnets[2 * i + 1]))),
+            local=(RangeMap("pod", "10.244.0.0/16", "100.65.0.0/16"),
+                   RangeMap("service", "10.96.0.0/16", "100.66.0.0/16")),
+            persistent_keepalive=0))
+    return tuple(out)
+
+
+def iperf(client_ns: str, server_ip: str, seconds: int) -> float:
+    out = sh("iperf3", "-c", server_ip, "-t", str(seconds), "-J", ns=client_ns, timeout=seconds + 30)
+    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=int, default=5, help="iperf3 duration per run")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating 1/1000-peer throughput rounds")
+    ap.add_argument("--implementation", default="wireguard-go", help="WireGuard for the apply timing")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("nat_scale: needs root (network namespaces)")
+    tag = os.urandom(3).hex()
+    gw, pod, remote = f"cwbg{tag}", f"cwbp{tag}", f"cwbr{tag}"
+    wg, tun = f"cwbw{tag}", f"cwbt{tag}"
+    made: list[str] = []
+    dp: Dataplane | None = None
+    iperf_server: subprocess.Popen[bytes] | None = None
+    try:
+        for ns in (gw, pod, remote):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            sh("ip", "link", "set", "lo", "up", ns=ns)
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=gw)
+        # pod <-> gateway: the pod is 10.244.1.5, the gateway's pod address 10.244.0.1.
+        sh("ip", "link", "add", "eth0", "netns", pod, "type", "veth", "peer", "name", f"cwbv{tag}", "netns", gw)
+        sh("ip", "addr", "add", "10.244.1.5/32", "dev", "eth0", ns=pod)
+        sh("ip", "link", "set", "eth0", "up", ns=pod)
+        sh("ip", "route", "add", "10.244.0.1/32", "dev", "eth0", ns=pod)
+        sh("ip", "route", "add", "default", "via", "10.244.0.1", ns=pod)
+        sh("ip", "addr", "add", "10.244.0.1/32", "dev", f"cwbv{tag}", ns=gw)
+        sh("ip", "link", "set", f"cwbv{tag}", "up", ns=gw)
+        sh("ip", "route", "add", "10.244.1.5/32", "dev", f"cwbv{tag}", ns=gw)
+        # The veth "tunnel" to peer 0; the remote end answers as peer 0's pod 10.244.0.7.
+        target = str(ipaddress.ip_network(view(0)).network_address + 7)
+        sh("ip", "link", "add", tun, "netns", gw, "type", "veth", "peer", "name", "eth0", "netns", remote)
+        sh("ip", "link", "set", tun, "mtu", "1420", "up", ns=gw)
+        sh("ip", "addr", "add", f"{target}/32", "dev", "eth0", ns=remote)
+        sh("ip", "link", "set", "eth0", "mtu", "1420", "up", ns=remote)
+        # Link addresses so the L2 veth resolves neighbours both ways (a WireGuard tun is L3).
+        sh("ip", "addr", "add", "169.254.77.1/30", "dev", tun, ns=gw)
+        sh("ip", "addr", "add", "169.254.77.2/30", "dev", "eth0", ns=remote)
+        sh("ip", "route", "add", "100.65.0.0/16", "via", "169.254.77.1", ns=remote)
+        iperf_server = subprocess.Popen(["ip", "netns", "exec", remote, "iperf3", "-s", "-B", target],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        dp = Dataplane(wg, args.implementation, 1420, netns=gw)  # type: ignore[arg-type]
+        dp.ensure_up()
+        priv, _ = key()
+        pubs = [key()[1] for _ in range(1000)]
+        local = LocalFabric(cluster_id="bench", interface=wg, listen_port=51820, private_key=priv,
+                            pod_cidrs=("10.244.0.0/16",), service_cidrs=("10.96.0.0/16",), gateway_ip="10.244.0.1")
+        result: dict[str, float] = {}
+        previous: FabricState | None = None
+        for n in (1, 100, 1000):
+            state = FabricState(local, peers(n, pubs))
+            t0 = time.perf_counter()
+            apply(state, previous, netns=gw)
+            result[f"apply_s_{n}"] = round(time.perf_counter() - t0, 3)
+            t0 = time.perf_counter()
+            Nft(gw).apply(nat.render(state))
+            result[f"nft_s_{n}"] = round(time.perf_counter() - t0, 3)
+            previous = state
+            print(f"{n:5d} peers: apply {result[f'apply_s_{n}']:.3f} s (nft table alone {result[f'nft_s_{n}']:.3f} s)",
+                  flush=True)
+        rules = sh("nft", "list", "table", "inet", "crosswire", ns=gw).count("counter")
+        print(f"table with 1000 peers: {rules} counted rules; routes: "
+              f"{len(sh('ip', 'route', 'show', 'proto', '245', ns=gw).splitlines())}", flush=True)
+
+        # Throughput through the same table rendered for the veth tunnel.
+        tun_local = LocalFabric(cluster_id="bench", interface=tun, listen_port=51820, private_key=priv,
+                                pod_cidrs=local.pod_cidrs, service_cidrs=local.service_cidrs,
+                                gateway_ip="10.244.0.1")
+        runs: dict[int, list[float]] = {1: [], 1000: []}
+        time.sleep(0.3)  # iperf3 server up
+        for _ in range(args.rounds):
+            for n in (1, 1000):
+                state = FabricState(tun_local, peers(n, pubs))
+                Nft(gw).apply(nat.render(state))
+                sync_routes(tun, [view(0)], netns=gw)
+                sh("conntrack", "-F", ns=gw, check=False)
+                mbps = iperf(pod, target, args.seconds)
+                runs[n].append(mbps)
+                print(f"{n:5d} peers programmed: {mbps:9.1f} Mbit/s", flush=True)
+        counted = sh("nft", "list", "chain", "inet", "crosswire", "to-peer0000", ns=gw)
+        assert "packets 0 " not in counted.splitlines()[1], "traffic did not take the NAT path"
+        result["mbps_1"] = round(statistics.median(runs[1]), 1)
+        result["mbps_1000"] = round(statistics.median(runs[1000]), 1)
+        result["ratio"] = round(result["mbps_1000"] / result["mbps_1"], 3)
+        result["tunnel"] = "veth"  # type: ignore[assignment]
+        print(json.dumps(result), flush=True)
+        return 0
+    finally:
+        if iperf_server is not None:
+            iperf_server.terminate()
+            iperf_server.wait(timeout=5)
+        if dp is not None:
+            dp.stop()
+        for ns in reversed(made):
+            pids = sh("ip", "netns", "pids", ns, check=False).split()
+            for pid in pids:
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+            sh("ip", "netns", "del", ns, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

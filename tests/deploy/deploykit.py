@@ -19,7 +19,10 @@ TREES = {"base": KUSTOMIZE / "base", "gpu": KUSTOMIZE / "overlays" / "gpu",
 def render_with_component(tmp: Path, overlay: str, component: str) -> list[dict[str, Any]]:
     """Render an overlay plus an optional component through a throwaway kustomization."""
     tmp.mkdir(parents=True, exist_ok=True)
-    rel = lambda p: os.path.relpath(p, tmp)  # noqa: E731  (kustomize refuses absolute paths)
+
+    def rel(p: Path) -> str:  # kustomize refuses absolute paths
+        return os.path.relpath(p, tmp)
+
     (tmp / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
         f"resources:\n  - {rel(TREES[overlay])}\n"

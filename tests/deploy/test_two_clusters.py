@@ -215,6 +215,12 @@ def test_readme_walkthrough_peers_gpu_and_lab(rendered: Rendered, netns: Namespa
         for name, c in clusters.items():
             for view in nat[name][0]["remote"]:
                 assert f"{view['view']} via {POD_IP} dev {c['gw_if']}" in routes[name], routes
+
+        # README "Remove a peering": one side removes, both sides forget.
+        removed = crosswire("lab", "peer", "remove", "gpu").stdout
+        assert removed.startswith("removed gpu") and "could not be told" not in removed, removed
+        for name in clusters:
+            assert json.loads(crosswire(name, "peer", "list", "--json").stdout) == []
     finally:
         outputs = [kubelet.stop(p) for p in procs]
         for c in clusters.values():

@@ -85,6 +85,10 @@ class Net:
             self.clock.now = max(self.clock.now, nxt)
             for dev in self.devices.values():
                 dev.on_timer(self.clock.now)
+                # Invariant the I/O loop relies on: after on_timer(now) nothing is
+                # still due (else it would spin).
+                d = dev.next_deadline()
+                assert d is None or d > self.clock.now, (d, self.clock.now)
             self.flush()
         self.clock.now = end
         for dev in self.devices.values():

@@ -43,7 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         if a.cmd == "up":
-            Lab(a.name, load(a.topology)).up(gateways=not a.no_gateways)
+            lab = Lab(a.name, load(a.topology))
+            try:
+                lab.up(gateways=not a.no_gateways)
+            except LabError as e:
+                if lab.is_up():  # partially built: say how to get rid of it
+                    raise LabError(f"{e}\n(inspect with `lab --name {a.name} status`, "
+                                   f"remove with `lab --name {a.name} down`)") from e
+                raise
         elif a.cmd == "down":
             names = list_labs() if a.all else [a.name]
             for n in names:

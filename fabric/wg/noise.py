@@ -39,12 +39,18 @@ class InitiationOut(NamedTuple):
     enc_static: bytes
     enc_payload: bytes
 
+    def __repr__(self) -> str:  # chaining key / hash are key material
+        return "InitiationOut(...)"
+
 
 class InitiationIn(NamedTuple):
     ck: bytes
     h: bytes
     initiator_static: bytes
     payload: bytes
+
+    def __repr__(self) -> str:  # chaining key / hash are key material
+        return "InitiationIn(...)"
 
 
 class ResponseOut(NamedTuple):
@@ -53,11 +59,17 @@ class ResponseOut(NamedTuple):
     ephemeral_pub: bytes
     enc_payload: bytes
 
+    def __repr__(self) -> str:  # chaining key / hash are key material
+        return "ResponseOut(...)"
+
 
 class ResponseIn(NamedTuple):
     ck: bytes
     h: bytes
     payload: bytes
+
+    def __repr__(self) -> str:  # chaining key / hash are key material
+        return "ResponseIn(...)"
 
 
 def _dh(priv: bytes, pub: bytes) -> bytes:

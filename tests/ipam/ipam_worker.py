@@ -1,7 +1,7 @@
 """A separate process that allocates into an IPAM store (for crash and concurrency tests).
 
     python ipam_worker.py DB PREFIX COUNT [--go FILE] [--kill-before-commit N]
-        [--ranges v4small|kubeadm] [--release-every K]
+        [--ranges v4small|kubeadm] [--release-every K] [--pause SECONDS]
 
 Prints one JSON line per committed peer: {"peer": ..., "views": [[kind, real, view], ...]}.
 ``--go FILE`` waits until FILE exists, so two workers start together.
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--kill-before-commit", type=int, default=-1)
     ap.add_argument("--ranges", default="v4small")
     ap.add_argument("--release-every", type=int, default=0)
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds to sleep between peers")
     a = ap.parse_args()
     store = IpamStore.open(a.db, LOCAL, POOLS)
     killer = KillBeforeCommit(store._conn)
@@ -77,6 +78,8 @@ def main() -> None:
         views = store.allocate(peer, RANGES[a.ranges])
         print(json.dumps({"peer": peer, "views": [[v.kind, v.real, v.view] for v in views]}),
               flush=True)
+        if a.pause:
+            time.sleep(a.pause)  # outside any transaction: lets the other worker in
         if a.release_every and i % a.release_every == a.release_every - 1:
             store.release(f"{a.prefix}{i - 1}")
             print(json.dumps({"released": f"{a.prefix}{i - 1}"}), flush=True)

@@ -116,8 +116,10 @@ def test_two_processes_allocating_at_once_never_overlap(tmp_path: Path) -> None:
     go = tmp_path / "go"
     n = 200
     IpamStore.open(db, LOCAL, POOLS).close()  # create the schema up front
-    with worker(str(db), "a", str(n), "--go", str(go)) as pa, \
-            worker(str(db), "b", str(n), "--go", str(go)) as pb:
+    # A short pause between peers (outside transactions) makes the two really
+    # take turns even on a loaded machine; within a turn they hammer the lock.
+    with worker(str(db), "a", str(n), "--go", str(go), "--pause", "0.0005") as pa, \
+            worker(str(db), "b", str(n), "--go", str(go), "--pause", "0.0005") as pb:
         assert read_json(pa) == {"ready": True} and read_json(pb) == {"ready": True}
         go.touch()
         assert pa.wait(timeout=120) == 0 and pb.wait(timeout=120) == 0
@@ -129,11 +131,11 @@ def test_two_processes_allocating_at_once_never_overlap(tmp_path: Path) -> None:
     for peer, views in {**committed(la), **committed(lb)}.items():
         assert as_lists(allocs[peer]) == views
     # They really ran at the same time: in address order the two workers'
-    # views alternate (one running entirely before the other gives 1 switch).
+    # views alternate (one running entirely before the other would give 1 switch).
     owners = [p[0] for _, p in sorted((parse_cidr(v.view, "v").first, v.peer)
                                       for vs in allocs.values() for v in vs)]
     switches = sum(1 for x, y in itertools.pairwise(owners) if x != y)
-    assert switches > 2, switches  # the busy handler sleeps, so turns are coarse
+    assert switches > 10, switches
 
 
 def test_two_processes_allocating_the_same_peers_agree(tmp_path: Path) -> None:

@@ -167,6 +167,10 @@ class _Checked:
         seen_ids: set[str] = set()
         seen_chains: set[str] = set()
         owned: list[tuple[Network, str]] = [(n, "local range") for n in self.pod + self.service]
+        # Address text by id() of the (lru-cached, alive while self is) networks:
+        # hashing ipaddress objects dominated rendering 1000 peers.
+        self._ptext: dict[int, tuple[str, int]] = {}
+        self.chains: dict[str, tuple[str, str]] = {}
         self.remote: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         self.local: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         for peer in state.peers:
@@ -179,14 +183,27 @@ class _Checked:
             if chain_suffix(cid) in seen_chains:
                 raise NatError(f"peer {cid!r}: chain name collides with another peer")
             seen_chains.add(chain_suffix(cid))
+            self.chains[cid] = (egress_chain(cid), ingress_chain(cid))
             self.remote[cid] = [self._pair(peer, m, "remote") for m in peer.remote]
             self.local[cid] = [self._pair(peer, m, "local") for m in peer.local]
+            for _m, r, v in self.remote[cid] + self.local[cid]:
+                for n in (r, v):
+                    if id(n) not in self._ptext:
+                        self._ptext[id(n)] = (str(n.network_address), n.prefixlen)
             # Our views of peers must be unique in our address space (they are
             # map keys and WireGuard allowed IPs); the peer's views of us live
             # in its address space and may repeat across peers.
             owned += [(view, f"view of peer {cid!r}") for _m, _r, view in self.remote[cid]]
             _first_overlap([(v, "its view of us") for _m, _r, v in self.local[cid]], f"peer {cid!r}: ")
         _first_overlap(owned, "", views_only=True)
+
+    def pre(self, net: Network) -> dict[str, Any]:
+        t = self._ptext.get(id(net))
+        return {"prefix": {"addr": t[0], "len": t[1]}} if t else _prefix(net)
+
+    def text(self, net: Network) -> str:
+        t = self._ptext.get(id(net))
+        return f"{t[0]}/{t[1]}" if t else _t(net)
 
     @staticmethod
     def _pair(peer: PeerFabric, m: RangeMap, side: str) -> tuple[RangeMap, Network, Network]:
@@ -203,7 +220,7 @@ class _Checked:
 
 
 def _egress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, Any]]:
-    chain = egress_chain(peer.cluster_id)
+    chain = c.chains[peer.cluster_id][0]
     cid = peer.cluster_id
     rules: list[dict[str, Any]] = []
 
@@ -213,18 +230,18 @@ def _egress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, A
 
     for m, real, view in c.local[cid]:
         p = _proto(real)
-        text = f"{cid}: egress {m.kind} src {_t(real)} -> {_t(view)}"
+        text = f"{cid}: egress {m.kind} src {c.text(real)} -> {c.text(view)}"
         if real == view:
-            rule([_match(p, "saddr", _prefix(real)), _COUNTER, {"accept": None}], text + " (no rewrite)")
+            rule([_match(p, "saddr", c.pre(real)), _COUNTER, {"accept": None}], text + " (no rewrite)")
         else:
-            rule([_match(p, "saddr", _prefix(real)), _COUNTER,
-                  {"snat": {"family": p, "addr": _prefix(view), "flags": "netmap", "type_flags": "prefix"}}],
+            rule([_match(p, "saddr", c.pre(real)), _COUNTER,
+                  {"snat": {"family": p, "addr": c.pre(view), "flags": "netmap", "type_flags": "prefix"}}],
                  text)
     return rules
 
 
 def _ingress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, Any]]:
-    chain = ingress_chain(peer.cluster_id)
+    chain = c.chains[peer.cluster_id][1]
     cid = peer.cluster_id
     rules: list[dict[str, Any]] = []
 
@@ -234,12 +251,12 @@ def _ingress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, 
 
     for m, real, view in c.local[cid]:
         p = _proto(real)
-        text = f"{cid}: ingress {m.kind} dst {_t(view)} -> {_t(real)}"
+        text = f"{cid}: ingress {m.kind} dst {c.text(view)} -> {c.text(real)}"
         if real == view:
-            rule([_match(p, "daddr", _prefix(view)), _COUNTER, {"accept": None}], text + " (no rewrite)")
+            rule([_match(p, "daddr", c.pre(view)), _COUNTER, {"accept": None}], text + " (no rewrite)")
         else:
-            rule([_match(p, "daddr", _prefix(view)), _COUNTER,
-                  {"dnat": {"family": p, "addr": _prefix(real), "flags": "netmap", "type_flags": "prefix"}}],
+            rule([_match(p, "daddr", c.pre(view)), _COUNTER,
+                  {"dnat": {"family": p, "addr": c.pre(real), "flags": "netmap", "type_flags": "prefix"}}],
                  text)
     return rules
 
@@ -264,22 +281,25 @@ def _host_elements(c: _Checked, state: FabricState, version: int) -> list[Any]:
             continue
         for _m, _real, view in c.remote[peer.cluster_id]:
             if view.version == version:
-                key = {"elem": {"val": _prefix(view),
+                key = {"elem": {"val": c.pre(view),
                                 "comment": _comment(f"{peer.cluster_id}: host network -> {target}")}}
                 out.append([key, str(target)])
     return out
 
 
-def _elements(c: _Checked, state: FabricState, version: int, chain_of: Any) -> list[Any]:
+def _elements(c: _Checked, state: FabricState, version: int, direction: int | None) -> list[Any]:
+    """Our views of every peer of one family; with ``direction`` (0 egress, 1 ingress)
+    as verdict-map elements jumping to that peer's chain."""
     out: list[Any] = []
     for peer in state.peers:
         for m, _real, view in c.remote[peer.cluster_id]:
             if view.version != version:
                 continue
-            key = {"elem": {"val": _prefix(view), "comment": _comment(f"{peer.cluster_id} {m.kind}")}}
+            key = {"elem": {"val": c.pre(view), "comment": _comment(f"{peer.cluster_id} {m.kind}")}}
             # jump, not goto: a packet no per-peer rule takes comes back to the
             # base chain for the host-network map and the final drop.
-            out.append([key, {"jump": {"target": chain_of(peer.cluster_id)}}] if chain_of else key)
+            out.append([key, {"jump": {"target": c.chains[peer.cluster_id][direction]}}]
+                       if direction is not None else key)
     return out
 
 
@@ -305,12 +325,12 @@ def render(state: FabricState) -> dict[str, Any]:
     add("chain", {"name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"})
     add("chain", {"name": "mss-clamp", "type": "filter", "hook": "forward", "prio": -150, "policy": "accept"})
     for peer in state.peers:
-        add("chain", {"name": egress_chain(peer.cluster_id)})
-        add("chain", {"name": ingress_chain(peer.cluster_id)})
+        add("chain", {"name": c.chains[peer.cluster_id][0]})
+        add("chain", {"name": c.chains[peer.cluster_id][1]})
     for v, addr_type in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        for name, chain_of in ((f"to_peer_v{v}", egress_chain), (f"from_peer_v{v}", ingress_chain)):
+        for name, way in ((f"to_peer_v{v}", 0), (f"from_peer_v{v}", 1)):
             body: dict[str, Any] = {"name": name, "type": addr_type, "map": "verdict", "flags": ["interval"]}
-            elems = _elements(c, state, v, chain_of)
+            elems = _elements(c, state, v, way)
             if elems:
                 body["elem"] = elems
             add("map", body)
@@ -414,7 +434,7 @@ def _host_rows(c: _Checked, peer: PeerFabric) -> list[dict[str, Any]]:
             continue
         for _m, _r, view in c.remote[peer.cluster_id]:
             if view.version == v:
-                rows.append({"map": f"host_v{v}", "key": _t(view), "target": str(target),
+                rows.append({"map": f"host_v{v}", "key": c.text(view), "target": str(target),
                              "comment": _comment(f"{peer.cluster_id}: host network -> {target}")})
     return rows
 

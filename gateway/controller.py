@@ -308,11 +308,12 @@ class Gateway:
         log.info("peering: peered with %s in %.3fs", other.cluster_id, time.monotonic() - t0)
         return self.peer_summary(self.store.peer(other.cluster_id) or rec)
 
-    def _check_views_of_us(self, views: list[tuple[str, str, str]]) -> None:
+    def _check_views_of_us(self, views: list[tuple[str, str, str]], status: int = 502) -> None:
+        """The peer's views must be of our ranges (502 when a peer answered so, 400 when it asked)."""
         mine = set(self.our_ranges())
         for k, real, _ in views:
             if (k, real) not in mine:
-                raise GatewayError(f"peer sent a view of {k} range {real}, which is not ours", 502)
+                raise GatewayError(f"peer sent a view of {k} range {real}, which is not ours", status)
 
     # --- channel ----------------------------------------------------------------------------
 
@@ -376,7 +377,7 @@ class Gateway:
         payload: dict[str, Any] = {}
         if msg.type == "views":
             views = peering.parse_views(msg.body.get("views"), "views")
-            self._check_views_of_us(views)
+            self._check_views_of_us(views, 400)
             self.store.update_peer(sender, their_views=tuple(views))
         elif msg.type == "ranges":
             ranges = peering.parse_ranges(msg.body.get("ranges"))

@@ -154,3 +154,35 @@ def test_state_files_are_private(clusters: Any) -> None:
     assert stat.S_IMODE(os.stat(gpu.dir).st_mode) == 0o700
     for name in ("state.db", "admin-token", "ipam.db"):
         assert stat.S_IMODE(os.stat(gpu.dir / name).st_mode) == 0o600, name
+
+
+def test_bad_channel_messages_change_nothing(clusters: Any) -> None:
+    from gateway import peering
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        tok = (await gpu.call("POST", "/api/v1/tokens", json={})).json()["token"]
+        assert (await lab.call("POST", "/api/v1/peers", json={"token": tok})).status_code == 201
+        key = lab.store.peer("gpu").channel_key  # type: ignore[union-attr]
+        now = gpu.clock()
+        cases = [
+            ("views", {"views": [{"kind": "pod", "real": "10.1.0.0/16", "view": "100.99.0.0/16"}]}, 400, "not ours"),
+            ("views", {"views": [{"kind": "pod", "real": "10.244.0.0/16", "view": "100.99.0.0/17"}]}, 400,
+             "same family and length"),
+            ("ranges", {"ranges": [{"kind": "pod", "cidr": "10.0.0.0/33"}]}, 400, "not a valid CIDR"),
+            ("key", {"public_key": "short"}, 400, "public key"),
+        ]
+        for type_, payload, status, reason in cases:
+            before = snapshot(gpu)
+            msg = peering.build_message(key, "lab", "gpu", type_, payload, now)
+            r = await gpu.call("POST", "/api/v1/peering/message", json=msg)
+            assert r.status_code == status and reason in r.json()["detail"], (type_, r.text)
+            assert snapshot(gpu) == before
+        # a valid message with a wrong key
+        msg = peering.build_message(b"\x00" * 32, "lab", "gpu", "remove", {}, now)
+        r = await gpu.call("POST", "/api/v1/peering/message", json=msg)
+        assert r.status_code == 401
+        assert len(gpu.store.peers()) == 1
+
+    asyncio.run(go())

@@ -27,6 +27,9 @@ from nsutil import Namespaces, require_root, sh, uniq
 BIN = Path(sys.executable).parent
 PODS = ("10.244.1.5", "10.244.2.7")
 GW_IP = "10.244.0.10"
+# wireguard-go is the reference data plane for these tests; CROSSWIRE_TEST_WG_IMPL=userspace
+# runs them on crosswire-wg instead.
+IMPL = os.environ.get("CROSSWIRE_TEST_WG_IMPL", "wireguard-go")
 
 
 @dataclass
@@ -109,7 +112,7 @@ wireguard:
   interface: {iface}
   listen_port: 51820
   endpoint: {underlay}:51820
-  implementation: wireguard-go
+  implementation: {IMPL}
 api:
   listen: {underlay}:8080
 state_dir: {state}

@@ -24,6 +24,7 @@ import base64
 import ipaddress
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,12 +35,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fabric import nat  # noqa: E402
-from fabric.apply import apply  # noqa: E402
-from fabric.dataplane import Dataplane  # noqa: E402
-from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap  # noqa: E402
-from fabric.nft import Nft  # noqa: E402
-from fabric.routes import sync_routes  # noqa: E402
+from fabric import nat
+from fabric.apply import apply
+from fabric.dataplane import Dataplane
+from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
+from fabric.nft import Nft
+from fabric.routes import sync_routes
 
 POOL = ipaddress.ip_network("32.0.0.0/5")
 
@@ -78,6 +79,11 @@ def peers(n: int, pubs: list[str]) -> tuple[PeerFabric, ...]:
     return tuple(out)
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def iperf(client_ns: str, server_ip: str, seconds: int) -> float:
     out = sh("iperf3", "-c", server_ip, "-t", str(seconds), "-J", ns=client_ns, timeout=seconds + 30)
     return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
@@ -85,8 +91,8 @@ def iperf(client_ns: str, server_ip: str, seconds: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=int, default=5, help="iperf3 duration per run")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating 1/1000-peer throughput rounds")
+    ap.add_argument("--seconds", type=int, default=4, help="iperf3 duration per run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating 1/1000-peer throughput rounds")
     ap.add_argument("--implementation", default="wireguard-go", help="WireGuard for the apply timing")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -135,17 +141,20 @@ def main() -> int:
         previous: FabricState | None = None
         for n in (1, 100, 1000):
             state = FabricState(local, peers(n, pubs))
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _cpu()
             apply(state, previous, netns=gw)
             result[f"apply_s_{n}"] = round(time.perf_counter() - t0, 3)
+            result[f"apply_cpu_s_{n}"] = round(_cpu() - c0, 3)
             t0 = time.perf_counter()
             Nft(gw).apply(nat.render(state))
             result[f"nft_s_{n}"] = round(time.perf_counter() - t0, 3)
             previous = state
-            print(f"{n:5d} peers: apply {result[f'apply_s_{n}']:.3f} s (nft table alone {result[f'nft_s_{n}']:.3f} s)",
-                  flush=True)
-        rules = sh("nft", "list", "table", "inet", "crosswire", ns=gw).count("counter")
-        print(f"table with 1000 peers: {rules} counted rules; routes: "
+            print(f"{n:5d} peers: apply {result[f'apply_s_{n}']:.3f} s wall, "
+                  f"{result[f'apply_cpu_s_{n}']:.3f} s CPU in this process "
+                  f"(render + nft table alone {result[f'nft_s_{n}']:.3f} s)", flush=True)
+        listing = sh("nft", "list", "table", "inet", "crosswire", ns=gw)
+        print(f"table with 1000 peers: {listing.count(' counter ')} counters, "
+              f"{listing.count('chain ')} chains; routes: "
               f"{len(sh('ip', 'route', 'show', 'proto', '245', ns=gw).splitlines())}", flush=True)
 
         # Throughput through the same table rendered for the veth tunnel.
@@ -169,6 +178,7 @@ def main() -> int:
         result["mbps_1000"] = round(statistics.median(runs[1000]), 1)
         result["ratio"] = round(result["mbps_1000"] / result["mbps_1"], 3)
         result["tunnel"] = "veth"  # type: ignore[assignment]
+        result["loadavg_1m"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result), flush=True)
         return 0
     finally:

@@ -54,17 +54,22 @@ def render_metrics(gw: Gateway) -> str:
     o.family("crosswire_peer_probe_loss_ratio", "gauge", "Lost probes among the last 20.")
     for p in peers:
         o.sample("crosswire_peer_probe_loss_ratio", p["loss"], peer=p["cluster_id"])
-    o.family("crosswire_nat_packets_total", "counter", "Packets through the NAT rules of each peer.")
-    o.family("crosswire_nat_bytes_total", "counter", "Bytes through the NAT rules of each peer.")
+    o.family("crosswire_nat_packets_total", "counter", "Packets through the NAT rules of each peer, per chain (to-PEER egress, from-PEER ingress).")
+    o.family("crosswire_nat_bytes_total", "counter", "Bytes through the NAT rules of each peer, per chain.")
     try:
         nat: list[dict[str, Any]] = gw.nat()
     except Exception:
         nat = []
     for m in nat:
-        peer = str(m.get("peer") or m.get("cluster_id") or "")
-        c = m.get("counters") or {}
-        o.sample("crosswire_nat_packets_total", c.get("packets", 0), peer=peer)
-        o.sample("crosswire_nat_bytes_total", c.get("bytes", 0), peer=peer)
+        peer = str(m.get("cluster_id") or "")
+        per_chain: dict[str, list[int]] = {}
+        for r in m.get("rules", []):
+            c = per_chain.setdefault(str(r.get("chain", "")), [0, 0])
+            c[0] += int(r.get("packets") or 0)
+            c[1] += int(r.get("bytes") or 0)
+        for chain, (packets, bytes_) in sorted(per_chain.items()):
+            o.sample("crosswire_nat_packets_total", packets, peer=peer, chain=chain)
+            o.sample("crosswire_nat_bytes_total", bytes_, peer=peer, chain=chain)
     st = gw.stats
     o.family("crosswire_reconcile_runs_total", "counter", "Reconcile passes.")
     o.sample("crosswire_reconcile_runs_total", st.runs)

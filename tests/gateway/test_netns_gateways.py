@@ -255,9 +255,14 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
         nat = a.cli_json("nat", "show")
         assert nat["peers"][0]["cluster_id"] == "b"
         assert sum(r["packets"] for r in nat["peers"][0]["rules"]) > 0
-        assert "crosswire_peers{state=\"connected\"} 1" in sh(
-            sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).text)",
-            f"http://{a.underlay}:8080/metrics", ns=a.ns).stdout
+        metrics = sh(sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).text)",
+                     f"http://{a.underlay}:8080/metrics", ns=a.ns).stdout
+        assert 'crosswire_peers{state="connected"} 1' in metrics
+        nat_packets = {line.split("{")[1].split("}")[0]: int(line.split()[-1]) for line in metrics.splitlines()
+                       if line.startswith("crosswire_nat_packets_total{")}
+        assert nat_packets['peer="b",chain="to-b"'] > 0 and nat_packets['peer="b",chain="from-b"'] > 0
+        assert 'crosswire_peer_handshake_age_seconds{peer="b"}' in metrics
+        assert 'crosswire_peer_rtt_seconds{peer="b"}' in metrics
 
         # --- peer health: error within 10 s of silence, back when it returns ---------------
         sh("nft", "-f", "-", ns=b.ns, input=(

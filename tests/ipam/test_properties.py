@@ -50,7 +50,7 @@ def scenarios(draw: st.DrawFn) -> tuple[LocalRanges, list[str], list[tuple[str, 
                                 cidr=st.sampled_from(candidates) | blocks(3, 10, (0, 1), vs)),
                       max_size=3)
     steps = draw(st.lists(st.tuples(st.sampled_from(("add", "add", "add", "replace", "release")),
-                                    st.integers(0, 7), ranges), min_size=1, max_size=30))
+                                    st.integers(0, 15), ranges), min_size=1, max_size=40))
     return local, pool_list, steps
 
 

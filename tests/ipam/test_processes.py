@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import json
 import signal
@@ -17,8 +18,12 @@ from ipam import IpamStore, View
 from ipam.cidr import parse_cidr
 
 WORKER = Path(__file__).with_name("ipam_worker.py")
-sys.path.insert(0, str(WORKER.parent))
-from ipam_worker import LOCAL, POOLS, RANGES  # noqa: E402
+# Load the worker's constants by path: no sys.path change for the whole session.
+_spec = importlib.util.spec_from_file_location("ipam_worker", WORKER)
+assert _spec is not None and _spec.loader is not None
+_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_worker)
+LOCAL, POOLS, RANGES = _worker.LOCAL, _worker.POOLS, _worker.RANGES
 
 
 @contextlib.contextmanager

@@ -36,15 +36,19 @@ class Lab:
     node: str
 
 
-@pytest.fixture(scope="module")
-def fab() -> Iterator[Lab]:
-    require_root("wireguard-go", "nft")
+# lab on crosswire-wg against gpu on wireguard-go is the interop run; both on
+# wireguard-go is the reference.
+@pytest.fixture(scope="module", params=[("wireguard-go", "wireguard-go"), ("userspace", "wireguard-go")],
+                ids=["wireguard-go", "crosswire-wg"])
+def fab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    require_root("wireguard-go", "nft", "conntrack")
+    lab_impl, gpu_impl = request.param
     n = Namespaces()
     sides: list[Side] = []
     try:
-        lab = make_side(n, "lab", "198.18.0.1", "10.244.0.1", "wireguard-go")
+        lab = make_side(n, "lab", "198.18.0.1", "10.244.0.1", lab_impl)
         sides.append(lab)
-        gpu = make_side(n, "gpu", "198.18.0.2", "10.244.0.2", "wireguard-go")
+        gpu = make_side(n, "gpu", "198.18.0.2", "10.244.0.2", gpu_impl)
         sides.append(gpu)
         n.veth(lab.gw, gpu.gw, "198.18.0.1/24", "198.18.0.2/24", name="u")
         lab.pods["l1"] = add_pod(n, lab.gw, "10.244.1.5", "10.244.0.1", "fd00::1:5", "fd00::ff")

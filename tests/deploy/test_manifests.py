@@ -195,3 +195,10 @@ def test_overlays_set_the_image(rendered: Rendered, name: str) -> None:
     for w in (find(rendered[name], "Deployment"), find(rendered[name], "DaemonSet")):
         for c in _pod(w)["containers"] + _pod(w).get("initContainers", []):
             assert c["image"] == "ghcr.io/crosswire/crosswire:0.1.0"
+
+
+def test_gpu_load_balancer_admits_the_lab_cluster(rendered: Rendered) -> None:
+    """gpu's loadBalancerSourceRanges let lab's nodes (where lab's traffic leaves) in."""
+    ranges = find(rendered["gpu"], "Service")["spec"]["loadBalancerSourceRanges"]
+    lab_egress = ipaddress.ip_address(urlsplit(_load(rendered["lab"]).advertise_url()).hostname or "")
+    assert any(lab_egress in ipaddress.ip_network(r) for r in ranges), (lab_egress, ranges)

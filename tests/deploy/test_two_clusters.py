@@ -78,9 +78,11 @@ def _translate(ip: str, ranges: list[dict[str, str]]) -> str:
     raise AssertionError(f"{ip} is in none of {ranges}")
 
 
-def _node_nat(node: str, public: str, uplink: str, forwards: list[tuple[str, int, int]]) -> None:
+def _node_nat(node: str, public: str, uplink: str, forwards: list[tuple[str, int, int]],
+              sources: list[str]) -> None:
     """The Service (LoadBalancer or NodePort) and the CNI's masquerade, on the node."""
-    rules = "\n".join(f"    ip daddr {public} {proto} dport {port} dnat to {POD_IP}:{target}"
+    allow = f"ip saddr {{ {', '.join(sources)} }} " if sources else ""
+    rules = "\n".join(f"    {allow}ip daddr {public} {proto} dport {port} dnat to {POD_IP}:{target}"
                       for proto, port, target in forwards)
     sh("nft", "-f", "-", ns=node, input=f"""
 table ip svc {{
@@ -130,7 +132,9 @@ def test_readme_walkthrough_peers_gpu_and_lab(rendered: Rendered, netns: Namespa
         sh("ip", "route", "add", "default", "via", f"{public.rsplit('.', 1)[0]}.1", ns=node)
         sh("ip", "route", "add", "default", "via", NODE_POD_SIDE, ns=pod)
         sh("ip", "route", "add", "default", "via", NODE_APP_SIDE, ns=app)
-        _node_nat(node, public, uplink, _service_forwards(res))
+        # loadBalancerSourceRanges, as the cloud load balancer enforces them.
+        sources = find(res, "Service", "crosswire-gateway")["spec"].get("loadBalancerSourceRanges", [])
+        _node_nat(node, public, uplink, _service_forwards(res), sources)
         clusters[name] = {"res": res, "node": node, "pod": pod, "app": app, "gw_if": gw_if,
                           "iface": uniq("cwdw")}
     sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=inet)

@@ -1,4 +1,4 @@
-"""Two real gateways in namespaces of their own, same 10.244.0.0/16 and 10.96.0.0/12 on both.
+"""Two real gateways in namespaces of their own, same 10.244.0.0/16, fd00::/48 and 10.96.0.0/12 on both.
 
 Each gateway namespace has two pod namespaces attached directly (veth, /32
 routes) and its own pod address 10.244.0.10 on lo. The
@@ -26,6 +26,7 @@ from nsutil import Namespaces, require_root, sh, uniq
 
 BIN = Path(sys.executable).parent
 PODS = ("10.244.1.5", "10.244.2.7")
+PODS6 = ("fd00::1:5", "fd00::2:7")  # dual stack: fd00::/48 on both sides too
 GW_IP = "10.244.0.10"
 # wireguard-go is the reference data plane for these tests; CROSSWIRE_TEST_WG_IMPL=userspace
 # runs them on crosswire-wg instead.
@@ -84,28 +85,36 @@ class Gw:
 
 def build_cluster(n: Namespaces, name: str, gw_ns: str, underlay: str, tmp: Path) -> Gw:
     sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=gw_ns)
+    sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", ns=gw_ns)
+    sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", ns=gw_ns)
     sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", ns=gw_ns)
     sh("sysctl", "-qw", "net.ipv4.conf.default.rp_filter=0", ns=gw_ns)
     # The gateway's own "pod IP" (no dummy module here: lo holds it).
     sh("ip", "addr", "add", f"{GW_IP}/32", "dev", "lo", ns=gw_ns)
     pods = []
-    for ip in PODS:
+    for ip, ip6 in zip(PODS, PODS6, strict=True):
         pod = n.add(f"p{name}")
+        sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", ns=pod)
         a, b = uniq("vp"), uniq("vg")
         sh("ip", "link", "add", a, "netns", pod, "type", "veth", "peer", "name", b, "netns", gw_ns)
         sh("ip", "addr", "add", f"{ip}/32", "dev", a, ns=pod)
+        sh("ip", "addr", "add", f"{ip6}/128", "dev", a, "nodad", ns=pod)
         sh("ip", "link", "set", a, "up", ns=pod)
         sh("ip", "route", "add", GW_IP, "dev", a, ns=pod)
         sh("ip", "route", "add", "default", "via", GW_IP, ns=pod)
+        # v6: the gateway side's link-local is the pods' next hop (NDP answers only on-link)
+        sh("ip", "addr", "add", "fe80::1/64", "dev", b, "nodad", ns=gw_ns)
         sh("ip", "link", "set", b, "up", ns=gw_ns)
+        sh("ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", a, ns=pod)
         sh("ip", "route", "add", f"{ip}/32", "dev", b, ns=gw_ns)
+        sh("ip", "-6", "route", "add", f"{ip6}/128", "dev", b, ns=gw_ns)
         pods.append(pod)
     iface = uniq("cw" + name)
     state = tmp / name
     config = tmp / f"{name}.yaml"
     config.write_text(f"""
 cluster_id: {name}
-pod_cidrs: [10.244.0.0/16]
+pod_cidrs: [10.244.0.0/16, fd00::/48]
 service_cidrs: [10.96.0.0/12]
 gateway_ip: {GW_IP}
 wireguard:
@@ -146,7 +155,7 @@ def two_gateways(n: Namespaces, tmp: Path) -> Iterator[tuple[Gw, Gw]]:
 
 def view_of(ip: str, views: list[dict[str, str]], kind: str = "pod") -> str:
     import ipaddress
-    v = next(x for x in views if x["kind"] == kind)
+    v = next(x for x in views if x["kind"] == kind and ipaddress.ip_address(ip) in ipaddress.ip_network(x["real"]))
     real, view = ipaddress.ip_network(v["real"]), ipaddress.ip_network(v["view"])
     return str(ipaddress.ip_address(int(view.network_address) + int(ipaddress.ip_address(ip)) -
                                     int(real.network_address)))
@@ -154,6 +163,12 @@ def view_of(ip: str, views: list[dict[str, str]], kind: str = "pod") -> str:
 
 def ping(ns: str, dst: str, count: int = 1, timeout: float = 2) -> bool:
     return sh("ping", "-n", "-c", str(count), "-W", str(int(timeout)), dst, ns=ns, check=False).returncode == 0
+
+
+def wait_ping6_ready(ns: str, dst: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not ping(ns, dst, timeout=1):
+        assert time.monotonic() < deadline, f"no ping from {ns} to {dst}"
 
 
 def wait_ping(ns: str, dst: str, timeout: float = 10) -> float:
@@ -166,12 +181,13 @@ def wait_ping(ns: str, dst: str, timeout: float = 10) -> float:
 
 UDP_SERVER = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 7777)); s.settimeout(10)
-data, addr = s.recvfrom(100); print(addr[0], flush=True); s.sendto(data, addr)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 7777)); s.settimeout(10)
+data, addr = s.recvfrom(100); print(addr[0].removeprefix("::ffff:"), flush=True); s.sendto(data, addr)
 """
 UDP_CLIENT = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
 for _ in range(10):
     s.sendto(b"hi", (sys.argv[1], 7777))
     try:
@@ -242,6 +258,14 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
         # --- the receiver sees the sender as its own view of the sender -------------------
         assert source_seen(a.pods[0], b.pods[1], dst_b) == view_of(PODS[0], b_sees_a)
         assert source_seen(b.pods[1], a.pods[0], dst_a) == view_of(PODS[1], a_sees_b)
+
+        # --- the same over IPv6 (fd00::/48 on both sides, remapped views) -------------------
+        dst6_b, dst6_a = view_of(PODS6[1], a_sees_b), view_of(PODS6[0], b_sees_a)
+        assert dst6_b != PODS6[1]  # identical ranges: remapped
+        wait_ping6_ready(a.pods[0], dst6_b)
+        wait_ping6_ready(b.pods[1], dst6_a)
+        assert source_seen(a.pods[0], b.pods[1], dst6_b) == view_of(PODS6[0], b_sees_a)
+        assert source_seen(b.pods[1], a.pods[0], dst6_a) == view_of(PODS6[1], a_sees_b)
 
         # --- health, handshake, NAT counters via the API -----------------------------------
         deadline = time.monotonic() + 10
@@ -370,6 +394,8 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
             assert g.cli_json("ipam", "show")["allocations"] == []
             assert sh("wg", "show", g.iface, "peers", ns=g.ns).stdout.strip() == ""
             assert sh("ip", "route", "show", "dev", g.iface, ns=g.ns).stdout.strip() == ""
+            assert "proto" not in sh("ip", "-6", "route", "show", "dev", g.iface, ns=g.ns).stdout.replace(
+                "proto kernel", "")
             assert "to-" not in nft_rules(g).replace("to-peer", "")
             g.wait_ready()
         assert not ping(a.pods[0], dst_b, timeout=1)

@@ -222,6 +222,14 @@ class IpamStore:
         """
         check_peer_name(peer)
         claims = self._planner.check(ranges)  # bad input is rejected before taking the lock
+        with self._lock:
+            self._refresh()
+            if self._planner.views(peer):
+                # A known peer asking again (every re-peer does) usually needs no
+                # change: answer from the refreshed state without the write lock.
+                p = self._planner.plan_checked(peer, claims, replace=replace)
+                if not p.changes:
+                    return list(p.views)
         p = self._write(lambda pl: pl.plan_checked(peer, claims, replace=replace))
         return list(p.views)
 

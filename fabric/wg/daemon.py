@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -396,6 +397,10 @@ class Daemon:
         next_housekeeping = clock()
         next_stats_log = next_housekeeping + STATS_LOG_INTERVAL
         s4_fd = s6_fd = -1
+        # Everything alive now (modules, config) lives for the whole run: keep it out of
+        # the collector's full passes, which would otherwise stall the data path for ms.
+        gc.collect()
+        gc.freeze()
         while self.stop_reason is None:
             now = clock()
             deadline = dev.next_deadline()

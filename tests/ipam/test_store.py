@@ -259,3 +259,23 @@ def test_a_malformed_row_is_a_clear_error(tmp_path: Path) -> None:
         c.commit()
     with pytest.raises(IpamError, match=r"malformed row.*family"):
         IpamStore.open(db, KUBEADM)
+
+
+def test_repeated_request_of_a_known_peer_needs_no_write_lock(tmp_path: Path) -> None:
+    db = tmp_path / "ipam.db"
+    with IpamStore.open(db, KUBEADM) as s:
+        a = s.allocate("a", [POD, SVC])
+        s._conn.execute("PRAGMA busy_timeout=200")
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            try:
+                assert s.allocate("a", [SVC, POD]) == a
+                assert s.allocate("a", [POD]) == a
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    s.allocate("b", [POD])  # a change does need the lock
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    s.allocate("a", [POD], replace=True)
+            finally:
+                other.execute("ROLLBACK")
+        assert s.allocate("b", [POD])[0].view == "100.65.0.0/16"
+        assert s.views("a") == a

@@ -4,6 +4,7 @@ our retry carrying mac2. (Needs root, a namespace and wireguard-go.)"""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -35,8 +36,6 @@ def test_wireguard_go_cookie_reply_and_mac2_retry(netns: Namespaces, tmp_path: o
     fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(theirs + "\n")
-    import base64
-
     try:
         sh("wireguard-go", iface, ns=ns)
         for _ in range(100):

@@ -55,6 +55,14 @@ def validate(state: FabricState) -> dict[str, Any]:
     return ruleset
 
 
+def order(state: FabricState, previous: FabricState | None) -> tuple[str, str, str]:
+    """Which step first: when peers or views go away, stop attracting traffic first."""
+    shrinking = previous is not None and not (
+        {p.public_key for p in previous.peers} <= {p.public_key for p in state.peers}
+        and _views(previous) <= _views(state))
+    return ("routes", "wireguard", "nat") if shrinking else ("nat", "wireguard", "routes")
+
+
 def apply(state: FabricState, previous: FabricState | None = None, *, netns: str | None = None) -> None:
     """Program ``state`` (``previous``: what was programmed last, to clean up and order)."""
     ruleset = validate(state)
@@ -79,12 +87,9 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
         except routes.RouteError as e:
             raise ApplyError(f"routes via {local.interface}: {e}") from None
 
-    shrinking = previous is not None and not (
-        {p.public_key for p in previous.peers} <= {p.public_key for p in state.peers}
-        and _views(previous) <= _views(state))
-    steps = [do_routes, do_wg, do_nat] if shrinking else [do_nat, do_wg, do_routes]
-    for step in steps:
-        step()
+    steps = {"nat": do_nat, "wireguard": do_wg, "routes": do_routes}
+    for name in order(state, previous):
+        steps[name]()
 
     if previous is not None:
         old = previous.local

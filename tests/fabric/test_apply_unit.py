@@ -1,0 +1,57 @@
+"""fabric.apply without a kernel: validation before any change, and step order."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fabric import apply as fabric_apply
+from fabric.apply import ApplyError, order, validate
+from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
+
+KEY = "A" * 43 + "="
+LOCAL = LocalFabric("lab", "wg0", 51820, private_key=KEY, pod_cidrs=("10.244.0.0/16",), gateway_ip="10.244.0.1")
+GPU = PeerFabric("gpu", "B" * 43 + "=", "198.18.0.2:51820",
+                 remote=(RangeMap("pod", "10.244.0.0/16", "100.64.0.0/16"),),
+                 local=(RangeMap("pod", "10.244.0.0/16", "100.65.0.0/16"),))
+CPU = PeerFabric("cpu", "C" * 43 + "=", None, remote=(RangeMap("pod", "10.244.0.0/16", "100.66.0.0/16"),))
+
+
+def test_order() -> None:
+    one, two = FabricState(LOCAL, (GPU,)), FabricState(LOCAL, (GPU, CPU))
+    assert order(one, None) == ("nat", "wireguard", "routes")
+    assert order(two, one) == ("nat", "wireguard", "routes")  # growing: NAT before routes attract traffic
+    assert order(one, two) == ("routes", "wireguard", "nat")  # shrinking: routes go first
+    narrower = FabricState(LOCAL, (dataclasses.replace(GPU, remote=()),))
+    assert order(narrower, one) == ("routes", "wireguard", "nat")
+
+
+@pytest.mark.parametrize("state, message", [
+    (FabricState(dataclasses.replace(LOCAL, private_key="short"), ()), "private key"),
+    (FabricState(LOCAL, (dataclasses.replace(GPU, public_key="x"),)), "gpu public key"),
+    (FabricState(LOCAL, (dataclasses.replace(GPU, preshared_key="!!"),)), "gpu preshared key"),
+    (FabricState(LOCAL, (GPU, dataclasses.replace(CPU, remote=GPU.remote))), "overlaps"),
+])
+def test_bad_state_refused_before_any_change(monkeypatch: pytest.MonkeyPatch, state: FabricState,
+                                             message: str) -> None:
+    touched: list[str] = []
+    monkeypatch.setattr(fabric_apply.Nft, "apply", lambda self, r: touched.append("nft"))
+    monkeypatch.setattr(fabric_apply.routes, "sync_routes", lambda *a, **k: touched.append("routes"))
+    monkeypatch.setattr(fabric_apply.WgControl, "sync", lambda *a, **k: touched.append("wg"))
+    with pytest.raises(ApplyError, match=message) as e:
+        fabric_apply.apply(state)
+    assert touched == []
+    assert "!!" not in str(e.value) and "short" not in str(e.value)
+
+
+def test_apply_runs_steps_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    touched: list[str] = []
+    monkeypatch.setattr(fabric_apply.Nft, "apply", lambda self, r: touched.append("nat"))
+    monkeypatch.setattr(fabric_apply.routes, "sync_routes", lambda *a, **k: touched.append("routes"))
+    monkeypatch.setattr(fabric_apply.WgControl, "sync", lambda *a, **k: touched.append("wireguard"))
+    one, two = FabricState(LOCAL, (GPU,)), FabricState(LOCAL, (GPU, CPU))
+    fabric_apply.apply(two, one)
+    fabric_apply.apply(one, two)
+    assert touched == ["nat", "wireguard", "routes", "routes", "wireguard", "nat"]
+    assert validate(one)["nftables"][0] == {"add": {"table": {"family": "inet", "name": "crosswire"}}}

@@ -137,14 +137,18 @@ def test_planner_invariants(scenario: Scenario) -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
-def test_store_matches_planner_and_survives_reopen(scenario: Scenario) -> None:
+@given(scenarios(), st.lists(st.booleans(), min_size=40, max_size=40))
+def test_two_stores_on_one_file_match_the_planner_and_survive_reopen(
+        scenario: Scenario, which: list[bool]) -> None:
+    """Two connections (as two processes would) take random turns on one file;
+    the result must equal a single in-memory Planner given the same steps."""
     local, pool_list, steps = scenario
     model = Planner(local, pool_list)
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "ipam.db"
-        with IpamStore.open(db, local, pool_list) as s:
-            for op, idx, ranges in steps:
+        with IpamStore.open(db, local, pool_list) as s1, IpamStore.open(db, local, pool_list) as s2:
+            for (op, idx, ranges), first in zip(steps, which, strict=False):
+                s = s1 if first else s2
                 peer = f"peer{idx}"
                 if op == "release":
                     s.release(peer)
@@ -162,6 +166,6 @@ def test_store_matches_planner_and_survives_reopen(scenario: Scenario) -> None:
                     continue
                 model.commit(pl)
                 assert s.allocate(peer, ranges, replace=op == "replace") == list(pl.views)
-            assert s.allocations() == model.allocations()
+            assert s1.allocations() == model.allocations() == s2.allocations()
         with IpamStore.open(db, local, pool_list) as s:
             assert s.allocations() == model.allocations()

@@ -275,6 +275,7 @@ class Gateway:
         eph = peering.Ephemeral.generate()
         request = peering.build_join(token, self.side(), eph, now)
         answer = await self._post(token.url + "/api/v1/peering/join", request)
+        t_join = time.monotonic()
         resp = peering.verify_join_response(answer, token, request, eph, self.clock())
         other = resp.side
         self._check_views_of_us(resp.views_of_us)
@@ -294,7 +295,9 @@ class Gateway:
         except BaseException:
             self.views.release(other.cluster_id)
             raise
+        t_store = time.monotonic()
         await self.reconcile()
+        t_apply = time.monotonic()
         # Tell B our views of it; B programs its side before it acknowledges.
         try:
             await self.send(rec, "views", {"views": [{"kind": k, "real": r, "view": v} for k, r, v in ours]})
@@ -305,7 +308,10 @@ class Gateway:
             await self.reconcile()
             raise GatewayError(f"peering with {other.cluster_id} failed at the last step and was "
                                f"rolled back: {e}", e.status) from None
-        log.info("peering: peered with %s in %.3fs", other.cluster_id, time.monotonic() - t0)
+        t_end = time.monotonic()
+        log.info("peering: peered with %s in %.3fs (join %.3f, views+store %.3f, apply %.3f, confirm %.3f)",
+                 other.cluster_id, t_end - t0, t_join - t0, t_store - t_join, t_apply - t_store,
+                 t_end - t_apply)
         return self.peer_summary(self.store.peer(other.cluster_id) or rec)
 
     def _check_views_of_us(self, views: list[tuple[str, str, str]], status: int = 502) -> None:

@@ -85,3 +85,28 @@ def test_cli_api_from_config_and_unreachable(tmp_path: Path, capsys: pytest.Capt
     assert "pod_cidrs[0]: '10.244.0.0/33' is not a valid CIDR" in capsys.readouterr().err
     assert main(["gateway", "run", "--config", str(cfg)]) == 2
     assert "config error: pod_cidrs[0]" in capsys.readouterr().err
+
+
+def test_minimal_http_client_edge_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import _dechunk
+
+    assert _dechunk(b"4\r\nWiki\r\n5;x=1\r\npedia\r\n0\r\n\r\n") == b"Wikipedia"
+    # something that is not HTTP on the port: a clear error, exit 1
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+
+    def answer() -> None:
+        c, _ = srv.accept()
+        c.recv(4096)
+        c.sendall(b"SSH-2.0-OpenSSH\r\n")
+        c.close()
+    t = threading.Thread(target=answer)
+    t.start()
+    try:
+        assert main(["status", "--api", f"http://127.0.0.1:{port}"]) == 1
+        assert "the answer is not HTTP" in capsys.readouterr().err
+    finally:
+        t.join(timeout=5)
+        srv.close()

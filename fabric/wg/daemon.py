@@ -405,9 +405,14 @@ class Daemon:
             now = clock()
             deadline = dev.next_deadline()
             if deadline is not None and deadline <= now:
-                dev.on_timer(now)
-                self._flush()
+                try:
+                    dev.on_timer(now)
+                    self._flush()
+                except Exception:
+                    self._internal_error()
                 deadline = dev.next_deadline()
+                if deadline is not None and deadline <= now:
+                    deadline = now + 0.01  # a timer that failed to advance must not spin
             if now >= next_housekeeping:
                 self._housekeeping()
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
@@ -425,27 +430,37 @@ class Daemon:
             now = clock()
             s4_fd = self.s4.fileno() if self.s4 is not None else -1
             s6_fd = self.s6.fileno() if self.s6 is not None else -1
-            for fd, ev in events:
-                if fd == tun_fd:
-                    if ev & (select.EPOLLERR | select.EPOLLHUP):
-                        self.stop_reason = "interface deleted"
-                        break
-                    self._read_tun(now)
-                elif fd == s4_fd and self.s4 is not None:
-                    self._read_udp(self.s4, now)
-                elif fd == s6_fd and self.s6 is not None:
-                    self._read_udp(self.s6, now)
-                elif fd == wake_r:
-                    self._drain_wakeup()
-                else:
-                    self.uapi.on_event(fd, ev)
-            self._flush()
+            try:
+                for fd, ev in events:
+                    if fd == tun_fd:
+                        if ev & (select.EPOLLERR | select.EPOLLHUP):
+                            self.stop_reason = "interface deleted"
+                            break
+                        self._read_tun(now)
+                    elif fd == s4_fd and self.s4 is not None:
+                        self._read_udp(self.s4, now)
+                    elif fd == s6_fd and self.s6 is not None:
+                        self._read_udp(self.s6, now)
+                    elif fd == wake_r:
+                        self._drain_wakeup()
+                    else:
+                        self.uapi.on_event(fd, ev)
+                self._flush()
+            except Exception:
+                # A bug must cost one packet, not the tunnel: count it, log it, carry on
+                # (unread packets stay queued in the kernel; epoll is level-triggered).
+                self._internal_error()
             if self._dump_requested:
                 self._dump_requested = False
                 log.info("counters %s", json.dumps(self.counters(), sort_keys=True))
                 self._write_stats()
         log.info("stopping: %s", self.stop_reason)
         return self.stop_reason or "stopped"
+
+    def _internal_error(self) -> None:
+        n = self.io_counters["io_internal_error"] = self.io_counters["io_internal_error"] + 1
+        if n <= 10 or n % 1000 == 0:
+            log.exception("internal error #%d while handling traffic (dropped)", n)
 
     def _housekeeping(self) -> None:
         if not self.uapi.still_ours():

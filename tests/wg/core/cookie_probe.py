@@ -1,11 +1,15 @@
-"""Run inside a namespace next to a wireguard-go listening on 127.0.0.1:PORT.
+"""Cookie interop probes, run inside a namespace next to a wireguard-go.
 
-Drives a crosswire Device against it: floods wireguard-go with valid-mac1
+``probe`` (wireguard-go listens on 127.0.0.1:PORT): floods it with valid-mac1
 initiations until it is under load, checks that it answers a fresh
 initiation with a cookie reply our Device can open, and that the retry
-carrying mac2 gets a real handshake response. Prints a JSON summary.
+carrying mac2 gets a real handshake response.
 
-argv: repo_dir our_private_hex their_public_hex port
+``serve`` (we listen on 127.0.0.1:PORT, wireguard-go initiates): our Device,
+forced under load, answers with a cookie reply; wireguard-go's retransmitted
+initiation must carry a mac2 we accept, and the session must come up.
+
+Prints a JSON summary. argv: mode repo_dir our_private_hex their_public_hex port
 """
 
 from __future__ import annotations
@@ -17,8 +21,50 @@ import sys
 import time
 
 
+def serve(repo: str, priv_hex: str, their_hex: str, port: int) -> None:
+    sys.path.insert(0, repo)
+    from fabric.wg.device import Device
+
+    now = time.monotonic
+    dev = Device()
+    reply = dev.uapi(
+        f"set=1\nprivate_key={priv_hex}\npublic_key={their_hex}\nallowed_ip=10.0.0.1/32\n\n", now()
+    )
+    assert reply == "errno=0\n\n", reply
+    dev.load.force = True
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", port))
+    s.settimeout(0.05)
+    end = now() + 20
+    while now() < end and not dev.inbox:
+        try:
+            data, addr = s.recvfrom(4096)
+            dev.on_datagram(data, (addr[0], addr[1]), now())
+        except TimeoutError:
+            pass
+        dev.on_timer(now())
+        while dev.outbox:
+            out, ep = dev.outbox.popleft()
+            s.sendto(out, ep)
+    c = dev.counters
+    print(
+        json.dumps(
+            {
+                "cookie_replies_sent": c["tx_cookie_reply"],
+                "responses_sent": c["tx_handshake_response"],
+                "handshake_complete": c["handshake_complete"],
+                "inner_packets": len(dev.inbox),
+                "drops": {k: v for k, v in c.items() if k.startswith("drop_") and v},
+            }
+        )
+    )
+
+
 def main() -> None:
-    repo, priv_hex, their_hex, port_s = sys.argv[1:5]
+    mode, repo, priv_hex, their_hex, port_s = sys.argv[1:6]
+    if mode == "serve":
+        serve(repo, priv_hex, their_hex, int(port_s))
+        return
     sys.path.insert(0, repo)
     from fabric.wg.device import Device
 

@@ -181,3 +181,9 @@ def test_wg_syncconf_and_listen_port_change(pair_factory: PairFactory) -> None:
     assert " 0% packet loss" in p.ping(p.a, p.b.inner4, count=3)
     ep = p.b.wg("show", p.b.iface, "endpoints").stdout.split()[1]
     assert ep == f"{p.a.outer4}:{new_port}", ep
+    # fwmark reaches the sockets (SO_MARK), as wg-quick's policy routing expects.
+    p.a.wg("set", p.a.iface, "fwmark", "0x4d2")
+    assert p.a.wg("show", p.a.iface, "fwmark").stdout.strip() == "0x4d2"
+    marks = p.a.sh("ss", "-Huane", "sport", f"= :{new_port}").stdout
+    assert "fwmark:0x4d2" in marks, marks
+    assert " 0% packet loss" in p.ping(p.a, p.b.inner6, count=2)

@@ -3,6 +3,8 @@
 server NAME PORT        UDP + TCP on [::]:PORT (dual stack), answers
                         "NAME PEER_IP PEER_PORT NBYTES MSS" (MSS: TCP only, else 0)
 client udp|tcp HOST PORT [NBYTES]   prints the server's answer
+hold HOST PORT NBYTES   TCP: sends NBYTES, prints "sent", waits for a line on stdin,
+                        sends NBYTES more, then prints the server's answer
 """
 
 from __future__ import annotations
@@ -72,8 +74,23 @@ def client(proto: str, host: str, port: int, nbytes: int) -> None:
     print(out.decode())
 
 
+def hold(host: str, port: int, nbytes: int) -> None:
+    s = socket.create_connection((host, port), timeout=30)
+    s.sendall(b"z" * nbytes)
+    print("sent", flush=True)
+    sys.stdin.readline()
+    s.sendall(b"z" * nbytes)
+    s.shutdown(socket.SHUT_WR)
+    out = b""
+    while chunk := s.recv(4096):
+        out += chunk
+    print(out.decode(), flush=True)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "server":
+    if sys.argv[1] == "hold":
+        hold(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1] == "server":
         serve(sys.argv[2], int(sys.argv[3]))
     else:
         client(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 1)

@@ -11,10 +11,25 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
-from fabric_topo import Side, add_pod, ask, forwarding, make_side, make_state, program, start_echo
+from fabric_topo import (
+    ECHO,
+    PORT,
+    Side,
+    add_pod,
+    ask,
+    forwarding,
+    make_side,
+    make_state,
+    program,
+    start_echo,
+)
 from nsutil import Namespaces, require_root, sh
 
 from fabric import nat
@@ -210,3 +225,33 @@ def test_undeclared_destination_is_dropped(fab: Lab) -> None:
     finally:
         sh("ip", "route", "del", "10.244.1.5/32", "dev", fab.gpu.wg, ns=fab.gpu.gw)
 
+
+
+def test_open_tcp_survives_reapply_and_dataplane_restart(fab: Lab) -> None:
+    """Restart safety (issue 4 item 6) for the data plane: a connection open through the
+    tunnel keeps working across a full re-apply and a crash + restart of lab's WireGuard."""
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", fab.lab.pods["l1"], sys.executable, ECHO, "hold", "100.64.2.7", str(PORT),
+         "100000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        assert client.stdout.readline().strip() == "sent"
+        assert fab.lab.state is not None
+        apply(fab.lab.state, None, netns=fab.lab.gw)  # as after a gateway restart
+        proc = fab.lab.dataplane._proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+        assert not fab.lab.dataplane.alive()
+        fab.lab.dataplane.ensure_up()
+        apply(fab.lab.state, None, netns=fab.lab.gw)
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        out, _ = client.communicate(timeout=60)
+        name, seen, _port, nbytes, _mss = out.split()
+        assert (name, seen, int(nbytes)) == ("g1", "100.65.1.5", 200000)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert verify(fab.lab.state, netns=fab.lab.gw) == []

@@ -54,6 +54,7 @@ def _peer_and_check(lab: Lab) -> bool:
     _say("   " + ops.peer_add(lab, "lab", token).strip().replace("\n", "\n   "))
     ops.wait_connected(lab, "lab", "gpu")
     ops.wait_connected(lab, "gpu", "lab")
+    ops.wait_agents(lab)
     for cid, other in (("lab", "gpu"), ("gpu", "lab")):
         p = ops.peer(lab, cid, other)
         views = ", ".join(f"{v['kind']} {v['real']} -> {v['view']}" for v in p["our_views"])

@@ -208,6 +208,16 @@ class Lab:
             _kill_group(info["pid"])
             self._save(st)
 
+    def restart_gateway(self, cid: str) -> int:
+        """Restart a gateway as a pod restart would: every process in its pod dies
+        (the daemon and the WireGuard data plane with its TUN device), then it starts again."""
+        c = self.plan.cluster(cid)
+        assert c.gateway is not None
+        self.stop_process(f"{cid}-gateway")
+        _kill_ns_processes(c.gateway.ns)
+        (WG_SOCK_DIR / f"{c.wg_interface}.sock").unlink(missing_ok=True)
+        return self.start_gateway(c)
+
     def _start_cluster(self, c: ClusterPlan, st: dict[str, Any], gateways: bool) -> None:
         assert c.gateway is not None
         for pod in c.pods:

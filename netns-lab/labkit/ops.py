@@ -89,6 +89,24 @@ def wait_connected(lab: Lab, cid: str, peer_id: str, within: float = 60) -> dict
     raise LabError(f"[{cid}] peer {peer_id} not connected after {within:.0f}s: {last}")
 
 
+def wait_agents(lab: Lab, within: float = 20) -> None:
+    """Until every node's agent has routed every CIDR its gateway publishes."""
+    from fabric.agent import AGENT_PROTO
+
+    end = time.monotonic() + within
+    for c in lab.plan.clusters:
+        want = set(api(lab, c.id, "/api/v1/routes")["cidrs"])
+        for n in c.nodes:
+            while True:
+                out = run("ip", "-j", "route", "show", "proto", str(AGENT_PROTO), ns=n.ns).stdout
+                have = {r["dst"] for r in json.loads(out or "[]")}
+                if want <= have:
+                    break
+                if time.monotonic() > end:
+                    raise LabError(f"[{c.id}/{n.name}] agent routes {sorted(have)}, want {sorted(want)}")
+                time.sleep(0.2)
+
+
 def peer_all(lab: Lab) -> None:
     """Full mesh: for every pair, the first creates a token, the second adds it."""
     ids = [c.id for c in lab.plan.clusters]
@@ -99,3 +117,4 @@ def peer_all(lab: Lab) -> None:
         for b in ids:
             if a != b:
                 wait_connected(lab, a, b)
+    wait_agents(lab)

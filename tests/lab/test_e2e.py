@@ -168,8 +168,7 @@ def test_gateway_restart_traffic_resumes_within_10s(make_lab: MakeLab) -> None:
     # Addresses and expectations first: the restarting gateway's API is briefly away.
     there = checks.pod_to_pod(lab, "lab", "p1", "gpu", "p3")
     back = checks.pod_to_pod(lab, "gpu", "p3", "lab", "p1")
-    lab.stop_process("gpu-gateway")
-    lab.start_gateway(lab.plan.cluster("gpu"))
+    lab.restart_gateway("gpu")  # the whole pod: daemon and data plane
     t0 = time.monotonic()
     for cid, pod, seen in (("lab", "p1", there), ("gpu", "p3", back)):
         got = eventually_json(lab, cid, pod, seen.url, within=max(0.5, 10 - (time.monotonic() - t0)))

@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -93,10 +95,19 @@ def build(config: Config, gateway_ip: str | None) -> Gateway:
                    health=HealthTracker(config.health.interval, config.health.timeout))
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: it re-raises SIGTERM after shutdown, which
+    would kill us before our own cleanup runs; ``serve`` installs handlers instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(config: Config) -> int:
     gw = build(config, await asyncio.to_thread(find_gateway_ip, config))
     host, port = config.listen_host_port
-    server = uvicorn.Server(uvicorn.Config(create_app(gw), host=host, port=port, loop="asyncio",
+    server = _Server(uvicorn.Config(create_app(gw), host=host, port=port, loop="asyncio",
                                            lifespan="off", access_log=False, log_level="warning"))
     echo = EchoResponder(config.health.port)
     try:
@@ -106,6 +117,12 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     prober = Prober(gw.health, config.health.port, gw.gateway_ip, time.time)
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        log.info("signal received, shutting down")
+        server.should_exit = True
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     log.info("crosswire gateway %s (key %s) starting: api %s, wireguard %s (%s) port %d",
              gw.cluster_id, gw.public_key, config.advertise_url(), config.wireguard.interface,
              config.wireguard.implementation, config.wireguard.listen_port)

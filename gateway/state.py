@@ -153,6 +153,8 @@ class StateStore:
 
     def add_token(self, rec: TokenRecord) -> None:
         with self.tx() as db:
+            # Tokens expired for a day are of no use, not even for error messages.
+            db.execute("DELETE FROM tokens WHERE expires < ?", (rec.created - 86400,))
             db.execute("INSERT INTO tokens VALUES (?,?,?,?,?,?)",
                        (rec.token_id, rec.verifier, rec.created, rec.expires, int(rec.reusable), rec.uses))
 

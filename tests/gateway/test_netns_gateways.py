@@ -403,7 +403,7 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_gateway_ip_autodetected_in_namespace(netns: Namespaces, tmp_path: Path) -> None:
-    require_root("wireguard-go")
+    require_root("wireguard-go", "wg")
     os.chmod(tmp_path, 0o700)
     ns = netns.add("gwd")
     sh("ip", "addr", "add", "10.244.3.4/32", "dev", "lo", ns=ns)
@@ -416,7 +416,13 @@ def test_gateway_ip_autodetected_in_namespace(netns: Namespaces, tmp_path: Path)
     g.start()
     try:
         assert g.wait_ready()["gateway_ip"] in ("10.244.3.4", GW_IP)
-    finally:
+        # SIGTERM: clean exit, the data plane stays up for the next start to adopt
         assert g.proc is not None
-        g.proc.kill()
-        g.proc.wait(timeout=10)
+        g.proc.send_signal(signal.SIGTERM)
+        assert g.proc.wait(timeout=15) == 0
+        assert "stopped (data plane left running)" in g.log.read_text()
+        assert sh("wg", "show", g.iface, ns=ns, check=False).returncode == 0
+    finally:
+        if g.proc is not None and g.proc.poll() is None:
+            g.proc.kill()
+            g.proc.wait(timeout=10)

@@ -384,3 +384,47 @@ def test_responder_waits_for_confirmation_before_sending(pair: Pair) -> None:
     pair.a_to_b(b"confirm")
     assert pair.peer_a.current is not None and pair.peer_a.next is None
     assert pair.a.inbox[-1] == pkt  # released by the confirmation
+
+
+def _seal_at(pair: Pair, counter: int, plaintext: bytes = b"") -> bytes:
+    kp = pair.peer_b.current
+    assert kp is not None
+    hdr = struct.pack("<IIQ", 4, kp.remote_index, counter)
+    return hdr + kp.send.encrypt(b"\0\0\0\0" + hdr[8:], plaintext, None)
+
+
+def test_device_replay_path_matches_kernel_counter_cases() -> None:
+    # The device checks counters with an inline fast path; it must decide exactly
+    # like the reference window on the kernel's self-test sequences.
+    from fabric.wg.replay import REJECT_AFTER_MESSAGES, WINDOW_SIZE, ReplayWindow
+
+    lim = WINDOW_SIZE + 1
+    r = REJECT_AFTER_MESSAGES
+    sequences = [
+        [0, 1, 1, 9, 8, 7, 7, lim, lim - 1, lim - 1, lim - 2, 2, 2, lim + 16, 3, lim + 16,
+         lim * 4, lim * 4 - (lim - 1), 10, lim * 4 - lim, lim * 4 - (lim + 1),
+         lim * 4 - (lim - 2), lim * 4 + 1 - lim, 0, r, r - 1, r, r - 1, r - 2, r + 1,
+         r - 2, r - 3, 0],
+        [*range(1, 200), 0, 0, 63, 64, 65, 127, 128, 129, 1000, 999, 64],
+    ]  # fmt: skip
+    rnd = __import__("random").Random(5)
+    seq = []
+    base = 0
+    for _ in range(400):
+        base += rnd.choice([1, 1, 1, 2, 63, 64, 65, 300])
+        seq.append(max(0, base - rnd.choice([0, 0, 0, 1, 5, 70, 8127, 8128, 9000])))
+    sequences.append(seq)
+    for seq in sequences:
+        pair = Pair()
+        pair.a_to_b(b"x")  # uses counter 0 of the new keypair
+        ref = ReplayWindow()
+        ref.check(0)
+        kp_b = pair.peer_a.current
+        assert kp_b is not None
+        for ctr in seq:
+            before = pair.b.counters["drop_replay"]
+            pair.b.on_datagram(_seal_at(pair, ctr), pair.A_EP, pair.clock.now)
+            accepted = pair.b.counters["drop_replay"] == before
+            assert accepted == ref.check(ctr), ctr
+        assert kp_b.replay.counter == ref.counter
+        assert kp_b.replay.backtrack == ref.backtrack

@@ -330,9 +330,9 @@ def dispatch(args: argparse.Namespace) -> int:
         for m in out["peers"]:
             print(f"peer {m['cluster_id']}:")
             for r in m.get("remote", []):
-                print(f"  their {r['kind']} {r['real']:<18} is our {r['view']}")
+                print(f"  their {r['kind']:<7} {r['real']:<20} is our   {r['view']}")
             for r in m.get("local", []):
-                print(f"  our   {r['kind']} {r['real']:<18} is their {r['view']}")
+                print(f"  our   {r['kind']:<7} {r['real']:<20} is their {r['view']}")
             for r in m.get("rules", []):
                 print(f"    {r['chain']:<16} {r.get('packets', 0):>10} pkts {r.get('bytes', 0):>12} B  "
                       f"{r['comment']}")

@@ -7,13 +7,16 @@ with the pod servers who answered and which client address they saw.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import subprocess
 import time
 from collections.abc import Callable
 
 import pytest
 from labkit import checks, ops
 from labkit.lab import Lab, http, run
+from labkit.podserver import stream
 from labkit.probe import eventually_json
 from labkit.render import CILIUM_TABLE
 from labkit.topology import POD_PORT
@@ -30,6 +33,12 @@ def both_ways(lab: Lab, a: str, b: str) -> None:
     checks.pod_to_pod(lab, b, cb.pods[-1].name, a, ca.pods[-1].name)
     assert checks.pod_to_service(lab, a, ca.pods[-1].name, b, tries=4)
     assert checks.pod_to_service(lab, b, cb.pods[0].name, a, tries=4)
+
+
+def gateway_ip(lab: Lab, cid: str) -> str:
+    gw = lab.plan.cluster(cid).gateway
+    assert gw is not None
+    return str(gw.ip)
 
 
 def views(lab: Lab, cid: str, peer: str) -> dict[str, str]:
@@ -126,7 +135,7 @@ def test_remote_pod_with_the_local_gateways_ip(make_lab: MakeLab) -> None:
     # lab's gateway pod has 10.244.0.10, which is also gpu/p1's real address.
     lab = make_lab({"clusters": [{"id": "gpu"}, {"id": "lab", "gateway_ip": "10.244.0.10"}]})
     gpu_p1 = lab.plan.cluster("gpu").pods[0]
-    assert gpu_p1.ip == lab.plan.cluster("lab").gateway.ip  # type: ignore[union-attr]
+    assert gpu_p1.ip == gateway_ip(lab, "lab")
     ops.peer_all(lab)
     for member in ("p1", "p3", "n2"):
         checks.pod_to_pod(lab, "lab", member, "gpu", "p1")
@@ -152,7 +161,7 @@ def test_cilium_source_check(make_lab: MakeLab, masquerade: bool) -> None:
     if masquerade:
         for pod in ("p1", "p3"):
             seen = checks.pod_to_pod(lab, "lab", pod, "gpu", target.name)
-            assert seen.client == lab.plan.cluster("gpu").gateway.ip  # type: ignore[union-attr]
+            assert seen.client == gateway_ip(lab, "gpu")
         assert checks.pod_to_service(lab, "lab", "p1", "gpu", tries=3)
         assert cilium_drops(lab, "gpu") == before
     else:
@@ -168,9 +177,21 @@ def test_gateway_restart_traffic_resumes_within_10s(make_lab: MakeLab) -> None:
     # Addresses and expectations first: the restarting gateway's API is briefly away.
     there = checks.pod_to_pod(lab, "lab", "p1", "gpu", "p3")
     back = checks.pod_to_pod(lab, "gpu", "p3", "lab", "p1")
-    lab.restart_gateway("gpu")  # the whole pod: daemon and data plane
-    t0 = time.monotonic()
-    for cid, pod, seen in (("lab", "p1", there), ("gpu", "p3", back)):
-        got = eventually_json(lab, cid, pod, seen.url, within=max(0.5, 10 - (time.monotonic() - t0)))
-        assert got["pod"] == seen.pod and got["client"].rsplit(":", 1)[0] == seen.expected_client
-    assert time.monotonic() - t0 < 10
+    # A download in flight across the restart (8 MB at 1 MB/s) must complete intact.
+    n = 8_000_000
+    dl = subprocess.Popen(["ip", "netns", "exec", lab.plan.ns_of("lab", "p3"), "sh", "-c",
+                           f"curl -sf -m 60 --limit-rate 1M '{there.url}bytes?n={n}' | sha256sum"],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        lab.restart_gateway("gpu")  # the whole pod: daemon and data plane
+        t0 = time.monotonic()
+        for cid, pod, seen in (("lab", "p1", there), ("gpu", "p3", back)):
+            got = eventually_json(lab, cid, pod, seen.url, within=max(0.5, 10 - (time.monotonic() - t0)))
+            assert got["pod"] == seen.pod and got["client"].rsplit(":", 1)[0] == seen.expected_client
+        assert time.monotonic() - t0 < 10
+        out, _ = dl.communicate(timeout=70)
+    finally:
+        dl.kill()
+        dl.wait()
+    assert out.split()[0] == hashlib.sha256(stream(n)).hexdigest(), "download across the restart broke"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -114,4 +115,22 @@ def test_up_refuses_a_running_instance_and_bad_topology(make_lab: Callable[..., 
     r = subprocess.run([str(LAB), "--name", name, "up", "--topology", str(bad)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "pod_cidr" in r.stderr
+    assert lab_namespaces(name) == [] and not (STATE_ROOT / name).exists()
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_lab_demo_command() -> None:
+    """The README's `netns-lab/lab demo`, under a name of its own: exit 0, PASSED, nothing left."""
+    require_root("nft", "curl")
+    name = uniq("t")
+    try:
+        r = subprocess.run([str(LAB), "--name", name, "demo"], capture_output=True, text=True,
+                           timeout=240)
+    finally:
+        teardown(name)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "demo PASSED" in r.stdout and r.stdout.count("[ok]") == 2
+    assert "GET /api/v1/nat" in r.stdout and "egress pod src 10.244.0.0/16" in r.stdout
+    assert not re.search(r"cw1\.[A-Za-z0-9_-]{30,}", r.stdout)  # the token's secret is never shown
     assert lab_namespaces(name) == [] and not (STATE_ROOT / name).exists()

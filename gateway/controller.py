@@ -124,10 +124,11 @@ class Gateway:
             service_cidrs=self.config.service_cidrs, gateway_ip=self.gateway_ip,
             masquerade=self.config.masquerade, nft_table=self.config.nft_table)
         peers = []
+        all_views = self.views.all_views()
         for p in self.store.peers():
             if p.their_views is None:
                 continue  # pending: the peer has not told us its views of us yet
-            ours = sorted(self.views.views(p.cluster_id))
+            ours = sorted(all_views.get(p.cluster_id, []))
             peers.append(PeerFabric(
                 cluster_id=p.cluster_id, public_key=p.public_key, endpoint=p.endpoint,
                 preshared_key=p.psk_b64,
@@ -539,6 +540,7 @@ class Gateway:
         return self.views.snapshot()
 
     def routes(self) -> dict[str, Any]:
+        all_views = self.views.all_views()
         cidrs = sorted({v for p in self.store.peers() if p.their_views is not None
-                        for _, _, v in self.views.views(p.cluster_id)})
+                        for _, _, v in all_views.get(p.cluster_id, [])})
         return {"gateway_ip": self.gateway_ip, "cidrs": cidrs}

@@ -22,6 +22,7 @@ class Views(Protocol):
     def allocate(self, peer: str, ranges: list[tuple[str, str]]) -> list[ViewTuple]: ...
     def views(self, peer: str) -> list[ViewTuple]: ...
     def release(self, peer: str) -> None: ...
+    def all_views(self) -> dict[str, list[ViewTuple]]: ...
     def snapshot(self) -> dict[str, Any]: ...
 
 
@@ -55,6 +56,11 @@ class IpamViews:
 
     def release(self, peer: str) -> None:
         self.store.release(peer)
+
+    def all_views(self) -> dict[str, list[ViewTuple]]:
+        """Every peer's views in one read (the reconcile loop builds the state every second)."""
+        return {peer: [(v.kind, v.real, v.view) for v in views]
+                for peer, views in self.store.allocations().items()}
 
     def close(self) -> None:
         self.store.close()

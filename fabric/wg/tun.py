@@ -235,32 +235,41 @@ def gso_split(buf: bytes) -> list[bytes]:
     return out
 
 
-def _tcp_run_key(pkt: bytes) -> tuple[bytes, int, int, int, int] | None:
+_V4_TCP = struct.Struct("!BBHHBBBBHQIIIBBHHH")  # IPv4 (no options) + fixed TCP header
+_V6_TCP = struct.Struct("!IHBBQQQQIIIBBHHH")  # IPv6 (TCP next) + fixed TCP header
+
+
+def _tcp_run_key(pkt: bytes) -> tuple[tuple[object, ...], int, int, int, int] | None:
     """(flow key, seq, header length, IP header length, payload length) of a TCP data
     segment that may join a coalesced run, or None. The key covers everything that must
-    be equal between segments: addresses, ports, ack, window, options, TOS/TTL/DF."""
+    be equal between segments: addresses, ports, ack, window, options, TOS/TTL/DF.
+    One struct unpack per packet: this runs for every packet written to the TUN."""
     n = len(pkt)
-    b0 = pkt[0]
+    b0 = pkt[0] if n >= 60 else 0
     if b0 == 0x45:
-        if n < 40 or pkt[9] != 6 or pkt[6] & 0x3F or pkt[7]:  # fragments never coalesce
+        f = _V4_TCP.unpack_from(pkt)
+        # f: b0 tos len id frag_hi frag_lo ttl proto csum addrs ports seq ack off flags win
+        if f[7] != 6 or f[4] & 0x3F or f[5]:  # not TCP, or a fragment
             return None
-        iphl = 20
-        key_ip = pkt[12:20] + pkt[1:2] + pkt[6:7] + pkt[8:9]
+        flags = f[14]
+        hl = 20 + (f[13] >> 4) * 4
+        key: tuple[object, ...] = (f[1], f[4], f[6], f[9], f[10], f[12], f[13], f[15], f[17],
+                                   pkt[40:hl])
+        seq, iphl = f[11], 20
     elif b0 >> 4 == 6:
-        if n < 60 or pkt[6] != 6:
+        f = _V6_TCP.unpack_from(pkt)
+        # f: ver/tc/flow plen nh hop src(2) dst(2) ports seq ack off flags win csum urg
+        if f[2] != 6:
             return None
-        iphl = 40
-        key_ip = pkt[8:40] + pkt[0:4] + pkt[7:8]
+        flags = f[12]
+        hl = 40 + (f[11] >> 4) * 4
+        key = (f[0], f[3], f[4], f[5], f[6], f[7], f[8], f[10], f[11], f[13], f[15], pkt[60:hl])
+        seq, iphl = f[9], 40
     else:
         return None
-    flags = pkt[iphl + 13]
-    if flags & ~(TCP_ACK | TCP_PSH) or not flags & TCP_ACK:
+    if flags & ~(TCP_ACK | TCP_PSH) or not flags & TCP_ACK or n <= hl:
         return None
-    hl = iphl + (pkt[iphl + 12] >> 4) * 4
-    if n <= hl:
-        return None
-    return (key_ip + pkt[iphl:iphl + 4] + pkt[iphl + 8:iphl + 12] + pkt[iphl + 14:iphl + 16]
-            + pkt[iphl + 20:hl], int.from_bytes(pkt[iphl + 4:iphl + 8], "big"), hl, iphl, n - hl)
+    return key, seq, hl, iphl, n - hl
 
 
 def _tcp_checksum_ok(pkt: bytes, iphl: int) -> bool:

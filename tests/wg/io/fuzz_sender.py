@@ -23,6 +23,7 @@ from scapy.contrib.wireguard import (
     WireguardResponse,
     WireguardTransport,
 )
+from scapy.packet import Packet
 
 
 def template(rng: random.Random) -> bytes:
@@ -30,6 +31,7 @@ def template(rng: random.Random) -> bytes:
         return rng.randbytes(n)
 
     kind = rng.randrange(4)
+    layer: Packet
     if kind == 0:
         layer = WireguardInitiation(sender_index=rng.getrandbits(32), unencrypted_ephemeral=rb(32),
                                     encrypted_static=rb(48), encrypted_timestamp=rb(28),

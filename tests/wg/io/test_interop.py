@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 from nsutil import sh
-from wgpair import Pair, Transfer, genkey
+from wgpair import Pair, Side, Transfer, genkey
 
 MB = 1_000_000
 PairFactory = Callable[[str, str], Pair]
@@ -36,7 +36,10 @@ def test_ping_and_50mb_transfer(pair_factory: PairFactory, initiator: str, famil
     init, resp = (p.a, p.b) if initiator == "crosswire" else (p.b, p.a)
     # Only the initiator knows an endpoint: the responder learns it from the handshake.
     p.up(endpoint_on="a" if init is p.a else "b", outer6=family == "v6")
-    inner = (lambda s: s.inner4) if family == "v4" else (lambda s: s.inner6)
+
+    def inner(s: Side) -> str:
+        return s.inner4 if family == "v4" else s.inner6
+
     try:
         out = p.ping(init, inner(resp), count=3)
         assert " 0% packet loss" in out, out

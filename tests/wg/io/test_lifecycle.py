@@ -49,10 +49,13 @@ class Daemon:
         return False
 
     def iface_exists(self) -> bool:
-        return sh("ip", "link", "show", self.iface, ns=self.ns, check=False).returncode == 0
+        proc: subprocess.CompletedProcess[str] = sh("ip", "link", "show", self.iface, ns=self.ns,
+                                                    check=False)
+        return proc.returncode == 0
 
     def wg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh("wg", *args, ns=self.ns, check=check)
+        proc: subprocess.CompletedProcess[str] = sh("wg", *args, ns=self.ns, check=check)
+        return proc
 
 
 def start(ns: str, tmp_path: Path, iface: str | None = None) -> tuple[Daemon, subprocess.CompletedProcess[str]]:

@@ -62,7 +62,8 @@ class Side:
     extra_args: list[str] = field(default_factory=list)
 
     def sh(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return sh(*args, ns=self.ns, check=check, timeout=timeout)
+        proc: subprocess.CompletedProcess[str] = sh(*args, ns=self.ns, check=check, timeout=timeout)
+        return proc
 
     def wg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.sh("wg", *args, check=check)

@@ -60,8 +60,12 @@ def test_start_supervise_stop(dp_ns: tuple[str, list[Dataplane]], implementation
     adopted = Dataplane(wg, implementation, 1380, netns=ns)  # type: ignore[arg-type]
     adopted.ensure_up()
     assert adopted.starts == 0 and adopted.alive()
-    dp.stop()
-    assert not dp.alive()
+    # Stopping an adopted process: deleting its interface makes it exit.
+    running = dp._proc
+    assert running is not None
+    adopted.stop()
+    assert running.wait(timeout=10) is not None
+    assert not dp.alive() and not adopted.alive()
     assert sh("ip", "link", "show", wg, ns=ns, check=False).returncode != 0
     assert not os.path.exists(f"/var/run/wireguard/{wg}.sock")
 

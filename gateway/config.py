@@ -265,6 +265,12 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError("pod_cidrs: required")
     pod = _cidr_list(raw["pod_cidrs"], "pod_cidrs", required=True)
     svc = _cidr_list(raw.get("service_cidrs"), "service_cidrs")
+    own = [(f"pod_cidrs[{i}]", c) for i, c in enumerate(pod)] + \
+          [(f"service_cidrs[{i}]", c) for i, c in enumerate(svc)]
+    for i, (ka, a) in enumerate(own):
+        for kb, b in own[i + 1:]:
+            if ipaddress.ip_network(a).overlaps(ipaddress.ip_network(b)):
+                raise ConfigError(f"{kb}: {b} overlaps {ka} {a} (a cluster's ranges must be disjoint)")
     reserved = _cidr_list(raw.get("reserved_cidrs"), "reserved_cidrs")
 
     ipam = _section(raw, "ipam", {"pools"})

@@ -186,3 +186,23 @@ def test_bad_channel_messages_change_nothing(clusters: Any) -> None:
         assert len(gpu.store.peers()) == 1
 
     asyncio.run(go())
+
+
+def test_join_with_malformed_claimed_ranges_refused(clusters: Any) -> None:
+    from gateway import peering
+    from gateway.tokens import decode
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        tok = decode((await gpu.call("POST", "/api/v1/tokens", json={})).json()["token"])
+        # a peer claiming overlapping ranges (its own config would refuse them; a rogue one might not)
+        side = peering.Side("lab", lab.gw.public_key, "lab:51820",
+                            (("pod", "10.244.0.0/16"), ("service", "10.244.128.0/17")), None, "http://lab:8080")
+        req = peering.build_join(tok, side, peering.Ephemeral.generate(), gpu.clock())
+        before = snapshot(gpu)
+        r = await gpu.call("POST", "/api/v1/peering/join", json=req)
+        assert r.status_code == 422 and "disjoint" in r.json()["detail"], r.text
+        assert snapshot(gpu) == before and gpu.store.token(tok.token_id).uses == 0  # type: ignore[union-attr]
+
+    asyncio.run(go())

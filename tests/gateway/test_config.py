@@ -47,6 +47,8 @@ def test_messages_name_key_and_problem() -> None:
     bad("gateway_ip: 10.1.2.3 is not inside pod_cidrs", gateway_ip="10.1.2.3")
     bad("gateway_ip: 'x' is not an IP address", gateway_ip="x")
     bad("colour: unknown key", colour="blue")
+    bad("service_cidrs[0]: 10.244.0.0/20 overlaps pod_cidrs[0] 10.244.0.0/16 (a cluster's ranges must be disjoint)",
+        service_cidrs=["10.244.0.0/20"])
     with pytest.raises(ConfigError, match=r"^cluster_id: required$"):
         parse({"pod_cidrs": ["10.0.0.0/8"]}, env={})
 

@@ -306,3 +306,14 @@ def test_secrets_never_rendered() -> None:
                                 pod_cidrs=("10.244.0.0/16",)),
                     (PeerFabric("gpu", KEY, None, preshared_key=secret, remote=LAB_OF_GPU),))
     assert secret not in str(render(s)) + str(mappings(s)) + repr(s)
+
+
+def test_ipv6_gateway_address_for_host_network() -> None:
+    a = FabricState(local("a", ("fd00::/48",), gw="fd00::1"), (peer(
+        "b", rm(("pod", "fd00::/48", "fd64::/48")), rm(("pod", "fd00::/48", "fd65::/48"))),))
+    r = render(a)
+    assert elements(r, "host_v6") == ["fd64::/48 : fd65::1"]
+    assert elements(r, "host_v4") == []
+    assert walk(r, "postrouting", "eth0", "wg0", "2001:db8::7", "fd64::2:7") == ("accept", "fd65::1", "fd64::2:7")
+    # IPv4 host traffic has no IPv4 gateway address: dropped.
+    assert walk(r, "postrouting", "eth0", "wg0", "192.168.7.7", "100.64.2.7")[0] == "drop"

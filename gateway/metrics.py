@@ -54,12 +54,11 @@ def render_metrics(gw: Gateway) -> str:
     o.family("crosswire_peer_probe_loss_ratio", "gauge", "Lost probes among the last 20.")
     for p in peers:
         o.sample("crosswire_peer_probe_loss_ratio", p["loss"], peer=p["cluster_id"])
-    o.family("crosswire_nat_packets_total", "counter", "Packets through the NAT rules of each peer, per chain (to-PEER egress, from-PEER ingress).")
-    o.family("crosswire_nat_bytes_total", "counter", "Bytes through the NAT rules of each peer, per chain.")
     try:
         nat: list[dict[str, Any]] = gw.nat()
     except Exception:
         nat = []
+    per: list[tuple[str, str, int, int]] = []  # (peer, chain, packets, bytes)
     for m in nat:
         peer = str(m.get("cluster_id") or "")
         per_chain: dict[str, list[int]] = {}
@@ -67,9 +66,16 @@ def render_metrics(gw: Gateway) -> str:
             c = per_chain.setdefault(str(r.get("chain", "")), [0, 0])
             c[0] += int(r.get("packets") or 0)
             c[1] += int(r.get("bytes") or 0)
-        for chain, (packets, bytes_) in sorted(per_chain.items()):
-            o.sample("crosswire_nat_packets_total", packets, peer=peer, chain=chain)
-            o.sample("crosswire_nat_bytes_total", bytes_, peer=peer, chain=chain)
+        per += [(peer, chain, pk, by) for chain, (pk, by) in sorted(per_chain.items())]
+    # One family at a time: the text format wants each family's samples together.
+    o.family("crosswire_nat_packets_total", "counter",
+             "Packets through the NAT rules of each peer, per chain (to-PEER egress, from-PEER ingress); "
+             "NAT chains see the first packet of each connection.")
+    for peer, chain, pk, _ in per:
+        o.sample("crosswire_nat_packets_total", pk, peer=peer, chain=chain)
+    o.family("crosswire_nat_bytes_total", "counter", "Bytes through the NAT rules of each peer, per chain.")
+    for peer, chain, _, by in per:
+        o.sample("crosswire_nat_bytes_total", by, peer=peer, chain=chain)
     st = gw.stats
     o.family("crosswire_reconcile_runs_total", "counter", "Reconcile passes.")
     o.sample("crosswire_reconcile_runs_total", st.runs)

@@ -363,3 +363,34 @@ def test_failed_last_step_rolls_back_and_pending_rejoin_works(clusters: Any) -> 
         assert len(gpu.views.snapshot()["allocations"]) == 2
 
     asyncio.run(go())
+
+
+def test_metrics_are_valid_prometheus_text(clusters: Any) -> None:
+    import re
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        text = (await lab.call("GET", "/metrics", auth=False)).text
+        seen_families: list[str] = []
+        current = None
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("# TYPE "):
+                current = line.split()[2]
+                assert current not in seen_families, f"family {current} declared twice"
+                seen_families.append(current)
+            elif line.startswith("# HELP ") or not line:
+                continue
+            else:
+                m = re.fullmatch(r'([a-z_]+)(\{[^}]*\})? (-?[0-9.e+-]+)', line)
+                assert m, line
+                assert m.group(1) == current, f"{m.group(1)} sample outside its family block"
+                samples[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+        assert samples['crosswire_peers{state="connecting"}'] == 1
+        assert samples['crosswire_peer_rx_bytes_total{peer="gpu"}'] == 7
+        assert samples['crosswire_nat_packets_total{peer="gpu",chain="to-gpu"}'] == 0
+        assert samples["crosswire_reconcile_errors_total"] == 0 and samples["crosswire_ready"] == 1
+
+    asyncio.run(go())

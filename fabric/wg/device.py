@@ -32,7 +32,7 @@ from fabric.wg import noise, tai64n
 from fabric.wg.allowedips import AllowedIPs
 from fabric.wg.cookie import CookieChecker, LoadMeter, RateLimiter
 from fabric.wg.crypto import clamp, dh, private_bytes, public_key
-from fabric.wg.peer import HS_INITIATION_CONSUMED, HS_INITIATION_SENT, HS_NONE, Keypair, Peer
+from fabric.wg.peer import HS_INITIATION_SENT, HS_NONE, Keypair, Peer
 from fabric.wg.timers import (
     HANDSHAKE_INITIATION_RATE,
     KEEPALIVE_TIMEOUT,
@@ -619,7 +619,6 @@ class Device:
         peer.next = kp
         peer.previous = None
         self._keypairs[idx] = kp
-        peer.hs_state = HS_INITIATION_CONSUMED
         self._session_derived(peer, now)
         self._any_authenticated_traversal(peer, now)
         peer.t_new_handshake = None  # any authenticated packet received
@@ -627,7 +626,6 @@ class Device:
         self._send(bytes(out), peer)
         c["tx_handshake_response"] += 1
         peer.t_send_keepalive = None
-        peer.hs_state = HS_NONE
 
     def _on_response(self, data: bytes, src: Endpoint, now: float) -> None:
         c = self.counters
@@ -661,7 +659,10 @@ class Device:
         # Initiator: the new keypair is current at once; the old current (or an
         # unconfirmed next) becomes previous.
         if peer.next is not None:
+            # An unconfirmed responder keypair outranks the old current (as
+            # wireguard-go): it becomes previous, the old current goes.
             self._drop_keypair(peer.previous)
+            self._drop_keypair(peer.current)
             peer.previous = peer.next
             peer.next = None
         else:

@@ -428,3 +428,27 @@ def test_device_replay_path_matches_kernel_counter_cases() -> None:
             assert accepted == ref.check(ctr), ctr
         assert kp_b.replay.counter == ref.counter
         assert kp_b.replay.backtrack == ref.backtrack
+
+
+def test_initiator_with_unconfirmed_next_rotation(pair: Pair) -> None:
+    # B (responder to A) holds "next"; before it is confirmed, B itself initiates and
+    # completes: next becomes previous, the old current is dropped from the index.
+    pair.a_to_b(b"1")
+    k1 = pair.peer_a.current
+    assert k1 is not None
+    pair.net.filter = lambda s, d, data: None if data[0] == 4 else data
+    pair.clock.now += 6
+    pair.peer_b.last_sent_handshake = float("-inf")
+    pair.a._send_initiation(pair.peer_b, pair.clock.now, is_retry=False)
+    pair.net.flush()
+    k2 = pair.peer_a.next
+    assert k2 is not None and pair.peer_a.current is k1
+    pair.clock.now += 6
+    pair.peer_a.last_sent_handshake = float("-inf")
+    pair.b._send_initiation(pair.peer_a, pair.clock.now, is_retry=False)
+    pair.net.flush()
+    k3 = pair.peer_a.current
+    assert k3 is not None and k3.is_initiator
+    assert pair.peer_a.previous is k2 and pair.peer_a.next is None
+    assert k1.local_index not in pair.b._keypairs
+    assert set(pair.b._keypairs) == {k2.local_index, k3.local_index}

@@ -37,6 +37,16 @@ def ipv6_packet(src: str, dst: str, payload: bytes = b"hello6") -> bytes:
     return struct.pack("!IHBB16s16s", 6 << 28, len(payload), 17, 64, s, d) + payload
 
 
+def check_index_table(dev: Device) -> None:
+    """Every receiver index maps to a keypair some peer still holds, and back."""
+    held = {
+        id(k) for p in dev.peers.values() for k in (p.previous, p.current, p.next) if k is not None
+    }
+    assert {id(k) for k in dev._keypairs.values()} == held
+    for idx, kp in dev._keypairs.items():
+        assert kp.local_index == idx
+
+
 class Net:
     """Delivers each device's outbox to the device bound at the destination."""
 
@@ -70,6 +80,8 @@ class Net:
                     if target is not None:
                         target.on_datagram(data, src, self.clock.now)
             if not moved:
+                for dev in self.devices.values():
+                    check_index_table(dev)
                 return
 
     def advance(self, seconds: float, step: float = 1.0) -> None:

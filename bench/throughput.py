@@ -5,7 +5,8 @@ In namespaces it creates and removes, one run measures three pairs:
 (a) wireguard-go <-> wireguard-go, (b) crosswire-wg <-> crosswire-wg,
 (c) crosswire-wg (sender side) <-> wireguard-go. For each pair: iperf3 TCP for
 ``--duration`` seconds (default 10) over the tunnel, and the average ping RTT
-of 100 pings at 10 ms intervals. Prints one line per pair, then a final JSON
+of 100 pings at 10 ms intervals (``--repeat N``: N interleaved rounds, medians
+reported). Prints one line per measurement, then a final JSON
 line with wggo_mbps, crosswire_mbps, mixed_mbps, ratio (b/a), wggo_rtt_ms and
 crosswire_rtt_ms, and writes a PNG bar chart (``--png``, default
 bench/throughput.png next to this script).
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,19 +106,26 @@ def main() -> int:
     ap.add_argument("--png", default=os.path.join(HERE, "throughput.png"))
     ap.add_argument("--only", choices=[r[0] for r in RUNS], action="append",
                     help="measure only these pairs (repeatable); the JSON then lacks the others")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure the pairs this many times, interleaved, and report medians "
+                         "(on a shared machine one run is noisy)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/throughput.py needs root (network namespaces)", file=sys.stderr)
         return 1
-    results: dict[str, tuple[float, float]] = {}
+    samples: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="cwbench") as workdir:
         os.chmod(workdir, 0o700)
-        for name, impl_a, impl_b in RUNS:
-            if args.only and name not in args.only:
-                continue
-            mbps, rtt = measure(impl_a, impl_b, args.duration, workdir)
-            results[name] = (mbps, rtt)
-            print(f"{name:10s} {impl_a}->{impl_b}: {mbps:8.1f} Mbit/s  rtt {rtt:.3f} ms", flush=True)
+        for _ in range(max(1, args.repeat)):
+            for name, impl_a, impl_b in RUNS:
+                if args.only and name not in args.only:
+                    continue
+                mbps, rtt = measure(impl_a, impl_b, args.duration, workdir)
+                samples.setdefault(name, []).append((mbps, rtt))
+                print(f"{name:10s} {impl_a}->{impl_b}: {mbps:8.1f} Mbit/s  rtt {rtt:.3f} ms",
+                      flush=True)
+    results = {name: (statistics.median(m for m, _ in v), statistics.median(r for _, r in v))
+               for name, v in samples.items()}
     chart(results, args.png)
     summary: dict[str, float | None] = {
         "wggo_mbps": _r(results, "wggo", 0), "crosswire_mbps": _r(results, "crosswire", 0),

@@ -37,6 +37,7 @@ from gateway.views import Views, ViewsError
 log = logging.getLogger("crosswire.gateway")
 
 NONCE_TTL = 2 * peering.WINDOW
+HANDSHAKE_STALE = 180.0  # WireGuard REJECT_AFTER_TIME: no valid session after this
 
 
 class GatewayError(Exception):
@@ -487,7 +488,14 @@ class Gateway:
         now = self.clock()
         hs = s.get("last_handshake")
         ours = sorted(self.views.views(p.cluster_id))
-        state = h.get("state") or ("pending" if p.their_views is None else "connecting")
+        if p.their_views is None:
+            state = "pending"
+        elif h.get("state"):
+            state = h["state"]
+        elif hs:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
+            state = "connected" if now - hs < HANDSHAKE_STALE else "error"
+        else:
+            state = "connecting"
         return {
             "cluster_id": p.cluster_id, "public_key": p.public_key, "endpoint": s.get("endpoint") or p.endpoint,
             "url": p.url, "state": state,

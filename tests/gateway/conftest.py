@@ -27,6 +27,7 @@ class FakeFabric:
         self.applied: list[FabricState] = []
         self.fail_next: Exception | None = None
         self.ensure_calls = 0
+        self.handshake = 0.0  # what peer_stats reports as last_handshake
 
     def ensure_up(self) -> None:
         self.ensure_calls += 1
@@ -47,7 +48,7 @@ class FakeFabric:
 
     def peer_stats(self) -> dict[str, dict[str, Any]]:
         last = self.applied[-1] if self.applied else None
-        return {p.public_key: {"endpoint": p.endpoint, "last_handshake": 0.0, "rx_bytes": 7,
+        return {p.public_key: {"endpoint": p.endpoint, "last_handshake": self.handshake, "rx_bytes": 7,
                                "tx_bytes": 9} for p in (last.peers if last else ())}
 
     def nat(self, state: FabricState) -> list[dict[str, Any]]:

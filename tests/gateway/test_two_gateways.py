@@ -394,3 +394,19 @@ def test_metrics_are_valid_prometheus_text(clusters: Any) -> None:
         assert samples["crosswire_reconcile_errors_total"] == 0 and samples["crosswire_ready"] == 1
 
     asyncio.run(go())
+
+
+def test_state_from_handshake_when_peer_gateway_ip_unknown(clusters: Any, clock: Any) -> None:
+    gpu, lab = clusters("gpu", gateway_ip=None), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        assert lab.fabric.last.peers[0].probe_ip is None  # gpu did not tell its pod IP
+        assert (await lab.call("GET", "/api/v1/peers")).json()[0]["state"] == "connecting"
+        lab.fabric.handshake = clock.t - 5
+        p = (await lab.call("GET", "/api/v1/peers")).json()[0]
+        assert p["state"] == "connected" and p["handshake_age_s"] == 5
+        lab.fabric.handshake = clock.t - 200
+        assert (await lab.call("GET", "/api/v1/peers")).json()[0]["state"] == "error"
+
+    asyncio.run(go())

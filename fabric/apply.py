@@ -11,6 +11,9 @@ is not ready:
 
 Every step is a full sync, so applying the same state again changes nothing
 (and the nft table comes out identical: it is replaced wholly in one batch).
+With ``previous`` given and nothing the NAT table depends on changed (e.g. only
+keys or endpoints did), the table is left alone so its counters keep counting;
+``previous=None`` (start-up, forced resync) always rewrites it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,13 @@ def validate(state: FabricState) -> dict[str, Any]:
     return ruleset
 
 
+def nat_inputs(state: FabricState) -> tuple[Any, ...]:
+    """The part of a state that ``nat.render`` reads (keys and endpoints are not in it)."""
+    lo = state.local
+    return (lo.interface, lo.nft_table, lo.mtu, lo.pod_cidrs, lo.service_cidrs, lo.gateway_ip, lo.masquerade,
+            tuple((p.cluster_id, p.remote, p.local) for p in state.peers))
+
+
 def order(state: FabricState, previous: FabricState | None) -> tuple[str, str, str]:
     """Which step first: when peers or views go away, stop attracting traffic first."""
     shrinking = previous is not None and not (
@@ -71,6 +81,9 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
 
     def do_nat() -> None:
         try:
+            if (previous is not None and nat_inputs(previous) == nat_inputs(state)
+                    and nft.chain_exists(nat.FAMILY, local.nft_table, "prerouting")):
+                return  # unchanged: keep the table and its counters
             nft.apply(ruleset)
         except NftError as e:
             raise ApplyError(f"nftables table inet {local.nft_table}: {e}") from None

@@ -55,3 +55,23 @@ def test_apply_runs_steps_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     fabric_apply.apply(one, two)
     assert touched == ["nat", "wireguard", "routes", "routes", "wireguard", "nat"]
     assert validate(one)["nftables"][0] == {"add": {"table": {"family": "inet", "name": "crosswire"}}}
+
+
+def test_unchanged_nat_inputs_keep_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    touched: list[str] = []
+    monkeypatch.setattr(fabric_apply.Nft, "apply", lambda self, r: touched.append("nat"))
+    monkeypatch.setattr(fabric_apply.Nft, "chain_exists", lambda self, *a: True)
+    monkeypatch.setattr(fabric_apply.routes, "sync_routes", lambda *a, **k: None)
+    monkeypatch.setattr(fabric_apply.WgControl, "sync", lambda *a, **k: None)
+    one = FabricState(LOCAL, (GPU,))
+    rekeyed = FabricState(dataclasses.replace(LOCAL, private_key="D" * 43 + "="),
+                          (dataclasses.replace(GPU, endpoint="198.18.0.9:1", public_key="E" * 43 + "="),))
+    fabric_apply.apply(rekeyed, one)  # keys/endpoints only: table kept
+    assert touched == []
+    fabric_apply.apply(one, None)  # no previous: always rewritten
+    masq = FabricState(dataclasses.replace(LOCAL, masquerade=True), (GPU,))
+    fabric_apply.apply(masq, one)
+    assert touched == ["nat", "nat"]
+    monkeypatch.setattr(fabric_apply.Nft, "chain_exists", lambda self, *a: False)
+    fabric_apply.apply(one, one)  # table gone: rewritten even though nothing changed
+    assert touched == ["nat", "nat", "nat"]

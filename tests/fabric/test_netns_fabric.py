@@ -163,7 +163,19 @@ def _table_text(ns: str) -> str:
     return sh("nft", "-s", "list", "table", "inet", "crosswire", ns=ns).stdout
 
 
+def _egress_packets(side: Side) -> int:
+    assert side.state is not None
+    rows = nat.with_counters(nat.mappings(side.state), Nft(side.gw).list_table("inet", "crosswire"))
+    return int(rows[0]["rules"][0]["packets"])
+
+
 def test_reapply_is_identical(fab: Lab) -> None:
+    ask(fab.lab.pods["l1"], "udp", "100.64.2.7")
+    counted = _egress_packets(fab.lab)
+    assert counted >= 1
+    assert fab.lab.state is not None
+    apply(fab.lab.state, fab.lab.state, netns=fab.lab.gw)
+    assert _egress_packets(fab.lab) == counted  # unchanged state: table (and counters) kept
     before = _table_text(fab.lab.gw)
     routes_before = sh("ip", "route", "show", "proto", str(ROUTE_PROTO), ns=fab.lab.gw).stdout
     wg_before = WgControl(fab.lab.wg).show()

@@ -33,7 +33,7 @@ def parse_cidr(text: str) -> tuple[int, int, int]:
     ip = ipaddress.ip_address(addr)
     bits = 32 if ip.version == 4 else 128
     if sep:
-        if not plen_s.isdigit():
+        if not (plen_s.isascii() and plen_s.isdigit()):
             raise ValueError(f"invalid prefix length in {text!r}")
         plen = int(plen_s)
         if plen > bits:

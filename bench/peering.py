@@ -4,6 +4,7 @@ Builds the namespace topology of tests/gateway/test_netns_gateways.py (two
 gateways, same 10.244.0.0/16 + 10.96.0.0/12, wireguard-go data plane), then
 five times: `crosswire peer add TOKEN` on a, ping b's pod through a's view
 until it answers, `crosswire peer remove b`. Needs root.
+CROSSWIRE_TEST_WG_IMPL=userspace runs it on crosswire-wg instead of wireguard-go.
 
 Prints one line per round and a final JSON line: {"median_s": ..., "rounds": [...]}.
 Target (issue 4): median under 1 s.

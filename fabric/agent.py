@@ -35,6 +35,7 @@ log = logging.getLogger("crosswire.agent")
 # /etc/iproute2/rt_protos; `ip route show proto 246` lists them).
 AGENT_PROTO = 246
 MAIN_TABLE = 254
+RTNH_F_ONLINK = 4
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -172,7 +173,10 @@ class NetlinkRoutes:
         for net, hop in p.add:
             kw: dict[str, Any] = {"oif": hop.oif}
             if hop.via is not None:
+                # The looked-up next hop is a neighbour on oif by construction, but not
+                # always inside a connected prefix (flannel's vxlan routes are onlink).
                 kw["gateway"] = hop.via
+                kw["flags"] = RTNH_F_ONLINK
             self._ipr.route("replace", dst=str(net), proto=self.proto, table=self.table, **kw)
 
 

@@ -67,7 +67,7 @@ def test_agent_installs_updates_keeps_and_removes_routes(
     sh("ip", "route", "add", "10.244.0.2/32", "dev", v_node, ns=node1)
     sh("ip", "route", "add", "default", "via", "10.244.0.1", "onlink", "dev", v_pod, ns=gwpod)
     sh("ip", "addr", "add", "100.64.0.5/32", "dev", "lo", ns=gwpod)  # a "peer" address behind the gateway
-    _, u2 = netns.veth(node1, node2, "192.168.10.11/24", "192.168.10.12/24", name="u")
+    u1, u2 = netns.veth(node1, node2, "192.168.10.11/24", "192.168.10.12/24", name="u")
     sh("ip", "route", "add", "10.244.0.0/24", "via", "192.168.10.11", ns=node2)
     sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=node1)
     # Someone else's route in the same range family: the agent must not touch it.
@@ -102,6 +102,16 @@ def test_agent_installs_updates_keeps_and_removes_routes(
        "http://192.168.10.11:18080", ns=node2)
     assert agent_routes(node2) == {"100.64.0.0/16": f"192.168.10.11 {u2}",
                                    "100.80.0.0/12": f"192.168.10.11 {u2}"}
+    sh("ping", "-c1", "-W2", "100.64.0.5", ns=node2)
+
+    # Flannel-vxlan style underlay: node2 reaches node1's pods via an onlink next hop
+    # outside any connected prefix (node1's 10.244.0.0/32); the agent follows it.
+    sh("ip", "addr", "add", "10.244.0.0/32", "dev", u1, ns=node1)
+    sh("ip", "route", "replace", "10.244.0.0/24", "via", "10.244.0.0", "dev", u2, "onlink", ns=node2)
+    sh(str(Path(sys.executable).parent / "crosswire"), "agent", "run", "--once", "--gateway",
+       "http://192.168.10.11:18080", ns=node2)
+    assert agent_routes(node2) == {"100.64.0.0/16": f"10.244.0.0 {u2}",
+                                   "100.80.0.0/12": f"10.244.0.0 {u2}"}
     sh("ping", "-c1", "-W2", "100.64.0.5", ns=node2)
 
     # A peer view goes away, another comes: stale one removed, new one added.

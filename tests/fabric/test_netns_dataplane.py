@@ -125,3 +125,28 @@ def test_routes_sync_and_remove(dp_ns: tuple[str, list[Dataplane]]) -> None:
     remove_routes(wg, netns=ns)
     assert list_routes(wg, netns=ns) == set()
     assert "100.99.0.0/16" in sh("ip", "route", ns=ns).stdout
+
+
+def test_apply_then_remove(dp_ns: tuple[str, list[Dataplane]]) -> None:
+    from fabric.apply import apply, remove, verify
+    from fabric.model import FabricState
+
+    ns, made = dp_ns
+    wg = uniq("cwd")
+    dp = Dataplane(wg, "wireguard-go", 1420, netns=ns)
+    made.append(dp)
+    dp.ensure_up()
+    priv, _ = keypair()
+    _, pub = keypair()
+    state = FabricState(
+        LocalFabric("lab", wg, 51998, private_key=priv, pod_cidrs=("10.244.0.0/16",), gateway_ip="10.244.0.1"),
+        (PeerFabric("gpu", pub, "198.18.0.2:51820", remote=(RangeMap("pod", "10.244.0.0/16", "100.64.0.0/16"),),
+                    local=(RangeMap("pod", "10.244.0.0/16", "100.65.0.0/16"),)),))
+    apply(state, netns=ns)
+    assert verify(state, netns=ns) == []
+    remove(state, netns=ns)
+    assert list_routes(wg, netns=ns) == set()
+    assert WgControl(wg).show() == {}
+    assert "crosswire" not in sh("nft", "list", "tables", ns=ns).stdout
+    problems = verify(state, netns=ns)
+    assert len(problems) == 3 and any("nft table" in p for p in problems)

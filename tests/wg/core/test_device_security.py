@@ -452,3 +452,20 @@ def test_initiator_with_unconfirmed_next_rotation(pair: Pair) -> None:
     assert pair.peer_a.previous is k2 and pair.peer_a.next is None
     assert k1.local_index not in pair.b._keypairs
     assert set(pair.b._keypairs) == {k2.local_index, k3.local_index}
+
+
+def test_ipv6_outer_endpoints_with_cookies_and_roaming() -> None:
+    pair = Pair(outer6=True)
+    pair.b.load.force = True
+    pkt = pair.a_to_b(b"over v6")
+    pair.net.advance(6)  # cookie reply, then the mac2 retry
+    assert list(pair.b.inbox) == [pkt]
+    assert pair.peer_a.endpoint == ("2001:db8::1", 51820)
+    out = pair.a.uapi("get=1\n\n", pair.clock.now)
+    assert "endpoint=[2001:db8::2]:51821\n" in out
+    new_ep = ("2001:db8::99", 1234)
+    pair.net.add(pair.a, new_ep)
+    pair.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"moved"), pair.clock.now)
+    data, _ = pair.a.outbox.popleft()
+    pair.b.on_datagram(data, new_ep, pair.clock.now)
+    assert pair.peer_a.endpoint == new_ep

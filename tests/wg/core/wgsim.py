@@ -115,13 +115,22 @@ def make_key(rng: Callable[[int], bytes] = os.urandom) -> bytes:
     return bytes(k)
 
 
+def fmt(ep: Endpoint) -> str:
+    return f"[{ep[0]}]:{ep[1]}" if ":" in ep[0] else f"{ep[0]}:{ep[1]}"
+
+
 class Pair:
     """Two devices A (10.0.0.1, fd00::1) and B (10.0.0.2, fd00::2), configured via UAPI."""
 
     A_EP: Endpoint = ("192.0.2.1", 51820)
     B_EP: Endpoint = ("192.0.2.2", 51821)
 
-    def __init__(self, *, psk: bytes | None = None, a_endpoint_known: bool = True) -> None:
+    def __init__(
+        self, *, psk: bytes | None = None, a_endpoint_known: bool = True, outer6: bool = False
+    ) -> None:
+        if outer6:
+            self.A_EP = ("2001:db8::1", 51820)
+            self.B_EP = ("2001:db8::2", 51821)
         self.clock = Clock()
         self.net = Net(self.clock)
         self.a_priv, self.b_priv = make_key(), make_key()
@@ -133,11 +142,11 @@ class Pair:
         psk_line = f"preshared_key={psk.hex()}\n" if psk else ""
         ra = self.a.uapi(
             f"set=1\nprivate_key={self.a_priv.hex()}\nlisten_port=51820\n"
-            f"public_key={self.b_pub.hex()}\n{psk_line}endpoint=192.0.2.2:51821\n"
+            f"public_key={self.b_pub.hex()}\n{psk_line}endpoint={fmt(self.B_EP)}\n"
             "allowed_ip=10.0.0.2/32\nallowed_ip=fd00::2/128\n\n",
             self.clock.now,
         )
-        ep_line = "endpoint=192.0.2.1:51820\n" if a_endpoint_known else ""
+        ep_line = f"endpoint={fmt(self.A_EP)}\n" if a_endpoint_known else ""
         rb = self.b.uapi(
             f"set=1\nprivate_key={self.b_priv.hex()}\nlisten_port=51821\n"
             f"public_key={self.a_pub.hex()}\n{psk_line}{ep_line}"

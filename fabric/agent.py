@@ -149,7 +149,12 @@ class NetlinkRoutes:
         self._ipr.close()
 
     def lookup(self, addr: Address) -> dict[str, Any]:
-        msgs = list(self._ipr.route("get", dst=str(addr)))
+        from pyroute2 import NetlinkError
+
+        try:
+            msgs = list(self._ipr.route("get", dst=str(addr)))
+        except NetlinkError:  # e.g. "Network is unreachable": no next hop yet
+            return {}
         if not msgs:
             return {}
         m = msgs[0]
@@ -216,10 +221,17 @@ class Agent:
         if self.last_error is not None:
             log.info("gateway answers again")
             self.last_error = None
-        p = plan(desired_routes(published, hop), self.routes.present())
-        if not p.empty:
-            self.routes.apply(p)
-            log.info("routes: +%s -%s", [str(n) for n, _ in p.add], [str(n) for n in p.remove])
+        from pyroute2 import NetlinkError
+
+        try:
+            p = plan(desired_routes(published, hop), self.routes.present())
+            if not p.empty:
+                self.routes.apply(p)
+                log.info("routes: +%s -%s", [str(n) for n, _ in p.add], [str(n) for n in p.remove])
+        except (NetlinkError, OSError) as e:  # the next poll re-plans from scratch
+            self.errors += 1
+            log.warning("applying routes failed: %s", e)
+            return None
         return p
 
 

@@ -131,6 +131,14 @@ def test_agent_installs_updates_keeps_and_removes_routes(
     time.sleep(1.0)
     assert agent_routes(node1) == want
 
+    # A gateway IP this node has no route to: nothing changes, --once reports failure.
+    routes.write_text(json.dumps({"gateway_ip": "10.9.9.9", "cidrs": ["100.64.0.0/16"]}))
+    once = sh(str(Path(sys.executable).parent / "crosswire"), "agent", "run", "--once", "--gateway",
+              "http://192.168.10.11:18080", ns=node2, check=False)
+    assert once.returncode == 1 and "no route to gateway 10.9.9.9" in once.stderr
+    time.sleep(0.6)
+    assert agent.poll() is None and agent_routes(node1) == want
+
     # Gateway back with an empty set: everything of ours removed, the foreign route kept.
     routes.write_text(json.dumps({"gateway_ip": "10.244.0.2", "cidrs": []}))
     wait_for(lambda: agent_routes(node1) == {})

@@ -121,6 +121,9 @@ def test_three_clusters_full_mesh(make_lab: MakeLab) -> None:
     small = {"nodes": 2, "pods_per_node": [1, 1]}
     lab = make_lab({"clusters": [{"id": "c1", **small}, {"id": "c2", **small}, {"id": "c3", **small}]})
     ops.peer_all(lab)
+    # c1 peered with c2 first, so its IPAM was pre-seeded when c3 came: the two sides of
+    # c1-c3 picked different numbers for each other (c3 had nothing allocated yet).
+    assert views(lab, "c1", "c3")["10.244.0.0/16"] != views(lab, "c3", "c1")["10.244.0.0/16"]
     ids = ["c1", "c2", "c3"]
     for a in ids:
         for b in ids:

@@ -307,7 +307,7 @@ def teardown(name: str) -> list[str]:
         _kill_ns_processes(ns)
         run("ip", "netns", "del", ns, check=False)
         removed.append(ns)
-    sock_re = re.compile(rf"^{name}w\d+\.sock$")
+    sock_re = re.compile(rf"^{name}w\d+\.(sock|stats)$")  # crosswire-wg keeps stats beside the socket
     if WG_SOCK_DIR.is_dir():
         for sock in WG_SOCK_DIR.iterdir():
             if sock_re.match(sock.name):

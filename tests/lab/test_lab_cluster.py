@@ -132,5 +132,6 @@ def test_lab_demo_command() -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "demo PASSED" in r.stdout and r.stdout.count("[ok]") == 2
     assert "GET /api/v1/nat" in r.stdout and "egress pod src 10.244.0.0/16" in r.stdout
+    assert not list(Path("/var/run/wireguard").glob(f"{name}w*"))  # UAPI sockets and stats gone
     assert not re.search(r"cw1\.[A-Za-z0-9_-]{30,}", r.stdout)  # the token's secret is never shown
     assert lab_namespaces(name) == [] and not (STATE_ROOT / name).exists()

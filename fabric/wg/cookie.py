@@ -24,6 +24,7 @@ import ipaddress
 from collections.abc import Callable
 
 from fabric.wg.crypto import InvalidTag, hash_, mac, xaead_decrypt, xaead_encrypt
+from fabric.wg.messages import pack_cookie_reply
 
 LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"
@@ -96,8 +97,6 @@ class CookieChecker:
         return mac(self._cookie(src, now), msg[: n - 16]) == msg[n - 16 :]
 
     def create_reply(self, msg: bytes, receiver: int, src: Endpoint, now: float) -> bytes:
-        from fabric.wg.messages import pack_cookie_reply
-
         n = len(msg)
         nonce = self._rng(24)
         sealed = xaead_encrypt(self._cookie_key, nonce, self._cookie(src, now), msg[n - 32 : n - 16])

@@ -44,6 +44,7 @@ from fabric.wg.timers import (
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
 )
+from fabric.wg.uapi import handle as uapi_handle
 
 Endpoint = tuple[str, int]
 
@@ -143,9 +144,8 @@ class Device:
     # ------------------------------------------------------------------ config
 
     def uapi(self, request: str, now: float) -> str:
-        from fabric.wg.uapi import handle
-
-        return handle(self, request, now)
+        """A whole wg(8) request ("get=1\\n\\n" / "set=1\\n...\\n\\n") -> the whole reply."""
+        return uapi_handle(self, request, now)
 
     def set_bound_port(self, port: int) -> None:
         self.bound_port = port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import collections
 import struct
 
@@ -131,6 +132,4 @@ class Peer:
 
     def __repr__(self) -> str:
         # Public key only (never psk / keys).
-        import base64
-
         return f"Peer({base64.b64encode(self.public_key).decode()[:8]}…)"

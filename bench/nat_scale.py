@@ -14,7 +14,9 @@
    and the question is what the table costs, not what WireGuard costs.
    Two identical paths (gateway, pod, veth tunnel, remote) carry one table
    each, 1 and 1000 peers, and are measured at the same time so both see
-   the same background load; ``ratio`` is the median of the per-round ratios.
+   the same background load; ``ratio`` is the median of the per-round
+   ratios. A control (both paths with 1 peer) first shows the noise floor
+   (``control_ratio``/``control_range``): on a shared 2-core box it is wide.
 
 Last line: JSON with apply_s_1, apply_s_100, apply_s_1000, mbps_1, mbps_1000, ratio.
 """
@@ -132,7 +134,7 @@ def build_path(made: list[str], label: str) -> tuple[str, str, str, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=3, help="iperf3 duration per run")
-    ap.add_argument("--rounds", type=int, default=5, help="concurrent 1/1000-peer throughput rounds")
+    ap.add_argument("--rounds", type=int, default=6, help="concurrent throughput rounds (control and 1/1000)")
     ap.add_argument("--implementation", default="wireguard-go", help="WireGuard for the apply timing")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -172,30 +174,41 @@ def main() -> int:
 
         # Throughput: the same table rendered for each path's veth tunnel; both
         # paths run at the same time so they share whatever else loads the box.
-        for (g, _pod, tun, _t), n in ((one, 1), (many, 1000)):
-            tun_local = dataclasses.replace(local, interface=tun)
-            Nft(g).apply(nat.render(FabricState(tun_local, peers(n, pubs))))
+        def program(path: tuple[str, str, str, str], n: int) -> None:
+            g, _pod, tun, _t = path
+            Nft(g).apply(nat.render(FabricState(dataclasses.replace(local, interface=tun), peers(n, pubs))))
             sync_routes(tun, [view(0)], netns=g)
+
+        def measure(label: str) -> tuple[list[float], list[float], list[float]]:
+            a_runs, b_runs, ratios = [], [], []
+            for _ in range(args.rounds):
+                procs = [subprocess.Popen(["ip", "netns", "exec", p[1], "iperf3", "-c", p[3], "-t", str(args.seconds),
+                                           "-J"], stdout=subprocess.PIPE, text=True) for p in (one, many)]
+                got = []
+                for proc in procs:
+                    out, _ = proc.communicate(timeout=args.seconds + 30)
+                    got.append(float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6)
+                a_runs.append(got[0])
+                b_runs.append(got[1])
+                ratios.append(got[1] / got[0])
+                print(f"{label}: A {got[0]:9.1f} Mbit/s | B {got[1]:9.1f} Mbit/s | B/A {ratios[-1]:.3f}", flush=True)
+            return a_runs, b_runs, ratios
+
+        # Control first: both paths with 1 peer, to show the noise of the box.
+        program(one, 1)
+        program(many, 1)
         time.sleep(0.3)  # iperf3 servers up
-        runs: dict[int, list[float]] = {1: [], 1000: []}
-        ratios: list[float] = []
-        for _ in range(args.rounds):
-            procs = {n: subprocess.Popen(["ip", "netns", "exec", p[1], "iperf3", "-c", p[3], "-t", str(args.seconds),
-                                          "-J"], stdout=subprocess.PIPE, text=True)
-                     for p, n in ((one, 1), (many, 1000))}
-            got = {}
-            for n, proc in procs.items():
-                out, _ = proc.communicate(timeout=args.seconds + 30)
-                got[n] = float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
-                runs[n].append(got[n])
-            ratios.append(got[1000] / got[1])
-            print(f"concurrent: 1 peer {got[1]:9.1f} Mbit/s | 1000 peers {got[1000]:9.1f} Mbit/s "
-                  f"| ratio {ratios[-1]:.3f}", flush=True)
+        _, _, control = measure("control, 1 vs 1 peer")
+        program(many, 1000)
+        runs1, runs1000, ratios = measure("1 vs 1000 peers")
         counted = sh("nft", "list", "chain", "inet", "crosswire", "to-peer0000", ns=gw)
         assert "packets 0 " not in counted.splitlines()[1], "traffic did not take the NAT path"
-        result["mbps_1"] = round(statistics.median(runs[1]), 1)
-        result["mbps_1000"] = round(statistics.median(runs[1000]), 1)
+        result["mbps_1"] = round(statistics.median(runs1), 1)
+        result["mbps_1000"] = round(statistics.median(runs1000), 1)
         result["ratio"] = round(statistics.median(ratios), 3)  # median of concurrent pairs
+        result["ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        result["control_ratio"] = round(statistics.median(control), 3)  # same table on both: noise
+        result["control_range"] = [round(min(control), 3), round(max(control), 3)]
         result["tunnel"] = "veth"
         result["loadavg_1m"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result), flush=True)

@@ -20,10 +20,13 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fabric.nft import NftError, in_netns
+
+_T = TypeVar("_T")
 
 ROUTE_PROTO = 245
 MAIN_TABLE = 254
@@ -182,8 +185,7 @@ def _present(rt: _Rtnl, oif: int, table: int) -> set[Network]:
     return out
 
 
-def _run(netns: str | None, fn: object) -> object:
-    assert callable(fn)
+def _run(netns: str | None, fn: Callable[[], _T]) -> _T:
     if netns is None:
         return fn()
     try:
@@ -222,9 +224,7 @@ def sync_routes(interface: str, cidrs: Iterable[str], *, table: int = MAIN_TABLE
             raise RouteError(f"{len(failures)} routes via {interface}{where} failed ({shown})")
         return p
 
-    result = _run(netns, work)
-    assert isinstance(result, RoutePlan)
-    return result
+    return _run(netns, work)
 
 
 def list_routes(interface: str, *, table: int = MAIN_TABLE, netns: str | None = None) -> set[Network]:
@@ -240,9 +240,7 @@ def list_routes(interface: str, *, table: int = MAIN_TABLE, netns: str | None = 
         finally:
             rt.close()
 
-    result = _run(netns, work)
-    assert isinstance(result, set)
-    return result
+    return _run(netns, work)
 
 
 def remove_routes(interface: str, *, table: int = MAIN_TABLE, netns: str | None = None) -> None:

@@ -11,9 +11,10 @@ is not ready:
 
 Every step is a full sync, so applying the same state again changes nothing
 (and the nft table comes out identical: it is replaced wholly in one batch).
-With ``previous`` given and nothing the NAT table depends on changed (e.g. only
-keys or endpoints did), the table is left alone so its counters keep counting;
-``previous=None`` (start-up, forced resync) always rewrites it.
+With ``previous`` given, nothing the NAT table depends on changed (e.g. only
+keys or endpoints did) and the kernel's table still holds every rule, the
+table is left alone so its counters keep counting; a damaged table (drift)
+or ``previous=None`` (start-up) rewrites it.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
     def do_nat() -> None:
         try:
             if (previous is not None and nat_inputs(previous) == nat_inputs(state)
-                    and nft.chain_exists(nat.FAMILY, local.nft_table, "prerouting")):
-                return  # unchanged: keep the table and its counters
+                    and _nat_problem(state, nft) is None):
+                return  # unchanged and intact: keep the table and its counters
             nft.apply(ruleset)
         except NftError as e:
             raise ApplyError(f"nftables table inet {local.nft_table}: {e}") from None
@@ -124,19 +125,29 @@ def remove(state: FabricState, *, netns: str | None = None) -> None:
     Nft(netns).delete_table(nat.FAMILY, local.nft_table)
 
 
+def _nat_problem(state: FabricState, nft: Nft) -> str | None:
+    """None when every rule and host-network element of ``state`` is in the kernel's table."""
+    table = state.local.nft_table
+    try:
+        listed = nft.list_table(nat.FAMILY, table)
+    except NftError:
+        return f"nft table inet {table} missing"
+    joined = nat.with_counters(nat.mappings(state), listed)
+    missing = sum(r["handle"] is None for m in joined for r in m["rules"])
+    missing += sum(not h["present"] for m in joined for h in m["host_network"])
+    base = {r["rule"]["chain"] for r in listed.get("nftables", []) if "rule" in r}
+    if not {"prerouting", "postrouting", "mss-clamp"} <= base:
+        return f"nft table {table}: base chain rules missing"
+    return f"nft table {table}: {missing} mapping rules/elements missing" if missing else None
+
+
 def verify(state: FabricState, *, netns: str | None = None) -> list[str]:
     """What differs between the kernel and ``state`` (empty: programmed as the state says)."""
     problems: list[str] = []
     local = state.local
-    try:
-        listed = Nft(netns).list_table(nat.FAMILY, local.nft_table)
-        have = {(r["rule"]["chain"], r["rule"].get("comment", ""))
-                for r in listed.get("nftables", []) if "rule" in r}
-        want = {(r["chain"], r["comment"]) for m in nat.mappings(state) for r in m["rules"]}
-        if not want <= have:
-            problems.append(f"nft table {local.nft_table}: {len(want - have)} mapping rules missing")
-    except NftError:
-        problems.append(f"nft table inet {local.nft_table} missing")
+    nat_problem = _nat_problem(state, Nft(netns))
+    if nat_problem:
+        problems.append(nat_problem)
     try:
         present = routes.list_routes(local.interface, netns=netns)
         if present != routes.parse_cidrs(_views(state)):

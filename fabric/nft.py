@@ -146,11 +146,6 @@ class Nft:
             return False
         return True
 
-    def chain_exists(self, family: str, table: str, chain: str) -> bool:
-        """A cheap presence check (listing one small chain, not the whole table)."""
-        rc, _, _ = self._cmd({"nftables": [{"list": {"chain": {"family": family, "table": table, "name": chain}}}]})
-        return rc == 0
-
     def delete_table(self, family: str, name: str) -> None:
         """Delete the table; no error if it is not there."""
         table = {"family": family, "name": name}

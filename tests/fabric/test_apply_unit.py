@@ -60,7 +60,7 @@ def test_apply_runs_steps_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unchanged_nat_inputs_keep_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
     touched: list[str] = []
     monkeypatch.setattr(fabric_apply.Nft, "apply", lambda self, r: touched.append("nat"))
-    monkeypatch.setattr(fabric_apply.Nft, "chain_exists", lambda self, *a: True)
+    monkeypatch.setattr(fabric_apply, "_nat_problem", lambda state, nft: None)
     monkeypatch.setattr(fabric_apply.routes, "sync_routes", lambda *a, **k: None)
     monkeypatch.setattr(fabric_apply.WgControl, "sync", lambda *a, **k: None)
     one = FabricState(LOCAL, (GPU,))
@@ -72,6 +72,6 @@ def test_unchanged_nat_inputs_keep_the_table(monkeypatch: pytest.MonkeyPatch) ->
     masq = FabricState(dataclasses.replace(LOCAL, masquerade=True), (GPU,))
     fabric_apply.apply(masq, one)
     assert touched == ["nat", "nat"]
-    monkeypatch.setattr(fabric_apply.Nft, "chain_exists", lambda self, *a: False)
-    fabric_apply.apply(one, one)  # table gone: rewritten even though nothing changed
+    monkeypatch.setattr(fabric_apply, "_nat_problem", lambda state, nft: "rules missing")
+    fabric_apply.apply(one, one)  # table damaged: rewritten even though nothing changed
     assert touched == ["nat", "nat", "nat"]

@@ -176,6 +176,11 @@ def test_reapply_is_identical(fab: Lab) -> None:
     assert fab.lab.state is not None
     apply(fab.lab.state, fab.lab.state, netns=fab.lab.gw)
     assert _egress_packets(fab.lab) == counted  # unchanged state: table (and counters) kept
+    # Drift (someone flushed a peer chain) is repaired by the same call.
+    sh("nft", "flush", "chain", "inet", "crosswire", "to-gpu", ns=fab.lab.gw)
+    assert verify(fab.lab.state, netns=fab.lab.gw) != []
+    apply(fab.lab.state, fab.lab.state, netns=fab.lab.gw)
+    assert verify(fab.lab.state, netns=fab.lab.gw) == []
     before = _table_text(fab.lab.gw)
     routes_before = sh("ip", "route", "show", "proto", str(ROUTE_PROTO), ns=fab.lab.gw).stdout
     wg_before = WgControl(fab.lab.wg).show()

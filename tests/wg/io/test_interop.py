@@ -150,9 +150,13 @@ def test_sigkill_restart_rehandshakes(pair_factory: PairFactory) -> None:
     assert second > first
 
 
-def test_crosswire_both_sides_and_wg_show(pair_factory: PairFactory) -> None:
-    """crosswire-wg <-> crosswire-wg, and wg's views (showconf, dump) of a configured device."""
+@pytest.mark.parametrize("mode", ["default", "--tso", "--no-offload"])
+def test_crosswire_both_sides_and_wg_show(pair_factory: PairFactory, mode: str) -> None:
+    """crosswire-wg <-> crosswire-wg in each offload mode, and wg's views of the device."""
     p = pair_factory("crosswire", "crosswire")
+    if mode != "default":
+        for s in p.sides:
+            s.extra_args = [mode]
     p.up(endpoint_on="a", keepalive=25)
     assert " 0% packet loss" in p.ping(p.a, p.b.inner6, count=2)
     _verified(Transfer(p.a, p.b, p.b.inner4, 5 * MB), 5 * MB)
@@ -164,6 +168,12 @@ def test_crosswire_both_sides_and_wg_show(pair_factory: PairFactory) -> None:
     peer = dump[1].split("\t")
     assert peer[0] == p.a.pub and peer[2] == f"{p.a.outer4}:{p.a.port}"
     assert int(peer[5]) > 5 * MB and int(peer[6]) > 0  # rx, tx bytes
+    time.sleep(1.2)  # the stats file is refreshed once a second
+    io = p.a.stats()
+    if mode == "--tso":
+        assert io.get("io_tso_reads", 0) > 0
+    elif mode == "--no-offload":
+        assert not io.get("io_gso_sends") and not io.get("io_gro_writes")
 
 
 def test_wg_syncconf_and_listen_port_change(pair_factory: PairFactory) -> None:

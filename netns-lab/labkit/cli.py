@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .lab import Lab, LabError, list_labs, teardown
+from .lab import Lab, LabError, list_labs, teardown, tool_env
 from .topology import TopologyError, load
 
 DEFAULT_NAME = "cwlab"
@@ -68,8 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not cmd:
                 print("lab exec: no command given", file=sys.stderr)
                 return 2
-            ns = Lab(a.name).plan.ns_of(a.cluster, a.member)
-            os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
+            lab = Lab(a.name)
+            ns = lab.plan.ns_of(a.cluster, a.member)
+            # The operator's environment: `crosswire` on PATH, talking to this cluster's gateway.
+            env = tool_env()
+            env["CROSSWIRE_CONFIG"] = str(lab.gateway_config_path(lab.plan.cluster(a.cluster)))
+            os.execvpe("ip", ["ip", "netns", "exec", ns, *cmd], env)
     except (LabError, TopologyError) as e:
         print(f"lab: {e}", file=sys.stderr)
         return 1
@@ -90,12 +94,12 @@ def render_status(s: dict[str, Any]) -> str:
             health = str(st)
         out.append(f"    gateway {gw['pod_ip']} (public {gw['public']}): {health}")
         for p in c["peers"] if isinstance(c["peers"], list) else []:
-            views = ", ".join(f"{v['real']} as {v['view']}" for v in p.get("our_views") or [])
+            views = ", ".join(f"{v['real']} -> {v['view']}" for v in p.get("our_views") or [])
             age = p.get("handshake_age_s")
             out.append(f"    peer {p.get('cluster_id')}: {p.get('state')}, handshake "
                        f"{'never' if age is None else f'{age:.0f}s ago'}, rtt {p.get('rtt_ms')} ms, "
                        f"loss {p.get('loss')}, rx {p.get('rx_bytes')} B, tx {p.get('tx_bytes')} B; "
-                       f"seen as: {views}")
+                       f"our views: {views}")
         out.append(f"    pods: {', '.join(f'{k}={v}' for k, v in c['pods'].items())}")
         out.append(f"    services: {', '.join(f'{k}={v}' for k, v in c['services'].items())}")
         procs = c["processes"]

@@ -12,6 +12,7 @@ import ipaddress
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from labkit import checks, ops
@@ -22,6 +23,7 @@ from labkit.render import CILIUM_TABLE
 from labkit.topology import POD_PORT
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
+LAB = Path(__file__).resolve().parents[2] / "netns-lab" / "lab"
 MakeLab = Callable[..., Lab]
 
 
@@ -56,6 +58,10 @@ def test_identical_ranges_services_host_network_and_big_transfers(make_lab: Make
     # Host network of a node (not the gateway's) to a remote pod.
     checks.pod_to_pod(lab, "lab", "n2", "gpu", "p3")
     checks.pod_to_pod(lab, "gpu", "n1", "lab", "p1")
+    # The operator's way in: `lab exec CLUSTER gw -- crosswire ...` talks to that cluster's gateway.
+    r = subprocess.run([str(LAB), "--name", lab.name, "exec", "lab", "gw", "--", "crosswire", "status"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "cluster lab" in r.stdout and "1 connected" in r.stdout, r.stderr
     # 20 MB each way with checksums: MTU/MSS trouble shows up here.
     checks.transfer_both_ways(lab, "lab", "p3", "gpu", "p3", 20_000_000)
 

@@ -454,7 +454,14 @@ class Daemon:
                         self._drain_wakeup()
                     else:
                         self.uapi.on_event(fd, ev)
+                wrote_tun = bool(dev.inbox)
                 self._flush()
+                if wrote_tun and self.stop_reason is None:
+                    # Writing to the TUN runs the local stack synchronously: its answers
+                    # (TCP ACKs, echo replies) are queued already. Take them now, not after
+                    # another epoll_wait round trip.
+                    self._read_tun(now)
+                    self._flush()
             except Exception:
                 # A bug must cost one packet, not the tunnel: count it, log it, carry on
                 # (unread packets stay queued in the kernel; epoll is level-triggered).

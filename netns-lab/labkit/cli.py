@@ -77,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LabError, TopologyError) as e:
         print(f"lab: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"lab: interrupted; `lab --name {a.name} down` removes whatever was built",
+              file=sys.stderr)
+        return 130
     return 0
 
 

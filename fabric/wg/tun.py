@@ -29,9 +29,12 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
+SIOCGIFTXQLEN = 0x8942
+SIOCSIFTXQLEN = 0x8943
 IFNAMSIZ = 16
 
 DEFAULT_MTU = 1420
+TXQUEUELEN = 2048
 
 
 class TunError(OSError):
@@ -79,6 +82,10 @@ class Tun:
                 with contextlib.suppress(OSError):
                     fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
             self.set_mtu(mtu)
+            # A deeper ring than the default 500: between two of our reads a TCP sender
+            # may queue up to tcp_limit_output_bytes; overflowing the ring is a drop that
+            # TCP pays for with a retransmit and a halved window.
+            self.set_txqueuelen(TXQUEUELEN)
             self.set_up()
         except OSError as e:
             os.close(fd)
@@ -86,6 +93,12 @@ class Tun:
 
     def set_mtu(self, mtu: int) -> None:
         _ifreq_ioctl(self.name.encode(), SIOCSIFMTU, mtu)
+
+    def set_txqueuelen(self, qlen: int) -> None:
+        _ifreq_ioctl(self.name.encode(), SIOCSIFTXQLEN, qlen)
+
+    def txqueuelen(self) -> int:
+        return _ifreq_ioctl(self.name.encode(), SIOCGIFTXQLEN, None)
 
     def mtu(self) -> int:
         return _ifreq_ioctl(self.name.encode(), SIOCGIFMTU, None)

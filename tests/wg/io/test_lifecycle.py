@@ -92,6 +92,8 @@ def test_returns_when_ready_with_socket_modes(daemon: Daemon) -> None:
     assert f"interface: {daemon.iface}" in shown
     mtu = sh("cat", f"/sys/class/net/{daemon.iface}/mtu", ns=daemon.ns).stdout.strip()
     assert mtu == "1420"
+    qlen = sh("cat", f"/sys/class/net/{daemon.iface}/tx_queue_len", ns=daemon.ns).stdout.strip()
+    assert qlen == "2048"
 
 
 @pytest.mark.parametrize("cause", ["sigterm", "sigint", "socket_deleted", "interface_deleted"])

@@ -247,9 +247,13 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"crosswire: config error: {e}", file=sys.stderr)
         return 2
-    from gateway.daemon import run
+    from gateway.daemon import StartupError, run
 
-    return run(cfg)
+    try:
+        return run(cfg)
+    except StartupError as e:
+        print(f"crosswire: cannot start: {e}", file=sys.stderr)
+        return 1
 
 
 def print_peers(peers: list[dict[str, Any]]) -> None:

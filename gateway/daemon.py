@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -32,9 +33,13 @@ from gateway.controller import Gateway
 from gateway.fabric_driver import SystemFabric
 from gateway.health import EchoResponder, HealthTracker, Prober
 from gateway.state import StateStore
-from gateway.views import IpamViews
+from gateway.views import IpamViews, ViewsError
 
 log = logging.getLogger("crosswire.daemon")
+
+class StartupError(RuntimeError):
+    """State or IPAM could not be opened; the message says which and why."""
+
 
 CHECK_INTERVAL = 1.0
 VERIFY_INTERVAL = 10.0
@@ -81,13 +86,20 @@ def find_gateway_ip(config: Config) -> str | None:
 
 def build(config: Config, gateway_ip: str | None) -> Gateway:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
-    store = StateStore(config.state_dir)
-    store.admin_token()  # make sure the CLI beside us can authenticate
+    try:
+        store = StateStore(config.state_dir)
+        store.admin_token()  # make sure the CLI beside us can authenticate
+    except (OSError, sqlite3.Error) as e:
+        raise StartupError(f"state_dir {config.state_dir}: {e}") from None
     if gateway_ip is None:
         log.warning("no address of ours inside pod_cidrs: host-network SNAT and health probes are off "
                     "(set gateway_ip or CROSSWIRE_POD_IP)")
-    views = IpamViews(os.path.join(config.state_dir, "ipam.db"), config.pod_cidrs, config.service_cidrs,
-                      config.reserved_cidrs, config.ipam_pools)
+    try:
+        views = IpamViews(os.path.join(config.state_dir, "ipam.db"), config.pod_cidrs,
+                          config.service_cidrs, config.reserved_cidrs, config.ipam_pools)
+    except (ViewsError, OSError) as e:
+        store.close()
+        raise StartupError(f"IPAM: {e}") from None
     fabric = SystemFabric(config.wireguard.interface, config.wireguard.implementation,
                           config.wireguard.mtu, config.nft_table,
                           log_path=os.path.join(config.state_dir, "dataplane.log"))

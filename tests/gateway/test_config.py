@@ -77,3 +77,16 @@ def test_load_file(tmp_path: Path) -> None:
         load(p, env={})
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.yaml", env={})
+
+
+def test_daemon_startup_errors_are_clear(tmp_path: Path) -> None:
+    from gateway.daemon import StartupError, build
+
+    (tmp_path / "file").write_text("")
+    cfg = parse({**BASE, "state_dir": str(tmp_path / "file" / "sub")}, env={})
+    with pytest.raises(StartupError, match=r"^state_dir .*/file/sub: .*Not a directory"):
+        build(cfg, None)
+    sd = tmp_path / "sd"
+    (sd / "ipam.db").mkdir(parents=True)  # not a database
+    with pytest.raises(StartupError, match=r"^IPAM: "):
+        build(parse({**BASE, "state_dir": str(sd)}, env={}), None)

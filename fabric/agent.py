@@ -2,7 +2,8 @@
 
 Runs on every node (a DaemonSet in Kubernetes, one process per node namespace
 in the lab) as ``crosswire agent run --gateway URL [--interval S] [--once]``.
-It polls ``GET {URL}/api/v1/routes`` (``{"gateway_ip": "...", "cidrs": [...]}``)
+It polls ``GET {URL}/api/v1/routes`` (``{"gateway_ip": "...", "cidrs": [...]}``,
+optionally ``"gateway_ip6"`` for the IPv6 views of a dual-stack gateway)
 and keeps one route per CIDR in the main table, tagged with ``AGENT_PROTO`` so
 it never touches routes it did not make.
 
@@ -26,7 +27,7 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("crosswire.agent")
@@ -59,6 +60,11 @@ class Published:
 
     gateway_ip: Address
     cidrs: tuple[Network, ...]
+    gateway_ip6: ipaddress.IPv6Address | None = None  # dual stack: the pod's IPv6 address
+
+    def gateways(self) -> tuple[Address, ...]:
+        """The gateway's address per family (at most one each)."""
+        return (self.gateway_ip,) + ((self.gateway_ip6,) if self.gateway_ip6 else ())
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,15 @@ def parse_routes(body: Any) -> Published:
         gateway_ip = ipaddress.ip_address(gw)
     except ValueError as e:
         raise RoutesError(f"bad gateway_ip {gw!r}") from e
+    gw6 = body.get("gateway_ip6")
+    gateway_ip6 = None
+    if gw6 is not None:
+        try:
+            gateway_ip6 = ipaddress.IPv6Address(gw6)
+        except ValueError as e:
+            raise RoutesError(f"bad gateway_ip6 {gw6!r}") from e
+        if gateway_ip.version == 6:
+            raise RoutesError("gateway_ip6 given but gateway_ip is IPv6 too")
     nets: list[Network] = []
     for c in cidrs:
         try:
@@ -99,23 +114,29 @@ def parse_routes(body: Any) -> Published:
             # A default route towards the gateway would hijack the node.
             raise RoutesError(f"refusing default route {c!r}")
         nets.append(net)
-    return Published(gateway_ip, tuple(sorted(set(nets), key=_net_key)))
+    return Published(gateway_ip, tuple(sorted(set(nets), key=_net_key)), gateway_ip6)
 
 
 def _net_key(n: Network) -> tuple[int, int, int]:
     return (n.version, int(n.network_address), n.prefixlen)
 
 
-def desired_routes(published: Published, nexthop: NextHop) -> dict[Network, NextHop]:
-    """One route per published CIDR of the gateway's address family."""
-    return {c: nexthop for c in published.cidrs if c.version == published.gateway_ip.version}
+def desired_routes(published: Published, hops: Mapping[int, NextHop]) -> dict[Network, NextHop]:
+    """One route per published CIDR whose family has a next hop (``hops``: IP version -> hop)."""
+    return {c: hops[c.version] for c in published.cidrs if c.version in hops}
 
 
-def plan(desired: Mapping[Network, NextHop], present: Mapping[Network, NextHop]) -> Plan:
-    """Routes to add (or replace, when the next hop moved) and stale ones to remove."""
+def plan(desired: Mapping[Network, NextHop], present: Mapping[Network, NextHop],
+         keep_families: frozenset[int] = frozenset()) -> Plan:
+    """Routes to add (or replace, when the next hop moved) and stale ones to remove.
+
+    Present routes of a family in ``keep_families`` (its gateway address did
+    not resolve this time) are left alone rather than removed.
+    """
     add = tuple((n, h) for n, h in sorted(desired.items(), key=lambda i: _net_key(i[0]))
                 if present.get(n) != h)
-    remove = tuple(sorted((n for n in present if n not in desired), key=_net_key))
+    remove = tuple(sorted((n for n in present if n not in desired and n.version not in keep_families),
+                          key=_net_key))
     return Plan(add=add, remove=remove)
 
 
@@ -206,25 +227,40 @@ class Agent:
     routes: NetlinkRoutes
     errors: int = 0
     last_error: str | None = None
-    applied: list[Plan] = field(default_factory=list)
+
+    def _failed(self, why: str) -> None:
+        self.errors += 1
+        if why != self.last_error:  # log a failure once, not every poll
+            log.warning("keeping current routes: %s", why)
+        self.last_error = why
 
     def step(self) -> Plan | None:
+        hops: dict[int, NextHop] = {}
+        unresolved: set[int] = set()
+        problems: list[str] = []
         try:
             published = fetch_routes(self.gateway_url)
-            hop = resolve_nexthop(published.gateway_ip, self.routes.lookup(published.gateway_ip))
         except RoutesError as e:
-            self.errors += 1
-            if str(e) != self.last_error:  # log a failure once, not every poll
-                log.warning("keeping current routes: %s", e)
-            self.last_error = str(e)
+            self._failed(str(e))
             return None
-        if self.last_error is not None:
+        for gw in published.gateways():
+            try:
+                hops[gw.version] = resolve_nexthop(gw, self.routes.lookup(gw))
+            except RoutesError as e:
+                unresolved.add(gw.version)
+                problems.append(str(e))
+        if not hops:
+            self._failed("; ".join(problems))
+            return None
+        if problems:
+            self._failed("; ".join(problems))  # the other family still gets reconciled
+        elif self.last_error is not None:
             log.info("gateway answers again")
             self.last_error = None
         from pyroute2 import NetlinkError
 
         try:
-            p = plan(desired_routes(published, hop), self.routes.present())
+            p = plan(desired_routes(published, hops), self.routes.present(), frozenset(unresolved))
             if not p.empty:
                 self.routes.apply(p)
                 log.info("routes: +%s -%s", [str(n) for n, _ in p.add], [str(n) for n in p.remove])

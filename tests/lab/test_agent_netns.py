@@ -148,3 +148,41 @@ def test_agent_installs_updates_keeps_and_removes_routes(
     assert agent.stderr is not None
     log = agent.stderr.read().decode()
     assert "keeping current routes" in log
+
+
+@pytest.mark.root
+def test_agent_dual_stack_routes_each_family_via_its_gateway_address(
+        netns: Namespaces, tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    node, gwpod = netns.add("agd1"), netns.add("agdg")
+    v_node, v_pod = netns.veth(node, gwpod, "10.244.0.1/32", "10.244.0.2/32", name="p")
+    sh("ip", "route", "add", "10.244.0.2/32", "dev", v_node, ns=node)
+    for ns, dev, addr, peer in ((node, v_node, "fd00:244::1/128", "fd00:244::2"),
+                                (gwpod, v_pod, "fd00:244::2/128", "fd00:244::1")):
+        sh("ip", "-6", "addr", "add", addr, "dev", dev, "nodad", ns=ns)
+        sh("ip", "-6", "route", "add", peer, "dev", dev, ns=ns)
+    sh("ip", "-6", "route", "add", "default", "via", "fd00:244::1", "dev", v_pod, ns=gwpod)
+    sh("ip", "-6", "addr", "add", "fd00:1::5/128", "dev", "lo", ns=gwpod)
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"gateway_ip": "10.244.0.2", "gateway_ip6": "fd00:244::2",
+                                  "cidrs": ["100.64.0.0/16", "fd00:1::/48"]}))
+    fake = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, "-c", FAKE_GATEWAY,
+                             str(routes)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(fake)
+    wait_for(lambda: sh("curl", "-sf", "http://127.0.0.1:18080/api/v1/routes",
+                        check=False, ns=node).returncode == 0)
+    agent = [str(Path(sys.executable).parent / "crosswire"), "agent", "run", "--once",
+             "--gateway", "http://127.0.0.1:18080"]
+    sh(*agent, ns=node)
+    out = sh("ip", "-j", "-6", "route", "show", "proto", "246", ns=node).stdout
+    assert {r["dst"]: f"{r.get('gateway')} {r['dev']}" for r in json.loads(out)} == \
+        {"fd00:1::/48": f"fd00:244::2 {v_node}"}
+    assert agent_routes(node) == {"100.64.0.0/16": f"10.244.0.2 {v_node}"}
+    sh("ping", "-6", "-c1", "-W2", "fd00:1::5", ns=node)
+    # The IPv6 gateway address stops resolving: v4 still reconciled, v6 routes kept.
+    sh("ip", "-6", "route", "del", "fd00:244::2", "dev", v_node, ns=node)
+    routes.write_text(json.dumps({"gateway_ip": "10.244.0.2", "gateway_ip6": "fd00:244::2",
+                                  "cidrs": ["100.65.0.0/16", "fd00:1::/48"]}))
+    r = sh(*agent, ns=node, check=False)
+    assert r.returncode == 0 and "no route to gateway fd00:244::2" in r.stderr
+    assert agent_routes(node) == {"100.65.0.0/16": f"10.244.0.2 {v_node}"}
+    assert "fd00:1::/48" in sh("ip", "-6", "route", "show", "proto", "246", ns=node).stdout

@@ -52,10 +52,23 @@ def test_nexthop_on_gateway_node_and_elsewhere() -> None:
         resolve_nexthop(gw, {})
 
 
-def test_desired_skips_other_family() -> None:
+def test_desired_per_family() -> None:
     p = parse_routes({"gateway_ip": "10.244.0.2", "cidrs": ["100.64.0.0/16", "fd00:1::/48"]})
-    h = NextHop("10.244.0.2", 3)
-    assert desired_routes(p, h) == {N("100.64.0.0/16"): h}
+    h4, h6 = NextHop("10.244.0.2", 3), NextHop("fd00:244::2", 3)
+    assert desired_routes(p, {4: h4}) == {N("100.64.0.0/16"): h4}  # no IPv6 gateway: v4 only
+    p6 = parse_routes({"gateway_ip": "10.244.0.2", "gateway_ip6": "fd00:244::2",
+                       "cidrs": ["100.64.0.0/16", "fd00:1::/48"]})
+    assert [str(g) for g in p6.gateways()] == ["10.244.0.2", "fd00:244::2"]
+    assert desired_routes(p6, {4: h4, 6: h6}) == {N("100.64.0.0/16"): h4, N("fd00:1::/48"): h6}
+    with pytest.raises(RoutesError):
+        parse_routes({"gateway_ip": "10.244.0.2", "gateway_ip6": "10.0.0.1", "cidrs": []})
+
+
+def test_plan_keeps_routes_of_an_unresolved_family() -> None:
+    h4, h6 = NextHop("10.244.0.2", 3), NextHop("fd00:244::2", 3)
+    present = {N("100.64.0.0/16"): h4, N("fd00:1::/48"): h6, N("100.66.0.0/16"): h4}
+    p = plan({N("100.64.0.0/16"): h4}, present, keep_families=frozenset({6}))
+    assert p.remove == (N("100.66.0.0/16"),) and p.add == ()
 
 
 def test_plan_adds_removes_and_replaces_moved_routes() -> None:

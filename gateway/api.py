@@ -6,7 +6,8 @@ node agents poll it).
 Peering (authenticated by the token / channel keys inside the body, see
 gateway.peering): ``POST /api/v1/peering/join``, ``POST /api/v1/peering/message``.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
-``POST /api/v1/tokens``, ``POST /api/v1/peers`` (peer add), ``DELETE
+``POST /api/v1/tokens``, ``GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}``,
+``POST /api/v1/peers`` (peer add), ``DELETE
 /api/v1/peers/{cluster_id}``, ``POST /api/v1/key/rotate``, ``POST /api/v1/ranges/announce``.
 
 Errors are ``{"detail": "<reason>"}``. Validation errors are rewritten so they
@@ -139,6 +140,14 @@ def create_app(gw: Gateway) -> FastAPI:
         except ValueError as e:
             raise GatewayError(f"ttl: {e}", 422) from None
         return gw.create_token(ttl, req.reusable)
+
+    @app.get("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)])
+    def token_list() -> list[dict[str, Any]]:
+        return gw.list_tokens()
+
+    @app.delete("/api/v1/tokens/{token_id}", tags=["admin"], dependencies=[Depends(admin)])
+    def token_revoke(token_id: str) -> dict[str, Any]:
+        return gw.revoke_token(token_id)
 
     @app.post("/api/v1/peers", tags=["admin"], dependencies=[Depends(admin)], status_code=201)
     async def peer_add(req: PeerAdd) -> dict[str, Any]:

@@ -68,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
     tc.add_argument("--ttl", default="1h", help="lifetime (90s, 15m, 1h, 7d; default 1h)")
     tc.add_argument("--reusable", action="store_true", help="allow more than one peer to use it")
 
+    tok.add_parser("list", parents=[common], help="tokens this gateway issued (no secrets)")
+    trv = tok.add_parser("revoke", parents=[common], help="make an unused token worthless")
+    trv.add_argument("token_id")
+
     peer = sub.add_parser("peer", help="peers").add_subparsers(dest="sub", required=True)
     pa = peer.add_parser("add", parents=[common], help="peer with the gateway that issued TOKEN")
     pa.add_argument("token")
@@ -283,6 +287,25 @@ def dispatch(args: argparse.Namespace) -> int:
             print(f"(token {out['token_id']}, {'reusable' if out['reusable'] else 'single use'}, "
                   f"expires in {args.ttl})", file=sys.stderr)
         return 0
+    if key == ("token", "list"):
+        out = call(args, "GET", "/api/v1/tokens", admin=True)
+        if args.json:
+            print(json.dumps(out, indent=2))
+        elif not out:
+            print("no tokens")
+        else:
+            import time
+
+            for t in out:
+                left = t["expires"] - time.time()
+                when = f"expires in {left:.0f}s" if left > 0 else "expired"
+                print(f"{t['token_id']}  {t['state']:<8} {'reusable' if t['reusable'] else 'single use'}  "
+                      f"uses {t['uses']}  {when}")
+        return 0
+    if key == ("token", "revoke"):
+        out = call(args, "DELETE", f"/api/v1/tokens/{urllib.parse.quote(args.token_id, safe='')}", admin=True)
+        print(json.dumps(out) if args.json else f"revoked {out['revoked']}")
+        return 0
     if key == ("peer", "add"):
         out = call(args, "POST", "/api/v1/peers", admin=True, body={"token": args.token})
         if args.json:
@@ -297,7 +320,8 @@ def dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2)) if args.json else print_peers(out)
         return 0
     if key == ("peer", "remove"):
-        out = call(args, "DELETE", f"/api/v1/peers/{args.cluster_id}", admin=True)
+        out = call(args, "DELETE", f"/api/v1/peers/{urllib.parse.quote(args.cluster_id, safe='')}",
+                   admin=True)
         if args.json:
             print(json.dumps(out))
         else:

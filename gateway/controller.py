@@ -202,6 +202,21 @@ class Gateway:
         return {"token": tok.encode(), "token_id": tok.token_id, "expires": tok.expires,
                 "reusable": reusable, "url": tok.url}
 
+    def list_tokens(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        out = []
+        for t in self.store.tokens():
+            state = "expired" if now >= t.expires else ("used" if t.uses and not t.reusable else "active")
+            out.append({"token_id": t.token_id, "created": t.created, "expires": t.expires,
+                        "reusable": t.reusable, "uses": t.uses, "state": state})
+        return out
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        if not self.store.delete_token(token_id):
+            raise GatewayError(f"no token {token_id!r}", 404)
+        log.info("token %s revoked", token_id)
+        return {"revoked": token_id}
+
     # --- B side: join -----------------------------------------------------------------------
 
     def handle_join(self, envelope: object) -> dict[str, Any]:

@@ -171,6 +171,10 @@ class StateStore:
             ids = [r[0] for r in self._db.execute("SELECT token_id FROM tokens ORDER BY created")]
         return [t for t in (self.token(i) for i in ids) if t is not None]
 
+    def delete_token(self, token_id: str) -> bool:
+        with self.tx() as db:
+            return db.execute("DELETE FROM tokens WHERE token_id=?", (token_id,)).rowcount > 0
+
     # --- nonces ----------------------------------------------------------------------------
 
     def remember_nonce(self, db: sqlite3.Connection, nonce: str, expires: float, now: float) -> bool:

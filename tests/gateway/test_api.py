@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-ADMIN = [("POST", "/api/v1/tokens", {"ttl": "1h"}), ("POST", "/api/v1/peers", {"token": "cw1.xx"}),
+ADMIN = [("POST", "/api/v1/tokens", {"ttl": "1h"}), ("GET", "/api/v1/tokens", None),
+         ("DELETE", "/api/v1/tokens/abc", None), ("POST", "/api/v1/peers", {"token": "cw1.xx"}),
          ("DELETE", "/api/v1/peers/gpu", None), ("POST", "/api/v1/key/rotate", None),
          ("POST", "/api/v1/ranges/announce", None)]
 
@@ -75,6 +76,7 @@ BAD = [
     ("POST", "/api/v1/peers", {"token": "cw1.bm90anNvbg"}, 400, "malformed"),
     ("POST", "/api/v1/peers", [1, 2], 422, "invalid request"),
     ("DELETE", "/api/v1/peers/nobody", None, 404, "no peer"),
+    ("DELETE", "/api/v1/tokens/nope", None, 404, "no token"),
     ("POST", "/api/v1/peering/join", {"body": {}, "mac": "x"}, 400, "token_id"),
     ("POST", "/api/v1/peering/join", {"body": {"token_id": "zz"}, "mac": "x"}, 403, "unknown token"),
     ("POST", "/api/v1/peering/join", {"nope": 1}, 422, "invalid request"),
@@ -204,5 +206,23 @@ def test_join_with_malformed_claimed_ranges_refused(clusters: Any) -> None:
         r = await gpu.call("POST", "/api/v1/peering/join", json=req)
         assert r.status_code == 422 and "disjoint" in r.json()["detail"], r.text
         assert snapshot(gpu) == before and gpu.store.token(tok.token_id).uses == 0  # type: ignore[union-attr]
+
+    asyncio.run(go())
+
+
+def test_token_list_and_revoke(clusters: Any, clock: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        t1 = (await gpu.call("POST", "/api/v1/tokens", json={"ttl": 60})).json()
+        t2 = (await gpu.call("POST", "/api/v1/tokens", json={"ttl": "1h", "reusable": True})).json()
+        listed = (await gpu.call("GET", "/api/v1/tokens")).json()
+        assert [(t["token_id"], t["state"]) for t in listed] == [(t1["token_id"], "active"), (t2["token_id"], "active")]
+        assert t1["token"] not in str(listed) and "secret" not in str(listed)
+        assert (await gpu.call("DELETE", f"/api/v1/tokens/{t2['token_id']}")).json() == {"revoked": t2["token_id"]}
+        r = await lab.call("POST", "/api/v1/peers", json={"token": t2["token"]})
+        assert r.status_code == 403 and "unknown token" in r.json()["detail"]
+        clock.t += 61
+        assert (await gpu.call("GET", "/api/v1/tokens")).json()[0]["state"] == "expired"
 
     asyncio.run(go())

@@ -49,6 +49,14 @@ def test_cli_commands(served: Any, capsys: pytest.CaptureFixture[str], monkeypat
     assert out.startswith("cw1.") and out.count("\n") == 1 and "single use" in err
     assert main(["--api", url, "status"]) == 0  # options before the subcommand work too
     assert "cluster gpu" in capsys.readouterr().out
+    assert main(["token", "list", "--api", url, *sd]) == 0
+    listed = capsys.readouterr().out
+    assert "active" in listed and "single use" in listed and "cw1." not in listed
+    tid = listed.split()[0]
+    assert main(["token", "revoke", tid, "--api", url, *sd]) == 0
+    assert f"revoked {tid}" in capsys.readouterr().out
+    assert main(["token", "list", "--api", url, *sd]) == 0
+    assert "no tokens" in capsys.readouterr().out
     assert main(["status", "--api", url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cluster_id"] == "gpu"
     assert main(["peer", "list", "--api", url]) == 0

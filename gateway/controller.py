@@ -9,7 +9,8 @@ clients to each other's ASGI apps.
 Reconcile: ``desired()`` is a pure function of config + store + views. Every
 change (peering, removal, key rotation) ends with ``await reconcile()``, which
 brings up the data plane if it is missing or died, then ``apply(desired,
-previous)``; the daemon also calls it every ``resync`` seconds to repair drift.
+previous)``; the daemon loop also calls it when the data plane died or the
+kernel drifted from the state (see gateway.daemon).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ clock) and a 16-byte ``nonce`` the receiver remembers for longer than the window
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -161,7 +162,6 @@ def check_public_key(v: object, where: str = "public_key") -> str:
     if not isinstance(v, str):
         raise PeeringError(f"{where}: not a WireGuard public key")
     try:
-        import base64
         raw = base64.b64decode(v, validate=True)
     except ValueError:
         raise PeeringError(f"{where}: not a base64 WireGuard public key") from None
@@ -239,7 +239,6 @@ class PairKeys:
 
     @property
     def psk_b64(self) -> str:
-        import base64
         return base64.b64encode(self.psk).decode()
 
 

@@ -369,6 +369,21 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
         print(f"data plane restarted, ping back {time.monotonic() - t_dead:.2f}s after it died")
         assert a.cli_json("status")["reconcile"]["dataplane_restarts"] >= 1
 
+        # --- the whole "pod" dies (daemon + data plane, kill -9): back within 10 s ----------
+        wg_pids = [pid for pid in sh("ip", "netns", "pids", a.ns).stdout.split()
+                   if a.iface in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+        a.kill9()
+        for pid in wg_pids:
+            os.kill(int(pid), signal.SIGKILL)
+        rules_before = nft_rules(a)
+        a.start()
+        t_pod = time.monotonic()
+        wait_ping(a.pods[0], dst_b, timeout=10)
+        wait_ping(b.pods[1], dst_a, timeout=10)
+        print(f"whole gateway killed: pod-to-pod both ways again {time.monotonic() - t_pod:.2f}s after restart")
+        a.wait_ready()
+        assert nft_rules(a) == rules_before
+
         # --- no secret in any log line -----------------------------------------------------------
         import base64
         import sqlite3

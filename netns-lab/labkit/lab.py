@@ -187,7 +187,7 @@ class Lab:
         with open(logf, "ab") as out:
             proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=out, stderr=out,
                                     stdin=subprocess.DEVNULL, start_new_session=True, env=tool_env())
-        st["processes"][label] = {"pid": proc.pid, "ns": ns}
+        st["processes"][label] = {"pid": proc.pid, "ns": ns, "cmd": cmd}
         self._save(st)
         return proc.pid
 
@@ -205,7 +205,7 @@ class Lab:
         st = self._state()
         info = st["processes"].pop(label, None)
         if info:
-            _kill_group(info["pid"])
+            _kill_group(info["pid"], info.get("cmd"))
             self._save(st)
 
     def restart_gateway(self, cid: str) -> int:
@@ -299,7 +299,7 @@ def teardown(name: str) -> list[str]:
     with contextlib.suppress(OSError, ValueError):
         st = json.loads((d / "state.json").read_text())
     for info in st.get("processes", {}).values():
-        _kill_group(int(info["pid"]))
+        _kill_group(int(info["pid"]), info.get("cmd"))
     existing = run("ip", "netns", "list", check=False).stdout.split("\n")
     existing_names = {line.split()[0] for line in existing if line.strip()}
     wanted = set(st.get("namespaces", [])) | {n for n in existing_names if n.startswith(f"{name}-")}
@@ -362,8 +362,24 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _kill_group(pid: int) -> None:
+def _is_ours(pid: int, cmd: list[str] | None) -> bool:
+    """The pid still runs what the lab started (``ip netns exec`` execs the command in
+    place), not an unrelated process that inherited a recycled pid."""
+    if cmd is None:
+        return _alive(pid)
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    # A subsequence, not a prefix: a script runs as "python /path/script args...".
+    it = iter(a.decode(errors="replace") for a in argv)
+    return all(any(a == c for a in it) for c in cmd)
+
+
+def _kill_group(pid: int, cmd: list[str] | None = None) -> None:
     # Each lab process leads its own session (start_new_session), so the group is ours.
+    if not _is_ours(pid, cmd):
+        return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)

@@ -70,7 +70,7 @@ def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, An
             "interface": c.wg_interface,
             "listen_port": WG_PORT,
             "endpoint": f"{c.internet_ip}:{WG_PORT}",
-            "implementation": "userspace",
+            "implementation": spec.wireguard,
         },
         "api": {"listen": f"0.0.0.0:{API_PORT}", "advertise": c.public_api_url},
         "state_dir": state_dir,

@@ -19,6 +19,7 @@ YAML (every key optional; defaults give the two-cluster demo)::
         masquerade: false
         cilium_check: false           # emulate Cilium's source-IP check
         ipam_pools: []                # passed to the gateway's ipam.pools
+        wireguard: userspace          # or wireguard-go (the reference implementation)
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class ClusterSpec:
     masquerade: bool = False
     cilium_check: bool = False
     ipam_pools: tuple[str, ...] = ()
+    wireguard: str = "userspace"  # the gateway's wireguard.implementation
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,8 @@ def parse(data: Any) -> Topology:
 
 
 _CLUSTER_KEYS = {"id", "pod_cidr", "service_cidr", "node_cidr", "nodes", "pods_per_node",
-                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools"}
+                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "wireguard"}
+WG_IMPLEMENTATIONS = ("userspace", "wireguard-go")
 
 
 def _cluster(d: Any) -> ClusterSpec:
@@ -241,7 +244,10 @@ def _cluster(d: Any) -> ClusterSpec:
         raise TopologyError(f"{cid}.ipam_pools: a list of CIDRs")
     for p in pools:
         ipaddress.ip_network(str(p))
-    return ClusterSpec(id=cid, pod_cidr=str(pod), service_cidr=str(svc), node_cidr=str(node),
+    wg = d.get("wireguard", "userspace")
+    if wg not in WG_IMPLEMENTATIONS:
+        raise TopologyError(f"{cid}.wireguard: one of {', '.join(WG_IMPLEMENTATIONS)}")
+    return ClusterSpec(id=cid, wireguard=wg, pod_cidr=str(pod), service_cidr=str(svc), node_cidr=str(node),
                        nodes=nodes, pods_per_node=tuple(ppn), services=tuple(services),
                        gateway_ip=gw, masquerade=bool(d.get("masquerade", False)),
                        cilium_check=bool(d.get("cilium_check", False)),

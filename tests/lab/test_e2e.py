@@ -66,6 +66,15 @@ def test_identical_ranges_services_host_network_and_big_transfers(make_lab: Make
     checks.transfer_both_ways(lab, "lab", "p3", "gpu", "p3", 20_000_000)
 
 
+def test_interop_with_wireguard_go(make_lab: MakeLab) -> None:
+    # gpu's gateway on crosswire-wg, lab's on the reference wireguard-go.
+    lab = make_lab({"clusters": [{"id": "gpu"}, {"id": "lab", "wireguard": "wireguard-go"}]})
+    ops.peer_all(lab)
+    assert ops.api(lab, "lab", "/api/v1/status")["implementation"] == "wireguard-go"
+    both_ways(lab, "gpu", "lab")
+    checks.transfer_both_ways(lab, "gpu", "p3", "lab", "p3", 20_000_000)
+
+
 def test_partial_overlap(make_lab: MakeLab) -> None:
     lab = make_lab({"clusters": [{"id": "a", "pod_cidr": "10.244.0.0/16"},
                                  {"id": "b", "pod_cidr": "10.244.128.0/17"}]})

@@ -57,6 +57,7 @@ def test_containment_and_partial_ranges_plan() -> None:
     {"clusters": [{"id": "a", "gateway_ip": "10.244.1.2"}]},
     {"clusters": [{"id": "a", "bogus": 1}]},
     {"clusterz": []},
+    {"clusters": [{"id": "a", "wireguard": "kernel"}]},
 ])
 def test_bad_topologies_are_rejected(bad: object) -> None:
     with pytest.raises(TopologyError):

@@ -1,12 +1,15 @@
 """Throw random and mutated WireGuard-shaped datagrams at HOST:PORT for SECONDS (run in a namespace).
 
-    fuzz_sender.py HOST PORT SECONDS SEED  -> prints "<datagrams sent>"
+    fuzz_sender.py HOST PORT SECONDS SEED [CAPTURE_IFACE]  -> prints "<sent> <replayed>"
 
 Templates come from scapy's WireGuard layers (initiation, response, cookie
 reply, transport) with random field values; each datagram is a template as
 is, or mutated (bit flips, truncation, extension, a different type byte,
-non-zero reserved bytes), or plain random bytes of random length. Paced so the
-target's real peer keeps getting its share of the CPU.
+non-zero reserved bytes), or plain random bytes of random length. With
+CAPTURE_IFACE, it first records for a second the real WireGuard datagrams this
+namespace sends to HOST:PORT (an AF_PACKET socket on that interface) and mixes
+verbatim replays of them in: authentic but replayed, they must be refused by the
+replay window. Paced so the target's real peer keeps getting its share of CPU.
 """
 
 from __future__ import annotations
@@ -67,17 +70,44 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
     return bytes(b)
 
 
+def capture(iface: str, host: str, port: int, seconds: float) -> list[bytes]:
+    """UDP payloads of IPv4 datagrams to host:port leaving through iface."""
+    eth_p_all, eth_p_ip = 0x0003, 0x0800  # only ETH_P_ALL taps see outgoing packets
+    dst = socket.inet_aton(host)
+    got: list[bytes] = []
+    with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(eth_p_all)) as s:
+        s.bind((iface, eth_p_all))
+        s.settimeout(0.1)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                pkt, addr = s.recvfrom(65535)
+            except TimeoutError:
+                continue
+            if addr[1] != eth_p_ip or not pkt:
+                continue
+            ihl = (pkt[0] & 15) * 4
+            if len(pkt) > ihl + 8 and pkt[9] == 17 and pkt[16:20] == dst \
+                    and int.from_bytes(pkt[ihl + 2:ihl + 4], "big") == port:
+                got.append(pkt[ihl + 8:])
+    return got
+
+
 def main() -> None:
     host, port, seconds, seed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
     rng = random.Random(seed)
+    real = capture(sys.argv[5], host, port, 1.0) if len(sys.argv) > 5 else []
     templates = [template(rng) for _ in range(256)]
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sent = 0
+    sent = replayed = 0
     end = time.monotonic() + seconds
     with socket.socket(fam, socket.SOCK_DGRAM) as s:
         while time.monotonic() < end:
             r = rng.random()
-            if r < 0.2:
+            if real and r < 0.1:
+                data = rng.choice(real)
+                replayed += 1
+            elif r < 0.2:
                 data = rng.randbytes(rng.randrange(0, 300))
             elif r < 0.5:
                 data = rng.choice(templates)
@@ -90,7 +120,7 @@ def main() -> None:
                 pass
             if sent % 50 == 0:
                 time.sleep(0.005)
-    print(sent, flush=True)
+    print(sent, replayed, flush=True)
 
 
 if __name__ == "__main__":

@@ -71,23 +71,27 @@ def test_fuzz_keeps_serving_and_counts_drops(pair_factory: PairFactory) -> None:
     assert " 0% packet loss" in p.ping(p.b, p.a.inner4, count=2)
     time.sleep(1.2)  # the stats file is refreshed every second
     before = p.a.stats()
+    # Real traffic to capture for replays: wireguard-go's pings to crosswire-wg.
+    pinger = subprocess.Popen(["ip", "netns", "exec", p.b.ns, "ping", "-q", "-c", "200", "-i",
+                               "0.05", p.a.inner4], stdout=subprocess.DEVNULL)
     fuzz = subprocess.Popen(["ip", "netns", "exec", p.b.ns, PYTHON, FUZZER, p.a.outer4,
-                             str(p.a.port), "4", "1234"],
+                             str(p.a.port), "4", "1234", p.veth[1]],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # let scapy load and the fuzzer get going
+        time.sleep(2.5)  # scapy loads, the fuzzer captures for a second, then starts
         assert fuzz.poll() is None, fuzz.communicate()[1]
         # The real peer is still served while the fuzzer runs.
         out = p.ping(p.b, p.a.inner4, count=10)
         assert " 0% packet loss" in out, out
         sent_out, err = fuzz.communicate(timeout=30)
     finally:
-        if fuzz.poll() is None:
-            fuzz.kill()
-            fuzz.wait()
+        for proc in (fuzz, pinger):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
     assert fuzz.returncode == 0, err
-    sent = int(sent_out.strip())
-    assert sent > 1000
+    sent, replayed = map(int, sent_out.split())
+    assert sent > 1000 and replayed > 50
     t = Transfer(p.b, p.a, p.a.inner4, 5_000_000)
     got = t.wait(60)
     assert got[0] == got[1]
@@ -95,7 +99,8 @@ def test_fuzz_keeps_serving_and_counts_drops(pair_factory: PairFactory) -> None:
     time.sleep(1.2)
     after = p.a.stats()
     grown = {k: after[k] - before.get(k, 0) for k in after if k.startswith("drop_")}
-    for reason in ("drop_bad_size", "drop_bad_type", "drop_bad_mac1", "drop_unknown_index"):
+    for reason in ("drop_bad_size", "drop_bad_type", "drop_bad_mac1", "drop_unknown_index",
+                   "drop_replay"):
         assert grown[reason] > 0, (reason, grown)
     assert sum(grown.values()) >= sent * 0.9, (sent, grown)
     assert after["rx_datagrams"] - before["rx_datagrams"] >= sent

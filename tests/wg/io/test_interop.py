@@ -157,7 +157,8 @@ def test_crosswire_both_sides_and_wg_show(pair_factory: PairFactory, mode: str) 
     if mode != "default":
         for s in p.sides:
             s.extra_args = [mode]
-    p.up(endpoint_on="a", keepalive=25)
+    outer6 = mode == "default"  # GSO/GRO over IPv6 sockets too
+    p.up(endpoint_on="a", keepalive=25, outer6=outer6)
     assert " 0% packet loss" in p.ping(p.a, p.b.inner6, count=2)
     _verified(Transfer(p.a, p.b, p.b.inner4, 5 * MB), 5 * MB)
     conf = p.a.wg("showconf", p.a.iface).stdout
@@ -166,7 +167,8 @@ def test_crosswire_both_sides_and_wg_show(pair_factory: PairFactory, mode: str) 
     assert f"ListenPort = {p.a.port}" in conf
     dump = p.b.wg("show", p.b.iface, "dump").stdout.splitlines()
     peer = dump[1].split("\t")
-    assert peer[0] == p.a.pub and peer[2] == f"{p.a.outer4}:{p.a.port}"
+    outer = f"[{p.a.outer6}]" if outer6 else p.a.outer4
+    assert peer[0] == p.a.pub and peer[2] == f"{outer}:{p.a.port}"
     assert int(peer[5]) > 5 * MB and int(peer[6]) > 0  # rx, tx bytes
     time.sleep(1.2)  # the stats file is refreshed once a second
     io = p.a.stats()

@@ -14,6 +14,12 @@ operations and errno values, never request bodies.
 Counters (drops by reason, rx/tx, I/O errors) are written as JSON to
 ``--stats-file`` (default /var/run/wireguard/IFACE.stats, refreshed every
 second, removed at exit) and logged at info level on SIGUSR1.
+
+It stops (status 0, removing the interface, socket and stats file) on SIGTERM,
+SIGINT or SIGHUP, when its UAPI socket file is deleted, or when its interface
+is deleted. Offloads (see daemon.py) are on by default; ``--no-offload`` turns
+them off, ``--tso`` adds the experimental TSO split. CROSSWIRE_WG_PROFILE=PATH
+(IFACE in it is replaced) writes a cProfile of the loop at exit.
 """
 
 from __future__ import annotations

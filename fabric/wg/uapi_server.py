@@ -38,12 +38,13 @@ def socket_path(iface: str, directory: str = SOCKET_DIR) -> str:
 
 
 class _Conn:
-    __slots__ = ("inbuf", "outbuf", "sock")
+    __slots__ = ("closing", "inbuf", "outbuf", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.inbuf = bytearray()
         self.outbuf = bytearray()
+        self.closing = False  # the client shut its write side: close once answered
 
 
 class UapiServer:
@@ -100,8 +101,8 @@ class UapiServer:
             self._read(conn)
         if fd in self.conns and events & select.EPOLLOUT:
             self._write(conn)
-        if fd in self.conns and events & (select.EPOLLHUP | select.EPOLLERR) and not conn.outbuf:
-            self._close(conn)
+        if fd in self.conns and events & (select.EPOLLERR | select.EPOLLHUP):
+            self._close(conn)  # HUP: the client can read no answer any more
 
     def _accept(self) -> None:
         while True:
@@ -129,10 +130,8 @@ class UapiServer:
                 # Peer closed its write side; answer what is complete, then close.
                 self._serve(conn)
                 if conn.sock.fileno() in self.conns:
-                    if conn.outbuf:
-                        self._write(conn, closing=True)
-                    else:
-                        self._close(conn)
+                    conn.closing = True
+                    self._write(conn)
                 return
             conn.inbuf += chunk
             if len(conn.inbuf) > MAX_REQUEST:
@@ -167,21 +166,25 @@ class UapiServer:
             if conn.sock.fileno() not in self.conns:
                 return
 
-    def _write(self, conn: _Conn, closing: bool = False) -> None:
+    def _write(self, conn: _Conn) -> None:
         fd = conn.sock.fileno()
         while conn.outbuf:
             try:
                 n = conn.sock.send(conn.outbuf)
             except (BlockingIOError, InterruptedError):
-                self.epoll.modify(fd, select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP)
+                # After EOF only writability matters (a readable EOF would wake us forever).
+                wanted = select.EPOLLOUT if conn.closing else \
+                    select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP
+                self.epoll.modify(fd, wanted)
                 return
             except OSError:
                 self._close(conn)
                 return
             del conn.outbuf[:n]
-        self.epoll.modify(fd, select.EPOLLIN | select.EPOLLRDHUP)
-        if closing:
+        if conn.closing:
             self._close(conn)
+            return
+        self.epoll.modify(fd, select.EPOLLIN | select.EPOLLRDHUP)
 
     def _close(self, conn: _Conn) -> None:
         fd = conn.sock.fileno()

@@ -134,6 +134,9 @@ def test_sigkill_restart_rehandshakes(pair_factory: PairFactory) -> None:
     first = int(p.b.wg("show", p.b.iface, "latest-handshakes").stdout.split()[1])
     p.a.kill(signal.SIGKILL)
     assert p.a.wait_gone(5)
+    deadline = time.monotonic() + 3  # netdev teardown finishes shortly after the fd closes
+    while p.a.iface_exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not p.a.iface_exists(), "the kernel removes a TUN when its last fd closes"
     time.sleep(1.1)  # latest-handshake has 1 s resolution
     p.a.start()  # same interface name: the stale UAPI socket is replaced

@@ -69,6 +69,7 @@ UDP_GRO = 104
 UDP_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000  # below the 65507-byte UDP/IPv4 payload limit
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_ERR_HUP = select.EPOLLERR | select.EPOLLHUP
 
 
 class DeviceLike(Protocol):
@@ -156,6 +157,7 @@ class Daemon:
         self.io_counters: dict[str, int] = collections.defaultdict(int)
         self.s4: socket.socket | None = None
         self.s6: socket.socket | None = None
+        self.s4_fd = self.s6_fd = -2
         self.bound_port = 0
         self.generation = -1
         self._dump_requested = False
@@ -206,6 +208,8 @@ class Daemon:
         s4, s6, bound = _bind_pair(port, mark)
         self._close_sockets()
         self.s4, self.s6, self.bound_port = s4, s6, bound
+        self.s4_fd = s4.fileno()
+        self.s6_fd = s6.fileno() if s6 is not None else -2
         for s in (s4, s6):
             if s is not None:
                 self.epoll.register(s.fileno(), select.EPOLLIN)
@@ -220,6 +224,7 @@ class Daemon:
                     self.epoll.unregister(s.fileno())
                 s.close()
         self.s4 = self.s6 = None
+        self.s4_fd = self.s6_fd = -2  # never an fd, never equal to an epoll event's
 
     # -- data path ------------------------------------------------------------------------
 
@@ -405,7 +410,6 @@ class Daemon:
         wake_r = self._wake_r
         next_housekeeping = clock()
         next_stats_log = next_housekeeping + STATS_LOG_INTERVAL
-        s4_fd = s6_fd = -1
         # Everything alive now (modules, config) lives for the whole run: keep it out of
         # the collector's full passes, which would otherwise stall the data path for ms.
         gc.collect()
@@ -437,18 +441,16 @@ class Daemon:
             except InterruptedError:
                 continue
             now = clock()
-            s4_fd = self.s4.fileno() if self.s4 is not None else -1
-            s6_fd = self.s6.fileno() if self.s6 is not None else -1
             try:
                 for fd, ev in events:
                     if fd == tun_fd:
-                        if ev & (select.EPOLLERR | select.EPOLLHUP):
+                        if ev & _ERR_HUP:
                             self.stop_reason = "interface deleted"
                             break
                         self._read_tun(now)
-                    elif fd == s4_fd and self.s4 is not None:
+                    elif fd == self.s4_fd and self.s4 is not None:
                         self._read_udp(self.s4, now)
-                    elif fd == s6_fd and self.s6 is not None:
+                    elif fd == self.s6_fd and self.s6 is not None:
                         self._read_udp(self.s6, now)
                     elif fd == wake_r:
                         self._drain_wakeup()

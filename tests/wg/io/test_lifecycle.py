@@ -210,3 +210,11 @@ def test_logs_and_stats_never_contain_keys(daemon: Daemon) -> None:
         for form in (secret, raw.hex(), secret[:12]):
             assert form not in text
     assert stat.S_IMODE(os.stat(daemon.stats).st_mode) & 0o077 in (0, 0o044)
+
+
+def test_follows_mtu_changes_made_with_ip_link(daemon: Daemon) -> None:
+    sh("ip", "link", "set", "dev", daemon.iface, "mtu", "1280", ns=daemon.ns)
+    deadline = time.monotonic() + 5
+    while "MTU now 1280" not in daemon.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "MTU now 1280" in daemon.log.read_text()

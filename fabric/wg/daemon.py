@@ -180,7 +180,12 @@ class Daemon:
 
     def _on_uapi(self, request: str) -> str:
         now = self.clock()
-        reply = self.device.uapi(request, now)
+        try:
+            reply = self.device.uapi(request, now)
+        except Exception:
+            # A bug in configuration handling: answer (wg would otherwise hang) with EIO.
+            self._internal_error()
+            return f"errno={-errno.EIO}\n\n"
         log.debug("uapi %s -> %s", request[:5], reply.strip().rsplit("\n", 1)[-1])
         if self.device.config_generation != self.generation:
             try:

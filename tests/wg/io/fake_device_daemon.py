@@ -29,6 +29,8 @@ class FakeDevice:
         self.counters: dict[str, int] = {"rx_datagrams": 0}
 
     def uapi(self, request: str, now: float) -> str:
+        if "boom" in request:
+            raise RuntimeError("scripted uapi bug")
         if request.startswith("get=1"):
             return f"listen_port={self.bound_port}\nerrno=0\n\n"
         for line in request.splitlines()[1:]:

@@ -47,7 +47,7 @@ def test_loop_survives_core_exception_and_echoes(netns: Namespaces, tmp_path: Pa
         assert out.strip() == "200"  # every datagram after the "boom" was still echoed
         time.sleep(1.2)  # stats are written once a second
         counters = json.loads(stats.read_text())
-        assert counters["io_internal_error"] == 1
+        assert counters["io_internal_error"] == 1  # the "boom" datagram
         assert counters["rx_datagrams"] == 201
         # The UAPI socket of the fake lives in tmp_path; a listen_port change rebinds.
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -59,6 +59,15 @@ def test_loop_survives_core_exception_and_echoes(netns: Namespaces, tmp_path: Pa
                 reply += s.recv(4096)
         assert b"listen_port=40555" in reply
         assert ":40555" in sh("ss", "-Hlun", ns=ns).stdout
+        # A configuration bug gets an error reply, not a hung client or a dead daemon.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(tmp_path / f"{iface}.sock"))
+            s.sendall(b"set=1\nboom=1\n\nget=1\n\n")
+            reply = b""
+            while reply.count(b"\n\n") < 2:
+                reply += s.recv(4096)
+        assert reply.startswith(b"errno=-5\n\n") and reply.endswith(b"errno=0\n\n")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else ""
         assert not stats.exists() and not (tmp_path / f"{iface}.sock").exists()

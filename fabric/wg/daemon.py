@@ -47,7 +47,14 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from fabric.wg.tun import VNET_HDR_LEN, OffloadError, Tun, coalesce, gso_split
+from fabric.wg.tun import (
+    VNET_HDR_LEN,
+    ZERO_VNET_HDR,
+    OffloadError,
+    Tun,
+    coalesce,
+    gso_split,
+)
 from fabric.wg.uapi_server import UapiServer
 
 log = logging.getLogger("crosswire.wg")
@@ -368,7 +375,7 @@ class Daemon:
         dev = self.device
         outbox = dev.outbox
         if outbox:
-            if self.gso:
+            if self.gso and len(outbox) > 1:
                 self._send_gso(outbox)
             else:
                 self._send_each(outbox)
@@ -389,10 +396,13 @@ class Daemon:
                     self.io_counters["io_tun_write_error"] += 1
 
     def _write_tun_coalesced(self, inbox: collections.deque[bytes]) -> None:
-        packets = list(inbox)
-        inbox.clear()
         writev, fd = os.writev, self.tun.fd
-        for vec in coalesce(packets):
+        if len(inbox) == 1:  # latency path (a ping, an ACK): nothing to merge
+            vecs: list[list[bytes | memoryview]] = [[ZERO_VNET_HDR, inbox.popleft()]]
+        else:
+            vecs = coalesce(list(inbox))
+            inbox.clear()
+        for vec in vecs:
             try:
                 writev(fd, vec)
             except OSError as e:

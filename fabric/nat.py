@@ -219,45 +219,30 @@ class _Checked:
 # ---------------------------------------------------------------- rendering
 
 
-def _egress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, Any]]:
-    chain = c.chains[peer.cluster_id][0]
+def _mapping_rules(c: _Checked, peer: PeerFabric, table: str, egress: bool) -> list[dict[str, Any]]:
+    """One counted rule per mapping in the peer's chain: egress rewrites our source
+    to the peer's view of it, ingress rewrites the peer's view of us back to our
+    real destination (both prefix-for-prefix, netmap)."""
     cid = peer.cluster_id
+    chain = c.chains[cid][0 if egress else 1]
     rules: list[dict[str, Any]] = []
-
-    def rule(expr: list[dict[str, Any]], comment: str) -> None:
-        rules.append({"family": FAMILY, "table": table, "chain": chain, "expr": expr,
-                      "comment": _comment(comment)})
-
     for m, real, view in c.local[cid]:
         p = _proto(real)
-        text = f"{cid}: egress {m.kind} src {c.text(real)} -> {c.text(view)}"
-        if real == view:
-            rule([_match(p, "saddr", c.pre(real)), _COUNTER, {"accept": None}], text + " (no rewrite)")
+        if egress:
+            field, nat, match, target = "saddr", "snat", real, view
+            text = f"{cid}: egress {m.kind} src {c.text(real)} -> {c.text(view)}"
         else:
-            rule([_match(p, "saddr", c.pre(real)), _COUNTER,
-                  {"snat": {"family": p, "addr": c.pre(view), "flags": "netmap", "type_flags": "prefix"}}],
-                 text)
-    return rules
-
-
-def _ingress_rules(c: _Checked, peer: PeerFabric, table: str) -> list[dict[str, Any]]:
-    chain = c.chains[peer.cluster_id][1]
-    cid = peer.cluster_id
-    rules: list[dict[str, Any]] = []
-
-    def rule(expr: list[dict[str, Any]], comment: str) -> None:
-        rules.append({"family": FAMILY, "table": table, "chain": chain, "expr": expr,
-                      "comment": _comment(comment)})
-
-    for m, real, view in c.local[cid]:
-        p = _proto(real)
-        text = f"{cid}: ingress {m.kind} dst {c.text(view)} -> {c.text(real)}"
+            field, nat, match, target = "daddr", "dnat", view, real
+            text = f"{cid}: ingress {m.kind} dst {c.text(view)} -> {c.text(real)}"
         if real == view:
-            rule([_match(p, "daddr", c.pre(view)), _COUNTER, {"accept": None}], text + " (no rewrite)")
+            verdict: dict[str, Any] = {"accept": None}
+            text += " (no rewrite)"
         else:
-            rule([_match(p, "daddr", c.pre(view)), _COUNTER,
-                  {"dnat": {"family": p, "addr": c.pre(real), "flags": "netmap", "type_flags": "prefix"}}],
-                 text)
+            verdict = {nat: {"family": p, "addr": c.pre(target), "flags": "netmap",
+                             "type_flags": "prefix"}}
+        rules.append({"family": FAMILY, "table": table, "chain": chain,
+                      "expr": [_match(p, field, c.pre(match)), _COUNTER, verdict],
+                      "comment": _comment(text)})
     return rules
 
 
@@ -388,7 +373,7 @@ def render(state: FabricState) -> dict[str, Any]:
                 {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": mss}},
             ], f"{direction} {wg} {nfproto}: clamp MSS to MTU {local.mtu}")
     for peer in state.peers:
-        for r in _egress_rules(c, peer, t) + _ingress_rules(c, peer, t):
+        for r in _mapping_rules(c, peer, t, egress=True) + _mapping_rules(c, peer, t, egress=False):
             cmds.append({"add": {"rule": r}})
     return {"nftables": cmds}
 
@@ -413,7 +398,7 @@ def mappings(state: FabricState) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for peer in state.peers:
         cid = peer.cluster_id
-        rules = _egress_rules(c, peer, t) + _ingress_rules(c, peer, t)
+        rules = _mapping_rules(c, peer, t, egress=True) + _mapping_rules(c, peer, t, egress=False)
         out.append({
             "cluster_id": cid,
             "egress_chain": egress_chain(cid),

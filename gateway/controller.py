@@ -404,16 +404,15 @@ class Gateway:
             self._check_views_of_us(views, 400)
             self.store.update_peer(sender, their_views=tuple(views))
         elif msg.type == "ranges":
-            ranges = peering.parse_ranges(msg.body.get("ranges"))
+            # The sender's *full* current set: ranges it dropped release their views
+            # here (same IPAM transaction), so a removal needs no re-peering.
+            ranges = list(dict.fromkeys(peering.parse_ranges(msg.body.get("ranges"))))
             gw_ip = peering.check_ip(msg.body.get("gateway_ip"), "gateway_ip")
-            added = [r for r in ranges if r not in peer.ranges]
-            if added:
-                try:
-                    self.views.allocate(sender, added)
-                except ViewsError as e:
-                    raise GatewayError(f"cannot allocate views of the added ranges: {e}", 422) from None
-            self.store.update_peer(sender, ranges=tuple(dict.fromkeys(peer.ranges + tuple(added))),
-                                   gateway_ip=gw_ip or peer.gateway_ip)
+            try:
+                self.views.allocate(sender, ranges, replace=True)
+            except ViewsError as e:
+                raise GatewayError(f"cannot allocate views of the announced ranges: {e}", 422) from None
+            self.store.update_peer(sender, ranges=tuple(ranges), gateway_ip=gw_ip or peer.gateway_ip)
             payload["views_of_you"] = [{"kind": k, "real": r, "view": v}
                                        for k, r, v in sorted(self.views.views(sender))]
         elif msg.type == "key":
@@ -476,12 +475,17 @@ class Gateway:
         return {"public_key": pub, "peers_informed": told}
 
     async def announce_ranges(self) -> dict[str, str]:
-        """Tell peers about local ranges they have no view of yet (config grew)."""
+        """Tell peers our full range set when it differs from what they have views of.
+
+        The message carries the whole set, not a delta: the receiver allocates
+        views of added ranges and releases those of dropped ones.
+        """
         result = {}
         mine = self.our_ranges()
         for p in self.store.peers():
-            known = {(k, r) for k, r, _ in (p.their_views or ())}
-            if p.their_views is None or all(r in known for r in mine):
+            if p.their_views is None:
+                continue
+            if {(k, r) for k, r, _ in p.their_views} == set(mine):
                 continue
             try:
                 body = await self.send(p, "ranges", {"ranges": [{"kind": k, "cidr": c} for k, c in mine],

@@ -19,7 +19,8 @@ class ViewsError(ValueError):
 
 
 class Views(Protocol):
-    def allocate(self, peer: str, ranges: list[tuple[str, str]]) -> list[ViewTuple]: ...
+    def allocate(self, peer: str, ranges: list[tuple[str, str]], *,
+                 replace: bool = False) -> list[ViewTuple]: ...
     def views(self, peer: str) -> list[ViewTuple]: ...
     def release(self, peer: str) -> None: ...
     def all_views(self) -> dict[str, list[ViewTuple]]: ...
@@ -38,15 +39,20 @@ class IpamViews:
         except IpamError as e:
             raise ViewsError(str(e)) from None
 
-    def allocate(self, peer: str, ranges: list[tuple[str, str]]) -> list[ViewTuple]:
-        """All views of ``peer`` after adding ``ranges``; all or nothing."""
+    def allocate(self, peer: str, ranges: list[tuple[str, str]], *,
+                 replace: bool = False) -> list[ViewTuple]:
+        """All views of ``peer`` after adding ``ranges``; all or nothing.
+
+        With ``replace``, ``ranges`` is the peer's full set: views of ranges it
+        no longer has are released in the same IPAM transaction.
+        """
         claims = []
         for kind, cidr in ranges:
             if kind not in ("pod", "service"):
                 raise ViewsError(f"range kind {kind!r} is not pod or service")
             claims.append(PeerRange("pod" if kind == "pod" else "service", cidr))
         try:
-            got = self.store.allocate(peer, claims)
+            got = self.store.allocate(peer, claims, replace=replace)
         except IpamError as e:
             raise ViewsError(str(e)) from None
         return [(v.kind, v.real, v.view) for v in got]

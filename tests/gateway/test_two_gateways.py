@@ -410,3 +410,40 @@ def test_state_from_handshake_when_peer_gateway_ip_unknown(clusters: Any, clock:
         assert (await lab.call("GET", "/api/v1/peers")).json()[0]["state"] == "error"
 
     asyncio.run(go())
+
+
+def test_removed_ranges_travel_over_the_channel_and_release_views(clusters: Any) -> None:
+    gpu = clusters("gpu")
+    lab = clusters("lab", pod_cidrs=["10.244.0.0/16", "10.245.0.0/16"])
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        g = gpu.fabric.last.peers[0]
+        dropped_view = next(m.view for m in g.remote if m.real == "10.245.0.0/16")
+        # lab's config loses a pod range and gains another; restart and announce the full set.
+        lab.close()
+        lab.over = {"pod_cidrs": ["10.244.0.0/16", "10.246.0.0/16"]}
+        lab.open()
+        r = await lab.call("POST", "/api/v1/ranges/announce")
+        assert r.status_code == 200 and r.json() == {"gpu": "ok"}, r.text
+        g = gpu.fabric.last.peers[0]
+        assert {m.real for m in g.remote} == {"10.244.0.0/16", "10.246.0.0/16", "10.96.0.0/12"}
+        # gpu's IPAM released the dropped range's view; routes and NAT no longer carry it
+        allocs = gpu.views.snapshot()["allocations"]
+        assert {a["real"] for a in allocs} == {"10.244.0.0/16", "10.246.0.0/16", "10.96.0.0/12"}
+        assert dropped_view not in [a["view"] for a in allocs]
+        routes = (await gpu.call("GET", "/api/v1/routes", auth=False)).json()["cidrs"]
+        assert dropped_view not in routes and len(routes) == 3
+        nat_text = (await gpu.call("GET", "/api/v1/nat")).text
+        assert "10.245.0.0/16" not in nat_text and dropped_view not in nat_text
+        assert [dict(k=k, c=c) for k, c in gpu.store.peer("lab").ranges] == \
+            [dict(k="pod", c="10.244.0.0/16"), dict(k="pod", c="10.246.0.0/16"), dict(k="service", c="10.96.0.0/12")]
+        # lab's side: its local views (gpu's views of lab) follow, and both sides are ready
+        l_ = lab.fabric.last.peers[0]
+        assert {(m.real, m.view) for m in l_.local} == {(m.real, m.view) for m in g.remote}
+        for c in (lab, gpu):
+            assert (await c.call("GET", "/readyz")).status_code == 200
+        # nothing left to announce
+        assert (await lab.call("POST", "/api/v1/ranges/announce")).json() == {}
+
+    asyncio.run(go())

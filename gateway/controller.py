@@ -423,6 +423,16 @@ class Gateway:
             endpoint = msg.body.get("endpoint", peer.endpoint)
             self.store.update_peer(sender, public_key=new_key,
                                    endpoint=endpoint if isinstance(endpoint, str) else peer.endpoint)
+        elif msg.type == "endpoint":
+            # The sender's WireGuard endpoint and/or peering URL changed (config
+            # change across a restart); authenticated by the channel key like the rest.
+            endpoint = msg.body.get("endpoint")
+            if endpoint is not None and (not isinstance(endpoint, str) or ":" not in endpoint):
+                raise GatewayError("endpoint: expected host:port or null", 400)
+            url = msg.body.get("url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise GatewayError("url: expected an http(s) URL", 400)
+            self.store.update_peer(sender, endpoint=endpoint, url=url.rstrip("/"))
         elif msg.type == "remove":
             self._forget(sender)
         await self.reconcile()
@@ -497,6 +507,33 @@ class Gateway:
             except (GatewayError, PeeringError) as e:
                 result[p.cluster_id] = str(e)
         await self.reconcile()
+        return result
+
+    async def announce_endpoint(self) -> dict[str, str]:
+        """Tell every peer our WireGuard endpoint and peering URL if they changed.
+
+        The last values every peer acknowledged are kept in state.db; they are
+        updated only when all peers acknowledged, so a peer that was unreachable
+        is told on the next attempt (resending to the others is harmless).
+        """
+        endpoint, url = self.config.wireguard_endpoint(), self.config.advertise_url()
+        last = self.store.announced()
+        if last == {"endpoint": endpoint, "url": url}:
+            return {}
+        live = [p for p in self.store.peers() if p.their_views is not None]
+        if last is None and not live:
+            # First start: peers that join later learn both in the join itself.
+            self.store.set_announced(endpoint, url)
+            return {}
+        result = {}
+        for p in live:
+            try:
+                await self.send(p, "endpoint", {"endpoint": endpoint, "url": url})
+                result[p.cluster_id] = "ok"
+            except GatewayError as e:
+                result[p.cluster_id] = str(e)
+        if all(v == "ok" for v in result.values()):
+            self.store.set_announced(endpoint, url)
         return result
 
     # --- read-only views --------------------------------------------------------------------

@@ -69,6 +69,36 @@ async def reconcile_loop(gw: Gateway, stop: asyncio.Event) -> None:
             log.error("reconcile loop: %s", gw.stats.last_error)
 
 
+ANNOUNCE_RETRY = (5.0, 300.0)  # first delay, cap: peers that were unreachable are retried
+
+
+async def announce(gw: Gateway, stop: asyncio.Event) -> None:
+    """Tell peers what changed in our config across the restart (endpoint/URL, ranges).
+
+    Retried with backoff until every peer acknowledged: a peer that is down when
+    we start must still learn our new endpoint, or it keeps sending to the old one.
+    """
+    delay = ANNOUNCE_RETRY[0]
+    while not stop.is_set():
+        failed: dict[str, str] = {}
+        for what, step in (("endpoint/URL", gw.announce_endpoint), ("ranges", gw.announce_ranges)):
+            try:
+                result = await step()
+            except Exception as e:  # keep trying whatever happens
+                failed[what] = f"{type(e).__name__}: {e}"
+                continue
+            if result:
+                log.info("announced %s to peers: %s", what, result)
+            failed.update({f"{what} to {k}": v for k, v in result.items() if v != "ok"})
+        if not failed:
+            return
+        log.warning("announcement incomplete, retrying in %.0fs: %s", delay, "; ".join(
+            f"{k}: {v}" for k, v in failed.items()))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, ANNOUNCE_RETRY[1])
+
+
 def find_gateway_ip(config: Config) -> str | None:
     """config/env, else the first address of ours inside pod_cidrs.
 
@@ -143,12 +173,7 @@ async def serve(config: Config) -> int:
         log.error("initial reconcile failed (will retry): %s", gw.stats.last_error)
     tasks = [loop.create_task(reconcile_loop(gw, stop)), loop.create_task(prober.run())]
 
-    async def announce() -> None:
-        with contextlib.suppress(Exception):
-            result = await gw.announce_ranges()
-            if result:
-                log.info("announced new local ranges to peers: %s", result)
-    tasks.append(loop.create_task(announce()))
+    tasks.append(loop.create_task(announce(gw, stop)))
     try:
         await server.serve()
     finally:

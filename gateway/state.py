@@ -138,6 +138,19 @@ class StateStore:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('private_key', ?)", (private_b64,))
 
+    def announced(self) -> dict[str, str | None] | None:
+        """The WireGuard endpoint and peering URL every peer was last told (None: never recorded)."""
+        v = self._meta("announced")
+        if v is None:
+            return None
+        d = json.loads(v)
+        return {"endpoint": d.get("endpoint"), "url": d.get("url")}
+
+    def set_announced(self, endpoint: str | None, url: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('announced', ?)",
+                       (json.dumps({"endpoint": endpoint, "url": url}),))
+
     def admin_token(self) -> str:
         """The admin credential (file ``admin-token``, 0600), created on first use."""
         path = self.dir / "admin-token"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from gateway.controller import GatewayError
 from gateway.tokens import b64e, decode
 
 
@@ -445,5 +448,80 @@ def test_removed_ranges_travel_over_the_channel_and_release_views(clusters: Any)
             assert (await c.call("GET", "/readyz")).status_code == 200
         # nothing left to announce
         assert (await lab.call("POST", "/api/v1/ranges/announce")).json() == {}
+
+    asyncio.run(go())
+
+
+def test_changed_endpoint_and_url_announced_after_restart(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        assert await lab.gw.announce_endpoint() == {}  # first start, no peers: recorded only
+        assert lab.store.announced() == {"endpoint": "lab.example:51820", "url": "http://lab:8080"}
+        await peer(lab, gpu)
+        assert await lab.gw.announce_endpoint() == {}  # unchanged: nothing sent
+        # lab restarts with a new WireGuard endpoint and a new peering URL
+        lab.close()
+        lab.over = {"wireguard": {"interface": "cw-lab", "listen_port": 51999, "endpoint": "lab2.example:51999",
+                                  "implementation": "wireguard-go"},
+                    "api": {"listen": "127.0.0.1:8080", "advertise": "http://lab-new:8080"}}
+        lab.open()
+        del lab.router["http://lab:8080"]
+        lab.router["http://lab-new:8080"] = lab.app
+        # gpu is down at first: nothing recorded, so the next attempt tells it
+        gpu_app = lab.router.pop("http://gpu:8080")
+        res = await lab.gw.announce_endpoint()
+        assert res["gpu"] != "ok" and "cannot reach" in res["gpu"]
+        assert lab.store.announced() == {"endpoint": "lab.example:51820", "url": "http://lab:8080"}
+        assert gpu.store.peer("lab").endpoint == "lab.example:51820"
+        lab.router["http://gpu:8080"] = gpu_app
+        assert await lab.gw.announce_endpoint() == {"gpu": "ok"}
+        p = gpu.store.peer("lab")
+        assert (p.endpoint, p.url) == ("lab2.example:51999", "http://lab-new:8080")
+        assert gpu.fabric.last.peers[0].endpoint == "lab2.example:51999"  # WireGuard re-programmed
+        assert lab.store.announced() == {"endpoint": "lab2.example:51999", "url": "http://lab-new:8080"}
+        assert await lab.gw.announce_endpoint() == {}
+        # gpu reaches lab at the new URL: a key rotation is acknowledged through it
+        r = await gpu.call("POST", "/api/v1/key/rotate")
+        assert r.status_code == 200 and r.json()["peers_informed"] == ["lab"], r.text
+        assert (await gpu.call("GET", "/readyz")).status_code == 200
+
+    asyncio.run(go())
+
+
+def test_endpoint_message_validated(clusters: Any) -> None:
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        p = lab.store.peer("gpu")
+        for body in ({"endpoint": "x", "url": "http://n:1"}, {"endpoint": "h:1", "url": "ftp://n"},
+                     {"endpoint": "h:1"}):
+            with pytest.raises(GatewayError):
+                await lab.gw.send(p, "endpoint", body)
+        assert gpu.store.peer("lab").url == "http://lab:8080"
+
+    asyncio.run(go())
+
+
+def test_daemon_announce_retries_until_every_peer_acknowledged(clusters: Any, monkeypatch: Any) -> None:
+    from gateway import daemon
+    monkeypatch.setattr(daemon, "ANNOUNCE_RETRY", (0.05, 0.1))
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        lab.close()
+        lab.over = {"wireguard": {"interface": "cw-lab", "listen_port": 51820, "endpoint": "lab3.example:51820",
+                                  "implementation": "wireguard-go"}}
+        lab.open()
+        gpu_app = lab.router.pop("http://gpu:8080")
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.announce(lab.gw, stop))
+        await asyncio.sleep(0.2)
+        assert not task.done()  # still retrying
+        lab.router["http://gpu:8080"] = gpu_app
+        await asyncio.wait_for(task, 2)
+        assert gpu.store.peer("lab").endpoint == "lab3.example:51820"
 
     asyncio.run(go())

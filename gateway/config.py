@@ -20,6 +20,8 @@ Environment overrides (applied over the file; lists are comma separated):
 ``CROSSWIRE_MASQUERADE``           ``masquerade`` (true/false)
 ``CROSSWIRE_GATEWAY_IP``           ``gateway_ip``
 ``CROSSWIRE_POD_IP``               ``gateway_ip`` (Kubernetes downward API; wins)
+``CROSSWIRE_GATEWAY_IP6``          ``gateway_ip6``
+``CROSSWIRE_POD_IP6``              ``gateway_ip6`` (downward API ``status.podIPs``; wins)
 ``CROSSWIRE_HEALTH_PORT``          ``health.port``
 =================================  ==========================
 """
@@ -80,6 +82,9 @@ class Config:
     state_dir: str = "/var/lib/crosswire"
     masquerade: bool = False
     gateway_ip: str | None = None
+    # Dual stack: the pod's IPv6 address, published to node agents as the next hop
+    # for IPv6 views (gateway_ip stays the IPv4 one).
+    gateway_ip6: str | None = None
     nft_table: str = "crosswire"
 
     @property
@@ -205,7 +210,7 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 
 
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
-             "api", "state_dir", "masquerade", "gateway_ip", "health", "nft_table"}
+             "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
 _API_KEYS = {"listen", "advertise"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
@@ -235,6 +240,8 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         "CROSSWIRE_MASQUERADE": "masquerade",
         "CROSSWIRE_GATEWAY_IP": "gateway_ip",
         "CROSSWIRE_POD_IP": "gateway_ip",  # after GATEWAY_IP: the downward API wins
+        "CROSSWIRE_GATEWAY_IP6": "gateway_ip6",
+        "CROSSWIRE_POD_IP6": "gateway_ip6",  # after GATEWAY_IP6, likewise
         "CROSSWIRE_HEALTH_PORT": "health.port",
     }
     simple.update({f"CROSSWIRE_WIREGUARD_{k.upper()}": f"wireguard.{k}" for k in sorted(_WG_KEYS)})
@@ -321,6 +328,18 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
             raise ConfigError(f"gateway_ip: {gateway_ip} is not inside pod_cidrs")
         gateway_ip = str(gw)
 
+    gateway_ip6 = raw.get("gateway_ip6")
+    if gateway_ip6 is not None:
+        try:
+            gw6 = ipaddress.IPv6Address(_str(gateway_ip6, "gateway_ip6"))
+        except ValueError:
+            raise ConfigError(f"gateway_ip6: {gateway_ip6!r} is not an IPv6 address") from None
+        if not any(gw6 in ipaddress.ip_network(c) for c in pod):
+            raise ConfigError(f"gateway_ip6: {gateway_ip6} is not inside pod_cidrs")
+        if gateway_ip is not None and ipaddress.ip_address(gateway_ip).version == 6:
+            raise ConfigError("gateway_ip6: gateway_ip is already IPv6 (gateway_ip6 is for dual stack)")
+        gateway_ip6 = str(gw6)
+
     table = raw.get("nft_table", "crosswire")
     if not isinstance(table, str) or not re.match(r"^[A-Za-z0-9_-]{1,64}$", table):
         raise ConfigError(f"nft_table: {table!r} is not a valid nftables table name")
@@ -337,6 +356,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         state_dir=_str(raw.get("state_dir", Config.state_dir), "state_dir"),
         masquerade=_bool(raw.get("masquerade", False), "masquerade"),
         gateway_ip=gateway_ip,
+        gateway_ip6=gateway_ip6,
         nft_table=table,
     )
 
@@ -355,11 +375,13 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     return parse(raw, env)
 
 
-def detect_gateway_ip(pod_cidrs: tuple[str, ...]) -> str | None:
-    """The first address of ours (this netns) inside pod_cidrs, via pyroute2."""
+def detect_gateway_ip(pod_cidrs: tuple[str, ...], version: int | None = None) -> str | None:
+    """The first address of ours (this netns) inside pod_cidrs (of IP ``version``), via pyroute2."""
     from pyroute2 import IPRoute
 
-    nets = [ipaddress.ip_network(c) for c in pod_cidrs]
+    nets = [n for n in map(ipaddress.ip_network, pod_cidrs) if version in (None, n.version)]
+    if not nets:
+        return None
     with IPRoute() as ipr:
         for msg in ipr.get_addr():
             addr = msg.get_attr("IFA_ADDRESS")

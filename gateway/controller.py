@@ -90,6 +90,7 @@ class Gateway:
     stats: ReconcileStats = field(default_factory=ReconcileStats)
     applied: FabricState | None = None
     gateway_ip: str | None = None
+    gateway_ip6: str | None = None  # dual stack: the next hop node agents use for IPv6 views
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -98,6 +99,8 @@ class Gateway:
         self.public_key = public_key_of(self._private_key)
         if self.gateway_ip is None:
             self.gateway_ip = self.config.gateway_ip
+        if self.gateway_ip6 is None:
+            self.gateway_ip6 = self.config.gateway_ip6
         self.started = self.clock()
 
     # --- identity ---------------------------------------------------------------------------
@@ -589,7 +592,7 @@ class Gateway:
             "endpoint": self.config.wireguard_endpoint(), "url": self.config.advertise_url(),
             "interface": self.config.wireguard.interface,
             "implementation": self.config.wireguard.implementation,
-            "gateway_ip": self.gateway_ip,
+            "gateway_ip": self.gateway_ip, "gateway_ip6": self.gateway_ip6,
             "pod_cidrs": list(self.config.pod_cidrs), "service_cidrs": list(self.config.service_cidrs),
             "ready": ready, "ready_reason": why, "uptime_s": round(self.clock() - self.started, 3),
             "peers": len(peers), "peers_by_state": by_state,
@@ -608,4 +611,10 @@ class Gateway:
         all_views = self.views.all_views()
         cidrs = sorted({v for p in self.store.peers() if p.their_views is not None
                         for _, _, v in all_views.get(p.cluster_id, [])})
-        return {"gateway_ip": self.gateway_ip, "cidrs": cidrs}
+        out: dict[str, Any] = {"gateway_ip": self.gateway_ip, "cidrs": cidrs}
+        # Node agents route IPv6 views via gateway_ip6; only meaningful (and only
+        # accepted by fabric.agent) when gateway_ip itself is the IPv4 address.
+        if self.gateway_ip6 is not None and (
+                self.gateway_ip is None or ipaddress.ip_address(self.gateway_ip).version == 4):
+            out["gateway_ip6"] = self.gateway_ip6
+        return out

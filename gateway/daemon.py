@@ -108,13 +108,33 @@ def find_gateway_ip(config: Config) -> str | None:
     if config.gateway_ip is not None:
         return config.gateway_ip
     try:
-        return detect_gateway_ip(config.pod_cidrs)
+        # Dual stack: the IPv4 address is gateway_ip, the IPv6 one gateway_ip6.
+        return detect_gateway_ip(config.pod_cidrs, 4) or detect_gateway_ip(config.pod_cidrs)
     except Exception as e:
         log.warning("cannot detect the gateway pod IP: %s", e)
         return None
 
 
-def build(config: Config, gateway_ip: str | None) -> Gateway:
+def find_gateway_ip6(config: Config, gateway_ip: str | None) -> str | None:
+    """Dual stack: config/env, else our first IPv6 address inside the IPv6 pod_cidrs.
+
+    None when gateway_ip is itself IPv6 (single-stack IPv6) or there is no IPv6
+    pod range. Blocking, like find_gateway_ip.
+    """
+    if config.gateway_ip6 is not None:
+        return config.gateway_ip6
+    if gateway_ip is not None and ":" in gateway_ip:
+        return None
+    if not any(":" in c for c in config.pod_cidrs):
+        return None
+    try:
+        return detect_gateway_ip(config.pod_cidrs, 6)
+    except Exception as e:
+        log.warning("cannot detect the gateway pod IPv6 address: %s", e)
+        return None
+
+
+def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None) -> Gateway:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     try:
         store = StateStore(config.state_dir)
@@ -134,6 +154,7 @@ def build(config: Config, gateway_ip: str | None) -> Gateway:
                           config.wireguard.mtu, config.nft_table,
                           log_path=os.path.join(config.state_dir, "dataplane.log"))
     return Gateway(config=config, store=store, views=views, fabric=fabric, gateway_ip=gateway_ip,
+                   gateway_ip6=gateway_ip6,
                    health=HealthTracker(config.health.interval, config.health.timeout))
 
 
@@ -147,7 +168,8 @@ class _Server(uvicorn.Server):
 
 
 async def serve(config: Config) -> int:
-    gw = build(config, await asyncio.to_thread(find_gateway_ip, config))
+    gw_ip = await asyncio.to_thread(find_gateway_ip, config)
+    gw = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
     host, port = config.listen_host_port
     server = _Server(uvicorn.Config(create_app(gw), host=host, port=port, loop="asyncio",
                                            lifespan="off", access_log=False, log_level="warning"))

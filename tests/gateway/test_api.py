@@ -226,3 +226,29 @@ def test_token_list_and_revoke(clusters: Any, clock: Any) -> None:
         assert (await gpu.call("GET", "/api/v1/tokens")).json()[0]["state"] == "expired"
 
     asyncio.run(go())
+
+
+def test_routes_publish_gateway_ip6_for_dual_stack(clusters: Any) -> None:
+    """GET /api/v1/routes through TestClient: gateway_ip6 for the IPv6 views, and the agent accepts it."""
+    from fastapi.testclient import TestClient
+
+    from fabric.agent import parse_routes
+    from tests.gateway.test_two_gateways import peer
+
+    dual = {"pod_cidrs": ["10.244.0.0/16", "fd00:244::/48"], "gateway_ip6": "fd00:244::10",
+            "ipam": {"pools": ["100.64.0.0/10", "fd10::/32"]}}
+    gpu, lab = clusters("gpu", **dual), clusters("lab", **dual)
+    asyncio.run(peer(lab, gpu))
+    with TestClient(lab.app) as tc:
+        body = tc.get("/api/v1/routes").json()
+    assert body["gateway_ip"] == "10.244.0.10" and body["gateway_ip6"] == "fd00:244::10"
+    pub = parse_routes(body)
+    assert str(pub.gateway_ip6) == "fd00:244::10"
+    v6 = [c for c in body["cidrs"] if ":" in c]
+    assert len(v6) == 1 and v6[0].startswith("fd10:")  # the view of gpu's IPv6 pod range
+    # status shows it too; a single-stack gateway publishes no gateway_ip6
+    with TestClient(lab.app) as tc:
+        assert tc.get("/api/v1/status").json()["gateway_ip6"] == "fd00:244::10"
+    plain = clusters("plain")
+    with TestClient(plain.app) as tc:
+        assert "gateway_ip6" not in tc.get("/api/v1/routes").json()

@@ -90,3 +90,16 @@ def test_daemon_startup_errors_are_clear(tmp_path: Path) -> None:
     (sd / "ipam.db").mkdir(parents=True)  # not a database
     with pytest.raises(StartupError, match=r"^IPAM: "):
         build(parse({**BASE, "state_dir": str(sd)}, env={}), None)
+
+
+def test_gateway_ip6_key_env_and_validation() -> None:
+    base = {"cluster_id": "a", "pod_cidrs": ["10.244.0.0/16", "fd00::/48"]}
+    assert parse(base, env={}).gateway_ip6 is None
+    assert parse({**base, "gateway_ip6": "fd00::0010"}, env={}).gateway_ip6 == "fd00::10"
+    env = {"CROSSWIRE_GATEWAY_IP6": "fd00::1", "CROSSWIRE_POD_IP6": "fd00::2"}
+    assert parse(base, env=env).gateway_ip6 == "fd00::2"  # the downward API wins
+    for bad, msg in (("10.244.0.1", "not an IPv6 address"), ("fd01::1", "not inside pod_cidrs")):
+        with pytest.raises(ConfigError, match=f"gateway_ip6: .*{msg}"):
+            parse({**base, "gateway_ip6": bad}, env={})
+    with pytest.raises(ConfigError, match="gateway_ip6: gateway_ip is already IPv6"):
+        parse({**base, "gateway_ip": "fd00::3", "gateway_ip6": "fd00::4"}, env={})

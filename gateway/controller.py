@@ -21,11 +21,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
+from gateway import forwarding as forwarding_mod
 from gateway import peering
 from gateway.config import Config
 from gateway.fabric_driver import FabricDriver
@@ -91,6 +93,9 @@ class Gateway:
     applied: FabricState | None = None
     gateway_ip: str | None = None
     gateway_ip6: str | None = None  # dual stack: the next hop node agents use for IPv6 views
+    # Forwarding sysctls /readyz requires to be 1 (the daemon sets them; see gateway.forwarding).
+    forwarding: tuple[str, ...] = ()
+    sysctl_root: Path = forwarding_mod.PROC_SYS
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -187,6 +192,9 @@ class Gateway:
             return False, "state changed since the last apply"
         if not self.fabric.alive():
             return False, "data plane is not running"
+        off = forwarding_mod.check(self.forwarding, self.sysctl_root)
+        if off:
+            return False, "; ".join(off)
         try:
             problems = self.fabric.verify(self.applied)
         except Exception as e:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from gateway import forwarding
 from gateway.api import create_app
 from gateway.config import Config, detect_gateway_ip
 from gateway.controller import Gateway
@@ -154,7 +155,7 @@ def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None
                           config.wireguard.mtu, config.nft_table,
                           log_path=os.path.join(config.state_dir, "dataplane.log"))
     return Gateway(config=config, store=store, views=views, fabric=fabric, gateway_ip=gateway_ip,
-                   gateway_ip6=gateway_ip6,
+                   gateway_ip6=gateway_ip6, forwarding=forwarding.wanted(config),
                    health=HealthTracker(config.health.interval, config.health.timeout))
 
 
@@ -168,6 +169,8 @@ class _Server(uvicorn.Server):
 
 
 async def serve(config: Config) -> int:
+    # Before anything routes: a gateway that cannot forward drops every packet.
+    forwarding.enable(forwarding.wanted(config))
     gw_ip = await asyncio.to_thread(find_gateway_ip, config)
     gw = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
     host, port = config.listen_host_port

@@ -441,3 +441,44 @@ def test_gateway_ip_autodetected_in_namespace(netns: Namespaces, tmp_path: Path)
         if g.proc is not None and g.proc.poll() is None:
             g.proc.kill()
             g.proc.wait(timeout=10)
+
+
+@pytest.mark.root
+def test_daemon_enables_ip_forwarding_in_namespace(netns: Namespaces, tmp_path: Path) -> None:
+    require_root("wireguard-go", "wg")
+    os.chmod(tmp_path, 0o700)
+    ns = netns.add("gwf")
+    g = build_cluster(netns, "f", ns, "127.0.0.1", tmp_path)  # dual stack: both sysctls wanted
+    sysctls = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+    for s in sysctls:  # build_cluster turned them on; the daemon must do it by itself
+        sh("sysctl", "-qw", f"{s}=0", ns=ns)
+        assert sh("sysctl", "-n", s, ns=ns).stdout.strip() == "0"
+    g.start()
+    try:
+        assert g.wait_ready()["ready"]
+        for s in sysctls:
+            assert sh("sysctl", "-n", s, ns=ns).stdout.strip() == "1", s
+        assert "set net.ipv4.ip_forward=1" in g.log.read_text()
+        # someone turns it off behind our back: /readyz says so, naming the sysctl
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=ns)
+        st = g.cli_json("status")
+        assert not st["ready"] and "net.ipv4.ip_forward=0" in st["ready_reason"]
+    finally:
+        if g.proc is not None and g.proc.poll() is None:
+            g.proc.terminate()
+            g.proc.wait(timeout=15)
+
+
+@pytest.mark.root
+def test_read_only_proc_sys_warns_by_name_in_namespace(netns: Namespaces) -> None:
+    require_root("unshare", "mount")
+    ns = netns.add("gwr")
+    sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=ns)
+    # A private mount namespace with /proc/sys read-only, as in an unprivileged container.
+    code = ("import logging, sys; logging.basicConfig(stream=sys.stdout, level=logging.WARNING); "
+            "from gateway import forwarding as f; print(f.enable((f.IPV4,)))")
+    out = sh("unshare", "-m", "--propagation", "private", "sh", "-c",
+             f"mount -o bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+             f"{sys.executable} -c '{code}'", ns=ns).stdout
+    assert "cannot set net.ipv4.ip_forward=1" in out and "Read-only file system" in out
+    assert sh("sysctl", "-n", "net.ipv4.ip_forward", ns=ns).stdout.strip() == "0"

@@ -228,6 +228,7 @@ def test_token_list_and_revoke(clusters: Any, clock: Any) -> None:
     asyncio.run(go())
 
 
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_routes_publish_gateway_ip6_for_dual_stack(clusters: Any) -> None:
     """GET /api/v1/routes through TestClient: gateway_ip6 for the IPv6 views, and the agent accepts it."""
     from fastapi.testclient import TestClient

@@ -117,7 +117,9 @@ class Nft:
         self.netns = netns
 
     def _cmd(self, payload: dict[str, Any]) -> tuple[int, str, str]:
-        text = json.dumps(payload)
+        # Compact: a 1000-peer batch is ~3 MB, and libnftables' cost is mostly
+        # parsing it (jansson + malloc), so every byte and token counts.
+        text = json.dumps(payload, separators=(",", ":"))
         with _LOCK:
             if self.netns is None:
                 return _run_json(text)

@@ -101,6 +101,7 @@ _PAD = bytes(16)
 _JOIN = b"".join
 _REJECT_MSGS = REJECT_AFTER_MESSAGES
 _MISS: Any = object()  # "not cached" (None is a cached "no peer")
+_INF = float("inf")
 
 
 class Device:
@@ -137,6 +138,12 @@ class Device:
         self.inbox: collections.deque[bytes] = collections.deque()
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self.last_uapi_error = ""
+        # A lower bound on every peer's timer deadlines (inf: none set), so that
+        # next_deadline() is O(1) however many peers there are. Every place that
+        # sets a peer timer to a time lowers it (``_arm``); clearing a timer or
+        # moving it later leaves it early, which costs at most one on_timer call
+        # that finds nothing due, and on_timer recomputes it exactly.
+        self._deadline = _INF
 
     def __repr__(self) -> str:
         return f"Device(peers={len(self.peers)}, listen_port={self.listen_port})"
@@ -227,6 +234,11 @@ class Device:
         after each received one, too often for a syscall."""
         return self._prng.randrange(334) / 1000.0
 
+    def _arm(self, t: float) -> None:
+        """A peer timer was set to ``t``: keep ``_deadline`` a lower bound."""
+        if t < self._deadline:
+            self._deadline = t
+
     def _send(self, data: bytes, peer: Peer) -> bool:
         ep = peer.endpoint
         if ep is None:
@@ -291,16 +303,19 @@ class Device:
         self.counters["tx_handshake_initiation"] += 1
         self._any_authenticated_traversal(peer, now)
         peer.t_send_keepalive = None  # any authenticated packet sent
-        peer.t_retransmit = now + REKEY_TIMEOUT + self._jitter()
+        peer.t_retransmit = t = now + REKEY_TIMEOUT + self._jitter()
+        self._arm(t)
 
     # ------------------------------------------------------------------ timers
 
     def _any_authenticated_traversal(self, peer: Peer, now: float) -> None:
         if peer.persistent_keepalive:
-            peer.t_persistent_keepalive = now + peer.persistent_keepalive
+            peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
+            self._arm(t)
 
     def _session_derived(self, peer: Peer, now: float) -> None:
-        peer.t_zero_keys = now + REJECT_AFTER_TIME * 3
+        peer.t_zero_keys = t = now + REJECT_AFTER_TIME * 3
+        self._arm(t)
 
     def _handshake_complete(self, peer: Peer, now: float) -> None:
         peer.t_retransmit = None
@@ -312,14 +327,25 @@ class Device:
         self.counters["handshake_complete"] += 1
 
     def next_deadline(self) -> float | None:
-        best: float | None = None
+        """When to call on_timer next (None: no timer set). O(1): it may be earlier
+        than the earliest timer (see ``_deadline``), never later."""
+        t = self._deadline
+        return None if t == _INF else t
+
+    def _recompute_deadline(self) -> None:
+        best = _INF
         for peer in self.peers.values():
             t = peer.next_deadline()
-            if t is not None and (best is None or t < best):
+            if t is not None and t < best:
                 best = t
-        return best
+        self._deadline = best
 
     def on_timer(self, now: float) -> None:
+        self._fire_timers(now)
+        # Timers set while firing were armed; this also drops a stale early bound.
+        self._recompute_deadline()
+
+    def _fire_timers(self, now: float) -> None:
         for peer in list(self.peers.values()):
             t = peer.t_retransmit
             if t is not None and t <= now:
@@ -331,7 +357,7 @@ class Device:
                 self._send_keepalive(peer, now)
                 if peer.need_another_keepalive:
                     peer.need_another_keepalive = False
-                    peer.t_send_keepalive = now + KEEPALIVE_TIMEOUT
+                    peer.t_send_keepalive = now + KEEPALIVE_TIMEOUT  # on_timer recomputes
             t = peer.t_new_handshake
             if t is not None and t <= now:
                 peer.t_new_handshake = None
@@ -355,7 +381,8 @@ class Device:
             peer.t_send_keepalive = None
             self._clear_handshake(peer)
             if peer.t_zero_keys is None:
-                peer.t_zero_keys = now + REJECT_AFTER_TIME * 3
+                peer.t_zero_keys = t = now + REJECT_AFTER_TIME * 3
+                self._arm(t)
             return
         peer.handshake_attempts += 1
         self._send_initiation(peer, now, is_retry=True)
@@ -413,10 +440,16 @@ class Device:
                 c["tx_packets"] += 1
                 peer.tx_bytes += dn
                 if peer.persistent_keepalive:
-                    peer.t_persistent_keepalive = now + peer.persistent_keepalive
+                    peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
+                    if t < self._deadline:
+                        self._deadline = t
                 peer.t_send_keepalive = None
                 if peer.t_new_handshake is None:
-                    peer.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+                    peer.t_new_handshake = t = (
+                        now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+                    )
+                    if t < self._deadline:
+                        self._deadline = t
                 return
         staged = peer.staged
         if len(staged) >= MAX_STAGED_PACKETS:
@@ -486,7 +519,8 @@ class Device:
             self._any_authenticated_traversal(peer, now)
             peer.t_send_keepalive = None
             if sent_data and peer.t_new_handshake is None:
-                peer.t_new_handshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+                peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+                self._arm(t)
             # keep key fresh (sending side)
             if kp.send_counter > REKEY_AFTER_MESSAGES or (
                 kp.is_initiator and now - kp.created > REKEY_AFTER_TIME
@@ -703,7 +737,8 @@ class Device:
             self.counters["drop_expired_keypair"] += 1
             return
         try:
-            pt = kp.recv.decrypt(_ZERO4 + data[8:16], data[16:], None)
+            # Nonce: 4 zero bytes + the LE counter, i.e. counter << 32 as 12 LE bytes.
+            pt = kp.recv.decrypt((counter << 32).to_bytes(12, "little"), data[16:], None)
         except InvalidTag:
             self.counters["drop_bad_auth"] += 1
             return
@@ -736,7 +771,9 @@ class Device:
             peer.sent_last_minute_handshake = True
             self._send_initiation(peer, now, is_retry=False)
         if peer.persistent_keepalive:
-            peer.t_persistent_keepalive = now + peer.persistent_keepalive
+            peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
+            if t < self._deadline:
+                self._deadline = t
         peer.t_new_handshake = None
         plen = len(pt)
         if plen == 0:
@@ -744,7 +781,9 @@ class Device:
             return
         # Data: make sure the peer hears from us within KEEPALIVE_TIMEOUT.
         if peer.t_send_keepalive is None:
-            peer.t_send_keepalive = now + KEEPALIVE_TIMEOUT
+            peer.t_send_keepalive = t = now + KEEPALIVE_TIMEOUT
+            if t < self._deadline:
+                self._deadline = t
         else:
             peer.need_another_keepalive = True
         v = pt[0] >> 4

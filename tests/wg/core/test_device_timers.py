@@ -207,3 +207,53 @@ def test_staged_queue_bounded(pair: Pair) -> None:
     pair.net.advance(6)
     assert len(pair.b.inbox) == timers.MAX_STAGED_PACKETS
     assert pair.b.inbox[0][-1] == 10  # oldest were dropped, order kept
+
+
+def _exact_deadline(dev) -> float | None:  # type: ignore[no-untyped-def]
+    ts = [t for t in (p.next_deadline() for p in dev.peers.values()) if t is not None]
+    return min(ts) if ts else None
+
+
+def test_next_deadline_is_a_cached_lower_bound_made_exact_by_on_timer(pair: Pair) -> None:
+    """next_deadline() is O(1) (no per-peer scan) and never later than the earliest
+    peer timer, whatever traffic and timers did; on_timer makes it exact again."""
+    import random
+
+    from fabric.wg.peer import Peer
+
+    assert pair.a.uapi(
+        f"set=1\npublic_key={pair.b_pub.hex()}\npersistent_keepalive_interval=7\n\n",
+        pair.clock.now,
+    ) == "errno=0\n\n"
+    rnd = random.Random(7)
+    scans = 0
+    orig = Peer.next_deadline
+
+    def counting(self: Peer) -> float | None:
+        nonlocal scans
+        scans += 1
+        return orig(self)
+
+    for _ in range(300):
+        op = rnd.randrange(4)
+        if op == 0:
+            pair.a_to_b(b"a")
+        elif op == 1:
+            pair.b_to_a(b"b")
+        else:
+            pair.net.advance(rnd.uniform(0.0, 12.0), step=0.5)
+        for dev in (pair.a, pair.b):
+            exact = _exact_deadline(dev)
+            Peer.next_deadline = counting  # type: ignore[method-assign]
+            try:
+                scans = 0
+                bound = dev.next_deadline()
+                assert scans == 0
+            finally:
+                Peer.next_deadline = orig  # type: ignore[method-assign]
+            if exact is not None:
+                assert bound is not None and bound <= exact
+            dev.on_timer(pair.clock.now)
+            assert dev.next_deadline() == _exact_deadline(dev)
+        pair.net.flush()
+    assert pair.a.counters["tx_keepalive"] > 0  # the persistent keepalive timer did fire

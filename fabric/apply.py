@@ -44,10 +44,10 @@ def _views(state: FabricState) -> set[str]:
     return {m.view for p in state.peers for m in p.remote}
 
 
-def validate(state: FabricState) -> dict[str, Any]:
-    """Check everything up front; returns the rendered nft batch."""
+def validate(state: FabricState) -> str:
+    """Check everything up front; returns the rendered nft batch (JSON text, ``nat.render_text``)."""
     try:
-        ruleset = nat.render(state)
+        ruleset = nat.render_text(state)
         routes.parse_cidrs(_views(state))
         key_hex(state.local.private_key, "private key")
         for p in state.peers:

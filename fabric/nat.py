@@ -26,8 +26,10 @@ Nothing here touches the system: ``render`` and ``mappings`` return data.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -126,6 +128,7 @@ def _meta(key: str, value: Any, op: str = "==") -> dict[str, Any]:
 # An anonymous counter starting at zero: the same kernel object as
 # {"packets": 0, "bytes": 0}, but fewer tokens for libnftables to parse (6000+ of them).
 _COUNTER: dict[str, Any] = {"counter": None}
+_COUNTER_TEXT = '{"counter":null}'
 
 
 # ---------------------------------------------------------------- validation
@@ -176,7 +179,7 @@ class _Checked:
         self.remote: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         self.local: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         # Shared rule fragments, keyed by id() of the networks above (see _mapping_rules).
-        self.frags: dict[tuple[bool, int, int], tuple[dict[str, Any], dict[str, Any], str]] = {}
+        self.frags: dict[tuple[bool, int, int], tuple[dict[str, Any], dict[str, Any], str, str, str]] = {}
         for peer in state.peers:
             cid = peer.cluster_id
             if not cid:
@@ -223,13 +226,11 @@ class _Checked:
 # ---------------------------------------------------------------- rendering
 
 
-def _mapping_rules(c: _Checked, peer: PeerFabric, table: str, egress: bool) -> list[dict[str, Any]]:
-    """One counted rule per mapping in the peer's chain: egress rewrites our source
-    to the peer's view of it, ingress rewrites the peer's view of us back to our
-    real destination (both prefix-for-prefix, netmap)."""
+def _mapping_parts(c: _Checked, peer: PeerFabric, egress: bool, text: bool) -> list[tuple[Any, Any, Any]]:
+    """(match, verdict, comment) of each mapping rule of the peer's chain; with
+    ``text`` as compact JSON strings (for ``render_text``), else as objects."""
     cid = peer.cluster_id
-    chain = c.chains[cid][0 if egress else 1]
-    rules: list[dict[str, Any]] = []
+    out: list[tuple[Any, Any, Any]] = []
     for m, real, view in c.local[cid]:
         # The match and the verdict depend only on (direction, real, view), which
         # most peers share (every peer maps our pod range): build each once per
@@ -250,12 +251,22 @@ def _mapping_rules(c: _Checked, peer: PeerFabric, table: str, egress: bool) -> l
             else:
                 verdict = {nat: {"family": p, "addr": c.pre(target), "flags": "netmap",
                                  "type_flags": "prefix"}}
-            frag = c.frags[key] = (_match(p, field, c.pre(match)), verdict, head)
-        text = f"{cid}: {'egress' if egress else 'ingress'} {m.kind} {frag[2]}"
-        rules.append({"family": FAMILY, "table": table, "chain": chain,
-                      "expr": [frag[0], _COUNTER, frag[1]],
-                      "comment": text if len(text) <= COMMENT_MAX else _comment(text)})
-    return rules
+            matched = _match(p, field, c.pre(match))
+            frag = c.frags[key] = (matched, verdict, head, _dumps(matched), _dumps(verdict))
+        comment = f"{cid}: {'egress' if egress else 'ingress'} {m.kind} {frag[2]}"
+        if len(comment) > COMMENT_MAX:
+            comment = _comment(comment)
+        out.append((frag[3], frag[4], _dumps(comment)) if text else (frag[0], frag[1], comment))
+    return out
+
+
+def _mapping_rules(c: _Checked, peer: PeerFabric, table: str, egress: bool) -> list[dict[str, Any]]:
+    """One counted rule per mapping in the peer's chain: egress rewrites our source
+    to the peer's view of it, ingress rewrites the peer's view of us back to our
+    real destination (both prefix-for-prefix, netmap)."""
+    chain = c.chains[peer.cluster_id][0 if egress else 1]
+    return [{"family": FAMILY, "table": table, "chain": chain, "expr": [match, _COUNTER, verdict],
+             "comment": comment} for match, verdict, comment in _mapping_parts(c, peer, egress, text=False)]
 
 
 def host_target(c: _Checked, cid: str, version: int) -> Address | None:
@@ -300,22 +311,82 @@ def _elements(c: _Checked, state: FabricState, version: int, direction: int | No
     return out
 
 
+def _elements_text(c: _Checked, state: FabricState, version: int, direction: int | None) -> list[str]:
+    """``_elements`` as compact JSON strings, for ``render_text``."""
+    out: list[str] = []
+    for peer in state.peers:
+        cid = peer.cluster_id
+        target = f',{{"jump":{{"target":{_dumps(c.chains[cid][direction])}}}}}]' if direction is not None else ""
+        for m, _real, view in c.remote[cid]:
+            if view.version != version:
+                continue
+            pre = c.pre(view)["prefix"]
+            addr, length = pre["addr"], pre["len"]
+            key = (f'{{"elem":{{"val":{{"prefix":{{"addr":"{addr}","len":{length}}}}},'
+                   f'"comment":{_dumps(_comment(f"{cid} {m.kind}"))}}}}}')
+            out.append(f"[{key}{target}" if direction is not None else key)
+    return out
+
+
 def render(state: FabricState) -> dict[str, Any]:
     """The nftables JSON batch that replaces table ``inet <nft_table>`` wholly and atomically."""
+    # 1000 peers make ~40 000 small dicts and lists. With the cyclic collector
+    # on, every 700 of them start a pass, and the older generations' passes walk
+    # the whole daemon heap; nothing here makes cycles, so pause it while building.
+    out = _render_paused(state, raw=False)
+    assert isinstance(out, dict)
+    return out
+
+
+def _render_paused(state: FabricState, raw: bool) -> dict[str, Any] | str:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _render(state, raw)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def render_text(state: FabricState) -> str:
+    """``render(state)`` as compact JSON text, what ``Nft.apply`` sends.
+
+    The same batch, byte for byte ``json.dumps(render(state), separators=(",", ":"))``
+    (the unit tests check it), but the per-peer bulk (rules and map elements,
+    ~12 000 objects for 1000 peers) is pasted from fragments serialized once
+    instead of being built as dicts and then dumped.
+    """
+    out = _render_paused(state, raw=True)
+    assert isinstance(out, str)
+    return out
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
     c = _Checked(state)
     local = state.local
     t = local.nft_table
     wg = local.interface
     tbl = {"family": FAMILY, "name": t}
-    cmds: list[dict[str, Any]] = [
+    cmds_: list[Any] = [
         # add+delete: replaces whatever is there (or nothing) in the same batch.
         {"add": {"table": dict(tbl)}},
         {"delete": {"table": dict(tbl)}},
         {"add": {"table": dict(tbl)}},
     ]
 
-    def add(kind: str, body: dict[str, Any]) -> None:
-        cmds.append({"add": {kind: {"family": FAMILY, "table": t, **body}}})
+    cmds: list[Any] = cmds_  # dicts, or (raw) also pre-serialized strings
+
+    def add(kind: str, body: dict[str, Any], raw_elems: list[str] | None = None) -> None:
+        cmd = {"add": {kind: {"family": FAMILY, "table": t, **body}}}
+        if raw_elems:
+            # "elem" is the body's last key: paste it before the closing braces.
+            cmds.append(_dumps(cmd)[:-3] + ',"elem":[' + ",".join(raw_elems) + "]}}}")
+        else:
+            cmds.append(cmd)
 
     # Chains before the maps whose elements jump to them.
     add("chain", {"name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"})
@@ -327,18 +398,27 @@ def render(state: FabricState) -> dict[str, Any]:
     for v, addr_type in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         for name, way in ((f"to_peer_v{v}", 0), (f"from_peer_v{v}", 1)):
             body: dict[str, Any] = {"name": name, "type": addr_type, "map": "verdict", "flags": ["interval"]}
+            if raw:
+                add("map", body, _elements_text(c, state, v, way))
+                continue
             elems = _elements(c, state, v, way)
             if elems:
                 body["elem"] = elems
             add("map", body)
         body = {"name": f"peer_views_v{v}", "type": addr_type, "flags": ["interval"]}
-        elems = _elements(c, state, v, None)
-        if elems:
-            body["elem"] = elems
-        add("set", body)
+        if raw:
+            add("set", body, _elements_text(c, state, v, None))
+        else:
+            elems = _elements(c, state, v, None)
+            if elems:
+                body["elem"] = elems
+            add("set", body)
         body = {"name": f"host_v{v}", "type": addr_type, "map": addr_type, "flags": ["interval"],
                 "stmt": [{"counter": None}]}  # a counter on every element
         elems = _host_elements(c, state, v)
+        if raw:
+            add("map", body, [_dumps(e) for e in elems])  # at most one per view: few enough
+            continue
         if elems:
             body["elem"] = elems
         add("map", body)
@@ -384,6 +464,14 @@ def render(state: FabricState) -> dict[str, Any]:
                            "right": mss}},
                 {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": mss}},
             ], f"{direction} {wg} {nfproto}: clamp MSS to MTU {local.mtu}")
+    if raw:
+        head = f'{{"add":{{"rule":{{"family":"{FAMILY}","table":{_dumps(t)},"chain":'
+        for peer in state.peers:
+            for egress in (True, False):
+                chain = _dumps(c.chains[peer.cluster_id][0 if egress else 1])
+                for match, verdict, comment in _mapping_parts(c, peer, egress, text=True):
+                    cmds.append(f'{head}{chain},"expr":[{match},{_COUNTER_TEXT},{verdict}],"comment":{comment}}}}}}}')
+        return '{"nftables":[' + ",".join(x if isinstance(x, str) else _dumps(x) for x in cmds) + "]}"
     for peer in state.peers:
         for r in _mapping_rules(c, peer, t, egress=True) + _mapping_rules(c, peer, t, egress=False):
             cmds.append({"add": {"rule": r}})

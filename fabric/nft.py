@@ -116,18 +116,22 @@ class Nft:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
 
-    def _cmd(self, payload: dict[str, Any]) -> tuple[int, str, str]:
+    def _cmd(self, payload: dict[str, Any] | str) -> tuple[int, str, str]:
         # Compact: a 1000-peer batch is ~3 MB, and libnftables' cost is mostly
         # parsing it (jansson + malloc), so every byte and token counts.
-        text = json.dumps(payload, separators=(",", ":"))
+        text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
         with _LOCK:
             if self.netns is None:
                 return _run_json(text)
             return in_netns(self.netns, lambda: _run_json(text))
 
-    def apply(self, ruleset: dict[str, Any]) -> None:
-        """Run ``ruleset`` ({"nftables": [...]}) as one atomic transaction."""
-        if not isinstance(ruleset, dict) or not isinstance(ruleset.get("nftables"), list):
+    def apply(self, ruleset: dict[str, Any] | str) -> None:
+        """Run ``ruleset`` ({"nftables": [...]}, or that as JSON text, e.g. from
+        ``nat.render_text``) as one atomic transaction."""
+        if isinstance(ruleset, str):
+            if not ruleset.startswith('{"nftables":['):
+                raise NftError('ruleset must be {"nftables": [...]}')
+        elif not isinstance(ruleset, dict) or not isinstance(ruleset.get("nftables"), list):
             raise NftError('ruleset must be {"nftables": [...]}')
         rc, _, err = self._cmd(ruleset)
         if rc != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_apply_runs_steps_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     fabric_apply.apply(two, one)
     fabric_apply.apply(one, two)
     assert touched == ["nat", "wireguard", "routes", "routes", "wireguard", "nat"]
-    assert validate(one)["nftables"][0] == {"add": {"table": {"family": "inet", "name": "crosswire"}}}
+    assert json.loads(validate(one))["nftables"][0] == {"add": {"table": {"family": "inet", "name": "crosswire"}}}
 
 
 def test_unchanged_nat_inputs_keep_the_table(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,13 +3,15 @@ plus simulated packet walks through both gateways' rendered tables."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 
 import pytest
 from nftfmt import chain_rules, elements, objects, walk
 
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
-from fabric.nat import NatError, mappings, render, with_counters
+from fabric.nat import NatError, mappings, render, render_text, with_counters
 
 KEY = "A" * 43 + "="
 
@@ -317,3 +319,30 @@ def test_ipv6_gateway_address_for_host_network() -> None:
     assert walk(r, "postrouting", "eth0", "wg0", "2001:db8::7", "fd64::2:7") == ("accept", "fd65::1", "fd64::2:7")
     # IPv4 host traffic has no IPv4 gateway address: dropped.
     assert walk(r, "postrouting", "eth0", "wg0", "192.168.7.7", "100.64.2.7")[0] == "drop"
+
+
+def _many(n: int) -> FabricState:
+    """n peers on the same ranges (bench/nat_scale.py's shape), views from 32.0.0.0/5."""
+    peers = tuple(peer(f"p{i}", rm(("pod", "10.244.0.0/16", f"{32 + (2 * i) // 256}.{(2 * i) % 256}.0.0/16"),
+                                   ("service", "10.96.0.0/16", f"{32 + (2 * i + 1) // 256}.{(2 * i + 1) % 256}.0.0/16")),
+                       rm(("pod", "10.244.0.0/16", "100.65.0.0/16"), ("service", "10.96.0.0/16", "100.66.0.0/16")))
+                  for i in range(n))
+    return FabricState(local("lab", ("10.244.0.0/16",), ("10.96.0.0/16",), "10.244.0.1"), peers)
+
+
+@pytest.mark.parametrize("state", [
+    LAB, GPU, FabricState(local("a", ()), ()),
+    FabricState(dataclasses.replace(LAB.local, masquerade=True, mtu=1400), LAB.peers),
+    # Quotes, backslashes and non-ASCII in comments; a comment cut at 128 characters.
+    FabricState(LAB.local, (peer('we"ird\\ id ü', LAB_OF_GPU, GPU_OF_LAB), peer("x" * 120, GPU_OF_LAB, LAB_OF_GPU))),
+    # No rewrite (view = real), IPv6 with a gateway, a mix of families.
+    FabricState(local("a", ("10.244.0.0/16", "fd00::/48"), gw="fd00::1"), (peer(
+        "b", rm(("pod", "10.244.0.0/16", "10.245.0.0/16"), ("pod", "fd00::/48", "fd64::/48")),
+        rm(("pod", "10.244.0.0/16", "10.244.0.0/16"), ("pod", "fd00::/48", "fd65::/48"))),)),
+    _many(300),
+], ids=["lab", "gpu", "empty", "masquerade", "odd-ids", "v6-and-no-rewrite", "300-peers"])
+def test_render_text_is_render_serialized(state: FabricState) -> None:
+    # What apply sends (pasted from fragments) must be exactly the batch render() describes.
+    text = render_text(state)
+    assert text == json.dumps(render(state), separators=(",", ":"))
+    assert json.loads(text) == render(state)

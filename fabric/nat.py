@@ -179,6 +179,7 @@ class _Checked:
         self.remote: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         self.local: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         # Shared rule fragments, keyed by id() of the networks above (see _mapping_rules).
+        self.elem_keys: dict[int, list[tuple[str, str]]] = {}  # render_text: per family
         self.frags: dict[tuple[bool, int, int], tuple[dict[str, Any], dict[str, Any], str, str, str]] = {}
         for peer in state.peers:
             cid = peer.cluster_id
@@ -279,9 +280,10 @@ def host_target(c: _Checked, cid: str, version: int) -> Address | None:
     return None
 
 
-def _host_elements(c: _Checked, state: FabricState, version: int) -> list[Any]:
+def _host_elements(c: _Checked, state: FabricState, version: int, nets: bool = False) -> list[Any]:
     # Keyed by our views of each peer (the destination), valued with the final
-    # address, so conntrack holds one rewrite.
+    # address, so conntrack holds one rewrite. (``nets``: the key's val is the
+    # network itself, for _host_elements_text.)
     out: list[Any] = []
     for peer in state.peers:
         target = host_target(c, peer.cluster_id, version)
@@ -289,7 +291,7 @@ def _host_elements(c: _Checked, state: FabricState, version: int) -> list[Any]:
             continue
         for _m, _real, view in c.remote[peer.cluster_id]:
             if view.version == version:
-                key = {"elem": {"val": c.pre(view),
+                key = {"elem": {"val": view if nets else c.pre(view),
                                 "comment": _comment(f"{peer.cluster_id}: host network -> {target}")}}
                 out.append([key, str(target)])
     return out
@@ -311,21 +313,30 @@ def _elements(c: _Checked, state: FabricState, version: int, direction: int | No
     return out
 
 
+def _prefix_text(c: _Checked, net: Network) -> str:
+    pre = c.pre(net)["prefix"]
+    return f'{{"prefix":{{"addr":"{pre["addr"]}","len":{pre["len"]}}}}}'
+
+
 def _elements_text(c: _Checked, state: FabricState, version: int, direction: int | None) -> list[str]:
     """``_elements`` as compact JSON strings, for ``render_text``."""
-    out: list[str] = []
-    for peer in state.peers:
-        cid = peer.cluster_id
-        target = f',{{"jump":{{"target":{_dumps(c.chains[cid][direction])}}}}}]' if direction is not None else ""
-        for m, _real, view in c.remote[cid]:
-            if view.version != version:
-                continue
-            pre = c.pre(view)["prefix"]
-            addr, length = pre["addr"], pre["len"]
-            key = (f'{{"elem":{{"val":{{"prefix":{{"addr":"{addr}","len":{length}}}}},'
-                   f'"comment":{_dumps(_comment(f"{cid} {m.kind}"))}}}}}')
-            out.append(f"[{key}{target}" if direction is not None else key)
-    return out
+    keys = c.elem_keys.get(version)
+    if keys is None:  # the same keys serve both verdict maps and the set
+        keys = c.elem_keys[version] = [
+            (peer.cluster_id, f'{{"elem":{{"val":{_prefix_text(c, view)},'
+                              f'"comment":{_dumps(_comment(f"{peer.cluster_id} {m.kind}"))}}}}}')
+            for peer in state.peers for m, _real, view in c.remote[peer.cluster_id] if view.version == version]
+    if direction is None:
+        return [key for _cid, key in keys]
+    targets = {cid: f',{{"jump":{{"target":{_dumps(c.chains[cid][direction])}}}}}]' for cid in c.chains}
+    return [f"[{key}{targets[cid]}" for cid, key in keys]
+
+
+def _host_elements_text(c: _Checked, state: FabricState, version: int) -> list[str]:
+    """``_host_elements`` as compact JSON strings, for ``render_text``."""
+    return [f'[{{"elem":{{"val":{_prefix_text(c, el[0]["elem"]["val"])},'
+            f'"comment":{_dumps(el[0]["elem"]["comment"])}}}}},{_dumps(el[1])}]'
+            for el in _host_elements(c, state, version, nets=True)]
 
 
 def render(state: FabricState) -> dict[str, Any]:
@@ -361,8 +372,15 @@ def render_text(state: FabricState) -> str:
     return out
 
 
+# json.dumps builds a new encoder on every call with non-default separators;
+# strings (most calls: comments, chain names) go straight to the C escaper,
+# which is what the encoder itself uses for them (ensure_ascii).
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_QUOTE: Any = json.encoder.encode_basestring_ascii
+
+
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+    return _QUOTE(obj) if type(obj) is str else _ENCODE(obj)
 
 
 def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
@@ -393,8 +411,11 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
     add("chain", {"name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"})
     add("chain", {"name": "mss-clamp", "type": "filter", "hook": "forward", "prio": -150, "policy": "accept"})
     for peer in state.peers:
-        add("chain", {"name": c.chains[peer.cluster_id][0]})
-        add("chain", {"name": c.chains[peer.cluster_id][1]})
+        for name in c.chains[peer.cluster_id]:
+            if raw:
+                cmds.append(f'{{"add":{{"chain":{{"family":"{FAMILY}","table":{_dumps(t)},"name":{_dumps(name)}}}}}}}')
+            else:
+                add("chain", {"name": name})
     for v, addr_type in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         for name, way in ((f"to_peer_v{v}", 0), (f"from_peer_v{v}", 1)):
             body: dict[str, Any] = {"name": name, "type": addr_type, "map": "verdict", "flags": ["interval"]}
@@ -415,10 +436,10 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
             add("set", body)
         body = {"name": f"host_v{v}", "type": addr_type, "map": addr_type, "flags": ["interval"],
                 "stmt": [{"counter": None}]}  # a counter on every element
-        elems = _host_elements(c, state, v)
         if raw:
-            add("map", body, [_dumps(e) for e in elems])  # at most one per view: few enough
+            add("map", body, _host_elements_text(c, state, v))
             continue
+        elems = _host_elements(c, state, v)
         if elems:
             body["elem"] = elems
         add("map", body)

@@ -179,7 +179,8 @@ class _Checked:
         self.remote: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         self.local: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         # Shared rule fragments, keyed by id() of the networks above (see _mapping_rules).
-        self.elem_keys: dict[int, list[tuple[str, str]]] = {}  # render_text: per family
+        self.elem_keys: dict[int, list[tuple[str, str]]] = {}
+        self.hosts: dict[tuple[int, int], Address | None] = {}  # host_target by (real, view)  # render_text: per family
         self.frags: dict[tuple[bool, int, int], tuple[dict[str, Any], dict[str, Any], str, str, str]] = {}
         for peer in state.peers:
             cid = peer.cluster_id
@@ -275,8 +276,12 @@ def host_target(c: _Checked, cid: str, version: int) -> Address | None:
     if c.gateway is None or c.gateway.version != version:
         return None
     for _m, real, view in c.local[cid]:
-        if c.gateway in real:
-            return map_into(c.gateway, real, view)
+        # Most peers share their views of us: compute each (real, view) once.
+        key = (id(real), id(view))
+        if key not in c.hosts:
+            c.hosts[key] = map_into(c.gateway, real, view) if c.gateway in real else None
+        if c.hosts[key] is not None:
+            return c.hosts[key]
     return None
 
 

@@ -16,6 +16,7 @@ With ``netns`` the socket is opened in a thread that joined the namespace.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -51,11 +52,18 @@ class RoutePlan:
     remove: tuple[Network, ...]
 
 
+@functools.lru_cache(maxsize=65536)
+def _parse(cidr: str) -> Network:
+    # apply parses every view twice per reconcile (validate, sync); 2000 views
+    # cost tens of milliseconds in ipaddress each time. Networks are immutable.
+    return ipaddress.ip_network(cidr, strict=True)
+
+
 def parse_cidrs(cidrs: Iterable[str]) -> set[Network]:
     out: set[Network] = set()
     for c in cidrs:
         try:
-            out.add(ipaddress.ip_network(c, strict=True))
+            out.add(_parse(c))
         except ValueError as e:
             raise RouteError(f"route {c!r}: not a valid CIDR ({e})") from None
     return out

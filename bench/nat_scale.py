@@ -161,7 +161,7 @@ def main() -> int:
             result[f"apply_s_{n}"] = round(time.perf_counter() - t0, 3)
             result[f"apply_cpu_s_{n}"] = round(_cpu() - c0, 3)
             t0 = time.perf_counter()
-            Nft(gw).apply(nat.render(state))
+            Nft(gw).apply(nat.render_text(state))  # what apply sends
             result[f"nft_s_{n}"] = round(time.perf_counter() - t0, 3)
             previous = state
             print(f"{n:5d} peers: apply {result[f'apply_s_{n}']:.3f} s wall, "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import json
 import os
 import threading
@@ -142,7 +143,15 @@ class Nft:
         rc, out, err = self._cmd({"nftables": [{"list": {"table": {"family": family, "name": name}}}]})
         if rc != 0:
             raise NftError(f"cannot list table {family} {name}: {err.strip()}")
-        data: dict[str, Any] = json.loads(out)
+        # A 1000-peer table lists as ~3 MB: ~100 000 acyclic dicts and lists,
+        # which with the cyclic GC on cost ~60 % more (passes over the daemon heap).
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            data: dict[str, Any] = json.loads(out)
+        finally:
+            if enabled:
+                gc.enable()
         return data
 
     def table_exists(self, family: str, name: str) -> bool:

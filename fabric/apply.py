@@ -9,12 +9,15 @@ is not ready:
 - when peers or views go away: routes first (stop attracting traffic), then
   WireGuard, then the NAT table.
 
-Every step is a full sync, so applying the same state again changes nothing
-(and the nft table comes out identical: it is replaced wholly in one batch).
-With ``previous`` given, nothing the NAT table depends on changed (e.g. only
-keys or endpoints did) and the kernel's table still holds every rule, the
-table is left alone so its counters keep counting; a damaged table (drift)
-or ``previous=None`` (start-up) rewrites it.
+Every step is a full sync, so applying the same state again changes nothing.
+The nft table: with ``previous`` given and nothing the NAT table depends on
+changed (e.g. only keys or endpoints did) and the kernel's table still holding
+every rule, it is left alone so its counters keep counting; when only some
+peers changed (added, removed, other views) one batch changes just their
+chains, rules and elements (``nat.render_delta``); otherwise, when the kernel
+refuses that batch (its table is not what ``previous`` made), on a damaged
+table (drift) or with ``previous=None`` (start-up) it is replaced wholly in
+one batch.
 """
 
 from __future__ import annotations
@@ -85,6 +88,13 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
             if (previous is not None and nat_inputs(previous) == nat_inputs(state)
                     and _nat_problem(state, nft) is None):
                 return  # unchanged and intact: keep the table and its counters
+            delta = nat.render_delta(previous, state) if previous is not None else None
+            if delta is not None:
+                try:
+                    nft.apply(delta)  # only the peers that changed
+                    return
+                except NftError:
+                    pass  # the kernel's table is not what ``previous`` made: replace it wholly
             nft.apply(ruleset)
         except NftError as e:
             raise ApplyError(f"nftables table inet {local.nft_table}: {e}") from None

@@ -588,3 +588,77 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
                           "packets": counter.get("packets", 0), "bytes": counter.get("bytes", 0)})
         result.append({**peer, "rules": rules, "host_network": hosts})
     return result
+
+
+# ---------------------------------------------------------------- changes only
+
+
+def _base_inputs(state: FabricState) -> tuple[Any, ...]:
+    lo = state.local
+    return (lo.interface, lo.nft_table, lo.mtu, lo.pod_cidrs, lo.service_cidrs, lo.gateway_ip, lo.masquerade)
+
+
+def render_delta(previous: FabricState, state: FabricState) -> str | None:
+    """A batch (JSON text) taking the table ``render(previous)`` made to the one
+    ``render(state)`` makes, touching only the peers that were added, removed or
+    changed; None when something shared by all peers changed (render it wholly).
+
+    Only valid if the kernel's table really is ``render(previous)``: when it is
+    not, the batch fails as a whole (a missing chain or element), nothing
+    changes, and the caller falls back to the whole-table replace. Unchanged
+    peers keep their rules, elements and counters.
+    """
+    if _base_inputs(previous) != _base_inputs(state):
+        return None
+    old = {p.cluster_id: p for p in previous.peers}
+    new = {p.cluster_id: p for p in state.peers}
+    gone = [p for cid, p in old.items() if cid not in new]
+    changed = [p for cid, p in old.items() if cid in new and (p.remote, p.local) != (new[cid].remote, new[cid].local)]
+    added = [p for cid, p in new.items() if cid not in old]
+    if not (gone or changed or added):
+        return None  # nothing the table holds differs: apply keeps the table as it is
+    t = state.local.nft_table
+    head = f'"family":"{FAMILY}","table":{_dumps(t)}'
+    cmds: list[str] = []
+    # Out: the old peers' elements (map keys are our views of them) ...
+    c_old = _Checked(FabricState(previous.local, tuple(gone + changed)))
+    for v in (4, 6):
+        views = [_prefix_text(c_old, view) for p in gone + changed for _m, _r, view in c_old.remote[p.cluster_id]
+                 if view.version == v]
+        hosts = [_prefix_text(c_old, el[0]["elem"]["val"])
+                 for el in _host_elements(c_old, FabricState(previous.local, tuple(gone + changed)), v, nets=True)]
+        for name, keys in ((f"to_peer_v{v}", views), (f"from_peer_v{v}", views), (f"peer_views_v{v}", views),
+                           (f"host_v{v}", hosts)):
+            if keys:
+                cmds.append(f'{{"delete":{{"element":{{{head},"name":"{name}","elem":[{",".join(keys)}]}}}}}}')
+    # ... then their rules; chains of removed peers go (nothing jumps to them any more).
+    for p in gone + changed:
+        for chain in c_old.chains[p.cluster_id]:
+            cmds.append(f'{{"flush":{{"chain":{{{head},"name":{_dumps(chain)}}}}}}}')
+    for p in gone:
+        for chain in c_old.chains[p.cluster_id]:
+            cmds.append(f'{{"delete":{{"chain":{{{head},"name":{_dumps(chain)}}}}}}}')
+    # In: chains of new peers, then rules and elements of new and changed peers.
+    sub = FabricState(state.local, tuple(new[p.cluster_id] for p in changed) + tuple(added))
+    c = _Checked(sub)
+    for p in added:
+        for chain in c.chains[p.cluster_id]:
+            # add + flush: should the chain already exist (the kernel is ahead of
+            # ``previous``), its rules are not doubled. Elements need no such care:
+            # adding one that exists with another value, or overlaps, fails the batch.
+            cmds.append(f'{{"add":{{"chain":{{{head},"name":{_dumps(chain)}}}}}}}')
+            cmds.append(f'{{"flush":{{"chain":{{{head},"name":{_dumps(chain)}}}}}}}')
+    rule_head = f'{{"add":{{"rule":{{{head},"chain":'
+    for p in sub.peers:
+        for egress in (True, False):
+            chain = _dumps(c.chains[p.cluster_id][0 if egress else 1])
+            for match, verdict, comment in _mapping_parts(c, p, egress, text=True):
+                cmds.append(f'{rule_head}{chain},"expr":[{match},{_COUNTER_TEXT},{verdict}],"comment":{comment}}}}}}}')
+    for v in (4, 6):
+        for name, elems in ((f"to_peer_v{v}", _elements_text(c, sub, v, 0)),
+                            (f"from_peer_v{v}", _elements_text(c, sub, v, 1)),
+                            (f"peer_views_v{v}", _elements_text(c, sub, v, None)),
+                            (f"host_v{v}", _host_elements_text(c, sub, v))):
+            if elems:
+                cmds.append(f'{{"add":{{"element":{{{head},"name":"{name}","elem":[{",".join(elems)}]}}}}}}')
+    return '{"nftables":[' + ",".join(cmds) + "]}"

@@ -8,8 +8,10 @@ import json
 import pytest
 
 from fabric import apply as fabric_apply
+from fabric import nat
 from fabric.apply import ApplyError, order, validate
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
+from fabric.nft import NftError
 
 KEY = "A" * 43 + "="
 LOCAL = LocalFabric("lab", "wg0", 51820, private_key=KEY, pod_cidrs=("10.244.0.0/16",), gateway_ip="10.244.0.1")
@@ -76,3 +78,25 @@ def test_unchanged_nat_inputs_keep_the_table(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(fabric_apply, "_nat_problem", lambda state, nft: "rules missing")
     fabric_apply.apply(one, one)  # table damaged: rewritten even though nothing changed
     assert touched == ["nat", "nat", "nat"]
+
+
+def test_changed_peers_go_as_a_delta_and_a_refused_delta_falls_back_to_the_whole_table(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[str] = []
+
+    def nft_apply(self: object, ruleset: str) -> None:
+        sent.append(ruleset)
+        if len(sent) == 1 and refuse:
+            raise NftError("No such file or directory")  # the kernel is not what `previous` made
+
+    monkeypatch.setattr(fabric_apply.Nft, "apply", nft_apply)
+    monkeypatch.setattr(fabric_apply.routes, "sync_routes", lambda *a, **k: None)
+    monkeypatch.setattr(fabric_apply.WgControl, "sync", lambda *a, **k: None)
+    one, two = FabricState(LOCAL, (GPU,)), FabricState(LOCAL, (GPU, CPU))
+    refuse = False
+    fabric_apply.apply(two, one)
+    assert sent == [nat.render_delta(one, two)] and '"delete":{"table"' not in sent[0]
+    sent.clear()
+    refuse = True
+    fabric_apply.apply(two, one)
+    assert sent == [nat.render_delta(one, two), validate(two)]  # then the whole-table replace

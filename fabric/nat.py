@@ -617,6 +617,10 @@ def render_delta(previous: FabricState, state: FabricState) -> str | None:
     added = [p for cid, p in new.items() if cid not in old]
     if not (gone or changed or added):
         return None  # nothing the table holds differs: apply keeps the table as it is
+    if 2 * (len(gone) + len(changed) + len(added)) > max(len(old), len(new)):
+        # Most of the table changes: the whole batch costs no more (libnftables
+        # also fetches the sets' existing elements for a delta) and renders once.
+        return None
     t = state.local.nft_table
     head = f'"family":"{FAMILY}","table":{_dumps(t)}'
     cmds: list[str] = []

@@ -27,9 +27,10 @@ def peer(cid: str, n: int, mine: str = "100.65.0.0/16") -> PeerFabric:
                       local=(RangeMap("pod", "10.244.0.0/16", mine), RangeMap("pod", "fd00::/48", "fd65::/48")))
 
 
-BEFORE = FabricState(LOCAL, (peer("a", 0), peer("b", 1), peer("c", 2)))
-# a unchanged, b's view of us changed, c gone, d new.
-AFTER = FabricState(LOCAL, (peer("a", 0), peer("b", 1, "100.99.0.0/16"), peer("d", 3)))
+SAME = tuple(peer(f"s{i}", 10 + i) for i in range(3))
+BEFORE = FabricState(LOCAL, (peer("a", 0), peer("b", 1), peer("c", 2), *SAME))
+# a and s* unchanged, b's view of us changed, c gone, d new.
+AFTER = FabricState(LOCAL, (peer("a", 0), peer("b", 1, "100.99.0.0/16"), peer("d", 3), *SAME))
 
 
 def listing(ns: str) -> list[str]:
@@ -81,3 +82,6 @@ def test_delta_is_none_when_shared_inputs_or_nothing_changed() -> None:
     assert nat.render_delta(BEFORE, FabricState(LOCAL, BEFORE.peers[::-1])) is None
     other = FabricState(dataclasses.replace(LOCAL, mtu=1380), AFTER.peers)
     assert nat.render_delta(BEFORE, other) is None
+    # More than half of the 6 peers change (5 here; 3 in AFTER): the whole table instead.
+    assert nat.render_delta(BEFORE, FabricState(LOCAL, AFTER.peers[:4])) is None
+    assert nat.render_delta(BEFORE, AFTER) is not None

@@ -55,6 +55,12 @@ def _parse_net(cidr: str) -> Network:
     return ipaddress.ip_network(cidr, strict=True)
 
 
+def parse_network(cidr: str) -> Network:
+    """``ipaddress.ip_network(cidr, strict=True)``, cached (shared with routes:
+    apply parses every view in both; ValueError when it is not a CIDR)."""
+    return _parse_net(cidr)
+
+
 def _net(cidr: str, what: str) -> Network:
     try:
         return _parse_net(cidr)

@@ -16,7 +16,6 @@ With ``netns`` the socket is opened in a thread that joined the namespace.
 from __future__ import annotations
 
 import errno
-import functools
 import ipaddress
 import os
 import socket
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from fabric.nat import parse_network
 from fabric.nft import NftError, in_netns
 
 _T = TypeVar("_T")
@@ -52,18 +52,13 @@ class RoutePlan:
     remove: tuple[Network, ...]
 
 
-@functools.lru_cache(maxsize=65536)
-def _parse(cidr: str) -> Network:
-    # apply parses every view twice per reconcile (validate, sync); 2000 views
-    # cost tens of milliseconds in ipaddress each time. Networks are immutable.
-    return ipaddress.ip_network(cidr, strict=True)
-
-
 def parse_cidrs(cidrs: Iterable[str]) -> set[Network]:
     out: set[Network] = set()
     for c in cidrs:
         try:
-            out.add(_parse(c))
+            # Cached, and the same cache as the NAT renderer's: apply parses every
+            # view there and twice here (validate, sync); 2000 views cost tens of ms.
+            out.add(parse_network(c))
         except ValueError as e:
             raise RouteError(f"route {c!r}: not a valid CIDR ({e})") from None
     return out

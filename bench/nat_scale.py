@@ -18,7 +18,8 @@
    ratios. A control (both paths with 1 peer) first shows the noise floor
    (``control_ratio``/``control_range``): on a shared 2-core box it is wide.
 
-Last line: JSON with apply_s_1, apply_s_100, apply_s_1000, mbps_1, mbps_1000, ratio.
+Last line: JSON with apply_s_1, apply_s_100, apply_s_1000, apply_s_change1 (one
+peer of 1000 changed), mbps_1, mbps_1000, ratio.
 """
 
 from __future__ import annotations
@@ -167,6 +168,17 @@ def main() -> int:
             print(f"{n:5d} peers: apply {result[f'apply_s_{n}']:.3f} s wall, "
                   f"{result[f'apply_cpu_s_{n}']:.3f} s CPU in this process "
                   f"(render + nft table alone {result[f'nft_s_{n}']:.3f} s)", flush=True)
+        # One peer changed among 1000 (its view of our pods): apply rewrites only
+        # that peer's chains, rules and elements (nat.render_delta).
+        state = FabricState(local, peers(1000, pubs))
+        moved = list(state.peers)
+        moved[1] = dataclasses.replace(moved[1], local=(RangeMap("pod", "10.244.0.0/16", "100.67.0.0/16"),
+                                                        moved[1].local[1]))
+        t0 = time.perf_counter()
+        apply(FabricState(local, tuple(moved)), state, netns=gw)
+        result["apply_s_change1"] = round(time.perf_counter() - t0, 3)
+        apply(state, FabricState(local, tuple(moved)), netns=gw)  # back to the 1000-peer state
+        print(f"1 of 1000 peers changed: apply {result['apply_s_change1']:.3f} s wall", flush=True)
         listing = sh("nft", "list", "table", "inet", "crosswire", ns=gw)
         print(f"table with 1000 peers: {listing.count(' counter ')} counters, "
               f"{listing.count('chain ')} chains; routes: "

@@ -143,10 +143,10 @@ def _nat_problem(state: FabricState, nft: Nft) -> str | None:
     except NftError:
         return f"nft table inet {table} missing"
     joined = nat.with_counters(nat.mappings(state), listed)
-    missing = sum(r["handle"] is None for m in joined for r in m["rules"])
+    missing = sum((r["handle"] is None) + (r["count_handle"] is None) for m in joined for r in m["rules"])
     missing += sum(not h["present"] for m in joined for h in m["host_network"])
     base = {r["rule"]["chain"] for r in listed.get("nftables", []) if "rule" in r}
-    if not {"prerouting", "postrouting", "mss-clamp"} <= base:
+    if not {"prerouting", "postrouting", "mss-clamp", "count"} <= base:
         return f"nft table {table}: base chain rules missing"
     return f"nft table {table}: {missing} mapping rules/elements missing" if missing else None
 

@@ -117,6 +117,14 @@ def ingress_chain(cluster_id: str) -> str:
     return f"from-{chain_suffix(cluster_id)}"
 
 
+def egress_count_chain(cluster_id: str) -> str:
+    return f"cnt-to-{chain_suffix(cluster_id)}"
+
+
+def ingress_count_chain(cluster_id: str) -> str:
+    return f"cnt-from-{chain_suffix(cluster_id)}"
+
+
 def map_into(addr: Address, real: Network, view: Network) -> Address:
     """``addr`` (inside ``real``) moved prefix-for-prefix into ``view``."""
     offset = int(addr) - int(real.network_address)
@@ -182,12 +190,15 @@ class _Checked:
         # hashing ipaddress objects dominated rendering 1000 peers.
         self._ptext: dict[int, tuple[str, int]] = {}
         self.chains: dict[str, tuple[str, str]] = {}
+        # Per-packet counting chains (egress, ingress), filter/forward: see _count_parts.
+        self.count_chains: dict[str, tuple[str, str]] = {}
         self.remote: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         self.local: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         # Shared rule fragments, keyed by id() of the networks above (see _mapping_rules).
         self.elem_keys: dict[int, list[tuple[str, str]]] = {}
         self.hosts: dict[tuple[int, int], Address | None] = {}  # host_target by (real, view)  # render_text: per family
         self.frags: dict[tuple[bool, int, int], tuple[dict[str, Any], dict[str, Any], str, str, str]] = {}
+        self.count_frags: dict[tuple[bool, int], tuple[dict[str, Any], str]] = {}
         for peer in state.peers:
             cid = peer.cluster_id
             if not cid:
@@ -199,6 +210,7 @@ class _Checked:
                 raise NatError(f"peer {cid!r}: chain name collides with another peer")
             seen_chains.add(chain_suffix(cid))
             self.chains[cid] = (egress_chain(cid), ingress_chain(cid))
+            self.count_chains[cid] = (egress_count_chain(cid), ingress_count_chain(cid))
             self.remote[cid] = [self._pair(peer, m, "remote") for m in peer.remote]
             self.local[cid] = [self._pair(peer, m, "local") for m in peer.local]
             for _m, r, v in self.remote[cid] + self.local[cid]:
@@ -268,6 +280,30 @@ def _mapping_parts(c: _Checked, peer: PeerFabric, egress: bool, text: bool) -> l
     return out
 
 
+def _count_parts(c: _Checked, peer: PeerFabric, egress: bool, text: bool) -> list[tuple[Any, Any]]:
+    """(match, comment) of each counting rule of the peer's ``cnt-`` chain, one per
+    mapping and with the same comment as its NAT rule. They run in forward, where
+    every packet passes (the NAT chains see only a connection's first): egress
+    before SNAT, so the source is still our real range; ingress after DNAT, so
+    the destination already is. No verdict: counting changes nothing."""
+    out: list[tuple[Any, Any]] = []
+    parts = _mapping_parts(c, peer, egress, text)
+    for (_m, real, _v), (_, _, comment) in zip(c.local[peer.cluster_id], parts, strict=True):
+        key = (egress, id(real))
+        frag = c.count_frags.get(key)
+        if frag is None:
+            matched = _match(_proto(real), "saddr" if egress else "daddr", c.pre(real))
+            frag = c.count_frags[key] = (matched, _dumps(matched))
+        out.append((frag[1] if text else frag[0], comment))
+    return out
+
+
+def _count_rules(c: _Checked, peer: PeerFabric, table: str, egress: bool) -> list[dict[str, Any]]:
+    chain = c.count_chains[peer.cluster_id][0 if egress else 1]
+    return [{"family": FAMILY, "table": table, "chain": chain, "expr": [match, _COUNTER], "comment": comment}
+            for match, comment in _count_parts(c, peer, egress, text=False)]
+
+
 def _mapping_rules(c: _Checked, peer: PeerFabric, table: str, egress: bool) -> list[dict[str, Any]]:
     """One counted rule per mapping in the peer's chain: egress rewrites our source
     to the peer's view of it, ingress rewrites the peer's view of us back to our
@@ -309,8 +345,9 @@ def _host_elements(c: _Checked, state: FabricState, version: int, nets: bool = F
 
 
 def _elements(c: _Checked, state: FabricState, version: int, direction: int | None) -> list[Any]:
-    """Our views of every peer of one family; with ``direction`` (0 egress, 1 ingress)
-    as verdict-map elements jumping to that peer's chain."""
+    """Our views of every peer of one family; with ``direction`` (0 egress, 1 ingress,
+    2 egress counting, 3 ingress counting) as verdict-map elements jumping to
+    that peer's chain."""
     out: list[Any] = []
     for peer in state.peers:
         for m, _real, view in c.remote[peer.cluster_id]:
@@ -319,9 +356,13 @@ def _elements(c: _Checked, state: FabricState, version: int, direction: int | No
             key = {"elem": {"val": c.pre(view), "comment": _comment(f"{peer.cluster_id} {m.kind}")}}
             # jump, not goto: a packet no per-peer rule takes comes back to the
             # base chain for the host-network map and the final drop.
-            out.append([key, {"jump": {"target": c.chains[peer.cluster_id][direction]}}]
+            out.append([key, {"jump": {"target": _targets(c, peer.cluster_id)[direction]}}]
                        if direction is not None else key)
     return out
+
+
+def _targets(c: _Checked, cid: str) -> tuple[str, str, str, str]:
+    return c.chains[cid] + c.count_chains[cid]
 
 
 def _prefix_text(c: _Checked, net: Network) -> str:
@@ -339,7 +380,7 @@ def _elements_text(c: _Checked, state: FabricState, version: int, direction: int
             for peer in state.peers for m, _real, view in c.remote[peer.cluster_id] if view.version == version]
     if direction is None:
         return [key for _cid, key in keys]
-    targets = {cid: f',{{"jump":{{"target":{_dumps(c.chains[cid][direction])}}}}}]' for cid in c.chains}
+    targets = {cid: f',{{"jump":{{"target":{_dumps(_targets(c, cid)[direction])}}}}}]' for cid in c.chains}
     return [f"[{key}{targets[cid]}" for cid, key in keys]
 
 
@@ -421,14 +462,17 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
     add("chain", {"name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"})
     add("chain", {"name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"})
     add("chain", {"name": "mss-clamp", "type": "filter", "hook": "forward", "prio": -150, "policy": "accept"})
+    # After DNAT (prerouting) and before SNAT (postrouting): real addresses on our side.
+    add("chain", {"name": "count", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"})
     for peer in state.peers:
-        for name in c.chains[peer.cluster_id]:
+        for name in _targets(c, peer.cluster_id):
             if raw:
                 cmds.append(f'{{"add":{{"chain":{{"family":"{FAMILY}","table":{_dumps(t)},"name":{_dumps(name)}}}}}}}')
             else:
                 add("chain", {"name": name})
     for v, addr_type in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        for name, way in ((f"to_peer_v{v}", 0), (f"from_peer_v{v}", 1)):
+        for name, way in ((f"to_peer_v{v}", 0), (f"from_peer_v{v}", 1), (f"count_to_v{v}", 2),
+                          (f"count_from_v{v}", 3)):
             body: dict[str, Any] = {"name": name, "type": addr_type, "map": "verdict", "flags": ["interval"]}
             if raw:
                 add("map", body, _elements_text(c, state, v, way))
@@ -484,6 +528,13 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
                              _match(_proto(g), "saddr", f"@peer_views_v{g.version}"), _COUNTER,
                              {"snat": {"family": _proto(g), "addr": str(g)}}],
              f"masquerade: from peers into the cluster -> {g}")
+    for v, p in ((4, "ip"), (6, "ip6")):
+        rule("count", [_meta("oifname", wg),
+                       {"vmap": {"key": {"payload": {"protocol": p, "field": "daddr"}}, "data": f"@count_to_v{v}"}}],
+             f"into {wg} {p}: count every packet, per peer and mapping")
+        rule("count", [_meta("iifname", wg),
+                       {"vmap": {"key": {"payload": {"protocol": p, "field": "saddr"}}, "data": f"@count_from_v{v}"}}],
+             f"from {wg} {p}: count every packet, per peer and mapping")
     for v, nfproto in ((4, "ipv4"), (6, "ipv6")):
         mss = local.mtu - (40 if v == 4 else 60)
         for direction in ("iifname", "oifname"):
@@ -503,9 +554,14 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
                 chain = _dumps(c.chains[peer.cluster_id][0 if egress else 1])
                 for match, verdict, comment in _mapping_parts(c, peer, egress, text=True):
                     cmds.append(f'{head}{chain},"expr":[{match},{_COUNTER_TEXT},{verdict}],"comment":{comment}}}}}}}')
+            for egress in (True, False):
+                chain = _dumps(c.count_chains[peer.cluster_id][0 if egress else 1])
+                for match, comment in _count_parts(c, peer, egress, text=True):
+                    cmds.append(f'{head}{chain},"expr":[{match},{_COUNTER_TEXT}],"comment":{comment}}}}}}}')
         return '{"nftables":[' + ",".join(x if isinstance(x, str) else _dumps(x) for x in cmds) + "]}"
     for peer in state.peers:
-        for r in _mapping_rules(c, peer, t, egress=True) + _mapping_rules(c, peer, t, egress=False):
+        for r in (_mapping_rules(c, peer, t, egress=True) + _mapping_rules(c, peer, t, egress=False)
+                  + _count_rules(c, peer, t, egress=True) + _count_rules(c, peer, t, egress=False)):
             cmds.append({"add": {"rule": r}})
     return {"nftables": cmds}
 
@@ -520,7 +576,8 @@ def _rule_index(rules: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
 def mappings(state: FabricState) -> list[dict[str, Any]]:
     """Per peer: real ranges, our views, the peer's views of us, and what implements them.
 
-    ``rules``: the per-peer chain rules, identified by (chain, comment);
+    ``rules``: the per-peer NAT chain rules, identified by (chain, comment), each
+    with its per-packet counting rule (``count_chain``, same comment);
     ``host_network``: the ``host_v4``/``host_v6`` map elements (key: our view of
     the peer). ``with_counters`` fills in packets/bytes (and rule handles) from
     ``Nft.list_table``.
@@ -531,13 +588,15 @@ def mappings(state: FabricState) -> list[dict[str, Any]]:
     for peer in state.peers:
         cid = peer.cluster_id
         rules = _mapping_rules(c, peer, t, egress=True) + _mapping_rules(c, peer, t, egress=False)
+        counts = _count_rules(c, peer, t, egress=True) + _count_rules(c, peer, t, egress=False)
         out.append({
             "cluster_id": cid,
             "egress_chain": egress_chain(cid),
             "ingress_chain": ingress_chain(cid),
             "remote": [{"kind": m.kind, "real": str(r), "view": str(v)} for m, r, v in c.remote[cid]],
             "local": [{"kind": m.kind, "real": str(r), "view": str(v)} for m, r, v in c.local[cid]],
-            "rules": [{"chain": r["chain"], "comment": r["comment"], "rule": r} for r in rules],
+            "rules": [{"chain": r["chain"], "comment": r["comment"], "rule": r,
+                       "count_chain": k["chain"], "count_rule": k} for r, k in zip(rules, counts, strict=True)],
             "host_network": _host_rows(c, peer),
         })
     return out
@@ -556,8 +615,17 @@ def _host_rows(c: _Checked, peer: PeerFabric) -> list[dict[str, Any]]:
     return rows
 
 
+def _counter(rule: dict[str, Any] | None) -> tuple[int, int]:
+    for e in (rule or {}).get("expr", []):
+        if "counter" in e and isinstance(e["counter"], dict):
+            return e["counter"].get("packets", 0), e["counter"].get("bytes", 0)
+    return 0, 0
+
+
 def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[dict[str, Any]]:
-    """``mappings()`` joined with a listed table: each rule gains handle, packets, bytes.
+    """``mappings()`` joined with a listed table: each rule gains handle, packets,
+    bytes (every packet, from the counting rule), connections (the NAT rule's
+    packets: the first of each connection) and count_handle.
 
     A rule missing from the kernel gets ``handle: None`` and zero counters
     (the table is not what the state says: the caller should re-apply).
@@ -580,13 +648,12 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
         rules = []
         for r in peer["rules"]:
             k = kernel.get((r["chain"], r["comment"]))
-            packets = bytes_ = 0
-            if k is not None:
-                for e in k.get("expr", []):
-                    if "counter" in e and isinstance(e["counter"], dict):
-                        packets, bytes_ = e["counter"].get("packets", 0), e["counter"].get("bytes", 0)
+            n = kernel.get((r.get("count_chain", ""), r["comment"]))
+            connections = _counter(k)[0]
+            packets, bytes_ = _counter(n)
             rules.append({**r, "handle": k.get("handle") if k else None,
-                          "packets": packets, "bytes": bytes_})
+                          "count_handle": n.get("handle") if n else None,
+                          "packets": packets, "bytes": bytes_, "connections": connections})
         hosts = []
         for h in peer.get("host_network", []):
             counter = elements.get((h["map"], h["key"]), {})
@@ -637,22 +704,22 @@ def render_delta(previous: FabricState, state: FabricState) -> str | None:
                  if view.version == v]
         hosts = [_prefix_text(c_old, el[0]["elem"]["val"])
                  for el in _host_elements(c_old, FabricState(previous.local, tuple(gone + changed)), v, nets=True)]
-        for name, keys in ((f"to_peer_v{v}", views), (f"from_peer_v{v}", views), (f"peer_views_v{v}", views),
-                           (f"host_v{v}", hosts)):
+        for name, keys in ((f"to_peer_v{v}", views), (f"from_peer_v{v}", views), (f"count_to_v{v}", views),
+                           (f"count_from_v{v}", views), (f"peer_views_v{v}", views), (f"host_v{v}", hosts)):
             if keys:
                 cmds.append(f'{{"delete":{{"element":{{{head},"name":"{name}","elem":[{",".join(keys)}]}}}}}}')
     # ... then their rules; chains of removed peers go (nothing jumps to them any more).
     for p in gone + changed:
-        for chain in c_old.chains[p.cluster_id]:
+        for chain in _targets(c_old, p.cluster_id):
             cmds.append(f'{{"flush":{{"chain":{{{head},"name":{_dumps(chain)}}}}}}}')
     for p in gone:
-        for chain in c_old.chains[p.cluster_id]:
+        for chain in _targets(c_old, p.cluster_id):
             cmds.append(f'{{"delete":{{"chain":{{{head},"name":{_dumps(chain)}}}}}}}')
     # In: chains of new peers, then rules and elements of new and changed peers.
     sub = FabricState(state.local, tuple(new[p.cluster_id] for p in changed) + tuple(added))
     c = _Checked(sub)
     for p in added:
-        for chain in c.chains[p.cluster_id]:
+        for chain in _targets(c, p.cluster_id):
             # add + flush: should the chain already exist (the kernel is ahead of
             # ``previous``), its rules are not doubled. Elements need no such care:
             # adding one that exists with another value, or overlaps, fails the batch.
@@ -664,9 +731,15 @@ def render_delta(previous: FabricState, state: FabricState) -> str | None:
             chain = _dumps(c.chains[p.cluster_id][0 if egress else 1])
             for match, verdict, comment in _mapping_parts(c, p, egress, text=True):
                 cmds.append(f'{rule_head}{chain},"expr":[{match},{_COUNTER_TEXT},{verdict}],"comment":{comment}}}}}}}')
+        for egress in (True, False):
+            chain = _dumps(c.count_chains[p.cluster_id][0 if egress else 1])
+            for match, comment in _count_parts(c, p, egress, text=True):
+                cmds.append(f'{rule_head}{chain},"expr":[{match},{_COUNTER_TEXT}],"comment":{comment}}}}}}}')
     for v in (4, 6):
         for name, elems in ((f"to_peer_v{v}", _elements_text(c, sub, v, 0)),
                             (f"from_peer_v{v}", _elements_text(c, sub, v, 1)),
+                            (f"count_to_v{v}", _elements_text(c, sub, v, 2)),
+                            (f"count_from_v{v}", _elements_text(c, sub, v, 3)),
                             (f"peer_views_v{v}", _elements_text(c, sub, v, None)),
                             (f"host_v{v}", _host_elements_text(c, sub, v))):
             if elems:

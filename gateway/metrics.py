@@ -58,24 +58,29 @@ def render_metrics(gw: Gateway) -> str:
         nat: list[dict[str, Any]] = gw.nat()
     except Exception:
         nat = []
-    per: list[tuple[str, str, int, int]] = []  # (peer, chain, packets, bytes)
+    per: list[tuple[str, str, int, int, int]] = []  # (peer, chain, packets, bytes, connections)
     for m in nat:
         peer = str(m.get("cluster_id") or "")
         per_chain: dict[str, list[int]] = {}
         for r in m.get("rules", []):
-            c = per_chain.setdefault(str(r.get("chain", "")), [0, 0])
+            c = per_chain.setdefault(str(r.get("chain", "")), [0, 0, 0])
             c[0] += int(r.get("packets") or 0)
             c[1] += int(r.get("bytes") or 0)
-        per += [(peer, chain, pk, by) for chain, (pk, by) in sorted(per_chain.items())]
+            c[2] += int(r.get("connections") or 0)
+        per += [(peer, chain, pk, by, cn) for chain, (pk, by, cn) in sorted(per_chain.items())]
     # One family at a time: the text format wants each family's samples together.
     o.family("crosswire_nat_packets_total", "counter",
-             "Packets through the NAT rules of each peer, per chain (to-PEER egress, from-PEER ingress); "
-             "NAT chains see the first packet of each connection.")
-    for peer, chain, pk, _ in per:
+             "Packets through the mappings of each peer, per chain (to-PEER egress, from-PEER ingress); "
+             "every packet, counted in forward (cnt-to-PEER, cnt-from-PEER).")
+    for peer, chain, pk, _, _ in per:
         o.sample("crosswire_nat_packets_total", pk, peer=peer, chain=chain)
-    o.family("crosswire_nat_bytes_total", "counter", "Bytes through the NAT rules of each peer, per chain.")
-    for peer, chain, _, by in per:
+    o.family("crosswire_nat_bytes_total", "counter", "Bytes through the mappings of each peer, per chain.")
+    for peer, chain, _, by, _ in per:
         o.sample("crosswire_nat_bytes_total", by, peer=peer, chain=chain)
+    o.family("crosswire_nat_connections_total", "counter",
+             "Connections through the NAT rules of each peer, per chain (the NAT chains see each one's first packet).")
+    for peer, chain, _, _, cn in per:
+        o.sample("crosswire_nat_connections_total", cn, peer=peer, chain=chain)
     st = gw.stats
     o.family("crosswire_reconcile_runs_total", "counter", "Reconcile passes.")
     o.sample("crosswire_reconcile_runs_total", st.runs)

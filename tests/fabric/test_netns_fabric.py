@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fabric_topo import (
@@ -157,6 +158,36 @@ def test_counters_per_mapping_from_kernel(fab: Lab) -> None:
     assert egress["handle"] is not None and egress["packets"] >= 1 and egress["bytes"] > 0
     assert all(r["handle"] is not None for r in rows[0]["rules"])
     assert verify(state, netns=fab.lab.gw) == []
+
+
+def _mapping_row(side: Side, direction: str) -> dict[str, Any]:
+    """The IPv4 pod mapping's row (egress or ingress) with its kernel counters."""
+    assert side.state is not None
+    rows = nat.with_counters(nat.mappings(side.state), Nft(side.gw).list_table("inet", "crosswire"))
+    return next(r for r in rows[0]["rules"] if f" {direction} pod " in r["comment"] and "10.244.0.0/16" in r["comment"])
+
+
+def test_counters_count_every_packet_not_connections(fab: Lab) -> None:
+    before_out, before_in = _mapping_row(fab.lab, "egress"), _mapping_row(fab.gpu, "ingress")
+    nbytes = 4_000_000
+    reply = ask(fab.lab.pods["l1"], "tcp", "100.64.2.7", nbytes=nbytes)
+    assert int(reply[3]) == nbytes
+    after_out, after_in = _mapping_row(fab.lab, "egress"), _mapping_row(fab.gpu, "ingress")
+    # One connection, but all of its data is counted: on lab's egress mapping
+    # (before SNAT) and on gpu's ingress mapping (after DNAT). Packets are what
+    # the kernel forwards: with GRO one may carry up to 64 KiB of TCP segments.
+    for before, after in ((before_out, after_out), (before_in, after_in)):
+        assert after["bytes"] - before["bytes"] >= nbytes
+        assert after["packets"] - before["packets"] >= nbytes // 65536
+        assert 1 <= after["connections"] - before["connections"] <= 2
+    # ICMP is not aggregated: 200 echo requests are 200 packets each way (one
+    # ping "connection" for the NAT rules).
+    out = sh("ping", "-q", "-c", "200", "-i", "0.002", "-W", "2", "100.64.2.7", ns=fab.lab.pods["l1"], timeout=30)
+    assert " 0% packet loss" in out.stdout
+    again_out, again_in = _mapping_row(fab.lab, "egress"), _mapping_row(fab.gpu, "ingress")
+    assert again_out["packets"] - after_out["packets"] >= 200  # requests out of lab
+    assert again_in["packets"] - after_in["packets"] >= 200  # requests into gpu
+    assert again_out["connections"] - after_out["connections"] == 1
 
 
 def _table_text(ns: str) -> str:

@@ -117,12 +117,8 @@ def ingress_chain(cluster_id: str) -> str:
     return f"from-{chain_suffix(cluster_id)}"
 
 
-def egress_count_chain(cluster_id: str) -> str:
-    return f"cnt-to-{chain_suffix(cluster_id)}"
-
-
-def ingress_count_chain(cluster_id: str) -> str:
-    return f"cnt-from-{chain_suffix(cluster_id)}"
+def count_chain(cluster_id: str) -> str:
+    return f"cnt-{chain_suffix(cluster_id)}"
 
 
 def map_into(addr: Address, real: Network, view: Network) -> Address:
@@ -190,8 +186,8 @@ class _Checked:
         # hashing ipaddress objects dominated rendering 1000 peers.
         self._ptext: dict[int, tuple[str, int]] = {}
         self.chains: dict[str, tuple[str, str]] = {}
-        # Per-packet counting chains (egress, ingress), filter/forward: see _count_parts.
-        self.count_chains: dict[str, tuple[str, str]] = {}
+        # Per-packet counting chain (both directions), filter/forward: see _count_parts.
+        self.count_chains: dict[str, tuple[str]] = {}
         self.remote: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         self.local: dict[str, list[tuple[RangeMap, Network, Network]]] = {}
         # Shared rule fragments, keyed by id() of the networks above (see _mapping_rules).
@@ -210,7 +206,7 @@ class _Checked:
                 raise NatError(f"peer {cid!r}: chain name collides with another peer")
             seen_chains.add(chain_suffix(cid))
             self.chains[cid] = (egress_chain(cid), ingress_chain(cid))
-            self.count_chains[cid] = (egress_count_chain(cid), ingress_count_chain(cid))
+            self.count_chains[cid] = (count_chain(cid),)
             self.remote[cid] = [self._pair(peer, m, "remote") for m in peer.remote]
             self.local[cid] = [self._pair(peer, m, "local") for m in peer.local]
             for _m, r, v in self.remote[cid] + self.local[cid]:
@@ -285,7 +281,11 @@ def _count_parts(c: _Checked, peer: PeerFabric, egress: bool, text: bool) -> lis
     mapping and with the same comment as its NAT rule. They run in forward, where
     every packet passes (the NAT chains see only a connection's first): egress
     before SNAT, so the source is still our real range; ingress after DNAT, so
-    the destination already is. No verdict: counting changes nothing."""
+    the destination already is. One chain serves both directions without an
+    interface match: an egress packet's destination is a view of the peer and
+    an ingress packet's source is one, and views never overlap our real ranges
+    (``_Checked``), so an egress packet cannot match an ingress rule nor the
+    reverse. No verdict: counting changes nothing."""
     out: list[tuple[Any, Any]] = []
     parts = _mapping_parts(c, peer, egress, text)
     for (_m, real, _v), (_, _, comment) in zip(c.local[peer.cluster_id], parts, strict=True):
@@ -299,7 +299,7 @@ def _count_parts(c: _Checked, peer: PeerFabric, egress: bool, text: bool) -> lis
 
 
 def _count_rules(c: _Checked, peer: PeerFabric, table: str, egress: bool) -> list[dict[str, Any]]:
-    chain = c.count_chains[peer.cluster_id][0 if egress else 1]
+    chain = c.count_chains[peer.cluster_id][0]
     return [{"family": FAMILY, "table": table, "chain": chain, "expr": [match, _COUNTER], "comment": comment}
             for match, comment in _count_parts(c, peer, egress, text=False)]
 
@@ -346,8 +346,7 @@ def _host_elements(c: _Checked, state: FabricState, version: int, nets: bool = F
 
 def _elements(c: _Checked, state: FabricState, version: int, direction: int | None) -> list[Any]:
     """Our views of every peer of one family; with ``direction`` (0 egress, 1 ingress,
-    2 egress counting, 3 ingress counting) as verdict-map elements jumping to
-    that peer's chain."""
+    2 counting) as verdict-map elements jumping to that peer's chain."""
     out: list[Any] = []
     for peer in state.peers:
         for m, _real, view in c.remote[peer.cluster_id]:
@@ -361,7 +360,7 @@ def _elements(c: _Checked, state: FabricState, version: int, direction: int | No
     return out
 
 
-def _targets(c: _Checked, cid: str) -> tuple[str, str, str, str]:
+def _targets(c: _Checked, cid: str) -> tuple[str, str, str]:
     return c.chains[cid] + c.count_chains[cid]
 
 
@@ -471,8 +470,7 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
             else:
                 add("chain", {"name": name})
     for v, addr_type in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        for name, way in ((f"to_peer_v{v}", 0), (f"from_peer_v{v}", 1), (f"count_to_v{v}", 2),
-                          (f"count_from_v{v}", 3)):
+        for name, way in ((f"to_peer_v{v}", 0), (f"from_peer_v{v}", 1), (f"count_v{v}", 2)):
             body: dict[str, Any] = {"name": name, "type": addr_type, "map": "verdict", "flags": ["interval"]}
             if raw:
                 add("map", body, _elements_text(c, state, v, way))
@@ -530,10 +528,10 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
              f"masquerade: from peers into the cluster -> {g}")
     for v, p in ((4, "ip"), (6, "ip6")):
         rule("count", [_meta("oifname", wg),
-                       {"vmap": {"key": {"payload": {"protocol": p, "field": "daddr"}}, "data": f"@count_to_v{v}"}}],
+                       {"vmap": {"key": {"payload": {"protocol": p, "field": "daddr"}}, "data": f"@count_v{v}"}}],
              f"into {wg} {p}: count every packet, per peer and mapping")
         rule("count", [_meta("iifname", wg),
-                       {"vmap": {"key": {"payload": {"protocol": p, "field": "saddr"}}, "data": f"@count_from_v{v}"}}],
+                       {"vmap": {"key": {"payload": {"protocol": p, "field": "saddr"}}, "data": f"@count_v{v}"}}],
              f"from {wg} {p}: count every packet, per peer and mapping")
     for v, nfproto in ((4, "ipv4"), (6, "ipv6")):
         mss = local.mtu - (40 if v == 4 else 60)
@@ -555,7 +553,7 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
                 for match, verdict, comment in _mapping_parts(c, peer, egress, text=True):
                     cmds.append(f'{head}{chain},"expr":[{match},{_COUNTER_TEXT},{verdict}],"comment":{comment}}}}}}}')
             for egress in (True, False):
-                chain = _dumps(c.count_chains[peer.cluster_id][0 if egress else 1])
+                chain = _dumps(c.count_chains[peer.cluster_id][0])
                 for match, comment in _count_parts(c, peer, egress, text=True):
                     cmds.append(f'{head}{chain},"expr":[{match},{_COUNTER_TEXT}],"comment":{comment}}}}}}}')
         return '{"nftables":[' + ",".join(x if isinstance(x, str) else _dumps(x) for x in cmds) + "]}"
@@ -704,8 +702,8 @@ def render_delta(previous: FabricState, state: FabricState) -> str | None:
                  if view.version == v]
         hosts = [_prefix_text(c_old, el[0]["elem"]["val"])
                  for el in _host_elements(c_old, FabricState(previous.local, tuple(gone + changed)), v, nets=True)]
-        for name, keys in ((f"to_peer_v{v}", views), (f"from_peer_v{v}", views), (f"count_to_v{v}", views),
-                           (f"count_from_v{v}", views), (f"peer_views_v{v}", views), (f"host_v{v}", hosts)):
+        for name, keys in ((f"to_peer_v{v}", views), (f"from_peer_v{v}", views), (f"count_v{v}", views),
+                           (f"peer_views_v{v}", views), (f"host_v{v}", hosts)):
             if keys:
                 cmds.append(f'{{"delete":{{"element":{{{head},"name":"{name}","elem":[{",".join(keys)}]}}}}}}')
     # ... then their rules; chains of removed peers go (nothing jumps to them any more).
@@ -732,14 +730,13 @@ def render_delta(previous: FabricState, state: FabricState) -> str | None:
             for match, verdict, comment in _mapping_parts(c, p, egress, text=True):
                 cmds.append(f'{rule_head}{chain},"expr":[{match},{_COUNTER_TEXT},{verdict}],"comment":{comment}}}}}}}')
         for egress in (True, False):
-            chain = _dumps(c.count_chains[p.cluster_id][0 if egress else 1])
+            chain = _dumps(c.count_chains[p.cluster_id][0])
             for match, comment in _count_parts(c, p, egress, text=True):
                 cmds.append(f'{rule_head}{chain},"expr":[{match},{_COUNTER_TEXT}],"comment":{comment}}}}}}}')
     for v in (4, 6):
         for name, elems in ((f"to_peer_v{v}", _elements_text(c, sub, v, 0)),
                             (f"from_peer_v{v}", _elements_text(c, sub, v, 1)),
-                            (f"count_to_v{v}", _elements_text(c, sub, v, 2)),
-                            (f"count_from_v{v}", _elements_text(c, sub, v, 3)),
+                            (f"count_v{v}", _elements_text(c, sub, v, 2)),
                             (f"peer_views_v{v}", _elements_text(c, sub, v, None)),
                             (f"host_v{v}", _host_elements_text(c, sub, v))):
             if elems:

@@ -71,7 +71,7 @@ def render_metrics(gw: Gateway) -> str:
     # One family at a time: the text format wants each family's samples together.
     o.family("crosswire_nat_packets_total", "counter",
              "Packets through the mappings of each peer, per chain (to-PEER egress, from-PEER ingress); "
-             "every packet, counted in forward (cnt-to-PEER, cnt-from-PEER).")
+             "every packet, counted in forward (chain cnt-PEER).")
     for peer, chain, pk, _, _ in per:
         o.sample("crosswire_nat_packets_total", pk, peer=peer, chain=chain)
     o.family("crosswire_nat_bytes_total", "counter", "Bytes through the mappings of each peer, per chain.")

@@ -62,7 +62,7 @@ def test_identical_ranges_exact_json_skeleton() -> None:
         ("prerouting", "nat", "prerouting", -100), ("postrouting", "nat", "postrouting", 100),
         ("mss-clamp", "filter", "forward", -150), ("count", "filter", "forward", 0),
         ("to-gpu", None, None, None), ("from-gpu", None, None, None),
-        ("cnt-to-gpu", None, None, None), ("cnt-from-gpu", None, None, None)]
+        ("cnt-gpu", None, None, None)]
     assert objects(r, "map")[0] == {
         "family": "inet", "table": "crosswire", "name": "to_peer_v4", "type": "ipv4_addr", "map": "verdict",
         "flags": ["interval"], "elem": [
@@ -79,15 +79,14 @@ def test_identical_ranges_exact_json_skeleton() -> None:
                         {"snat": {"family": "ip", "addr": {"prefix": {"addr": "100.65.0.0", "len": 16}},
                                   "flags": "netmap", "type_flags": "prefix"}}]}
     # Its per-packet twin: same comment, match on the real source, a counter, no verdict.
-    count = next(x for x in objects(r, "rule") if x["chain"] == "cnt-to-gpu")
-    assert count == {"family": "inet", "table": "crosswire", "chain": "cnt-to-gpu",
+    count = next(x for x in objects(r, "rule") if x["chain"] == "cnt-gpu")
+    assert count == {"family": "inet", "table": "crosswire", "chain": "cnt-gpu",
                      "comment": "gpu: egress pod src 10.244.0.0/16 -> 100.65.0.0/16", "expr": [
                          {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
                                     "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}},
                          {"counter": None}]}
     assert [m["name"] for m in objects(r, "map")] == [
-        "to_peer_v4", "from_peer_v4", "count_to_v4", "count_from_v4", "host_v4",
-        "to_peer_v6", "from_peer_v6", "count_to_v6", "count_from_v6", "host_v6"]
+        "to_peer_v4", "from_peer_v4", "count_v4", "host_v4", "to_peer_v6", "from_peer_v6", "count_v6", "host_v6"]
 
 
 def test_identical_ranges_rules() -> None:
@@ -113,12 +112,13 @@ def test_identical_ranges_rules() -> None:
     assert elements(r, "to_peer_v6") == []
     # Every packet (forward: after DNAT, before SNAT) counted once per mapping, real ranges on our side.
     assert chain_rules(r, "count") == [
-        "oifname wg0 ip daddr vmap @count_to_v4", "iifname wg0 ip saddr vmap @count_from_v4",
-        "oifname wg0 ip6 daddr vmap @count_to_v6", "iifname wg0 ip6 saddr vmap @count_from_v6"]
-    assert elements(r, "count_to_v4") == ["100.64.0.0/16 : jump cnt-to-gpu", "100.80.0.0/12 : jump cnt-to-gpu"]
-    assert elements(r, "count_from_v4") == ["100.64.0.0/16 : jump cnt-from-gpu", "100.80.0.0/12 : jump cnt-from-gpu"]
-    assert chain_rules(r, "cnt-to-gpu") == ["ip saddr 10.244.0.0/16 counter", "ip saddr 10.96.0.0/12 counter"]
-    assert chain_rules(r, "cnt-from-gpu") == ["ip daddr 10.244.0.0/16 counter", "ip daddr 10.96.0.0/12 counter"]
+        "oifname wg0 ip daddr vmap @count_v4", "iifname wg0 ip saddr vmap @count_v4",
+        "oifname wg0 ip6 daddr vmap @count_v6", "iifname wg0 ip6 saddr vmap @count_v6"]
+    # One chain per peer for both directions: egress rules match our real source,
+    # ingress rules our real destination (a view of the peer is on the other side).
+    assert elements(r, "count_v4") == ["100.64.0.0/16 : jump cnt-gpu", "100.80.0.0/12 : jump cnt-gpu"]
+    assert chain_rules(r, "cnt-gpu") == ["ip saddr 10.244.0.0/16 counter", "ip saddr 10.96.0.0/12 counter",
+                                         "ip daddr 10.244.0.0/16 counter", "ip daddr 10.96.0.0/12 counter"]
     assert chain_rules(r, "mss-clamp") == [
         f"{d} wg0 nfproto {f} tcp flags & syn,rst syn tcp option maxseg size > {m} tcp option maxseg size set {m}"
         for f, m in (("ipv4", 1380), ("ipv6", 1360)) for d in ("iifname", "oifname")]
@@ -309,7 +309,7 @@ def test_mappings_and_counters() -> None:
     rendered = [(r["chain"], r["comment"]) for r in objects(render(LAB), "rule") if r["chain"] in ("to-gpu", "from-gpu")]
     assert [(r["chain"], r["comment"]) for r in maps[0]["rules"]] == rendered
     counted = [(r["chain"], r["comment"]) for r in objects(render(LAB), "rule")
-               if r["chain"] in ("cnt-to-gpu", "cnt-from-gpu")]
+               if r["chain"] == "cnt-gpu"]
     assert [(r["count_chain"], r["comment"]) for r in maps[0]["rules"]] == counted
     first = maps[0]["rules"][0]
     # packets/bytes come from the counting rule (every packet), connections from the NAT rule (first packets).

@@ -17,9 +17,13 @@ In short, with ``wg`` the WireGuard interface:
   which jumps to ``from-<peer>``: one rule per mapping rewrites the destination
   from the peer's view of us to our real range; anything else is dropped.
 - ``mss-clamp`` (filter, forward): TCP SYNs through ``wg`` get MSS <= MTU-40/60.
+- ``count`` (filter, forward): every packet through ``wg``, looked up by our
+  view of the peer in ``count_v4``/``_v6``, jumps to ``cnt-<peer>``: one
+  counter-only rule per mapping (the nat chains see only first packets).
 
 The dispatch is one map lookup whatever the number of peers; each mapping
-has its own counter (rule counters, and element counters in ``host_v*``).
+has its own counters (rule counters: per packet in ``cnt-<peer>``, per
+connection in the nat chains; element counters in ``host_v*``).
 Nothing here touches the system: ``render`` and ``mappings`` return data.
 """
 

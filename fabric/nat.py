@@ -550,16 +550,8 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
                 {"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": mss}},
             ], f"{direction} {wg} {nfproto}: clamp MSS to MTU {local.mtu}")
     if raw:
-        head = f'{{"add":{{"rule":{{"family":"{FAMILY}","table":{_dumps(t)},"chain":'
         for peer in state.peers:
-            for egress in (True, False):
-                chain = _dumps(c.chains[peer.cluster_id][0 if egress else 1])
-                for match, verdict, comment in _mapping_parts(c, peer, egress, text=True):
-                    cmds.append(f'{head}{chain},"expr":[{match},{_COUNTER_TEXT},{verdict}],"comment":{comment}}}}}}}')
-            for egress in (True, False):
-                chain = _dumps(c.count_chains[peer.cluster_id][0])
-                for match, comment in _count_parts(c, peer, egress, text=True):
-                    cmds.append(f'{head}{chain},"expr":[{match},{_COUNTER_TEXT}],"comment":{comment}}}}}}}')
+            cmds.extend(_peer_rules_text(c, peer, t))
         return '{"nftables":[' + ",".join(x if isinstance(x, str) else _dumps(x) for x in cmds) + "]}"
     for peer in state.peers:
         for r in (_mapping_rules(c, peer, t, egress=True) + _mapping_rules(c, peer, t, egress=False)
@@ -569,6 +561,22 @@ def _render(state: FabricState, raw: bool) -> dict[str, Any] | str:
 
 
 # ---------------------------------------------------------------- reporting
+
+
+def _peer_rules_text(c: _Checked, peer: PeerFabric, table: str) -> list[str]:
+    """The peer's mapping and counting rules as pre-serialized batch commands
+    (the fast path shared by ``render_text`` and ``render_delta``)."""
+    head = f'{{"add":{{"rule":{{"family":"{FAMILY}","table":{_dumps(table)},"chain":'
+    out: list[str] = []
+    for egress in (True, False):
+        chain = _dumps(c.chains[peer.cluster_id][0 if egress else 1])
+        for match, verdict, comment in _mapping_parts(c, peer, egress, text=True):
+            out.append(f'{head}{chain},"expr":[{match},{_COUNTER_TEXT},{verdict}],"comment":{comment}}}}}}}')
+    chain = _dumps(c.count_chains[peer.cluster_id][0])
+    for egress in (True, False):
+        for match, comment in _count_parts(c, peer, egress, text=True):
+            out.append(f'{head}{chain},"expr":[{match},{_COUNTER_TEXT}],"comment":{comment}}}}}}}')
+    return out
 
 
 def _rule_index(rules: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -727,16 +735,8 @@ def render_delta(previous: FabricState, state: FabricState) -> str | None:
             # adding one that exists with another value, or overlaps, fails the batch.
             cmds.append(f'{{"add":{{"chain":{{{head},"name":{_dumps(chain)}}}}}}}')
             cmds.append(f'{{"flush":{{"chain":{{{head},"name":{_dumps(chain)}}}}}}}')
-    rule_head = f'{{"add":{{"rule":{{{head},"chain":'
     for p in sub.peers:
-        for egress in (True, False):
-            chain = _dumps(c.chains[p.cluster_id][0 if egress else 1])
-            for match, verdict, comment in _mapping_parts(c, p, egress, text=True):
-                cmds.append(f'{rule_head}{chain},"expr":[{match},{_COUNTER_TEXT},{verdict}],"comment":{comment}}}}}}}')
-        for egress in (True, False):
-            chain = _dumps(c.count_chains[p.cluster_id][0])
-            for match, comment in _count_parts(c, p, egress, text=True):
-                cmds.append(f'{rule_head}{chain},"expr":[{match},{_COUNTER_TEXT}],"comment":{comment}}}}}}}')
+        cmds.extend(_peer_rules_text(c, p, t))
     for v in (4, 6):
         for name, elems in ((f"to_peer_v{v}", _elements_text(c, sub, v, 0)),
                             (f"from_peer_v{v}", _elements_text(c, sub, v, 1)),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from nsutil import Namespaces, sh, uniq
-from wgpair import CROSSWIRE_WG, PYTHON, SOCK_DIR, genkey
+from wgpair import CROSSWIRE_WG, PYTHON, SOCK_DIR, daemon_pids, genkey, wait_daemon_gone
 
 pytestmark = pytest.mark.root
 
@@ -32,21 +32,10 @@ class Daemon:
         return os.path.join(SOCK_DIR, f"{self.iface}.sock")
 
     def pids(self) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout
-        pids = []
-        for pid in out.split():
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"crosswire-wg" in f.read():
-                    pids.append(int(pid))
-        return pids
+        return daemon_pids(self.ns, self.iface)
 
     def wait_gone(self, timeout: float = 5.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if not self.pids():
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_daemon_gone(self.ns, self.iface, timeout)
 
     def iface_exists(self) -> bool:
         proc: subprocess.CompletedProcess[str] = sh("ip", "link", "show", self.iface, ns=self.ns,

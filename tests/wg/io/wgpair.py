@@ -44,6 +44,28 @@ def genkey() -> tuple[str, str]:
     return priv, pub
 
 
+def daemon_pids(ns: str, iface: str) -> list[int]:
+    """wireguard-go / crosswire-wg processes serving ``iface`` in namespace ``ns``."""
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+    found = []
+    for pid in out.split():
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            if iface in cmd and ("wireguard-go" in cmd or "crosswire-wg" in cmd):
+                found.append(int(pid))
+    return found
+
+
+def wait_daemon_gone(ns: str, iface: str, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not daemon_pids(ns, iface):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @dataclass
 class Side:
     ns: str
@@ -94,16 +116,7 @@ class Side:
         self.sh("ip", "addr", "add", f"{self.inner6}/64", "dev", self.iface, "nodad")
 
     def pids(self) -> list[int]:
-        """Daemon processes in this namespace (by their comm/cmdline)."""
-        out = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout
-        found = []
-        for pid in out.split():
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-                if self.iface in cmd and ("wireguard-go" in cmd or "crosswire-wg" in cmd):
-                    found.append(int(pid))
-        return found
+        return daemon_pids(self.ns, self.iface)
 
     def kill(self, sig: int = signal.SIGTERM) -> None:
         for pid in self.pids():
@@ -111,12 +124,7 @@ class Side:
                 os.kill(pid, sig)
 
     def wait_gone(self, timeout: float = 5.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if not self.pids():
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_daemon_gone(self.ns, self.iface, timeout)
 
     def iface_exists(self) -> bool:
         return self.sh("ip", "link", "show", self.iface, check=False).returncode == 0

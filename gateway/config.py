@@ -250,6 +250,21 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             put(path, env[var])
 
 
+def _pod_address(value: Any, key: str, pod: tuple[str, ...], *, v6_only: bool) -> str | None:
+    """An optional gateway address: an IP (IPv6 for ``v6_only``) inside the pod CIDRs."""
+    if value is None:
+        return None
+    try:
+        text = _str(value, key)
+        addr = ipaddress.IPv6Address(text) if v6_only else ipaddress.ip_address(text)
+    except ValueError:
+        kind = "an IPv6 address" if v6_only else "an IP address"
+        raise ConfigError(f"{key}: {value!r} is not {kind}") from None
+    if not any(addr in ipaddress.ip_network(c) for c in pod):
+        raise ConfigError(f"{key}: {value} is not inside pod_cidrs")
+    return str(addr)
+
+
 def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
     """Validate a parsed YAML document (plus env overrides) into a :class:`Config`."""
     if raw is None:
@@ -318,27 +333,11 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         timeout=_float(h.get("timeout", HealthConfig.timeout), "health.timeout", 0.1, 300),
     )
 
-    gateway_ip = raw.get("gateway_ip")
-    if gateway_ip is not None:
-        try:
-            gw = ipaddress.ip_address(_str(gateway_ip, "gateway_ip"))
-        except ValueError:
-            raise ConfigError(f"gateway_ip: {gateway_ip!r} is not an IP address") from None
-        if not any(gw in ipaddress.ip_network(c) for c in pod):
-            raise ConfigError(f"gateway_ip: {gateway_ip} is not inside pod_cidrs")
-        gateway_ip = str(gw)
-
-    gateway_ip6 = raw.get("gateway_ip6")
-    if gateway_ip6 is not None:
-        try:
-            gw6 = ipaddress.IPv6Address(_str(gateway_ip6, "gateway_ip6"))
-        except ValueError:
-            raise ConfigError(f"gateway_ip6: {gateway_ip6!r} is not an IPv6 address") from None
-        if not any(gw6 in ipaddress.ip_network(c) for c in pod):
-            raise ConfigError(f"gateway_ip6: {gateway_ip6} is not inside pod_cidrs")
-        if gateway_ip is not None and ipaddress.ip_address(gateway_ip).version == 6:
-            raise ConfigError("gateway_ip6: gateway_ip is already IPv6 (gateway_ip6 is for dual stack)")
-        gateway_ip6 = str(gw6)
+    gateway_ip = _pod_address(raw.get("gateway_ip"), "gateway_ip", pod, v6_only=False)
+    gateway_ip6 = _pod_address(raw.get("gateway_ip6"), "gateway_ip6", pod, v6_only=True)
+    if gateway_ip6 is not None and gateway_ip is not None and \
+            ipaddress.ip_address(gateway_ip).version == 6:
+        raise ConfigError("gateway_ip6: gateway_ip is already IPv6 (gateway_ip6 is for dual stack)")
 
     table = raw.get("nft_table", "crosswire")
     if not isinstance(table, str) or not re.match(r"^[A-Za-z0-9_-]{1,64}$", table):

@@ -11,10 +11,20 @@ cluster whose address space it lives in.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
 Kind = Literal["pod", "service"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def map_into(addr: Address, real: Network, view: Network) -> Address:
+    """``addr`` (inside ``real``) moved prefix-for-prefix into ``view``: the one
+    address translation every part of crosswire uses (NAT, probes, routes)."""
+    offset = int(addr) - int(real.network_address)
+    return ipaddress.ip_address(int(view.network_address) + offset)
 
 
 @dataclass(frozen=True)

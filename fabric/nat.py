@@ -38,10 +38,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from fabric.model import FabricState, PeerFabric, RangeMap
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from fabric.model import Address, FabricState, Network, PeerFabric, RangeMap, map_into
 
 FAMILY = "inet"
 COMMENT_MAX = 128  # nftables limit for rule/element comments
@@ -123,12 +120,6 @@ def ingress_chain(cluster_id: str) -> str:
 
 def count_chain(cluster_id: str) -> str:
     return f"cnt-{chain_suffix(cluster_id)}"
-
-
-def map_into(addr: Address, real: Network, view: Network) -> Address:
-    """``addr`` (inside ``real``) moved prefix-for-prefix into ``view``."""
-    offset = int(addr) - int(real.network_address)
-    return ipaddress.ip_address(int(view.network_address) + offset)
 
 
 def _match(proto: str, field: str, right: Any, op: str = "==") -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
+from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap, map_into
 from gateway import forwarding as forwarding_mod
 from gateway import peering
 from gateway.config import Config
@@ -69,7 +69,7 @@ def translate(ip: str | None, views: list[tuple[str, str, str]]) -> str | None:
     for _, real, view in views:
         rn, vn = ipaddress.ip_network(real), ipaddress.ip_network(view)
         if addr.version == rn.version and addr in rn:
-            return str(ipaddress.ip_address(int(vn.network_address) + (int(addr) - int(rn.network_address))))
+            return str(map_into(addr, rn, vn))
     return None
 
 

@@ -24,7 +24,7 @@ import ipaddress
 from collections.abc import Callable
 
 from fabric.wg.crypto import InvalidTag, hash_, mac, xaead_decrypt, xaead_encrypt
-from fabric.wg.messages import pack_cookie_reply
+from fabric.wg.messages import Endpoint, pack_cookie_reply
 
 LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"
@@ -37,7 +37,6 @@ RATE_PER_SECOND = 20.0
 RATE_BURST = 5.0
 RATE_GC_AFTER = 1.0
 
-Endpoint = tuple[str, int]
 
 
 def mac1_key(public_key: bytes) -> bytes:

@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from fabric.wg.messages import Endpoint
 from fabric.wg.tun import (
     VNET_HDR_LEN,
     ZERO_VNET_HDR,
@@ -62,7 +63,6 @@ from fabric.wg.uapi_server import UapiServer
 
 log = logging.getLogger("crosswire.wg")
 
-Endpoint = tuple[str, int]
 
 BATCH = 128
 SOCK_BUF = 8 << 20

@@ -32,6 +32,7 @@ from fabric.wg import noise, tai64n
 from fabric.wg.allowedips import AllowedIPs
 from fabric.wg.cookie import CookieChecker, LoadMeter, RateLimiter
 from fabric.wg.crypto import clamp, dh, private_bytes, public_key
+from fabric.wg.messages import Endpoint
 from fabric.wg.peer import HS_INITIATION_SENT, HS_NONE, Keypair, Peer
 from fabric.wg.timers import (
     HANDSHAKE_INITIATION_RATE,
@@ -45,8 +46,6 @@ from fabric.wg.timers import (
     REKEY_TIMEOUT,
 )
 from fabric.wg.uapi import handle as uapi_handle
-
-Endpoint = tuple[str, int]
 
 COUNTER_NAMES = (
     "rx_datagrams",

@@ -17,6 +17,9 @@ RESPONSE = 2
 COOKIE_REPLY = 3
 TRANSPORT = 4
 
+# A UDP address as the socket layer gives it: (host, port); the one Endpoint type.
+Endpoint = tuple[str, int]
+
 INITIATION_SIZE = 148
 RESPONSE_SIZE = 92
 COOKIE_REPLY_SIZE = 64

@@ -9,10 +9,9 @@ import struct
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from fabric.wg.cookie import CookieGenerator
+from fabric.wg.messages import Endpoint
 from fabric.wg.replay import ReplayWindow
 from fabric.wg.timers import LAST_MINUTE_HANDSHAKE_AGE, REJECT_AFTER_TIME, REKEY_AFTER_TIME
-
-Endpoint = tuple[str, int]
 
 # Handshake states
 HS_NONE = 0

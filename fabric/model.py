@@ -61,6 +61,12 @@ class PeerFabric:
     persistent_keepalive: int = 25
 
 
+# The one MTU range for the WireGuard interface: IPv6 inside the tunnel needs
+# 1280; above 9000 no underlay (jumbo frames) could carry the encapsulation.
+MTU_MIN = 1280
+MTU_MAX = 9000
+
+
 @dataclass(frozen=True)
 class LocalFabric:
     """This gateway's side."""

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from fabric.model import MTU_MAX, MTU_MIN
+
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
 _CLUSTER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -296,8 +298,16 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
     reserved = _cidr_list(raw.get("reserved_cidrs"), "reserved_cidrs")
 
     ipam = _section(raw, "ipam", {"pools"})
-    # Pools may contain local ranges (the IPAM carves them out); they just must parse.
     pools = _cidr_list(ipam["pools"], "ipam.pools", required=True) if "pools" in ipam else None
+    # The default pools are wide (RFC 1918 and more) and the IPAM carves local
+    # ranges out of them; a pool the operator names must not overlap them, or
+    # the mistake would surface only at the first peering, as exhaustion.
+    local = own + [(f"reserved_cidrs[{i}]", c) for i, c in enumerate(reserved)]
+    for i, p in enumerate(pools or ()):
+        for kl, c in local:
+            if ipaddress.ip_network(p).overlaps(ipaddress.ip_network(c)):
+                raise ConfigError(f"ipam.pools[{i}]: {p} overlaps {kl} {c} "
+                                  "(views must never collide with local ranges)")
 
     wg = _section(raw, "wireguard", _WG_KEYS)
     iface = wg.get("interface", WireguardConfig.interface)
@@ -314,7 +324,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         listen_port=_int(wg.get("listen_port", 51820), "wireguard.listen_port", 1, 65535),
         endpoint=endpoint,
         implementation=cast(Implementation, impl),
-        mtu=_int(wg.get("mtu", 1420), "wireguard.mtu", 576, 9000),
+        mtu=_int(wg.get("mtu", 1420), "wireguard.mtu", MTU_MIN, MTU_MAX),
     )
 
     api = _section(raw, "api", _API_KEYS)
@@ -368,10 +378,35 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     except OSError as e:
         raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_unique_keys_loader())  # a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config: {path} is not valid YAML: {e}") from None
     return parse(raw, env)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys_loader() -> Any:
+    """A SafeLoader that refuses a key given twice in one mapping: YAML's
+    last-one-wins would silently drop the first (two ``cluster_id`` lines)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    line = key_node.start_mark.line + 1
+                    raise _DuplicateKey(f"{key}: given twice (line {line}); each key may appear once")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return Loader
 
 
 def detect_gateway_ip(pod_cidrs: tuple[str, ...], version: int | None = None) -> str | None:

@@ -37,7 +37,9 @@ def test_messages_name_key_and_problem() -> None:
     bad("wireguard.interface: 'this-name-is-too-long' is not a valid interface name (1-15 chars)",
         wireguard={"interface": "this-name-is-too-long"})
     bad("wireguard.endpoint: 'nohost' is not host:port", wireguard={"endpoint": "nohost"})
-    bad("wireguard.mtu: 100 is out of range 576-9000", wireguard={"mtu": 100})
+    bad("wireguard.mtu: 100 is out of range 1280-9000", wireguard={"mtu": 100})
+    # One range, the one the data plane accepts: 1000 used to pass here and fail there.
+    bad("wireguard.mtu: 1000 is out of range 1280-9000", wireguard={"mtu": 1000})
     bad("wireguard.mtuu: unknown key", wireguard={"mtuu": 1})
     bad("ipam.pools[0]: 'nope' is not a valid CIDR", ipam={"pools": ["nope"]})
     bad("api.listen: port 99999 is out of range 1-65535", api={"listen": ":99999"})
@@ -77,6 +79,28 @@ def test_load_file(tmp_path: Path) -> None:
         load(p, env={})
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.yaml", env={})
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("cluster_id: gpu\npod_cidrs: [10.244.0.0/16]\ncluster_id: lab\n")
+    with pytest.raises(ConfigError, match=r"^cluster_id: given twice \(line 3\)"):
+        load(p, env={})
+    p.write_text("cluster_id: gpu\npod_cidrs: [10.244.0.0/16]\nwireguard:\n  mtu: 1420\n  mtu: 1280\n")
+    with pytest.raises(ConfigError, match=r"^mtu: given twice \(line 5\)"):
+        load(p, env={})
+
+
+def test_pool_overlapping_local_ranges_is_refused_naming_both() -> None:
+    bad("ipam.pools[1]: 10.0.0.0/8 overlaps pod_cidrs[0] 10.244.0.0/16 "
+        "(views must never collide with local ranges)", ipam={"pools": ["100.64.0.0/10", "10.0.0.0/8"]})
+    bad("ipam.pools[0]: 10.96.0.0/16 overlaps service_cidrs[0] 10.96.0.0/12 "
+        "(views must never collide with local ranges)", ipam={"pools": ["10.96.0.0/16"]})
+    bad("ipam.pools[0]: 192.168.10.0/23 overlaps reserved_cidrs[0] 192.168.10.0/24 "
+        "(views must never collide with local ranges)",
+        ipam={"pools": ["192.168.10.0/23"]}, reserved_cidrs=["192.168.10.0/24"])
+    # The default pools are wide and carved by the IPAM: not refused.
+    assert parse(BASE, env={}).ipam_pools is None
 
 
 def test_daemon_startup_errors_are_clear(tmp_path: Path) -> None:

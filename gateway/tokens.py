@@ -120,6 +120,9 @@ def check_usable(rec: TokenRecord | None, now: float) -> TokenRecord:
     return rec
 
 
+MAX_TTL = 365 * 86400
+
+
 def parse_duration(text: str) -> float:
     """'90s', '15m', '1h', '7d' or plain seconds -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -130,4 +133,7 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"invalid duration {text!r} (use e.g. 90s, 15m, 1h, 7d)") from None
     if not value > 0:
         raise ValueError(f"invalid duration {text!r}: must be positive")
+    # Also refuses inf/1e999: a token must expire (and the expiry must stay a number).
+    if not value <= MAX_TTL:
+        raise ValueError(f"invalid duration {text!r}: at most {MAX_TTL // 86400} days")
     return value

@@ -69,6 +69,10 @@ def test_public_endpoints(clusters: Any) -> None:
 
 BAD = [
     ("POST", "/api/v1/tokens", {"ttl": "forever"}, 422, "ttl"),
+    # Infinite TTLs were accepted (expires: null) and then broke `token list`.
+    ("POST", "/api/v1/tokens", {"ttl": "inf"}, 422, "ttl"),
+    ("POST", "/api/v1/tokens", {"ttl": "1e999"}, 422, "ttl"),
+    ("POST", "/api/v1/tokens", {"ttl": "Infinity"}, 422, "ttl"),
     ("POST", "/api/v1/tokens", {"ttl": "1h", "colour": 1}, 422, "colour"),
     ("POST", "/api/v1/tokens", {"reusable": "perhaps"}, 422, "reusable"),
     ("POST", "/api/v1/peers", {}, 422, "token"),

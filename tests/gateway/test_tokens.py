@@ -73,6 +73,7 @@ def test_store_side_checks() -> None:
 def test_durations() -> None:
     assert parse_duration("1h") == 3600 and parse_duration("90s") == 90
     assert parse_duration("15m") == 900 and parse_duration("2d") == 172800 and parse_duration("30") == 30
-    for badv in ("", "h", "-1h", "0", "1y"):
+    assert parse_duration("365d") == 365 * 86400
+    for badv in ("", "h", "-1h", "0", "1y", "inf", "Infinity", "1e999", "nan", "366d", "-inf"):
         with pytest.raises(ValueError):
             parse_duration(badv)

@@ -73,8 +73,12 @@ def parser() -> argparse.ArgumentParser:
     trv.add_argument("token_id")
 
     peer = sub.add_parser("peer", help="peers").add_subparsers(dest="sub", required=True)
-    pa = peer.add_parser("add", parents=[common], help="peer with the gateway that issued TOKEN")
-    pa.add_argument("token")
+    pa = peer.add_parser("add", parents=[common], help="peer with the gateway that issued a token",
+                         description="Read the token from standard input ('-') or --token-file: "
+                                     "a token on the command line stays in shell history and "
+                                     "/proc/PID/cmdline, where other users of the host can read it.")
+    pa.add_argument("token", nargs="?", help="'-' to read it from standard input (or the token itself)")
+    pa.add_argument("--token-file", help="read the token from this file")
     peer.add_parser("list", parents=[common], help="list peers")
     pr = peer.add_parser("remove", parents=[common], help="remove a peer (both sides)")
     pr.add_argument("cluster_id")
@@ -260,6 +264,28 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def read_token(args: argparse.Namespace) -> str:
+    """The token of ``peer add``: from --token-file, stdin ('-') or the argument."""
+    if args.token_file and args.token:
+        raise CliError("peer add: give the token either as an argument or with --token-file, not both")
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                text = f.read(64 * 1024)
+        except OSError as e:
+            raise CliError(f"--token-file: cannot read {args.token_file}: {e.strerror}") from None
+    elif args.token == "-":
+        text = sys.stdin.read(64 * 1024)
+    elif args.token:
+        text = args.token
+    else:
+        raise CliError("peer add: no token (pipe it in with 'peer add -', or use --token-file)")
+    token = text.strip()
+    if not token:
+        raise CliError("peer add: the token is empty")
+    return token
+
+
 def print_peers(peers: list[dict[str, Any]]) -> None:
     if not peers:
         print("no peers")
@@ -307,7 +333,7 @@ def dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(out) if args.json else f"revoked {out['revoked']}")
         return 0
     if key == ("peer", "add"):
-        out = call(args, "POST", "/api/v1/peers", admin=True, body={"token": args.token})
+        out = call(args, "POST", "/api/v1/peers", admin=True, body={"token": read_token(args)})
         if args.json:
             print(json.dumps(out))
         else:

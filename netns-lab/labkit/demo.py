@@ -50,7 +50,7 @@ def _peer_and_check(lab: Lab) -> bool:
     _say("== gpu$ crosswire token create")
     token = ops.token_create(lab, "gpu")
     _say(f"   {token[:24]}... (one line, secret inside; shown truncated)")
-    _say("== lab$ crosswire peer add <token>")
+    _say("== lab$ crosswire peer add - <<< <token>")
     _say("   " + ops.peer_add(lab, "lab", token).strip().replace("\n", "\n   "))
     ops.wait_connected(lab, "lab", "gpu")
     ops.wait_connected(lab, "gpu", "lab")

@@ -16,13 +16,13 @@ from typing import Any
 from .lab import Lab, LabError, http, run, tool_env, venv_bin
 
 
-def crosswire(lab: Lab, cid: str, *args: str, timeout: float = 60) -> str:
+def crosswire(lab: Lab, cid: str, *args: str, timeout: float = 60, stdin: str | None = None) -> str:
     """Run the operator CLI in cluster ``cid``'s gateway pod, against its own config."""
     c = lab.plan.cluster(cid)
     assert c.gateway is not None
     cmd = ["env", f"PATH={tool_env()['PATH']}", f"CROSSWIRE_CONFIG={lab.gateway_config_path(c)}",
            str(venv_bin() / "crosswire"), *args]
-    p = run(*cmd, ns=c.gateway.ns, check=False, timeout=timeout)
+    p = run(*cmd, ns=c.gateway.ns, check=False, timeout=timeout, input=stdin)
     if p.returncode != 0:
         raise LabError(f"[{cid}] crosswire {' '.join(args[:2])} failed ({p.returncode}): "
                        f"{p.stderr.strip() or p.stdout.strip()}")
@@ -38,7 +38,8 @@ def token_create(lab: Lab, cid: str) -> str:
 
 
 def peer_add(lab: Lab, cid: str, token: str) -> str:
-    return crosswire(lab, cid, "peer", "add", token)
+    # On stdin, as operators should: never in the process arguments.
+    return crosswire(lab, cid, "peer", "add", "-", stdin=token)
 
 
 def api(lab: Lab, cid: str, path: str, timeout: float = 5) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import threading
@@ -70,6 +71,21 @@ def test_cli_commands(served: Any, capsys: pytest.CaptureFixture[str], monkeypat
     assert "no peer 'nobody' (HTTP 404)" in capsys.readouterr().err
     assert main(["peer", "add", "cw1.garbage", "--api", url, *sd]) == 1
     assert "malformed" in capsys.readouterr().err
+    # The token off the command line: stdin ('-') or a file reach the gateway just the same.
+    monkeypatch.setattr("sys.stdin", io.StringIO("cw1.garbage\n"))
+    assert main(["peer", "add", "-", "--api", url, *sd]) == 1
+    assert "malformed" in capsys.readouterr().err
+    tf = Path(sd[1]) / "token"
+    tf.write_text("cw1.garbage\n")
+    assert main(["peer", "add", "--token-file", str(tf), "--api", url, *sd]) == 1
+    assert "malformed" in capsys.readouterr().err
+    assert main(["peer", "add", "--api", url, *sd]) == 1
+    assert "no token (pipe it in with 'peer add -'" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("  \n"))
+    assert main(["peer", "add", "-", "--api", url, *sd]) == 1
+    assert "the token is empty" in capsys.readouterr().err
+    assert main(["peer", "add", "--token-file", str(tf) + ".missing", "--api", url, *sd]) == 1
+    assert "--token-file: cannot read" in capsys.readouterr().err
     assert main(["token", "create", "--api", url, "--state-dir", "/nonexistent"]) == 1
     assert "cannot read the admin credential" in capsys.readouterr().err
     monkeypatch.setenv("CROSSWIRE_ADMIN_TOKEN", "wrong")

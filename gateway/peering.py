@@ -35,6 +35,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -99,7 +100,10 @@ def check_fresh(body: Mapping[str, Any], now: float, window: float = WINDOW) -> 
     ts, nonce = body.get("ts"), body.get("nonce")
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         raise PeeringError("malformed message: 'ts' missing")
-    if abs(now - ts) > window:
+    # NaN compares false with everything, so it would pass the window check below.
+    if not math.isfinite(ts):
+        raise PeeringError("malformed message: 'ts' is not a finite number")
+    if not abs(now - ts) <= window:
         raise PeeringError(f"message timestamp is {now - ts:+.0f}s off (stale or replayed, or clocks differ)", 401)
     if not isinstance(nonce, str) or len(nonce) < 16:
         raise PeeringError("malformed message: 'nonce' missing")

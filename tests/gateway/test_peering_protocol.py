@@ -121,3 +121,15 @@ def test_channel_messages() -> None:
     other = peering.build_message(key, "lab", "gpu", "views", {"views": []}, NOW)
     with pytest.raises(PeeringError, match="not bound"):
         peering.verify_reply(reply, key, other, "lab", NOW)
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_timestamp_is_not_fresh(ts: float) -> None:
+    # NaN compares false with everything: it used to pass the freshness window.
+    with pytest.raises(PeeringError, match="'ts' is not a finite number"):
+        peering.check_fresh({"ts": ts, "nonce": "bm9uY2Vub25jZW5vbmNl"}, NOW)
+    key = b"\x42" * 32
+    body = peering.build_message(key, "lab", "gpu", "views", {"views": []}, NOW)["body"]
+    body["ts"] = ts  # correctly authenticated, so only the freshness check can refuse it
+    with pytest.raises(PeeringError, match="'ts' is not a finite number"):
+        peering.verify_message(peering.seal(key, body), key, "gpu", NOW)

@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.controller import Gateway, GatewayError
+from gateway.limits import BodyLimit
 from gateway.metrics import render_metrics
 from gateway.peering import PeeringError
 from gateway.tokens import parse_duration
@@ -59,6 +60,7 @@ def _error(status: int, message: str) -> JSONResponse:
 def create_app(gw: Gateway) -> FastAPI:
     app = FastAPI(title="crosswire gateway", version="0.1.0",
                   description="Per-cluster WireGuard gateway for clusters with overlapping ranges.")
+    app.add_middleware(BodyLimit)  # before anything reads a body: 413 past 64 KiB
     bearer = HTTPBearer(auto_error=False)
 
     @app.exception_handler(GatewayError)

@@ -113,6 +113,33 @@ def test_malformed_json(clusters: Any) -> None:
     asyncio.run(go())
 
 
+def test_oversized_bodies_refused_before_reading(clusters: Any) -> None:
+    # A 50 MB body to the unauthenticated join grew the daemon to 700 MB RSS.
+    gpu = clusters("gpu")
+
+    async def go() -> None:
+        before = snapshot(gpu)
+        big = b'{"body": {"token_id": "' + b"a" * (1 << 20) + b'"}, "mac": "x"}'
+        for path in ("/api/v1/peering/join", "/api/v1/peering/message", "/api/v1/tokens"):
+            r = await gpu.call("POST", path, content=big, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and "larger than 65536 bytes" in r.json()["detail"], path
+
+        async def chunks() -> Any:  # no Content-Length: refused while it streams in
+            for _ in range(100):
+                yield b"a" * 4096
+
+        r = await gpu.call("POST", "/api/v1/peering/join", content=chunks(),
+                           headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert snapshot(gpu) == before
+        # Just under the limit still reaches the handler (and its own validation).
+        ok = b'{"body": {"token_id": "' + b"a" * 60000 + b'"}, "mac": "x"}'
+        r = await gpu.call("POST", "/api/v1/peering/join", content=ok, headers={"content-type": "application/json"})
+        assert r.status_code == 403 and "unknown token" in r.json()["detail"]
+
+    asyncio.run(go())
+
+
 def test_replayed_join_and_message_refused(clusters: Any) -> None:
     gpu, lab = clusters("gpu"), clusters("lab")
     seen: list[tuple[str, Any]] = []

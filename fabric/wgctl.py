@@ -25,10 +25,12 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fabric.endpoints import EndpointError, Resolver
 from fabric.model import LocalFabric, PeerFabric
 
 SOCKET_DIR = "/var/run/wireguard"
@@ -52,23 +54,6 @@ def key_hex(b64: str, what: str) -> str:
 
 def key_b64(hexkey: str) -> str:
     return base64.b64encode(bytes.fromhex(hexkey)).decode()
-
-
-def resolve_endpoint(endpoint: str) -> str:
-    """``host:port`` / ``[v6]:port`` -> ``ip:port`` / ``[ip]:port`` as the UAPI wants."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise WgError(f"endpoint {endpoint!r}: expected host:port")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        try:
-            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
-        except OSError as e:
-            raise WgError(f"endpoint {endpoint!r}: cannot resolve {host!r}: {e}") from None
-        ip = ipaddress.ip_address(infos[0][4][0])
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 @dataclass
@@ -154,8 +139,12 @@ def _norm_tuple(cidrs: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def render_set(local: LocalFabric, peers: Sequence[PeerFabric], current: DeviceStatus,
-               last_endpoints: dict[str, str]) -> str:
-    """The ``set=1`` request taking ``current`` to the desired state (only the differences)."""
+               last_endpoints: Mapping[str, str], endpoints: Mapping[str, str]) -> str:
+    """The ``set=1`` request taking ``current`` to the desired state (only the differences).
+
+    ``endpoints``: hex public key -> resolved ``ip:port`` for the peers whose
+    endpoint resolved; a peer missing there keeps whatever endpoint it has.
+    """
     lines = ["set=1"]
     priv = key_hex(local.private_key, "private key")
     if priv != current.private_key_hex:
@@ -176,10 +165,9 @@ def render_set(local: LocalFabric, peers: Sequence[PeerFabric], current: DeviceS
         lines.append(f"public_key={k}")
         psk = key_hex(p.preshared_key, f"peer {p.cluster_id} preshared key") if p.preshared_key else _ZERO_KEY
         lines.append(f"preshared_key={psk}")
-        if p.endpoint:
-            ep = resolve_endpoint(p.endpoint)
-            if cur is None or not cur.endpoint or last_endpoints.get(k) != ep:
-                lines.append(f"endpoint={ep}")
+        ep = endpoints.get(k)
+        if ep is not None and (cur is None or not cur.endpoint or last_endpoints.get(k) != ep):
+            lines.append(f"endpoint={ep}")
         lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
         allowed = _norm_nets([m.view for m in p.remote])
         if cur is None or _norm_nets(cur.allowed_ips) != allowed:
@@ -212,6 +200,9 @@ class WgControl:
         self.interface = interface
         self.socket_path = os.path.join(socket_dir, f"{interface}.sock")
         self._last_endpoints: dict[str, str] = {}
+        self.resolver = Resolver()
+        # cluster_id -> why its endpoint is not programmed (status shows it).
+        self.endpoint_problems: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"WgControl({self.interface!r})"
@@ -225,17 +216,36 @@ class WgControl:
     def device(self) -> DeviceStatus:
         return parse_get(self._call("get=1\n\n"))
 
-    def sync(self, local: LocalFabric, peers: Sequence[PeerFabric]) -> None:
-        """Private key, listen port and exactly ``peers``; unknown peers removed."""
-        request = render_set(local, peers, self.device(), self._last_endpoints)
+    def sync(self, local: LocalFabric, peers: Sequence[PeerFabric], now: float | None = None) -> None:
+        """Private key, listen port and exactly ``peers``; unknown peers removed.
+
+        A peer whose endpoint is malformed or does not resolve is still
+        programmed (keys, allowed IPs) without that endpoint, and the reason
+        lands in ``endpoint_problems``; it never fails the sync of the others.
+        """
+        now = time.monotonic() if now is None else now
+        endpoints: dict[str, str] = {}
+        problems: dict[str, str] = {}
+        for p in peers:
+            if p.endpoint:
+                try:
+                    endpoints[key_hex(p.public_key, f"peer {p.cluster_id} public key")] = \
+                        self.resolver.resolve(p.endpoint, now)
+                except EndpointError as e:
+                    problems[p.cluster_id] = str(e)
+        self.resolver.forget({p.endpoint for p in peers if p.endpoint})
+        request = render_set(local, peers, self.device(), self._last_endpoints, endpoints)
         reply = self._call(request)
         errno_line = next((ln for ln in reply.split("\n") if ln.startswith("errno=")), None)
         if errno_line != "errno=0":
             # The request holds keys: report only the interface and errno.
             raise WgError(f"{self.interface}: UAPI set failed ({errno_line or 'no reply'})")
-        for p in peers:
-            if p.endpoint:
-                self._last_endpoints[key_hex(p.public_key, "peer key")] = resolve_endpoint(p.endpoint)
+        self._last_endpoints.update(endpoints)
+        self.endpoint_problems = problems
+
+    def retry_at(self) -> float | None:
+        """Monotonic time at which a sync may program an endpoint that failed (None: none failed)."""
+        return self.resolver.next_retry() if self.endpoint_problems else None
 
     def show(self) -> dict[str, dict[str, Any]]:
         """Per base64 public key: endpoint, last_handshake (unix time), rx_bytes, tx_bytes, ..."""

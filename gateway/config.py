@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from fabric.endpoints import EndpointError
+from fabric.endpoints import parse as endpoint_syntax
 from fabric.model import MTU_MAX, MTU_MIN
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
@@ -315,7 +317,10 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"wireguard.interface: {iface!r} is not a valid interface name (1-15 chars)")
     endpoint = wg.get("endpoint")
     if endpoint is not None:
-        split_host_port(_str(endpoint, "wireguard.endpoint"), "wireguard.endpoint")
+        try:
+            endpoint_syntax(_str(endpoint, "wireguard.endpoint"))
+        except EndpointError as e:
+            raise ConfigError(f"wireguard.endpoint: {e}") from None
     impl = wg.get("implementation", "auto")
     if impl not in IMPLEMENTATIONS:
         raise ConfigError(f"wireguard.implementation: {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")

@@ -45,6 +45,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from fabric.endpoints import EndpointError
+from fabric.endpoints import parse as endpoint_syntax
 from gateway.tokens import Token, b64d, b64e
 
 VERSION = 1
@@ -174,6 +176,18 @@ def check_public_key(v: object, where: str = "public_key") -> str:
     return v
 
 
+def check_endpoint(v: object, where: str = "endpoint") -> str | None:
+    """An optional WireGuard endpoint, strictly ``host:port`` (a malformed one would
+    otherwise reach the data plane, where it used to fail every peer's sync)."""
+    if v is None:
+        return None
+    try:
+        endpoint_syntax(v)
+    except EndpointError as e:
+        raise PeeringError(f"malformed message: {where}: {e}") from None
+    return str(v)
+
+
 def check_ip(v: object, where: str) -> str | None:
     if v is None:
         return None
@@ -204,12 +218,9 @@ class Side:
 
     @staticmethod
     def from_body(body: Mapping[str, Any]) -> Side:
-        endpoint = body.get("endpoint")
-        if endpoint is not None and not isinstance(endpoint, str):
-            raise PeeringError("malformed message: 'endpoint' must be host:port")
         return Side(cluster_id=_str(body, "cluster_id"),
                     public_key=check_public_key(body.get("public_key")),
-                    endpoint=endpoint,
+                    endpoint=check_endpoint(body.get("endpoint")),
                     ranges=tuple(parse_ranges(body.get("ranges"))),
                     gateway_ip=check_ip(body.get("gateway_ip"), "gateway_ip"),
                     url=_str(body, "url"))

@@ -16,7 +16,6 @@ from fabric.wgctl import (
     key_hex,
     parse_get,
     render_set,
-    resolve_endpoint,
 )
 
 PRIV = base64.b64encode(bytes(range(32))).decode()
@@ -72,7 +71,7 @@ def test_parse_get() -> None:
 
 
 def test_render_set_fresh_device() -> None:
-    req = render_set(LOCAL, [peer(PUB_A, psk=PSK)], DeviceStatus(), {})
+    req = render_set(LOCAL, [peer(PUB_A, psk=PSK)], DeviceStatus(), {}, {"01" * 32: "198.18.0.2:51820"})
     assert req == (
         "set=1\n"
         f"private_key={bytes(range(32)).hex()}\n"
@@ -89,7 +88,7 @@ def test_render_set_fresh_device() -> None:
 def test_render_set_in_sync_touches_nothing_disruptive() -> None:
     current = parse_get(GET)
     last = {"01" * 32: "198.18.0.2:51820"}
-    req = render_set(LOCAL, [peer(PUB_A)], current, last)
+    req = render_set(LOCAL, [peer(PUB_A)], current, last, last)
     # Same key and port: not resent (wireguard-go rebinds on listen_port); B removed;
     # A's allowed IPs and endpoint unchanged: not replaced (no roaming undone).
     assert req == (
@@ -100,29 +99,24 @@ def test_render_set_in_sync_touches_nothing_disruptive() -> None:
         "persistent_keepalive_interval=25\n\n")
     # The peer roamed (current endpoint differs) but config did not change: left alone.
     roamed = parse_get(GET.replace("endpoint=198.18.0.2:51820", "endpoint=198.18.0.9:40000"))
-    assert "endpoint=" not in render_set(LOCAL, [peer(PUB_A)], roamed, last)
+    assert "endpoint=" not in render_set(LOCAL, [peer(PUB_A)], roamed, last, last)
     # The configured endpoint changed: set.
-    assert "endpoint=198.18.0.3:51820" in render_set(LOCAL, [peer(PUB_A, "198.18.0.3:51820")], roamed, last)
+    assert "endpoint=198.18.0.3:51820" in render_set(LOCAL, [peer(PUB_A, "198.18.0.3:51820")], roamed, last,
+                                                     {"01" * 32: "198.18.0.3:51820"})
+    # Its endpoint did not resolve (no entry): the peer is still programmed, its endpoint left alone.
+    req = render_set(LOCAL, [peer(PUB_A, "gw.nonexistent.invalid:51820")], DeviceStatus(), {}, {})
+    assert "endpoint=" not in req and f"public_key={'01' * 32}" in req and "allowed_ip=100.64.0.0/16" in req
 
 
 def test_render_set_errors_do_not_echo_keys() -> None:
     bad = "not-base64!!" + PRIV
     with pytest.raises(WgError) as e:
-        render_set(LocalFabric("lab", "wg0", 1, private_key=bad), [], DeviceStatus(), {})
+        render_set(LocalFabric("lab", "wg0", 1, private_key=bad), [], DeviceStatus(), {}, {})
     assert bad not in str(e.value) and PRIV not in str(e.value)
     with pytest.raises(WgError, match="32 bytes"):
         key_hex(base64.b64encode(b"x" * 31).decode(), "psk")
     with pytest.raises(WgError, match="used by peer"):
-        render_set(LOCAL, [peer(PUB_A), peer(PUB_A)], DeviceStatus(), {})
-
-
-def test_resolve_endpoint() -> None:
-    assert resolve_endpoint("198.18.0.2:51820") == "198.18.0.2:51820"
-    assert resolve_endpoint("[fd00::1]:51820") == "[fd00::1]:51820"
-    assert resolve_endpoint("localhost:1") in ("127.0.0.1:1", "[::1]:1")
-    for bad in ("198.18.0.2", "198.18.0.2:0", "198.18.0.2:x", "[fd00::1]"):
-        with pytest.raises(WgError, match="endpoint"):
-            resolve_endpoint(bad)
+        render_set(LOCAL, [peer(PUB_A), peer(PUB_A)], DeviceStatus(), {}, {})
 
 
 def test_peer_status_dict() -> None:

@@ -36,7 +36,9 @@ def test_messages_name_key_and_problem() -> None:
         wireguard={"implementation": "boringtun"})
     bad("wireguard.interface: 'this-name-is-too-long' is not a valid interface name (1-15 chars)",
         wireguard={"interface": "this-name-is-too-long"})
-    bad("wireguard.endpoint: 'nohost' is not host:port", wireguard={"endpoint": "nohost"})
+    bad("wireguard.endpoint: endpoint 'nohost': expected host:port with a port 1-65535",
+        wireguard={"endpoint": "nohost"})
+    bad("wireguard.endpoint: endpoint '[::1': unbalanced brackets", wireguard={"endpoint": "[::1"})
     bad("wireguard.mtu: 100 is out of range 1280-9000", wireguard={"mtu": 100})
     # One range, the one the data plane accepts: 1000 used to pass here and fail there.
     bad("wireguard.mtu: 1000 is out of range 1280-9000", wireguard={"mtu": 1000})

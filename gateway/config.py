@@ -96,13 +96,48 @@ class Config:
         return split_host_port(self.api.listen, "api.listen")
 
     def advertise_url(self) -> str:
-        """The peering URL peers use to reach this gateway's API."""
+        """The peering URL peers use to reach this gateway's API.
+
+        Without ``api.advertise`` and with an unspecified listen address, the
+        host other clusters already dial is ``wireguard.endpoint``'s; the pod
+        IP lies inside the (overlapping) pod range, which no peer can reach.
+        """
         if self.api.advertise:
             return self.api.advertise.rstrip("/")
         host, port = self.listen_host_port
         if host in ("0.0.0.0", "::", ""):
-            host = self.gateway_ip or socket.gethostname()
+            if self.wireguard.endpoint:
+                host = endpoint_syntax(self.wireguard.endpoint)[0]
+            else:
+                host = self.gateway_ip or socket.gethostname()
         return f"http://{_bracket(host)}:{port}"
+
+    def advertise_problem(self) -> str | None:
+        """Why tokens carrying ``advertise_url()`` would lead nowhere (None: they can work).
+
+        A loopback or unspecified host, or one inside our own pod or service
+        ranges, is an address every peer has for itself: ``peer add`` there
+        would reach the peer's own gateway, not this one.
+        """
+        url = self.advertise_url()
+        try:
+            ip = ipaddress.ip_address(_url_host(url))
+        except ValueError:
+            return None  # a name: only DNS can tell
+        why = None
+        if ip.is_loopback:
+            why = "is a loopback address"
+        elif ip.is_unspecified:
+            why = "is unspecified"
+        else:
+            for c in self.pod_cidrs + self.service_cidrs:
+                if ip in ipaddress.ip_network(c):
+                    why = f"lies inside this cluster's own range {c}, which peers cannot reach"
+                    break
+        if why is None:
+            return None
+        return (f"api.advertise: the peering URL {url} {why}; set api.advertise (or wireguard.endpoint) "
+                "to an address other clusters reach")
 
     def wireguard_endpoint(self) -> str:
         if self.wireguard.endpoint:

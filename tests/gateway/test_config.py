@@ -71,6 +71,25 @@ def test_env_overrides() -> None:
     bad("pod_cidrs[0]: 'x' is not a valid CIDR", env={"CROSSWIRE_POD_CIDRS": "x"})
 
 
+def test_default_peering_url_reaches_the_peer() -> None:
+    # listen 0.0.0.0, an endpoint, no advertise: the URL used to carry the pod IP,
+    # inside the overlapping pod range, so `peer add` elsewhere reached its own gateway.
+    c = parse({**BASE, "gateway_ip": "10.244.0.9", "wireguard": {"endpoint": "203.0.113.10:51820"}}, env={})
+    assert c.advertise_url() == "http://203.0.113.10:8080" and c.advertise_problem() is None
+    c = parse({**BASE, "wireguard": {"endpoint": "[2001:db8::1]:51820"}}, env={})
+    assert c.advertise_url() == "http://[2001:db8::1]:8080"
+    c = parse({**BASE, "gateway_ip": "10.244.0.9"}, env={})
+    assert c.advertise_problem() == (
+        "api.advertise: the peering URL http://10.244.0.9:8080 lies inside this cluster's own range "
+        "10.244.0.0/16, which peers cannot reach; set api.advertise (or wireguard.endpoint) to an "
+        "address other clusters reach")
+    for url, why in (("http://127.0.0.1:8080", "is a loopback address"), ("http://[::]:8080", "is unspecified"),
+                     ("http://10.96.0.10:8080", "inside this cluster's own range 10.96.0.0/12")):
+        problem = parse({**BASE, "api": {"advertise": url}}, env={}).advertise_problem()
+        assert problem is not None and why in problem and problem.startswith("api.advertise: "), url
+    assert parse({**BASE, "api": {"advertise": "http://gw.gpu.example:8080"}}, env={}).advertise_problem() is None
+
+
 def test_load_file(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("cluster_id: gpu\npod_cidrs: [10.244.0.0/16]\nwireguard:\n  endpoint: 192.0.2.1:51820\n")

@@ -27,13 +27,14 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from gateway import forwarding
+from gateway import forwarding, statedir
 from gateway.api import create_app
 from gateway.config import Config, detect_gateway_ip
 from gateway.controller import Gateway
 from gateway.fabric_driver import SystemFabric
 from gateway.health import EchoResponder, HealthTracker, Prober
 from gateway.state import StateStore
+from gateway.statedir import StateDirError
 from gateway.views import IpamViews, ViewsError
 
 log = logging.getLogger("crosswire.daemon")
@@ -138,6 +139,10 @@ def find_gateway_ip6(config: Config, gateway_ip: str | None) -> str | None:
 def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None) -> Gateway:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     try:
+        statedir.check(config.state_dir)
+    except StateDirError as e:
+        raise StartupError(str(e)) from None
+    try:
         store = StateStore(config.state_dir)
         store.admin_token()  # make sure the CLI beside us can authenticate
     except (OSError, sqlite3.Error) as e:
@@ -169,10 +174,11 @@ class _Server(uvicorn.Server):
 
 
 async def serve(config: Config) -> int:
+    gw_ip = await asyncio.to_thread(find_gateway_ip, config)
+    # build() refuses damaged state before anything on the host is changed.
+    gw = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
     # Before anything routes: a gateway that cannot forward drops every packet.
     forwarding.enable(forwarding.wanted(config))
-    gw_ip = await asyncio.to_thread(find_gateway_ip, config)
-    gw = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
     host, port = config.listen_host_port
     server = _Server(uvicorn.Config(create_app(gw), host=host, port=port, loop="asyncio",
                                            lifespan="off", access_log=False, log_level="warning"))

@@ -133,7 +133,7 @@ def test_daemon_startup_errors_are_clear(tmp_path: Path) -> None:
         build(cfg, None)
     sd = tmp_path / "sd"
     (sd / "ipam.db").mkdir(parents=True)  # not a database
-    with pytest.raises(StartupError, match=r"^IPAM: "):
+    with pytest.raises(StartupError, match=r"/sd/ipam.db: "):
         build(parse({**BASE, "state_dir": str(sd)}, env={}), None)
 
 

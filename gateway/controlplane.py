@@ -50,6 +50,6 @@ class ControlPlane:
                          clock=clock, gateway_ip6=config.gateway_ip6 if gateway_ip6 is None else gateway_ip6)
         channel = PeerChannel(config.cluster_id, clock, http)
         exchange = Exchange(config=config, store=store, views=views, reconciler=reconciler,
-                            channel=channel, read=read, clock=clock)
+                            channel=channel, clock=clock)
         return cls(config=config, store=store, views=views, reconciler=reconciler, exchange=exchange,
                    read=read)

@@ -22,7 +22,7 @@ from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.ipam_adapter import Views, ViewsError, ordered
 from gateway.peering import PeeringError, views_body
-from gateway.readmodel import ReadModel
+from gateway.readmodel import peer_summary
 from gateway.reconciler import Reconciler
 from gateway.state import PeerRecord, StateStore, wg_keypair
 from gateway.tokens import TokenError, TokenRecord, check_usable, decode, new_token
@@ -39,7 +39,6 @@ class Exchange:
     views: Views
     reconciler: Reconciler
     channel: PeerChannel
-    read: ReadModel
     clock: Callable[[], float] = time.time
 
     # --- identity ---------------------------------------------------------------------------
@@ -198,7 +197,8 @@ class Exchange:
         log.info("peering: peered with %s in %.3fs (join %.3f, views+store %.3f, apply %.3f, confirm %.3f)",
                  other.cluster_id, t_end - t0, t_join - t0, t_store - t_join, t_apply - t_store,
                  t_end - t_apply)
-        return self.read.summary(self.store.peer(other.cluster_id) or rec)
+        stored = self.store.peer(other.cluster_id) or rec
+        return peer_summary(stored, ordered(self.views.views(stored.cluster_id)), self.clock())
 
     # --- channel messages (receiver) --------------------------------------------------------
 

@@ -83,10 +83,6 @@ class ReadModel:
     def __post_init__(self) -> None:
         self.started = self.clock()
 
-    def summary(self, p: PeerRecord) -> dict[str, Any]:
-        """One peer without live stats (what `peer add` answers)."""
-        return peer_summary(p, ordered(self.views.views(p.cluster_id)), self.clock())
-
     def peer_stats(self) -> dict[str, dict[str, Any]]:
         try:
             return self.reconciler.dataplane.peer_stats()

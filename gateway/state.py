@@ -1,9 +1,10 @@
 """Durable gateway state in ``state_dir`` (SQLite, WAL; directory 0700, files 0600).
 
-Holds the WireGuard private key (generated once), issued tokens (only the
-verifier of each secret), peers (their key, endpoint, real ranges, their views
-of us, the per-pair channel key and PSK) and recently seen nonces (replay
-protection survives a restart). The views *we* allocate live in the IPAM store
+Holds the WireGuard private key (generated once; cached in memory, since
+every reconcile reads it), issued tokens (only the verifier of each secret,
+with their use count), peers (their key, endpoint, real ranges, their views of
+us as ``RangeMap``, the per-pair channel key and PSK) and recently seen nonces
+(replay protection survives a restart). All SQL of the gateway is here. The views *we* allocate live in the IPAM store
 (``ipam.db``, owned by :mod:`ipam`); the admin credential is the plain file
 ``admin-token`` so the CLI beside the daemon can read it.
 
@@ -126,8 +127,7 @@ class StateStore:
             row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def private_key(self) -> str:
-        """This gateway's WireGuard private key, generated on first use."""
+    def _key_pair(self) -> tuple[str, str]:
         if self._keys is None:
             with self.tx() as db:
                 row = db.execute("SELECT value FROM meta WHERE key='private_key'").fetchone()
@@ -137,12 +137,14 @@ class StateStore:
                     priv, _ = wg_keypair()
                     db.execute("INSERT INTO meta VALUES ('private_key', ?)", (priv,))
             self._keys = (priv, public_key_of(priv))
-        return self._keys[0]
+        return self._keys
+
+    def private_key(self) -> str:
+        """This gateway's WireGuard private key, generated on first use (then cached)."""
+        return self._key_pair()[0]
 
     def public_key(self) -> str:
-        self.private_key()
-        assert self._keys is not None
-        return self._keys[1]
+        return self._key_pair()[1]
 
     def set_private_key(self, private_b64: str) -> None:
         with self.tx() as db:

@@ -44,10 +44,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from fabric import nat
 from fabric.apply import apply
-from fabric.dataplane import Dataplane
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
 from fabric.nft import Nft
 from fabric.routes import sync_routes
+from fabric.wgprocess import WgProcess
 
 POOL = ipaddress.ip_network("32.0.0.0/5")
 
@@ -141,13 +141,13 @@ def main() -> int:
     if os.geteuid() != 0:
         sys.exit("nat_scale: needs root (network namespaces)")
     made: list[str] = []
-    dp: Dataplane | None = None
+    dp: WgProcess | None = None
     try:
         one = build_path(made, "a")   # table with 1 peer
         many = build_path(made, "b")  # table with 1000 peers; also where apply is timed
         gw = many[0]
         wg = f"cwbw{os.urandom(3).hex()}"
-        dp = Dataplane(wg, args.implementation, 1420, netns=gw)
+        dp = WgProcess(wg, args.implementation, 1420, netns=gw)
         dp.ensure_up()
         priv, _ = key()
         pubs = [key()[1] for _ in range(1000)]

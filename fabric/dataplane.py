@@ -1,198 +1,55 @@
-"""Start, check and stop the WireGuard implementation behind one interface.
+"""The data plane of one gateway, behind one facade: what the control plane calls.
 
-- ``userspace``: ``crosswire-wg -f IFACE`` (our implementation), the default
-  because many kernels (this one too) have no WireGuard module.
-- ``wireguard-go``: ``wireguard-go -f IFACE`` (the Debian reference peer).
-- ``kernel``: ``ip link add IFACE type wireguard`` through pyroute2. WgControl
-  speaks only the UAPI socket, so kernel interfaces cannot be configured yet:
-  ``auto`` therefore picks ``userspace`` even where the module exists.
-
-Userspace processes run in the foreground as our child in a session of their
-own (``ip netns exec NS ...`` for a namespace), so ``stop`` knows the pid and a
-crash shows up in ``alive``; after a gateway restart the running process is
-adopted (interface + answering socket), not started twice. The UAPI socket
-directory is not namespaced: interface names must be unique on the machine.
+``Dataplane`` owns the WireGuard implementation process or link
+(:class:`fabric.wgprocess.WgProcess`) and programs WireGuard, routes and NAT
+from a :class:`fabric.model.FabricState` through :mod:`fabric.apply`; it also
+answers what the gateway reports: WireGuard peer stats, the NAT mappings with
+their counters, and drift (``verify``). Every method blocks (netlink,
+libnftables, UAPI): async callers run them in a worker thread.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
-from fabric.wgctl import SOCKET_DIR, WgControl
-
-Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
-IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
-START_TIMEOUT = 10.0
-
-
-class DataplaneError(RuntimeError):
-    """The WireGuard interface could not be brought up or removed."""
-
-
-@contextlib.contextmanager
-def _iproute(netns: str | None) -> Iterator[Any]:
-    from pyroute2 import IPRoute
-
-    try:
-        ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
-    except OSError as e:
-        raise DataplaneError(f"cannot open netlink in netns {netns!r}: {e}") from None
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
-def _userspace_binary() -> str:
-    beside = os.path.join(os.path.dirname(sys.executable), "crosswire-wg")
-    found = beside if os.access(beside, os.X_OK) else shutil.which("crosswire-wg")
-    if not found:
-        raise DataplaneError("crosswire-wg not found (install the crosswire package)")
-    return found
+from fabric import apply as fabric_apply
+from fabric import nat
+from fabric.model import FabricState
+from fabric.nft import Nft, NftError
+from fabric.wgctl import WgControl
+from fabric.wgprocess import Implementation, WgProcess
 
 
 class Dataplane:
-    def __init__(self, interface: str, implementation: Implementation = "auto", mtu: int = 1420,
-                 netns: str | None = None, socket_dir: str = SOCKET_DIR,
+    """The real data plane in the current network namespace."""
+
+    def __init__(self, interface: str, implementation: Implementation, mtu: int, nft_table: str,
                  log_path: str | None = None) -> None:
-        if implementation not in IMPLEMENTATIONS:
-            raise DataplaneError(
-                f"wireguard.implementation: {implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}")
-        if not interface or len(interface) > 15 or "/" in interface or interface.strip() != interface:
-            raise DataplaneError(f"wireguard.interface: {interface!r} is not a valid interface name")
-        if not 1280 <= mtu <= 65535:
-            raise DataplaneError(f"wireguard.mtu: {mtu} out of range 1280..65535")
         self.interface = interface
-        self.implementation: Implementation = implementation
-        self.mtu = mtu
-        self.netns = netns
-        self.socket_dir = socket_dir
-        self.log_path = log_path
-        self.starts = 0  # processes started by this object (restarts = starts - 1)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._wg = WgControl(interface, socket_dir=socket_dir)
-
-    def __repr__(self) -> str:
-        return f"Dataplane({self.interface!r}, {self.implementation!r}, netns={self.netns!r})"
-
-    @property
-    def resolved(self) -> Literal["userspace", "kernel", "wireguard-go"]:
-        if self.implementation == "auto":
-            return "userspace"  # see module docstring: kernel needs netlink config first
-        return self.implementation
-
-    def command(self) -> list[str]:
-        binary = "wireguard-go" if self.resolved == "wireguard-go" else _userspace_binary()
-        cmd = [binary, "-f", self.interface]
-        return (["ip", "netns", "exec", self.netns] if self.netns else []) + cmd
-
-    # -------------------------------------------------------------- queries
-
-    def link_exists(self) -> bool:
-        with _iproute(self.netns) as ipr:
-            return bool(ipr.link_lookup(ifname=self.interface))
-
-    def alive(self) -> bool:
-        """Interface present and (userspace) the UAPI socket answering."""
-        if self._proc is not None and self._proc.poll() is not None:
-            self._proc = None  # reaped: it died
-        try:
-            if not self.link_exists():
-                return False
-        except DataplaneError:
-            return False
-        return self.resolved == "kernel" or self._wg.alive()
-
-    # -------------------------------------------------------------- actions
+        self.nft_table = nft_table
+        self.process = WgProcess(interface, implementation, mtu, log_path=log_path)
 
     def ensure_up(self) -> None:
-        """Create the interface if missing, set MTU, bring it up. Idempotent."""
-        if self.resolved == "kernel":
-            self._ensure_kernel()
-        elif not self.alive():
-            self._start_userspace()
-        self._set_mtu_up()
+        self.process.ensure_up()
 
-    def _ensure_kernel(self) -> None:
-        with _iproute(self.netns) as ipr:
-            if ipr.link_lookup(ifname=self.interface):
-                return
-            try:
-                ipr.link("add", ifname=self.interface, kind="wireguard")
-            except Exception as e:
-                raise DataplaneError(
-                    f"{self.interface}: cannot create kernel WireGuard interface ({e}); "
-                    "use implementation userspace") from None
+    def alive(self) -> bool:
+        return self.process.alive()
 
-    def _start_userspace(self) -> None:
-        self._kill_own()
-        # A link without an answering socket is a leftover of a dead process.
-        with contextlib.suppress(DataplaneError):
-            self._delete_link()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._wg.socket_path)
-        env = dict(os.environ)
-        env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"  # wireguard-go refuses otherwise
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          env=env, start_new_session=True)
-        except OSError as e:
-            raise DataplaneError(f"{self.interface}: cannot start {self.resolved}: {e}") from None
-        finally:
-            if log is not subprocess.DEVNULL:
-                log.close()  # type: ignore[union-attr]
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
-                raise DataplaneError(f"{self.interface}: {self.resolved} exited with status {code} at start")
-            if self.alive():
-                self.starts += 1
-                return
-            time.sleep(0.05)
-        self._kill_own()
-        raise DataplaneError(f"{self.interface}: {self.resolved} did not come up within {START_TIMEOUT:.0f} s")
-
-    def _set_mtu_up(self) -> None:
-        with _iproute(self.netns) as ipr:
-            idx = ipr.link_lookup(ifname=self.interface)
-            if not idx:
-                raise DataplaneError(f"{self.interface}: interface vanished")
-            ipr.link("set", index=idx[0], mtu=self.mtu, state="up")
-
-    def _delete_link(self) -> None:
-        with _iproute(self.netns) as ipr:
-            idx = ipr.link_lookup(ifname=self.interface)
-            if idx:
-                ipr.link("del", index=idx[0])
-
-    def _kill_own(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=3)
+    def apply(self, state: FabricState, previous: FabricState | None) -> None:
+        fabric_apply.apply(state, previous)
 
     def stop(self) -> None:
-        """Remove the interface and stop the userspace process (ours or adopted)."""
-        self._kill_own()
-        # Deleting the TUN makes an adopted wireguard-go / crosswire-wg exit too.
-        self._delete_link()
-        if self.resolved != "kernel":
-            deadline = time.monotonic() + 3
-            while os.path.exists(self._wg.socket_path) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        self.process.stop()
+
+    def peer_stats(self) -> dict[str, dict[str, Any]]:
+        return dict(WgControl(self.interface).show())
+
+    def nat(self, state: FabricState) -> list[dict[str, Any]]:
+        try:
+            listing = Nft().list_table(nat.FAMILY, self.nft_table)
+        except NftError:
+            listing = {}  # table missing: rules show handle None and zero counters
+        return nat.with_counters(nat.mappings(state), listing)
+
+    def verify(self, state: FabricState) -> list[str]:
+        return fabric_apply.verify(state)

@@ -26,7 +26,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.controller import Gateway, GatewayError
+from gateway.controlplane import ControlPlane
+from gateway.errors import GatewayError
 from gateway.limits import BodyLimit
 from gateway.metrics import render_metrics
 from gateway.peering import PeeringError
@@ -57,7 +58,7 @@ def _error(status: int, message: str) -> JSONResponse:
                         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
-def create_app(gw: Gateway) -> FastAPI:
+def create_app(cp: ControlPlane) -> FastAPI:
     app = FastAPI(title="crosswire gateway", version="0.1.0",
                   description="Per-cluster WireGuard gateway for clusters with overlapping ranges.")
     app.add_middleware(BodyLimit)  # before anything reads a body: 413 past 64 KiB
@@ -81,7 +82,7 @@ def create_app(gw: Gateway) -> FastAPI:
         return _error(422, "invalid request: " + "; ".join(parts))
 
     def admin(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
-        want = gw.store.admin_token()
+        want = cp.store.admin_token()
         if creds is None or creds.scheme.lower() != "bearer" or \
                 not hmac.compare_digest(creds.credentials.encode(), want.encode()):
             raise GatewayError("admin credential required (Bearer token from state_dir/admin-token)", 401)
@@ -94,44 +95,44 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
-        ok, why = gw.ready()
+        ok, why = cp.reconciler.ready()
         return JSONResponse({"ready": ok, "reason": why}, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
-        return PlainTextResponse(render_metrics(gw), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(render_metrics(cp.read), media_type="text/plain; version=0.0.4")
 
     # --- read-only API ---------------------------------------------------------------------
 
     @app.get("/api/v1/status", tags=["read"])
     def status() -> dict[str, Any]:
-        return gw.status()
+        return cp.read.status()
 
     @app.get("/api/v1/peers", tags=["read"])
     def peers() -> list[dict[str, Any]]:
-        return gw.peers()
+        return cp.read.peers()
 
     @app.get("/api/v1/nat", tags=["read"])
     def nat() -> dict[str, Any]:
-        return {"table": f"inet {gw.config.nft_table}", "peers": gw.nat()}
+        return {"table": f"inet {cp.config.nft_table}", "peers": cp.read.nat()}
 
     @app.get("/api/v1/ipam", tags=["read"])
     def ipam() -> dict[str, Any]:
-        return gw.ipam()
+        return cp.read.ipam()
 
     @app.get("/api/v1/routes", tags=["read"])
     def routes() -> dict[str, Any]:
-        return gw.routes()
+        return cp.read.routes()
 
     # --- peering ---------------------------------------------------------------------------
 
     @app.post("/api/v1/peering/join", tags=["peering"])
     async def join(env: Envelope) -> dict[str, Any]:
-        return gw.handle_join(env.model_dump())
+        return cp.exchange.handle_join(env.model_dump())
 
     @app.post("/api/v1/peering/message", tags=["peering"])
     async def message(env: Envelope) -> dict[str, Any]:
-        return await gw.handle_message(env.model_dump())
+        return await cp.exchange.handle_message(env.model_dump())
 
     # --- admin -----------------------------------------------------------------------------
 
@@ -141,30 +142,30 @@ def create_app(gw: Gateway) -> FastAPI:
             ttl = parse_duration(str(req.ttl))
         except ValueError as e:
             raise GatewayError(f"ttl: {e}", 422) from None
-        return gw.create_token(ttl, req.reusable)
+        return cp.exchange.create_token(ttl, req.reusable)
 
     @app.get("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)])
     def token_list() -> list[dict[str, Any]]:
-        return gw.list_tokens()
+        return cp.exchange.list_tokens()
 
     @app.delete("/api/v1/tokens/{token_id}", tags=["admin"], dependencies=[Depends(admin)])
     def token_revoke(token_id: str) -> dict[str, Any]:
-        return gw.revoke_token(token_id)
+        return cp.exchange.revoke_token(token_id)
 
     @app.post("/api/v1/peers", tags=["admin"], dependencies=[Depends(admin)], status_code=201)
     async def peer_add(req: PeerAdd) -> dict[str, Any]:
-        return await gw.peer_add(req.token)
+        return await cp.exchange.peer_add(req.token)
 
     @app.delete("/api/v1/peers/{cluster_id}", tags=["admin"], dependencies=[Depends(admin)])
     async def peer_remove(cluster_id: str) -> dict[str, Any]:
-        return await gw.remove_peer(cluster_id)
+        return await cp.exchange.remove_peer(cluster_id)
 
     @app.post("/api/v1/key/rotate", tags=["admin"], dependencies=[Depends(admin)])
     async def key_rotate() -> dict[str, Any]:
-        return await gw.rotate_key()
+        return await cp.exchange.rotate_key()
 
     @app.post("/api/v1/ranges/announce", tags=["admin"], dependencies=[Depends(admin)])
     async def ranges_announce() -> dict[str, str]:
-        return await gw.announce_ranges()
+        return await cp.exchange.announce_ranges()
 
     return app

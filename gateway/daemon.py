@@ -1,14 +1,10 @@
 """``crosswire gateway run``: wires config, state, IPAM, fabric, health and the API together.
 
 One asyncio loop (uvicorn with ``loop="asyncio"``: pyroute2 breaks under uvloop)
-runs: the HTTP server, the reconcile loop, the health prober and the UDP echo
-responder. Blocking fabric calls run in worker threads (see Gateway.reconcile).
-
-Reconcile loop: every ``CHECK_INTERVAL`` it checks the data plane is alive
-(interface + UAPI socket answering) and restarts/re-applies it if not; every
-``VERIFY_INTERVAL`` it compares the kernel with the state (``fabric.apply.verify``)
-and re-applies on drift. It deliberately does not re-apply blindly on a timer:
-replacing the nft table resets its counters, which /api/v1/nat reports.
+runs: the HTTP server, the reconcile loop (``Reconciler.run``: data-plane
+liveness and drift are judged there), the peer announcements, the health
+prober and the UDP echo responder. Blocking data-plane calls run in worker
+threads.
 
 On exit (SIGTERM/SIGINT) the data plane is left running, so a restart or an
 upgrade of the daemon does not interrupt traffic; the next start adopts it.
@@ -27,15 +23,16 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from fabric.dataplane import Dataplane
 from gateway import forwarding, statedir
 from gateway.api import create_app
 from gateway.config import Config, detect_gateway_ip
-from gateway.controller import Gateway
-from gateway.fabric_driver import SystemFabric
+from gateway.controlplane import ControlPlane
+from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
+from gateway.ipam_adapter import IpamViews, ViewsError
 from gateway.state import StateStore
 from gateway.statedir import StateDirError
-from gateway.views import IpamViews, ViewsError
 
 log = logging.getLogger("crosswire.daemon")
 
@@ -43,38 +40,10 @@ class StartupError(RuntimeError):
     """State or IPAM could not be opened; the message says which and why."""
 
 
-CHECK_INTERVAL = 1.0
-VERIFY_INTERVAL = 10.0
-
-
-async def reconcile_loop(gw: Gateway, stop: asyncio.Event) -> None:
-    last_verify = time.monotonic()
-    while not stop.is_set():
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), CHECK_INTERVAL)
-        if stop.is_set():
-            return
-        try:
-            alive = await asyncio.to_thread(gw.fabric.alive)
-            force = False
-            if alive and gw.applied is not None and time.monotonic() - last_verify >= VERIFY_INTERVAL:
-                last_verify = time.monotonic()
-                problems = await asyncio.to_thread(gw.fabric.verify, gw.applied)
-                if problems:
-                    log.warning("drift: %s; re-applying", "; ".join(problems))
-                    force = True
-            if not alive or force or gw.applied is None or gw.applied != gw.desired():
-                await gw.reconcile(force=force)
-        except Exception as e:  # keep the loop alive whatever happens
-            gw.stats.errors += 1
-            gw.stats.last_error = f"{type(e).__name__}: {e}"
-            log.error("reconcile loop: %s", gw.stats.last_error)
-
-
 ANNOUNCE_RETRY = (5.0, 300.0)  # first delay, cap: peers that were unreachable are retried
 
 
-async def announce(gw: Gateway, stop: asyncio.Event) -> None:
+async def announce(exchange: Exchange, stop: asyncio.Event) -> None:
     """Tell peers what changed in our config across the restart (endpoint/URL, ranges).
 
     Retried with backoff until every peer acknowledged: a peer that is down when
@@ -83,7 +52,7 @@ async def announce(gw: Gateway, stop: asyncio.Event) -> None:
     delay = ANNOUNCE_RETRY[0]
     while not stop.is_set():
         failed: dict[str, str] = {}
-        for what, step in (("endpoint/URL", gw.announce_endpoint), ("ranges", gw.announce_ranges)):
+        for what, step in (("endpoint/URL", exchange.announce_endpoint), ("ranges", exchange.announce_ranges)):
             try:
                 result = await step()
             except Exception as e:  # keep trying whatever happens
@@ -136,7 +105,7 @@ def find_gateway_ip6(config: Config, gateway_ip: str | None) -> str | None:
         return None
 
 
-def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None) -> Gateway:
+def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None) -> ControlPlane:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at INFO
     try:
         statedir.check(config.state_dir)
@@ -156,12 +125,12 @@ def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None
     except (ViewsError, OSError) as e:
         store.close()
         raise StartupError(f"IPAM: {e}") from None
-    fabric = SystemFabric(config.wireguard.interface, config.wireguard.implementation,
+    dataplane = Dataplane(config.wireguard.interface, config.wireguard.implementation,
                           config.wireguard.mtu, config.nft_table,
                           log_path=os.path.join(config.state_dir, "dataplane.log"))
-    return Gateway(config=config, store=store, views=views, fabric=fabric, gateway_ip=gateway_ip,
-                   gateway_ip6=gateway_ip6, forwarding=forwarding.wanted(config),
-                   health=HealthTracker(config.health.interval, config.health.timeout))
+    return ControlPlane.build(config, store, views, dataplane, gateway_ip=gateway_ip,
+                              gateway_ip6=gateway_ip6, forwarding=forwarding.wanted(config),
+                              health=HealthTracker(config.health.interval, config.health.timeout))
 
 
 class _Server(uvicorn.Server):
@@ -176,11 +145,12 @@ class _Server(uvicorn.Server):
 async def serve(config: Config) -> int:
     gw_ip = await asyncio.to_thread(find_gateway_ip, config)
     # build() refuses damaged state before anything on the host is changed.
-    gw = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
+    cp = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
     # Before anything routes: a gateway that cannot forward drops every packet.
     forwarding.enable(forwarding.wanted(config))
+    rec = cp.reconciler
     host, port = config.listen_host_port
-    server = _Server(uvicorn.Config(create_app(gw), host=host, port=port, loop="asyncio",
+    server = _Server(uvicorn.Config(create_app(cp), host=host, port=port, loop="asyncio",
                                            lifespan="off", access_log=False, log_level="warning"))
     echo = EchoResponder(config.health.port)
     try:
@@ -188,7 +158,7 @@ async def serve(config: Config) -> int:
     except OSError as e:
         log.warning("health echo responder on UDP %d: %s", config.health.port, e)
     loop = asyncio.get_running_loop()
-    prober = Prober(gw.health, config.health.port, gw.gateway_ip, time.time)
+    prober = Prober(rec.health, config.health.port, rec.gateway_ip, time.time)
     stop = asyncio.Event()
 
     def on_signal() -> None:
@@ -197,14 +167,13 @@ async def serve(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     log.info("crosswire gateway %s (key %s) starting: api %s, wireguard %s (%s) port %d",
-             gw.cluster_id, gw.public_key, config.advertise_url(), config.wireguard.interface,
+             config.cluster_id, cp.store.public_key(), config.advertise_url(), config.wireguard.interface,
              config.wireguard.implementation, config.wireguard.listen_port)
-    gw._client()  # build the peer HTTP client now, not on the first `peer add`
-    if not await gw.reconcile(force=True):
-        log.error("initial reconcile failed (will retry): %s", gw.stats.last_error)
-    tasks = [loop.create_task(reconcile_loop(gw, stop)), loop.create_task(prober.run())]
-
-    tasks.append(loop.create_task(announce(gw, stop)))
+    cp.exchange.channel.client()  # build the peer HTTP client now, not on the first `peer add`
+    if not await rec.reconcile(force=True):
+        log.error("initial reconcile failed (will retry): %s", rec.stats.last_error)
+    tasks = [loop.create_task(rec.run(stop)), loop.create_task(prober.run()),
+             loop.create_task(announce(cp.exchange, stop))]
     try:
         await server.serve()
     finally:
@@ -215,12 +184,12 @@ async def serve(config: Config) -> int:
             with contextlib.suppress(BaseException):
                 await t
         with contextlib.suppress(Exception):
-            await gw.aclose()
+            await cp.exchange.channel.aclose()
         prober.close()
         echo.close()
-        if isinstance(gw.views, IpamViews):
-            gw.views.close()
-        gw.store.close()
+        if isinstance(cp.views, IpamViews):
+            cp.views.close()
+        cp.store.close()
         log.info("stopped (data plane left running)")
     return 0 if server.started else 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.controller import Gateway
+    from gateway.readmodel import ReadModel
 
 STATES = ("pending", "connecting", "connected", "error")
 
@@ -29,9 +29,9 @@ class _Out:
         self.lines.append(f"{name}{{{lab}}} {value}" if lab else f"{name} {value}")
 
 
-def render_metrics(gw: Gateway) -> str:
+def render_metrics(read: ReadModel) -> str:
     o = _Out()
-    peers = gw.peers()
+    peers = read.peers()
     o.family("crosswire_peers", "gauge", "Peers by state.")
     for s in STATES:
         o.sample("crosswire_peers", sum(1 for p in peers if p["state"] == s), state=s)
@@ -55,7 +55,7 @@ def render_metrics(gw: Gateway) -> str:
     for p in peers:
         o.sample("crosswire_peer_probe_loss_ratio", p["loss"], peer=p["cluster_id"])
     try:
-        nat: list[dict[str, Any]] = gw.nat()
+        nat: list[dict[str, Any]] = read.nat()
     except Exception:
         nat = []
     per: list[tuple[str, str, int, int, int]] = []  # (peer, chain, packets, bytes, connections)
@@ -81,14 +81,14 @@ def render_metrics(gw: Gateway) -> str:
              "Connections through the NAT rules of each peer, per chain (the NAT chains see each one's first packet).")
     for peer, chain, _, _, cn in per:
         o.sample("crosswire_nat_connections_total", cn, peer=peer, chain=chain)
-    st = gw.stats
+    st = read.reconciler.stats
     o.family("crosswire_reconcile_runs_total", "counter", "Reconcile passes.")
     o.sample("crosswire_reconcile_runs_total", st.runs)
     o.family("crosswire_reconcile_errors_total", "counter", "Reconcile passes that failed.")
     o.sample("crosswire_reconcile_errors_total", st.errors)
     o.family("crosswire_dataplane_restarts_total", "counter", "Times the data plane was found dead and restarted.")
     o.sample("crosswire_dataplane_restarts_total", st.restarts)
-    ready, _ = gw.ready()
+    ready, _ = read.reconciler.ready()
     o.family("crosswire_ready", "gauge", "1 when WireGuard, routes and NAT match the state.")
     o.sample("crosswire_ready", int(ready))
     return "\n".join(o.lines) + "\n"

@@ -2,7 +2,7 @@
 
 Callers pass ``now`` and random material in and get dicts (JSON bodies) or
 errors out. The HTTP side lives in :mod:`gateway.api`, the bookkeeping in
-:mod:`gateway.controller`.
+:mod:`gateway.exchange`.
 
 Exchange (A holds B's token; see DESIGN.md for the rationale):
 
@@ -37,7 +37,7 @@ import ipaddress
 import json
 import math
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fabric.endpoints import EndpointError
 from fabric.endpoints import parse as endpoint_syntax
+from fabric.model import RangeMap
 from gateway.tokens import Token, b64d, b64e
 
 VERSION = 1
@@ -147,8 +148,13 @@ def parse_ranges(v: object, where: str = "ranges") -> list[tuple[str, str]]:
     return out
 
 
-def parse_views(v: object, where: str = "views") -> list[tuple[str, str, str]]:
-    """[{"kind", "real", "view"}] -> [(kind, real, view)] with equal prefix lengths."""
+def views_body(maps: Iterable[RangeMap]) -> list[dict[str, str]]:
+    """Mappings as they travel and as the API shows them: [{"kind", "real", "view"}]."""
+    return [{"kind": m.kind, "real": m.real, "view": m.view} for m in maps]
+
+
+def parse_views(v: object, where: str = "views") -> list[RangeMap]:
+    """[{"kind", "real", "view"}] -> [RangeMap] with equal prefix lengths (inverse of views_body)."""
     if not isinstance(v, list):
         raise PeeringError(f"{where}: expected a list of {{kind, real, view}}")
     out = []
@@ -160,7 +166,7 @@ def parse_views(v: object, where: str = "views") -> list[tuple[str, str, str]]:
         rn, vn = ipaddress.ip_network(real), ipaddress.ip_network(view)
         if rn.version != vn.version or rn.prefixlen != vn.prefixlen:
             raise PeeringError(f"{where}[{i}]: view {view} must have the same family and length as {real}")
-        out.append((r["kind"], real, view))
+        out.append(RangeMap(r["kind"], real, view))
     return out
 
 
@@ -305,12 +311,12 @@ def verify_join(envelope: object, verifier: bytes, me_cluster_id: str, me_public
 
 
 def build_join_response(req: JoinRequest, verifier: bytes, me: Side,
-                        views_of_you: list[tuple[str, str, str]], eph: Ephemeral,
+                        views_of_you: list[RangeMap], eph: Ephemeral,
                         now: float) -> tuple[dict[str, Any], PairKeys]:
     """B: the answer, bound to the request; also returns the pair keys B now shares with A."""
     body = {"v": VERSION, "type": "join-ok", "request_mac": req.mac, "ts": now, "nonce": new_nonce(),
             "eph": eph.public, **me.to_body(),
-            "views_of_you": [{"kind": k, "real": r, "view": v} for k, r, v in views_of_you]}
+            "views_of_you": views_body(views_of_you)}
     env = seal(response_key(verifier), body)
     keys = pair_keys(eph.exchange(req.body.get("eph")), verifier, req.mac, env["mac"])
     return env, keys
@@ -319,7 +325,7 @@ def build_join_response(req: JoinRequest, verifier: bytes, me: Side,
 @dataclass(frozen=True)
 class JoinResponse:
     side: Side
-    views_of_us: list[tuple[str, str, str]]  # the peer's views of our ranges
+    views_of_us: list[RangeMap]  # the peer's views of our ranges
     keys: PairKeys
 
 

@@ -1,9 +1,10 @@
 """Durable gateway state in ``state_dir`` (SQLite, WAL; directory 0700, files 0600).
 
-Holds the WireGuard private key (generated once), issued tokens (only the
-verifier of each secret), peers (their key, endpoint, real ranges, their views
-of us, the per-pair channel key and PSK) and recently seen nonces (replay
-protection survives a restart). The views *we* allocate live in the IPAM store
+Holds the WireGuard private key (generated once; cached in memory, since
+every reconcile reads it), issued tokens (only the verifier of each secret,
+with their use count), peers (their key, endpoint, real ranges, their views of
+us as ``RangeMap``, the per-pair channel key and PSK) and recently seen nonces
+(replay protection survives a restart). All SQL of the gateway is here. The views *we* allocate live in the IPAM store
 (``ipam.db``, owned by :mod:`ipam`); the admin credential is the plain file
 ``admin-token`` so the CLI beside the daemon can read it.
 
@@ -27,6 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from fabric.model import RangeMap
 from gateway.tokens import TokenRecord
 
 SCHEMA = """
@@ -69,7 +71,7 @@ class PeerRecord:
     gateway_ip: str | None
     ranges: tuple[tuple[str, str], ...]  # the peer's real (kind, cidr)
     # The peer's views of OUR ranges; None until the peer told us (pending).
-    their_views: tuple[tuple[str, str, str], ...] | None
+    their_views: tuple[RangeMap, ...] | None
     channel_key: bytes = field(repr=False)
     psk: bytes = field(repr=False)
     created: float = 0.0
@@ -101,6 +103,7 @@ class StateStore:
         for suffix in ("", "-wal", "-shm"):
             _secure_file(Path(str(self.path) + suffix))
         self._lock = threading.RLock()
+        self._keys: tuple[str, str] | None = None  # (private, public): read on every reconcile
 
     def close(self) -> None:
         with self._lock:
@@ -124,19 +127,29 @@ class StateStore:
             row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    def _key_pair(self) -> tuple[str, str]:
+        if self._keys is None:
+            with self.tx() as db:
+                row = db.execute("SELECT value FROM meta WHERE key='private_key'").fetchone()
+                if row is not None:
+                    priv = str(row[0])
+                else:
+                    priv, _ = wg_keypair()
+                    db.execute("INSERT INTO meta VALUES ('private_key', ?)", (priv,))
+            self._keys = (priv, public_key_of(priv))
+        return self._keys
+
     def private_key(self) -> str:
-        """This gateway's WireGuard private key, generated on first use."""
-        with self.tx() as db:
-            row = db.execute("SELECT value FROM meta WHERE key='private_key'").fetchone()
-            if row is not None:
-                return str(row[0])
-            priv, _ = wg_keypair()
-            db.execute("INSERT INTO meta VALUES ('private_key', ?)", (priv,))
-            return priv
+        """This gateway's WireGuard private key, generated on first use (then cached)."""
+        return self._key_pair()[0]
+
+    def public_key(self) -> str:
+        return self._key_pair()[1]
 
     def set_private_key(self, private_b64: str) -> None:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('private_key', ?)", (private_b64,))
+        self._keys = (private_b64, public_key_of(private_b64))
 
     def announced(self) -> dict[str, str | None] | None:
         """The WireGuard endpoint and peering URL every peer was last told (None: never recorded)."""
@@ -184,6 +197,18 @@ class StateStore:
             ids = [r[0] for r in self._db.execute("SELECT token_id FROM tokens ORDER BY created")]
         return [t for t in (self.token(i) for i in ids) if t is not None]
 
+    def use_token(self, db: sqlite3.Connection, token_id: str) -> bool:
+        """Inside a transaction: count one use; False if the token is gone or used up.
+
+        Checked again here because a concurrent join may have used it since
+        ``token()`` was read outside the transaction.
+        """
+        row = db.execute("SELECT uses, reusable FROM tokens WHERE token_id=?", (token_id,)).fetchone()
+        if row is None or (not row[1] and row[0] > 0):
+            return False
+        db.execute("UPDATE tokens SET uses = uses + 1 WHERE token_id=?", (token_id,))
+        return True
+
     def delete_token(self, token_id: str) -> bool:
         with self.tx() as db:
             return db.execute("DELETE FROM tokens WHERE token_id=?", (token_id,)).rowcount > 0
@@ -209,7 +234,7 @@ class StateStore:
             endpoint=None if row[2] is None else str(row[2]), url=str(row[3]),
             gateway_ip=None if row[4] is None else str(row[4]),
             ranges=tuple((k, c) for k, c in json.loads(str(row[5]))),
-            their_views=None if tv is None else tuple((k, r, v) for k, r, v in json.loads(str(tv))),
+            their_views=None if tv is None else tuple(RangeMap(k, r, v) for k, r, v in json.loads(str(tv))),
             channel_key=bytes(row[7]), psk=bytes(row[8]), created=float(row[9]))
 
     def peers(self) -> list[PeerRecord]:
@@ -228,7 +253,7 @@ class StateStore:
         return None if row is None else self._peer_row(row)
 
     def put_peer(self, db: sqlite3.Connection, p: PeerRecord) -> None:
-        tv = None if p.their_views is None else json.dumps([list(v) for v in p.their_views])
+        tv = None if p.their_views is None else json.dumps([[m.kind, m.real, m.view] for m in p.their_views])
         db.execute("INSERT OR REPLACE INTO peers VALUES (?,?,?,?,?,?,?,?,?,?)",
                    (p.cluster_id, p.public_key, p.endpoint, p.url, p.gateway_ip,
                     json.dumps([list(r) for r in p.ranges]), tv, p.channel_key, p.psk, p.created))

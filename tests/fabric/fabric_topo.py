@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from nsutil import Namespaces, sh, uniq
 
 from fabric.apply import apply
-from fabric.dataplane import Dataplane, Implementation
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
+from fabric.wgprocess import Implementation, WgProcess
 
 ECHO = os.path.join(os.path.dirname(__file__), "echo.py")
 PORT = 7000
@@ -87,7 +87,7 @@ class Side:
     priv: str
     pub: str
     gateway_ip: str
-    dataplane: Dataplane
+    dataplane: WgProcess
     pods: dict[str, str] = field(default_factory=dict)
     state: FabricState | None = None
 
@@ -122,7 +122,7 @@ def make_side(n: Namespaces, cluster_id: str, underlay: str, gateway_ip: str,
     forwarding(gw)
     wg = uniq("cww")
     priv, pub = keypair()
-    dp = Dataplane(wg, implementation, 1420, netns=gw)
+    dp = WgProcess(wg, implementation, 1420, netns=gw)
     return Side(cluster_id, gw, wg, f"{underlay}:51820", priv, pub, gateway_ip, dp)
 
 

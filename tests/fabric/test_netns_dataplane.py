@@ -1,4 +1,4 @@
-"""Dataplane (start/supervise/stop) and WgControl against real userspace WireGuard."""
+"""WgProcess (start/supervise/stop) and WgControl against real userspace WireGuard."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import pytest
 from fabric_topo import keypair
 from nsutil import Namespaces, sh, uniq
 
-from fabric.dataplane import Dataplane, DataplaneError
 from fabric.model import LocalFabric, PeerFabric, RangeMap
 from fabric.routes import list_routes, remove_routes, sync_routes
 from fabric.wgctl import WgControl, WgError
+from fabric.wgprocess import WgProcess, WgProcessError
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture
-def dp_ns(netns: Namespaces) -> Iterator[tuple[str, list[Dataplane]]]:
+def dp_ns(netns: Namespaces) -> Iterator[tuple[str, list[WgProcess]]]:
     ns = netns.add("cwd")
-    made: list[Dataplane] = []
+    made: list[WgProcess] = []
     try:
         yield ns, made
     finally:
@@ -31,16 +31,16 @@ def dp_ns(netns: Namespaces) -> Iterator[tuple[str, list[Dataplane]]]:
                 d.stop()
 
 
-def _pid_of(dp: Dataplane) -> int:
+def _pid_of(dp: WgProcess) -> int:
     assert dp._proc is not None
     return dp._proc.pid
 
 
 @pytest.mark.parametrize("implementation", ["wireguard-go", "userspace"])
-def test_start_supervise_stop(dp_ns: tuple[str, list[Dataplane]], implementation: str) -> None:
+def test_start_supervise_stop(dp_ns: tuple[str, list[WgProcess]], implementation: str) -> None:
     ns, made = dp_ns
     wg = uniq("cwd")
-    dp = Dataplane(wg, implementation, 1380, netns=ns)  # type: ignore[arg-type]
+    dp = WgProcess(wg, implementation, 1380, netns=ns)  # type: ignore[arg-type]
     made.append(dp)
     assert not dp.alive()
     dp.ensure_up()
@@ -57,7 +57,7 @@ def test_start_supervise_stop(dp_ns: tuple[str, list[Dataplane]], implementation
     dp.ensure_up()
     assert dp.alive() and dp.starts == 2 and _pid_of(dp) != pid
     # A fresh supervisor (gateway restart) adopts the running process.
-    adopted = Dataplane(wg, implementation, 1380, netns=ns)  # type: ignore[arg-type]
+    adopted = WgProcess(wg, implementation, 1380, netns=ns)  # type: ignore[arg-type]
     adopted.ensure_up()
     assert adopted.starts == 0 and adopted.alive()
     # Stopping an adopted process: deleting its interface makes it exit.
@@ -71,18 +71,18 @@ def test_start_supervise_stop(dp_ns: tuple[str, list[Dataplane]], implementation
 
 
 def test_bad_config_is_refused() -> None:
-    with pytest.raises(DataplaneError, match="implementation"):
-        Dataplane("wg0", "bogus")  # type: ignore[arg-type]
-    with pytest.raises(DataplaneError, match="interface"):
-        Dataplane("x" * 16)
-    with pytest.raises(DataplaneError, match="mtu"):
-        Dataplane("wg0", mtu=100)
+    with pytest.raises(WgProcessError, match="implementation"):
+        WgProcess("wg0", "bogus")  # type: ignore[arg-type]
+    with pytest.raises(WgProcessError, match="interface"):
+        WgProcess("x" * 16)
+    with pytest.raises(WgProcessError, match="mtu"):
+        WgProcess("wg0", mtu=100)
 
 
-def test_wgcontrol_sync_show_remove(dp_ns: tuple[str, list[Dataplane]]) -> None:
+def test_wgcontrol_sync_show_remove(dp_ns: tuple[str, list[WgProcess]]) -> None:
     ns, made = dp_ns
     wg = uniq("cwd")
-    dp = Dataplane(wg, "wireguard-go", 1420, netns=ns)
+    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
     made.append(dp)
     dp.ensure_up()
     priv, _ = keypair()
@@ -112,10 +112,10 @@ def test_wgcontrol_sync_show_remove(dp_ns: tuple[str, list[Dataplane]]) -> None:
     assert priv not in repr(ctl) and priv not in str(ctl.device())
 
 
-def test_routes_sync_and_remove(dp_ns: tuple[str, list[Dataplane]]) -> None:
+def test_routes_sync_and_remove(dp_ns: tuple[str, list[WgProcess]]) -> None:
     ns, made = dp_ns
     wg = uniq("cwd")
-    dp = Dataplane(wg, "wireguard-go", 1420, netns=ns)
+    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
     made.append(dp)
     dp.ensure_up()
     sh("ip", "route", "add", "100.99.0.0/16", "dev", wg, ns=ns)  # not ours: kept
@@ -127,13 +127,13 @@ def test_routes_sync_and_remove(dp_ns: tuple[str, list[Dataplane]]) -> None:
     assert "100.99.0.0/16" in sh("ip", "route", ns=ns).stdout
 
 
-def test_apply_then_remove(dp_ns: tuple[str, list[Dataplane]]) -> None:
+def test_apply_then_remove(dp_ns: tuple[str, list[WgProcess]]) -> None:
     from fabric.apply import apply, remove, verify
     from fabric.model import FabricState
 
     ns, made = dp_ns
     wg = uniq("cwd")
-    dp = Dataplane(wg, "wireguard-go", 1420, netns=ns)
+    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
     made.append(dp)
     dp.ensure_up()
     priv, _ = keypair()

@@ -14,13 +14,13 @@ from fabric import nat
 from fabric.model import FabricState
 from gateway.api import create_app
 from gateway.config import Config, parse
-from gateway.controller import Gateway
+from gateway.controlplane import ControlPlane
+from gateway.ipam_adapter import IpamViews
 from gateway.state import StateStore
-from gateway.views import IpamViews
 
 
 class FakeFabric:
-    """Records what the controller asks of the data plane; renders NAT with the real renderer."""
+    """Records what the reconciler asks of the data plane; renders NAT with the real renderer."""
 
     def __init__(self) -> None:
         self.up = False
@@ -111,8 +111,8 @@ class Cluster:
         c = self.config
         self.views = IpamViews(self.dir / "ipam.db", c.pod_cidrs, c.service_cidrs, c.reserved_cidrs,
                                c.ipam_pools)
-        self.gw = Gateway(config=c, store=self.store, views=self.views, fabric=self.fabric,
-                          clock=self.clock, http=self._http)
+        self.gw = ControlPlane.build(c, self.store, self.views, self.fabric, clock=self.clock,
+                                     http=self._http)
         self.app = create_app(self.gw)
         self.router[f"http://{self.name}:8080"] = self.app
         self.admin = self.store.admin_token()

@@ -44,7 +44,7 @@ def test_public_endpoints(clusters: Any) -> None:
         assert (await gpu.call("GET", "/healthz", auth=False)).json() == {"status": "ok"}
         r = await gpu.call("GET", "/readyz", auth=False)
         assert r.status_code == 503  # nothing applied yet
-        assert await gpu.gw.reconcile()
+        assert await gpu.gw.reconciler.reconcile()
         assert (await gpu.call("GET", "/readyz", auth=False)).status_code == 200
         st = (await gpu.call("GET", "/api/v1/status", auth=False)).json()
         assert st["cluster_id"] == "gpu" and st["ready"] is True and st["peers"] == 0
@@ -157,7 +157,7 @@ def test_replayed_join_and_message_refused(clusters: Any) -> None:
                 seen.append((req.url.path, req.content))
             client.event_hooks["request"].append(hook)
             return client
-        lab.gw.http = recording
+        lab.gw.exchange.channel.http = recording
         tok = (await gpu.call("POST", "/api/v1/tokens", json={"ttl": "1h", "reusable": True})).json()["token"]
         assert (await lab.call("POST", "/api/v1/peers", json={"token": tok})).status_code == 201
         join = next(c for p, c in seen if p.endswith("/join"))
@@ -172,7 +172,7 @@ def test_replayed_join_and_message_refused(clusters: Any) -> None:
         assert r.status_code == 401 and "replayed" in r.json()["detail"]
         assert snapshot(gpu) == before
         # even once gpu forgot lab, the recorded join cannot be replayed (nonce remembered)
-        gpu.gw._forget("lab")
+        gpu.gw.exchange.forget("lab")
         before = snapshot(gpu)
         r = await gpu.call("POST", "/api/v1/peering/join", content=join,
                            headers={"content-type": "application/json"})
@@ -230,7 +230,7 @@ def test_join_with_malformed_claimed_ranges_refused(clusters: Any) -> None:
     async def go() -> None:
         tok = decode((await gpu.call("POST", "/api/v1/tokens", json={})).json()["token"])
         # a peer claiming overlapping ranges (its own config would refuse them; a rogue one might not)
-        side = peering.Side("lab", lab.gw.public_key, "lab:51820",
+        side = peering.Side("lab", lab.store.public_key(), "lab:51820",
                             (("pod", "10.244.0.0/16"), ("service", "10.244.128.0/17")), None, "http://lab:8080")
         req = peering.build_join(tok, side, peering.Ephemeral.generate(), gpu.clock())
         before = snapshot(gpu)

@@ -55,10 +55,10 @@ def test_unwritable_sysctl_warns_by_name_and_continues(tmp_path: Path, caplog: p
 def test_readyz_not_ready_while_forwarding_is_off(clusters: Any, tmp_path: Path) -> None:
     gpu = clusters("gpu")
     root = fake_proc(tmp_path / "sys")
-    gpu.gw.forwarding, gpu.gw.sysctl_root = (forwarding.IPV4,), root
+    gpu.gw.reconciler.forwarding, gpu.gw.reconciler.sysctl_root = (forwarding.IPV4,), root
 
     async def go() -> None:
-        assert await gpu.gw.reconcile()
+        assert await gpu.gw.reconciler.reconcile()
         r = await gpu.call("GET", "/readyz", auth=False)
         assert r.status_code == 503 and "net.ipv4.ip_forward=0" in r.json()["reason"]
         (root / "net/ipv4/ip_forward").write_text("1\n")

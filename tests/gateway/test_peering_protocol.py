@@ -7,6 +7,7 @@ import copy
 
 import pytest
 
+from fabric.model import RangeMap
 from gateway import peering
 from gateway.peering import Ephemeral, PeeringError, Side
 from gateway.tokens import b64e, new_token
@@ -24,7 +25,7 @@ def exchange() -> tuple[object, ...]:
     ea, eb = Ephemeral.generate(), Ephemeral.generate()
     req = peering.build_join(tok, A, ea, NOW)
     got = peering.verify_join(req, tok.verifier, "gpu", B_KEY, NOW + 1)
-    views = [("pod", "10.244.0.0/16", "100.64.0.0/16")]
+    views = [RangeMap("pod", "10.244.0.0/16", "100.64.0.0/16")]
     resp, b_keys = peering.build_join_response(got, tok.verifier, B, views, eb, NOW + 1)
     a_side = peering.verify_join_response(resp, tok, req, ea, NOW + 2)
     return tok, req, got, resp, b_keys, a_side, ea
@@ -33,7 +34,7 @@ def exchange() -> tuple[object, ...]:
 def test_join_roundtrip_agrees_keys() -> None:
     tok, req, got, resp, b_keys, a_side, _ = exchange()
     assert got.side == A and a_side.side == B  # type: ignore[attr-defined]
-    assert a_side.views_of_us == [("pod", "10.244.0.0/16", "100.64.0.0/16")]  # type: ignore[attr-defined]
+    assert a_side.views_of_us == [RangeMap("pod", "10.244.0.0/16", "100.64.0.0/16")]  # type: ignore[attr-defined]
     assert a_side.keys == b_keys  # type: ignore[attr-defined]
     assert len(b_keys.psk) == 32 and b_keys.psk != b_keys.channel_key  # type: ignore[attr-defined]
     # the secret itself is never on the wire

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.controller import GatewayError
+from gateway.errors import GatewayError
 from gateway.tokens import b64e, decode
 
 
@@ -35,7 +35,7 @@ def test_peering_programs_both_sides_with_both_views(clusters: Any) -> None:
             st = me.fabric.last
             assert [p.cluster_id for p in st.peers] == [other.name]
             p = st.peers[0]
-            assert p.public_key == other.gw.public_key
+            assert p.public_key == other.store.public_key()
             # identical ranges -> remapped views from the pool, same prefix lengths
             assert {(m.kind, m.real) for m in p.remote} == {("pod", "10.244.0.0/16"), ("service", "10.96.0.0/12")}
             assert all(m.view.startswith("100.") for m in p.remote)
@@ -144,7 +144,7 @@ def test_tampered_and_foreign_tokens_refused(clusters: Any) -> None:
         r = await lab.call("POST", "/api/v1/peers", json={"token": wrong})
         assert r.status_code == 401 and "authentication failed" in r.json()["detail"]
         # pinned key: token claims another key for gpu -> gpu refuses (issued for another gateway)
-        pinned = Token(url=g.url, cluster_id=g.cluster_id, public_key=other.gw.public_key,
+        pinned = Token(url=g.url, cluster_id=g.cluster_id, public_key=other.store.public_key(),
                        token_id=g.token_id, expires=g.expires, secret=g.secret).encode()
         r = await lab.call("POST", "/api/v1/peers", json={"token": pinned})
         assert r.status_code == 403, r.text
@@ -167,11 +167,11 @@ def test_refuses_self_and_duplicate_cluster_id(clusters: Any, tmp_path: Any) -> 
         # another gateway also calling itself "lab" (different key) -> refused by gpu
         impostor = clusters("lab2")
         impostor.config = impostor.config.__class__(**{**impostor.config.__dict__, "cluster_id": "lab"})
-        impostor.gw.config = impostor.config
+        impostor.gw.exchange.config = impostor.config
         tok = await token_of(gpu)
         r = await impostor.call("POST", "/api/v1/peers", json={"token": tok})
         assert r.status_code == 409 and "another key" in r.json()["detail"]
-        assert [p.public_key for p in gpu.store.peers()] == [lab.gw.public_key]
+        assert [p.public_key for p in gpu.store.peers()] == [lab.store.public_key()]
 
     asyncio.run(go())
 
@@ -217,11 +217,11 @@ def test_key_rotation_announced_before_switch(clusters: Any) -> None:
 
     async def go() -> None:
         await peer(lab, gpu)
-        old = lab.gw.public_key
+        old = lab.store.public_key()
         r = await lab.call("POST", "/api/v1/key/rotate")
         assert r.status_code == 200, r.text
         new = r.json()["public_key"]
-        assert new != old and lab.gw.public_key == new
+        assert new != old and lab.store.public_key() == new
         assert gpu.store.peer("lab").public_key == new  # type: ignore[union-attr]
         assert gpu.fabric.last.peers[0].public_key == new
         assert lab.fabric.last.local.private_key == lab.store.private_key()
@@ -237,11 +237,11 @@ def test_key_rotation_aborts_when_a_peer_is_unreachable(clusters: Any) -> None:
 
     async def go() -> None:
         await peer(lab, gpu)
-        old = lab.gw.public_key
+        old = lab.store.public_key()
         del lab.router["http://gpu:8080"]
         r = await lab.call("POST", "/api/v1/key/rotate")
         assert r.status_code == 502 and "aborted" in r.json()["detail"]
-        assert lab.gw.public_key == old and lab.store.private_key() == lab.fabric.last.local.private_key
+        assert lab.store.public_key() == old and lab.store.private_key() == lab.fabric.last.local.private_key
 
     asyncio.run(go())
 
@@ -252,12 +252,12 @@ def test_restart_keeps_keys_views_and_rules(clusters: Any) -> None:
     async def go() -> None:
         await peer(lab, gpu)
         before = lab.fabric.last
-        key = lab.gw.public_key
+        key = lab.store.public_key()
         lab.close()
         lab.fabric = type(lab.fabric)()  # fresh process: data plane state unknown
         lab.open()
-        assert lab.gw.public_key == key
-        assert await lab.gw.reconcile()
+        assert lab.store.public_key() == key
+        assert await lab.gw.reconciler.reconcile()
         assert lab.fabric.last == before  # same keys, views, PSK -> identical rules
         assert len(lab.store.peers()) == 1 and len(lab.views.snapshot()["allocations"]) == 2
 
@@ -302,18 +302,18 @@ def test_reconcile_error_counted_and_recovered(clusters: Any) -> None:
 
     async def go() -> None:
         gpu.fabric.fail_next = RuntimeError("boom")
-        assert not await gpu.gw.reconcile()
-        assert gpu.gw.stats.errors == 1
+        assert not await gpu.gw.reconciler.reconcile()
+        assert gpu.gw.reconciler.stats.errors == 1
         r = await gpu.call("GET", "/readyz")
         assert r.status_code == 503 and "boom" in r.json()["reason"]
         m = (await gpu.call("GET", "/metrics")).text
         assert "crosswire_reconcile_errors_total 1" in m
-        assert await gpu.gw.reconcile()
+        assert await gpu.gw.reconciler.reconcile()
         assert (await gpu.call("GET", "/readyz")).status_code == 200
         # the data plane died: reconcile restarts it and re-applies
         gpu.fabric.up = False
-        assert await gpu.gw.reconcile()
-        assert gpu.fabric.up and gpu.gw.stats.restarts == 1
+        assert await gpu.gw.reconciler.reconcile()
+        assert gpu.fabric.up and gpu.gw.reconciler.stats.restarts == 1
 
     asyncio.run(go())
 
@@ -342,24 +342,24 @@ def test_added_ranges_travel_over_the_channel(clusters: Any) -> None:
 
 
 def test_failed_last_step_rolls_back_and_pending_rejoin_works(clusters: Any) -> None:
-    from gateway.controller import GatewayError
+    from gateway.errors import GatewayError
 
     gpu, lab = clusters("gpu"), clusters("lab")
-    original = gpu.gw.handle_message
+    original = gpu.gw.exchange.handle_message
 
     async def broken(envelope: Any) -> Any:
         raise GatewayError("disk full", 500)
 
     async def go() -> None:
-        gpu.gw.handle_message = broken  # type: ignore[method-assign]
+        gpu.gw.exchange.handle_message = broken  # type: ignore[method-assign]
         r = await lab.call("POST", "/api/v1/peers", json={"token": await token_of(gpu)})
         assert r.status_code == 502 and "rolled back" in r.json()["detail"], r.text
         assert lab.store.peers() == [] and lab.views.snapshot()["allocations"] == []
         assert lab.fabric.last.peers == ()
         # gpu could not be told: it still holds lab as pending (not programmed)
         assert [p.their_views for p in gpu.store.peers()] == [None]
-        assert gpu.gw.desired().peers == ()
-        gpu.gw.handle_message = original  # type: ignore[method-assign]
+        assert gpu.gw.reconciler.desired().peers == ()
+        gpu.gw.exchange.handle_message = original  # type: ignore[method-assign]
         # lab retries with a fresh token: the pending entry (same key) is replaced
         await peer(lab, gpu)
         assert [p.cluster_id for p in gpu.fabric.last.peers] == ["lab"]
@@ -456,10 +456,10 @@ def test_changed_endpoint_and_url_announced_after_restart(clusters: Any) -> None
     gpu, lab = clusters("gpu"), clusters("lab")
 
     async def go() -> None:
-        assert await lab.gw.announce_endpoint() == {}  # first start, no peers: recorded only
+        assert await lab.gw.exchange.announce_endpoint() == {}  # first start, no peers: recorded only
         assert lab.store.announced() == {"endpoint": "lab.example:51820", "url": "http://lab:8080"}
         await peer(lab, gpu)
-        assert await lab.gw.announce_endpoint() == {}  # unchanged: nothing sent
+        assert await lab.gw.exchange.announce_endpoint() == {}  # unchanged: nothing sent
         # lab restarts with a new WireGuard endpoint and a new peering URL
         lab.close()
         lab.over = {"wireguard": {"interface": "cw-lab", "listen_port": 51999, "endpoint": "lab2.example:51999",
@@ -470,17 +470,17 @@ def test_changed_endpoint_and_url_announced_after_restart(clusters: Any) -> None
         lab.router["http://lab-new:8080"] = lab.app
         # gpu is down at first: nothing recorded, so the next attempt tells it
         gpu_app = lab.router.pop("http://gpu:8080")
-        res = await lab.gw.announce_endpoint()
+        res = await lab.gw.exchange.announce_endpoint()
         assert res["gpu"] != "ok" and "cannot reach" in res["gpu"]
         assert lab.store.announced() == {"endpoint": "lab.example:51820", "url": "http://lab:8080"}
         assert gpu.store.peer("lab").endpoint == "lab.example:51820"
         lab.router["http://gpu:8080"] = gpu_app
-        assert await lab.gw.announce_endpoint() == {"gpu": "ok"}
+        assert await lab.gw.exchange.announce_endpoint() == {"gpu": "ok"}
         p = gpu.store.peer("lab")
         assert (p.endpoint, p.url) == ("lab2.example:51999", "http://lab-new:8080")
         assert gpu.fabric.last.peers[0].endpoint == "lab2.example:51999"  # WireGuard re-programmed
         assert lab.store.announced() == {"endpoint": "lab2.example:51999", "url": "http://lab-new:8080"}
-        assert await lab.gw.announce_endpoint() == {}
+        assert await lab.gw.exchange.announce_endpoint() == {}
         # gpu reaches lab at the new URL: a key rotation is acknowledged through it
         r = await gpu.call("POST", "/api/v1/key/rotate")
         assert r.status_code == 200 and r.json()["peers_informed"] == ["lab"], r.text
@@ -498,7 +498,7 @@ def test_endpoint_message_validated(clusters: Any) -> None:
         for body in ({"endpoint": "x", "url": "http://n:1"}, {"endpoint": "h:1", "url": "ftp://n"},
                      {"endpoint": "h:1"}):
             with pytest.raises(GatewayError):
-                await lab.gw.send(p, "endpoint", body)
+                await lab.gw.exchange.channel.send(p, "endpoint", body)
         assert gpu.store.peer("lab").url == "http://lab:8080"
 
     asyncio.run(go())
@@ -517,7 +517,7 @@ def test_daemon_announce_retries_until_every_peer_acknowledged(clusters: Any, mo
         lab.open()
         gpu_app = lab.router.pop("http://gpu:8080")
         stop = asyncio.Event()
-        task = asyncio.create_task(daemon.announce(lab.gw, stop))
+        task = asyncio.create_task(daemon.announce(lab.gw.exchange, stop))
         await asyncio.sleep(0.2)
         assert not task.done()  # still retrying
         lab.router["http://gpu:8080"] = gpu_app

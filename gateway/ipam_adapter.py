@@ -1,17 +1,28 @@
 """Our views of peers: a thin adapter over :mod:`ipam`'s store (``state_dir/ipam.db``).
 
-The controller speaks plain tuples ``(kind, real, view)`` so it (and its tests)
-do not depend on IPAM's classes; this module is the only place that does.
+The gateway speaks :class:`fabric.model.RangeMap` (kind, real, view), the one
+type for a mapping everywhere; this module is the only place that knows IPAM's
+classes. Lists come back in allocation order (what goes on the wire);
+``ordered`` sorts them where a deterministic order matters (desired state, API).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from ipam import DEFAULT_POOLS, IpamError, IpamStore, LocalRanges, PeerRange
+from fabric.model import RangeMap
+from ipam import DEFAULT_POOLS, IpamError, IpamStore, LocalRanges, PeerRange, View
 
-ViewTuple = tuple[str, str, str]  # (kind, real, view)
+
+def _maps(views: list[View]) -> list[RangeMap]:
+    return [RangeMap(v.kind, v.real, v.view) for v in views]
+
+
+def ordered(maps: Iterable[RangeMap]) -> list[RangeMap]:
+    """Sorted by (kind, real, view)."""
+    return sorted(maps, key=lambda m: (m.kind, m.real, m.view))
 
 
 class ViewsError(ValueError):
@@ -20,10 +31,10 @@ class ViewsError(ValueError):
 
 class Views(Protocol):
     def allocate(self, peer: str, ranges: list[tuple[str, str]], *,
-                 replace: bool = False) -> list[ViewTuple]: ...
-    def views(self, peer: str) -> list[ViewTuple]: ...
+                 replace: bool = False) -> list[RangeMap]: ...
+    def views(self, peer: str) -> list[RangeMap]: ...
     def release(self, peer: str) -> None: ...
-    def all_views(self) -> dict[str, list[ViewTuple]]: ...
+    def all_views(self) -> dict[str, list[RangeMap]]: ...
     def snapshot(self) -> dict[str, Any]: ...
 
 
@@ -40,7 +51,7 @@ class IpamViews:
             raise ViewsError(str(e)) from None
 
     def allocate(self, peer: str, ranges: list[tuple[str, str]], *,
-                 replace: bool = False) -> list[ViewTuple]:
+                 replace: bool = False) -> list[RangeMap]:
         """All views of ``peer`` after adding ``ranges``; all or nothing.
 
         With ``replace``, ``ranges`` is the peer's full set: views of ranges it
@@ -55,17 +66,17 @@ class IpamViews:
             got = self.store.allocate(peer, claims, replace=replace)
         except IpamError as e:
             raise ViewsError(str(e)) from None
-        return [(v.kind, v.real, v.view) for v in got]
+        return _maps(got)
 
-    def views(self, peer: str) -> list[ViewTuple]:
-        return [(v.kind, v.real, v.view) for v in self.store.views(peer)]
+    def views(self, peer: str) -> list[RangeMap]:
+        return _maps(self.store.views(peer))
 
     def release(self, peer: str) -> None:
         self.store.release(peer)
 
-    def all_views(self) -> dict[str, list[ViewTuple]]:
+    def all_views(self) -> dict[str, list[RangeMap]]:
         """Every peer's views in one read (the reconcile loop builds the state every second)."""
-        return {peer: [(v.kind, v.real, v.view) for v in views]
+        return {peer: _maps(views)
                 for peer, views in self.store.allocations().items()}
 
     def close(self) -> None:

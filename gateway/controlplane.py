@@ -1,0 +1,55 @@
+"""The gateway's control plane: three parts over one config, store, IPAM and data plane.
+
+- ``reconciler`` (:mod:`gateway.reconciler`): desired state, reconcile loop, readiness;
+- ``exchange`` (:mod:`gateway.exchange`): tokens, peering, channel messages, announcements;
+- ``read`` (:mod:`gateway.readmodel`): what the API serves to read.
+
+The FastAPI app (:mod:`gateway.api`) and the daemon (:mod:`gateway.daemon`)
+hold a ``ControlPlane``; tests build two with a fake data plane and wire their
+HTTP clients to each other's ASGI apps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway import forwarding as forwarding_mod
+from gateway.channel import HttpFactory, PeerChannel, default_http
+from gateway.config import Config
+from gateway.exchange import Exchange
+from gateway.health import HealthTracker
+from gateway.ipam_adapter import Views
+from gateway.readmodel import ReadModel
+from gateway.reconciler import DataplaneDriver, Reconciler
+from gateway.state import StateStore
+
+
+@dataclass
+class ControlPlane:
+    config: Config
+    store: StateStore
+    views: Views
+    reconciler: Reconciler
+    exchange: Exchange
+    read: ReadModel
+
+    @classmethod
+    def build(cls, config: Config, store: StateStore, views: Views, dataplane: DataplaneDriver, *,
+              clock: Callable[[], float] = time.time, http: HttpFactory = default_http,
+              health: HealthTracker | None = None, gateway_ip: str | None = None,
+              gateway_ip6: str | None = None, forwarding: tuple[str, ...] = (),
+              sysctl_root: Path = forwarding_mod.PROC_SYS) -> ControlPlane:
+        health = health or HealthTracker()
+        reconciler = Reconciler(config=config, store=store, views=views, dataplane=dataplane, clock=clock,
+                                health=health, gateway_ip=config.gateway_ip if gateway_ip is None else gateway_ip,
+                                forwarding=forwarding, sysctl_root=sysctl_root)
+        read = ReadModel(config=config, store=store, views=views, reconciler=reconciler, health=health,
+                         clock=clock, gateway_ip6=config.gateway_ip6 if gateway_ip6 is None else gateway_ip6)
+        channel = PeerChannel(config.cluster_id, clock, http)
+        exchange = Exchange(config=config, store=store, views=views, reconciler=reconciler,
+                            channel=channel, clock=clock)
+        return cls(config=config, store=store, views=views, reconciler=reconciler, exchange=exchange,
+                   read=read)

@@ -1,0 +1,352 @@
+"""The peering exchange: tokens, join (B side), peer add (A side), channel messages,
+removal, key rotation and the announcements a restart may need.
+
+Every change is stored first (one SQLite transaction, IPAM in step) and ends
+with ``await reconciler.reconcile()``, so when an operation returns, our data
+plane is programmed. The wire format is :mod:`gateway.peering` (sans-IO); the
+HTTP side, :mod:`gateway.channel`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fabric.model import RangeMap
+from gateway import peering
+from gateway.channel import PeerChannel
+from gateway.config import Config
+from gateway.errors import GatewayError
+from gateway.ipam_adapter import Views, ViewsError, ordered
+from gateway.peering import PeeringError, views_body
+from gateway.readmodel import peer_summary
+from gateway.reconciler import Reconciler
+from gateway.state import PeerRecord, StateStore, wg_keypair
+from gateway.tokens import TokenError, TokenRecord, check_usable, decode, new_token
+
+log = logging.getLogger("crosswire.gateway")
+
+NONCE_TTL = 2 * peering.WINDOW
+
+
+@dataclass
+class Exchange:
+    config: Config
+    store: StateStore
+    views: Views
+    reconciler: Reconciler
+    channel: PeerChannel
+    clock: Callable[[], float] = time.time
+
+    # --- identity ---------------------------------------------------------------------------
+
+    def our_ranges(self) -> list[tuple[str, str]]:
+        return [("pod", c) for c in self.config.pod_cidrs] + \
+               [("service", c) for c in self.config.service_cidrs]
+
+    def side(self) -> peering.Side:
+        return peering.Side(cluster_id=self.config.cluster_id, public_key=self.store.public_key(),
+                            endpoint=self.config.wireguard_endpoint(),
+                            ranges=tuple(self.our_ranges()), gateway_ip=self.reconciler.gateway_ip,
+                            url=self.config.advertise_url())
+
+    def _check_views_of_us(self, views: list[RangeMap], status: int = 502) -> None:
+        """The peer's views must be of our ranges (502 when a peer answered so, 400 when it asked)."""
+        mine = set(self.our_ranges())
+        for m in views:
+            if (m.kind, m.real) not in mine:
+                raise GatewayError(f"peer sent a view of {m.kind} range {m.real}, which is not ours", status)
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    def create_token(self, ttl: float, reusable: bool) -> dict[str, Any]:
+        now = self.clock()
+        tok = new_token(self.config.advertise_url(), self.config.cluster_id, self.store.public_key(),
+                        ttl=ttl, now=now)
+        self.store.add_token(TokenRecord(token_id=tok.token_id, verifier=tok.verifier, created=now,
+                                         expires=tok.expires, reusable=reusable))
+        log.info("token %s created (expires in %.0fs, reusable=%s)", tok.token_id, ttl, reusable)
+        return {"token": tok.encode(), "token_id": tok.token_id, "expires": tok.expires,
+                "reusable": reusable, "url": tok.url}
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        out = []
+        for t in self.store.tokens():
+            state = "expired" if now >= t.expires else ("used" if t.uses and not t.reusable else "active")
+            out.append({"token_id": t.token_id, "created": t.created, "expires": t.expires,
+                        "reusable": t.reusable, "uses": t.uses, "state": state})
+        return out
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        if not self.store.delete_token(token_id):
+            raise GatewayError(f"no token {token_id!r}", 404)
+        log.info("token %s revoked", token_id)
+        return {"revoked": token_id}
+
+    # --- B side: join -----------------------------------------------------------------------
+
+    def handle_join(self, envelope: object) -> dict[str, Any]:
+        """Answer a join request; all checks pass or nothing changes."""
+        now = self.clock()
+        me, my_key = self.config.cluster_id, self.store.public_key()
+        token_id = peering.peek_token_id(envelope)
+        try:
+            rec = check_usable(self.store.token(token_id), now)
+        except TokenError as e:
+            raise GatewayError(str(e), 403) from None
+        req = peering.verify_join(envelope, rec.verifier, me, my_key, now)
+        other = req.side
+        if other.cluster_id == me or other.public_key == my_key:
+            raise GatewayError("refusing to peer with myself (same cluster ID or key)", 409)
+        existing = self.store.peer(other.cluster_id)
+        if existing is not None:
+            if existing.public_key != other.public_key:
+                raise GatewayError(f"cluster {other.cluster_id} is already peered under another key", 409)
+            if existing.their_views is not None:
+                raise GatewayError(f"cluster {other.cluster_id} is already peered; remove it first", 409)
+            # Same key, still pending: the joiner never completed (crashed, timed out)
+            # and retries; its row is replaced and its IPAM views are reused.
+        elif self.store.peer_by_key(other.public_key) is not None:
+            raise GatewayError("that WireGuard key already belongs to another peer", 409)
+
+        eph = peering.Ephemeral.generate()
+        allocated = False
+        try:
+            with self.store.tx() as db:
+                if not self.store.remember_nonce(db, req.nonce, now + NONCE_TTL, now):
+                    raise PeeringError("replayed join request (nonce already seen)", 401)
+                if not self.store.use_token(db, token_id):
+                    raise GatewayError("token was already used", 403)
+                try:
+                    ours = self.views.allocate(other.cluster_id, list(other.ranges))
+                except ViewsError as e:
+                    raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}", 422) from None
+                allocated = True
+                env, keys = peering.build_join_response(req, rec.verifier, self.side(), ours, eph, now)
+                self.store.put_peer(db, PeerRecord(
+                    cluster_id=other.cluster_id, public_key=other.public_key, endpoint=other.endpoint,
+                    url=other.url, gateway_ip=other.gateway_ip, ranges=other.ranges, their_views=None,
+                    channel_key=keys.channel_key, psk=keys.psk, created=now))
+        except BaseException:
+            if allocated and existing is None:
+                self.views.release(other.cluster_id)
+            raise
+        log.info("peering: %s joined with token %s (pending its views of us)", other.cluster_id, token_id)
+        return env
+
+    # --- A side: peer add -------------------------------------------------------------------
+
+    async def peer_add(self, token_text: str) -> dict[str, Any]:
+        t0 = time.monotonic()
+        now = self.clock()
+        try:
+            token = decode(token_text, now=now)
+        except TokenError as e:
+            raise GatewayError(str(e), 400) from None
+        if token.cluster_id == self.config.cluster_id or token.public_key == self.store.public_key():
+            raise GatewayError("refusing to peer with myself (the token is this gateway's own)", 409)
+        existing = self.store.peer(token.cluster_id)
+        if existing is not None:
+            if existing.public_key != token.public_key:
+                raise GatewayError(f"cluster {token.cluster_id} is already peered under another key", 409)
+            raise GatewayError(f"cluster {token.cluster_id} is already peered", 409)
+        if self.store.peer_by_key(token.public_key) is not None:
+            raise GatewayError("that WireGuard key already belongs to another peer", 409)
+
+        eph = peering.Ephemeral.generate()
+        request = peering.build_join(token, self.side(), eph, now)
+        answer = await self.channel.post(token.url + "/api/v1/peering/join", request)
+        t_join = time.monotonic()
+        resp = peering.verify_join_response(answer, token, request, eph, self.clock())
+        other = resp.side
+        self._check_views_of_us(resp.views_of_us)
+        try:
+            ours = self.views.allocate(other.cluster_id, list(other.ranges))
+        except ViewsError as e:
+            # B already holds a pending peer for us: tell it to drop it.
+            await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key)
+            raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}", 422) from None
+        rec = PeerRecord(cluster_id=other.cluster_id, public_key=other.public_key,
+                         endpoint=other.endpoint, url=other.url, gateway_ip=other.gateway_ip,
+                         ranges=other.ranges, their_views=tuple(resp.views_of_us),
+                         channel_key=resp.keys.channel_key, psk=resp.keys.psk, created=now)
+        try:
+            with self.store.tx() as db:
+                self.store.put_peer(db, rec)
+        except BaseException:
+            self.views.release(other.cluster_id)
+            raise
+        t_store = time.monotonic()
+        await self.reconciler.reconcile()
+        t_apply = time.monotonic()
+        # Tell B our views of it; B programs its side before it acknowledges.
+        try:
+            await self.channel.send(rec, "views", {"views": views_body(ours)})
+        except GatewayError as e:
+            # Leave nothing half-done: B drops its pending entry (if it can hear us), we forget B.
+            await self.channel.notify_remove(other.cluster_id, other.url, rec.channel_key)
+            self.forget(other.cluster_id)
+            await self.reconciler.reconcile()
+            raise GatewayError(f"peering with {other.cluster_id} failed at the last step and was "
+                               f"rolled back: {e}", e.status) from None
+        t_end = time.monotonic()
+        log.info("peering: peered with %s in %.3fs (join %.3f, views+store %.3f, apply %.3f, confirm %.3f)",
+                 other.cluster_id, t_end - t0, t_join - t0, t_store - t_join, t_apply - t_store,
+                 t_end - t_apply)
+        stored = self.store.peer(other.cluster_id) or rec
+        return peer_summary(stored, ordered(self.views.views(stored.cluster_id)), self.clock())
+
+    # --- channel messages (receiver) --------------------------------------------------------
+
+    async def handle_message(self, envelope: object) -> dict[str, Any]:
+        now = self.clock()
+        me = self.config.cluster_id
+        sender = peering.peek_sender(envelope)
+        peer = self.store.peer(sender)
+        if peer is None:
+            raise GatewayError(f"unknown peer {sender}", 403)
+        msg = peering.verify_message(envelope, peer.channel_key, me, now)
+        with self.store.tx() as db:
+            if not self.store.remember_nonce(db, msg.nonce, now + NONCE_TTL, now):
+                raise GatewayError("replayed message (nonce already seen)", 401)
+        payload: dict[str, Any] = {}
+        if msg.type == "views":
+            views = peering.parse_views(msg.body.get("views"), "views")
+            self._check_views_of_us(views, 400)
+            self.store.update_peer(sender, their_views=tuple(views))
+        elif msg.type == "ranges":
+            # The sender's *full* current set: ranges it dropped release their views
+            # here (same IPAM transaction), so a removal needs no re-peering.
+            ranges = list(dict.fromkeys(peering.parse_ranges(msg.body.get("ranges"))))
+            gw_ip = peering.check_ip(msg.body.get("gateway_ip"), "gateway_ip")
+            try:
+                self.views.allocate(sender, ranges, replace=True)
+            except ViewsError as e:
+                raise GatewayError(f"cannot allocate views of the announced ranges: {e}", 422) from None
+            self.store.update_peer(sender, ranges=tuple(ranges), gateway_ip=gw_ip or peer.gateway_ip)
+            payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
+        elif msg.type == "key":
+            new_key = peering.check_public_key(msg.body.get("public_key"))
+            owner = self.store.peer_by_key(new_key)
+            if owner is not None and owner.cluster_id != sender:
+                raise GatewayError("that WireGuard key already belongs to another peer", 409)
+            endpoint = msg.body.get("endpoint", peer.endpoint)
+            self.store.update_peer(sender, public_key=new_key,
+                                   endpoint=endpoint if isinstance(endpoint, str) else peer.endpoint)
+        elif msg.type == "endpoint":
+            # The sender's WireGuard endpoint and/or peering URL changed (config
+            # change across a restart); authenticated by the channel key like the rest.
+            endpoint = msg.body.get("endpoint")
+            if endpoint is not None and (not isinstance(endpoint, str) or ":" not in endpoint):
+                raise GatewayError("endpoint: expected host:port or null", 400)
+            url = msg.body.get("url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise GatewayError("url: expected an http(s) URL", 400)
+            self.store.update_peer(sender, endpoint=endpoint, url=url.rstrip("/"))
+        elif msg.type == "remove":
+            self.forget(sender)
+        await self.reconciler.reconcile()
+        log.info("peer %s: %s applied", sender, msg.type)
+        return peering.build_reply(peer.channel_key, msg, me, payload, self.clock())
+
+    def forget(self, cluster_id: str) -> None:
+        """Drop a peer and release our views of it (no message, no reconcile)."""
+        self.store.delete_peer(cluster_id)
+        self.views.release(cluster_id)
+
+    # --- admin operations -------------------------------------------------------------------
+
+    async def remove_peer(self, cluster_id: str) -> dict[str, Any]:
+        peer = self.store.peer(cluster_id)
+        if peer is None:
+            raise GatewayError(f"no peer {cluster_id!r}", 404)
+        notified = await self.channel.notify_remove(peer.cluster_id, peer.url, peer.channel_key)
+        self.forget(cluster_id)
+        await self.reconciler.reconcile()
+        log.info("peer %s removed (peer notified: %s)", cluster_id, notified)
+        return {"removed": cluster_id, "peer_notified": notified}
+
+    async def rotate_key(self) -> dict[str, Any]:
+        """New WireGuard key: announce it to every peer first, then switch to it."""
+        priv, pub = wg_keypair()
+        endpoint = self.config.wireguard_endpoint()
+        told, failed = [], {}
+        for p in self.store.peers():
+            try:
+                await self.channel.send(p, "key", {"public_key": pub, "endpoint": endpoint})
+                told.append(p.cluster_id)
+            except GatewayError as e:
+                failed[p.cluster_id] = str(e)
+        if failed:
+            # Peers that did not learn the new key would lose us: roll the others back.
+            for cid in told:
+                p2 = self.store.peer(cid)
+                if p2 is not None:
+                    try:
+                        await self.channel.send(p2, "key", {"public_key": self.store.public_key(),
+                                                            "endpoint": endpoint})
+                    except GatewayError as e:
+                        log.error("could not roll back the key announcement to %s: %s", cid, e)
+            raise GatewayError("key rotation aborted, unreachable peers: " +
+                               "; ".join(f"{k}: {v}" for k, v in failed.items()), 502)
+        self.store.set_private_key(priv)
+        await self.reconciler.reconcile()
+        log.info("WireGuard key rotated; %d peers informed", len(told))
+        return {"public_key": pub, "peers_informed": told}
+
+    async def announce_ranges(self) -> dict[str, str]:
+        """Tell peers our full range set when it differs from what they have views of.
+
+        The message carries the whole set, not a delta: the receiver allocates
+        views of added ranges and releases those of dropped ones.
+        """
+        result = {}
+        mine = self.our_ranges()
+        for p in self.store.peers():
+            if p.their_views is None:
+                continue
+            if {(m.kind, m.real) for m in p.their_views} == set(mine):
+                continue
+            try:
+                body = await self.channel.send(p, "ranges", {
+                    "ranges": [{"kind": k, "cidr": c} for k, c in mine],
+                    "gateway_ip": self.reconciler.gateway_ip})
+                views = peering.parse_views(body.get("views_of_you"), "views_of_you")
+                self._check_views_of_us(views)
+                self.store.update_peer(p.cluster_id, their_views=tuple(views))
+                result[p.cluster_id] = "ok"
+            except (GatewayError, PeeringError) as e:
+                result[p.cluster_id] = str(e)
+        await self.reconciler.reconcile()
+        return result
+
+    async def announce_endpoint(self) -> dict[str, str]:
+        """Tell every peer our WireGuard endpoint and peering URL if they changed.
+
+        The last values every peer acknowledged are kept in state.db; they are
+        updated only when all peers acknowledged, so a peer that was unreachable
+        is told on the next attempt (resending to the others is harmless).
+        """
+        endpoint, url = self.config.wireguard_endpoint(), self.config.advertise_url()
+        last = self.store.announced()
+        if last == {"endpoint": endpoint, "url": url}:
+            return {}
+        live = [p for p in self.store.peers() if p.their_views is not None]
+        if last is None and not live:
+            # First start: peers that join later learn both in the join itself.
+            self.store.set_announced(endpoint, url)
+            return {}
+        result = {}
+        for p in live:
+            try:
+                await self.channel.send(p, "endpoint", {"endpoint": endpoint, "url": url})
+                result[p.cluster_id] = "ok"
+            except GatewayError as e:
+                result[p.cluster_id] = str(e)
+        if all(v == "ok" for v in result.values()):
+            self.store.set_announced(endpoint, url)
+        return result

@@ -1,0 +1,128 @@
+"""What the API serves to read: status, peers, routes for node agents, NAT and IPAM.
+
+``peer_summary`` and ``routes`` are pure (records, views and ``now`` in, the
+JSON out); ``ReadModel`` gathers their inputs from the store, the IPAM, the
+reconciler, the data plane's stats and the health prober. Nothing here changes
+state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabric.model import RangeMap
+from gateway.config import Config
+from gateway.health import HealthTracker
+from gateway.ipam_adapter import Views, ordered
+from gateway.peering import views_body
+from gateway.reconciler import Reconciler, translate
+from gateway.state import PeerRecord, StateStore
+
+log = logging.getLogger("crosswire.gateway")
+
+HANDSHAKE_STALE = 180.0  # WireGuard REJECT_AFTER_TIME: no valid session after this
+
+
+def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
+                 stats: dict[str, dict[str, Any]] | None = None,
+                 health: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One peer as /api/v1/peers shows it; ``ours`` are our views of it, sorted."""
+    s = (stats or {}).get(p.public_key, {})
+    h = (health or {}).get(p.cluster_id, {})
+    hs = s.get("last_handshake")
+    if p.their_views is None:
+        state = "pending"
+    elif h.get("state"):
+        state = h["state"]
+    elif hs:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
+        state = "connected" if now - hs < HANDSHAKE_STALE else "error"
+    else:
+        state = "connecting"
+    return {
+        "cluster_id": p.cluster_id, "public_key": p.public_key, "endpoint": s.get("endpoint") or p.endpoint,
+        "url": p.url, "state": state,
+        "latest_handshake": hs or None,
+        "handshake_age_s": round(now - hs, 3) if hs else None,
+        "rx_bytes": s.get("rx_bytes", 0), "tx_bytes": s.get("tx_bytes", 0),
+        "rtt_ms": h.get("rtt_ms"), "loss": h.get("loss"), "probe_ip": translate(p.gateway_ip, ours),
+        "ranges": [{"kind": k, "cidr": c} for k, c in p.ranges],
+        "our_views": views_body(ours),
+        "their_views": None if p.their_views is None else views_body(p.their_views),
+    }
+
+
+def routes(peers: Sequence[PeerRecord], all_views: dict[str, list[RangeMap]],
+           gateway_ip: str | None, gateway_ip6: str | None) -> dict[str, Any]:
+    """/api/v1/routes: our views of every programmed peer and the next hops."""
+    cidrs = sorted({m.view for p in peers if p.their_views is not None
+                    for m in all_views.get(p.cluster_id, [])})
+    out: dict[str, Any] = {"gateway_ip": gateway_ip, "cidrs": cidrs}
+    # Node agents route IPv6 views via gateway_ip6; only meaningful (and only
+    # accepted by fabric.agent) when gateway_ip itself is the IPv4 address.
+    if gateway_ip6 is not None and (gateway_ip is None or ipaddress.ip_address(gateway_ip).version == 4):
+        out["gateway_ip6"] = gateway_ip6
+    return out
+
+
+@dataclass
+class ReadModel:
+    config: Config
+    store: StateStore
+    views: Views
+    reconciler: Reconciler
+    health: HealthTracker
+    clock: Callable[[], float] = time.time
+    gateway_ip6: str | None = None  # dual stack: the next hop node agents use for IPv6 views
+    started: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
+    def peer_stats(self) -> dict[str, dict[str, Any]]:
+        try:
+            return self.reconciler.dataplane.peer_stats()
+        except Exception as e:
+            log.debug("peer stats unavailable: %s", e)
+            return {}
+
+    def peers(self) -> list[dict[str, Any]]:
+        stats = self.peer_stats()
+        now = self.clock()
+        health = self.health.report(now)
+        return [peer_summary(p, ordered(self.views.views(p.cluster_id)), now, stats, health)
+                for p in self.store.peers()]
+
+    def status(self) -> dict[str, Any]:
+        ready, why = self.reconciler.ready()
+        peers = self.peers()
+        by_state: dict[str, int] = {}
+        for p in peers:
+            by_state[p["state"]] = by_state.get(p["state"], 0) + 1
+        c, st = self.config, self.reconciler.stats
+        return {
+            "cluster_id": c.cluster_id, "public_key": self.store.public_key(),
+            "endpoint": c.wireguard_endpoint(), "url": c.advertise_url(),
+            "interface": c.wireguard.interface,
+            "implementation": c.wireguard.implementation,
+            "gateway_ip": self.reconciler.gateway_ip, "gateway_ip6": self.gateway_ip6,
+            "pod_cidrs": list(c.pod_cidrs), "service_cidrs": list(c.service_cidrs),
+            "ready": ready, "ready_reason": why, "uptime_s": round(self.clock() - self.started, 3),
+            "peers": len(peers), "peers_by_state": by_state,
+            "reconcile": {"runs": st.runs, "errors": st.errors,
+                          "dataplane_restarts": st.restarts, "last_error": st.last_error,
+                          "last_ok": st.last_ok},
+        }
+
+    def nat(self) -> list[dict[str, Any]]:
+        return self.reconciler.dataplane.nat(self.reconciler.desired())
+
+    def ipam(self) -> dict[str, Any]:
+        return self.views.snapshot()
+
+    def routes(self) -> dict[str, Any]:
+        return routes(self.store.peers(), self.views.all_views(), self.reconciler.gateway_ip, self.gateway_ip6)

@@ -1,0 +1,209 @@
+"""Desired data-plane state, reconcile, readiness: the one judge of the data plane.
+
+``desired()`` is a pure function of config + state.db + ipam.db. ``reconcile()``
+(one at a time, under a lock; the blocking data-plane calls in a worker
+thread) brings the data plane up if it is missing or died, then applies the
+desired state if it changed. ``run()`` is the daemon's loop: every
+``CHECK_INTERVAL`` it asks whether the data plane is alive, every
+``VERIFY_INTERVAL`` whether the kernel drifted from the applied state, and
+reconciles when either says so or the desired state changed. It deliberately
+does not re-apply blindly on a timer: replacing the nft table resets the
+counters /api/v1/nat reports. Liveness and drift are decided here only.
+
+The reconciler depends on the small ``DataplaneDriver`` protocol below;
+:class:`fabric.dataplane.Dataplane` is the real one, tests pass a fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap, map_into
+from gateway import forwarding as forwarding_mod
+from gateway.config import Config
+from gateway.health import HealthTracker
+from gateway.ipam_adapter import Views, ordered
+from gateway.state import StateStore
+
+log = logging.getLogger("crosswire.gateway")
+
+CHECK_INTERVAL = 1.0
+VERIFY_INTERVAL = 10.0
+
+
+class DataplaneDriver(Protocol):
+    """What the reconciler and the read models need from the data plane (all blocking)."""
+
+    def ensure_up(self) -> None: ...
+    def alive(self) -> bool: ...
+    def apply(self, state: FabricState, previous: FabricState | None) -> None: ...
+    def stop(self) -> None: ...
+    def peer_stats(self) -> dict[str, dict[str, Any]]: ...
+    def nat(self, state: FabricState) -> list[dict[str, Any]]: ...
+    def verify(self, state: FabricState) -> list[str]: ...
+
+
+@dataclass
+class ReconcileStats:
+    runs: int = 0
+    errors: int = 0
+    restarts: int = 0
+    last_error: str | None = None
+    last_ok: float | None = None
+    ok: bool = False
+
+
+def translate(ip: str | None, views: Sequence[RangeMap]) -> str | None:
+    """An address in the peer's space -> ours, through the view containing it."""
+    if ip is None:
+        return None
+    addr = ipaddress.ip_address(ip)
+    for m in views:
+        rn, vn = ipaddress.ip_network(m.real), ipaddress.ip_network(m.view)
+        if addr.version == rn.version and addr in rn:
+            return str(map_into(addr, rn, vn))
+    return None
+
+
+@dataclass
+class Reconciler:
+    config: Config
+    store: StateStore
+    views: Views
+    dataplane: DataplaneDriver
+    clock: Callable[[], float] = time.time
+    health: HealthTracker = field(default_factory=HealthTracker)
+    gateway_ip: str | None = None
+    # Forwarding sysctls /readyz requires to be 1 (the daemon sets them; see gateway.forwarding).
+    forwarding: tuple[str, ...] = ()
+    sysctl_root: Path = forwarding_mod.PROC_SYS
+    stats: ReconcileStats = field(default_factory=ReconcileStats)
+    applied: FabricState | None = None
+
+    def __post_init__(self) -> None:
+        self._lock = asyncio.Lock()
+
+    # --- desired state ----------------------------------------------------------------------
+
+    def desired(self) -> FabricState:
+        c = self.config
+        local = LocalFabric(
+            cluster_id=c.cluster_id, interface=c.wireguard.interface,
+            listen_port=c.wireguard.listen_port, private_key=self.store.private_key(),
+            mtu=c.wireguard.mtu, pod_cidrs=c.pod_cidrs, service_cidrs=c.service_cidrs,
+            gateway_ip=self.gateway_ip, masquerade=c.masquerade, nft_table=c.nft_table)
+        peers = []
+        all_views = self.views.all_views()
+        for p in self.store.peers():
+            if p.their_views is None:
+                continue  # pending: the peer has not told us its views of us yet
+            ours = ordered(all_views.get(p.cluster_id, []))
+            peers.append(PeerFabric(
+                cluster_id=p.cluster_id, public_key=p.public_key, endpoint=p.endpoint,
+                preshared_key=p.psk_b64, remote=tuple(ours), local=tuple(p.their_views),
+                probe_ip=translate(p.gateway_ip, ours)))
+        return FabricState(local=local, peers=tuple(peers))
+
+    def probe_targets(self, state: FabricState | None = None) -> dict[str, str]:
+        st = state or self.desired()
+        return {p.cluster_id: p.probe_ip for p in st.peers if p.probe_ip}
+
+    # --- reconcile --------------------------------------------------------------------------
+
+    async def reconcile(self, *, force: bool = False) -> bool:
+        """Make the data plane match the desired state; True if it does afterwards."""
+        async with self._lock:
+            return await self._pass(force, None)
+
+    async def check(self, *, verify: bool) -> None:
+        """One step of the loop: reconcile only if the data plane died, drifted (when
+        ``verify``) or the desired state changed since the last apply."""
+        async with self._lock:
+            alive = await asyncio.to_thread(self.dataplane.alive)
+            drift: list[str] = []
+            if alive and verify and self.applied is not None:
+                drift = await asyncio.to_thread(self.dataplane.verify, self.applied)
+                if drift:
+                    log.warning("drift: %s; re-applying", "; ".join(drift))
+            if alive and not drift and self.applied is not None and self.applied == self.desired():
+                return
+            await self._pass(bool(drift), alive)
+
+    async def _pass(self, force: bool, alive: bool | None) -> bool:
+        want = self.desired()
+        self.stats.runs += 1
+        try:
+            if alive is None:
+                alive = await asyncio.to_thread(self.dataplane.alive)
+            if not alive:
+                if self.applied is not None:
+                    self.stats.restarts += 1
+                    log.warning("data plane %s is down; restarting it", self.config.wireguard.interface)
+                await asyncio.to_thread(self.dataplane.ensure_up)
+                force = True
+                previous = None
+            else:
+                previous = self.applied
+            if force or want != self.applied:
+                t0 = time.monotonic()
+                await asyncio.to_thread(self.dataplane.apply, want, previous)
+                log.info("applied %d peers in %.3fs", len(want.peers), time.monotonic() - t0)
+            self.applied = want
+            self.stats.ok = True
+            self.stats.last_ok = self.clock()
+            self.stats.last_error = None
+        except Exception as e:
+            self.stats.errors += 1
+            self.stats.ok = False
+            self.stats.last_error = f"{type(e).__name__}: {e}"
+            log.error("reconcile failed: %s", self.stats.last_error)
+            self.applied = None  # unknown: apply from scratch next time
+            return False
+        self.health.set_peers(self.probe_targets(want), self.clock())
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The daemon's reconcile loop, until ``stop`` is set."""
+        last_verify = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), CHECK_INTERVAL)
+            if stop.is_set():
+                return
+            verify = time.monotonic() - last_verify >= VERIFY_INTERVAL
+            if verify:
+                last_verify = time.monotonic()
+            try:
+                await self.check(verify=verify)
+            except Exception as e:  # keep the loop alive whatever happens
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                log.error("reconcile loop: %s", self.stats.last_error)
+
+    # --- readiness --------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.stats.ok or self.applied is None:
+            return False, self.stats.last_error or "data plane not programmed yet"
+        if self.applied != self.desired():
+            return False, "state changed since the last apply"
+        if not self.dataplane.alive():
+            return False, "data plane is not running"
+        off = forwarding_mod.check(self.forwarding, self.sysctl_root)
+        if off:
+            return False, "; ".join(off)
+        try:
+            problems = self.dataplane.verify(self.applied)
+        except Exception as e:
+            problems = [f"cannot verify the data plane: {type(e).__name__}: {e}"]
+        if problems:
+            return False, "; ".join(problems)
+        return True, "ok"

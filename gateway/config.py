@@ -113,31 +113,33 @@ class Config:
         return f"http://{_bracket(host)}:{port}"
 
     def advertise_problem(self) -> str | None:
-        """Why tokens carrying ``advertise_url()`` would lead nowhere (None: they can work).
-
-        A loopback or unspecified host, or one inside our own pod or service
-        ranges, is an address every peer has for itself: ``peer add`` there
-        would reach the peer's own gateway, not this one.
-        """
+        """Why tokens carrying ``advertise_url()`` would lead nowhere (None: they can work)."""
         url = self.advertise_url()
-        try:
-            ip = ipaddress.ip_address(_url_host(url))
-        except ValueError:
-            return None  # a name: only DNS can tell
-        why = None
-        if ip.is_loopback:
-            why = "is a loopback address"
-        elif ip.is_unspecified:
-            why = "is unspecified"
-        else:
-            for c in self.pod_cidrs + self.service_cidrs:
-                if ip in ipaddress.ip_network(c):
-                    why = f"lies inside this cluster's own range {c}, which peers cannot reach"
-                    break
+        why = self.unreachable_from_peers(url)
         if why is None:
             return None
         return (f"api.advertise: the peering URL {url} {why}; set api.advertise (or wireguard.endpoint) "
                 "to an address other clusters reach")
+
+    def unreachable_from_peers(self, url: str) -> str | None:
+        """Why ``url`` cannot name another cluster's gateway, seen from here (None: it may).
+
+        A loopback or unspecified host, or one inside our own pod or service
+        ranges, is an address every cluster has for itself: a request there
+        reaches this cluster (or nothing), never the peer.
+        """
+        try:
+            ip = ipaddress.ip_address(_url_host(url))
+        except ValueError:
+            return None  # a name: only DNS can tell
+        if ip.is_loopback:
+            return "is a loopback address"
+        if ip.is_unspecified:
+            return "is unspecified"
+        for c in self.pod_cidrs + self.service_cidrs:
+            if ip in ipaddress.ip_network(c):
+                return f"lies inside this cluster's own range {c}, which peers cannot reach"
+        return None
 
     def wireguard_endpoint(self) -> str:
         if self.wireguard.endpoint:

@@ -63,6 +63,10 @@ class Exchange:
     # --- tokens -----------------------------------------------------------------------------
 
     def create_token(self, ttl: float, reusable: bool) -> dict[str, Any]:
+        problem = self.config.advertise_problem()
+        if problem is not None:
+            # A token whose URL leads nowhere fails only later, in the other cluster.
+            raise GatewayError(problem, 409)
         now = self.clock()
         tok = new_token(self.config.advertise_url(), self.config.cluster_id, self.store.public_key(),
                         ttl=ttl, now=now)
@@ -156,6 +160,12 @@ class Exchange:
             raise GatewayError(f"cluster {token.cluster_id} is already peered", 409)
         if self.store.peer_by_key(token.public_key) is not None:
             raise GatewayError("that WireGuard key already belongs to another peer", 409)
+        why = self.config.unreachable_from_peers(token.url)
+        if why is not None:
+            raise GatewayError(
+                f"the token's peering URL {token.url} {why}: from here it leads back to this "
+                f"cluster, not to {token.cluster_id}; {token.cluster_id}'s gateway must set "
+                "api.advertise and issue a new token", 400)
 
         eph = peering.Ephemeral.generate()
         request = peering.build_join(token, self.side(), eph, now)
@@ -231,26 +241,32 @@ class Exchange:
             payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
         elif msg.type == "key":
             new_key = peering.check_public_key(msg.body.get("public_key"))
+            # Our own key, or another peer's, would make WireGuard's cryptokey routing
+            # ambiguous (the sync of every peer then fails): refuse, change nothing.
+            if new_key == self.store.public_key():
+                raise GatewayError("public_key: that is this gateway's own key", 409)
             owner = self.store.peer_by_key(new_key)
             if owner is not None and owner.cluster_id != sender:
                 raise GatewayError("that WireGuard key already belongs to another peer", 409)
-            endpoint = msg.body.get("endpoint", peer.endpoint)
-            self.store.update_peer(sender, public_key=new_key,
-                                   endpoint=endpoint if isinstance(endpoint, str) else peer.endpoint)
+            endpoint = peering.check_endpoint(msg.body.get("endpoint", peer.endpoint))
+            self.store.update_peer(sender, public_key=new_key, endpoint=endpoint or peer.endpoint)
         elif msg.type == "endpoint":
             # The sender's WireGuard endpoint and/or peering URL changed (config
             # change across a restart); authenticated by the channel key like the rest.
-            endpoint = msg.body.get("endpoint")
-            if endpoint is not None and (not isinstance(endpoint, str) or ":" not in endpoint):
-                raise GatewayError("endpoint: expected host:port or null", 400)
+            endpoint = peering.check_endpoint(msg.body.get("endpoint"))
             url = msg.body.get("url")
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise GatewayError("url: expected an http(s) URL", 400)
             self.store.update_peer(sender, endpoint=endpoint, url=url.rstrip("/"))
         elif msg.type == "remove":
             self.forget(sender)
-        await self.reconciler.reconcile()
-        log.info("peer %s: %s applied", sender, msg.type)
+        # Acknowledge what is programmed, not just stored: the sender reports a change
+        # our data plane has not taken yet as pending (the reconcile loop retries it).
+        applied = await self.reconciler.reconcile()
+        payload["applied"] = applied
+        if not applied:
+            payload["pending"] = self.reconciler.stats.last_error or "data plane not programmed"
+        log.info("peer %s: %s %s", sender, msg.type, "applied" if applied else "stored, apply pending")
         return peering.build_reply(peer.channel_key, msg, me, payload, self.clock())
 
     def forget(self, cluster_id: str) -> None:
@@ -274,11 +290,13 @@ class Exchange:
         """New WireGuard key: announce it to every peer first, then switch to it."""
         priv, pub = wg_keypair()
         endpoint = self.config.wireguard_endpoint()
-        told, failed = [], {}
+        told, failed, pending = [], {}, {}
         for p in self.store.peers():
             try:
-                await self.channel.send(p, "key", {"public_key": pub, "endpoint": endpoint})
+                answer = await self.channel.send(p, "key", {"public_key": pub, "endpoint": endpoint})
                 told.append(p.cluster_id)
+                if answer.get("applied") is False:
+                    pending[p.cluster_id] = str(answer.get("pending") or "not applied yet")
             except GatewayError as e:
                 failed[p.cluster_id] = str(e)
         if failed:
@@ -295,8 +313,8 @@ class Exchange:
                                "; ".join(f"{k}: {v}" for k, v in failed.items()), 502)
         self.store.set_private_key(priv)
         await self.reconciler.reconcile()
-        log.info("WireGuard key rotated; %d peers informed", len(told))
-        return {"public_key": pub, "peers_informed": told}
+        log.info("WireGuard key rotated; %d peers informed, %d with the change pending", len(told), len(pending))
+        return {"public_key": pub, "peers_informed": told, "peers_pending": pending}
 
     async def announce_ranges(self) -> dict[str, str]:
         """Tell peers our full range set when it differs from what they have views of.

@@ -205,6 +205,15 @@ def test_bad_channel_messages_change_nothing(clusters: Any) -> None:
              "same family and length"),
             ("ranges", {"ranges": [{"kind": "pod", "cidr": "10.0.0.0/33"}]}, 400, "not a valid CIDR"),
             ("key", {"public_key": "short"}, 400, "public key"),
+            # A peer may announce neither our own key nor malformed endpoints (they used to
+            # be accepted and then failed the WireGuard sync of every peer).
+            ("key", {"public_key": gpu.store.public_key(), "endpoint": "lab:51820"}, 409,
+             "this gateway's own key"),
+            ("key", {"public_key": lab.store.public_key(), "endpoint": "1.2.3.4:notaport"}, 400,
+             "endpoint '1.2.3.4:notaport'"),
+            ("endpoint", {"endpoint": "[::1", "url": "http://lab:8080"}, 400, "unbalanced brackets"),
+            ("endpoint", {"endpoint": "1.2.3.4:notaport", "url": "http://lab:8080"}, 400, "port 1-65535"),
+            ("endpoint", {"endpoint": 5, "url": "http://lab:8080"}, 400, "expected host:port"),
         ]
         for type_, payload, status, reason in cases:
             before = snapshot(gpu)
@@ -217,6 +226,33 @@ def test_bad_channel_messages_change_nothing(clusters: Any) -> None:
         r = await gpu.call("POST", "/api/v1/peering/message", json=msg)
         assert r.status_code == 401
         assert len(gpu.store.peers()) == 1
+
+    asyncio.run(go())
+
+
+def test_tokens_whose_url_leads_nowhere_are_refused(clusters: Any) -> None:
+    from gateway.tokens import new_token
+
+    # listen 0.0.0.0, no api.advertise, no wireguard.endpoint: the URL would be the pod IP.
+    gpu = clusters("gpu", api={"listen": "0.0.0.0:8080"},
+                   wireguard={"interface": "cw-gpu", "implementation": "wireguard-go"})
+    lab = clusters("lab")
+
+    async def go() -> None:
+        # Issuing: a URL no peer can reach is refused, naming api.advertise.
+        before = snapshot(gpu)
+        r = await gpu.call("POST", "/api/v1/tokens", json={})
+        assert r.status_code == 409 and r.json()["detail"].startswith(
+            "api.advertise: the peering URL http://10.244.0.10:8080 lies inside this cluster's own range"), r.text
+        assert snapshot(gpu) == before
+        # Redeeming: a token (from an older gateway) whose URL is inside our own pod range
+        # leads back to us; say so instead of "unknown token".
+        tok = new_token("http://10.244.0.10:8080", "gpu", gpu.store.public_key(), ttl=600, now=lab.clock())
+        before = snapshot(lab)
+        r = await lab.call("POST", "/api/v1/peers", json={"token": tok.encode()})
+        assert r.status_code == 400, r.text
+        assert "leads back to this cluster, not to gpu" in r.json()["detail"]
+        assert snapshot(lab) == before
 
     asyncio.run(go())
 

@@ -3,9 +3,15 @@
 The I/O layer feeds UDP payloads (``on_datagram``), plaintext IP packets read
 from the TUN (``on_packet``) and timer ticks (``on_timer`` at
 ``next_deadline()``), then drains ``outbox`` (datagrams to send) and ``inbox``
-(packets to write to the TUN). Configuration goes through ``uapi()`` (the wg(8)
-text protocol, fabric/wg/uapi.py). ``now`` is time.monotonic() everywhere;
-``wallclock`` is only used for TAI64N stamps and last-handshake times.
+(packets to write to the TUN). Configuration is plain methods and attributes
+(``set_private_key``, ``add_peer``, ...); the wg(8) text protocol sits on top
+in fabric/wg/uapi.py. ``now`` is time.monotonic() everywhere; ``wallclock`` is
+only used for TAI64N stamps and last-handshake times.
+
+This module drives the session: it classifies datagrams, checks mac1/mac2 and
+the load rules, installs keypairs and runs both packet paths. The handshake's
+message steps are in handshake.py, the index table in indextable.py, timer
+hooks and constants in timers.py, per-peer data in peer.py.
 
 Behaviour follows wireguard-go's send/receive/timers (see DESIGN.md):
 the responder keeps its new keypair as "next" until the first transport
@@ -27,25 +33,24 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from fabric.wg import handshake, timers
 from fabric.wg import messages as m
-from fabric.wg import noise, tai64n
 from fabric.wg.allowedips import AllowedIPs
 from fabric.wg.cookie import CookieChecker, LoadMeter, RateLimiter
 from fabric.wg.crypto import clamp, dh, private_bytes, public_key
+from fabric.wg.indextable import IndexTable
 from fabric.wg.messages import Endpoint
-from fabric.wg.peer import HS_INITIATION_SENT, HS_NONE, Keypair, Peer
+from fabric.wg.peer import Peer
 from fabric.wg.timers import (
-    HANDSHAKE_INITIATION_RATE,
     KEEPALIVE_TIMEOUT,
     MAX_STAGED_PACKETS,
-    MAX_TIMER_HANDSHAKES,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
 )
-from fabric.wg.uapi import handle as uapi_handle
 
 COUNTER_NAMES = (
     "rx_datagrams",
@@ -122,10 +127,8 @@ class Device:
 
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
-        # local index -> Peer awaiting a response to our initiation
-        self._handshakes: dict[int, Peer] = {}
-        # local index -> keypair (receiver index of transport messages)
-        self._keypairs: dict[int, Keypair] = {}
+        self.index = IndexTable(rng)
+        self._keypairs = self.index.keypairs  # the receive path's one lookup, unbound once
 
         self._prng = random.Random(rng(16))
         self._route = self.allowed_ips.cache  # same dict object, cleared on changes
@@ -136,10 +139,9 @@ class Device:
         self.outbox: collections.deque[tuple[bytes, Endpoint]] = collections.deque()
         self.inbox: collections.deque[bytes] = collections.deque()
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
-        self.last_uapi_error = ""
         # A lower bound on every peer's timer deadlines (inf: none set), so that
         # next_deadline() is O(1) however many peers there are. Every place that
-        # sets a peer timer to a time lowers it (``_arm``); clearing a timer or
+        # sets a peer timer to a time lowers it (``arm``); clearing a timer or
         # moving it later leaves it early, which costs at most one on_timer call
         # that finds nothing due, and on_timer recomputes it exactly.
         self._deadline = _INF
@@ -148,10 +150,6 @@ class Device:
         return f"Device(peers={len(self.peers)}, listen_port={self.listen_port})"
 
     # ------------------------------------------------------------------ config
-
-    def uapi(self, request: str, now: float) -> str:
-        """A whole wg(8) request ("get=1\\n\\n" / "set=1\\n...\\n\\n") -> the whole reply."""
-        return uapi_handle(self, request, now)
 
     def set_bound_port(self, port: int) -> None:
         self.bound_port = port
@@ -207,33 +205,22 @@ class Device:
         if peer is None:
             return
         self.allowed_ips.remove_peer(peer)
-        self._clear_handshake(peer)
-        for kp in (peer.previous, peer.current, peer.next):
-            if kp is not None:
-                self._keypairs.pop(kp.local_index, None)
-        peer.previous = peer.current = peer.next = None
+        self.zero_keys(peer)
         peer.staged.clear()
 
-    def send_keepalive(self, peer: Peer, now: float) -> None:
-        self._send_keepalive(peer, now)
-
-    def send_staged(self, peer: Peer, now: float) -> None:
-        self._send_staged(peer, now)
+    def set_persistent_keepalive(self, peer: Peer, interval: int) -> None:
+        peer.persistent_keepalive = interval
+        if interval == 0:
+            peer.t_persistent_keepalive = None
 
     # ------------------------------------------------------------------ helpers
 
-    def _new_index(self) -> int:
-        while True:
-            idx = int.from_bytes(self.rng(4), "little")
-            if idx not in self._handshakes and idx not in self._keypairs:
-                return idx
+    def jitter(self) -> float:
+        """0..REKEY_TIMEOUT_JITTER_MAX s. From a PRNG seeded by ``rng``: this
+        runs per data packet after each received one, too often for a syscall."""
+        return self._prng.random() * REKEY_TIMEOUT_JITTER_MAX
 
-    def _jitter(self) -> float:
-        """0..333 ms. From a PRNG seeded by ``rng``: this runs per data packet
-        after each received one, too often for a syscall."""
-        return self._prng.randrange(334) / 1000.0
-
-    def _arm(self, t: float) -> None:
+    def arm(self, t: float) -> None:
         """A peer timer was set to ``t``: keep ``_deadline`` a lower bound."""
         if t < self._deadline:
             self._deadline = t
@@ -250,12 +237,9 @@ class Device:
         return True
 
     def _clear_handshake(self, peer: Peer) -> None:
-        if peer.hs_state == HS_INITIATION_SENT:
-            self._handshakes.pop(peer.hs_local_index, None)
-        peer.hs_state = HS_NONE
-        peer.hs_ephemeral_priv = b""
-        peer.hs_remote_ephemeral = b""
-        peer.hs_ck = peer.hs_h = b""
+        if peer.handshake is not None:
+            self.index.remove_handshake(peer.handshake.local_index)
+            peer.handshake = None
 
     def _expire_current_keypairs(self, peer: Peer, now: float) -> None:
         self._clear_handshake(peer)
@@ -265,13 +249,13 @@ class Device:
         if peer.next is not None:
             peer.next.send_counter = REJECT_AFTER_MESSAGES
 
-    def _drop_keypair(self, kp: Keypair | None) -> None:
-        if kp is not None:
-            self._keypairs.pop(kp.local_index, None)
+    def _ephemeral(self) -> bytes:
+        return private_bytes(X25519PrivateKey.from_private_bytes(self.rng(32)))
 
     # ------------------------------------------------------------------ handshake out
 
-    def _send_initiation(self, peer: Peer, now: float, is_retry: bool) -> None:
+    def send_initiation(self, peer: Peer, now: float, is_retry: bool) -> None:
+        """Start (or retry) a handshake, at most once per REKEY_TIMEOUT."""
         if not is_retry:
             peer.handshake_attempts = 0
         if now - peer.last_sent_handshake < REKEY_TIMEOUT:
@@ -280,50 +264,28 @@ class Device:
             return
         peer.last_sent_handshake = now
         self._clear_handshake(peer)
-        e_priv = private_bytes(X25519PrivateKey.from_private_bytes(self.rng(32)))
-        out = noise.create_initiation(
-            ck_h=noise.initial_hash(),
+        idx = self.index.new_index()
+        msg, peer.handshake = handshake.create_initiation(
             static_priv=self.private_key,
             static_pub=self.public_key,
-            remote_static=peer.public_key,
-            ephemeral_priv=e_priv,
-            payload=tai64n.encode(self.wallclock()),
-            static_static=peer.static_static,
+            peer=peer,
+            local_index=idx,
+            ephemeral_priv=self._ephemeral(),
+            wall=self.wallclock(),
+            now=now,
         )
-        idx = self._new_index()
-        peer.hs_state = HS_INITIATION_SENT
-        peer.hs_local_index = idx
-        peer.hs_ephemeral_priv = e_priv
-        peer.hs_ck, peer.hs_h = out.ck, out.h
-        self._handshakes[idx] = peer
-        msg = m.pack_initiation(idx, out.ephemeral_pub, out.enc_static, out.enc_payload)
-        peer.cookie.add_macs(msg, now)
-        self._send(bytes(msg), peer)
+        self.index.add_handshake(idx, peer)
+        self._send(msg, peer)
         self.counters["tx_handshake_initiation"] += 1
-        self._any_authenticated_traversal(peer, now)
-        peer.t_send_keepalive = None  # any authenticated packet sent
-        peer.t_retransmit = t = now + REKEY_TIMEOUT + self._jitter()
-        self._arm(t)
+        timers.any_authenticated_packet_traversal(self, peer, now)
+        timers.any_authenticated_packet_sent(peer)
+        timers.handshake_initiated(self, peer, now)
+
+    def _handshake_complete(self, peer: Peer) -> None:
+        timers.handshake_complete(peer, self.wallclock())
+        self.counters["handshake_complete"] += 1
 
     # ------------------------------------------------------------------ timers
-
-    def _any_authenticated_traversal(self, peer: Peer, now: float) -> None:
-        if peer.persistent_keepalive:
-            peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
-            self._arm(t)
-
-    def _session_derived(self, peer: Peer, now: float) -> None:
-        peer.t_zero_keys = t = now + REJECT_AFTER_TIME * 3
-        self._arm(t)
-
-    def _handshake_complete(self, peer: Peer, now: float) -> None:
-        peer.t_retransmit = None
-        peer.handshake_attempts = 0
-        peer.sent_last_minute_handshake = False
-        wall = self.wallclock()
-        peer.last_handshake_wall = wall
-        peer.last_handshake_ns = int(wall * 1e9)
-        self.counters["handshake_complete"] += 1
 
     def next_deadline(self) -> float | None:
         """When to call on_timer next (None: no timer set). O(1): it may be earlier
@@ -331,7 +293,10 @@ class Device:
         t = self._deadline
         return None if t == _INF else t
 
-    def _recompute_deadline(self) -> None:
+    def on_timer(self, now: float) -> None:
+        for peer in list(self.peers.values()):
+            timers.fire(self, peer, now)
+        # Timers set while firing were armed; this also drops a stale early bound.
         best = _INF
         for peer in self.peers.values():
             t = peer.next_deadline()
@@ -339,56 +304,15 @@ class Device:
                 best = t
         self._deadline = best
 
-    def on_timer(self, now: float) -> None:
-        self._fire_timers(now)
-        # Timers set while firing were armed; this also drops a stale early bound.
-        self._recompute_deadline()
+    def give_up_handshake(self, peer: Peer) -> None:
+        """Retransmits exhausted: what waited for the session is dropped."""
+        self.counters["drop_send_exhausted"] += len(peer.staged)
+        peer.staged.clear()
+        self._clear_handshake(peer)
 
-    def _fire_timers(self, now: float) -> None:
-        for peer in list(self.peers.values()):
-            t = peer.t_retransmit
-            if t is not None and t <= now:
-                peer.t_retransmit = None
-                self._expired_retransmit(peer, now)
-            t = peer.t_send_keepalive
-            if t is not None and t <= now:
-                peer.t_send_keepalive = None
-                self._send_keepalive(peer, now)
-                if peer.need_another_keepalive:
-                    peer.need_another_keepalive = False
-                    peer.t_send_keepalive = now + KEEPALIVE_TIMEOUT  # on_timer recomputes
-            t = peer.t_new_handshake
-            if t is not None and t <= now:
-                peer.t_new_handshake = None
-                # We sent data and heard nothing back: the session may be dead.
-                self._send_initiation(peer, now, is_retry=False)
-            t = peer.t_zero_keys
-            if t is not None and t <= now:
-                peer.t_zero_keys = None
-                self._zero_keys(peer)
-            t = peer.t_persistent_keepalive
-            if t is not None and t <= now:
-                peer.t_persistent_keepalive = None
-                if peer.persistent_keepalive:
-                    self._send_keepalive(peer, now)
-
-    def _expired_retransmit(self, peer: Peer, now: float) -> None:
-        if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
-            # Give up (REKEY_ATTEMPT_TIME): drop what waited, zero keys later.
-            self.counters["drop_send_exhausted"] += len(peer.staged)
-            peer.staged.clear()
-            peer.t_send_keepalive = None
-            self._clear_handshake(peer)
-            if peer.t_zero_keys is None:
-                peer.t_zero_keys = t = now + REJECT_AFTER_TIME * 3
-                self._arm(t)
-            return
-        peer.handshake_attempts += 1
-        self._send_initiation(peer, now, is_retry=True)
-
-    def _zero_keys(self, peer: Peer) -> None:
+    def zero_keys(self, peer: Peer) -> None:
         for kp in (peer.previous, peer.current, peer.next):
-            self._drop_keypair(kp)
+            self.index.remove_keypair(kp)
         peer.previous = peer.current = peer.next = None
         self._clear_handshake(peer)
 
@@ -445,7 +369,7 @@ class Device:
                 peer.t_send_keepalive = None
                 if peer.t_new_handshake is None:
                     peer.t_new_handshake = t = (
-                        now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+                        now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self.jitter()
                     )
                     if t < self._deadline:
                         self._deadline = t
@@ -455,21 +379,21 @@ class Device:
             staged.popleft()
             self.counters["drop_staged_overflow"] += 1
         staged.append(packet)
-        self._send_staged(peer, now)
+        self.send_staged(peer, now)
 
-    def _send_keepalive(self, peer: Peer, now: float) -> None:
+    def send_keepalive(self, peer: Peer, now: float) -> None:
         if not peer.staged:
             peer.staged.append(b"")
-        self._send_staged(peer, now)
+        self.send_staged(peer, now)
 
-    def _send_staged(self, peer: Peer, now: float) -> None:
+    def send_staged(self, peer: Peer, now: float) -> None:
         kp = peer.current
         if (
             kp is None
             or kp.send_counter >= REJECT_AFTER_MESSAGES
             or now - kp.created >= REJECT_AFTER_TIME
         ):
-            self._send_initiation(peer, now, is_retry=False)
+            self.send_initiation(peer, now, is_retry=False)
             return
         ep = peer.endpoint
         if ep is None:
@@ -487,7 +411,7 @@ class Device:
         while staged:
             counter = kp.send_counter
             if counter >= REJECT_AFTER_MESSAGES:
-                self._send_initiation(peer, now, is_retry=False)
+                self.send_initiation(peer, now, is_retry=False)
                 break
             kp.send_counter = counter + 1
             pkt = staged.popleft()
@@ -515,16 +439,15 @@ class Device:
         c["tx_packets"] += npkts
         peer.tx_bytes += nbytes
         if npkts:
-            self._any_authenticated_traversal(peer, now)
-            peer.t_send_keepalive = None
-            if sent_data and peer.t_new_handshake is None:
-                peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
-                self._arm(t)
+            timers.any_authenticated_packet_traversal(self, peer, now)
+            timers.any_authenticated_packet_sent(peer)
+            if sent_data:
+                timers.data_sent(self, peer, now)
             # keep key fresh (sending side)
             if kp.send_counter > REKEY_AFTER_MESSAGES or (
                 kp.is_initiator and now - kp.created > REKEY_AFTER_TIME
             ):
-                self._send_initiation(peer, now, is_retry=False)
+                self.send_initiation(peer, now, is_retry=False)
 
     # ------------------------------------------------------------------ receive path
 
@@ -558,7 +481,10 @@ class Device:
             if n != m.COOKIE_REPLY_SIZE:
                 c["drop_bad_size"] += 1
                 return
-            self._on_cookie_reply(data, now)
+            c["rx_cookie_reply"] += 1
+            drop = handshake.consume_cookie_reply(self.index, data, now)
+            if drop is not None:
+                c[drop] += 1
         else:
             c["drop_bad_type"] += 1
 
@@ -590,140 +516,78 @@ class Device:
     def _on_initiation(self, data: bytes, src: Endpoint, now: float) -> None:
         c = self.counters
         c["rx_handshake_initiation"] += 1
-        msg = m.unpack_initiation(data)
         assert self.private_key is not None and self.public_key is not None
-        peers = self.peers
-
-        def cached_ss(s_i: bytes) -> bytes | None:
-            p = peers.get(s_i)
-            return p.static_static if p is not None else None
-
-        try:
-            got = noise.consume_initiation(
-                ck_h=noise.initial_hash(),
-                static_priv=self.private_key,
-                static_pub=self.public_key,
-                ephemeral_pub=msg.ephemeral,
-                enc_static=msg.static,
-                enc_payload=msg.timestamp,
-                static_static_for=cached_ss,
-            )
-        except noise.HandshakeError:
-            c["drop_bad_handshake"] += 1
+        init = handshake.consume_initiation(
+            static_priv=self.private_key,
+            static_pub=self.public_key,
+            peers=self.peers,
+            data=data,
+            now=now,
+        )
+        if isinstance(init, str):
+            c[init] += 1
             return
-        peer = peers.get(got.initiator_static)
-        if peer is None or peer.static_static is None:
-            c["drop_unknown_peer"] += 1
-            return
-        stamp = got.payload
-        if not tai64n.after(stamp, peer.last_timestamp):
-            c["drop_replay_timestamp"] += 1
-            return
-        if now - peer.last_initiation_consumed <= HANDSHAKE_INITIATION_RATE:
-            c["drop_handshake_flood"] += 1
-            return
-        peer.last_timestamp = stamp
+        peer = init.peer
+        peer.last_timestamp = init.noise.payload
         peer.last_initiation_consumed = now
         # Authenticated: roam, then answer.
         peer.endpoint = src
         self._clear_handshake(peer)
-        e_priv = private_bytes(X25519PrivateKey.from_private_bytes(self.rng(32)))
-        try:
-            resp = noise.create_response(
-                ck=got.ck,
-                h=got.h,
-                ephemeral_priv=e_priv,
-                initiator_ephemeral=msg.ephemeral,
-                initiator_static=got.initiator_static,
-                psk=peer.preshared_key,
-                payload=b"",
-            )
-        except noise.HandshakeError:
-            c["drop_bad_handshake"] += 1
+        idx = self.index.new_index()
+        made = handshake.create_response(
+            init, local_index=idx, ephemeral_priv=self._ephemeral(), now=now
+        )
+        if isinstance(made, str):
+            c[made] += 1
             return
-        idx = self._new_index()
-        out = m.pack_response(idx, msg.sender, resp.ephemeral_pub, resp.enc_payload)
-        peer.cookie.add_macs(out, now)
-        k_i, k_r = noise.transport_keys(resp.ck)
-        kp = Keypair(peer, k_r, k_i, idx, msg.sender, is_initiator=False, created=now)
+        msg, kp = made
         # Responder: the new keypair waits as "next" until the initiator uses it.
-        self._drop_keypair(peer.next)
-        self._drop_keypair(peer.previous)
+        self.index.remove_keypair(peer.next)
+        self.index.remove_keypair(peer.previous)
         peer.next = kp
         peer.previous = None
-        self._keypairs[idx] = kp
-        self._session_derived(peer, now)
-        self._any_authenticated_traversal(peer, now)
-        peer.t_new_handshake = None  # any authenticated packet received
+        self.index.add_keypair(kp)
+        timers.session_derived(self, peer, now)
+        timers.any_authenticated_packet_traversal(self, peer, now)
+        timers.any_authenticated_packet_received(peer)
         peer.last_sent_handshake = now
-        self._send(bytes(out), peer)
+        self._send(msg, peer)
         c["tx_handshake_response"] += 1
-        peer.t_send_keepalive = None
+        timers.any_authenticated_packet_sent(peer)
 
     def _on_response(self, data: bytes, src: Endpoint, now: float) -> None:
         c = self.counters
         c["rx_handshake_response"] += 1
-        msg = m.unpack_response(data)
-        peer = self._handshakes.get(msg.receiver)
-        if peer is None or peer.hs_state != HS_INITIATION_SENT:
-            c["drop_unknown_index"] += 1
-            return
         assert self.private_key is not None
-        try:
-            got = noise.consume_response(
-                ck=peer.hs_ck,
-                h=peer.hs_h,
-                ephemeral_priv=peer.hs_ephemeral_priv,
-                static_priv=self.private_key,
-                responder_ephemeral=msg.ephemeral,
-                psk=peer.preshared_key,
-                enc_payload=msg.empty,
-            )
-        except noise.HandshakeError:
-            c["drop_bad_handshake"] += 1
+        kp = handshake.consume_response(
+            static_priv=self.private_key, handshakes=self.index.handshakes, data=data, now=now
+        )
+        if isinstance(kp, str):
+            c[kp] += 1
             return
-        if got.payload:
-            c["drop_bad_handshake"] += 1
-            return
-        idx = peer.hs_local_index
-        self._clear_handshake(peer)  # also frees the handshake index
-        k_i, k_r = noise.transport_keys(got.ck)
-        kp = Keypair(peer, k_i, k_r, idx, msg.sender, is_initiator=True, created=now)
+        peer = kp.peer
+        self._clear_handshake(peer)  # also frees the handshake index for the keypair
         # Initiator: the new keypair is current at once; the old current (or an
         # unconfirmed next) becomes previous.
         if peer.next is not None:
             # An unconfirmed responder keypair outranks the old current (as
             # wireguard-go): it becomes previous, the old current goes.
-            self._drop_keypair(peer.previous)
-            self._drop_keypair(peer.current)
+            self.index.remove_keypair(peer.previous)
+            self.index.remove_keypair(peer.current)
             peer.previous = peer.next
             peer.next = None
         else:
-            self._drop_keypair(peer.previous)
+            self.index.remove_keypair(peer.previous)
             peer.previous = peer.current
         peer.current = kp
-        self._keypairs[idx] = kp
+        self.index.add_keypair(kp)
         peer.endpoint = src
-        self._session_derived(peer, now)
-        self._handshake_complete(peer, now)
-        self._any_authenticated_traversal(peer, now)
-        peer.t_new_handshake = None
+        timers.session_derived(self, peer, now)
+        self._handshake_complete(peer)
+        timers.any_authenticated_packet_traversal(self, peer, now)
+        timers.any_authenticated_packet_received(peer)
         # Confirm the session: send what waited, or a keepalive.
-        self._send_keepalive(peer, now)
-
-    def _on_cookie_reply(self, data: bytes, now: float) -> None:
-        c = self.counters
-        c["rx_cookie_reply"] += 1
-        msg = m.unpack_cookie_reply(data)
-        peer = self._handshakes.get(msg.receiver)
-        if peer is None:
-            kp = self._keypairs.get(msg.receiver)
-            peer = kp.peer if kp is not None else None
-        if peer is None:
-            c["drop_unknown_index"] += 1
-            return
-        if not peer.cookie.consume_reply(msg.nonce, msg.cookie, now):
-            c["drop_bad_cookie"] += 1
+        self.send_keepalive(peer, now)
 
     def _on_transport(
         self, data: bytes, receiver: int, counter: int, src: Endpoint, now: float
@@ -758,17 +622,17 @@ class Device:
             peer.endpoint = src
         if peer.next is kp:
             # First packet on the responder's new keypair: rotate it in.
-            self._drop_keypair(peer.previous)
+            self.index.remove_keypair(peer.previous)
             peer.previous = peer.current
             peer.current = kp
             peer.next = None
-            self._handshake_complete(peer, now)
+            self._handshake_complete(peer)
             if peer.staged:
-                self._send_staged(peer, now)
+                self.send_staged(peer, now)
         # keep key fresh (receiving side)
         if now > kp.last_minute_at and not peer.sent_last_minute_handshake:
             peer.sent_last_minute_handshake = True
-            self._send_initiation(peer, now, is_retry=False)
+            self.send_initiation(peer, now, is_retry=False)
         if peer.persistent_keepalive:
             peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
             if t < self._deadline:

@@ -196,7 +196,8 @@ class Daemon:
     def _on_uapi(self, request: str) -> str:
         now = self.clock()
         try:
-            reply: UapiReply = handle_uapi(self.device, request, now)  # type: ignore[arg-type]
+            # The device is a fabric.wg.device.Device (DeviceLike is the loop's narrower view).
+            reply = handle_uapi(self.device, request, now)  # type: ignore[arg-type]
         except Exception:
             # A bug in configuration handling: answer (wg would otherwise hang) with EIO.
             self._internal_error()

@@ -109,7 +109,7 @@ class Device(SendPath, ReceivePath):
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.index = IndexTable(rng)
-        self._keypairs = self.index.keypairs  # the receive path's one lookup, unbound once
+        self._keypairs = self.index.keypairs  # the same dict: one attribute load per packet
 
         self._prng = random.Random(rng(16))
         self._route = self.allowed_ips.cache  # same dict object, cleared on changes

@@ -248,6 +248,7 @@ class ReceivePath:
         if now > kp.last_minute_at and not peer.sent_last_minute_handshake:
             peer.sent_last_minute_handshake = True
             self.send_initiation(peer, now, is_retry=False)
+        # Inlined timers: any_authenticated_packet_traversal, _received.
         if peer.persistent_keepalive:
             peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
             if t < self._deadline:
@@ -257,7 +258,8 @@ class ReceivePath:
         if plen == 0:
             c["rx_keepalive"] += 1
             return
-        # Data: make sure the peer hears from us within KEEPALIVE_TIMEOUT.
+        # Inlined timer hook "data received": the peer hears from us within
+        # KEEPALIVE_TIMEOUT (a keepalive if nothing else goes out).
         if peer.t_send_keepalive is None:
             peer.t_send_keepalive = t = now + KEEPALIVE_TIMEOUT
             if t < self._deadline:

@@ -93,6 +93,7 @@ class SendPath:
                 c["tx_bytes"] += dn
                 c["tx_packets"] += 1
                 peer.tx_bytes += dn
+                # Inlined timers: any_authenticated_packet_traversal, _sent, data_sent.
                 if peer.persistent_keepalive:
                     peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
                     if t < self._deadline:

@@ -9,9 +9,10 @@ and ``t_persistent_keepalive``. The device keeps a lower bound of all of them
 is due.
 
 The hooks below are named after the events that set or clear timers, as in
-wireguard-go. The per-packet paths of device.py inline the hooks they need
-(``data_sent``, ``data_received``, ``any_authenticated_packet_*``) rather than
-call them: they run for every packet and a Python call costs more than they do.
+wireguard-go. The per-packet paths (send.py, receive.py) inline the hooks they
+need rather than call them: they run for every packet and a Python call costs
+more than the hook does. "Data received" (arm the passive keepalive, or ask
+for another) only ever runs there, so it exists only inlined in receive.py.
 """
 
 from __future__ import annotations

@@ -22,13 +22,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from fabric.wg.allowedips import format_cidr, parse_cidr
+from fabric.wg.device import Device
 from fabric.wg.messages import Endpoint
-
-if TYPE_CHECKING:
-    from fabric.wg.device import Device
 
 
 class UapiError(Exception):

@@ -206,16 +206,16 @@ class Device(SendPath, ReceivePath):
         if t < self._deadline:
             self._deadline = t
 
-    def _send(self, data: bytes, peer: Peer) -> bool:
+    def _send(self, data: bytes, peer: Peer) -> None:
+        """A handshake message to the peer's endpoint (dropped if it has none)."""
         ep = peer.endpoint
         if ep is None:
             self.counters["drop_no_endpoint"] += 1
-            return False
+            return
         self.outbox.append((data, ep))
         self.counters["tx_datagrams"] += 1
         self.counters["tx_bytes"] += len(data)
         peer.tx_bytes += len(data)
-        return True
 
     def _clear_handshake(self, peer: Peer) -> None:
         if peer.handshake is not None:

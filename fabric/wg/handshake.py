@@ -2,9 +2,9 @@
 to send and/or the new Keypair out, or a drop reason.
 
 A drop reason is the name of the device counter to bump (``drop_*``). Nothing
-here sends, touches the index table or moves a peer's keypairs: the device
-picks the indices and ephemeral keys (from its rng), then installs what comes
-back. The only state written is the peer's cookie generator, which stamps
+here sends, changes the index table (it only looks indices up) or moves a
+peer's keypairs: the device picks the indices and ephemeral keys (from its
+rng), then installs what comes back. The only state written is the peer's cookie generator, which stamps
 mac1/mac2 on outgoing messages and remembers the last mac1 for cookie replies.
 
 Checks on an initiation, in order: Noise decryption, known peer, TAI64N

@@ -25,10 +25,10 @@ from collections.abc import Callable
 
 from fabric.wg.crypto import InvalidTag, hash_, mac, xaead_decrypt, xaead_encrypt
 from fabric.wg.messages import Endpoint, pack_cookie_reply
+from fabric.wg.timers import COOKIE_REFRESH_TIME
 
 LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"
-COOKIE_REFRESH_TIME = 120.0
 UNDER_LOAD_AFTER_TIME = 1.0
 DEFAULT_LOAD_THRESHOLD = 128
 
@@ -36,7 +36,6 @@ DEFAULT_LOAD_THRESHOLD = 128
 RATE_PER_SECOND = 20.0
 RATE_BURST = 5.0
 RATE_GC_AFTER = 1.0
-
 
 
 def mac1_key(public_key: bytes) -> bytes:

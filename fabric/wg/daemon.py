@@ -59,6 +59,8 @@ from fabric.wg.tun import (
     coalesce,
     gso_split,
 )
+from fabric.wg.uapi import UapiReply
+from fabric.wg.uapi import handle as handle_uapi
 from fabric.wg.uapi_server import UapiServer
 
 log = logging.getLogger("crosswire.wg")
@@ -93,7 +95,6 @@ class DeviceLike(Protocol):
     inbox: collections.deque[bytes]
     counters: dict[str, int]
 
-    def uapi(self, request: str, now: float) -> str: ...
     def set_bound_port(self, port: int) -> None: ...
     def on_datagram(self, data: bytes, src: Endpoint, now: float) -> None: ...
     def on_packet(self, packet: bytes, now: float) -> None: ...
@@ -195,12 +196,16 @@ class Daemon:
     def _on_uapi(self, request: str) -> str:
         now = self.clock()
         try:
-            reply = self.device.uapi(request, now)
+            # The device is a fabric.wg.device.Device (DeviceLike is the loop's narrower view).
+            reply = handle_uapi(self.device, request, now)  # type: ignore[arg-type]
         except Exception:
             # A bug in configuration handling: answer (wg would otherwise hang) with EIO.
             self._internal_error()
-            return f"errno={-errno.EIO}\n\n"
-        log.debug("uapi %s -> %s", request[:5], reply.strip().rsplit("\n", 1)[-1])
+            return UapiReply(errno=-errno.EIO).wire()
+        if reply.errno:
+            log.info("uapi %s refused (errno=%d): %s", request[:5], reply.errno, reply.error)
+        else:
+            log.debug("uapi %s -> errno=0", request[:5])
         if self.device.config_generation != self.generation:
             try:
                 self._apply_config()
@@ -209,11 +214,11 @@ class Daemon:
                 # The device already took the new port; tell it (and `wg show`) the truth.
                 self.device.set_bound_port(self.bound_port)
                 self.generation = self.device.config_generation
-                if reply.endswith("errno=0\n\n"):
+                if not reply.errno:
                     # Negative, as wireguard-go's IpcErrorPortInUse: wg negates it for strerror.
-                    reply = reply[: -len("errno=0\n\n")] + f"errno={-errno.EADDRINUSE}\n\n"
+                    reply = UapiReply(errno=-errno.EADDRINUSE, body=reply.body, error=str(e))
         self._flush()
-        return reply
+        return reply.wire()
 
     def _apply_config(self) -> None:
         dev = self.device

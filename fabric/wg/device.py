@@ -3,9 +3,15 @@
 The I/O layer feeds UDP payloads (``on_datagram``), plaintext IP packets read
 from the TUN (``on_packet``) and timer ticks (``on_timer`` at
 ``next_deadline()``), then drains ``outbox`` (datagrams to send) and ``inbox``
-(packets to write to the TUN). Configuration goes through ``uapi()`` (the wg(8)
-text protocol, fabric/wg/uapi.py). ``now`` is time.monotonic() everywhere;
-``wallclock`` is only used for TAI64N stamps and last-handshake times.
+(packets to write to the TUN). Configuration is plain methods and attributes
+(``set_private_key``, ``add_peer``, ...); the wg(8) text protocol sits on top
+in fabric/wg/uapi.py. ``now`` is time.monotonic() everywhere; ``wallclock`` is
+only used for TAI64N stamps and last-handshake times.
+
+This module drives the session: it classifies datagrams, checks mac1/mac2 and
+the load rules, installs keypairs and runs both packet paths. The handshake's
+message steps are in handshake.py, the index table in indextable.py, timer
+hooks and constants in timers.py, per-peer data in peer.py.
 
 Behaviour follows wireguard-go's send/receive/timers (see DESIGN.md):
 the responder keeps its new keypair as "next" until the first transport
@@ -19,33 +25,25 @@ from __future__ import annotations
 import collections
 import os
 import random
-import struct
 import time
 from collections.abc import Callable
-from typing import Any
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fabric.wg import messages as m
-from fabric.wg import noise, tai64n
+from fabric.wg import handshake, timers
 from fabric.wg.allowedips import AllowedIPs
 from fabric.wg.cookie import CookieChecker, LoadMeter, RateLimiter
 from fabric.wg.crypto import clamp, dh, private_bytes, public_key
+from fabric.wg.indextable import IndexTable
 from fabric.wg.messages import Endpoint
-from fabric.wg.peer import HS_INITIATION_SENT, HS_NONE, Keypair, Peer
+from fabric.wg.peer import Peer
+from fabric.wg.receive import ReceivePath
+from fabric.wg.send import SendPath
 from fabric.wg.timers import (
-    HANDSHAKE_INITIATION_RATE,
-    KEEPALIVE_TIMEOUT,
-    MAX_STAGED_PACKETS,
-    MAX_TIMER_HANDSHAKES,
     REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME,
-    REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
 )
-from fabric.wg.uapi import handle as uapi_handle
 
 COUNTER_NAMES = (
     "rx_datagrams",
@@ -88,22 +86,10 @@ COUNTER_NAMES = (
     "drop_send_exhausted",  # staged packets dropped after handshake give-up
 )
 
-_ZERO4 = b"\x00\x00\x00\x00"
-_T_TRANSPORT = m.TYPE_TRANSPORT
-_T_INIT = m.TYPE_INITIATION
-_T_RESP = m.TYPE_RESPONSE
-_T_COOKIE = m.TYPE_COOKIE_REPLY
-_HDR = m.TRANSPORT_HEADER
-_HDR_PACK = _HDR.pack
-_HDR_UNPACK_FROM = _HDR.unpack_from
-_PAD = bytes(16)
-_JOIN = b"".join
-_REJECT_MSGS = REJECT_AFTER_MESSAGES
-_MISS: Any = object()  # "not cached" (None is a cached "no peer")
 _INF = float("inf")
 
 
-class Device:
+class Device(SendPath, ReceivePath):
     def __init__(
         self,
         *,
@@ -122,10 +108,8 @@ class Device:
 
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
-        # local index -> Peer awaiting a response to our initiation
-        self._handshakes: dict[int, Peer] = {}
-        # local index -> keypair (receiver index of transport messages)
-        self._keypairs: dict[int, Keypair] = {}
+        self.index = IndexTable(rng)
+        self._keypairs = self.index.keypairs  # the same dict: one attribute load per packet
 
         self._prng = random.Random(rng(16))
         self._route = self.allowed_ips.cache  # same dict object, cleared on changes
@@ -136,10 +120,9 @@ class Device:
         self.outbox: collections.deque[tuple[bytes, Endpoint]] = collections.deque()
         self.inbox: collections.deque[bytes] = collections.deque()
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
-        self.last_uapi_error = ""
         # A lower bound on every peer's timer deadlines (inf: none set), so that
         # next_deadline() is O(1) however many peers there are. Every place that
-        # sets a peer timer to a time lowers it (``_arm``); clearing a timer or
+        # sets a peer timer to a time lowers it (``arm``); clearing a timer or
         # moving it later leaves it early, which costs at most one on_timer call
         # that finds nothing due, and on_timer recomputes it exactly.
         self._deadline = _INF
@@ -148,10 +131,6 @@ class Device:
         return f"Device(peers={len(self.peers)}, listen_port={self.listen_port})"
 
     # ------------------------------------------------------------------ config
-
-    def uapi(self, request: str, now: float) -> str:
-        """A whole wg(8) request ("get=1\\n\\n" / "set=1\\n...\\n\\n") -> the whole reply."""
-        return uapi_handle(self, request, now)
 
     def set_bound_port(self, port: int) -> None:
         self.bound_port = port
@@ -207,55 +186,41 @@ class Device:
         if peer is None:
             return
         self.allowed_ips.remove_peer(peer)
-        self._clear_handshake(peer)
-        for kp in (peer.previous, peer.current, peer.next):
-            if kp is not None:
-                self._keypairs.pop(kp.local_index, None)
-        peer.previous = peer.current = peer.next = None
+        self.zero_keys(peer)
         peer.staged.clear()
 
-    def send_keepalive(self, peer: Peer, now: float) -> None:
-        self._send_keepalive(peer, now)
-
-    def send_staged(self, peer: Peer, now: float) -> None:
-        self._send_staged(peer, now)
+    def set_persistent_keepalive(self, peer: Peer, interval: int) -> None:
+        peer.persistent_keepalive = interval
+        if interval == 0:
+            peer.t_persistent_keepalive = None
 
     # ------------------------------------------------------------------ helpers
 
-    def _new_index(self) -> int:
-        while True:
-            idx = int.from_bytes(self.rng(4), "little")
-            if idx not in self._handshakes and idx not in self._keypairs:
-                return idx
+    def jitter(self) -> float:
+        """0..REKEY_TIMEOUT_JITTER_MAX s. From a PRNG seeded by ``rng``: this
+        runs per data packet after each received one, too often for a syscall."""
+        return self._prng.random() * REKEY_TIMEOUT_JITTER_MAX
 
-    def _jitter(self) -> float:
-        """0..333 ms. From a PRNG seeded by ``rng``: this runs per data packet
-        after each received one, too often for a syscall."""
-        return self._prng.randrange(334) / 1000.0
-
-    def _arm(self, t: float) -> None:
+    def arm(self, t: float) -> None:
         """A peer timer was set to ``t``: keep ``_deadline`` a lower bound."""
         if t < self._deadline:
             self._deadline = t
 
-    def _send(self, data: bytes, peer: Peer) -> bool:
+    def _send(self, data: bytes, peer: Peer) -> None:
+        """A handshake message to the peer's endpoint (dropped if it has none)."""
         ep = peer.endpoint
         if ep is None:
             self.counters["drop_no_endpoint"] += 1
-            return False
+            return
         self.outbox.append((data, ep))
         self.counters["tx_datagrams"] += 1
         self.counters["tx_bytes"] += len(data)
         peer.tx_bytes += len(data)
-        return True
 
     def _clear_handshake(self, peer: Peer) -> None:
-        if peer.hs_state == HS_INITIATION_SENT:
-            self._handshakes.pop(peer.hs_local_index, None)
-        peer.hs_state = HS_NONE
-        peer.hs_ephemeral_priv = b""
-        peer.hs_remote_ephemeral = b""
-        peer.hs_ck = peer.hs_h = b""
+        if peer.handshake is not None:
+            self.index.remove_handshake(peer.handshake.local_index)
+            peer.handshake = None
 
     def _expire_current_keypairs(self, peer: Peer, now: float) -> None:
         self._clear_handshake(peer)
@@ -265,13 +230,13 @@ class Device:
         if peer.next is not None:
             peer.next.send_counter = REJECT_AFTER_MESSAGES
 
-    def _drop_keypair(self, kp: Keypair | None) -> None:
-        if kp is not None:
-            self._keypairs.pop(kp.local_index, None)
+    def _ephemeral(self) -> bytes:
+        return private_bytes(X25519PrivateKey.from_private_bytes(self.rng(32)))
 
     # ------------------------------------------------------------------ handshake out
 
-    def _send_initiation(self, peer: Peer, now: float, is_retry: bool) -> None:
+    def send_initiation(self, peer: Peer, now: float, is_retry: bool) -> None:
+        """Start (or retry) a handshake, at most once per REKEY_TIMEOUT."""
         if not is_retry:
             peer.handshake_attempts = 0
         if now - peer.last_sent_handshake < REKEY_TIMEOUT:
@@ -280,50 +245,28 @@ class Device:
             return
         peer.last_sent_handshake = now
         self._clear_handshake(peer)
-        e_priv = private_bytes(X25519PrivateKey.from_private_bytes(self.rng(32)))
-        out = noise.create_initiation(
-            ck_h=noise.initial_hash(),
+        idx = self.index.new_index()
+        msg, peer.handshake = handshake.create_initiation(
             static_priv=self.private_key,
             static_pub=self.public_key,
-            remote_static=peer.public_key,
-            ephemeral_priv=e_priv,
-            payload=tai64n.encode(self.wallclock()),
-            static_static=peer.static_static,
+            peer=peer,
+            local_index=idx,
+            ephemeral_priv=self._ephemeral(),
+            wall=self.wallclock(),
+            now=now,
         )
-        idx = self._new_index()
-        peer.hs_state = HS_INITIATION_SENT
-        peer.hs_local_index = idx
-        peer.hs_ephemeral_priv = e_priv
-        peer.hs_ck, peer.hs_h = out.ck, out.h
-        self._handshakes[idx] = peer
-        msg = m.pack_initiation(idx, out.ephemeral_pub, out.enc_static, out.enc_payload)
-        peer.cookie.add_macs(msg, now)
-        self._send(bytes(msg), peer)
+        self.index.add_handshake(idx, peer)
+        self._send(msg, peer)
         self.counters["tx_handshake_initiation"] += 1
-        self._any_authenticated_traversal(peer, now)
-        peer.t_send_keepalive = None  # any authenticated packet sent
-        peer.t_retransmit = t = now + REKEY_TIMEOUT + self._jitter()
-        self._arm(t)
+        timers.any_authenticated_packet_traversal(self, peer, now)
+        timers.any_authenticated_packet_sent(peer)
+        timers.handshake_initiated(self, peer, now)
+
+    def _handshake_complete(self, peer: Peer) -> None:
+        timers.handshake_complete(peer, self.wallclock())
+        self.counters["handshake_complete"] += 1
 
     # ------------------------------------------------------------------ timers
-
-    def _any_authenticated_traversal(self, peer: Peer, now: float) -> None:
-        if peer.persistent_keepalive:
-            peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
-            self._arm(t)
-
-    def _session_derived(self, peer: Peer, now: float) -> None:
-        peer.t_zero_keys = t = now + REJECT_AFTER_TIME * 3
-        self._arm(t)
-
-    def _handshake_complete(self, peer: Peer, now: float) -> None:
-        peer.t_retransmit = None
-        peer.handshake_attempts = 0
-        peer.sent_last_minute_handshake = False
-        wall = self.wallclock()
-        peer.last_handshake_wall = wall
-        peer.last_handshake_ns = int(wall * 1e9)
-        self.counters["handshake_complete"] += 1
 
     def next_deadline(self) -> float | None:
         """When to call on_timer next (None: no timer set). O(1): it may be earlier
@@ -331,7 +274,10 @@ class Device:
         t = self._deadline
         return None if t == _INF else t
 
-    def _recompute_deadline(self) -> None:
+    def on_timer(self, now: float) -> None:
+        for peer in list(self.peers.values()):
+            timers.fire(self, peer, now)
+        # Timers set while firing were armed; this also drops a stale early bound.
         best = _INF
         for peer in self.peers.values():
             t = peer.next_deadline()
@@ -339,482 +285,14 @@ class Device:
                 best = t
         self._deadline = best
 
-    def on_timer(self, now: float) -> None:
-        self._fire_timers(now)
-        # Timers set while firing were armed; this also drops a stale early bound.
-        self._recompute_deadline()
+    def give_up_handshake(self, peer: Peer) -> None:
+        """Retransmits exhausted: what waited for the session is dropped."""
+        self.counters["drop_send_exhausted"] += len(peer.staged)
+        peer.staged.clear()
+        self._clear_handshake(peer)
 
-    def _fire_timers(self, now: float) -> None:
-        for peer in list(self.peers.values()):
-            t = peer.t_retransmit
-            if t is not None and t <= now:
-                peer.t_retransmit = None
-                self._expired_retransmit(peer, now)
-            t = peer.t_send_keepalive
-            if t is not None and t <= now:
-                peer.t_send_keepalive = None
-                self._send_keepalive(peer, now)
-                if peer.need_another_keepalive:
-                    peer.need_another_keepalive = False
-                    peer.t_send_keepalive = now + KEEPALIVE_TIMEOUT  # on_timer recomputes
-            t = peer.t_new_handshake
-            if t is not None and t <= now:
-                peer.t_new_handshake = None
-                # We sent data and heard nothing back: the session may be dead.
-                self._send_initiation(peer, now, is_retry=False)
-            t = peer.t_zero_keys
-            if t is not None and t <= now:
-                peer.t_zero_keys = None
-                self._zero_keys(peer)
-            t = peer.t_persistent_keepalive
-            if t is not None and t <= now:
-                peer.t_persistent_keepalive = None
-                if peer.persistent_keepalive:
-                    self._send_keepalive(peer, now)
-
-    def _expired_retransmit(self, peer: Peer, now: float) -> None:
-        if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
-            # Give up (REKEY_ATTEMPT_TIME): drop what waited, zero keys later.
-            self.counters["drop_send_exhausted"] += len(peer.staged)
-            peer.staged.clear()
-            peer.t_send_keepalive = None
-            self._clear_handshake(peer)
-            if peer.t_zero_keys is None:
-                peer.t_zero_keys = t = now + REJECT_AFTER_TIME * 3
-                self._arm(t)
-            return
-        peer.handshake_attempts += 1
-        self._send_initiation(peer, now, is_retry=True)
-
-    def _zero_keys(self, peer: Peer) -> None:
+    def zero_keys(self, peer: Peer) -> None:
         for kp in (peer.previous, peer.current, peer.next):
-            self._drop_keypair(kp)
+            self.index.remove_keypair(kp)
         peer.previous = peer.current = peer.next = None
         self._clear_handshake(peer)
-
-    # ------------------------------------------------------------------ send path
-
-    def on_packet(self, packet: bytes, now: float) -> None:
-        """A plaintext IP packet from the TUN."""
-        n = len(packet)
-        if n >= 20:
-            v = packet[0] >> 4
-            if v == 4:
-                key = packet[16:20]
-            elif v == 6 and n >= 40:
-                key = packet[24:40]
-            else:
-                self.counters["drop_bad_packet"] += 1
-                return
-        else:
-            self.counters["drop_bad_packet"] += 1
-            return
-        peer = self._route.get(key, _MISS)
-        if peer is _MISS:
-            peer = self.allowed_ips.lookup_packed(key)
-        if peer is None:
-            self.counters["drop_no_peer"] += 1
-            return
-        kp = peer.current
-        ep = peer.endpoint
-        # Fast path: a fresh session, nothing queued before this packet.
-        if kp is not None and ep is not None and not peer.staged and now < kp.fast_until:
-            counter = kp.send_counter
-            if counter < REKEY_AFTER_MESSAGES:
-                kp.send_counter = counter + 1
-                mtu = self.mtu
-                last = n % mtu if n > mtu else n
-                padded = (last + 15) & ~15
-                if padded > mtu:
-                    padded = mtu
-                if padded != last:
-                    packet = packet + _PAD[: padded - last]
-                cb = counter.to_bytes(8, "little")
-                data = _JOIN((kp.hdr_prefix, cb, kp.send.encrypt(_ZERO4 + cb, packet, None)))
-                self.outbox.append((data, ep))
-                dn = len(data)
-                c = self.counters
-                c["tx_datagrams"] += 1
-                c["tx_bytes"] += dn
-                c["tx_packets"] += 1
-                peer.tx_bytes += dn
-                if peer.persistent_keepalive:
-                    peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
-                    if t < self._deadline:
-                        self._deadline = t
-                peer.t_send_keepalive = None
-                if peer.t_new_handshake is None:
-                    peer.t_new_handshake = t = (
-                        now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
-                    )
-                    if t < self._deadline:
-                        self._deadline = t
-                return
-        staged = peer.staged
-        if len(staged) >= MAX_STAGED_PACKETS:
-            staged.popleft()
-            self.counters["drop_staged_overflow"] += 1
-        staged.append(packet)
-        self._send_staged(peer, now)
-
-    def _send_keepalive(self, peer: Peer, now: float) -> None:
-        if not peer.staged:
-            peer.staged.append(b"")
-        self._send_staged(peer, now)
-
-    def _send_staged(self, peer: Peer, now: float) -> None:
-        kp = peer.current
-        if (
-            kp is None
-            or kp.send_counter >= REJECT_AFTER_MESSAGES
-            or now - kp.created >= REJECT_AFTER_TIME
-        ):
-            self._send_initiation(peer, now, is_retry=False)
-            return
-        ep = peer.endpoint
-        if ep is None:
-            self.counters["drop_no_endpoint"] += len(peer.staged)
-            peer.staged.clear()
-            return
-        staged = peer.staged
-        send = kp.send.encrypt
-        prefix = kp.hdr_prefix
-        mtu = self.mtu
-        out = self.outbox
-        sent_data = False
-        nbytes = 0
-        npkts = 0
-        while staged:
-            counter = kp.send_counter
-            if counter >= REJECT_AFTER_MESSAGES:
-                self._send_initiation(peer, now, is_retry=False)
-                break
-            kp.send_counter = counter + 1
-            pkt = staged.popleft()
-            plen = len(pkt)
-            if plen:
-                sent_data = True
-                # Pad to 16, never beyond the MTU (the remainder for super-packets).
-                last = plen % mtu if plen > mtu else plen
-                padded = (last + 15) & ~15
-                if padded > mtu:
-                    padded = mtu
-                pad = padded - last
-                if pad:
-                    pkt = pkt + _PAD[:pad]
-            else:
-                self.counters["tx_keepalive"] += 1
-            cb = counter.to_bytes(8, "little")
-            data = _JOIN((prefix, cb, send(_ZERO4 + cb, pkt, None)))
-            out.append((data, ep))
-            nbytes += len(data)
-            npkts += 1
-        c = self.counters
-        c["tx_datagrams"] += npkts
-        c["tx_bytes"] += nbytes
-        c["tx_packets"] += npkts
-        peer.tx_bytes += nbytes
-        if npkts:
-            self._any_authenticated_traversal(peer, now)
-            peer.t_send_keepalive = None
-            if sent_data and peer.t_new_handshake is None:
-                peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
-                self._arm(t)
-            # keep key fresh (sending side)
-            if kp.send_counter > REKEY_AFTER_MESSAGES or (
-                kp.is_initiator and now - kp.created > REKEY_AFTER_TIME
-            ):
-                self._send_initiation(peer, now, is_retry=False)
-
-    # ------------------------------------------------------------------ receive path
-
-    def on_datagram(self, data: bytes, src: Endpoint, now: float) -> None:
-        n = len(data)
-        c = self.counters
-        c["rx_datagrams"] += 1
-        c["rx_bytes"] += n
-        if n >= 32:
-            typ, receiver, counter = _HDR_UNPACK_FROM(data)
-            if typ == 4:
-                self._on_transport(data, receiver, counter, src, now)
-                return
-        elif n < 4:
-            c["drop_bad_size"] += 1
-            return
-        t = data[:4]
-        if t == _T_TRANSPORT:
-            c["drop_bad_size"] += 1  # shorter than header + tag
-        elif t == _T_INIT:
-            if n != m.INITIATION_SIZE:
-                c["drop_bad_size"] += 1
-                return
-            self._on_handshake(data, src, now)
-        elif t == _T_RESP:
-            if n != m.RESPONSE_SIZE:
-                c["drop_bad_size"] += 1
-                return
-            self._on_handshake(data, src, now)
-        elif t == _T_COOKIE:
-            if n != m.COOKIE_REPLY_SIZE:
-                c["drop_bad_size"] += 1
-                return
-            self._on_cookie_reply(data, now)
-        else:
-            c["drop_bad_type"] += 1
-
-    def _on_handshake(self, data: bytes, src: Endpoint, now: float) -> None:
-        c = self.counters
-        if self.private_key is None or not self.cookie_checker.ready:
-            c["drop_no_private_key"] += 1
-            return
-        if not self.cookie_checker.check_mac1(data):
-            c["drop_bad_mac1"] += 1
-            return
-        self.load.record(now)
-        if self.load.under_load(now):
-            if not self.cookie_checker.check_mac2(data, src, now):
-                sender = struct.unpack_from("<I", data, 4)[0]
-                self.outbox.append((self.cookie_checker.create_reply(data, sender, src, now), src))
-                c["tx_cookie_reply"] += 1
-                c["tx_datagrams"] += 1
-                c["drop_under_load"] += 1
-                return
-            if not self.rate_limiter.allow(src, now):
-                c["drop_rate_limited"] += 1
-                return
-        if data[0] == m.INITIATION:
-            self._on_initiation(data, src, now)
-        else:
-            self._on_response(data, src, now)
-
-    def _on_initiation(self, data: bytes, src: Endpoint, now: float) -> None:
-        c = self.counters
-        c["rx_handshake_initiation"] += 1
-        msg = m.unpack_initiation(data)
-        assert self.private_key is not None and self.public_key is not None
-        peers = self.peers
-
-        def cached_ss(s_i: bytes) -> bytes | None:
-            p = peers.get(s_i)
-            return p.static_static if p is not None else None
-
-        try:
-            got = noise.consume_initiation(
-                ck_h=noise.initial_hash(),
-                static_priv=self.private_key,
-                static_pub=self.public_key,
-                ephemeral_pub=msg.ephemeral,
-                enc_static=msg.static,
-                enc_payload=msg.timestamp,
-                static_static_for=cached_ss,
-            )
-        except noise.HandshakeError:
-            c["drop_bad_handshake"] += 1
-            return
-        peer = peers.get(got.initiator_static)
-        if peer is None or peer.static_static is None:
-            c["drop_unknown_peer"] += 1
-            return
-        stamp = got.payload
-        if not tai64n.after(stamp, peer.last_timestamp):
-            c["drop_replay_timestamp"] += 1
-            return
-        if now - peer.last_initiation_consumed <= HANDSHAKE_INITIATION_RATE:
-            c["drop_handshake_flood"] += 1
-            return
-        peer.last_timestamp = stamp
-        peer.last_initiation_consumed = now
-        # Authenticated: roam, then answer.
-        peer.endpoint = src
-        self._clear_handshake(peer)
-        e_priv = private_bytes(X25519PrivateKey.from_private_bytes(self.rng(32)))
-        try:
-            resp = noise.create_response(
-                ck=got.ck,
-                h=got.h,
-                ephemeral_priv=e_priv,
-                initiator_ephemeral=msg.ephemeral,
-                initiator_static=got.initiator_static,
-                psk=peer.preshared_key,
-                payload=b"",
-            )
-        except noise.HandshakeError:
-            c["drop_bad_handshake"] += 1
-            return
-        idx = self._new_index()
-        out = m.pack_response(idx, msg.sender, resp.ephemeral_pub, resp.enc_payload)
-        peer.cookie.add_macs(out, now)
-        k_i, k_r = noise.transport_keys(resp.ck)
-        kp = Keypair(peer, k_r, k_i, idx, msg.sender, is_initiator=False, created=now)
-        # Responder: the new keypair waits as "next" until the initiator uses it.
-        self._drop_keypair(peer.next)
-        self._drop_keypair(peer.previous)
-        peer.next = kp
-        peer.previous = None
-        self._keypairs[idx] = kp
-        self._session_derived(peer, now)
-        self._any_authenticated_traversal(peer, now)
-        peer.t_new_handshake = None  # any authenticated packet received
-        peer.last_sent_handshake = now
-        self._send(bytes(out), peer)
-        c["tx_handshake_response"] += 1
-        peer.t_send_keepalive = None
-
-    def _on_response(self, data: bytes, src: Endpoint, now: float) -> None:
-        c = self.counters
-        c["rx_handshake_response"] += 1
-        msg = m.unpack_response(data)
-        peer = self._handshakes.get(msg.receiver)
-        if peer is None or peer.hs_state != HS_INITIATION_SENT:
-            c["drop_unknown_index"] += 1
-            return
-        assert self.private_key is not None
-        try:
-            got = noise.consume_response(
-                ck=peer.hs_ck,
-                h=peer.hs_h,
-                ephemeral_priv=peer.hs_ephemeral_priv,
-                static_priv=self.private_key,
-                responder_ephemeral=msg.ephemeral,
-                psk=peer.preshared_key,
-                enc_payload=msg.empty,
-            )
-        except noise.HandshakeError:
-            c["drop_bad_handshake"] += 1
-            return
-        if got.payload:
-            c["drop_bad_handshake"] += 1
-            return
-        idx = peer.hs_local_index
-        self._clear_handshake(peer)  # also frees the handshake index
-        k_i, k_r = noise.transport_keys(got.ck)
-        kp = Keypair(peer, k_i, k_r, idx, msg.sender, is_initiator=True, created=now)
-        # Initiator: the new keypair is current at once; the old current (or an
-        # unconfirmed next) becomes previous.
-        if peer.next is not None:
-            # An unconfirmed responder keypair outranks the old current (as
-            # wireguard-go): it becomes previous, the old current goes.
-            self._drop_keypair(peer.previous)
-            self._drop_keypair(peer.current)
-            peer.previous = peer.next
-            peer.next = None
-        else:
-            self._drop_keypair(peer.previous)
-            peer.previous = peer.current
-        peer.current = kp
-        self._keypairs[idx] = kp
-        peer.endpoint = src
-        self._session_derived(peer, now)
-        self._handshake_complete(peer, now)
-        self._any_authenticated_traversal(peer, now)
-        peer.t_new_handshake = None
-        # Confirm the session: send what waited, or a keepalive.
-        self._send_keepalive(peer, now)
-
-    def _on_cookie_reply(self, data: bytes, now: float) -> None:
-        c = self.counters
-        c["rx_cookie_reply"] += 1
-        msg = m.unpack_cookie_reply(data)
-        peer = self._handshakes.get(msg.receiver)
-        if peer is None:
-            kp = self._keypairs.get(msg.receiver)
-            peer = kp.peer if kp is not None else None
-        if peer is None:
-            c["drop_unknown_index"] += 1
-            return
-        if not peer.cookie.consume_reply(msg.nonce, msg.cookie, now):
-            c["drop_bad_cookie"] += 1
-
-    def _on_transport(
-        self, data: bytes, receiver: int, counter: int, src: Endpoint, now: float
-    ) -> None:
-        kp = self._keypairs.get(receiver)
-        if kp is None:
-            self.counters["drop_unknown_index"] += 1
-            return
-        if now >= kp.reject_at:
-            self.counters["drop_expired_keypair"] += 1
-            return
-        try:
-            # Nonce: 4 zero bytes + the LE counter, i.e. counter << 32 as 12 LE bytes.
-            pt = kp.recv.decrypt((counter << 32).to_bytes(12, "little"), data[16:], None)
-        except InvalidTag:
-            self.counters["drop_bad_auth"] += 1
-            return
-        # Replay window (after authentication). Inline fast path: strictly newer
-        # than anything seen and in the newest word, whose higher bits are clear.
-        rw = kp.replay
-        newest = rw.counter
-        if counter >= newest and (counter + 1) >> 6 == newest >> 6 and counter < _REJECT_MSGS:
-            rw.backtrack[((counter + 1) >> 6) & 127] |= 1 << ((counter + 1) & 63)
-            rw.counter = counter + 1
-        elif not rw.check(counter):
-            self.counters["drop_replay"] += 1
-            return
-        c = self.counters
-        peer = kp.peer
-        peer.rx_bytes += len(data)
-        if peer.endpoint != src:
-            peer.endpoint = src
-        if peer.next is kp:
-            # First packet on the responder's new keypair: rotate it in.
-            self._drop_keypair(peer.previous)
-            peer.previous = peer.current
-            peer.current = kp
-            peer.next = None
-            self._handshake_complete(peer, now)
-            if peer.staged:
-                self._send_staged(peer, now)
-        # keep key fresh (receiving side)
-        if now > kp.last_minute_at and not peer.sent_last_minute_handshake:
-            peer.sent_last_minute_handshake = True
-            self._send_initiation(peer, now, is_retry=False)
-        if peer.persistent_keepalive:
-            peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
-            if t < self._deadline:
-                self._deadline = t
-        peer.t_new_handshake = None
-        plen = len(pt)
-        if plen == 0:
-            c["rx_keepalive"] += 1
-            return
-        # Data: make sure the peer hears from us within KEEPALIVE_TIMEOUT.
-        if peer.t_send_keepalive is None:
-            peer.t_send_keepalive = t = now + KEEPALIVE_TIMEOUT
-            if t < self._deadline:
-                self._deadline = t
-        else:
-            peer.need_another_keepalive = True
-        v = pt[0] >> 4
-        if v == 4:
-            if plen < 20:
-                c["drop_bad_inner"] += 1
-                return
-            total = (pt[2] << 8) | pt[3]
-            if total < 20 or total > plen:
-                c["drop_bad_inner"] += 1
-                return
-            key = pt[12:16]
-            owner = self._route.get(key, _MISS)
-            if owner is _MISS:
-                owner = self.allowed_ips.lookup_packed(key)
-        elif v == 6:
-            if plen < 40:
-                c["drop_bad_inner"] += 1
-                return
-            total = 40 + ((pt[4] << 8) | pt[5])
-            if total > plen:
-                c["drop_bad_inner"] += 1
-                return
-            key = pt[8:24]
-            owner = self._route.get(key, _MISS)
-            if owner is _MISS:
-                owner = self.allowed_ips.lookup_packed(key)
-        else:
-            c["drop_bad_inner"] += 1
-            return
-        if owner is not peer:
-            c["drop_not_allowed_src"] += 1
-            return
-        c["rx_packets"] += 1
-        self.inbox.append(pt if total == plen else pt[:total])

@@ -23,17 +23,12 @@ Endpoint = tuple[str, int]
 INITIATION_SIZE = 148
 RESPONSE_SIZE = 92
 COOKIE_REPLY_SIZE = 64
-TRANSPORT_HEADER_SIZE = 16
-TRANSPORT_MIN_SIZE = 32  # header + empty payload tag (a keepalive)
 
 # The first 4 bytes of each message as one LE u32 (so b"\x01\x00\x00\x00" etc.).
 TYPE_INITIATION = struct.pack("<I", INITIATION)
 TYPE_RESPONSE = struct.pack("<I", RESPONSE)
 TYPE_COOKIE_REPLY = struct.pack("<I", COOKIE_REPLY)
 TYPE_TRANSPORT = struct.pack("<I", TRANSPORT)
-
-# Offsets of mac1/mac2 from the end, and the covered lengths.
-MAC_SIZE = 16
 
 _INIT = struct.Struct("<II32s48s28s16s16s")
 _RESP = struct.Struct("<III32s16s16s16s")

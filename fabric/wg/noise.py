@@ -18,7 +18,6 @@ from fabric.wg.crypto import aead_decrypt, aead_encrypt, dh, hash_, kdf1, kdf2, 
 
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
-ZERO_KEY = bytes(32)
 
 _CK0 = hash_(CONSTRUCTION)
 

@@ -1,10 +1,12 @@
-"""Per-peer state: keypairs (previous/current/next), handshake, timers, stats."""
+"""Per-peer state: keypairs (previous/current/next), the pending handshake,
+timer deadlines, stats. Data only: device.py, handshake.py and timers.py act on it."""
 
 from __future__ import annotations
 
 import base64
 import collections
 import struct
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -13,10 +15,17 @@ from fabric.wg.messages import Endpoint
 from fabric.wg.replay import ReplayWindow
 from fabric.wg.timers import LAST_MINUTE_HANDSHAKE_AGE, REJECT_AFTER_TIME, REKEY_AFTER_TIME
 
-# Handshake states
-HS_NONE = 0
-HS_INITIATION_SENT = 1
-HS_INITIATION_CONSUMED = 2
+
+class Pending(NamedTuple):
+    """Our initiation awaiting its response (handshake.py makes and consumes it)."""
+
+    local_index: int
+    ephemeral_priv: bytes
+    ck: bytes
+    h: bytes
+
+    def __repr__(self) -> str:  # ephemeral key / chaining key are key material
+        return f"Pending(local={self.local_index:#x})"
 
 
 class Keypair:
@@ -82,13 +91,7 @@ class Peer:
         self.cookie = CookieGenerator(public_key)
 
         # handshake
-        self.hs_state = HS_NONE
-        self.hs_local_index = 0
-        self.hs_remote_index = 0
-        self.hs_ephemeral_priv = b""
-        self.hs_remote_ephemeral = b""
-        self.hs_ck = b""
-        self.hs_h = b""
+        self.handshake: Pending | None = None  # our initiation awaiting a response
         self.last_timestamp = bytes(12)
         self.last_initiation_consumed = float("-inf")
         self.last_sent_handshake = float("-inf")
@@ -113,8 +116,7 @@ class Peer:
         # stats
         self.rx_bytes = 0
         self.tx_bytes = 0
-        self.last_handshake_wall: float = 0.0  # unix time; 0 = never
-        self.last_handshake_ns = 0
+        self.last_handshake_ns = 0  # unix time; 0 = never
 
     def next_deadline(self) -> float | None:
         best: float | None = None

@@ -1,9 +1,14 @@
 """The wg(8) configuration protocol ("UAPI"), applied to a Device, sans-IO.
 
 ``handle(device, request, now)`` takes a whole request ("get=1\\n\\n" or
-"set=1\\n<key=value lines>\\n\\n") and returns the whole reply, ending with
-"errno=N\\n\\n". Keys and output order follow wireguard-go's uapi.go, which `wg`
-is written against.
+"set=1\\n<key=value lines>\\n\\n") and returns a ``UapiReply`` (errno, body,
+error text); ``reply.wire()`` is the text sent back, ending with "errno=N\\n\\n".
+Keys and output order follow wireguard-go's uapi.go, which `wg` is written
+against. The protocol sits on top of the Device's plain configuration methods:
+the device knows nothing of it.
+
+A set request parses into typed operations (``SetRequest``: one dataclass per
+device or peer key) before anything is applied.
 
 Unlike wireguard-go, a set request is validated completely before anything
 is applied: an invalid line anywhere yields errno=-EINVAL (-EPROTO for an
@@ -17,12 +22,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from fabric.wg.allowedips import format_cidr, parse_cidr
-
-if TYPE_CHECKING:
-    from fabric.wg.device import Device
+from fabric.wg.device import Device
+from fabric.wg.messages import Endpoint
 
 
 class UapiError(Exception):
@@ -53,7 +56,7 @@ def _uint(value: str, bits: int, what: str) -> int:
     return n
 
 
-def parse_endpoint(value: str) -> tuple[str, int]:
+def parse_endpoint(value: str) -> Endpoint:
     """"1.2.3.4:51820" or "[fd00::1]:51820" -> (host, port). Literals only:
     `wg` resolves names before it talks to the device."""
     if value.startswith("["):
@@ -72,24 +75,101 @@ def parse_endpoint(value: str) -> tuple[str, int]:
     return str(ip), port
 
 
-def format_endpoint(ep: tuple[str, int]) -> str:
+def format_endpoint(ep: Endpoint) -> str:
     host, port = ep
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# ---------------------------------------------------------------- set operations
+# One dataclass per key of a set request. Key material is never printed.
+
+
+@dataclass(frozen=True, repr=False)
+class SetPrivateKey:
+    key: bytes
+
+
+@dataclass(frozen=True)
+class SetListenPort:
+    port: int
+
+
+@dataclass(frozen=True)
+class SetFwmark:
+    mark: int
+
+
+@dataclass(frozen=True)
+class ReplacePeers:
+    pass
+
+
+DeviceOp = SetPrivateKey | SetListenPort | SetFwmark | ReplacePeers
+
+
+@dataclass(frozen=True)
+class UpdateOnly:
+    pass
+
+
+@dataclass(frozen=True)
+class RemovePeer:
+    pass
+
+
+@dataclass(frozen=True, repr=False)
+class SetPresharedKey:
+    key: bytes
+
+
+@dataclass(frozen=True)
+class SetEndpoint:
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class SetPersistentKeepalive:
+    interval: int
+
+
+@dataclass(frozen=True)
+class ReplaceAllowedIPs:
+    pass
+
+
+@dataclass(frozen=True)
+class AddAllowedIP:
+    cidr: tuple[int, int, int]  # (family, network, prefix length) as parse_cidr gives
+
+
+@dataclass(frozen=True)
+class RemoveAllowedIP:
+    cidr: tuple[int, int, int]
+
+
+PeerOp = (
+    UpdateOnly
+    | RemovePeer
+    | SetPresharedKey
+    | SetEndpoint
+    | SetPersistentKeepalive
+    | ReplaceAllowedIPs
+    | AddAllowedIP
+    | RemoveAllowedIP
+)
+
+
 @dataclass(repr=False)  # may hold a preshared key: never printed
-class _PeerOps:
+class PeerSet:
     public_key: bytes
-    remove: bool = False
-    update_only: bool = False
-    ops: list[tuple[str, object]] = field(default_factory=list)
+    ops: list[PeerOp] = field(default_factory=list)
 
 
 @dataclass(repr=False)  # holds keys: never printed
-class _SetRequest:
+class SetRequest:
     # device-level lines are applied in order, as wireguard-go does
-    device_ops: list[tuple[str, object]] = field(default_factory=list)
-    peers: list[_PeerOps] = field(default_factory=list)
+    device_ops: list[DeviceOp] = field(default_factory=list)
+    peers: list[PeerSet] = field(default_factory=list)
 
 
 def _true(value: str, what: str) -> None:
@@ -97,9 +177,10 @@ def _true(value: str, what: str) -> None:
         raise _invalid(f"invalid value for {what}")
 
 
-def parse_set(body: str) -> _SetRequest:
-    req = _SetRequest()
-    peer: _PeerOps | None = None
+def parse_set(body: str) -> SetRequest:
+    """Parse and validate a whole set request; raises UapiError, applies nothing."""
+    req = SetRequest()
+    peer: PeerSet | None = None
     for line in body.split("\n"):
         if line == "":
             break
@@ -107,37 +188,37 @@ def parse_set(body: str) -> _SetRequest:
         if not sep:
             raise UapiError(-errno.EPROTO, "failed to parse line")
         if key == "public_key":
-            peer = _PeerOps(parse_key(value, "public_key"))
+            peer = PeerSet(parse_key(value, "public_key"))
             req.peers.append(peer)
             continue
         if peer is None:
             if key == "private_key":
-                req.device_ops.append(("private_key", parse_key(value, "private_key")))
+                req.device_ops.append(SetPrivateKey(parse_key(value, "private_key")))
             elif key == "listen_port":
-                req.device_ops.append(("listen_port", _uint(value, 16, "listen_port")))
+                req.device_ops.append(SetListenPort(_uint(value, 16, "listen_port")))
             elif key == "fwmark":
-                req.device_ops.append(("fwmark", _uint(value, 32, "fwmark")))
+                req.device_ops.append(SetFwmark(_uint(value, 32, "fwmark")))
             elif key == "replace_peers":
                 _true(value, key)
-                req.device_ops.append(("replace_peers", True))
+                req.device_ops.append(ReplacePeers())
             else:
                 raise _invalid(f"invalid UAPI device key: {key}")
             continue
         if key == "update_only":
             _true(value, key)
-            peer.ops.append(("update_only", True))
+            peer.ops.append(UpdateOnly())
         elif key == "remove":
             _true(value, key)
-            peer.ops.append(("remove", True))
+            peer.ops.append(RemovePeer())
         elif key == "preshared_key":
-            peer.ops.append(("preshared_key", parse_key(value, "preshared_key")))
+            peer.ops.append(SetPresharedKey(parse_key(value, "preshared_key")))
         elif key == "endpoint":
-            peer.ops.append(("endpoint", parse_endpoint(value)))
+            peer.ops.append(SetEndpoint(parse_endpoint(value)))
         elif key == "persistent_keepalive_interval":
-            peer.ops.append(("keepalive", _uint(value, 16, key)))
+            peer.ops.append(SetPersistentKeepalive(_uint(value, 16, key)))
         elif key == "replace_allowed_ips":
             _true(value, key)
-            peer.ops.append(("replace_allowed_ips", True))
+            peer.ops.append(ReplaceAllowedIPs())
         elif key == "allowed_ip":
             remove = value.startswith("-")
             try:
@@ -146,7 +227,7 @@ def parse_set(body: str) -> _SetRequest:
                 raise _invalid("invalid allowed_ip") from None
             if "/" not in value:
                 raise _invalid("allowed_ip needs a prefix length")
-            peer.ops.append(("allowed_ip_remove" if remove else "allowed_ip", cidr))
+            peer.ops.append(RemoveAllowedIP(cidr) if remove else AddAllowedIP(cidr))
         elif key == "protocol_version":
             if value != "1":
                 raise _invalid("invalid protocol version")
@@ -155,66 +236,63 @@ def parse_set(body: str) -> _SetRequest:
     return req
 
 
-def apply_set(device: Device, req: _SetRequest, now: float) -> None:
-    for op, val in req.device_ops:
-        if op == "private_key":
-            assert isinstance(val, bytes)
-            device.set_private_key(val, now)
-        elif op == "listen_port":
-            assert isinstance(val, int)
-            device.set_listen_port(val)
-        elif op == "fwmark":
-            assert isinstance(val, int)
-            device.set_fwmark(val)
-        elif op == "replace_peers":
-            for pub in list(device.peers):
-                device.remove_peer(pub)
-    for pops in req.peers:
-        dummy = pops.public_key == device.public_key
-        existing = device.peers.get(pops.public_key)
-        created = existing is None
-        peer = None if dummy else (existing or device.add_peer(pops.public_key))
-        pka_on = False
-        for op, val in pops.ops:
-            if op == "update_only":
+def apply_set(device: Device, req: SetRequest, now: float) -> None:
+    """Apply a parsed request; cannot fail (everything was validated by parse_set)."""
+    for dop in req.device_ops:
+        match dop:
+            case SetPrivateKey(key):
+                device.set_private_key(key, now)
+            case SetListenPort(port):
+                device.set_listen_port(port)
+            case SetFwmark(mark):
+                device.set_fwmark(mark)
+            case ReplacePeers():
+                for pub in list(device.peers):
+                    device.remove_peer(pub)
+    for pset in req.peers:
+        _apply_peer(device, pset, now)
+
+
+def _apply_peer(device: Device, pset: PeerSet, now: float) -> None:
+    dummy = pset.public_key == device.public_key  # our own key: ignored
+    existing = device.peers.get(pset.public_key)
+    created = existing is None
+    peer = None if dummy else (existing or device.add_peer(pset.public_key))
+    keepalive_on = False
+    for op in pset.ops:
+        match op:
+            case UpdateOnly():
                 if created and peer is not None:
-                    device.remove_peer(pops.public_key)
+                    device.remove_peer(pset.public_key)
                     peer = None
                 continue
-            if op == "remove":
+            case RemovePeer():
                 if peer is not None:
-                    device.remove_peer(pops.public_key)
+                    device.remove_peer(pset.public_key)
                 peer = None
                 continue
-            if peer is None:
-                continue
-            if op == "preshared_key":
-                assert isinstance(val, bytes)
-                peer.preshared_key = val
-            elif op == "endpoint":
-                assert isinstance(val, tuple)
-                peer.endpoint = val
-            elif op == "keepalive":
-                assert isinstance(val, int)
-                old = peer.persistent_keepalive
-                peer.persistent_keepalive = val
-                if val == 0:
-                    peer.t_persistent_keepalive = None
-                pka_on = old == 0 and val != 0
-            elif op == "replace_allowed_ips":
+        if peer is None:
+            continue
+        match op:
+            case SetPresharedKey(key):
+                peer.preshared_key = key
+            case SetEndpoint(endpoint):
+                peer.endpoint = endpoint
+            case SetPersistentKeepalive(interval):
+                keepalive_on = peer.persistent_keepalive == 0 and interval != 0
+                device.set_persistent_keepalive(peer, interval)
+            case ReplaceAllowedIPs():
                 device.allowed_ips.remove_peer(peer)
-            elif op == "allowed_ip":
-                assert isinstance(val, tuple)
-                device.allowed_ips.insert(val[0], val[1], val[2], peer)
-            elif op == "allowed_ip_remove":
-                assert isinstance(val, tuple)
-                device.allowed_ips.remove(val[0], val[1], val[2], peer)
-        if peer is not None:
-            if pka_on:
-                # Turned on: one keepalive right away (as wireguard-go).
-                device.send_keepalive(peer, now)
-            elif peer.staged:
-                device.send_staged(peer, now)
+            case AddAllowedIP((family, net, plen)):
+                device.allowed_ips.insert(family, net, plen, peer)
+            case RemoveAllowedIP((family, net, plen)):
+                device.allowed_ips.remove(family, net, plen, peer)
+    if peer is not None:
+        if keepalive_on:
+            # Turned on: one keepalive right away (as wireguard-go).
+            device.send_keepalive(peer, now)
+        elif peer.staged:
+            device.send_staged(peer, now)
 
 
 def render_get(device: Device) -> str:
@@ -243,17 +321,34 @@ def render_get(device: Device) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def handle(device: Device, request: str, now: float) -> str:
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class UapiReply:
+    """A whole reply: ``body`` (get: key=value lines) then ``errno=N``.
+
+    ``error`` says why errno is not 0, for the log; it names keys, never values.
+    """
+
+    errno: int = 0
+    body: str = field(default="", repr=False)  # holds private and preshared keys
+    error: str = ""
+
+    def wire(self) -> str:
+        return f"{self.body}errno={self.errno}\n\n"
+
+
+def handle(device: Device, request: str, now: float) -> UapiReply:
+    """A whole request ("get=1\\n\\n" / "set=1\\n...\\n\\n") -> its reply."""
     try:
         if request.startswith("get=1\n"):
             if request[6:] not in ("\n", ""):
                 raise _invalid("trailing characters in get")
-            return render_get(device) + "errno=0\n\n"
+            return UapiReply(body=render_get(device))
         if request.startswith("set=1\n"):
-            req = parse_set(request[6:])
-            apply_set(device, req, now)
-            return "errno=0\n\n"
+            apply_set(device, parse_set(request[6:]), now)
+            return UapiReply()
         raise UapiError(-errno.EPROTO, "invalid UAPI operation")
     except UapiError as e:
-        device.last_uapi_error = str(e)
-        return f"errno={e.code}\n\n"
+        return UapiReply(errno=e.code, error=str(e))

@@ -2,9 +2,10 @@
 
 The wire format is wg(8)'s text protocol: a request is ``get=1\\n`` or
 ``set=1\\n`` followed by key=value lines and ends at an empty line. The server
-only frames requests and replies; what they mean is ``Device.uapi``'s business
-(via the ``handler`` callback). As in wireguard-go, a connection may carry any
-number of requests; an unknown operation or an oversized request closes it.
+only frames requests and replies; what they mean is the ``handler`` callback's
+business (the daemon answers with fabric.wg.uapi.handle). As in wireguard-go,
+a connection may carry any number of requests; an unknown operation or an
+oversized request closes it.
 
 Everything is non-blocking and driven by the daemon's epoll loop, so the
 handler runs on the loop thread and the device never needs a lock. Request

@@ -24,12 +24,14 @@ import time
 def serve(repo: str, priv_hex: str, their_hex: str, port: int) -> None:
     sys.path.insert(0, repo)
     from fabric.wg.device import Device
+    from fabric.wg.uapi import handle
 
     now = time.monotonic
     dev = Device()
-    reply = dev.uapi(
+    reply = handle(
+        dev,
         f"set=1\nprivate_key={priv_hex}\npublic_key={their_hex}\nallowed_ip=10.0.0.1/32\n\n", now()
-    )
+    ).wire()
     assert reply == "errno=0\n\n", reply
     dev.load.force = True
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -67,16 +69,18 @@ def main() -> None:
         return
     sys.path.insert(0, repo)
     from fabric.wg.device import Device
+    from fabric.wg.uapi import handle
 
     port = int(port_s)
     their = bytes.fromhex(their_hex)
     dev = Device()
     now = time.monotonic
-    reply = dev.uapi(
+    reply = handle(
+        dev,
         f"set=1\nprivate_key={priv_hex}\npublic_key={their_hex}\n"
         f"endpoint=127.0.0.1:{port}\nallowed_ip=10.0.0.1/32\n\n",
         now(),
-    )
+    ).wire()
     assert reply == "errno=0\n\n", reply
     peer = dev.peers[their]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -97,7 +101,7 @@ def main() -> None:
 
     def fresh_initiation() -> bytes:
         peer.last_sent_handshake = float("-inf")
-        dev._send_initiation(peer, now(), is_retry=True)
+        dev.send_initiation(peer, now(), is_retry=True)
         data, _ = dev.outbox.pop()
         return data
 

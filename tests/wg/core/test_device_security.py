@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from wg.core.wgsim import Pair, ipv4_packet
+from wg.core.wgsim import Pair, ipv4_packet, uapi
 
 from fabric.wg import messages as m
 from fabric.wg.cookie import LoadMeter, RateLimiter
@@ -25,7 +25,7 @@ def test_psk_handshake() -> None:
 
 def test_psk_mismatch_fails_handshake() -> None:
     pair = Pair(psk=bytes(range(32)))
-    pair.b.uapi(f"set=1\npublic_key={pair.a_pub.hex()}\npreshared_key={'11' * 32}\n\n", 0)
+    uapi(pair.b, f"set=1\npublic_key={pair.a_pub.hex()}\npreshared_key={'11' * 32}\n\n", 0)
     pair.a_to_b(b"x")
     assert not pair.b.inbox
     assert pair.a.counters["drop_bad_handshake"] == 1  # response fails to authenticate
@@ -121,7 +121,7 @@ def test_initiation_flood_guard_20ms(pair: Pair) -> None:
     # A makes a fresh initiation (later timestamp), delivered 10 ms after the last one
     pair.clock.now += 1
     pair.peer_b.last_sent_handshake = float("-inf")
-    pair.a._send_initiation(pair.peer_b, pair.clock.now, is_retry=False)
+    pair.a.send_initiation(pair.peer_b, pair.clock.now, is_retry=False)
     init2 = pair.a.outbox.pop()[0]
     pair.b.on_datagram(init2, pair.A_EP, t0 + 0.010)
     assert pair.b.counters["drop_handshake_flood"] == 1
@@ -177,7 +177,7 @@ def _force_rehandshake(pair: Pair, initiator: str) -> None:
     dev, peer = (pair.a, pair.peer_b) if initiator == "a" else (pair.b, pair.peer_a)
     pair.clock.now += 6
     peer.last_sent_handshake = float("-inf")
-    dev._send_initiation(peer, pair.clock.now, is_retry=False)
+    dev.send_initiation(peer, pair.clock.now, is_retry=False)
     pair.net.flush()
 
 
@@ -300,7 +300,8 @@ def test_initiation_from_unknown_peer(pair: Pair) -> None:
 
     stranger = Device(wallclock=pair.clock.wall)
     priv = make_key()
-    stranger.uapi(
+    uapi(
+        stranger,
         f"set=1\nprivate_key={priv.hex()}\npublic_key={pair.b_pub.hex()}\n"
         "endpoint=192.0.2.2:51821\nallowed_ip=10.0.0.2/32\n\n",
         0,
@@ -331,7 +332,7 @@ def test_tun_side_malformed(pair: Pair) -> None:
 def test_no_private_key_drops_handshakes(pair: Pair) -> None:
     pair.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), pair.clock.now)
     init, _ = pair.a.outbox.popleft()
-    pair.b.uapi(f"set=1\nprivate_key={'00' * 32}\n\n", pair.clock.now)
+    uapi(pair.b, f"set=1\nprivate_key={'00' * 32}\n\n", pair.clock.now)
     pair.b.on_datagram(init, pair.A_EP, pair.clock.now)
     assert pair.b.counters["drop_no_private_key"] == 1
 
@@ -439,13 +440,13 @@ def test_initiator_with_unconfirmed_next_rotation(pair: Pair) -> None:
     pair.net.filter = lambda s, d, data: None if data[0] == 4 else data
     pair.clock.now += 6
     pair.peer_b.last_sent_handshake = float("-inf")
-    pair.a._send_initiation(pair.peer_b, pair.clock.now, is_retry=False)
+    pair.a.send_initiation(pair.peer_b, pair.clock.now, is_retry=False)
     pair.net.flush()
     k2 = pair.peer_a.next
     assert k2 is not None and pair.peer_a.current is k1
     pair.clock.now += 6
     pair.peer_a.last_sent_handshake = float("-inf")
-    pair.b._send_initiation(pair.peer_a, pair.clock.now, is_retry=False)
+    pair.b.send_initiation(pair.peer_a, pair.clock.now, is_retry=False)
     pair.net.flush()
     k3 = pair.peer_a.current
     assert k3 is not None and k3.is_initiator
@@ -461,7 +462,7 @@ def test_ipv6_outer_endpoints_with_cookies_and_roaming() -> None:
     pair.net.advance(6)  # cookie reply, then the mac2 retry
     assert list(pair.b.inbox) == [pkt]
     assert pair.peer_a.endpoint == ("2001:db8::1", 51820)
-    out = pair.a.uapi("get=1\n\n", pair.clock.now)
+    out = uapi(pair.a, "get=1\n\n", pair.clock.now)
     assert "endpoint=[2001:db8::2]:51821\n" in out
     new_ep = ("2001:db8::99", 1234)
     pair.net.add(pair.a, new_ep)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from wg.core.wgsim import Pair, ipv4_packet
+from wg.core.wgsim import Pair, ipv4_packet, uapi
 
 from fabric.wg import timers
 
@@ -127,7 +127,8 @@ def test_passive_keepalive_after_data_received(pair: Pair) -> None:
 
 def test_persistent_keepalive() -> None:
     pair = Pair()
-    r = pair.a.uapi(
+    r = uapi(
+        pair.a,
         f"set=1\npublic_key={pair.b_pub.hex()}\npersistent_keepalive_interval=25\n\n",
         pair.clock.now,
     )
@@ -221,7 +222,8 @@ def test_next_deadline_is_a_cached_lower_bound_made_exact_by_on_timer(pair: Pair
 
     from fabric.wg.peer import Peer
 
-    assert pair.a.uapi(
+    assert uapi(
+        pair.a,
         f"set=1\npublic_key={pair.b_pub.hex()}\npersistent_keepalive_interval=7\n\n",
         pair.clock.now,
     ) == "errno=0\n\n"

@@ -3,7 +3,7 @@ prefix, and a peer cannot inject packets with another peer's source."""
 
 from __future__ import annotations
 
-from wg.core.wgsim import Clock, Net, ipv4_packet, make_key
+from wg.core.wgsim import Clock, Net, ipv4_packet, make_key, uapi
 
 from fabric.wg.crypto import public_key
 from fabric.wg.device import Device
@@ -14,7 +14,7 @@ def _dev(clock: Clock, priv: bytes, port: int, peers: list[tuple[bytes, str, lis
     req = f"set=1\nprivate_key={priv.hex()}\nlisten_port={port}\n"
     for pub, ep, ips in peers:
         req += f"public_key={pub.hex()}\nendpoint={ep}\n" + "".join(f"allowed_ip={i}\n" for i in ips)
-    assert dev.uapi(req + "\n", clock.now) == "errno=0\n\n"
+    assert uapi(dev, req + "\n", clock.now) == "errno=0\n\n"
     return dev
 
 
@@ -51,7 +51,7 @@ def test_routing_between_three_peers_and_cross_peer_spoofing() -> None:
     net.flush()
     assert sorted(a.inbox) == sorted([ok_b, ok_c])
     # Removing C sends its range back to B's /16.
-    assert a.uapi(f"set=1\npublic_key={pc.hex()}\nremove=true\n\n", clock.now) == "errno=0\n\n"
+    assert uapi(a, f"set=1\npublic_key={pc.hex()}\nremove=true\n\n", clock.now) == "errno=0\n\n"
     b.inbox.clear()
     a.on_packet(to_c, clock.now)
     net.flush()

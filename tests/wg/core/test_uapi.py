@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from wg.core.wgsim import Pair, make_key
+from wg.core.wgsim import Pair, make_key, uapi
 
 from fabric.wg.crypto import public_key
 from fabric.wg.device import Device
+from fabric.wg.uapi import handle
 
 PRIV = bytes.fromhex("e84b5a6d2717c1003a13b431570353dbaca9146cf150c5f8575680feba52027a")
 PUB1 = bytes(range(1, 33))
@@ -14,11 +15,11 @@ PSK = bytes(range(100, 132))
 
 
 def _set(dev: Device, body: str, now: float = 0.0) -> str:
-    return dev.uapi("set=1\n" + body + "\n", now)
+    return uapi(dev, "set=1\n" + body + "\n", now)
 
 
 def _get(dev: Device) -> str:
-    return dev.uapi("get=1\n\n", 0.0)
+    return uapi(dev, "get=1\n\n", 0.0)
 
 
 def test_get_empty_device() -> None:
@@ -170,20 +171,21 @@ def test_invalid_requests_change_nothing() -> None:
         req = f"listen_port=2000\npublic_key={PUB1.hex()}\nreplace_allowed_ips=true\n" + tail
         if not tail.startswith("public_key") and "=" in tail and not tail.startswith("no "):
             req = tail + req  # device keys must come before peers
-        reply = _set(dev, req)
+        typed = handle(dev, "set=1\n" + req + "\n", 0.0)
+        reply = typed.wire()
         assert reply.startswith("errno=-") and reply.endswith("\n\n"), (tail, reply)
         assert reply != "errno=0\n\n"
         assert _get(dev) == snapshot, tail
         assert dev.config_generation == gen
-        assert PRIV.hex() not in dev.last_uapi_error
+        assert PRIV.hex() not in typed.error
 
 
 def test_error_codes_follow_wireguard_go() -> None:
     dev = Device()
     assert _set(dev, "listen_port=x\n") == "errno=-22\n\n"  # -EINVAL
     assert _set(dev, "garbage\n") == "errno=-71\n\n"  # -EPROTO
-    assert dev.uapi("get=1\nx\n", 0) == "errno=-22\n\n"
-    assert dev.uapi("frob=1\n\n", 0).startswith("errno=-")
+    assert uapi(dev, "get=1\nx\n", 0) == "errno=-22\n\n"
+    assert uapi(dev, "frob=1\n\n", 0).startswith("errno=-")
 
 
 def test_device_configured_like_wg_works_end_to_end() -> None:
@@ -191,7 +193,7 @@ def test_device_configured_like_wg_works_end_to_end() -> None:
     pair = Pair()
     pair.a_to_b(b"hello")
     pair.b_to_a(b"back")
-    out = pair.a.uapi("get=1\n\n", pair.clock.now)
+    out = uapi(pair.a, "get=1\n\n", pair.clock.now)
     fields = dict(line.split("=", 1) for line in out.strip().split("\n") if "=" in line)
     assert int(fields["last_handshake_time_sec"]) == int(pair.clock.wall())
     assert int(fields["tx_bytes"]) > 0 and int(fields["rx_bytes"]) > 0
@@ -203,9 +205,10 @@ def test_private_key_change_rehandshakes() -> None:
     pair = Pair()
     pair.a_to_b(b"x")
     new = make_key()
-    pair.a.uapi(f"set=1\nprivate_key={new.hex()}\n\n", pair.clock.now)
+    uapi(pair.a, f"set=1\nprivate_key={new.hex()}\n\n", pair.clock.now)
     # the other side learns the new key (as `wg set` on the far side would do)
-    pair.b.uapi(
+    uapi(
+        pair.b,
         f"set=1\npublic_key={pair.a_pub.hex()}\nremove=true\npublic_key={public_key(new).hex()}\n"
         "endpoint=192.0.2.1:51820\nallowed_ip=10.0.0.1/32\n\n",
         pair.clock.now,
@@ -240,7 +243,7 @@ def test_garbage_requests_never_raise() -> None:
     for _ in range(500):
         lines = [f"{rnd.choice(keys)}={rnd.choice(values)}" for _ in range(rnd.randint(0, 6))]
         op = rnd.choice(["set=1\n", "get=1\n", "", "set=2\n"])
-        reply = dev.uapi(op + "\n".join(lines) + "\n\n", 0.0)
+        reply = uapi(dev, op + "\n".join(lines) + "\n\n", 0.0)
         assert re.fullmatch(r"(?s).*errno=-?\d+\n\n", reply), reply
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from fabric.wg.crypto import public_key
 from fabric.wg.device import Device
+from fabric.wg.uapi import handle
 
 Endpoint = tuple[str, int]
 
@@ -45,6 +46,11 @@ def check_index_table(dev: Device) -> None:
     assert {id(k) for k in dev._keypairs.values()} == held
     for idx, kp in dev._keypairs.items():
         assert kp.local_index == idx
+
+
+def uapi(dev: Device, request: str, now: float) -> str:
+    """The reply text `wg` would read for ``request``."""
+    return handle(dev, request, now).wire()
 
 
 class Net:
@@ -140,14 +146,16 @@ class Pair:
         self.net.add(self.a, self.A_EP)
         self.net.add(self.b, self.B_EP)
         psk_line = f"preshared_key={psk.hex()}\n" if psk else ""
-        ra = self.a.uapi(
+        ra = uapi(
+            self.a,
             f"set=1\nprivate_key={self.a_priv.hex()}\nlisten_port=51820\n"
             f"public_key={self.b_pub.hex()}\n{psk_line}endpoint={fmt(self.B_EP)}\n"
             "allowed_ip=10.0.0.2/32\nallowed_ip=fd00::2/128\n\n",
             self.clock.now,
         )
         ep_line = f"endpoint={fmt(self.A_EP)}\n" if a_endpoint_known else ""
-        rb = self.b.uapi(
+        rb = uapi(
+            self.b,
             f"set=1\nprivate_key={self.b_priv.hex()}\nlisten_port=51821\n"
             f"public_key={self.a_pub.hex()}\n{psk_line}{ep_line}"
             "allowed_ip=10.0.0.1/32\nallowed_ip=fd00::1/128\n\n",

@@ -5,7 +5,9 @@
 The fake echoes every UDP datagram back to its sender, writes datagrams that
 start with "tun:" to the TUN, and raises on a datagram that starts with
 "boom" - so a test can check the loop survives a core bug and counts it,
-without depending on the real WireGuard core.
+without depending on the real WireGuard core. The daemon answers UAPI with
+``fabric.wg.uapi.handle`` on a real Device; here the fake's scripted ``uapi``
+replaces it (a "boom" request raises).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import collections
 import sys
 
+from fabric.wg import daemon as daemon_module
 from fabric.wg.daemon import Daemon, Endpoint
 from fabric.wg.tun import Tun
+from fabric.wg.uapi import UapiReply
 
 
 class FakeDevice:
@@ -28,16 +32,16 @@ class FakeDevice:
         self.inbox: collections.deque[bytes] = collections.deque()
         self.counters: dict[str, int] = {"rx_datagrams": 0}
 
-    def uapi(self, request: str, now: float) -> str:
+    def uapi(self, request: str, now: float) -> UapiReply:
         if "boom" in request:
             raise RuntimeError("scripted uapi bug")
         if request.startswith("get=1"):
-            return f"listen_port={self.bound_port}\nerrno=0\n\n"
+            return UapiReply(body=f"listen_port={self.bound_port}\n")
         for line in request.splitlines()[1:]:
             if line.startswith("listen_port="):
                 self.listen_port = int(line.split("=", 1)[1])
                 self.config_generation += 1
-        return "errno=0\n\n"
+        return UapiReply()
 
     def set_bound_port(self, port: int) -> None:
         self.bound_port = port
@@ -60,7 +64,12 @@ class FakeDevice:
         return None
 
 
+def _scripted_uapi(device: FakeDevice, request: str, now: float) -> UapiReply:
+    return device.uapi(request, now)
+
+
 def main() -> None:
+    daemon_module.handle_uapi = _scripted_uapi  # type: ignore[assignment]
     iface, stats, uapi_dir = sys.argv[1:4]
     daemon = Daemon(FakeDevice(), Tun(iface), uapi_dir=uapi_dir, stats_path=stats)
     daemon.install_signal_handlers()

@@ -1,0 +1,182 @@
+"""The send path: plaintext packets from the TUN -> transport datagrams in ``outbox``.
+
+A mixin of ``Device`` (device.py), split off as wireguard-go splits send.go:
+``on_packet`` is profiled hot code. It inlines the allowed-IPs lookup, padding,
+encryption and the timer hooks it needs (timers.data_sent and
+timers.any_authenticated_packet_*), and takes a fast path past the staged
+queue while a fresh session exists and nothing waits. Padding is to a
+multiple of 16, never beyond ``mtu`` (the remainder rule for super-packets,
+as wireguard-go).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any
+
+from fabric.wg import timers
+from fabric.wg.allowedips import AllowedIPs
+from fabric.wg.messages import Endpoint
+from fabric.wg.peer import Peer
+from fabric.wg.timers import (
+    KEEPALIVE_TIMEOUT,
+    MAX_STAGED_PACKETS,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_TIMEOUT,
+)
+
+_ZERO4 = b"\x00\x00\x00\x00"
+_PAD = bytes(16)
+_JOIN = b"".join
+_MISS: Any = object()  # "not cached" (None is a cached "no peer")
+
+
+class SendPath:
+    # Device state this path uses (set in Device.__init__).
+    mtu: int
+    counters: dict[str, int]
+    allowed_ips: AllowedIPs[Peer]
+    _route: dict[bytes, Peer | None]
+    outbox: collections.deque[tuple[bytes, Endpoint]]
+    _deadline: float
+
+    if TYPE_CHECKING:
+
+        def jitter(self) -> float: ...
+        def arm(self, t: float) -> None: ...
+        def send_initiation(self, peer: Peer, now: float, is_retry: bool) -> None: ...
+
+    def on_packet(self, packet: bytes, now: float) -> None:
+        """A plaintext IP packet from the TUN."""
+        n = len(packet)
+        if n >= 20:
+            v = packet[0] >> 4
+            if v == 4:
+                key = packet[16:20]
+            elif v == 6 and n >= 40:
+                key = packet[24:40]
+            else:
+                self.counters["drop_bad_packet"] += 1
+                return
+        else:
+            self.counters["drop_bad_packet"] += 1
+            return
+        peer = self._route.get(key, _MISS)
+        if peer is _MISS:
+            peer = self.allowed_ips.lookup_packed(key)
+        if peer is None:
+            self.counters["drop_no_peer"] += 1
+            return
+        kp = peer.current
+        ep = peer.endpoint
+        # Fast path: a fresh session, nothing queued before this packet.
+        if kp is not None and ep is not None and not peer.staged and now < kp.fast_until:
+            counter = kp.send_counter
+            if counter < REKEY_AFTER_MESSAGES:
+                kp.send_counter = counter + 1
+                mtu = self.mtu
+                last = n % mtu if n > mtu else n
+                padded = (last + 15) & ~15
+                if padded > mtu:
+                    padded = mtu
+                if padded != last:
+                    packet = packet + _PAD[: padded - last]
+                cb = counter.to_bytes(8, "little")
+                data = _JOIN((kp.hdr_prefix, cb, kp.send.encrypt(_ZERO4 + cb, packet, None)))
+                self.outbox.append((data, ep))
+                dn = len(data)
+                c = self.counters
+                c["tx_datagrams"] += 1
+                c["tx_bytes"] += dn
+                c["tx_packets"] += 1
+                peer.tx_bytes += dn
+                # Inlined timers: any_authenticated_packet_traversal, _sent, data_sent.
+                if peer.persistent_keepalive:
+                    peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
+                    if t < self._deadline:
+                        self._deadline = t
+                peer.t_send_keepalive = None
+                if peer.t_new_handshake is None:
+                    peer.t_new_handshake = t = (
+                        now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self.jitter()
+                    )
+                    if t < self._deadline:
+                        self._deadline = t
+                return
+        staged = peer.staged
+        if len(staged) >= MAX_STAGED_PACKETS:
+            staged.popleft()
+            self.counters["drop_staged_overflow"] += 1
+        staged.append(packet)
+        self.send_staged(peer, now)
+
+    def send_keepalive(self, peer: Peer, now: float) -> None:
+        if not peer.staged:
+            peer.staged.append(b"")
+        self.send_staged(peer, now)
+
+    def send_staged(self, peer: Peer, now: float) -> None:
+        kp = peer.current
+        if (
+            kp is None
+            or kp.send_counter >= REJECT_AFTER_MESSAGES
+            or now - kp.created >= REJECT_AFTER_TIME
+        ):
+            self.send_initiation(peer, now, is_retry=False)
+            return
+        ep = peer.endpoint
+        if ep is None:
+            self.counters["drop_no_endpoint"] += len(peer.staged)
+            peer.staged.clear()
+            return
+        staged = peer.staged
+        send = kp.send.encrypt
+        prefix = kp.hdr_prefix
+        mtu = self.mtu
+        out = self.outbox
+        sent_data = False
+        nbytes = 0
+        npkts = 0
+        while staged:
+            counter = kp.send_counter
+            if counter >= REJECT_AFTER_MESSAGES:
+                self.send_initiation(peer, now, is_retry=False)
+                break
+            kp.send_counter = counter + 1
+            pkt = staged.popleft()
+            plen = len(pkt)
+            if plen:
+                sent_data = True
+                # Pad to 16, never beyond the MTU (the remainder for super-packets).
+                last = plen % mtu if plen > mtu else plen
+                padded = (last + 15) & ~15
+                if padded > mtu:
+                    padded = mtu
+                pad = padded - last
+                if pad:
+                    pkt = pkt + _PAD[:pad]
+            else:
+                self.counters["tx_keepalive"] += 1
+            cb = counter.to_bytes(8, "little")
+            data = _JOIN((prefix, cb, send(_ZERO4 + cb, pkt, None)))
+            out.append((data, ep))
+            nbytes += len(data)
+            npkts += 1
+        c = self.counters
+        c["tx_datagrams"] += npkts
+        c["tx_bytes"] += nbytes
+        c["tx_packets"] += npkts
+        peer.tx_bytes += nbytes
+        if npkts:
+            timers.any_authenticated_packet_traversal(self, peer, now)
+            timers.any_authenticated_packet_sent(peer)
+            if sent_data:
+                timers.data_sent(self, peer, now)
+            # keep key fresh (sending side)
+            if kp.send_counter > REKEY_AFTER_MESSAGES or (
+                kp.is_initiator and now - kp.created > REKEY_AFTER_TIME
+            ):
+                self.send_initiation(peer, now, is_retry=False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import functools
 import ipaddress
 import os
@@ -38,7 +39,15 @@ _ZERO_KEY = "0" * 64
 
 
 class WgError(RuntimeError):
-    """WireGuard configuration failed (message never contains key material)."""
+    """WireGuard configuration failed (message never contains key material).
+
+    ``transient``: the socket was busy or we lacked descriptors; retrying may work,
+    and nothing about the data plane's health follows from it.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def key_hex(b64: str, what: str) -> str:
@@ -176,11 +185,33 @@ def render_set(local: LocalFabric, peers: Sequence[PeerFabric], current: DeviceS
     return "\n".join(lines) + "\n\n"
 
 
+# Errors that say "busy", not "gone": a full listen backlog (EAGAIN), our own
+# descriptor shortage (EMFILE/ENFILE) or a slow answer. They never prove the
+# data plane dead.
+TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EINTR})
+CONNECT_RETRY_FOR = 1.0
+
+
+def _connect(s: socket.socket, path: str) -> None:
+    """connect(), retried while the listen backlog is full (EAGAIN), for CONNECT_RETRY_FOR s."""
+    deadline = time.monotonic() + CONNECT_RETRY_FOR
+    delay = 0.005
+    while True:
+        try:
+            s.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
 def _uapi(path: str, request: str, timeout: float = 5.0) -> str:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        s.connect(path)
+        _connect(s, path)
         s.sendall(request.encode())
         buf = b""
         while not buf.endswith(b"\n\n"):
@@ -211,7 +242,9 @@ class WgControl:
         try:
             return _uapi(self.socket_path, request)
         except OSError as e:
-            raise WgError(f"{self.interface}: UAPI socket {self.socket_path}: {e.strerror or e}") from None
+            transient = isinstance(e, TimeoutError) or e.errno in TRANSIENT_ERRNOS
+            raise WgError(f"{self.interface}: UAPI socket {self.socket_path}: {e.strerror or e}",
+                          transient=transient) from None
 
     def device(self) -> DeviceStatus:
         return parse_get(self._call("get=1\n\n"))
@@ -251,9 +284,13 @@ class WgControl:
         """Per base64 public key: endpoint, last_handshake (unix time), rx_bytes, tx_bytes, ..."""
         return {k: p.as_dict() for k, p in self.device().peers.items()}
 
-    def alive(self) -> bool:
+    def alive(self) -> bool | None:
+        """True: the socket answers. False: confirmed gone (no socket, refused, bad
+        reply). None: could not tell (busy backlog, no descriptors, timeout)."""
         try:
             self.device()
-        except (WgError, ValueError):
+        except WgError as e:
+            return None if e.transient else False
+        except ValueError:
             return False
         return True

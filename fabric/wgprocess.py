@@ -19,6 +19,7 @@ directory is not namespaced: interface names must be unique on the machine.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -28,15 +29,24 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from fabric.wgctl import SOCKET_DIR, WgControl
+from fabric.wgctl import SOCKET_DIR, TRANSIENT_ERRNOS, WgControl
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
 START_TIMEOUT = 10.0
+log = logging.getLogger("crosswire.dataplane")
 
 
 class WgProcessError(RuntimeError):
-    """The WireGuard interface could not be brought up or removed."""
+    """The WireGuard interface could not be brought up or removed.
+
+    ``transient``: the check itself failed for want of resources (no descriptors
+    for a netlink socket); it says nothing about the data plane.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @contextlib.contextmanager
@@ -46,7 +56,8 @@ def _iproute(netns: str | None) -> Iterator[Any]:
     try:
         ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
     except OSError as e:
-        raise WgProcessError(f"cannot open netlink in netns {netns!r}: {e}") from None
+        raise WgProcessError(f"cannot open netlink in netns {netns!r}: {e}",
+                             transient=e.errno in TRANSIENT_ERRNOS) from None
     try:
         yield ipr
     finally:
@@ -79,6 +90,8 @@ class WgProcess:
         self.socket_dir = socket_dir
         self.log_path = log_path
         self.starts = 0  # processes started by this object (restarts = starts - 1)
+        self.unknown_checks = 0  # liveness checks that could not tell (resources)
+        self._unknown_logged = -10.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._wg = WgControl(interface, socket_dir=socket_dir)
 
@@ -103,15 +116,36 @@ class WgProcess:
             return bool(ipr.link_lookup(ifname=self.interface))
 
     def alive(self) -> bool:
-        """Interface present and (userspace) the UAPI socket answering."""
+        """False only on confirmed death: our process exited, the interface is gone,
+        or (userspace) the UAPI socket is missing or refusing. A check that fails for
+        want of resources (EMFILE, a full backlog, a timeout) counts as alive: a
+        restart would only make it worse (the new process could not even start)."""
         if self._proc is not None and self._proc.poll() is not None:
             self._proc = None  # reaped: it died
+            return False
         try:
             if not self.link_exists():
                 return False
-        except WgProcessError:
+        except WgProcessError as e:
+            if e.transient:
+                self._note_unknown(str(e))
+                return True
             return False
-        return self.resolved == "kernel" or self._wg.alive()
+        if self.resolved == "kernel":
+            return True
+        answer = self._wg.alive()
+        if answer is None:
+            self._note_unknown("UAPI socket busy or out of descriptors")
+            return True
+        return answer
+
+    def _note_unknown(self, why: str) -> None:
+        self.unknown_checks += 1
+        now = time.monotonic()
+        if now - self._unknown_logged >= 10.0:
+            self._unknown_logged = now
+            log.warning("%s: cannot check the data plane (%s); not restarting it (%d such checks)",
+                        self.interface, why, self.unknown_checks)
 
     # -------------------------------------------------------------- actions
 

@@ -64,6 +64,8 @@ class WireguardConfig:
 class ApiConfig:
     listen: str = "0.0.0.0:8080"
     advertise: str | None = None  # peering URL written into tokens
+    max_connections: int = 256  # open at once; more are closed at once
+    request_timeout: float = 10.0  # a connection must start a request within this, or is closed
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
              "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
-_API_KEYS = {"listen", "advertise"}
+_API_KEYS = {"listen", "advertise", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
 
 
@@ -402,7 +404,11 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         reserved_cidrs=reserved,
         ipam_pools=pools,
         wireguard=wgc,
-        api=ApiConfig(listen=listen, advertise=advertise),
+        api=ApiConfig(listen=listen, advertise=advertise,
+                      max_connections=_int(api.get("max_connections", ApiConfig.max_connections),
+                                           "api.max_connections", 8, 65536),
+                      request_timeout=_float(api.get("request_timeout", ApiConfig.request_timeout),
+                                             "api.request_timeout", 0.5, 300)),
         health=health,
         state_dir=_str(raw.get("state_dir", Config.state_dir), "state_dir"),
         masquerade=_bool(raw.get("masquerade", False), "masquerade"),

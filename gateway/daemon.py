@@ -19,9 +19,6 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
-
-import uvicorn
 
 from fabric.dataplane import Dataplane
 from gateway import forwarding, statedir
@@ -30,6 +27,7 @@ from gateway.config import Config, detect_gateway_ip
 from gateway.controlplane import ControlPlane
 from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
+from gateway.httpserver import make_server, raise_fd_limit
 from gateway.ipam_adapter import IpamViews, ViewsError
 from gateway.state import StateStore
 from gateway.statedir import StateDirError
@@ -133,15 +131,6 @@ def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None
                               health=HealthTracker(config.health.interval, config.health.timeout))
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handling: it re-raises SIGTERM after shutdown, which
-    would kill us before our own cleanup runs; ``serve`` installs handlers instead."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve(config: Config) -> int:
     gw_ip = await asyncio.to_thread(find_gateway_ip, config)
     # build() refuses damaged state before anything on the host is changed.
@@ -150,8 +139,10 @@ async def serve(config: Config) -> int:
     forwarding.enable(forwarding.wanted(config))
     rec = cp.reconciler
     host, port = config.listen_host_port
-    server = _Server(uvicorn.Config(create_app(cp), host=host, port=port, loop="asyncio",
-                                           lifespan="off", access_log=False, log_level="warning"))
+    fds = raise_fd_limit()
+    server = make_server(create_app(cp), host, port, max_connections=config.api.max_connections,
+                         request_timeout=config.api.request_timeout)
+    log.debug("file descriptor limit %d, API connection cap %d", fds, config.api.max_connections)
     echo = EchoResponder(config.health.port)
     try:
         await echo.start()

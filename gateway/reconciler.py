@@ -6,7 +6,9 @@ thread) brings the data plane up if it is missing or died, then applies the
 desired state if it changed. ``run()`` is the daemon's loop: every
 ``CHECK_INTERVAL`` it asks whether the data plane is alive, every
 ``VERIFY_INTERVAL`` whether the kernel drifted from the applied state, and
-reconciles when either says so or the desired state changed. It deliberately
+reconciles when either says so or the desired state changed. A data plane is
+restarted only on a death confirmed by two checks (the data plane's own
+``alive`` already counts "cannot tell": EMFILE, EAGAIN, timeouts, as alive). It deliberately
 does not re-apply blindly on a timer: replacing the nft table resets the
 counters /api/v1/nat reports. Liveness and drift are decided here only.
 
@@ -36,6 +38,7 @@ from gateway.state import StateStore
 log = logging.getLogger("crosswire.gateway")
 
 CHECK_INTERVAL = 1.0
+CONFIRM_DELAY = 0.2
 VERIFY_INTERVAL = 10.0
 
 
@@ -128,6 +131,10 @@ class Reconciler:
         ``verify``) or the desired state changed since the last apply."""
         async with self._lock:
             alive = await asyncio.to_thread(self.dataplane.alive)
+            if not alive and self.applied is not None:
+                # A restart costs traffic: act on a death seen twice, CONFIRM_DELAY apart.
+                await asyncio.sleep(CONFIRM_DELAY)
+                alive = await asyncio.to_thread(self.dataplane.alive)
             drift: list[str] = []
             if alive and verify and self.applied is not None:
                 drift = await asyncio.to_thread(self.dataplane.verify, self.applied)

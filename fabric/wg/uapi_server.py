@@ -21,6 +21,7 @@ import os
 import select
 import socket
 import stat
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("crosswire.wg.uapi")
@@ -28,6 +29,10 @@ log = logging.getLogger("crosswire.wg.uapi")
 SOCKET_DIR = "/var/run/wireguard"
 MAX_REQUEST = 16 << 20  # a wg syncconf of thousands of peers stays far below this
 VALID_OPS = (b"get=1\n", b"set=1\n")
+# A burst of concurrent `wg show` / gateway reads waits in the backlog instead of
+# failing with EAGAIN (which the gateway once took for a dead data plane).
+UAPI_BACKLOG = 512
+ACCEPT_LOG_EVERY = 10.0
 
 
 class UapiError(OSError):
@@ -57,6 +62,8 @@ class UapiServer:
         self.handler = handler
         self.epoll = epoll
         self.conns: dict[int, _Conn] = {}
+        self.accept_errors = 0
+        self._accept_logged = -ACCEPT_LOG_EVERY
         os.makedirs(directory, mode=0o755, exist_ok=True)
         with contextlib.suppress(OSError):
             os.chmod(directory, 0o755)
@@ -74,7 +81,7 @@ class UapiServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
-        sock.listen(16)
+        sock.listen(UAPI_BACKLOG)
         sock.setblocking(False)
         self.listener = sock
         self.inode = os.stat(self.path).st_ino
@@ -112,7 +119,13 @@ class UapiServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                log.warning("uapi accept failed: %s", e.strerror)
+                # EMFILE and the like repeat on every loop turn while they last:
+                # one line per ACCEPT_LOG_EVERY seconds, with a count.
+                self.accept_errors += 1
+                now = time.monotonic()
+                if now - self._accept_logged >= ACCEPT_LOG_EVERY:
+                    self._accept_logged = now
+                    log.warning("uapi accept failed: %s (%d failures so far)", e.strerror, self.accept_errors)
                 return
             sock.setblocking(False)
             self.conns[sock.fileno()] = _Conn(sock)

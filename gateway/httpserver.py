@@ -1,0 +1,170 @@
+"""The API's HTTP server: uvicorn, bounded against whoever can reach the port.
+
+uvicorn on its own keeps a connection that never completes a request open
+forever, accepts connections until the process runs out of file descriptors
+and then logs a traceback per failed accept. Measured against the gateway:
+2,000 slow-loris connections held for 60 s were never closed, and 1,100 idle
+connections starved the data-plane supervision of descriptors. Here:
+
+- at most ``max_connections`` connections at once: a new one evicts the
+  connection idle the longest (none idle: the new one is closed at once);
+- a connection must start a request within ``request_timeout`` of opening or
+  of its previous response, or it is closed (slow or idle clients); the body
+  of a started request is bounded by :mod:`gateway.limits`;
+- RLIMIT_NOFILE is raised to its hard limit at start, so the connection cap,
+  not the descriptor limit, is what a flood meets;
+- accept errors (EMFILE and the like) are logged at most once per
+  ``LOG_EVERY`` seconds with a count, never as a traceback per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("crosswire.http")
+
+MAX_CONNECTIONS = 256
+REQUEST_TIMEOUT = 10.0
+LOG_EVERY = 10.0
+
+
+class _Limits:
+    """Shared by every connection of one server (uvicorn makes one protocol per connection)."""
+
+    def __init__(self, max_connections: int, request_timeout: float) -> None:
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self.refused = 0
+        self.evicted = 0
+        self.timed_out = 0
+        self._last_log = 0.0
+
+    def note_refused(self) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY:
+            self._last_log = now
+            log.warning("API: %d connections refused so far (more than %d open at once)",
+                        self.refused, self.max_connections)
+
+
+def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
+    class GuardedH11(H11Protocol):
+        """H11Protocol that refuses connections over the cap and closes idle ones."""
+
+        _watchdog: asyncio.TimerHandle | None = None
+        _requests_seen = 0
+
+        _since = 0.0  # when this connection opened or last started a request
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._since = time.monotonic()
+            # Aborted connections stay in the set until their connection_lost runs.
+            live = [c for c in self.connections if not c.transport.is_closing()]
+            if len(live) > limits.max_connections:
+                # Make room by closing the connection idle the longest, so a flood of
+                # idle or slow clients cannot lock out probes and operators; refuse
+                # the newcomer only when every slot is serving a request.
+                victim = min((c for c in live if c is not self and isinstance(c, GuardedH11) and c.idle()),
+                             key=lambda c: c._since, default=None)
+                if victim is None:
+                    limits.note_refused()
+                    transport.abort()
+                    return
+                limits.evicted += 1
+                victim.transport.abort()
+            self._arm(self._requests_seen)
+
+        def idle(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self, seen: int) -> None:
+            self._watchdog = self.loop.call_later(limits.request_timeout, self._check, seen)
+
+        def _check(self, seen_then: int) -> None:
+            # Closed unless a request started since the timer was armed or one is running.
+            if self._requests_seen == seen_then and self.idle():
+                limits.timed_out += 1
+                self.transport.close()
+                return
+            self._arm(self._requests_seen)
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before:
+                self._requests_seen += 1
+                self._since = time.monotonic()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+            super().connection_lost(exc)
+
+    return GuardedH11
+
+
+class _AcceptErrorFilter(logging.Filter):
+    """asyncio logs every failed accept() with a traceback; keep one line per LOG_EVERY."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suppressed = 0
+        self._last = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "accept" not in record.getMessage():
+            return True
+        now = time.monotonic()
+        if now - self._last < LOG_EVERY:
+            self.suppressed += 1
+            return False
+        self._last = now
+        record.msg = f"API: accept() failing ({record.getMessage()}); {self.suppressed} similar suppressed"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        self.suppressed = 0
+        return True
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+class Server(uvicorn.Server):
+    """uvicorn without its signal handling: it re-raises SIGTERM after shutdown, which
+    would kill us before our own cleanup runs; the daemon installs handlers instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def make_server(app: Any, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
+                request_timeout: float = REQUEST_TIMEOUT) -> Server:
+    limits = _Limits(max_connections, request_timeout)
+    logging.getLogger("asyncio").addFilter(_AcceptErrorFilter())
+    config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="off",
+                            access_log=False, log_level="warning", http=guarded_protocol(limits),
+                            timeout_keep_alive=5, backlog=512)
+    server = Server(config)
+    server.limits = limits  # type: ignore[attr-defined]
+    return server

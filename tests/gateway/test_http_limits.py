@@ -1,0 +1,135 @@
+"""The API's HTTP server against abusive clients, on loopback: a real uvicorn with
+crosswire's guards (gateway.httpserver, gateway.limits), bounded in time and count."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from gateway.httpserver import make_server
+from gateway.limits import BodyLimit
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(BodyLimit, timeout=1.0)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/echo")
+    async def echo(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    return app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Any, str]]:
+    port = _free_port()
+    server = make_server(_app(), "127.0.0.1", port, max_connections=30, request_timeout=1.0)
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(timeout=10)
+        loop.close()
+
+
+def _open(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    s.settimeout(0.01)
+    try:
+        return s.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True  # reset
+
+
+def test_slow_loris_cannot_lock_out_health_checks(served: tuple[Any, str]) -> None:
+    server, url = served
+    loris: list[socket.socket] = []
+    try:
+        # 120 connections each sending half a request header, against a cap of 30.
+        for _ in range(120):
+            s = _open(url)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            loris.append(s)
+        time.sleep(0.2)
+        assert len(server.server_state.connections) <= 30
+        # Probes still get in: each new connection evicts the longest-idle slow one.
+        for _ in range(5):
+            r = httpx.get(url + "/healthz", timeout=5)
+            assert r.status_code == 200 and r.json() == {"status": "ok"}
+        # Within two request timeouts every slow connection has been closed by the server.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not all(_closed_by_server(s) for s in loris):
+            time.sleep(0.2)
+        assert all(_closed_by_server(s) for s in loris)
+        assert server.limits.evicted + server.limits.timed_out >= 100
+        assert len(server.server_state.connections) <= 1
+    finally:
+        for s in loris:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_idle_connections_closed_and_keepalive_still_works(served: tuple[Any, str]) -> None:
+    server, url = served
+    idle = [_open(url) for _ in range(10)]
+    try:
+        with httpx.Client(timeout=5) as c:  # keep-alive: several requests on one connection
+            for _ in range(3):
+                assert c.get(url + "/healthz").status_code == 200
+        time.sleep(2.5)
+        assert all(_closed_by_server(s) for s in idle)
+        assert server.limits.timed_out >= 10
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_trickled_body_gets_408(served: tuple[Any, str]) -> None:
+    _, url = served
+    s = _open(url)
+    try:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{\"a\": ")
+        s.settimeout(5)
+        t0 = time.monotonic()
+        head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert b"not received within 1s" in head
+        assert time.monotonic() - t0 < 4
+    finally:
+        s.close()
+    r = httpx.post(url + "/echo", json={"a": 1}, timeout=5)
+    assert r.status_code == 200 and r.json() == {"a": 1}

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+# The two-gateway harness (gwharness.py) beside the tests that use it.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fabric import nat
 from fabric.model import FabricState

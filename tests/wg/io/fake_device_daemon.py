@@ -13,7 +13,8 @@ from __future__ import annotations
 import collections
 import sys
 
-from fabric.wg.daemon import Daemon, Endpoint
+from fabric.wg.daemon import Daemon
+from fabric.wg.messages import Endpoint
 from fabric.wg.tun import Tun
 
 

@@ -131,8 +131,8 @@ def read_batch(sock: socket.socket, ready: select.poll,
                 n = len(data)
                 if 0 < seg < n:
                     counters["io_gro_reads"] += 1
-                    for i in range(0, n, seg):
-                        on_datagram(data[i:i + seg], src, now)
+                    for off in range(0, n, seg):
+                        on_datagram(data[off:off + seg], src, now)
                     continue
         on_datagram(data, src, now)
 

@@ -17,9 +17,10 @@ second, removed at exit) and logged at info level on SIGUSR1.
 
 It stops (status 0, removing the interface, socket and stats file) on SIGTERM,
 SIGINT or SIGHUP, when its UAPI socket file is deleted, or when its interface
-is deleted. Offloads (see daemon.py) are on by default; ``--no-offload`` turns
-them off, ``--tso`` adds the experimental TSO split. CROSSWIRE_WG_PROFILE=PATH
-(IFACE in it is replaced) writes a cProfile of the loop at exit.
+is deleted. Offloads (see udp.py and offload.py) are on by default;
+``--no-offload`` turns them off, ``--tso`` adds the experimental TSO split.
+CROSSWIRE_WG_PROFILE=PATH (IFACE in it is replaced) writes a cProfile of the
+loop at exit.
 """
 
 from __future__ import annotations

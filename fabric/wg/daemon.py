@@ -1,29 +1,20 @@
 """The crosswire-wg event loop: TUN + UDP sockets + UAPI socket around a sans-IO ``Device``.
 
 One thread, one epoll (the AEAD holds the GIL, so threads would not add cores).
-Each wakeup drains up to ``BATCH`` reads from every ready fd before flushing the
-device's ``outbox`` (to UDP) and ``inbox`` (to TUN), so a busy tunnel costs one
-epoll_wait per batch rather than per packet. Syscalls per packet are cut further:
+Each wakeup drains up to ``BATCH`` reads from every ready fd (TUN ->
+``dev.on_packet``, UDP -> ``dev.on_datagram``, UAPI -> ``dev.uapi``) before
+flushing the device's ``outbox`` through ``fabric.wg.udp`` and its ``inbox``
+through ``Tun.write_batch``, so a busy tunnel costs one epoll_wait per batch
+rather than per packet. How reads, sends and TUN writes save syscalls (GRO, GSO,
+TCP coalescing, the poll(0) probe) is told in ``fabric.wg.udp``,
+``fabric.wg.tun`` and ``fabric.wg.offload``. Objects alive at start are frozen
+out of the garbage collector's full passes.
 
-- UDP GSO: runs of equal-sized datagrams to one endpoint leave in one sendmsg with
-  UDP_SEGMENT (the kernel splits them; the wire sees ordinary datagrams).
-- UDP GRO: reads ask for coalesced datagrams (UDP_GRO cmsg gives the segment size).
-- TUN GRO: the TUN has IFF_VNET_HDR; in-order segments of one TCP flow in a batch
-  are merged into one super-packet and written with one writev (``tun.coalesce``).
-- No failing read for a lone packet: after the first read of a wakeup a zero-timeout
-  poll() on that fd decides whether to read on (Python's EAGAIN exception path is
-  the costlier way to learn the queue is empty, ~45 us on a CPU cold from idle).
-
-UDP sockets stay blocking for sends (a full send buffer applies back-pressure
-instead of dropping) and are read with MSG_DONTWAIT; the TUN fd is non-blocking.
-Socket buffers are forced large (root may exceed rmem_max), as wireguard-go does.
-Objects alive at start are frozen out of the garbage collector's full passes.
-
-Two UDP sockets, IPv4 and IPv6-only, share the listen port; ``config_generation``
-tells the loop when ``listen_port``/``fwmark`` changed so it rebinds or re-marks.
-A bind failure turns the UAPI reply's errno into -EADDRINUSE and keeps the old
-sockets, as wireguard-go does. An exception escaping the device while it handles
-traffic is counted (``io_internal_error``) and logged; the tunnel keeps running.
+``config_generation`` tells the loop when ``listen_port``/``fwmark`` changed so it
+rebinds or re-marks. A bind failure turns the UAPI reply's errno into -EADDRINUSE
+and keeps the old sockets, as wireguard-go does. An exception escaping the
+device while it handles traffic is counted (``io_internal_error``) and logged;
+the tunnel keeps running.
 
 Housekeeping once a second: stop if the UAPI socket file or the interface is
 gone, follow MTU changes made with ``ip link``, write the counters file.
@@ -39,48 +30,32 @@ import collections
 import contextlib
 import errno
 import gc
-import json
 import logging
 import os
 import select
 import signal
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Protocol
 
+from fabric.wg import statsfile
 from fabric.wg.messages import Endpoint
-from fabric.wg.tun import (
-    VNET_HDR_LEN,
-    ZERO_VNET_HDR,
-    OffloadError,
-    Tun,
-    coalesce,
-    gso_split,
-)
+from fabric.wg.tun import Tun
 from fabric.wg.uapi import UapiReply
 from fabric.wg.uapi import handle as handle_uapi
 from fabric.wg.uapi_server import UapiServer
+from fabric.wg.udp import SO_MARK, send_each, send_gso
+from fabric.wg.udp import bind_pair as _bind_pair
+from fabric.wg.udp import read_batch as read_udp
 
 log = logging.getLogger("crosswire.wg")
 
 
 BATCH = 128
-SOCK_BUF = 8 << 20
-SO_MARK = getattr(socket, "SO_MARK", 36)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 HOUSEKEEPING_INTERVAL = 1.0
 STATS_LOG_INTERVAL = 10.0
-READ_SIZE = 65535 + 10  # a TSO super-packet plus its virtio_net_hdr
 FLUSH_AT = 512  # send what a burst of super-packets produced before reading more
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
-UDP_MAX_SEGMENTS = 64
-GSO_MAX_BYTES = 65000  # below the 65507-byte UDP/IPv4 payload limit
-GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 _ERR_HUP = select.EPOLLERR | select.EPOLLHUP
 
 
@@ -102,55 +77,7 @@ class DeviceLike(Protocol):
     def next_deadline(self) -> float | None: ...
 
 
-class BindError(OSError):
-    pass
-
-
-def _bind_pair(port: int, fwmark: int) -> tuple[socket.socket, socket.socket | None, int]:
-    """Bind an IPv4 and an IPv6-only UDP socket on the same port (any port if 0)."""
-    last: OSError | None = None
-    for _ in range(100 if port == 0 else 1):
-        s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            _tune(s4, fwmark)
-            s4.bind(("0.0.0.0", port))
-        except OSError as e:
-            s4.close()
-            raise BindError(e.errno or errno.EIO, f"cannot bind UDP port {port}: {e.strerror}") from e
-        bound = s4.getsockname()[1]
-        try:
-            s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        except OSError:
-            return s4, None, bound  # no IPv6 in this kernel/namespace
-        try:
-            s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            _tune(s6, fwmark)
-            s6.bind(("::", bound))
-        except OSError as e:
-            s6.close()
-            if e.errno == errno.EADDRINUSE:
-                s4.close()
-                last = e
-                continue  # someone holds this port on v6: try another (only when port==0)
-            if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                return s4, None, bound
-            s4.close()
-            raise BindError(e.errno or errno.EIO, f"cannot bind UDP6 port {bound}: {e.strerror}") from e
-        return s4, s6, bound
-    assert last is not None
-    raise BindError(last.errno or errno.EADDRINUSE, f"cannot bind UDP port {port}: {last.strerror}")
-
-
-def _tune(s: socket.socket, fwmark: int) -> None:
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            s.setsockopt(socket.SOL_SOCKET, force, SOCK_BUF)
-        except OSError:
-            s.setsockopt(socket.SOL_SOCKET, plain, SOCK_BUF)
-    if fwmark:
-        s.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
-    with contextlib.suppress(OSError):  # kernels before 5.0 lack it; reads stay per datagram
-        s.setsockopt(SOL_UDP, UDP_GRO, 1)
+UapiHandler = Callable[[DeviceLike, str, float], UapiReply]
 
 
 class Daemon:
@@ -158,20 +85,20 @@ class Daemon:
 
     def __init__(self, device: DeviceLike, tun: Tun, *, uapi_dir: str | None = None,
                  stats_path: str | None = None, clock: Callable[[], float] = time.monotonic,
-                 gso: bool = True) -> None:
+                 gso: bool = True, uapi: UapiHandler | None = None) -> None:
         self.device = device
+        # fabric.wg.uapi.handle over a real Device; tests drive the loop with a fake of both.
+        self._uapi: UapiHandler = uapi if uapi is not None else handle_uapi  # type: ignore[assignment]
         self.tun = tun
         self.clock = clock
         self.epoll = select.epoll()
         self.stats_path = stats_path
         self.stop_reason: str | None = None
-        self.io_counters: dict[str, int] = collections.defaultdict(int)
+        self.io_counters: collections.defaultdict[str, int] = collections.defaultdict(int)
         self.s4: socket.socket | None = None
         self.s6: socket.socket | None = None
         self.s4_fd = self.s6_fd = -2
-        # Zero-timeout readiness probes (see _read_tun): one select.poll per fd.
-        self._tun_ready = select.poll()
-        self._tun_ready.register(tun.fd, select.POLLIN)
+        # Zero-timeout readiness probes for the UDP reads (see fabric.wg.udp.read_batch).
         self._s4_ready = self._s6_ready = select.poll()
         self.bound_port = 0
         self.generation = -1
@@ -196,8 +123,7 @@ class Daemon:
     def _on_uapi(self, request: str) -> str:
         now = self.clock()
         try:
-            # The device is a fabric.wg.device.Device (DeviceLike is the loop's narrower view).
-            reply = handle_uapi(self.device, request, now)  # type: ignore[arg-type]
+            reply = self._uapi(self.device, request, now)
         except Exception:
             # A bug in configuration handling: answer (wg would otherwise hang) with EIO.
             self._internal_error()
@@ -255,196 +181,24 @@ class Daemon:
         self.s4 = self.s6 = None
         self.s4_fd = self.s6_fd = -2  # never an fd, never equal to an epoll event's
 
-    # -- data path ------------------------------------------------------------------------
-
-    # Reads stop at EAGAIN, but after the first packet of a wakeup a zero-timeout
-    # poll() asks first whether a second one is there. A lone packet (a ping, an ACK,
-    # a keepalive) is the common case at low rates, and Python's EAGAIN path (building
-    # a BlockingIOError, its strerror and traceback, unwinding) costs ~2 us warm and
-    # ~45 us on a CPU cold from idle, against ~20 us for the poll. Bulk reads pay one
-    # poll per batch, not per packet.
-
-    def _read_tun(self, now: float) -> None:
-        read, fd, on_packet = os.read, self.tun.fd, self.device.on_packet
-        vnet = self.tun.vnet_hdr
-        outbox = self.device.outbox
-        first = True
-        for _ in range(BATCH):
-            try:
-                buf = read(fd, READ_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno == errno.EBADFD:
-                    self.stop_reason = "interface deleted"
-                    return
-                self.io_counters["io_tun_read_error"] += 1
-                return
-            if not vnet:
-                on_packet(buf, now)
-            elif len(buf) > VNET_HDR_LEN and not buf[0] and not buf[1]:
-                on_packet(buf[VNET_HDR_LEN:], now)  # plain packet, checksum complete
-            else:
-                try:
-                    segments = gso_split(buf)
-                except (OffloadError, struct.error):
-                    self.io_counters["io_tun_bad_offload"] += 1
-                    segments = []
-                else:
-                    self.io_counters["io_tso_reads"] += 1
-                for seg in segments:
-                    on_packet(seg, now)
-                if len(outbox) >= FLUSH_AT:
-                    self._flush()
-            if first:
-                first = False
-                if not self._tun_ready.poll(0):
-                    return
-
-    def _read_udp(self, sock: socket.socket, ready: select.poll, now: float) -> None:
-        # recvmsg for the UDP_GRO cmsg: a coalesced read holds several datagrams of
-        # gso_size bytes each (the last may be shorter), all from the same source.
-        # ``ready`` probes the socket after the first read (see _read_tun).
-        recvmsg, on_datagram = sock.recvmsg, self.device.on_datagram
-        flags = socket.MSG_DONTWAIT
-        for i in range(BATCH):
-            if i == 1 and not ready.poll(0):
-                return
-            try:
-                data, anc, _, addr = recvmsg(READ_SIZE, GRO_CMSG_SPACE, flags)
-            except BlockingIOError:
-                return
-            except OSError:
-                # ICMP errors (port unreachable) surface here; they are not fatal.
-                self.io_counters["io_udp_recv_error"] += 1
-                continue
-            src = (addr[0], addr[1])
-            if anc:
-                level, kind, value = anc[0]
-                if level == SOL_UDP and kind == UDP_GRO:
-                    seg = int.from_bytes(value, "little")
-                    n = len(data)
-                    if 0 < seg < n:
-                        self.io_counters["io_gro_reads"] += 1
-                        for i in range(0, n, seg):
-                            on_datagram(data[i:i + seg], src, now)
-                        continue
-            on_datagram(data, src, now)
-
-    def _sock_for(self, host: str) -> socket.socket | None:
-        return self.s6 if ":" in host else self.s4
-
-    def _send_each(self, outbox: collections.deque[tuple[bytes, Endpoint]]) -> None:
-        s4, s6 = self.s4, self.s6
-        pop = outbox.popleft
-        while outbox:
-            data, ep = pop()
-            try:
-                if ":" in ep[0]:
-                    if s6 is None:
-                        self.io_counters["io_send_no_ipv6"] += 1
-                        continue
-                    s6.sendto(data, ep)
-                elif s4 is not None:
-                    s4.sendto(data, ep)
-            except OSError:
-                self.io_counters["io_udp_send_error"] += 1
-
-    def _send_gso(self, outbox: collections.deque[tuple[bytes, Endpoint]]) -> None:
-        """Coalesce runs of equal-sized datagrams to one endpoint into UDP_SEGMENT sends.
-
-        A bulk transfer produces runs of full-MTU datagrams; one sendmsg then carries
-        up to 64 of them through the whole stack as a single skb (and as one read on
-        a receiver with UDP_GRO), instead of one syscall and one stack traversal each.
-        The kernel splits them into ordinary datagrams before they leave the host.
-        """
-        pop = outbox.popleft
-        run: list[bytes] = []
-        run_ep: Endpoint | None = None
-        run_size = 0
-        limit = 0
-        while outbox:
-            data, ep = pop()
-            n = len(data)
-            if run and ep == run_ep and n <= run_size and len(run) < limit:
-                run.append(data)
-                if n < run_size:  # a shorter datagram may only end a run
-                    self._send_run(run, run_ep, run_size)
-                    run = []
-                continue
-            if run:
-                self._send_run(run, run_ep, run_size)
-            run = [data]
-            run_ep, run_size = ep, n
-            limit = min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // n) if n else 1
-        if run:
-            self._send_run(run, run_ep, run_size)
-
-    def _send_run(self, run: list[bytes], ep: Endpoint | None, size: int) -> None:
-        assert ep is not None
-        sock = self._sock_for(ep[0])
-        if sock is None:
-            self.io_counters["io_send_no_ipv6"] += len(run)
-            return
-        try:
-            if len(run) == 1:
-                sock.sendto(run[0], ep)
-            else:
-                sock.sendmsg([b"".join(run)], [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))],
-                               0, ep)
-                self.io_counters["io_gso_sends"] += 1
-        except OSError as e:
-            if len(run) > 1 and e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT,
-                                            errno.EOPNOTSUPP):
-                # No GSO on this path (e.g. a device without checksum offload): stop trying.
-                log.info("UDP GSO unavailable (%s), sending datagrams one by one", e.strerror)
-                self.gso = False
-                self._send_each(collections.deque((d, ep) for d in run))
-                return
-            self.io_counters["io_udp_send_error"] += len(run)
+    # -- data path (per packet: keep lookups in locals, no extra call layers) ---------------
 
     def _flush(self) -> None:
         dev = self.device
         outbox = dev.outbox
         if outbox:
             if self.gso and len(outbox) > 1:
-                self._send_gso(outbox)
+                if not send_gso(outbox, self.s4, self.s6, self.io_counters):
+                    self.gso = False
             else:
-                self._send_each(outbox)
+                send_each(outbox, self.s4, self.s6, self.io_counters)
         inbox = dev.inbox
-        if inbox and self.tun.vnet_hdr:
-            self._write_tun_coalesced(inbox)
-        elif inbox:
-            write, fd = os.write, self.tun.fd
-            pop_in = inbox.popleft
-            while inbox:
-                try:
-                    write(fd, pop_in())
-                except OSError as e:
-                    if e.errno == errno.EBADFD:
-                        self.stop_reason = "interface deleted"
-                        inbox.clear()
-                        return
-                    self.io_counters["io_tun_write_error"] += 1
+        if inbox and not self.tun.write_batch(inbox, self.io_counters):
+            self.stop_reason = "interface deleted"
 
-    def _write_tun_coalesced(self, inbox: collections.deque[bytes]) -> None:
-        writev, fd = os.writev, self.tun.fd
-        if len(inbox) == 1:  # latency path (a ping, an ACK): nothing to merge
-            vecs: list[list[bytes | memoryview]] = [[ZERO_VNET_HDR, inbox.popleft()]]
-        else:
-            vecs = coalesce(list(inbox))
-            inbox.clear()
-        for vec in vecs:
-            try:
-                writev(fd, vec)
-            except OSError as e:
-                if e.errno == errno.EBADFD:
-                    self.stop_reason = "interface deleted"
-                    return
-                self.io_counters["io_tun_write_error"] += 1
-            else:
-                if len(vec) > 2:
-                    self.io_counters["io_gro_writes"] += 1
+    def _flush_if_backlogged(self) -> None:
+        if len(self.device.outbox) >= FLUSH_AT:
+            self._flush()
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -453,7 +207,11 @@ class Daemon:
         dev = self.device
         clock = self.clock
         poll = self.epoll.poll
-        tun_fd = self.tun.fd
+        tun = self.tun
+        tun_fd, read_tun, tun_ready = tun.fd, tun.read_batch, tun.ready.poll
+        on_packet, on_datagram = dev.on_packet, dev.on_datagram
+        flush_if_backlogged = self._flush_if_backlogged
+        io_counters = self.io_counters
         wake_r = self._wake_r
         next_housekeeping = clock()
         next_stats_log = next_housekeeping + STATS_LOG_INTERVAL
@@ -477,7 +235,7 @@ class Daemon:
                 self._housekeeping()
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL
                 if now >= next_stats_log and log.isEnabledFor(logging.DEBUG):
-                    log.debug("counters %s", json.dumps(self.counters(), sort_keys=True))
+                    log.debug("counters %s", statsfile.to_json(self.counters()))
                     next_stats_log = now + STATS_LOG_INTERVAL
                 if self.stop_reason:
                     break
@@ -494,11 +252,12 @@ class Daemon:
                         if ev & _ERR_HUP:
                             self.stop_reason = "interface deleted"
                             break
-                        self._read_tun(now)
+                        if not read_tun(on_packet, now, BATCH, io_counters, flush_if_backlogged):
+                            self.stop_reason = "interface deleted"
                     elif fd == self.s4_fd and self.s4 is not None:
-                        self._read_udp(self.s4, self._s4_ready, now)
+                        read_udp(self.s4, self._s4_ready, on_datagram, now, BATCH, io_counters)
                     elif fd == self.s6_fd and self.s6 is not None:
-                        self._read_udp(self.s6, self._s6_ready, now)
+                        read_udp(self.s6, self._s6_ready, on_datagram, now, BATCH, io_counters)
                     elif fd == wake_r:
                         self._drain_wakeup()
                     else:
@@ -508,9 +267,10 @@ class Daemon:
                 # Writing to the TUN runs the local stack synchronously: its answers
                 # (TCP ACKs, echo replies) are queued already. Take them now, not after
                 # another epoll_wait round trip. Probe first: often nothing came
-                # back, and a failing read costs more than the probe (_read_tun).
-                if wrote_tun and self.stop_reason is None and self._tun_ready.poll(0):
-                    self._read_tun(now)
+                # back, and a failing read costs more than the probe (Tun.read_batch).
+                if wrote_tun and self.stop_reason is None and tun_ready(0):
+                    if not read_tun(on_packet, now, BATCH, io_counters, flush_if_backlogged):
+                        self.stop_reason = "interface deleted"
                     self._flush()
             except Exception:
                 # A bug must cost one packet, not the tunnel: count it, log it, carry on
@@ -518,7 +278,7 @@ class Daemon:
                 self._internal_error()
             if self._dump_requested:
                 self._dump_requested = False
-                log.info("counters %s", json.dumps(self.counters(), sort_keys=True))
+                log.info("counters %s", statsfile.to_json(self.counters()))
                 self._write_stats()
         log.info("stopping: %s", self.stop_reason)
         return self.stop_reason or "stopped"
@@ -550,12 +310,8 @@ class Daemon:
     def _write_stats(self) -> None:
         if not self.stats_path:
             return
-        tmp = f"{self.stats_path}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.counters(), f, sort_keys=True)
-            os.replace(tmp, self.stats_path)
+            statsfile.write(self.stats_path, self.counters())
         except OSError as e:
             self.io_counters["io_stats_write_error"] += 1
             log.debug("cannot write stats file: %s", e.strerror)
@@ -592,9 +348,7 @@ class Daemon:
         self.uapi.close()
         self._close_sockets()
         if self.stats_path:
-            for p in (self.stats_path, f"{self.stats_path}.tmp"):
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
+            statsfile.remove(self.stats_path)
         self.tun.close()
         self.epoll.close()
         os.close(self._wake_r)

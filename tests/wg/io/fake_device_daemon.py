@@ -15,8 +15,8 @@ from __future__ import annotations
 import collections
 import sys
 
-from fabric.wg import daemon as daemon_module
-from fabric.wg.daemon import Daemon, Endpoint
+from fabric.wg.daemon import Daemon
+from fabric.wg.messages import Endpoint
 from fabric.wg.tun import Tun
 from fabric.wg.uapi import UapiReply
 
@@ -69,9 +69,9 @@ def _scripted_uapi(device: FakeDevice, request: str, now: float) -> UapiReply:
 
 
 def main() -> None:
-    daemon_module.handle_uapi = _scripted_uapi  # type: ignore[assignment]
     iface, stats, uapi_dir = sys.argv[1:4]
-    daemon = Daemon(FakeDevice(), Tun(iface), uapi_dir=uapi_dir, stats_path=stats)
+    daemon = Daemon(FakeDevice(), Tun(iface), uapi_dir=uapi_dir, stats_path=stats,
+                    uapi=_scripted_uapi)  # type: ignore[arg-type]
     daemon.install_signal_handlers()
     print(daemon.bound_port, flush=True)
     try:

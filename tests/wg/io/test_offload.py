@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from fabric.wg.tun import (
+from fabric.wg.offload import (
     GSO_TCPV4,
     GSO_TCPV6,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from fabric.model import LocalFabric, PeerFabric, RangeMap
-from fabric.routes import RouteError, parse_cidrs, plan
+from fabric.routes import NextHop, RouteError, parse_cidrs, plan
 from fabric.wgctl import (
     DeviceStatus,
     PeerStatus,
@@ -132,8 +132,10 @@ def test_peer_status_dict() -> None:
 
 def test_route_plan() -> None:
     n = ipaddress.ip_network
-    p = plan(parse_cidrs(["100.64.0.0/16", "fd64::/48"]), {n("100.64.0.0/16"), n("100.80.0.0/12")})
-    assert p.add == (n("fd64::/48"),) and p.remove == (n("100.80.0.0/12"),)
-    assert plan(set(), set()).add == ()
+    dev = NextHop(None, 7)  # the gateway's routes point into its WireGuard device
+    p = plan(dict.fromkeys(parse_cidrs(["100.64.0.0/16", "fd64::/48"]), dev),
+             dict.fromkeys({n("100.64.0.0/16"), n("100.80.0.0/12")}, dev))
+    assert p.add == ((n("fd64::/48"), dev),) and p.remove == (n("100.80.0.0/12"),)
+    assert plan({}, {}).add == ()
     with pytest.raises(RouteError, match="not a valid CIDR"):
         parse_cidrs(["100.64.0.1/16"])

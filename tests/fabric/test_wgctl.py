@@ -1,14 +1,12 @@
-"""WgControl's pure halves (parse_get, render_set) and routes.plan, without sockets."""
+"""WgControl's pure halves (parse_get, render_set), without sockets."""
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 
 import pytest
 
 from fabric.model import LocalFabric, PeerFabric, RangeMap
-from fabric.routes import RouteError, parse_cidrs, plan
 from fabric.wgctl import (
     DeviceStatus,
     PeerStatus,
@@ -122,12 +120,3 @@ def test_render_set_errors_do_not_echo_keys() -> None:
 def test_peer_status_dict() -> None:
     s = PeerStatus(public_key=PUB_A, endpoint="1.2.3.4:5", last_handshake=1.0, rx_bytes=2, tx_bytes=3)
     assert s.as_dict()["rx_bytes"] == 2 and "public_key" not in s.as_dict()
-
-
-def test_route_plan() -> None:
-    n = ipaddress.ip_network
-    p = plan(parse_cidrs(["100.64.0.0/16", "fd64::/48"]), {n("100.64.0.0/16"), n("100.80.0.0/12")})
-    assert p.add == (n("fd64::/48"),) and p.remove == (n("100.80.0.0/12"),)
-    assert plan(set(), set()).add == ()
-    with pytest.raises(RouteError, match="not a valid CIDR"):
-        parse_cidrs(["100.64.0.1/16"])

@@ -300,7 +300,7 @@ def test_routes_publish_gateway_ip6_for_dual_stack(clusters: Any) -> None:
     """GET /api/v1/routes through TestClient: gateway_ip6 for the IPv6 views, and the agent accepts it."""
     from fastapi.testclient import TestClient
 
-    from fabric.agent import parse_routes
+    from fabric.agent_api import parse_routes
     from tests.gateway.test_two_gateways import peer
 
     dual = {"pod_cidrs": ["10.244.0.0/16", "fd00:244::/48"], "gateway_ip6": "fd00:244::10",

@@ -6,15 +6,9 @@ import ipaddress
 
 import pytest
 
-from fabric.agent import (
-    NextHop,
-    Plan,
-    RoutesError,
-    desired_routes,
-    parse_routes,
-    plan,
-    resolve_nexthop,
-)
+from fabric.agent import desired_routes, resolve_nexthop
+from fabric.agent_api import RoutesError, parse_routes
+from fabric.routes import NextHop, Plan, plan
 
 N = ipaddress.ip_network
 

@@ -28,13 +28,13 @@ state), ``render`` (the whole-table and the changes-only batch), ``report``
 touches the system: every function returns data.
 """
 
-from fabric.nat.check import NatError, check, parse_network
+from fabric.nat.check import NatError, parse_network
 from fabric.nat.names import FAMILY, chain_suffix, count_chain, egress_chain, ingress_chain
 from fabric.nat.pieces import build
 from fabric.nat.render import render_delta, render_text
 from fabric.nat.report import mappings, with_counters
 
 __all__ = [
-    "FAMILY", "NatError", "build", "chain_suffix", "check", "count_chain", "egress_chain", "ingress_chain",
+    "FAMILY", "NatError", "build", "chain_suffix", "count_chain", "egress_chain", "ingress_chain",
     "mappings", "parse_network", "render_delta", "render_text", "with_counters",
 ]

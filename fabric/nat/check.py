@@ -81,6 +81,7 @@ class CheckedLocal:
 @dataclass(frozen=True)
 class CheckedPeer:
     cluster_id: str
+    suffix: str  # chain_suffix(cluster_id)
     remote: tuple[Mapping, ...]  # the peer's real ranges -> our views of them
     local: tuple[Mapping, ...]  # our real ranges -> the peer's views of them
 
@@ -129,7 +130,7 @@ def check_peer(peer: PeerFabric) -> CheckedPeer:
     remote = tuple(pair(m.kind, m.real, m.view, "remote") for m in peer.remote)
     local = tuple(pair(m.kind, m.real, m.view, "local") for m in peer.local)
     _first_overlap([(m.view.net, "its view of us") for m in local], f"peer {cid!r}: ")
-    return CheckedPeer(cid, remote, local)
+    return CheckedPeer(cid, chain_suffix(cid), remote, local)
 
 
 def check(state: FabricState) -> Checked:

@@ -27,7 +27,7 @@ import gc
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fabric.model import Address, FabricState, map_into
 from fabric.nat.check import Checked, CheckedLocal, CheckedPeer, Mapping, check
@@ -67,30 +67,46 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# Iterating an Enum class runs Python code each time; rendering does it per peer.
+CHAINS = tuple(PeerChain)
+
+
+def element_maps(version: int) -> tuple[str, ...]:
+    """The maps and sets keyed by our views of the peers, in the table's order."""
+    return (*(pc.map(version) for pc in CHAINS), f"peer_views_v{version}", f"host_v{version}")
+
+
+class Rule(NamedTuple):
+    """One per-peer rule: ``text`` is its JSON object for the batches; chain,
+    expressions (JSON text, shared by the peers with the same mapping) and
+    comment identify it in the report."""
+
+    chain: str
+    expr: str
+    comment: str
+    text: str
+
+
 @dataclass(frozen=True)
 class PeerPieces:
     """One peer's chains, rules and elements, as JSON text."""
 
     peer: CheckedPeer
     chains: dict[PeerChain, str]  # chain names
-    # Rule objects ({"family":..,"table":..,"chain":..,"expr":..,"comment":..}):
-    # one NAT rule per mapping of ours (egress, then ingress) and its counting
+    quoted: tuple[str, ...]  # the chain names as JSON strings, in ``CHAINS`` order
+    # One NAT rule per mapping of ours (egress, then ingress) and its counting
     # twin with the same comment, in the same order.
-    nat_rules: tuple[str, ...]
-    count_rules: tuple[str, ...]
-    keys: dict[int, tuple[str, ...]]  # by IP version: our views of the peer as commented element keys
-    jumps: dict[PeerChain, str]  # the verdict that closes a map element: ,{"jump":{"target":...}}]
-    host: dict[int, tuple[str, ...]]  # by IP version: host_v* elements (our view -> gateway as the peer sees it)
+    nat_rules: tuple[Rule, ...]
+    count_rules: tuple[Rule, ...]
+    # By map or set name (``element_maps``): the peer's elements, comma-separated
+    # ("" for none). Keys are our views of the peer; the verdict maps jump to
+    # the peer's chains, host_v* holds the gateway as the peer sees it.
+    elements: dict[str, str]
     host_target: dict[int, Address | None]  # by IP version
 
     @property
     def cluster_id(self) -> str:
         return self.peer.cluster_id
-
-    def elements(self, chain: PeerChain, version: int) -> Iterator[str]:
-        """The peer's elements of verdict map ``chain.map(version)``."""
-        jump = self.jumps[chain]
-        return (f"[{key}{jump}" for key in self.keys[version])
 
 
 @dataclass(frozen=True)
@@ -100,9 +116,6 @@ class Table:
     local: CheckedLocal
     peers: tuple[PeerPieces, ...]
 
-    def peer(self, cluster_id: str) -> PeerPieces:
-        return next(p for p in self.peers if p.cluster_id == cluster_id)
-
 
 class Builder:
     """Builds peers' pieces for one local side, sharing fragments between peers."""
@@ -110,54 +123,45 @@ class Builder:
     def __init__(self, local: CheckedLocal) -> None:
         self.local = local
         self._rule_head = f'{{"family":"{FAMILY}","table":{dumps(local.table)},"chain":'
+        self._maps = {v: element_maps(v) for v in (4, 6)}
         # Shared fragments, keyed by what they depend on (CIDR texts as parsed).
-        self._nat: dict[tuple[Direction, str, str], tuple[str, str, str]] = {}
-        self._count: dict[tuple[Direction, str], str] = {}
-        self._host: dict[tuple[str, str], Address | None] = {}
+        self._rules: dict[tuple[Direction, str, str, str], tuple[str, str, str]] = {}
+        self._host: dict[tuple[str, str], tuple[Address, str] | None] = {}
 
-    def _nat_frag(self, direction: Direction, m: Mapping) -> tuple[str, str, str]:
-        """(match, verdict, comment tail) of the NAT rule of mapping ``m``."""
-        key = (direction, m.real.text, m.view.text)
-        frag = self._nat.get(key)
+    def _rule_frags(self, direction: Direction, m: Mapping) -> tuple[str, str, str]:
+        """The expressions of mapping ``m``'s NAT rule (match, counter, verdict),
+        its comment after the cluster ID, and the expressions of its counting
+        rule (match on the real side, where forward sees it; counter)."""
+        key = (direction, m.kind, m.real.text, m.view.text)
+        frag = self._rules.get(key)
         if frag is None:
             p = _proto(m.real.version)
             if direction is Direction.EGRESS:
                 field, nat, match, target = "saddr", "snat", m.real, m.view
-                head = f"src {m.real.text} -> {m.view.text}"
+                note = f"{direction.value} {m.kind} src {m.real.text} -> {m.view.text}"
             else:
                 field, nat, match, target = "daddr", "dnat", m.view, m.real
-                head = f"dst {m.view.text} -> {m.real.text}"
+                note = f"{direction.value} {m.kind} dst {m.view.text} -> {m.real.text}"
             if m.real.text == m.view.text:
                 verdict = '{"accept":null}'
-                head += " (no rewrite)"
+                note += " (no rewrite)"
             else:
                 verdict = (f'{{"{nat}":{{"family":"{p}","addr":{target.prefix},'
                            f'"flags":"netmap","type_flags":"prefix"}}}}')
-            matched = f'{{"match":{{"op":"==","left":{{"payload":{{"protocol":"{p}","field":"{field}"}}}},' \
-                      f'"right":{match.prefix}}}}}'
-            frag = self._nat[key] = (matched, verdict, head)
+            left = f'{{"match":{{"op":"==","left":{{"payload":{{"protocol":"{p}","field":"{field}"}}}},"right":'
+            frag = self._rules[key] = (f"[{left}{match.prefix}}}}},{COUNTER},{verdict}]", note,
+                                       f"[{left}{m.real.prefix}}}}},{COUNTER}]")
         return frag
 
-    def _count_frag(self, direction: Direction, m: Mapping) -> str:
-        """The match of the counting rule of mapping ``m``: the real side, where forward sees it."""
-        key = (direction, m.real.text)
-        frag = self._count.get(key)
-        if frag is None:
-            field = "saddr" if direction is Direction.EGRESS else "daddr"
-            frag = self._count[key] = (
-                f'{{"match":{{"op":"==","left":{{"payload":{{"protocol":"{_proto(m.real.version)}",'
-                f'"field":"{field}"}}}},"right":{m.real.prefix}}}}}')
-        return frag
-
-    def host_target(self, peer: CheckedPeer, version: int) -> Address | None:
-        """The gateway's pod address as ``peer`` sees it (SNAT target for host-network sources)."""
+    def _host_target(self, peer: CheckedPeer, version: int) -> tuple[Address, str] | None:
         gateway = self.local.gateway
         if gateway is None or gateway.version != version:
             return None
         for m in peer.local:
             key = (m.real.text, m.view.text)
             if key not in self._host:  # most peers share their views of us
-                self._host[key] = map_into(gateway, m.real.net, m.view.net) if gateway in m.real.net else None
+                addr = map_into(gateway, m.real.net, m.view.net) if gateway in m.real.net else None
+                self._host[key] = None if addr is None else (addr, str(addr))
             target = self._host[key]
             if target is not None:
                 return target
@@ -165,8 +169,9 @@ class Builder:
 
     def peer(self, peer: CheckedPeer) -> PeerPieces:
         cid = peer.cluster_id
-        chains = {pc: pc.chain(cid) for pc in PeerChain}
-        quoted = {pc: dumps(name) for pc, name in chains.items()}
+        chains = {pc: f"{pc.prefix}-{peer.suffix}" for pc in CHAINS}
+        quoted = tuple(dumps(chains[pc]) for pc in CHAINS)
+        egress, ingress, count = quoted
         # One counted NAT rule per mapping in the peer's chain: egress rewrites our
         # source to the peer's view of it, ingress rewrites the peer's view of us
         # back to our real destination (both prefix-for-prefix, netmap).
@@ -178,38 +183,44 @@ class Builder:
         # packet's source is one, and views never overlap our real ranges
         # (check), so an egress packet cannot match an ingress rule nor the
         # reverse. No verdict: counting changes nothing.
-        nat_rules: list[str] = []
-        count_rules: list[str] = []
+        nat_rules: list[Rule] = []
+        count_rules: list[Rule] = []
         head = self._rule_head
-        for direction, chain in ((Direction.EGRESS, PeerChain.EGRESS), (Direction.INGRESS, PeerChain.INGRESS)):
-            nat_head = f"{head}{quoted[chain]},"
-            count_head = f"{head}{quoted[PeerChain.COUNT]},"
+        for direction, pc, chain in ((Direction.EGRESS, PeerChain.EGRESS, egress),
+                                     (Direction.INGRESS, PeerChain.INGRESS, ingress)):
             for m in peer.local:
-                matched, verdict, tail = self._nat_frag(direction, m)
-                text = f"{cid}: {direction.value} {m.kind} {tail}"
-                note = dumps(comment(text) if len(text) > 128 else text)
-                nat_rules.append(f'{nat_head}"expr":[{matched},{COUNTER},{verdict}],"comment":{note}}}')
-                count_rules.append(f'{count_head}"expr":[{self._count_frag(direction, m)},{COUNTER}],'
-                                   f'"comment":{note}}}')
-        keys: dict[int, tuple[str, ...]] = {}
-        host: dict[int, tuple[str, ...]] = {}
+                expr, note, counted = self._rule_frags(direction, m)
+                note = comment(f"{cid}: {note}")
+                text = dumps(note)
+                nat_rules.append(Rule(chains[pc], expr, note, f'{head}{chain},"expr":{expr},"comment":{text}}}'))
+                count_rules.append(Rule(chains[PeerChain.COUNT], counted, note,
+                                        f'{head}{count},"expr":{counted},"comment":{text}}}'))
+        elements: dict[str, str] = {}
         targets: dict[int, Address | None] = {}
-        for v in (4, 6):
-            views = [m for m in peer.remote if m.view.version == v]
-            keys[v] = tuple(f'{{"elem":{{"val":{m.view.prefix},"comment":{dumps(comment(f"{cid} {m.kind}"))}}}}}'
-                            for m in views)
-            # Keyed by our views of the peer (the destination), valued with the
-            # final address, so conntrack holds one rewrite.
-            target = targets[v] = self.host_target(peer, v)
-            if target is None:
-                host[v] = ()
-                continue
-            tail = f'"comment":{dumps(comment(f"{cid}: host network -> {target}"))}}}}},"{target}"]'
-            host[v] = tuple(f'[{{"elem":{{"val":{m.view.prefix},{tail}' for m in views)
         # jump, not goto: a packet no per-peer rule takes comes back to the base
         # chain for the host-network map and the final drop.
-        jumps = {pc: f',{{"jump":{{"target":{q}}}}}]' for pc, q in quoted.items()}
-        return PeerPieces(peer, chains, tuple(nat_rules), tuple(count_rules), keys, jumps, host, targets)
+        jumps = [f',{{"jump":{{"target":{q}}}}}]' for q in quoted]
+        for v in (4, 6):
+            *verdict_maps, views_set, host_map = self._maps[v]
+            target = self._host_target(peer, v)
+            targets[v] = target[0] if target else None
+            views = [m for m in peer.remote if m.view.version == v]
+            if not views:
+                elements.update(dict.fromkeys(self._maps[v], ""))
+                continue
+            keys = [f'{{"elem":{{"val":{m.view.prefix},"comment":{dumps(comment(f"{cid} {m.kind}"))}}}}}'
+                    for m in views]
+            for name, jump in zip(verdict_maps, jumps, strict=True):
+                elements[name] = ",".join([f"[{key}{jump}" for key in keys])
+            elements[views_set] = ",".join(keys)
+            # Keyed by our views of the peer (the destination), valued with the
+            # final address, so conntrack holds one rewrite.
+            if target is None:
+                elements[host_map] = ""
+                continue
+            tail = f',"comment":{dumps(comment(f"{cid}: host network -> {target[1]}"))}}}}},"{target[1]}"]'
+            elements[host_map] = ",".join([f'[{{"elem":{{"val":{m.view.prefix}{tail}' for m in views])
+        return PeerPieces(peer, chains, quoted, tuple(nat_rules), tuple(count_rules), elements, targets)
 
 
 @functools.lru_cache(maxsize=2)

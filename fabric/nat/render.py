@@ -10,12 +10,13 @@ peers that differ, or None when the whole batch should be sent.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fabric.model import FabricState
 from fabric.nat.check import check_peer
 from fabric.nat.names import FAMILY, PeerChain, comment
-from fabric.nat.pieces import Builder, PeerPieces, Table, build, dumps, gc_paused
+from fabric.nat.pieces import Builder, PeerPieces, Table, build, dumps, element_maps, gc_paused
 
 
 def render_text(state: FabricState) -> str:
@@ -44,22 +45,25 @@ def _full(table: Table) -> str:
     # After DNAT (prerouting) and before SNAT (postrouting): real addresses on our side.
     add("chain", {"name": "count", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"})
     head = f'{{"add":{{"chain":{{"family":"{FAMILY}","table":{dumps(t)},"name":'
-    cmds += [f"{head}{dumps(p.chains[pc])}}}}}}}" for p in table.peers for pc in PeerChain]
+    cmds += [f"{head}{q}}}}}}}" for p in table.peers for q in p.quoted]
     for v, addr_type in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        for pc in PeerChain:
-            add("map", {"name": pc.map(v), "type": addr_type, "map": "verdict", "flags": ["interval"]},
-                [e for p in table.peers for e in p.elements(pc, v)])
-        add("set", {"name": f"peer_views_v{v}", "type": addr_type, "flags": ["interval"]},
-            [k for p in table.peers for k in p.keys[v]])
-        add("map", {"name": f"host_v{v}", "type": addr_type, "map": addr_type, "flags": ["interval"],
+        *verdict_maps, views, host = element_maps(v)
+        for name in verdict_maps:
+            add("map", {"name": name, "type": addr_type, "map": "verdict", "flags": ["interval"]},
+                _elements(table.peers, name))
+        add("set", {"name": views, "type": addr_type, "flags": ["interval"]}, _elements(table.peers, views))
+        add("map", {"name": host, "type": addr_type, "map": addr_type, "flags": ["interval"],
                     "stmt": [{"counter": None}]},  # a counter on every element
-            [h for p in table.peers for h in p.host[v]])
+            _elements(table.peers, host))
     cmds += [dumps({"add": {"rule": {"family": FAMILY, "table": t, "chain": chain, "expr": expr,
                                      "comment": comment(note)}}}) for chain, expr, note in _base_rules(table)]
     for p in table.peers:
-        cmds += [f'{{"add":{{"rule":{r}}}}}' for r in p.nat_rules]
-        cmds += [f'{{"add":{{"rule":{r}}}}}' for r in p.count_rules]
+        cmds += [f'{{"add":{{"rule":{r.text}}}}}' for r in p.nat_rules + p.count_rules]
     return '{"nftables":[' + ",".join(cmds) + "]}"
+
+
+def _elements(peers: Iterable[PeerPieces], name: str) -> list[str]:
+    return [e for p in peers if (e := p.elements[name])]
 
 
 def _meta(key: str, value: Any, op: str = "==") -> dict[str, Any]:
@@ -156,7 +160,8 @@ def render_delta(previous: FabricState, state: FabricState) -> str | None:
         # The shared inputs are equal, so the old peers' pieces are built on the new local side.
         builder = Builder(table.local)
         out = [builder.peer(check_peer(p)) for p in gone + changed]
-        into = [table.peer(p.cluster_id) for p in changed + added]
+        by_id = {p.cluster_id: p for p in table.peers}
+        into = [by_id[p.cluster_id] for p in changed + added]
         return _delta(table, out, into, {p.cluster_id for p in gone}, {p.cluster_id for p in added})
 
 
@@ -169,16 +174,16 @@ def _delta(table: Table, out: list[PeerPieces], into: list[PeerPieces], gone: se
             cmds.append(f'{{"{verb}":{{"element":{{{head},"name":"{name}","elem":[{",".join(elems)}]}}}}}}')
 
     def chains(verb: str, peers: list[PeerPieces]) -> None:
-        cmds.extend(f'{{"{verb}":{{"chain":{{{head},"name":{dumps(p.chains[pc])}}}}}}}' for p in peers for pc in PeerChain)
+        cmds.extend(f'{{"{verb}":{{"chain":{{{head},"name":{q}}}}}}}' for p in peers for q in p.quoted)
 
-    # Out: the old peers' elements (map keys are our views of them) ...
+    # Out: the old peers' elements (keys only: our views of them) ...
     for v in (4, 6):
+        *keyed, host = element_maps(v)
         views = [m.view.prefix for p in out for m in p.peer.remote if m.view.version == v]
-        for pc in PeerChain:
-            elements("delete", pc.map(v), views)
-        elements("delete", f"peer_views_v{v}", views)
-        elements("delete", f"host_v{v}", [m.view.prefix for p in out if p.host_target[v] is not None
-                                          for m in p.peer.remote if m.view.version == v])
+        for name in keyed:
+            elements("delete", name, views)
+        elements("delete", host, [m.view.prefix for p in out if p.host_target[v] is not None
+                                  for m in p.peer.remote if m.view.version == v])
     # ... then their rules; chains of removed peers go (nothing jumps to them any more).
     chains("flush", out)
     chains("delete", [p for p in out if p.cluster_id in gone])
@@ -188,15 +193,12 @@ def _delta(table: Table, out: list[PeerPieces], into: list[PeerPieces], gone: se
             # add + flush: should the chain already exist (the kernel is ahead of
             # ``previous``), its rules are not doubled. Elements need no such care:
             # adding one that exists with another value, or overlaps, fails the batch.
-            for pc in PeerChain:
-                name = dumps(p.chains[pc])
-                cmds.append(f'{{"add":{{"chain":{{{head},"name":{name}}}}}}}')
-                cmds.append(f'{{"flush":{{"chain":{{{head},"name":{name}}}}}}}')
+            for q in p.quoted:
+                cmds.append(f'{{"add":{{"chain":{{{head},"name":{q}}}}}}}')
+                cmds.append(f'{{"flush":{{"chain":{{{head},"name":{q}}}}}}}')
     for p in into:
-        cmds += [f'{{"add":{{"rule":{r}}}}}' for r in p.nat_rules + p.count_rules]
+        cmds += [f'{{"add":{{"rule":{r.text}}}}}' for r in p.nat_rules + p.count_rules]
     for v in (4, 6):
-        for pc in PeerChain:
-            elements("add", pc.map(v), [e for p in into for e in p.elements(pc, v)])
-        elements("add", f"peer_views_v{v}", [k for p in into for k in p.keys[v]])
-        elements("add", f"host_v{v}", [h for p in into for h in p.host[v]])
+        for name in element_maps(v):
+            elements("add", name, _elements(into, name))
     return '{"nftables":[' + ",".join(cmds) + "]}"

@@ -4,14 +4,15 @@ that implement them (``mappings``), joined with the kernel's counters
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from typing import Any
 
 from fabric.model import FabricState
 from fabric.nat.check import Mapping
-from fabric.nat.names import PeerChain, comment
-from fabric.nat.pieces import PeerPieces, build, gc_paused
+from fabric.nat.names import FAMILY, PeerChain, comment
+from fabric.nat.pieces import PeerPieces, Rule, build
 
 
 def mappings(state: FabricState) -> list[dict[str, Any]]:
@@ -24,17 +25,28 @@ def mappings(state: FabricState) -> list[dict[str, Any]]:
     ``Nft.list_table``.
     """
     table = build(state)
-    with gc_paused():
-        return [_peer(p) for p in table.peers]
+    return [_peer(p, table.local.table) for p in table.peers]
 
 
 def _ranges(maps: tuple[Mapping, ...]) -> list[dict[str, str]]:
     return [{"kind": m.kind, "real": m.real.text, "view": m.view.text} for m in maps]
 
 
-def _peer(p: PeerPieces) -> dict[str, Any]:
-    rules = json.loads("[" + ",".join(p.nat_rules) + "]")
-    counts = json.loads("[" + ",".join(p.count_rules) + "]")
+@functools.lru_cache(maxsize=4096)
+def _expr(text: str) -> list[Any]:
+    # Most peers share their rules' expressions (the same text object): parse
+    # each once; the report's rules share the result (read-only).
+    expr: list[Any] = json.loads(text)
+    return expr
+
+
+def _rule(r: Rule, table: str) -> dict[str, Any]:
+    return {"family": FAMILY, "table": table, "chain": r.chain, "expr": _expr(r.expr), "comment": r.comment}
+
+
+def _peer(p: PeerPieces, table: str) -> dict[str, Any]:
+    rules = [_rule(r, table) for r in p.nat_rules]
+    counts = [_rule(r, table) for r in p.count_rules]
     cid = p.cluster_id
     hosts = []
     for v in (4, 6):

@@ -7,12 +7,12 @@ text (``PeerPieces``); the whole-table batch, the changes-only batch and the
 
 Why text: for 1000 peers the table holds ~12 000 per-peer objects, and
 building them as dicts to serialize them afterwards cost several times more
-than pasting fragments. Most of the text is shared: the match and NAT verdict
-of a mapping rule depend only on (direction, real, view), and nearly every peer
-maps the same real ranges to the same views of us, so each is written once per
-build; only chain names and comments are escaped per peer. The text is what
-``json.dumps(..., separators=(",", ":"))`` makes of the same objects, so the
-report reads the rules back with ``json.loads``.
+than pasting fragments. Most of the text is shared: the expressions of a
+mapping rule depend only on (direction, kind, real, view), and nearly every
+peer maps the same real ranges to the same views of us, so each is written
+once per build; only chain names and comments are escaped per peer. The text
+is what ``json.dumps(..., separators=(",", ":"))`` makes of the same objects
+(the report parses each shared expression back once).
 
 ``build`` keeps the tables of the last two states (keyed by the frozen
 ``FabricState``): an apply validates, renders and verifies one state, and the
@@ -25,7 +25,7 @@ import contextlib
 import functools
 import gc
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -37,7 +37,7 @@ from fabric.nat.names import FAMILY, Direction, PeerChain, comment
 # strings (most calls: comments, chain names) go straight to the C escaper,
 # which is what the encoder itself uses for them (ensure_ascii).
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-_QUOTE: Any = json.encoder.encode_basestring_ascii
+_QUOTE: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 # An anonymous counter starting at zero: the same kernel object as
 # {"packets": 0, "bytes": 0}, but fewer tokens for libnftables to parse (6000+ of them).
@@ -46,7 +46,7 @@ COUNTER = '{"counter":null}'
 
 def dumps(obj: Any) -> str:
     """Compact JSON, as the rest of the batch is written."""
-    return str(_QUOTE(obj)) if type(obj) is str else _ENCODE(obj)
+    return _QUOTE(obj) if type(obj) is str else _ENCODE(obj)
 
 
 def _proto(version: int) -> str:
@@ -189,8 +189,8 @@ class Builder:
         for direction, pc, chain in ((Direction.EGRESS, PeerChain.EGRESS, egress),
                                      (Direction.INGRESS, PeerChain.INGRESS, ingress)):
             for m in peer.local:
-                expr, note, counted = self._rule_frags(direction, m)
-                note = comment(f"{cid}: {note}")
+                expr, after_id, counted = self._rule_frags(direction, m)
+                note = comment(f"{cid}: {after_id}")
                 text = dumps(note)
                 nat_rules.append(Rule(chains[pc], expr, note, f'{head}{chain},"expr":{expr},"comment":{text}}}'))
                 count_rules.append(Rule(chains[PeerChain.COUNT], counted, note,

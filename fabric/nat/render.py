@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fabric.model import FabricState
-from fabric.nat.check import check_peer
+from fabric.nat.check import CheckedLocal, check_peer
 from fabric.nat.names import FAMILY, PeerChain, comment
 from fabric.nat.pieces import Builder, PeerPieces, Table, build, dumps, element_maps, gc_paused
 
@@ -56,7 +56,7 @@ def _full(table: Table) -> str:
                     "stmt": [{"counter": None}]},  # a counter on every element
             _elements(table.peers, host))
     cmds += [dumps({"add": {"rule": {"family": FAMILY, "table": t, "chain": chain, "expr": expr,
-                                     "comment": comment(note)}}}) for chain, expr, note in _base_rules(table)]
+                                     "comment": comment(note)}}}) for chain, expr, note in _base_rules(local)]
     for p in table.peers:
         cmds += [f'{{"add":{{"rule":{r.text}}}}}' for r in p.nat_rules + p.count_rules]
     return '{"nftables":[' + ",".join(cmds) + "]}"
@@ -70,24 +70,23 @@ def _meta(key: str, value: Any, op: str = "==") -> dict[str, Any]:
     return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
 
 
-def _base_rules(table: Table) -> list[tuple[str, list[dict[str, Any]], str]]:
+def _base_rules(local: CheckedLocal) -> list[tuple[str, list[dict[str, Any]], str]]:
     """(chain, expressions, comment) of the base chains' rules: the dispatch by
     map lookup, the host-network SNAT, the drops, masquerade, counting, MSS."""
-    local = table.local
     wg = local.interface
     counter: dict[str, Any] = {"counter": None}
     out: list[tuple[str, list[dict[str, Any]], str]] = []
 
-    def lookup(v: int, p: str, field: str, data: str) -> dict[str, Any]:
+    def lookup(p: str, field: str, data: str) -> dict[str, Any]:
         return {"vmap": {"key": {"payload": {"protocol": p, "field": field}}, "data": f"@{data}"}}
 
     for v, p in ((4, "ip"), (6, "ip6")):
-        out.append(("prerouting", [_meta("iifname", wg), lookup(v, p, "saddr", PeerChain.INGRESS.map(v))],
+        out.append(("prerouting", [_meta("iifname", wg), lookup(p, "saddr", PeerChain.INGRESS.map(v))],
                     f"from {wg} {p}: the source (our view of a peer) picks the peer"))
     out.append(("prerouting", [_meta("iifname", wg), counter, {"drop": None}],
                 f"from {wg}: source in no peer view, or destination not offered to that peer: drop"))
     for v, p in ((4, "ip"), (6, "ip6")):
-        out.append(("postrouting", [_meta("oifname", wg), lookup(v, p, "daddr", PeerChain.EGRESS.map(v))],
+        out.append(("postrouting", [_meta("oifname", wg), lookup(p, "daddr", PeerChain.EGRESS.map(v))],
                     f"into {wg} {p}: the destination (our view of a peer) picks the peer"))
     for v, p in ((4, "ip"), (6, "ip6")):
         out.append(("postrouting", [_meta("oifname", wg), {"snat": {"family": p, "addr": {"map": {
@@ -105,9 +104,9 @@ def _base_rules(table: Table) -> list[tuple[str, list[dict[str, Any]], str]]:
             counter, {"snat": {"family": p, "addr": str(g)}}], f"masquerade: from peers into the cluster -> {g}"))
     for v, p in ((4, "ip"), (6, "ip6")):
         count = PeerChain.COUNT.map(v)
-        out.append(("count", [_meta("oifname", wg), lookup(v, p, "daddr", count)],
+        out.append(("count", [_meta("oifname", wg), lookup(p, "daddr", count)],
                     f"into {wg} {p}: count every packet, per peer and mapping"))
-        out.append(("count", [_meta("iifname", wg), lookup(v, p, "saddr", count)],
+        out.append(("count", [_meta("iifname", wg), lookup(p, "saddr", count)],
                     f"from {wg} {p}: count every packet, per peer and mapping"))
     for v, nfproto in ((4, "ipv4"), (6, "ipv6")):
         mss = local.mtu - (40 if v == 4 else 60)

@@ -25,7 +25,7 @@ class NatError(ValueError):
     """The state cannot be rendered (overlapping views, malformed CIDRs, ...)."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Cidr:
     """A parsed network with the forms the table is written in."""
 

@@ -188,7 +188,7 @@ def main() -> int:
         # paths run at the same time so they share whatever else loads the box.
         def program(path: tuple[str, str, str, str], n: int) -> None:
             g, _pod, tun, _t = path
-            Nft(g).apply(nat.render(FabricState(dataclasses.replace(local, interface=tun), peers(n, pubs))))
+            Nft(g).apply(nat.render_text(FabricState(dataclasses.replace(local, interface=tun), peers(n, pubs))))
             sync_routes(tun, [view(0)], netns=g)
 
         def measure(label: str) -> tuple[list[float], list[float], list[float]]:

@@ -47,10 +47,11 @@ def _views(state: FabricState) -> set[str]:
     return {m.view for p in state.peers for m in p.remote}
 
 
-def validate(state: FabricState) -> str:
-    """Check everything up front; returns the rendered nft batch (JSON text, ``nat.render_text``)."""
+def validate(state: FabricState) -> None:
+    """Check everything up front. ``nat.build`` keeps what it validated (keyed by
+    the state), so rendering and verifying this state afterwards build nothing again."""
     try:
-        ruleset = nat.render_text(state)
+        nat.build(state)
         routes.parse_cidrs(_views(state))
         key_hex(state.local.private_key, "private key")
         for p in state.peers:
@@ -59,11 +60,10 @@ def validate(state: FabricState) -> str:
                 key_hex(p.preshared_key, f"peer {p.cluster_id} preshared key")
     except (nat.NatError, routes.RouteError, WgError) as e:
         raise ApplyError(f"invalid fabric state: {e}") from None
-    return ruleset
 
 
 def nat_inputs(state: FabricState) -> tuple[Any, ...]:
-    """The part of a state that ``nat.render`` reads (keys and endpoints are not in it)."""
+    """The part of a state that the NAT table is made of (keys and endpoints are not in it)."""
     lo = state.local
     return (lo.interface, lo.nft_table, lo.mtu, lo.pod_cidrs, lo.service_cidrs, lo.gateway_ip, lo.masquerade,
             tuple((p.cluster_id, p.remote, p.local) for p in state.peers))
@@ -79,7 +79,7 @@ def order(state: FabricState, previous: FabricState | None) -> tuple[str, str, s
 
 def apply(state: FabricState, previous: FabricState | None = None, *, netns: str | None = None) -> None:
     """Program ``state`` (``previous``: what was programmed last, to clean up and order)."""
-    ruleset = validate(state)
+    validate(state)
     local = state.local
     nft = Nft(netns)
 
@@ -95,7 +95,7 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
                     return
                 except NftError:
                     pass  # the kernel's table is not what ``previous`` made: replace it wholly
-            nft.apply(ruleset)
+            nft.apply(nat.render_text(state))
         except NftError as e:
             raise ApplyError(f"nftables table inet {local.nft_table}: {e}") from None
 

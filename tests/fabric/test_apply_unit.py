@@ -9,7 +9,7 @@ import pytest
 
 from fabric import apply as fabric_apply
 from fabric import nat
-from fabric.apply import ApplyError, order, validate
+from fabric.apply import ApplyError, order
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
 from fabric.nft import NftError
 
@@ -57,7 +57,7 @@ def test_apply_runs_steps_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     fabric_apply.apply(two, one)
     fabric_apply.apply(one, two)
     assert touched == ["nat", "wireguard", "routes", "routes", "wireguard", "nat"]
-    assert json.loads(validate(one))["nftables"][0] == {"add": {"table": {"family": "inet", "name": "crosswire"}}}
+    assert json.loads(nat.render_text(one))["nftables"][0] == {"add": {"table": {"family": "inet", "name": "crosswire"}}}
 
 
 def test_unchanged_nat_inputs_keep_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,4 +99,4 @@ def test_changed_peers_go_as_a_delta_and_a_refused_delta_falls_back_to_the_whole
     sent.clear()
     refuse = True
     fabric_apply.apply(two, one)
-    assert sent == [nat.render_delta(one, two), validate(two)]  # then the whole-table replace
+    assert sent == [nat.render_delta(one, two), nat.render_text(two)]  # then the whole-table replace

@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from typing import Any
 
 import pytest
 from nftfmt import chain_rules, elements, objects, walk
 
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
-from fabric.nat import NatError, mappings, render, render_text, with_counters
+from fabric.nat import NatError, mappings, render_text, with_counters
 
 KEY = "A" * 43 + "="
 
@@ -30,9 +31,15 @@ def peer(cid: str, remote: tuple[RangeMap, ...], mine: tuple[RangeMap, ...]) -> 
     return PeerFabric(cluster_id=cid, public_key=KEY, endpoint=None, remote=remote, local=mine)
 
 
+def table(state: FabricState) -> dict[str, Any]:
+    """The batch apply sends, parsed."""
+    parsed: dict[str, Any] = json.loads(render_text(state))
+    return parsed
+
+
 def cross(a: FabricState, b: FabricState, src: str, dst: str) -> tuple[tuple[str, str], tuple[str, str]]:
     """A NEW packet from a's cluster to b's: ((src, dst) in the tunnel, (src, dst) delivered in b)."""
-    ra, rb = render(a), render(b)
+    ra, rb = table(a), table(b)
     v, s1, d1 = walk(ra, "postrouting", "eth0", a.local.interface, src, dst)
     assert v == "accept", f"{a.local.cluster_id} egress dropped {src}->{dst}"
     v, s2, d2 = walk(rb, "prerouting", b.local.interface, None, s1, d1)
@@ -53,7 +60,7 @@ GPU = FabricState(local("gpu", ("10.244.0.0/16",), ("10.96.0.0/12",), "10.244.0.
 
 
 def test_identical_ranges_exact_json_skeleton() -> None:
-    r = render(LAB)
+    r = table(LAB)
     cmds = r["nftables"]
     tbl = {"family": "inet", "name": "crosswire"}
     # Whole-table replacement in one batch: add (so delete cannot fail), delete, add.
@@ -90,7 +97,7 @@ def test_identical_ranges_exact_json_skeleton() -> None:
 
 
 def test_identical_ranges_rules() -> None:
-    r = render(LAB)
+    r = table(LAB)
     assert chain_rules(r, "prerouting") == [
         "iifname wg0 ip saddr vmap @from_peer_v4", "iifname wg0 ip6 saddr vmap @from_peer_v6",
         "iifname wg0 counter drop"]
@@ -148,8 +155,8 @@ def test_partial_overlap() -> None:
         "b", rm(("pod", "10.244.128.0/17", "100.64.0.0/17")), rm(("pod", "10.244.0.0/16", "100.70.0.0/16"))),))
     b = FabricState(local("b", ("10.244.128.0/17",), gw="10.244.128.1"), (peer(
         "a", rm(("pod", "10.244.0.0/16", "100.70.0.0/16")), rm(("pod", "10.244.128.0/17", "100.64.0.0/17"))),))
-    assert chain_rules(render(a), "to-b")[0] == "ip saddr 10.244.0.0/16 counter snat ip prefix to 100.70.0.0/16"
-    assert chain_rules(render(b), "from-a")[0] == "ip daddr 100.64.0.0/17 counter dnat ip prefix to 10.244.128.0/17"
+    assert chain_rules(table(a), "to-b")[0] == "ip saddr 10.244.0.0/16 counter snat ip prefix to 100.70.0.0/16"
+    assert chain_rules(table(b), "from-a")[0] == "ip daddr 100.64.0.0/17 counter dnat ip prefix to 10.244.128.0/17"
     # The host part below the prefix is preserved (10.244.200.9 is 100.64.72.9 in a's view).
     assert cross(a, b, "10.244.1.5", "100.64.72.9") == (
         ("100.70.1.5", "100.64.72.9"), ("100.70.1.5", "10.244.200.9"))
@@ -163,7 +170,7 @@ def test_containment() -> None:
         "b", rm(("pod", "10.244.0.0/16", "100.64.0.0/16")), rm(("pod", "10.0.0.0/8", "30.0.0.0/8"))),))
     b = FabricState(local("b", ("10.244.0.0/16",), gw="10.244.0.1"), (peer(
         "a", rm(("pod", "10.0.0.0/8", "30.0.0.0/8")), rm(("pod", "10.244.0.0/16", "100.64.0.0/16"))),))
-    assert chain_rules(render(a), "to-b")[:1] == ["ip saddr 10.0.0.0/8 counter snat ip prefix to 30.0.0.0/8"]
+    assert chain_rules(table(a), "to-b")[:1] == ["ip saddr 10.0.0.0/8 counter snat ip prefix to 30.0.0.0/8"]
     assert cross(a, b, "10.244.3.4", "100.64.3.4") == (
         ("30.244.3.4", "100.64.3.4"), ("30.244.3.4", "10.244.3.4"))
     assert cross(b, a, "10.244.3.4", "30.1.2.3") == (("100.64.3.4", "30.1.2.3"), ("100.64.3.4", "10.1.2.3"))
@@ -174,7 +181,7 @@ def test_no_overlap_view_is_real_no_rewriting() -> None:
         "b", rm(("pod", "10.245.0.0/16", "10.245.0.0/16")), rm(("pod", "10.244.0.0/16", "10.244.0.0/16"))),))
     b = FabricState(local("b", ("10.245.0.0/16",), gw="10.245.0.1"), (peer(
         "a", rm(("pod", "10.244.0.0/16", "10.244.0.0/16")), rm(("pod", "10.245.0.0/16", "10.245.0.0/16"))),))
-    r = render(a)
+    r = table(a)
     assert chain_rules(r, "to-b") == ["ip saddr 10.244.0.0/16 counter accept"]
     assert chain_rules(r, "from-b") == ["ip daddr 10.244.0.0/16 counter accept"]
     assert elements(r, "host_v4") == ["10.245.0.0/16 : 10.244.0.1"]
@@ -188,7 +195,7 @@ def test_three_peers_identical_ranges_flat_dispatch() -> None:
     state = FabricState(local("a", ("10.244.0.0/16",), gw="10.244.0.1"), tuple(
         peer(p, rm(("pod", "10.244.0.0/16", v)), rm(("pod", "10.244.0.0/16", "100.65.0.0/16")))
         for p, v in views.items()))
-    r = render(state)
+    r = table(state)
     assert elements(r, "to_peer_v4") == [f"{v} : jump to-{p}" for p, v in views.items()]
     assert elements(r, "from_peer_v4") == [f"{v} : jump from-{p}" for p, v in views.items()]
     # The hot chains do not grow with peers: one map lookup per family.
@@ -203,7 +210,7 @@ def test_three_peers_identical_ranges_flat_dispatch() -> None:
     big = FabricState(state.local, tuple(
         peer(f"p{i}", rm(("pod", "10.244.0.0/24", f"100.{64 + i // 256}.{i % 256}.0/24")), ())
         for i in range(300)))
-    rb = render(big)
+    rb = table(big)
     assert len(chain_rules(rb, "postrouting")) == 5 and len(elements(rb, "to_peer_v4")) == 300
 
 
@@ -212,7 +219,7 @@ def test_ipv6() -> None:
         "b", rm(("pod", "fd00::/48", "fd64::/48")), rm(("pod", "fd00::/48", "fd65::/48"))),))
     b = FabricState(local("b", ("fd00::/48",), gw="10.244.0.2"), (peer(
         "a", rm(("pod", "fd00::/48", "fd65::/48")), rm(("pod", "fd00::/48", "fd64::/48"))),))
-    r = render(a)
+    r = table(a)
     assert chain_rules(r, "to-b")[0] == "ip6 saddr fd00::/48 counter snat ip6 prefix to fd65::/48"
     assert elements(r, "to_peer_v6") == ["fd64::/48 : jump to-b"]
     assert elements(r, "to_peer_v4") == []
@@ -220,26 +227,26 @@ def test_ipv6() -> None:
 
 
 def test_host_network_source() -> None:
-    r = render(LAB)
+    r = table(LAB)
     # A node (192.168.7.7) is not a pod: one SNAT straight to the gateway's pod IP in gpu's view of lab.
     assert walk(r, "postrouting", "eth0", "wg0", "192.168.7.7", "100.64.2.7") == (
         "accept", "100.65.0.1", "100.64.2.7")
     # IPv6 from the host network: no IPv6 gateway address, so dropped (counted).
     assert walk(r, "postrouting", "eth0", "wg0", "fd99::1", "fd64::1")[0] == "drop"
     no_gw = FabricState(local("lab", ("10.244.0.0/16",)), LAB.peers)
-    assert elements(render(no_gw), "host_v4") == []
-    assert walk(render(no_gw), "postrouting", "eth0", "wg0", "192.168.7.7", "100.64.2.7")[0] == "drop"
+    assert elements(table(no_gw), "host_v4") == []
+    assert walk(table(no_gw), "postrouting", "eth0", "wg0", "192.168.7.7", "100.64.2.7")[0] == "drop"
     # Gateway address outside every range this peer maps: cannot be answered, so drop.
     elsewhere = FabricState(local("lab", ("10.244.0.0/16", "10.250.0.0/16"), gw="10.250.0.1"), LAB.peers)
-    assert elements(render(elsewhere), "host_v4") == []
+    assert elements(table(elsewhere), "host_v4") == []
     # Pods still go out by their mapping.
-    assert walk(render(no_gw), "postrouting", "eth0", "wg0", "10.244.1.5", "100.64.2.7")[1] == "100.65.1.5"
+    assert walk(table(no_gw), "postrouting", "eth0", "wg0", "10.244.1.5", "100.64.2.7")[1] == "100.65.1.5"
 
 
 def test_masquerade() -> None:
-    assert "masquerade" not in str(render(GPU))
+    assert "masquerade" not in str(table(GPU))
     m = FabricState(local("gpu", ("10.244.0.0/16",), ("10.96.0.0/12",), "10.244.0.2", masquerade=True), GPU.peers)
-    r = render(m)
+    r = table(m)
     assert chain_rules(r, "postrouting")[-1] == "oifname != wg0 ip saddr @peer_views_v4 counter snat ip to 10.244.0.2"
     assert len(chain_rules(r, "postrouting")) == 6
     # Delivered inward from the gateway's own pod address; the tunnel leg is unchanged.
@@ -248,7 +255,7 @@ def test_masquerade() -> None:
     # Not applied to our own pods leaving towards the tunnel.
     assert walk(r, "postrouting", "eth0", "wg0", "10.244.2.7", "100.65.1.5")[1] == "100.64.2.7"
     with pytest.raises(NatError, match="masquerade"):
-        render(FabricState(local("gpu", ("10.244.0.0/16",), masquerade=True), GPU.peers))
+        table(FabricState(local("gpu", ("10.244.0.0/16",), masquerade=True), GPU.peers))
 
 
 def test_remote_pod_with_local_gateway_ip() -> None:
@@ -258,11 +265,11 @@ def test_remote_pod_with_local_gateway_ip() -> None:
     # lab's gateway itself (host network, 10.244.0.1 as a source) goes out as its own pod view.
     assert cross(LAB, GPU, "10.244.0.1", "100.64.0.1") == (
         ("100.65.0.1", "100.64.0.1"), ("100.65.0.1", "10.244.0.1"))
-    assert "10.244.0.1" not in str(render(LAB)).replace("10.244.0.0", "")
+    assert "10.244.0.1" not in str(table(LAB)).replace("10.244.0.0", "")
 
 
 def test_ingress_drops_destinations_not_offered() -> None:
-    r = render(GPU)
+    r = table(GPU)
     # From lab (source in gpu's view of lab) to a gpu real address lab was never given.
     assert walk(r, "prerouting", "wg0", None, "100.65.1.5", "10.244.2.7")[0] == "drop"
     # Unknown source (in no view): dropped too.
@@ -289,12 +296,12 @@ def test_ingress_drops_destinations_not_offered() -> None:
 ])
 def test_bad_state_is_refused(state: FabricState, message: str) -> None:
     with pytest.raises(NatError, match=re.escape(message)):
-        render(state)
+        table(state)
 
 
 def test_odd_cluster_ids_get_safe_chain_names() -> None:
     s = FabricState(LAB.local, (peer('we"ird id', LAB_OF_GPU, GPU_OF_LAB),))
-    names = [c["name"] for c in objects(render(s), "chain")]
+    names = [c["name"] for c in objects(table(s), "chain")]
     assert all('"' not in n and " " not in n for n in names)
     assert any(n.startswith("to-we_ird_id-") for n in names)
 
@@ -306,9 +313,9 @@ def test_mappings_and_counters() -> None:
                                  {"kind": "service", "real": "10.96.0.0/12", "view": "100.80.0.0/12"}]
     assert maps[0]["local"][0] == {"kind": "pod", "real": "10.244.0.0/16", "view": "100.65.0.0/16"}
     # Every mapping rule in the rendered table, and only those, is reported.
-    rendered = [(r["chain"], r["comment"]) for r in objects(render(LAB), "rule") if r["chain"] in ("to-gpu", "from-gpu")]
+    rendered = [(r["chain"], r["comment"]) for r in objects(table(LAB), "rule") if r["chain"] in ("to-gpu", "from-gpu")]
     assert [(r["chain"], r["comment"]) for r in maps[0]["rules"]] == rendered
-    counted = [(r["chain"], r["comment"]) for r in objects(render(LAB), "rule")
+    counted = [(r["chain"], r["comment"]) for r in objects(table(LAB), "rule")
                if r["chain"] == "cnt-gpu"]
     assert [(r["count_chain"], r["comment"]) for r in maps[0]["rules"]] == counted
     first = maps[0]["rules"][0]
@@ -334,13 +341,13 @@ def test_secrets_never_rendered() -> None:
     s = FabricState(LocalFabric(cluster_id="lab", interface="wg0", listen_port=1, private_key=secret,
                                 pod_cidrs=("10.244.0.0/16",)),
                     (PeerFabric("gpu", KEY, None, preshared_key=secret, remote=LAB_OF_GPU),))
-    assert secret not in str(render(s)) + str(mappings(s)) + repr(s)
+    assert secret not in str(table(s)) + str(mappings(s)) + repr(s)
 
 
 def test_ipv6_gateway_address_for_host_network() -> None:
     a = FabricState(local("a", ("fd00::/48",), gw="fd00::1"), (peer(
         "b", rm(("pod", "fd00::/48", "fd64::/48")), rm(("pod", "fd00::/48", "fd65::/48"))),))
-    r = render(a)
+    r = table(a)
     assert elements(r, "host_v6") == ["fd64::/48 : fd65::1"]
     assert elements(r, "host_v4") == []
     assert walk(r, "postrouting", "eth0", "wg0", "2001:db8::7", "fd64::2:7") == ("accept", "fd65::1", "fd64::2:7")
@@ -368,8 +375,8 @@ def _many(n: int) -> FabricState:
         rm(("pod", "10.244.0.0/16", "10.244.0.0/16"), ("pod", "fd00::/48", "fd65::/48"))),)),
     _many(300),
 ], ids=["lab", "gpu", "empty", "masquerade", "odd-ids", "v6-and-no-rewrite", "300-peers"])
-def test_render_text_is_render_serialized(state: FabricState) -> None:
-    # What apply sends (pasted from fragments) must be exactly the batch render() describes.
+def test_render_text_is_compact_json(state: FabricState) -> None:
+    # What apply sends is pasted from fragments: it must be exactly compact JSON
+    # (escaped names and comments included), what json.dumps makes of the objects it holds.
     text = render_text(state)
-    assert text == json.dumps(render(state), separators=(",", ":"))
-    assert json.loads(text) == render(state)
+    assert text == json.dumps(json.loads(text), separators=(",", ":"))

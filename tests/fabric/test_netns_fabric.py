@@ -9,8 +9,8 @@ numbers). gpu's pod g0 has 10.244.0.1, the lab gateway's own pod address.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +35,7 @@ from nsutil import Namespaces, require_root, sh
 
 from fabric import nat
 from fabric.apply import ApplyError, apply, verify
+from fabric.model import RangeMap
 from fabric.nft import Nft, NftError
 from fabric.routes import ROUTE_PROTO
 from fabric.wgctl import WgControl
@@ -232,7 +233,7 @@ def test_reapply_is_identical(fab: Lab) -> None:
 def test_failing_batch_leaves_old_table(fab: Lab) -> None:
     before = _table_text(fab.lab.gw)
     assert fab.lab.state is not None
-    bad = copy.deepcopy(nat.render(fab.lab.state))
+    bad = json.loads(nat.render_text(fab.lab.state))
     bad["nftables"].append({"add": {"rule": {"family": "inet", "table": "crosswire", "chain": "to-gpu",
                                              "expr": [{"jump": {"target": "no-such-chain"}}]}}})
     with pytest.raises(NftError):
@@ -240,7 +241,7 @@ def test_failing_batch_leaves_old_table(fab: Lab) -> None:
     assert _table_text(fab.lab.gw) == before
     # Bad state: rejected before anything is touched.
     broken = dataclasses.replace(fab.lab.state, peers=(dataclasses.replace(
-        fab.lab.state.peers[0], remote=(nat.RangeMap("pod", "10.244.0.0/16", "10.244.0.0/16"),)),))
+        fab.lab.state.peers[0], remote=(RangeMap("pod", "10.244.0.0/16", "10.244.0.0/16"),)),))
     with pytest.raises(ApplyError, match="overlaps"):
         apply(broken, fab.lab.state, netns=fab.lab.gw)
     assert _table_text(fab.lab.gw) == before

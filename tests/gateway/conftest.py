@@ -45,7 +45,7 @@ class FakeFabric:
         if self.fail_next is not None:
             e, self.fail_next = self.fail_next, None
             raise e
-        nat.render(state)  # the real renderer must accept what we build
+        nat.render_text(state)  # the real renderer must accept what we build
         self.applied.append(state)
 
     def stop(self) -> None:

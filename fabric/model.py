@@ -5,7 +5,7 @@ peering exchange; the fabric renders them into WireGuard peers, routes and an
 nftables table. Frozen dataclasses, so two states compare equal exactly when
 nothing needs reprogramming.
 
-Address spaces (see design.md, "Packet walk"): every CIDR is tagged with the
+Address spaces (the README, "Words and the packet walk"): every CIDR is tagged with the
 cluster whose address space it lives in.
 """
 

@@ -1,4 +1,4 @@
-"""The NAT renderer's nftables JSON, checked exactly for each design.md case,
+"""The NAT renderer's nftables JSON, checked exactly for each case of the packet walk (README),
 plus simulated packet walks through both gateways' rendered tables."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def cross(a: FabricState, b: FabricState, src: str, dst: str) -> tuple[tuple[str
     return (s1, d1), (s3, d3)
 
 
-# design.md packet walk: lab views gpu pods 100.64/16, services 100.80/12;
+# The README's packet walk: lab views gpu pods 100.64/16, services 100.80/12;
 # gpu views lab pods 100.65/16, services 100.112/12.
 LAB_OF_GPU = rm(("pod", "10.244.0.0/16", "100.64.0.0/16"), ("service", "10.96.0.0/12", "100.80.0.0/12"))
 GPU_OF_LAB = rm(("pod", "10.244.0.0/16", "100.65.0.0/16"), ("service", "10.96.0.0/12", "100.112.0.0/12"))
@@ -132,7 +132,7 @@ def test_identical_ranges_rules() -> None:
 
 
 def test_identical_ranges_packet_walk() -> None:
-    # design.md steps 1-5: l1 10.244.1.5 opens 100.64.2.7 (g1 = 10.244.2.7).
+    # Packet walk steps 1-5 (README): l1 10.244.1.5 opens 100.64.2.7 (g1 = 10.244.2.7).
     assert cross(LAB, GPU, "10.244.1.5", "100.64.2.7") == (
         ("100.65.1.5", "100.64.2.7"), ("100.65.1.5", "10.244.2.7"))
     assert cross(GPU, LAB, "10.244.2.7", "100.65.1.5") == (

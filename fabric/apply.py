@@ -43,6 +43,15 @@ def _control(interface: str) -> WgControl:
     return _controls.setdefault(interface, WgControl(interface))
 
 
+def endpoint_problems(interface: str) -> tuple[dict[str, str], float | None]:
+    """Peers whose endpoint the last sync could not program (cluster_id -> why), and
+    the monotonic time at which a sync may retry the earliest of them."""
+    wg = _controls.get(interface)
+    if wg is None:
+        return {}, None
+    return dict(wg.endpoint_problems), wg.retry_at()
+
+
 def _views(state: FabricState) -> set[str]:
     return {m.view for p in state.peers for m in p.remote}
 

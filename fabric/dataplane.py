@@ -53,3 +53,7 @@ class Dataplane:
 
     def verify(self, state: FabricState) -> list[str]:
         return fabric_apply.verify(state)
+
+    def endpoint_problems(self) -> tuple[dict[str, str], float | None]:
+        """Peers programmed without their endpoint (why), and when to retry (monotonic)."""
+        return fabric_apply.endpoint_problems(self.interface)

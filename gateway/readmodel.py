@@ -30,7 +30,8 @@ HANDSHAKE_STALE = 180.0  # WireGuard REJECT_AFTER_TIME: no valid session after t
 
 def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
                  stats: dict[str, dict[str, Any]] | None = None,
-                 health: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                 health: dict[str, dict[str, Any]] | None = None,
+                 endpoint_error: str | None = None) -> dict[str, Any]:
     """One peer as /api/v1/peers shows it; ``ours`` are our views of it, sorted."""
     s = (stats or {}).get(p.public_key, {})
     h = (health or {}).get(p.cluster_id, {})
@@ -46,6 +47,8 @@ def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
     return {
         "cluster_id": p.cluster_id, "public_key": p.public_key, "endpoint": s.get("endpoint") or p.endpoint,
         "url": p.url, "state": state,
+        # Why WireGuard has no endpoint for this peer (unresolvable, retried with backoff).
+        "endpoint_error": endpoint_error,
         "latest_handshake": hs or None,
         "handshake_age_s": round(now - hs, 3) if hs else None,
         "rx_bytes": s.get("rx_bytes", 0), "tx_bytes": s.get("tx_bytes", 0),
@@ -94,7 +97,13 @@ class ReadModel:
         stats = self.peer_stats()
         now = self.clock()
         health = self.health.report(now)
-        return [peer_summary(p, ordered(self.views.views(p.cluster_id)), now, stats, health)
+        try:
+            problems = self.reconciler.dataplane.endpoint_problems()[0]
+        except Exception as e:
+            log.debug("endpoint problems unavailable: %s", e)
+            problems = {}
+        return [peer_summary(p, ordered(self.views.views(p.cluster_id)), now, stats, health,
+                             problems.get(p.cluster_id))
                 for p in self.store.peers()]
 
     def status(self) -> dict[str, Any]:

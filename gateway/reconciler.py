@@ -52,6 +52,7 @@ class DataplaneDriver(Protocol):
     def peer_stats(self) -> dict[str, dict[str, Any]]: ...
     def nat(self, state: FabricState) -> list[dict[str, Any]]: ...
     def verify(self, state: FabricState) -> list[str]: ...
+    def endpoint_problems(self) -> tuple[dict[str, str], float | None]: ...
 
 
 @dataclass
@@ -140,9 +141,14 @@ class Reconciler:
                 drift = await asyncio.to_thread(self.dataplane.verify, self.applied)
                 if drift:
                     log.warning("drift: %s; re-applying", "; ".join(drift))
-            if alive and not drift and self.applied is not None and self.applied == self.desired():
+            # An endpoint that did not resolve is retried (with the resolver's backoff)
+            # by syncing again; it concerns only its peer, the others are programmed.
+            retry = self.dataplane.endpoint_problems()[1]
+            due = retry is not None and time.monotonic() >= retry
+            if alive and not drift and not due and self.applied is not None and \
+                    self.applied == self.desired():
                 return
-            await self._pass(bool(drift), alive)
+            await self._pass(bool(drift) or due, alive)
 
     async def _pass(self, force: bool, alive: bool | None) -> bool:
         want = self.desired()

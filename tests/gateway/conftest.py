@@ -33,6 +33,8 @@ class FakeFabric:
         self.fail_next: Exception | None = None
         self.ensure_calls = 0
         self.handshake = 0.0  # what peer_stats reports as last_handshake
+        self.endpoint_errors: dict[str, str] = {}  # what endpoint_problems reports
+        self.retry_at: float | None = None
 
     def ensure_up(self) -> None:
         self.ensure_calls += 1
@@ -58,6 +60,9 @@ class FakeFabric:
 
     def nat(self, state: FabricState) -> list[dict[str, Any]]:
         return nat.with_counters(nat.mappings(state), {})
+
+    def endpoint_problems(self) -> tuple[dict[str, str], float | None]:
+        return dict(self.endpoint_errors), self.retry_at
 
     def verify(self, state: FabricState) -> list[str]:
         return [] if self.applied and self.applied[-1] == state else ["not applied"]

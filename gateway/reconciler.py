@@ -210,6 +210,11 @@ class Reconciler:
             return False, "state changed since the last apply"
         if not self.dataplane.alive():
             return False, "data plane is not running"
+        # A peer without views is programmed as nothing (no allowed IPs, no routes, no
+        # NAT): never ready like that (a lost or emptied ipam.db once looked "connected").
+        blind = [p.cluster_id for p in self.applied.peers if not p.remote or not p.local]
+        if blind:
+            return False, "peers without views: " + ", ".join(blind) + " (IPAM store or peer state lost?)"
         off = forwarding_mod.check(self.forwarding, self.sysctl_root)
         if off:
             return False, "; ".join(off)

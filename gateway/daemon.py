@@ -27,7 +27,7 @@ from gateway.config import Config, detect_gateway_ip
 from gateway.controlplane import ControlPlane
 from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
-from gateway.httpserver import make_server, raise_fd_limit
+from gateway.httpserver import listen, make_server, raise_fd_limit
 from gateway.ipam_adapter import IpamViews, ViewsError
 from gateway.state import StateStore
 from gateway.statedir import StateDirError
@@ -135,11 +135,17 @@ async def serve(config: Config) -> int:
     gw_ip = await asyncio.to_thread(find_gateway_ip, config)
     # build() refuses damaged state before anything on the host is changed.
     cp = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
+    host, port = config.listen_host_port
+    fds = raise_fd_limit()
+    try:
+        # Bound before anything on the host changes: a port in use stops us cleanly.
+        listener = listen(host, port)
+    except OSError as e:
+        cp.store.close()
+        raise StartupError(f"api.listen: cannot listen on {config.api.listen}: {e.strerror or e}") from None
     # Before anything routes: a gateway that cannot forward drops every packet.
     forwarding.enable(forwarding.wanted(config))
     rec = cp.reconciler
-    host, port = config.listen_host_port
-    fds = raise_fd_limit()
     server = make_server(create_app(cp), host, port, max_connections=config.api.max_connections,
                          request_timeout=config.api.request_timeout)
     log.debug("file descriptor limit %d, API connection cap %d", fds, config.api.max_connections)
@@ -166,7 +172,7 @@ async def serve(config: Config) -> int:
     tasks = [loop.create_task(rec.run(stop)), loop.create_task(prober.run()),
              loop.create_task(announce(cp.exchange, stop))]
     try:
-        await server.serve()
+        await server.serve(sockets=[listener])
     finally:
         stop.set()
         for t in tasks:

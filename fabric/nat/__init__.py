@@ -32,7 +32,7 @@ from fabric.nat.check import NatError
 from fabric.nat.names import (
                               BASE_CHAINS,
                               FAMILY,
-                              MARKER_CHAIN,
+                              MARKER_SET,
                               chain_suffix,
                               count_chain,
                               egress_chain,
@@ -43,6 +43,6 @@ from fabric.nat.render import render_delta, render_text
 from fabric.nat.report import mappings, with_counters
 
 __all__ = [
-    "BASE_CHAINS", "FAMILY", "MARKER_CHAIN", "NatError", "build", "chain_suffix", "count_chain", "egress_chain", "ingress_chain",
+    "BASE_CHAINS", "FAMILY", "MARKER_SET", "NatError", "build", "chain_suffix", "count_chain", "egress_chain", "ingress_chain",
     "mappings", "render_delta", "render_text", "with_counters",
 ]

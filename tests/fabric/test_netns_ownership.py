@@ -1,7 +1,7 @@
 """Links and nft tables crosswire did not create are never deleted, changed or replaced (issue 9).
 
 crosswire marks what it creates: links with the alias ``crosswire``, tables
-with the empty chain ``created-by-crosswire``. What lacks the mark is refused
+with the empty set ``created_by_crosswire``. What lacks the mark is refused
 by ``claim`` (start-up) and by every action that would change it; what carries
 it is reused or replaced as before.
 """
@@ -171,7 +171,7 @@ def test_upgrade_adopts_unmarked_table_with_base_chains(ns_made: tuple[str, list
     dp.ensure_up()
     state = state_for(wg)
     apply(state, netns=ns)
-    sh("nft", "delete", "chain", "inet", "crosswire", "created-by-crosswire", ns=ns)  # as before the marker
+    sh("nft", "delete", "set", "inet", "crosswire", "created_by_crosswire", ns=ns)  # as before the marker
     with pytest.raises(TableOwnershipError):
         claim_table("crosswire", False, netns=ns)
     with pytest.raises(TableOwnershipError):
@@ -180,4 +180,4 @@ def test_upgrade_adopts_unmarked_table_with_base_chains(ns_made: tuple[str, list
     assert table_owner(Nft(ns), "crosswire") == "ours"
     apply(state, netns=ns)
     assert verify(state, netns=ns) == []
-    assert fabric_apply.nat.MARKER_CHAIN == "created-by-crosswire"
+    assert fabric_apply.nat.MARKER_SET == "created_by_crosswire"

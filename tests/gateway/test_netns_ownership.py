@@ -127,7 +127,7 @@ def test_other_operator_table_untouched_and_marks_set(netns: Namespaces, tmp_pat
         g.wait_ready()
         assert "alias crosswire" in link(g.ns, g.iface)
         ours = sh("nft", "list", "table", "inet", "crosswire", ns=g.ns).stdout
-        assert "chain created-by-crosswire" in ours
+        assert "set created_by_crosswire" in ours
         assert sh("nft", "list", "table", "inet", "ops", ns=g.ns).stdout == before
     finally:
         stop(g)
@@ -149,9 +149,9 @@ def test_upgrade_adopts_unmarked_data_plane_with_state(netns: Namespaces, tmp_pa
         stop(g)  # SIGTERM: the data plane stays running for the next start
     pids = sh("ip", "netns", "pids", g.ns).stdout.split()
     assert pids, "the WireGuard process should keep running"
-    # What the previous version left: no alias on the TUN, no marker chain in the table.
+    # What the previous version left: no alias on the TUN, no marker set in the table.
     sh("ip", "link", "set", "dev", g.iface, "alias", "", ns=g.ns)
-    sh("nft", "delete", "chain", "inet", "crosswire", "created-by-crosswire", ns=g.ns)
+    sh("nft", "delete", "set", "inet", "crosswire", "created_by_crosswire", ns=g.ns)
     assert "alias" not in link(g.ns, g.iface)
     # A fresh state directory (another gateway) must not take them over.
     fresh = g.config.read_text().replace(f"state_dir: {g.state_dir}", f"state_dir: {g.state_dir}-new")
@@ -166,7 +166,7 @@ def test_upgrade_adopts_unmarked_data_plane_with_state(netns: Namespaces, tmp_pa
     try:
         g.wait_ready()
         assert "alias crosswire" in link(g.ns, g.iface)
-        assert "chain created-by-crosswire" in sh("nft", "list", "table", "inet", "crosswire", ns=g.ns).stdout
+        assert "set created_by_crosswire" in sh("nft", "list", "table", "inet", "crosswire", ns=g.ns).stdout
         impl = "wireguard-go" if IMPL == "wireguard-go" else "crosswire-wg"
         running = sh("pgrep", "-f", f"{impl} -f {g.iface}").stdout.split()
         assert len(running) == 1 and running[0] in pids, (running, pids)

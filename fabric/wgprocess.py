@@ -244,7 +244,12 @@ class WgProcess:
         self._kill_own()
         # A link of ours without an answering socket is a leftover of a dead
         # process; any other link of that name is not ours to replace.
-        self._delete_link()
+        try:
+            self._delete_link()
+        except LinkOwnershipError:
+            raise
+        except WgProcessError:
+            pass  # netlink unavailable: the start below fails or succeeds on its own
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._wg.socket_path)
         env = dict(os.environ)

@@ -18,12 +18,17 @@ chains, rules and elements (``nat.render_delta``); otherwise, when the kernel
 refuses that batch (its table is not what ``previous`` made), on a damaged
 table (drift) or with ``previous=None`` (start-up) it is replaced wholly in
 one batch.
+
+Ownership: a table of that name that crosswire did not create (it lacks the
+marker set ``nat.MARKER_SET``) is never replaced, changed or deleted:
+apply fails naming it (``TableOwnershipError``), remove and a table rename
+leave it alone. ``claim_table`` is the start-up check (and the upgrade path).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Literal
 
 from fabric import nat, routes
 from fabric.model import FabricState
@@ -37,6 +42,47 @@ _controls: dict[str, WgControl] = {}
 
 class ApplyError(RuntimeError):
     """Programming the data plane failed; the message names the step."""
+
+
+class TableOwnershipError(ApplyError):
+    """A table of the configured name exists and was not created by crosswire."""
+
+
+def _foreign_table(name: str) -> TableOwnershipError:
+    return TableOwnershipError(
+        f"nft_table: table {nat.FAMILY} {name} exists and was not created by crosswire; crosswire never "
+        "replaces, changes or deletes tables it did not create: choose another nft_table or remove that table")
+
+
+def table_owner(nft: Nft, name: str) -> Literal["absent", "ours", "foreign"]:
+    """Whose table ``inet name`` is; NftError when nftables cannot be asked at all."""
+    if nft.has_set(nat.FAMILY, name, nat.MARKER_SET):
+        return "ours"  # the common case: one small listing
+    # Rare (first start, or a foreign table): listing the tables costs more
+    # (~0.3 s beside a 1000-peer table) as libnftables loads the whole ruleset.
+    return "foreign" if name in nft.tables(nat.FAMILY) else "absent"
+
+
+def claim_table(name: str, adopt_unmarked: bool, *, netns: str | None = None) -> str:
+    """Check, before anything changes, that table ``inet name`` is absent or ours.
+
+    ``adopt_unmarked``: the state directory holds this gateway's state, so a table
+    without the marker but with every base chain a rendering has (what a version
+    before the marker made) is ours: the marker is added now. Returns "absent",
+    "ours" or "adopted"; raises TableOwnershipError for any other table.
+    """
+    nft = Nft(netns)
+    owner = table_owner(nft, name)
+    if owner != "foreign":
+        return owner
+    if adopt_unmarked:
+        listed = nft.list_table(nat.FAMILY, name).get("nftables", [])
+        hooks = {c["chain"]["name"]: c["chain"].get("hook") for c in listed if "chain" in c}
+        if all(hooks.get(chain) == hook for chain, hook in nat.BASE_CHAINS.items()):
+            nft.apply({"nftables": [{"add": {"set": {"family": nat.FAMILY, "table": name,
+                                                     "name": nat.MARKER_SET, "type": "ipv4_addr"}}}]})
+            return "adopted"
+    raise _foreign_table(name)
 
 
 def _control(interface: str) -> WgControl:
@@ -97,6 +143,8 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
             if (previous is not None and nat_inputs(previous) == nat_inputs(state)
                     and _nat_problem(state, nft) is None):
                 return  # unchanged and intact: keep the table and its counters
+            if table_owner(nft, local.nft_table) == "foreign":
+                raise _foreign_table(local.nft_table)  # before the delta too: it writes into the table
             delta = nat.render_delta(previous, state) if previous is not None else None
             if delta is not None:
                 try:
@@ -132,16 +180,19 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
             _controls.pop(old.interface, None)
         if old.nft_table != local.nft_table:
             with contextlib.suppress(NftError):
-                nft.delete_table(nat.FAMILY, old.nft_table)
+                if table_owner(nft, old.nft_table) == "ours":
+                    nft.delete_table(nat.FAMILY, old.nft_table)
 
 
 def remove(state: FabricState, *, netns: str | None = None) -> None:
-    """Undo ``apply``: routes, WireGuard peers, the nft table (the interface stays)."""
+    """Undo ``apply``: routes, WireGuard peers, the nft table if it is ours (the interface stays)."""
     local = state.local
     routes.remove_routes(local.interface, netns=netns)
     with contextlib.suppress(WgError):
         _control(local.interface).sync(local, ())
-    Nft(netns).delete_table(nat.FAMILY, local.nft_table)
+    nft = Nft(netns)
+    if table_owner(nft, local.nft_table) == "ours":
+        nft.delete_table(nat.FAMILY, local.nft_table)
 
 
 def _nat_problem(state: FabricState, nft: Nft) -> str | None:

@@ -6,10 +6,15 @@ from a :class:`fabric.model.FabricState` through :mod:`fabric.apply`; it also
 answers what the gateway reports: WireGuard peer stats, the NAT mappings with
 their counters, and drift (``verify``). Every method blocks (netlink,
 libnftables, UAPI): async callers run them in a worker thread.
+
+``claim`` is the start-up check that the interface and the nft table of the
+configured names are absent or crosswire's (never touch what crosswire did not
+create); apply and the process supervisor refuse to change them otherwise too.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fabric import apply as fabric_apply
@@ -17,7 +22,13 @@ from fabric import nat
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgctl import WgControl
-from fabric.wgprocess import Implementation, WgProcess
+from fabric.wgprocess import Implementation, LinkOwnershipError, WgProcess, WgProcessError
+
+log = logging.getLogger("crosswire.dataplane")
+
+
+class OwnershipError(RuntimeError):
+    """The link or nft table of the configured name exists and was not created by crosswire."""
 
 
 class Dataplane:
@@ -28,6 +39,30 @@ class Dataplane:
         self.interface = interface
         self.nft_table = nft_table
         self.process = WgProcess(interface, implementation, mtu, log_path=log_path)
+
+    def claim(self, adopt_unmarked: bool) -> None:
+        """Refuse (OwnershipError, nothing changed) when the interface or the nft
+        table exists and is not crosswire's; ``adopt_unmarked``: the state directory
+        already holds this gateway's state, so what an earlier version left running
+        without the mark is adopted and marked (see WgProcess.claim, apply.claim_table).
+
+        A check that cannot be made (no netlink, no libnftables, no privileges) is
+        logged and skipped: apply and the supervisor refuse foreign objects anyway.
+        """
+        try:
+            how = self.process.claim(adopt_unmarked)
+            log.debug("wireguard.interface %s: %s", self.interface, how)
+        except LinkOwnershipError as e:
+            raise OwnershipError(str(e)) from None
+        except WgProcessError as e:
+            log.warning("cannot check the link %s: %s", self.interface, e)
+        try:
+            how = fabric_apply.claim_table(self.nft_table, adopt_unmarked)
+            log.debug("nft_table %s: %s", self.nft_table, how)
+        except fabric_apply.TableOwnershipError as e:
+            raise OwnershipError(str(e)) from None
+        except NftError as e:
+            log.warning("cannot check the nft table %s: %s", self.nft_table, e)
 
     def ensure_up(self) -> None:
         self.process.ensure_up()

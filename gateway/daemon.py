@@ -19,8 +19,9 @@ import os
 import signal
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from fabric.dataplane import Dataplane
+from fabric.dataplane import Dataplane, OwnershipError
 from gateway import forwarding, statedir
 from gateway.api import create_app
 from gateway.config import Config, detect_gateway_ip
@@ -109,6 +110,18 @@ def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None
         statedir.check(config.state_dir)
     except StateDirError as e:
         raise StartupError(str(e)) from None
+    dataplane = Dataplane(config.wireguard.interface, config.wireguard.implementation,
+                          config.wireguard.mtu, config.nft_table,
+                          log_path=os.path.join(config.state_dir, "dataplane.log"))
+    # Never touch what crosswire did not create: refuse a foreign link or table
+    # before anything (the stores included) is created. In a worker thread:
+    # sync pyroute2 cannot run inside the daemon's event loop.
+    had_state = statedir.has_state(config.state_dir)
+    with ThreadPoolExecutor(1, thread_name_prefix="claim") as pool:
+        try:
+            pool.submit(dataplane.claim, had_state).result()
+        except OwnershipError as e:
+            raise StartupError(str(e)) from None
     try:
         store = StateStore(config.state_dir)
         store.admin_token()  # make sure the CLI beside us can authenticate
@@ -123,9 +136,6 @@ def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None
     except (ViewsError, OSError) as e:
         store.close()
         raise StartupError(f"IPAM: {e}") from None
-    dataplane = Dataplane(config.wireguard.interface, config.wireguard.implementation,
-                          config.wireguard.mtu, config.nft_table,
-                          log_path=os.path.join(config.state_dir, "dataplane.log"))
     return ControlPlane.build(config, store, views, dataplane, gateway_ip=gateway_ip,
                               gateway_ip6=gateway_ip6, forwarding=forwarding.wanted(config),
                               health=HealthTracker(config.health.interval, config.health.timeout))

@@ -26,6 +26,17 @@ class StateDirError(RuntimeError):
     """The state directory holds state that cannot be used; the message names the file."""
 
 
+def has_state(state_dir: str | Path) -> bool:
+    """Whether ``state_dir`` already holds a gateway's state (any store exists).
+
+    Meaningful after ``check``: then a store that exists is intact. The data
+    plane uses it to adopt what an earlier version of this gateway left running
+    without crosswire's ownership mark (fabric.dataplane.Dataplane.claim).
+    """
+    d = Path(state_dir)
+    return any((d / name).exists() for name in STORES)
+
+
 def check(state_dir: str | Path) -> None:
     """Raise StateDirError unless ``state_dir`` is fresh or holds every store intact."""
     d = Path(state_dir)

@@ -29,12 +29,20 @@ touches the system: every function returns data.
 """
 
 from fabric.nat.check import NatError
-from fabric.nat.names import FAMILY, chain_suffix, count_chain, egress_chain, ingress_chain
+from fabric.nat.names import (
+                              BASE_CHAINS,
+                              FAMILY,
+                              MARKER_SET,
+                              chain_suffix,
+                              count_chain,
+                              egress_chain,
+                              ingress_chain,
+)
 from fabric.nat.pieces import build
 from fabric.nat.render import render_delta, render_text
 from fabric.nat.report import mappings, with_counters
 
 __all__ = [
-    "FAMILY", "NatError", "build", "chain_suffix", "count_chain", "egress_chain", "ingress_chain",
+    "BASE_CHAINS", "FAMILY", "MARKER_SET", "NatError", "build", "chain_suffix", "count_chain", "egress_chain", "ingress_chain",
     "mappings", "render_delta", "render_text", "with_counters",
 ]

@@ -2,7 +2,8 @@
 
 ``render_text(state)``: the batch (compact JSON text, what ``Nft.apply`` sends)
 that replaces table ``inet <nft_table>`` wholly and atomically: add table (so
-the delete cannot fail), delete it, add it, then the base chains, the per-peer
+the delete cannot fail), delete it, add it, then the marker set (the table
+is crosswire's: names.MARKER_SET), the base chains, the per-peer
 chains, the maps and sets with every peer's elements, the base rules and every
 peer's rules. ``render_delta(previous, state)``: a batch changing only the
 peers that differ, or None when the whole batch should be sent.
@@ -15,7 +16,7 @@ from typing import Any
 
 from fabric.model import FabricState
 from fabric.nat.check import CheckedLocal, check_peer
-from fabric.nat.names import FAMILY, PeerChain, comment
+from fabric.nat.names import FAMILY, MARKER_SET, PeerChain, comment
 from fabric.nat.pieces import Builder, PeerPieces, Table, build, dumps, element_maps, gc_paused
 
 
@@ -38,6 +39,8 @@ def _full(table: Table) -> str:
         # "elem" is the body's last key: paste it before the closing braces.
         cmds.append(text[:-3] + ',"elem":[' + ",".join(elems) + "]}}}" if elems else text)
 
+    # The mark that the table is ours (see names.MARKER_SET): before anything else.
+    add("set", {"name": MARKER_SET, "type": "ipv4_addr"})
     # Chains before the maps whose elements jump to them.
     add("chain", {"name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"})
     add("chain", {"name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"})

@@ -65,6 +65,9 @@ def test_identical_ranges_exact_json_skeleton() -> None:
     tbl = {"family": "inet", "name": "crosswire"}
     # Whole-table replacement in one batch: add (so delete cannot fail), delete, add.
     assert cmds[:3] == [{"add": {"table": tbl}}, {"delete": {"table": tbl}}, {"add": {"table": tbl}}]
+    # The mark that the table is ours, before anything else: an empty set.
+    assert cmds[3] == {"add": {"set": {"family": "inet", "table": "crosswire", "name": "created_by_crosswire",
+                                       "type": "ipv4_addr"}}}
     assert [(c["name"], c.get("type"), c.get("hook"), c.get("prio")) for c in objects(r, "chain")] == [
         ("prerouting", "nat", "prerouting", -100), ("postrouting", "nat", "postrouting", 100),
         ("mss-clamp", "filter", "forward", -150), ("count", "filter", "forward", 0),

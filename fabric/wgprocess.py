@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
+from fabric.model import MTU_MAX, MTU_MIN
 from fabric.wgctl import SOCKET_DIR, TRANSIENT_ERRNOS, WgControl
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
@@ -95,8 +96,8 @@ class WgProcess:
                 f"wireguard.implementation: {implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}")
         if not interface or len(interface) > 15 or "/" in interface or interface.strip() != interface:
             raise WgProcessError(f"wireguard.interface: {interface!r} is not a valid interface name")
-        if not 1280 <= mtu <= 65535:
-            raise WgProcessError(f"wireguard.mtu: {mtu} out of range 1280..65535")
+        if not MTU_MIN <= mtu <= MTU_MAX:  # the config's range: checked there first
+            raise WgProcessError(f"wireguard.mtu: {mtu} is out of range {MTU_MIN}-{MTU_MAX}")
         self.interface = interface
         self.implementation: Implementation = implementation
         self.mtu = mtu

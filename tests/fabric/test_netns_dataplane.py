@@ -77,6 +77,16 @@ def test_bad_config_is_refused() -> None:
         WgProcess("x" * 16)
     with pytest.raises(WgProcessError, match="mtu"):
         WgProcess("wg0", mtu=100)
+    # One range, the config's: what passes config validation is what the data plane takes.
+    from gateway.config import ConfigError, parse
+
+    for mtu in (1279, 9001):
+        with pytest.raises(WgProcessError, match=f"wireguard.mtu: {mtu} is out of range 1280-9000"):
+            WgProcess("wg0", mtu=mtu)
+        with pytest.raises(ConfigError, match=f"wireguard.mtu: {mtu} is out of range 1280-9000"):
+            parse({"cluster_id": "a", "pod_cidrs": ["10.244.0.0/16"], "wireguard": {"mtu": mtu}}, env={})
+    WgProcess("wg0", mtu=1280)
+    WgProcess("wg0", mtu=9000)
 
 
 def test_wgcontrol_sync_show_remove(dp_ns: tuple[str, list[WgProcess]]) -> None:

@@ -25,8 +25,10 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import apimodels as m
 from gateway.apimodels import errors, ok
@@ -76,6 +78,19 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @app.exception_handler(PeeringError)
     async def _peering_error(_: Request, e: PeeringError) -> JSONResponse:
         return _error(e.status, str(e))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answer, except that a 405 names every method of the path
+        # (RFC 9110 15.5.6): Starlette lists only those of the first route it matched,
+        # so OPTIONS /api/v1/tokens said "Allow: POST" while GET works too.
+        headers = dict(e.headers or {})
+        if e.status_code == 405:
+            path = request.url.path
+            headers["Allow"] = ", ".join(sorted({
+                method for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(path)
+                for method in r.methods or ()}))
+        return JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:

@@ -369,3 +369,23 @@ def test_openapi_documents_what_the_api_answers(clusters: Any) -> None:
     assert op("POST", "/api/v1/tokens")["201"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/TokenCreated"}
     assert spec["components"]["schemas"]["Routes"]["required"] == ["gateway_ip", "cidrs"]
+
+
+def test_method_not_allowed_names_every_method(clusters: Any) -> None:
+    """405 lists all methods of the path in Allow (was only the first route's: "Allow: POST"
+    for /api/v1/tokens, which GET serves too; found by schemathesis' allow-header check)."""
+    gpu = clusters("gpu")
+
+    async def go() -> None:
+        for method, path, allow in (("OPTIONS", "/api/v1/tokens", "GET, POST"), ("PUT", "/api/v1/peers", "GET, POST"),
+                                    ("POST", "/healthz", "GET"), ("GET", "/api/v1/tokens/x", "DELETE")):
+            r = await gpu.call(method, path)
+            assert r.status_code == 405 and r.json() == {"detail": "Method Not Allowed"}, (method, path)
+            assert r.headers["allow"] == allow, (method, path)
+        # other HTTP errors keep their bodies
+        r = await gpu.call("GET", "/nowhere")
+        assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+        r = await gpu.call("POST", "/api/v1/tokens", content=b"x\x03\xff", headers={"content-type": "application/json"})
+        assert r.status_code in (400, 422) and isinstance(r.json()["detail"], str)
+
+    asyncio.run(go())

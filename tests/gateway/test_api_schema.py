@@ -37,7 +37,8 @@ URL = "http://127.0.0.1:8080"
 MAX_EXAMPLES = 30  # per operation in the fuzzing phase (17 operations), plus the coverage phase
 RUN_BUDGET = 60  # seconds per schemathesis run (killed past it)
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
-          "response_headers_conformance,response_schema_conformance")
+          "response_headers_conformance,response_schema_conformance,unsupported_method,"
+          "allow_header_conformance")
 
 
 def snapshot(state_dir: Path) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def cases_run(output: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def test_unauthenticated_run_conforms_and_changes_nothing(gateway: Gw, tmp_path: Path) -> None:
+def test_live_gateway_answers_as_published(gateway: Gw, tmp_path: Path) -> None:
     time.sleep(1)  # let the first reconcile/announcement writes settle
     before = snapshot(gateway.state_dir)
     t0 = time.monotonic()
@@ -143,5 +143,7 @@ def test_unauthenticated_run_conforms_and_changes_nothing(gateway: Gw, tmp_path:
     print(out[-3000:])
     assert code == 0, out[-20000:]
     assert cases_run(out) >= 50, out[-3000:]
+    assert "Authentication failed" not in out and not only_401(out), out[-3000:]  # the credential worked
+    assert before["admin-token"].strip() not in out + (tmp_path / "st-admin.xml").read_text()
     assert gateway.cli_json("status")["ready"] is True
     assert snapshot(gateway.state_dir) == before

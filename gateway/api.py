@@ -25,10 +25,10 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from gateway import apimodels as m
 from gateway.apimodels import errors, ok
@@ -88,7 +88,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         if e.status_code == 405:
             path = request.url.path
             headers["Allow"] = ", ".join(sorted({
-                method for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(path)
+                method for r in app.routes if isinstance(r, Route) and r.path_regex.match(path)
                 for method in r.methods or ()}))
         return JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=headers or None)
 
@@ -117,8 +117,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
         **ok(m.Readiness, description="Ready: the data plane is what the state says"),
         **ok(m.Readiness, 503, "Not ready (reason says why)"), **errors()})
     def readyz() -> JSONResponse:
-        ok, why = cp.reconciler.ready()
-        return JSONResponse({"ready": ok, "reason": why}, status_code=200 if ok else 503)
+        ready, why = cp.reconciler.ready()
+        return JSONResponse({"ready": ready, "reason": why}, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, responses={
         200: {"description": "Prometheus text format 0.0.4"}, **errors()})

@@ -378,7 +378,8 @@ def test_method_not_allowed_names_every_method(clusters: Any) -> None:
 
     async def go() -> None:
         for method, path, allow in (("OPTIONS", "/api/v1/tokens", "GET, POST"), ("PUT", "/api/v1/peers", "GET, POST"),
-                                    ("POST", "/healthz", "GET"), ("GET", "/api/v1/tokens/x", "DELETE")):
+                                    ("POST", "/healthz", "GET"), ("GET", "/api/v1/tokens/x", "DELETE"),
+                                    ("POST", "/openapi.json", "GET, HEAD")):
             r = await gpu.call(method, path)
             assert r.status_code == 405 and r.json() == {"detail": "Method Not Allowed"}, (method, path)
             assert r.headers["allow"] == allow, (method, path)

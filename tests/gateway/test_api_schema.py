@@ -7,8 +7,9 @@ there. Every response must carry a documented status code and content type and
 a body matching the documented schema; no 5xx. A run without credentials must
 change nothing (state.db and ipam.db are compared table by table); a run with
 the admin credential covers the read endpoints (writes would change state on
-purpose). Bounded: a fixed number of cases per operation, a deterministic seed,
-no example database, a time budget per run.
+purpose). Bounded and repeatable: a fixed number of cases per operation,
+deterministic generation (the same ~600 cases every run, no example database),
+a time limit per run; the whole test takes ~15 s.
 
 The admin token reaches schemathesis through its config file's ``${CW_ADMIN}``
 placeholder (environment), never through argv.
@@ -94,7 +95,7 @@ def st_run(gw: Gw, tmp: Path, tag: str, *args: str, admin: bool = False) -> tupl
     """One bounded schemathesis run inside the gateway's namespace: (exit code, output)."""
     cfg = tmp / f"st-{tag}.toml"
     cfg.write_text('headers = { Authorization = "Bearer ${CW_ADMIN}" }\n' if admin else "")
-    env = dict(os.environ, NO_COLOR="1", SCHEMATHESIS_HOOKS="")
+    env = dict(os.environ, NO_COLOR="1", SCHEMATHESIS_HOOKS="")  # no hooks from the caller's environment
     if admin:
         env["CW_ADMIN"] = (gw.state_dir / "admin-token").read_text().strip()
     cmd = ["ip", "netns", "exec", gw.ns, str(ST), "--config-file", str(cfg), "run", f"{URL}/openapi.json",

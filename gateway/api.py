@@ -11,7 +11,9 @@ Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
 /api/v1/peers/{cluster_id}``, ``POST /api/v1/key/rotate``, ``POST /api/v1/ranges/announce``.
 
 Errors are ``{"detail": "<reason>"}``. Validation errors are rewritten so they
-never echo the request body back (it may hold a token).
+never echo the request body back (it may hold a token). The published schema
+says so: every operation lists every status it answers with (gateway.apimodels;
+tests/gateway/test_api_schema.py holds a live daemon to it).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
+from gateway import apimodels as m
+from gateway.apimodels import errors, ok
 from gateway.controlplane import ControlPlane
 from gateway.errors import GatewayError
 from gateway.limits import BodyLimit
@@ -62,6 +68,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     app = FastAPI(title="crosswire gateway", version="0.1.0",
                   description="Per-cluster WireGuard gateway for clusters with overlapping ranges.")
     app.add_middleware(BodyLimit)  # before anything reads a body: 413 past 64 KiB
+    _publish_error_schema(app)
     bearer = HTTPBearer(auto_error=False)
 
     @app.exception_handler(GatewayError)
@@ -71,6 +78,19 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @app.exception_handler(PeeringError)
     async def _peering_error(_: Request, e: PeeringError) -> JSONResponse:
         return _error(e.status, str(e))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answer, except that a 405 names every method of the path
+        # (RFC 9110 15.5.6): Starlette lists only those of the first route it matched,
+        # so OPTIONS /api/v1/tokens said "Allow: POST" while GET works too.
+        headers = dict(e.headers or {})
+        if e.status_code == 405:
+            path = request.url.path
+            headers["Allow"] = ", ".join(sorted({
+                method for r in app.routes if isinstance(r, Route) and r.path_regex.match(path)
+                for method in r.methods or ()}))
+        return JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -89,54 +109,64 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     # --- health ----------------------------------------------------------------------------
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=None, responses={**ok(m.Health), **errors()})
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], response_model=None, responses={
+        **ok(m.Readiness, description="Ready: the data plane is what the state says"),
+        **ok(m.Readiness, 503, "Not ready (reason says why)"), **errors()})
     def readyz() -> JSONResponse:
-        ok, why = cp.reconciler.ready()
-        return JSONResponse({"ready": ok, "reason": why}, status_code=200 if ok else 503)
+        ready, why = cp.reconciler.ready()
+        return JSONResponse({"ready": ready, "reason": why}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, responses={
+        200: {"description": "Prometheus text format 0.0.4"}, **errors()})
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(render_metrics(cp.read), media_type="text/plain; version=0.0.4")
 
     # --- read-only API ---------------------------------------------------------------------
 
-    @app.get("/api/v1/status", tags=["read"])
+    @app.get("/api/v1/status", tags=["read"], response_model=None, responses={**ok(m.Status), **errors()})
     def status() -> dict[str, Any]:
         return cp.read.status()
 
-    @app.get("/api/v1/peers", tags=["read"])
+    @app.get("/api/v1/peers", tags=["read"], response_model=None,
+             responses={**ok(list[m.PeerSummary]), **errors()})
     def peers() -> list[dict[str, Any]]:
         return cp.read.peers()
 
-    @app.get("/api/v1/nat", tags=["read"])
+    @app.get("/api/v1/nat", tags=["read"], response_model=None, responses={**ok(m.Nat), **errors()})
     def nat() -> dict[str, Any]:
         return {"table": f"inet {cp.config.nft_table}", "peers": cp.read.nat()}
 
-    @app.get("/api/v1/ipam", tags=["read"])
+    @app.get("/api/v1/ipam", tags=["read"], response_model=None, responses={**ok(m.Ipam), **errors()})
     def ipam() -> dict[str, Any]:
         return cp.read.ipam()
 
-    @app.get("/api/v1/routes", tags=["read"])
+    @app.get("/api/v1/routes", tags=["read"], response_model=None, responses={**ok(m.Routes), **errors()})
     def routes() -> dict[str, Any]:
         return cp.read.routes()
 
     # --- peering ---------------------------------------------------------------------------
 
-    @app.post("/api/v1/peering/join", tags=["peering"])
+    @app.post("/api/v1/peering/join", tags=["peering"], response_model=None, responses={
+        **ok(m.SignedEnvelope, description="join-ok, sealed with the token's response key"),
+        **errors(400, 401, 403, 409, 422)})
     async def join(env: Envelope) -> dict[str, Any]:
         return cp.exchange.handle_join(env.model_dump())
 
-    @app.post("/api/v1/peering/message", tags=["peering"])
+    @app.post("/api/v1/peering/message", tags=["peering"], response_model=None, responses={
+        **ok(m.SignedEnvelope, description="ack, sealed with the channel key"),
+        **errors(400, 401, 403, 409, 422)})
     async def message(env: Envelope) -> dict[str, Any]:
         return await cp.exchange.handle_message(env.model_dump())
 
     # --- admin -----------------------------------------------------------------------------
 
-    @app.post("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], status_code=201)
+    @app.post("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], status_code=201,
+               response_model=None, responses={**ok(m.TokenCreated, 201, "Created"),
+                                               **errors(400, 401, 409, 422)})
     def token_create(req: TokenCreate) -> dict[str, Any]:
         try:
             ttl = parse_duration(str(req.ttl))
@@ -144,28 +174,64 @@ def create_app(cp: ControlPlane) -> FastAPI:
             raise GatewayError(f"ttl: {e}", 422) from None
         return cp.exchange.create_token(ttl, req.reusable)
 
-    @app.get("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)])
+    @app.get("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
+              responses={**ok(list[m.TokenInfo]), **errors(401)})
     def token_list() -> list[dict[str, Any]]:
         return cp.exchange.list_tokens()
 
-    @app.delete("/api/v1/tokens/{token_id}", tags=["admin"], dependencies=[Depends(admin)])
+    @app.delete("/api/v1/tokens/{token_id}", tags=["admin"], dependencies=[Depends(admin)],
+                 response_model=None, responses={**ok(m.TokenRevoked), **errors(401, 404)})
     def token_revoke(token_id: str) -> dict[str, Any]:
         return cp.exchange.revoke_token(token_id)
 
-    @app.post("/api/v1/peers", tags=["admin"], dependencies=[Depends(admin)], status_code=201)
+    @app.post("/api/v1/peers", tags=["admin"], dependencies=[Depends(admin)], status_code=201,
+               response_model=None, responses={
+                   **ok(m.PeerSummary, 201, "Peered"),
+                   # the peer's own refusal (< 500) is passed on with its status
+                   **errors(400, 401, 403, 404, 409, 422, 502)})
     async def peer_add(req: PeerAdd) -> dict[str, Any]:
         return await cp.exchange.peer_add(req.token)
 
-    @app.delete("/api/v1/peers/{cluster_id}", tags=["admin"], dependencies=[Depends(admin)])
+    @app.delete("/api/v1/peers/{cluster_id}", tags=["admin"], dependencies=[Depends(admin)],
+                 response_model=None, responses={**ok(m.PeerRemoved), **errors(401, 404)})
     async def peer_remove(cluster_id: str) -> dict[str, Any]:
         return await cp.exchange.remove_peer(cluster_id)
 
-    @app.post("/api/v1/key/rotate", tags=["admin"], dependencies=[Depends(admin)])
+    @app.post("/api/v1/key/rotate", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
+               responses={**ok(m.KeyRotated), **errors(401, 502)})
     async def key_rotate() -> dict[str, Any]:
         return await cp.exchange.rotate_key()
 
-    @app.post("/api/v1/ranges/announce", tags=["admin"], dependencies=[Depends(admin)])
+    @app.post("/api/v1/ranges/announce", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
+               responses={**ok(dict[str, str], description="per peer told: ok or why not"),
+                          **errors(401)})
     async def ranges_announce() -> dict[str, str]:
         return await cp.exchange.announce_ranges()
 
     return app
+
+
+def _publish_error_schema(app: FastAPI) -> None:
+    """The OpenAPI document with the ``Error`` schema every error response refers to.
+
+    FastAPI adds its own 422 (``HTTPValidationError``, a list of objects) to
+    operations with path parameters; crosswire's 422 is ``Error`` like the rest.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            for ops in spec.get("paths", {}).values():
+                for op in ops.values():
+                    responses = op.get("responses", {})
+                    if "HTTPValidationError" in str(responses.get("422")):
+                        responses["422"] = errors(422)[422]
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+            schemas["Error"] = m.Error.model_json_schema()
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,199 @@
+"""What the API publishes about its answers: response models and every status per operation.
+
+These models only *document* the bodies (``responses=`` in gateway.api);
+handlers still return their dicts unchanged, so a model can never reshape an
+answer (e.g. add ``"gateway_ip6": null`` where the key is absent today).
+Every error, whoever raises it (GatewayError/PeeringError, validation, the
+body limit, FastAPI's own body parser) is ``{"detail": "<reason>"}``: one
+``Error`` model replaces FastAPI's default 422 ``HTTPValidationError`` (a list
+of objects crosswire never sends).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ERROR_REF = "#/components/schemas/Error"
+
+
+class Error(BaseModel):
+    """Every error answer: one human-readable reason, never the request body echoed."""
+
+    model_config = ConfigDict(extra="forbid")
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reason: str = Field(description='"ok", or why the data plane is not (yet) what the state says')
+
+
+class Range(BaseModel):
+    kind: Literal["pod", "service"]
+    cidr: str
+
+
+class View(BaseModel):
+    kind: Literal["pod", "service"]
+    real: str
+    view: str
+
+
+class ReconcileStats(BaseModel):
+    runs: int
+    errors: int
+    dataplane_restarts: int
+    last_error: str | None
+    last_ok: float | None
+
+
+class Status(BaseModel):
+    cluster_id: str
+    public_key: str
+    endpoint: str | None
+    url: str
+    interface: str
+    implementation: str
+    gateway_ip: str | None
+    gateway_ip6: str | None
+    pod_cidrs: list[str]
+    service_cidrs: list[str]
+    ready: bool
+    ready_reason: str
+    uptime_s: float
+    peers: int
+    peers_by_state: dict[str, int]
+    reconcile: ReconcileStats
+
+
+class PeerSummary(BaseModel):
+    cluster_id: str
+    public_key: str
+    endpoint: str | None
+    url: str | None
+    state: Literal["pending", "connecting", "connected", "error"]
+    latest_handshake: float | None
+    handshake_age_s: float | None
+    rx_bytes: int
+    tx_bytes: int
+    rtt_ms: float | None
+    loss: float | None
+    probe_ip: str | None
+    ranges: list[Range]
+    our_views: list[View]
+    their_views: list[View] | None = Field(description="null until the peer sent its views of us")
+
+
+class NatPeer(BaseModel):
+    cluster_id: str
+    egress_chain: str
+    ingress_chain: str
+    remote: list[View]
+    local: list[View]
+    rules: list[dict[str, Any]] = Field(description="nftables rules with handles and counters")
+    host_network: list[dict[str, Any]]
+
+
+class Nat(BaseModel):
+    table: str
+    peers: list[NatPeer]
+
+
+class Allocation(BaseModel):
+    peer: str
+    kind: Literal["pod", "service"]
+    real: str
+    view: str
+    remapped: bool
+
+
+class Conflict(BaseModel):
+    peer: str
+    view: str
+    overlaps: Any
+
+
+class Ipam(BaseModel):
+    pools: list[str]
+    local: dict[str, list[str]]
+    allocations: list[Allocation]
+    conflicts: list[Conflict]
+
+
+class Routes(BaseModel):
+    gateway_ip: str | None
+    cidrs: list[str]
+    gateway_ip6: str | None = Field(default=None, description="only on dual-stack gateways")
+
+
+class SignedEnvelope(BaseModel):
+    body: dict[str, Any]
+    mac: str
+
+
+class TokenCreated(BaseModel):
+    token: str = Field(description="the line to pass to `crosswire peer add` (shown once)")
+    token_id: str
+    expires: float
+    reusable: bool
+    url: str
+
+
+class TokenInfo(BaseModel):
+    token_id: str
+    created: float
+    expires: float
+    reusable: bool
+    uses: int
+    state: Literal["active", "used", "expired"]
+
+
+class TokenRevoked(BaseModel):
+    revoked: str
+
+
+class PeerRemoved(BaseModel):
+    removed: str
+    peer_notified: bool
+
+
+class KeyRotated(BaseModel):
+    public_key: str
+    peers_informed: list[str]
+    peers_pending: dict[str, str]
+
+
+REASONS = {
+    400: "Malformed request or refused input",
+    401: "Missing or wrong credential (admin Bearer token, or a message MAC), or a replay",
+    403: "Unknown, used or foreign token; unknown peer",
+    404: "No such token or peer",
+    408: "Request body not received in time",
+    409: "Conflicts with the current state (already peered, own key, unusable peering URL)",
+    413: "Request body too large",
+    422: "Request body does not match the schema, or its values cannot be used",
+    502: "A peer gateway could not be reached or gave a bad answer",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error statuses of an operation; 408/413 (the body limit) apply to every one."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for c in sorted({*codes, 408, 413}):
+        entry: dict[str, Any] = {"description": REASONS[c],
+                                 "content": {"application/json": {"schema": {"$ref": ERROR_REF}}}}
+        if c == 401:
+            entry["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
+                                                     "description": "Bearer (admin operations)"}}
+        out[c] = entry
+    return out
+
+
+def ok(model: Any, status: int = 200, description: str = "Success") -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": model, "description": description}}

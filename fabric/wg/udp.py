@@ -151,17 +151,24 @@ def read_batch(sock: socket.socket, ready: select.poll,
             # ICMP errors (port unreachable) surface here; they are not fatal.
             counters["io_udp_recv_error"] += 1
             continue
-        src = (addr[0], addr[1])
+        # The kernel puts UDP_GRO (only on a coalesced read) before the packet info,
+        # and the packet info is the only IP-level cmsg these sockets ask for.
         seg = 0
-        for level, kind, value in anc:
-            if level == IPPROTO_IP:
-                if kind == IP_PKTINFO:  # in_pktinfo: ifindex, spec_dst, addr (header dst)
-                    src = (addr[0], addr[1], value[8:12])
-            elif level == IPPROTO_IPV6:
-                if kind == IPV6_PKTINFO:  # in6_pktinfo: addr, ifindex
-                    src = (addr[0], addr[1], value[:16])
-            elif kind == UDP_GRO and level == SOL_UDP:
-                seg = int.from_bytes(value, "little")
+        if anc:
+            level, kind, value = anc[-1]
+            if level == SOL_UDP:
+                src = (addr[0], addr[1])
+                if kind == UDP_GRO:
+                    seg = int.from_bytes(value, "little")
+            else:
+                # in_pktinfo: ifindex, spec_dst, addr (header dst); in6_pktinfo: addr, ifindex
+                src = (addr[0], addr[1], value[8:12] if level == IPPROTO_IP else value[:16])
+                if len(anc) > 1:
+                    level, kind, value = anc[0]
+                    if kind == UDP_GRO and level == SOL_UDP:
+                        seg = int.from_bytes(value, "little")
+        else:
+            src = (addr[0], addr[1])
         if seg:
             n = len(data)
             if seg < n:

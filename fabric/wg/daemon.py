@@ -16,8 +16,11 @@ and keeps the old sockets, as wireguard-go does. An exception escaping the
 device while it handles traffic is counted (``io_internal_error``) and logged;
 the tunnel keeps running.
 
-Housekeeping once a second: stop if the UAPI socket file or the interface is
-gone, follow MTU changes made with ``ip link``, write the counters file.
+MTU changes made with ``ip link`` apply to the next packet: an rtnetlink socket
+(``fabric.wg.linkwatch``) in the epoll set is handled before the TUN in a
+wakeup, and the MTU is re-read when our link changed. Housekeeping once a
+second: stop if the UAPI socket file or the interface is gone, re-read the MTU
+(a backstop should netlink be unavailable), write the counters file.
 Counters are the device's dict plus the loop's own ``io_*`` entries; they are
 written as JSON to ``stats_path`` and logged on SIGUSR1 (and at debug level
 every ``STATS_LOG_INTERVAL`` s). The wg(8) protocol has no room for them: wg
@@ -40,6 +43,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fabric.wg import statsfile
+from fabric.wg.linkwatch import LinkWatch
 from fabric.wg.messages import Endpoint
 from fabric.wg.tun import Tun
 from fabric.wg.uapi import UapiReply
@@ -71,6 +75,7 @@ class DeviceLike(Protocol):
     counters: dict[str, int]
 
     def set_bound_port(self, port: int) -> None: ...
+    def forget_source(self, ep: Endpoint) -> None: ...
     def on_datagram(self, data: bytes, src: Endpoint, now: float) -> None: ...
     def on_packet(self, packet: bytes, now: float) -> None: ...
     def on_timer(self, now: float) -> None: ...
@@ -104,19 +109,32 @@ class Daemon:
         self.generation = -1
         self._dump_requested = False
         self.gso = gso
-        device.mtu = tun.mtu()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.linkwatch: LinkWatch | None = None
+        self._link_fd = -2
+        try:
+            self.linkwatch = LinkWatch(socket.if_nametoindex(tun.name))
+            self._link_fd = self.linkwatch.fileno()
+        except OSError as e:
+            log.warning("no link notifications (%s): MTU changes apply within %.0f s",
+                        e.strerror, HOUSEKEEPING_INTERVAL)
+        # Read after subscribing, so no change can fall between the two.
+        device.mtu = tun.mtu()
         try:
             self._apply_config()
             kwargs = {"directory": uapi_dir} if uapi_dir else {}
             self.uapi = UapiServer(tun.name, self._on_uapi, self.epoll, **kwargs)
         except BaseException:
             self._close_sockets()
+            if self.linkwatch is not None:
+                self.linkwatch.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
             raise
         self.epoll.register(tun.fd, select.EPOLLIN)
         self.epoll.register(self._wake_r, select.EPOLLIN)
+        if self.linkwatch is not None:
+            self.epoll.register(self._link_fd, select.EPOLLIN)
 
     # -- configuration ------------------------------------------------------------------
 
@@ -188,10 +206,10 @@ class Daemon:
         outbox = dev.outbox
         if outbox:
             if self.gso and len(outbox) > 1:
-                if not send_gso(outbox, self.s4, self.s6, self.io_counters):
+                if not send_gso(outbox, self.s4, self.s6, self.io_counters, dev.forget_source):
                     self.gso = False
             else:
-                send_each(outbox, self.s4, self.s6, self.io_counters)
+                send_each(outbox, self.s4, self.s6, self.io_counters, dev.forget_source)
         inbox = dev.inbox
         if inbox and not self.tun.write_batch(inbox, self.io_counters):
             self.stop_reason = "interface deleted"
@@ -213,6 +231,7 @@ class Daemon:
         flush_if_backlogged = self._flush_if_backlogged
         io_counters = self.io_counters
         wake_r = self._wake_r
+        link_fd = self._link_fd
         next_housekeeping = clock()
         next_stats_log = next_housekeeping + STATS_LOG_INTERVAL
         # Everything alive now (modules, config) lives for the whole run: keep it out of
@@ -247,6 +266,13 @@ class Daemon:
                 continue
             now = clock()
             try:
+                if len(events) > 1:
+                    # A link change first: TUN packets read in this wakeup may already
+                    # be sized for the new MTU.
+                    for fd, _ev in events:
+                        if fd == link_fd:
+                            self._on_link_change()
+                            break
                 for fd, ev in events:
                     if fd == tun_fd:
                         if ev & _ERR_HUP:
@@ -260,6 +286,8 @@ class Daemon:
                         read_udp(self.s6, self._s6_ready, on_datagram, now, BATCH, io_counters)
                     elif fd == wake_r:
                         self._drain_wakeup()
+                    elif fd == link_fd:
+                        self._on_link_change()
                     else:
                         self.uapi.on_event(fd, ev)
                 wrote_tun = bool(dev.inbox)
@@ -288,6 +316,18 @@ class Daemon:
         if n <= 10 or n % 1000 == 0:
             log.exception("internal error #%d while handling traffic (dropped)", n)
 
+    def _on_link_change(self) -> None:
+        assert self.linkwatch is not None
+        if self.linkwatch.changed():
+            self._follow_mtu()
+
+    def _follow_mtu(self) -> None:
+        with contextlib.suppress(OSError):  # the interface may be going away
+            mtu = self.tun.mtu()
+            if mtu != self.device.mtu:
+                log.info("MTU now %d", mtu)
+                self.device.mtu = mtu
+
     def _housekeeping(self) -> None:
         if not self.uapi.still_ours():
             self.stop_reason = "UAPI socket deleted"
@@ -295,11 +335,7 @@ class Daemon:
         if not self.tun.exists():
             self.stop_reason = "interface deleted"
             return
-        with contextlib.suppress(OSError):
-            mtu = self.tun.mtu()
-            if mtu != self.device.mtu:
-                log.info("MTU now %d", mtu)
-                self.device.mtu = mtu
+        self._follow_mtu()
         self._write_stats()
 
     def counters(self) -> dict[str, int]:
@@ -347,6 +383,8 @@ class Daemon:
             signal.set_wakeup_fd(-1)
         self.uapi.close()
         self._close_sockets()
+        if self.linkwatch is not None:
+            self.linkwatch.close()
         if self.stats_path:
             statsfile.remove(self.stats_path)
         self.tun.close()

@@ -189,6 +189,17 @@ class Device(SendPath, ReceivePath):
         self.zero_keys(peer)
         peer.staged.clear()
 
+    def forget_source(self, ep: Endpoint) -> None:
+        """The I/O layer could not send from ``ep``'s local address (it is gone):
+        peers at ``ep`` go back to the kernel's choice of source, as the kernel
+        clears its cached source. Rare, so a scan over the peers."""
+        if len(ep) == 2:
+            return
+        plain = (ep[0], ep[1])
+        for peer in self.peers.values():
+            if peer.endpoint == ep:
+                peer.endpoint = plain
+
     def set_persistent_keepalive(self, peer: Peer, interval: int) -> None:
         peer.persistent_keepalive = interval
         if interval == 0:

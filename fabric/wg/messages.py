@@ -17,8 +17,12 @@ RESPONSE = 2
 COOKIE_REPLY = 3
 TRANSPORT = 4
 
-# A UDP address as the socket layer gives it: (host, port); the one Endpoint type.
-Endpoint = tuple[str, int]
+# A UDP address: (host, port), or (host, port, local) when the I/O layer knows the
+# local address the datagram arrived at (``local``: packed, 4 or 16 bytes). Replies
+# to a peer leave from that address (the kernel's "sticky source"); a 2-tuple lets
+# the kernel pick. The core treats ``local`` as part of the endpoint: a datagram
+# to another of our addresses is a roam like any other.
+Endpoint = tuple[str, int] | tuple[str, int, bytes]
 
 INITIATION_SIZE = 148
 RESPONSE_SIZE = 92

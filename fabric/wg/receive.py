@@ -115,9 +115,13 @@ class ReceivePath:
         if self.load.under_load(now):
             if not self.cookie_checker.check_mac2(data, src, now):
                 sender = struct.unpack_from("<I", data, 4)[0]
-                self.outbox.append((self.cookie_checker.create_reply(data, sender, src, now), src))
+                reply = self.cookie_checker.create_reply(data, sender, src, now)
+                self.outbox.append((reply, src))
+                # Device counters only: as in the references, a cookie reply answers
+                # an unauthenticated source and counts for no peer.
                 c["tx_cookie_reply"] += 1
                 c["tx_datagrams"] += 1
+                c["tx_bytes"] += len(reply)
                 c["drop_under_load"] += 1
                 return
             if not self.rate_limiter.allow(src, now):
@@ -145,8 +149,10 @@ class ReceivePath:
         peer = init.peer
         peer.last_timestamp = init.noise.payload
         peer.last_initiation_consumed = now
-        # Authenticated: roam, then answer.
+        # Authenticated: roam, count it (wireguard-go and the kernel count every
+        # authenticated message in the peer's rx bytes), then answer.
         peer.endpoint = src
+        peer.rx_bytes += len(data)
         self._clear_handshake(peer)
         idx = self.index.new_index()
         made = handshake.create_response(
@@ -197,6 +203,7 @@ class ReceivePath:
         peer.current = kp
         self.index.add_keypair(kp)
         peer.endpoint = src
+        peer.rx_bytes += len(data)
         timers.session_derived(self, peer, now)
         self._handshake_complete(peer)
         timers.any_authenticated_packet_traversal(self, peer, now)

@@ -76,7 +76,7 @@ def parse_endpoint(value: str) -> Endpoint:
 
 
 def format_endpoint(ep: Endpoint) -> str:
-    host, port = ep
+    host, port = ep[0], ep[1]  # a local address, if any, is not part of wg(8)'s view
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

@@ -46,6 +46,9 @@ class FakeDevice:
     def set_bound_port(self, port: int) -> None:
         self.bound_port = port
 
+    def forget_source(self, ep: Endpoint) -> None:
+        pass
+
     def on_datagram(self, data: bytes, src: Endpoint, now: float) -> None:
         self.counters["rx_datagrams"] += 1
         if data.startswith(b"boom"):

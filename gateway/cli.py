@@ -25,6 +25,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from gateway import clitable
+
 # Only the stdlib at import time: operator commands start in a few tens of ms
 # (httpx/yaml/fastapi are imported where needed).
 if TYPE_CHECKING:
@@ -229,17 +231,6 @@ def _https(u: urllib.parse.SplitResult, method: str, path: str, payload: bytes, 
         conn.close()
 
 
-def _ranges(views: list[dict[str, str]] | None) -> str:
-    if not views:
-        return "-"
-    return ", ".join(f"{v['kind']} {v['real']}" + (f" as {v['view']}" if v["view"] != v["real"] else "")
-                     for v in views)
-
-
-def _fmt_age(v: float | None) -> str:
-    return "never" if v is None else f"{v:.0f}s ago"
-
-
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -286,18 +277,13 @@ def read_token(args: argparse.Namespace) -> str:
     return token
 
 
-def print_peers(peers: list[dict[str, Any]]) -> None:
-    if not peers:
-        print("no peers")
-        return
-    for p in peers:
-        rtt = "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.2f} ms"
-        loss = "-" if p.get("loss") is None else f"{100 * p['loss']:.0f}%"
-        print(f"{p['cluster_id']}  {p['state']}  endpoint {p.get('endpoint') or '-'}  "
-              f"handshake {_fmt_age(p.get('handshake_age_s'))}  rx {p['rx_bytes']} B  tx {p['tx_bytes']} B  "
-              f"rtt {rtt}  loss {loss}")
-        print(f"    their ranges, our views: {_ranges(p.get('our_views'))}")
-        print(f"    our ranges, their views: {_ranges(p.get('their_views'))}")
+def _color() -> bool:
+    isatty = getattr(sys.stdout, "isatty", None)
+    return clitable.use_color(bool(isatty and isatty()), os.environ)
+
+
+def _print(lines: list[str]) -> None:
+    print("\n".join(lines))
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -317,17 +303,10 @@ def dispatch(args: argparse.Namespace) -> int:
         out = call(args, "GET", "/api/v1/tokens", admin=True)
         if args.json:
             print(json.dumps(out, indent=2))
-        elif not out:
-            print("no tokens")
         else:
             import time
 
-            for t in out:
-                # A token from before TTLs were bounded may carry no finite expiry (null).
-                left = None if t.get("expires") is None else t["expires"] - time.time()
-                when = "never expires" if left is None else f"expires in {left:.0f}s" if left > 0 else "expired"
-                print(f"{t['token_id']}  {t['state']:<8} {'reusable' if t['reusable'] else 'single use'}  "
-                      f"uses {t['uses']}  {when}")
+            _print(clitable.tokens(out, time.time(), color=_color()))
         return 0
     if key == ("token", "revoke"):
         out = call(args, "DELETE", f"/api/v1/tokens/{urllib.parse.quote(args.token_id, safe='')}", admin=True)
@@ -338,13 +317,12 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(out))
         else:
-            print(f"peered with {out['cluster_id']} (endpoint {out.get('endpoint') or '-'})")
-            print(f"    their ranges, our views: {_ranges(out.get('our_views'))}")
-            print(f"    our ranges, their views: {_ranges(out.get('their_views'))}")
+            print(f"peered with {clitable.clean(out['cluster_id'])} (endpoint {clitable.clean(out.get('endpoint'))})")
+            _print(clitable.views_tables([out], color=_color()))
         return 0
     if key == ("peer", "list"):
         out = call(args, "GET", "/api/v1/peers")
-        print(json.dumps(out, indent=2)) if args.json else print_peers(out)
+        print(json.dumps(out, indent=2)) if args.json else _print(clitable.peer_list(out, color=_color()))
         return 0
     if key == ("peer", "remove"):
         out = call(args, "DELETE", f"/api/v1/peers/{urllib.parse.quote(args.cluster_id, safe='')}",
@@ -367,39 +345,24 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(out, indent=2))
         else:
-            print(f"cluster {out['cluster_id']}  {'ready' if out['ready'] else 'NOT READY: ' + out['ready_reason']}")
-            print(f"  public key {out['public_key']}  endpoint {out['endpoint']}  api {out['url']}")
-            print(f"  interface {out['interface']} ({out['implementation']})  gateway ip {out['gateway_ip']}")
-            print(f"  pods {', '.join(out['pod_cidrs'])}  services {', '.join(out['service_cidrs']) or '-'}")
-            states = ", ".join(f"{v} {k}" for k, v in sorted(out["peers_by_state"].items())) or "none"
-            print(f"  peers {out['peers']} ({states})  reconcile errors {out['reconcile']['errors']}")
+            import time
+
+            peers = call(args, "GET", "/api/v1/peers")
+            _print(clitable.status(out, peers, time.time(), color=_color()))
         return 0
     if key == ("nat", "show"):
         out = call(args, "GET", "/api/v1/nat")
         if args.json:
             print(json.dumps(out, indent=2))
             return 0
-        print(f"table {out['table']}")
-        if not out["peers"]:
-            print("no peers")
-        for m in out["peers"]:
-            print(f"peer {m['cluster_id']}:")
-            for r in m.get("remote", []):
-                print(f"  their {r['kind']:<7} {r['real']:<20} is our   {r['view']}")
-            for r in m.get("local", []):
-                print(f"  our   {r['kind']:<7} {r['real']:<20} is their {r['view']}")
-            for r in m.get("rules", []):
-                print(f"    {r['chain']:<16} {r.get('packets', 0):>10} pkts {r.get('bytes', 0):>12} B  "
-                      f"{r['comment']}")
+        _print(clitable.nat(out, color=_color()))
         return 0
     if key == ("ipam", "show"):
         out = call(args, "GET", "/api/v1/ipam")
         if args.json:
             print(json.dumps(out, indent=2))
         else:
-            print(f"pools {', '.join(out['pools'])}")
-            for a in out["allocations"]:
-                print(f"  {a['peer']:<16} {a['kind']:<8} {a['real']:<20} -> {a['view']}")
+            _print(clitable.ipam(out, color=_color()))
         return 0
     raise CliError(f"unknown command {args.cmd}")
 

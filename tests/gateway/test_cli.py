@@ -49,11 +49,14 @@ def test_cli_commands(served: Any, capsys: pytest.CaptureFixture[str], monkeypat
     out, err = capsys.readouterr()
     assert out.startswith("cw1.") and out.count("\n") == 1 and "single use" in err
     assert main(["--api", url, "status"]) == 0  # options before the subcommand work too
-    assert "cluster gpu" in capsys.readouterr().out
+    status = capsys.readouterr().out.splitlines()
+    assert status[0].split() == ["cluster", "gpu"] and status[-3:-1] == ["no peers", ""]
+    assert status[-1].startswith("reconcile: ")
     assert main(["token", "list", "--api", url, *sd]) == 0
     listed = capsys.readouterr().out
     assert "active" in listed and "single use" in listed and "cw1." not in listed
-    tid = listed.split()[0]
+    assert listed.split()[:5] == ["TOKEN", "STATE", "USE", "USES", "EXPIRES"]
+    tid = listed.splitlines()[1].split()[0]
     assert main(["token", "revoke", tid, "--api", url, *sd]) == 0
     assert f"revoked {tid}" in capsys.readouterr().out
     assert main(["token", "list", "--api", url, *sd]) == 0

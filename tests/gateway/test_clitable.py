@@ -1,0 +1,247 @@
+"""The operator commands' text: exact rendering of fixed API answers, and colour only on a terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+
+from gateway import cli, clitable
+
+STATUS: dict[str, Any] = {
+    "cluster_id": "lab", "public_key": "m7Lq4xV0cJ1c0n2lXxqkq3cR2pN0Yq9aT6vJbW2kF0E=",
+    "endpoint": "203.0.113.10:51820", "url": "https://lab-gw.example.net:8080", "interface": "crosswire0",
+    "implementation": "crosswire-wg", "gateway_ip": "10.244.0.1", "gateway_ip6": None,
+    "pod_cidrs": ["10.244.0.0/16"], "service_cidrs": ["10.96.0.0/12"], "ready": True, "ready_reason": "ok",
+    "uptime_s": 11045.2, "peers": 2, "peers_by_state": {"connected": 1, "connecting": 1},
+    "reconcile": {"runs": 412, "errors": 0, "dataplane_restarts": 0, "last_error": None, "last_ok": 1000.0},
+}
+
+
+def _view(kind: str, real: str, view: str) -> dict[str, str]:
+    return {"kind": kind, "real": real, "view": view}
+
+
+GPU: dict[str, Any] = {
+    "cluster_id": "gpu", "state": "connected", "handshake_age_s": 42.3, "rtt_ms": 0.734, "loss": 0.0,
+    "rx_bytes": 1288490189, "tx_bytes": 73400320, "endpoint": "198.51.100.7:51820", "endpoint_error": None,
+    "our_views": [_view("pod", "10.244.0.0/16", "100.64.0.0/16"), _view("service", "10.96.0.0/12", "100.80.0.0/12")],
+    "their_views": [_view("pod", "10.244.0.0/16", "100.65.0.0/16"),
+                    _view("service", "10.96.0.0/12", "100.96.0.0/12")],
+}
+EDGE: dict[str, Any] = {  # never connected: no handshake, no RTT (None), its endpoint does not resolve
+    "cluster_id": "edge-eu", "state": "connecting", "handshake_age_s": None, "rtt_ms": None, "loss": None,
+    "rx_bytes": 0, "tx_bytes": 148, "endpoint": None,
+    "endpoint_error": "cannot resolve edge.example.org: Name or service not known",
+    "our_views": [_view("pod", "10.8.0.0/16", "10.8.0.0/16")], "their_views": None,
+}
+
+PEERS_TABLE = [
+    "PEER     STATE       HANDSHAKE      RTT  LOSS       RX        TX  ENDPOINT",
+    "gpu      connected   42s ago    0.73 ms    0%  1.2 GiB  70.0 MiB  198.51.100.7:51820",
+    "edge-eu  connecting  never            -     -      0 B     148 B  "
+    "error: cannot resolve edge.example.org: Name or service not known",
+]
+
+
+def test_status_exact() -> None:
+    assert clitable.status(STATUS, [GPU, EDGE], now=1003.0) == [
+        "cluster     lab",
+        "ready       yes",
+        "public key  m7Lq4xV0cJ1c0n2lXxqkq3cR2pN0Yq9aT6vJbW2kF0E=",
+        "endpoint    203.0.113.10:51820",
+        "api         https://lab-gw.example.net:8080",
+        "interface   crosswire0 (crosswire-wg)",
+        "gateway ip  10.244.0.1",
+        "pods        10.244.0.0/16",
+        "services    10.96.0.0/12",
+        "uptime      3h04m",
+        "",
+        *PEERS_TABLE,
+        "",
+        "reconcile: 412 runs, 0 errors, 0 data-plane restarts, last ok 3s ago",
+    ]
+
+
+def test_status_not_ready_no_peers() -> None:
+    st = {**STATUS, "ready": False, "ready_reason": "nft: table busy", "endpoint": None, "service_cidrs": [],
+          "gateway_ip6": "fd00::1", "uptime_s": 5,
+          "reconcile": {"runs": 3, "errors": 2, "dataplane_restarts": 1, "last_error": "NftError: busy\nretry",
+                        "last_ok": None}}
+    out = clitable.status(st, [], now=0.0)
+    assert out[1] == "ready       NO: nft: table busy"
+    assert out[3] == "endpoint    -"
+    assert out[6] == "gateway ip  10.244.0.1, fd00::1"
+    assert out[8] == "services    -"
+    assert out[9] == "uptime      5s"
+    assert out[10:] == ["", "no peers", "",
+                        "reconcile: 3 runs, 2 errors, 1 data-plane restarts, last ok never; "
+                        "last error: NftError: busy\\x0aretry"]
+
+
+def test_peer_list_exact() -> None:
+    assert clitable.peer_list([GPU, EDGE]) == [
+        *PEERS_TABLE,
+        "",
+        "their ranges -> our views",
+        "  PEER     KIND     THEIR RANGE    OUR VIEW",
+        "  gpu      pod      10.244.0.0/16  100.64.0.0/16",
+        "  gpu      service  10.96.0.0/12   100.80.0.0/12",
+        "  edge-eu  pod      10.8.0.0/16    10.8.0.0/16",
+        "",
+        "our ranges -> their views",
+        "  PEER     KIND     OUR RANGE      THEIR VIEW",
+        "  gpu      pod      10.244.0.0/16  100.65.0.0/16",
+        "  gpu      service  10.96.0.0/12   100.96.0.0/12",
+        "  edge-eu  -        -              (not received yet)",
+    ]
+    assert clitable.peer_list([]) == ["no peers"]
+
+
+def test_odd_values_stay_in_their_columns() -> None:
+    """A terminal escape in a peer's cluster ID is shown, not obeyed; wide characters
+    count two columns; days-old handshakes, sub-percent loss, huge counters."""
+    odd = [
+        {"cluster_id": "evil\x1b[2Jname", "state": "error", "handshake_age_s": 200000, "rtt_ms": 250.0,
+         "loss": 0.004, "rx_bytes": 5, "tx_bytes": 1023, "endpoint": "[2001:db8::1]:51820", "endpoint_error": None},
+        {"cluster_id": "東京", "state": "connected", "handshake_age_s": 3599, "rtt_ms": 12.3456, "loss": 1.0,
+         "rx_bytes": 1024, "tx_bytes": 2**50 * 3000, "endpoint": "x", "endpoint_error": ""},
+    ]
+    assert clitable.peers_table(odd) == [
+        "PEER             STATE      HANDSHAKE       RTT  LOSS       RX          TX  ENDPOINT",
+        "evil\\x1b[2Jname  error      2d07h ago    250 ms  0.4%      5 B      1023 B  [2001:db8::1]:51820",
+        "東京             connected  59m59s ago  12.3 ms  100%  1.0 KiB  3000.0 PiB  x",
+    ]
+
+
+NAT: dict[str, Any] = {"table": "inet crosswire", "peers": [{
+    "cluster_id": "gpu", "egress_chain": "cw-egress-gpu", "ingress_chain": "cw-ingress-gpu",
+    "remote": [_view("pod", "10.244.0.0/16", "100.64.0.0/16")],
+    "local": [_view("pod", "10.244.0.0/16", "100.65.0.0/16"), _view("service", "10.96.0.0/12", "10.96.0.0/12")],
+    "rules": [
+        {"chain": "cw-egress-gpu", "comment": "c1", "handle": 7, "packets": 123456, "bytes": 98765432,
+         "connections": 321},
+        {"chain": "cw-egress-gpu", "comment": "c2", "handle": 8, "packets": 0, "bytes": 0, "connections": 0},
+        {"chain": "cw-ingress-gpu", "comment": "c3", "handle": 9, "packets": 42, "bytes": 4200, "connections": 2},
+        {"chain": "cw-ingress-gpu", "comment": "c4", "handle": None, "packets": 0, "bytes": 0, "connections": 0},
+    ],
+    "host_network": [{"map": "host_v4", "key": "100.64.0.0/16", "target": "10.244.0.1", "present": True,
+                      "packets": 5, "bytes": 420}],
+}]}
+
+
+def test_nat_exact() -> None:
+    assert clitable.nat(NAT) == [
+        "table inet crosswire",
+        "",
+        "peer gpu",
+        "  DIRECTION  KIND     REAL           VIEW           PACKETS     BYTES  CONNS",
+        "  egress     pod      10.244.0.0/16  100.65.0.0/16   123.5k  94.2 MiB    321",
+        "  egress     service  10.96.0.0/12   10.96.0.0/12         0       0 B      0",
+        "  ingress    pod      10.244.0.0/16  100.65.0.0/16       42   4.1 KiB      2",
+        "  ingress    service  10.96.0.0/12   10.96.0.0/12         0       0 B      0",
+        "  remote     pod      10.244.0.0/16  100.64.0.0/16        -         -      -",
+        "  1 rule(s) missing from the kernel (not applied yet?)",
+        "  host network 100.64.0.0/16 -> 10.244.0.1: 5 packets, 420 B",
+    ]
+    assert clitable.nat({"table": "inet crosswire", "peers": []}) == ["table inet crosswire", "no peers"]
+
+
+def test_ipam_and_tokens_exact() -> None:
+    assert clitable.ipam({"pools": ["100.64.0.0/10"], "local": {}, "conflicts": [
+        {"peer": "gpu", "view": "100.64.0.0/16", "overlaps": ["100.64.0.0/10"]}], "allocations": [
+        {"peer": "gpu", "kind": "pod", "real": "10.244.0.0/16", "view": "100.64.0.0/16", "remapped": True}]}) == [
+        "pools 100.64.0.0/10",
+        "PEER  KIND  REAL           VIEW           REMAPPED",
+        "gpu   pod   10.244.0.0/16  100.64.0.0/16  yes",
+        "conflict: gpu view 100.64.0.0/16 overlaps 100.64.0.0/10",
+    ]
+    assert clitable.ipam({"pools": [], "allocations": [], "conflicts": []}) == ["pools -", "no allocations"]
+    assert clitable.tokens([
+        {"token_id": "a1b2", "state": "active", "reusable": False, "uses": 0, "expires": 4600.0},
+        {"token_id": "old", "state": "expired", "reusable": False, "uses": 0, "expires": 10.0},
+        {"token_id": "legacy", "state": "used", "reusable": True, "uses": 12, "expires": None}], 1000.0) == [
+        "TOKEN   STATE    USE         USES  EXPIRES",
+        "a1b2    active   single use     0  in 1h00m",
+        "old     expired  single use     0  expired",
+        "legacy  used     reusable      12  never",
+    ]
+    assert clitable.tokens([], 0.0) == ["no tokens"]
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
+                                         (5 * 2**30, "5.0 GiB"), (None, "-")])
+def test_human_bytes(n: int | None, text: str) -> None:
+    assert clitable.human_bytes(n) == text
+
+
+def test_colour_wraps_cells_without_moving_columns() -> None:
+    plain = clitable.peers_table([GPU, EDGE])
+    painted = clitable.peers_table([GPU, EDGE], color=True)
+    assert "\x1b[" not in "".join(plain)
+    assert "\x1b[32mconnected\x1b[0m" in painted[1]
+    assert "\x1b[33mconnecting\x1b[0m" in painted[2]
+    assert "\x1b[31merror: cannot resolve" in painted[2]
+    strip = [clitable.ANSI.sub("", line) for line in painted]
+    assert strip == plain
+    assert "\x1b[32myes\x1b[0m" in clitable.status(STATUS, [], 0.0, color=True)[1]
+    not_ready = clitable.status({**STATUS, "ready": False, "ready_reason": "x"}, [], 0.0, color=True)
+    assert "\x1b[31mNO: x\x1b[0m" in not_ready[1]
+
+
+@pytest.mark.parametrize(("isatty", "env", "expect"), [
+    (True, {}, True), (False, {}, False), (True, {"NO_COLOR": "1"}, False),
+    (True, {"TERM": "dumb"}, False), (True, {"NO_COLOR": ""}, True)])
+def test_use_color(isatty: bool, env: dict[str, str], expect: bool) -> None:
+    assert clitable.use_color(isatty, env) is expect
+
+
+class _Tty(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, argv: list[str], tty: bool) -> str:
+    """``crosswire ARGV`` against canned API answers, stdout a (fake) terminal or a pipe."""
+    answers = {"/api/v1/status": STATUS, "/api/v1/peers": [GPU, EDGE], "/api/v1/nat": NAT}
+
+    def http(method: str, url: str, body: Any, headers: dict[str, str], timeout: float) -> tuple[int, Any]:
+        return 200, json.loads(json.dumps(answers[url.removeprefix("http://gw")]))
+    monkeypatch.setattr(cli, "_http", http)
+    out = _Tty(tty)
+    monkeypatch.setattr("sys.stdout", out)
+    assert cli.main([*argv, "--api", "http://gw"]) == 0
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("argv", [["status"], ["peer", "list"], ["nat", "show"]])
+def test_cli_colour_only_on_a_terminal(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("TERM", raising=False)
+    monkeypatch.delenv("CROSSWIRE_CONFIG", raising=False)
+    piped = _run(monkeypatch, argv, tty=False)
+    assert "\x1b" not in piped
+    on_tty = _run(monkeypatch, argv, tty=True)
+    assert "\x1b[" in on_tty
+    assert clitable.ANSI.sub("", on_tty) == piped
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert _run(monkeypatch, argv, tty=True) == piped
+    # --json is what the API said, untouched, even on a terminal.
+    assert "\x1b" not in _run(monkeypatch, [*argv, "--json"], tty=True)
+
+
+def test_cli_text_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CROSSWIRE_CONFIG", raising=False)
+    text = _run(monkeypatch, ["status"], tty=False)
+    assert text.splitlines()[0] == "cluster     lab"
+    assert "\n".join(PEERS_TABLE) in text
+    # The JSON output is byte for byte what it was: json.dumps(answer, indent=2) + newline.
+    assert _run(monkeypatch, ["status", "--json"], tty=False) == json.dumps(STATUS, indent=2) + "\n"
+    assert _run(monkeypatch, ["peer", "list", "--json"], tty=False) == json.dumps([GPU, EDGE], indent=2) + "\n"
+    assert _run(monkeypatch, ["nat", "show", "--json"], tty=False) == json.dumps(NAT, indent=2) + "\n"

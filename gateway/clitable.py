@@ -10,14 +10,12 @@ to move the operator's cursor or recolour the terminal.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 GAP = "  "
 GREEN, YELLOW, RED, BOLD = "32", "33", "31", "1"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")  # what paint() adds (tests strip it)
 STATE_COLOR = {"connected": GREEN, "connecting": YELLOW, "pending": YELLOW, "error": RED}
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import pytest
 
 from gateway import cli, clitable
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # what clitable.paint adds
 
 STATUS: dict[str, Any] = {
     "cluster_id": "lab", "public_key": "m7Lq4xV0cJ1c0n2lXxqkq3cR2pN0Yq9aT6vJbW2kF0E=",
@@ -184,7 +187,7 @@ def test_colour_wraps_cells_without_moving_columns() -> None:
     assert "\x1b[32mconnected\x1b[0m" in painted[1]
     assert "\x1b[33mconnecting\x1b[0m" in painted[2]
     assert "\x1b[31merror: cannot resolve" in painted[2]
-    strip = [clitable.ANSI.sub("", line) for line in painted]
+    strip = [ANSI.sub("", line) for line in painted]
     assert strip == plain
     assert "\x1b[32myes\x1b[0m" in clitable.status(STATUS, [], 0.0, color=True)[1]
     not_ready = clitable.status({**STATUS, "ready": False, "ready_reason": "x"}, [], 0.0, color=True)
@@ -229,7 +232,7 @@ def test_cli_colour_only_on_a_terminal(argv: list[str], monkeypatch: pytest.Monk
     assert "\x1b" not in piped
     on_tty = _run(monkeypatch, argv, tty=True)
     assert "\x1b[" in on_tty
-    assert clitable.ANSI.sub("", on_tty) == piped
+    assert ANSI.sub("", on_tty) == piped
     monkeypatch.setenv("NO_COLOR", "1")
     assert _run(monkeypatch, argv, tty=True) == piped
     # --json is what the API said, untouched, even on a terminal.

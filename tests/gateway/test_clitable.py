@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -248,3 +249,37 @@ def test_cli_text_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _run(monkeypatch, ["status", "--json"], tty=False) == json.dumps(STATUS, indent=2) + "\n"
     assert _run(monkeypatch, ["peer", "list", "--json"], tty=False) == json.dumps([GPU, EDGE], indent=2) + "\n"
     assert _run(monkeypatch, ["nat", "show", "--json"], tty=False) == json.dumps(NAT, indent=2) + "\n"
+
+
+def test_real_api_answers_render(clusters: Any) -> None:
+    """Two in-process gateways peered for real (fake data plane): the tables show
+    what the API serves, and each NAT row names the mapping its rule implements
+    (the rule's comment says so independently of the row's position)."""
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> tuple[Any, Any, Any]:
+        tok = (await gpu.call("POST", "/api/v1/tokens", json={"ttl": "1h"})).json()["token"]
+        assert (await lab.call("POST", "/api/v1/peers", json={"token": tok})).status_code == 201
+        return tuple([(await lab.call("GET", f"/api/v1/{p}")).json() for p in ("status", "peers", "nat")])
+    st, peers, natd = asyncio.run(go())
+    out = clitable.status(st, peers, now=st["reconcile"]["last_ok"] + 2)
+    assert out[0] == "cluster     lab" and out[1] == "ready       yes"
+    assert out[11].split() == ["PEER", "STATE", "HANDSHAKE", "RTT", "LOSS", "RX", "TX", "ENDPOINT"]
+    assert out[12].split()[:2] == ["gpu", peers[0]["state"]] and out[12].endswith("gpu.example:51820")
+    assert out[-1].startswith("reconcile: ") and out[-1].endswith("last ok 2s ago")
+    views = clitable.peer_list(peers)
+    cut = views.index("our ranges -> their views")
+    for key, part in (("our_views", views[:cut]), ("their_views", views[cut:])):
+        got = [line.split() for line in part if line.startswith("  gpu ")]
+        assert got == [["gpu", v["kind"], v["real"], v["view"]] for v in peers[0][key]], key
+    lines = clitable.nat(natd)
+    rules = natd["peers"][0]["rules"]
+    rows = [line.split() for line in lines[4:4 + len(rules)]]
+    assert len(rules) == 4
+    for r, (direction, kind, real, view, *_counters) in zip(rules, rows, strict=True):
+        said = f"{view} -> {real}" if direction == "ingress" else f"{real} -> {view}"
+        assert r["comment"].startswith(f"gpu: {direction} {kind} ") and said in r["comment"], (r, direction)
+    assert [line.split()[0] for line in lines[8:10]] == ["remote", "remote"]
+    # The fake data plane lists no kernel table: every rule and element shows as missing.
+    assert lines[10] == "  4 rule(s) missing from the kernel (not applied yet?)"
+    assert all(line.endswith("(missing from the kernel)") for line in lines[11:]) and len(lines) == 13

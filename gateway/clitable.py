@@ -70,12 +70,10 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, right: Itera
     return [line(list(headers), [BOLD] * n)] + [line(r, c) for r, c in zip(body, codes, strict=True)]
 
 
-def pairs(items: Sequence[tuple[str, str]], *, color: bool = False,
-          colors: Mapping[str, str | None] | None = None) -> list[str]:
+def pairs(items: Sequence[tuple[str, str]], *, indent: str = "") -> list[str]:
     """``label  value`` lines with the values aligned."""
     w = max((width(k) for k, _ in items), default=0)
-    colors = colors or {}
-    return [f"{k}{' ' * (w - width(k))}{GAP}{paint(clean(v), colors.get(k), color)}" for k, v in items]
+    return [f"{indent}{k}{' ' * (w - width(k))}{GAP}{clean(v)}" for k, v in items]
 
 
 # --- value formats -------------------------------------------------------------------------
@@ -200,18 +198,29 @@ def reconcile_line(rec: Mapping[str, Any], now: float) -> str:
     return line
 
 
+def headline(st: Mapping[str, Any], *, color: bool = False) -> str:
+    """``cluster lab  ready  2 peers: 1 connected, 1 connecting``: the one line to read first
+    (kept in the shape of the earlier output, which scripts and tests match)."""
+    ready = paint("ready", GREEN, color) if st["ready"] else \
+        paint(f"NOT READY: {clean(st['ready_reason'])}", RED, color)
+    n = st.get("peers", 0)
+    by_state = st.get("peers_by_state") or {}
+    states = ", ".join(paint(f"{c} {clean(s)}", STATE_COLOR.get(s), color) for s, c in sorted(by_state.items()))
+    peers = f"{n} peer{'' if n == 1 else 's'}: {states}" if n else "no peers"
+    return f"cluster {paint(clean(st['cluster_id']), BOLD, color)}  {ready}  {peers}"
+
+
 def status(st: Mapping[str, Any], peers: Sequence[Mapping[str, Any]], now: float, *,
            color: bool = False) -> list[str]:
     """/api/v1/status and /api/v1/peers at a glance (the public key only: status carries no secret)."""
-    ready = "yes" if st["ready"] else f"NO: {clean(st['ready_reason'])}"
     gw = ", ".join(clean(a) for a in (st.get("gateway_ip"), st.get("gateway_ip6")) if a) or "-"
-    items = [("cluster", st["cluster_id"]), ("ready", ready), ("public key", st["public_key"]),
+    items = [("public key", st["public_key"]),
              ("endpoint", st.get("endpoint") or "-"), ("api", st.get("url") or "-"),
              ("interface", f"{st['interface']} ({st['implementation']})"), ("gateway ip", gw),
              ("pods", ", ".join(st.get("pod_cidrs") or []) or "-"),
              ("services", ", ".join(st.get("service_cidrs") or []) or "-"),
              ("uptime", duration(st.get("uptime_s")))]
-    out = pairs(items, color=color, colors={"ready": GREEN if st["ready"] else RED, "cluster": BOLD})
+    out = [headline(st, color=color), *pairs(items, indent="  ")]
     out += ["", *peers_table(peers, color=color), "", reconcile_line(st["reconcile"], now)]
     return out
 

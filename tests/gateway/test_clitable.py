@@ -52,16 +52,15 @@ PEERS_TABLE = [
 
 def test_status_exact() -> None:
     assert clitable.status(STATUS, [GPU, EDGE], now=1003.0) == [
-        "cluster     lab",
-        "ready       yes",
-        "public key  m7Lq4xV0cJ1c0n2lXxqkq3cR2pN0Yq9aT6vJbW2kF0E=",
-        "endpoint    203.0.113.10:51820",
-        "api         https://lab-gw.example.net:8080",
-        "interface   crosswire0 (crosswire-wg)",
-        "gateway ip  10.244.0.1",
-        "pods        10.244.0.0/16",
-        "services    10.96.0.0/12",
-        "uptime      3h04m",
+        "cluster lab  ready  2 peers: 1 connected, 1 connecting",
+        "  public key  m7Lq4xV0cJ1c0n2lXxqkq3cR2pN0Yq9aT6vJbW2kF0E=",
+        "  endpoint    203.0.113.10:51820",
+        "  api         https://lab-gw.example.net:8080",
+        "  interface   crosswire0 (crosswire-wg)",
+        "  gateway ip  10.244.0.1",
+        "  pods        10.244.0.0/16",
+        "  services    10.96.0.0/12",
+        "  uptime      3h04m",
         "",
         *PEERS_TABLE,
         "",
@@ -71,16 +70,16 @@ def test_status_exact() -> None:
 
 def test_status_not_ready_no_peers() -> None:
     st = {**STATUS, "ready": False, "ready_reason": "nft: table busy", "endpoint": None, "service_cidrs": [],
-          "gateway_ip6": "fd00::1", "uptime_s": 5,
+          "gateway_ip6": "fd00::1", "uptime_s": 5, "peers": 0, "peers_by_state": {},
           "reconcile": {"runs": 3, "errors": 2, "dataplane_restarts": 1, "last_error": "NftError: busy\nretry",
                         "last_ok": None}}
     out = clitable.status(st, [], now=0.0)
-    assert out[1] == "ready       NO: nft: table busy"
-    assert out[3] == "endpoint    -"
-    assert out[6] == "gateway ip  10.244.0.1, fd00::1"
-    assert out[8] == "services    -"
-    assert out[9] == "uptime      5s"
-    assert out[10:] == ["", "no peers", "",
+    assert out[0] == "cluster lab  NOT READY: nft: table busy  no peers"
+    assert out[2] == "  endpoint    -"
+    assert out[5] == "  gateway ip  10.244.0.1, fd00::1"
+    assert out[7] == "  services    -"
+    assert out[8] == "  uptime      5s"
+    assert out[9:] == ["", "no peers", "",
                         "reconcile: 3 runs, 2 errors, 1 data-plane restarts, last ok never; "
                         "last error: NftError: busy\\x0aretry"]
 
@@ -190,9 +189,11 @@ def test_colour_wraps_cells_without_moving_columns() -> None:
     assert "\x1b[31merror: cannot resolve" in painted[2]
     strip = [ANSI.sub("", line) for line in painted]
     assert strip == plain
-    assert "\x1b[32myes\x1b[0m" in clitable.status(STATUS, [], 0.0, color=True)[1]
+    head = clitable.status(STATUS, [], 0.0, color=True)[0]
+    assert head == ("cluster \x1b[1mlab\x1b[0m  \x1b[32mready\x1b[0m  "
+                    "2 peers: \x1b[32m1 connected\x1b[0m, \x1b[33m1 connecting\x1b[0m")
     not_ready = clitable.status({**STATUS, "ready": False, "ready_reason": "x"}, [], 0.0, color=True)
-    assert "\x1b[31mNO: x\x1b[0m" in not_ready[1]
+    assert "\x1b[31mNOT READY: x\x1b[0m" in not_ready[0]
 
 
 @pytest.mark.parametrize(("isatty", "env", "expect"), [
@@ -243,7 +244,7 @@ def test_cli_colour_only_on_a_terminal(argv: list[str], monkeypatch: pytest.Monk
 def test_cli_text_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CROSSWIRE_CONFIG", raising=False)
     text = _run(monkeypatch, ["status"], tty=False)
-    assert text.splitlines()[0] == "cluster     lab"
+    assert text.splitlines()[0] == "cluster lab  ready  2 peers: 1 connected, 1 connecting"
     assert "\n".join(PEERS_TABLE) in text
     # The JSON output is byte for byte what it was: json.dumps(answer, indent=2) + newline.
     assert _run(monkeypatch, ["status", "--json"], tty=False) == json.dumps(STATUS, indent=2) + "\n"
@@ -263,9 +264,9 @@ def test_real_api_answers_render(clusters: Any) -> None:
         return tuple([(await lab.call("GET", f"/api/v1/{p}")).json() for p in ("status", "peers", "nat")])
     st, peers, natd = asyncio.run(go())
     out = clitable.status(st, peers, now=st["reconcile"]["last_ok"] + 2)
-    assert out[0] == "cluster     lab" and out[1] == "ready       yes"
-    assert out[11].split() == ["PEER", "STATE", "HANDSHAKE", "RTT", "LOSS", "RX", "TX", "ENDPOINT"]
-    assert out[12].split()[:2] == ["gpu", peers[0]["state"]] and out[12].endswith("gpu.example:51820")
+    assert out[0] == f"cluster lab  ready  1 peer: 1 {peers[0]['state']}"
+    assert out[10].split() == ["PEER", "STATE", "HANDSHAKE", "RTT", "LOSS", "RX", "TX", "ENDPOINT"]
+    assert out[11].split()[:2] == ["gpu", peers[0]["state"]] and out[11].endswith("gpu.example:51820")
     assert out[-1].startswith("reconcile: ") and out[-1].endswith("last ok 2s ago")
     views = clitable.peer_list(peers)
     cut = views.index("our ranges -> their views")

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -284,3 +285,25 @@ def test_real_api_answers_render(clusters: Any) -> None:
     # The fake data plane lists no kernel table: every rule and element shows as missing.
     assert lines[10] == "  4 rule(s) missing from the kernel (not applied yet?)"
     assert all(line.endswith("(missing from the kernel)") for line in lines[11:]) and len(lines) == 13
+
+
+def test_peer_add_prints_both_directions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CROSSWIRE_ADMIN_TOKEN", "admin")
+    monkeypatch.delenv("CROSSWIRE_CONFIG", raising=False)
+    monkeypatch.setattr(cli, "_http", lambda *a: (201, json.loads(json.dumps(GPU))))
+    tf = tmp_path / "token"
+    tf.write_text("cw1.x\n")
+    assert cli.main(["peer", "add", "--token-file", str(tf), "--api", "http://gw"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "peered with gpu (endpoint 198.51.100.7:51820)",
+        "their ranges -> our views",
+        "  PEER  KIND     THEIR RANGE    OUR VIEW",
+        "  gpu   pod      10.244.0.0/16  100.64.0.0/16",
+        "  gpu   service  10.96.0.0/12   100.80.0.0/12",
+        "",
+        "our ranges -> their views",
+        "  PEER  KIND     OUR RANGE      THEIR VIEW",
+        "  gpu   pod      10.244.0.0/16  100.65.0.0/16",
+        "  gpu   service  10.96.0.0/12   100.96.0.0/12",
+    ]

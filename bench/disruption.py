@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
                     try:
                         r = run_event(ctx, traffic, driver)
                     except Exception as e:  # report it and go on: the next event may still run
-                        r = {"measured": False, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+                        r = {"measured": False, "error": f"{type(e).__name__}: {str(e)[-700:]}"}
                     r["target_ms"] = target
                     results[f"{label}_{key}"] = r
                     print(line(label, key, target, r), flush=True)

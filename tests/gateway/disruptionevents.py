@@ -154,7 +154,7 @@ def peer_add_remove(ctx: Ctx) -> None:
 # Run inside a's namespace: the daemon's own full-replace path (nat.render_text of the
 # desired state, one atomic nft batch), as at start-up or after drift.
 _REPLACE = """
-import sys, time
+import os, sys, time
 from fabric import nat
 from fabric.nft import Nft
 from gateway.config import load
@@ -163,7 +163,7 @@ from gateway.ipam_adapter import IpamViews
 from gateway.state import StateStore
 c = load(sys.argv[1])
 store = StateStore(c.state_dir)
-views = IpamViews(c.state_dir / "ipam.db", c.pod_cidrs, c.service_cidrs, c.reserved_cidrs, c.ipam_pools)
+views = IpamViews(os.path.join(c.state_dir, "ipam.db"), c.pod_cidrs, c.service_cidrs, c.reserved_cidrs, c.ipam_pools)
 state = ControlPlane.build(c, store, views, None).reconciler.desired()
 text = nat.render_text(state)
 t = time.monotonic(); Nft().apply(text); print(round(time.monotonic() - t, 4))
@@ -203,6 +203,8 @@ def endpoint_move(ctx: Ctx) -> None:
     new = "198.18.0.3"
     dev = sh("ip", "-o", "addr", "show", "to", f"{b.underlay}/32", ns=b.ns).stdout.split()[1]
     b.config.write_text(b.config.read_text().replace(b.underlay, new))
+    # without it, deleting the old (primary) address takes the new one in its subnet along
+    sh("sysctl", "-qw", f"net.ipv4.conf.{dev}.promote_secondaries=1", ns=b.ns)
     ctx.begin()
     sh("ip", "addr", "add", f"{new}/24", "dev", dev, ns=b.ns)
     sh("ip", "addr", "del", f"{b.underlay}/24", "dev", dev, ns=b.ns)

@@ -34,8 +34,8 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "gateway")]
 
 from disruptionevents import EVENTS, Ctx, run_event, use_impl  # noqa: E402
 from disruptionkit import Traffic  # noqa: E402
-from gwharness import PODS, two_gateways, view_of, wait_ping  # noqa: E402
-from nsutil import namespaces  # noqa: E402
+from gwharness import BIN, PODS, two_gateways, view_of, wait_ping  # noqa: E402
+from nsutil import namespaces, sh  # noqa: E402
 
 
 def line(label: str, key: str, target: int, r: dict[str, object]) -> str:
@@ -62,8 +62,6 @@ def main(argv: list[str]) -> int:
         os.chmod(tmp, 0o700)
         with two_gateways(n, tmp, prepare=use_impl(impl)) as (a, b):
             token = b.cli("token", "create", "--ttl", "5m").stdout.strip()
-            from gwharness import BIN
-            from nsutil import sh
             added = json.loads(sh(str(BIN / "crosswire"), "peer", "add", "-", "--json", "--config",
                                   str(a.config), ns=a.ns, input=token).stdout)
             dst = view_of(PODS[1], added["our_views"])

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from disruptionkit import Traffic
 from gwharness import BIN, Gw, build_cluster
 from nsutil import Namespaces, sh
 
@@ -38,7 +39,7 @@ class Ctx:
         self.t0 = time.monotonic()
 
 
-def use_impl(impl: str) -> Callable[[Gw, Gw], None]:
+def use_impl(impl: str) -> Callable[..., None]:
     """A two_gateways ``prepare``: run the gateways on ``impl`` (userspace = crosswire-wg)."""
     def prepare(*gws: Gw) -> None:
         for g in gws:
@@ -240,10 +241,8 @@ EVENTS: list[tuple[str, str, int, Callable[[Ctx], None]]] = [
 ]
 
 
-def run_event(ctx: Ctx, traffic: object, driver: Callable[[Ctx], None]) -> dict[str, object]:
-    """Run one event between two quiet periods and measure it (traffic: a disruptionkit.Traffic)."""
-    from disruptionkit import Traffic
-    assert isinstance(traffic, Traffic)
+def run_event(ctx: Ctx, traffic: Traffic, driver: Callable[[Ctx], None]) -> dict[str, object]:
+    """Run one event between two quiet periods and measure it."""
     traffic.wait_flowing()
     ctx.t0, ctx.notes = None, []
     try:

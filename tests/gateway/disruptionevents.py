@@ -1,0 +1,260 @@
+"""The day-2 events of issue 12, each run against the two-gateway harness.
+
+Each event disrupts gateway ``a`` (the endpoint move: ``b``), calls ``ctx.begin()``
+when the disruption starts, and returns once the gateways are ready again.
+Events that cannot be done faithfully here raise ``NotMeasured`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from disruptionkit import Traffic
+from gwharness import BIN, Gw, build_cluster
+from nsutil import Namespaces, sh
+
+
+class NotMeasured(Exception):
+    """This event cannot be measured faithfully here; the message says why."""
+
+
+@dataclass
+class Ctx:
+    a: Gw
+    b: Gw
+    n: Namespaces
+    tmp: Path
+    impl: str
+    t0: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def begin(self) -> None:
+        self.t0 = time.monotonic()
+
+
+def use_impl(impl: str) -> Callable[..., None]:
+    """A two_gateways ``prepare``: run the gateways on ``impl`` (userspace = crosswire-wg)."""
+    def prepare(*gws: Gw) -> None:
+        for g in gws:
+            text = g.config.read_text()
+            g.config.write_text(text.replace("implementation: wireguard-go", f"implementation: {impl}"))
+    return prepare
+
+
+def dataplane_pids(g: Gw) -> list[int]:
+    pids = []
+    for pid in sh("ip", "netns", "pids", g.ns).stdout.split():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile
+        if g.iface.encode() in cmd and b"gateway" not in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+def _sigterm(g: Gw) -> None:
+    assert g.proc is not None
+    g.proc.send_signal(signal.SIGTERM)
+    assert g.proc.wait(timeout=20) == 0, g.log.read_text()[-2000:]
+    g.proc = None
+
+
+def _kill_dataplane(g: Gw) -> None:
+    pids = dataplane_pids(g)
+    assert pids, f"no data plane process for {g.iface}"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _restarts(g: Gw) -> int:
+    return int(g.cli_json("status")["reconcile"]["dataplane_restarts"])
+
+
+# ------------------------------------------------------------------ the events
+
+
+def restart(ctx: Ctx) -> None:
+    """(a) daemon restart: SIGTERM, start (the data plane keeps running)."""
+    ctx.begin()
+    _sigterm(ctx.a)
+    ctx.a.start()
+    ctx.a.wait_ready()
+
+
+def kill9(ctx: Ctx) -> None:
+    """(b) the daemon killed with SIGKILL, then started."""
+    ctx.begin()
+    ctx.a.kill9()
+    ctx.a.start()
+    ctx.a.wait_ready()
+
+
+def dataplane_kill9(ctx: Ctx) -> None:
+    """(c) the data plane killed with SIGKILL; the daemon notices and restarts it."""
+    before = _restarts(ctx.a)
+    ctx.begin()
+    _kill_dataplane(ctx.a)
+    deadline = time.monotonic() + 30
+    while _restarts(ctx.a) <= before:
+        assert time.monotonic() < deadline, "the daemon did not restart the data plane within 30 s"
+        time.sleep(0.1)
+    ctx.a.wait_ready()
+
+
+def both_kill9(ctx: Ctx) -> None:
+    """(d) daemon and data plane killed with SIGKILL (a container restart), then started."""
+    ctx.begin()
+    pids = dataplane_pids(ctx.a)
+    ctx.a.kill9()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    ctx.a.start()
+    ctx.a.wait_ready()
+
+
+def key_rotation(ctx: Ctx) -> None:
+    """(e) crosswire key rotate."""
+    ctx.begin()
+    ctx.a.cli("key", "rotate", "--json")
+    ctx.a.wait_ready()
+    ctx.b.wait_ready()
+
+
+def peer_add_remove(ctx: Ctx) -> None:
+    """(f) a third gateway peered with a, then removed (c is built before the window)."""
+    ns_c = ctx.n.add("gwc")
+    ctx.n.veth(ctx.a.ns, ns_c, "198.18.1.1/24", "198.18.1.2/24", name="w")
+    sh("ip", "route", "add", "198.18.0.0/24", "via", "198.18.1.1", ns=ns_c)
+    c = build_cluster(ctx.n, "c", ns_c, "198.18.1.2", ctx.tmp)
+    use_impl(ctx.impl)(c)
+    c.start()
+    try:
+        c.wait_ready()
+        token = c.cli("token", "create", "--ttl", "5m").stdout.strip()
+        ctx.begin()
+        # the token on stdin, as an operator would (never in argv)
+        sh(str(BIN / "crosswire"), "peer", "add", "-", "--config", str(ctx.a.config), ns=ctx.a.ns,
+           input=token, timeout=60)
+        ctx.a.wait_ready()
+        ctx.a.cli("peer", "remove", "c", timeout=60)
+        ctx.a.wait_ready()
+    finally:
+        if c.proc is not None and c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait(timeout=10)
+
+
+# Run inside a's namespace: the daemon's own full-replace path (nat.render_text of the
+# desired state, one atomic nft batch), as at start-up or after drift.
+_REPLACE = """
+import os, sys, time
+from fabric import nat
+from fabric.nft import Nft
+from gateway.config import load
+from gateway.controlplane import ControlPlane
+from gateway.ipam_adapter import IpamViews
+from gateway.state import StateStore
+c = load(sys.argv[1])
+store = StateStore(c.state_dir)
+views = IpamViews(os.path.join(c.state_dir, "ipam.db"), c.pod_cidrs, c.service_cidrs, c.reserved_cidrs, c.ipam_pools)
+state = ControlPlane.build(c, store, views, None).reconciler.desired()
+text = nat.render_text(state)
+t = time.monotonic(); Nft().apply(text); print(round(time.monotonic() - t, 4))
+views.close(); store.close()
+"""
+
+
+def nat_replace(ctx: Ctx) -> None:
+    """(g) the whole NAT table replaced in one batch while traffic flows."""
+    ctx.begin()
+    out = sh(sys.executable, "-c", _REPLACE, str(ctx.a.config), ns=ctx.a.ns).stdout.strip()
+    ctx.notes.append(f"nft batch {out}s")
+    ctx.a.wait_ready()
+
+
+def upgrade(ctx: Ctx) -> None:
+    """(h) EMULATED: the same code plays both versions. The old daemon (SIGTERM) leaves its
+    data plane running; the link alias and the table's marker set are removed, as versions
+    before the marker left them; the new daemon starts against that and adopts it."""
+    a = ctx.a
+    ctx.begin()
+    _sigterm(a)
+    sh("ip", "link", "set", "dev", a.iface, "alias", "", ns=a.ns)
+    sh("nft", "delete", "set", "inet", "crosswire", "created_by_crosswire", ns=a.ns)
+    a.start()
+    a.wait_ready()
+    log = a.log.read_text()
+    adopted = "adopted the running" in log
+    ctx.notes.append("emulated: same version both sides; unmarked link " +
+                     ("adopted" if adopted else "NOT reported adopted"))
+
+
+def endpoint_move(ctx: Ctx) -> None:
+    """(i) b's gateway moves to a new underlay address (198.18.0.3): the old address goes
+    away, b's daemon restarts with the new endpoint and announces it to a."""
+    b = ctx.b
+    new = "198.18.0.3"
+    dev = sh("ip", "-o", "addr", "show", "to", f"{b.underlay}/32", ns=b.ns).stdout.split()[1]
+    b.config.write_text(b.config.read_text().replace(b.underlay, new))
+    # without it, deleting the old (primary) address takes the new one in its subnet along
+    sh("sysctl", "-qw", f"net.ipv4.conf.{dev}.promote_secondaries=1", ns=b.ns)
+    ctx.begin()
+    sh("ip", "addr", "add", f"{new}/24", "dev", dev, ns=b.ns)
+    sh("ip", "addr", "del", f"{b.underlay}/24", "dev", dev, ns=b.ns)
+    b.underlay = new
+    _sigterm(b)
+    b.start()
+    b.wait_ready()
+    deadline = time.monotonic() + 30
+    while json.loads(ctx.a.cli("peer", "list", "--json").stdout)[0]["endpoint"] != f"{new}:51820":
+        assert time.monotonic() < deadline, "a did not learn b's new endpoint within 30 s"
+        time.sleep(0.1)
+    ctx.a.wait_ready()
+
+
+def node_agent(ctx: Ctx) -> None:
+    """(j) the node agent restarted."""
+    raise NotMeasured("the two-gateway harness has no node agent (it runs in netns-lab); "
+                      "its routes are static here")
+
+
+# label, key, target (ms), driver; order matters: (i) moves b for good, so it comes last.
+EVENTS: list[tuple[str, str, int, Callable[[Ctx], None]]] = [
+    ("a", "daemon_restart", 0, restart),
+    ("b", "daemon_kill9", 0, kill9),
+    ("c", "dataplane_kill9", 500, dataplane_kill9),
+    ("d", "both_kill9_restart", 500, both_kill9),
+    ("e", "key_rotation", 0, key_rotation),
+    ("f", "peer_add_remove", 0, peer_add_remove),
+    ("g", "nat_table_replace", 0, nat_replace),
+    ("h", "upgrade", 0, upgrade),
+    ("j", "node_agent_restart", 0, node_agent),
+    ("i", "peer_endpoint_move", 500, endpoint_move),
+]
+
+
+def run_event(ctx: Ctx, traffic: Traffic, driver: Callable[[Ctx], None]) -> dict[str, object]:
+    """Run one event between two quiet periods and measure it."""
+    traffic.wait_flowing()
+    ctx.t0, ctx.notes = None, []
+    try:
+        driver(ctx)
+    except NotMeasured as e:
+        return {"measured": False, "why": str(e)}
+    assert ctx.t0 is not None, "the event never began"
+    t1 = traffic.wait_flowing(timeout=60)
+    res: dict[str, object] = {"measured": True, "event_s": round(t1 - ctx.t0, 3)}
+    res.update(traffic.measure(ctx.t0, t1))
+    if ctx.notes:
+        res["notes"] = "; ".join(ctx.notes)
+    return res
+
+

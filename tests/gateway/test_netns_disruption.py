@@ -1,0 +1,78 @@
+"""Day-2 disruption (issue 12): generous bounds on what restarts and rotations cost traffic.
+
+The same machinery as bench/disruption.py (tests/gateway/disruptionkit.py and
+disruptionevents.py): a 200/s sequenced UDP probe and an echoed TCP stream from
+a pod of gateway a to a pod of gateway b, through crosswire-wg. The bounds are
+a few seconds, so a busy CI machine never flakes; the targets (0 ms / 500 ms)
+are the bench's to print, and the README's budget table records them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from disruptionevents import Ctx, dataplane_kill9, key_rotation, kill9, restart, run_event, use_impl
+from disruptionkit import ProbeLog, Traffic, tcp_window, window_stats
+from gwharness import BIN, PODS, two_gateways, view_of, wait_ping
+from nsutil import Namespaces, require_root, sh
+
+GAP_BOUND_MS = 5000  # "a few seconds": the targets are 0 and 500 ms
+
+
+def test_window_stats_counts_gaps_losses_and_duplicates() -> None:
+    log = ProbeLog()
+    for i in range(200):
+        log.sent[i] = i * 0.005 + (0.004 if i == 150 else 0)  # 150: a late send, not a loss
+        if not 40 <= i < 60:  # 20 lost: a 100 ms hole
+            log.answers[i] = [log.sent[i] + 0.001]
+    log.answers[100].append(0.6)  # one duplicate
+    st = window_stats(log, 0.1, 0.9)
+    assert (st["lost"], st["dup"], st["gap_ms"]) == (20, 1, 100.0)
+    assert st["stall_ms"] >= 100.0
+    # nothing lost: no gap, however late some sends were
+    assert window_stats(log, 0.4, 0.9)["gap_ms"] == 0.0
+    # the last probes never answered: the gap runs to the window's end
+    for i in range(190, 200):
+        del log.answers[i]
+    assert window_stats(log, 0.9, 1.2)["gap_ms"] == pytest.approx(1200 - 945, abs=0.2)
+
+
+def test_tcp_window_reports_breaks_and_stalls() -> None:
+    text = "C 0 0.0\nP 1024 0.1\nP 2048 0.2\nP 3072 1.7\nP 4096 1.8\n"
+    st = tcp_window(text, 0.15, 1.75)
+    assert st["tcp_alive"] and st["tcp_stall_ms"] == pytest.approx(1500.0)
+    broke = tcp_window(text + "E ConnectionResetError:104 1.9\n", 0.15, 1.75)
+    assert not broke["tcp_alive"] and broke["tcp_error"] == "ConnectionResetError:104"
+    assert not tcp_window("P 1024 0.1\n", 0.15, 1.75)["tcp_alive"]  # no progress after the window
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_restarts_and_rotation_keep_the_tunnel(netns: Namespaces, tmp_path: Path) -> None:
+    require_root("wg", "nft", "ping")
+    os.chmod(tmp_path, 0o700)
+    with two_gateways(netns, tmp_path, prepare=use_impl("userspace")) as (a, b):
+        token = b.cli("token", "create", "--ttl", "5m").stdout.strip()
+        added = json.loads(sh(str(BIN / "crosswire"), "peer", "add", "-", "--json", "--config", str(a.config),
+                              ns=a.ns, input=token).stdout)
+        dst = view_of(PODS[1], added["our_views"])
+        wait_ping(a.pods[0], dst, timeout=20)
+        traffic = Traffic(a.pods[0], b.pods[1], dst, tmp_path)
+        traffic.start()
+        try:
+            ctx = Ctx(a=a, b=b, n=netns, tmp=tmp_path, impl="userspace")
+            for name, driver in (("restart", restart), ("kill -9", kill9), ("data plane kill -9", dataplane_kill9),
+                                 ("key rotation", key_rotation)):
+                r = run_event(ctx, traffic, driver)
+                print(name, r)
+                assert r["measured"] and r["sent"] > 100, (name, r)  # type: ignore[operator]
+                assert r["tcp_alive"], (name, r)
+                assert r["gap_ms"] < GAP_BOUND_MS, (name, r)  # type: ignore[operator]
+                assert r["stall_ms"] < GAP_BOUND_MS, (name, r)  # type: ignore[operator]
+                assert r["dup"] == 0, (name, r)  # WireGuard's replay window: never a duplicate
+        finally:
+            traffic.stop()

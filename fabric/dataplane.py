@@ -89,6 +89,10 @@ class Dataplane:
     def verify(self, state: FabricState) -> list[str]:
         return fabric_apply.verify(state)
 
+    def process_pid(self) -> int | None:
+        """The pid of the process serving the interface (None: kernel, or none running)."""
+        return self.process.pid()
+
     def endpoint_problems(self) -> tuple[dict[str, str], float | None]:
         """Peers programmed without their endpoint (why), and when to retry (monotonic)."""
         return fabric_apply.endpoint_problems(self.interface)

@@ -26,6 +26,7 @@ import functools
 import ipaddress
 import os
 import socket
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -279,6 +280,19 @@ class WgControl:
     def retry_at(self) -> float | None:
         """Monotonic time at which a sync may program an endpoint that failed (None: none failed)."""
         return self.resolver.next_retry() if self.endpoint_problems else None
+
+    def server_pid(self) -> int | None:
+        """The pid of the process listening on the UAPI socket (None: nobody answers)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(1.0)
+        try:
+            _connect(s, self.socket_path)
+            pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            return pid if pid > 0 else None
+        except OSError:
+            return None
+        finally:
+            s.close()
 
     def show(self) -> dict[str, dict[str, Any]]:
         """Per base64 public key: endpoint, last_handshake (unix time), rx_bytes, tx_bytes, ..."""

@@ -187,6 +187,15 @@ class WgProcess:
                 raise WgProcessError(f"{self.interface}: interface vanished")
             ipr.link("set", index=found[0], ifalias=MARK)
 
+    def pid(self) -> int | None:
+        """Our child's pid, or for an adopted process the UAPI socket owner's (SO_PEERCRED);
+        None for a kernel link or when nothing answers."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        if self.resolved == "kernel":
+            return None
+        return self._wg.server_pid()
+
     def alive(self) -> bool:
         """False only on confirmed death: our process exited, the interface is gone,
         or (userspace) the UAPI socket is missing or refusing. A check that fails for

@@ -19,7 +19,6 @@ The reconciler depends on the small ``DataplaneDriver`` protocol below;
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import time
@@ -31,6 +30,7 @@ from typing import Any, Protocol
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap, map_into
 from gateway import forwarding as forwarding_mod
 from gateway.config import Config
+from gateway.exitwatch import ExitWatch
 from gateway.health import HealthTracker
 from gateway.ipam_adapter import Views, ordered
 from gateway.state import StateStore
@@ -53,6 +53,7 @@ class DataplaneDriver(Protocol):
     def nat(self, state: FabricState) -> list[dict[str, Any]]: ...
     def verify(self, state: FabricState) -> list[str]: ...
     def endpoint_problems(self) -> tuple[dict[str, str], float | None]: ...
+    def process_pid(self) -> int | None: ...
 
 
 @dataclass
@@ -127,12 +128,13 @@ class Reconciler:
         async with self._lock:
             return await self._pass(force, None)
 
-    async def check(self, *, verify: bool) -> None:
+    async def check(self, *, verify: bool, exited: bool = False) -> None:
         """One step of the loop: reconcile only if the data plane died, drifted (when
-        ``verify``) or the desired state changed since the last apply."""
+        ``verify``) or the desired state changed since the last apply. ``exited``: its
+        process is known to have exited (a pidfd said so): no confirmation needed."""
         async with self._lock:
             alive = await asyncio.to_thread(self.dataplane.alive)
-            if not alive and self.applied is not None:
+            if not alive and self.applied is not None and not exited:
                 # A restart costs traffic: act on a death seen twice, CONFIRM_DELAY apart.
                 await asyncio.sleep(CONFIRM_DELAY)
                 alive = await asyncio.to_thread(self.dataplane.alive)
@@ -184,22 +186,33 @@ class Reconciler:
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        """The daemon's reconcile loop, until ``stop`` is set."""
+        """The daemon's reconcile loop, until ``stop`` is set: every CHECK_INTERVAL, and
+        at once when the data-plane process exits (gateway.exitwatch)."""
         last_verify = time.monotonic()
-        while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), CHECK_INTERVAL)
-            if stop.is_set():
-                return
-            verify = time.monotonic() - last_verify >= VERIFY_INTERVAL
-            if verify:
-                last_verify = time.monotonic()
-            try:
-                await self.check(verify=verify)
-            except Exception as e:  # keep the loop alive whatever happens
-                self.stats.errors += 1
-                self.stats.last_error = f"{type(e).__name__}: {e}"
-                log.error("reconcile loop: %s", self.stats.last_error)
+        watch = ExitWatch(asyncio.get_running_loop())
+        try:
+            while not stop.is_set():
+                if watch.pid is None:
+                    watch.follow(await asyncio.to_thread(self.dataplane.process_pid))
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(watch.exited.wait())]
+                await asyncio.wait(waits, timeout=CHECK_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                if stop.is_set():
+                    return
+                exited = watch.exited.is_set()
+                watch.exited.clear()
+                verify = time.monotonic() - last_verify >= VERIFY_INTERVAL
+                if verify:
+                    last_verify = time.monotonic()
+                try:
+                    await self.check(verify=verify, exited=exited)
+                except Exception as e:  # keep the loop alive whatever happens
+                    self.stats.errors += 1
+                    self.stats.last_error = f"{type(e).__name__}: {e}"
+                    log.error("reconcile loop: %s", self.stats.last_error)
+        finally:
+            watch.close()
 
     # --- readiness --------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class FakeFabric:
         self.ensure_calls = 0
         self.handshake = 0.0  # what peer_stats reports as last_handshake
         self.endpoint_errors: dict[str, str] = {}  # what endpoint_problems reports
+        self.pid: int | None = None  # what process_pid reports
         self.retry_at: float | None = None
 
     def ensure_up(self) -> None:
@@ -60,6 +61,9 @@ class FakeFabric:
 
     def nat(self, state: FabricState) -> list[dict[str, Any]]:
         return nat.with_counters(nat.mappings(state), {})
+
+    def process_pid(self) -> int | None:
+        return self.pid
 
     def endpoint_problems(self) -> tuple[dict[str, str], float | None]:
         return dict(self.endpoint_errors), self.retry_at

@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,6 +128,16 @@ class WgProcess:
     # -------------------------------------------------------------- queries
 
     def link_exists(self) -> bool:
+        if self.netns is None:
+            # One ioctl, no pyroute2: this runs every second, also when descriptors are
+            # short, where pyroute2's event loop fails half-built (a traceback on stderr).
+            try:
+                socket.if_nametoindex(self.interface)
+                return True
+            except OSError as e:
+                if e.errno in TRANSIENT_ERRNOS:
+                    raise WgProcessError(f"cannot look up {self.interface}: {e}", transient=True) from None
+                return False
         with _iproute(self.netns) as ipr:
             return bool(ipr.link_lookup(ifname=self.interface))
 

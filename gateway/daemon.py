@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -201,5 +202,13 @@ async def serve(config: Config) -> int:
     return 0 if server.started else 1
 
 
+def _log_unraisable(u: sys.UnraisableHookArgs) -> None:
+    # Errors Python can only report from __del__ (a library's object half-built when
+    # descriptors ran out, say) get one log line, not a traceback on stderr.
+    log.warning("ignored in %r: %s: %s", getattr(u.object, "__qualname__", u.object),
+                getattr(u.exc_type, "__name__", u.exc_type), u.exc_value)
+
+
 def run(config: Config) -> int:
+    sys.unraisablehook = _log_unraisable
     return asyncio.run(serve(config))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 from fabric_topo import keypair
-from nsutil import Namespaces, sh, uniq
+from nsutil import sh, uniq
 
 from fabric.model import LocalFabric, PeerFabric, RangeMap
 from fabric.routes import list_routes, remove_routes, sync_routes
@@ -17,18 +15,6 @@ from fabric.wgctl import WgControl, WgError
 from fabric.wgprocess import WgProcess, WgProcessError
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def dp_ns(netns: Namespaces) -> Iterator[tuple[str, list[WgProcess]]]:
-    ns = netns.add("cwd")
-    made: list[WgProcess] = []
-    try:
-        yield ns, made
-    finally:
-        for d in made:
-            with contextlib.suppress(Exception):
-                d.stop()
 
 
 def _pid_of(dp: WgProcess) -> int:

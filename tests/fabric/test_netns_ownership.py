@@ -8,12 +8,9 @@ it is reused or replaced as before.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import pytest
 from fabric_topo import keypair
-from nsutil import Namespaces, sh, uniq
+from nsutil import sh, uniq
 
 from fabric import apply as fabric_apply
 from fabric.apply import TableOwnershipError, apply, claim_table, remove, table_owner, verify
@@ -22,18 +19,6 @@ from fabric.nft import Nft
 from fabric.wgprocess import LinkOwnershipError, WgProcess
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def ns_made(netns: Namespaces) -> Iterator[tuple[str, list[WgProcess]]]:
-    ns = netns.add("cwo")
-    made: list[WgProcess] = []
-    try:
-        yield ns, made
-    finally:
-        for d in made:
-            with contextlib.suppress(Exception):
-                d.stop()
 
 
 def link(ns: str, name: str) -> str:
@@ -50,8 +35,8 @@ def state_for(wg: str, table: str = "crosswire") -> FabricState:
                     local=(RangeMap("pod", "10.244.0.0/16", "100.65.0.0/16"),)),))
 
 
-def test_foreign_links_are_refused_and_left_alone(ns_made: tuple[str, list[WgProcess]]) -> None:
-    ns, made = ns_made
+def test_foreign_links_are_refused_and_left_alone(dp_ns: tuple[str, list[WgProcess]]) -> None:
+    ns, made = dp_ns
     a, b = uniq("ofa"), uniq("ofb")
     sh("ip", "link", "add", a, "type", "veth", "peer", "name", b, ns=ns)
     tun = uniq("oft")
@@ -72,8 +57,8 @@ def test_foreign_links_are_refused_and_left_alone(ns_made: tuple[str, list[WgPro
     assert {n: link(ns, n) for n in (a, b, tun)} == before
 
 
-def test_marked_leftover_link_is_replaced(ns_made: tuple[str, list[WgProcess]]) -> None:
-    ns, made = ns_made
+def test_marked_leftover_link_is_replaced(dp_ns: tuple[str, list[WgProcess]]) -> None:
+    ns, made = dp_ns
     wg = uniq("oml")
     # A link of ours whose process died (no answering socket): a leftover, replaced.
     sh("ip", "tuntap", "add", "mode", "tun", "name", wg, ns=ns)
@@ -89,9 +74,9 @@ def test_marked_leftover_link_is_replaced(ns_made: tuple[str, list[WgProcess]]) 
 
 
 @pytest.mark.parametrize("implementation", ["wireguard-go", "userspace"])
-def test_unmarked_running_data_plane_adopted_only_with_state(ns_made: tuple[str, list[WgProcess]],
+def test_unmarked_running_data_plane_adopted_only_with_state(dp_ns: tuple[str, list[WgProcess]],
                                                               implementation: str) -> None:
-    ns, made = ns_made
+    ns, made = dp_ns
     wg = uniq("oup")
     old = WgProcess(wg, implementation, 1420, netns=ns)  # type: ignore[arg-type]
     made.append(old)
@@ -110,8 +95,8 @@ def test_unmarked_running_data_plane_adopted_only_with_state(ns_made: tuple[str,
     assert new.starts == 0 and old.alive()  # adopted: the same process
 
 
-def test_operator_table_of_that_name_is_never_replaced(ns_made: tuple[str, list[WgProcess]]) -> None:
-    ns, made = ns_made
+def test_operator_table_of_that_name_is_never_replaced(dp_ns: tuple[str, list[WgProcess]]) -> None:
+    ns, made = dp_ns
     wg = uniq("otb")
     dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
     made.append(dp)
@@ -136,8 +121,8 @@ def test_operator_table_of_that_name_is_never_replaced(ns_made: tuple[str, list[
     assert "operator's rule" in before
 
 
-def test_other_tables_untouched_marked_table_replaced(ns_made: tuple[str, list[WgProcess]]) -> None:
-    ns, made = ns_made
+def test_other_tables_untouched_marked_table_replaced(dp_ns: tuple[str, list[WgProcess]]) -> None:
+    ns, made = dp_ns
     wg = uniq("otc")
     dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
     made.append(dp)
@@ -163,8 +148,8 @@ def test_other_tables_untouched_marked_table_replaced(ns_made: tuple[str, list[W
     assert sh("nft", "list", "table", "inet", "ops", ns=ns).stdout == before
 
 
-def test_upgrade_adopts_unmarked_table_with_base_chains(ns_made: tuple[str, list[WgProcess]]) -> None:
-    ns, made = ns_made
+def test_upgrade_adopts_unmarked_table_with_base_chains(dp_ns: tuple[str, list[WgProcess]]) -> None:
+    ns, made = dp_ns
     wg = uniq("otu")
     dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
     made.append(dp)

@@ -69,7 +69,8 @@ def test_restarts_and_rotation_keep_the_tunnel(netns: Namespaces, tmp_path: Path
                                  ("key rotation", key_rotation)):
                 r = run_event(ctx, traffic, driver)
                 print(name, r)
-                assert r["measured"] and r["sent"] > 100, (name, r)  # type: ignore[operator]
+                # Enough probes to see a gap: 0.2 s at 200/s (a fast recovery makes a short window).
+                assert r["measured"] and r["sent"] > 40, (name, r)  # type: ignore[operator]
                 assert r["tcp_alive"], (name, r)
                 assert r["gap_ms"] < GAP_BOUND_MS, (name, r)  # type: ignore[operator]
                 assert r["stall_ms"] < GAP_BOUND_MS, (name, r)  # type: ignore[operator]

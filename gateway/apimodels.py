@@ -77,7 +77,7 @@ class PeerSummary(BaseModel):
     public_key: str
     endpoint: str | None
     url: str | None
-    state: Literal["pending", "connecting", "connected", "error"]
+    state: Literal["pending", "connecting", "connected", "impaired", "error"]
     latest_handshake: float | None
     handshake_age_s: float | None
     rx_bytes: int

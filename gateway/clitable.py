@@ -16,7 +16,7 @@ from typing import Any
 
 GAP = "  "
 GREEN, YELLOW, RED, BOLD = "32", "33", "31", "1"
-STATE_COLOR = {"connected": GREEN, "connecting": YELLOW, "pending": YELLOW, "error": RED}
+STATE_COLOR = {"connected": GREEN, "connecting": YELLOW, "pending": YELLOW, "impaired": YELLOW, "error": RED}
 
 
 def use_color(isatty: bool, env: Mapping[str, str]) -> bool:

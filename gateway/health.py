@@ -11,7 +11,10 @@ peer's view of us, DNAT on the far side, and back through conntrack.
 RTT, loss and a state:
 
 - ``connecting``: no answer yet, for less than ``2 * timeout`` since the peer appeared;
-- ``connected``: the last answer is younger than ``timeout``;
+- ``connected``: the last answer is younger than ``timeout`` and no probe sent
+  since has gone unanswered for a second;
+- ``impaired``: answers came within ``timeout``, but the probes since are not
+  answered: the peer is failing right now (never "connected" while it is);
 - ``error``: silent for ``timeout`` (default 5 s, so within 10 s of the peer
   going quiet) — and back to ``connected`` with the next answer.
 
@@ -107,10 +110,13 @@ class HealthTracker:
         out: dict[str, dict[str, Any]] = {}
         for cid, p in self._peers.items():
             # A probe counts for loss once it had a fair chance to come back.
-            settled = [a for _, t, a in p.sent if a or now - t >= min(self.timeout, 1.0)]
+            settle = min(self.timeout, 1.0)
+            settled = [a for _, t, a in p.sent if a or now - t >= settle]
             loss = (settled.count(False) / len(settled)) if settled else None
+            failing = any(not a and now - t >= settle and (p.last_reply is None or t > p.last_reply)
+                          for _, t, a in p.sent)
             if p.last_reply is not None and now - p.last_reply < self.timeout:
-                state = "connected"
+                state = "impaired" if failing else "connected"
             elif p.last_reply is None and now - p.added < 2 * self.timeout:
                 state = "connecting"
             else:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.readmodel import ReadModel
 
-STATES = ("pending", "connecting", "connected", "error")
+STATES = ("pending", "connecting", "connected", "impaired", "error")
 
 
 def _esc(v: str) -> str:

@@ -29,6 +29,28 @@ def test_states_rtt_loss() -> None:
     assert h.report(7.02)["gpu"]["state"] == "connected"
 
 
+def test_failing_probes_show_impaired_before_error() -> None:
+    # Never "connected" while the probe is failing: a 1.3 s data-plane restart used to
+    # stay "connected" throughout (error only after `timeout` of silence).
+    h = HealthTracker(interval=0.5, timeout=3.0)
+    h.set_peers({"gpu": "100.64.0.10"}, now=0.0)
+    (_, _, p0), = h.due(0.0)
+    h.on_reply(p0, 0.01)
+    assert h.report(0.4)["gpu"]["state"] == "connected"
+    h.due(0.5)  # unanswered from here on
+    assert h.report(1.4)["gpu"]["state"] == "connected"  # not settled yet (< 1 s)
+    h.due(1.0)
+    assert h.report(1.5)["gpu"]["state"] == "impaired"
+    t = 1.5
+    while t < 3.1:
+        h.due(t)
+        t += 0.5
+    assert h.report(3.1)["gpu"]["state"] == "error"
+    (_, _, p1), = h.due(3.5)
+    h.on_reply(p1, 3.52)
+    assert h.report(3.53)["gpu"]["state"] == "connected"
+
+
 def test_never_answering_peer_goes_to_error() -> None:
     h = HealthTracker(interval=1.0, timeout=5.0)
     h.set_peers({"gpu": "100.64.0.10"}, now=0.0)

@@ -129,3 +129,13 @@ def make_side(n: Namespaces, cluster_id: str, underlay: str, gateway_ip: str,
 def program(side: Side, state: FabricState) -> None:
     apply(state, side.state, netns=side.gw)
     side.state = state
+
+
+def start_wg(dp_ns: tuple[str, list[WgProcess]], prefix: str) -> tuple[str, str]:
+    """A wireguard-go interface up in the ``dp_ns`` namespace (stopped by the fixture)."""
+    ns, made = dp_ns
+    wg = uniq(prefix)
+    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
+    made.append(dp)
+    dp.ensure_up()
+    return ns, wg

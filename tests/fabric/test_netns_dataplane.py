@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from fabric_topo import keypair
+from fabric_topo import keypair, start_wg
 from nsutil import sh, uniq
 
 from fabric.model import LocalFabric, PeerFabric, RangeMap
@@ -76,11 +76,7 @@ def test_bad_config_is_refused() -> None:
 
 
 def test_wgcontrol_sync_show_remove(dp_ns: tuple[str, list[WgProcess]]) -> None:
-    ns, made = dp_ns
-    wg = uniq("cwd")
-    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
-    made.append(dp)
-    dp.ensure_up()
+    _, wg = start_wg(dp_ns, "cwd")
     priv, _ = keypair()
     _, pub_a = keypair()
     psk, pub_b = keypair()
@@ -109,11 +105,7 @@ def test_wgcontrol_sync_show_remove(dp_ns: tuple[str, list[WgProcess]]) -> None:
 
 
 def test_routes_sync_and_remove(dp_ns: tuple[str, list[WgProcess]]) -> None:
-    ns, made = dp_ns
-    wg = uniq("cwd")
-    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
-    made.append(dp)
-    dp.ensure_up()
+    ns, wg = start_wg(dp_ns, "cwd")
     sh("ip", "route", "add", "100.99.0.0/16", "dev", wg, ns=ns)  # not ours: kept
     sync_routes(wg, ["100.64.0.0/16", "fd64::/48"], netns=ns)
     sync_routes(wg, ["100.64.0.0/16", "100.80.0.0/12"], netns=ns)
@@ -127,11 +119,7 @@ def test_apply_then_remove(dp_ns: tuple[str, list[WgProcess]]) -> None:
     from fabric.apply import apply, remove, verify
     from fabric.model import FabricState
 
-    ns, made = dp_ns
-    wg = uniq("cwd")
-    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
-    made.append(dp)
-    dp.ensure_up()
+    ns, wg = start_wg(dp_ns, "cwd")
     priv, _ = keypair()
     _, pub = keypair()
     state = FabricState(

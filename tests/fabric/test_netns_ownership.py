@@ -9,7 +9,7 @@ it is reused or replaced as before.
 from __future__ import annotations
 
 import pytest
-from fabric_topo import keypair
+from fabric_topo import keypair, start_wg
 from nsutil import sh, uniq
 
 from fabric import apply as fabric_apply
@@ -96,11 +96,7 @@ def test_unmarked_running_data_plane_adopted_only_with_state(dp_ns: tuple[str, l
 
 
 def test_operator_table_of_that_name_is_never_replaced(dp_ns: tuple[str, list[WgProcess]]) -> None:
-    ns, made = dp_ns
-    wg = uniq("otb")
-    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
-    made.append(dp)
-    dp.ensure_up()
+    ns, wg = start_wg(dp_ns, "otb")
     sh("nft", "add table inet crosswire; add chain inet crosswire input "
        "{ type filter hook input priority 0; policy accept; }; "
        "add rule inet crosswire input tcp dport 2222 counter accept comment \"operator's rule\"", ns=ns)
@@ -122,11 +118,7 @@ def test_operator_table_of_that_name_is_never_replaced(dp_ns: tuple[str, list[Wg
 
 
 def test_other_tables_untouched_marked_table_replaced(dp_ns: tuple[str, list[WgProcess]]) -> None:
-    ns, made = dp_ns
-    wg = uniq("otc")
-    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
-    made.append(dp)
-    dp.ensure_up()
+    ns, wg = start_wg(dp_ns, "otc")
     sh("nft", "add table inet ops; add chain inet ops input { type filter hook input priority 0; }; "
        "add rule inet ops input tcp dport 2222 accept comment \"keep me\"", ns=ns)
     before = sh("nft", "list", "table", "inet", "ops", ns=ns).stdout
@@ -149,11 +141,7 @@ def test_other_tables_untouched_marked_table_replaced(dp_ns: tuple[str, list[WgP
 
 
 def test_upgrade_adopts_unmarked_table_with_base_chains(dp_ns: tuple[str, list[WgProcess]]) -> None:
-    ns, made = dp_ns
-    wg = uniq("otu")
-    dp = WgProcess(wg, "wireguard-go", 1420, netns=ns)
-    made.append(dp)
-    dp.ensure_up()
+    ns, wg = start_wg(dp_ns, "otu")
     state = state_for(wg)
     apply(state, netns=ns)
     sh("nft", "delete", "set", "inet", "crosswire", "created_by_crosswire", ns=ns)  # as before the marker

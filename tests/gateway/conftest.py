@@ -178,3 +178,4 @@ def clusters(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., Cluster]]:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+

@@ -8,12 +8,15 @@ other over an underlay veth (198.18.0.0/24, inside the namespaces only).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -179,3 +182,28 @@ def wait_ping(ns: str, dst: str, timeout: float = 10) -> float:
         if ping(ns, dst, timeout=1):
             return time.monotonic() - t0
     raise AssertionError(f"no ping from {ns} to {dst} within {timeout}s")
+
+
+@contextlib.contextmanager
+def serving(app: Any, **limits: Any) -> Iterator[tuple[Any, str]]:
+    """``app`` behind the daemon's own HTTP server (gateway.httpserver) on a free
+    loopback port, in a thread: (server, base URL); stopped on exit."""
+    from gateway.httpserver import make_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = make_server(app, "127.0.0.1", port, **limits)
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(timeout=10)
+        loop.close()

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
+from gwharness import serving
 
 from gateway.cli import main
 
@@ -21,23 +19,8 @@ from gateway.cli import main
 @pytest.fixture
 def served(clusters: Any) -> Iterator[tuple[Any, str]]:
     gpu = clusters("gpu")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    server = uvicorn.Server(uvicorn.Config(gpu.app, host="127.0.0.1", port=port, loop="asyncio",
-                                           lifespan="off", log_level="warning"))
-    t = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    t.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    try:
-        yield gpu, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(timeout=10)
+    with serving(gpu.app) as (_, url):
+        yield gpu, url
 
 
 def test_cli_commands(served: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

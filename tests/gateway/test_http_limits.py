@@ -3,10 +3,8 @@ crosswire's guards (gateway.httpserver, gateway.limits), bounded in time and cou
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from gwharness import serving
 
-from gateway.httpserver import make_server
 from gateway.limits import BodyLimit
 
 
@@ -34,29 +32,10 @@ def _app() -> FastAPI:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served() -> Iterator[tuple[Any, str]]:
-    port = _free_port()
-    server = make_server(_app(), "127.0.0.1", port, max_connections=30, request_timeout=1.0)
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
-    t.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield server, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(timeout=10)
-        loop.close()
+    with serving(_app(), max_connections=30, request_timeout=1.0) as both:
+        yield both
 
 
 def _open(url: str) -> socket.socket:

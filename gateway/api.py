@@ -2,7 +2,7 @@
 
 Public, read-only: ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
-node agents poll it).
+node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``.
 Peering (authenticated by the token / channel keys inside the body, see
 gateway.peering): ``POST /api/v1/peering/join``, ``POST /api/v1/peering/message``.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from fabric.nat import NatError
+from fabric.nat.trace import TraceError, parse_query
 from gateway import apimodels as m
 from gateway.apimodels import errors, ok
 from gateway.controlplane import ControlPlane
@@ -147,6 +149,20 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @app.get("/api/v1/routes", tags=["read"], response_model=None, responses={**ok(m.Routes), **errors()})
     def routes() -> dict[str, Any]:
         return cp.read.routes()
+
+    @app.get("/api/v1/trace", tags=["read"], response_model=None,
+             responses={**ok(m.Trace), **errors(409, 422)})
+    def trace(src: str | None = None, dst: str | None = None, proto: str | None = None,
+              dport: str | None = None) -> dict[str, Any]:
+        """Every step a packet from src to dst takes through this gateway and the peer's (issue 14)."""
+        try:
+            query = parse_query(src, dst, proto, dport)
+        except TraceError as e:
+            raise GatewayError(str(e), 422) from None
+        try:
+            return cp.read.trace(query)
+        except NatError as e:
+            raise GatewayError(f"the desired state cannot be traced: {e}", 409) from None
 
     # --- peering ---------------------------------------------------------------------------
 

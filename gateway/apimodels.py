@@ -105,6 +105,39 @@ class Nat(BaseModel):
     peers: list[NatPeer]
 
 
+class TraceStep(BaseModel):
+    step: int
+    kind: str = Field(description="route, mss-clamp, peer, snat, tunnel, dnat, export, masquerade, deliver or drop")
+    at: str = Field(description="the cluster whose gateway does it")
+    text: str
+    src: str = Field(description="the packet's source after this step")
+    dst: str
+    chain: str | None = Field(description="the nftables chain of the rule")
+    rule: str | None = Field(description="the rule's comment, as `nft list` shows it")
+    element: str | None = Field(description="the map element that matched")
+    counted: str | None = Field(description="the chain counting every packet of this mapping")
+    drop: bool
+
+
+class TraceEnds(BaseModel):
+    src: str
+    dst: str
+
+
+class Trace(BaseModel):
+    src: str
+    dst: str
+    proto: Literal["tcp", "udp", "icmp"]
+    dport: int | None
+    cluster_id: str
+    direction: Literal["egress", "ingress"] | None
+    peer: str | None
+    verdict: Literal["delivered", "dropped", "no-peer", "local"]
+    reason: str
+    delivered: TraceEnds | None = Field(description="the packet as the destination receives it")
+    steps: list[TraceStep]
+
+
 class Allocation(BaseModel):
     peer: str
     kind: Literal["pod", "service"]

@@ -91,6 +91,13 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[common], help="gateway status")
     nat = sub.add_parser("nat", help="NAT table").add_subparsers(dest="sub", required=True)
     nat.add_parser("show", parents=[common], help="per peer: ranges, views, rules, counters")
+    tr = sub.add_parser("trace", parents=[common], help="what a packet from SRC to DST becomes, step by step",
+                        description="Every step a packet takes through this gateway and the peer's: route, "
+                                    "peer, rewrites, and the nftables chain and rule that do each.")
+    tr.add_argument("src", help="source address (a local one, or one of our views of a peer: from that peer)")
+    tr.add_argument("dst", help="destination address")
+    tr.add_argument("--proto", default="tcp", choices=["tcp", "udp", "icmp"], help="protocol (default tcp)")
+    tr.add_argument("--port", type=int, help="destination port")
     ipam = sub.add_parser("ipam", help="view allocations").add_subparsers(dest="sub", required=True)
     ipam.add_parser("show", parents=[common], help="pools and allocations")
 
@@ -356,6 +363,18 @@ def dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(out, indent=2))
             return 0
         _print(clitable.nat(out, color=_color()))
+        return 0
+    if args.cmd == "trace":
+        query = {"src": args.src, "dst": args.dst, "proto": args.proto}
+        if args.port is not None:
+            query["dport"] = str(args.port)
+        out = call(args, "GET", "/api/v1/trace?" + urllib.parse.urlencode(query))
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            from gateway import tracetable
+
+            _print(tracetable.trace(out, color=_color()))
         return 0
     if key == ("ipam", "show"):
         out = call(args, "GET", "/api/v1/ipam")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fabric.model import RangeMap
+from fabric.nat.trace import Query
+from fabric.nat.trace import trace as nat_trace
 from gateway.config import Config
 from gateway.health import HealthTracker
 from gateway.ipam_adapter import Views, ordered
@@ -135,3 +137,7 @@ class ReadModel:
 
     def routes(self) -> dict[str, Any]:
         return routes(self.store.peers(), self.views.all_views(), self.reconciler.gateway_ip, self.gateway_ip6)
+
+    def trace(self, query: Query) -> dict[str, Any]:
+        """/api/v1/trace: the steps of ``query``'s packet through the desired state (what /api/v1/nat shows)."""
+        return nat_trace(self.reconciler.desired(), query).as_json()

@@ -1,13 +1,17 @@
 """``lab demo``: the README's first run, end to end, with a verdict.
 
-Builds the default lab (gpu and lab, both 10.244.0.0/16 + 10.96.0.0/12),
-peers it with the operator CLI, then from lab's pods curls a gpu pod and the
-gpu service through lab's views, and checks that the right pod answered and
-that it saw the client as gpu's view of lab. Exit 0 only if all of it held.
+Builds the default lab (gpu and lab, both 10.244.0.0/16 + 10.96.0.0/12, each
+IPAM with a pool of its own), peers it with the operator CLI, then from lab's
+pods curls a gpu pod and the gpu service through lab's views, and checks that
+the right pod answered and that it saw the client as gpu's view of lab. It
+shows that first request in both clusters' numbers and the gateway's own
+``crosswire trace`` of it, which must predict what the server saw. Exit 0
+only if all of it held.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 from . import ops
 from .lab import Lab, LabError, teardown
 from .probe import eventually_json
-from .topology import POD_PORT, default_topology
+from .topology import POD_PORT, Pod, default_topology
 
 
 def _say(msg: str) -> None:
@@ -28,7 +32,9 @@ def run_demo(name: str, keep: bool = False) -> int:
     if lab.is_up():
         _say(f"== lab {name!r} was up; removing it first")
         teardown(name)
-    _say("== building clusters gpu and lab (both pods 10.244.0.0/16, services 10.96.0.0/12)")
+    pools = ", ".join(f"{c.id} {' '.join(c.spec.ipam_pools) or 'default'}" for c in lab.plan.clusters)
+    _say(f"== building clusters gpu and lab (both pods 10.244.0.0/16, services 10.96.0.0/12; views from "
+         f"IPAM pools {pools})")
     ok = False
     try:
         lab.up(log=lambda m: _say(f"   {m}"))
@@ -67,6 +73,8 @@ def _peer_and_check(lab: Lab) -> bool:
     want_client = ops.view_of(lab, "gpu", "lab", client.ip)
     checks.append(_curl(lab, client.name, f"http://{dst}:{POD_PORT}/", f"gpu/{target.name}",
                         want_client, f"pod {target.name} ({target.ip})"))
+    _show_translation(lab, client, target)
+    checks.append(_trace_request(lab, client.ip, dst, POD_PORT, want_client, target.ip))
     # 2: lab pod -> gpu's service (gpu's kube-proxy stand-in picks a pod).
     client, svc = labc.pods[0], gpu.spec.services[0]
     dst = ops.view_of(lab, "lab", "gpu", svc.ip)
@@ -108,3 +116,41 @@ def _nat_table(doc: Any) -> str:
             lines.append(f"     {r.get('chain', ''):<12} {r.get('packets', 0):>6} pkts "
                          f"{r.get('bytes', 0):>9} B  {r.get('comment', '')}")
     return "\n".join(lines)
+
+
+def _pod_view(views: list[dict[str, str]], ip: str) -> dict[str, str]:
+    addr = ipaddress.ip_address(ip)
+    for v in views:
+        if addr in ipaddress.ip_network(v["real"]):
+            return v
+    raise LabError(f"no view holds {ip}")
+
+
+def _show_translation(lab: Lab, client: Pod, target: Pod) -> None:
+    """The first request in both clusters' numbers: the client, the address it called,
+    the address the server saw it from, and the views mapping one to the other."""
+    there = _pod_view(ops.peer(lab, "lab", "gpu")["our_views"], target.ip)  # lab's view of gpu's pods
+    back = _pod_view(ops.peer(lab, "gpu", "lab")["our_views"], client.ip)  # gpu's view of lab's pods
+    called = ops.view_of(lab, "lab", "gpu", target.ip)
+    seen = ops.view_of(lab, "gpu", "lab", client.ip)
+    rows = [(f"client lab/{client.name}", client.ip, "its address in lab"),
+            (f"calls gpu/{target.name} at", called, f"lab's view of gpu's pods: {there['real']} -> {there['view']}"),
+            (f"server gpu/{target.name}", target.ip, "its address in gpu"),
+            ("server sees the client as", seen, f"gpu's view of lab's pods: {back['real']} -> {back['view']}")]
+    _say("== the translation: each cluster names the other in numbers of its own")
+    w = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    for label, addr, why in rows:
+        _say(f"   {label:<{w[0]}}  {addr:<{w[1]}}  {why}")
+
+
+def _trace_request(lab: Lab, src: str, dst: str, port: int, want_src: str, want_dst: str) -> tuple[str, bool]:
+    """``crosswire trace`` of that request in lab's gateway pod, as an operator runs it; it
+    must end where the request did (the server saw the client as ``want_src``)."""
+    args = ("trace", src, dst, "--port", str(port))
+    _say(f"== lab/gw$ crosswire {' '.join(args)}    # the request above, step by step")
+    _say("   " + ops.crosswire(lab, "lab", *args).rstrip().replace("\n", "\n   "))
+    doc = json.loads(ops.crosswire(lab, "lab", *args, "--json"))
+    got = doc.get("delivered") or {}
+    good = doc.get("verdict") == "delivered" and got == {"src": want_src, "dst": want_dst}
+    return (f"crosswire trace {src} {dst}: {doc.get('verdict')}, to {got.get('dst')} from {got.get('src')} "
+            f"(the server saw {want_src})", good)

@@ -18,7 +18,8 @@ YAML (every key optional; defaults give the two-cluster demo)::
         gateway_ip: 10.244.0.2        # the gateway pod (on node 1)
         masquerade: false
         cilium_check: false           # emulate Cilium's source-IP check
-        ipam_pools: []                # passed to the gateway's ipam.pools
+        ipam_pools: []                # passed to the gateway's ipam.pools (default topology: gpu
+                                      # 100.96.0.0/11, lab 100.64.0.0/11, so their views differ)
         wireguard: userspace          # or wireguard-go (the reference implementation)
 """
 
@@ -159,8 +160,17 @@ class LabPlan:
         raise TopologyError(f"no node or pod {name!r} in cluster {cid!r}")
 
 
+# The demo's two clusters: the same ranges, but each IPAM carves its views from a
+# pool of its own, so the two sides name each other with different numbers (lab
+# reaches gpu's pods under 100.64.0.0/16, gpu sees lab's under 100.96.0.0/16) and
+# the demo's output shows the translation. Both IPAMs on the default pools pick the
+# same numbers for each other: tests/lab keeps that case (SAME_NUMBERS).
+DEFAULT_CLUSTERS: tuple[dict[str, Any], ...] = ({"id": "gpu", "ipam_pools": ["100.96.0.0/11"]},
+                                                {"id": "lab", "ipam_pools": ["100.64.0.0/11"]})
+
+
 def default_topology() -> Topology:
-    return parse({"clusters": [{"id": "gpu"}, {"id": "lab"}]})
+    return parse({"clusters": [dict(c) for c in DEFAULT_CLUSTERS]})
 
 
 def _net(v: Any, what: str) -> ipaddress.IPv4Network:
@@ -185,7 +195,7 @@ def parse(data: Any) -> Topology:
     _net(internet, "internet")
     raw = data.get("clusters")
     if raw is None:
-        raw = [{"id": "gpu"}, {"id": "lab"}]
+        raw = [dict(c) for c in DEFAULT_CLUSTERS]
     if not isinstance(raw, list) or not raw:
         raise TopologyError("clusters must be a non-empty list")
     clusters = tuple(_cluster(c) for c in raw)

@@ -130,7 +130,15 @@ def test_lab_demo_command() -> None:
     finally:
         teardown(name)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "demo PASSED" in r.stdout and r.stdout.count("[ok]") == 2
+    assert "demo PASSED" in r.stdout and r.stdout.count("[ok]") == 3 and "[FAIL]" not in r.stdout
+    # The translation: lab/p3 (10.244.1.10) calls gpu/p3 (10.244.1.10) at lab's view of it, and gpu/p3
+    # sees the client at gpu's view of lab: the two pools give different numbers.
+    assert re.search(r"calls gpu/p3 at\s+100\.64\.1\.10\s+lab's view of gpu's pods: 10\.244\.0\.0/16 -> "
+                     r"100\.64\.0\.0/16", r.stdout), r.stdout
+    assert re.search(r"server sees the client as\s+100\.96\.1\.10\s+gpu's view of lab's pods", r.stdout)
+    # The demo's own request traced by the gateway's CLI, the rule that rewrote the source named.
+    assert "crosswire trace 10.244.1.10 100.64.1.10 --port 8080" in r.stdout
+    assert "verdict delivered" in r.stdout and '"gpu: egress pod src 10.244.0.0/16 -> 100.96.0.0/16"' in r.stdout
     assert "GET /api/v1/nat" in r.stdout and "egress pod src 10.244.0.0/16" in r.stdout
     assert not list(Path("/var/run/wireguard").glob(f"{name}w*"))  # UAPI sockets and stats gone
     assert not re.search(r"cw1\.[A-Za-z0-9_-]{30,}", r.stdout)  # the token's secret is never shown

@@ -25,6 +25,12 @@ def test_default_is_two_identical_clusters() -> None:
     assert {c.wg_interface for c in p.clusters} == {"cwlabw0", "cwlabw1"}
     assert not set(ns) & set(plan("other", default_topology()).namespaces())
     assert p.ns_of("lab", "p3") == "cwlab-lab-p3" and p.ns_of("gpu", "gw") == "cwlab-gpu-gw"
+    # Each IPAM has a pool of its own, so the two sides name each other with different
+    # numbers (the demo shows the translation); a topology without clusters is the default.
+    assert [c.spec.ipam_pools for c in p.clusters] == [("100.96.0.0/11",), ("100.64.0.0/11",)]
+    assert parse({}) == default_topology() == parse(None)
+    same = parse({"clusters": [{"id": "gpu"}, {"id": "lab"}]})
+    assert [c.ipam_pools for c in same.clusters] == [(), ()]  # tests/lab's SAME_NUMBERS case
 
 
 def test_pods_skip_the_gateway_ip() -> None:

@@ -224,16 +224,14 @@ def trace(state: FabricState, query: Query, exports: ExportCheck | None = None) 
 class _Walk:
     def __init__(self, state: FabricState, local: CheckedLocal, pieces: PeerPieces, query: Query,
                  exports: ExportCheck | None) -> None:
-        self.state, self.local, self.p, self.q, self.exports = state, local, pieces, query, exports
+        self.local, self.p, self.q, self.exports = local, pieces, query, exports
         self.me, self.them = state.local.cluster_id, pieces.cluster_id
         self.wg = local.interface
         self.v = query.src.version
-        self.ip = "ip" if self.v == 4 else "ip6"
         self.src, self.dst = query.src, query.dst
         self.steps: list[Step] = []
-        fabric = next(f for f in state.peers if f.cluster_id == self.them)
-        self.fabric = fabric
-        self.theirs = _mirror(state, fabric, local)
+        self.fabric = next(f for f in state.peers if f.cluster_id == self.them)
+        self.theirs = _mirror(state, self.fabric, local)
 
     # --- helpers
 

@@ -95,10 +95,13 @@ def pod_to_service(lab: Lab, src_cid: str, src_member: str, dst_cid: str, tries:
     return answered
 
 
-def transfer_both_ways(lab: Lab, a: str, a_pod: str, b: str, b_pod: str, n: int) -> dict[str, Any]:
-    """n bytes a<-b (download) and a->b (upload), both checked by sha256."""
+def transfer_both_ways(lab: Lab, a: str, a_pod: str, b: str, b_pod: str, n: int,
+                       family: int = 4) -> dict[str, Any]:
+    """n bytes a<-b (download) and a->b (upload), both checked by sha256 (over IPv6 with ``family`` 6)."""
     target = {p.name: p for p in lab.plan.cluster(b).pods}[b_pod]
-    base = f"http://{ops.view_of(lab, a, b, target.ip)}:{POD_PORT}"
+    real = target.ip6 if family == 6 else target.ip
+    assert real is not None, f"{b}/{b_pod} has no IPv{family} address"
+    base = f"http://{host(ops.view_of(lab, a, b, real))}:{POD_PORT}"
     want_down = hashlib.sha256(stream(n)).hexdigest()
     got_down = download_sha(lab, a, a_pod, f"{base}/bytes?n={n}")
     assert got_down == want_down, f"download of {n} B from {b}/{b_pod} corrupted or short"

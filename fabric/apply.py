@@ -121,7 +121,7 @@ def nat_inputs(state: FabricState) -> tuple[Any, ...]:
     """The part of a state that the NAT table is made of (keys and endpoints are not in it)."""
     lo = state.local
     return (lo.interface, lo.nft_table, lo.mtu, lo.pod_cidrs, lo.service_cidrs, lo.gateway_ip, lo.masquerade,
-            tuple((p.cluster_id, p.remote, p.local) for p in state.peers))
+            lo.gateway_ip6, tuple((p.cluster_id, p.remote, p.local) for p in state.peers))
 
 
 def order(state: FabricState, previous: FabricState | None) -> tuple[str, str, str]:

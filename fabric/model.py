@@ -83,6 +83,10 @@ class LocalFabric:
     gateway_ip: str | None = None
     masquerade: bool = False
     nft_table: str = "crosswire"
+    # Dual stack: the gateway pod's IPv6 address (``gateway_ip`` is then the
+    # IPv4 one), the same role for IPv6: SNAT source for IPv6 host-network
+    # traffic and, with ``masquerade``, for IPv6 delivered inward.
+    gateway_ip6: str | None = None
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,12 @@ class ControlPlane:
               gateway_ip6: str | None = None, forwarding: tuple[str, ...] = (),
               sysctl_root: Path = forwarding_mod.PROC_SYS) -> ControlPlane:
         health = health or HealthTracker()
+        gateway_ip6 = config.gateway_ip6 if gateway_ip6 is None else gateway_ip6
         reconciler = Reconciler(config=config, store=store, views=views, dataplane=dataplane, clock=clock,
                                 health=health, gateway_ip=config.gateway_ip if gateway_ip is None else gateway_ip,
-                                forwarding=forwarding, sysctl_root=sysctl_root)
+                                gateway_ip6=gateway_ip6, forwarding=forwarding, sysctl_root=sysctl_root)
         read = ReadModel(config=config, store=store, views=views, reconciler=reconciler, health=health,
-                         clock=clock, gateway_ip6=config.gateway_ip6 if gateway_ip6 is None else gateway_ip6)
+                         clock=clock, gateway_ip6=gateway_ip6)
         channel = PeerChannel(config.cluster_id, clock, http)
         exchange = Exchange(config=config, store=store, views=views, reconciler=reconciler,
                             channel=channel, clock=clock)

@@ -87,6 +87,7 @@ class Reconciler:
     clock: Callable[[], float] = time.time
     health: HealthTracker = field(default_factory=HealthTracker)
     gateway_ip: str | None = None
+    gateway_ip6: str | None = None  # dual stack: the IPv6 pod address (host-network SNAT for IPv6)
     # Forwarding sysctls /readyz requires to be 1 (the daemon sets them; see gateway.forwarding).
     forwarding: tuple[str, ...] = ()
     sysctl_root: Path = forwarding_mod.PROC_SYS
@@ -104,7 +105,8 @@ class Reconciler:
             cluster_id=c.cluster_id, interface=c.wireguard.interface,
             listen_port=c.wireguard.listen_port, private_key=self.store.private_key(),
             mtu=c.wireguard.mtu, pod_cidrs=c.pod_cidrs, service_cidrs=c.service_cidrs,
-            gateway_ip=self.gateway_ip, masquerade=c.masquerade, nft_table=c.nft_table)
+            gateway_ip=self.gateway_ip, masquerade=c.masquerade, nft_table=c.nft_table,
+            gateway_ip6=self.gateway_ip6)
         peers = []
         all_views = self.views.all_views()
         for p in self.store.peers():

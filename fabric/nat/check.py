@@ -71,6 +71,14 @@ class CheckedLocal:
     services: tuple[Cidr, ...]
     gateway: Address | None
     masquerade: bool
+    gateway6: Address | None = None  # dual stack: the IPv6 one (``gateway`` is IPv4)
+
+    def gateways(self) -> tuple[Address, ...]:
+        return tuple(g for g in (self.gateway, self.gateway6) if g is not None)
+
+    def gateway_of(self, version: int) -> Address | None:
+        """The gateway's own pod address in IP family ``version``, if it has one."""
+        return next((g for g in self.gateways() if g.version == version), None)
 
 
 @dataclass(frozen=True)
@@ -102,9 +110,18 @@ def check_local(local: LocalFabric) -> CheckedLocal:
             gateway = ipaddress.ip_address(local.gateway_ip)
         except ValueError as e:
             raise NatError(f"gateway_ip: {local.gateway_ip!r} is not an IP address ({e})") from None
+    gateway6 = None
+    if local.gateway_ip6:
+        try:
+            gateway6 = ipaddress.IPv6Address(local.gateway_ip6)
+        except ValueError as e:
+            raise NatError(f"gateway_ip6: {local.gateway_ip6!r} is not an IPv6 address ({e})") from None
+        if gateway is not None and gateway.version == 6:
+            raise NatError("gateway_ip6: gateway_ip is already IPv6 (gateway_ip6 is for dual stack)")
     if local.masquerade and gateway is None:
         raise NatError("masquerade: needs gateway_ip (the address to SNAT to)")
-    return CheckedLocal(local.interface, local.nft_table, local.mtu, pods, services, gateway, local.masquerade)
+    return CheckedLocal(local.interface, local.nft_table, local.mtu, pods, services, gateway, local.masquerade,
+                        gateway6)
 
 
 def check_peer(peer: PeerFabric) -> CheckedPeer:

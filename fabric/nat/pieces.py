@@ -126,7 +126,7 @@ class Builder:
         self._maps = {v: element_maps(v) for v in (4, 6)}
         # Shared fragments, keyed by what they depend on (CIDR texts as parsed).
         self._rules: dict[tuple[Direction, str, str, str], tuple[str, str, str]] = {}
-        self._host: dict[tuple[str, str], tuple[Address, str] | None] = {}
+        self._host: dict[tuple[int, str, str], tuple[Address, str] | None] = {}
 
     def _rule_frags(self, direction: Direction, m: Mapping) -> tuple[str, str, str]:
         """The expressions of mapping ``m``'s NAT rule (match, counter, verdict),
@@ -154,11 +154,11 @@ class Builder:
         return frag
 
     def _host_target(self, peer: CheckedPeer, version: int) -> tuple[Address, str] | None:
-        gateway = self.local.gateway
-        if gateway is None or gateway.version != version:
+        gateway = self.local.gateway_of(version)
+        if gateway is None:
             return None
         for m in peer.local:
-            key = (m.real.text, m.view.text)
+            key = (version, m.real.text, m.view.text)  # per family: dual stack has two gateway addresses
             if key not in self._host:  # most peers share their views of us
                 addr = map_into(gateway, m.real.net, m.view.net) if gateway in m.real.net else None
                 self._host[key] = None if addr is None else (addr, str(addr))

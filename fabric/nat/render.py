@@ -97,8 +97,8 @@ def _base_rules(local: CheckedLocal) -> list[tuple[str, list[dict[str, Any]], st
                     f"into {wg} {p}: other sources (host network) -> the gateway as that peer sees it"))
     out.append(("postrouting", [_meta("oifname", wg), counter, {"drop": None}],
                 f"into {wg}: no mapping for this source and peer: drop"))
-    g = local.gateway
-    if local.masquerade and g is not None:
+    # Dual stack: one masquerade rule per family the gateway has an address in.
+    for g in (local.gateways() if local.masquerade else ()):
         p = "ip" if g.version == 4 else "ip6"
         out.append(("postrouting", [
             _meta("oifname", wg, "!="),
@@ -131,7 +131,8 @@ def _base_rules(local: CheckedLocal) -> list[tuple[str, list[dict[str, Any]], st
 
 def _base_inputs(state: FabricState) -> tuple[Any, ...]:
     lo = state.local
-    return (lo.interface, lo.nft_table, lo.mtu, lo.pod_cidrs, lo.service_cidrs, lo.gateway_ip, lo.masquerade)
+    return (lo.interface, lo.nft_table, lo.mtu, lo.pod_cidrs, lo.service_cidrs, lo.gateway_ip, lo.masquerade,
+            lo.gateway_ip6)
 
 
 def render_delta(previous: FabricState, state: FabricState) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from . import render
+from . import dualstack, render
 from .topology import POD_PORT, ClusterPlan, LabPlan, Topology, TopologyError, parse, plan
 
 STATE_ROOT = Path(os.environ.get("CROSSWIRE_LAB_STATE", "/run/crosswire-lab"))
@@ -177,6 +177,8 @@ class Lab:
             run("nft", "-f", "-", ns=n.ns, input=ruleset)
         if c.spec.cilium_check:
             run("nft", "-f", "-", ns=c.node(gw.node).ns, input=render.cilium_ruleset(c))
+        for ns, cmd in dualstack.commands(c):  # the IPv6 side of a dual-stack cluster
+            run(*cmd, ns=ns)
 
     def gateway_config_path(self, c: ClusterPlan) -> Path:
         return self.dir / c.id / "gateway.yaml"

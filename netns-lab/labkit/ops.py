@@ -99,8 +99,9 @@ def wait_agents(lab: Lab, within: float = 20) -> None:
         want = set(api(lab, c.id, "/api/v1/routes")["cidrs"])
         for n in c.nodes:
             while True:
-                out = run("ip", "-j", "route", "show", "proto", str(AGENT_PROTO), ns=n.ns).stdout
-                have = {r["dst"] for r in json.loads(out or "[]")}
+                have = {r["dst"] for family in ("-4", "-6")  # dual stack: IPv6 views too
+                        for r in json.loads(run("ip", "-j", family, "route", "show", "proto",
+                                                str(AGENT_PROTO), ns=n.ns).stdout or "[]")}
                 if want <= have:
                     break
                 if time.monotonic() > end:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import json
+import socket
 import socketserver
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -43,6 +45,24 @@ class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
     allow_reuse_address = True
 
 
+class DualStackServer(ThreadingServer):
+    """One socket for IPv4 and IPv6 clients (dual-stack lab pods)."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def client_ip(host: str) -> str:
+    """The client's address as sent: an IPv4 client of the dual-stack socket
+    arrives as ::ffff:a.b.c.d, reported as a.b.c.d."""
+    addr = ipaddress.ip_address(host.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return str(mapped or addr)
+
+
 def make_handler(pod: str, cluster: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -58,7 +78,7 @@ def make_handler(pod: str, cluster: str) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             if url.path == "/":
                 who = {"pod": pod, "cluster": cluster,
-                       "client": f"{self.client_address[0]}:{self.client_address[1]}"}
+                       "client": f"{client_ip(self.client_address[0])}:{self.client_address[1]}"}
                 self._send(200, (json.dumps(who) + "\n").encode())
             elif url.path == "/bytes":
                 try:
@@ -101,11 +121,11 @@ def make_handler(pod: str, cluster: str) -> type[BaseHTTPRequestHandler]:
                 total += len(data)
                 left -= len(data)
             body = {"pod": pod, "bytes": total, "sha256": h.hexdigest(),
-                    "client": f"{self.client_address[0]}:{self.client_address[1]}"}
+                    "client": f"{client_ip(self.client_address[0])}:{self.client_address[1]}"}
             self._send(200, (json.dumps(body) + "\n").encode())
 
         def log_message(self, format: str, *args: object) -> None:
-            sys.stderr.write(f"{self.client_address[0]} {format % args}\n")
+            sys.stderr.write(f"{client_ip(self.client_address[0])} {format % args}\n")
 
     return Handler
 
@@ -116,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cluster", required=True)
     ap.add_argument("--port", type=int, default=8080)
     a = ap.parse_args(argv)
-    srv = ThreadingServer(("0.0.0.0", a.port), make_handler(a.name, a.cluster))
+    handler = make_handler(a.name, a.cluster)
+    srv: ThreadingServer
+    try:
+        srv = DualStackServer(("::", a.port), handler)
+    except OSError:  # IPv6 disabled in this namespace: IPv4 only
+        srv = ThreadingServer(("0.0.0.0", a.port), handler)
     srv.serve_forever()
     return 0
 

@@ -23,23 +23,30 @@ CILIUM_TABLE = "cwlab-cilium"
 
 
 def kubeproxy_ruleset(c: ClusterPlan) -> str:
-    eps = [p.ip for p in c.pods]
+    out = _kubeproxy_table("ip", [(s.ip, s.port) for s in c.spec.services], [p.ip for p in c.pods])
+    if c.spec.pod_cidr6:  # dual stack: the same for the IPv6 service addresses, in table ip6
+        out += _kubeproxy_table("ip6", [(s.ip6, s.port) for s in c.spec.services if s.ip6],
+                                [p.ip6 for p in c.pods if p.ip6])
+    return out
+
+
+def _kubeproxy_table(family: str, services: list[tuple[str, int]], eps: list[str]) -> str:
     rules = []
-    for s in c.spec.services:
+    for ip, port in services:
         if not eps:
             continue  # a service without endpoints: kube-proxy rejects; we let it time out
-        m = ", ".join(f"{i} : {ip} . {POD_PORT}" for i, ip in enumerate(eps))
-        rules.append(f"ip daddr {s.ip} tcp dport {s.port} "
-                     f"dnat ip to numgen random mod {len(eps)} map {{ {m} }}")
+        m = ", ".join(f"{i} : {ep} . {POD_PORT}" for i, ep in enumerate(eps))
+        rules.append(f"{family} daddr {ip} tcp dport {port} "
+                     f"dnat {family} to numgen random mod {len(eps)} map {{ {m} }}")
     body = "\n".join(f"    {r}" for r in rules)
     # Hairpin: a pod reaching itself through a service would see its own address as
     # the source and drop the packet; kube-proxy masquerades that case, so do we.
     hairpin = ""
     if eps:
-        pairs = ", ".join(f"{ip} . {ip}" for ip in eps)
+        pairs = ", ".join(f"{ep} . {ep}" for ep in eps)
         hairpin = ("  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
-                   f"    ct status dnat ip saddr . ip daddr {{ {pairs} }} masquerade\n  }}\n")
-    return (f"table ip {KUBEPROXY_TABLE} {{\n"
+                   f"    ct status dnat {family} saddr . {family} daddr {{ {pairs} }} masquerade\n  }}\n")
+    return (f"table {family} {KUBEPROXY_TABLE} {{\n"
             f"  chain services {{\n{body}\n  }}\n{hairpin}"
             "  chain prerouting { type nat hook prerouting priority dstnat; policy accept;\n"
             "    jump services\n  }\n"
@@ -79,4 +86,11 @@ def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, An
     }
     if spec.ipam_pools:
         cfg["ipam"] = {"pools": list(spec.ipam_pools)}
+    if spec.pod_cidr6:  # dual stack: the IPv6 ranges beside the IPv4 ones
+        cfg["pod_cidrs"].append(spec.pod_cidr6)
+        if spec.service_cidr6:
+            cfg["service_cidrs"].append(spec.service_cidr6)
+        if spec.node_cidr6:
+            cfg["reserved_cidrs"].append(spec.node_cidr6)
+        cfg["gateway_ip6"] = c.gateway.ip6
     return cfg

@@ -21,6 +21,12 @@ YAML (every key optional; defaults give the two-cluster demo)::
         ipam_pools: []                # passed to the gateway's ipam.pools (default topology: gpu
                                       # 100.96.0.0/11, lab 100.64.0.0/11, so their views differ)
         wireguard: userspace          # or wireguard-go (the reference implementation)
+        # Dual stack (optional): IPv6 ranges beside the IPv4 ones. Node k gets the
+        # k-th /64 of pod_cidr6; every pod (and the gateway) gets the IPv4 host
+        # offset in its node's /64; services get ip6 (default service_cidr6 + 10).
+        pod_cidr6: fd00::/48
+        service_cidr6: fd00:96::/112
+        node_cidr6: fd00:192:168:10::/64   # the default when pod_cidr6 is set
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Service:
     name: str
     ip: str
     port: int
+    ip6: str | None = None  # dual stack: the service's IPv6 address
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,9 @@ class ClusterSpec:
     cilium_check: bool = False
     ipam_pools: tuple[str, ...] = ()
     wireguard: str = "userspace"  # the gateway's wireguard.implementation
+    pod_cidr6: str | None = None  # dual stack (see the module docstring)
+    service_cidr6: str | None = None
+    node_cidr6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ class Pod:
     ip: str
     node: str  # node name ("n1")
     host_if: str  # the node-side veth
+    ip6: str | None = None  # dual stack
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,10 @@ class Node:
     underlay_ip: str
     pod_subnet: str
     pod_gw: str  # the node's address on its pod veths (pods' default route)
+    # Dual stack: the same three for IPv6.
+    underlay_ip6: str | None = None
+    pod_subnet6: str | None = None
+    pod_gw6: str | None = None
 
 
 @dataclass
@@ -179,8 +194,41 @@ def _net(v: Any, what: str) -> ipaddress.IPv4Network:
     except ValueError as e:
         raise TopologyError(f"{what}: {e}") from e
     if not isinstance(n, ipaddress.IPv4Network):
-        raise TopologyError(f"{what}: the lab builds IPv4 clusters only")
+        raise TopologyError(f"{what}: must be IPv4 (IPv6 ranges go in pod_cidr6 / service_cidr6 / node_cidr6)")
     return n
+
+
+def _net6(v: Any, what: str) -> ipaddress.IPv6Network:
+    try:
+        n = ipaddress.ip_network(str(v), strict=True)
+    except ValueError as e:
+        raise TopologyError(f"{what}: {e}") from e
+    if not isinstance(n, ipaddress.IPv6Network):
+        raise TopologyError(f"{what}: must be IPv6")
+    return n
+
+
+def _v6_ranges(cid: str, d: dict[str, Any], nodes: int) -> tuple[
+        ipaddress.IPv6Network | None, ipaddress.IPv6Network | None, ipaddress.IPv6Network | None]:
+    """The dual-stack keys, checked: (pod_cidr6, service_cidr6, node_cidr6), all None without pod_cidr6."""
+    if d.get("pod_cidr6") is None:
+        extra = [k for k in ("service_cidr6", "node_cidr6") if d.get(k) is not None]
+        if extra:
+            raise TopologyError(f"{cid}.{extra[0]}: needs pod_cidr6 (dual stack)")
+        return None, None, None
+    pod6 = _net6(d["pod_cidr6"], f"{cid}.pod_cidr6")
+    if pod6.prefixlen > 64 or 2 ** (64 - pod6.prefixlen) < nodes:
+        raise TopologyError(f"{cid}.pod_cidr6 {pod6} too small for {nodes} /64 node subnets")
+    svc6 = None if d.get("service_cidr6") is None else _net6(d["service_cidr6"], f"{cid}.service_cidr6")
+    node6 = _net6(d.get("node_cidr6") or DEFAULT_NODE_CIDR6, f"{cid}.node_cidr6")
+    if node6.num_addresses < 16 + nodes:
+        raise TopologyError(f"{cid}.node_cidr6 {node6} too small for {nodes} nodes")
+    named = [("pod_cidr6", pod6), ("service_cidr6", svc6), ("node_cidr6", node6)]
+    for i, (ka, a) in enumerate(named):
+        for kb, b in named[i + 1:]:
+            if a is not None and b is not None and a.overlaps(b):
+                raise TopologyError(f"{cid}.{kb} {b} overlaps {ka} {a}")
+    return pod6, svc6, node6
 
 
 def parse(data: Any) -> Topology:
@@ -206,7 +254,9 @@ def parse(data: Any) -> Topology:
 
 
 _CLUSTER_KEYS = {"id", "pod_cidr", "service_cidr", "node_cidr", "nodes", "pods_per_node",
-                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "wireguard"}
+                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "wireguard",
+                 "pod_cidr6", "service_cidr6", "node_cidr6"}
+DEFAULT_NODE_CIDR6 = "fd00:192:168:10::/64"
 WG_IMPLEMENTATIONS = ("userspace", "wireguard-go")
 
 
@@ -233,6 +283,7 @@ def _cluster(d: Any) -> ClusterSpec:
     if (not isinstance(ppn, list) or len(ppn) != nodes
             or not all(isinstance(x, int) and 0 <= x <= 50 for x in ppn)):
         raise TopologyError(f"{cid}.pods_per_node: an int or a list of {nodes} ints (0..50)")
+    pod6, svc6, node6 = _v6_ranges(cid, d, nodes)
     services = []
     for i, s in enumerate(d.get("services", [{"name": "web", "port": 80}])):
         if not isinstance(s, dict) or not isinstance(s.get("name"), str):
@@ -243,7 +294,18 @@ def _cluster(d: Any) -> ClusterSpec:
         port = s.get("port", 80)
         if not isinstance(port, int) or not 0 < port < 65536:
             raise TopologyError(f"{cid}.services[{i}]: bad port")
-        services.append(Service(s["name"], ip, port))
+        ip6 = s.get("ip6")
+        if ip6 is not None and svc6 is None:
+            raise TopologyError(f"{cid}.services[{i}]: ip6 needs service_cidr6")
+        if svc6 is not None:
+            try:
+                addr6 = ipaddress.IPv6Address(str(ip6)) if ip6 is not None else svc6.network_address + 10 + i
+            except ValueError as e:
+                raise TopologyError(f"{cid}.services[{i}].ip6: {e}") from e
+            ip6 = str(addr6)
+            if addr6 not in svc6:
+                raise TopologyError(f"{cid}.services[{i}]: {ip6} outside {svc6}")
+        services.append(Service(s["name"], ip, port, ip6))
     gw = d.get("gateway_ip")
     if gw is not None:
         if ipaddress.ip_address(str(gw)) not in node_subnet(pod, 0):
@@ -261,12 +323,27 @@ def _cluster(d: Any) -> ClusterSpec:
                        nodes=nodes, pods_per_node=tuple(ppn), services=tuple(services),
                        gateway_ip=gw, masquerade=bool(d.get("masquerade", False)),
                        cilium_check=bool(d.get("cilium_check", False)),
-                       ipam_pools=tuple(str(p) for p in pools))
+                       ipam_pools=tuple(str(p) for p in pools),
+                       pod_cidr6=str(pod6) if pod6 else None, service_cidr6=str(svc6) if svc6 else None,
+                       node_cidr6=str(node6) if node6 else None)
 
 
 def node_subnet(pod: ipaddress.IPv4Network, k: int) -> ipaddress.IPv4Network:
     """Node k's pod subnet: the k-th /24 of the cluster's pod CIDR."""
     return ipaddress.IPv4Network((int(pod.network_address) + k * 256, 24))
+
+
+def node_subnet6(pod6: ipaddress.IPv6Network, k: int) -> ipaddress.IPv6Network:
+    """Dual stack: node k's IPv6 pod subnet, the k-th /64 of the cluster's pod_cidr6."""
+    return ipaddress.IPv6Network((int(pod6.network_address) + (k << 64), 64))
+
+
+def as_v6(ip4: str, subnet4: str, subnet6: str | None) -> str | None:
+    """The IPv6 twin of a pod address: the same host offset in the node's /64."""
+    if subnet6 is None:
+        return None
+    offset = int(ipaddress.IPv4Address(ip4)) - int(ipaddress.IPv4Network(subnet4).network_address)
+    return str(ipaddress.IPv6Network(subnet6).network_address + offset)
 
 
 def load(path: str | Path | None) -> Topology:
@@ -292,12 +369,17 @@ def plan(name: str, topo: Topology) -> LabPlan:
         underlay = ipaddress.IPv4Network(spec.node_cidr)
         pod_net = ipaddress.IPv4Network(spec.pod_cidr)
         gw_ip = spec.gateway_ip or str(node_subnet(pod_net, 0).network_address + 2)
+        pod6 = ipaddress.IPv6Network(spec.pod_cidr6) if spec.pod_cidr6 else None
+        node6 = ipaddress.IPv6Network(spec.node_cidr6) if spec.node_cidr6 else None
         pod_no = 0
         for k in range(spec.nodes):
             sub = node_subnet(pod_net, k)
+            sub6 = str(node_subnet6(pod6, k)) if pod6 else None
             node = Node(name=f"n{k + 1}", ns=f"{name}-{spec.id}-n{k + 1}",
                         underlay_ip=str(underlay.network_address + 11 + k),
-                        pod_subnet=str(sub), pod_gw=str(sub.network_address + 1))
+                        pod_subnet=str(sub), pod_gw=str(sub.network_address + 1),
+                        underlay_ip6=str(node6.network_address + 11 + k) if node6 else None,
+                        pod_subnet6=sub6, pod_gw6=as_v6(str(sub.network_address + 1), str(sub), sub6))
             cp.nodes.append(node)
             host = sub.network_address + 10
             for _ in range(spec.pods_per_node[k]):
@@ -306,8 +388,10 @@ def plan(name: str, topo: Topology) -> LabPlan:
                 pod_no += 1
                 pname = f"p{pod_no}"
                 cp.pods.append(Pod(pname, f"{name}-{spec.id}-{pname}", str(host), node.name,
-                                   f"v{pname}"))
+                                   f"v{pname}", as_v6(str(host), str(sub), sub6)))
                 host += 1
-        cp.gateway = Pod("gw", f"{name}-{spec.id}-gw", gw_ip, "n1", "vgw")
+        n1 = cp.nodes[0]
+        cp.gateway = Pod("gw", f"{name}-{spec.id}-gw", gw_ip, "n1", "vgw",
+                         as_v6(gw_ip, n1.pod_subnet, n1.pod_subnet6))
         clusters.append(cp)
     return LabPlan(name=name, topology=topo, internet_ns=f"{name}-inet", clusters=clusters)

@@ -349,7 +349,8 @@
       fill(name, generic(body, 0));
       section.hidden = false;
     } catch (e) {
-      if (e.status === 404) {  // this gateway has no such endpoint: no section
+      if (e.status === 404 || e.status === 401 || e.status === 403) {
+        // this gateway has no such endpoint, or not for an anonymous reader: no section
         section.hidden = true;
         st.wait = OPTIONAL_RETRY;
       } else {

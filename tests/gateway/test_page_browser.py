@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from gwharness import PODS, two_gateways, view_of, wait_ping
 from nsutil import Namespaces, require_root, sh
 from page_fakeapi import HOSTILE, SCRIPT, SVG
@@ -82,10 +83,10 @@ def test_page_live_against_two_gateways(netns: Namespaces, tmp_path: Path) -> No
             br.wait_for("return document.querySelector('#peers [data-peer] svg.chart path.rtt') !== null",
                         "RTT chart", 30)
 
-            # exports/imports: shown when the gateway has them, hidden on 404
+            # exports/imports: shown when the gateway has them (for anyone), hidden on 404 (401, 403)
             for name, code in optional.items():
                 hidden = br.js(f"return document.getElementById('{name}-section').hidden")
-                assert hidden == (code == "404"), (name, code, hidden)
+                assert hidden == (code in ("401", "403", "404")), (name, code, hidden)
 
             br.wait_for(f"return {POLLS} >= 8", "a few polls of history for the chart", 60)
             wide = br.screenshot(ARTIFACTS / "page-live.png")
@@ -143,3 +144,30 @@ def test_page_escapes_everything_and_hides_missing_sections(netns: Namespaces, t
         server.wait(timeout=10)
         if server.stdout is not None:
             server.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_browser_dies_when_the_test_fails_and_quit_does_not_work(netns: Namespaces, tmp_path: Path) -> None:
+    require_browser()
+    ns = netns.add("pgb")
+    pids: list[int] = []
+
+    def broken_quit() -> None:
+        raise RuntimeError("quit failed")
+
+    with pytest.raises(RuntimeError, match="boom"), browser(ns, tmp_path / "browser") as br:
+        pids += br.leftovers()
+        assert len(pids) >= 2, pids  # chromedriver and at least one chromium process
+        br.driver.quit = broken_quit  # teardown must kill them anyway
+        raise RuntimeError("boom")
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in pids if _running(p)] == []

@@ -79,6 +79,12 @@ def test_page_live_against_two_gateways(netns: Namespaces, tmp_path: Path) -> No
                                 "NAT packets rising", 30, args=("b", before))
             assert after >= before + 20, (before, after)
             assert br.js(f"return {POLLS}") > polls
+            # the table's drop rules, from the kernel, as /api/v1/nat reports them
+            drops = a.cli_json("nat", "show")["drops"]
+            assert sorted(d["chain"] for d in drops) == ["postrouting", "prerouting"], drops
+            assert all(isinstance(d["handle"], int) for d in drops), drops
+            assert br.js("return [...document.querySelectorAll('#drops [data-drop]')].map((e) => e.dataset.drop)"
+                         ".sort()") == ["postrouting", "prerouting"]
             # RTT history: the chart has a line once probes answered
             br.wait_for("return document.querySelector('#peers [data-peer] svg.chart path.rtt') !== null",
                         "RTT chart", 30)

@@ -26,6 +26,8 @@ from fabric.wgprocess import Implementation, LinkOwnershipError, WgProcess, WgPr
 
 log = logging.getLogger("crosswire.dataplane")
 
+DROP_CHAINS = ("prerouting", "postrouting")  # where the table drops what no mapping took
+
 
 class OwnershipError(RuntimeError):
     """The link or nft table of the configured name exists and was not created by crosswire."""
@@ -85,6 +87,14 @@ class Dataplane:
         except NftError:
             listing = {}  # table missing: rules show handle None and zero counters
         return nat.with_counters(nat.mappings(state), listing)
+
+    def nat_drops(self) -> list[dict[str, Any]]:
+        """The drop rules of the table's NAT base chains with their counters ([] without a table)."""
+        try:
+            nft = Nft()
+            return nat.drops(nft.list_chain(nat.FAMILY, self.nft_table, c) for c in DROP_CHAINS)
+        except NftError:
+            return []
 
     def verify(self, state: FabricState) -> list[str]:
         return fabric_apply.verify(state)

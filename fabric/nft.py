@@ -154,6 +154,16 @@ class Nft:
                 gc.enable()
         return data
 
+    def list_chain(self, family: str, table: str, chain: str) -> dict[str, Any]:
+        """One chain as nftables JSON, with rule handles and counters (cheap: the
+        base chains hold a few rules whatever the number of peers)."""
+        rc, out, err = self._cmd({"nftables": [{"list": {"chain": {"family": family, "table": table,
+                                                                   "name": chain}}}]})
+        if rc != 0:
+            raise NftError(f"cannot list chain {family} {table} {chain}: {err.strip()}")
+        data: dict[str, Any] = json.loads(out)
+        return data
+
     def has_set(self, family: str, table: str, name: str) -> bool:
         """Whether set ``name`` exists in the table (False also when the table does not).
         Cheap whatever the table holds (~1 ms with 1000 peers): one set is listed."""

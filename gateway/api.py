@@ -1,6 +1,6 @@
 """The HTTP API (FastAPI). OpenAPI at ``/openapi.json``.
 
-Public, read-only: ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
+Public, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
 node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``.
 Peering (authenticated by the token / channel keys inside the body, see
@@ -38,6 +38,7 @@ from gateway.controlplane import ControlPlane
 from gateway.errors import GatewayError
 from gateway.limits import BodyLimit
 from gateway.metrics import render_metrics
+from gateway.page import add_route as add_page_route
 from gateway.peering import PeeringError
 from gateway.tokens import parse_duration
 
@@ -129,6 +130,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     # --- read-only API ---------------------------------------------------------------------
 
+    add_page_route(app)  # GET /: the operator page over the GETs below (gateway.page)
+
     @app.get("/api/v1/status", tags=["read"], response_model=None, responses={**ok(m.Status), **errors()})
     def status() -> dict[str, Any]:
         return cp.read.status()
@@ -140,7 +143,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.get("/api/v1/nat", tags=["read"], response_model=None, responses={**ok(m.Nat), **errors()})
     def nat() -> dict[str, Any]:
-        return {"table": f"inet {cp.config.nft_table}", "peers": cp.read.nat()}
+        return {"table": f"inet {cp.config.nft_table}", "peers": cp.read.nat(), "drops": cp.read.nat_drops()}
 
     @app.get("/api/v1/ipam", tags=["read"], response_model=None, responses={**ok(m.Ipam), **errors()})
     def ipam() -> dict[str, Any]:

@@ -100,9 +100,19 @@ class NatPeer(BaseModel):
     host_network: list[dict[str, Any]]
 
 
+class NatDrop(BaseModel):
+    chain: str
+    comment: str
+    packets: int
+    bytes: int
+    handle: int | None
+
+
 class Nat(BaseModel):
     table: str
     peers: list[NatPeer]
+    drops: list[NatDrop] = Field(default_factory=list, description=(
+        "the table's drop rules (base chains) with their counters: traffic no peer's mapping took"))
 
 
 class TraceStep(BaseModel):

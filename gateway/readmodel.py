@@ -132,6 +132,9 @@ class ReadModel:
     def nat(self) -> list[dict[str, Any]]:
         return self.reconciler.dataplane.nat(self.reconciler.desired())
 
+    def nat_drops(self) -> list[dict[str, Any]]:
+        return self.reconciler.dataplane.nat_drops()
+
     def ipam(self) -> dict[str, Any]:
         return self.views.snapshot()
 

@@ -24,7 +24,7 @@ In short, with ``wg`` the WireGuard interface:
 Modules: ``names`` (family, chain names), ``check`` (validated, parsed input),
 ``pieces`` (each peer's chains, rules and elements as JSON text, built once per
 state), ``render`` (the whole-table and the changes-only batch), ``report``
-(``mappings``/``with_counters``, what ``/api/v1/nat`` shows). Nothing here
+(``mappings``/``with_counters``/``drops``, what ``/api/v1/nat`` shows). Nothing here
 touches the system: every function returns data.
 """
 
@@ -40,9 +40,9 @@ from fabric.nat.names import (
 )
 from fabric.nat.pieces import build
 from fabric.nat.render import render_delta, render_text
-from fabric.nat.report import mappings, with_counters
+from fabric.nat.report import drops, mappings, with_counters
 
 __all__ = [
-    "BASE_CHAINS", "FAMILY", "MARKER_SET", "NatError", "build", "chain_suffix", "count_chain", "egress_chain", "ingress_chain",
-    "mappings", "render_delta", "render_text", "with_counters",
+    "BASE_CHAINS", "FAMILY", "MARKER_SET", "NatError", "build", "chain_suffix", "count_chain", "drops", "egress_chain",
+    "ingress_chain", "mappings", "render_delta", "render_text", "with_counters",
 ]

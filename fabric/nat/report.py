@@ -117,3 +117,18 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
                           "packets": counter.get("packets", 0), "bytes": counter.get("bytes", 0)})
         result.append({**peer, "rules": rules, "host_network": hosts})
     return result
+
+
+def drops(listed: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The drop rules in listed chains (``Nft.list_chain`` answers), with their
+    counters: what the table refused that no peer's mapping took (not per peer)."""
+    out = []
+    for listing in listed:
+        for item in listing.get("nftables", []):
+            r = item.get("rule")
+            if not isinstance(r, dict) or not any(isinstance(e, dict) and "drop" in e for e in r.get("expr", [])):
+                continue
+            packets, bytes_ = _counter(r)
+            out.append({"chain": r.get("chain", ""), "comment": r.get("comment", ""), "packets": packets,
+                        "bytes": bytes_, "handle": r.get("handle")})
+    return out

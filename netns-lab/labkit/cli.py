@@ -1,4 +1,4 @@
-"""``netns-lab/lab``: up, down, status, demo, exec."""
+"""``netns-lab/lab``: up, down, status, demo, exec, page."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo", help="build the default lab, peer it, curl across, check")
     demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    pg = sub.add_parser("page", help="a gateway's operator page on http://127.0.0.1:PORT/ (until Ctrl-C)")
+    pg.add_argument("cluster")
+    pg.add_argument("--port", type=int, default=8080, help="local port (default 8080)")
     ex = sub.add_parser("exec", help="run a command in a node (n1), pod (p1) or gateway (gw)")
     ex.add_argument("cluster")
     ex.add_argument("member")
@@ -63,6 +66,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return int(run_demo(a.name, keep=a.keep))
+        elif a.cmd == "page":
+            import asyncio
+
+            from .pageforward import serve
+            from .topology import API_PORT
+
+            ns = Lab(a.name).plan.ns_of(a.cluster, "gw")
+            try:
+                asyncio.run(serve(ns, API_PORT, a.port, lambda port: print(
+                    f"lab {a.name}: gateway {a.cluster}'s page at http://127.0.0.1:{port}/ (Ctrl-C stops)",
+                    flush=True)))
+            except OSError as e:  # the port is taken, or the lab is not up
+                print(f"lab page: {e}", file=sys.stderr)
+                return 1
         elif a.cmd == "exec":
             cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
             if not cmd:

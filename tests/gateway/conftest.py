@@ -62,6 +62,9 @@ class FakeFabric:
     def nat(self, state: FabricState) -> list[dict[str, Any]]:
         return nat.with_counters(nat.mappings(state), {})
 
+    def nat_drops(self) -> list[dict[str, Any]]:
+        return []
+
     def process_pid(self) -> int | None:
         return self.pid
 

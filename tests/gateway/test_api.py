@@ -51,7 +51,7 @@ def test_public_endpoints(clusters: Any) -> None:
         assert st["cluster_id"] == "gpu" and st["ready"] is True and st["peers"] == 0
         assert (await gpu.call("GET", "/api/v1/peers", auth=False)).json() == []
         nat = (await gpu.call("GET", "/api/v1/nat", auth=False)).json()
-        assert nat == {"table": "inet crosswire", "peers": []}
+        assert nat == {"table": "inet crosswire", "peers": [], "drops": []}
         ipam = (await gpu.call("GET", "/api/v1/ipam", auth=False)).json()
         assert ipam["pools"] == ["100.64.0.0/10"] and ipam["allocations"] == []
         assert (await gpu.call("GET", "/api/v1/routes", auth=False)).json() == {

@@ -1,0 +1,179 @@
+"""The operator page (gateway.page) in a real Chromium (Debian's, driven by selenium).
+
+Live: two real gateways peered by token; the browser, inside gateway ``a``'s
+namespace, loads ``/`` from ``a``'s API address and must show peer ``b``
+connected, its views both ways, a NAT packet counter that rises after pings
+through the tunnel, and make no request outside the gateway's origin; it saves
+screenshots (wide and phone-sized) under tests/artifacts/ and prints their paths.
+
+Hostile: a stand-in API whose every string is markup; nothing of it may run or
+become an element, the optional section that answers shows and the 404 one hides.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from gwharness import PODS, two_gateways, view_of, wait_ping
+from nsutil import Namespaces, require_root, sh
+from page_fakeapi import HOSTILE, SCRIPT, SVG
+from pagebrowser import ARTIFACTS, browser, require_browser, same_origin
+
+HERE = Path(__file__).resolve().parent
+
+# JS expressions (arrow functions see the script's ``arguments``): arguments[0] is the peer.
+PEER_STATE = """(() => {
+  const card = [...document.querySelectorAll('#peers [data-peer]')].find((e) => e.dataset.peer === arguments[0]);
+  return card ? card.querySelector('[data-field=state]').textContent : null; })()"""
+NAT_PACKETS = """(() => {
+  const card = [...document.querySelectorAll('#nat [data-peer]')].find((e) => e.dataset.peer === arguments[0]);
+  return card && card.dataset.packets !== undefined ? Number(card.dataset.packets) : null; })()"""
+POLLS = "Number(document.body.dataset.polls || 0)"
+HANDLERS = "[...document.querySelectorAll('*')].filter((e) => [...e.attributes].some((a) => a.name.startsWith('on')))"
+
+
+def console_problems(entries: list[dict[str, object]]) -> list[str]:
+    """Script errors and CSP violations; a 404 of an optional endpoint is expected."""
+    return [str(e["message"]) for e in entries
+            if e.get("level") == "SEVERE" and "status of 404" not in str(e["message"])]
+
+
+def test_page_live_against_two_gateways(netns: Namespaces, tmp_path: Path) -> None:
+    require_root("wireguard-go", "wg", "nft", "ping")
+    require_browser()
+    os.chmod(tmp_path, 0o700)
+    with two_gateways(netns, tmp_path) as (a, b):
+        token = b.cli("token", "create", "--ttl", "10m").stdout.strip()
+        a.cli("peer", "add", token)
+        a_sees_b = a.cli_json("peer", "list")[0]["our_views"]
+        dst = view_of(PODS[1], a_sees_b)
+        wait_ping(a.pods[0], dst)
+        origin = f"http://{a.underlay}:8080"
+        optional = {name: sh(sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).status_code)",
+                             f"{origin}/api/v1/{name}", ns=a.ns).stdout.strip() for name in ("exports", "imports")}
+
+        with browser(a.ns, tmp_path / "browser") as br:
+            br.get(origin + "/")
+            # the peer, with its state, as the API says it
+            state = br.wait_for(f"return {PEER_STATE} === 'connected' && 'connected'",
+                                "peer b connected", timeout=60, args=("b",))
+            assert state == "connected"
+            text = br.js("return document.getElementById('peers').innerText")
+            for v in a_sees_b:  # our views of b, and b's views of us
+                assert v["view"] in text and v["real"] in text, (v, text)
+            b_sees_a = a.cli_json("peer", "list")[0]["their_views"]
+            assert b_sees_a and all(v["view"] in text for v in b_sees_a), text
+            assert br.js("return document.getElementById('cluster').textContent") == "a"
+
+            # a counter rises after traffic through the tunnel
+            before = br.wait_for(f"const n = {NAT_PACKETS}; return n === null ? null : [n]",
+                                 "NAT counters of b", 30, args=("b",))[0]
+            polls = br.js(f"return {POLLS}")
+            sh("ping", "-n", "-q", "-c", "20", "-i", "0.05", dst, ns=a.pods[0])
+            after = br.wait_for(f"const n = {NAT_PACKETS}; return n > arguments[1] && n",
+                                "NAT packets rising", 30, args=("b", before))
+            assert after >= before + 20, (before, after)
+            assert br.js(f"return {POLLS}") > polls
+            # the table's drop rules, from the kernel, as /api/v1/nat reports them
+            drops = a.cli_json("nat", "show")["drops"]
+            assert sorted(d["chain"] for d in drops) == ["postrouting", "prerouting"], drops
+            assert all(isinstance(d["handle"], int) for d in drops), drops
+            assert br.js("return [...document.querySelectorAll('#drops [data-drop]')].map((e) => e.dataset.drop)"
+                         ".sort()") == ["postrouting", "prerouting"]
+            # RTT history: the chart has a line once probes answered
+            br.wait_for("return document.querySelector('#peers [data-peer] svg.chart path.rtt') !== null",
+                        "RTT chart", 30)
+
+            # exports/imports: shown when the gateway has them (for anyone), hidden on 404 (401, 403)
+            for name, code in optional.items():
+                hidden = br.js(f"return document.getElementById('{name}-section').hidden")
+                assert hidden == (code in ("401", "403", "404")), (name, code, hidden)
+
+            br.wait_for(f"return {POLLS} >= 8", "a few polls of history for the chart", 60)
+            wide = br.screenshot(ARTIFACTS / "page-live.png")
+            print(f"screenshot: {wide}")
+            # narrow screen: nothing wider than the window (tables scroll inside their box)
+            br.resize(390, 844)
+            br.wait_for("return document.documentElement.scrollWidth <= window.innerWidth + 1",
+                        "no horizontal overflow at 390 px", 10)
+            narrow = br.screenshot(ARTIFACTS / "page-live-narrow.png")
+            print(f"screenshot (narrow): {narrow}")
+
+            # what the page asked for (from its own document: the browser's pages ask too)
+            urls = [u for u, doc in br.requests() if doc.startswith(origin + "/") or u.startswith(origin + "/")]
+            assert any(u.endswith("/api/v1/nat") for u in urls) and any(u == origin + "/" for u in urls), urls
+            assert same_origin(urls, origin) == [], "requests outside the gateway's origin"
+            assert console_problems(br.logs("browser")) == []
+        assert wide.stat().st_size > 10_000 and narrow.stat().st_size > 5_000
+
+
+def test_page_escapes_everything_and_hides_missing_sections(netns: Namespaces, tmp_path: Path) -> None:
+    require_browser()
+    ns = netns.add("page")
+    port = 18080
+    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(HERE / "page_fakeapi.py"), str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        origin = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while sh("curl", "-fsS", "-o", "/dev/null", origin + "/api/v1/status", ns=ns, check=False).returncode:
+            assert server.poll() is None and time.monotonic() < deadline, "fake API did not start"
+            time.sleep(0.2)
+        with browser(ns, tmp_path / "browser") as br:
+            br.get(origin + "/")
+            br.wait_for(f"return {POLLS} >= 2", "two polls", 30)
+            body = br.js("return document.body.innerText")
+            for s in (HOSTILE, SCRIPT, SVG):  # shown as text
+                assert s in body, s
+            assert br.js("return window.pwned === undefined")
+            assert br.js("return document.querySelectorAll('img, main svg:not(.chart), iframe, object').length") == 0
+            assert br.js("return document.scripts.length") == 1
+            assert br.js(f"return {HANDLERS}.length") == 0
+            assert br.js("return document.getElementById('exports-section').hidden") is False
+            assert "window.pwned=2" in br.js("return document.getElementById('exports').innerText")
+            assert br.js("return document.getElementById('imports-section').hidden") is True
+            assert br.js("return document.getElementById('cluster').textContent") == HOSTILE
+            assert HOSTILE in br.js("return document.title")
+            # a hostile state name gets the error colour, not a class of its choosing
+            assert br.js(f"return {PEER_STATE}", HOSTILE) == HOSTILE
+            assert br.js(f"return {PEER_STATE.replace('.textContent', '.className')}", HOSTILE) == "badge s-error"
+            br.screenshot(tmp_path / "hostile.png")
+            problems = console_problems(br.logs("browser"))
+            assert problems == [], problems
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_browser_dies_when_the_test_fails_and_quit_does_not_work(netns: Namespaces, tmp_path: Path) -> None:
+    require_browser()
+    ns = netns.add("pgb")
+    pids: list[int] = []
+
+    def broken_quit() -> None:
+        raise RuntimeError("quit failed")
+
+    with pytest.raises(RuntimeError, match="boom"), browser(ns, tmp_path / "browser") as br:
+        pids += br.leftovers()
+        assert len(pids) >= 2, pids  # chromedriver and at least one chromium process
+        br.driver.quit = broken_quit  # teardown must kill them anyway
+        raise RuntimeError("boom")
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in pids if _running(p)] == []

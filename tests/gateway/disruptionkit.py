@@ -147,17 +147,21 @@ def tcp_server() -> None:
             conn, _ = s.accept()
     if conn is None:
         return
-    conn.settimeout(1)
+    # Blocking, no timeout: while the tunnel is down the echo waits in sendall for the
+    # send buffer to drain (a timeout there would kill this server, resetting the stream).
+    conn.settimeout(None)
     while not stop[0] and time.monotonic() < end:
         try:
+            if not select.select([conn], [], [], 1.0)[0]:
+                continue
             d = conn.recv(65536)
-        except (TimeoutError, InterruptedError):
+            if not d:
+                return
+            conn.sendall(d)
+        except InterruptedError:
             continue
         except OSError:
             return
-        if not d:
-            return
-        conn.sendall(d)
 
 
 def tcp_client(dst: str, log: str) -> None:

@@ -36,6 +36,7 @@ from fabric.wg.tun import Tun, TunError, check_name
 from fabric.wg.uapi_server import SOCKET_DIR
 
 if TYPE_CHECKING:
+    from fabric.wg import savedconfig
     from fabric.wg.daemon import Daemon
 
 LEVELS = {"debug": logging.DEBUG, "verbose": logging.DEBUG, "info": logging.INFO,
@@ -101,18 +102,16 @@ def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     except (TunError, OSError) as e:
         return _fail(ready_fd, f"cannot create interface {args.interface}: {e.strerror or e}")
     device = Device()
-    saved = args.saved_config
+    saver = savedconfig.Saver(args.saved_config, device) if args.saved_config else None
     try:
-        daemon = Daemon(device, tun, stats_path=stats, gso=not args.no_offload,
-                        on_configured=(lambda: savedconfig.save(saved, savedconfig.render(device)))
-                        if saved else None)
+        daemon = Daemon(device, tun, stats_path=stats, gso=not args.no_offload, on_configured=saver)
     except OSError as e:
         tun.close()
         return _fail(ready_fd, f"cannot start on {args.interface}: {e.strerror or e}")
     try:
         daemon.install_signal_handlers()
-        if saved:
-            _restore(daemon, saved, log)
+        if saver is not None:
+            _restore(daemon, saver, log)
         log.info("device %s up (UAPI %s)%s", args.interface, daemon.uapi.path,
                  " (re-attached to the persistent interface)" if tun.reattached else "")
         if ready_fd is not None:
@@ -136,9 +135,10 @@ def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     return 0
 
 
-def _restore(daemon: Daemon, path: str, log: logging.Logger) -> None:
+def _restore(daemon: Daemon, saver: savedconfig.Saver, log: logging.Logger) -> None:
     from fabric.wg import savedconfig
 
+    path = saver.path
     try:
         text = savedconfig.load(path)
     except savedconfig.SavedConfigError as e:
@@ -146,6 +146,7 @@ def _restore(daemon: Daemon, path: str, log: logging.Logger) -> None:
         return
     if text is None:
         return
+    saver.last = text  # restoring it changes nothing worth writing back
     if daemon.restore(text):
         log.info("restored the saved configuration (%s)", path)
     else:

@@ -8,9 +8,12 @@ start, see Daemon.restore).
 
 The file is a wg(8) UAPI set request (``replace_peers=true``: exactly these
 peers) holding the private and preshared keys, so: written atomically (a
-temporary file in the same directory, fsync, rename) with mode 0600, and
+temporary file in the same directory, then rename) with mode 0600, and
 refused at load when anyone but its owner may read it or when it is not
-owned by us. Its content is never logged.
+owned by us. Its content is never logged. It is written only when the
+configuration changed (``Saver``), and not fsynced: the write runs in the
+packet loop, and a crash of the process keeps the page cache anyway; after a
+power loss the interface is gone too and the controller programs it again.
 """
 
 from __future__ import annotations
@@ -60,7 +63,6 @@ def save(path: str, text: str) -> None:
     try:
         os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by umask; an old tmp file kept its mode
         os.write(fd, text.encode())
-        os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -94,3 +96,18 @@ def load(path: str) -> str | None:
         return data.decode()
     except UnicodeDecodeError:
         raise SavedConfigError(0, "the saved configuration is not text: ignored") from None
+
+
+class Saver:
+    """Saves ``device``'s configuration to ``path`` when it differs from what is there."""
+
+    def __init__(self, path: str, device: Device) -> None:
+        self.path = path
+        self.device = device
+        self.last: str | None = None  # what the file holds, as far as we know
+
+    def __call__(self) -> None:
+        text = render(self.device)
+        if text != self.last:
+            save(self.path, text)
+            self.last = text

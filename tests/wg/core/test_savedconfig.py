@@ -59,3 +59,17 @@ def test_load_refuses_what_others_may_read_or_is_not_a_file(tmp_path: Path) -> N
         savedconfig.load(str(link))
     with pytest.raises(savedconfig.SavedConfigError):
         savedconfig.load(str(tmp_path))
+
+
+def test_saver_writes_only_what_changed(tmp_path: Path) -> None:
+    pair = Pair()
+    path = tmp_path / "wg.conf"
+    saver = savedconfig.Saver(str(path), pair.a)
+    saver()
+    first = path.stat().st_mtime_ns
+    os.utime(path, ns=(1, 1))
+    saver()  # the same configuration: not written again
+    assert path.stat().st_mtime_ns == 1
+    uapi(pair.a, "set=1\nlisten_port=4242\n\n", pair.clock.now)
+    saver()
+    assert "listen_port=4242" in path.read_text() and path.stat().st_mtime_ns != 1 and first

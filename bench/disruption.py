@@ -11,20 +11,32 @@ without any answer arriving), lost and duplicated probes, whether the TCP
 stream survived, and its longest stall. Needs root; all traffic stays inside
 the namespaces it creates, which it removes.
 
+While each event lasts, the peer state gateway a reports (GET /api/v1/peers,
+every 100 ms) is sampled: the samples per state, and any sample saying
+"connected" while every probe of the second before it was lost (flagged).
+
 Targets (printed, not asserted): 0 ms gap for a, b, e, f, g, h, j; <= 500 ms
 for c, d, i; the TCP stream survives all of them.
 
-    bench/disruption.py [EVENT_LABEL ...]     # e.g. "a c e"; default: all
+    bench/disruption.py [--previous REV] [EVENT_LABEL ...]     # e.g. "a c e"; default: all
+
+--previous REV: (h) upgrades for real from that commit of this repository
+(`git archive`, run with this venv's dependencies): gateway a is restarted on
+it (daemon and data plane) before the window, then the current daemon starts
+against its data plane. Without it (h) is emulated (same code both sides).
 
 Prints one line per event and a final JSON line.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +59,26 @@ def line(label: str, key: str, target: int, r: dict[str, object]) -> str:
             f"lost {r['lost']}/{r['sent']} dup {r['dup']} rtt<= {r['max_rtt_ms']} ms "
             f"tcp {'survived' if r['tcp_alive'] else 'BROKE ' + str(r['tcp_error'])} "
             f"(stall {r['tcp_stall_ms']} ms) event {r['event_s']}s: {ok} target"
+            + (f"; a said of b: {_states(r)}" if "health_states" in r else "")
             + (f" [{r['notes']}]" if r.get("notes") else ""))
+
+
+def export_tree(rev: str, into: Path) -> Path:
+    """The source tree of commit ``rev`` of this repository, extracted into ``into``."""
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], capture_output=True,
+                          check=True, timeout=60).stdout
+    into.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def _states(r: dict[str, object]) -> str:
+    states = r["health_states"]
+    assert isinstance(states, dict)
+    text = " ".join(f"{k} {v}" for k, v in sorted(states.items(), key=lambda kv: -kv[1]))
+    lies = r.get("connected_while_failing")
+    return text + (f", CONNECTED WHILE PROBES FAILED x{lies}" if lies else ", never connected while probes failed")
 
 
 def main(argv: list[str]) -> int:
@@ -55,6 +86,12 @@ def main(argv: list[str]) -> int:
         print("bench/disruption.py needs root (network namespaces)", file=sys.stderr)
         return 1
     impl = os.environ.get("CROSSWIRE_TEST_WG_IMPL", "userspace")
+    previous_rev = ""
+    if argv[:1] == ["--previous"]:
+        if len(argv) < 2:
+            print("--previous needs a commit", file=sys.stderr)
+            return 2
+        previous_rev, argv = argv[1], argv[2:]
     wanted = set(argv) or {label for label, *_ in EVENTS}
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp_s, namespaces() as n:
@@ -66,10 +103,12 @@ def main(argv: list[str]) -> int:
                                   str(a.config), ns=a.ns, input=token).stdout)
             dst = view_of(PODS[1], added["our_views"])
             wait_ping(a.pods[0], dst, timeout=20)
-            traffic = Traffic(a.pods[0], b.pods[1], dst, tmp)
+            traffic = Traffic(a.pods[0], b.pods[1], dst, tmp, health=(a.ns, f"http://{a.underlay}:8080", "b"))
             traffic.start()
             try:
                 ctx = Ctx(a=a, b=b, n=n, tmp=tmp, impl=impl)
+                if previous_rev:
+                    ctx.previous, ctx.previous_rev = export_tree(previous_rev, tmp / "previous"), previous_rev
                 for label, key, target, driver in EVENTS:
                     if label not in wanted:
                         continue
@@ -83,7 +122,7 @@ def main(argv: list[str]) -> int:
             finally:
                 traffic.stop()
     load = os.getloadavg()[0]
-    print(json.dumps({"impl": impl, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    print(json.dumps({"impl": impl, "previous": previous_rev or None, "date": time.strftime("%Y-%m-%d", time.gmtime()),
                       "machine": f"{platform.machine()} {os.cpu_count()} cores", "loadavg_1m": round(load, 2),
                       "events": results}))
     return 0

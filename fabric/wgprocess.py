@@ -15,6 +15,13 @@ crash shows up in ``alive``; after a gateway restart the running process is
 adopted (interface + answering socket), not started twice. The UAPI socket
 directory is not namespaced: interface names must be unique on the machine.
 
+crosswire-wg runs with ``--persist`` and ``--saved-config`` (a 0600 file
+beside ``log_path``, in the state directory): when it dies its interface and
+routes stay, and the next one re-attaches to them and configures itself from
+the file at once. ``start_early`` starts it that way before the gateway's own
+slow start-up (a container restart), and the WgProcess made later takes that
+process over as its child.
+
 Ownership: every link crosswire creates carries the alias ``crosswire``
 (IFLA_IFALIAS, set right after the link appears). A link without it is never
 deleted, reconfigured or replaced: ``claim`` (at gateway start) refuses it,
@@ -88,6 +95,31 @@ def _userspace_binary() -> str:
     return found
 
 
+_early: dict[str, subprocess.Popen[bytes]] = {}  # interface -> process start_early began
+
+
+def saved_config_path(log_path: str, interface: str) -> str:
+    return os.path.join(os.path.dirname(log_path), f"wg-{interface}.conf")
+
+
+def start_early(interface: str, implementation: Implementation, log_path: str) -> bool:
+    """Start crosswire-wg now, without waiting for it, if it saved a configuration
+    before (this gateway ran it) and no data plane answers on ``interface``: it
+    restores that configuration itself while the gateway starts. The WgProcess for
+    ``interface`` takes the process over. True if one was started."""
+    proc = WgProcess(interface, implementation, log_path=log_path)
+    if proc.resolved != "userspace" or proc.saved_config is None or not os.path.exists(proc.saved_config):
+        return False
+    if proc._wg.alive() is not False:
+        return False  # running (a daemon-only restart), or cannot tell: leave it to ensure_up
+    try:
+        _early[interface] = proc._spawn()
+    except WgProcessError as e:
+        log.warning("%s", e)
+        return False
+    return True
+
+
 class WgProcess:
     def __init__(self, interface: str, implementation: Implementation = "auto", mtu: int = 1420,
                  netns: str | None = None, socket_dir: str = SOCKET_DIR,
@@ -108,7 +140,8 @@ class WgProcess:
         self.starts = 0  # processes started by this object (restarts = starts - 1)
         self.unknown_checks = 0  # liveness checks that could not tell (resources)
         self._unknown_logged = -10.0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.saved_config = saved_config_path(log_path, interface) if log_path else None
+        self._proc: subprocess.Popen[bytes] | None = _early.pop(interface, None)
         self._wg = WgControl(interface, socket_dir=socket_dir)
 
     def __repr__(self) -> str:
@@ -123,6 +156,8 @@ class WgProcess:
     def command(self) -> list[str]:
         binary = "wireguard-go" if self.resolved == "wireguard-go" else _userspace_binary()
         cmd = [binary, "-f", self.interface]
+        if self.resolved == "userspace" and self.saved_config:
+            cmd[2:2] = ["--persist", "--saved-config", self.saved_config]
         return (["ip", "netns", "exec", self.netns] if self.netns else []) + cmd
 
     # -------------------------------------------------------------- queries
@@ -245,6 +280,8 @@ class WgProcess:
         """Create the interface if missing, set MTU, bring it up. Idempotent."""
         if self.resolved == "kernel":
             self._ensure_kernel()
+        elif self._proc is not None and self.starts == 0 and self._proc.poll() is None:
+            self._wait_started()  # start_early's process: give it its start-up time
         elif not self.alive():
             self._start_userspace()
         self._set_mtu_up()
@@ -264,26 +301,42 @@ class WgProcess:
     def _start_userspace(self) -> None:
         self._kill_own()
         # A link of ours without an answering socket is a leftover of a dead
-        # process; any other link of that name is not ours to replace.
+        # process (crosswire-wg --persist re-attaches to its TUN, keeping the
+        # routes); any other link of that name is not ours to replace.
         try:
-            self._delete_link()
+            self._delete_leftover()
         except LinkOwnershipError:
             raise
         except WgProcessError:
             pass  # netlink unavailable: the start below fails or succeeds on its own
+        self._proc = self._spawn()
+        self._wait_started()
+
+    def _delete_leftover(self) -> None:
+        with _iproute(self.netns) as ipr:
+            index = self._owned_index(ipr)
+            found = self._link(ipr)
+            if index is not None and found is not None and not (
+                    found[1] == "tun" and self.resolved == "userspace" and self.saved_config):
+                ipr.link("del", index=index)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._wg.socket_path)
         env = dict(os.environ)
         env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"  # wireguard-go refuses otherwise
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          env=env, start_new_session=True)
+            return subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env=env, start_new_session=True)
         except OSError as e:
             raise WgProcessError(f"{self.interface}: cannot start {self.resolved}: {e}") from None
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()  # type: ignore[union-attr]
+
+    def _wait_started(self) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

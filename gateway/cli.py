@@ -253,6 +253,11 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"crosswire: config error: {e}", file=sys.stderr)
         return 2
+    # Before the daemon's slow imports: a data plane that died with us (a container
+    # restart) restarts from its saved configuration while we start (issue 12, event d).
+    from fabric.wgprocess import start_early
+
+    start_early(cfg.wireguard.interface, cfg.wireguard.implementation, os.path.join(cfg.state_dir, "dataplane.log"))
     from gateway.daemon import StartupError, run
 
     try:

@@ -30,10 +30,14 @@ import contextlib
 import logging
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fabric.wg.tun import Tun, TunError, check_name
 from fabric.wg.uapi_server import SOCKET_DIR
+
+if TYPE_CHECKING:
+    from fabric.wg import savedconfig
+    from fabric.wg.daemon import Daemon
 
 LEVELS = {"debug": logging.DEBUG, "verbose": logging.DEBUG, "info": logging.INFO,
           "warning": logging.WARNING, "error": logging.ERROR, "silent": logging.CRITICAL + 10}
@@ -52,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tso", action="store_true",
                    help="let the kernel hand over 64 KB TCP super-packets and split them here "
                         "(measured slower than plain reads on a 2-core VM; for experiments)")
+    p.add_argument("--saved-config", default=None, metavar="PATH",
+                   help="save the configuration here (0600, atomically) after each applied set "
+                        "and restore it at start (it holds the private key)")
+    p.add_argument("--persist", action="store_true",
+                   help="keep the interface (and its routes) if this process dies; a restart "
+                        "re-attaches to it (a clean stop still removes it)")
     p.add_argument("--version", action="version", version="crosswire-wg 0.1.0")
     p.add_argument("interface")
     return p.parse_args(argv)
@@ -76,6 +86,7 @@ def _setup_logging(args: argparse.Namespace, foreground: bool) -> None:
 
 def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     """Create everything, signal readiness, run the loop, clean up. Returns the exit status."""
+    from fabric.wg import savedconfig
     from fabric.wg.daemon import Daemon
     from fabric.wg.device import Device
 
@@ -86,17 +97,23 @@ def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
     elif stats == "none":
         stats = None
     try:
-        tun = Tun(args.interface, offload=not args.no_offload, tso=args.tso and not args.no_offload)
+        tun = Tun(args.interface, offload=not args.no_offload, tso=args.tso and not args.no_offload,
+                  persist=args.persist)
     except (TunError, OSError) as e:
         return _fail(ready_fd, f"cannot create interface {args.interface}: {e.strerror or e}")
+    device = Device()
+    saver = savedconfig.Saver(args.saved_config, device) if args.saved_config else None
     try:
-        daemon = Daemon(Device(), tun, stats_path=stats, gso=not args.no_offload)
+        daemon = Daemon(device, tun, stats_path=stats, gso=not args.no_offload, on_configured=saver)
     except OSError as e:
         tun.close()
         return _fail(ready_fd, f"cannot start on {args.interface}: {e.strerror or e}")
     try:
         daemon.install_signal_handlers()
-        log.info("device %s up (UAPI %s)", args.interface, daemon.uapi.path)
+        if saver is not None:
+            _restore(daemon, saver, log)
+        log.info("device %s up (UAPI %s)%s", args.interface, daemon.uapi.path,
+                 " (re-attached to the persistent interface)" if tun.reattached else "")
         if ready_fd is not None:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
@@ -116,6 +133,24 @@ def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
         daemon.close()
         log.info("shut down, removed %s", args.interface)
     return 0
+
+
+def _restore(daemon: Daemon, saver: savedconfig.Saver, log: logging.Logger) -> None:
+    from fabric.wg import savedconfig
+
+    path = saver.path
+    try:
+        text = savedconfig.load(path)
+    except savedconfig.SavedConfigError as e:
+        log.warning("%s (%s)", e.strerror or e, path)
+        return
+    if text is None:
+        return
+    saver.last = text  # restoring it changes nothing worth writing back
+    if daemon.restore(text):
+        log.info("restored the saved configuration (%s)", path)
+    else:
+        log.warning("the saved configuration %s was refused; waiting to be configured", path)
 
 
 def _fail(ready_fd: int | None, msg: str) -> int:

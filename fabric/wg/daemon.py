@@ -90,8 +90,11 @@ class Daemon:
 
     def __init__(self, device: DeviceLike, tun: Tun, *, uapi_dir: str | None = None,
                  stats_path: str | None = None, clock: Callable[[], float] = time.monotonic,
-                 gso: bool = True, uapi: UapiHandler | None = None) -> None:
+                 gso: bool = True, uapi: UapiHandler | None = None,
+                 on_configured: Callable[[], None] | None = None) -> None:
         self.device = device
+        # After each applied set request (crosswire-wg saves its configuration there).
+        self.on_configured = on_configured
         # fabric.wg.uapi.handle over a real Device; tests drive the loop with a fake of both.
         self._uapi: UapiHandler = uapi if uapi is not None else handle_uapi  # type: ignore[assignment]
         self.tun = tun
@@ -150,6 +153,13 @@ class Daemon:
             log.info("uapi %s refused (errno=%d): %s", request[:5], reply.errno, reply.error)
         else:
             log.debug("uapi %s -> errno=0", request[:5])
+            if self.on_configured is not None and request.startswith("set=1\n"):
+                try:
+                    self.on_configured()
+                except Exception as e:  # never fatal: the configuration is applied
+                    self.io_counters["io_saved_config_error"] += 1
+                    log.error("cannot save the configuration: %s", getattr(e, "strerror", None) or
+                              type(e).__name__)
         if self.device.config_generation != self.generation:
             try:
                 self._apply_config()
@@ -163,6 +173,23 @@ class Daemon:
                     reply = UapiReply(errno=-errno.EADDRINUSE, body=reply.body, error=str(e))
         self._flush()
         return reply.wire()
+
+    def restore(self, request: str) -> bool:
+        """Apply a saved set request (fabric.wg.savedconfig) as if a client sent it, then
+        start a handshake with every peer that has an endpoint at once: its sessions
+        died with the previous process, and the peer learns the new one in one round
+        trip instead of at our first packet. True if the request applied."""
+        reply = self._on_uapi("set=1\n" + request + "\n")
+        if not reply.startswith("errno=0"):
+            return False
+        initiate = getattr(self.device, "send_initiation", None)
+        if initiate is not None:
+            now = self.clock()
+            for peer in list(getattr(self.device, "peers", {}).values()):
+                if peer.endpoint is not None:
+                    initiate(peer, now, False)
+            self._flush()
+        return True
 
     def _apply_config(self) -> None:
         dev = self.device

@@ -45,6 +45,10 @@ from fabric.wg.timers import (
     REKEY_TIMEOUT_JITTER_MAX,
 )
 
+# How long sessions agreed under a replaced identity (our private key, or the peer's
+# public key in a replace) stay usable: three handshake attempts' worth.
+KEY_CHANGE_GRACE = 3 * REKEY_TIMEOUT
+
 COUNTER_NAMES = (
     "rx_datagrams",
     "rx_bytes",
@@ -146,8 +150,11 @@ class Device(SendPath, ReceivePath):
             self.config_generation += 1
 
     def set_private_key(self, private: bytes | None, now: float) -> None:
-        """None or all-zero removes the key. Peers keep their config; sessions
-        are expired so the next packet starts a handshake with the new identity."""
+        """None or all-zero removes the key. Peers keep their config. With a new
+        key, each peer's sessions stay usable (send and receive) for at most
+        KEY_CHANGE_GRACE while a handshake under the new identity starts at once,
+        so a key rotation loses no packet; without a key they are expired for
+        sending (see DESIGN.md, "Key changes")."""
         if private is not None and private == bytes(32):
             private = None
         if private is not None:
@@ -163,7 +170,43 @@ class Device(SendPath, ReceivePath):
             self.remove_peer(self.public_key)
         for peer in self.peers.values():
             self._precompute(peer)
-            self._expire_current_keypairs(peer, now)
+            if private is None:
+                self._expire_current_keypairs(peer, now)
+            else:
+                self._rekey_under_new_identity(peer, now)
+
+    def _rekey_under_new_identity(self, peer: Peer, now: float) -> None:
+        self._clear_handshake(peer)
+        peer.last_sent_handshake = now - REKEY_TIMEOUT - 1.0
+        if peer.current is None and peer.next is None:
+            return  # no session: the next packet starts the handshake
+        self.cap_sessions(peer, now)
+        self.send_initiation(peer, now, is_retry=False)
+
+    def cap_sessions(self, peer: Peer, now: float) -> None:
+        """The peer's keypairs end at the latest KEY_CHANGE_GRACE from now (an identity
+        change: they were agreed under the other key)."""
+        end = now + KEY_CHANGE_GRACE
+        for kp in (peer.previous, peer.current, peer.next):
+            if kp is not None and kp.reject_at > end:
+                kp.reject_at = end
+                kp.fast_until = min(kp.fast_until, end)
+
+    def take_over_sessions(self, old: Peer, new: Peer, now: float) -> None:
+        """``new`` replaces ``old`` (removed with ``remove_peer(keep_sessions=True)``)
+        for the same allowed IPs: ``new`` uses ``old``'s sessions, capped by
+        ``cap_sessions``, until its own handshake replaces them."""
+        for slot in ("previous", "current", "next"):
+            kp = getattr(old, slot)
+            if kp is not None:
+                kp.peer = new
+                setattr(new, slot, kp)
+                setattr(old, slot, None)
+        if new.endpoint is None:
+            new.endpoint = old.endpoint
+        new.last_handshake_ns = old.last_handshake_ns
+        self._clear_handshake(old)
+        self.cap_sessions(new, now)
 
     def _precompute(self, peer: Peer) -> None:
         peer.static_static = None
@@ -181,13 +224,18 @@ class Device(SendPath, ReceivePath):
             self.peers[public] = peer
         return peer
 
-    def remove_peer(self, public: bytes) -> None:
+    def remove_peer(self, public: bytes, keep_sessions: bool = False) -> Peer | None:
+        """Remove the peer; returns it. ``keep_sessions``: its keypairs stay in the index
+        until the caller hands them on (``take_over_sessions``) or zeroes them
+        (``zero_keys``) before the next packet is handled."""
         peer = self.peers.pop(public, None)
         if peer is None:
-            return
+            return None
         self.allowed_ips.remove_peer(peer)
-        self.zero_keys(peer)
+        if not keep_sessions:
+            self.zero_keys(peer)
         peer.staged.clear()
+        return peer
 
     def forget_source(self, ep: Endpoint) -> None:
         """The I/O layer could not send from ``ep``'s local address (it is gone):

@@ -22,7 +22,6 @@ from fabric.wg.timers import (
     KEEPALIVE_TIMEOUT,
     MAX_STAGED_PACKETS,
     REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
@@ -123,7 +122,7 @@ class SendPath:
         if (
             kp is None
             or kp.send_counter >= REJECT_AFTER_MESSAGES
-            or now - kp.created >= REJECT_AFTER_TIME
+            or now >= kp.reject_at  # created + REJECT_AFTER_TIME, or earlier (key change)
         ):
             self.send_initiation(peer, now, is_retry=False)
             return

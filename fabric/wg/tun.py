@@ -3,8 +3,14 @@
 Opened with IFF_TUN | IFF_NO_PI, so every read() returns exactly one bare IP
 packet and every write() injects one. MTU and the UP flag are set by ioctls on
 a throwaway datagram socket (no netlink round trips, no pyroute2 import cost at
-start-up). The device is not persistent: it disappears when the fd is closed,
-which is how the daemon removes what it created.
+start-up). By default the device is not persistent: it disappears when the fd
+is closed, which is how the daemon removes what it created.
+
+With ``persist`` (TUNSETPERSIST) the device outlives a crash of the process, with
+its addresses and routes: a new process re-attaches to it (only to a TUN marked
+as crosswire's, with the link alias ``crosswire``, that no process holds), so
+routes point at a live device again the moment it starts. ``close`` clears the
+flag first, so a clean stop still removes the interface.
 
 With ``offload`` (the default) the TUN also has IFF_VNET_HDR: every read and write
 carries a virtio_net_hdr, which ``read_batch``/``write_batch`` strip and add with
@@ -35,6 +41,7 @@ from collections.abc import Callable
 from fabric.wg.offload import VNET_HDR_LEN, ZERO_VNET_HDR, OffloadError, coalesce, gso_split
 
 TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
 TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -77,23 +84,45 @@ def _ifreq_ioctl(name: bytes, request: int, value: int | None, fmt: str = "i") -
     return int(struct.unpack_from(fmt, out, IFNAMSIZ)[0])
 
 
+MARK = "crosswire"  # the link alias crosswire gives the links it creates (fabric.wgprocess)
+
+
+def leftover_of_ours(name: str) -> bool:
+    """A TUN device (it has tun_flags) carrying crosswire's alias: what a crashed
+    persistent crosswire-wg leaves. Whether a process still holds it, TUNSETIFF says."""
+    base = f"/sys/class/net/{name}"
+    try:
+        with open(f"{base}/ifalias") as f:
+            alias = f.read().strip()
+    except OSError:
+        return False
+    return alias == MARK and os.path.exists(f"{base}/tun_flags")
+
+
 class Tun:
     """An open TUN interface. ``fd`` is non-blocking; ``ready.poll(0)`` says whether a read waits."""
 
     def __init__(self, name: str, mtu: int = DEFAULT_MTU, offload: bool = True,
-                 tso: bool = False) -> None:
+                 tso: bool = False, persist: bool = False) -> None:
         raw = check_name(name)
+        self.persist = persist
+        self.reattached = False
         if os.path.exists(f"/sys/class/net/{name}"):
             # Attaching to someone else's device would hijack it; wireguard-go refuses too.
-            raise TunError(errno.EEXIST, f"interface {name} already exists")
+            # A persistent TUN of ours left by a crash is the exception (see module doc).
+            if not (persist and leftover_of_ours(name)):
+                raise TunError(errno.EEXIST, f"interface {name} already exists")
+            self.reattached = True
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
             ifr = struct.pack(f"{IFNAMSIZ}sH", raw, flags)
             ifr += b"\0" * (40 - len(ifr))
-            fcntl.ioctl(fd, TUNSETIFF, ifr)
+            fcntl.ioctl(fd, TUNSETIFF, ifr)  # EBUSY if another process holds a reattached TUN
             self.name = name
             self.fd = fd
+            if persist:
+                fcntl.ioctl(fd, TUNSETPERSIST, 1)
             # vnet_hdr: every read/write carries a virtio_net_hdr (fabric.wg.offload).
             self.vnet_hdr = offload
             if offload and tso:
@@ -216,8 +245,12 @@ class Tun:
         return os.path.exists(f"/sys/class/net/{self.name}")
 
     def close(self) -> None:
-        """Closing the only fd of a non-persistent TUN removes the interface."""
+        """Closing the only fd of a non-persistent TUN removes the interface (a
+        persistent one is made non-persistent first)."""
         if self.fd >= 0:
+            if self.persist:
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(self.fd, TUNSETPERSIST, 0)
             os.close(self.fd)
             self.fd = -1
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from fabric.wg.allowedips import format_cidr, parse_cidr
 from fabric.wg.device import Device
 from fabric.wg.messages import Endpoint
+from fabric.wg.peer import Peer
 
 
 class UapiError(Exception):
@@ -249,11 +250,35 @@ def apply_set(device: Device, req: SetRequest, now: float) -> None:
             case ReplacePeers():
                 for pub in list(device.peers):
                     device.remove_peer(pub)
+    removed: list[tuple[Peer, Ranges]] = []
+    created: list[Peer] = []
     for pset in req.peers:
-        _apply_peer(device, pset, now)
+        _apply_peer(device, pset, now, removed, created)
+    _hand_over(device, removed, created, now)
 
 
-def _apply_peer(device: Device, pset: PeerSet, now: float) -> None:
+Ranges = frozenset[tuple[int, int, int]]  # a peer's allowed IPs as (family, net, plen)
+
+
+def _hand_over(device: Device, removed: list[tuple[Peer, Ranges]], created: list[Peer],
+               now: float) -> None:
+    """A peer removed and another added with exactly its allowed IPs, in one request, is
+    a key change of the same party (crosswire's peer key rotation does exactly that):
+    the new peer keeps the old one's sessions for a short grace instead of losing
+    traffic until its first handshake. Any other removed peer's keys are zeroed."""
+    ranges: dict[Ranges, Peer] = {}
+    for peer in created:
+        if device.peers.get(peer.public_key) is peer and peer.current is None and peer.next is None:
+            ranges.setdefault(frozenset(device.allowed_ips.entries(peer)), peer)
+    for old, allowed in removed:
+        new = ranges.pop(allowed, None) if allowed else None
+        if new is not None:
+            device.take_over_sessions(old, new, now)
+        device.zero_keys(old)
+
+
+def _apply_peer(device: Device, pset: PeerSet, now: float, removed: list[tuple[Peer, Ranges]],
+                created_peers: list[Peer]) -> None:
     dummy = pset.public_key == device.public_key  # our own key: ignored
     existing = device.peers.get(pset.public_key)
     created = existing is None
@@ -268,7 +293,9 @@ def _apply_peer(device: Device, pset: PeerSet, now: float) -> None:
                 continue
             case RemovePeer():
                 if peer is not None:
-                    device.remove_peer(pset.public_key)
+                    allowed = frozenset(device.allowed_ips.entries(peer))
+                    if device.remove_peer(pset.public_key, keep_sessions=True) is not None:
+                        removed.append((peer, allowed))
                 peer = None
                 continue
         if peer is None:
@@ -288,6 +315,8 @@ def _apply_peer(device: Device, pset: PeerSet, now: float) -> None:
             case RemoveAllowedIP((family, net, plen)):
                 device.allowed_ips.remove(family, net, plen, peer)
     if peer is not None:
+        if created:
+            created_peers.append(peer)
         if keepalive_on:
             # Turned on: one keepalive right away (as wireguard-go).
             device.send_keepalive(peer, now)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from disruptionkit import Traffic
-from gwharness import BIN, Gw, build_cluster
+from gwharness import BIN, GW_IP, Gw, build_cluster
 from nsutil import Namespaces, sh
 
 
@@ -34,6 +35,11 @@ class Ctx:
     impl: str
     t0: float | None = None
     notes: list[str] = field(default_factory=list)
+    # A source tree of an older crosswire (bench --previous): (h) upgrades from it.
+    previous: Path | None = None
+    previous_rev: str = ""
+    # Waits until the traffic flows again (set by run_event): for set-up inside a driver.
+    settle: Callable[[], float] | None = None
 
     def begin(self) -> None:
         self.t0 = time.monotonic()
@@ -180,7 +186,47 @@ def nat_replace(ctx: Ctx) -> None:
     ctx.a.wait_ready()
 
 
+def _start_version(g: Gw, tree: Path) -> None:
+    """Start ``g``'s daemon from another source tree (the venv's interpreter and
+    dependencies, that tree's code: PYTHONPATH comes before the editable install)."""
+    out = open(g.log, "ab")  # noqa: SIM115
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    g.proc = subprocess.Popen(["ip", "netns", "exec", g.ns, *g.wrap, str(BIN / "crosswire"), "gateway", "run",
+                               "--config", str(g.config)], stdout=out, stderr=out, env=env,
+                              start_new_session=True)
+    out.close()
+
+
 def upgrade(ctx: Ctx) -> None:
+    """(h) an upgrade: the new daemon started against the data plane the old version runs.
+    With ``ctx.previous`` (a tree of an older commit), a is first restarted on that version
+    (daemon and data plane, before the window); else EMULATED, see upgrade_emulated."""
+    if ctx.previous is None:
+        upgrade_emulated(ctx)
+        return
+    a = ctx.a
+    _sigterm(a)
+    for pid in dataplane_pids(a):
+        os.kill(pid, signal.SIGTERM)  # the old version must start its own data plane
+    deadline = time.monotonic() + 10
+    while dataplane_pids(a):
+        assert time.monotonic() < deadline, "the data plane did not stop within 10 s"
+        time.sleep(0.05)
+    _start_version(a, ctx.previous)
+    a.wait_ready()
+    assert ctx.settle is not None
+    ctx.settle()
+    old_pids = dataplane_pids(a)
+    ctx.begin()
+    _sigterm(a)
+    a.start()
+    a.wait_ready()
+    kept = dataplane_pids(a) == old_pids
+    ctx.notes.append(f"real: from {ctx.previous_rev}; its data plane " +
+                     ("adopted (same process)" if kept else "REPLACED"))
+
+
+def upgrade_emulated(ctx: Ctx) -> None:
     """(h) EMULATED: the same code plays both versions. The old daemon (SIGTERM) leaves its
     data plane running; the link alias and the table's marker set are removed, as versions
     before the marker left them; the new daemon starts against that and adopts it."""
@@ -220,10 +266,53 @@ def endpoint_move(ctx: Ctx) -> None:
     ctx.a.wait_ready()
 
 
+def _start_agent(ctx: Ctx, ns: str) -> subprocess.Popen[bytes]:
+    out = open(ctx.tmp / "agent.log", "ab")  # noqa: SIM115
+    try:
+        return subprocess.Popen(["ip", "netns", "exec", ns, str(BIN / "crosswire"), "agent", "run", "--gateway",
+                                 f"http://{ctx.a.underlay}:8080", "--interval", "0.5"],
+                                stdout=out, stderr=out, start_new_session=True)
+    finally:
+        out.close()
+
+
+def _agent_routes(ns: str) -> str:
+    return str(sh("ip", "route", "show", "proto", "246", ns=ns).stdout)
+
+
 def node_agent(ctx: Ctx) -> None:
-    """(j) the node agent restarted."""
-    raise NotMeasured("the two-gateway harness has no node agent (it runs in netns-lab); "
-                      "its routes are static here")
+    """(j) the node agent restarted (SIGTERM, start). a's probing pod plays the node: a
+    node agent there routes the views to the gateway, and the pod's default route is
+    removed first, so the traffic depends on the agent's routes alone."""
+    pod = ctx.a.pods[0]
+    agent = _start_agent(ctx, pod)
+    try:
+        deadline = time.monotonic() + 30
+        while not _agent_routes(pod):
+            assert agent.poll() is None, (ctx.tmp / "agent.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the node agent installed no route within 30 s"
+            time.sleep(0.1)
+        sh("ip", "route", "add", f"{ctx.a.underlay}/32", "via", GW_IP, ns=pod)  # the API, without a default
+        sh("ip", "route", "del", "default", ns=pod)
+        before = _agent_routes(pod)
+        time.sleep(1.0)  # traffic flows on the agent's routes alone
+        ctx.begin()
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=20) == 0
+        agent = _start_agent(ctx, pod)
+        time.sleep(2.0)  # four polls of the new agent
+        assert agent.poll() is None, (ctx.tmp / "agent.log").read_text()[-2000:]
+        assert _agent_routes(pod) == before
+        ctx.notes.append(f"{len(before.splitlines())} agent routes, pod without a default route")
+    finally:
+        sh("ip", "route", "replace", "default", "via", GW_IP, ns=pod)
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait(timeout=10)
 
 
 # label, key, target (ms), driver; order matters: (i) moves b for good, so it comes last.
@@ -245,6 +334,7 @@ def run_event(ctx: Ctx, traffic: Traffic, driver: Callable[[Ctx], None]) -> dict
     """Run one event between two quiet periods and measure it."""
     traffic.wait_flowing()
     ctx.t0, ctx.notes = None, []
+    ctx.settle = traffic.wait_flowing
     try:
         driver(ctx)
     except NotMeasured as e:

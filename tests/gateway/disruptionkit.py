@@ -20,6 +20,7 @@ by ``Traffic.stop`` (and the namespace cleanup kills what is left).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import os
@@ -39,6 +40,8 @@ TCP_PORT = 7791
 PROBE_RATE = 200  # probes per second
 MSG = 1024  # bytes per TCP message
 TCP_RATE = 100  # messages per second (~100 KiB/s each way)
+SAMPLE_S = 0.1  # how often the gateway's reported peer state is sampled
+FAILING_S = 1.0  # a 'connected' sample while every probe of the last second was lost is flagged
 MAX_RUN_S = 1800.0  # no helper process outlives this, whatever happens to its parent
 
 
@@ -105,6 +108,27 @@ def probe_send(dst: str, log: str) -> None:
                     out.write(f"R {struct.unpack('!Q', data)[0]} {time.monotonic():.6f}\n")
 
 
+def state_sampler(url: str, log: str) -> None:
+    """Every SAMPLE_S: what the gateway reports of its peers (``GET url/api/v1/peers``), as
+    'H t cid=state,...' ('H t -' while the API does not answer: the daemon is down)."""
+    import json
+    import urllib.request
+
+    stop = _stop_flag()
+    end = time.monotonic() + MAX_RUN_S
+    with open(log, "w", buffering=1) as out:
+        while not stop[0] and time.monotonic() < end:
+            t = time.monotonic()
+            try:
+                with urllib.request.urlopen(url + "/api/v1/peers", timeout=0.5) as r:
+                    peers = json.loads(r.read())
+                text = ",".join(f"{p['cluster_id']}={p['state']}" for p in peers) or "none"
+            except Exception:  # down, restarting, refusing: all the same here
+                text = "-"
+            out.write(f"H {t:.6f} {text}\n")
+            time.sleep(max(0.0, SAMPLE_S - (time.monotonic() - t)))
+
+
 def _message(i: int) -> bytes:
     return struct.pack("!Q", i) + bytes((i + k) & 0xFF for k in range(MSG - 8))
 
@@ -123,17 +147,21 @@ def tcp_server() -> None:
             conn, _ = s.accept()
     if conn is None:
         return
-    conn.settimeout(1)
+    # Blocking, no timeout: while the tunnel is down the echo waits in sendall for the
+    # send buffer to drain (a timeout there would kill this server, resetting the stream).
+    conn.settimeout(None)
     while not stop[0] and time.monotonic() < end:
         try:
+            if not select.select([conn], [], [], 1.0)[0]:
+                continue
             d = conn.recv(65536)
-        except (TimeoutError, InterruptedError):
+            if not d:
+                return
+            conn.sendall(d)
+        except InterruptedError:
             continue
         except OSError:
             return
-        if not d:
-            return
-        conn.sendall(d)
 
 
 def tcp_client(dst: str, log: str) -> None:
@@ -253,6 +281,34 @@ def window_stats(log: ProbeLog, t0: float, t1: float, interval: float = 1.0 / PR
             "max_rtt_ms": round(max(rtts) * 1000, 1) if rtts else None}
 
 
+def health_window(text: str, log: ProbeLog, peer: str, t0: float, t1: float) -> dict[str, Any]:
+    """What the gateway said of ``peer`` in [t0, t1]: samples per state ('unreachable': the
+    API did not answer), and the samples saying 'connected' while every probe sent in
+    the FAILING_S before them (at least half a second's worth) was lost: a gateway
+    telling an untruth."""
+    states: dict[str, int] = {}
+    lying: list[float] = []
+    sent = sorted((t, s) for s, t in log.sent.items() if t0 - FAILING_S <= t <= t1)
+    times = [t for t, _ in sent]
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or parts[0] != "H":
+            continue
+        t = float(parts[1])
+        if not t0 <= t <= t1:
+            continue
+        found = dict(kv.split("=", 1) for kv in parts[2].split(",") if "=" in kv)
+        state = "unreachable" if parts[2] == "-" else found.get(peer, "absent")
+        states[state] = states.get(state, 0) + 1
+        if state == "connected":
+            recent = [s for _, s in sent[bisect.bisect_left(times, t - FAILING_S):
+                                         bisect.bisect_right(times, t - 0.05)]]
+            if len(recent) >= FAILING_S * PROBE_RATE / 2 and not any(s in log.answers for s in recent):
+                lying.append(round(t - t0, 3))
+    return {"health_states": states, "connected_while_failing": len(lying),
+            "connected_while_failing_at_s": lying[:5]}
+
+
 def tcp_window(text: str, t0: float, t1: float) -> dict[str, Any]:
     """TCP stream figures: alive (no error so far), echoed bytes, longest stall in [t0, t1]."""
     error = None
@@ -279,10 +335,15 @@ def tcp_window(text: str, t0: float, t1: float) -> dict[str, Any]:
 class Traffic:
     """The UDP probe and the TCP stream from ``src_ns`` to ``dst`` (served in ``dst_ns``)."""
 
-    def __init__(self, src_ns: str, dst_ns: str, dst: str, tmp: Path) -> None:
+    def __init__(self, src_ns: str, dst_ns: str, dst: str, tmp: Path,
+                 health: tuple[str, str, str] | None = None) -> None:
+        """``health``: (namespace, API URL, peer) of the gateway whose reported state of
+        that peer is sampled while the traffic runs."""
         self.src_ns, self.dst_ns, self.dst, self.tmp = src_ns, dst_ns, dst, tmp
+        self.health = health
         self.probe_log = tmp / "probe.log"
         self.tcp_log = tmp / "tcp.log"
+        self.health_log = tmp / "health.log"
         self.procs: list[subprocess.Popen[bytes]] = []
         self._log = ProbeLog()
         self._offset = 0
@@ -299,6 +360,8 @@ class Traffic:
         time.sleep(0.5)  # the listeners bind
         self._run(self.src_ns, "probe-send", self.dst, str(self.probe_log))
         self._run(self.src_ns, "tcp-client", self.dst, str(self.tcp_log))
+        if self.health is not None:
+            self._run(self.health[0], "state-sampler", self.health[1], str(self.health_log))
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -343,10 +406,12 @@ class Traffic:
         time.sleep(max(0.0, t1 + 1.0 - time.monotonic()))  # late answers get 1 s to arrive
         st = window_stats(self.probes(), t0, t1)
         st.update(tcp_window(self.tcp_text(), t0, t1))
+        if self.health is not None and self.health_log.exists():
+            st.update(health_window(self.health_log.read_text(), self.probes(), self.health[2], t0, t1))
         return st
 
 
 if __name__ == "__main__":
     cmd, *rest = sys.argv[1:]
     {"probe-echo": probe_echo, "probe-send": probe_send, "tcp-server": tcp_server,
-     "tcp-client": tcp_client}[cmd](*rest)  # type: ignore[operator]
+     "tcp-client": tcp_client, "state-sampler": state_sampler}[cmd](*rest)  # type: ignore[operator]

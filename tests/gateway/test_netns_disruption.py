@@ -9,13 +9,24 @@ are the bench's to print, and the README's budget table records them.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
-from disruptionevents import Ctx, dataplane_kill9, key_rotation, kill9, restart, run_event, use_impl
-from disruptionkit import ProbeLog, Traffic, tcp_window, window_stats
+from disruptionevents import (
+    Ctx,
+    both_kill9,
+    dataplane_kill9,
+    key_rotation,
+    kill9,
+    restart,
+    run_event,
+    use_impl,
+)
+from disruptionkit import ProbeLog, Traffic, health_window, tcp_window, window_stats
 from gwharness import BIN, PODS, two_gateways, view_of, wait_ping
 from nsutil import Namespaces, require_root, sh
 
@@ -40,6 +51,21 @@ def test_window_stats_counts_gaps_losses_and_duplicates() -> None:
     assert window_stats(log, 0.9, 1.2)["gap_ms"] == pytest.approx(1200 - 945, abs=0.2)
 
 
+def test_health_window_flags_connected_while_probes_fail() -> None:
+    log = ProbeLog()
+    for i in range(600):  # 3 s of probes; those sent in [1.0, 2.5) s are lost
+        log.sent[i] = i * 0.005
+        if not 200 <= i < 500:
+            log.answers[i] = [log.sent[i] + 0.001]
+    text = "".join(f"H {t / 10:.6f} {'b=connected' if t < 22 else 'b=impaired'}\n" for t in range(5, 30))
+    text += "H 2.950000 -\nnot a sample\n"
+    st = health_window(text, log, "b", 0.4, 3.0)
+    assert st["health_states"] == {"connected": 17, "impaired": 8, "unreachable": 1}
+    # 'connected' at 2.0 and 2.1 s: every probe of the second before lost; at 1.9 s not yet
+    assert st["connected_while_failing"] == 2 and st["connected_while_failing_at_s"] == [1.6, 1.7]
+    assert health_window(text, log, "c", 0.4, 3.0)["health_states"]["absent"] == 25
+
+
 def test_tcp_window_reports_breaks_and_stalls() -> None:
     text = "C 0 0.0\nP 1024 0.1\nP 2048 0.2\nP 3072 1.7\nP 4096 1.8\n"
     st = tcp_window(text, 0.15, 1.75)
@@ -51,7 +77,7 @@ def test_tcp_window_reports_breaks_and_stalls() -> None:
 
 @pytest.mark.root
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_restarts_and_rotation_keep_the_tunnel(netns: Namespaces, tmp_path: Path) -> None:
     require_root("wg", "nft", "ping")
     os.chmod(tmp_path, 0o700)
@@ -66,7 +92,7 @@ def test_restarts_and_rotation_keep_the_tunnel(netns: Namespaces, tmp_path: Path
         try:
             ctx = Ctx(a=a, b=b, n=netns, tmp=tmp_path, impl="userspace")
             for name, driver in (("restart", restart), ("kill -9", kill9), ("data plane kill -9", dataplane_kill9),
-                                 ("key rotation", key_rotation)):
+                                 ("container restart", both_kill9), ("key rotation", key_rotation)):
                 r = run_event(ctx, traffic, driver)
                 print(name, r)
                 # Enough probes to see a gap: 0.2 s at 200/s (a fast recovery makes a short window).
@@ -75,5 +101,11 @@ def test_restarts_and_rotation_keep_the_tunnel(netns: Namespaces, tmp_path: Path
                 assert r["gap_ms"] < GAP_BOUND_MS, (name, r)  # type: ignore[operator]
                 assert r["stall_ms"] < GAP_BOUND_MS, (name, r)  # type: ignore[operator]
                 assert r["dup"] == 0, (name, r)  # WireGuard's replay window: never a duplicate
+            # crosswire-wg's saved configuration (it holds the private key): 0600, never in a log
+            saved = a.state_dir / f"wg-{a.iface}.conf"
+            assert stat.S_IMODE(saved.stat().st_mode) == 0o600 and "private_key=" in saved.read_text()
+            key = saved.read_text().split("private_key=")[1].split()[0]
+            logs = a.log.read_text() + (a.state_dir / "dataplane.log").read_text()
+            assert key not in logs and base64.b64encode(bytes.fromhex(key)).decode() not in logs
         finally:
             traffic.stop()

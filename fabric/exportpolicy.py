@@ -2,51 +2,57 @@
 
 ``render_text(policy)`` is the batch that (re)writes table ``inet <table>``
 wholly; ``render_delta(previous, policy)`` changes only the peers that differ;
-``denied(policy, listed)`` reads each peer's drop counter back from a listing;
-``problems(policy, listed)`` says what is missing in the kernel. Rendered
-objects are plain data, so tests compare them exactly.
+``denied(policy, counters)`` reads each peer's drop counter from a listing of
+the table's counters; ``problems(policy, listed)`` says what the kernel lacks.
+Rendered commands are plain data, so tests compare them exactly.
 
 ::
 
   table inet crosswire-exports {
-    set created_by_crosswire { type ipv4_addr; }          # the table is ours
-    map peers_v4 { type ipv4_addr : verdict; flags interval;
-                   elements = { 100.65.0.0/16 comment "gpu" : jump exp-gpu } }
-    map peers_v6 { ... }
-    set exp-gpu_v4 { type ipv4_addr . inet_proto . inet_service; flags interval;
-                     elements = { 10.96.0.10 . tcp . 80, 10.244.5.17 . 0-255 . 0-65535 } }
-    set exp-gpu_v6 { ... }
+    set created_by_crosswire { type ipv4_addr; }              # the table is ours
+    counter denied-gpu { }                                    # one per peer
+    map denied_v4 { type ipv4_addr : counter; flags interval;
+                    elements = { 100.65.0.0/16 : "denied-gpu" } }     # our views of each peer
+    set allowed_v4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval;
+                     elements = { 100.65.0.0/16 . 10.96.0.10 . tcp . 80,             # peer . export
+                                  100.65.0.0/16 . 10.244.5.17 . 0-255 . 0-65535 } }  # every port
+    (denied_v6, allowed_v6 the same for IPv6)
     chain forward { type filter hook forward priority filter - 5; policy accept;
-      iifname "wg0" ct direction reply accept           # replies to what our side opened
-      iifname "wg0" ct state related accept             # their ICMP errors
-      iifname "wg0" ip saddr vmap @peers_v4             # the source names the peer: one lookup
-      iifname "wg0" ip6 saddr vmap @peers_v6
-      iifname "wg0" counter drop                        # no peer: fail closed
-    }
-    chain exp-gpu {
-      ip daddr . meta l4proto . th dport @exp-gpu_v4 accept   # one lookup, however many exports
-      ip6 daddr . meta l4proto . th dport @exp-gpu_v6 accept
-      counter drop comment "gpu: not exported"          # the per-peer denied counter
+      iifname "wg0" ct direction reply accept                 # replies to what our side opened
+      iifname "wg0" ct state related accept                   # ICMP errors about those
+      iifname "wg0" ip saddr . ip daddr . meta l4proto . th dport @allowed_v4 accept
+      iifname "wg0" ip6 saddr . ip6 daddr . meta l4proto . th dport @allowed_v6 accept
+      iifname "wg0" counter name ip saddr map @denied_v4      # count the refusal per peer
+      iifname "wg0" counter name ip6 saddr map @denied_v6
+      iifname "wg0" counter drop                              # everything else from peers
     }
   }
 
-Priority ``filter - 5``: before the NAT table's per-packet ``count`` chain
-(priority filter), so refused packets are not counted as traffic of a mapping.
+Flat per-packet cost: a fixed seven rules; the peer is part of the key of one
+set lookup (its source lies in our views of it, which are unique), so the
+cost does not grow with peers or exports. Only the peer's *pod* views are
+keys: its pods and its host network (which it sends from its gateway's pod
+address) are the only sources a peer has. Priority ``filter - 5`` runs before
+the NAT table's per-packet ``count`` chain (priority filter), so refused
+packets are not counted as traffic of a mapping. Per-peer counters are named
+objects, so reading them lists only the counters, not the sets.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from typing import Any
 
 from fabric.exportmodel import Allowed, ExportPolicy, PeerExports
-from fabric.nat.names import FAMILY, MARKER_SET, chain_suffix, comment
+from fabric.nat.names import FAMILY, MARKER_SET, chain_suffix
 
 PRIORITY = -5
 FORWARD = "forward"
 _SEP = (",", ":")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_EVERY = [{"range": [0, 255]}, {"range": [0, 65535]}]
 
 
 def table_name(nft_table: str) -> str:
@@ -54,16 +60,8 @@ def table_name(nft_table: str) -> str:
     return f"{nft_table}-exports"
 
 
-def peer_chain(cluster_id: str) -> str:
-    return f"exp-{chain_suffix(cluster_id)}"
-
-
-def peer_set(cluster_id: str, version: int) -> str:
-    return f"{peer_chain(cluster_id)}_v{version}"
-
-
-def denied_comment(cluster_id: str) -> str:
-    return comment(f"{cluster_id}: not exported")
+def counter_name(cluster_id: str) -> str:
+    return f"denied-{chain_suffix(cluster_id)}"
 
 
 def _meta(key: str, value: str) -> dict[str, Any]:
@@ -76,49 +74,61 @@ def _addr(net: Network) -> Any:
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
-def _normalized(allowed: tuple[Allowed, ...], version: int) -> list[tuple[Network, str | None, int | None]]:
-    """The allowed entries of one family without overlaps (the kernel's interval
+@functools.lru_cache(maxsize=1024)
+def _normalized(allowed: tuple[Allowed, ...], version: int) -> tuple[tuple[Any, ...], ...]:
+    """(address, proto, port) of one family without overlaps (the kernel's interval
     sets refuse overlapping elements): networks collapsed per (proto, port), and
-    port entries inside an every-port network dropped or cut around it."""
-    groups: dict[tuple[str | None, int | None], list[Network]] = {}
+    port entries inside an every-port network dropped or cut around it. Cached:
+    peers given the same exports share one result."""
+    groups: dict[tuple[str, int], list[Network]] = {}
+    every_nets: list[Network] = []
     for a in allowed:
         net = ipaddress.ip_network(a.network)
-        if net.version == version:
+        if net.version != version:
+            continue
+        if a.proto is None or a.port is None:
+            every_nets.append(net)
+        else:
             groups.setdefault((a.proto, a.port), []).append(net)
-    every = list(ipaddress.collapse_addresses(groups.pop((None, None), [])))  # type: ignore[type-var]
-    out: list[tuple[Network, str | None, int | None]] = [(n, None, None) for n in every]
-    for (proto, port), nets in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0)):
+    every: list[Network] = list(ipaddress.collapse_addresses(every_nets))  # type: ignore[type-var]
+    out: list[tuple[Any, ...]] = [(_addr(n), None, None) for n in every]
+    for (proto, port), nets in sorted(groups.items()):
         rest: list[Network] = list(ipaddress.collapse_addresses(nets))  # type: ignore[type-var]
         for e in every:
             cut: list[Network] = []
             for n in rest:
-                if n.subnet_of(e):  # type: ignore[arg-type]
-                    continue
-                cut.extend(n.address_exclude(e) if e.subnet_of(n) else [n])  # type: ignore[arg-type]
+                if not n.overlaps(e):
+                    cut.append(n)
+                elif e.subnet_of(n):  # type: ignore[arg-type]
+                    cut.extend(n.address_exclude(e))  # type: ignore[arg-type]
             rest = cut
-        out += [(n, proto, port) for n in sorted(rest)]  # type: ignore[type-var]
-    return out
-
-
-def elements(allowed: tuple[Allowed, ...], version: int) -> list[dict[str, Any]]:
-    """A peer's set elements of one family: ``daddr . l4proto . dport``."""
-    out = []
-    for net, proto, port in _normalized(allowed, version):
-        if proto is None:
-            out.append({"concat": [_addr(net), {"range": [0, 255]}, {"range": [0, 65535]}]})
-        else:
-            out.append({"concat": [_addr(net), proto, port]})
-    return out
+        out += [(_addr(n), proto, port) for n in sorted(rest)]
+    return tuple(out)
 
 
 def _sources(p: PeerExports, version: int) -> list[Network]:
-    return [n for n in map(ipaddress.ip_network, p.sources) if n.version == version]
+    return _parsed(p.sources, version)
 
 
-def _map_elements(peers: list[PeerExports], version: int) -> list[Any]:
-    """``peers_v*`` elements: each view of a peer (commented with its ID) -> jump to its chain."""
-    return [[{"elem": {"val": _addr(n), "comment": comment(p.cluster_id)}}, {"jump": {"target": peer_chain(p.cluster_id)}}]
-            for p in peers for n in _sources(p, version)]
+@functools.lru_cache(maxsize=8192)
+def _parsed(sources: tuple[str, ...], version: int) -> list[Network]:
+    return [n for n in map(ipaddress.ip_network, sources) if n.version == version]
+
+
+def allowed_elements(p: PeerExports, version: int) -> list[dict[str, Any]]:
+    """A peer's ``allowed_v*`` elements: ``source view . daddr . l4proto . dport``."""
+    out = []
+    dst = _normalized(p.allowed, version)
+    for src in _sources(p, version):
+        s = _addr(src)
+        for addr, proto, port in dst:
+            tail = _EVERY if proto is None else [proto, port]
+            out.append({"concat": [s, addr, *tail]})
+    return out
+
+
+def denied_elements(peers: list[PeerExports], version: int) -> list[Any]:
+    return [[_addr(n), counter_name(p.cluster_id)] for p in peers for n in _sources(p, version)]
 
 
 class _Batch:
@@ -126,77 +136,59 @@ class _Batch:
         self.table = table
         self.cmds: list[dict[str, Any]] = []
 
-    def obj(self, **kw: Any) -> dict[str, Any]:
-        return {"family": FAMILY, "table": self.table, **kw}
-
     def add(self, verb: str, kind: str, **kw: Any) -> None:
-        self.cmds.append({verb: {kind: self.obj(**kw)}})
+        self.cmds.append({verb: {kind: {"family": FAMILY, "table": self.table, **kw}}})
 
-    def rule(self, chain: str, expr: list[dict[str, Any]], note: str | None = None) -> None:
-        self.add("add", "rule", chain=chain, expr=expr, **({"comment": note} if note else {}))
+    def elements(self, verb: str, name: str, elems: list[Any]) -> None:
+        if elems:
+            self.add(verb, "element", name=name, elem=elems)
 
-    def peer_map_elements(self, verb: str, peers: list[PeerExports]) -> None:
-        for v in (4, 6):
-            elems = _map_elements(peers, v) if verb == "add" else [_addr(n) for p in peers for n in _sources(p, v)]
-            if elems:
-                self.add(verb, "element", name=f"peers_v{v}", elem=elems)
-
-    def peer_sets(self, p: PeerExports) -> None:
-        for v in (4, 6):
-            self.add("add", "set", name=peer_set(p.cluster_id, v),
-                     type=["ipv4_addr" if v == 4 else "ipv6_addr", "inet_proto", "inet_service"],
-                     flags=["interval"])
-
-    def set_elements(self, p: PeerExports) -> None:
-        for v in (4, 6):
-            elems = elements(p.allowed, v)
-            if elems:
-                self.add("add", "element", name=peer_set(p.cluster_id, v), elem=elems)
-
-    def peer_chain(self, p: PeerExports) -> None:
-        chain = peer_chain(p.cluster_id)
-        self.add("add", "chain", name=chain)
-        for v, proto in ((4, "ip"), (6, "ip6")):
-            key = {"concat": [{"payload": {"protocol": proto, "field": "daddr"}}, {"meta": {"key": "l4proto"}},
-                              {"payload": {"protocol": "th", "field": "dport"}}]}
-            self.rule(chain, [{"match": {"op": "==", "left": key, "right": f"@{peer_set(p.cluster_id, v)}"}},
-                              {"accept": None}])
-        self.rule(chain, [{"counter": None}, {"drop": None}], denied_comment(p.cluster_id))
+    def rule(self, expr: list[dict[str, Any]], note: str) -> None:
+        self.add("add", "rule", chain=FORWARD, expr=expr, comment=note)
 
     def text(self) -> str:
         return json.dumps({"nftables": self.cmds}, separators=_SEP)
+
+
+def _key(v: int) -> str:
+    return "ipv4_addr" if v == 4 else "ipv6_addr"
 
 
 def render(policy: ExportPolicy) -> list[dict[str, Any]]:
     """The commands that replace table ``inet <policy.table>`` with this policy."""
     b = _Batch(policy.table)
     table = {"family": FAMILY, "name": policy.table}
-    b.cmds += [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}}]
+    b.cmds += [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": dict(table)}}]
     b.add("add", "set", name=MARKER_SET, type="ipv4_addr")
-    for p in policy.peers:
-        b.peer_sets(p)
-        b.peer_chain(p)
-        b.set_elements(p)
+    peers = list(policy.peers)
+    for p in peers:
+        b.add("add", "counter", name=counter_name(p.cluster_id))
     for v in (4, 6):
-        # Elements inline: libnftables 1.0.6 cannot add elements to a verdict map
-        # created in the same JSON batch (ENOENT); a delta adds them to the kernel's map.
-        elems = _map_elements(list(policy.peers), v)
-        b.add("add", "map", name=f"peers_v{v}", type="ipv4_addr" if v == 4 else "ipv6_addr", map="verdict",
-              flags=["interval"], **({"elem": elems} if elems else {}))
+        # Elements inline: libnftables 1.0.6 cannot add elements to a map created
+        # in the same JSON batch (ENOENT); a delta adds them to the kernel's.
+        denied = denied_elements(peers, v)
+        b.add("add", "map", name=f"denied_v{v}", type=_key(v), map="counter", flags=["interval"],
+              **({"elem": denied} if denied else {}))
+        allowed = [e for p in peers for e in allowed_elements(p, v)]
+        b.add("add", "set", name=f"allowed_v{v}", type=[_key(v), _key(v), "inet_proto", "inet_service"],
+              flags=["interval"], **({"elem": allowed} if allowed else {}))
     wg = policy.interface
     b.add("add", "chain", name=FORWARD, type="filter", hook="forward", prio=PRIORITY, policy="accept")
-    b.rule(FORWARD, [_meta("iifname", wg), {"match": {"op": "==", "left": {"ct": {"key": "direction"}},
-                                                      "right": "reply"}}, {"accept": None}],
-           "replies to connections opened on this side")
-    b.rule(FORWARD, [_meta("iifname", wg), {"match": {"op": "in", "left": {"ct": {"key": "state"}},
-                                                      "right": "related"}}, {"accept": None}],
-           "related to connections opened on this side (ICMP errors)")
+    b.rule([_meta("iifname", wg), {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}},
+            {"accept": None}], "replies to connections opened on this side")
+    b.rule([_meta("iifname", wg), {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "related"}},
+            {"accept": None}], "related to connections opened on this side (ICMP errors)")
     for v, proto in ((4, "ip"), (6, "ip6")):
-        b.rule(FORWARD, [_meta("iifname", wg), {"vmap": {"key": {"payload": {"protocol": proto, "field": "saddr"}},
-                                                         "data": f"@peers_v{v}"}}],
-               f"from {wg} {proto}: the source names the peer")
-    b.rule(FORWARD, [_meta("iifname", wg), {"counter": None}, {"drop": None}],
-           f"from {wg}: no peer for this source: drop")
+        key = {"concat": [{"payload": {"protocol": proto, "field": "saddr"}},
+                          {"payload": {"protocol": proto, "field": "daddr"}},
+                          {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}
+        b.rule([_meta("iifname", wg), {"match": {"op": "==", "left": key, "right": f"@allowed_v{v}"}},
+                {"accept": None}], f"from {wg} {proto}: what each peer was given")
+    for v, proto in ((4, "ip"), (6, "ip6")):
+        b.rule([_meta("iifname", wg), {"counter": {"map": {"key": {"payload": {"protocol": proto, "field": "saddr"}},
+                                                           "data": f"@denied_v{v}"}}}],
+               f"from {wg} {proto}: count the refusal per peer")
+    b.rule([_meta("iifname", wg), {"counter": None}, {"drop": None}], f"from {wg}: not exported to the sender: drop")
     return b.cmds
 
 
@@ -207,10 +199,10 @@ def render_text(policy: ExportPolicy) -> str:
 def render_delta(previous: ExportPolicy, policy: ExportPolicy) -> str | None:
     """Only the peers that changed (None: nothing did, or the table must be rewritten).
 
-    A peer whose exports changed gets its sets flushed and refilled: its chain,
-    its denied counter and every other peer stay as they are, and conntrack
-    keeps every connection (the policy is checked per packet, so what is still
-    allowed flows on, what no longer is stops).
+    A changed peer's old elements go and its new ones come in one batch; its
+    counter, every other peer and conntrack stay as they are. The policy is
+    checked per packet, so connections still allowed flow on and those no
+    longer allowed stop at their next packet.
     """
     if (previous.table, previous.interface) != (policy.table, policy.interface):
         return None
@@ -219,48 +211,38 @@ def render_delta(previous: ExportPolicy, policy: ExportPolicy) -> str | None:
     if old == new:
         return None
     b = _Batch(policy.table)
-    gone = [p for c, p in old.items() if c not in new]
-    moved = [p for c, p in old.items() if c in new and p.sources != new[c].sources]
-    b.peer_map_elements("delete", gone + moved)
-    for p in gone:
-        chain = peer_chain(p.cluster_id)
-        b.add("flush", "chain", name=chain)
-        b.add("delete", "chain", name=chain)
-        for v in (4, 6):
-            b.add("delete", "set", name=peer_set(p.cluster_id, v))
-    added = [p for c, p in new.items() if c not in old]
-    for p in added:
-        b.peer_sets(p)
-        b.peer_chain(p)
-        b.set_elements(p)
-    for c, p in new.items():
-        if c in old and old[c].allowed != p.allowed:
-            for v in (4, 6):
-                b.add("flush", "set", name=peer_set(c, v))
-            b.set_elements(p)
-    b.peer_map_elements("add", [new[p.cluster_id] for p in moved] + added)
+    out = [p for c, p in old.items() if new.get(c) != p]
+    into = [p for c, p in new.items() if old.get(c) != p]
+    for v in (4, 6):
+        b.elements("delete", f"allowed_v{v}", [e for p in out for e in allowed_elements(p, v)])
+        b.elements("delete", f"denied_v{v}", [e[0] for e in denied_elements(out, v)])
+    for c in old:
+        if c not in new:
+            b.add("delete", "counter", name=counter_name(c))
+    for c in new:
+        if c not in old:
+            b.add("add", "counter", name=counter_name(c))
+    for v in (4, 6):
+        b.elements("add", f"denied_v{v}", denied_elements(into, v))
+        b.elements("add", f"allowed_v{v}", [e for p in into for e in allowed_elements(p, v)])
     return b.text()
 
 
-def denied(policy: ExportPolicy, listed: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """Per peer, the packets and bytes its drop rule counted (zero when absent)."""
-    rules = {(r["chain"], r.get("comment", "")): r for item in listed.get("nftables", [])
-             if (r := item.get("rule")) is not None}
+def denied(policy: ExportPolicy, counters: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per peer, the packets and bytes refused (zero when its counter is absent);
+    ``counters``: the JSON listing of the table's counters."""
+    by_name = {c["name"]: c for item in counters.get("nftables", []) if (c := item.get("counter")) is not None}
     out = {}
     for p in policy.peers:
-        r = rules.get((peer_chain(p.cluster_id), denied_comment(p.cluster_id)), {})
-        counter = next((e["counter"] for e in r.get("expr", []) if isinstance(e.get("counter"), dict)), {})
-        out[p.cluster_id] = {"packets": int(counter.get("packets", 0)), "bytes": int(counter.get("bytes", 0))}
+        c = by_name.get(counter_name(p.cluster_id), {})
+        out[p.cluster_id] = {"packets": int(c.get("packets", 0)), "bytes": int(c.get("bytes", 0))}
     return out
 
 
-def problems(policy: ExportPolicy, listed: dict[str, Any]) -> list[str]:
-    """What the kernel's export table lacks (empty: every peer's chain and drop rule are there)."""
-    items = listed.get("nftables", [])
-    chains = {c["chain"]["name"] for c in items if "chain" in c}
-    rules = {(r["rule"]["chain"], r["rule"].get("comment", "")) for r in items if "rule" in r}
+def problems(policy: ExportPolicy, counters: dict[str, Any], chains: set[str]) -> list[str]:
+    """What the kernel's export table lacks: its forward chain, a peer's counter."""
     if FORWARD not in chains:
-        return [f"nft table {policy.table}: chain {FORWARD} missing"]
-    missing = [p.cluster_id for p in policy.peers
-               if (peer_chain(p.cluster_id), denied_comment(p.cluster_id)) not in rules]
-    return [f"nft table {policy.table}: export rules missing for {', '.join(missing)}"] if missing else []
+        return [f"nft table {FAMILY} {policy.table}: chain {FORWARD} missing"]
+    have = {c["name"] for item in counters.get("nftables", []) if (c := item.get("counter")) is not None}
+    missing = [p.cluster_id for p in policy.peers if counter_name(p.cluster_id) not in have]
+    return [f"nft table {FAMILY} {policy.table}: export counters missing for {', '.join(missing)}"] if missing else []

@@ -28,11 +28,19 @@ def _owner(nft: Nft, name: str) -> str:
     return "foreign" if name in nft.tables(FAMILY) else "absent"
 
 
-def _listing(nft: Nft, name: str) -> dict[str, Any] | None:
+def _counters(nft: Nft, name: str) -> dict[str, Any] | None:
     try:
-        return nft.list_table(FAMILY, name)
+        return nft.list_counters(FAMILY, name)
     except NftError:
         return None
+
+
+def _problems(policy: ExportPolicy, nft: Nft) -> list[str]:
+    counters = _counters(nft, policy.table)
+    if counters is None:
+        return [f"nft table {FAMILY} {policy.table} missing"]
+    chains = {exportpolicy.FORWARD} if nft.has_chain(FAMILY, policy.table, exportpolicy.FORWARD) else set()
+    return exportpolicy.problems(policy, counters, chains)
 
 
 def apply(policy: ExportPolicy | None, previous: ExportPolicy | None, nft: Nft, nft_table: str) -> None:
@@ -42,10 +50,8 @@ def apply(policy: ExportPolicy | None, previous: ExportPolicy | None, nft: Nft, 
             if nft.has_set(FAMILY, name, MARKER_SET):  # ours, left by a run with exports
                 nft.delete_table(FAMILY, name)
             return
-        if previous is not None and previous == policy:
-            listed = _listing(nft, name)
-            if listed is not None and not exportpolicy.problems(policy, listed):
-                return  # unchanged and intact: the counters keep counting
+        if previous is not None and previous == policy and not _problems(policy, nft):
+            return  # unchanged and intact: the counters keep counting
         owner = _owner(nft, name)
         if owner == "foreign":
             raise ExportTableError(
@@ -74,13 +80,9 @@ def denied(policy: ExportPolicy | None, nft: Nft) -> dict[str, dict[str, int]]:
     """Per peer, what its drop rule counted; empty without a policy."""
     if policy is None:
         return {}
-    return exportpolicy.denied(policy, _listing(nft, policy.table) or {})
+    return exportpolicy.denied(policy, _counters(nft, policy.table) or {})
 
 
 def problems(policy: ExportPolicy | None, nft: Nft) -> list[str]:
-    if policy is None:
-        return []
-    listed = _listing(nft, policy.table)
-    if listed is None:
-        return [f"nft table {FAMILY} {policy.table} missing"]
-    return exportpolicy.problems(policy, listed)
+    """What the kernel lacks of ``policy`` (for /readyz; empty without a policy)."""
+    return [] if policy is None else _problems(policy, nft)

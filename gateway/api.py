@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from gateway import apimodels as m
+from gateway import exportsapi
 from gateway.apimodels import errors, ok
 from gateway.controlplane import ControlPlane
 from gateway.errors import GatewayError
@@ -46,6 +47,8 @@ class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ttl: str | float = Field(default="1h", description="lifetime: seconds or 90s/15m/1h/7d")
     reusable: bool = False
+    exports: list[str] | None = Field(default=None, description="export names the redeeming peer may reach "
+                                                                  "(default: every export)")
 
 
 class PeerAdd(BaseModel):
@@ -172,7 +175,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
             ttl = parse_duration(str(req.ttl))
         except ValueError as e:
             raise GatewayError(f"ttl: {e}", 422) from None
-        return cp.exchange.create_token(ttl, req.reusable)
+        return cp.exchange.create_token(ttl, req.reusable, req.exports)
 
     @app.get("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
               responses={**ok(list[m.TokenInfo]), **errors(401)})
@@ -208,6 +211,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     async def ranges_announce() -> dict[str, str]:
         return await cp.exchange.announce_ranges()
 
+    exportsapi.register(app, cp, admin, lambda: getattr(cp, "export_sync", None))
     return app
 
 

@@ -211,7 +211,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     async def ranges_announce() -> dict[str, str]:
         return await cp.exchange.announce_ranges()
 
-    exportsapi.register(app, cp, admin, lambda: getattr(cp, "export_sync", None))
+    exportsapi.register(app, cp, admin, lambda: cp.export_sync)
     return app
 
 

@@ -22,6 +22,7 @@ from gateway.config import Config
 from gateway.exchange import Exchange
 from gateway.exports import Resolver
 from gateway.exportstate import ExportState
+from gateway.exportsync import ExportSync
 from gateway.health import HealthTracker
 from gateway.ipam_adapter import Views
 from gateway.readmodel import ReadModel
@@ -37,6 +38,7 @@ class ControlPlane:
     reconciler: Reconciler
     exchange: Exchange
     read: ReadModel
+    export_sync: ExportSync | None = None  # tells peers our exports (the daemon runs it)
 
     @classmethod
     def build(cls, config: Config, store: StateStore, views: Views, dataplane: DataplaneDriver, *,
@@ -55,4 +57,4 @@ class ControlPlane:
         exchange = Exchange(config=config, store=store, views=views, reconciler=reconciler,
                             channel=channel, clock=clock)
         return cls(config=config, store=store, views=views, reconciler=reconciler, exchange=exchange,
-                   read=read)
+                   read=read, export_sync=ExportSync(exchange))

@@ -27,7 +27,7 @@ def bad(msg: str, exports: Any) -> None:
 
 
 def test_config_exports_parse_and_bad_entries_name_the_key() -> None:
-    c = parse({**BASE, "exports": EXPORTS + [{"name": "db.prod"}]}, env={})
+    c = parse({**BASE, "exports": [*EXPORTS, {"name": "db.prod"}]}, env={})
     assert c.exports is not None
     web, trainer, db = c.exports
     assert [str(p) for p in web.ports or ()] == ["80/tcp", "443/tcp"] and web.addresses == ("10.96.0.10/32",)

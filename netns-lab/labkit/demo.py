@@ -3,7 +3,10 @@
 Builds the default lab (gpu and lab, both 10.244.0.0/16 + 10.96.0.0/12),
 peers it with the operator CLI, then from lab's pods curls a gpu pod and the
 gpu service through lab's views, and checks that the right pod answered and
-that it saw the client as gpu's view of lab. Exit 0 only if all of it held.
+that it saw the client as gpu's view of lab. gpu exports only its web
+service (the default topology's ``exports``), so the curl of a gpu pod must be
+refused by gpu's gateway and counted on lab's denied counter instead. Exit 0
+only if all of it held.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from . import ops
+from . import exportcheck, ops
 from .lab import Lab, LabError, teardown
 from .probe import eventually_json
 from .topology import POD_PORT, default_topology
@@ -61,12 +64,16 @@ def _peer_and_check(lab: Lab) -> bool:
         _say(f"   {cid} sees {other} as: {views}")
 
     checks: list[tuple[str, bool]] = []
-    # 1: lab pod on the non-gateway node -> gpu pod on gpu's non-gateway node.
+    # 1: lab pod on the non-gateway node -> gpu pod on gpu's non-gateway node; with gpu's
+    # exports (the default topology) it must be refused and counted instead.
     client, target = labc.pods[-1], gpu.pods[-1]
     dst = ops.view_of(lab, "lab", "gpu", target.ip)
     want_client = ops.view_of(lab, "gpu", "lab", client.ip)
-    checks.append(_curl(lab, client.name, f"http://{dst}:{POD_PORT}/", f"gpu/{target.name}",
-                        want_client, f"pod {target.name} ({target.ip})"))
+    if gpu.spec.exports is not None:
+        checks.append(exportcheck.demo_refusal(lab, _say))
+    else:
+        checks.append(_curl(lab, client.name, f"http://{dst}:{POD_PORT}/", f"gpu/{target.name}",
+                            want_client, f"pod {target.name} ({target.ip})"))
     # 2: lab pod -> gpu's service (gpu's kube-proxy stand-in picks a pod).
     client, svc = labc.pods[0], gpu.spec.services[0]
     dst = ops.view_of(lab, "lab", "gpu", svc.ip)
@@ -104,6 +111,9 @@ def _nat_table(doc: Any) -> str:
         if not isinstance(p, dict):
             continue
         lines.append(f"   peer {p.get('cluster_id')}:")
+        if isinstance(p.get("export_denied"), dict):
+            lines.append(f"     {'exports':<12} {p['export_denied'].get('packets', 0):>6} pkts "
+                         f"{p['export_denied'].get('bytes', 0):>9} B  refused: not exported to {p.get('cluster_id')}")
         for r in p.get("rules", []):
             lines.append(f"     {r.get('chain', ''):<12} {r.get('packets', 0):>6} pkts "
                          f"{r.get('bytes', 0):>9} B  {r.get('comment', '')}")

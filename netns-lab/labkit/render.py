@@ -79,4 +79,6 @@ def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, An
     }
     if spec.ipam_pools:
         cfg["ipam"] = {"pools": list(spec.ipam_pools)}
+    if spec.exports is not None:
+        cfg["exports"] = [dict(e) for e in spec.exports]
     return cfg

@@ -20,6 +20,13 @@ YAML (every key optional; defaults give the two-cluster demo)::
         cilium_check: false           # emulate Cilium's source-IP check
         ipam_pools: []                # passed to the gateway's ipam.pools
         wireguard: userspace          # or wireguard-go (the reference implementation)
+        exports: [{name: web.default, ports: [80/tcp]}]   # the gateway's ``exports``
+                                      # (absent: share everything); a lab service's
+                                      # name without addresses gets its fixed IP
+
+The default topology (``lab up`` without a file, ``lab demo``) has gpu export
+its ``web`` service on 80/tcp; ``parse(None)`` is the same two clusters
+sharing everything.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ class ClusterSpec:
     cilium_check: bool = False
     ipam_pools: tuple[str, ...] = ()
     wireguard: str = "userspace"  # the gateway's wireguard.implementation
+    exports: tuple[dict[str, Any], ...] | None = None  # the gateway's exports (None: share everything)
 
 
 @dataclass(frozen=True)
@@ -160,7 +168,8 @@ class LabPlan:
 
 
 def default_topology() -> Topology:
-    return parse({"clusters": [{"id": "gpu"}, {"id": "lab"}]})
+    return parse({"clusters": [{"id": "gpu", "exports": [{"name": "web.default", "ports": ["80/tcp"]}]},
+                               {"id": "lab"}]})
 
 
 def _net(v: Any, what: str) -> ipaddress.IPv4Network:
@@ -175,7 +184,7 @@ def _net(v: Any, what: str) -> ipaddress.IPv4Network:
 
 def parse(data: Any) -> Topology:
     if data is None:
-        return default_topology()
+        data = {}
     if not isinstance(data, dict):
         raise TopologyError("topology must be a mapping")
     unknown = set(data) - {"clusters", "internet"}
@@ -196,7 +205,8 @@ def parse(data: Any) -> Topology:
 
 
 _CLUSTER_KEYS = {"id", "pod_cidr", "service_cidr", "node_cidr", "nodes", "pods_per_node",
-                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "wireguard"}
+                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "wireguard",
+                 "exports"}
 WG_IMPLEMENTATIONS = ("userspace", "wireguard-go")
 
 
@@ -247,11 +257,28 @@ def _cluster(d: Any) -> ClusterSpec:
     wg = d.get("wireguard", "userspace")
     if wg not in WG_IMPLEMENTATIONS:
         raise TopologyError(f"{cid}.wireguard: one of {', '.join(WG_IMPLEMENTATIONS)}")
-    return ClusterSpec(id=cid, wireguard=wg, pod_cidr=str(pod), service_cidr=str(svc), node_cidr=str(node),
+    exports = _exports(cid, d.get("exports"), services)
+    return ClusterSpec(id=cid, wireguard=wg, exports=exports, pod_cidr=str(pod), service_cidr=str(svc), node_cidr=str(node),
                        nodes=nodes, pods_per_node=tuple(ppn), services=tuple(services),
                        gateway_ip=gw, masquerade=bool(d.get("masquerade", False)),
                        cilium_check=bool(d.get("cilium_check", False)),
                        ipam_pools=tuple(str(p) for p in pools))
+
+
+def _exports(cid: str, raw: Any, services: list[Service]) -> tuple[dict[str, Any], ...] | None:
+    """The cluster's exports as its gateway config gets them (the gateway checks them).
+
+    The lab has no cluster DNS: an export named after one of its services
+    (``web.default``) without ``addresses`` gets that service's fixed IP, what
+    ``web.default.svc.cluster.local`` would resolve to.
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in raw):
+        raise TopologyError(f"{cid}.exports: a list of {{name, ports, addresses}}")
+    ips = {f"{s.name}.default": s.ip for s in services}
+    return tuple({**e, "addresses": [ips[e["name"]]]} if "addresses" not in e and e["name"] in ips else dict(e)
+                 for e in raw)
 
 
 def node_subnet(pod: ipaddress.IPv4Network, k: int) -> ipaddress.IPv4Network:

@@ -97,9 +97,11 @@ class ExportState:
     def shared_with(self, cluster_id: str) -> list[Export]:
         return shared(self.exports or (), self.grant(cluster_id))
 
-    def body_for(self, cluster_id: str) -> list[dict[str, Any]]:
-        """Our exports for one peer, as the peering channel carries them (real addresses)."""
-        return [e.to_body(self.resolver.addresses(e)) for e in self.shared_with(cluster_id)]
+    def body_for(self, cluster_id: str, grants: dict[str, tuple[str, ...] | None] | None = None) -> list[dict[str, Any]]:
+        """Our exports for one peer, as the peering channel carries them (real addresses);
+        ``grants``: every peer's, read once by a caller going through many peers."""
+        grant = self.grant(cluster_id) if grants is None else grants.get(cluster_id)
+        return [e.to_body(self.resolver.addresses(e)) for e in shared(self.exports or (), grant)]
 
     def policy(self, peers: Sequence[PeerFabric]) -> ExportPolicy | None:
         if self.exports is None:

@@ -48,11 +48,12 @@ class ExportSync:
         result: dict[str, str] = {}
         now = time.monotonic()
         live = set()
+        grants = state.grants()
         for p in ex.store.peers():
             if p.their_views is None:
                 continue  # pending: told once it is programmed
             live.add(p.cluster_id)
-            body = state.body_for(p.cluster_id)
+            body = state.body_for(p.cluster_id, grants)
             key = json.dumps(body, sort_keys=True)
             if self.acked.get(p.cluster_id) == key or now < self._retry.get(p.cluster_id, (0.0, 0.0))[0]:
                 continue

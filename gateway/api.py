@@ -2,7 +2,8 @@
 
 Public, read-only: ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
-node agents poll it).
+node agents poll it); ``/api/v1/exports``, ``/api/v1/imports`` and the admin
+``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exportsapi.
 Peering (authenticated by the token / channel keys inside the body, see
 gateway.peering): ``POST /api/v1/peering/join``, ``POST /api/v1/peering/message``.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):

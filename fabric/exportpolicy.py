@@ -197,12 +197,17 @@ def render_text(policy: ExportPolicy) -> str:
 
 
 def render_delta(previous: ExportPolicy, policy: ExportPolicy) -> str | None:
-    """Only the peers that changed (None: nothing did, or the table must be rewritten).
+    """Only what changed (None: nothing did, or the table must be rewritten).
 
-    A changed peer's old elements go and its new ones come in one batch; its
-    counter, every other peer and conntrack stay as they are. The policy is
-    checked per packet, so connections still allowed flow on and those no
-    longer allowed stop at their next packet.
+    Changed, added and removed peers' counters and ``denied_v*`` elements are
+    changed one by one; the ``allowed_v*`` set of a family in which some
+    peer's elements changed is flushed and refilled in the same batch (deleting
+    single elements from a large concatenated interval set costs libnftables
+    seconds; refilling it costs what the whole table does). Counters are
+    separate objects, so every peer's count survives; the batch is atomic, so
+    no packet sees a half-filled set; conntrack is not touched. The policy is
+    checked per packet: connections still allowed flow on, those no longer
+    allowed stop at their next packet.
     """
     if (previous.table, previous.interface) != (policy.table, policy.interface):
         return None
@@ -213,8 +218,11 @@ def render_delta(previous: ExportPolicy, policy: ExportPolicy) -> str | None:
     b = _Batch(policy.table)
     out = [p for c, p in old.items() if new.get(c) != p]
     into = [p for c, p in new.items() if old.get(c) != p]
+    refill = [v for v in (4, 6) if [e for p in out for e in allowed_elements(p, v)]
+              != [e for p in into for e in allowed_elements(p, v)]]
     for v in (4, 6):
-        b.elements("delete", f"allowed_v{v}", [e for p in out for e in allowed_elements(p, v)])
+        if v in refill:
+            b.add("flush", "set", name=f"allowed_v{v}")
         b.elements("delete", f"denied_v{v}", [e[0] for e in denied_elements(out, v)])
     for c in old:
         if c not in new:
@@ -224,7 +232,8 @@ def render_delta(previous: ExportPolicy, policy: ExportPolicy) -> str | None:
             b.add("add", "counter", name=counter_name(c))
     for v in (4, 6):
         b.elements("add", f"denied_v{v}", denied_elements(into, v))
-        b.elements("add", f"allowed_v{v}", [e for p in into for e in allowed_elements(p, v)])
+        if v in refill:
+            b.elements("add", f"allowed_v{v}", [e for p in policy.peers for e in allowed_elements(p, v)])
     return b.text()
 
 

@@ -42,6 +42,8 @@ class ExportState:
     resolver: Resolver
 
     def __post_init__(self) -> None:
+        # desired() runs every second: the policy is rebuilt only when an input changed.
+        self._memo: tuple[Any, ExportPolicy] | None = None
         with self.store.tx() as db:
             for stmt in SCHEMA.strip().split(";"):
                 if stmt.strip():
@@ -108,8 +110,13 @@ class ExportState:
             return None
         c = self.config
         sources = [(p.cluster_id, tuple(m.view for m in p.remote if m.kind == "pod")) for p in peers]
-        return policy(c.wireguard.interface, table_name(c.nft_table), self.exports, sources, self.grants(),
-                      self.resolver.addresses)
+        grants = self.grants()
+        key = (tuple(sources), tuple(sorted(grants.items())),
+               tuple(self.resolver.addresses(e) for e in self.exports))
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, policy(c.wireguard.interface, table_name(c.nft_table), self.exports, sources,
+                                      grants, self.resolver.addresses))
+        return self._memo[1]
 
     # --- what peers share with us -----------------------------------------------------------
 

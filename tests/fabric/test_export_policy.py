@@ -102,23 +102,27 @@ def test_delta_touches_only_the_changed_peer() -> None:
     text = ep.render_delta(POLICY, ExportPolicy("wg0", T, (gpu2, EDGE, new)))
     assert text is not None
     cmds = json.loads(text)["nftables"]
+    forward = [c for c in ep.render(POLICY) if c.get("add", {}).get("rule")]
     assert cmds == [
-        {"flush": {"set": head(name="allowed_v4")}},  # refilled, with every peer's elements
+        {"flush": {"chain": head(name="forward")}},
+        {"delete": {"set": head(name="allowed_v4")}},  # made again, with every peer's elements
         {"delete": {"element": head(name="denied_v4", elem=[P65])}},
         {"delete": {"element": head(name="denied_v6", elem=[{"prefix": {"addr": "fd65::", "len": 48}}])}},
         {"add": {"counter": head(name="denied-new")}},
         {"add": {"element": head(name="denied_v4", elem=[
             [P65, "denied-gpu"], [{"prefix": {"addr": "100.67.0.0", "len": 16}}, "denied-new"]])}},
-        {"add": {"element": head(name="allowed_v4", elem=[
-            {"concat": [P65, "10.96.0.10", "tcp", 443]},
-            {"concat": [P66, {"prefix": {"addr": "10.244.6.0", "len": 24}}, "udp", 53]}])}},
+        {"add": {"set": head(name="allowed_v4", type=["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
+                             flags=["interval"], elem=[
+                                 {"concat": [P65, "10.96.0.10", "tcp", 443]},
+                                 {"concat": [P66, {"prefix": {"addr": "10.244.6.0", "len": 24}}, "udp", 53]}])}},
         {"add": {"element": head(name="denied_v6", elem=[[{"prefix": {"addr": "fd65::", "len": 48}}, "denied-gpu"]])}},
+        *forward,
     ]
     # Counters are objects: no peer's count is touched (edge's is not even named).
     assert "denied-edge" not in text
     # A change that leaves every element as it was (a new peer without exports) refills nothing.
     quiet = json.loads(ep.render_delta(POLICY, ExportPolicy("wg0", T, (GPU, EDGE, new))) or "{}")["nftables"]
-    assert not any("set" in c.get("flush", {}) for c in quiet)
+    assert not any("set" in c.get("delete", {}) or "chain" in c.get("flush", {}) for c in quiet)
     gone = json.loads(ep.render_delta(POLICY, ExportPolicy("wg0", T, (GPU,))) or "{}")["nftables"]
     assert {"delete": {"counter": head(name="denied-edge")}} in gone
     assert ep.render_delta(POLICY, POLICY) is None

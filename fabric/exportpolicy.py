@@ -209,11 +209,11 @@ def render_delta(previous: ExportPolicy, policy: ExportPolicy) -> str | None:
     Changed, added and removed peers' counters and ``denied_v*`` elements are
     changed one by one; the ``allowed_v*`` set of a family in which some
     peer's elements changed is replaced: the forward chain flushed, the set
-    deleted and added again with its elements inline, the rules added again.
-    libnftables 1.0.6 takes seconds to delete single elements from, or add
-    them to, a large concatenated interval set that exists (8 s and 23 s at
-    20 000 elements); a new set with inline elements costs what the whole
-    table does. Counters are separate objects, so every peer's count survives
+    deleted and added again with its elements inline, the rules added again
+    (0.5 s at 20 000 elements, about what the whole table costs; element-wise
+    deletes and adds into the existing set measured 8-23 s, though those runs
+    also hit a one-off stall, see bench/RESULTS.md). Counters are separate
+    objects, so every peer's count survives
     (only the forward chain's own drop counter, for unknown sources, restarts);
     the batch is atomic, so no packet sees a half-built table; conntrack is
     not touched. The policy is

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Literal
 
-from fabric import nat, routes
+from fabric import exportsapply, nat, routes
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgctl import WgControl, WgError, key_hex
@@ -168,6 +168,18 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
         except routes.RouteError as e:
             raise ApplyError(f"routes via {local.interface}: {e}") from None
 
+    def do_exports() -> None:
+        # Before anything attracts a new peer's traffic, so it is filtered from its
+        # first packet (a peer missing from the policy is dropped: fail closed).
+        old = previous.exports if previous is not None else None
+        if state.exports is None and previous is not None and old is None:
+            return  # no exports, before or now: nothing to look at (as without the feature)
+        try:
+            exportsapply.apply(state.exports, old, nft, local.nft_table)
+        except exportsapply.ExportTableError as e:
+            raise ApplyError(str(e)) from None
+
+    do_exports()
     steps = {"nat": do_nat, "wireguard": do_wg, "routes": do_routes}
     for name in order(state, previous):
         steps[name]()
@@ -193,6 +205,7 @@ def remove(state: FabricState, *, netns: str | None = None) -> None:
     nft = Nft(netns)
     if table_owner(nft, local.nft_table) == "ours":
         nft.delete_table(nat.FAMILY, local.nft_table)
+    exportsapply.remove(local.nft_table, nft)
 
 
 def _nat_problem(state: FabricState, nft: Nft) -> str | None:
@@ -218,6 +231,7 @@ def verify(state: FabricState, *, netns: str | None = None) -> list[str]:
     nat_problem = _nat_problem(state, Nft(netns))
     if nat_problem:
         problems.append(nat_problem)
+    problems += exportsapply.problems(state.exports, Nft(netns))
     try:
         present = routes.list_routes(local.interface, netns=netns)
         if present != routes.parse_cidrs(_views(state)):

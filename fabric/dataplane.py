@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from fabric import apply as fabric_apply
-from fabric import nat
+from fabric import exportsapply, nat
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgctl import WgControl
@@ -86,7 +86,13 @@ class Dataplane:
             listing = Nft().list_table(nat.FAMILY, self.nft_table)
         except NftError:
             listing = {}  # table missing: rules show handle None and zero counters
-        return nat.with_counters(nat.mappings(state), listing)
+        peers = nat.with_counters(nat.mappings(state), listing)
+        if state.exports is not None:
+            # Per peer, what the export policy refused (fabric.exportpolicy).
+            denied = exportsapply.denied(state.exports, Nft())
+            for p in peers:
+                p["export_denied"] = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
+        return peers
 
     def nat_drops(self) -> list[dict[str, Any]]:
         """The drop rules of the table's NAT base chains with their counters ([] without a table)."""

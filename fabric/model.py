@@ -15,6 +15,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fabric.exportmodel import ExportPolicy
+
 Kind = Literal["pod", "service"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -93,3 +95,5 @@ class LocalFabric:
 class FabricState:
     local: LocalFabric
     peers: tuple[PeerFabric, ...] = ()
+    # None: peers reach all of our ranges; else only what each is given (fabric.exportpolicy).
+    exports: ExportPolicy | None = None

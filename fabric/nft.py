@@ -170,6 +170,18 @@ class Nft:
         rc, _, _ = self._cmd({"nftables": [{"list": {"set": {"family": family, "table": table, "name": name}}}]})
         return rc == 0
 
+    def list_counters(self, family: str, table: str) -> dict[str, Any]:
+        """The named counters of a table (JSON): cheap beside large sets, which are not listed."""
+        rc, out, err = self._cmd({"nftables": [{"list": {"counters": {"family": family, "table": table}}}]})
+        if rc != 0:
+            raise NftError(f"cannot list the counters of table {family} {table}: {err.strip()}")
+        data: dict[str, Any] = json.loads(out)
+        return data
+
+    def has_chain(self, family: str, table: str, name: str) -> bool:
+        rc, _, _ = self._cmd({"nftables": [{"list": {"chain": {"family": family, "table": table, "name": name}}}]})
+        return rc == 0
+
     def tables(self, family: str) -> set[str]:
         """The names of the tables of ``family``."""
         rc, out, err = self._cmd({"nftables": [{"list": {"tables": {"family": family}}}]})

@@ -2,7 +2,8 @@
 
 Public, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
-node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``.
+node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``; ``/api/v1/exports``, ``/api/v1/imports`` and the admin
+``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exportsapi.
 Peering (authenticated by the token / channel keys inside the body, see
 gateway.peering): ``POST /api/v1/peering/join``, ``POST /api/v1/peering/message``.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
@@ -33,6 +34,7 @@ from starlette.routing import Route
 from fabric.nat import NatError
 from fabric.nat.trace import TraceError, parse_query
 from gateway import apimodels as m
+from gateway import exportsapi
 from gateway.apimodels import errors, ok
 from gateway.controlplane import ControlPlane
 from gateway.errors import GatewayError
@@ -49,6 +51,8 @@ class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ttl: str | float = Field(default="1h", description="lifetime: seconds or 90s/15m/1h/7d")
     reusable: bool = False
+    exports: list[str] | None = Field(default=None, description="export names the redeeming peer may reach "
+                                                                  "(default: every export)")
 
 
 class PeerAdd(BaseModel):
@@ -191,7 +195,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
             ttl = parse_duration(str(req.ttl))
         except ValueError as e:
             raise GatewayError(f"ttl: {e}", 422) from None
-        return cp.exchange.create_token(ttl, req.reusable)
+        return cp.exchange.create_token(ttl, req.reusable, req.exports)
 
     @app.get("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
               responses={**ok(list[m.TokenInfo]), **errors(401)})
@@ -227,6 +231,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     async def ranges_announce() -> dict[str, str]:
         return await cp.exchange.announce_ranges()
 
+    exportsapi.register(app, cp, admin, lambda: cp.export_sync)
     return app
 
 

@@ -70,6 +70,8 @@ class Status(BaseModel):
     peers: int
     peers_by_state: dict[str, int]
     reconcile: ReconcileStats
+    exposure: Literal["all", "exports"] = Field(
+        description="all: peers reach the whole pod and service ranges; exports: only what is exported to them")
 
 
 class PeerSummary(BaseModel):
@@ -98,6 +100,8 @@ class NatPeer(BaseModel):
     local: list[View]
     rules: list[dict[str, Any]] = Field(description="nftables rules with handles and counters")
     host_network: list[dict[str, Any]]
+    export_denied: dict[str, int] | None = Field(
+        default=None, description="with exports: packets and bytes from this peer the policy refused")
 
 
 class NatDrop(BaseModel):

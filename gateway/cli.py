@@ -25,7 +25,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway import clitable
+from gateway import clitable, exportscli
 
 # Only the stdlib at import time: operator commands start in a few tens of ms
 # (httpx/yaml/fastapi are imported where needed).
@@ -69,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
     tc = tok.add_parser("create", parents=[common], help="print a token another gateway uses to peer with us")
     tc.add_argument("--ttl", default="1h", help="lifetime (90s, 15m, 1h, 7d; default 1h)")
     tc.add_argument("--reusable", action="store_true", help="allow more than one peer to use it")
+    tc.add_argument("--exports", help="export names the redeeming peer may reach, comma separated "
+                                      "(default: every export)")
 
     tok.add_parser("list", parents=[common], help="tokens this gateway issued (no secrets)")
     trv = tok.add_parser("revoke", parents=[common], help="make an unused token worthless")
@@ -84,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
     peer.add_parser("list", parents=[common], help="list peers")
     pr = peer.add_parser("remove", parents=[common], help="remove a peer (both sides)")
     pr.add_argument("cluster_id")
+    exportscli.add_parsers(sub, peer, common)
 
     key = sub.add_parser("key", help="WireGuard key").add_subparsers(dest="sub", required=True)
     key.add_parser("rotate", parents=[common], help="new WireGuard key, announced to every peer first")
@@ -303,7 +306,8 @@ def dispatch(args: argparse.Namespace) -> int:
     out: Any
     if key == ("token", "create"):
         out = call(args, "POST", "/api/v1/tokens", admin=True,
-                   body={"ttl": args.ttl, "reusable": args.reusable})
+                   body={"ttl": args.ttl, "reusable": args.reusable,
+                         **({"exports": exportscli.names_arg(args.exports)} if args.exports is not None else {})})
         if args.json:
             print(json.dumps(out))
         else:
@@ -388,6 +392,9 @@ def dispatch(args: argparse.Namespace) -> int:
         else:
             _print(clitable.ipam(out, color=_color()))
         return 0
+    done = exportscli.dispatch(args, call)
+    if done is not None:
+        return done
     raise CliError(f"unknown command {args.cmd}")
 
 

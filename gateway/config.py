@@ -40,6 +40,7 @@ from typing import Any, Literal, cast
 from fabric.endpoints import EndpointError
 from fabric.endpoints import parse as endpoint_syntax
 from fabric.model import MTU_MAX, MTU_MIN
+from gateway.exports import Export, ExportsError, parse_exports
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
@@ -92,6 +93,8 @@ class Config:
     # for IPv6 views (gateway_ip stays the IPv4 one).
     gateway_ip6: str | None = None
     nft_table: str = "crosswire"
+    # None: peers reach the whole pod and service ranges; else only these (gateway.exports).
+    exports: tuple[Export, ...] | None = None
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -253,7 +256,8 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 
 
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
-             "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table"}
+             "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table",
+             "exports"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
 _API_KEYS = {"listen", "advertise", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
@@ -396,6 +400,10 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
     table = raw.get("nft_table", "crosswire")
     if not isinstance(table, str) or not re.match(r"^[A-Za-z0-9_-]{1,64}$", table):
         raise ConfigError(f"nft_table: {table!r} is not a valid nftables table name")
+    try:
+        exports = None if raw.get("exports") is None else parse_exports(raw["exports"], pod + svc)
+    except ExportsError as e:
+        raise ConfigError(str(e)) from None
 
     return Config(
         cluster_id=cluster_id,
@@ -415,6 +423,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         gateway_ip=gateway_ip,
         gateway_ip6=gateway_ip6,
         nft_table=table,
+        exports=exports,
     )
 
 

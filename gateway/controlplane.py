@@ -20,6 +20,9 @@ from gateway import forwarding as forwarding_mod
 from gateway.channel import HttpFactory, PeerChannel, default_http
 from gateway.config import Config
 from gateway.exchange import Exchange
+from gateway.exports import Resolver
+from gateway.exportstate import ExportState
+from gateway.exportsync import ExportSync
 from gateway.health import HealthTracker
 from gateway.ipam_adapter import Views
 from gateway.readmodel import ReadModel
@@ -35,22 +38,25 @@ class ControlPlane:
     reconciler: Reconciler
     exchange: Exchange
     read: ReadModel
+    export_sync: ExportSync | None = None  # tells peers our exports (the daemon runs it)
 
     @classmethod
     def build(cls, config: Config, store: StateStore, views: Views, dataplane: DataplaneDriver, *,
               clock: Callable[[], float] = time.time, http: HttpFactory = default_http,
               health: HealthTracker | None = None, gateway_ip: str | None = None,
               gateway_ip6: str | None = None, forwarding: tuple[str, ...] = (),
-              sysctl_root: Path = forwarding_mod.PROC_SYS) -> ControlPlane:
+              sysctl_root: Path = forwarding_mod.PROC_SYS, resolver: Resolver | None = None) -> ControlPlane:
         health = health or HealthTracker()
         gateway_ip6 = config.gateway_ip6 if gateway_ip6 is None else gateway_ip6
+        exports = ExportState(config, store, resolver or Resolver())
         reconciler = Reconciler(config=config, store=store, views=views, dataplane=dataplane, clock=clock,
                                 health=health, gateway_ip=config.gateway_ip if gateway_ip is None else gateway_ip,
-                                gateway_ip6=gateway_ip6, forwarding=forwarding, sysctl_root=sysctl_root)
+                                gateway_ip6=gateway_ip6, forwarding=forwarding, sysctl_root=sysctl_root,
+                                exports=exports)
         read = ReadModel(config=config, store=store, views=views, reconciler=reconciler, health=health,
                          clock=clock, gateway_ip6=gateway_ip6)
         channel = PeerChannel(config.cluster_id, clock, http)
         exchange = Exchange(config=config, store=store, views=views, reconciler=reconciler,
                             channel=channel, clock=clock)
         return cls(config=config, store=store, views=views, reconciler=reconciler, exchange=exchange,
-                   read=read)
+                   read=read, export_sync=ExportSync(exchange))

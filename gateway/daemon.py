@@ -182,6 +182,8 @@ async def serve(config: Config) -> int:
         log.error("initial reconcile failed (will retry): %s", rec.stats.last_error)
     tasks = [loop.create_task(rec.run(stop)), loop.create_task(prober.run()),
              loop.create_task(announce(cp.exchange, stop))]
+    if cp.export_sync is not None and config.exports is not None:
+        tasks.append(loop.create_task(cp.export_sync.run(stop)))  # peers learn what we export to them
     try:
         await server.serve(sockets=[listener])
     finally:

@@ -21,6 +21,8 @@ from gateway import peering
 from gateway.channel import PeerChannel
 from gateway.config import Config
 from gateway.errors import GatewayError
+from gateway.exports import ExportsError, parse_names
+from gateway.imports import parse_body as parse_exports_body
 from gateway.ipam_adapter import Views, ViewsError, ordered
 from gateway.peering import PeeringError, views_body
 from gateway.readmodel import peer_summary
@@ -63,7 +65,8 @@ class Exchange:
 
     # --- tokens -----------------------------------------------------------------------------
 
-    def create_token(self, ttl: float, reusable: bool) -> dict[str, Any]:
+    def create_token(self, ttl: float, reusable: bool, exports: list[str] | None = None) -> dict[str, Any]:
+        names = None if exports is None else self.export_names(exports)
         problem = self.config.advertise_problem()
         if problem is not None:
             # A token whose URL leads nowhere fails only later, in the other cluster.
@@ -73,6 +76,8 @@ class Exchange:
                         ttl=ttl, now=now)
         self.store.add_token(TokenRecord(token_id=tok.token_id, verifier=tok.verifier, created=now,
                                          expires=tok.expires, reusable=reusable))
+        if names is not None and self.reconciler.exports is not None:
+            self.reconciler.exports.set_token_names(tok.token_id, names)
         log.info("token %s created (expires in %.0fs, reusable=%s)", tok.token_id, ttl, reusable)
         return {"token": tok.encode(), "token_id": tok.token_id, "expires": tok.expires,
                 "reusable": reusable, "url": tok.url}
@@ -138,6 +143,8 @@ class Exchange:
                     cluster_id=other.cluster_id, public_key=other.public_key, endpoint=other.endpoint,
                     url=other.url, gateway_ip=other.gateway_ip, ranges=other.ranges, their_views=None,
                     channel_key=keys.channel_key, psk=keys.psk, created=now))
+                if self.reconciler.exports is not None:  # the token's share of our exports
+                    self.reconciler.exports.grant_from_token(db, token_id, other.cluster_id)
         except BaseException:
             if allocated and existing is None:
                 self.views.release(other.cluster_id)
@@ -263,6 +270,10 @@ class Exchange:
             self.store.update_peer(sender, endpoint=endpoint, url=url.rstrip("/"))
         elif msg.type == "remove":
             self.forget(sender)
+        elif msg.type == "exports" and self.reconciler.exports is not None:
+            # What the sender shares with us (real addresses, inside its ranges).
+            body = parse_exports_body(msg.body.get("exports"), peer.ranges)
+            self.reconciler.exports.set_imports(sender, body, now)
         # Acknowledge what is programmed, not just stored: the sender reports a change
         # our data plane has not taken yet as pending (the reconcile loop retries it).
         applied = await self.reconciler.reconcile()
@@ -276,8 +287,34 @@ class Exchange:
         """Drop a peer and release our views of it (no message, no reconcile)."""
         self.store.delete_peer(cluster_id)
         self.views.release(cluster_id)
+        if self.reconciler.exports is not None:
+            self.reconciler.exports.forget(cluster_id)
 
     # --- admin operations -------------------------------------------------------------------
+
+    def export_names(self, names: list[str]) -> tuple[str, ...]:
+        """Names of our exports (a token's or a peer's share), checked against the config."""
+        if self.config.exports is None:
+            raise GatewayError("exports: this gateway has no exports configured (it shares all of its "
+                               "ranges with every peer)", 409)
+        try:
+            return parse_names(names, self.config.exports)
+        except ExportsError as e:
+            raise GatewayError(str(e), 400) from None
+
+    async def set_peer_exports(self, cluster_id: str, names: list[str] | None) -> dict[str, Any]:
+        """Change what one peer may reach (None: every export); only its part of the policy changes."""
+        checked = None if names is None else self.export_names(names)
+        if names is None and self.config.exports is None:
+            self.export_names([])  # refuses with the reason
+        if self.store.peer(cluster_id) is None:
+            raise GatewayError(f"no peer {cluster_id!r}", 404)
+        assert self.reconciler.exports is not None
+        self.reconciler.exports.set_grant(cluster_id, checked)
+        applied = await self.reconciler.reconcile()
+        log.info("peer %s: exports set to %s", cluster_id, "all" if checked is None else ",".join(checked))
+        return {"cluster_id": cluster_id, "exports": [e.name for e in self.reconciler.exports.shared_with(cluster_id)],
+                "all": checked is None, "applied": applied}
 
     async def remove_peer(self, cluster_id: str) -> dict[str, Any]:
         peer = self.store.peer(cluster_id)

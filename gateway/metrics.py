@@ -81,6 +81,12 @@ def render_metrics(read: ReadModel) -> str:
              "Connections through the NAT rules of each peer, per chain (the NAT chains see each one's first packet).")
     for peer, chain, _, _, cn in per:
         o.sample("crosswire_nat_connections_total", cn, peer=peer, chain=chain)
+    o.family("crosswire_export_denied_packets_total", "counter",
+             "Packets from each peer that the export policy refused (only with exports configured).")
+    for m in nat:
+        if m.get("export_denied") is not None:
+            o.sample("crosswire_export_denied_packets_total", int(m["export_denied"].get("packets", 0)),
+                     peer=str(m.get("cluster_id") or ""))
     st = read.reconciler.stats
     o.family("crosswire_reconcile_runs_total", "counter", "Reconcile passes.")
     o.sample("crosswire_reconcile_runs_total", st.runs)

@@ -18,8 +18,10 @@ from typing import Any
 from fabric.model import RangeMap
 from fabric.nat.trace import Query
 from fabric.nat.trace import trace as nat_trace
+from gateway import exportsread
 from gateway.config import Config
 from gateway.health import HealthTracker
+from gateway.imports import ImportedService
 from gateway.ipam_adapter import Views, ordered
 from gateway.peering import views_body
 from gateway.reconciler import Reconciler, translate
@@ -124,6 +126,7 @@ class ReadModel:
             "pod_cidrs": list(c.pod_cidrs), "service_cidrs": list(c.service_cidrs),
             "ready": ready, "ready_reason": why, "uptime_s": round(self.clock() - self.started, 3),
             "peers": len(peers), "peers_by_state": by_state,
+            "exposure": exportsread.exposure(self),  # all: whole ranges; exports: only what is exported
             "reconcile": {"runs": st.runs, "errors": st.errors,
                           "dataplane_restarts": st.restarts, "last_error": st.last_error,
                           "last_ok": st.last_ok},
@@ -134,6 +137,15 @@ class ReadModel:
 
     def nat_drops(self) -> list[dict[str, Any]]:
         return self.reconciler.dataplane.nat_drops()
+    def exports(self) -> dict[str, Any]:
+        return exportsread.exports(self)
+
+    def imports(self) -> dict[str, Any]:
+        return exportsread.imports(self)
+
+    def imported_services(self) -> tuple[ImportedService, ...]:
+        """What peers export to us, our view addresses: the snapshot DNS answers from."""
+        return exportsread.imported_services(self)
 
     def ipam(self) -> dict[str, Any]:
         return self.views.snapshot()

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap, map_into
 from gateway import forwarding as forwarding_mod
@@ -34,6 +34,9 @@ from gateway.exitwatch import ExitWatch
 from gateway.health import HealthTracker
 from gateway.ipam_adapter import Views, ordered
 from gateway.state import StateStore
+
+if TYPE_CHECKING:
+    from gateway.exportstate import ExportState
 
 log = logging.getLogger("crosswire.gateway")
 
@@ -94,6 +97,8 @@ class Reconciler:
     sysctl_root: Path = forwarding_mod.PROC_SYS
     stats: ReconcileStats = field(default_factory=ReconcileStats)
     applied: FabricState | None = None
+    # What each peer may reach (gateway.exportstate); None, or no ``exports`` configured: everything.
+    exports: ExportState | None = None
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -118,7 +123,8 @@ class Reconciler:
                 cluster_id=p.cluster_id, public_key=p.public_key, endpoint=p.endpoint,
                 preshared_key=p.psk_b64, remote=tuple(ours), local=tuple(p.their_views),
                 probe_ip=translate(p.gateway_ip, ours)))
-        return FabricState(local=local, peers=tuple(peers))
+        policy = self.exports.policy(peers) if self.exports is not None else None
+        return FabricState(local=local, peers=tuple(peers), exports=policy)
 
     def probe_targets(self, state: FabricState | None = None) -> dict[str, str]:
         st = state or self.desired()

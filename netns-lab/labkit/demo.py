@@ -5,7 +5,10 @@ IPAM with a pool of its own), peers it with the operator CLI, then from lab's
 pods curls a gpu pod and the gpu service through lab's views, and checks that
 the right pod answered and that it saw the client as gpu's view of lab. It
 shows that first request in both clusters' numbers and the gateway's own
-``crosswire trace`` of it, which must predict what the server saw. Exit 0
+``crosswire trace`` of it, which must predict what the server saw. gpu
+exports only its web service and that one pod (the default topology's
+``exports``), so a curl of another gpu pod must be refused by gpu's gateway
+and counted on lab's denied counter. Exit 0
 only if all of it held.
 """
 
@@ -16,7 +19,7 @@ import json
 import time
 from typing import Any
 
-from . import ops
+from . import exportcheck, ops
 from .lab import Lab, LabError, teardown
 from .probe import eventually_json
 from .topology import POD_PORT, Pod, default_topology
@@ -67,7 +70,8 @@ def _peer_and_check(lab: Lab) -> bool:
         _say(f"   {cid} sees {other} as: {views}")
 
     checks: list[tuple[str, bool]] = []
-    # 1: lab pod on the non-gateway node -> gpu pod on gpu's non-gateway node.
+    # 1: lab pod on the non-gateway node -> gpu pod on gpu's non-gateway node; with gpu's
+    # exports (the default topology) it must be refused and counted instead.
     client, target = labc.pods[-1], gpu.pods[-1]
     dst = ops.view_of(lab, "lab", "gpu", target.ip)
     want_client = ops.view_of(lab, "gpu", "lab", client.ip)
@@ -75,6 +79,8 @@ def _peer_and_check(lab: Lab) -> bool:
                         want_client, f"pod {target.name} ({target.ip})"))
     _show_translation(lab, client, target)
     checks.append(_trace_request(lab, client.ip, dst, POD_PORT, want_client, target.ip))
+    if gpu.spec.exports is not None:
+        checks.append(exportcheck.demo_refusal(lab, _say, target=gpu.pods[1].name))
     # 2: lab pod -> gpu's service (gpu's kube-proxy stand-in picks a pod).
     client, svc = labc.pods[0], gpu.spec.services[0]
     dst = ops.view_of(lab, "lab", "gpu", svc.ip)
@@ -112,6 +118,9 @@ def _nat_table(doc: Any) -> str:
         if not isinstance(p, dict):
             continue
         lines.append(f"   peer {p.get('cluster_id')}:")
+        if isinstance(p.get("export_denied"), dict):
+            lines.append(f"     {'exports':<12} {p['export_denied'].get('packets', 0):>6} pkts "
+                         f"{p['export_denied'].get('bytes', 0):>9} B  refused: not exported to {p.get('cluster_id')}")
         for r in p.get("rules", []):
             lines.append(f"     {r.get('chain', ''):<12} {r.get('packets', 0):>6} pkts "
                          f"{r.get('bytes', 0):>9} B  {r.get('comment', '')}")

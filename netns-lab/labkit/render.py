@@ -93,4 +93,6 @@ def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, An
         if spec.node_cidr6:
             cfg["reserved_cidrs"].append(spec.node_cidr6)
         cfg["gateway_ip6"] = c.gateway.ip6
+    if spec.exports is not None:
+        cfg["exports"] = [dict(e) for e in spec.exports]
     return cfg

@@ -27,6 +27,13 @@ YAML (every key optional; defaults give the two-cluster demo)::
         pod_cidr6: fd00::/48
         service_cidr6: fd00:96::/112
         node_cidr6: fd00:192:168:10::/64   # the default when pod_cidr6 is set
+        exports: [{name: web.default, ports: [80/tcp]}]   # the gateway's ``exports``
+                                      # (absent: share everything); a lab service's
+                                      # name without addresses gets its fixed IP
+
+The default topology (``lab up`` without a file, ``lab demo``) has gpu export
+its ``web`` service on 80/tcp and one pod (``trainer.ml``, p3 on 8080/tcp);
+``parse(None)`` is the same two clusters sharing everything.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ class ClusterSpec:
     pod_cidr6: str | None = None  # dual stack (see the module docstring)
     service_cidr6: str | None = None
     node_cidr6: str | None = None
+    exports: tuple[dict[str, Any], ...] | None = None  # the gateway's exports (None: share everything)
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,12 @@ DEFAULT_CLUSTERS: tuple[dict[str, Any], ...] = ({"id": "gpu", "ipam_pools": ["10
 
 
 def default_topology() -> Topology:
-    return parse({"clusters": [dict(c) for c in DEFAULT_CLUSTERS]})
+    # gpu exports its web service and one pod (p3, node 2's first pod, which the
+    # demo calls and traces); the demo shows another gpu pod refused.
+    gpu_exports = [{"name": "web.default", "ports": ["80/tcp"]},
+                   {"name": "trainer.ml", "addresses": ["10.244.1.10"], "ports": [f"{POD_PORT}/tcp"]}]
+    clusters = [dict(c, exports=gpu_exports) if c["id"] == "gpu" else dict(c) for c in DEFAULT_CLUSTERS]
+    return parse({"clusters": clusters})
 
 
 def _net(v: Any, what: str) -> ipaddress.IPv4Network:
@@ -233,7 +246,7 @@ def _v6_ranges(cid: str, d: dict[str, Any], nodes: int) -> tuple[
 
 def parse(data: Any) -> Topology:
     if data is None:
-        return default_topology()
+        data = {}
     if not isinstance(data, dict):
         raise TopologyError("topology must be a mapping")
     unknown = set(data) - {"clusters", "internet"}
@@ -255,7 +268,8 @@ def parse(data: Any) -> Topology:
 
 _CLUSTER_KEYS = {"id", "pod_cidr", "service_cidr", "node_cidr", "nodes", "pods_per_node",
                  "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "wireguard",
-                 "pod_cidr6", "service_cidr6", "node_cidr6"}
+                 "pod_cidr6", "service_cidr6", "node_cidr6",
+                 "exports"}
 DEFAULT_NODE_CIDR6 = "fd00:192:168:10::/64"
 WG_IMPLEMENTATIONS = ("userspace", "wireguard-go")
 
@@ -319,13 +333,30 @@ def _cluster(d: Any) -> ClusterSpec:
     wg = d.get("wireguard", "userspace")
     if wg not in WG_IMPLEMENTATIONS:
         raise TopologyError(f"{cid}.wireguard: one of {', '.join(WG_IMPLEMENTATIONS)}")
-    return ClusterSpec(id=cid, wireguard=wg, pod_cidr=str(pod), service_cidr=str(svc), node_cidr=str(node),
+    exports = _exports(cid, d.get("exports"), services)
+    return ClusterSpec(id=cid, wireguard=wg, exports=exports, pod_cidr=str(pod), service_cidr=str(svc), node_cidr=str(node),
                        nodes=nodes, pods_per_node=tuple(ppn), services=tuple(services),
                        gateway_ip=gw, masquerade=bool(d.get("masquerade", False)),
                        cilium_check=bool(d.get("cilium_check", False)),
                        ipam_pools=tuple(str(p) for p in pools),
                        pod_cidr6=str(pod6) if pod6 else None, service_cidr6=str(svc6) if svc6 else None,
                        node_cidr6=str(node6) if node6 else None)
+
+
+def _exports(cid: str, raw: Any, services: list[Service]) -> tuple[dict[str, Any], ...] | None:
+    """The cluster's exports as its gateway config gets them (the gateway checks them).
+
+    The lab has no cluster DNS: an export named after one of its services
+    (``web.default``) without ``addresses`` gets that service's fixed IP, what
+    ``web.default.svc.cluster.local`` would resolve to.
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in raw):
+        raise TopologyError(f"{cid}.exports: a list of {{name, ports, addresses}}")
+    ips = {f"{s.name}.default": s.ip for s in services}
+    return tuple({**e, "addresses": [ips[e["name"]]]} if "addresses" not in e and e["name"] in ips else dict(e)
+                 for e in raw)
 
 
 def node_subnet(pod: ipaddress.IPv4Network, k: int) -> ipaddress.IPv4Network:

@@ -26,9 +26,15 @@ def test_default_is_two_identical_clusters() -> None:
     assert not set(ns) & set(plan("other", default_topology()).namespaces())
     assert p.ns_of("lab", "p3") == "cwlab-lab-p3" and p.ns_of("gpu", "gw") == "cwlab-gpu-gw"
     # Each IPAM has a pool of its own, so the two sides name each other with different
-    # numbers (the demo shows the translation); a topology without clusters is the default.
+    # numbers (the demo shows the translation); a topology without clusters is the same
+    # two clusters sharing everything, the default one adds gpu's exports.
     assert [c.spec.ipam_pools for c in p.clusters] == [("100.96.0.0/11",), ("100.64.0.0/11",)]
-    assert parse({}) == default_topology() == parse(None)
+    assert parse({}) == parse(None)
+    assert [c.exports is None for c in parse(None).clusters] == [True, True]
+    gpu_exports = default_topology().clusters[0].exports
+    assert gpu_exports is not None and [e["name"] for e in gpu_exports] == ["web.default", "trainer.ml"]
+    # trainer.ml is pod p3, the one the demo calls and traces.
+    assert gpu_exports[1]["addresses"] == [dict((q.name, q.ip) for q in p.cluster("gpu").pods)["p3"]]
     same = parse({"clusters": [{"id": "gpu"}, {"id": "lab"}]})
     assert [c.ipam_pools for c in same.clusters] == [(), ()]  # tests/lab's SAME_NUMBERS case
 

@@ -23,6 +23,7 @@ Environment overrides (applied over the file; lists are comma separated):
 ``CROSSWIRE_GATEWAY_IP6``          ``gateway_ip6``
 ``CROSSWIRE_POD_IP6``              ``gateway_ip6`` (downward API ``status.podIPs``; wins)
 ``CROSSWIRE_HEALTH_PORT``          ``health.port``
+``CROSSWIRE_DNS_<KEY>``            ``dns.<key>`` (cluster_domain, zone, listen; gateway/dns/config.py)
 =================================  ==========================
 """
 
@@ -40,6 +41,8 @@ from typing import Any, Literal, cast
 from fabric.endpoints import EndpointError
 from fabric.endpoints import parse as endpoint_syntax
 from fabric.model import MTU_MAX, MTU_MIN
+from gateway.dns import config as dns_config
+from gateway.dns.config import DnsConfig
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
@@ -92,6 +95,7 @@ class Config:
     # for IPv6 views (gateway_ip stays the IPv4 one).
     gateway_ip6: str | None = None
     nft_table: str = "crosswire"
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -253,7 +257,7 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 
 
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
-             "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table"}
+             "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table", "dns"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
 _API_KEYS = {"listen", "advertise", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
@@ -396,6 +400,10 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
     table = raw.get("nft_table", "crosswire")
     if not isinstance(table, str) or not re.match(r"^[A-Za-z0-9_-]{1,64}$", table):
         raise ConfigError(f"nft_table: {table!r} is not a valid nftables table name")
+    try:
+        dns = dns_config.parse(raw.get("dns"), os.environ if env is None else env)
+    except dns_config.DnsConfigError as e:
+        raise ConfigError(str(e)) from None
 
     return Config(
         cluster_id=cluster_id,
@@ -415,6 +423,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         gateway_ip=gateway_ip,
         gateway_ip6=gateway_ip6,
         nft_table=table,
+        dns=dns,
     )
 
 

@@ -7,7 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 pkgs=(iproute2 nftables libnftables1 wireguard-tools wireguard-go iperf3 iputils-ping
-      conntrack curl procps python3 python3-venv kmod)
+      conntrack curl procps python3 python3-venv kmod
+      dnsmasq-base dnsutils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

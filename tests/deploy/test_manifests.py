@@ -133,7 +133,10 @@ def test_service_exposes_wireguard_and_peering(rendered: Rendered, name: str) ->
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     ports = {p["name"]: p for p in svc["spec"]["ports"]}
     assert (ports["wireguard"]["protocol"], ports["api"]["protocol"]) == ("UDP", "TCP")
-    assert {p["targetPort"] for p in ports.values()} == {p["name"] for p in container(dep, "gateway")["ports"]}
+    # Every container port is some Service's target (DNS: the ClusterIP Service crosswire-dns).
+    dns_targets = {p["targetPort"] for p in find(res, "Service", "crosswire-dns")["spec"]["ports"]}
+    assert {p["targetPort"] for p in ports.values()} | dns_targets == \
+        {p["name"] for p in container(dep, "gateway")["ports"]}
     kind = svc["spec"]["type"]
     assert kind in ("LoadBalancer", "NodePort")
     # What peers are told to dial (config) is what the Service opens.

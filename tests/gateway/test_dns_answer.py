@@ -268,3 +268,23 @@ def test_any_name_gets_a_wellformed_answer(labels: list[str], rdtype: str) -> No
     out = Answerer(ZONE).answer(q.to_wire(), SNAP)
     assert out.response is not None and not out.malformed
     assert dns.message.from_wire(out.response).rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+
+
+def test_counters_and_their_metric_lines() -> None:
+    from gateway.dns.stats import DnsStats, metric_lines
+
+    s, a = DnsStats(), Answerer(ZONE)
+    for wire in (dns.message.make_query("web.default.svc.clusterset.local", "A").to_wire(),
+                 dns.message.make_query("example.com", "A").to_wire(), b"\x00\x01", b"\x00" * 12):
+        s.count("udp", a.answer(wire, SNAP))
+    s.count("tcp", a.answer(dns.message.make_query("db.default.svc.clusterset.local", "A").to_wire(), SNAP))
+    lines = metric_lines(s)
+    for want in ('crosswire_dns_queries_total{transport="udp"} 4',
+                 'crosswire_dns_queries_total{transport="tcp"} 1',
+                 'crosswire_dns_answers_total{rcode="FORMERR"} 1',  # the empty header: no question
+                 'crosswire_dns_answers_total{rcode="NOERROR"} 1',
+                 'crosswire_dns_answers_total{rcode="NXDOMAIN"} 1',
+                 'crosswire_dns_answers_total{rcode="REFUSED"} 1',
+                 "crosswire_dns_malformed_total 2",  # the short one (dropped) and the empty header
+                 "# TYPE crosswire_dns_tcp_connections gauge"):
+        assert want in lines, (want, lines)

@@ -40,8 +40,10 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
  && pip uninstall --yes --no-cache-dir setuptools wheel pip
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# WireGuard (UDP) and the HTTP API / peering port (TCP): config defaults.
-EXPOSE 51820/udp 8080/tcp
+# WireGuard (UDP) and the HTTP API / peering port (TCP): config defaults; DNS
+# for imported services on the manifests' dns.listen (10053: no
+# CAP_NET_BIND_SERVICE in the container for the default 53).
+EXPOSE 51820/udp 8080/tcp 10053/udp 10053/tcp
 # state_dir (keys, IPAM, peers): keep it on a volume or the cluster's identity
 # is lost with the container.
 VOLUME ["/var/lib/crosswire"]

@@ -23,6 +23,7 @@ Environment overrides (applied over the file; lists are comma separated):
 ``CROSSWIRE_GATEWAY_IP6``          ``gateway_ip6``
 ``CROSSWIRE_POD_IP6``              ``gateway_ip6`` (downward API ``status.podIPs``; wins)
 ``CROSSWIRE_HEALTH_PORT``          ``health.port``
+``CROSSWIRE_DNS_<KEY>``            ``dns.<key>`` (cluster_domain, zone, listen; gateway/dns/config.py)
 =================================  ==========================
 """
 
@@ -41,6 +42,8 @@ from fabric.endpoints import EndpointError
 from fabric.endpoints import parse as endpoint_syntax
 from fabric.model import MTU_MAX, MTU_MIN
 from gateway.exports import Export, ExportsError, parse_exports
+from gateway.dns import config as dns_config
+from gateway.dns.config import DnsConfig
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
@@ -95,6 +98,7 @@ class Config:
     nft_table: str = "crosswire"
     # None: peers reach the whole pod and service ranges; else only these (gateway.exports).
     exports: tuple[Export, ...] | None = None
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -257,7 +261,7 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
              "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table",
-             "exports"}
+             "exports", "dns"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
 _API_KEYS = {"listen", "advertise", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
@@ -404,6 +408,10 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         exports = None if raw.get("exports") is None else parse_exports(raw["exports"], pod + svc)
     except ExportsError as e:
         raise ConfigError(str(e)) from None
+    try:
+        dns = dns_config.parse(raw.get("dns"), os.environ if env is None else env)
+    except dns_config.DnsConfigError as e:
+        raise ConfigError(str(e)) from None
 
     return Config(
         cluster_id=cluster_id,
@@ -424,6 +432,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         gateway_ip6=gateway_ip6,
         nft_table=table,
         exports=exports,
+        dns=dns,
     )
 
 

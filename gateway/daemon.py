@@ -27,6 +27,8 @@ from gateway import forwarding, statedir
 from gateway.api import create_app
 from gateway.config import Config, detect_gateway_ip
 from gateway.controlplane import ControlPlane
+from gateway.dns.records import imports_snapshot
+from gateway.dns.server import bind_from_config as bind_dns
 from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
 from gateway.httpserver import listen, make_server, raise_fd_limit
@@ -154,6 +156,12 @@ async def serve(config: Config) -> int:
     except OSError as e:
         cp.store.close()
         raise StartupError(f"api.listen: cannot listen on {config.api.listen}: {e.strerror or e}") from None
+    try:  # DNS for imported services (dns.listen; "" disables): bound here for the same reason
+        dns = bind_dns(config.dns.listen_host_port, config.dns.zone, lambda: imports_snapshot(cp))
+    except OSError as e:
+        listener.close()
+        cp.store.close()
+        raise StartupError(f"dns.listen: cannot listen on {config.dns.listen}: {e.strerror or e}") from None
     # Before anything routes: a gateway that cannot forward drops every packet.
     forwarding.enable(forwarding.wanted(config))
     rec = cp.reconciler
@@ -165,6 +173,8 @@ async def serve(config: Config) -> int:
         await echo.start()
     except OSError as e:
         log.warning("health echo responder on UDP %d: %s", config.health.port, e)
+    if dns is not None:
+        await dns.start()
     loop = asyncio.get_running_loop()
     prober = Prober(rec.health, config.health.port, rec.gateway_ip, time.time)
     stop = asyncio.Event()
@@ -197,6 +207,8 @@ async def serve(config: Config) -> int:
             await cp.exchange.channel.aclose()
         prober.close()
         echo.close()
+        if dns is not None:
+            await dns.aclose()
         if isinstance(cp.views, IpamViews):
             cp.views.close()
         cp.store.close()

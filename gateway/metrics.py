@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gateway.dns.stats import metric_lines as dns_metric_lines
+
 if TYPE_CHECKING:
     from gateway.readmodel import ReadModel
 
@@ -97,4 +99,5 @@ def render_metrics(read: ReadModel) -> str:
     ready, _ = read.reconciler.ready()
     o.family("crosswire_ready", "gauge", "1 when WireGuard, routes and NAT match the state.")
     o.sample("crosswire_ready", int(ready))
+    o.lines += dns_metric_lines()
     return "\n".join(o.lines) + "\n"

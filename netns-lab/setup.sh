@@ -2,12 +2,15 @@
 # One-time set-up shared by the test command and the lab: system packages from
 # Debian (only the missing ones, without recommends: wireguard-tools would pull a
 # kernel image) and a project venv in .venv with the test extra installed.
+# dnsmasq-base is dnsmasq without its system service (the `dnsmasq` package
+# would start a resolver on the host): the lab runs it in its own namespaces.
 # Idempotent; safe to run on every invocation.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 pkgs=(iproute2 nftables libnftables1 wireguard-tools wireguard-go iperf3 iputils-ping
       conntrack curl procps python3 python3-venv kmod
+      dnsmasq-base dnsutils  # the lab's cluster resolvers; dig for the DNS tests
       chromium chromium-driver)  # the operator page's browser test (tests/gateway/test_page_browser.py)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -87,6 +87,10 @@ def _peer_and_check(lab: Lab) -> bool:
     want_client = ops.view_of(lab, "gpu", "lab", client.ip)
     checks.append(_curl(lab, client.name, f"http://{dst}:{svc.port}/", "gpu/", want_client,
                         f"service {svc.name} ({svc.ip}:{svc.port})"))
+    # 3: the same service by name, once lab's gateway reports it as an import.
+    by_name = curl_by_name(lab)
+    if by_name is not None:
+        checks.append(by_name)
 
     for cid in ("lab", "gpu"):
         _say(f"== {cid}: GET /api/v1/nat")
@@ -94,6 +98,28 @@ def _peer_and_check(lab: Lab) -> bool:
     for name, passed in checks:
         _say(f"   [{'ok' if passed else 'FAIL'}] {name}")
     return all(p for _, p in checks)
+
+
+def curl_by_name(lab: Lab) -> tuple[str, bool] | None:
+    """lab pod -> ``http://web.default.svc.clusterset.local/``: gpu's exported ``web`` by name.
+
+    The pod's resolver is lab's cluster DNS (dnsmasq, labkit/clusterdns.py),
+    which forwards ``clusterset.local`` to lab's gateway; the gateway answers
+    with its view address of gpu's service. Skipped (None) while lab's gateway
+    reports no ``web.default`` import in ``GET /api/v1/imports``, so the demo
+    stays green on a gateway without exports.
+    """
+    try:
+        imports = ops.api(lab, "lab", "/api/v1/imports")
+    except (LabError, ValueError):
+        imports = None
+    if not imports or "web.default" not in json.dumps(imports):
+        _say("== (skipped) curl by name: lab's gateway reports no import web.default (GET /api/v1/imports)")
+        return None
+    client = lab.plan.cluster("lab").pods[0]
+    want_client = ops.view_of(lab, "gpu", "lab", client.ip)
+    return _curl(lab, client.name, "http://web.default.svc.clusterset.local/", "gpu/", want_client,
+                 "service web, by name")
 
 
 def _curl(lab: Lab, pod: str, url: str, want_pod: str, want_client: str, what: str) -> tuple[str, bool]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from . import dualstack, render
+from . import clusterdns, dualstack, render
 from .topology import POD_PORT, ClusterPlan, LabPlan, Topology, TopologyError, parse, plan
 
 STATE_ROOT = Path(os.environ.get("CROSSWIRE_LAB_STATE", "/run/crosswire-lab"))
@@ -105,11 +105,12 @@ class Lab:
         p = self.plan
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.dir, 0o700)
+        namespaces = p.namespaces() + clusterdns.namespaces(p)  # each cluster's DNS pod too
         st = {"name": self.name, "topology": topology_to_data(p.topology),
-              "namespaces": p.namespaces(), "processes": {},
+              "namespaces": namespaces, "processes": {},
               "wg_interfaces": [c.wg_interface for c in p.clusters], "started": time.time()}
         self._save(st)  # before creating anything: `down` must find half-built labs
-        for ns in p.namespaces():
+        for ns in namespaces:
             run("ip", "netns", "add", ns)
             run("ip", "link", "set", "lo", "up", ns=ns)
         self._bridge(p.internet_ns)
@@ -153,7 +154,7 @@ class Lab:
             for o in c.nodes:
                 if o is not n:
                     run("ip", "route", "add", o.pod_subnet, "via", o.underlay_ip, ns=n.ns)
-        for pod in [*c.pods, c.gateway]:
+        for pod in [*c.pods, c.gateway, clusterdns.dns_pod(self.plan, c)]:
             node = c.node(pod.node)
             self._veth(node.ns, pod.host_if, pod.ns, "eth0")
             run("ip", "addr", "add", f"{node.pod_gw}/32", "dev", pod.host_if, ns=node.ns)
@@ -179,6 +180,7 @@ class Lab:
             run("nft", "-f", "-", ns=c.node(gw.node).ns, input=render.cilium_ruleset(c))
         for ns, cmd in dualstack.commands(c):  # the IPv6 side of a dual-stack cluster
             run(*cmd, ns=ns)
+        clusterdns.write_resolv_confs(self.plan, c)  # before any pod's process starts
 
     def gateway_config_path(self, c: ClusterPlan) -> Path:
         return self.dir / c.id / "gateway.yaml"
@@ -222,6 +224,7 @@ class Lab:
 
     def _start_cluster(self, c: ClusterPlan, st: dict[str, Any], gateways: bool) -> None:
         assert c.gateway is not None
+        self.spawn(st, f"{c.id}-dns", clusterdns.dns_pod(self.plan, c).ns, clusterdns.dnsmasq_command(self.plan, c))
         for pod in c.pods:
             self.spawn(st, f"{c.id}-{pod.name}", pod.ns,
                        [sys.executable, str(PODSERVER), "--name", f"{c.id}/{pod.name}",
@@ -315,6 +318,7 @@ def teardown(name: str) -> list[str]:
             if sock_re.match(sock.name):
                 sock.unlink(missing_ok=True)
                 removed.append(str(sock))
+    removed += clusterdns.remove_resolv_confs(name)
     if d.exists():
         shutil.rmtree(d, ignore_errors=True)
         removed.append(str(d))

@@ -85,6 +85,14 @@ def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: 
         assert code == 200, f"/readyz: {code} {body}\n--- gateway output:\n{kubelet.stop(proc)}"
         code, _ = kubelet.wait_http(node, base + gw["livenessProbe"]["httpGet"]["path"], 5, proc)
         assert code == 200
+        # The DNS listener (dns.listen, what the crosswire-dns Service targets) is up without
+        # CAP_NET_BIND_SERVICE and answers its zone from the node, UDP and TCP.
+        require_root("dig")
+        dns_port = next(p["containerPort"] for p in gw["ports"] if p["name"] == "dns")
+        for transport in ("+notcp", "+tcp"):
+            out = sh("dig", f"@{ip}", "-p", str(dns_port), "clusterset.local", "SOA", transport, "+tries=1",
+                     "+time=3", ns=node, check=False).stdout
+            assert "status: NOERROR" in out and "ns.clusterset.local." in out, out
 
         status = json.loads(sh("curl", "-sf", "-m", "3", base + "/api/v1/status", ns=node).stdout)
         assert status["cluster_id"] == "gpu"

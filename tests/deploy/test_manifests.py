@@ -133,7 +133,10 @@ def test_service_exposes_wireguard_and_peering(rendered: Rendered, name: str) ->
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     ports = {p["name"]: p for p in svc["spec"]["ports"]}
     assert (ports["wireguard"]["protocol"], ports["api"]["protocol"]) == ("UDP", "TCP")
-    assert {p["targetPort"] for p in ports.values()} == {p["name"] for p in container(dep, "gateway")["ports"]}
+    # Every container port is some Service's target (DNS: the ClusterIP Service crosswire-dns).
+    dns_targets = {p["targetPort"] for p in find(res, "Service", "crosswire-dns")["spec"]["ports"]}
+    assert {p["targetPort"] for p in ports.values()} | dns_targets == \
+        {p["name"] for p in container(dep, "gateway")["ports"]}
     kind = svc["spec"]["type"]
     assert kind in ("LoadBalancer", "NodePort")
     # What peers are told to dial (config) is what the Service opens.
@@ -148,8 +151,8 @@ def test_service_exposes_wireguard_and_peering(rendered: Rendered, name: str) ->
 
 
 def test_nodeport_switch(rendered: Rendered) -> None:
-    assert find(rendered["gpu"], "Service")["spec"]["type"] == "LoadBalancer"
-    svc = find(rendered["lab"], "Service")["spec"]
+    assert find(rendered["gpu"], "Service", "crosswire-gateway")["spec"]["type"] == "LoadBalancer"
+    svc = find(rendered["lab"], "Service", "crosswire-gateway")["spec"]
     assert svc["type"] == "NodePort"
     assert all(30000 <= p["nodePort"] <= 32767 for p in svc["ports"])
 
@@ -199,6 +202,6 @@ def test_overlays_set_the_image(rendered: Rendered, name: str) -> None:
 
 def test_gpu_load_balancer_admits_the_lab_cluster(rendered: Rendered) -> None:
     """gpu's loadBalancerSourceRanges let lab's nodes (where lab's traffic leaves) in."""
-    ranges = find(rendered["gpu"], "Service")["spec"]["loadBalancerSourceRanges"]
+    ranges = find(rendered["gpu"], "Service", "crosswire-gateway")["spec"]["loadBalancerSourceRanges"]
     lab_egress = ipaddress.ip_address(urlsplit(_load(rendered["lab"]).advertise_url()).hostname or "")
     assert any(lab_egress in ipaddress.ip_network(r) for r in ranges), (lab_egress, ranges)

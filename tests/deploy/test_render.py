@@ -25,8 +25,8 @@ def test_render_has_every_piece(rendered: dict[str, list[dict[str, Any]]], name:
     kinds = sorted((r["kind"], r["metadata"]["name"]) for r in rendered[name])
     names = [k for k, _ in kinds]
     assert names == sorted(["ConfigMap", "DaemonSet", "Deployment", "Namespace",
-                            "PersistentVolumeClaim", "Service", "ServiceAccount",
-                            "ServiceAccount"]), kinds
+                            "PersistentVolumeClaim", "Service", "Service", "ServiceAccount",
+                            "ServiceAccount"]), kinds  # Services: crosswire-gateway, crosswire-dns
     for r in rendered[name]:
         if r["kind"] != "Namespace":
             assert r["metadata"]["namespace"] == "crosswire", r["metadata"]

@@ -1,0 +1,1 @@
+"""DNS for imported services: ``<service>.<namespace>.svc.<dns.zone>`` (see DESIGN.md)."""

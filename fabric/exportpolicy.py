@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from fabric.exportmodel import Allowed, ExportPolicy, PeerExports
@@ -191,12 +192,33 @@ def _forward_rules(b: _Batch, wg: str) -> None:
                           {"payload": {"protocol": proto, "field": "daddr"}},
                           {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}
         b.rule([_meta("iifname", wg), {"match": {"op": "==", "left": key, "right": f"@allowed_v{v}"}},
-                {"accept": None}], f"from {wg} {proto}: what each peer was given")
+                {"accept": None}], allowed_comment(wg, proto))
     for v, proto in ((4, "ip"), (6, "ip6")):
         b.rule([_meta("iifname", wg), {"counter": {"map": {"key": {"payload": {"protocol": proto, "field": "saddr"}},
                                                            "data": f"@denied_v{v}"}}}],
                f"from {wg} {proto}: count the refusal per peer")
-    b.rule([_meta("iifname", wg), {"counter": None}, {"drop": None}], f"from {wg}: not exported to the sender: drop")
+    b.rule([_meta("iifname", wg), {"counter": None}, {"drop": None}], drop_comment(wg))
+
+
+def allowed_comment(wg: str, proto: str) -> str:
+    """The comment of the rule that passes what a peer was given (``proto``: ip or ip6)."""
+    return f"from {wg} {proto}: what each peer was given"
+
+
+def drop_comment(wg: str) -> str:
+    """The comment of the rule that drops everything else from the peers."""
+    return f"from {wg}: not exported to the sender: drop"
+
+
+def allows(allowed: Iterable[Allowed], dst: str, proto: str, dport: int | None) -> Allowed | None:
+    """The entry that lets a new connection to ``dst`` (``proto``, ``dport``) through, as the
+    ``allowed_v4``/``allowed_v6`` lookup decides it for a peer's share; None: refused."""
+    a = ipaddress.ip_address(dst)
+    for e in allowed:
+        net = ipaddress.ip_network(e.network)
+        if net.version == a.version and a in net and (e.proto is None or (e.proto == proto and e.port == dport)):
+            return e
+    return None
 
 
 def render_text(policy: ExportPolicy) -> str:

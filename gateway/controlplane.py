@@ -48,7 +48,7 @@ class ControlPlane:
               sysctl_root: Path = forwarding_mod.PROC_SYS, resolver: Resolver | None = None) -> ControlPlane:
         health = health or HealthTracker()
         gateway_ip6 = config.gateway_ip6 if gateway_ip6 is None else gateway_ip6
-        exports = ExportState(config, store, resolver or Resolver())
+        exports = ExportState(config, store, resolver or Resolver(cluster_domain=config.dns.cluster_domain))
         reconciler = Reconciler(config=config, store=store, views=views, dataplane=dataplane, clock=clock,
                                 health=health, gateway_ip=config.gateway_ip if gateway_ip is None else gateway_ip,
                                 gateway_ip6=gateway_ip6, forwarding=forwarding, sysctl_root=sysctl_root,

@@ -27,7 +27,7 @@ from gateway import forwarding, statedir
 from gateway.api import create_app
 from gateway.config import Config, detect_gateway_ip
 from gateway.controlplane import ControlPlane
-from gateway.dns.records import imports_snapshot
+from gateway.dns.records import ImportsSnapshot
 from gateway.dns.server import bind_from_config as bind_dns
 from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
@@ -157,7 +157,7 @@ async def serve(config: Config) -> int:
         cp.store.close()
         raise StartupError(f"api.listen: cannot listen on {config.api.listen}: {e.strerror or e}") from None
     try:  # DNS for imported services (dns.listen; "" disables): bound here for the same reason
-        dns = bind_dns(config.dns.listen_host_port, config.dns.zone, lambda: imports_snapshot(cp))
+        dns = bind_dns(config.dns.listen_host_port, config.dns.zone, ImportsSnapshot(cp.read.imported_services))
     except OSError as e:
         listener.close()
         cp.store.close()

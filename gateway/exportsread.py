@@ -8,16 +8,17 @@ addresses in our view of that peer and the DNS names it is found under.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from fabric.exportmodel import Allowed, ExportPolicy
+from fabric.exportpolicy import FORWARD, allowed_comment, allows, counter_name, drop_comment
+from fabric.nat.trace import EXPORT, ExportCheck, ExportPoint, Step
 from gateway.imports import ImportedService, imported
 from gateway.ipam_adapter import ordered
 
 if TYPE_CHECKING:
     from gateway.readmodel import ReadModel
-
-ZONE = "clusterset.local"
-
 
 def exposure(read: ReadModel) -> str:
     return "all" if read.config.exports is None else "exports"
@@ -57,9 +58,48 @@ def imports(read: ReadModel) -> dict[str, Any]:
     state = read.reconciler.exports
     received = {cid: t for cid, (_, t) in state.imports().items()} if state is not None else {}
     items = []
+    zone = read.config.dns.zone
     for s in imported_services(read):
-        everyone, own = s.dns_names(ZONE)
+        everyone, own = s.dns_names(zone)
         items.append({"peer": s.peer, "name": s.name, "ports": None if s.ports is None else list(s.ports),
                       "addresses": list(s.addresses), "dns_names": [everyone, own],
                       "received": received.get(s.peer)})
-    return {"zone": ZONE, "imports": items}
+    return {"zone": zone, "imports": items}
+
+
+def export_check(me: str, wg: str, policy: ExportPolicy | None,
+                 imports: Mapping[str, list[dict[str, Any]]]) -> ExportCheck:
+    """The trace's export verdict (fabric.nat.trace): on this gateway from the policy it
+    programs (``policy``), at a peer's gateway from what that peer told us it exports
+    to us (``imports``, real addresses in its terms). No step where everything is shared."""
+    shares = {p.cluster_id: p for p in policy.peers} if policy is not None else {}
+
+    def check(pt: ExportPoint) -> Step | None:
+        what = f"{pt.dst} {pt.proto}" + (f"/{pt.dport}" if pt.dport else "")
+        if pt.at == me:
+            share = shares.get(pt.peer)
+            if share is None:
+                return None
+            hit = allows(share.allowed, str(pt.dst), pt.proto, pt.dport)
+            table = policy.table if policy is not None else ""
+            if hit is not None:
+                given = hit.network + (f" {hit.port}/{hit.proto}" if hit.proto else " (every port)")
+                return Step(EXPORT, me, f"{what} is in what {pt.peer} was given ({given}): passes ({table})",
+                            "", "", chain=FORWARD, rule=f'"{allowed_comment(wg, "ip" if pt.dst.version == 4 else "ip6")}"',
+                            element=f"@allowed_v{pt.dst.version}")
+            return Step(EXPORT, me, f"{what} was not exported to {pt.peer}: dropped ({table})", "", "",
+                        chain=FORWARD, rule=f'"{drop_comment(wg)}"', counted=counter_name(pt.peer), drop=True)
+        body = imports.get(pt.at)  # at the peer's gateway (``at``), for us (``pt.peer``)
+        if body is None:
+            return None
+        for e in body:
+            ports = e.get("ports")
+            entries = [Allowed(a) for a in e["addresses"]] if ports is None else [
+                Allowed(a, str(p).split("/")[1], int(str(p).split("/")[0])) for a in e["addresses"] for p in ports]
+            if allows(entries, str(pt.dst), pt.proto, pt.dport) is not None:
+                return Step(EXPORT, pt.at, f"{what} is {pt.at}'s export {e['name']} to {me}: its policy passes it",
+                            "", "", chain=FORWARD)
+        return Step(EXPORT, pt.at, f"{what} is not among what {pt.at} exports to {me} "
+                    "(crosswire imports): its gateway drops it", "", "", chain=FORWARD, drop=True)
+
+    return check

@@ -42,7 +42,7 @@ class ImportedService:
         nets = [ipaddress.ip_network(a) for a in self.addresses]
         return tuple(str(n.network_address) for n in nets if n.prefixlen == n.max_prefixlen)
 
-    def dns_names(self, zone: str = "clusterset.local") -> tuple[str, str]:
+    def dns_names(self, zone: str) -> tuple[str, str]:
         """The name every offering peer answers for, and this peer's own."""
         return f"{self.name}.svc.{zone}", f"{self.peer}.{self.name}.svc.{zone}"
 

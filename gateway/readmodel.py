@@ -155,4 +155,9 @@ class ReadModel:
 
     def trace(self, query: Query) -> dict[str, Any]:
         """/api/v1/trace: the steps of ``query``'s packet through the desired state (what /api/v1/nat shows)."""
-        return nat_trace(self.reconciler.desired(), query).as_json()
+        state = self.reconciler.desired()
+        exports = self.reconciler.exports
+        check = None if exports is None else exportsread.export_check(
+            self.config.cluster_id, self.config.wireguard.interface, state.exports,
+            {cid: body for cid, (body, _) in exports.imports().items()})
+        return nat_trace(state, query, exports=check).as_json()

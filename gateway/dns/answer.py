@@ -79,9 +79,12 @@ def build_index(snapshot: Snapshot) -> Index:
         addrs: set[Address] = set()
         for a in s.addresses:
             try:
-                addrs.add(ipaddress.ip_address(a))
+                net = ipaddress.ip_network(a)  # "100.64.0.10" or "100.64.0.10/32"
             except ValueError:
                 idx.skipped += 1
+                continue
+            if net.prefixlen == net.max_prefixlen:  # a CIDR export (a /24) is no record
+                addrs.add(net.network_address)
         for owner in owners:
             found.setdefault(owner, set()).update(addrs)
             idx.names.update(owner[i:] for i in range(len(owner)))

@@ -1,38 +1,44 @@
 """What the DNS answers from: a snapshot of the services peers export to us.
 
-``ImportedService`` is the one type between the imports read model (what the
-peering channel brought in) and the DNS answer core; a snapshot is a tuple of
-them, taken whenever the DNS server asks. ``imports_snapshot`` is the one
-place that maps the gateway's state onto it.
+The snapshot is a tuple of ``gateway.imports.ImportedService`` (the imports
+read model: what the peering channel brought in, translated into our views),
+taken whenever the DNS server asks. ``ImportsSnapshot`` keeps it for a moment
+because the server asks on every query and the imports live in the state
+database.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    from gateway.controlplane import ControlPlane
+from gateway.imports import ImportedService
 
-
-@dataclass(frozen=True)
-class ImportedService:
-    peer: str  # the exporting peer's cluster_id
-    name: str  # "<service>.<namespace>"
-    ports: tuple[str, ...]  # "80/tcp", ...; () = every port
-    addresses: tuple[str, ...]  # this cluster's view addresses of it, IPv4 and/or IPv6
-
+__all__ = ["EMPTY", "ImportedService", "ImportsSnapshot", "Snapshot"]
 
 Snapshot = tuple[ImportedService, ...]
 EMPTY: Snapshot = ()
+MAX_AGE = 0.25  # s; the imports change at most once per exports sync pass (0.5 s)
 
 
-def imports_snapshot(cp: ControlPlane) -> Snapshot:
-    """INTEGRATION SEAM: the services our peers export to us, as the DNS answers them.
+class ImportsSnapshot:
+    """``source()`` (e.g. ``ReadModel.imported_services``) read at most every ``max_age``
+    seconds; the same tuple object while nothing changed, so the answer core
+    re-indexes only on a change."""
 
-    Until the imports read model exists this is empty (the zone answers NXDOMAIN
-    for every service). It is called on every query, so it must be cheap and must
-    return a new tuple only when something changed (the answer core re-indexes
-    on change); addresses are ours, already translated into our views of the peer.
-    """
-    return EMPTY
+    def __init__(self, source: Callable[[], Snapshot], max_age: float = MAX_AGE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self.max_age = max_age
+        self.clock = clock
+        self._snap: Snapshot = EMPTY
+        self._at: float | None = None
+
+    def __call__(self) -> Snapshot:
+        now = self.clock()
+        if self._at is None or now - self._at >= self.max_age:
+            snap = self.source()
+            if snap != self._snap:
+                self._snap = snap
+            self._at = now
+        return self._snap

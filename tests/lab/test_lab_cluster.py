@@ -130,7 +130,13 @@ def test_lab_demo_command() -> None:
     finally:
         teardown(name)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "demo PASSED" in r.stdout and r.stdout.count("[ok]") == 3 and "[FAIL]" not in r.stdout
+    # pod (traced), the trace, the refusal, the service, the service by name.
+    assert "demo PASSED" in r.stdout and r.stdout.count("[ok]") == 5 and "[FAIL]" not in r.stdout
+    # gpu exports web and pod p3 only: p2 is refused and counted, web is found by name.
+    assert re.search(r"\[ok\] lab/p3 -> gpu pod p2 \(not exported\): refused and counted \(0 -> [1-9]", r.stdout)
+    assert "curl http://web.default.svc.clusterset.local/" in r.stdout
+    # The trace includes gpu's export verdict for the exported pod.
+    assert "is gpu's export trainer.ml to lab" in r.stdout
     # The translation: lab/p3 (10.244.1.10) calls gpu/p3 (10.244.1.10) at lab's view of it, and gpu/p3
     # sees the client at gpu's view of lab: the two pools give different numbers.
     assert re.search(r"calls gpu/p3 at\s+100\.64\.1\.10\s+lab's view of gpu's pods: 10\.244\.0\.0/16 -> "

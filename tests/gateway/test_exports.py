@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import dns.message
 import pytest
 
 from fabric.exportmodel import Allowed
 from gateway.config import ConfigError, parse
+from gateway.dns.answer import Answerer
 from gateway.exports import Resolver
 from gateway.imports import ImportedService
 
@@ -212,6 +214,11 @@ def test_resolver_seam_follows_address_changes(clusters: Any) -> None:
         assert shares(gpu)["lab"] == (Allowed("10.96.0.21/32", "tcp", 5432),)
         imp = lab.gw.read.imported_services()
         assert imp[0].addresses[0].endswith(".21/32")
+        # ... and lab's DNS answers the new address: a move costs at most one lookup interval
+        # (1 s) plus one sync pass (0.5 s) before the peer's next query sees it.
+        q = dns.message.make_query("db.prod.svc.clusterset.local", "A")
+        r = dns.message.from_wire(Answerer("clusterset.local").answer(q.to_wire(), imp).response or b"")
+        assert [str(x) for rr in r.answer for x in rr] == [imp[0].hosts[0]]
         # A failing lookup keeps the last good answer.
         del answers["db.prod.svc.cluster.local"]
         now[0] += 1.0

@@ -5,9 +5,10 @@
 - ``userspace``: ``crosswire-wg -f IFACE`` (our implementation), the default
   because many kernels (this one too) have no WireGuard module.
 - ``wireguard-go``: ``wireguard-go -f IFACE`` (the Debian reference peer).
-- ``kernel``: ``ip link add IFACE type wireguard`` through pyroute2. WgControl
-  speaks only the UAPI socket, so kernel interfaces cannot be configured yet:
-  ``auto`` therefore picks ``userspace`` even where the module exists.
+- ``kernel``: ``ip link add IFACE type wireguard`` through pyroute2, configured
+  over generic netlink (:mod:`fabric.wgnetlink`).
+- ``auto``: the kernel when its module is loaded or loadable, else ``userspace``
+  (:mod:`fabric.wgselect`); decided once, on first use, and logged with the reason.
 
 Userspace processes run in the foreground as our child in a session of their
 own (``ip netns exec NS ...`` for a namespace), so ``stop`` knows the pid and a
@@ -41,6 +42,8 @@ from typing import Any, Literal
 
 from fabric.model import MTU_MAX, MTU_MIN
 from fabric.wgctl import SOCKET_DIR, TRANSIENT_ERRNOS, WgControl
+from fabric.wgnetlink import NetlinkWgControl
+from fabric.wgselect import Choice, ModuleState, choose, probe_kernel_module
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
@@ -109,16 +112,34 @@ class WgProcess:
         self.unknown_checks = 0  # liveness checks that could not tell (resources)
         self._unknown_logged = -10.0
         self._proc: subprocess.Popen[bytes] | None = None
-        self._wg = WgControl(interface, socket_dir=socket_dir)
+        self._choice: Choice | None = None
+        self._uapi = WgControl(interface, socket_dir=socket_dir)
+        self._netlink: NetlinkWgControl | None = None
 
     def __repr__(self) -> str:
         return f"WgProcess({self.interface!r}, {self.implementation!r}, netns={self.netns!r})"
 
     @property
+    def choice(self) -> Choice:
+        """The implementation serving the interface and why (``auto`` probes the module once)."""
+        if self._choice is None:
+            module: ModuleState | None = probe_kernel_module() if self.implementation == "auto" else None
+            self._choice = choose(self.implementation, module)
+            log.info("%s: wireguard implementation %s (%s)", self.interface, self._choice.display,
+                     self._choice.reason)
+        return self._choice
+
+    @property
     def resolved(self) -> Literal["userspace", "kernel", "wireguard-go"]:
-        if self.implementation == "auto":
-            return "userspace"  # see module docstring: kernel needs netlink config first
-        return self.implementation
+        return self.choice.implementation
+
+    def control(self) -> WgControl | NetlinkWgControl:
+        """The control of this interface's implementation (UAPI socket or kernel netlink)."""
+        if self.resolved == "kernel":
+            if self._netlink is None:
+                self._netlink = NetlinkWgControl(self.interface, netns=self.netns)
+            return self._netlink
+        return self._uapi
 
     def command(self) -> list[str]:
         binary = "wireguard-go" if self.resolved == "wireguard-go" else _userspace_binary()
@@ -184,7 +205,7 @@ class WgProcess:
                 return "ours"
             expected = "wireguard" if self.resolved == "kernel" else "tun"
             if not (adopt_unmarked and kind == expected
-                    and (self.resolved == "kernel" or self._wg.alive() is True)):
+                    and (self.resolved == "kernel" or self._uapi.alive() is True)):
                 raise self._foreign(kind)
             ipr.link("set", index=index, ifalias=MARK)
         log.info("%s: adopted the running %s link of the previous crosswire version", self.interface, kind)
@@ -205,7 +226,7 @@ class WgProcess:
             return self._proc.pid
         if self.resolved == "kernel":
             return None
-        return self._wg.server_pid()
+        return self._uapi.server_pid()
 
     def alive(self) -> bool:
         """False only on confirmed death: our process exited, the interface is gone,
@@ -225,7 +246,7 @@ class WgProcess:
             return False
         if self.resolved == "kernel":
             return True
-        answer = self._wg.alive()
+        answer = self._uapi.alive()
         if answer is None:
             self._note_unknown("UAPI socket busy or out of descriptors")
             return True
@@ -251,8 +272,12 @@ class WgProcess:
 
     def _ensure_kernel(self) -> None:
         with _iproute(self.netns) as ipr:
-            if self._owned_index(ipr) is not None:
+            found = self._link(ipr)
+            index = self._owned_index(ipr)
+            if index is not None and found is not None and found[1] == "wireguard":
                 return
+            if index is not None:  # ours, of another kind (a userspace TUN): replace it
+                ipr.link("del", index=index)
             try:
                 ipr.link("add", ifname=self.interface, kind="wireguard")
             except Exception as e:
@@ -272,7 +297,7 @@ class WgProcess:
         except WgProcessError:
             pass  # netlink unavailable: the start below fails or succeeds on its own
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._wg.socket_path)
+            os.unlink(self._uapi.socket_path)
         env = dict(os.environ)
         env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"  # wireguard-go refuses otherwise
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -331,5 +356,5 @@ class WgProcess:
         self._delete_link()
         if self.resolved != "kernel":
             deadline = time.monotonic() + 3
-            while os.path.exists(self._wg.socket_path) and time.monotonic() < deadline:
+            while os.path.exists(self._uapi.socket_path) and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -47,7 +47,9 @@ from fabric.wgselect import Choice, ModuleState, choose, probe_kernel_module
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
-START_TIMEOUT = 10.0
+# How long a userspace implementation may take to create its TUN and socket. Only
+# emulated machines (the VM tier: a Python start takes seconds there) raise it.
+START_TIMEOUT = float(os.environ.get("CROSSWIRE_WG_START_TIMEOUT", "10"))
 MARK = "crosswire"  # IFLA_IFALIAS of every link crosswire creates
 log = logging.getLogger("crosswire.dataplane")
 

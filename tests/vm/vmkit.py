@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,18 @@ class Vm:
         self.boot_seconds = 0.0
         self._n = 0
         self.broken: str | None = None
+        self._leasing = threading.Event()
+
+    def _renew(self) -> None:
+        """Renew the guest's lease every few seconds; the guest powers off ~90 s after the
+        last renewal, so a killed test run cannot leave the VM running."""
+        n = 0
+        while not self._leasing.wait(5):
+            n += 1
+            with contextlib.suppress(OSError):
+                tmp = self.dir / "lease.tmp"
+                tmp.write_text(str(n))
+                tmp.rename(self.dir / "lease")
 
     def command(self) -> list[str]:
         return [str(BIN / "vng"), "--run", self.kernel, "--disable-kvm", "--memory", self.memory,
@@ -89,6 +102,7 @@ class Vm:
                                          env=env, cwd=str(ROOT), start_new_session=True)
         finally:
             log.close()
+        threading.Thread(target=self._renew, name="vm-lease", daemon=True).start()
         deadline = t0 + BOOT_TIMEOUT
         while not (self.dir / "ready").exists():
             if self.proc.poll() is not None:
@@ -145,6 +159,7 @@ class Vm:
     def stop(self) -> None:
         """Always ends the VM: a polite stop, then SIGKILL to its whole process group."""
         proc, self.proc = self.proc, None
+        self._leasing.set()
         if proc is not None:
             with contextlib.suppress(OSError):
                 (self.dir / "stop").write_text("")

@@ -90,8 +90,11 @@ def wait_ready(g: Gw, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
 
 def start(g: Gw) -> int:
     out = open(g.log, "ab")  # noqa: SIM115
+    # crosswire-wg's start takes ~15 s under emulation (10 s is the default limit).
+    env = dict(os.environ, CROSSWIRE_WG_START_TIMEOUT="120")
     p = subprocess.Popen(["ip", "netns", "exec", g.ns, str(Path(sys.executable).parent / "crosswire"), "gateway",
-                          "run", "--config", str(g.config)], stdout=out, stderr=out, start_new_session=True)
+                          "run", "--config", str(g.config)], stdout=out, stderr=out, start_new_session=True,
+                         env=env)
     out.close()
     return p.pid
 

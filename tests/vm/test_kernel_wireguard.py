@@ -16,7 +16,7 @@ from vmkit import JobResult, Vm
 
 # Above pytest's default: the first test also pays the VM's boot, the gateway
 # tests their start (each step has its own hard timeout inside the guest).
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = pytest.mark.timeout(1800)
 
 
 def failed(res: JobResult) -> str:
@@ -55,7 +55,7 @@ def test_auto_chooses_the_kernel_inside_the_vm(vm: Vm) -> None:
 @pytest.fixture(scope="module")
 def gateways(vm: Vm) -> Iterator[JobResult]:
     """Gateway a (implementation: kernel) and b (crosswire-wg) peered in the guest, for the tests below."""
-    res = vm.python("gateways.py", "up", timeout=540)
+    res = vm.python("gateways.py", "up", timeout=1200)
     try:
         yield res
     finally:
@@ -76,4 +76,9 @@ def test_key_rotation_on_the_kernel_side_with_traffic(vm: Vm, gateways: JobResul
 
 def test_restart_adopts_the_kernel_interface(vm: Vm, gateways: JobResult) -> None:
     assert gateways.report.get("ok"), "the gateways did not come up (see the test above)"
-    passed(vm.python("gateways.py", "restart", timeout=420), "restart")
+    passed(vm.python("gateways.py", "restart", timeout=900), "restart")
+
+
+def test_drift_repair_and_peer_removal_on_the_kernel(vm: Vm, gateways: JobResult) -> None:
+    assert gateways.report.get("ok"), "the gateways did not come up (see the test above)"
+    passed(vm.python("gateways.py", "repair", timeout=300), "repair")

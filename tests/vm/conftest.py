@@ -19,9 +19,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nsutil import IN_CI
-from vmkit import Vm, VmError, group_alive, kernel_image, missing_tools
-
-TIMES: dict[str, float] = {}
+from vmkit import TIMES, Vm, VmError, group_alive, kernel_image, missing_tools
 
 
 def _unavailable(reason: str) -> None:

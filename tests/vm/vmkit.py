@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GUEST = Path(__file__).resolve().parent / "guest"
 BOOT_TIMEOUT = float(os.environ.get("CROSSWIRE_VM_BOOT_TIMEOUT", "300"))
+# Seconds per step, printed at the end of the session (conftest's terminal summary).
+TIMES: dict[str, float] = {}
 
 
 class VmError(RuntimeError):

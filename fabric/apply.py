@@ -34,10 +34,12 @@ from fabric import exportsapply, nat, routes
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgctl import WgControl, WgError, key_hex
+from fabric.wgnetlink import NetlinkWgControl
 
-# One control object per UAPI socket, so endpoints set earlier are remembered
-# (a peer that roamed is not pulled back on every reconcile).
-_controls: dict[str, WgControl] = {}
+# One control object per interface, so endpoints set earlier are remembered
+# (a peer that roamed is not pulled back on every reconcile). UAPI unless the
+# data plane registered another (the kernel's netlink, ``use_control``).
+_controls: dict[str, WgControl | NetlinkWgControl] = {}
 
 
 class ApplyError(RuntimeError):
@@ -85,8 +87,13 @@ def claim_table(name: str, adopt_unmarked: bool, *, netns: str | None = None) ->
     raise _foreign_table(name)
 
 
-def _control(interface: str) -> WgControl:
+def _control(interface: str) -> WgControl | NetlinkWgControl:
     return _controls.setdefault(interface, WgControl(interface))
+
+
+def use_control(interface: str, control: WgControl | NetlinkWgControl) -> None:
+    """Drive ``interface`` through ``control`` (the kernel's netlink instead of UAPI)."""
+    _controls[interface] = control
 
 
 def endpoint_problems(interface: str) -> tuple[dict[str, str], float | None]:

@@ -21,7 +21,6 @@ from fabric import apply as fabric_apply
 from fabric import exportsapply, nat
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
-from fabric.wgctl import WgControl
 from fabric.wgprocess import Implementation, LinkOwnershipError, WgProcess, WgProcessError
 
 log = logging.getLogger("crosswire.dataplane")
@@ -41,6 +40,15 @@ class Dataplane:
         self.interface = interface
         self.nft_table = nft_table
         self.process = WgProcess(interface, implementation, mtu, log_path=log_path)
+
+    def implementation(self) -> dict[str, str]:
+        """What serves the interface and why (``auto`` decides on first use; status, metrics)."""
+        c = self.process.choice
+        return {"configured": self.process.implementation, "implementation": c.implementation,
+                "name": c.display, "reason": c.reason}
+
+    def _use_control(self) -> None:
+        fabric_apply.use_control(self.interface, self.process.control())
 
     def claim(self, adopt_unmarked: bool) -> None:
         """Refuse (OwnershipError, nothing changed) when the interface or the nft
@@ -67,19 +75,21 @@ class Dataplane:
             log.warning("cannot check the nft table %s: %s", self.nft_table, e)
 
     def ensure_up(self) -> None:
+        self._use_control()
         self.process.ensure_up()
 
     def alive(self) -> bool:
         return self.process.alive()
 
     def apply(self, state: FabricState, previous: FabricState | None) -> None:
+        self._use_control()
         fabric_apply.apply(state, previous)
 
     def stop(self) -> None:
         self.process.stop()
 
     def peer_stats(self) -> dict[str, dict[str, Any]]:
-        return dict(WgControl(self.interface).show())
+        return dict(self.process.control().show())
 
     def nat(self, state: FabricState) -> list[dict[str, Any]]:
         try:
@@ -103,6 +113,7 @@ class Dataplane:
             return []
 
     def verify(self, state: FabricState) -> list[str]:
+        self._use_control()
         return fabric_apply.verify(state)
 
     def process_pid(self) -> int | None:

@@ -14,7 +14,7 @@ does not rebind the UDP socket, drop sessions or undo a peer's roaming:
 
 Keys never appear in logs, errors or reprs. The pure halves (``parse_get``,
 ``render_set``) are tested without a socket. Kernel WireGuard has no UAPI
-socket; it is not supported here yet (``WgError`` names the missing socket).
+socket; :mod:`fabric.wgnetlink` drives it over netlink with the same interface.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@
 - ``userspace``: ``crosswire-wg -f IFACE`` (our implementation), the default
   because many kernels (this one too) have no WireGuard module.
 - ``wireguard-go``: ``wireguard-go -f IFACE`` (the Debian reference peer).
-- ``kernel``: ``ip link add IFACE type wireguard`` through pyroute2. WgControl
-  speaks only the UAPI socket, so kernel interfaces cannot be configured yet:
-  ``auto`` therefore picks ``userspace`` even where the module exists.
+- ``kernel``: ``ip link add IFACE type wireguard`` through pyroute2, configured
+  over generic netlink (:mod:`fabric.wgnetlink`).
+- ``auto``: the kernel when its module is loaded or loadable, else ``userspace``
+  (:mod:`fabric.wgselect`); decided once, on first use, and logged with the reason.
 
 Userspace processes run in the foreground as our child in a session of their
 own (``ip netns exec NS ...`` for a namespace), so ``stop`` knows the pid and a
@@ -48,10 +49,14 @@ from typing import Any, Literal
 
 from fabric.model import MTU_MAX, MTU_MIN
 from fabric.wgctl import SOCKET_DIR, TRANSIENT_ERRNOS, WgControl
+from fabric.wgnetlink import NetlinkWgControl
+from fabric.wgselect import Choice, ModuleState, choose, probe_kernel_module
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
-START_TIMEOUT = 10.0
+# How long a userspace implementation may take to create its TUN and socket. Only
+# emulated machines (the VM tier: a Python start takes seconds there) raise it.
+START_TIMEOUT = float(os.environ.get("CROSSWIRE_WG_START_TIMEOUT", "10"))
 MARK = "crosswire"  # IFLA_IFALIAS of every link crosswire creates
 log = logging.getLogger("crosswire.dataplane")
 
@@ -108,9 +113,10 @@ def start_early(interface: str, implementation: Implementation, log_path: str) -
     restores that configuration itself while the gateway starts. The WgProcess for
     ``interface`` takes the process over. True if one was started."""
     proc = WgProcess(interface, implementation, log_path=log_path)
-    if proc.resolved != "userspace" or proc.saved_config is None or not os.path.exists(proc.saved_config):
+    # The saved file first: only then is the choice (a module probe under ``auto``) worth making.
+    if proc.saved_config is None or not os.path.exists(proc.saved_config) or proc.resolved != "userspace":
         return False
-    if proc._wg.alive() is not False:
+    if proc._uapi.alive() is not False:
         return False  # running (a daemon-only restart), or cannot tell: leave it to ensure_up
     try:
         _early[interface] = proc._spawn()
@@ -142,16 +148,34 @@ class WgProcess:
         self._unknown_logged = -10.0
         self.saved_config = saved_config_path(log_path, interface) if log_path else None
         self._proc: subprocess.Popen[bytes] | None = _early.pop(interface, None)
-        self._wg = WgControl(interface, socket_dir=socket_dir)
+        self._choice: Choice | None = None
+        self._uapi = WgControl(interface, socket_dir=socket_dir)
+        self._netlink: NetlinkWgControl | None = None
 
     def __repr__(self) -> str:
         return f"WgProcess({self.interface!r}, {self.implementation!r}, netns={self.netns!r})"
 
     @property
+    def choice(self) -> Choice:
+        """The implementation serving the interface and why (``auto`` probes the module once)."""
+        if self._choice is None:
+            module: ModuleState | None = probe_kernel_module() if self.implementation == "auto" else None
+            self._choice = choose(self.implementation, module)
+            log.info("%s: wireguard implementation %s (%s)", self.interface, self._choice.display,
+                     self._choice.reason)
+        return self._choice
+
+    @property
     def resolved(self) -> Literal["userspace", "kernel", "wireguard-go"]:
-        if self.implementation == "auto":
-            return "userspace"  # see module docstring: kernel needs netlink config first
-        return self.implementation
+        return self.choice.implementation
+
+    def control(self) -> WgControl | NetlinkWgControl:
+        """The control of this interface's implementation (UAPI socket or kernel netlink)."""
+        if self.resolved == "kernel":
+            if self._netlink is None:
+                self._netlink = NetlinkWgControl(self.interface, netns=self.netns)
+            return self._netlink
+        return self._uapi
 
     def command(self) -> list[str]:
         binary = "wireguard-go" if self.resolved == "wireguard-go" else _userspace_binary()
@@ -219,7 +243,7 @@ class WgProcess:
                 return "ours"
             expected = "wireguard" if self.resolved == "kernel" else "tun"
             if not (adopt_unmarked and kind == expected
-                    and (self.resolved == "kernel" or self._wg.alive() is True)):
+                    and (self.resolved == "kernel" or self._uapi.alive() is True)):
                 raise self._foreign(kind)
             ipr.link("set", index=index, ifalias=MARK)
         log.info("%s: adopted the running %s link of the previous crosswire version", self.interface, kind)
@@ -240,7 +264,7 @@ class WgProcess:
             return self._proc.pid
         if self.resolved == "kernel":
             return None
-        return self._wg.server_pid()
+        return self._uapi.server_pid()
 
     def alive(self) -> bool:
         """False only on confirmed death: our process exited, the interface is gone,
@@ -260,7 +284,7 @@ class WgProcess:
             return False
         if self.resolved == "kernel":
             return True
-        answer = self._wg.alive()
+        answer = self._uapi.alive()
         if answer is None:
             self._note_unknown("UAPI socket busy or out of descriptors")
             return True
@@ -288,8 +312,12 @@ class WgProcess:
 
     def _ensure_kernel(self) -> None:
         with _iproute(self.netns) as ipr:
-            if self._owned_index(ipr) is not None:
+            found = self._link(ipr)
+            index = self._owned_index(ipr)
+            if index is not None and found is not None and found[1] == "wireguard":
                 return
+            if index is not None:  # ours, of another kind (a userspace TUN): replace it
+                ipr.link("del", index=index)
             try:
                 ipr.link("add", ifname=self.interface, kind="wireguard")
             except Exception as e:
@@ -322,7 +350,7 @@ class WgProcess:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._wg.socket_path)
+            os.unlink(self._uapi.socket_path)
         env = dict(os.environ)
         env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"  # wireguard-go refuses otherwise
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -384,5 +412,5 @@ class WgProcess:
         self._delete_link()
         if self.resolved != "kernel":
             deadline = time.monotonic() + 3
-            while os.path.exists(self._wg.socket_path) and time.monotonic() < deadline:
+            while os.path.exists(self._uapi.socket_path) and time.monotonic() < deadline:
                 time.sleep(0.05)

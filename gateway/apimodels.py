@@ -59,7 +59,9 @@ class Status(BaseModel):
     endpoint: str | None
     url: str
     interface: str
-    implementation: str
+    implementation: str = Field(description="what serves the interface: kernel, crosswire-wg or wireguard-go "
+                                "(wireguard.implementation auto: the kernel when its module is there)")
+    implementation_reason: str = Field(description="why this implementation (auto's choice)")
     gateway_ip: str | None
     gateway_ip6: str | None
     pod_cidrs: list[str]

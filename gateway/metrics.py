@@ -96,6 +96,11 @@ def render_metrics(read: ReadModel) -> str:
     o.sample("crosswire_reconcile_errors_total", st.errors)
     o.family("crosswire_dataplane_restarts_total", "counter", "Times the data plane was found dead and restarted.")
     o.sample("crosswire_dataplane_restarts_total", st.restarts)
+    impl = read.implementation()
+    o.family("crosswire_wireguard_implementation", "gauge",
+             "1 for the WireGuard implementation serving the interface (reason: why auto chose it).")
+    o.sample("crosswire_wireguard_implementation", 1, implementation=impl["name"],
+             configured=impl["configured"], reason=impl["reason"])
     ready, _ = read.reconciler.ready()
     o.family("crosswire_ready", "gauge", "1 when WireGuard, routes and NAT match the state.")
     o.sample("crosswire_ready", int(ready))

@@ -97,6 +97,19 @@ class ReadModel:
             log.debug("peer stats unavailable: %s", e)
             return {}
 
+    def implementation(self) -> dict[str, str]:
+        """Which WireGuard implementation serves the interface and why (``auto``'s choice)."""
+        configured = self.config.wireguard.implementation
+        # Not in DataplaneDriver: a data plane that cannot say (test doubles) reports "unknown".
+        ask = getattr(self.reconciler.dataplane, "implementation", None)
+        try:
+            if ask is not None:
+                return dict(ask())
+        except Exception as e:
+            log.debug("implementation unknown: %s", e)
+        return {"configured": configured, "implementation": configured, "name": configured,
+                "reason": "unknown"}
+
     def peers(self) -> list[dict[str, Any]]:
         stats = self.peer_stats()
         now = self.clock()
@@ -117,11 +130,12 @@ class ReadModel:
         for p in peers:
             by_state[p["state"]] = by_state.get(p["state"], 0) + 1
         c, st = self.config, self.reconciler.stats
+        impl = self.implementation()
         return {
             "cluster_id": c.cluster_id, "public_key": self.store.public_key(),
             "endpoint": c.wireguard_endpoint(), "url": c.advertise_url(),
             "interface": c.wireguard.interface,
-            "implementation": c.wireguard.implementation,
+            "implementation": impl["name"], "implementation_reason": impl["reason"],
             "gateway_ip": self.reconciler.gateway_ip, "gateway_ip6": self.gateway_ip6,
             "pod_cidrs": list(c.pod_cidrs), "service_cidrs": list(c.service_cidrs),
             "ready": ready, "ready_reason": why, "uptime_s": round(self.clock() - self.started, 3),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export policy scale benchmark (issue 10, item 7). Run as root.
 
-1. Programs the export table (``fabric.exportsapply``) for 1000 peers with 20
+1. Programs the export table (``fabric.exports.apply``) for 1000 peers with 20
    exports each (distinct addresses per peer, one port each) into a gateway
    namespace: the whole table (``apply_s_1000``), then one peer's exports
    changed among 1000 (``apply_s_change1``, the delta the gateway sends when
@@ -34,8 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nat_scale import build_path, key, peers, sh, view
 
-from fabric import exportpolicy, exportsapply, nat
-from fabric.exportmodel import Allowed, ExportPolicy, PeerExports
+from fabric import nat
+from fabric.exports import apply as exportsapply
+from fabric.exports import policy as exportpolicy
+from fabric.exports.model import Allowed, ExportPolicy, PeerExports
 from fabric.model import FabricState, LocalFabric
 from fabric.nft import Nft
 from fabric.routes import sync_routes

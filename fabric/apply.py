@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Literal
 
-from fabric import exportsapply, nat, routes
+from fabric import nat, routes
+from fabric.exports import apply as exportsapply
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgctl import WgControl, WgError, key_hex

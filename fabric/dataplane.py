@@ -18,7 +18,8 @@ import logging
 from typing import Any
 
 from fabric import apply as fabric_apply
-from fabric import exportsapply, nat
+from fabric import nat
+from fabric.exports import apply as exportsapply
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgprocess import Implementation, LinkOwnershipError, WgProcess, WgProcessError
@@ -98,7 +99,7 @@ class Dataplane:
             listing = {}  # table missing: rules show handle None and zero counters
         peers = nat.with_counters(nat.mappings(state), listing)
         if state.exports is not None:
-            # Per peer, what the export policy refused (fabric.exportpolicy).
+            # Per peer, what the export policy refused (fabric.exports.policy).
             denied = exportsapply.denied(state.exports, Nft())
             for p in peers:
                 p["export_denied"] = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})

@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fabric.exportmodel import ExportPolicy
+from fabric.exports.model import ExportPolicy
 
 Kind = Literal["pod", "service"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -95,5 +95,5 @@ class LocalFabric:
 class FabricState:
     local: LocalFabric
     peers: tuple[PeerFabric, ...] = ()
-    # None: peers reach all of our ranges; else only what each is given (fabric.exportpolicy).
+    # None: peers reach all of our ranges; else only what each is given (fabric.exports.policy).
     exports: ExportPolicy | None = None

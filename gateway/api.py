@@ -3,7 +3,7 @@
 Public, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
 node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``; ``/api/v1/exports``, ``/api/v1/imports`` and the admin
-``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exportsapi.
+``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exports.api.
 Peering (authenticated by the token / channel keys inside the body, see
 gateway.peering): ``POST /api/v1/peering/join``, ``POST /api/v1/peering/message``.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
@@ -34,10 +34,10 @@ from starlette.routing import Route
 from fabric.nat import NatError
 from fabric.nat.trace import TraceError, parse_query
 from gateway import apimodels as m
-from gateway import exportsapi
 from gateway.apimodels import errors, ok
 from gateway.controlplane import ControlPlane
 from gateway.errors import GatewayError
+from gateway.exports import api as exportsapi
 from gateway.limits import BodyLimit
 from gateway.metrics import render_metrics
 from gateway.page import add_route as add_page_route

@@ -25,7 +25,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway import clitable, exportscli
+from gateway import clitable
+from gateway.exports import cli as exportscli
 
 # Only the stdlib at import time: operator commands start in a few tens of ms
 # (httpx/yaml/fastapi are imported where needed).

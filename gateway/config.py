@@ -43,7 +43,7 @@ from fabric.endpoints import parse as endpoint_syntax
 from fabric.model import MTU_MAX, MTU_MIN
 from gateway.dns import config as dns_config
 from gateway.dns.config import DnsConfig
-from gateway.exports import Export, ExportsError, parse_exports
+from gateway.exports.config import Export, ExportsError, parse_exports
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")

@@ -20,9 +20,9 @@ from gateway import forwarding as forwarding_mod
 from gateway.channel import HttpFactory, PeerChannel, default_http
 from gateway.config import Config
 from gateway.exchange import Exchange
-from gateway.exports import Resolver
-from gateway.exportstate import ExportState
-from gateway.exportsync import ExportSync
+from gateway.exports.config import Resolver
+from gateway.exports.state import ExportState
+from gateway.exports.sync import ExportSync
 from gateway.health import HealthTracker
 from gateway.ipam_adapter import Views
 from gateway.readmodel import ReadModel

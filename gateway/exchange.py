@@ -21,8 +21,8 @@ from gateway import peering
 from gateway.channel import PeerChannel
 from gateway.config import Config
 from gateway.errors import GatewayError
-from gateway.exports import ExportsError, parse_names
-from gateway.imports import parse_body as parse_exports_body
+from gateway.exports.config import ExportsError, parse_names
+from gateway.exports.imports import parse_body as parse_exports_body
 from gateway.ipam_adapter import Views, ViewsError, ordered
 from gateway.peering import PeeringError, views_body
 from gateway.readmodel import peer_summary

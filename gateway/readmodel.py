@@ -18,10 +18,10 @@ from typing import Any
 from fabric.model import RangeMap
 from fabric.nat.trace import Query
 from fabric.nat.trace import trace as nat_trace
-from gateway import exportsread
 from gateway.config import Config
+from gateway.exports import read as exportsread
+from gateway.exports.imports import ImportedService
 from gateway.health import HealthTracker
-from gateway.imports import ImportedService
 from gateway.ipam_adapter import Views, ordered
 from gateway.peering import views_body
 from gateway.reconciler import Reconciler, translate

@@ -36,7 +36,7 @@ from gateway.ipam_adapter import Views, ordered
 from gateway.state import StateStore
 
 if TYPE_CHECKING:
-    from gateway.exportstate import ExportState
+    from gateway.exports.state import ExportState
 
 log = logging.getLogger("crosswire.gateway")
 
@@ -97,7 +97,7 @@ class Reconciler:
     sysctl_root: Path = forwarding_mod.PROC_SYS
     stats: ReconcileStats = field(default_factory=ReconcileStats)
     applied: FabricState | None = None
-    # What each peer may reach (gateway.exportstate); None, or no ``exports`` configured: everything.
+    # What each peer may reach (gateway.exports.state); None, or no ``exports`` configured: everything.
     exports: ExportState | None = None
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ fi
 # Reinstall when pyproject.toml changes.
 want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$venv/bin/pip" install -q --upgrade pip >/dev/null 2> >(grep -v -e "^WARNING: Location" >&2)
   # pip's index warnings are noise here; real errors still fail the script.
   "$venv/bin/pip" install -q -e "$root[test]" 2> >(grep -v -e "^WARNING: Location" >&2)
   "$venv/bin/python" -c "import ipam, fabric, gateway"

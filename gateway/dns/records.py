@@ -1,6 +1,6 @@
 """What the DNS answers from: a snapshot of the services peers export to us.
 
-The snapshot is a tuple of ``gateway.imports.ImportedService`` (the imports
+The snapshot is a tuple of ``gateway.exports.imports.ImportedService`` (the imports
 read model: what the peering channel brought in, translated into our views),
 taken whenever the DNS server asks. ``ImportsSnapshot`` keeps it for a moment
 because the server asks on every query and the imports live in the state
@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from gateway.imports import ImportedService
+from gateway.exports.imports import ImportedService
 
 __all__ = ["EMPTY", "ImportedService", "ImportsSnapshot", "Snapshot"]
 

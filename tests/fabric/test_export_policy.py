@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fabric import exportpolicy as ep
-from fabric.exportmodel import Allowed, ExportPolicy, PeerExports
+from fabric.exports import policy as ep
+from fabric.exports.model import Allowed, ExportPolicy, PeerExports
 
 T = "crosswire-exports"
 GPU = PeerExports("gpu", ("100.65.0.0/16", "fd65::/48"),

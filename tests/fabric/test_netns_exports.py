@@ -19,9 +19,10 @@ import pytest
 from fabric_topo import ECHO, Side, add_pod, ask, make_side, make_state, program, start_echo
 from nsutil import Namespaces, require_root, sh
 
-from fabric import exportpolicy, exportsapply
 from fabric.apply import verify
-from fabric.exportmodel import Allowed, ExportPolicy, PeerExports
+from fabric.exports import apply as exportsapply
+from fabric.exports import policy as exportpolicy
+from fabric.exports.model import Allowed, ExportPolicy, PeerExports
 from fabric.nft import Nft
 
 pytestmark = pytest.mark.root

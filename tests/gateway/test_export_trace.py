@@ -12,7 +12,7 @@ import dns.rrset
 
 from gateway.dns.answer import Answerer
 from gateway.dns.records import ImportsSnapshot
-from gateway.imports import ImportedService
+from gateway.exports.imports import ImportedService
 from tests.gateway.test_exports import EXPORTS, peer, token
 
 

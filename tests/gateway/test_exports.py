@@ -9,11 +9,11 @@ from typing import Any
 import dns.message
 import pytest
 
-from fabric.exportmodel import Allowed
+from fabric.exports.model import Allowed
 from gateway.config import ConfigError, parse
 from gateway.dns.answer import Answerer
-from gateway.exports import Resolver
-from gateway.imports import ImportedService
+from gateway.exports.config import Resolver
+from gateway.exports.imports import ImportedService
 
 BASE: dict[str, Any] = {"cluster_id": "gpu", "pod_cidrs": ["10.244.0.0/16"], "service_cidrs": ["10.96.0.0/12"]}
 EXPORTS = [

@@ -17,7 +17,7 @@ from gateway.apimodels import errors, ok
 
 if TYPE_CHECKING:
     from gateway.controlplane import ControlPlane
-    from gateway.exportsync import ExportSync
+    from gateway.exports.sync import ExportSync
 
 
 class ExportItem(BaseModel):

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from fabric.exportmodel import Allowed, ExportPolicy
-from fabric.exportpolicy import FORWARD, allowed_comment, allows, counter_name, drop_comment
+from fabric.exports.model import Allowed, ExportPolicy
+from fabric.exports.policy import FORWARD, allowed_comment, allows, counter_name, drop_comment
 from fabric.nat.trace import EXPORT, ExportCheck, ExportPoint, Step
-from gateway.imports import ImportedService, imported
+from gateway.exports.imports import ImportedService, imported
 from gateway.ipam_adapter import ordered
 
 if TYPE_CHECKING:

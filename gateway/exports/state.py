@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fabric.exportmodel import ExportPolicy
-from fabric.exportpolicy import table_name
+from fabric.exports.model import ExportPolicy
+from fabric.exports.policy import table_name
 from fabric.model import PeerFabric
 from gateway.config import Config
-from gateway.exports import Export, Resolver, policy, shared
+from gateway.exports.config import Export, Resolver, policy, shared
 from gateway.state import StateStore
 
 SCHEMA = """

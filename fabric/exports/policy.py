@@ -46,7 +46,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fabric.exportmodel import Allowed, ExportPolicy, PeerExports
+from fabric.exports.model import Allowed, ExportPolicy, PeerExports
 from fabric.nat.names import FAMILY, MARKER_SET, chain_suffix
 
 PRIORITY = -5

@@ -16,7 +16,7 @@ from typing import Any
 
 from fabric.model import RangeMap, map_into
 from gateway.errors import GatewayError
-from gateway.exports import ExportsError, parse_name, parse_port
+from gateway.exports.config import ExportsError, parse_name, parse_port
 
 MAX_EXPORTS = 1000
 MAX_ADDRESSES = 256

@@ -1,4 +1,4 @@
-"""Program the export table (``fabric.exportpolicy``) through libnftables.
+"""Program the export table (``fabric.exports.policy``) through libnftables.
 
 ``apply(policy, previous, nft, nft_table)``: with a policy, the table holds
 exactly it (a delta for the peers that changed when ``previous`` is what the
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fabric import exportpolicy
-from fabric.exportmodel import ExportPolicy
+from fabric.exports import policy as exportpolicy
+from fabric.exports.model import ExportPolicy
 from fabric.nat.names import FAMILY, MARKER_SET
 from fabric.nft import Nft, NftError
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fabric.exportmodel import PROTOCOLS, Allowed, ExportPolicy, PeerExports
+from fabric.exports.model import PROTOCOLS, Allowed, ExportPolicy, PeerExports
 
 log = logging.getLogger("crosswire.exports")
 

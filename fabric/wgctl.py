@@ -225,6 +225,23 @@ def _uapi(path: str, request: str, timeout: float = 5.0) -> str:
         s.close()
 
 
+def resolve_endpoints(resolver: Resolver, peers: Sequence[PeerFabric],
+                      now: float) -> tuple[dict[str, str], dict[str, str]]:
+    """``ip:port`` per peer public key (hex) for the peers with an endpoint, and per
+    cluster id the reason an endpoint did not resolve (that peer is still programmed,
+    without an endpoint). Both controls, UAPI and netlink, resolve this way."""
+    endpoints: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for p in peers:
+        if p.endpoint:
+            try:
+                endpoints[key_hex(p.public_key, f"peer {p.cluster_id} public key")] = resolver.resolve(p.endpoint, now)
+            except EndpointError as e:
+                problems[p.cluster_id] = str(e)
+    resolver.forget({p.endpoint for p in peers if p.endpoint})
+    return endpoints, problems
+
+
 class WgControl:
     """One WireGuard interface, driven through its UAPI socket."""
 
@@ -258,16 +275,7 @@ class WgControl:
         lands in ``endpoint_problems``; it never fails the sync of the others.
         """
         now = time.monotonic() if now is None else now
-        endpoints: dict[str, str] = {}
-        problems: dict[str, str] = {}
-        for p in peers:
-            if p.endpoint:
-                try:
-                    endpoints[key_hex(p.public_key, f"peer {p.cluster_id} public key")] = \
-                        self.resolver.resolve(p.endpoint, now)
-                except EndpointError as e:
-                    problems[p.cluster_id] = str(e)
-        self.resolver.forget({p.endpoint for p in peers if p.endpoint})
+        endpoints, problems = resolve_endpoints(self.resolver, peers, now)
         request = render_set(local, peers, self.device(), self._last_endpoints, endpoints)
         reply = self._call(request)
         errno_line = next((ln for ln in reply.split("\n") if ln.startswith("errno=")), None)

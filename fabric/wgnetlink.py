@@ -35,15 +35,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fabric.endpoints import EndpointError, Resolver
+from fabric.endpoints import Resolver
 from fabric.model import LocalFabric, PeerFabric
 from fabric.wgctl import (
     TRANSIENT_ERRNOS,
     DeviceStatus,
     PeerStatus,
     WgError,
-    key_hex,
     render_set,
+    resolve_endpoints,
 )
 
 WGDEVICE_F_REPLACE_PEERS = 0x1  # never sent: see module docstring
@@ -317,16 +317,7 @@ class NetlinkWgControl:
     def sync(self, local: LocalFabric, peers: Sequence[PeerFabric], now: float | None = None) -> None:
         """Private key, listen port and exactly ``peers``; unknown peers removed (see WgControl.sync)."""
         now = time.monotonic() if now is None else now
-        endpoints: dict[str, str] = {}
-        problems: dict[str, str] = {}
-        for p in peers:
-            if p.endpoint:
-                try:
-                    endpoints[key_hex(p.public_key, f"peer {p.cluster_id} public key")] = \
-                        self.resolver.resolve(p.endpoint, now)
-                except EndpointError as e:
-                    problems[p.cluster_id] = str(e)
-        self.resolver.forget({p.endpoint for p in peers if p.endpoint})
+        endpoints, problems = resolve_endpoints(self.resolver, peers, now)
         try:
             req = parse_set(render_set(local, peers, self.device(), self._last_endpoints, endpoints))
             msgs = encode_set(self.interface, req)

@@ -16,7 +16,7 @@ import pytest
 
 from fabric import wgnetlink
 from fabric.model import LocalFabric, PeerFabric, RangeMap
-from fabric.wgctl import DeviceStatus, PeerStatus, WgError, render_set
+from fabric.wgctl import DeviceStatus, PeerStatus, WgError, key_hex, render_set
 from fabric.wgnetlink import NetlinkWgControl, device_from_messages, encode_set, parse_set
 from fabric.wgprocess import WgProcess
 from fabric.wgselect import ModuleState, choose, probe_kernel_module
@@ -62,7 +62,7 @@ def test_new_device_sets_key_port_and_each_peer_with_its_attributes() -> None:
     a, b, psk = key(), key(), key()
     req = render_set(local(), [peer("gpu", a, ("100.64.0.0/16", "fd00:64::/48"), endpoint="x", psk=psk),
                                peer("lab", b)],
-                     DeviceStatus(), {}, {wgnetlink.key_hex(a, "a"): "[fd00::2]:51821"})
+                     DeviceStatus(), {}, {key_hex(a, "a"): "[fd00::2]:51821"})
     ds = parse_set(req)
     assert ds.private_key == base64.b64decode(PRIV) and ds.listen_port == 51820
     (m,) = roundtrip(encode_set("wgk", ds))
@@ -89,7 +89,7 @@ def test_only_differences_are_sent_and_unknown_peers_removed() -> None:
                        private_key_hex=base64.b64decode(PRIV).hex(),
                        peers={a: PeerStatus(a, endpoint="198.18.0.2:51820", allowed_ips=["100.64.0.0/16"]),
                               gone: PeerStatus(gone, allowed_ips=["100.70.0.0/16"])})
-    ep = {wgnetlink.key_hex(a, "a"): "198.18.0.2:51820"}
+    ep = {key_hex(a, "a"): "198.18.0.2:51820"}
     ds = parse_set(render_set(local(), [peer("gpu", a, endpoint="gw")], cur, dict(ep), ep))
     assert ds.private_key is None and ds.listen_port is None
     (m,) = roundtrip(encode_set("wgk", ds))

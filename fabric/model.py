@@ -17,7 +17,7 @@ from typing import Literal
 
 from fabric.exports.model import ExportPolicy
 
-Kind = Literal["pod", "service"]
+Kind = Literal["pod", "service", "export", "gateway", "egress"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

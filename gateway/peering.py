@@ -148,6 +148,11 @@ def parse_ranges(v: object, where: str = "ranges") -> list[tuple[str, str]]:
     return out
 
 
+# A full view maps a pod or service range; sparse ones an exported address, the
+# gateway's address or an egress block (ipam/DESIGN.md, "Sparse views").
+VIEW_KINDS = ("pod", "service", "export", "gateway", "egress")
+
+
 def views_body(maps: Iterable[RangeMap]) -> list[dict[str, str]]:
     """Mappings as they travel and as the API shows them: [{"kind", "real", "view"}]."""
     return [{"kind": m.kind, "real": m.real, "view": m.view} for m in maps]
@@ -159,8 +164,8 @@ def parse_views(v: object, where: str = "views") -> list[RangeMap]:
         raise PeeringError(f"{where}: expected a list of {{kind, real, view}}")
     out = []
     for i, r in enumerate(v):
-        if not isinstance(r, dict) or r.get("kind") not in ("pod", "service"):
-            raise PeeringError(f"{where}[{i}]: expected {{'kind': 'pod'|'service', 'real', 'view'}}")
+        if not isinstance(r, dict) or r.get("kind") not in VIEW_KINDS:
+            raise PeeringError(f"{where}[{i}]: expected {{'kind': {'|'.join(VIEW_KINDS)}, 'real', 'view'}}")
         real = _cidr(r.get("real"), f"{where}[{i}].real")
         view = _cidr(r.get("view"), f"{where}[{i}].view")
         rn, vn = ipaddress.ip_network(real), ipaddress.ip_network(view)

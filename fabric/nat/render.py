@@ -182,11 +182,11 @@ def _delta(table: Table, out: list[PeerPieces], into: list[PeerPieces], gone: se
     # Out: the old peers' elements (keys only: our views of them) ...
     for v in (4, 6):
         *keyed, host = element_maps(v)
-        views = [m.view.prefix for p in out for m in p.peer.remote if m.view.version == v]
+        views = [k.cidr.prefix for p in out for k in p.keys if k.cidr.version == v]
         for name in keyed:
             elements("delete", name, views)
-        elements("delete", host, [m.view.prefix for p in out if p.host_target[v] is not None
-                                  for m in p.peer.remote if m.view.version == v])
+        elements("delete", host, [k.cidr.prefix for p in out if p.host_target[v] is not None
+                                  for k in p.keys if k.cidr.version == v])
     # ... then their rules; chains of removed peers go (nothing jumps to them any more).
     chains("flush", out)
     chains("delete", [p for p in out if p.cluster_id in gone])

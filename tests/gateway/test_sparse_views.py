@@ -79,9 +79,9 @@ def test_a_sparse_hub_serves_thirty_kubeadm_spokes_from_one_pool(clusters: Any) 
         used = sum(ipaddress.ip_network(v["view"]).num_addresses
                    for v in hub.views.snapshot()["allocations"])
         assert used == 30 * (16 + 1)
-        peers = (await hub.call("GET", "/api/v1/peers")).json()["peers"]
+        peers = (await hub.call("GET", "/api/v1/peers")).json()
         assert {p["views_mode"] for p in peers} == {"sparse"}
-        assert all("exports nothing" in p["reach"] for p in peers)
+        assert all("exports nothing to us" in p["reach"] for p in peers)
 
     asyncio.run(go())
 
@@ -122,7 +122,7 @@ def test_exports_drive_the_views_of_a_sparse_peer(clusters: Any) -> None:
         assert [(h["real"], h["view"]) for h in held] == [("10.96.0.20/32", view)]
         # Other peers untouched.
         assert next(p for p in hub.fabric.last.peers if p.cluster_id == "other") == other_before
-        peers = {p["cluster_id"]: p for p in (await hub.call("GET", "/api/v1/peers")).json()["peers"]}
+        peers = {p["cluster_id"]: p for p in (await hub.call("GET", "/api/v1/peers")).json()}
         assert peers["spoke"]["reach"] == f"sparse: db.prod at {new_view.split('/')[0]}"
 
     asyncio.run(go())
@@ -145,18 +145,19 @@ def test_an_export_too_wide_for_sparse_views_is_refused_and_changes_nothing(clus
 
 def test_mixed_modes_both_ways(clusters: Any) -> None:
     """One side sparse, the other full: each side's local mappings are the other's remote."""
-    for hub_mode, spoke_mode in (("sparse", "full"), ("full", "sparse")):
-        a = clusters(f"a{hub_mode}", exports=WEB, ipam={"views": hub_mode})
-        b = clusters(f"b{hub_mode}", exports=WEB, ipam={"views": spoke_mode})
 
-        async def go() -> None:
-            await peer(b, await token(a))  # noqa: B023
-            for x in (a, b):  # noqa: B023
-                await x.gw.export_sync.step()
-            pa, pb = a.fabric.last.peers[0], b.fabric.last.peers[0]  # noqa: B023
-            assert {(m.kind, m.real, m.view) for m in pa.local} == {(m.kind, m.real, m.view) for m in pb.remote}
-            assert {(m.kind, m.real, m.view) for m in pb.local} == {(m.kind, m.real, m.view) for m in pa.remote}
-            sparse_side = pa if hub_mode == "sparse" else pb
-            assert sorted(kinds(sparse_side.remote)) == ["egress", "export", "gateway"]
+    async def go(a: Any, b: Any, a_is_sparse: bool) -> None:
+        await peer(b, await token(a))
+        for x in (a, b):
+            await x.gw.export_sync.step()
+        pa, pb = a.fabric.last.peers[0], b.fabric.last.peers[0]
+        assert {(m.kind, m.real, m.view) for m in pa.local} == {(m.kind, m.real, m.view) for m in pb.remote}
+        assert {(m.kind, m.real, m.view) for m in pb.local} == {(m.kind, m.real, m.view) for m in pa.remote}
+        sparse_side, full_side = (pa, pb) if a_is_sparse else (pb, pa)
+        assert sorted(kinds(sparse_side.remote)) == ["egress", "export", "gateway"]
+        assert sorted(kinds(full_side.remote)) == ["pod", "service"]
 
-        asyncio.run(go())
+    for a_mode, b_mode in (("sparse", "full"), ("full", "sparse")):
+        a = clusters(f"a{a_mode}", exports=WEB, ipam={"views": a_mode})
+        b = clusters(f"b{a_mode}", exports=WEB, ipam={"views": b_mode})
+        asyncio.run(go(a, b, a_mode == "sparse"))

@@ -86,6 +86,8 @@ def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, An
     }
     if spec.ipam_pools:
         cfg["ipam"] = {"pools": list(spec.ipam_pools)}
+    if spec.ipam_views != "full":
+        cfg.setdefault("ipam", {})["views"] = spec.ipam_views
     if spec.pod_cidr6:  # dual stack: the IPv6 ranges beside the IPv4 ones
         cfg["pod_cidrs"].append(spec.pod_cidr6)
         if spec.service_cidr6:

@@ -20,6 +20,7 @@ YAML (every key optional; defaults give the two-cluster demo)::
         cilium_check: false           # emulate Cilium's source-IP check
         ipam_pools: []                # passed to the gateway's ipam.pools (default topology: gpu
                                       # 100.96.0.0/11, lab 100.64.0.0/11, so their views differ)
+        ipam_views: full              # or sparse: view peers through what they export (a hub)
         wireguard: userspace          # or wireguard-go (the reference implementation)
         # Dual stack (optional): IPv6 ranges beside the IPv4 ones. Node k gets the
         # k-th /64 of pod_cidr6; every pod (and the gateway) gets the IPv4 host
@@ -78,6 +79,7 @@ class ClusterSpec:
     masquerade: bool = False
     cilium_check: bool = False
     ipam_pools: tuple[str, ...] = ()
+    ipam_views: str = "full"  # the gateway's ipam.views (full | sparse)
     wireguard: str = "userspace"  # the gateway's wireguard.implementation
     pod_cidr6: str | None = None  # dual stack (see the module docstring)
     service_cidr6: str | None = None
@@ -267,7 +269,7 @@ def parse(data: Any) -> Topology:
 
 
 _CLUSTER_KEYS = {"id", "pod_cidr", "service_cidr", "node_cidr", "nodes", "pods_per_node",
-                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "wireguard",
+                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "ipam_views", "wireguard",
                  "pod_cidr6", "service_cidr6", "node_cidr6",
                  "exports"}
 DEFAULT_NODE_CIDR6 = "fd00:192:168:10::/64"
@@ -330,6 +332,9 @@ def _cluster(d: Any) -> ClusterSpec:
         raise TopologyError(f"{cid}.ipam_pools: a list of CIDRs")
     for p in pools:
         ipaddress.ip_network(str(p))
+    views = d.get("ipam_views", "full")
+    if views not in ("full", "sparse"):
+        raise TopologyError(f"{cid}.ipam_views: full or sparse")
     wg = d.get("wireguard", "userspace")
     if wg not in WG_IMPLEMENTATIONS:
         raise TopologyError(f"{cid}.wireguard: one of {', '.join(WG_IMPLEMENTATIONS)}")
@@ -338,7 +343,7 @@ def _cluster(d: Any) -> ClusterSpec:
                        nodes=nodes, pods_per_node=tuple(ppn), services=tuple(services),
                        gateway_ip=gw, masquerade=bool(d.get("masquerade", False)),
                        cilium_check=bool(d.get("cilium_check", False)),
-                       ipam_pools=tuple(str(p) for p in pools),
+                       ipam_pools=tuple(str(p) for p in pools), ipam_views=views,
                        pod_cidr6=str(pod6) if pod6 else None, service_cidr6=str(svc6) if svc6 else None,
                        node_cidr6=str(node6) if node6 else None)
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fabric.agent_api import Published, RoutesError, fetch_routes
+from fabric.agent_api import Published, RoutesError, client, fetch_routes
 from fabric.routes import Address, Network, NextHop, Plan, RouteError, RouteTable, plan
 
 log = logging.getLogger("crosswire.agent")
@@ -63,6 +63,7 @@ class Agent:
 
     gateway_url: str
     routes: RouteTable
+    http: Any = None  # an httpx.Client kept across polls (agent_api.client); None: one per poll
     errors: int = 0
     last_error: str | None = None
 
@@ -77,7 +78,7 @@ class Agent:
         unresolved: set[int] = set()
         problems: list[str] = []
         try:
-            published = fetch_routes(self.gateway_url)
+            published = fetch_routes(self.gateway_url, http=self.http)
         except RoutesError as e:
             self._failed(str(e))
             return None
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     routes = RouteTable(AGENT_PROTO)
-    agent = Agent(args.gateway, routes)
+    agent = Agent(args.gateway, routes, http=client())
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -148,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         routes.close()
+        agent.http.close()
 
 
 if __name__ == "__main__":

@@ -27,13 +27,32 @@ def spokes(lab: Lab, hub: str = "hub") -> list[str]:
     return [c.id for c in lab.plan.clusters if c.id != hub]
 
 
-def peer_one(lab: Lab, hub: str, spoke: str) -> str:
-    """A fresh single-use token from the hub, redeemed by the spoke; the CLI's answer."""
-    return ops.peer_add(lab, spoke, ops.token_create(lab, hub))
+# What a failed ``peer add`` says when the hub's answer came too late (a stalled machine:
+# the exchange's HTTP timeout is 10 s); the spoke rolled back, so a new token may be tried.
+TRANSIENT = ("Timeout", "timed out", "cannot reach")
 
 
-def peer_spokes(lab: Lab, hub: str, ids: Sequence[str], workers: int = 4) -> dict[str, str]:
-    """Peer every spoke in ``ids`` with ``hub``; {spoke: what `peer add` printed}."""
+def peer_one(lab: Lab, hub: str, spoke: str, attempts: int = 2) -> int:
+    """A fresh single-use token from the hub, redeemed by the spoke (``peer add -``); how many
+    tries it took. A try that failed on a timeout is retried with a new token, as an operator
+    would; a retry that finds the peering made after all ("already peered") counts as done."""
+    for attempt in range(1, attempts + 1):
+        try:
+            out = ops.peer_add(lab, spoke, ops.token_create(lab, hub))
+        except LabError as e:
+            if attempt > 1 and "is already peered" in str(e):
+                return attempt
+            if attempt == attempts or not any(t in str(e) for t in TRANSIENT):
+                raise
+            continue
+        if f"peered with {hub}" not in out:
+            raise LabError(f"[{spoke}] peer add printed no 'peered with {hub}': {out!r}")
+        return attempt
+    raise AssertionError("unreachable")
+
+
+def peer_spokes(lab: Lab, hub: str, ids: Sequence[str], workers: int = 3) -> dict[str, int]:
+    """Peer every spoke in ``ids`` with ``hub``, ``workers`` at a time; {spoke: tries}."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {s: pool.submit(peer_one, lab, hub, s) for s in ids}
         return {s: f.result() for s, f in futures.items()}

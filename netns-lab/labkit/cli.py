@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="lab instance name, the prefix of everything it creates (default cwlab)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the lab and start gateways, agents and pods")
-    up.add_argument("--topology", help="topology YAML (default: clusters gpu and lab)")
+    up.add_argument("--topology", help="topology YAML file, or the name of one in netns-lab/topologies/ "
+                    "(hub, dualstack); default: clusters gpu and lab")
     up.add_argument("--no-gateways", action="store_true", help="clusters only, no crosswire gateways")
     down = sub.add_parser("down", help="remove everything the lab made")
     down.add_argument("--all", action="store_true", help="every lab instance on this machine")

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ STATE_ROOT = Path(os.environ.get("CROSSWIRE_LAB_STATE", "/run/crosswire-lab"))
 REPO = Path(__file__).resolve().parents[2]
 PODSERVER = Path(__file__).resolve().parent / "podserver.py"
 WG_SOCK_DIR = Path("/var/run/wireguard")
+BUILD_WORKERS = 4  # clusters built at once
 
 
 class LabError(RuntimeError):
@@ -116,7 +118,11 @@ class Lab:
         self._bridge(p.internet_ns)
         for c in p.clusters:
             log(f"[{c.id}] {len(c.nodes)} nodes, {len(c.pods)} pods, gateway {c.gateway.ip if c.gateway else '-'}")
-            self._build_cluster(c)
+        # Clusters are independent (each in namespaces of its own; the internet bridge
+        # ports are c<i>): build a few at once, most of the time is spent spawning `ip`.
+        with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
+            for f in [pool.submit(self._build_cluster, c) for c in p.clusters]:
+                f.result()
         for c in p.clusters:
             self._start_cluster(c, st, gateways)
         for c in p.clusters:

@@ -116,7 +116,7 @@ def render_status(s: dict[str, Any]) -> str:
             health = str(st)
         out.append(f"    gateway {gw['pod_ip']} (public {gw['public']}): {health}")
         for p in c["peers"] if isinstance(c["peers"], list) else []:
-            views = ", ".join(f"{v['real']} -> {v['view']}" for v in p.get("our_views") or [])
+            views = ", ".join(f"{v.get('kind', '')} {v['real']} -> {v['view']}" for v in p.get("our_views") or [])
             age = p.get("handshake_age_s")
             out.append(f"    peer {p.get('cluster_id')}: {p.get('state')}, handshake "
                        f"{'never' if age is None else f'{age:.0f}s ago'}, rtt {p.get('rtt_ms')} ms, "

@@ -96,6 +96,16 @@ class Exchange:
             raise ViewsError(str(e)) from None
         return self.views.allocate(peer, want, replace=True, hold=cfg.quarantine)
 
+    def _check_takes_our_mode(self, other: peering.Side, token_hint: str) -> None:
+        """A peer from before sparse views cannot take a sparse gateway's views of it:
+        refused before anything is allocated, naming the way out (upgrade it)."""
+        mode = mode_of(self.views.views(other.cluster_id)) or self.config.ipam.views
+        if mode == "sparse" and "egress" not in other.view_kinds:
+            raise GatewayError(
+                f"{self.config.cluster_id} views new peers sparsely (ipam.views: sparse), but "
+                f"{other.cluster_id} runs a crosswire release from before sparse views (it takes only "
+                f"pod and service views): upgrade {other.cluster_id}, then peer again {token_hint}", 422)
+
     # --- tokens -----------------------------------------------------------------------------
 
     def create_token(self, ttl: float, reusable: bool, exports: list[str] | None = None) -> dict[str, Any]:
@@ -157,6 +167,7 @@ class Exchange:
             # and retries; its row is replaced and its IPAM views are reused.
         elif self.store.peer_by_key(other.public_key) is not None:
             raise GatewayError("that WireGuard key already belongs to another peer", 409)
+        self._check_takes_our_mode(other, "(this token stays valid)")
 
         eph = peering.Ephemeral.generate()
         allocated = False
@@ -218,6 +229,11 @@ class Exchange:
         resp = peering.verify_join_response(answer, token, request, eph, self.clock())
         other = resp.side
         self._check_views_of_us(resp.views_of_us)
+        try:
+            self._check_takes_our_mode(other, "with a new token")
+        except GatewayError:
+            await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key)
+            raise
         try:
             ours = self._allocate(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
         except ViewsError as e:

@@ -184,14 +184,18 @@ def source_seen(src_ns: str, dst_ns: str, dst: str) -> str:
 
 
 def add_third(n: Namespaces, a: Gw, tmp: Path) -> Gw:
-    """Gateway c (the new code, default settings), wired to a's namespace."""
+    """Gateway c (default settings, not started), wired to a's namespace."""
     ns_c = n.add("gwc")
     n.veth(a.ns, ns_c, "198.18.1.1/24", "198.18.1.2/24", name="w")
     sh("ip", "route", "add", "198.18.0.0/24", "via", "198.18.1.1", ns=ns_c)
-    c = build_cluster(n, "c", ns_c, "198.18.1.2", tmp)
-    c.start()
-    c.wait_ready()
-    return c
+    return build_cluster(n, "c", ns_c, "198.18.1.2", tmp)
+
+
+def wait_connected(g: Gw, peer: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (state := {p["cluster_id"]: p["state"] for p in cli(g, "peer", "list")}.get(peer)) != "connected":
+        assert time.monotonic() < deadline, f"{g.name} sees {peer} {state}, not connected, after {timeout} s"
+        time.sleep(0.3)
 
 
 @pytest.mark.root
@@ -261,12 +265,28 @@ def test_upgrade_from_the_previous_release_keeps_full_peerings(netns: Namespaces
                 set(before["a"][1]) <= set(rows), rows
             assert wait_ping(a.pods[0], dst, timeout=10) < 10
 
-            # A new peer of the sparse-configured a is viewed sparsely; its pods reach a's
-            # through the egress block a gave it (c views a in full, its default).
+            # A peer still on the previous release asks to join the sparse-configured a: it is
+            # told to upgrade, and nothing is spent (the token stays valid).
             t_c = time.monotonic()
             c = add_third(netns, a, tmp_path)
+            c.wrap = on_tree(tree)
+            c.start()
+            c.wait_ready()
             token = sh(str(BIN / "crosswire"), "token", "create", "--ttl", "5m", "--config", str(a.config),
                        ns=a.ns).stdout.strip()
+            r = sh(*on_tree(tree), str(BIN / "crosswire"), "peer", "add", "-", "--config", str(c.config),
+                   ns=c.ns, input=token, check=False)
+            assert r.returncode != 0 and "c runs a crosswire release from before sparse views" in r.stderr \
+                and "upgrade c, then peer again (this token stays valid)" in r.stderr, r
+            assert [p["cluster_id"] for p in cli(a, "peer", "list")] == ["b"]
+            assert [v for v in ipam_rows(a)[1] if v[0] == "c"] == []
+
+            # c upgraded, the same token: a views its new peer sparsely; c's pods reach a's
+            # through the egress block a gave it (c views a in full, its default).
+            _sigterm(c)
+            c.wrap = ()
+            c.start()
+            c.wait_ready()
             joined = cli(c, "peer", "add", "-", stdin=token)
             peers = {p["cluster_id"]: p for p in cli(a, "peer", "list")}
             pc = peers["c"]
@@ -275,7 +295,6 @@ def test_upgrade_from_the_previous_release_keeps_full_peerings(netns: Namespaces
             assert kinds <= {"egress", "gateway", "export"} and "egress" in kinds, pc["our_views"]
             assert peers["b"]["views_mode"] == "full" and \
                 {v["kind"] for v in peers["b"]["our_views"]} == {"pod", "service"}
-            # c's side: it translates its clients into the egress block a gave it
             egress = {v["view"] for v in pc["our_views"] if v["kind"] == "egress"}
             assert {v["view"] for v in joined["their_views"] if v["kind"] == "egress"} == egress
             block = next(ipaddress.ip_network(v) for v in egress if ipaddress.ip_network(v).version == 4)
@@ -283,7 +302,22 @@ def test_upgrade_from_the_previous_release_keeps_full_peerings(netns: Namespaces
             wait_ping(c.pods[0], dst_a, timeout=20)
             assert ipaddress.ip_address(source_seen(c.pods[0], a.pods[0], dst_a)) in block
             assert (readyz(a), readyz(b), readyz(c)) == (200, 200, 200)
-            print(f"upgrade test: third peer {time.monotonic() - t_c:.1f} s, "
+            t_c = time.monotonic() - t_c
+
+            # The documented mode switch (README, "Upgrading to sparse views"): remove the
+            # peer, peer again with a new token; each side then views the other as its
+            # ipam.views says (both sparse here).
+            t_switch = time.monotonic()
+            a.cli("peer", "remove", "b", timeout=60)
+            token = b.cli("token", "create", "--ttl", "5m").stdout.strip()
+            again = cli(a, "peer", "add", "-", stdin=token)
+            assert (again["views_mode"], again["their_views_mode"]) == ("sparse", "sparse"), again
+            assert {v["kind"] for v in again["our_views"]} <= {"egress", "gateway", "export"}
+            wait_connected(a, "b")  # health probes, both ways, through the gateway views
+            wait_connected(b, "a")
+            assert (readyz(a), readyz(b)) == (200, 200)
+            t_switch = time.monotonic() - t_switch
+            print(f"upgrade test: third peer {t_c:.1f} s, mode switch {t_switch:.1f} s, "
                   f"wall {time.monotonic() - t_start:.1f} s; {json.dumps(results)}")
     finally:
         if c is not None and c.proc is not None and c.proc.poll() is None:

@@ -98,6 +98,31 @@ def ipam_rows(g: Gw) -> tuple[str, list[tuple[str, str, str, str]]]:
     return str(version), [tuple(r) for r in rows]
 
 
+OLD_OPEN = """
+import sys
+from gateway.ipam_adapter import IpamViews, ViewsError
+try:
+    IpamViews(sys.argv[1], ("10.244.0.0/16",), ("10.96.0.0/12",), (), None)
+except ViewsError as e:
+    print(e)
+"""
+
+
+def downgrade_refusal(g: Gw, tree: Path, tmp: Path) -> str:
+    """What the previous release says of ``g``'s upgraded ipam.db (a consistent copy)."""
+    copy = tmp / f"{g.name}-ipam-copy.db"
+    src = sqlite3.connect(f"file:{g.state_dir / 'ipam.db'}?mode=ro", uri=True, timeout=10)
+    dst = sqlite3.connect(copy)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    # cwd: the old tree, which -c puts first on sys.path
+    return subprocess.run([sys.executable, "-c", OLD_OPEN, str(copy)], capture_output=True, text=True,
+                          cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)), timeout=60).stdout.strip()
+
+
 def readyz(g: Gw) -> int:
     code = ("import sys, urllib.request, urllib.error\n"
             "try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=5).status)\n"
@@ -248,6 +273,9 @@ def test_upgrade_from_the_previous_release_keeps_full_peerings(netns: Namespaces
                 assert sorted((v["kind"], v["real"], v["view"]) for v in p["our_views"]) == \
                     sorted((k, r, v) for _, k, r, v in before[g.name][1])
             assert (readyz(a), readyz(b)) == (200, 200)
+            # No way back without the copy of ipam.db taken before (README says so): the
+            # previous release refuses the upgraded store, naming it.
+            assert "schema version 2, this crosswire reads 1" in downgrade_refusal(a, tree, tmp_path)
 
             # b gains a service range later (a daemon restart announces it): a views the new
             # range in full too, as the peering's mode says, not sparsely as a's config does.

@@ -223,6 +223,18 @@ def wait_connected(g: Gw, peer: str, timeout: float = 30) -> None:
         time.sleep(0.3)
 
 
+@pytest.mark.parametrize("ci", [True, False])
+def test_without_the_previous_release_in_git_it_fails_under_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               ci: bool) -> None:
+    monkeypatch.setitem(globals(), "PREVIOUS", "0" * 40)  # as in a shallow clone: not there
+    monkeypatch.setitem(globals(), "IN_CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match=r"needs the previous release's source: commit 0000000 is not in .*"
+                                      r"not --depth; `git fetch --unshallow`"):
+        previous_tree(tmp_path / "previous")
+    assert not (tmp_path / "previous").exists()
+
+
 @pytest.mark.root
 @pytest.mark.slow
 @pytest.mark.timeout(400)

@@ -161,3 +161,28 @@ def test_mixed_modes_both_ways(clusters: Any) -> None:
         a = clusters(f"a{a_mode}", exports=WEB, ipam={"views": a_mode})
         b = clusters(f"b{a_mode}", exports=WEB, ipam={"views": b_mode})
         asyncio.run(go(a, b, a_mode == "sparse"))
+
+
+def test_claims_keep_each_address_its_own_view() -> None:
+    """Neighbouring exports are never merged (another export coming or going must not move
+    an address); an address inside an exported CIDR, the gateway's included, rides on it."""
+    from gateway.config import IpamConfig
+    from gateway.sparse import SparseError, claims
+
+    cfg = IpamConfig(views="sparse")
+    ranges = (("pod", "10.244.0.0/16"), ("service", "10.96.0.0/12"), ("pod", "fd00::/48"))
+    got = claims(cfg, ranges, "10.244.0.2", [
+        {"name": "a.b", "addresses": ["10.96.0.10/32", "10.96.0.11/32"]},
+        {"name": "c.d", "addresses": ["10.96.0.10/32", "10.244.7.0/28", "10.244.7.3/32"]},
+        {"name": "e.f", "addresses": ["fd00::5/128"]}])
+    assert got == [("egress", "0.0.0.0/28"), ("egress", "::/124"), ("gateway", "10.244.0.2/32"),
+                   ("export", "10.96.0.10/32"), ("export", "10.96.0.11/32"), ("export", "10.244.7.0/28"),
+                   ("export", "fd00::5/128")]
+    inside = claims(cfg, ranges[:1], "10.244.0.2", [{"name": "gw.x", "addresses": ["10.244.0.0/30"]}])
+    assert inside == [("egress", "0.0.0.0/28"), ("export", "10.244.0.0/30")]
+    try:
+        claims(cfg, ranges, None, [{"name": "big.one", "addresses": ["10.244.0.0/23"]}])
+    except SparseError as e:
+        assert str(e).startswith("export 'big.one': address 10.244.0.0/23 would need 512 view addresses")
+    else:
+        raise AssertionError("a /23 export was accepted")

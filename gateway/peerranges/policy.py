@@ -23,11 +23,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from fabric.model import PEER_SPACE
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Approval = Literal["auto", "manual"]
 
-# Private and shared space: RFC 1918, RFC 6598 (100.64/10), the IPv6 ULA half (fd00::/8).
-DEFAULT_ALLOW: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fd00::/8")
+# Private and shared space: RFC 1918, RFC 6598 (100.64/10), the IPv6 ULA half (fd00::/8);
+# the node agent's default too.
+DEFAULT_ALLOW: tuple[str, ...] = PEER_SPACE
 DEFAULT_MAX_RANGES = 16
 # A /11 of IPv4 per peer: kubeadm's defaults (a /16 and a /12) fit, the private
 # pools (about 21 M addresses) hold ten such peers; a /40 of IPv6 (256 /48s).

@@ -67,7 +67,7 @@ def register(app: FastAPI, cp: ControlPlane, admin: Callable[..., None]) -> None
         return ranges_admin.show(cp.exchange, cluster_id)
 
     @app.post("/api/v1/peers/{cluster_id}/ranges", tags=["admin"], dependencies=[Depends(admin)],
-              response_model=None, responses={**ok(PeerRangesDecided), **errors(401, 403, 404, 409, 422)})
+              response_model=None, responses={**ok(PeerRangesDecided), **errors(400, 401, 403, 404, 409, 422)})
     async def peer_ranges_decide(cluster_id: str, req: RangesDecision) -> dict[str, Any]:
         if req.approve == req.reject:
             raise GatewayError("give either approve: true or reject: true", 422)

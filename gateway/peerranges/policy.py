@@ -129,9 +129,8 @@ def check(ranges: Sequence[tuple[str, str]], policy: RangePolicy,
             accepted.append((kind, cidr))
     for version, limit, key in ((4, policy.max_v4, "ipv4"), (6, policy.max_v6, "ipv6")):
         if total[version] > limit:
-            refusals.append(Refusal("ranges", f"{_size(total[version], version)} IPv{version} addresses in all, "
-                                              f"more than peer_ranges.max_view_addresses.{key} "
-                                              f"({_size(limit, version)})"))
+            refusals.append(Refusal("ranges", f"{total[version]} IPv{version} addresses in all, more than "
+                                              f"peer_ranges.max_view_addresses.{key} ({_size(limit, version)})"))
     return Verdict(tuple(accepted), tuple(refusals))
 
 
@@ -145,7 +144,7 @@ def _cidrs(value: object, key: str) -> tuple[str, ...]:
         raise PolicyError(f"{key}: expected a non-empty list of CIDRs")
     out = []
     for i, v in enumerate(value):
-        net = _net(v) if isinstance(v, str) else None
+        net = _net(v.strip()) if isinstance(v, str) else None
         if net is None:
             raise PolicyError(f"{key}[{i}]: {v!r} is not a valid CIDR (no host bits)")
         out.append(str(net))

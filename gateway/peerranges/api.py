@@ -45,6 +45,8 @@ class PeerRanges(BaseModel):
     token_ranges: list[str] | None = Field(description="what its token allows (null: the policy only)")
     policy: dict[str, Any]
     pending: PendingRanges | None
+    outside_policy: str | None = Field(description="why the current policy would refuse its stored ranges "
+                                                   "(stored before the policy, or the policy was narrowed)")
 
 
 class PeerRangesDecided(PeerRanges):

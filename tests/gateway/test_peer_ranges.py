@@ -264,3 +264,25 @@ def test_manual_approval_holds_a_change_until_the_operator_approves(clusters: An
         assert (await gpu.call("GET", "/api/v1/peers/nobody/ranges")).status_code == 404
 
     asyncio.run(go())
+
+
+def test_peers_stored_before_a_narrower_policy_are_reported(clusters: Any) -> None:
+    from gateway.peerranges import admin
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        assert (await peer(lab, gpu)).status_code == 201
+        assert admin.audit(gpu.gw.exchange) == {}
+        gpu.close()
+        gpu.over = {"peer_ranges": {"allow": ["10.244.0.0/16"]}}  # the operator narrows the policy
+        gpu.open()
+        found = admin.audit(gpu.gw.exchange)
+        assert found == {"lab": "service 10.96.0.0/12: outside the address space this gateway accepts from "
+                                "peers (peer_ranges.allow: 10.244.0.0/16)"}
+        shown = (await gpu.call("GET", "/api/v1/peers/lab/ranges")).json()
+        assert shown["outside_policy"] == found["lab"]
+        # Reported, not torn down: traffic keeps flowing until the operator re-peers it.
+        assert [p.cluster_id for p in gpu.gw.reconciler.desired().peers] == ["lab"]
+
+    asyncio.run(go())

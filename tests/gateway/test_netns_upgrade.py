@@ -10,12 +10,15 @@ daemon adopts the data plane the old one started), ``b`` as a container
 restart (daemon stopped, data plane killed, both started on the new code,
 which reads the saved configuration the old crosswire-wg wrote).
 
-What must hold: each ``ipam.db`` is upgraded in place to schema 2; the
-peering stays full (same views, same view CIDRs: a peering keeps the mode its
-views have); the traffic survives (gaps printed, generous bounds asserted);
-/readyz answers 200 on both; and a peer added afterwards to the
-sparse-configured gateway is viewed sparsely, with traffic from it reaching
-``a``'s pods through its egress block.
+What must hold: each ``ipam.db`` is upgraded in place to schema 2 (and the
+previous release refuses it, naming the schema); the peering stays full
+(same views, same view CIDRs, also when b announces a new range later: a
+peering keeps the mode its views have); the traffic survives (gaps printed,
+generous bounds asserted); /readyz answers 200 on both. A third gateway
+still on the previous release is told to upgrade when it asks to join the
+sparse-configured ``a``; upgraded, it joins with the same token, is viewed
+sparsely, and its pods reach ``a``'s through its egress block. Last, the
+README's mode switch (peer remove, new token, peer add) makes a-b sparse.
 """
 
 from __future__ import annotations
@@ -242,9 +245,11 @@ def test_upgrade_from_the_previous_release_keeps_full_peerings(netns: Namespaces
     require_root("wg", "nft", "ping")
     t_start = time.monotonic()
     os.chmod(tmp_path, 0o700)
-    tree = previous_tree(tmp_path / "previous")
+    tree = tmp_path / "previous"
     c: Gw | None = None
     try:
+        previous_tree(tree)
+
         def old(*gws: Gw) -> None:
             use_impl("userspace")(*gws)
             for g in gws:

@@ -26,6 +26,11 @@ KINDS: tuple[Kind, ...] = ("pod", "service", "export", "gateway", "egress")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# The address space a peer's ranges (and so our views of them) may lie in unless
+# an operator says otherwise: RFC 1918, RFC 6598 shared space, IPv6 ULA fd00::/8.
+# Never public space: a route there would capture real destinations.
+PEER_SPACE: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fd00::/8")
+
 
 def map_into(addr: Address, real: Network, view: Network) -> Address:
     """``addr`` (inside ``real``) moved prefix-for-prefix into ``view``: the one

@@ -3,7 +3,8 @@
 Public, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
 node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``; ``/api/v1/exports``, ``/api/v1/imports`` and the admin
-``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exports.api.
+``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exports.api, the admin
+``GET|POST /api/v1/peers/{cluster_id}/ranges`` in gateway.peerranges.api.
 Peering (authenticated by the token / channel keys inside the body, see
 gateway.peering): ``POST /api/v1/peering/join``, ``POST /api/v1/peering/message``.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
@@ -42,6 +43,7 @@ from gateway.limits import BodyLimit
 from gateway.metrics import render_metrics
 from gateway.page import add_route as add_page_route
 from gateway.peering import PeeringError
+from gateway.peerranges import api as rangesapi
 from gateway.tokens import parse_duration
 
 log = logging.getLogger("crosswire.api")
@@ -53,6 +55,8 @@ class TokenCreate(BaseModel):
     reusable: bool = False
     exports: list[str] | None = Field(default=None, description="export names the redeeming peer may reach "
                                                                   "(default: every export)")
+    ranges: list[str] | None = Field(default=None, description="CIDRs the redeeming peer may announce, inside "
+                                                                 "peer_ranges.allow (default: the policy only)")
 
 
 class PeerAdd(BaseModel):
@@ -195,7 +199,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
             ttl = parse_duration(str(req.ttl))
         except ValueError as e:
             raise GatewayError(f"ttl: {e}", 422) from None
-        return cp.exchange.create_token(ttl, req.reusable, req.exports)
+        return cp.exchange.create_token(ttl, req.reusable, req.exports, req.ranges)
 
     @app.get("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
               responses={**ok(list[m.TokenInfo]), **errors(401)})
@@ -232,6 +236,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return await cp.exchange.announce_ranges()
 
     exportsapi.register(app, cp, admin, lambda: cp.export_sync)
+    rangesapi.register(app, cp, admin)
     return app
 
 

@@ -183,9 +183,18 @@ def views_tables(peers: Sequence[Mapping[str, Any]], *, color: bool = False) -> 
     return out
 
 
+def reach_lines(peers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per peer: how each side views the other (ipam.views) and what our pods reach there."""
+    rows = [(p["cluster_id"], p.get("views_mode") or "-", p.get("their_views_mode") or "-",
+             clean(p.get("reach") or "-")) for p in peers]
+    return ["what our pods reach", *table(("PEER", "WE VIEW", "THEY VIEW", "REACH"), rows, indent="  ")]
+
+
 def peer_list(peers: Sequence[Mapping[str, Any]], *, color: bool = False) -> list[str]:
     out = peers_table(peers, color=color)
-    return [*out, "", *views_tables(peers, color=color)] if peers else out
+    if not peers:
+        return out
+    return [*out, "", *reach_lines(peers), "", *views_tables(peers, color=color)]
 
 
 def reconcile_line(rec: Mapping[str, Any], now: float) -> str:

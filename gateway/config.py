@@ -45,6 +45,8 @@ from fabric.model import MTU_MAX, MTU_MIN
 from gateway.dns import config as dns_config
 from gateway.dns.config import DnsConfig
 from gateway.exports.config import Export, ExportsError, parse_exports
+from gateway.peerranges import policy as range_policy
+from gateway.peerranges.policy import RangePolicy
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
@@ -122,6 +124,8 @@ class Config:
     # None: peers reach the whole pod and service ranges; else only these (gateway.exports).
     exports: tuple[Export, ...] | None = None
     dns: DnsConfig = field(default_factory=DnsConfig)
+    # What peers may announce (gateway.peerranges.policy): allow-list, quotas, approval.
+    peer_ranges: RangePolicy = field(default_factory=RangePolicy)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -284,7 +288,7 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
              "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table",
-             "exports", "dns"}
+             "exports", "dns", "peer_ranges"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
 _API_KEYS = {"listen", "advertise", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
@@ -445,6 +449,10 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         dns = dns_config.parse(raw.get("dns"), os.environ if env is None else env)
     except dns_config.DnsConfigError as e:
         raise ConfigError(str(e)) from None
+    try:
+        peer_ranges = range_policy.parse(raw.get("peer_ranges"))
+    except range_policy.PolicyError as e:
+        raise ConfigError(str(e)) from None
 
     return Config(
         cluster_id=cluster_id,
@@ -467,6 +475,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         nft_table=table,
         exports=exports,
         dns=dns,
+        peer_ranges=peer_ranges,
     )
 
 

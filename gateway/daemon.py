@@ -33,6 +33,7 @@ from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
 from gateway.httpserver import listen, make_server, raise_fd_limit
 from gateway.ipam_adapter import IpamViews, ViewsError
+from gateway.peerranges import admin as ranges_admin
 from gateway.state import StateStore
 from gateway.statedir import StateDirError
 
@@ -148,6 +149,7 @@ async def serve(config: Config) -> int:
     gw_ip = await asyncio.to_thread(find_gateway_ip, config)
     # build() refuses damaged state before anything on the host is changed.
     cp = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
+    ranges_admin.audit(cp.exchange)  # peers stored before the policy (or a narrower one): a warning each
     host, port = config.listen_host_port
     fds = raise_fd_limit()
     try:

@@ -26,6 +26,7 @@ from gateway.exports.config import ExportsError, parse_names
 from gateway.exports.imports import parse_body as parse_exports_body
 from gateway.ipam_adapter import Views, ViewsError, ordered
 from gateway.peering import PeeringError, views_body
+from gateway.peerranges.state import PeerRanges
 from gateway.readmodel import peer_summary
 from gateway.reconciler import Reconciler
 from gateway.sparse import SparseError, claims, mode_of
@@ -45,6 +46,17 @@ class Exchange:
     reconciler: Reconciler
     channel: PeerChannel
     clock: Callable[[], float] = time.time
+    # The gate for every range a peer announces (policy, token grant, quota, approval).
+    peer_ranges: PeerRanges | None = None
+
+    def __post_init__(self) -> None:
+        if self.peer_ranges is None:
+            self.peer_ranges = PeerRanges(self.config.peer_ranges, self.store)
+
+    @property
+    def ranges_gate(self) -> PeerRanges:
+        assert self.peer_ranges is not None
+        return self.peer_ranges
 
     # --- identity ---------------------------------------------------------------------------
 
@@ -81,7 +93,7 @@ class Exchange:
         got = exports.imports().get(peer) if exports is not None else None
         return got[0] if got else []
 
-    def _allocate(self, peer: str, ranges: tuple[tuple[str, str], ...] | list[tuple[str, str]],
+    def allocate_views(self, peer: str, ranges: tuple[tuple[str, str], ...] | list[tuple[str, str]],
                   gateway_ip: str | None, *, replace: bool = False,
                   imports: list[dict[str, Any]] | None = None) -> list[RangeMap]:
         """Our views of ``peer``, in the mode its views already have (a peering keeps its
@@ -96,10 +108,22 @@ class Exchange:
             raise ViewsError(str(e)) from None
         return self.views.allocate(peer, want, replace=True, hold=cfg.quarantine)
 
+    def _check_takes_our_mode(self, other: peering.Side, token_hint: str) -> None:
+        """A peer from before sparse views cannot take a sparse gateway's views of it:
+        refused before anything is allocated, naming the way out (upgrade it)."""
+        mode = mode_of(self.views.views(other.cluster_id)) or self.config.ipam.views
+        if mode == "sparse" and "egress" not in other.view_kinds:
+            raise GatewayError(
+                f"{self.config.cluster_id} views new peers sparsely (ipam.views: sparse), but "
+                f"{other.cluster_id} runs a crosswire release from before sparse views (it takes only "
+                f"pod and service views): upgrade {other.cluster_id}, then peer again {token_hint}", 422)
+
     # --- tokens -----------------------------------------------------------------------------
 
-    def create_token(self, ttl: float, reusable: bool, exports: list[str] | None = None) -> dict[str, Any]:
+    def create_token(self, ttl: float, reusable: bool, exports: list[str] | None = None,
+                     ranges: list[str] | None = None) -> dict[str, Any]:
         names = None if exports is None else self.export_names(exports)
+        cidrs = None if ranges is None else self.ranges_gate.token_cidrs(ranges)
         problem = self.config.advertise_problem()
         if problem is not None:
             # A token whose URL leads nowhere fails only later, in the other cluster.
@@ -111,6 +135,8 @@ class Exchange:
                                          expires=tok.expires, reusable=reusable))
         if names is not None and self.reconciler.exports is not None:
             self.reconciler.exports.set_token_names(tok.token_id, names)
+        if cidrs is not None:
+            self.ranges_gate.set_token_cidrs(tok.token_id, cidrs)
         log.info("token %s created (expires in %.0fs, reusable=%s)", tok.token_id, ttl, reusable)
         return {"token": tok.encode(), "token_id": tok.token_id, "expires": tok.expires,
                 "reusable": reusable, "url": tok.url}
@@ -157,6 +183,8 @@ class Exchange:
             # and retries; its row is replaced and its IPAM views are reused.
         elif self.store.peer_by_key(other.public_key) is not None:
             raise GatewayError("that WireGuard key already belongs to another peer", 409)
+        self.ranges_gate.require(other.cluster_id, other.ranges, self.ranges_gate.token_grant(token_id), "join")
+        self._check_takes_our_mode(other, "(this token stays valid)")
 
         eph = peering.Ephemeral.generate()
         allocated = False
@@ -167,7 +195,7 @@ class Exchange:
                 if not self.store.use_token(db, token_id):
                     raise GatewayError("token was already used", 403)
                 try:
-                    ours = self._allocate(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
+                    ours = self.allocate_views(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
                 except ViewsError as e:
                     raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}{self._hint(e)}",
                                        422) from None
@@ -179,6 +207,7 @@ class Exchange:
                     channel_key=keys.channel_key, psk=keys.psk, created=now))
                 if self.reconciler.exports is not None:  # the token's share of our exports
                     self.reconciler.exports.grant_from_token(db, token_id, other.cluster_id)
+                self.ranges_gate.grant_from_token(db, token_id, other.cluster_id)
         except BaseException:
             if allocated and existing is None:
                 self.views.release(other.cluster_id)
@@ -219,7 +248,13 @@ class Exchange:
         other = resp.side
         self._check_views_of_us(resp.views_of_us)
         try:
-            ours = self._allocate(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
+            self.ranges_gate.require(other.cluster_id, other.ranges, None, f"{other.cluster_id}'s ranges")
+            self._check_takes_our_mode(other, "with a new token")
+        except GatewayError:
+            await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key)
+            raise
+        try:
+            ours = self.allocate_views(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
         except ViewsError as e:
             # B already holds a pending peer for us: tell it to drop it.
             await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key)
@@ -278,12 +313,21 @@ class Exchange:
             # here (same IPAM transaction), so a removal needs no re-peering.
             ranges = list(dict.fromkeys(peering.parse_ranges(msg.body.get("ranges"))))
             gw_ip = peering.check_ip(msg.body.get("gateway_ip"), "gateway_ip")
-            try:
-                self._allocate(sender, ranges, gw_ip or peer.gateway_ip, replace=True)
-            except ViewsError as e:
-                raise GatewayError(f"cannot allocate views of the announced ranges: {e}", 422) from None
-            self.store.update_peer(sender, ranges=tuple(ranges), gateway_ip=gw_ip or peer.gateway_ip)
-            payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
+            gate = self.ranges_gate
+            gate.require(sender, ranges, gate.grant(sender), "range change")
+            if gate.policy.approval == "manual" and set(ranges) != set(peer.ranges):
+                gate.set_pending(sender, ranges, gw_ip, now)  # the operator approves (peerranges.admin)
+                log.warning("peer %s: range change pending approval (crosswire peer ranges %s): %s", sender,
+                            sender, ", ".join(f"{k} {c}" for k, c in ranges))
+                payload["pending_approval"] = f"{me} requires an operator's approval of range changes"
+            else:
+                try:
+                    self.allocate_views(sender, ranges, gw_ip or peer.gateway_ip, replace=True)
+                except ViewsError as e:
+                    raise GatewayError(f"cannot allocate views of the announced ranges: {e}", 422) from None
+                self.store.update_peer(sender, ranges=tuple(ranges), gateway_ip=gw_ip or peer.gateway_ip)
+                gate.clear_pending(sender)
+                payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
         elif msg.type == "key":
             new_key = peering.check_public_key(msg.body.get("public_key"))
             # Our own key, or another peer's, would make WireGuard's cryptokey routing
@@ -312,7 +356,7 @@ class Exchange:
                 # Exports drive a sparse peer's views: allocate (or hold) just the
                 # changed addresses before storing, so a refusal changes nothing.
                 try:
-                    self._allocate(sender, peer.ranges, peer.gateway_ip, replace=True, imports=body)
+                    self.allocate_views(sender, peer.ranges, peer.gateway_ip, replace=True, imports=body)
                 except ViewsError as e:
                     raise GatewayError(f"cannot view the exports of {sender}: {e}", 422) from None
                 payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
@@ -349,6 +393,7 @@ class Exchange:
         self.views.release(cluster_id, hold=self.config.ipam.quarantine)
         if self.reconciler.exports is not None:
             self.reconciler.exports.forget(cluster_id)
+        self.ranges_gate.forget(cluster_id)
 
     # --- admin operations -------------------------------------------------------------------
 
@@ -433,6 +478,9 @@ class Exchange:
                 body = await self.channel.send(p, "ranges", {
                     "ranges": [{"kind": k, "cidr": c} for k, c in mine],
                     "gateway_ip": self.reconciler.gateway_ip})
+                if body.get("pending_approval"):  # it told us its views once approved ("views")
+                    result[p.cluster_id] = f"pending: {body['pending_approval']}"
+                    continue
                 views = peering.parse_views(body.get("views_of_you"), "views_of_you")
                 self._check_views_of_us(views)
                 self.store.update_peer(p.cluster_id, their_views=tuple(views))

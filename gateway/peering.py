@@ -151,6 +151,8 @@ def parse_ranges(v: object, where: str = "ranges") -> list[tuple[str, str]]:
 # A full view maps a pod or service range; sparse ones an exported address, the
 # gateway's address or an egress block (ipam/DESIGN.md, "Sparse views").
 VIEW_KINDS = ("pod", "service", "export", "gateway", "egress")
+# What a release from before sparse views takes (its join carries no view_kinds).
+FULL_KINDS = ("pod", "service")
 
 
 def views_body(maps: Iterable[RangeMap]) -> list[dict[str, str]]:
@@ -221,11 +223,15 @@ class Side:
     ranges: tuple[tuple[str, str], ...]  # (kind, real cidr)
     gateway_ip: str | None
     url: str
+    # The view kinds this side takes from its peer: a sparse gateway refuses, before
+    # anything is spent, a peer from before sparse views (older releases ignore the field).
+    view_kinds: tuple[str, ...] = VIEW_KINDS
 
     def to_body(self) -> dict[str, Any]:
         return {"cluster_id": self.cluster_id, "public_key": self.public_key,
                 "endpoint": self.endpoint, "gateway_ip": self.gateway_ip, "url": self.url,
-                "ranges": [{"kind": k, "cidr": c} for k, c in self.ranges]}
+                "ranges": [{"kind": k, "cidr": c} for k, c in self.ranges],
+                "view_kinds": list(self.view_kinds)}
 
     @staticmethod
     def from_body(body: Mapping[str, Any]) -> Side:
@@ -234,7 +240,15 @@ class Side:
                     endpoint=check_endpoint(body.get("endpoint")),
                     ranges=tuple(parse_ranges(body.get("ranges"))),
                     gateway_ip=check_ip(body.get("gateway_ip"), "gateway_ip"),
-                    url=_str(body, "url"))
+                    url=_str(body, "url"),
+                    view_kinds=parse_view_kinds(body.get("view_kinds", list(FULL_KINDS))))
+
+
+def parse_view_kinds(v: object) -> tuple[str, ...]:
+    """The view kinds a peer takes; kinds of a later release that we do not know are ignored."""
+    if not isinstance(v, list) or not all(isinstance(k, str) for k in v):
+        raise PeeringError("view_kinds: expected a list of view kinds")
+    return tuple(k for k in VIEW_KINDS if k in v)
 
 
 @dataclass

@@ -51,13 +51,12 @@ def claims(cfg: IpamConfig, ranges: Sequence[tuple[str, str]], gateway_ip: str |
     ``ranges`` are the peer's announced (kind, cidr); ``exports`` what it
     exports to us (the ``exports`` message's body: real addresses, already
     checked to lie in its ranges). Overlapping exported addresses are viewed
-    once, through the widest; the gateway's address is covered by an export
-    that contains it.
+    once, through the widest (never merged: each keeps its own view when
+    another export comes or goes); the gateway's address is covered by an
+    export that contains it.
     """
-    nets = [ipaddress.ip_network(c) for _, c in ranges]
-    out = cfg.egress_ranges({n.version for n in nets})
-    v4: list[ipaddress.IPv4Network] = []
-    v6: list[ipaddress.IPv6Network] = []
+    out = cfg.egress_ranges({ipaddress.ip_network(c).version for _, c in ranges})
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for e in exports:
         for a in e.get("addresses", ()):
             net = ipaddress.ip_network(a)
@@ -65,12 +64,17 @@ def claims(cfg: IpamConfig, ranges: Sequence[tuple[str, str]], gateway_ip: str |
                 raise SparseError(
                     f"export {e.get('name')!r}: address {net} would need {net.num_addresses} view "
                     f"addresses; at most {MAX_EXPORT_ADDRESSES} per exported CIDR under ipam.views: sparse")
-            if isinstance(net, ipaddress.IPv4Network):
-                v4.append(net)
-            else:
-                v6.append(net)
-    exported: list[str] = [str(n) for n in ipaddress.collapse_addresses(v4)] + \
-        [str(n) for n in ipaddress.collapse_addresses(v6)]
+            nets.append(net)
+    # Each address keeps its own view (never merged with a neighbour's: adding
+    # an export must not move another's address); one inside another exported
+    # CIDR is reached through that CIDR's view.
+    exported: list[str] = []
+    reach: tuple[int, int] = (0, -1)  # (version, last address) of the widest kept so far
+    for n in sorted(set(nets), key=lambda n: (n.version, int(n.network_address), n.prefixlen)):
+        if (n.version, int(n.broadcast_address)) <= reach:
+            continue  # inside an exported CIDR kept before it
+        exported.append(str(n))
+        reach = (n.version, int(n.broadcast_address))
     if gateway_ip is not None:
         gw = ipaddress.ip_address(gateway_ip)
         if not any(gw in ipaddress.ip_network(n) for n in exported):

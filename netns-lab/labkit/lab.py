@@ -240,7 +240,7 @@ class Lab:
         for n in c.nodes:
             self.spawn(st, f"{c.id}-{n.name}-agent", n.ns,
                        [str(venv_bin() / "crosswire"), "agent", "run", "--gateway", c.api_url,
-                        "--interval", f"{c.spec.agent_interval:g}"])
+                        "--interval", f"{c.spec.agent_interval:g}", "--allow", ",".join(c.spec.agent_allow())])
 
     def _wait_ready(self, c: ClusterPlan, gateways: bool, timeout: float = 60) -> None:
         assert c.gateway is not None

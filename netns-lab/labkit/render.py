@@ -97,4 +97,6 @@ def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, An
         cfg["gateway_ip6"] = c.gateway.ip6
     if spec.exports is not None:
         cfg["exports"] = [dict(e) for e in spec.exports]
+    if spec.peer_ranges is not None:
+        cfg["peer_ranges"] = dict(spec.peer_ranges)
     return cfg

@@ -33,6 +33,9 @@ YAML (every key optional; defaults give the two-cluster demo)::
         exports: [{name: web.default, ports: [80/tcp]}]   # the gateway's ``exports``
                                       # (absent: share everything); a lab service's
                                       # name without addresses gets its fixed IP
+        peer_ranges: {max_view_addresses: {ipv4: /7}}   # the gateway's ``peer_ranges``
+                                      # (absent: its defaults); the node agents route
+                                      # views inside its ``allow`` and ``ipam_pools``
 
 The default topology (``lab up`` without a file, ``lab demo``) has gpu export
 its ``web`` service on 80/tcp and one pod (``trainer.ml``, p3 on 8080/tcp);
@@ -93,6 +96,15 @@ class ClusterSpec:
     service_cidr6: str | None = None
     node_cidr6: str | None = None
     exports: tuple[dict[str, Any], ...] | None = None  # the gateway's exports (None: share everything)
+    peer_ranges: dict[str, Any] | None = None  # the gateway's peer_ranges (None: its defaults)
+
+    def agent_allow(self) -> tuple[str, ...]:
+        """What the node agents may route: the views come from the pools (remaps) or are
+        peer ranges the gateway accepted (identity), inside ``peer_ranges.allow``."""
+        from fabric.model import PEER_SPACE
+
+        allow = (self.peer_ranges or {}).get("allow") or PEER_SPACE
+        return tuple(dict.fromkeys([*map(str, allow), *self.ipam_pools]))
 
 
 @dataclass(frozen=True)
@@ -290,7 +302,7 @@ def _interval(v: Any, what: str) -> float:
 _CLUSTER_KEYS = {"id", "pod_cidr", "service_cidr", "node_cidr", "nodes", "pods_per_node",
                  "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "ipam_views", "wireguard",
                  "agent_interval", "pod_cidr6", "service_cidr6", "node_cidr6",
-                 "exports"}
+                 "exports", "peer_ranges"}
 DEFAULT_NODE_CIDR6 = "fd00:192:168:10::/64"
 WG_IMPLEMENTATIONS = ("userspace", "wireguard-go")
 
@@ -359,12 +371,15 @@ def _cluster(d: Any, agent_interval: float = 1.0) -> ClusterSpec:
         raise TopologyError(f"{cid}.wireguard: one of {', '.join(WG_IMPLEMENTATIONS)}")
     exports = _exports(cid, d.get("exports"), services)
     interval = _interval(d.get("agent_interval", agent_interval), f"{cid}.agent_interval")
+    peer_ranges = d.get("peer_ranges")
+    if peer_ranges is not None and not isinstance(peer_ranges, dict):
+        raise TopologyError(f"{cid}.peer_ranges: a mapping (the gateway's peer_ranges)")
     return ClusterSpec(id=cid, wireguard=wg, exports=exports, agent_interval=interval,
                        pod_cidr=str(pod), service_cidr=str(svc), node_cidr=str(node),
                        nodes=nodes, pods_per_node=tuple(ppn), services=tuple(services),
                        gateway_ip=gw, masquerade=bool(d.get("masquerade", False)),
                        cilium_check=bool(d.get("cilium_check", False)),
-                       ipam_pools=tuple(str(p) for p in pools), ipam_views=views,
+                       ipam_pools=tuple(str(p) for p in pools), ipam_views=views, peer_ranges=peer_ranges,
                        pod_cidr6=str(pod6) if pod6 else None, service_cidr6=str(svc6) if svc6 else None,
                        node_cidr6=str(node6) if node6 else None)
 

@@ -35,12 +35,15 @@ GPU: dict[str, Any] = {
     "our_views": [_view("pod", "10.244.0.0/16", "100.64.0.0/16"), _view("service", "10.96.0.0/12", "100.80.0.0/12")],
     "their_views": [_view("pod", "10.244.0.0/16", "100.65.0.0/16"),
                     _view("service", "10.96.0.0/12", "100.96.0.0/12")],
+    "views_mode": "full", "their_views_mode": "full",
+    "reach": "full: pod 10.244.0.0/16 as 100.64.0.0/16, service 10.96.0.0/12 as 100.80.0.0/12",
 }
 EDGE: dict[str, Any] = {  # never connected: no handshake, no RTT (None), its endpoint does not resolve
     "cluster_id": "edge-eu", "state": "connecting", "handshake_age_s": None, "rtt_ms": None, "loss": None,
     "rx_bytes": 0, "tx_bytes": 148, "endpoint": None,
     "endpoint_error": "cannot resolve edge.example.org: Name or service not known",
     "our_views": [_view("pod", "10.8.0.0/16", "10.8.0.0/16")], "their_views": None,
+    "views_mode": "full", "their_views_mode": None, "reach": "full: pod 10.8.0.0/16 as 10.8.0.0/16",
 }
 
 PEERS_TABLE = [
@@ -88,6 +91,11 @@ def test_status_not_ready_no_peers() -> None:
 def test_peer_list_exact() -> None:
     assert clitable.peer_list([GPU, EDGE]) == [
         *PEERS_TABLE,
+        "",
+        "what our pods reach",
+        "  PEER     WE VIEW  THEY VIEW  REACH",
+        "  gpu      full     full       full: pod 10.244.0.0/16 as 100.64.0.0/16, service 10.96.0.0/12 as 100.80.0.0/12",
+        "  edge-eu  full     -          full: pod 10.8.0.0/16 as 10.8.0.0/16",
         "",
         "their ranges -> our views",
         "  PEER     KIND     THEIR RANGE    OUR VIEW",
@@ -270,6 +278,9 @@ def test_real_api_answers_render(clusters: Any) -> None:
     assert out[11].split()[:2] == ["gpu", peers[0]["state"]] and out[11].endswith("gpu.example:51820")
     assert out[-1].startswith("reconcile: ") and out[-1].endswith("last ok 2s ago")
     views = clitable.peer_list(peers)
+    reach = views[views.index("what our pods reach"):views.index("their ranges -> our views")]
+    assert reach[2].split()[:4] == ["gpu", "full", "full", "full:"] and "as 100." in reach[2]
+    views = views[views.index("their ranges -> our views"):]
     cut = views.index("our ranges -> their views")
     for key, part in (("our_views", views[:cut]), ("their_views", views[cut:])):
         got = [line.split() for line in part if line.startswith("  gpu ")]

@@ -161,3 +161,57 @@ def test_mixed_modes_both_ways(clusters: Any) -> None:
         a = clusters(f"a{a_mode}", exports=WEB, ipam={"views": a_mode})
         b = clusters(f"b{a_mode}", exports=WEB, ipam={"views": b_mode})
         asyncio.run(go(a, b, a_mode == "sparse"))
+
+
+def test_claims_keep_each_address_its_own_view() -> None:
+    """Neighbouring exports are never merged (another export coming or going must not move
+    an address); an address inside an exported CIDR, the gateway's included, rides on it."""
+    from gateway.config import IpamConfig
+    from gateway.sparse import SparseError, claims
+
+    cfg = IpamConfig(views="sparse")
+    ranges = (("pod", "10.244.0.0/16"), ("service", "10.96.0.0/12"), ("pod", "fd00::/48"))
+    got = claims(cfg, ranges, "10.244.0.2", [
+        {"name": "a.b", "addresses": ["10.96.0.10/32", "10.96.0.11/32"]},
+        {"name": "c.d", "addresses": ["10.96.0.10/32", "10.244.7.0/28", "10.244.7.3/32"]},
+        {"name": "e.f", "addresses": ["fd00::5/128"]}])
+    assert got == [("egress", "0.0.0.0/28"), ("egress", "::/124"), ("gateway", "10.244.0.2/32"),
+                   ("export", "10.96.0.10/32"), ("export", "10.96.0.11/32"), ("export", "10.244.7.0/28"),
+                   ("export", "fd00::5/128")]
+    inside = claims(cfg, ranges[:1], "10.244.0.2", [{"name": "gw.x", "addresses": ["10.244.0.0/30"]}])
+    assert inside == [("egress", "0.0.0.0/28"), ("export", "10.244.0.0/30")]
+    try:
+        claims(cfg, ranges, None, [{"name": "big.one", "addresses": ["10.244.0.0/23"]}])
+    except SparseError as e:
+        assert str(e).startswith("export 'big.one': address 10.244.0.0/23 would need 512 view addresses")
+    else:
+        raise AssertionError("a /23 export was accepted")
+
+
+def test_sparse_and_full_side_by_side_and_a_peering_keeps_its_mode(clusters: Any) -> None:
+    """A hub that switches to sparse keeps its existing full peering (upgrade / config change);
+    the next peering is sparse; both are programmed in one state; removing the sparse one holds
+    its addresses in quarantine while the full one's views are freed at once."""
+    hub = clusters("hub", exports=WEB)
+    old, new = clusters("old"), clusters("new")
+
+    async def go() -> None:
+        await peer(old, await token(hub))
+        full_views = hub.views.views("old")
+        hub.over["ipam"] = SPARSE
+        hub.close()
+        hub.open()
+        await peer(new, await token(hub))
+        await hub.gw.exchange.reconciler.reconcile()
+        assert hub.views.views("old") == full_views
+        by_peer = {p.cluster_id: sorted(kinds(p.remote)) for p in hub.fabric.last.peers}
+        assert by_peer == {"old": ["pod", "service"], "new": ["egress", "gateway"]}
+        peers = {p["cluster_id"]: p["views_mode"] for p in (await hub.call("GET", "/api/v1/peers")).json()}
+        assert peers == {"old": "full", "new": "sparse"}
+        sparse_views = hub.views.views("new")
+        assert (await hub.call("DELETE", "/api/v1/peers/new")).status_code == 200
+        assert (await hub.call("DELETE", "/api/v1/peers/old")).status_code == 200
+        held = hub.views.snapshot()["quarantined"]
+        assert sorted(h["view"] for h in held) == sorted(m.view for m in sparse_views)
+
+    asyncio.run(go())

@@ -70,6 +70,7 @@ def test_containment_and_partial_ranges_plan() -> None:
     {"clusters": [{"id": "a", "bogus": 1}]},
     {"clusterz": []},
     {"clusters": [{"id": "a", "wireguard": "kernel"}]},
+    {"clusters": [{"id": "a", "peer_ranges": ["10.0.0.0/8"]}]},
 ])
 def test_bad_topologies_are_rejected(bad: object) -> None:
     with pytest.raises(TopologyError):
@@ -99,6 +100,21 @@ def test_renderers() -> None:
 
     gc = parse_config(cfg, env={})
     assert gc.advertise_url() == "http://203.0.113.11:8080" and gc.gateway_ip == "10.244.0.2"
+
+
+def test_peer_ranges_reach_the_gateway_and_widen_what_the_agents_route() -> None:
+    from gateway.config import parse as parse_config
+
+    lab = plan("x", parse({"clusters": [
+        {"id": "a"},
+        {"id": "b", "ipam_pools": ["100.64.0.0/10", "11.0.0.0/8"],
+         "peer_ranges": {"allow": ["10.0.0.0/8", "198.18.0.0/15"], "max_ranges": 4}}]}))
+    a, b = lab.clusters
+    assert "peer_ranges" not in render.gateway_config(lab, a, "/tmp/s")
+    assert a.spec.agent_allow() == ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fd00::/8")
+    gc = parse_config(render.gateway_config(lab, b, "/tmp/s"), env={})
+    assert gc.peer_ranges.allow == ("10.0.0.0/8", "198.18.0.0/15") and gc.peer_ranges.max_ranges == 4
+    assert b.spec.agent_allow() == ("10.0.0.0/8", "198.18.0.0/15", "100.64.0.0/10", "11.0.0.0/8")
 
 
 def test_hub_topology_by_name_fits_the_internet_segment_and_interface_names() -> None:

@@ -75,7 +75,7 @@ def parse_routes(body: Any) -> Published:
 def client(timeout: float = 3.0) -> Any:
     """The agent's one HTTP client for its whole life: ``httpx.get`` builds a client, and with
     it a TLS context, per call (~20 ms of CPU, which 31 agents of a big lab polling every
-    second turn into a third of a core). No keep-alive: every poll opens a fresh connection,
+    second turn into most of a core). No keep-alive: every poll opens a fresh connection,
     so a restarted gateway is simply found again."""
     import httpx
 

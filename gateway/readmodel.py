@@ -40,7 +40,9 @@ def reach(ours: Sequence[RangeMap], imported: Sequence[ImportedService]) -> str:
                                     if m.kind in ("pod", "service"))
     offered = [f"{s.name} at {', '.join(s.hosts or s.addresses)}" for s in imported if s.addresses]
     if not offered:
-        return "sparse: it exports nothing to us, so none of its addresses is reachable from here"
+        # A peer without `exports` shares whole ranges, which a sparse view does not address.
+        return ("sparse: it exports nothing to us, so none of its addresses is reachable from here "
+                "(a peer without exports shares whole ranges: only ipam.views: full addresses them)")
     return "sparse: " + "; ".join(offered)
 
 

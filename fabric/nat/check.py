@@ -175,6 +175,15 @@ def check_peer(peer: PeerFabric) -> CheckedPeer:
     local = tuple(pair(m.kind, m.real, m.view, "local") for m in peer.local)
     one_block(remote, "remote")
     one_block(local, "local")
+    # One view per address we offer: two would make our source ambiguous (and the
+    # kernel refuses a map with the same key twice).
+    views: dict[str, str] = {}
+    for m in local:
+        if m.kind in ("export", "gateway"):
+            if m.real.text in views:
+                raise NatError(f"peer {cid!r} local {m.kind}: real {m.real.text} has two views, {views[m.real.text]} "
+                               f"and {m.view.text} (one view per address)")
+            views[m.real.text] = m.view.text
     _first_overlap([(m.view.net, "its view of us") for m in local], f"peer {cid!r}: ")
     return CheckedPeer(cid, chain_suffix(cid), remote, local)
 

@@ -68,6 +68,10 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# From this many single-address mappings of one peer and family on, they share
+# one map rule per direction (one lookup, whatever their number) instead of a rule each.
+MAP_MIN = 4
+
 # Iterating an Enum class runs Python code each time; rendering does it per peer.
 CHAINS = tuple(PeerChain)
 
@@ -239,21 +243,29 @@ class Builder:
         cid = peer.cluster_id
         keys = [Key(m.view, f"{cid} {m.kind}") for m in peer.remote if m.kind in ("pod", "service")]
         for v in (4, 6):
-            sparse = sorted((m for m in peer.remote if m.kind not in ("pod", "service") and m.view.version == v),
-                            key=lambda m: int(m.view.net.network_address))
+            # (first address, last address, mapping), in address order (views never overlap).
+            sparse = sorted(((int(m.view.net.network_address), int(m.view.net.broadcast_address), m)
+                             for m in peer.remote if m.kind not in ("pod", "service") and m.view.version == v),
+                            key=lambda x: x[0])
             runs: list[tuple[int, int, list[Mapping]]] = []  # adjacent views: (first, last address, views)
-            for m in sparse:
-                lo, hi = int(m.view.net.network_address), int(m.view.net.broadcast_address)
+            for lo, hi, m in sparse:
                 if runs and runs[-1][1] + 1 == lo:
-                    runs[-1] = (runs[-1][0], hi, runs[-1][2] + [m])
+                    runs[-1][2].append(m)
+                    runs[-1] = (runs[-1][0], hi, runs[-1][2])
                 else:
                     runs.append((lo, hi, [m]))
             bits = 32 if v == 4 else 128
             for lo, hi, views in runs:
-                for net in ([views[0].view] if len(views) == 1 else _cidrs(lo, hi, bits)):
-                    kinds = sorted({m.kind for m in views if int(m.view.net.network_address) in
-                                    range(int(net.net.network_address), int(net.net.broadcast_address) + 1)})
-                    keys.append(Key(net, f"{cid} {'+'.join(kinds)}"))
+                if len(views) == 1:
+                    keys.append(Key(views[0].view, f"{cid} {views[0].kind}"))
+                    continue
+                k = 0  # the views (in order) inside each CIDR of the run
+                for net in _cidrs(lo, hi, bits):
+                    end, kinds = int(net.net.broadcast_address), set()
+                    while k < len(views) and int(views[k].view.net.network_address) <= end:
+                        kinds.add(views[k].kind)
+                        k += 1
+                    keys.append(Key(net, f"{cid} {'+'.join(sorted(kinds))}"))
         return keys
 
     def peer(self, peer: CheckedPeer) -> PeerPieces:
@@ -289,6 +301,9 @@ class Builder:
         made: list[MappingRules] = []
         singles: dict[int, list[int]] = {4: [], 6: []}
         blocks: list[int] = []
+        # Few single addresses get a rule each: an anonymous set and map cost the
+        # kernel more to create than a few rules (bench/nat_scale.py --sparse).
+        mapped = {v: sum(m.single and m.view.version == v for m in peer.local) >= MAP_MIN for v in (4, 6)}
         for m in peer.local:
             if m.block:
                 expr, after_id, counted = self._block_frags(m)
@@ -304,10 +319,10 @@ class Builder:
                 expr, after_id, counted = self._rule_frags(direction, m)
                 note = comment(f"{cid}: {after_id}")
                 nat = rule(pc, expr, note)
-                if not m.single:
+                if not (m.single and mapped[m.view.version]):
                     out.append(nat)
                 pair += [nat, rule(PeerChain.COUNT, counted, note)]
-            if m.single:
+            if m.single and mapped[m.view.version]:
                 singles[m.view.version].append(len(made))
             made.append(MappingRules(pair[0], pair[2], pair[1], pair[3]))
             count_out.append(pair[1])

@@ -33,11 +33,13 @@ def state(cid: str, gw: str, peer: str, remote: tuple[RangeMap, ...], mine: tupl
     return FabricState(local(cid, gw), (PeerFabric(peer, KEY, None, remote=remote, local=mine),))
 
 
-# The hub views the spoke sparse: two exports of the spoke (a service, a pod), its
+# The hub views the spoke sparse: three exports of the spoke (services, a pod), its
 # gateway pod, and a /29 (v4) and /125 (v6) egress block naming the spoke's clients.
+# Four single addresses (IPv4) share one map rule per direction at the spoke (MAP_MIN).
 HUB_OF_SPOKE_SPARSE = rm(("export", "10.96.0.20/32", "100.64.9.1/32"),
                          ("export", "10.244.5.5/32", "100.64.9.2/32"),
                          ("gateway", "10.244.0.2/32", "100.64.9.3/32"),
+                         ("export", "10.96.0.21/32", "100.64.9.4/32"),
                          ("egress", "0.0.0.0/29", "100.64.9.8/29"),
                          ("export", "fd00::5:5/128", "fd64::9:1/128"),
                          ("egress", "::/125", "fd64::9:8/125"))
@@ -82,54 +84,61 @@ def cross(a: FabricState, b: FabricState, src: str, dst: str) -> tuple[str, tupl
 
 def test_sparse_remote_views_are_collapsed_map_keys() -> None:
     r = table(HUB)
-    # 100.64.9.1-3 (two exports and the gateway) are adjacent: two keys; the block its own.
+    # 100.64.9.1-4 (three exports and the gateway) are adjacent: three keys; the block its own.
     assert elements(r, "to_peer_v4") == [
-        "100.64.9.1/32 : jump to-spoke", "100.64.9.2/31 : jump to-spoke", "100.64.9.8/29 : jump to-spoke"]
+        "100.64.9.1/32 : jump to-spoke", "100.64.9.2/31 : jump to-spoke", "100.64.9.4/32 : jump to-spoke",
+        "100.64.9.8/29 : jump to-spoke"]
     keys = [e[0]["elem"]["comment"] for m in objects(r, "map") if m["name"] == "from_peer_v4" for e in m["elem"]]
-    assert keys == ["spoke export", "spoke export+gateway", "spoke egress"]
+    assert keys == ["spoke export", "spoke export+gateway", "spoke export", "spoke egress"]
     assert elements(r, "from_peer_v6") == ["fd64::9:1/128 : jump from-spoke", "fd64::9:8/125 : jump from-spoke"]
-    assert elements(r, "peer_views_v4") == ["100.64.9.1/32", "100.64.9.2/31", "100.64.9.8/29"]
+    assert elements(r, "peer_views_v4") == ["100.64.9.1/32", "100.64.9.2/31", "100.64.9.4/32", "100.64.9.8/29"]
     # The hub's own side is full (the spoke views it whole): rules and host network as today.
     assert chain_rules(r, "to-spoke")[:2] == ["ip saddr 10.244.0.0/16 counter snat ip prefix to 100.65.0.0/16",
                                               "ip saddr 10.96.0.0/12 counter snat ip prefix to 100.112.0.0/12"]
     assert elements(r, "host_v4") == ["100.64.9.1/32 : 100.65.0.1", "100.64.9.2/31 : 100.65.0.1",
-                                      "100.64.9.8/29 : 100.65.0.1"]
+                                      "100.64.9.4/32 : 100.65.0.1", "100.64.9.8/29 : 100.65.0.1"]
 
 
 def test_peer_sparse_view_of_us_renders_map_rules_and_the_egress_block() -> None:
     r = table(SPOKE)  # the hub views the spoke sparse: the spoke's local holds the sparse kinds
     assert chain_rules(r, "to-hub") == [
-        "ip saddr { 10.96.0.20, 10.244.5.5, 10.244.0.2 } counter snat ip to ip saddr map "
-        "{ 10.96.0.20 : 100.64.9.1, 10.244.5.5 : 100.64.9.2, 10.244.0.2 : 100.64.9.3 }",
-        "ip6 saddr { fd00::5:5 } counter snat ip6 to ip6 saddr map { fd00::5:5 : fd64::9:1 }",
+        # One IPv6 export: a rule of its own (below MAP_MIN a rule each costs less to create).
+        "ip6 saddr fd00::5:5/128 counter snat ip6 prefix to fd64::9:1/128",
+        "ip saddr { 10.96.0.20, 10.244.5.5, 10.244.0.2, 10.96.0.21 } counter snat ip to ip saddr map "
+        "{ 10.96.0.20 : 100.64.9.1, 10.244.5.5 : 100.64.9.2, 10.244.0.2 : 100.64.9.3, 10.96.0.21 : 100.64.9.4 }",
         # After every other rule of its family, no source match: many-to-few with ports.
         "nfproto ipv4 counter snat ip to 100.64.9.8-100.64.9.15 persistent",
         "nfproto ipv6 counter snat ip6 to fd64::9:8-fd64::9:f persistent"]
     assert chain_rules(r, "from-hub") == [
-        "ip daddr { 100.64.9.1, 100.64.9.2, 100.64.9.3 } counter dnat ip to ip daddr map "
-        "{ 100.64.9.1 : 10.96.0.20, 100.64.9.2 : 10.244.5.5, 100.64.9.3 : 10.244.0.2 }",
-        "ip6 daddr { fd64::9:1 } counter dnat ip6 to ip6 daddr map { fd64::9:1 : fd00::5:5 }"]
+        "ip6 daddr fd64::9:1/128 counter dnat ip6 prefix to fd00::5:5/128",
+        "ip daddr { 100.64.9.1, 100.64.9.2, 100.64.9.3, 100.64.9.4 } counter dnat ip to ip daddr map "
+        "{ 100.64.9.1 : 10.96.0.20, 100.64.9.2 : 10.244.5.5, 100.64.9.3 : 10.244.0.2, 100.64.9.4 : 10.96.0.21 }"]
     # Per-mapping counting twins stay; the blocks count every packet into the interface.
     assert chain_rules(r, "cnt-hub") == [
         "ip saddr 10.96.0.20/32 counter", "ip saddr 10.244.5.5/32 counter", "ip saddr 10.244.0.2/32 counter",
+        "ip saddr 10.96.0.21/32 counter",
         "oifname wg0 nfproto ipv4 counter", "ip6 saddr fd00::5:5/128 counter", "oifname wg0 nfproto ipv6 counter",
         "ip daddr 10.96.0.20/32 counter", "ip daddr 10.244.5.5/32 counter", "ip daddr 10.244.0.2/32 counter",
-        "ip6 daddr fd00::5:5/128 counter"]
+        "ip daddr 10.96.0.21/32 counter", "ip6 daddr fd00::5:5/128 counter"]
     # The blocks catch host-network sources too: no host_v* elements for those families.
     assert elements(r, "host_v4") == [] and elements(r, "host_v6") == []
     comments = [x["comment"] for x in objects(r, "rule") if x["chain"] == "to-hub"]
-    assert comments[0] == "hub: egress export+gateway src map (3 addresses)"
+    assert comments[1] == "hub: egress export+gateway src map (4 addresses)"
     assert comments[2] == "hub: egress egress any source -> 100.64.9.8-100.64.9.15"
 
 
 def test_both_sparse_and_mixed_other_way() -> None:
     r = table(HUB2)
+    # Two single addresses: a rule each, then the block.
     assert chain_rules(r, "to-spoke") == [
-        "ip saddr { 10.96.0.10, 10.244.0.1 } counter snat ip to ip saddr map "
-        "{ 10.96.0.10 : 100.70.0.5, 10.244.0.1 : 100.70.0.6 }",
+        "ip saddr 10.96.0.10/32 counter snat ip prefix to 100.70.0.5/32",
+        "ip saddr 10.244.0.1/32 counter snat ip prefix to 100.70.0.6/32",
         "nfproto ipv4 counter snat ip to 100.70.1.0-100.70.1.3 persistent"]
+    assert chain_rules(r, "from-spoke") == ["ip daddr 100.70.0.5/32 counter dnat ip prefix to 10.96.0.10/32",
+                                            "ip daddr 100.70.0.6/32 counter dnat ip prefix to 10.244.0.1/32"]
     assert elements(r, "to_peer_v4") == [
-        "100.64.9.1/32 : jump to-spoke", "100.64.9.2/31 : jump to-spoke", "100.64.9.8/29 : jump to-spoke"]
+        "100.64.9.1/32 : jump to-spoke", "100.64.9.2/31 : jump to-spoke", "100.64.9.4/32 : jump to-spoke",
+        "100.64.9.8/29 : jump to-spoke"]
     assert elements(r, "host_v4") == []  # the block takes the host network
     # The hub full, the spoke sparse: the spoke's keys are collapsed, the hub renders full.
     assert elements(table(SPOKE3), "to_peer_v4") == ["100.70.0.5/32 : jump to-hub", "100.70.0.6/32 : jump to-hub",
@@ -210,18 +219,25 @@ def test_one_block_per_family_and_views_unique() -> None:
         render_text(dataclasses.replace(HUB, peers=(dataclasses.replace(HUB.peers[0], remote=clash),)))
 
 
+def test_one_view_per_offered_address() -> None:
+    twice = SPOKE_OF_HUB_SPARSE + rm(("export", "10.96.0.10/32", "100.70.0.9/32"))
+    with pytest.raises(NatError, match=re.escape("peer 'spoke' local export: real 10.96.0.10/32 has two views, "
+                                                 "100.70.0.5/32 and 100.70.0.9/32 (one view per address)")):
+        render_text(dataclasses.replace(HUB2, peers=(dataclasses.replace(HUB2.peers[0], local=twice),)))
+
+
 # ------------------------------------------------------------------ report
 
 
 def test_report_rows_for_sparse_kinds() -> None:
     rows = mappings(SPOKE)[0]
     assert rows["remote"][0] == {"kind": "pod", "real": PODS, "view": "100.65.0.0/16"}
-    assert rows["local"][3] == {"kind": "egress", "real": "0.0.0.0/29", "view": "100.64.9.8/29",
+    assert rows["local"][4] == {"kind": "egress", "real": "0.0.0.0/29", "view": "100.64.9.8/29",
                                 "shows": "any source -> 100.64.9.8-100.64.9.15"}
     by = {(r["direction"], r["count_comment"]): r for r in rows["rules"]}
     exp = by[("ingress", "hub: ingress export dst 100.64.9.1/32 -> 10.96.0.20/32")]
     assert (exp["chain"], exp["comment"], exp["element"], exp["kind"]) == (
-        "from-hub", "hub: ingress export+gateway dst map (3 addresses)", "100.64.9.1 : 10.96.0.20", "export")
+        "from-hub", "hub: ingress export+gateway dst map (4 addresses)", "100.64.9.1 : 10.96.0.20", "export")
     block = by[("egress", "hub: egress egress any source -> 100.64.9.8-100.64.9.15")]
     assert (block["chain"], block["count_chain"], block["shows"]) == (
         "to-hub", "cnt-hub", "any source -> 100.64.9.8-100.64.9.15")
@@ -244,7 +260,8 @@ def test_report_rows_for_sparse_kinds() -> None:
 def test_report_host_network_uses_collapsed_keys_and_bare_addresses() -> None:
     rows = mappings(HUB)[0]
     assert [(h["key"], h["target"]) for h in rows["host_network"]] == [
-        ("100.64.9.1/32", "100.65.0.1"), ("100.64.9.2/31", "100.65.0.1"), ("100.64.9.8/29", "100.65.0.1")]
+        ("100.64.9.1/32", "100.65.0.1"), ("100.64.9.2/31", "100.65.0.1"), ("100.64.9.4/32", "100.65.0.1"),
+        ("100.64.9.8/29", "100.65.0.1")]
     listed = {"nftables": [{"map": {"name": "host_v4", "elem": [
         [{"elem": {"val": "100.64.9.1", "counter": {"packets": 4, "bytes": 40}}}, "100.65.0.1"]]}}]}
     hosts = with_counters([rows], listed)[0]["host_network"]
@@ -299,7 +316,7 @@ def test_trace_per_export_dnat_names_its_element() -> None:
     assert t.steps[0].text.startswith("100.64.9.1 is in hub's view of spoke's exported addresses 100.64.9.1/32")
     dnat = next(s for s in t.steps if s.kind == "dnat")
     assert (dnat.at, dnat.chain, dnat.rule, dnat.element, dnat.counted, dnat.dst) == (
-        "spoke", "from-hub", "hub: ingress export+gateway dst map (3 addresses)", "100.64.9.1 : 10.96.0.20",
+        "spoke", "from-hub", "hub: ingress export+gateway dst map (4 addresses)", "100.64.9.1 : 10.96.0.20",
         "cnt-hub", "10.96.0.20")
     assert t.steps[2].element == '@to_peer_v4 100.64.9.1/32 comment "spoke export" : jump to-spoke'
     # The same at the spoke, as an arriving packet.

@@ -5,7 +5,9 @@ sparse: through one /32 per exported address, one for the peer's gateway, and an
 egress block that names the peer's clients.
 
 * hub views spoke: export 10.244.3.3 (pod s0) as 100.64.9.1, spoke's gateway
-  10.244.0.2 as 100.64.9.2, spoke's clients as the /30 100.64.9.4-7. The hub's
+  10.244.0.2 as 100.64.9.2, two more exports as 100.64.8.1-2 (spoke renders its
+  four single addresses as one map rule per direction), spoke's clients as the
+  /30 100.64.9.4-7. The hub's
   state also holds a stale view 100.64.9.3 of 10.244.3.4, which spoke does not
   export (spoke's state lacks it): what a withdrawn export looks like.
 * spoke views hub: export 10.244.2.7 (pod h1) as 100.70.0.5, hub's gateway
@@ -47,7 +49,9 @@ def rm(*triples: tuple[str, str, str]) -> tuple[RangeMap, ...]:
     return tuple(RangeMap(k, r, v) for k, r, v in triples)  # type: ignore[arg-type]
 
 
+# Four single addresses: spoke DNATs them through one map rule; the hub's two get a rule each.
 SPOKE_SEEN_BY_HUB = rm(("export", "10.244.3.3/32", "100.64.9.1/32"), ("gateway", "10.244.0.2/32", "100.64.9.2/32"),
+                       ("export", "10.96.0.30/32", "100.64.8.1/32"), ("export", "10.96.0.31/32", "100.64.8.2/32"),
                        ("egress", "0.0.0.0/30", HUB_BLOCK))
 STALE = rm(("export", "10.244.3.4/32", "100.64.9.3/32"))  # the hub's view of something spoke does not export
 HUB_SEEN_BY_SPOKE = rm(("export", "10.244.2.7/32", "100.70.0.5/32"), ("gateway", "10.244.0.1/32", "100.70.0.6/32"),

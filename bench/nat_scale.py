@@ -25,8 +25,10 @@ peer of 1000 changed), mbps_1, mbps_1000, ratio.
 one namespace (no WireGuard, no routes, no traffic): a hub viewing 1000 peers
 sparse (each: 20 exported addresses and its gateway as adjacent /32 views, and
 a /28 egress block, in ``remote``; the peers' full views of the hub's pods and
-services in ``local``), the same hub with the peers also viewing it sparse
-(``local``: one export, the gateway, a /28 block), and 1000 full-mode peers; for
+services in ``local``; ``sparse_unaligned``: the views placed so they collapse
+into 7 keys instead of 3), the same hub with the peers also viewing it sparse
+(``sparse_both``, ``local``: one export, the gateway, a /28 block;
+``sparse_both20``: 20 exports), and 1000 full-mode peers; for
 each the whole table and a one-peer delta (one more export; full mode: one
 view moved), medians of ``--rounds``. Last line: JSON.
 """
@@ -141,7 +143,14 @@ def build_path(made: list[str], label: str) -> tuple[str, str, str, str]:
     return gw, pod, tun, target
 
 
-def sparse_peers(n: int, pubs: list[str], both: bool, aligned: bool = True) -> tuple[PeerFabric, ...]:
+def ours(exports: int) -> tuple[RangeMap, ...]:
+    """A peer's sparse view of the hub: ``exports`` services, the gateway, a /28 block."""
+    return (*(RangeMap("export", f"10.96.{k}.10/32", f"100.66.0.{10 + k}/32") for k in range(exports)),
+            RangeMap("gateway", "10.244.0.1/32", "100.66.0.6/32"), RangeMap("egress", "0.0.0.0/28", "100.67.0.0/28"))
+
+
+def sparse_peers(n: int, pubs: list[str], both: bool, aligned: bool = True,
+                 exports: int = 1) -> tuple[PeerFabric, ...]:
     """Peer i's sparse views in its own /26 of the pool. Aligned (an IPAM handing each
     peer adjacent addresses from a fresh pool): the egress /28 at .0, exports at .16-.35,
     the gateway at .36 (3 map keys). Not aligned: exports at .1-.20, gateway .21,
@@ -157,10 +166,8 @@ def sparse_peers(n: int, pubs: list[str], both: bool, aligned: bool = True) -> t
         remote = tuple(RangeMap("export", f"10.96.{k}.10/32", f"{a(first + k)}/32") for k in range(20))
         remote += (RangeMap("gateway", "10.244.0.1/32", f"{a(gateway)}/32"),
                    RangeMap("egress", "0.0.0.0/28", f"{a(block)}/28"))
-        local = ((RangeMap("export", "10.96.0.10/32", "100.66.0.5/32"), RangeMap("gateway", "10.244.0.1/32",
-                                                                                 "100.66.0.6/32"),
-                  RangeMap("egress", "0.0.0.0/28", "100.67.0.0/28")) if both else
-                 (RangeMap("pod", "10.244.0.0/16", "100.65.0.0/16"), RangeMap("service", "10.96.0.0/16", "100.66.0.0/16")))
+        local = ours(exports) if both else (RangeMap("pod", "10.244.0.0/16", "100.65.0.0/16"),
+                                            RangeMap("service", "10.96.0.0/16", "100.66.0.0/16"))
         out.append(PeerFabric(cluster_id=f"peer{i:04d}", public_key=pubs[i], endpoint=None, remote=remote, local=local,
                               persistent_keepalive=0))
     return tuple(out)
@@ -178,9 +185,10 @@ def sparse_main(rounds: int) -> int:
         local = LocalFabric(cluster_id="hub", interface="cwbwg0", listen_port=51820, private_key=key()[0],
                             pod_cidrs=("10.244.0.0/16",), service_cidrs=("10.96.0.0/16",), gateway_ip="10.244.0.1")
         result: dict[str, Any] = {"peers": 1000}
-        for mode in ("sparse", "sparse_unaligned", "sparse_both", "full"):
+        for mode in ("sparse", "sparse_unaligned", "sparse_both", "sparse_both20", "full"):
             peers_ = (peers(1000, pubs) if mode == "full" else
-                      sparse_peers(1000, pubs, mode == "sparse_both", mode != "sparse_unaligned"))
+                      sparse_peers(1000, pubs, mode.startswith("sparse_both"), mode != "sparse_unaligned",
+                                   20 if mode == "sparse_both20" else 1))
             state = FabricState(local, peers_)
             moved = list(state.peers)
             if mode == "full":

@@ -24,6 +24,12 @@ Two directions (see the README, "Words and the packet walk"):
   peer, ``from-<peer>`` rewrites the destination (the peer's view of us) to our
   real range, or the packet is dropped.
 
+Sparse views (fabric/DESIGN.md, "Sparse views in the table"): a source no
+mapping takes, towards a peer whose ``local`` holds an egress block, is SNATed
+into the block (shown as its first address: the kernel picks); a source in our
+block view of a peer is that peer's client; a destination in a block is
+dropped by the block's owner; mapped single addresses name their map element.
+
 Anything else is no peer's: the verdict says so (``no-peer``, or ``local``
 for our own ranges). Where exports exist, an ``export`` step (the export
 verdict of the exporting gateway, after translation) is asked of the

@@ -103,6 +103,10 @@ class MappingRules(NamedTuple):
     # rules of that family, and these its elements ("real : view", "view : real").
     egress_element: str | None = None
     ingress_element: str | None = None
+    # ... and their counting twins are the two lookups of the peer's counting
+    # set of that family: this mapping is its element (our real address).
+    count_set: str | None = None
+    count_element: str | None = None
 
 
 class Key(NamedTuple):
@@ -130,6 +134,9 @@ class PeerPieces:
     host_target: dict[int, Address | None]  # by IP version
     mapping_rules: tuple[MappingRules, ...] = ()  # per ``peer.local`` mapping
     keys: tuple[Key, ...] = ()  # of every map/set above, both families
+    # The peer's own sets (name, its "add set" command with elements): one per
+    # family holding our mapped single addresses, a counter on each element.
+    sets: tuple[tuple[str, str], ...] = ()
 
     @property
     def cluster_id(self) -> str:
@@ -154,6 +161,7 @@ class Builder:
     def __init__(self, local: CheckedLocal) -> None:
         self.local = local
         self._rule_head = f'{{"family":"{FAMILY}","table":{dumps(local.table)},"chain":'
+        self._set_head = f'"family":"{FAMILY}","table":{dumps(local.table)}'
         self._maps = {v: element_maps(v) for v in (4, 6)}
         # Shared fragments, keyed by what they depend on (CIDR texts as parsed).
         self._rules: dict[tuple[Direction, str, str, str], tuple[str, str, str]] = {}
@@ -301,6 +309,7 @@ class Builder:
         made: list[MappingRules] = []
         singles: dict[int, list[int]] = {4: [], 6: []}
         blocks: list[int] = []
+        sets: list[tuple[str, str]] = []
         # Few single addresses get a rule each: an anonymous set and map cost the
         # kernel more to create than a few rules (bench/nat_scale.py --sparse).
         mapped = {v: sum(m.single and m.view.version == v for m in peer.local) >= MAP_MIN for v in (4, 6)}
@@ -322,9 +331,10 @@ class Builder:
                 if not (m.single and mapped[m.view.version]):
                     out.append(nat)
                 pair += [nat, rule(PeerChain.COUNT, counted, note)]
-            if m.single and mapped[m.view.version]:
-                singles[m.view.version].append(len(made))
             made.append(MappingRules(pair[0], pair[2], pair[1], pair[3]))
+            if m.single and mapped[m.view.version]:
+                singles[m.view.version].append(len(made) - 1)
+                continue  # counted by the family's set below
             count_out.append(pair[1])
             count_in.append(pair[3])
         for v in (4, 6):
@@ -340,9 +350,30 @@ class Builder:
                 # The per-address rules precede the maps (none overlaps a map's address in practice).
                 out.append(nat)
                 both.append((nat, elems))
+            # Per-address counters without a rule per address: the counting
+            # chain looks the address up (source out, destination in) in the
+            # peer's set, whose elements count what they match. Two lookups
+            # per packet whatever the number of addresses; one set, so each
+            # element counts both ways.
+            name = f"exp-{peer.suffix}-v{v}"
+            reals = [peer.local[j].real.text.split("/")[0] for j in js]
+            addr_type = "ipv4_addr" if v == 4 else "ipv6_addr"
+            sets.append((name, f'{{"add":{{"set":{{{self._set_head},"name":{dumps(name)},"type":"{addr_type}",'
+                               f'"stmt":[{{"counter":null}}],"elem":[{",".join(dumps(a) for a in reals)}]}}}}}}'))
+            p = _proto(v)
+            twins: list[Rule] = []
+            for field, direction, side, out in (("saddr", Direction.EGRESS, "src", count_out),
+                                                ("daddr", Direction.INGRESS, "dst", count_in)):
+                expr = (f'[{{"match":{{"op":"==","left":{{"payload":{{"protocol":"{p}","field":"{field}"}}}},'
+                        f'"right":{dumps("@" + name)}}}}}]')
+                twins.append(rule(PeerChain.COUNT, expr, comment(
+                    f"{cid}: {direction.value} {kinds} {side} counted per address in @{name}")))
+                out.append(twins[-1])
             for n, j in enumerate(js):
                 made[j] = made[j]._replace(egress=both[0][0], ingress=both[1][0],
-                                           egress_element=both[0][1][n], ingress_element=both[1][1][n])
+                                           egress_element=both[0][1][n], ingress_element=both[1][1][n],
+                                           count_egress=twins[0], count_ingress=twins[1],
+                                           count_set=name, count_element=reals[n])
         # The blocks last in to-<peer>: every source the rules above did not take.
         to_rules += [made[j].egress for j in blocks]
         keys = self._keys(peer)
@@ -371,7 +402,7 @@ class Builder:
             tail = f',"comment":{dumps(comment(f"{cid}: host network -> {target[1]}"))}}}}},"{target[1]}"]'
             elements[host_map] = ",".join([f'[{{"elem":{{"val":{k.cidr.prefix}{tail}' for k in mine])
         return PeerPieces(peer, chains, quoted, tuple(to_rules + from_rules), tuple(count_out + count_in),
-                          elements, host, tuple(made), tuple(keys))
+                          elements, host, tuple(made), tuple(keys), tuple(sets))
 
 
 def _cidrs(lo: int, hi: int, bits: int) -> list[Cidr]:

@@ -65,11 +65,13 @@ def _peer(p: PeerPieces, table: str) -> dict[str, Any]:
                                    (mr.ingress, mr.count_ingress, mr.ingress_element))
             if nat is None or count is None:
                 continue
-            row = {"chain": nat.chain, "comment": nat.comment, "rule": _rule(nat, table),
+            row: dict[str, Any] = {"chain": nat.chain, "comment": nat.comment, "rule": _rule(nat, table),
                    "count_chain": count.chain, "count_comment": count.comment, "count_rule": _rule(count, table),
                    "direction": direction, "kind": m.kind}
             if element is not None:
                 row["element"] = element
+            if mr.count_set is not None:  # packets/bytes: the element's counter (both ways)
+                row["count_set"], row["count_element"] = mr.count_set, mr.count_element
             if m.block:
                 row["shows"] = _block(m)
             rows.append(row)
@@ -113,8 +115,8 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
     kernel = _rule_index(item["rule"] for item in listed.get("nftables", []) if "rule" in item)
     elements: dict[tuple[str, str], dict[str, int]] = {}
     for item in listed.get("nftables", []):
-        m = item.get("map")
-        if not m or not str(m.get("name", "")).startswith("host_v"):
+        m = item.get("map") or item.get("set")
+        if not m or not str(m.get("name", "")).startswith(("host_v", "exp-")):
             continue
         for el in m.get("elem", []):
             head = el[0] if isinstance(el, list) else el
@@ -135,6 +137,10 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
             n = kernel.get((r.get("count_chain", ""), r.get("count_comment", r["comment"])))
             connections = _counter(k)[0]
             packets, bytes_ = _counter(n)
+            if "count_set" in r:
+                bits = 128 if ":" in r["count_element"] else 32
+                counter = elements.get((r["count_set"], f"{r['count_element']}/{bits}"), {})
+                packets, bytes_ = counter.get("packets", 0), counter.get("bytes", 0)
             shared = "element" in r  # the map rule counts every element's connections: not this one's
             rules.append({**r, "handle": k.get("handle") if k else None,
                           "count_handle": n.get("handle") if n else None,

@@ -113,13 +113,15 @@ def test_peer_sparse_view_of_us_renders_map_rules_and_the_egress_block() -> None
         "ip6 daddr fd64::9:1/128 counter dnat ip6 prefix to fd00::5:5/128",
         "ip daddr { 100.64.9.1, 100.64.9.2, 100.64.9.3, 100.64.9.4 } counter dnat ip to ip daddr map "
         "{ 100.64.9.1 : 10.96.0.20, 100.64.9.2 : 10.244.5.5, 100.64.9.3 : 10.244.0.2, 100.64.9.4 : 10.96.0.21 }"]
-    # Per-mapping counting twins stay; the blocks count every packet into the interface.
+    # Counting: a twin per unmapped mapping; the blocks count every packet into the
+    # interface; the mapped addresses are two lookups in the peer's set, whose
+    # elements (our real addresses) carry the counters.
     assert chain_rules(r, "cnt-hub") == [
-        "ip saddr 10.96.0.20/32 counter", "ip saddr 10.244.5.5/32 counter", "ip saddr 10.244.0.2/32 counter",
-        "ip saddr 10.96.0.21/32 counter",
         "oifname wg0 nfproto ipv4 counter", "ip6 saddr fd00::5:5/128 counter", "oifname wg0 nfproto ipv6 counter",
-        "ip daddr 10.96.0.20/32 counter", "ip daddr 10.244.5.5/32 counter", "ip daddr 10.244.0.2/32 counter",
-        "ip daddr 10.96.0.21/32 counter", "ip6 daddr fd00::5:5/128 counter"]
+        "ip saddr @exp-hub-v4", "ip6 daddr fd00::5:5/128 counter", "ip daddr @exp-hub-v4"]
+    assert [x for x in objects(r, "set") if x["name"].startswith("exp-")] == [
+        {"family": "inet", "table": "crosswire", "name": "exp-hub-v4", "type": "ipv4_addr",
+         "stmt": [{"counter": None}], "elem": ["10.96.0.20", "10.244.5.5", "10.244.0.2", "10.96.0.21"]}]
     # The blocks catch host-network sources too: no host_v* elements for those families.
     assert elements(r, "host_v4") == [] and elements(r, "host_v6") == []
     comments = [x["comment"] for x in objects(r, "rule") if x["chain"] == "to-hub"]
@@ -234,10 +236,12 @@ def test_report_rows_for_sparse_kinds() -> None:
     assert rows["remote"][0] == {"kind": "pod", "real": PODS, "view": "100.65.0.0/16"}
     assert rows["local"][4] == {"kind": "egress", "real": "0.0.0.0/29", "view": "100.64.9.8/29",
                                 "shows": "any source -> 100.64.9.8-100.64.9.15"}
-    by = {(r["direction"], r["count_comment"]): r for r in rows["rules"]}
-    exp = by[("ingress", "hub: ingress export dst 100.64.9.1/32 -> 10.96.0.20/32")]
-    assert (exp["chain"], exp["comment"], exp["element"], exp["kind"]) == (
-        "from-hub", "hub: ingress export+gateway dst map (4 addresses)", "100.64.9.1 : 10.96.0.20", "export")
+    by = {(r["direction"], r.get("element") or r["count_comment"]): r for r in rows["rules"]}
+    exp = by[("ingress", "100.64.9.1 : 10.96.0.20")]
+    assert (exp["chain"], exp["comment"], exp["kind"], exp["count_comment"], exp["count_set"],
+            exp["count_element"]) == (
+        "from-hub", "hub: ingress export+gateway dst map (4 addresses)", "export",
+        "hub: ingress export+gateway dst counted per address in @exp-hub-v4", "exp-hub-v4", "10.96.0.20")
     block = by[("egress", "hub: egress egress any source -> 100.64.9.8-100.64.9.15")]
     assert (block["chain"], block["count_chain"], block["shows"]) == (
         "to-hub", "cnt-hub", "any source -> 100.64.9.8-100.64.9.15")
@@ -246,15 +250,19 @@ def test_report_rows_for_sparse_kinds() -> None:
     r = table(SPOKE)
     assert {(x["chain"], x["comment"]) for x in objects(r, "rule") if x["chain"] in ("to-hub", "from-hub")} == {
         (x["chain"], x["comment"]) for x in rows["rules"]}
-    assert [(x["chain"], x["comment"]) for x in objects(r, "rule") if x["chain"] == "cnt-hub"] == [
-        (x["count_chain"], x["count_comment"]) for x in rows["rules"]]
-    # Counters: a map row gets its twin's packets, and the shared rule's connections apart.
+    assert {(x["chain"], x["comment"]) for x in objects(r, "rule") if x["chain"] == "cnt-hub"} == {
+        (x["count_chain"], x["count_comment"]) for x in rows["rules"]}
+    # Counters: a mapped row gets its set element's packets, and the shared rule's connections apart.
     listed = {"nftables": [{"rule": {**exp["rule"], "handle": 7, "expr": [{"counter": {"packets": 3, "bytes": 1}}]}},
-                           {"rule": {**exp["count_rule"], "handle": 8,
-                                     "expr": [{"counter": {"packets": 90, "bytes": 9000}}]}}]}
-    joined = next(x for x in with_counters([rows], listed)[0]["rules"] if x["count_comment"] == exp["count_comment"])
-    assert (joined["handle"], joined["count_handle"], joined["packets"], joined["connections"],
-            joined["map_connections"]) == (7, 8, 90, None, 3)
+                           {"rule": {**exp["count_rule"], "handle": 8}},
+                           {"set": {"name": "exp-hub-v4", "elem": [
+                               {"elem": {"val": "10.96.0.20", "counter": {"packets": 90, "bytes": 9000}}},
+                               {"elem": {"val": "10.244.5.5", "counter": {"packets": 5, "bytes": 500}}}]}}]}
+    joined = {x.get("element"): x for x in with_counters([rows], listed)[0]["rules"] if x["direction"] == "ingress"}
+    row = joined["100.64.9.1 : 10.96.0.20"]
+    assert (row["handle"], row["count_handle"], row["packets"], row["bytes"], row["connections"],
+            row["map_connections"]) == (7, 8, 90, 9000, None, 3)
+    assert joined["100.64.9.2 : 10.244.5.5"]["packets"] == 5
 
 
 def test_report_host_network_uses_collapsed_keys_and_bare_addresses() -> None:

@@ -211,3 +211,37 @@ def test_mixed_spoke_views_hub_full(pair: Pair) -> None:
     finally:
         program_sparse(pair)
     assert ask(pair.clients[2], "udp", "100.70.0.5")[0] == "h1"
+
+
+def test_delta_of_a_sparse_peer_in_the_kernel() -> None:
+    """One sparse peer's exports change among full peers: the delta (its chains, its
+    counting set, its collapsed keys) leaves the table a whole render makes."""
+    require_root("nft")
+    local = LocalFabric(cluster_id="spoke", interface="wg0", listen_port=51820, private_key="A" * 43 + "=",
+                        pod_cidrs=(PODS,), service_cidrs=(SVCS,), gateway_ip="10.244.0.2")
+
+    def peer(cid: str, remote: tuple[RangeMap, ...], mine: tuple[RangeMap, ...]) -> PeerFabric:
+        return PeerFabric(cid, "A" * 43 + "=", None, remote=remote, local=mine)
+
+    full = tuple(peer(f"f{i}", rm(("pod", PODS, f"100.{80 + i}.0.0/16")), HUB_SEEN_FULL) for i in range(3))
+    before = FabricState(local, (peer("hub", HUB_SEEN_BY_SPOKE, SPOKE_SEEN_BY_HUB), *full))
+    moved = rm(("export", "10.96.0.32/32", "100.64.8.3/32"))  # one export more, one view of us more
+    after = FabricState(local, (peer("hub", HUB_SEEN_BY_SPOKE + rm(("export", "10.96.0.11/32", "100.70.0.7/32")),
+                                     SPOKE_SEEN_BY_HUB + moved), *full))
+    with contextlib.ExitStack() as stack:
+        n = Namespaces()
+        stack.callback(n.cleanup)
+        ns, ref = n.add("cwd"), n.add("cwd")
+        Nft(ns).apply(nat.render_text(before))
+        delta = nat.render_delta(before, after)
+        assert delta is not None and '"delete":{"set"' in delta
+        Nft(ns).apply(delta)
+        Nft(ref).apply(nat.render_text(after))
+
+        def listing(x: str) -> list[str]:
+            return sorted(line.strip() for line in sh("nft", "list", "table", "inet", "crosswire", ns=x).stdout.splitlines())
+
+        got = listing(ns)
+        assert got == listing(ref)
+        assert any("10.96.0.32" in line and "@exp-hub-v4" not in line for line in got)  # in the set's elements
+        assert any("100.70.0.6-100.70.0.7" in line or "100.70.0.6/31" in line for line in got)  # collapsed key

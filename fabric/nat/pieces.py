@@ -225,11 +225,15 @@ class Builder:
                                        f"[{wg},{family},{COUNTER}]")
         return frag
 
-    def _map_frags(self, direction: Direction, maps: list[Mapping]) -> tuple[str, list[str]]:
-        """One rule for all of a family's single-address mappings: match the
-        addresses (an anonymous set, so the counter counts only them), then
-        rewrite through an anonymous map: one hash lookup each, whatever their
-        number. Returns the expressions and each mapping's element ("from : to")."""
+    def _map_frags(self, direction: Direction, maps: list[Mapping], named: str) -> tuple[str, list[str]]:
+        """One rule for all of a family's single-address mappings, rewriting
+        through an anonymous map: one hash lookup, whatever their number.
+        Egress first matches our addresses in the peer's named set ``named``
+        (which also counts them), so its counter counts only their connections;
+        ingress has no match and no counter (a miss ends the rule and the
+        packet meets prerouting's counted drop): anonymous sets cost the kernel
+        as much to create as tens of rules. Returns the expressions and each
+        mapping's element ("from : to")."""
         p = _proto(maps[0].view.version)
         pairs = [(m.real.text.split("/")[0], m.view.text.split("/")[0]) for m in maps]
         if direction is Direction.EGRESS:
@@ -238,10 +242,10 @@ class Builder:
             field, nat = "daddr", "dnat"
             pairs = [(v, r) for r, v in pairs]
         payload = f'{{"payload":{{"protocol":"{p}","field":"{field}"}}}}'
-        keys = ",".join(f'"{a}"' for a, _ in pairs)
         data = ",".join(f'["{a}","{b}"]' for a, b in pairs)
-        expr = (f'[{{"match":{{"op":"==","left":{payload},"right":{{"set":[{keys}]}}}}}},{COUNTER},'
-                f'{{"{nat}":{{"family":"{p}","addr":{{"map":{{"key":{payload},"data":{{"set":[{data}]}}}}}}}}}}]')
+        match = (f'{{"match":{{"op":"==","left":{payload},"right":{dumps("@" + named)}}}}},{COUNTER},'
+                 if direction is Direction.EGRESS else "")
+        expr = f'[{match}{{"{nat}":{{"family":"{p}","addr":{{"map":{{"key":{payload},"data":{{"set":[{data}]}}}}}}}}}}]'
         return expr, [f"{a} : {b}" for a, b in pairs]
 
     def _keys(self, peer: CheckedPeer) -> list[Key]:
@@ -342,10 +346,11 @@ class Builder:
             if not js:
                 continue
             kinds = "+".join(sorted({peer.local[j].kind for j in js}))
+            name = f"exp-{peer.suffix}-v{v}"
             both = []
             for direction, pc, out, side in ((Direction.EGRESS, PeerChain.EGRESS, to_rules, "src"),
                                              (Direction.INGRESS, PeerChain.INGRESS, from_rules, "dst")):
-                expr, elems = self._map_frags(direction, [peer.local[j] for j in js])
+                expr, elems = self._map_frags(direction, [peer.local[j] for j in js], name)
                 nat = rule(pc, expr, comment(f"{cid}: {direction.value} {kinds} {side} map ({len(js)} addresses)"))
                 # The per-address rules precede the maps (none overlaps a map's address in practice).
                 out.append(nat)
@@ -355,7 +360,6 @@ class Builder:
             # peer's set, whose elements count what they match. Two lookups
             # per packet whatever the number of addresses; one set, so each
             # element counts both ways.
-            name = f"exp-{peer.suffix}-v{v}"
             reals = [peer.local[j].real.text.split("/")[0] for j in js]
             addr_type = "ipv4_addr" if v == 4 else "ipv6_addr"
             sets.append((name, f'{{"add":{{"set":{{{self._set_head},"name":{dumps(name)},"type":"{addr_type}",'

@@ -142,10 +142,11 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
                 counter = elements.get((r["count_set"], f"{r['count_element']}/{bits}"), {})
                 packets, bytes_ = counter.get("packets", 0), counter.get("bytes", 0)
             shared = "element" in r  # the map rule counts every element's connections: not this one's
+            counted = any("counter" in e for e in r["rule"]["expr"])  # the ingress map rule has no counter
             rules.append({**r, "handle": k.get("handle") if k else None,
                           "count_handle": n.get("handle") if n else None,
                           "packets": packets, "bytes": bytes_, "connections": None if shared else connections,
-                          **({"map_connections": connections} if shared else {})})
+                          **({"map_connections": connections if counted else None} if shared else {})})
         hosts = []
         for h in peer.get("host_network", []):
             counter = elements.get((h["map"], h["key"]), {})

@@ -104,14 +104,16 @@ def test_peer_sparse_view_of_us_renders_map_rules_and_the_egress_block() -> None
     assert chain_rules(r, "to-hub") == [
         # One IPv6 export: a rule of its own (below MAP_MIN a rule each costs less to create).
         "ip6 saddr fd00::5:5/128 counter snat ip6 prefix to fd64::9:1/128",
-        "ip saddr { 10.96.0.20, 10.244.5.5, 10.244.0.2, 10.96.0.21 } counter snat ip to ip saddr map "
+        # Matched in the peer's counting set (below), so the counter counts only these connections.
+        "ip saddr @exp-hub-v4 counter snat ip to ip saddr map "
         "{ 10.96.0.20 : 100.64.9.1, 10.244.5.5 : 100.64.9.2, 10.244.0.2 : 100.64.9.3, 10.96.0.21 : 100.64.9.4 }",
         # After every other rule of its family, no source match: many-to-few with ports.
         "nfproto ipv4 counter snat ip to 100.64.9.8-100.64.9.15 persistent",
         "nfproto ipv6 counter snat ip6 to fd64::9:8-fd64::9:f persistent"]
     assert chain_rules(r, "from-hub") == [
         "ip6 daddr fd64::9:1/128 counter dnat ip6 prefix to fd00::5:5/128",
-        "ip daddr { 100.64.9.1, 100.64.9.2, 100.64.9.3, 100.64.9.4 } counter dnat ip to ip daddr map "
+        # No match, no counter: a miss ends the rule (prerouting's drop counts it).
+        "dnat ip to ip daddr map "
         "{ 100.64.9.1 : 10.96.0.20, 100.64.9.2 : 10.244.5.5, 100.64.9.3 : 10.244.0.2, 100.64.9.4 : 10.96.0.21 }"]
     # Counting: a twin per unmapped mapping; the blocks count every packet into the
     # interface; the mapped addresses are two lookups in the peer's set, whose
@@ -261,7 +263,11 @@ def test_report_rows_for_sparse_kinds() -> None:
     joined = {x.get("element"): x for x in with_counters([rows], listed)[0]["rules"] if x["direction"] == "ingress"}
     row = joined["100.64.9.1 : 10.96.0.20"]
     assert (row["handle"], row["count_handle"], row["packets"], row["bytes"], row["connections"],
-            row["map_connections"]) == (7, 8, 90, 9000, None, 3)
+            row["map_connections"]) == (7, 8, 90, 9000, None, None)  # the ingress map rule has no counter
+    out = by[("egress", "10.96.0.20 : 100.64.9.1")]
+    listed["nftables"].append({"rule": {**out["rule"], "handle": 9, "expr": [{"counter": {"packets": 4, "bytes": 1}}]}})
+    joined_out = next(x for x in with_counters([rows], listed)[0]["rules"] if x.get("element") == out["element"])
+    assert (joined_out["map_connections"], joined_out["packets"]) == (4, 90)  # the element counts both ways
     assert joined["100.64.9.2 : 10.244.5.5"]["packets"] == 5
 
 

@@ -20,7 +20,8 @@ def mappings(state: FabricState) -> list[dict[str, Any]]:
 
     ``rules``: per mapping and direction, the NAT rule that implements it,
     identified by (chain, comment), with its per-packet counting rule
-    (``count_chain``, ``count_comment``), its ``kind`` and ``direction``; a single
+    (``count_chain``, ``count_comment``), its ``direction`` and mapping (``kind``,
+    ``real``, ``view``); a single
     address's row names its ``element`` of the shared map rule, an egress
     block's ``shows`` "any source -> first-last";
     ``host_network``: the ``host_v4``/``host_v6`` map elements (key: our view of
@@ -67,7 +68,7 @@ def _peer(p: PeerPieces, table: str) -> dict[str, Any]:
                 continue
             row: dict[str, Any] = {"chain": nat.chain, "comment": nat.comment, "rule": _rule(nat, table),
                    "count_chain": count.chain, "count_comment": count.comment, "count_rule": _rule(count, table),
-                   "direction": direction, "kind": m.kind}
+                   "direction": direction, "kind": m.kind, "real": m.real.text, "view": m.view.text}
             if element is not None:
                 row["element"] = element
             if mr.count_set is not None:  # packets/bytes: the element's counter (both ways)

@@ -245,8 +245,8 @@ def test_report_rows_for_sparse_kinds() -> None:
         "from-hub", "hub: ingress export+gateway dst map (4 addresses)", "export",
         "hub: ingress export+gateway dst counted per address in @exp-hub-v4", "exp-hub-v4", "10.96.0.20")
     block = by[("egress", "hub: egress egress any source -> 100.64.9.8-100.64.9.15")]
-    assert (block["chain"], block["count_chain"], block["shows"]) == (
-        "to-hub", "cnt-hub", "any source -> 100.64.9.8-100.64.9.15")
+    assert (block["chain"], block["count_chain"], block["shows"], block["real"], block["view"]) == (
+        "to-hub", "cnt-hub", "any source -> 100.64.9.8-100.64.9.15", "0.0.0.0/29", "100.64.9.8/29")
     assert not any(r["kind"] == "egress" and r["direction"] == "ingress" for r in rows["rules"])
     # Every NAT rule and counting rule of the rendered chains is reported.
     r = table(SPOKE)

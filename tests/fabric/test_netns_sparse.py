@@ -11,7 +11,8 @@ egress block that names the peer's clients.
   state also holds a stale view 100.64.9.3 of 10.244.3.4, which spoke does not
   export (spoke's state lacks it): what a withdrawn export looks like.
 * spoke views hub: export 10.244.2.7 (pod h1) as 100.70.0.5, hub's gateway
-  10.244.0.1 as 100.70.0.6, hub's clients as the /29 100.70.1.0-7.
+  10.244.0.1 as 100.70.0.6, hub's clients as the /29 100.70.1.0-7; IPv6: h1's
+  fd00::2:7 as fd70::5, and the hub names spoke's IPv6 clients by fd64::9:0/126.
 
 Five spoke client pods share the hub's four addresses for them, binding the same
 source ports: the kernel must pick other ports for some, and every flow must get
@@ -41,8 +42,9 @@ from fabric.nft import Nft
 pytestmark = pytest.mark.root
 
 FLOWS = __file__.replace("test_netns_sparse.py", "flows.py")
-PODS, SVCS = "10.244.0.0/16", "10.96.0.0/12"
+PODS, SVCS, PODS6 = "10.244.0.0/16", "10.96.0.0/12", "fd00::/48"
 HUB_BLOCK, SPOKE_BLOCK = "100.64.9.4/30", "100.70.1.0/29"  # each side's name for the other's clients
+HUB_BLOCK6 = "fd64::9:0/126"
 
 
 def rm(*triples: tuple[str, str, str]) -> tuple[RangeMap, ...]:
@@ -52,16 +54,17 @@ def rm(*triples: tuple[str, str, str]) -> tuple[RangeMap, ...]:
 # Four single addresses: spoke DNATs them through one map rule; the hub's two get a rule each.
 SPOKE_SEEN_BY_HUB = rm(("export", "10.244.3.3/32", "100.64.9.1/32"), ("gateway", "10.244.0.2/32", "100.64.9.2/32"),
                        ("export", "10.96.0.30/32", "100.64.8.1/32"), ("export", "10.96.0.31/32", "100.64.8.2/32"),
-                       ("egress", "0.0.0.0/30", HUB_BLOCK))
+                       ("egress", "0.0.0.0/30", HUB_BLOCK), ("egress", "::/126", HUB_BLOCK6))
 STALE = rm(("export", "10.244.3.4/32", "100.64.9.3/32"))  # the hub's view of something spoke does not export
 HUB_SEEN_BY_SPOKE = rm(("export", "10.244.2.7/32", "100.70.0.5/32"), ("gateway", "10.244.0.1/32", "100.70.0.6/32"),
-                       ("egress", "0.0.0.0/29", SPOKE_BLOCK))
+                       ("egress", "0.0.0.0/29", SPOKE_BLOCK), ("export", "fd00::2:7/128", "fd70::5/128"),
+                       ("egress", "::/126", "fd70::1:0/126"))
 HUB_SEEN_FULL = rm(("pod", PODS, "100.65.0.0/16"), ("service", SVCS, "100.112.0.0/12"))
 
 
 def state(me: Side, peer: Side, remote: tuple[RangeMap, ...], mine: tuple[RangeMap, ...]) -> FabricState:
     local = LocalFabric(cluster_id=me.cluster_id, interface=me.wg, listen_port=51820, private_key=me.priv,
-                        pod_cidrs=(PODS,), service_cidrs=(SVCS,), gateway_ip=me.gateway_ip)
+                        pod_cidrs=(PODS, PODS6), service_cidrs=(SVCS,), gateway_ip=me.gateway_ip)
     return FabricState(local, (PeerFabric(peer.cluster_id, peer.pub, peer.endpoint, remote=remote, local=mine,
                                           persistent_keepalive=0),))
 
@@ -89,11 +92,12 @@ def pair() -> Iterator[Pair]:
         spoke = make_side(n, "spoke", "198.18.0.2", "10.244.0.2", "wireguard-go")
         sides.append(spoke)
         n.veth(hub.gw, spoke.gw, "198.18.0.1/24", "198.18.0.2/24", name="u")
-        hub.pods["h1"] = add_pod(n, hub.gw, "10.244.2.7", "10.244.0.1")
+        hub.pods["h1"] = add_pod(n, hub.gw, "10.244.2.7", "10.244.0.1", "fd00::2:7", "fd00::ff")
         hub.pods["h2"] = add_pod(n, hub.gw, "10.244.2.8", "10.244.0.1")
         spoke.pods["s0"] = add_pod(n, spoke.gw, "10.244.3.3", "10.244.0.2")
         spoke.pods["s4"] = add_pod(n, spoke.gw, "10.244.3.4", "10.244.0.2")  # not exported
-        clients = [add_pod(n, spoke.gw, f"10.244.1.{i}", "10.244.0.2") for i in range(1, 6)]
+        clients = [add_pod(n, spoke.gw, f"10.244.1.{i}", "10.244.0.2", f"fd00::1:{i}", "fd00::fe")
+                   for i in range(1, 6)]
         for side in (hub, spoke):
             for name, pod in side.pods.items():
                 start_echo(pod, name)
@@ -125,6 +129,9 @@ def test_client_reaches_exported_address_through_its_view(pair: Pair) -> None:
     # The other way: hub pod -> hub's view of spoke's export, seen from spoke's block for the hub.
     name, seen, *_ = ask(pair.hub.pods["h2"], "tcp", "100.64.9.1")
     assert name == "s0" and in_net(seen, SPOKE_BLOCK)
+    # IPv6: a /128 view of the hub's pod; the hub sees spoke's client in its /126 block.
+    name, seen, *_ = ask(pair.clients[3], "tcp", "fd70::5")
+    assert name == "h1" and in_net(seen, HUB_BLOCK6), seen
     # Host network (the spoke gateway itself) to the hub's gateway view: the block takes it too.
     out = sh("ping", "-c", "2", "-W", "2", "100.70.0.6", ns=pair.spoke.gw, timeout=20)
     assert " 0% packet loss" in out.stdout
@@ -184,7 +191,7 @@ def test_not_offered_destinations_are_dropped_and_counted(pair: Pair) -> None:
     assert ask(pair.hub.pods["h2"], "udp", "100.64.9.1")[0] == "s0"
 
 
-def test_per_export_counters_and_trace_from_the_kernel(pair: Pair) -> None:
+def test_per_export_counters_from_the_kernel(pair: Pair) -> None:
     assert pair.spoke.state is not None
     ask(pair.hub.pods["h2"], "tcp", "100.64.9.1", nbytes=100_000)
     ask(pair.clients[0], "udp", "100.70.0.5")
@@ -197,8 +204,7 @@ def test_per_export_counters_and_trace_from_the_kernel(pair: Pair) -> None:
     rows = nat.with_counters(nat.mappings(pair.spoke.state), Nft(pair.spoke.gw).list_table("inet", "crosswire"))
     out = next(r for r in rows[0]["rules"] if r.get("element") == "10.244.3.3 : 100.64.9.1")
     assert out["map_connections"] >= 1 and out["packets"] > exp["packets"]
-    by = {(r["direction"], r["kind"], r.get("element")): r for r in rows[0]["rules"]}
-    block = by[("egress", "egress", None)]
+    block = next(r for r in rows[0]["rules"] if r["kind"] == "egress" and r["view"] == HUB_BLOCK)
     assert block["shows"] == "any source -> 100.64.9.4-100.64.9.7" and block["packets"] > 0
     assert block["connections"] >= 1
 

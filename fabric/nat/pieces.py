@@ -16,7 +16,10 @@ is what ``json.dumps(..., separators=(",", ":"))`` makes of the same objects
 
 ``build`` keeps the tables of the last two states (keyed by the frozen
 ``FabricState``): an apply validates, renders and verifies one state, and the
-API reports the same one, without building it again.
+API reports the same one, without building it again. Each peer's pieces are
+also kept on their own (``peer_pieces``, keyed by our checked side and the
+frozen ``PeerFabric``), so a new state where one peer changed builds that
+peer and runs only the checks that involve all peers.
 """
 
 from __future__ import annotations
@@ -30,8 +33,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from fabric.model import Address, FabricState, map_into
-from fabric.nat.check import Checked, CheckedLocal, CheckedPeer, Cidr, Mapping, check, cidr
+from fabric.model import Address, FabricState, PeerFabric, map_into
+from fabric.nat.check import (
+    CheckedLocal,
+    CheckedPeer,
+    Cidr,
+    Mapping,
+    check_local,
+    check_peer,
+    check_peers,
+    cidr,
+)
 from fabric.nat.names import FAMILY, Direction, PeerChain, comment
 
 # json.dumps builds a new encoder on every call with non-default separators;
@@ -422,10 +434,28 @@ def _cidrs(lo: int, hi: int, bits: int) -> list[Cidr]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _builder(local: CheckedLocal) -> Builder:
+    return Builder(local)
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_pieces(local: CheckedLocal, peer: PeerFabric) -> PeerPieces:
+    """One peer checked on its own and cut into pieces, kept across states: a
+    state that changes a few peers builds only those (the checks that involve
+    every peer run again in ``build``). NatError for a peer that cannot be rendered."""
+    builder = _builder(local)
+    if len(builder._rules) > 100_000:  # shared fragments of views long gone: start again
+        builder._rules.clear()
+        builder._host.clear()
+    return builder.peer(check_peer(peer))
+
+
 @functools.lru_cache(maxsize=2)
 def build(state: FabricState) -> Table:
     """``state`` validated (NatError if it cannot be rendered) and cut into per-peer pieces."""
     with gc_paused():
-        checked: Checked = check(state)
-        builder = Builder(checked.local)
-        return Table(checked.local, tuple(builder.peer(p) for p in checked.peers))
+        local = check_local(state.local)
+        pieces = tuple(peer_pieces(local, p) for p in state.peers)
+        check_peers(local, [p.peer for p in pieces])
+        return Table(local, pieces)

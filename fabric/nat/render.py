@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from fabric.model import FabricState
-from fabric.nat.check import CheckedLocal, check_peer
+from fabric.nat.check import CheckedLocal
 from fabric.nat.names import FAMILY, MARKER_SET, PeerChain, comment
-from fabric.nat.pieces import Builder, PeerPieces, Table, build, dumps, element_maps, gc_paused
+from fabric.nat.pieces import PeerPieces, Table, build, dumps, element_maps, gc_paused, peer_pieces
 
 
 def render_text(state: FabricState) -> str:
@@ -161,9 +161,9 @@ def render_delta(previous: FabricState, state: FabricState) -> str | None:
         return None
     table = build(state)
     with gc_paused():
-        # The shared inputs are equal, so the old peers' pieces are built on the new local side.
-        builder = Builder(table.local)
-        out = [builder.peer(check_peer(p)) for p in gone + changed]
+        # The shared inputs are equal, so the old peers' pieces are the new local
+        # side's (kept from building ``previous``, as a rule).
+        out = [peer_pieces(table.local, p) for p in gone + changed]
         by_id = {p.cluster_id: p for p in table.peers}
         into = [by_id[p.cluster_id] for p in changed + added]
         return _delta(table, out, into, {p.cluster_id for p in gone}, {p.cluster_id for p in added})

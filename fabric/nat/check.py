@@ -175,29 +175,41 @@ def check_peer(peer: PeerFabric) -> CheckedPeer:
     local = tuple(pair(m.kind, m.real, m.view, "local") for m in peer.local)
     one_block(remote, "remote")
     one_block(local, "local")
+    # One view per address we offer: two would make our source ambiguous (and the
+    # kernel refuses a map with the same key twice).
+    views: dict[str, str] = {}
+    for m in local:
+        if m.kind in ("export", "gateway"):
+            if m.real.text in views:
+                raise NatError(f"peer {cid!r} local {m.kind}: real {m.real.text} has two views, {views[m.real.text]} "
+                               f"and {m.view.text} (one view per address)")
+            views[m.real.text] = m.view.text
     _first_overlap([(m.view.net, "its view of us") for m in local], f"peer {cid!r}: ")
     return CheckedPeer(cid, chain_suffix(cid), remote, local)
 
 
 def check(state: FabricState) -> Checked:
     local = check_local(state.local)
+    return Checked(local, check_peers(local, [check_peer(p) for p in state.peers]))
+
+
+def check_peers(local: CheckedLocal, peers: list[CheckedPeer]) -> tuple[CheckedPeer, ...]:
+    """What depends on all peers together (each checked on its own by ``check_peer``):
+    unique cluster IDs and chain names, our views unique and clear of our ranges."""
     seen_ids: set[str] = set()
     seen_chains: set[str] = set()
     owned: list[tuple[Network, str]] = [(c.net, "local range") for c in local.pods + local.services]
-    peers = []
-    for peer in state.peers:
-        cid = peer.cluster_id
+    for checked in peers:
+        cid = checked.cluster_id
         if cid in seen_ids:
             raise NatError(f"peer {cid!r}: listed twice")
         seen_ids.add(cid)
-        if chain_suffix(cid) in seen_chains:
+        if checked.suffix in seen_chains:
             raise NatError(f"peer {cid!r}: chain name collides with another peer")
-        seen_chains.add(chain_suffix(cid))
-        checked = check_peer(peer)
+        seen_chains.add(checked.suffix)
         owned += [(m.view.net, f"view of peer {cid!r}") for m in checked.remote]
-        peers.append(checked)
     _first_overlap(owned, "", views_only=True)
-    return Checked(local, tuple(peers))
+    return tuple(peers)
 
 
 def _first_overlap(nets: list[tuple[Network, str]], prefix: str, views_only: bool = False) -> None:

@@ -16,7 +16,10 @@ is what ``json.dumps(..., separators=(",", ":"))`` makes of the same objects
 
 ``build`` keeps the tables of the last two states (keyed by the frozen
 ``FabricState``): an apply validates, renders and verifies one state, and the
-API reports the same one, without building it again.
+API reports the same one, without building it again. Each peer's pieces are
+also kept on their own (``peer_pieces``, keyed by our checked side and the
+frozen ``PeerFabric``), so a new state where one peer changed builds that
+peer and runs only the checks that involve all peers.
 """
 
 from __future__ import annotations
@@ -30,8 +33,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from fabric.model import Address, FabricState, map_into
-from fabric.nat.check import Checked, CheckedLocal, CheckedPeer, Cidr, Mapping, check, cidr
+from fabric.model import Address, FabricState, PeerFabric, map_into
+from fabric.nat.check import (
+    CheckedLocal,
+    CheckedPeer,
+    Cidr,
+    Mapping,
+    check_local,
+    check_peer,
+    check_peers,
+    cidr,
+)
 from fabric.nat.names import FAMILY, Direction, PeerChain, comment
 
 # json.dumps builds a new encoder on every call with non-default separators;
@@ -68,6 +80,10 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# From this many single-address mappings of one peer and family on, they share
+# one map rule per direction (one lookup, whatever their number) instead of a rule each.
+MAP_MIN = 4
+
 # Iterating an Enum class runs Python code each time; rendering does it per peer.
 CHAINS = tuple(PeerChain)
 
@@ -99,6 +115,10 @@ class MappingRules(NamedTuple):
     # rules of that family, and these its elements ("real : view", "view : real").
     egress_element: str | None = None
     ingress_element: str | None = None
+    # ... and their counting twins are the two lookups of the peer's counting
+    # set of that family: this mapping is its element (our real address).
+    count_set: str | None = None
+    count_element: str | None = None
 
 
 class Key(NamedTuple):
@@ -126,6 +146,9 @@ class PeerPieces:
     host_target: dict[int, Address | None]  # by IP version
     mapping_rules: tuple[MappingRules, ...] = ()  # per ``peer.local`` mapping
     keys: tuple[Key, ...] = ()  # of every map/set above, both families
+    # The peer's own sets (name, its "add set" command with elements): one per
+    # family holding our mapped single addresses, a counter on each element.
+    sets: tuple[tuple[str, str], ...] = ()
 
     @property
     def cluster_id(self) -> str:
@@ -150,6 +173,7 @@ class Builder:
     def __init__(self, local: CheckedLocal) -> None:
         self.local = local
         self._rule_head = f'{{"family":"{FAMILY}","table":{dumps(local.table)},"chain":'
+        self._set_head = f'"family":"{FAMILY}","table":{dumps(local.table)}'
         self._maps = {v: element_maps(v) for v in (4, 6)}
         # Shared fragments, keyed by what they depend on (CIDR texts as parsed).
         self._rules: dict[tuple[Direction, str, str, str], tuple[str, str, str]] = {}
@@ -213,11 +237,15 @@ class Builder:
                                        f"[{wg},{family},{COUNTER}]")
         return frag
 
-    def _map_frags(self, direction: Direction, maps: list[Mapping]) -> tuple[str, list[str]]:
-        """One rule for all of a family's single-address mappings: match the
-        addresses (an anonymous set, so the counter counts only them), then
-        rewrite through an anonymous map: one hash lookup each, whatever their
-        number. Returns the expressions and each mapping's element ("from : to")."""
+    def _map_frags(self, direction: Direction, maps: list[Mapping], named: str) -> tuple[str, list[str]]:
+        """One rule for all of a family's single-address mappings, rewriting
+        through an anonymous map: one hash lookup, whatever their number.
+        Egress first matches our addresses in the peer's named set ``named``
+        (which also counts them), so its counter counts only their connections;
+        ingress has no match and no counter (a miss ends the rule and the
+        packet meets prerouting's counted drop): anonymous sets cost the kernel
+        as much to create as tens of rules. Returns the expressions and each
+        mapping's element ("from : to")."""
         p = _proto(maps[0].view.version)
         pairs = [(m.real.text.split("/")[0], m.view.text.split("/")[0]) for m in maps]
         if direction is Direction.EGRESS:
@@ -226,10 +254,10 @@ class Builder:
             field, nat = "daddr", "dnat"
             pairs = [(v, r) for r, v in pairs]
         payload = f'{{"payload":{{"protocol":"{p}","field":"{field}"}}}}'
-        keys = ",".join(f'"{a}"' for a, _ in pairs)
         data = ",".join(f'["{a}","{b}"]' for a, b in pairs)
-        expr = (f'[{{"match":{{"op":"==","left":{payload},"right":{{"set":[{keys}]}}}}}},{COUNTER},'
-                f'{{"{nat}":{{"family":"{p}","addr":{{"map":{{"key":{payload},"data":{{"set":[{data}]}}}}}}}}}}]')
+        match = (f'{{"match":{{"op":"==","left":{payload},"right":{dumps("@" + named)}}}}},{COUNTER},'
+                 if direction is Direction.EGRESS else "")
+        expr = f'[{match}{{"{nat}":{{"family":"{p}","addr":{{"map":{{"key":{payload},"data":{{"set":[{data}]}}}}}}}}}}]'
         return expr, [f"{a} : {b}" for a, b in pairs]
 
     def _keys(self, peer: CheckedPeer) -> list[Key]:
@@ -239,21 +267,29 @@ class Builder:
         cid = peer.cluster_id
         keys = [Key(m.view, f"{cid} {m.kind}") for m in peer.remote if m.kind in ("pod", "service")]
         for v in (4, 6):
-            sparse = sorted((m for m in peer.remote if m.kind not in ("pod", "service") and m.view.version == v),
-                            key=lambda m: int(m.view.net.network_address))
+            # (first address, last address, mapping), in address order (views never overlap).
+            sparse = sorted(((int(m.view.net.network_address), int(m.view.net.broadcast_address), m)
+                             for m in peer.remote if m.kind not in ("pod", "service") and m.view.version == v),
+                            key=lambda x: x[0])
             runs: list[tuple[int, int, list[Mapping]]] = []  # adjacent views: (first, last address, views)
-            for m in sparse:
-                lo, hi = int(m.view.net.network_address), int(m.view.net.broadcast_address)
+            for lo, hi, m in sparse:
                 if runs and runs[-1][1] + 1 == lo:
-                    runs[-1] = (runs[-1][0], hi, runs[-1][2] + [m])
+                    runs[-1][2].append(m)
+                    runs[-1] = (runs[-1][0], hi, runs[-1][2])
                 else:
                     runs.append((lo, hi, [m]))
             bits = 32 if v == 4 else 128
             for lo, hi, views in runs:
-                for net in ([views[0].view] if len(views) == 1 else _cidrs(lo, hi, bits)):
-                    kinds = sorted({m.kind for m in views if int(m.view.net.network_address) in
-                                    range(int(net.net.network_address), int(net.net.broadcast_address) + 1)})
-                    keys.append(Key(net, f"{cid} {'+'.join(kinds)}"))
+                if len(views) == 1:
+                    keys.append(Key(views[0].view, f"{cid} {views[0].kind}"))
+                    continue
+                k = 0  # the views (in order) inside each CIDR of the run
+                for net in _cidrs(lo, hi, bits):
+                    end, kinds = int(net.net.broadcast_address), set()
+                    while k < len(views) and int(views[k].view.net.network_address) <= end:
+                        kinds.add(views[k].kind)
+                        k += 1
+                    keys.append(Key(net, f"{cid} {'+'.join(sorted(kinds))}"))
         return keys
 
     def peer(self, peer: CheckedPeer) -> PeerPieces:
@@ -289,6 +325,10 @@ class Builder:
         made: list[MappingRules] = []
         singles: dict[int, list[int]] = {4: [], 6: []}
         blocks: list[int] = []
+        sets: list[tuple[str, str]] = []
+        # Few single addresses get a rule each: an anonymous set and map cost the
+        # kernel more to create than a few rules (bench/nat_scale.py --sparse).
+        mapped = {v: sum(m.single and m.view.version == v for m in peer.local) >= MAP_MIN for v in (4, 6)}
         for m in peer.local:
             if m.block:
                 expr, after_id, counted = self._block_frags(m)
@@ -304,12 +344,13 @@ class Builder:
                 expr, after_id, counted = self._rule_frags(direction, m)
                 note = comment(f"{cid}: {after_id}")
                 nat = rule(pc, expr, note)
-                if not m.single:
+                if not (m.single and mapped[m.view.version]):
                     out.append(nat)
                 pair += [nat, rule(PeerChain.COUNT, counted, note)]
-            if m.single:
-                singles[m.view.version].append(len(made))
             made.append(MappingRules(pair[0], pair[2], pair[1], pair[3]))
+            if m.single and mapped[m.view.version]:
+                singles[m.view.version].append(len(made) - 1)
+                continue  # counted by the family's set below
             count_out.append(pair[1])
             count_in.append(pair[3])
         for v in (4, 6):
@@ -317,17 +358,38 @@ class Builder:
             if not js:
                 continue
             kinds = "+".join(sorted({peer.local[j].kind for j in js}))
+            name = f"exp-{peer.suffix}-v{v}"
             both = []
             for direction, pc, out, side in ((Direction.EGRESS, PeerChain.EGRESS, to_rules, "src"),
                                              (Direction.INGRESS, PeerChain.INGRESS, from_rules, "dst")):
-                expr, elems = self._map_frags(direction, [peer.local[j] for j in js])
+                expr, elems = self._map_frags(direction, [peer.local[j] for j in js], name)
                 nat = rule(pc, expr, comment(f"{cid}: {direction.value} {kinds} {side} map ({len(js)} addresses)"))
                 # The per-address rules precede the maps (none overlaps a map's address in practice).
                 out.append(nat)
                 both.append((nat, elems))
+            # Per-address counters without a rule per address: the counting
+            # chain looks the address up (source out, destination in) in the
+            # peer's set, whose elements count what they match. Two lookups
+            # per packet whatever the number of addresses; one set, so each
+            # element counts both ways.
+            reals = [peer.local[j].real.text.split("/")[0] for j in js]
+            addr_type = "ipv4_addr" if v == 4 else "ipv6_addr"
+            sets.append((name, f'{{"add":{{"set":{{{self._set_head},"name":{dumps(name)},"type":"{addr_type}",'
+                               f'"stmt":[{{"counter":null}}],"elem":[{",".join(dumps(a) for a in reals)}]}}}}}}'))
+            p = _proto(v)
+            twins: list[Rule] = []
+            for field, direction, side, out in (("saddr", Direction.EGRESS, "src", count_out),
+                                                ("daddr", Direction.INGRESS, "dst", count_in)):
+                expr = (f'[{{"match":{{"op":"==","left":{{"payload":{{"protocol":"{p}","field":"{field}"}}}},'
+                        f'"right":{dumps("@" + name)}}}}}]')
+                twins.append(rule(PeerChain.COUNT, expr, comment(
+                    f"{cid}: {direction.value} {kinds} {side} counted per address in @{name}")))
+                out.append(twins[-1])
             for n, j in enumerate(js):
                 made[j] = made[j]._replace(egress=both[0][0], ingress=both[1][0],
-                                           egress_element=both[0][1][n], ingress_element=both[1][1][n])
+                                           egress_element=both[0][1][n], ingress_element=both[1][1][n],
+                                           count_egress=twins[0], count_ingress=twins[1],
+                                           count_set=name, count_element=reals[n])
         # The blocks last in to-<peer>: every source the rules above did not take.
         to_rules += [made[j].egress for j in blocks]
         keys = self._keys(peer)
@@ -356,7 +418,7 @@ class Builder:
             tail = f',"comment":{dumps(comment(f"{cid}: host network -> {target[1]}"))}}}}},"{target[1]}"]'
             elements[host_map] = ",".join([f'[{{"elem":{{"val":{k.cidr.prefix}{tail}' for k in mine])
         return PeerPieces(peer, chains, quoted, tuple(to_rules + from_rules), tuple(count_out + count_in),
-                          elements, host, tuple(made), tuple(keys))
+                          elements, host, tuple(made), tuple(keys), tuple(sets))
 
 
 def _cidrs(lo: int, hi: int, bits: int) -> list[Cidr]:
@@ -372,10 +434,28 @@ def _cidrs(lo: int, hi: int, bits: int) -> list[Cidr]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _builder(local: CheckedLocal) -> Builder:
+    return Builder(local)
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_pieces(local: CheckedLocal, peer: PeerFabric) -> PeerPieces:
+    """One peer checked on its own and cut into pieces, kept across states: a
+    state that changes a few peers builds only those (the checks that involve
+    every peer run again in ``build``). NatError for a peer that cannot be rendered."""
+    builder = _builder(local)
+    if len(builder._rules) > 100_000:  # shared fragments of views long gone: start again
+        builder._rules.clear()
+        builder._host.clear()
+    return builder.peer(check_peer(peer))
+
+
 @functools.lru_cache(maxsize=2)
 def build(state: FabricState) -> Table:
     """``state`` validated (NatError if it cannot be rendered) and cut into per-peer pieces."""
     with gc_paused():
-        checked: Checked = check(state)
-        builder = Builder(checked.local)
-        return Table(checked.local, tuple(builder.peer(p) for p in checked.peers))
+        local = check_local(state.local)
+        pieces = tuple(peer_pieces(local, p) for p in state.peers)
+        check_peers(local, [p.peer for p in pieces])
+        return Table(local, pieces)

@@ -20,7 +20,8 @@ def mappings(state: FabricState) -> list[dict[str, Any]]:
 
     ``rules``: per mapping and direction, the NAT rule that implements it,
     identified by (chain, comment), with its per-packet counting rule
-    (``count_chain``, ``count_comment``), its ``kind`` and ``direction``; a single
+    (``count_chain``, ``count_comment``), its ``direction`` and mapping (``kind``,
+    ``real``, ``view``); a single
     address's row names its ``element`` of the shared map rule, an egress
     block's ``shows`` "any source -> first-last";
     ``host_network``: the ``host_v4``/``host_v6`` map elements (key: our view of
@@ -65,11 +66,13 @@ def _peer(p: PeerPieces, table: str) -> dict[str, Any]:
                                    (mr.ingress, mr.count_ingress, mr.ingress_element))
             if nat is None or count is None:
                 continue
-            row = {"chain": nat.chain, "comment": nat.comment, "rule": _rule(nat, table),
+            row: dict[str, Any] = {"chain": nat.chain, "comment": nat.comment, "rule": _rule(nat, table),
                    "count_chain": count.chain, "count_comment": count.comment, "count_rule": _rule(count, table),
-                   "direction": direction, "kind": m.kind}
+                   "direction": direction, "kind": m.kind, "real": m.real.text, "view": m.view.text}
             if element is not None:
                 row["element"] = element
+            if mr.count_set is not None:  # packets/bytes: the element's counter (both ways)
+                row["count_set"], row["count_element"] = mr.count_set, mr.count_element
             if m.block:
                 row["shows"] = _block(m)
             rows.append(row)
@@ -113,8 +116,8 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
     kernel = _rule_index(item["rule"] for item in listed.get("nftables", []) if "rule" in item)
     elements: dict[tuple[str, str], dict[str, int]] = {}
     for item in listed.get("nftables", []):
-        m = item.get("map")
-        if not m or not str(m.get("name", "")).startswith("host_v"):
+        m = item.get("map") or item.get("set")
+        if not m or not str(m.get("name", "")).startswith(("host_v", "exp-")):
             continue
         for el in m.get("elem", []):
             head = el[0] if isinstance(el, list) else el
@@ -135,11 +138,16 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
             n = kernel.get((r.get("count_chain", ""), r.get("count_comment", r["comment"])))
             connections = _counter(k)[0]
             packets, bytes_ = _counter(n)
+            if "count_set" in r:
+                bits = 128 if ":" in r["count_element"] else 32
+                counter = elements.get((r["count_set"], f"{r['count_element']}/{bits}"), {})
+                packets, bytes_ = counter.get("packets", 0), counter.get("bytes", 0)
             shared = "element" in r  # the map rule counts every element's connections: not this one's
+            counted = any("counter" in e for e in r["rule"]["expr"])  # the ingress map rule has no counter
             rules.append({**r, "handle": k.get("handle") if k else None,
                           "count_handle": n.get("handle") if n else None,
                           "packets": packets, "bytes": bytes_, "connections": None if shared else connections,
-                          **({"map_connections": connections} if shared else {})})
+                          **({"map_connections": connections if counted else None} if shared else {})})
         hosts = []
         for h in peer.get("host_network", []):
             counter = elements.get((h["map"], h["key"]), {})

@@ -24,6 +24,12 @@ Two directions (see the README, "Words and the packet walk"):
   peer, ``from-<peer>`` rewrites the destination (the peer's view of us) to our
   real range, or the packet is dropped.
 
+Sparse views (fabric/DESIGN.md, "Sparse views in the table"): a source no
+mapping takes, towards a peer whose ``local`` holds an egress block, is SNATed
+into the block (shown as its first address: the kernel picks); a source in our
+block view of a peer is that peer's client; a destination in a block is
+dropped by the block's owner; mapped single addresses name their map element.
+
 Anything else is no peer's: the verdict says so (``no-peer``, or ``local``
 for our own ranges). Where exports exist, an ``export`` step (the export
 verdict of the exporting gateway, after translation) is asked of the
@@ -344,7 +350,8 @@ class _Walk:
         before = self.dst
         self.dst = map_into(before, m.view.net, m.real.net)
         what = (f"destination {before} ({me}'s view of {them}'s {_what(m.kind)} {m.view.text}) rewritten "
-                f"to {self.dst}, in its {m.kind} range {m.real.text}" if m.real.text != m.view.text else
+                f"to {self.dst}, " + (f"by the element {r.ingress_element} of its map" if r.ingress_element else
+                                      f"in its {m.kind} range {m.real.text}") if m.real.text != m.view.text else
                 f"destination {before} kept ({me} sees {them}'s {m.real.text} unchanged)")
         self.add(DNAT, them, what, chain=r.ingress.chain, rule=r.ingress.comment,
                  counted=r.count_ingress.chain if r.count_ingress else None, element=r.ingress_element)
@@ -393,11 +400,13 @@ class _Walk:
             rj = _find(p.peer.local, self.dst, "real")
             if j is not None:
                 hint = f" (it is {them}'s egress block naming {me}'s clients, not an address offered to {them})"
-            elif rj is not None:
-                lm = p.peer.local[rj]
-                hint = f" ({them} addresses {me}'s {self.dst} as {map_into(self.dst, lm.real.net, lm.view.net)})"
-            self.add(DROP, me, f"destination {self.dst} is in none of {them}'s views of {me}: not offered to "
-                     f"{them}, dropped (counted){hint}", chain="prerouting",
+                what = f"destination {self.dst} is in {them}'s egress block for {me}"
+            else:
+                what = f"destination {self.dst} is in none of {them}'s views of {me}"
+                if rj is not None:
+                    lm = p.peer.local[rj]
+                    hint = f" ({them} addresses {me}'s {self.dst} as {map_into(self.dst, lm.real.net, lm.view.net)})"
+            self.add(DROP, me, f"{what}: not offered to {them}, dropped (counted){hint}", chain="prerouting",
                      rule=_base_rule(self.local, "prerouting", '"drop"'), drop=True)
             return self.done("ingress", "dropped", f"{self.dst} is not offered to {them}{hint}")
         lm, lr = p.peer.local[j], p.mapping_rules[j]

@@ -237,18 +237,19 @@ def status(st: Mapping[str, Any], peers: Sequence[Mapping[str, Any]], now: float
 def _rule_rows(peer: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """One row per NAT rule of our ranges: the mapping it implements and its counters.
 
-    Rules come per direction in the order of ``local`` (fabric.nat.pieces), so a
-    rule's mapping is found by its position among its chain's rules."""
-    local = peer.get("local") or []
-    chains = {peer.get("egress_chain"): "egress", peer.get("ingress_chain"): "ingress"}
-    seen: dict[str, int] = {}
+    Each rule row names its direction and mapping (fabric.nat.report); an egress
+    block shows "any source" and its address range. A single address's rule is
+    its family's shared map rule, whose connection count is every element's:
+    shown as "-" on the element's row."""
     rows: list[tuple[Any, ...]] = []
     for r in peer.get("rules") or []:
-        direction = chains.get(r.get("chain"), clean(r.get("chain")))
-        i = seen[direction] = seen.get(direction, -1) + 1
-        m = local[i] if i < len(local) else {"kind": "?", "real": "?", "view": "?"}
-        rows.append((direction, m["kind"], m["real"], m["view"], human_count(r.get("packets", 0)),
-                     human_bytes(r.get("bytes", 0)), human_count(r.get("connections", 0))))
+        real, view = r.get("real", "?"), r.get("view", "?")
+        if r.get("shows"):  # "any source -> first-last"
+            real, view = "any source", str(r["shows"]).split(" -> ", 1)[-1]
+        conns = r.get("connections")
+        rows.append((clean(r.get("direction", "?")), clean(r.get("kind", "?")), clean(real), clean(view),
+                     human_count(r.get("packets", 0)), human_bytes(r.get("bytes", 0)),
+                     "-" if conns is None else human_count(conns)))
     return rows
 
 

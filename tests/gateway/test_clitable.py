@@ -128,16 +128,28 @@ def test_odd_values_stay_in_their_columns() -> None:
     ]
 
 
+def _row(direction: str, kind: str, real: str, view: str) -> dict[str, str]:
+    return {"direction": direction, "kind": kind, "real": real, "view": view}
+
+
 NAT: dict[str, Any] = {"table": "inet crosswire", "peers": [{
     "cluster_id": "gpu", "egress_chain": "cw-egress-gpu", "ingress_chain": "cw-ingress-gpu",
     "remote": [_view("pod", "10.244.0.0/16", "100.64.0.0/16")],
     "local": [_view("pod", "10.244.0.0/16", "100.65.0.0/16"), _view("service", "10.96.0.0/12", "10.96.0.0/12")],
     "rules": [
         {"chain": "cw-egress-gpu", "comment": "c1", "handle": 7, "packets": 123456, "bytes": 98765432,
-         "connections": 321},
-        {"chain": "cw-egress-gpu", "comment": "c2", "handle": 8, "packets": 0, "bytes": 0, "connections": 0},
-        {"chain": "cw-ingress-gpu", "comment": "c3", "handle": 9, "packets": 42, "bytes": 4200, "connections": 2},
-        {"chain": "cw-ingress-gpu", "comment": "c4", "handle": None, "packets": 0, "bytes": 0, "connections": 0},
+         "connections": 321, **_row("egress", "pod", "10.244.0.0/16", "100.65.0.0/16")},
+        {"chain": "cw-egress-gpu", "comment": "c2", "handle": 8, "packets": 0, "bytes": 0, "connections": 0,
+         **_row("egress", "service", "10.96.0.0/12", "10.96.0.0/12")},
+        {"chain": "cw-ingress-gpu", "comment": "c3", "handle": 9, "packets": 42, "bytes": 4200, "connections": 2,
+         **_row("ingress", "pod", "10.244.0.0/16", "100.65.0.0/16")},
+        {"chain": "cw-ingress-gpu", "comment": "c4", "handle": None, "packets": 0, "bytes": 0, "connections": 0,
+         **_row("ingress", "service", "10.96.0.0/12", "10.96.0.0/12")},
+        # A sparse peer's view of us: an egress block (no ingress rule), an address in a shared map rule.
+        {"chain": "cw-egress-gpu", "comment": "c5", "handle": 10, "packets": 9, "bytes": 900, "connections": 3,
+         **_row("egress", "egress", "0.0.0.0/28", "100.64.0.0/28"), "shows": "any source -> 100.64.0.0-100.64.0.15"},
+        {"chain": "cw-ingress-gpu", "comment": "c6", "handle": 11, "packets": 1, "bytes": 60, "connections": None,
+         **_row("ingress", "export", "10.96.0.10/32", "100.64.0.16/32"), "map_connections": 1},
     ],
     "host_network": [{"map": "host_v4", "key": "100.64.0.0/16", "target": "10.244.0.1", "present": True,
                       "packets": 5, "bytes": 420}],
@@ -149,12 +161,14 @@ def test_nat_exact() -> None:
         "table inet crosswire",
         "",
         "peer gpu",
-        "  DIRECTION  KIND     REAL           VIEW           PACKETS     BYTES  CONNS",
-        "  egress     pod      10.244.0.0/16  100.65.0.0/16   123.5k  94.2 MiB    321",
-        "  egress     service  10.96.0.0/12   10.96.0.0/12         0       0 B      0",
-        "  ingress    pod      10.244.0.0/16  100.65.0.0/16       42   4.1 KiB      2",
-        "  ingress    service  10.96.0.0/12   10.96.0.0/12         0       0 B      0",
-        "  remote     pod      10.244.0.0/16  100.64.0.0/16        -         -      -",
+        "  DIRECTION  KIND     REAL           VIEW                    PACKETS     BYTES  CONNS",
+        "  egress     pod      10.244.0.0/16  100.65.0.0/16            123.5k  94.2 MiB    321",
+        "  egress     service  10.96.0.0/12   10.96.0.0/12                  0       0 B      0",
+        "  ingress    pod      10.244.0.0/16  100.65.0.0/16                42   4.1 KiB      2",
+        "  ingress    service  10.96.0.0/12   10.96.0.0/12                  0       0 B      0",
+        "  egress     egress   any source     100.64.0.0-100.64.0.15        9     900 B      3",
+        "  ingress    export   10.96.0.10/32  100.64.0.16/32                1      60 B      -",
+        "  remote     pod      10.244.0.0/16  100.64.0.0/16                 -         -      -",
         "  1 rule(s) missing from the kernel (not applied yet?)",
         "  host network 100.64.0.0/16 -> 10.244.0.1: 5 packets, 420 B",
     ]

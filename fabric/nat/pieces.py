@@ -233,7 +233,7 @@ class Builder:
             family = f'{{"match":{{"op":"==","left":{{"meta":{{"key":"nfproto"}}}},"right":"{nf}"}}}}'
             wg = f'{{"match":{{"op":"==","left":{{"meta":{{"key":"oifname"}}}},"right":{dumps(self.local.interface)}}}}}'
             snat = f'{{"snat":{{"family":"{p}","addr":{{"range":["{first}","{last}"]}},"flags":"persistent"}}}}'
-            frag = self._rules[key] = (f"[{family},{COUNTER},{snat}]", f"egress {m.kind} any source -> {first}-{last}",
+            frag = self._rules[key] = (f"[{family},{COUNTER},{snat}]", f"egress block: any source -> {first}-{last}",
                                        f"[{wg},{family},{COUNTER}]")
         return frag
 

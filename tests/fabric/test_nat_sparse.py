@@ -128,7 +128,7 @@ def test_peer_sparse_view_of_us_renders_map_rules_and_the_egress_block() -> None
     assert elements(r, "host_v4") == [] and elements(r, "host_v6") == []
     comments = [x["comment"] for x in objects(r, "rule") if x["chain"] == "to-hub"]
     assert comments[1] == "hub: egress export+gateway src map (4 addresses)"
-    assert comments[2] == "hub: egress egress any source -> 100.64.9.8-100.64.9.15"
+    assert comments[2] == "hub: egress block: any source -> 100.64.9.8-100.64.9.15"
 
 
 def test_both_sparse_and_mixed_other_way() -> None:
@@ -244,7 +244,7 @@ def test_report_rows_for_sparse_kinds() -> None:
             exp["count_element"]) == (
         "from-hub", "hub: ingress export+gateway dst map (4 addresses)", "export",
         "hub: ingress export+gateway dst counted per address in @exp-hub-v4", "exp-hub-v4", "10.96.0.20")
-    block = by[("egress", "hub: egress egress any source -> 100.64.9.8-100.64.9.15")]
+    block = by[("egress", "hub: egress block: any source -> 100.64.9.8-100.64.9.15")]
     assert (block["chain"], block["count_chain"], block["shows"], block["real"], block["view"]) == (
         "to-hub", "cnt-hub", "any source -> 100.64.9.8-100.64.9.15", "0.0.0.0/29", "100.64.9.8/29")
     assert not any(r["kind"] == "egress" and r["direction"] == "ingress" for r in rows["rules"])
@@ -312,7 +312,7 @@ def test_trace_egress_into_the_block_and_the_hub_attributes_it() -> None:
     assert (t.verdict, t.peer, t.direction) == ("delivered", "hub", "egress")
     snat = next(s for s in t.steps if s.kind == "snat")
     assert (snat.chain, snat.rule, snat.counted, snat.src) == (
-        "to-hub", "hub: egress egress any source -> 100.64.9.8-100.64.9.15", "cnt-hub", "100.64.9.8")
+        "to-hub", "hub: egress block: any source -> 100.64.9.8-100.64.9.15", "cnt-hub", "100.64.9.8")
     assert "SNAT into the egress block 100.64.9.8/29" in snat.text and "chosen by the kernel" in snat.text
     peer = [s for s in t.steps if s.kind == "peer"][1]  # at the hub
     assert peer.element == '@from_peer_v4 100.64.9.8/29 comment "spoke egress" : jump from-spoke'
@@ -320,7 +320,7 @@ def test_trace_egress_into_the_block_and_the_hub_attributes_it() -> None:
     t = run(HUB, "100.64.9.11", "100.112.0.10", "udp")
     assert (t.verdict, t.peer, t.direction) == ("delivered", "spoke", "ingress")
     assert "one of spoke's clients, was SNATed by spoke into hub's egress block for it 100.64.9.8/29" in t.steps[0].text
-    assert t.steps[0].rule == "hub: egress egress any source -> 100.64.9.8-100.64.9.15"
+    assert t.steps[0].rule == "hub: egress block: any source -> 100.64.9.8-100.64.9.15"
     assert t.reason == "a client of spoke (as 100.64.9.11) reaches hub service 10.96.0.10, which sees it from 100.64.9.11"
 
 

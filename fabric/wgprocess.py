@@ -101,6 +101,7 @@ def _userspace_binary() -> str:
 
 
 _early: dict[str, subprocess.Popen[bytes]] = {}  # interface -> process start_early began
+_early_started: dict[str, subprocess.Popen[bytes]] = {}  # the same, kept for stop_early
 
 
 def saved_config_path(log_path: str, interface: str) -> str:
@@ -119,10 +120,38 @@ def start_early(interface: str, implementation: Implementation, log_path: str) -
     if proc._uapi.alive() is not False:
         return False  # running (a daemon-only restart), or cannot tell: leave it to ensure_up
     try:
-        _early[interface] = proc._spawn()
+        _early[interface] = _early_started[interface] = proc._spawn()
     except WgProcessError as e:
         log.warning("%s", e)
         return False
+    return True
+
+
+def stop_early(interface: str) -> bool:
+    """Stop the process ``start_early`` began for ``interface`` (the gateway refused
+    to start: it must not leave a data plane running that nobody controls). SIGTERM,
+    so crosswire-wg removes its interface and socket as on any clean stop. A data
+    plane that was already running before is never ours to stop: start_early did
+    not start one then. True if a process was stopped."""
+    proc = _early_started.pop(interface, None)
+    _early.pop(interface, None)
+    if proc is None or proc.poll() is not None:
+        return False
+    # Let it finish starting first: a SIGTERM before its handlers are installed would
+    # kill it with its persistent interface left behind.
+    uapi = WgControl(interface)
+    deadline = time.monotonic() + START_TIMEOUT
+    while proc.poll() is None and uapi.alive() is not True and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=3)
+    log.info("%s: stopped the data plane started early for this refused start", interface)
     return True
 
 

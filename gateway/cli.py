@@ -259,15 +259,20 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
         return 2
     # Before the daemon's slow imports: a data plane that died with us (a container
     # restart) restarts from its saved configuration while we start (issue 12, event d).
-    from fabric.wgprocess import start_early
+    from fabric.wgprocess import start_early, stop_early
 
-    start_early(cfg.wireguard.interface, cfg.wireguard.implementation, os.path.join(cfg.state_dir, "dataplane.log"))
+    iface = cfg.wireguard.interface
+    early = start_early(iface, cfg.wireguard.implementation, os.path.join(cfg.state_dir, "dataplane.log"))
     from gateway.daemon import StartupError, run
 
     try:
         return run(cfg)
     except StartupError as e:
         print(f"crosswire: cannot start: {e}", file=sys.stderr)
+        # Refused (damaged state, a foreign link, a port in use): leave no data plane
+        # running that nobody controls. One that ran before we started is left alone.
+        if early:
+            stop_early(iface)
         return 1
 
 

@@ -57,6 +57,7 @@ IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
 # How long a userspace implementation may take to create its TUN and socket. Only
 # emulated machines (the VM tier: a Python start takes seconds there) raise it.
 START_TIMEOUT = float(os.environ.get("CROSSWIRE_WG_START_TIMEOUT", "10"))
+STANDBY_RESPAWN = 5.0  # at most one standby started per this many seconds (one that keeps dying)
 MARK = "crosswire"  # IFLA_IFALIAS of every link crosswire creates
 log = logging.getLogger("crosswire.dataplane")
 
@@ -158,7 +159,7 @@ def stop_early(interface: str) -> bool:
 class WgProcess:
     def __init__(self, interface: str, implementation: Implementation = "auto", mtu: int = 1420,
                  netns: str | None = None, socket_dir: str = SOCKET_DIR,
-                 log_path: str | None = None) -> None:
+                 log_path: str | None = None, standby: bool = False) -> None:
         if implementation not in IMPLEMENTATIONS:
             raise WgProcessError(
                 f"wireguard.implementation: {implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}")
@@ -177,6 +178,11 @@ class WgProcess:
         self._unknown_logged = -10.0
         self.saved_config = saved_config_path(log_path, interface) if log_path else None
         self._proc: subprocess.Popen[bytes] | None = _early.pop(interface, None)
+        # crosswire-wg with a saved configuration: keep a standby ready (fabric/wg/standby.py).
+        self.standby = standby
+        self._standby: subprocess.Popen[bytes] | None = None
+        self._standby_spawned = -STANDBY_RESPAWN
+        self.takeovers = 0  # restarts a standby served
         self._choice: Choice | None = None
         self._uapi = WgControl(interface, socket_dir=socket_dir)
         self._netlink: NetlinkWgControl | None = None
@@ -206,12 +212,75 @@ class WgProcess:
             return self._netlink
         return self._uapi
 
-    def command(self) -> list[str]:
+    def command(self, standby: bool = False) -> list[str]:
         binary = "wireguard-go" if self.resolved == "wireguard-go" else _userspace_binary()
-        cmd = [binary, "-f", self.interface]
+        cmd = [binary, "--standby" if standby else "-f", self.interface]
         if self.resolved == "userspace" and self.saved_config:
             cmd[2:2] = ["--persist", "--saved-config", self.saved_config]
         return (["ip", "netns", "exec", self.netns] if self.netns else []) + cmd
+
+    def _standby_wanted(self) -> bool:
+        return self.standby and self.resolved == "userspace" and self.saved_config is not None
+
+    def standby_pid(self) -> int | None:
+        """Our standby's pid (None: none of ours; one a previous gateway started may wait)."""
+        if self._standby is not None and self._standby.poll() is None:
+            return self._standby.pid
+        return None
+
+    def ensure_standby(self) -> None:
+        """Start a standby unless one waits (ours, or one left by a previous gateway)."""
+        if not self._standby_wanted():
+            return
+        sb = self._standby
+        if sb is not None and sb.poll() is None:
+            if (self._proc is None or self._proc.poll() is not None) and self._uapi.server_pid() == sb.pid:
+                self._proc, self._standby = sb, None  # it took over: our active process now
+                self.starts += 1
+                self.takeovers += 1
+                log.info("%s: the standby took over the data plane", self.interface)
+            else:
+                return
+        self._standby = None  # reaped, or promoted
+        from fabric.wg.standby import standby_waiting
+
+        if standby_waiting(self.interface, self.socket_dir):
+            return
+        now = time.monotonic()
+        if now - self._standby_spawned < STANDBY_RESPAWN:
+            return
+        self._standby_spawned = now
+        try:
+            self._standby = self._spawn(standby=True)
+        except WgProcessError as e:
+            log.warning("%s: no standby: %s", self.interface, e)
+
+    def _await_takeover(self) -> bool:
+        """The active process died and a standby waits: give it the interface instead of
+        starting a competitor. True once it serves (it is then our active process)."""
+        if not self._standby_wanted():
+            return False
+        from fabric.wg.standby import standby_waiting
+
+        ours = self._standby if self._standby is not None and self._standby.poll() is None else None
+        if ours is None and not standby_waiting(self.interface, self.socket_dir):
+            return False
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._uapi.alive() is True:
+                self._proc, self._standby = ours, None  # an adopted one: pid() asks the socket
+                self.starts += 1
+                self.takeovers += 1
+                log.info("%s: the standby took over the data plane", self.interface)
+                return True
+            if ours is not None and ours.poll() is not None:
+                return False  # it gave up (it logs why): start one the usual way
+            if ours is None and not standby_waiting(self.interface, self.socket_dir):
+                if self._uapi.alive() is True:
+                    continue
+                return False
+            time.sleep(0.005)
+        return False
 
     # -------------------------------------------------------------- queries
 
@@ -317,6 +386,10 @@ class WgProcess:
         if answer is None:
             self._note_unknown("UAPI socket busy or out of descriptors")
             return True
+        if answer:
+            # The supervisor's one-second look: a standby that died (or took over) is
+            # replaced here, rate-limited, so the next crash finds one again.
+            self.ensure_standby()
         return answer
 
     def _note_unknown(self, why: str) -> None:
@@ -335,9 +408,10 @@ class WgProcess:
             self._ensure_kernel()
         elif self._proc is not None and self.starts == 0 and self._proc.poll() is None:
             self._wait_started()  # start_early's process: give it its start-up time
-        elif not self.alive():
+        elif not self.alive() and not self._await_takeover():
             self._start_userspace()
         self._set_mtu_up()
+        self.ensure_standby()
 
     def _ensure_kernel(self) -> None:
         with _iproute(self.netns) as ipr:
@@ -377,14 +451,15 @@ class WgProcess:
                     found[1] == "tun" and self.resolved == "userspace" and self.saved_config):
                 ipr.link("del", index=index)
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._uapi.socket_path)
+    def _spawn(self, standby: bool = False) -> subprocess.Popen[bytes]:
+        if not standby:  # a standby must not remove the socket of the process it waits for
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._uapi.socket_path)
         env = dict(os.environ)
         env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"  # wireguard-go refuses otherwise
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            return subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            return subprocess.Popen(self.command(standby), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     env=env, start_new_session=True)
         except OSError as e:
             raise WgProcessError(f"{self.interface}: cannot start {self.resolved}: {e}") from None
@@ -435,6 +510,10 @@ class WgProcess:
 
     def stop(self) -> None:
         """Remove the interface and stop the userspace process (ours or adopted)."""
+        standby, self._standby = self._standby, None
+        if standby is not None and standby.poll() is None:  # first: it must not take over
+            standby.kill()
+            standby.wait(timeout=3)
         self._kill_own()
         # Deleting the TUN makes an adopted wireguard-go / crosswire-wg exit too.
         # A link of that name that is not ours stays (LinkOwnershipError).

@@ -13,7 +13,7 @@ Environment overrides (applied over the file; lists are comma separated):
 ``CROSSWIRE_RESERVED_CIDRS``       ``reserved_cidrs``
 ``CROSSWIRE_IPAM_POOLS``           ``ipam.pools``
 ``CROSSWIRE_WIREGUARD_<KEY>``      ``wireguard.<key>`` (interface, listen_port, endpoint,
-                                   implementation, mtu)
+                                   implementation, mtu, standby)
 ``CROSSWIRE_API_LISTEN``           ``api.listen``
 ``CROSSWIRE_API_ADVERTISE``        ``api.advertise``
 ``CROSSWIRE_STATE_DIR``            ``state_dir``
@@ -62,6 +62,7 @@ class WireguardConfig:
     endpoint: str | None = None  # host:port peers dial; derived from api.advertise if unset
     implementation: Implementation = "auto"
     mtu: int = 1420
+    standby: bool = True  # crosswire-wg: a second process waits ready to take over (fabric/wg/standby.py)
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
              "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table",
              "exports", "dns"}
-_WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
+_WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu", "standby"}
 _API_KEYS = {"listen", "advertise", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
 
@@ -377,6 +378,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         endpoint=endpoint,
         implementation=cast(Implementation, impl),
         mtu=_int(wg.get("mtu", 1420), "wireguard.mtu", MTU_MIN, MTU_MAX),
+        standby=_bool(wg.get("standby", True), "wireguard.standby"),
     )
 
     api = _section(raw, "api", _API_KEYS)

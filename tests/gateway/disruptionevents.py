@@ -7,9 +7,12 @@ Events that cannot be done faithfully here raise ``NotMeasured`` with the reason
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -73,11 +76,44 @@ def _sigterm(g: Gw) -> None:
     g.proc = None
 
 
+def active_pid(g: Gw) -> int:
+    """The data-plane process serving the interface (its UAPI socket's owner): a standby
+    waiting beside it is not the one that crashes."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(f"/var/run/wireguard/{g.iface}.sock")
+        pid = int(struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
+    finally:
+        s.close()
+    assert pid in dataplane_pids(g), f"{pid} is not a data plane process of {g.iface}"
+    return pid
+
+
+def standby_pids(g: Gw) -> list[int]:
+    """Standbys waiting (a standby that took over keeps --standby in its command line)."""
+    try:
+        serving = active_pid(g)
+    except OSError:
+        serving = None
+    out = []
+    for pid in dataplane_pids(g):
+        with contextlib.suppress(OSError):
+            if pid != serving and b"--standby" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+    return out
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of ``pid`` in KiB: PSS shares the pages it shares (libraries) fairly."""
+    rss = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if ln.startswith("VmRSS:"))
+    pss = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+               if ln.startswith("Pss:"))
+    return rss, pss
+
+
 def _kill_dataplane(g: Gw) -> None:
-    pids = dataplane_pids(g)
-    assert pids, f"no data plane process for {g.iface}"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    os.kill(active_pid(g), signal.SIGKILL)
 
 
 def _restarts(g: Gw) -> int:
@@ -104,8 +140,12 @@ def kill9(ctx: Ctx) -> None:
 
 
 def dataplane_kill9(ctx: Ctx) -> None:
-    """(c) the data plane killed with SIGKILL; the daemon notices and restarts it."""
+    """(c) the data plane killed with SIGKILL; its standby takes over (the daemon then
+    starts a new standby), or without one the daemon restarts it."""
     before = _restarts(ctx.a)
+    for pid in standby_pids(ctx.a):
+        rss, pss = memory_kib(pid)
+        ctx.notes.append(f"standby pid {pid}: RSS {rss / 1024:.1f} MiB, PSS {pss / 1024:.1f} MiB")
     ctx.begin()
     _kill_dataplane(ctx.a)
     deadline = time.monotonic() + 30

@@ -159,7 +159,8 @@ def stop_early(interface: str) -> bool:
 class WgProcess:
     def __init__(self, interface: str, implementation: Implementation = "auto", mtu: int = 1420,
                  netns: str | None = None, socket_dir: str = SOCKET_DIR,
-                 log_path: str | None = None, standby: bool = False) -> None:
+                 log_path: str | None = None, standby: bool = False, supervise: bool = True,
+                 saved_config: str | None = None, inherit_output: bool = False) -> None:
         if implementation not in IMPLEMENTATIONS:
             raise WgProcessError(
                 f"wireguard.implementation: {implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}")
@@ -176,7 +177,11 @@ class WgProcess:
         self.starts = 0  # processes started by this object (restarts = starts - 1)
         self.unknown_checks = 0  # liveness checks that could not tell (resources)
         self._unknown_logged = -10.0
-        self.saved_config = saved_config_path(log_path, interface) if log_path else None
+        self.saved_config = saved_config or (saved_config_path(log_path, interface) if log_path else None)
+        # False: another supervisor (the data-plane container, `crosswire dataplane run`)
+        # runs the userspace process; we only wait for it and program it.
+        self.supervise = supervise
+        self.inherit_output = inherit_output  # the process logs to our stdout/stderr (a container's)
         self._proc: subprocess.Popen[bytes] | None = _early.pop(interface, None)
         # crosswire-wg with a saved configuration: keep a standby ready (fabric/wg/standby.py).
         self.standby = standby
@@ -220,7 +225,7 @@ class WgProcess:
         return (["ip", "netns", "exec", self.netns] if self.netns else []) + cmd
 
     def _standby_wanted(self) -> bool:
-        return self.standby and self.resolved == "userspace" and self.saved_config is not None
+        return self.standby and self.supervise and self.resolved == "userspace" and self.saved_config is not None
 
     def standby_pid(self) -> int | None:
         """Our standby's pid (None: none of ours; one a previous gateway started may wait)."""
@@ -408,10 +413,23 @@ class WgProcess:
             self._ensure_kernel()
         elif self._proc is not None and self.starts == 0 and self._proc.poll() is None:
             self._wait_started()  # start_early's process: give it its start-up time
+        elif not self.supervise:
+            self._await_external()
         elif not self.alive() and not self._await_takeover():
             self._start_userspace()
         self._set_mtu_up()
         self.ensure_standby()
+
+    def _await_external(self) -> None:
+        """``supervise`` is off: the process runs in a container of its own. Wait for it
+        (a restart of that container), never start one."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.alive():
+            if time.monotonic() >= deadline:
+                raise WgProcessError(
+                    f"{self.interface}: no {self.resolved} process answers (wireguard.supervise is false: "
+                    "it runs in its own container, `crosswire dataplane run`)")
+            time.sleep(0.05)
 
     def _ensure_kernel(self) -> None:
         with _iproute(self.netns) as ipr:
@@ -457,15 +475,16 @@ class WgProcess:
                 os.unlink(self._uapi.socket_path)
         env = dict(os.environ)
         env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"  # wireguard-go refuses otherwise
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log: Any = None if self.inherit_output else (
+            open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL)  # noqa: SIM115
         try:
             return subprocess.Popen(self.command(standby), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     env=env, start_new_session=True)
         except OSError as e:
             raise WgProcessError(f"{self.interface}: cannot start {self.resolved}: {e}") from None
         finally:
-            if log is not subprocess.DEVNULL:
-                log.close()  # type: ignore[union-attr]
+            if log not in (None, subprocess.DEVNULL):
+                log.close()
 
     def _wait_started(self) -> None:
         assert self._proc is not None
@@ -509,7 +528,8 @@ class WgProcess:
             proc.wait(timeout=3)
 
     def stop(self) -> None:
-        """Remove the interface and stop the userspace process (ours or adopted)."""
+        """Remove the interface and stop the userspace process (ours or adopted; with
+        ``supervise`` off, its own container's supervisor starts it again)."""
         standby, self._standby = self._standby, None
         if standby is not None and standby.poll() is None:  # first: it must not take over
             standby.kill()

@@ -13,7 +13,7 @@ Environment overrides (applied over the file; lists are comma separated):
 ``CROSSWIRE_RESERVED_CIDRS``       ``reserved_cidrs``
 ``CROSSWIRE_IPAM_POOLS``           ``ipam.pools``
 ``CROSSWIRE_WIREGUARD_<KEY>``      ``wireguard.<key>`` (interface, listen_port, endpoint,
-                                   implementation, mtu, standby)
+                                   implementation, mtu, standby, supervise)
 ``CROSSWIRE_API_LISTEN``           ``api.listen``
 ``CROSSWIRE_API_ADVERTISE``        ``api.advertise``
 ``CROSSWIRE_STATE_DIR``            ``state_dir``
@@ -63,6 +63,7 @@ class WireguardConfig:
     implementation: Implementation = "auto"
     mtu: int = 1420
     standby: bool = True  # crosswire-wg: a second process waits ready to take over (fabric/wg/standby.py)
+    supervise: bool = True  # false: crosswire-wg runs in a container of its own (crosswire dataplane run)
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,7 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
              "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table",
              "exports", "dns"}
-_WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu", "standby"}
+_WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu", "standby", "supervise"}
 _API_KEYS = {"listen", "advertise", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
 
@@ -379,6 +380,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         implementation=cast(Implementation, impl),
         mtu=_int(wg.get("mtu", 1420), "wireguard.mtu", MTU_MIN, MTU_MAX),
         standby=_bool(wg.get("standby", True), "wireguard.standby"),
+        supervise=_bool(wg.get("supervise", True), "wireguard.supervise"),
     )
 
     api = _section(raw, "api", _API_KEYS)

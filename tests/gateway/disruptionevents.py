@@ -43,6 +43,8 @@ class Ctx:
     previous_rev: str = ""
     # Waits until the traffic flows again (set by run_event): for set-up inside a driver.
     settle: Callable[[], float] | None = None
+    # a's data-plane "container" once an event moved it there (to_pod_layout).
+    dataplane: subprocess.Popen[bytes] | None = None
 
     def begin(self) -> None:
         self.t0 = time.monotonic()
@@ -283,6 +285,38 @@ def upgrade_emulated(ctx: Ctx) -> None:
                      ("adopted" if adopted else "NOT reported adopted"))
 
 
+def to_pod_layout(ctx: Ctx) -> subprocess.Popen[bytes]:
+    """Set-up, outside any window: gateway a's data plane moves to a "container" of its
+    own, as deploy/ runs it: `crosswire dataplane run` (crosswire-wg and its standby)
+    beside a daemon with wireguard.supervise: false, which adopts it. Idempotent."""
+    a = ctx.a
+    if ctx.dataplane is not None and ctx.dataplane.poll() is None:
+        return ctx.dataplane
+    _sigterm(a)
+    text = a.config.read_text()
+    if "supervise: false" not in text:
+        a.config.write_text(text.replace("  implementation:", "  supervise: false\n  implementation:", 1))
+    out = open(a.state_dir / "dataplane-container.log", "ab")  # noqa: SIM115
+    ctx.dataplane = subprocess.Popen(["ip", "netns", "exec", a.ns, str(BIN / "crosswire"), "dataplane", "run",
+                                      "--config", str(a.config)], stdout=out, stderr=out, start_new_session=True)
+    out.close()
+    a.start()
+    a.wait_ready()
+    return ctx.dataplane
+
+
+def gateway_container_restart(ctx: Ctx) -> None:
+    """(k) the gateway container restarts (everything in it killed with SIGKILL, then
+    started) while the data plane runs in its own container: deploy/'s layout."""
+    to_pod_layout(ctx)
+    if ctx.settle is not None:
+        ctx.settle()
+    ctx.begin()
+    ctx.a.kill9()
+    ctx.a.start()
+    ctx.a.wait_ready()
+
+
 def endpoint_move(ctx: Ctx) -> None:
     """(i) b's gateway moves to a new underlay address (198.18.0.3): the old address goes
     away, b's daemon restarts with the new endpoint and announces it to a."""
@@ -359,13 +393,14 @@ def node_agent(ctx: Ctx) -> None:
 EVENTS: list[tuple[str, str, int, Callable[[Ctx], None]]] = [
     ("a", "daemon_restart", 0, restart),
     ("b", "daemon_kill9", 0, kill9),
-    ("c", "dataplane_kill9", 500, dataplane_kill9),
-    ("d", "both_kill9_restart", 500, both_kill9),
+    ("c", "dataplane_kill9", 100, dataplane_kill9),
+    ("d", "both_kill9_restart", 100, both_kill9),
     ("e", "key_rotation", 0, key_rotation),
     ("f", "peer_add_remove", 0, peer_add_remove),
     ("g", "nat_table_replace", 0, nat_replace),
     ("h", "upgrade", 0, upgrade),
     ("j", "node_agent_restart", 0, node_agent),
+    ("k", "gateway_container_restart_pod", 0, gateway_container_restart),
     ("i", "peer_endpoint_move", 500, endpoint_move),
 ]
 

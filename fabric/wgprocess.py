@@ -527,6 +527,16 @@ class WgProcess:
             proc.kill()
             proc.wait(timeout=3)
 
+    def abandon(self) -> None:
+        """SIGKILL our processes (active and standby), as a container runtime stopping their
+        container does: the persistent interface, its routes and the saved configuration
+        stay for the next start."""
+        for proc in (self._standby, self._proc):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=3)
+        self._standby = self._proc = None
+
     def stop(self) -> None:
         """Remove the interface and stop the userspace process (ours or adopted; with
         ``supervise`` off, its own container's supervisor starts it again)."""

@@ -35,8 +35,8 @@ def run(interface: str, implementation: Implementation, mtu: int, state_dir: str
         adopt_unmarked: bool = False, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        # The container stops: leave the data plane as a crash would (the runtime kills
-        # what runs here; the TUN and routes persist for the next start).
+        # The container stops: leave the data plane as a crash would (SIGKILL, as the
+        # runtime would anyway); the TUN and its routes persist for the next start.
         signal.signal(sig, lambda *_: stop.set())
     proc = WgProcess(interface, implementation, mtu, standby=standby, inherit_output=True,
                      saved_config=saved_config_path(os.path.join(state_dir, "dataplane.log"), interface))
@@ -50,15 +50,19 @@ def run(interface: str, implementation: Implementation, mtu: int, state_dir: str
         log.error("%s", e)
         return 1
     restarts = -1
-    while not stop.is_set():
-        try:
-            if not proc.alive():
-                proc.ensure_up()
-            if proc.starts - 1 != restarts:
-                restarts = proc.starts - 1
-                log.info("%s: data plane up (pid %s; %d restarts, %d by the standby)", interface, proc.pid(),
-                         max(restarts, 0), proc.takeovers)
-        except WgProcessError as e:
-            log.error("%s", e)
-        stop.wait(POLL)
+    try:
+        while not stop.is_set():
+            try:
+                if not proc.alive():
+                    proc.ensure_up()
+                if proc.starts - 1 != restarts:
+                    restarts = proc.starts - 1
+                    log.info("%s: data plane up (pid %s; %d restarts, %d by the standby)", interface,
+                             proc.pid(), max(restarts, 0), proc.takeovers)
+            except WgProcessError as e:
+                log.error("%s", e)
+            stop.wait(POLL)
+    finally:
+        proc.abandon()  # what the runtime does to the container's processes anyway
+    log.info("%s: stopped; the interface and the saved configuration stay for the next start", interface)
     return 0

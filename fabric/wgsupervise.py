@@ -49,16 +49,21 @@ def run(interface: str, implementation: Implementation, mtu: int, state_dir: str
     except WgProcessError as e:
         log.error("%s", e)
         return 1
-    restarts = -1
+    serving: int | None = None
+    changes = 0
     try:
         while not stop.is_set():
             try:
                 if not proc.alive():
                     proc.ensure_up()
-                if proc.starts - 1 != restarts:
-                    restarts = proc.starts - 1
-                    log.info("%s: data plane up (pid %s; %d restarts, %d by the standby)", interface,
-                             proc.pid(), max(restarts, 0), proc.takeovers)
+                pid = proc.pid()
+                if pid != serving:
+                    # Also a takeover we did not see happen (a standby of an adopted process).
+                    changes += serving is not None
+                    log.info("%s: data plane up (pid %s%s; %d replacements so far, %d seen as standby "
+                             "takeovers)", interface, pid, "" if serving is None else f", was {serving}",
+                             changes, proc.takeovers)
+                    serving = pid
             except WgProcessError as e:
                 log.error("%s", e)
             stop.wait(POLL)

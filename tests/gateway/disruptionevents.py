@@ -258,12 +258,12 @@ def upgrade(ctx: Ctx) -> None:
     a.wait_ready()
     assert ctx.settle is not None
     ctx.settle()
-    old_pids = dataplane_pids(a)
+    old_pid = active_pid(a)
     ctx.begin()
     _sigterm(a)
     a.start()
     a.wait_ready()
-    kept = dataplane_pids(a) == old_pids
+    kept = active_pid(a) == old_pid  # (the new daemon adds a standby beside it)
     ctx.notes.append(f"real: from {ctx.previous_rev}; its data plane " +
                      ("adopted (same process)" if kept else "REPLACED"))
 

@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
@@ -239,20 +240,27 @@ def _standby(args: argparse.Namespace) -> int:
         logging.getLogger("crosswire.wg").info("standby: another standby waits for %s; exiting",
                                                args.interface)
         return 0
+    held = [lock]
+
+    def unlock() -> None:  # once: the fd number may be reused after the close
+        while held:
+            standby.release(held.pop(), args.interface, SOCKET_DIR)
+
+    def on_stop(signum: int, _frame: object) -> None:
+        raise SystemExit(0)  # while waiting: leave through the finally below
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_stop)
     try:
         # Everything the takeover runs, imported now: that is the start it saves.
         from fabric.wg import daemon, device, savedconfig  # noqa: F401
 
         if not standby.wait(args.interface, SOCKET_DIR, args.saved_config):
+            unlock()
             return 0
     except BaseException:
-        standby.release(lock)
+        unlock()
         raise
-    held = [lock]
-
-    def unlock() -> None:  # once: the fd number may be reused after the close
-        while held:
-            standby.release(held.pop())
 
     # Keep the lock until we serve: the supervisor must not start a competitor meanwhile.
     try:

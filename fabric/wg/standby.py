@@ -19,8 +19,9 @@ owner, SO_PEERCRED). The moment the active one exits:
   that was taken down.
 
 One standby per interface: it holds an exclusive ``flock`` on
-``/var/run/wireguard/IFACE.standby`` while it waits and until it serves; a
-second one finds the lock taken and exits at once. The supervisor (the
+``/var/run/wireguard/IFACE.standby`` while it waits and until it serves (then,
+or when it exits, also on SIGTERM, it removes the file); a second one finds
+the lock taken and exits at once. The supervisor (the
 gateway's ``fabric.wgprocess.WgProcess``, or ``crosswire-wg --supervise`` in a
 data-plane container) asks ``standby_waiting`` before starting one and, when
 the active process died, waits for the standby to serve instead of starting a
@@ -166,7 +167,11 @@ def wait(iface: str, directory: str, saved_config: str) -> bool:
             return False
 
 
-def release(fd: int | None) -> None:
+def release(fd: int | None, iface: str, directory: str) -> None:
+    """Give up the lock and remove its file (no leftovers): done waiting, or serving. A
+    standby that opens the old file meanwhile cannot lock it (we hold it) and exits."""
     if fd is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path(iface, directory))
         with contextlib.suppress(OSError):
             os.close(fd)

@@ -103,8 +103,10 @@ def test_standby_takes_over_a_killed_process_at_once(active: tuple[str, str, str
     # serving, it no longer holds the standby lock: a new standby may wait for it
     nxt = _standby(ns, iface, tmp_path, "standby3.log")
     _wait_log(tmp_path / "standby3.log", f"watching pid {sb.pid}")
-    nxt.kill()
-    nxt.wait(timeout=10)
+    assert os.path.exists(os.path.join(SOCK_DIR, f"{iface}.standby"))
+    nxt.terminate()  # a stopped standby leaves no lock file behind
+    assert nxt.wait(timeout=10) == 0
+    assert not os.path.exists(os.path.join(SOCK_DIR, f"{iface}.standby"))
 
 
 def test_standby_never_resurrects_a_cleanly_stopped_data_plane(active: tuple[str, str, str],
@@ -117,6 +119,7 @@ def test_standby_never_resurrects_a_cleanly_stopped_data_plane(active: tuple[str
     os.kill(first, signal.SIGTERM)  # a clean stop removes the interface
     assert sb.wait(timeout=30) == 0
     assert "stopped and removed" in (tmp_path / "standby.log").read_text()
+    assert not os.path.exists(os.path.join(SOCK_DIR, f"{iface}.standby"))
     assert wait_daemon_gone(ns, iface, 5)
     assert sh("ip", "link", "show", iface, ns=ns, check=False).returncode != 0
 

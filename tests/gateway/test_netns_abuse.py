@@ -161,6 +161,7 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
         poller = threading.Thread(target=poll_health)
         poller.start()
         results = {}
+        t_abuse = time.monotonic()
         try:
             for what in ("idle", "loris", "readyz", "body"):
                 r = sh("prlimit", "--nofile=8192:8192", sys.executable, "-c", ABUSER, a.underlay, "8080", what,
@@ -169,6 +170,7 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
                 shown = {k: (sorted(set(map(str, v))) if isinstance(v, list) else v) for k, v in results[what].items()}
                 print(what, shown, "daemon RSS", _rss_kb(pid), "kB")
         finally:
+            abuse_s = time.monotonic() - t_abuse
             stop.set()
             poller.join(timeout=10)
             ping.send_signal(signal.SIGINT)  # ping prints its summary on SIGINT
@@ -192,6 +194,7 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
         summary = next(line for line in ping_out.splitlines() if "packets transmitted" in line)
         sent, received = int(summary.split()[0]), int(summary.split(", ")[1].split()[0])
         print(f"ping during abuse: {received}/{sent}")
-        assert sent >= 100 and received >= sent * 0.95, ping_out[-300:]
+        # Pinged (10/s) throughout the abuse, however long it took on this machine.
+        assert sent >= 9 * abuse_s and received >= sent * 0.95, (abuse_s, ping_out[-300:])
         log = a.log.read_text()
         assert "Traceback" not in log and len(log) < 200_000, log[-2000:]

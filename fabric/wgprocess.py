@@ -19,9 +19,9 @@ directory is not namespaced: interface names must be unique on the machine.
 crosswire-wg runs with ``--persist`` and ``--saved-config`` (a 0600 file
 beside ``log_path``, in the state directory): when it dies its interface and
 routes stay, and the next one re-attaches to them and configures itself from
-the file at once. ``start_early`` starts it that way before the gateway's own
-slow start-up (a container restart), and the WgProcess made later takes that
-process over as its child.
+the file at once. ``fabric.wgearly.start_early`` starts it that way before the
+gateway's own slow start-up (a container restart), and the WgProcess made
+later takes that process over as its child.
 
 Ownership: every link crosswire creates carries the alias ``crosswire``
 (IFLA_IFALIAS, set right after the link appears). A link without it is never
@@ -43,6 +43,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -101,59 +102,12 @@ def _userspace_binary() -> str:
     return found
 
 
-_early: dict[str, subprocess.Popen[bytes]] = {}  # interface -> process start_early began
-_early_started: dict[str, subprocess.Popen[bytes]] = {}  # the same, kept for stop_early
+# interface -> the process fabric.wgearly.start_early began; the WgProcess made later takes it.
+_early: dict[str, subprocess.Popen[bytes]] = {}
 
 
 def saved_config_path(log_path: str, interface: str) -> str:
     return os.path.join(os.path.dirname(log_path), f"wg-{interface}.conf")
-
-
-def start_early(interface: str, implementation: Implementation, log_path: str) -> bool:
-    """Start crosswire-wg now, without waiting for it, if it saved a configuration
-    before (this gateway ran it) and no data plane answers on ``interface``: it
-    restores that configuration itself while the gateway starts. The WgProcess for
-    ``interface`` takes the process over. True if one was started."""
-    proc = WgProcess(interface, implementation, log_path=log_path)
-    # The saved file first: only then is the choice (a module probe under ``auto``) worth making.
-    if proc.saved_config is None or not os.path.exists(proc.saved_config) or proc.resolved != "userspace":
-        return False
-    if proc._uapi.alive() is not False:
-        return False  # running (a daemon-only restart), or cannot tell: leave it to ensure_up
-    try:
-        _early[interface] = _early_started[interface] = proc._spawn()
-    except WgProcessError as e:
-        log.warning("%s", e)
-        return False
-    return True
-
-
-def stop_early(interface: str) -> bool:
-    """Stop the process ``start_early`` began for ``interface`` (the gateway refused
-    to start: it must not leave a data plane running that nobody controls). SIGTERM,
-    so crosswire-wg removes its interface and socket as on any clean stop. A data
-    plane that was already running before is never ours to stop: start_early did
-    not start one then. True if a process was stopped."""
-    proc = _early_started.pop(interface, None)
-    _early.pop(interface, None)
-    if proc is None or proc.poll() is not None:
-        return False
-    # Let it finish starting first: a SIGTERM before its handlers are installed would
-    # kill it with its persistent interface left behind.
-    uapi = WgControl(interface)
-    deadline = time.monotonic() + START_TIMEOUT
-    while proc.poll() is None and uapi.alive() is not True and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if proc.poll() is not None:
-        return False
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=3)
-    log.info("%s: stopped the data plane started early for this refused start", interface)
-    return True
 
 
 class WgProcess:
@@ -187,6 +141,7 @@ class WgProcess:
         self.standby = standby
         self._standby: subprocess.Popen[bytes] | None = None
         self._standby_spawned = -STANDBY_RESPAWN
+        self._standby_mutex = threading.Lock()
         self.takeovers = 0  # restarts a standby served
         self._choice: Choice | None = None
         self._uapi = WgControl(interface, socket_dir=socket_dir)
@@ -237,6 +192,10 @@ class WgProcess:
         """Start a standby unless one waits (ours, or one left by a previous gateway)."""
         if not self._standby_wanted():
             return
+        with self._standby_mutex:  # alive() runs in the reconcile loop's and the API's threads
+            self._ensure_standby()
+
+    def _ensure_standby(self) -> None:
         sb = self._standby
         if sb is not None and sb.poll() is None:
             if (self._proc is None or self._proc.poll() is not None) and self._uapi.server_pid() == sb.pid:

@@ -266,7 +266,7 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
         return 2
     # Before the daemon's slow imports: a data plane that died with us (a container
     # restart) restarts from its saved configuration while we start (issue 12, event d).
-    from fabric.wgprocess import start_early, stop_early
+    from fabric.wgearly import start_early, stop_early
 
     iface = cfg.wireguard.interface
     # With supervise off the data plane runs in its own container: never start it here.

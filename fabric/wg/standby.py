@@ -142,22 +142,25 @@ def wait(iface: str, directory: str, saved_config: str) -> bool:
             log.info("standby: no data plane on %s to stand by for; exiting", iface)
             return False
         try:
-            pidfd = os.pidfd_open(pid)
+            pidfd: int | None = os.pidfd_open(pid)
         except OSError as e:
             if e.errno == errno.ESRCH:
                 continue  # exited just now: look again
-            raise
+            pidfd = None  # no pidfds (Linux < 5.3): poll the pid instead, every few ms
         if pid != logged_pid:
             log.info("standby: ready (imports done, configuration %s), watching pid %d",
                      "loaded" if prepared.ok else "absent or refused", pid)
             logged_pid = pid
-        try:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            while not poller.poll(RECHECK * 1000):
-                prepared.refresh()
-        finally:
-            os.close(pidfd)
+        if pidfd is None:
+            _poll_exit(pid, prepared)
+        else:
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                while not poller.poll(RECHECK * 1000):
+                    prepared.refresh()
+            finally:
+                os.close(pidfd)
         if leftover_of_ours(iface):
             log.info("standby: pid %d exited, taking over %s", pid, iface)
             return True
@@ -165,6 +168,23 @@ def wait(iface: str, directory: str, saved_config: str) -> bool:
         if active_pid(iface, directory) is None:
             log.info("standby: pid %d stopped and removed %s; exiting", pid, iface)
             return False
+
+
+def _poll_exit(pid: int, prepared: Prepared) -> None:
+    next_refresh = time.monotonic() + RECHECK
+    while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+        time.sleep(0.005)
+        if time.monotonic() >= next_refresh:
+            prepared.refresh()
+            next_refresh = time.monotonic() + RECHECK
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def release(fd: int | None, iface: str, directory: str) -> None:

@@ -127,3 +127,15 @@ def test_standby_never_resurrects_a_cleanly_stopped_data_plane(active: tuple[str
 def test_standby_needs_persist_and_saved_config(tmp_path: Path) -> None:
     p = subprocess.run([CROSSWIRE_WG, "--standby", "cwsbx0"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "--standby needs --persist and --saved-config" in p.stderr
+
+
+def test_without_pidfds_the_exit_is_polled(tmp_path: Path) -> None:
+    # Kernels before 5.3 have no pidfd: the standby polls /proc instead (every 5 ms).
+    from fabric.wg import standby
+
+    p = subprocess.Popen(["sleep", "0.3"])
+    t0 = time.monotonic()
+    standby._poll_exit(p.pid, standby.Prepared(str(tmp_path / "absent.conf")))
+    took = time.monotonic() - t0
+    p.wait()
+    assert 0.2 <= took < 5, took

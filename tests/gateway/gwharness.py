@@ -169,7 +169,12 @@ def two_gateways(n: Namespaces, tmp: Path, prepare: Callable[[Gw, Gw], None] | N
             if g.proc is not None and g.proc.poll() is None:
                 g.proc.kill()
                 g.proc.wait(timeout=10)
-        # the data plane outlives the daemon on purpose: the namespace cleanup kills it
+        # the data plane outlives the daemon on purpose: the namespace cleanup kills it, and
+        # what a killed crosswire-wg or standby leaves in the machine-wide socket directory goes
+        for g in (a, b):
+            for suffix in (".sock", ".stats", ".standby"):
+                with contextlib.suppress(OSError):
+                    os.unlink(f"/var/run/wireguard/{g.iface}{suffix}")
 
 
 def view_of(ip: str, views: list[dict[str, str]], kind: str = "pod") -> str:

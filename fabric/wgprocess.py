@@ -182,12 +182,6 @@ class WgProcess:
     def _standby_wanted(self) -> bool:
         return self.standby and self.supervise and self.resolved == "userspace" and self.saved_config is not None
 
-    def standby_pid(self) -> int | None:
-        """Our standby's pid (None: none of ours; one a previous gateway started may wait)."""
-        if self._standby is not None and self._standby.poll() is None:
-            return self._standby.pid
-        return None
-
     def ensure_standby(self) -> None:
         """Start a standby unless one waits (ours, or one left by a previous gateway)."""
         if not self._standby_wanted():

@@ -148,3 +148,16 @@ def test_gateway_ip6_key_env_and_validation() -> None:
             parse({**base, "gateway_ip6": bad}, env={})
     with pytest.raises(ConfigError, match="gateway_ip6: gateway_ip is already IPv6"):
         parse({**base, "gateway_ip": "fd00::3", "gateway_ip6": "fd00::4"}, env={})
+
+
+def test_standby_and_supervise_keys() -> None:
+    # Issue 20: a standby by default; supervise off only where the data plane runs apart.
+    c = parse(BASE, env={})
+    assert c.wireguard.standby is True and c.wireguard.supervise is True
+    c = parse({**BASE, "wireguard": {"standby": False, "supervise": "false"}}, env={})
+    assert c.wireguard.standby is False and c.wireguard.supervise is False
+    c = parse(BASE, env={"CROSSWIRE_WIREGUARD_STANDBY": "0", "CROSSWIRE_WIREGUARD_SUPERVISE": "no"})
+    assert c.wireguard.standby is False and c.wireguard.supervise is False
+    for key in ("standby", "supervise"):
+        with pytest.raises(ConfigError, match=rf"^wireguard\.{key}: 'maybe' is not true or false"):
+            parse({**BASE, "wireguard": {key: "maybe"}}, env={})

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from gwharness import PODS, Gw, two_gateways, view_of, wait_ping
+from gwharness import PODS, Gw, serving_pid, two_gateways, view_of, wait_ping
 from nsutil import Namespaces, require_root, sh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "wg" / "io"))
@@ -140,8 +140,8 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
         a.cli("peer", "add", b_token)
         dst = view_of(PODS[1], a.cli_json("peer", "list")[0]["our_views"])
         wait_ping(a.pods[0], dst)
-        wg_before = daemon_pids(a.ns, a.iface)
-        assert len(wg_before) == 1
+        wg_before = serving_pid(a.iface)  # (a standby may wait beside it)
+        assert wg_before is not None and wg_before in daemon_pids(a.ns, a.iface)
         pid = _daemon_pid(a)
         api = f"http://{a.underlay}:8080"
 
@@ -161,6 +161,7 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
         poller = threading.Thread(target=poll_health)
         poller.start()
         results = {}
+        t_abuse = time.monotonic()
         try:
             for what in ("idle", "loris", "readyz", "body"):
                 r = sh("prlimit", "--nofile=8192:8192", sys.executable, "-c", ABUSER, a.underlay, "8080", what,
@@ -169,6 +170,7 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
                 shown = {k: (sorted(set(map(str, v))) if isinstance(v, list) else v) for k, v in results[what].items()}
                 print(what, shown, "daemon RSS", _rss_kb(pid), "kB")
         finally:
+            abuse_s = time.monotonic() - t_abuse
             stop.set()
             poller.join(timeout=10)
             ping.send_signal(signal.SIGINT)  # ping prints its summary on SIGINT
@@ -185,13 +187,14 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
         assert _rss_kb(pid) < 200_000
         assert health and all(h == 200 for h in health), health
         # The data plane was never judged dead: same process, no restart, traffic flowed.
-        assert daemon_pids(a.ns, a.iface) == wg_before
+        assert serving_pid(a.iface) == wg_before
         status = a.cli_json("status")
         assert status["reconcile"]["dataplane_restarts"] == 0, status["reconcile"]
         assert status["ready"], status["ready_reason"]
         summary = next(line for line in ping_out.splitlines() if "packets transmitted" in line)
         sent, received = int(summary.split()[0]), int(summary.split(", ")[1].split()[0])
         print(f"ping during abuse: {received}/{sent}")
-        assert sent >= 100 and received >= sent * 0.95, ping_out[-300:]
+        # Pinged (10/s) throughout the abuse, however long it took on this machine.
+        assert sent >= 9 * abuse_s and received >= sent * 0.95, (abuse_s, ping_out[-300:])
         log = a.log.read_text()
         assert "Traceback" not in log and len(log) < 200_000, log[-2000:]

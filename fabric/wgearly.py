@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import time
 
 from fabric.wgctl import WgControl
-from fabric.wgprocess import START_TIMEOUT, Implementation, WgProcess, WgProcessError, _early
+from fabric.wgprocess import (
+    START_TIMEOUT,
+    Implementation,
+    WgProcess,
+    WgProcessError,
+    _early,
+    terminate,
+)
 
 log = logging.getLogger("crosswire.dataplane")
 
@@ -63,11 +69,6 @@ def stop_early(interface: str) -> bool:
         time.sleep(0.02)
     if proc.poll() is not None:
         return False
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=3)
+    terminate(proc)
     log.info("%s: stopped the data plane started early for this refused start", interface)
     return True

@@ -473,12 +473,7 @@ class WgProcess:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=3)
+        terminate(proc)
 
     def abandon(self) -> None:
         """SIGKILL our processes (active and standby), as a container runtime stopping their
@@ -505,3 +500,13 @@ class WgProcess:
             deadline = time.monotonic() + 3
             while os.path.exists(self._uapi.socket_path) and time.monotonic() < deadline:
                 time.sleep(0.05)
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a child of ours, SIGKILL it if it has not exited within 3 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=3)

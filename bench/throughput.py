@@ -52,6 +52,7 @@ class Sample:
     cpu_s_per_gb: float
     rtt_ms: float
     load1: float
+    sender_share: float = 0.0  # of cpu_s_per_gb, the sending daemon's part
 
 
 def iperf(pair: Pair, seconds: float) -> tuple[float, float]:
@@ -82,10 +83,11 @@ def ping_avg_ms(pair: Pair, count: int = 100) -> float:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def daemons_cpu_s(pair: Pair) -> float:
-    """utime+stime of both sides' daemon processes (the process line sums all its threads)."""
-    total = 0
+def daemons_cpu_s(pair: Pair) -> tuple[float, float]:
+    """utime+stime of each side's daemon processes (the process line sums all its threads)."""
+    out = []
     for side in pair.sides:
+        total = 0
         pids = side.pids()
         if not pids:
             raise RuntimeError(f"no daemon for {side.iface} in {side.ns}")
@@ -93,20 +95,26 @@ def daemons_cpu_s(pair: Pair) -> float:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / CLK_TCK
+        out.append(total / CLK_TCK)
+    return out[0], out[1]
 
 
-def measure(impl_a: str, impl_b: str, seconds: float, workdir: str, wggo_bin: str) -> Sample:
+def measure(impl_a: str, impl_b: str, seconds: float, workdir: str, wggo_bin: str,
+            crosswire_args: list[str]) -> Sample:
     load1 = os.getloadavg()[0]
     pair = Pair(impl_a, impl_b, workdir, wggo_bin=wggo_bin)
+    for side in pair.sides:
+        side.extra_args = list(crosswire_args)
     try:
         pair.up(endpoint_on="both")
         pair.ping(pair.a, pair.b.inner4, count=2)  # handshake done before timing
         rtt = ping_avg_ms(pair)
-        cpu0 = daemons_cpu_s(pair)
+        a0, b0 = daemons_cpu_s(pair)
         mbps, nbytes = iperf(pair, seconds)
-        cpu = daemons_cpu_s(pair) - cpu0
-        return Sample(mbps, cpu / (nbytes / 1e9) if nbytes else float("nan"), rtt, load1)
+        a1, b1 = daemons_cpu_s(pair)
+        cpu = a1 - a0 + b1 - b0
+        return Sample(mbps, cpu / (nbytes / 1e9) if nbytes else float("nan"), rtt, load1,
+                      (a1 - a0) / cpu if cpu else 0.0)
     finally:
         pair.close()
 
@@ -146,6 +154,8 @@ def main() -> int:
     ap.add_argument("--png", default=os.path.join(HERE, "throughput.png"))
     ap.add_argument("--reference", action="append", default=[], metavar="PATH",
                     help="also measure this wireguard-go build (repeatable)")
+    ap.add_argument("--crosswire-args", default="", metavar="ARGS",
+                    help="extra crosswire-wg options for its pairs, one string (e.g. '--tso')")
     ap.add_argument("--only", action="append",
                     help="measure only these pairs (repeatable: wggo, crosswire, mixed, ref-VERSION); "
                          "the JSON then lacks the others")
@@ -172,14 +182,16 @@ def main() -> int:
         os.chmod(workdir, 0o700)
         for _ in range(max(1, args.repeat)):
             for name, impl_a, impl_b, binary in runs:
-                smp = measure(impl_a, impl_b, args.duration, workdir, binary)
+                smp = measure(impl_a, impl_b, args.duration, workdir, binary,
+                              args.crosswire_args.split())
                 samples.setdefault(name, []).append(smp)
                 print(f"{name:16s} {impl_a}->{impl_b}: {smp.mbps:8.1f} Mbit/s  "
-                      f"{smp.cpu_s_per_gb:6.2f} CPU-s/GB  rtt {smp.rtt_ms:.3f} ms  "
+                      f"{smp.cpu_s_per_gb:6.2f} CPU-s/GB ({100 * smp.sender_share:.0f}% sender)  rtt {smp.rtt_ms:.3f} ms  "
                       f"load {smp.load1:.2f}", flush=True)
     load_end = os.getloadavg()
     results = {name: Sample(*(statistics.median(getattr(x, f) for x in v)
-                              for f in ("mbps", "cpu_s_per_gb", "rtt_ms", "load1")))
+                              for f in ("mbps", "cpu_s_per_gb", "rtt_ms", "load1",
+                                        "sender_share")))
                for name, v in samples.items()}
     chart(results, args.png)
     summary: dict[str, object] = {

@@ -5,7 +5,9 @@ In namespaces it creates and removes, one run measures these pairs:
 (a) ``wggo``: wireguard-go <-> wireguard-go (the ``wireguard-go`` on PATH, Debian's),
 (b) ``crosswire``: crosswire-wg <-> crosswire-wg, (c) ``mixed``: crosswire-wg
 (sender side) <-> wireguard-go, and, per ``--reference PATH`` (repeatable), a
-pair of that wireguard-go build, named ``ref-VERSION``. For each pair: iperf3 TCP
+pair of that wireguard-go build, named ``ref-VERSION``, and per ``--crosswire
+NAME=PATH`` a pair of that crosswire-wg build (``crosswire-NAME``; before and
+after a change in one run). For each pair: iperf3 TCP
 for ``--duration`` seconds (default 10) over the tunnel, the CPU seconds both
 daemons used meanwhile (utime+stime from /proc, all threads) per GB received,
 and the average ping RTT of 100 pings at 10 ms intervals. ``--repeat N`` runs N
@@ -39,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(REPO, "tests"), os.path.join(REPO, "tests", "wg", "io")]
 
-from wgpair import Pair  # noqa: E402
+from wgpair import CROSSWIRE_WG, Pair  # noqa: E402
 
 # name -> (impl a, impl b); references are added per --reference
 RUNS = (("wggo", "wggo", "wggo"), ("crosswire", "crosswire", "crosswire"),
@@ -99,10 +101,13 @@ def daemons_cpu_s(pair: Pair) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def measure(impl_a: str, impl_b: str, seconds: float, workdir: str, wggo_bin: str,
+def measure(impl_a: str, impl_b: str, seconds: float, workdir: str, binary: str,
             crosswire_args: list[str]) -> Sample:
     load1 = os.getloadavg()[0]
-    pair = Pair(impl_a, impl_b, workdir, wggo_bin=wggo_bin)
+    if impl_a == "crosswire" and impl_b == "crosswire":
+        pair = Pair(impl_a, impl_b, workdir, crosswire_bin=binary)
+    else:
+        pair = Pair(impl_a, impl_b, workdir, wggo_bin=binary)
     for side in pair.sides:
         side.extra_args = list(crosswire_args)
     try:
@@ -154,6 +159,9 @@ def main() -> int:
     ap.add_argument("--png", default=os.path.join(HERE, "throughput.png"))
     ap.add_argument("--reference", action="append", default=[], metavar="PATH",
                     help="also measure this wireguard-go build (repeatable)")
+    ap.add_argument("--crosswire", action="append", default=[], metavar="NAME=PATH",
+                    help="also measure this crosswire-wg build as pair crosswire-NAME (repeatable), "
+                         "e.g. a checkout of the previous commit: before/after in one run")
     ap.add_argument("--crosswire-args", default="", metavar="ARGS",
                     help="extra crosswire-wg options for its pairs, one string (e.g. '--tso')")
     ap.add_argument("--only", action="append",
@@ -166,7 +174,16 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/throughput.py needs root (network namespaces)", file=sys.stderr)
         return 1
-    runs = [(name, a, b, "wireguard-go") for name, a, b in RUNS]
+    runs = [(name, a, b, CROSSWIRE_WG if name == "crosswire" else "wireguard-go")
+            for name, a, b in RUNS]
+    for spec in args.crosswire:
+        name, _, path = spec.rpartition("=")
+        path = os.path.abspath(path)
+        if "crosswire-wg" not in path or not os.access(path, os.X_OK):
+            print(f"--crosswire {spec}: not an executable whose path contains 'crosswire-wg'",
+                  file=sys.stderr)
+            return 1
+        runs.insert(2, (f"crosswire-{name or 'other'}", "crosswire", "crosswire", path))
     for path in args.reference:
         path = os.path.abspath(path)
         if "wireguard-go" not in path or not os.access(path, os.X_OK):
@@ -200,7 +217,7 @@ def main() -> int:
     if "crosswire" in results:
         cw = results["crosswire"]
         for name, r in results.items():
-            if name not in ("crosswire", "mixed") and r.mbps and r.cpu_s_per_gb:
+            if (name.startswith("ref-") or name == "wggo") and r.mbps and r.cpu_s_per_gb:
                 summary[f"crosswire_vs_{name}"] = {"mbps": round(cw.mbps / r.mbps, 3),
                                                    "cpu_per_gb": round(cw.cpu_s_per_gb / r.cpu_s_per_gb, 3)}
     summary["rounds"] = max(1, args.repeat)

@@ -255,6 +255,9 @@ class Daemon:
         tun = self.tun
         tun_fd, read_tun, tun_ready = tun.fd, tun.read_batch, tun.ready.poll
         on_packet, on_datagram = dev.on_packet, dev.on_datagram
+        # Optional in DeviceLike: a device without the batched path gets datagrams one by one.
+        on_datagrams = getattr(dev, "on_datagrams", None)
+        on_packets = getattr(dev, "on_packets", None)
         flush_if_backlogged = self._flush_if_backlogged
         io_counters = self.io_counters
         wake_r = self._wake_r
@@ -305,12 +308,15 @@ class Daemon:
                         if ev & _ERR_HUP:
                             self.stop_reason = "interface deleted"
                             break
-                        if not read_tun(on_packet, now, BATCH, io_counters, flush_if_backlogged):
+                        if not read_tun(on_packet, now, BATCH, io_counters, flush_if_backlogged,
+                                    on_packets):
                             self.stop_reason = "interface deleted"
                     elif fd == self.s4_fd and self.s4 is not None:
-                        read_udp(self.s4, self._s4_ready, on_datagram, now, BATCH, io_counters)
+                        read_udp(self.s4, self._s4_ready, on_datagram, now, BATCH, io_counters,
+                                 on_datagrams)
                     elif fd == self.s6_fd and self.s6 is not None:
-                        read_udp(self.s6, self._s6_ready, on_datagram, now, BATCH, io_counters)
+                        read_udp(self.s6, self._s6_ready, on_datagram, now, BATCH, io_counters,
+                                 on_datagrams)
                     elif fd == wake_r:
                         self._drain_wakeup()
                     elif fd == link_fd:
@@ -324,7 +330,8 @@ class Daemon:
                 # another epoll_wait round trip. Probe first: often nothing came
                 # back, and a failing read costs more than the probe (Tun.read_batch).
                 if wrote_tun and self.stop_reason is None and tun_ready(0):
-                    if not read_tun(on_packet, now, BATCH, io_counters, flush_if_backlogged):
+                    if not read_tun(on_packet, now, BATCH, io_counters, flush_if_backlogged,
+                                    on_packets):
                         self.stop_reason = "interface deleted"
                     self._flush()
             except Exception:

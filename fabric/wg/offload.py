@@ -23,6 +23,13 @@ over words.
 from __future__ import annotations
 
 import struct
+from types import ModuleType
+
+_np: ModuleType | None
+try:  # optional: makes the TSO split affordable (see _chunk_sums)
+    import numpy as _np
+except ImportError:  # pragma: no cover - depends on the installation
+    _np = None
 
 VNET_HDR = struct.Struct("<BBHHHH")
 VNET_HDR_LEN = VNET_HDR.size
@@ -100,36 +107,72 @@ def gso_split(buf: bytes) -> list[bytes]:
     seq = int.from_bytes(pkt[iphl + 4:iphl + 8], "big")
     tcp_flags = pkt[iphl + 13]
     ip_id = int.from_bytes(pkt[4:6], "big")
-    addr_sum = int.from_bytes(pkt[8:40] if v6 else pkt[12:20], "big")
+    # Every segment's checksums are the template's sums plus the few fields that
+    # differ (lengths, IP id, seq, flags): one's complement sums add, so the headers
+    # are summed once per super-packet, not once per segment.
     template = bytearray(pkt[:hl])
-    template[iphl + 16:iphl + 18] = b"\0\0"
-    if not v6:
-        template[10:12] = b"\0\0"
+    template[iphl + 4:iphl + 8] = b"\0\0\0\0"  # seq
+    template[iphl + 13] = 0  # flags
+    template[iphl + 16:iphl + 18] = b"\0\0"  # TCP checksum
+    tcp_base = (_pseudo_sum(pkt, v6, 6, 0) + 0 + _sum(memoryview(template)[iphl:])) % 0xFFFF
+    if v6:
+        ip_base = 0
+    else:
+        template[2:6] = b"\0\0\0\0"  # total length, id
+        template[10:12] = b"\0\0"  # header checksum
+        ip_base = _sum(memoryview(template)[:iphl])
+    chunk_sums = _chunk_sums(payload, gso_size)
+    pack_into = _U16.pack_into
     out = []
+    join = b"".join
+    last_off = plen - gso_size  # segments after this one are the last
     for i, off in enumerate(range(0, plen, gso_size)):
         chunk = payload[off:off + gso_size]
         n = len(chunk)
         h = bytearray(template)
         if v6:
-            h[4:6] = (thl + n).to_bytes(2, "big")
+            pack_into(h, 4, thl + n)
         else:
-            h[2:4] = (hl + n).to_bytes(2, "big")
-            h[4:6] = ((ip_id + i) & 0xFFFF).to_bytes(2, "big")
-            h[10:12] = _csum(_sum(h[:iphl])).to_bytes(2, "big")
-        h[iphl + 4:iphl + 8] = ((seq + off) & 0xFFFFFFFF).to_bytes(4, "big")
+            ident = (ip_id + i) & 0xFFFF
+            pack_into(h, 2, hl + n)
+            pack_into(h, 4, ident)
+            pack_into(h, 10, _csum(ip_base + hl + n + ident))
+        s = (seq + off) & 0xFFFFFFFF
+        _U32.pack_into(h, iphl + 4, s)
         f = tcp_flags
-        if off + gso_size < plen:
+        if off < last_off:
             f &= ~(TCP_FIN | TCP_PSH)
         if i:
             f &= ~TCP_CWR
         h[iphl + 13] = f
-        # Header and payload both start at even offsets, so their sums simply add.
-        total = addr_sum + 6 + thl + n + _sum(h[iphl:]) + _sum(chunk)
-        h[iphl + 16:iphl + 18] = _csum(total).to_bytes(2, "big")
-        out.append(bytes(h) + chunk)
+        total = tcp_base + thl + n + (s >> 16) + (s & 0xFFFF) + f + chunk_sums[i]
+        pack_into(h, iphl + 16, _csum(total))
+        out.append(join((h, chunk)))
     if not out:  # a super-packet without payload: just finish its checksum
         return [complete_checksum(pkt, csum_start, csum_offset)]
     return out
+
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+def _chunk_sums(payload: memoryview, size: int) -> list[int]:
+    """The one's complement sum (mod 0xFFFF) of each ``size``-byte chunk of ``payload``.
+
+    With numpy, all full chunks of an even size are summed in one vectorised call
+    (~0.3 us a chunk against ~2 us for int.from_bytes and a modulo each): this is
+    most of what splitting a TSO super-packet costs."""
+    plen = len(payload)
+    full = plen // size
+    if _np is None or size & 1 or full < 2:
+        return [_sum(payload[off:off + size]) for off in range(0, plen, size)]
+    words = _np.frombuffer(payload, dtype=">u2", count=full * size // 2)
+    sums: list[int] = (words.reshape(full, size // 2).sum(axis=1, dtype=_np.uint64)
+                       % 0xFFFF).tolist()
+    if plen > full * size:
+        sums.append(_sum(payload[full * size:]))
+    return sums
 
 
 _V4_TCP = struct.Struct("!BBHHBBBBHQIIIBBHHH")  # IPv4 (no options) + fixed TCP header

@@ -168,45 +168,65 @@ class Tun:
 
     def read_batch(self, on_packet: Callable[[bytes, float], None], now: float, limit: int,
                    counters: collections.defaultdict[str, int],
-                   after_burst: Callable[[], None]) -> bool:
-        """Hand up to ``limit`` queued packets to ``on_packet``; False once the interface is gone.
+                   after_burst: Callable[[], None],
+                   on_packets: Callable[[list[bytes], float], None] | None = None) -> bool:
+        """Hand up to ``limit`` queued packets to the Device; False once the interface is gone.
 
-        ``after_burst`` runs after each TSO super-packet was split, so the caller may
-        send what a burst of segments produced before reading on.
+        With ``on_packets`` (the Device's batched path) the packets of one call go
+        over as one list (a TSO super-packet's segments as one list of their own),
+        else one by one to ``on_packet``. ``after_burst`` runs after each TSO
+        super-packet was split, so the caller may send what a burst of segments
+        produced before reading on.
         """
         read, fd = os.read, self.fd
         vnet = self.vnet_hdr
         first = True
-        for _ in range(limit):
-            try:
-                buf = read(fd, READ_SIZE)
-            except BlockingIOError:
-                return True
-            except OSError as e:
-                if e.errno == errno.EBADFD:
-                    return False
-                counters["io_tun_read_error"] += 1
-                return True
-            if not vnet:
-                on_packet(buf, now)
-            elif len(buf) > VNET_HDR_LEN and not buf[0] and not buf[1]:
-                on_packet(buf[VNET_HDR_LEN:], now)  # plain packet, checksum complete
-            else:
+        batch: list[bytes] = []
+        add = batch.append if on_packets is not None else None
+        try:
+            for _ in range(limit):
                 try:
-                    segments = gso_split(buf)
-                except (OffloadError, struct.error):
-                    counters["io_tun_bad_offload"] += 1
-                    segments = []
-                else:
-                    counters["io_tso_reads"] += 1
-                for seg in segments:
-                    on_packet(seg, now)
-                after_burst()
-            if first:
-                first = False
-                if not self.ready.poll(0):
+                    buf = read(fd, READ_SIZE)
+                except BlockingIOError:
                     return True
-        return True
+                except OSError as e:
+                    if e.errno == errno.EBADFD:
+                        return False
+                    counters["io_tun_read_error"] += 1
+                    return True
+                if not vnet or (len(buf) > VNET_HDR_LEN and not buf[0] and not buf[1]):
+                    # plain packet (behind a zero vnet header: checksum complete)
+                    pkt = buf[VNET_HDR_LEN:] if vnet else buf
+                    if add is not None:
+                        add(pkt)
+                    else:
+                        on_packet(pkt, now)
+                else:
+                    try:
+                        segments = gso_split(buf)
+                    except (OffloadError, struct.error):
+                        counters["io_tun_bad_offload"] += 1
+                        segments = []
+                    else:
+                        counters["io_tso_reads"] += 1
+                    if on_packets is not None:
+                        if batch:  # in order: what was read before goes first
+                            on_packets(batch, now)
+                            batch.clear()
+                        on_packets(segments, now)
+                    else:
+                        for seg in segments:
+                            on_packet(seg, now)
+                    after_burst()
+                if first:
+                    first = False
+                    if not self.ready.poll(0):
+                        return True
+            return True
+        finally:
+            if batch:
+                assert on_packets is not None
+                on_packets(batch, now)
 
     def write_batch(self, packets: collections.deque[bytes],
                     counters: collections.defaultdict[str, int]) -> bool:

@@ -129,13 +129,16 @@ def tune(s: socket.socket, fwmark: int) -> None:
 
 def read_batch(sock: socket.socket, ready: select.poll,
                on_datagram: Callable[[bytes, Endpoint, float], None], now: float, limit: int,
-               counters: collections.defaultdict[str, int]) -> None:
+               counters: collections.defaultdict[str, int],
+               on_datagrams: Callable[[bytes, int, Endpoint, float], None] | None = None) -> None:
     """Hand up to ``limit`` reads from ``sock`` to ``on_datagram``, GRO reads split.
 
     recvmsg for the cmsgs: UDP_GRO (a coalesced read holds several datagrams of
     gso_size bytes each, the last may be shorter, all from the same source) and
     the packet info (the local address, which joins the source endpoint).
     ``ready`` (a poll object holding ``sock``) is probed after the first read.
+    A coalesced read goes whole to ``on_datagrams(data, segment_size, src, now)``
+    when given (the Device's batched path), else datagram by datagram.
     """
     recvmsg = sock.recvmsg
     flags = socket.MSG_DONTWAIT
@@ -173,6 +176,9 @@ def read_batch(sock: socket.socket, ready: select.poll,
             n = len(data)
             if seg < n:
                 counters["io_gro_reads"] += 1
+                if on_datagrams is not None:
+                    on_datagrams(data, seg, src, now)
+                    continue
                 for off in range(0, n, seg):
                     on_datagram(data[off:off + seg], src, now)
                 continue
@@ -272,7 +278,7 @@ def _send_run(run: list[bytes], ep: Endpoint | None, size: int, s4: socket.socke
             anc = [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))]
             if local is not None:
                 anc.append(pktinfo(local))
-            sock.sendmsg([b"".join(run)], anc, 0, (ep[0], ep[1]))
+            sock.sendmsg(run, anc, 0, (ep[0], ep[1]))  # one iovec each: no joined copy
             counters["io_gso_sends"] += 1
     except OSError as e:
         if local is not None and e.errno in _STALE_SOURCE:

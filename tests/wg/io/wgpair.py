@@ -82,6 +82,8 @@ class Side:
     log_path: str = ""
     stats_path: str = ""
     extra_args: list[str] = field(default_factory=list)
+    wggo_bin: str = "wireguard-go"  # another build (bench --reference); its path must contain "wireguard-go"
+    crosswire_bin: str = CROSSWIRE_WG  # another build (bench --crosswire); its path must contain "crosswire-wg"
 
     def sh(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         proc: subprocess.CompletedProcess[str] = sh(*args, ns=self.ns, check=check, timeout=timeout)
@@ -104,9 +106,9 @@ class Side:
     def start(self) -> None:
         """Start the daemon the way wg-quick does and wait for its UAPI socket."""
         if self.impl == "wggo":
-            self.sh("wireguard-go", self.iface)
+            self.sh(self.wggo_bin, self.iface)
         else:
-            self.sh(CROSSWIRE_WG, "--log-level", "debug", "--log-file", self.log_path,
+            self.sh(self.crosswire_bin, "--log-level", "debug", "--log-file", self.log_path,
                     "--stats-file", self.stats_path, *self.extra_args, self.iface)
         assert os.path.exists(self.sock), f"{self.impl} returned before creating {self.sock}"
         self.sh("ip", "link", "set", self.iface, "up")
@@ -146,7 +148,8 @@ class Side:
 class Pair:
     """Namespaces a and b, a veth between them, one WireGuard daemon in each."""
 
-    def __init__(self, impl_a: str, impl_b: str, workdir: str) -> None:
+    def __init__(self, impl_a: str, impl_b: str, workdir: str, wggo_bin: str = "wireguard-go",
+                 crosswire_bin: str = CROSSWIRE_WG) -> None:
         self.nss = Namespaces()
         self.sides: list[Side] = []
         self.workdir = workdir
@@ -162,7 +165,8 @@ class Pair:
                     ns=ns, iface=iface, impl=impl, priv=priv, pub=pub, port=PORTS[i],
                     outer4=OUTER4[i], outer6=OUTER6[i], inner4=INNER4[i], inner6=INNER6[i],
                     keydir=workdir, log_path=os.path.join(workdir, f"{iface}.log"),
-                    stats_path=os.path.join(workdir, f"{iface}.stats")))
+                    stats_path=os.path.join(workdir, f"{iface}.stats"), wggo_bin=wggo_bin,
+                    crosswire_bin=crosswire_bin))
         except BaseException:
             self.close()
             raise

@@ -1,0 +1,102 @@
+"""Device.on_datagrams (a UDP GRO read handed over whole) leaves exactly the state that
+on_datagram on each datagram in turn leaves: inbox, every counter, peer bytes,
+endpoint and timers. Two independent pairs get the same traffic and the same damage,
+one fed datagram by datagram, the other batched."""
+
+from __future__ import annotations
+
+from wg.core.wgsim import Pair, ipv4_packet
+
+SRC = ("192.0.2.1", 51820)
+
+
+def _capture_first_flight(p: Pair, payloads: list[bytes]) -> list[bytes]:
+    """A's transport datagrams for ``payloads`` sent before any session exists: they
+    wait in A's staged queue and leave with the handshake response, so B receives
+    them on its "next" keypair (the rotation case). Held back from B."""
+    held: list[bytes] = []
+
+    def hold(src: tuple[str, int], _dst: tuple[str, int], data: bytes) -> bytes | None:
+        if src == p.A_EP and data[0] == 4:
+            held.append(data)
+            return None
+        return data
+
+    p.net.filter = hold
+    for pl in payloads:
+        p.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", pl), p.clock.now)
+    p.net.flush()
+    p.net.filter = None
+    return held
+
+
+def _bulk(p: Pair, payloads: list[tuple[str, bytes]]) -> list[bytes]:
+    for src, pl in payloads:
+        p.a.on_packet(ipv4_packet(src, "10.0.0.2", pl), p.clock.now)
+    out = [d for d, _ in p.a.outbox]
+    p.a.outbox.clear()
+    return out
+
+
+def _damage(dgrams: list[bytes]) -> list[bytes]:
+    d = list(dgrams)
+    bad = bytearray(d[2])
+    bad[40] ^= 1  # fails authentication
+    d[2] = bytes(bad)
+    d.insert(6, d[4])  # a replay
+    unknown = bytearray(d[8])
+    unknown[4:8] = b"\xff\xff\xff\x7f"  # unknown receiver index: breaks the run
+    d[8] = bytes(unknown)
+    return d
+
+
+def _state(p: Pair) -> tuple[object, ...]:
+    peer = p.peer_a
+    return (list(p.b.inbox), dict(p.b.counters), peer.rx_bytes, peer.endpoint,
+            peer.t_send_keepalive, peer.need_another_keepalive, peer.t_new_handshake,
+            peer.current is not None and peer.current.replay.counter, peer.next)
+
+
+def _run(batched: bool) -> tuple[object, ...]:
+    p = Pair()
+    first = _capture_first_flight(p, [b"x" * 100, b"y" * 100])
+    payloads = [("10.0.0.1", bytes([i]) * 1000) for i in range(12)]
+    payloads[9] = ("10.0.0.9", b"z" * 1000)  # not an allowed source of A
+    bulk = _damage(_bulk(p, payloads))
+    p.a.send_keepalive(p.peer_b, p.clock.now)  # shorter: a GRO read's last datagram
+    keepalive = [d for d, _ in p.a.outbox]
+    p.a.outbox.clear()
+    reads = [first, bulk + keepalive]
+    runs: list[int] = []
+    if batched:
+        inner = p.b._transport_run
+
+        def spy(*args: object) -> int:
+            runs.append(1)
+            return inner(*args)  # type: ignore[arg-type]
+
+        p.b._transport_run = spy  # type: ignore[method-assign]
+    for read in reads:
+        if batched:
+            size = len(read[0])
+            assert all(len(x) == size for x in read[:-1])
+            p.b.on_datagrams(b"".join(read), size, SRC, p.clock.now)
+        else:
+            for dg in read:
+                p.b.on_datagram(dg, SRC, p.clock.now)
+    if batched:
+        assert len(runs) >= 3, "the batched path was not taken"
+    return _state(p)
+
+
+def test_batched_receive_equals_one_by_one() -> None:
+    one, batch = _run(False), _run(True)
+    inbox = one[0]
+    assert isinstance(inbox, list) and len(inbox) == 2 + 12 - 1 - 1 - 1  # lost: bad, unknown, not allowed
+    counters = one[1]
+    assert isinstance(counters, dict)
+    for key in ("drop_bad_auth", "drop_replay", "drop_unknown_index", "drop_not_allowed_src",
+                "rx_keepalive"):
+        assert counters[key] == 1, key
+    assert one[8] is None  # the responder's keypair was rotated in
+    assert one == batch

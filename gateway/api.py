@@ -1,11 +1,16 @@
-"""The HTTP API (FastAPI). OpenAPI at ``/openapi.json``.
+"""The HTTP API (FastAPI): two apps on two listeners.
 
-Public, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
+``create_peering_app`` is what the peering listener (``api.listen``, TLS,
+published to other clusters) serves: ``POST /api/v1/peering/join`` and
+``POST /api/v1/peering/message`` and nothing else (no OpenAPI document, no
+health): every other path is 404, so nobody on the internet reads anything.
+
+``create_app`` is the operator surface (``api.operator_listen``, plain HTTP,
+loopback by default, never published). OpenAPI at ``/openapi.json``.
+Unauthenticated, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
 node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``; ``/api/v1/exports``, ``/api/v1/imports`` and the admin
 ``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exports.api.
-Peering (authenticated by the token / channel keys inside the body, see
-gateway.peering): ``POST /api/v1/peering/join``, ``POST /api/v1/peering/message``.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
 ``POST /api/v1/tokens``, ``GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}``,
 ``POST /api/v1/peers`` (peer add), ``DELETE
@@ -71,12 +76,9 @@ def _error(status: int, message: str) -> JSONResponse:
                         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
-def create_app(cp: ControlPlane) -> FastAPI:
-    app = FastAPI(title="crosswire gateway", version="0.1.0",
-                  description="Per-cluster WireGuard gateway for clusters with overlapping ranges.")
+def _base(**kw: Any) -> FastAPI:
+    app = FastAPI(version="0.1.0", **kw)
     app.add_middleware(BodyLimit)  # before anything reads a body: 413 past 64 KiB
-    _publish_error_schema(app)
-    bearer = HTTPBearer(auto_error=False)
 
     @app.exception_handler(GatewayError)
     async def _gw_error(_: Request, e: GatewayError) -> JSONResponse:
@@ -107,6 +109,39 @@ def create_app(cp: ControlPlane) -> FastAPI:
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
             parts.append(f"{loc}: {err.get('msg', 'invalid')}")
         return _error(422, "invalid request: " + "; ".join(parts))
+
+    return app
+
+
+def create_peering_app(cp: ControlPlane) -> FastAPI:
+    """The peering listener's app: the two peering endpoints (authenticated by the token
+    and channel keys inside the body, see gateway.peering) and nothing else."""
+    app = _base(title="crosswire peering", openapi_url=None, docs_url=None, redoc_url=None)
+    _publish_error_schema(app)  # app.openapi() documents it (tests); never served
+    _peering_routes(app, cp)
+    return app
+
+
+def _peering_routes(app: FastAPI, cp: ControlPlane) -> None:
+    @app.post("/api/v1/peering/join", tags=["peering"], response_model=None, responses={
+        **ok(m.SignedEnvelope, description="join-ok, sealed with the token's response key"),
+        **errors(400, 401, 403, 409, 422)})
+    async def join(env: Envelope) -> dict[str, Any]:
+        return cp.exchange.handle_join(env.model_dump())
+
+    @app.post("/api/v1/peering/message", tags=["peering"], response_model=None, responses={
+        **ok(m.SignedEnvelope, description="ack, sealed with the channel key"),
+        **errors(400, 401, 403, 409, 422)})
+    async def message(env: Envelope) -> dict[str, Any]:
+        return await cp.exchange.handle_message(env.model_dump())
+
+
+def create_app(cp: ControlPlane) -> FastAPI:
+    """The operator surface: everything but peering."""
+    app = _base(title="crosswire gateway",
+                description="Per-cluster WireGuard gateway for clusters with overlapping ranges.")
+    _publish_error_schema(app)
+    bearer = HTTPBearer(auto_error=False)
 
     def admin(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         want = cp.store.admin_token()
@@ -171,19 +206,6 @@ def create_app(cp: ControlPlane) -> FastAPI:
         except NatError as e:
             raise GatewayError(f"the desired state cannot be traced: {e}", 409) from None
 
-    # --- peering ---------------------------------------------------------------------------
-
-    @app.post("/api/v1/peering/join", tags=["peering"], response_model=None, responses={
-        **ok(m.SignedEnvelope, description="join-ok, sealed with the token's response key"),
-        **errors(400, 401, 403, 409, 422)})
-    async def join(env: Envelope) -> dict[str, Any]:
-        return cp.exchange.handle_join(env.model_dump())
-
-    @app.post("/api/v1/peering/message", tags=["peering"], response_model=None, responses={
-        **ok(m.SignedEnvelope, description="ack, sealed with the channel key"),
-        **errors(400, 401, 403, 409, 422)})
-    async def message(env: Envelope) -> dict[str, Any]:
-        return await cp.exchange.handle_message(env.model_dump())
 
     # --- admin -----------------------------------------------------------------------------
 

@@ -4,8 +4,10 @@
 talks to a running gateway over HTTP:
 
 - API URL: ``--api URL``, else env ``CROSSWIRE_API``, else the config's
-  ``api.listen`` (``--config FILE`` or env ``CROSSWIRE_CONFIG``; a wildcard
-  host becomes 127.0.0.1), else ``http://127.0.0.1:8080``.
+  ``api.operator_listen`` (``--config FILE`` or env ``CROSSWIRE_CONFIG``; a
+  wildcard host becomes 127.0.0.1), else ``http://127.0.0.1:8081``. Every
+  command talks to the operator listener; the peering listener (``api.listen``)
+  serves only peers.
 - Admin credential (token create, peer add/remove, key rotate): env
   ``CROSSWIRE_ADMIN_TOKEN``, else ``<state dir>/admin-token`` where the state
   dir is ``--state-dir``, the config's ``state_dir``, env ``CROSSWIRE_STATE_DIR``
@@ -33,7 +35,7 @@ from gateway.exports import cli as exportscli
 if TYPE_CHECKING:
     from gateway.config import Config
 
-DEFAULT_API = "http://127.0.0.1:8080"
+DEFAULT_API = "http://127.0.0.1:8081"  # api.operator_listen's default
 DEFAULT_STATE_DIR = "/var/lib/crosswire"
 
 
@@ -47,7 +49,7 @@ def _common(p: argparse.ArgumentParser, suppress: bool) -> argparse.ArgumentPars
     def d(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
     p.add_argument("--api", default=d(None),
-                   help="gateway API URL (default: $CROSSWIRE_API or the config's api.listen)")
+                   help="gateway operator API URL (default: $CROSSWIRE_API or the config's api.operator_listen)")
     p.add_argument("--config", default=d(None), help="gateway config file (for the API URL and state dir)")
     p.add_argument("--state-dir", default=d(None), help="gateway state dir (for the admin credential)")
     p.add_argument("--json", action="store_true", default=d(False), help="print JSON")
@@ -129,7 +131,7 @@ def api_url(args: argparse.Namespace, cfg: Config | None) -> str:
     if os.environ.get("CROSSWIRE_API"):
         return os.environ["CROSSWIRE_API"].rstrip("/")
     if cfg is not None:
-        host, port = cfg.listen_host_port
+        host, port = cfg.operator_host_port
         if host in ("0.0.0.0", "", "::"):
             host = "127.0.0.1"
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"

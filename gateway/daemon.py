@@ -1,7 +1,9 @@
 """``crosswire gateway run``: wires config, state, IPAM, fabric, health and the API together.
 
 One asyncio loop (uvicorn with ``loop="asyncio"``: pyroute2 breaks under uvloop)
-runs: the HTTP server, the reconcile loop (``Reconciler.run``: data-plane
+runs: the two HTTP servers (the peering listener, TLS, ``api.listen``; the
+operator listener, ``api.operator_listen``; each with its own connection limits,
+so a flood of the published port never reaches health probes or operators), the reconcile loop (``Reconciler.run``: data-plane
 liveness and drift are judged there), the peer announcements, the health
 prober and the UDP echo responder. Blocking data-plane calls run in worker
 threads.
@@ -24,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fabric.dataplane import Dataplane, OwnershipError
 from gateway import forwarding, statedir
-from gateway.api import create_app
+from gateway.api import create_app, create_peering_app
 from gateway.config import Config, detect_gateway_ip
 from gateway.controlplane import ControlPlane
 from gateway.dns.records import ImportsSnapshot
@@ -149,6 +151,7 @@ async def serve(config: Config) -> int:
     # build() refuses damaged state before anything on the host is changed.
     cp = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
     host, port = config.listen_host_port
+    op_host, op_port = config.operator_host_port
     fds = raise_fd_limit()
     try:
         # Bound before anything on the host changes: a port in use stops us cleanly.
@@ -156,17 +159,28 @@ async def serve(config: Config) -> int:
     except OSError as e:
         cp.store.close()
         raise StartupError(f"api.listen: cannot listen on {config.api.listen}: {e.strerror or e}") from None
+    try:
+        op_listener = listen(op_host, op_port)
+    except OSError as e:
+        listener.close()
+        cp.store.close()
+        raise StartupError(f"api.operator_listen: cannot listen on {config.api.operator_listen}: "
+                           f"{e.strerror or e}") from None
     try:  # DNS for imported services (dns.listen; "" disables): bound here for the same reason
         dns = bind_dns(config.dns.listen_host_port, config.dns.zone, ImportsSnapshot(cp.read.imported_services))
     except OSError as e:
         listener.close()
+        op_listener.close()
         cp.store.close()
         raise StartupError(f"dns.listen: cannot listen on {config.dns.listen}: {e.strerror or e}") from None
     # Before anything routes: a gateway that cannot forward drops every packet.
     forwarding.enable(forwarding.wanted(config))
     rec = cp.reconciler
-    server = make_server(create_app(cp), host, port, max_connections=config.api.max_connections,
-                         request_timeout=config.api.request_timeout)
+    assert cp.tls is not None
+    server = make_server(create_peering_app(cp), host, port, max_connections=config.api.max_connections,
+                         request_timeout=config.api.request_timeout, ssl_context=cp.tls.server_context())
+    operator = make_server(create_app(cp), op_host, op_port, max_connections=config.api.max_connections,
+                           request_timeout=config.api.request_timeout)
     log.debug("file descriptor limit %d, API connection cap %d", fds, config.api.max_connections)
     echo = EchoResponder(config.health.port)
     try:
@@ -182,10 +196,12 @@ async def serve(config: Config) -> int:
     def on_signal() -> None:
         log.info("signal received, shutting down")
         server.should_exit = True
+        operator.should_exit = True
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    log.info("crosswire gateway %s (key %s) starting: api %s, wireguard %s (%s) port %d",
-             config.cluster_id, cp.store.public_key(), config.advertise_url(), config.wireguard.interface,
+    log.info("crosswire gateway %s (key %s) starting: peering %s (TLS pin %s), operator http://%s, "
+             "wireguard %s (%s) port %d", config.cluster_id, cp.store.public_key(), config.advertise_url(),
+             cp.tls.pin, config.api.operator_listen, config.wireguard.interface,
              config.wireguard.implementation, config.wireguard.listen_port)
     cp.exchange.channel.client()  # build the peer HTTP client now, not on the first `peer add`
     if not await rec.reconcile(force=True):
@@ -195,7 +211,15 @@ async def serve(config: Config) -> int:
     if cp.export_sync is not None and config.exports is not None:
         tasks.append(loop.create_task(cp.export_sync.run(stop)))  # peers learn what we export to them
     try:
-        await server.serve(sockets=[listener])
+        # Either server ending (a signal, or a failure to start) ends both.
+        serving = [loop.create_task(server.serve(sockets=[listener])),
+                   loop.create_task(operator.serve(sockets=[op_listener]))]
+        await asyncio.wait(serving, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = operator.should_exit = True
+        for what, result in zip(("peering", "operator"), await asyncio.gather(*serving, return_exceptions=True),
+                                strict=True):
+            if isinstance(result, BaseException):
+                log.error("%s listener failed: %s: %s", what, type(result).__name__, result)
     finally:
         stop.set()
         for t in tasks:
@@ -213,7 +237,7 @@ async def serve(config: Config) -> int:
             cp.views.close()
         cp.store.close()
         log.info("stopped (data plane left running)")
-    return 0 if server.started else 1
+    return 0 if server.started and operator.started else 1
 
 
 def _log_unraisable(u: sys.UnraisableHookArgs) -> None:

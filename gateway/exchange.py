@@ -18,7 +18,7 @@ from typing import Any
 
 from fabric.model import RangeMap
 from gateway import peering
-from gateway.channel import PeerChannel
+from gateway.channel import PeerChannel, parse_pins
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.exports.config import ExportsError, parse_names
@@ -73,7 +73,7 @@ class Exchange:
             raise GatewayError(problem, 409)
         now = self.clock()
         tok = new_token(self.config.advertise_url(), self.config.cluster_id, self.store.public_key(),
-                        ttl=ttl, now=now)
+                        ttl=ttl, now=now, tls_pin=(self.channel.own_pins() or (None,))[0])
         self.store.add_token(TokenRecord(token_id=tok.token_id, verifier=tok.verifier, created=now,
                                          expires=tok.expires, reusable=reusable))
         if names is not None and self.reconciler.exports is not None:
@@ -170,6 +170,12 @@ class Exchange:
             raise GatewayError(f"cluster {token.cluster_id} is already peered", 409)
         if self.store.peer_by_key(token.public_key) is not None:
             raise GatewayError("that WireGuard key already belongs to another peer", 409)
+        if token.tls_pin is None:
+            raise GatewayError(
+                f"this token carries no TLS certificate pin: {token.cluster_id}'s gateway issued it before "
+                f"it spoke TLS on its peering listener. Upgrade {token.cluster_id}'s gateway and run "
+                "`crosswire token create` there again", 400)
+        pins = (token.tls_pin,)
         why = self.config.unreachable_from_peers(token.url)
         if why is not None:
             raise GatewayError(
@@ -179,7 +185,8 @@ class Exchange:
 
         eph = peering.Ephemeral.generate()
         request = peering.build_join(token, self.side(), eph, now)
-        answer = await self.channel.post(token.url + "/api/v1/peering/join", request)
+        url = "https://" + token.url.split("://", 1)[-1]  # peering listeners speak only TLS
+        answer = await self.channel.post(url + "/api/v1/peering/join", request, pins)
         t_join = time.monotonic()
         resp = peering.verify_join_response(answer, token, request, eph, self.clock())
         other = resp.side
@@ -188,7 +195,7 @@ class Exchange:
             ours = self.views.allocate(other.cluster_id, list(other.ranges))
         except ViewsError as e:
             # B already holds a pending peer for us: tell it to drop it.
-            await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key)
+            await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key, pins)
             raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}", 422) from None
         rec = PeerRecord(cluster_id=other.cluster_id, public_key=other.public_key,
                          endpoint=other.endpoint, url=other.url, gateway_ip=other.gateway_ip,
@@ -197,6 +204,7 @@ class Exchange:
         try:
             with self.store.tx() as db:
                 self.store.put_peer(db, rec)
+                self.store.set_peer_pins(rec.cluster_id, pins, db)
         except BaseException:
             self.views.release(other.cluster_id)
             raise
@@ -208,7 +216,7 @@ class Exchange:
             await self.channel.send(rec, "views", {"views": views_body(ours)})
         except GatewayError as e:
             # Leave nothing half-done: B drops its pending entry (if it can hear us), we forget B.
-            await self.channel.notify_remove(other.cluster_id, other.url, rec.channel_key)
+            await self.channel.notify_remove(other.cluster_id, other.url, rec.channel_key, pins)
             self.forget(other.cluster_id)
             await self.reconciler.reconcile()
             raise GatewayError(f"peering with {other.cluster_id} failed at the last step and was "
@@ -234,6 +242,11 @@ class Exchange:
             if not self.store.remember_nonce(db, msg.nonce, now + NONCE_TTL, now):
                 raise GatewayError("replayed message (nonce already seen)", 401)
         payload: dict[str, Any] = {}
+        pins = parse_pins(msg.body.get("tls_pins"))
+        if pins is not None and msg.type != "remove":
+            self.store.set_peer_pins(sender, pins)  # its listener's certificate(s), under the channel MAC
+        if self.channel.own_pins():
+            payload["tls_pins"] = list(self.channel.own_pins())
         if msg.type == "views":
             views = peering.parse_views(msg.body.get("views"), "views")
             self._check_views_of_us(views, 400)

@@ -6,8 +6,14 @@ and then logs a traceback per failed accept. Measured against the gateway:
 2,000 slow-loris connections held for 60 s were never closed, and 1,100 idle
 connections starved the data-plane supervision of descriptors. Here:
 
+- at most ``per_source`` connections from one source address: a new one
+  evicts that source's slowest (the one waiting longest for its request, or
+  idle longest), so one host flooding the port competes only with itself;
 - at most ``max_connections`` connections at once: a new one evicts the
-  connection idle the longest (none idle: the new one is closed at once);
+  connection idle the longest; none idle, the slowest of the source holding
+  the most connections (a distributed flood of slow bodies cannot lock the
+  port: the newest legitimate request still gets a slot);
+- with TLS, a handshake must finish within ``request_timeout``;
 - a connection must start a request within ``request_timeout`` of opening or
   of its previous response, or it is closed (slow or idle clients); the body
   of a started request is bounded by :mod:`gateway.limits`;
@@ -24,6 +30,7 @@ import contextlib
 import logging
 import resource
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -42,8 +49,9 @@ BACKLOG = 512
 class _Limits:
     """Shared by every connection of one server (uvicorn makes one protocol per connection)."""
 
-    def __init__(self, max_connections: int, request_timeout: float) -> None:
+    def __init__(self, max_connections: int, request_timeout: float, per_source: int | None = None) -> None:
         self.max_connections = max_connections
+        self.per_source = per_source or max(4, max_connections // 8)
         self.request_timeout = request_timeout
         self.refused = 0
         self.evicted = 0
@@ -68,21 +76,31 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
 
         _since = 0.0  # when this connection opened or last started a request
 
+        _source = ""
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._since = time.monotonic()
+            peer = transport.get_extra_info("peername")
+            self._source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
             # Aborted connections stay in the set until their connection_lost runs.
-            live = [c for c in self.connections if not c.transport.is_closing()]
-            if len(live) > limits.max_connections:
-                # Make room by closing the connection idle the longest, so a flood of
-                # idle or slow clients cannot lock out probes and operators; refuse
-                # the newcomer only when every slot is serving a request.
-                victim = min((c for c in live if c is not self and isinstance(c, GuardedH11) and c.idle()),
-                             key=lambda c: c._since, default=None)
+            live = [c for c in self.connections
+                    if isinstance(c, GuardedH11) and c is not self and not c.transport.is_closing()]
+            by_source: dict[str, list[GuardedH11]] = {}
+            for c in live:
+                by_source.setdefault(c._source, []).append(c)
+            mine = by_source.get(self._source, [])
+            victim: GuardedH11 | None = None
+            if len(mine) >= limits.per_source:
+                victim = min(mine, key=lambda c: c._since)  # this source's slowest
+            elif len(live) >= limits.max_connections:
+                # Make room: the connection idle the longest, else the slowest of the
+                # heaviest source, so no flood of idle or slow clients locks the port.
+                victim = min((c for c in live if c.idle()), key=lambda c: c._since, default=None)
                 if victim is None:
-                    limits.note_refused()
-                    transport.abort()
-                    return
+                    heavy = max(by_source.values(), key=len)
+                    victim = min(heavy, key=lambda c: c._since)
+            if victim is not None:
                 limits.evicted += 1
                 victim.transport.abort()
             self._arm(self._requests_seen)
@@ -153,11 +171,33 @@ def raise_fd_limit() -> int:
 
 class Server(uvicorn.Server):
     """uvicorn without its signal handling: it re-raises SIGTERM after shutdown, which
-    would kill us before our own cleanup runs; the daemon installs handlers instead."""
+    would kill us before our own cleanup runs; the daemon installs handlers instead.
+    With TLS, the handshake is bounded by the request timeout (asyncio's default: 60 s)."""
+
+    handshake_timeout = REQUEST_TIMEOUT
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        if self.config.ssl is None:
+            await super().startup(sockets)
+            return
+        # uvicorn passes no ssl_handshake_timeout to create_server: add it for this call.
+        create = loop.create_server
+
+        async def bounded(*args: Any, **kw: Any) -> Any:
+            if kw.get("ssl") is not None:  # another server may start meanwhile, without TLS
+                kw.setdefault("ssl_handshake_timeout", self.handshake_timeout)
+            return await create(*args, **kw)
+
+        loop.create_server = bounded  # type: ignore[method-assign]
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -178,12 +218,17 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def make_server(app: Any, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
-                request_timeout: float = REQUEST_TIMEOUT) -> Server:
-    limits = _Limits(max_connections, request_timeout)
+                request_timeout: float = REQUEST_TIMEOUT, per_source: int | None = None,
+                ssl_context: ssl.SSLContext | None = None) -> Server:
+    limits = _Limits(max_connections, request_timeout, per_source)
     logging.getLogger("asyncio").addFilter(_AcceptErrorFilter())
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="off",
                             access_log=False, log_level="warning", http=guarded_protocol(limits),
                             timeout_keep_alive=5, backlog=BACKLOG)
+    if ssl_context is not None:
+        config.load()
+        config.ssl = ssl_context  # ours: certificate rotation reloads it in place
     server = Server(config)
+    server.handshake_timeout = request_timeout
     server.limits = limits  # type: ignore[attr-defined]
     return server

@@ -61,9 +61,11 @@ def test_public_endpoints(clusters: Any) -> None:
         assert 'crosswire_peers{state="connected"} 0' in m.text and "crosswire_ready 1" in m.text
         spec = (await gpu.call("GET", "/openapi.json", auth=False)).json()
         for p in ("/healthz", "/readyz", "/metrics", "/api/v1/status", "/api/v1/peers", "/api/v1/nat",
-                  "/api/v1/ipam", "/api/v1/routes", "/api/v1/peering/join", "/api/v1/peering/message",
-                  "/api/v1/tokens", "/api/v1/key/rotate"):
+                  "/api/v1/ipam", "/api/v1/routes", "/api/v1/tokens", "/api/v1/key/rotate"):
             assert p in spec["paths"], p
+        # peering is another listener's: not served here, not documented here
+        assert not [p for p in spec["paths"] if p.startswith("/api/v1/peering")]
+        assert (await gpu.call("POST", "/api/v1/peering/join", auth=False, json={})).status_code != 404
 
     asyncio.run(go())
 
@@ -244,16 +246,39 @@ def test_tokens_whose_url_leads_nowhere_are_refused(clusters: Any) -> None:
         before = snapshot(gpu)
         r = await gpu.call("POST", "/api/v1/tokens", json={})
         assert r.status_code == 409 and r.json()["detail"].startswith(
-            "api.advertise: the peering URL http://10.244.0.10:8080 lies inside this cluster's own range"), r.text
+            "api.advertise: the peering URL https://10.244.0.10:8080 lies inside this cluster's own range"), r.text
         assert snapshot(gpu) == before
         # Redeeming: a token (from an older gateway) whose URL is inside our own pod range
         # leads back to us; say so instead of "unknown token".
-        tok = new_token("http://10.244.0.10:8080", "gpu", gpu.store.public_key(), ttl=600, now=lab.clock())
+        tok = new_token("http://10.244.0.10:8080", "gpu", gpu.store.public_key(), ttl=600, now=lab.clock(),
+                        tls_pin=gpu.gw.tls.pin)
         before = snapshot(lab)
         r = await lab.call("POST", "/api/v1/peers", json={"token": tok.encode()})
         assert r.status_code == 400, r.text
         assert "leads back to this cluster, not to gpu" in r.json()["detail"]
         assert snapshot(lab) == before
+
+    asyncio.run(go())
+
+
+def test_token_from_before_tls_is_refused_saying_what_to_do(clusters: Any) -> None:
+    """A token without a certificate pin (issued before the peering listener spoke TLS)
+    is refused before anything is sent, naming the fix; nothing changes."""
+    from gateway.tokens import decode, new_token
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        tok = (await gpu.call("POST", "/api/v1/tokens", json={})).json()["token"]
+        assert decode(tok).tls_pin == gpu.gw.tls.pin  # what new tokens carry
+        old = new_token("http://gpu:8080", "gpu", gpu.store.public_key(), ttl=600, now=lab.clock())
+        before, seen = snapshot(lab), snapshot(gpu)
+        r = await lab.call("POST", "/api/v1/peers", json={"token": old.encode()})
+        assert r.status_code == 400
+        assert r.json()["detail"] == (
+            "this token carries no TLS certificate pin: gpu's gateway issued it before it spoke TLS on its "
+            "peering listener. Upgrade gpu's gateway and run `crosswire token create` there again")
+        assert snapshot(lab) == before and snapshot(gpu) == seen
 
     asyncio.run(go())
 
@@ -334,6 +359,8 @@ def test_openapi_documents_what_the_api_answers(clusters: Any) -> None:
         return dict((await gpu.call("GET", "/openapi.json", auth=False)).json())
 
     spec = asyncio.run(go())
+    # the peering listener's document (never served there) covers the peering endpoints
+    spec["paths"].update(gpu.peering_app.openapi()["paths"])
     assert "HTTPValidationError" not in str(spec) and "ValidationError" not in spec["components"]["schemas"]
     assert spec["components"]["schemas"]["Error"] == {
         "additionalProperties": False, "description": spec["components"]["schemas"]["Error"]["description"],
@@ -407,6 +434,7 @@ def test_populated_bodies_match_the_published_schema(clusters: Any) -> None:
 
     async def go() -> None:
         spec = (await gpu.call("GET", "/openapi.json", auth=False)).json()
+        spec["paths"].update(gpu.peering_app.openapi()["paths"])  # same components: one registry
         registry: Registry[Any] = Registry().with_resource(
             "urn:spec", Resource.from_contents(spec, default_specification=DRAFT202012))
 
@@ -443,5 +471,29 @@ def test_populated_bodies_match_the_published_schema(clusters: Any) -> None:
         await call(gpu, "GET", "/api/v1/tokens", auth=False)  # 401
         await call(gpu, "POST", "/api/v1/peering/join", json={"body": {"token_id": "zz"}, "mac": "x"})  # 403
         await call(gpu, "POST", "/api/v1/tokens", json={"ttl": "forever"})  # 422, a string detail
+
+    asyncio.run(go())
+
+
+def test_peering_listener_serves_only_peering(clusters: Any) -> None:
+    """What anyone on the internet reaches (the published port): the two peering
+    endpoints, nothing readable; every path of the operator surface is 404 there."""
+    gpu = clusters("gpu")
+
+    async def go() -> None:
+        assert await gpu.gw.reconciler.reconcile()
+        async with gpu.client(auth=True, peering=True) as c:
+            for route in gpu.app.routes:
+                path = getattr(route, "path", "")
+                for method in sorted(getattr(route, "methods", None) or ()):
+                    if method == "HEAD":
+                        continue
+                    url = path.replace("{cluster_id}", "x").replace("{token_id}", "x")
+                    r = await c.request(method, url, json={})
+                    assert r.status_code == 404, (method, path, r.status_code)
+            for path in ("/", "/openapi.json", "/docs", "/redoc", "/metrics", "/healthz", "/api/v1/peers"):
+                assert (await c.get(path)).status_code == 404, path
+            r = await c.post("/api/v1/peering/join", json={"body": {"token_id": "zz"}, "mac": "x"})
+            assert r.status_code == 403 and "unknown token" in r.json()["detail"]
 
     asyncio.run(go())

@@ -90,7 +90,8 @@ def test_idle_connections_closed_and_keepalive_still_works(served: tuple[Any, st
                 assert c.get(url + "/healthz").status_code == 200
         time.sleep(2.5)
         assert all(_closed_by_server(s) for s in idle)
-        assert server.limits.timed_out >= 10
+        # one source: past its share the oldest were evicted, the rest timed out
+        assert server.limits.timed_out + server.limits.evicted >= 10 and server.limits.timed_out >= 1
     finally:
         for s in idle:
             s.close()

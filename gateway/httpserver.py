@@ -13,7 +13,10 @@ connections starved the data-plane supervision of descriptors. Here:
   connection idle the longest; none idle, the slowest of the source holding
   the most connections (a distributed flood of slow bodies cannot lock the
   port: the newest legitimate request still gets a slot);
-- with TLS, a handshake must finish within ``request_timeout``;
+- with TLS (``ssl_context``, the peering listener), the protocol does the
+  handshake itself after the checks above, so handshaking connections count
+  too, and it must finish within ``request_timeout``; rotating the
+  certificate reloads that one context, new handshakes see it at once;
 - a connection must start a request within ``request_timeout`` of opening or
   of its previous response, or it is closed (slow or idle clients); the body
   of a started request is bounded by :mod:`gateway.limits`;
@@ -49,43 +52,74 @@ BACKLOG = 512
 class _Limits:
     """Shared by every connection of one server (uvicorn makes one protocol per connection)."""
 
-    def __init__(self, max_connections: int, request_timeout: float, per_source: int | None = None) -> None:
+    def __init__(self, max_connections: int, request_timeout: float, per_source: int | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.max_connections = max_connections
         self.per_source = per_source or max(4, max_connections // 8)
         self.request_timeout = request_timeout
-        self.refused = 0
+        self.ssl_context = ssl_context
+        self.conns: set[Any] = set()  # every open connection, TLS handshakes included
         self.evicted = 0
         self.timed_out = 0
-        self._last_log = 0.0
-
-    def note_refused(self) -> None:
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._last_log >= LOG_EVERY:
-            self._last_log = now
-            log.warning("API: %d connections refused so far (more than %d open at once)",
-                        self.refused, self.max_connections)
 
 
 def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
     class GuardedH11(H11Protocol):
-        """H11Protocol that refuses connections over the cap and closes idle ones."""
+        """H11Protocol that bounds connections per source and in all, closes slow ones and,
+        with a context, does the TLS handshake itself: a connection counts (and can be
+        evicted) from accept on, not only once its handshake is done."""
 
         _watchdog: asyncio.TimerHandle | None = None
         _requests_seen = 0
-
         _since = 0.0  # when this connection opened or last started a request
-
         _source = ""
+        _raw: asyncio.Transport | None = None  # the TCP transport (TLS: below the SSL one)
+        _ready = False  # handshake done (always, without TLS)
+        _early: list[bytes] = []  # replaced per connection in connection_made
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            self._raw = transport
+            self._early = []
             self._since = time.monotonic()
             peer = transport.get_extra_info("peername")
             self._source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            self._admit()
+            limits.conns.add(self)
+            self._arm(self._requests_seen)
+            if limits.ssl_context is None:
+                self._ready = True
+                super().connection_made(transport)
+                return
+            transport.pause_reading()  # the ClientHello waits for the TLS layer
+            self.loop.create_task(self._handshake(transport, limits.ssl_context))
+
+        async def _handshake(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+            try:
+                tls = await self.loop.start_tls(raw, self, ctx, server_side=True,
+                                                ssl_handshake_timeout=limits.request_timeout)
+            except (OSError, ssl.SSLError, TimeoutError, RuntimeError):
+                raw.abort()
+                self._gone()
+                return
+            if tls is None or raw.is_closing():
+                self._gone()
+                return
+            self._ready = True
+            super().connection_made(tls)
+            early, self._early = self._early, []
+            for data in early:
+                super().data_received(data)
+
+        def data_received(self, data: bytes) -> None:
+            # The TLS layer hands over the first request before start_tls returns.
+            if not self._ready:
+                self._early.append(data)
+                return
+            super().data_received(data)
+
+        def _admit(self) -> None:
             # Aborted connections stay in the set until their connection_lost runs.
-            live = [c for c in self.connections
-                    if isinstance(c, GuardedH11) and c is not self and not c.transport.is_closing()]
+            live = [c for c in limits.conns if not c._closing()]
             by_source: dict[str, list[GuardedH11]] = {}
             for c in live:
                 by_source.setdefault(c._source, []).append(c)
@@ -98,15 +132,23 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
                 # heaviest source, so no flood of idle or slow clients locks the port.
                 victim = min((c for c in live if c.idle()), key=lambda c: c._since, default=None)
                 if victim is None:
-                    heavy = max(by_source.values(), key=len)
+                    heavy = max(by_source.values(), key=lambda cs: len(cs))
                     victim = min(heavy, key=lambda c: c._since)
             if victim is not None:
                 limits.evicted += 1
-                victim.transport.abort()
-            self._arm(self._requests_seen)
+                victim._abort()
+
+        def _closing(self) -> bool:
+            return self._raw is None or self._raw.is_closing()
+
+        def _abort(self) -> None:
+            if self._ready and self.transport is not None:
+                self.transport.abort()
+            if self._raw is not None:
+                self._raw.abort()
 
         def idle(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
+            return not self._ready or self.cycle is None or self.cycle.response_complete
 
         def _arm(self, seen: int) -> None:
             self._watchdog = self.loop.call_later(limits.request_timeout, self._check, seen)
@@ -115,7 +157,10 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
             # Closed unless a request started since the timer was armed or one is running.
             if self._requests_seen == seen_then and self.idle():
                 limits.timed_out += 1
-                self.transport.close()
+                if self._ready:
+                    self.transport.close()
+                else:
+                    self._abort()
                 return
             self._arm(self._requests_seen)
 
@@ -126,11 +171,16 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
                 self._requests_seen += 1
                 self._since = time.monotonic()
 
-        def connection_lost(self, exc: Exception | None) -> None:
+        def _gone(self) -> None:
+            limits.conns.discard(self)
             if self._watchdog is not None:
                 self._watchdog.cancel()
                 self._watchdog = None
-            super().connection_lost(exc)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._gone()
+            if self._ready:
+                super().connection_lost(exc)
 
     return GuardedH11
 
@@ -171,33 +221,11 @@ def raise_fd_limit() -> int:
 
 class Server(uvicorn.Server):
     """uvicorn without its signal handling: it re-raises SIGTERM after shutdown, which
-    would kill us before our own cleanup runs; the daemon installs handlers instead.
-    With TLS, the handshake is bounded by the request timeout (asyncio's default: 60 s)."""
-
-    handshake_timeout = REQUEST_TIMEOUT
+    would kill us before our own cleanup runs; the daemon installs handlers instead."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        if self.config.ssl is None:
-            await super().startup(sockets)
-            return
-        # uvicorn passes no ssl_handshake_timeout to create_server: add it for this call.
-        create = loop.create_server
-
-        async def bounded(*args: Any, **kw: Any) -> Any:
-            if kw.get("ssl") is not None:  # another server may start meanwhile, without TLS
-                kw.setdefault("ssl_handshake_timeout", self.handshake_timeout)
-            return await create(*args, **kw)
-
-        loop.create_server = bounded  # type: ignore[method-assign]
-        try:
-            await super().startup(sockets)
-        finally:
-            del loop.create_server
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -220,15 +248,11 @@ def listen(host: str, port: int) -> socket.socket:
 def make_server(app: Any, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
                 request_timeout: float = REQUEST_TIMEOUT, per_source: int | None = None,
                 ssl_context: ssl.SSLContext | None = None) -> Server:
-    limits = _Limits(max_connections, request_timeout, per_source)
+    limits = _Limits(max_connections, request_timeout, per_source, ssl_context)
     logging.getLogger("asyncio").addFilter(_AcceptErrorFilter())
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="off",
                             access_log=False, log_level="warning", http=guarded_protocol(limits),
                             timeout_keep_alive=5, backlog=BACKLOG)
-    if ssl_context is not None:
-        config.load()
-        config.ssl = ssl_context  # ours: certificate rotation reloads it in place
     server = Server(config)
-    server.handshake_timeout = request_timeout
     server.limits = limits  # type: ignore[attr-defined]
     return server

@@ -102,7 +102,8 @@ class RouterTransport(httpx.AsyncBaseTransport):
         self.router = router
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        origin = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+        # keyed "http://host:port" whatever the scheme: the peering listener is https, in-process it has no TLS
+        origin = f"http://{request.url.host}:{request.url.port}"
         app = self.router.get(origin)
         if app is None:
             raise httpx.ConnectError(f"connection refused: {origin}", request=request)
@@ -133,9 +134,7 @@ class Cluster:
                                      http=self._http, tls_post=None)
         self.app = create_app(self.gw)
         self.peering_app = create_peering_app(self.gw)
-        # The peering listener: what the token's URL (https) and peers reach.
-        self.router[f"https://{self.name}:8080"] = self.peering_app
-        self.router[f"http://{self.name}:8080"] = self.peering_app
+        self.router[f"http://{self.name}:8080"] = self.peering_app  # the peering listener
         self.admin = self.store.admin_token()
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ from gateway.dns.records import ImportsSnapshot
 from gateway.dns.server import bind_from_config as bind_dns
 from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
-from gateway.httpserver import listen, make_server, raise_fd_limit
+from gateway.httpserver import connection_cap, listen, make_server, raise_fd_limit
 from gateway.ipam_adapter import IpamViews, ViewsError
 from gateway.state import StateStore
 from gateway.statedir import StateDirError
@@ -177,11 +177,14 @@ async def serve(config: Config) -> int:
     forwarding.enable(forwarding.wanted(config))
     rec = cp.reconciler
     assert cp.tls is not None
-    server = make_server(create_peering_app(cp), host, port, max_connections=config.api.max_connections,
+    cap = connection_cap(config.api.max_connections, fds)
+    server = make_server(create_peering_app(cp), host, port, max_connections=cap,
                          request_timeout=config.api.request_timeout, ssl_context=cp.tls.server_context())
-    operator = make_server(create_app(cp), op_host, op_port, max_connections=config.api.max_connections,
-                           request_timeout=config.api.request_timeout)
-    log.debug("file descriptor limit %d, API connection cap %d", fds, config.api.max_connections)
+    # Inside the cluster, a few sources (kubelet, Prometheus, node agents, the CLI) may each
+    # open many connections: no per-source share there, only the total cap.
+    operator = make_server(create_app(cp), op_host, op_port, max_connections=cap,
+                           request_timeout=config.api.request_timeout, per_source=cap)
+    log.debug("file descriptor limit %d, connection cap %d per listener", fds, cap)
     echo = EchoResponder(config.health.port)
     try:
         await echo.start()

@@ -47,6 +47,10 @@ MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT = 10.0
 LOG_EVERY = 10.0
 BACKLOG = 512
+# asyncio accepts up to this many connections per loop iteration (uvicorn's "backlog"),
+# before any eviction closes one: it bounds the descriptors a burst can hold at once
+# (asyncio also makes it the kernel's accept queue length).
+ACCEPT_BATCH = 64
 
 
 class _Limits:
@@ -94,6 +98,9 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
             self.loop.create_task(self._handshake(transport, limits.ssl_context))
 
         async def _handshake(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+            if raw.is_closing():  # evicted before we got here: no TLS state for a dead socket
+                self._gone()
+                return
             try:
                 tls = await self.loop.start_tls(raw, self, ctx, server_side=True,
                                                 ssl_handshake_timeout=limits.request_timeout)
@@ -209,6 +216,15 @@ class _AcceptErrorFilter(logging.Filter):
         return True
 
 
+FD_RESERVE = 128  # descriptors kept for everything but the two listeners' connections
+
+
+def connection_cap(configured: int, fd_limit: int) -> int:
+    """Per listener: the configured cap, lowered so that both listeners full, plus an accept
+    burst, leave FD_RESERVE descriptors (netlink, nftables, SQLite, the data plane)."""
+    return max(8, min(configured, (fd_limit - FD_RESERVE - ACCEPT_BATCH) // 2))
+
+
 def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -252,7 +268,7 @@ def make_server(app: Any, host: str, port: int, *, max_connections: int = MAX_CO
     logging.getLogger("asyncio").addFilter(_AcceptErrorFilter())
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="off",
                             access_log=False, log_level="warning", http=guarded_protocol(limits),
-                            timeout_keep_alive=5, backlog=BACKLOG)
+                            timeout_keep_alive=5, backlog=ACCEPT_BATCH)
     server = Server(config)
     server.limits = limits  # type: ignore[attr-defined]
     return server

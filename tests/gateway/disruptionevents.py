@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from disruptionkit import Traffic
-from gwharness import BIN, GW_IP, Gw, build_cluster
+from gwharness import BIN, GW_IP, OPERATOR, Gw, build_cluster
 from nsutil import Namespaces, sh
 
 
@@ -270,7 +270,7 @@ def _start_agent(ctx: Ctx, ns: str) -> subprocess.Popen[bytes]:
     out = open(ctx.tmp / "agent.log", "ab")  # noqa: SIM115
     try:
         return subprocess.Popen(["ip", "netns", "exec", ns, str(BIN / "crosswire"), "agent", "run", "--gateway",
-                                 f"http://{ctx.a.underlay}:8080", "--interval", "0.5"],
+                                 OPERATOR, "--interval", "0.5"],
                                 stdout=out, stderr=out, start_new_session=True)
     finally:
         out.close()

@@ -29,6 +29,9 @@ BIN = Path(sys.executable).parent
 PODS = ("10.244.1.5", "10.244.2.7")
 PODS6 = ("fd00::1:5", "fd00::2:7")  # dual stack: fd00::/48 on both sides too
 GW_IP = "10.244.0.10"
+# The operator listener on the gateway's pod address, as in Kubernetes: its pods (node
+# agents) reach it, the peer's namespace (the "internet") does not.
+OPERATOR = f"http://{GW_IP}:8081"
 # wireguard-go is the reference data plane for these tests; CROSSWIRE_TEST_WG_IMPL=userspace
 # runs them on crosswire-wg instead.
 IMPL = os.environ.get("CROSSWIRE_TEST_WG_IMPL", "wireguard-go")
@@ -126,6 +129,7 @@ wireguard:
   implementation: {IMPL}
 api:
   listen: {underlay}:8080
+  operator_listen: {GW_IP}:8081
 state_dir: {state}
 health:
   interval: 0.5

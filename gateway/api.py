@@ -173,7 +173,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.get("/api/v1/status", tags=["read"], response_model=None, responses={**ok(m.Status), **errors()})
     def status() -> dict[str, Any]:
-        return cp.read.status()
+        return {**cp.read.status(), "tls_pins": list(cp.tls.pins()) if cp.tls is not None else []}
 
     @app.get("/api/v1/peers", tags=["read"], response_model=None,
              responses={**ok(list[m.PeerSummary]), **errors()})

@@ -74,6 +74,8 @@ class Status(BaseModel):
     reconcile: ReconcileStats
     exposure: Literal["all", "exports"] = Field(
         description="all: peers reach the whole pod and service ranges; exports: only what is exported to them")
+    tls_pins: list[str] = Field(default=[], description="SHA-256 of the peering listener's public key "
+                                "(base64url; what tokens pin); two during a certificate rotation")
 
 
 class PeerSummary(BaseModel):

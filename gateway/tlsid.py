@@ -86,6 +86,7 @@ class TlsIdentity:
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.state_dir / CURRENT
         if not path.exists():
             _write_private(path, _generate(self.common_name))

@@ -1,0 +1,108 @@
+"""TLS on the peering listener, pinned by the token: the identity, the pinned client
+against a real TLS listener on loopback, and the pins travelling over the channel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, Request
+
+from gateway import pinhttp
+from gateway.tlsid import CURRENT, TlsIdentity, is_pin
+
+
+def test_identity_is_made_once_private_and_rotates(tmp_path: Path) -> None:
+    t = TlsIdentity(tmp_path, "gpu")
+    assert is_pin(t.pin) and t.pins() == (t.pin,)
+    assert stat.S_IMODE(os.stat(tmp_path / CURRENT).st_mode) == 0o600
+    assert TlsIdentity(tmp_path, "gpu").pin == t.pin  # loaded, not remade
+    nxt = t.prepare()
+    assert nxt != t.pin and t.pins() == (t.pin, nxt)
+    assert TlsIdentity(tmp_path, "gpu").pins() == (t.pin, nxt)  # a restart mid-rotation keeps both
+    t.abandon()
+    assert t.pins() == (t.pin,)
+    nxt = t.prepare()
+    ctx = t.server_context()
+    assert t.commit() == nxt and t.pins() == (nxt,) and t.server_context() is ctx
+
+
+class Listener:
+    """A FastAPI app behind the daemon's own server with TLS, on a free loopback port."""
+
+    def __init__(self, tls: TlsIdentity) -> None:
+        from gateway.httpserver import listen, make_server
+
+        self.seen: list[Any] = []
+        app = FastAPI()
+
+        @app.post("/api/v1/peering/message")
+        async def message(request: Request) -> dict[str, Any]:
+            self.seen.append(await request.json())
+            return {"ok": True}
+
+        self.sock = listen("127.0.0.1", 0)
+        self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}/api/v1/peering/message"
+        self.server = make_server(app, "127.0.0.1", 0, ssl_context=tls.server_context())
+
+
+def test_pinned_client_accepts_only_the_pinned_key(tmp_path: Path) -> None:
+    tls = TlsIdentity(tmp_path / "b", "b")
+    other = TlsIdentity(tmp_path / "x", "x")
+    lst = Listener(tls)
+
+    async def go() -> None:
+        task = asyncio.create_task(lst.server.serve(sockets=[lst.sock]))
+        try:
+            while not lst.server.started:
+                await asyncio.sleep(0.02)
+            assert await pinhttp.post(lst.url, {"n": 1}, (tls.pin,)) == (200, "OK", {"ok": True})
+            # during a rotation either pin is accepted
+            assert (await pinhttp.post(lst.url, {"n": 2}, (other.pin, tls.pin)))[0] == 200
+            with pytest.raises(pinhttp.PinError, match=f"fingerprint {tls.pin}, not the pinned {other.pin}"):
+                await pinhttp.post(lst.url, {"secret-ish": 3}, (other.pin,))
+            # a peering from before TLS: no pin, the channel MAC is the check
+            assert (await pinhttp.post(lst.url, {"n": 4}, ()))[0] == 200
+            # the certificate rotates in place: new handshakes present the new key
+            new = tls.prepare()
+            tls.commit()
+            assert (await pinhttp.post(lst.url, {"n": 5}, (new,)))[0] == 200
+            with pytest.raises(pinhttp.PinError):
+                await pinhttp.post(lst.url, {"n": 6}, (other.pin,))
+        finally:
+            lst.server.should_exit = True
+            await task
+
+    asyncio.run(go())
+    # the refused requests never reached the listener's application
+    assert [m for m in lst.seen] == [{"n": 1}, {"n": 2}, {"n": 4}, {"n": 5}]
+
+
+def test_pins_travel_over_the_channel(clusters: Any) -> None:
+    from tests.gateway.test_two_gateways import peer
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)  # lab redeemed gpu's token
+        assert lab.store.peer_pins("gpu") == (gpu.gw.tls.pin,)  # from the token
+        assert gpu.store.peer_pins("lab") == (lab.gw.tls.pin,)  # from lab's first message
+        # A peering made before TLS: nothing pinned on either side. The next message
+        # (any type) carries the sender's pins; the reply, the receiver's.
+        for c in (gpu, lab):
+            with c.store.tx() as db:
+                db.execute("DELETE FROM peer_pins")
+        p = lab.store.peer("gpu")
+        assert p is not None
+        await lab.gw.exchange.channel.send(p, "pins", {})
+        assert lab.store.peer_pins("gpu") == (gpu.gw.tls.pin,)
+        assert gpu.store.peer_pins("lab") == (lab.gw.tls.pin,)
+        # removing a peer forgets its pins
+        await lab.call("DELETE", "/api/v1/peers/gpu")
+        assert lab.store.peer_pins("gpu") == () and gpu.store.peer_pins("lab") == ()
+
+    asyncio.run(go())

@@ -24,6 +24,7 @@ tests/gateway/test_api_schema.py holds a live daemon to it).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 from typing import Any
@@ -39,7 +40,9 @@ from starlette.routing import Route
 from fabric.nat import NatError
 from fabric.nat.trace import TraceError, parse_query
 from gateway import apimodels as m
+from gateway import audit
 from gateway.apimodels import errors, ok
+from gateway.audit import audited
 from gateway.controlplane import ControlPlane
 from gateway.errors import GatewayError
 from gateway.exports import api as exportsapi
@@ -47,7 +50,7 @@ from gateway.limits import BodyLimit
 from gateway.metrics import render_metrics
 from gateway.page import add_route as add_page_route
 from gateway.peering import PeeringError
-from gateway.tokens import parse_duration
+from gateway.tokens import TokenError, decode, parse_duration
 
 log = logging.getLogger("crosswire.api")
 
@@ -143,10 +146,13 @@ def create_app(cp: ControlPlane) -> FastAPI:
     _publish_error_schema(app)
     bearer = HTTPBearer(auto_error=False)
 
-    def admin(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+    def admin(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         want = cp.store.admin_token()
         if creds is None or creds.scheme.lower() != "bearer" or \
                 not hmac.compare_digest(creds.credentials.encode(), want.encode()):
+            if request.method != "GET":  # a refused change is part of the audit trail
+                audit.refused(request, f"{request.method} {request.url.path}",
+                              "no admin credential" if creds is None else "wrong admin credential")
             raise GatewayError("admin credential required (Bearer token from state_dir/admin-token)", 401)
 
     # --- health ----------------------------------------------------------------------------
@@ -212,12 +218,15 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @app.post("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], status_code=201,
                response_model=None, responses={**ok(m.TokenCreated, 201, "Created"),
                                                **errors(400, 401, 409, 422)})
-    def token_create(req: TokenCreate) -> dict[str, Any]:
-        try:
-            ttl = parse_duration(str(req.ttl))
-        except ValueError as e:
-            raise GatewayError(f"ttl: {e}", 422) from None
-        return cp.exchange.create_token(ttl, req.reusable, req.exports)
+    def token_create(req: TokenCreate, request: Request) -> dict[str, Any]:
+        with audited(request, "token.create", reusable=req.reusable, exports=req.exports) as a:
+            try:
+                ttl = parse_duration(str(req.ttl))
+            except ValueError as e:
+                raise GatewayError(f"ttl: {e}", 422) from None
+            out = cp.exchange.create_token(ttl, req.reusable, req.exports)
+            a.update(token_id=out["token_id"], ttl_s=ttl)
+            return out
 
     @app.get("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
               responses={**ok(list[m.TokenInfo]), **errors(401)})
@@ -226,32 +235,45 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.delete("/api/v1/tokens/{token_id}", tags=["admin"], dependencies=[Depends(admin)],
                  response_model=None, responses={**ok(m.TokenRevoked), **errors(401, 404)})
-    def token_revoke(token_id: str) -> dict[str, Any]:
-        return cp.exchange.revoke_token(token_id)
+    def token_revoke(token_id: str, request: Request) -> dict[str, Any]:
+        with audited(request, "token.revoke", token_id=token_id):
+            return cp.exchange.revoke_token(token_id)
 
     @app.post("/api/v1/peers", tags=["admin"], dependencies=[Depends(admin)], status_code=201,
                response_model=None, responses={
                    **ok(m.PeerSummary, 201, "Peered"),
                    # the peer's own refusal (< 500) is passed on with its status
                    **errors(400, 401, 403, 404, 409, 422, 502)})
-    async def peer_add(req: PeerAdd) -> dict[str, Any]:
-        return await cp.exchange.peer_add(req.token)
+    async def peer_add(req: PeerAdd, request: Request) -> dict[str, Any]:
+        with audited(request, "peer.add") as a:
+            with contextlib.suppress(TokenError):  # who the token claims to be; never the token
+                a["peer"] = decode(req.token).cluster_id
+            out = await cp.exchange.peer_add(req.token)
+            a["peer"] = out["cluster_id"]
+            return out
 
     @app.delete("/api/v1/peers/{cluster_id}", tags=["admin"], dependencies=[Depends(admin)],
                  response_model=None, responses={**ok(m.PeerRemoved), **errors(401, 404)})
-    async def peer_remove(cluster_id: str) -> dict[str, Any]:
-        return await cp.exchange.remove_peer(cluster_id)
+    async def peer_remove(cluster_id: str, request: Request) -> dict[str, Any]:
+        with audited(request, "peer.remove", peer=cluster_id):
+            return await cp.exchange.remove_peer(cluster_id)
 
     @app.post("/api/v1/key/rotate", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
                responses={**ok(m.KeyRotated), **errors(401, 502)})
-    async def key_rotate() -> dict[str, Any]:
-        return await cp.exchange.rotate_key()
+    async def key_rotate(request: Request) -> dict[str, Any]:
+        with audited(request, "key.rotate") as a:
+            out = await cp.exchange.rotate_key()
+            a.update(public_key=out["public_key"], peers=out["peers_informed"])
+            return out
 
     @app.post("/api/v1/ranges/announce", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
                responses={**ok(dict[str, str], description="per peer told: ok or why not"),
                           **errors(401)})
-    async def ranges_announce() -> dict[str, str]:
-        return await cp.exchange.announce_ranges()
+    async def ranges_announce(request: Request) -> dict[str, str]:
+        with audited(request, "ranges.announce") as a:
+            out = await cp.exchange.announce_ranges()
+            a["peers"] = out
+            return out
 
     exportsapi.register(app, cp, admin, lambda: cp.export_sync)
     return app

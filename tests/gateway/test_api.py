@@ -497,3 +497,37 @@ def test_peering_listener_serves_only_peering(clusters: Any) -> None:
             assert r.status_code == 403 and "unknown token" in r.json()["detail"]
 
     asyncio.run(go())
+
+
+def test_admin_changes_are_audited_without_secrets(clusters: Any, caplog: Any) -> None:
+    """One structured line per admin change (what, which peer, from where, the result),
+    refused attempts included; no token, credential or key material in any of them."""
+    import json
+    import logging
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+    caplog.set_level(logging.INFO, logger="crosswire.audit")
+
+    async def go() -> str:
+        tok = (await gpu.call("POST", "/api/v1/tokens", json={"ttl": "10m"})).json()
+        assert (await lab.call("POST", "/api/v1/peers", json={"token": tok["token"]})).status_code == 201
+        assert (await lab.call("POST", "/api/v1/peers", json={"token": tok["token"]})).status_code == 409
+        assert (await lab.call("DELETE", "/api/v1/peers/gpu", auth=False)).status_code == 401
+        assert (await lab.call("POST", "/api/v1/key/rotate")).status_code == 200
+        assert (await lab.call("DELETE", "/api/v1/peers/gpu")).status_code == 200
+        assert (await gpu.call("GET", "/api/v1/tokens")).status_code == 200  # a read: not audited
+        return str(tok["token"])
+
+    token = asyncio.run(go())
+    lines = [r.getMessage() for r in caplog.records if r.name == "crosswire.audit"]
+    entries = [json.loads(line.removeprefix("audit ")) for line in lines]
+    assert [(e["action"], e.get("peer"), e["result"].split(":")[0]) for e in entries] == [
+        ("token.create", None, "ok"), ("peer.add", "gpu", "ok"), ("peer.add", "gpu", "refused 409"),
+        ("DELETE /api/v1/peers/gpu", None, "refused 401"), ("key.rotate", None, "ok"),
+        ("peer.remove", "gpu", "ok")]
+    assert entries[0]["token_id"] and entries[0]["ttl_s"] == 600
+    assert all(e["from"] for e in entries)  # the caller's address
+    assert entries[4]["peers"] == ["gpu"] and entries[4]["public_key"] == lab.store.public_key()
+    text = "\n".join(lines)
+    for secret in (token, token[4:40], gpu.admin, lab.admin, lab.store.private_key()):
+        assert secret not in text

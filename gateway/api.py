@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -139,10 +141,43 @@ def _peering_routes(app: FastAPI, cp: ControlPlane) -> None:
         return await cp.exchange.handle_message(env.model_dump())
 
 
+class RefusePeers:
+    """ASGI middleware of the operator surface: a request whose source lies in one of our
+    views of a peer came through the tunnel (the peer reaches the gateway pod's own
+    address through its view of our pods) and is refused: the operator surface is this
+    cluster's, never a peer's."""
+
+    def __init__(self, app: Any, views: Callable[[], dict[str, list[Any]]]) -> None:
+        self.app = app
+        self.views = views
+
+    def peer_of(self, host: str) -> str | None:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        for peer, maps in self.views().items():
+            if any(ip in ipaddress.ip_network(m.view) for m in maps):
+                return peer
+        return None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        client = scope.get("client") if scope["type"] == "http" else None
+        host = str(client[0]) if client else ""
+        peer = self.peer_of(host) if host else None
+        if peer is None:
+            await self.app(scope, receive, send)
+            return
+        log.warning("operator API: refused %s %s from %s (peer %s, through the tunnel)",
+                    scope.get("method"), scope.get("path"), host, peer)
+        await JSONResponse({"detail": "not served to peers"}, status_code=403)(scope, receive, send)
+
+
 def create_app(cp: ControlPlane) -> FastAPI:
     """The operator surface: everything but peering."""
     app = _base(title="crosswire gateway",
                 description="Per-cluster WireGuard gateway for clusters with overlapping ranges.")
+    app.add_middleware(RefusePeers, views=cp.views.all_views)
     _publish_error_schema(app)
     bearer = HTTPBearer(auto_error=False)
 

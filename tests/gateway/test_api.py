@@ -8,6 +8,7 @@ import re
 import stat
 from typing import Any
 
+import httpx
 import pytest
 
 ADMIN = [("POST", "/api/v1/tokens", {"ttl": "1h"}), ("GET", "/api/v1/tokens", None),
@@ -148,7 +149,6 @@ def test_replayed_join_and_message_refused(clusters: Any) -> None:
     seen: list[tuple[str, Any]] = []
 
     async def go() -> None:
-        import httpx
 
         # Record what lab sends to gpu.
         orig = lab._http
@@ -531,3 +531,26 @@ def test_admin_changes_are_audited_without_secrets(clusters: Any, caplog: Any) -
     text = "\n".join(lines)
     for secret in (token, token[4:40], gpu.admin, lab.admin, lab.store.private_key()):
         assert secret not in text
+
+
+def test_operator_surface_refuses_requests_from_a_peer_view(clusters: Any) -> None:
+    """A peer reaches the gateway pod's own address through its view of our pods; what
+    arrives from an address in our view of a peer is refused, whatever the path."""
+    from tests.gateway.test_two_gateways import peer
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        view = next(m.view for m in lab.views.views("gpu") if m.kind == "pod")
+        inside = str(next(iter(__import__("ipaddress").ip_network(view).hosts())))
+        for client in (inside, "10.244.9.9"):  # a peer's pod as we see it; one of our own pods
+            transport = httpx.ASGITransport(app=lab.app, client=(client, 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://lab:8081") as c:
+                codes = {p: (await c.get(p)).status_code for p in ("/api/v1/peers", "/metrics", "/healthz", "/")}
+            if client == inside:
+                assert set(codes.values()) == {403}, codes
+            else:
+                assert set(codes.values()) == {200}, codes
+
+    asyncio.run(go())

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from gwharness import two_gateways
+from gwharness import GW_IP, two_gateways, view_of, wait_ping
 from nsutil import Namespaces, require_root, sh
 
 from gateway.tokens import Token, decode
@@ -141,3 +141,13 @@ def test_peer_underlay_sees_only_tls_peering(netns: Namespaces, tmp_path: Path) 
         assert not probe.pop("plain").startswith("HTTP/")
         assert probe.pop("8081") == "ConnectionRefusedError"
         assert set(probe.values()) == {404}, probe
+
+        # Through the tunnel, from b's pod to a's gateway pod (b's view of a's pod range):
+        # the operator listener answers 403 to peers, whatever the path.
+        gw_seen_by_b = view_of(GW_IP, b.cli_json("peer", "list")[0]["our_views"])
+        wait_ping(b.pods[0], gw_seen_by_b)
+        for path in ("/api/v1/peers", "/metrics", "/healthz"):
+            code = sh("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5",
+                      f"http://{gw_seen_by_b}:8081{path}", ns=b.pods[0], check=False).stdout
+            assert code == "403", (path, code)
+        assert "refused GET /api/v1/peers from" in a.log.read_text()

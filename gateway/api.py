@@ -301,6 +301,19 @@ def create_app(cp: ControlPlane) -> FastAPI:
             a.update(public_key=out["public_key"], peers=out["peers_informed"])
             return out
 
+    @app.post("/api/v1/tls/rotate", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
+               responses={**ok(m.TlsRotated), **errors(401, 409, 502)})
+    async def tls_rotate(request: Request) -> dict[str, Any]:
+        """A new peering certificate; every peer learns its pin before the listener switches."""
+        from gateway.tlsrotate import rotate
+
+        with audited(request, "tls.rotate") as a:
+            if cp.tls is None:
+                raise GatewayError("this gateway has no TLS identity", 409)
+            out = await rotate(cp.exchange, cp.tls)
+            a.update(tls_pins=[out["tls_pin"]], peers=out["peers_informed"])
+            return out
+
     @app.post("/api/v1/ranges/announce", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
                responses={**ok(dict[str, str], description="per peer told: ok or why not"),
                           **errors(401)})

@@ -220,6 +220,13 @@ class KeyRotated(BaseModel):
     peers_pending: dict[str, str]
 
 
+class TlsRotated(BaseModel):
+    tls_pin: str = Field(description="the peering listener's new pin")
+    peers_informed: list[str]
+    peers_pending: dict[str, str] = Field(description="peers not yet told that the old pin is gone (they "
+                                          "accept both until the next message)")
+
+
 REASONS = {
     400: "Malformed request or refused input",
     401: "Missing or wrong credential (admin Bearer token, or a message MAC), or a replay",

@@ -93,6 +93,8 @@ def parser() -> argparse.ArgumentParser:
 
     key = sub.add_parser("key", help="WireGuard key").add_subparsers(dest="sub", required=True)
     key.add_parser("rotate", parents=[common], help="new WireGuard key, announced to every peer first")
+    tls = sub.add_parser("tls", help="the peering listener's certificate").add_subparsers(dest="sub", required=True)
+    tls.add_parser("rotate", parents=[common], help="new certificate; every peer learns its pin before the switch")
 
     sub.add_parser("status", parents=[common], help="gateway status")
     nat = sub.add_parser("nat", help="NAT table").add_subparsers(dest="sub", required=True)
@@ -358,6 +360,13 @@ def dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(out))
         else:
             print(f"new public key {out['public_key']} (announced to {len(out['peers_informed'])} peers)")
+        return 0
+    if key == ("tls", "rotate"):
+        out = call(args, "POST", "/api/v1/tls/rotate", admin=True)
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"new peering certificate, pin {out['tls_pin']} (announced to {len(out['peers_informed'])} peers)")
         return 0
     if args.cmd == "status":
         out = call(args, "GET", "/api/v1/status")

@@ -14,7 +14,7 @@ import pytest
 ADMIN = [("POST", "/api/v1/tokens", {"ttl": "1h"}), ("GET", "/api/v1/tokens", None),
          ("DELETE", "/api/v1/tokens/abc", None), ("POST", "/api/v1/peers", {"token": "cw1.xx"}),
          ("DELETE", "/api/v1/peers/gpu", None), ("POST", "/api/v1/key/rotate", None),
-         ("POST", "/api/v1/ranges/announce", None)]
+         ("POST", "/api/v1/ranges/announce", None), ("POST", "/api/v1/tls/rotate", None)]
 
 
 def snapshot(c: Any) -> Any:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from gwharness import GW_IP, two_gateways, view_of, wait_ping
+from gwharness import GW_IP, PODS, two_gateways, view_of, wait_ping
 from nsutil import Namespaces, require_root, sh
 
 from gateway.tokens import Token, decode
@@ -123,7 +123,18 @@ def test_peer_underlay_sees_only_tls_peering(netns: Namespaces, tmp_path: Path) 
             a.cli("peer", "add", good)
             assert [p["cluster_id"] for p in b.cli_json("peer", "list")] == ["a"]
             a.cli("key", "rotate")
-            b.cli("key", "rotate")
+            # a new certificate on a's listener: b learns the pin first, then talks to the new one
+            old_pin = a.cli_json("status")["tls_pins"]
+            dst = view_of(PODS[1], a.cli_json("peer", "list")[0]["our_views"])
+            wait_ping(a.pods[0], dst)
+            ping = subprocess.Popen(["ip", "netns", "exec", a.pods[0], "ping", "-n", "-i", "0.1", "-c", "30", dst],
+                                    stdout=subprocess.PIPE, text=True)
+            rotated = json.loads(a.cli("tls", "rotate", "--json").stdout)
+            summary = next(x for x in ping.communicate(timeout=30)[0].splitlines() if "transmitted" in x)
+            assert " 0% packet loss" in summary, summary  # traffic across the rotation: nothing lost
+            assert rotated["peers_informed"] == ["b"] and [rotated["tls_pin"]] != old_pin
+            assert a.cli_json("status")["tls_pins"] == [rotated["tls_pin"]]
+            b.cli("key", "rotate")  # b -> a over TLS, pinned to the new certificate
             time.sleep(0.5)
         finally:
             sniff.send_signal(signal.SIGTERM)

@@ -106,3 +106,31 @@ def test_pins_travel_over_the_channel(clusters: Any) -> None:
         assert lab.store.peer_pins("gpu") == () and gpu.store.peer_pins("lab") == ()
 
     asyncio.run(go())
+
+
+def test_certificate_rotation_tells_every_peer_first(clusters: Any) -> None:
+    from tests.gateway.test_two_gateways import peer
+
+    gpu, lab, cpu = clusters("gpu"), clusters("lab"), clusters("cpu")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        await peer(cpu, gpu)
+        old = gpu.gw.tls.pin
+        r = await gpu.call("POST", "/api/v1/tls/rotate")
+        assert r.status_code == 200, r.text
+        new = r.json()["tls_pin"]
+        assert new != old and gpu.gw.tls.pins() == (new,)
+        assert sorted(r.json()["peers_informed"]) == ["cpu", "lab"] and r.json()["peers_pending"] == {}
+        assert lab.store.peer_pins("gpu") == (new,) and cpu.store.peer_pins("gpu") == (new,)
+        # the channel keeps working both ways
+        assert (await lab.call("POST", "/api/v1/key/rotate")).status_code == 200
+        assert (await gpu.call("POST", "/api/v1/key/rotate")).status_code == 200
+        # one peer unreachable: aborted, nothing changed, the others back on the current pin
+        gone = lab.router.pop("http://cpu:8080")
+        r = await gpu.call("POST", "/api/v1/tls/rotate")
+        assert r.status_code == 502 and "aborted" in r.json()["detail"]
+        assert gpu.gw.tls.pins() == (new,) and lab.store.peer_pins("gpu") == (new,)
+        lab.router["http://cpu:8080"] = gone
+
+    asyncio.run(go())

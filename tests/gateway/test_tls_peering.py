@@ -134,3 +134,46 @@ def test_certificate_rotation_tells_every_peer_first(clusters: Any) -> None:
         lab.router["http://cpu:8080"] = gone
 
     asyncio.run(go())
+
+
+def test_a_peering_from_before_tls_finds_its_upgraded_peer() -> None:
+    """Stored URL http://, no pin (peered before TLS), the peer now speaks only TLS: the
+    plain attempt fails, the same host and port over TLS (no pin yet) carries the
+    message, and the MAC'd reply's pins are stored; from then on it is pinned."""
+    import httpx
+
+    from gateway import peering
+    from gateway.channel import PeerChannel
+    from gateway.state import PeerRecord
+
+    key = b"k" * 32
+    pin = "P" * 43
+    calls: list[tuple[str, tuple[str, ...]]] = []
+    learned: dict[str, tuple[str, ...]] = {}
+
+    def refusing_http() -> httpx.AsyncClient:
+        def handler(request: httpx.Request) -> httpx.Response:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+    async def tls_post(url: str, body: dict[str, Any], pins: tuple[str, ...]) -> tuple[int, str, Any]:
+        calls.append((url, pins))
+        msg = peering.verify_message(body, key, "gpu", 1000.0)
+        assert msg.body["tls_pins"] == ["O" * 43]  # ours travel with the message
+        return 200, "OK", peering.build_reply(key, msg, "gpu", {"tls_pins": [pin]}, 1000.0)
+
+    ch = PeerChannel("lab", lambda: 1000.0, refusing_http, tls_post=tls_post,
+                     pins_of=lambda cid: learned.get(cid, ()), learn_pins=learned.__setitem__,
+                     own_pins=lambda: ("O" * 43,))
+    peer = PeerRecord(cluster_id="gpu", public_key="x", endpoint=None, url="http://gpu.example:8080",
+                      gateway_ip=None, ranges=(), their_views=(), channel_key=key, psk=b"")
+
+    async def go() -> None:
+        await ch.send(peer, "pins", {})
+        await ch.send(peer, "pins", {})
+        await ch.aclose()
+
+    asyncio.run(go())
+    assert learned == {"gpu": (pin,)}
+    assert calls == [("https://gpu.example:8080/api/v1/peering/message", ()),  # migration: unpinned once
+                     ("https://gpu.example:8080/api/v1/peering/message", (pin,))]  # then pinned, TLS only

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +51,7 @@ from gateway.limits import BodyLimit
 from gateway.metrics import render_metrics
 from gateway.page import add_route as add_page_route
 from gateway.peering import PeeringError
+from gateway.peersources import PeerSources
 from gateway.tokens import TokenError, decode, parse_duration
 
 log = logging.getLogger("crosswire.api")
@@ -149,17 +149,8 @@ class RefusePeers:
 
     def __init__(self, app: Any, views: Callable[[], dict[str, list[Any]]]) -> None:
         self.app = app
-        self.views = views
-
-    def peer_of(self, host: str) -> str | None:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return None
-        for peer, maps in self.views().items():
-            if any(ip in ipaddress.ip_network(m.view) for m in maps):
-                return peer
-        return None
+        # ttl 0: an operator request is rare, and a peer added a moment ago must be refused too
+        self.peer_of = PeerSources(views, ttl=0.0).peer_of
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         client = scope.get("client") if scope["type"] == "http" else None

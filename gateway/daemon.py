@@ -35,6 +35,7 @@ from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
 from gateway.httpserver import connection_cap, listen, make_server, raise_fd_limit
 from gateway.ipam_adapter import IpamViews, ViewsError
+from gateway.peersources import PeerSources
 from gateway.state import StateStore
 from gateway.statedir import StateDirError
 
@@ -167,7 +168,8 @@ async def serve(config: Config) -> int:
         raise StartupError(f"api.operator_listen: cannot listen on {config.api.operator_listen}: "
                            f"{e.strerror or e}") from None
     try:  # DNS for imported services (dns.listen; "" disables): bound here for the same reason
-        dns = bind_dns(config.dns.listen_host_port, config.dns.zone, ImportsSnapshot(cp.read.imported_services))
+        dns = bind_dns(config.dns.listen_host_port, config.dns.zone, ImportsSnapshot(cp.read.imported_services),
+                       PeerSources(cp.views.all_views).is_peer)  # a peer gets no answers
     except OSError as e:
         listener.close()
         op_listener.close()

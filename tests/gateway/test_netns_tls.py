@@ -59,6 +59,17 @@ while not done:
 print(json.dumps(stats), flush=True)
 """
 
+DNS_FLOOD = r"""
+import socket, sys, time
+q = bytes.fromhex("abcd01000001000000000000") + b"\x0aclusterset\x05local\x00\x00\x06\x00\x01"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t0 = time.monotonic()
+for i in range(6000):  # ~1,500/s for 4 s: paced, so the socket buffer does not drop them first
+    s.sendto(q, (sys.argv[1], 53))
+    while time.monotonic() < t0 + i / 1500:
+        pass
+"""
+
 PROBE = r"""
 import json, socket, ssl, sys, urllib.request, urllib.error
 host = sys.argv[1]
@@ -162,3 +173,21 @@ def test_peer_underlay_sees_only_tls_peering(netns: Namespaces, tmp_path: Path) 
                       f"http://{gw_seen_by_b}:8081{path}", ns=b.pods[0], check=False).stdout
             assert code == "403", (path, code)
         assert "refused GET /api/v1/peers from" in a.log.read_text()
+
+        # The gateway's DNS answers this cluster's pods, never a peer, and a flood from one
+        # pod leaves the others resolving.
+        def dig(ns: str, server: str) -> str:
+            return str(sh("dig", f"@{server}", "clusterset.local", "SOA", "+tries=1", "+time=2", "+short",
+                          ns=ns, check=False).stdout)
+        assert "ns.clusterset.local." in dig(a.pods[1], GW_IP)
+        assert "ns.clusterset.local." not in dig(b.pods[0], gw_seen_by_b)  # through the tunnel: nothing
+        flood = subprocess.Popen(["ip", "netns", "exec", a.pods[0], sys.executable, "-c", DNS_FLOOD, GW_IP])
+        time.sleep(0.5)
+        during = [dig(a.pods[1], GW_IP) for _ in range(5)]  # the other pod, while the flood lasts
+        assert flood.wait(timeout=60) == 0
+        assert all("ns.clusterset.local." in d for d in during), during
+        metrics = sh("curl", "-s", f"http://{GW_IP}:8081/metrics", ns=a.ns).stdout
+        dropped = {line.split('"')[1]: int(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("crosswire_dns_dropped_total{")}
+        print("dns dropped:", dropped)
+        assert dropped["peer"] >= 1 and dropped["rate"] >= 3000  # 6000 in 4 s: ~400 + 4 x 200 answered

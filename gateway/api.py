@@ -41,7 +41,7 @@ from starlette.routing import Route
 from fabric.nat import NatError
 from fabric.nat.trace import TraceError, parse_query
 from gateway import apimodels as m
-from gateway import audit
+from gateway import audit, peering
 from gateway.apimodels import errors, ok
 from gateway.audit import audited
 from gateway.controlplane import ControlPlane
@@ -127,18 +127,33 @@ def create_peering_app(cp: ControlPlane) -> FastAPI:
     return app
 
 
+UPGRADE = ("this gateway's peering listener speaks TLS, pinned by the token: upgrade crosswire on the "
+           "calling gateway")
+
+
 def _peering_routes(app: FastAPI, cp: ControlPlane) -> None:
+    # Plain HTTP reaches these routes only from a client that did not start with TLS:
+    # a gateway from before TLS peering. It may still send channel messages for a
+    # peering made then (no pin stored for it: authenticated by the channel MAC as
+    # before); joins, and peers that told us their pin, need TLS.
     @app.post("/api/v1/peering/join", tags=["peering"], response_model=None, responses={
         **ok(m.SignedEnvelope, description="join-ok, sealed with the token's response key"),
-        **errors(400, 401, 403, 409, 422)})
-    async def join(env: Envelope) -> dict[str, Any]:
+        **errors(400, 401, 403, 409, 422, 426)})
+    async def join(env: Envelope, request: Request) -> dict[str, Any]:
+        if request.url.scheme != "https":
+            raise GatewayError(UPGRADE, 426)
         return cp.exchange.handle_join(env.model_dump())
 
     @app.post("/api/v1/peering/message", tags=["peering"], response_model=None, responses={
         **ok(m.SignedEnvelope, description="ack, sealed with the channel key"),
-        **errors(400, 401, 403, 409, 422)})
-    async def message(env: Envelope) -> dict[str, Any]:
-        return await cp.exchange.handle_message(env.model_dump())
+        **errors(400, 401, 403, 409, 422, 426)})
+    async def message(env: Envelope, request: Request) -> dict[str, Any]:
+        body = env.model_dump()
+        if request.url.scheme != "https":
+            with contextlib.suppress(PeeringError):
+                if cp.store.peer_pins(peering.peek_sender(body)):
+                    raise GatewayError(UPGRADE + " (this peer uses TLS already)", 426)
+        return await cp.exchange.handle_message(body)
 
 
 class RefusePeers:

@@ -236,6 +236,7 @@ REASONS = {
     409: "Conflicts with the current state (already peered, own key, unusable peering URL)",
     413: "Request body too large",
     422: "Request body does not match the schema, or its values cannot be used",
+    426: "Plain HTTP on the peering listener from a gateway that must use TLS",
     502: "A peer gateway could not be reached or gave a bad answer",
 }
 

@@ -414,7 +414,10 @@ class Exchange:
         result = {}
         for p in live:
             try:
-                await self.channel.send(p, "endpoint", {"endpoint": endpoint, "url": url})
+                # A peer that never told us a pin may predate TLS: it keeps plain HTTP (which
+                # our listener serves its channel messages) until it is upgraded and pins us.
+                told = url if self.store.peer_pins(p.cluster_id) else "http://" + url.split("://", 1)[1]
+                await self.channel.send(p, "endpoint", {"endpoint": endpoint, "url": told})
                 result[p.cluster_id] = "ok"
             except GatewayError as e:
                 result[p.cluster_id] = str(e)

@@ -16,7 +16,10 @@ connections starved the data-plane supervision of descriptors. Here:
 - with TLS (``ssl_context``, the peering listener), the protocol does the
   handshake itself after the checks above, so handshaking connections count
   too, and it must finish within ``request_timeout``; rotating the
-  certificate reloads that one context, new handshakes see it at once;
+  certificate reloads that one context, new handshakes see it at once. A
+  connection whose first byte is not a TLS handshake is served as plain HTTP
+  (``scope["scheme"] == "http"``): the peering app answers it only for peers
+  that predate TLS peering;
 - a connection must start a request within ``request_timeout`` of opening or
   of its previous response, or it is closed (slow or idle clients); the body
   of a started request is bounded by :mod:`gateway.limits`;
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import socket
 import ssl
@@ -79,6 +83,7 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
         _source = ""
         _raw: asyncio.Transport | None = None  # the TCP transport (TLS: below the SSL one)
         _ready = False  # handshake done (always, without TLS)
+        _fd = -1  # watched for the first byte (TLS listener)
         _early: list[bytes] = []  # replaced per connection in connection_made
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -94,8 +99,45 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
                 self._ready = True
                 super().connection_made(transport)
                 return
-            transport.pause_reading()  # the ClientHello waits for the TLS layer
-            self.loop.create_task(self._handshake(transport, limits.ssl_context))
+            # The first byte decides: a TLS handshake (0x16), or plain HTTP from a peer
+            # that predates TLS peering (the app serves it only its own channel messages).
+            # The transport owns its descriptor: a duplicate is watched (and peeked at).
+            transport.pause_reading()
+            sock = transport.get_extra_info("socket")
+            try:
+                self._fd = os.dup(sock.fileno())
+            except (OSError, AttributeError):
+                transport.abort()
+                return
+            self.loop.add_reader(self._fd, self._first_byte)
+
+        def _first_byte(self) -> None:
+            raw = self._raw
+            peek = socket.socket(fileno=self._fd)
+            try:
+                first = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                first = b""
+            finally:
+                peek.detach()  # _unwatch closes the duplicate, once
+                self._unwatch()
+            if raw is None or raw.is_closing():
+                return
+            if first == b"\x16" and limits.ssl_context is not None:
+                self.loop.create_task(self._handshake(raw, limits.ssl_context))
+            elif first:
+                self._ready = True
+                super().connection_made(raw)
+                raw.resume_reading()
+            else:
+                raw.abort()
+
+        def _unwatch(self) -> None:
+            if self._fd >= 0:
+                self.loop.remove_reader(self._fd)
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = -1
 
         async def _handshake(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
             if raw.is_closing():  # evicted before we got here: no TLS state for a dead socket
@@ -149,6 +191,7 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
             return self._raw is None or self._raw.is_closing()
 
         def _abort(self) -> None:
+            self._unwatch()
             if self._ready and self.transport is not None:
                 self.transport.abort()
             if self._raw is not None:
@@ -179,6 +222,7 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
                 self._since = time.monotonic()
 
         def _gone(self) -> None:
+            self._unwatch()
             limits.conns.discard(self)
             if self._watchdog is not None:
                 self._watchdog.cancel()
@@ -220,9 +264,10 @@ FD_RESERVE = 128  # descriptors kept for everything but the two listeners' conne
 
 
 def connection_cap(configured: int, fd_limit: int) -> int:
-    """Per listener: the configured cap, lowered so that both listeners full, plus an accept
-    burst, leave FD_RESERVE descriptors (netlink, nftables, SQLite, the data plane)."""
-    return max(8, min(configured, (fd_limit - FD_RESERVE - ACCEPT_BATCH) // 2))
+    """Per listener: the configured cap, lowered so that both listeners full (a peering
+    connection holds two descriptors until its first byte), plus an accept burst, leave
+    FD_RESERVE descriptors (netlink, nftables, SQLite, the data plane)."""
+    return max(8, min(configured, (fd_limit - FD_RESERVE - ACCEPT_BATCH) // 3))
 
 
 def raise_fd_limit() -> int:

@@ -148,7 +148,8 @@ class Cluster:
         """The operator listener's app (``peering``: the peering listener's)."""
         headers = {"Authorization": f"Bearer {self.admin}"} if auth else {}
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.peering_app if peering else self.app),
-                                 base_url=f"http://{self.name}:8081", headers=headers)
+                                 base_url=f"https://{self.name}:8080" if peering else f"http://{self.name}:8081",
+                                 headers=headers)
 
     async def call(self, method: str, path: str, auth: bool = True, **kw: Any) -> httpx.Response:
         async with self.client(auth, peering=path.startswith("/api/v1/peering/")) as c:

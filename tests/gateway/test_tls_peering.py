@@ -177,3 +177,37 @@ def test_a_peering_from_before_tls_finds_its_upgraded_peer() -> None:
     assert learned == {"gpu": (pin,)}
     assert calls == [("https://gpu.example:8080/api/v1/peering/message", ()),  # migration: unpinned once
                      ("https://gpu.example:8080/api/v1/peering/message", (pin,))]  # then pinned, TLS only
+
+
+def test_plain_http_on_the_peering_port_only_for_peerings_from_before_tls(clusters: Any) -> None:
+    """A gateway from before TLS peering speaks plain HTTP to the peering port: its
+    channel messages (a peering made then, no pin stored) are served, a join is refused
+    naming the fix (426), and so is plain HTTP from a peer that told us its pin."""
+    import httpx
+
+    from gateway import peering
+    from tests.gateway.test_two_gateways import peer
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        p = lab.store.peer("gpu")
+        assert p is not None
+
+        async def plain(path: str, body: dict[str, Any]) -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gpu.peering_app),
+                                         base_url="http://gpu:8080") as c:
+                return await c.post(path, json=body)
+
+        r = await plain("/api/v1/peering/join", {"body": {"token_id": "x"}, "mac": "x"})
+        assert r.status_code == 426 and "speaks TLS" in r.json()["detail"]
+        msg = peering.build_message(p.channel_key, "lab", "gpu", "views", {"views": []}, lab.clock())
+        r = await plain("/api/v1/peering/message", msg)
+        assert r.status_code == 426 and "uses TLS already" in r.json()["detail"]  # lab pinned itself at gpu
+        with gpu.store.tx() as db:  # a peering from before TLS: nothing pinned
+            db.execute("DELETE FROM peer_pins")
+        r = await plain("/api/v1/peering/message", msg)
+        assert r.status_code == 200, r.text
+
+    asyncio.run(go())

@@ -211,3 +211,32 @@ def test_plain_http_on_the_peering_port_only_for_peerings_from_before_tls(cluste
         assert r.status_code == 200, r.text
 
     asyncio.run(go())
+
+
+def test_announcement_gives_an_unpinned_peer_the_plain_url(clusters: Any) -> None:
+    """A peer that never told us a pin may predate TLS: it is told the http:// form of our
+    new URL (which our listener serves its messages); a pinned peer the https:// one."""
+    from tests.gateway.test_two_gateways import peer
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        await lab.gw.exchange.announce_endpoint()  # the first start: recorded
+        with lab.store.tx() as db:
+            db.execute("DELETE FROM peer_pins")  # as if gpu had never told lab its pin
+        lab.close()
+        lab.over = {"api": {"listen": "127.0.0.1:8080", "advertise": "https://lab-new:8080"}}
+        lab.open()
+        lab.router["http://lab-new:8080"] = lab.peering_app
+        assert await lab.gw.exchange.announce_endpoint() == {"gpu": "ok"}
+        assert gpu.store.peer("lab").url == "http://lab-new:8080"  # type: ignore[union-attr]
+        assert lab.store.peer_pins("gpu") == (gpu.gw.tls.pin,)  # ... and the reply pinned gpu
+        lab.close()
+        lab.over = {"api": {"listen": "127.0.0.1:8080", "advertise": "https://lab-3:8080"}}
+        lab.open()
+        lab.router["http://lab-3:8080"] = lab.peering_app
+        assert await lab.gw.exchange.announce_endpoint() == {"gpu": "ok"}
+        assert gpu.store.peer("lab").url == "https://lab-3:8080"  # type: ignore[union-attr]
+
+    asyncio.run(go())

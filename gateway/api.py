@@ -128,7 +128,7 @@ def create_peering_app(cp: ControlPlane) -> FastAPI:
 
 
 UPGRADE = ("this gateway's peering listener speaks TLS, pinned by the token: upgrade crosswire on the "
-           "calling gateway")
+           "calling gateway, then peer again (the token stays valid)")
 
 
 def _peering_routes(app: FastAPI, cp: ControlPlane) -> None:

@@ -72,7 +72,10 @@ class Exchange:
             # A token whose URL leads nowhere fails only later, in the other cluster.
             raise GatewayError(problem, 409)
         now = self.clock()
-        tok = new_token(self.config.advertise_url(), self.config.cluster_id, self.store.public_key(),
+        # The token names the URL as http://: a gateway from before TLS then reaches our
+        # listener in plain HTTP and is told to upgrade (426); upgraded ones use https + pin.
+        url = self.config.advertise_url()
+        tok = new_token("http://" + url.split("://", 1)[1], self.config.cluster_id, self.store.public_key(),
                         ttl=ttl, now=now, tls_pin=(self.channel.own_pins() or (None,))[0])
         self.store.add_token(TokenRecord(token_id=tok.token_id, verifier=tok.verifier, created=now,
                                          expires=tok.expires, reusable=reusable))
@@ -80,7 +83,7 @@ class Exchange:
             self.reconciler.exports.set_token_names(tok.token_id, names)
         log.info("token %s created (expires in %.0fs, reusable=%s)", tok.token_id, ttl, reusable)
         return {"token": tok.encode(), "token_id": tok.token_id, "expires": tok.expires,
-                "reusable": reusable, "url": tok.url}
+                "reusable": reusable, "url": url}
 
     def list_tokens(self) -> list[dict[str, Any]]:
         now = self.clock()

@@ -2,7 +2,9 @@
 
 Format: ``cw1.<base64url(JSON)>`` with fields
 
-- ``u``: B's peering URL, ``c``: B's cluster ID, ``k``: B's WireGuard public key
+- ``u``: B's peering URL (written ``http://``: a gateway from before TLS
+  then gets a plain-HTTP "upgrade" answer; upgraded ones always use https and
+  ``f``), ``c``: B's cluster ID, ``k``: B's WireGuard public key
   (A pins it: the exchange fails if B answers with another key),
 - ``i``: token ID, ``s``: 32 random bytes (base64url), ``e``: expiry (unix time),
 - ``f``: the pin of B's peering listener certificate (see :mod:`gateway.tlsid`;

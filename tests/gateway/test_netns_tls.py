@@ -98,6 +98,13 @@ try:
     out["plain"] = s.recv(100).decode("latin-1")
 except OSError as e:
     out["plain"] = type(e).__name__
+# a gateway from before TLS joining with a new token (its URL is written http://): told to upgrade
+req = urllib.request.Request(f"http://{host}:8080/api/v1/peering/join", data=b'{"body": {"token_id": "x"}, "mac": "x"}',
+                             headers={"Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(req, timeout=5)
+except urllib.error.HTTPError as e:
+    out["plain_join"] = [e.code, json.loads(e.read())["detail"]]
 for port in (8081,):
     try:
         socket.create_connection((host, port), timeout=3).close()
@@ -161,6 +168,8 @@ def test_peer_underlay_sees_only_tls_peering(netns: Namespaces, tmp_path: Path) 
         print("from b's underlay:", probe)
         assert probe.pop("join") == 403
         assert probe.pop("plain").startswith("HTTP/1.1 404")  # plain HTTP: nothing readable either
+        code, detail = probe.pop("plain_join")
+        assert code == 426 and "upgrade crosswire on the calling gateway" in detail
         assert probe.pop("8081") == "ConnectionRefusedError"
         assert set(probe.values()) == {404}, probe
 

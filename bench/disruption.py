@@ -46,7 +46,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "gateway")]
 
 from disruptionevents import EVENTS, Ctx, run_event, use_impl  # noqa: E402
 from disruptionkit import Traffic  # noqa: E402
-from gwharness import BIN, PODS, two_gateways, view_of, wait_ping  # noqa: E402
+from gwharness import BIN, OPERATOR, PODS, two_gateways, view_of, wait_ping  # noqa: E402
 from nsutil import namespaces, sh  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
                                   str(a.config), ns=a.ns, input=token).stdout)
             dst = view_of(PODS[1], added["our_views"])
             wait_ping(a.pods[0], dst, timeout=20)
-            traffic = Traffic(a.pods[0], b.pods[1], dst, tmp, health=(a.ns, f"http://{a.underlay}:8080", "b"))
+            traffic = Traffic(a.pods[0], b.pods[1], dst, tmp, health=(a.ns, OPERATOR, "b"))
             traffic.start()
             try:
                 ctx = Ctx(a=a, b=b, n=n, tmp=tmp, impl=impl)

@@ -20,6 +20,17 @@
 
 Last line: JSON with apply_s_1, apply_s_100, apply_s_1000, apply_s_change1 (one
 peer of 1000 changed), mbps_1, mbps_1000, ratio.
+
+``--sparse`` (issue 23) measures instead only the nft table, render + apply, in
+one namespace (no WireGuard, no routes, no traffic): a hub viewing 1000 peers
+sparse (each: 20 exported addresses and its gateway as adjacent /32 views, and
+a /28 egress block, in ``remote``; the peers' full views of the hub's pods and
+services in ``local``; ``sparse_unaligned``: the views placed so they collapse
+into 7 keys instead of 3), the same hub with the peers also viewing it sparse
+(``sparse_both``, ``local``: one export, the gateway, a /28 block;
+``sparse_both20``: 20 exports), and 1000 full-mode peers; for
+each the whole table and a one-peer delta (one more export; full mode: one
+view moved), medians of ``--rounds``. Last line: JSON.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from fabric import nat
 from fabric.apply import apply
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
+from fabric.nat import pieces
 from fabric.nft import Nft
 from fabric.routes import sync_routes
 from fabric.wgprocess import WgProcess
@@ -132,14 +144,115 @@ def build_path(made: list[str], label: str) -> tuple[str, str, str, str]:
     return gw, pod, tun, target
 
 
+def ours(exports: int) -> tuple[RangeMap, ...]:
+    """A peer's sparse view of the hub: ``exports`` services, the gateway, a /28 block."""
+    return (*(RangeMap("export", f"10.96.{k}.10/32", f"100.66.0.{10 + k}/32") for k in range(exports)),
+            RangeMap("gateway", "10.244.0.1/32", "100.66.0.6/32"), RangeMap("egress", "0.0.0.0/28", "100.67.0.0/28"))
+
+
+def sparse_peers(n: int, pubs: list[str], both: bool, aligned: bool = True,
+                 exports: int = 1) -> tuple[PeerFabric, ...]:
+    """Peer i's sparse views in its own /26 of the pool. Aligned (an IPAM handing each
+    peer adjacent addresses from a fresh pool): the egress /28 at .0, exports at .16-.35,
+    the gateway at .36 (3 map keys). Not aligned: exports at .1-.20, gateway .21,
+    block .48/28 (7 keys)."""
+    out = []
+    first, gateway, block = (16, 36, 0) if aligned else (1, 21, 48)
+    for i in range(n):
+        base = int(POOL.network_address) + 64 * i
+
+        def a(k: int, base: int = base) -> str:
+            return str(ipaddress.IPv4Address(base + k))
+
+        remote = tuple(RangeMap("export", f"10.96.{k}.10/32", f"{a(first + k)}/32") for k in range(20))
+        remote += (RangeMap("gateway", "10.244.0.1/32", f"{a(gateway)}/32"),
+                   RangeMap("egress", "0.0.0.0/28", f"{a(block)}/28"))
+        local = ours(exports) if both else (RangeMap("pod", "10.244.0.0/16", "100.65.0.0/16"),
+                                            RangeMap("service", "10.96.0.0/16", "100.66.0.0/16"))
+        out.append(PeerFabric(cluster_id=f"peer{i:04d}", public_key=pubs[i], endpoint=None, remote=remote, local=local,
+                              persistent_keepalive=0))
+    return tuple(out)
+
+
+def sparse_main(rounds: int) -> int:
+    """Render + apply of the whole nft table and of a one-peer delta: sparse vs full."""
+    made: list[str] = []
+    try:
+        ns = f"cwbs{os.urandom(3).hex()}"
+        sh("ip", "netns", "add", ns)
+        made.append(ns)
+        nft = Nft(ns)
+        pubs = [key()[1] for _ in range(1000)]
+        local = LocalFabric(cluster_id="hub", interface="cwbwg0", listen_port=51820, private_key=key()[0],
+                            pod_cidrs=("10.244.0.0/16",), service_cidrs=("10.96.0.0/16",), gateway_ip="10.244.0.1")
+        result: dict[str, Any] = {"peers": 1000}
+        for mode in ("sparse", "sparse_unaligned", "sparse_both", "sparse_both20", "full"):
+            peers_ = (peers(1000, pubs) if mode == "full" else
+                      sparse_peers(1000, pubs, mode.startswith("sparse_both"), mode != "sparse_unaligned",
+                                   20 if mode == "sparse_both20" else 1))
+            state = FabricState(local, peers_)
+            moved = list(state.peers)
+            if mode == "full":
+                moved[1] = dataclasses.replace(moved[1], local=(RangeMap("pod", "10.244.0.0/16", "100.67.0.0/16"),
+                                                                moved[1].local[1]))
+            else:  # one more export, next to the others
+                extra = str(ipaddress.IPv4Address(int(POOL.network_address) + 64 + 37 + 3 * (mode == "sparse_unaligned")))
+                moved[1] = dataclasses.replace(moved[1], remote=(*moved[1].remote,
+                                                                 RangeMap("export", "10.96.99.10/32", f"{extra}/32")))
+            changed = FabricState(local, tuple(moved))
+            times: dict[str, list[float]] = {k: [] for k in ("render", "nft", "delta_render", "delta_nft",
+                                                             "nft_cpu", "delta_nft_cpu")}
+            text = ""
+            for _ in range(rounds):
+                # Render from scratch (every peer new); the delta below then finds
+                # the unchanged peers' pieces kept, as an apply after this one would.
+                nat.build.cache_clear()
+                pieces.peer_pieces.cache_clear()
+                t0 = time.perf_counter()
+                text = nat.render_text(state)
+                t1, c1 = time.perf_counter(), _cpu()
+                nft.apply(text)  # libnftables parses in this process: its CPU time is ours
+                t2, c2 = time.perf_counter(), _cpu()
+                delta = nat.render_delta(state, changed)  # builds (validates) the changed state too
+                t3, c3 = time.perf_counter(), _cpu()
+                assert delta is not None
+                nft.apply(delta)  # raises if the kernel refuses it
+                t4, c4 = time.perf_counter(), _cpu()
+                times["render"].append(t1 - t0)
+                times["nft"].append(t2 - t1)
+                times["nft_cpu"].append(c2 - c1)
+                times["delta_render"].append(t3 - t2)
+                times["delta_nft"].append(t4 - t3)
+                times["delta_nft_cpu"].append(c4 - c3)
+            for k, v in times.items():
+                result[f"{mode}_{k}_s"] = round(statistics.median(v), 3)
+            result[f"{mode}_whole_s"] = round(result[f"{mode}_render_s"] + result[f"{mode}_nft_s"], 3)
+            result[f"{mode}_delta_s"] = round(result[f"{mode}_delta_render_s"] + result[f"{mode}_delta_nft_s"], 3)
+            result[f"{mode}_batch_kb"] = len(text) // 1024
+            result[f"{mode}_rules"] = text.count('{"add":{"rule":')
+            result[f"{mode}_keys_per_map"] = sum(len(p.keys) for p in nat.build(state).peers)
+            print(f"{mode:12s}: whole table {result[f'{mode}_whole_s']:.3f} s (render {result[f'{mode}_render_s']:.3f}"
+                  f" + nft {result[f'{mode}_nft_s']:.3f}, {result[f'{mode}_nft_cpu_s']:.3f} CPU), one-peer delta {result[f'{mode}_delta_s']:.3f} s, "
+                  f"batch {result[f'{mode}_batch_kb']} KB", flush=True)
+        result["loadavg_1m"] = round(os.getloadavg()[0], 2)
+        print(json.dumps(result), flush=True)
+        return 0
+    finally:
+        for ns in made:
+            sh("ip", "netns", "del", ns, check=False)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=3, help="iperf3 duration per run")
     ap.add_argument("--rounds", type=int, default=6, help="concurrent throughput rounds (control and 1/1000)")
     ap.add_argument("--implementation", default="wireguard-go", help="WireGuard for the apply timing")
+    ap.add_argument("--sparse", action="store_true", help="only the nft table: sparse hub vs full (issue 23)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("nat_scale: needs root (network namespaces)")
+    if args.sparse:
+        return sparse_main(min(args.rounds, 5))
     made: list[str] = []
     dp: WgProcess | None = None
     try:

@@ -16,20 +16,29 @@ answer; ``desired_routes`` and ``resolve_nexthop`` here and ``fabric.routes.plan
 are pure; ``fabric.routes.RouteTable`` is the netlink adapter (the gateway's too).
 If the gateway is unreachable or answers garbage, the agent keeps the routes
 it has (a gateway restart must not blackhole traffic) and retries.
+
+The gateway's word is not enough for a route (``screen``, pure): a CIDR outside
+``--allow`` (default ``fabric.model.PEER_SPACE``: private and shared space, never
+public), overlapping one of this node's own networks (its interface addresses)
+or a ``--local`` range, or holding the gateway's own address, is not installed,
+and a warning names it (once per change). A peer that talked its way into the
+gateway's views still cannot steer this node's traffic to public addresses.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fabric.agent_api import Published, RoutesError, fetch_routes
+from fabric.agent_api import Published, RoutesError, client, fetch_routes
+from fabric.model import PEER_SPACE
 from fabric.routes import Address, Network, NextHop, Plan, RouteError, RouteTable, plan
 
 log = logging.getLogger("crosswire.agent")
@@ -42,6 +51,32 @@ AGENT_PROTO = 246
 def desired_routes(published: Published, hops: Mapping[int, NextHop]) -> dict[Network, NextHop]:
     """One route per published CIDR whose family has a next hop (``hops``: IP version -> hop)."""
     return {c: hops[c.version] for c in published.cidrs if c.version in hops}
+
+
+def screen(cidrs: Sequence[Network], allow: Sequence[Network], local: Sequence[Network],
+           gateways: Sequence[Address]) -> tuple[tuple[Network, ...], dict[Network, str]]:
+    """The published CIDRs this node may route to the gateway, and why each other one may not."""
+    kept: list[Network] = []
+    refused: dict[Network, str] = {}
+    for c in cidrs:
+        hit = next((n for n in local if n.version == c.version and n.overlaps(c)), None)
+        if not any(a.version == c.version and c.subnet_of(a) for a in allow):  # type: ignore[arg-type]
+            refused[c] = "outside the address space routed to peers (--allow " + \
+                ",".join(str(a) for a in allow) + ")"
+        elif hit is not None:
+            refused[c] = f"overlaps this node's local range {hit}"
+        elif any(g in c for g in gateways):
+            refused[c] = "holds the gateway's own address"
+        else:
+            kept.append(c)
+    return tuple(kept), refused
+
+
+def parse_cidr_list(text: str, flag: str) -> tuple[Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(c.strip(), strict=True) for c in text.split(",") if c.strip())
+    except ValueError as e:
+        raise ValueError(f"{flag}: {e}") from None
 
 
 def resolve_nexthop(gateway_ip: Address, lookup: Mapping[str, Any]) -> NextHop:
@@ -63,8 +98,21 @@ class Agent:
 
     gateway_url: str
     routes: RouteTable
+    allow: tuple[Network, ...] = field(default_factory=lambda: parse_cidr_list(",".join(PEER_SPACE), "--allow"))
+    local: tuple[Network, ...] = ()  # --local: never routed to the gateway (besides the node's own networks)
+    http: Any = None  # an httpx.Client kept across polls (agent_api.client); None: one per poll
     errors: int = 0
     last_error: str | None = None
+    refused: dict[Network, str] = field(default_factory=dict)
+
+    def _screen(self, published: Published) -> Published:
+        local = self.local + tuple(self.routes.local_networks())
+        kept, refused = screen(published.cidrs, self.allow, local, published.gateways())
+        if refused != self.refused:  # warn once per change, not every poll
+            for net, why in sorted(refused.items(), key=lambda x: str(x[0])):
+                log.warning("not routing %s to the gateway: %s", net, why)
+            self.refused = refused
+        return replace(published, cidrs=kept)
 
     def _failed(self, why: str) -> None:
         self.errors += 1
@@ -77,9 +125,14 @@ class Agent:
         unresolved: set[int] = set()
         problems: list[str] = []
         try:
-            published = fetch_routes(self.gateway_url)
+            published = fetch_routes(self.gateway_url, http=self.http)
         except RoutesError as e:
             self._failed(str(e))
+            return None
+        try:
+            published = self._screen(published)
+        except OSError as e:  # the node's addresses could not be read: change nothing
+            self._failed(f"cannot read this node's addresses: {e}")
             return None
         for gw in published.gateways():
             try:
@@ -114,6 +167,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="the gateway's operator listener (api.operator_listen), e.g. http://10.244.0.2:8081")
     ap.add_argument("--interval", type=float, default=5.0, help="poll interval in seconds")
     ap.add_argument("--once", action="store_true", help="reconcile once and exit (1 on failure)")
+    ap.add_argument("--allow", default=",".join(PEER_SPACE),
+                    help="CIDRs a published route must lie in, comma separated (default: %(default)s)")
+    ap.add_argument("--local", default="", help="CIDRs never routed to the gateway, comma separated "
+                                                "(e.g. the cluster's node, pod and service ranges)")
     ap.add_argument("--log-level", default="INFO")
     return ap
 
@@ -128,10 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.interval <= 0:
         print("crosswire agent: --interval must be positive", file=sys.stderr)
         return 2
+    try:
+        allow, local = parse_cidr_list(args.allow, "--allow"), parse_cidr_list(args.local, "--local")
+    except ValueError as e:
+        print(f"crosswire agent: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     routes = RouteTable(AGENT_PROTO)
-    agent = Agent(args.gateway, routes)
+    agent = Agent(args.gateway, routes, allow=allow, local=local, http=client())
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -149,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         routes.close()
+        agent.http.close()
 
 
 if __name__ == "__main__":

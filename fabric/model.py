@@ -17,9 +17,19 @@ from typing import Literal
 
 from fabric.exports.model import ExportPolicy
 
-Kind = Literal["pod", "service"]
+# pod/service: a whole range (full views). export/gateway: one address (or a
+# small exported CIDR) a sparse viewer addresses; egress: the block a sparse
+# viewer names the peer's clients by (real is the placeholder 0.0.0.0/N or
+# ::/N: only family and size). fabric/DESIGN.md, "Sparse views in the table".
+Kind = Literal["pod", "service", "export", "gateway", "egress"]
+KINDS: tuple[Kind, ...] = ("pod", "service", "export", "gateway", "egress")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# The address space a peer's ranges (and so our views of them) may lie in unless
+# an operator says otherwise: RFC 1918, RFC 6598 shared space, IPv6 ULA fd00::/8.
+# Never public space: a route there would capture real destinations.
+PEER_SPACE: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fd00::/8")
 
 
 def map_into(addr: Address, real: Network, view: Network) -> Address:
@@ -34,7 +44,8 @@ class RangeMap:
     """One range and the prefix under which the *other* side addresses it.
 
     ``real`` and ``view`` have the same prefix length; a view equal to the real
-    range means no rewriting.
+    range means no rewriting. Kind ``egress`` has no real range: ``real`` is
+    "0.0.0.0/N" or "::/N" and every source of that family maps into ``view``.
     """
 
     kind: Kind

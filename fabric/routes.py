@@ -265,6 +265,19 @@ class RouteTable:
                               for n, e in sorted(failures.items(), key=lambda x: key(x[0]))[:5])
             raise RouteError(f"{len(failures)} of {len(p.add) + len(p.remove)} route changes failed ({shown})")
 
+    def local_networks(self) -> list[Network]:
+        """The networks of this namespace's own interface addresses (``ip addr``)."""
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        out: list[Network] = []
+        for msg in self._ipr.get_addr():
+            addr = msg.get_attr("IFA_ADDRESS")
+            if addr is not None:
+                out.append(ipaddress.ip_network(f"{addr}/{msg['prefixlen']}", strict=False))
+        return out
+
     def lookup(self, addr: Address) -> dict[str, Any]:
         """``ip route get addr``: {"oif": index, "gateway": address or None}, {} if unreachable."""
         from pyroute2 import IPRoute, NetlinkError

@@ -10,7 +10,8 @@ loopback by default, never published). OpenAPI at ``/openapi.json``.
 Unauthenticated, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
 node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``; ``/api/v1/exports``, ``/api/v1/imports`` and the admin
-``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exports.api.
+``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exports.api, the admin
+``GET|POST /api/v1/peers/{cluster_id}/ranges`` in gateway.peerranges.api.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
 ``POST /api/v1/tokens``, ``GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}``,
 ``POST /api/v1/peers`` (peer add), ``DELETE
@@ -51,6 +52,7 @@ from gateway.limits import BodyLimit
 from gateway.metrics import render_metrics
 from gateway.page import add_route as add_page_route
 from gateway.peering import PeeringError
+from gateway.peerranges import api as rangesapi
 from gateway.peersources import PeerSources
 from gateway.tokens import TokenError, decode, parse_duration
 
@@ -63,6 +65,8 @@ class TokenCreate(BaseModel):
     reusable: bool = False
     exports: list[str] | None = Field(default=None, description="export names the redeeming peer may reach "
                                                                   "(default: every export)")
+    ranges: list[str] | None = Field(default=None, description="CIDRs the redeeming peer may announce, inside "
+                                                                 "peer_ranges.allow (default: the policy only)")
 
 
 class PeerAdd(BaseModel):
@@ -260,12 +264,13 @@ def create_app(cp: ControlPlane) -> FastAPI:
                response_model=None, responses={**ok(m.TokenCreated, 201, "Created"),
                                                **errors(400, 401, 409, 422)})
     def token_create(req: TokenCreate, request: Request) -> dict[str, Any]:
-        with audited(request, "token.create", reusable=req.reusable, exports=req.exports) as a:
+        with audited(request, "token.create", reusable=req.reusable, exports=req.exports,
+                     ranges=req.ranges) as a:
             try:
                 ttl = parse_duration(str(req.ttl))
             except ValueError as e:
                 raise GatewayError(f"ttl: {e}", 422) from None
-            out = cp.exchange.create_token(ttl, req.reusable, req.exports)
+            out = cp.exchange.create_token(ttl, req.reusable, req.exports, req.ranges)
             a.update(token_id=out["token_id"], ttl_s=ttl)
             return out
 
@@ -330,6 +335,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
             return out
 
     exportsapi.register(app, cp, admin, lambda: cp.export_sync)
+    rangesapi.register(app, cp, admin)
     return app
 
 

@@ -39,8 +39,13 @@ class Range(BaseModel):
     cidr: str
 
 
+# pod/service: a whole range (ipam.views: full); export/gateway/egress: sparse views.
+ViewKind = Literal["pod", "service", "export", "gateway", "egress"]
+
+
 class View(BaseModel):
-    kind: Literal["pod", "service"]
+    kind: ViewKind = Field(description="pod, service (full views); export, gateway, egress (sparse views; "
+                           "egress: real 0.0.0.0/N or ::/N, the block the peer's clients are named by)")
     real: str
     view: str
 
@@ -94,6 +99,9 @@ class PeerSummary(BaseModel):
     ranges: list[Range]
     our_views: list[View]
     their_views: list[View] | None = Field(description="null until the peer sent its views of us")
+    views_mode: Literal["full", "sparse"] | None = Field(description="how we view this peer (ipam.views)")
+    their_views_mode: Literal["full", "sparse"] | None = Field(description="how the peer views us")
+    reach: str = Field(description="what our pods can reach at this peer, under which addresses")
 
 
 class NatPeer(BaseModel):
@@ -158,10 +166,18 @@ class Trace(BaseModel):
 
 class Allocation(BaseModel):
     peer: str
-    kind: Literal["pod", "service"]
+    kind: ViewKind
     real: str
     view: str
     remapped: bool
+
+
+class Held(BaseModel):
+    peer: str
+    kind: ViewKind
+    real: str
+    view: str
+    until: float
 
 
 class Conflict(BaseModel):
@@ -175,6 +191,8 @@ class Ipam(BaseModel):
     local: dict[str, list[str]]
     allocations: list[Allocation]
     conflicts: list[Conflict]
+    quarantined: list[Held] = Field(description="released sparse views, held until `until` (epoch s) "
+                                    "so that no stale DNS answer reaches another service")
 
 
 class Routes(BaseModel):

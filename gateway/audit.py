@@ -19,7 +19,7 @@ from typing import Any
 
 log = logging.getLogger("crosswire.audit")
 
-FIELDS = frozenset({"action", "from", "result", "peer", "token_id", "ttl_s", "reusable", "exports", "peers",
+FIELDS = frozenset({"action", "from", "result", "peer", "token_id", "ttl_s", "reusable", "exports", "ranges", "peers",
                     "public_key", "tls_pins"})
 
 

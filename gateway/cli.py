@@ -8,7 +8,7 @@ talks to a running gateway over HTTP:
   wildcard host becomes 127.0.0.1), else ``http://127.0.0.1:8081``. Every
   command talks to the operator listener; the peering listener (``api.listen``)
   serves only peers.
-- Admin credential (token create, peer add/remove, key rotate): env
+- Admin credential (token create, peer add/remove/ranges, key rotate): env
   ``CROSSWIRE_ADMIN_TOKEN``, else ``<state dir>/admin-token`` where the state
   dir is ``--state-dir``, the config's ``state_dir``, env ``CROSSWIRE_STATE_DIR``
   or ``/var/lib/crosswire``.
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import clitable
 from gateway.exports import cli as exportscli
+from gateway.peerranges import cli as rangescli
 
 # Only the stdlib at import time: operator commands start in a few tens of ms
 # (httpx/yaml/fastapi are imported where needed).
@@ -90,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     pr = peer.add_parser("remove", parents=[common], help="remove a peer (both sides)")
     pr.add_argument("cluster_id")
     exportscli.add_parsers(sub, peer, common)
+    rangescli.add_parsers(peer, tc, common)
 
     key = sub.add_parser("key", help="WireGuard key").add_subparsers(dest="sub", required=True)
     key.add_parser("rotate", parents=[common], help="new WireGuard key, announced to every peer first")
@@ -312,7 +314,8 @@ def dispatch(args: argparse.Namespace) -> int:
     if key == ("token", "create"):
         out = call(args, "POST", "/api/v1/tokens", admin=True,
                    body={"ttl": args.ttl, "reusable": args.reusable,
-                         **({"exports": exportscli.names_arg(args.exports)} if args.exports is not None else {})})
+                         **({"exports": exportscli.names_arg(args.exports)} if args.exports is not None else {}),
+                         **rangescli.token_body(args)})
         if args.json:
             print(json.dumps(out))
         else:
@@ -405,6 +408,9 @@ def dispatch(args: argparse.Namespace) -> int:
             _print(clitable.ipam(out, color=_color()))
         return 0
     done = exportscli.dispatch(args, call)
+    if done is not None:
+        return done
+    done = rangescli.dispatch(args, call)
     if done is not None:
         return done
     raise CliError(f"unknown command {args.cmd}")

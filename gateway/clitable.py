@@ -183,9 +183,18 @@ def views_tables(peers: Sequence[Mapping[str, Any]], *, color: bool = False) -> 
     return out
 
 
+def reach_lines(peers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per peer: how each side views the other (ipam.views) and what our pods reach there."""
+    rows = [(p["cluster_id"], p.get("views_mode") or "-", p.get("their_views_mode") or "-",
+             clean(p.get("reach") or "-")) for p in peers]
+    return ["what our pods reach", *table(("PEER", "WE VIEW", "THEY VIEW", "REACH"), rows, indent="  ")]
+
+
 def peer_list(peers: Sequence[Mapping[str, Any]], *, color: bool = False) -> list[str]:
     out = peers_table(peers, color=color)
-    return [*out, "", *views_tables(peers, color=color)] if peers else out
+    if not peers:
+        return out
+    return [*out, "", *reach_lines(peers), "", *views_tables(peers, color=color)]
 
 
 def reconcile_line(rec: Mapping[str, Any], now: float) -> str:
@@ -229,18 +238,19 @@ def status(st: Mapping[str, Any], peers: Sequence[Mapping[str, Any]], now: float
 def _rule_rows(peer: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """One row per NAT rule of our ranges: the mapping it implements and its counters.
 
-    Rules come per direction in the order of ``local`` (fabric.nat.pieces), so a
-    rule's mapping is found by its position among its chain's rules."""
-    local = peer.get("local") or []
-    chains = {peer.get("egress_chain"): "egress", peer.get("ingress_chain"): "ingress"}
-    seen: dict[str, int] = {}
+    Each rule row names its direction and mapping (fabric.nat.report); an egress
+    block shows "any source" and its address range. A single address's rule is
+    its family's shared map rule, whose connection count is every element's:
+    shown as "-" on the element's row."""
     rows: list[tuple[Any, ...]] = []
     for r in peer.get("rules") or []:
-        direction = chains.get(r.get("chain"), clean(r.get("chain")))
-        i = seen[direction] = seen.get(direction, -1) + 1
-        m = local[i] if i < len(local) else {"kind": "?", "real": "?", "view": "?"}
-        rows.append((direction, m["kind"], m["real"], m["view"], human_count(r.get("packets", 0)),
-                     human_bytes(r.get("bytes", 0)), human_count(r.get("connections", 0))))
+        real, view = r.get("real", "?"), r.get("view", "?")
+        if r.get("shows"):  # "any source -> first-last"
+            real, view = "any source", str(r["shows"]).split(" -> ", 1)[-1]
+        conns = r.get("connections")
+        rows.append((clean(r.get("direction", "?")), clean(r.get("kind", "?")), clean(real), clean(view),
+                     human_count(r.get("packets", 0)), human_bytes(r.get("bytes", 0)),
+                     "-" if conns is None else human_count(conns)))
     return rows
 
 

@@ -12,6 +12,7 @@ Environment overrides (applied over the file; lists are comma separated):
 ``CROSSWIRE_SERVICE_CIDRS``        ``service_cidrs``
 ``CROSSWIRE_RESERVED_CIDRS``       ``reserved_cidrs``
 ``CROSSWIRE_IPAM_POOLS``           ``ipam.pools``
+``CROSSWIRE_IPAM_VIEWS``           ``ipam.views`` (full | sparse)
 ``CROSSWIRE_WIREGUARD_<KEY>``      ``wireguard.<key>`` (interface, listen_port, endpoint,
                                    implementation, mtu)
 ``CROSSWIRE_API_LISTEN``           ``api.listen``
@@ -45,6 +46,8 @@ from fabric.model import MTU_MAX, MTU_MIN
 from gateway.dns import config as dns_config
 from gateway.dns.config import DnsConfig
 from gateway.exports.config import Export, ExportsError, parse_exports
+from gateway.peerranges import policy as range_policy
+from gateway.peerranges.policy import RangePolicy
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
@@ -83,12 +86,34 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class IpamConfig:
+    """How this gateway views its peers (ipam/DESIGN.md, "Sparse views")."""
+
+    # full: a whole-range view of each peer range; sparse: one view address per
+    # address the peer exports to us, its gateway's address and an egress block.
+    views: Literal["full", "sparse"] = "full"
+    # The egress block's size: a /28 (16 addresses) per peer, a /124 for IPv6.
+    egress_prefix: int = 28
+    # Seconds a released sparse view is held before another export may get it:
+    # far longer than the 2 s TTL of our DNS answers (a stale answer never
+    # reaches a different service).
+    quarantine: float = 60.0
+
+    def egress_ranges(self, versions: set[int]) -> list[tuple[str, str]]:
+        """The egress claims (kind, placeholder) for the given IP families."""
+        host_bits = 32 - self.egress_prefix
+        return ([("egress", f"0.0.0.0/{self.egress_prefix}")] if 4 in versions else []) + \
+               ([("egress", f"::/{128 - host_bits}")] if 6 in versions else [])
+
+
+@dataclass(frozen=True)
 class Config:
     cluster_id: str
     pod_cidrs: tuple[str, ...]
     service_cidrs: tuple[str, ...] = ()
     reserved_cidrs: tuple[str, ...] = ()
     ipam_pools: tuple[str, ...] | None = None  # None: the IPAM's defaults (ipam.model.DEFAULT_POOLS)
+    ipam: IpamConfig = field(default_factory=lambda: IpamConfig())
     wireguard: WireguardConfig = field(default_factory=WireguardConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
@@ -102,6 +127,8 @@ class Config:
     # None: peers reach the whole pod and service ranges; else only these (gateway.exports).
     exports: tuple[Export, ...] | None = None
     dns: DnsConfig = field(default_factory=DnsConfig)
+    # What peers may announce (gateway.peerranges.policy): allow-list, quotas, approval.
+    peer_ranges: RangePolicy = field(default_factory=RangePolicy)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -270,7 +297,7 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
              "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table",
-             "exports", "dns"}
+             "exports", "dns", "peer_ranges"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
 _API_KEYS = {"listen", "advertise", "operator_listen", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
@@ -294,6 +321,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         "CROSSWIRE_SERVICE_CIDRS": "service_cidrs",
         "CROSSWIRE_RESERVED_CIDRS": "reserved_cidrs",
         "CROSSWIRE_IPAM_POOLS": "ipam.pools",
+        "CROSSWIRE_IPAM_VIEWS": "ipam.views",
         "CROSSWIRE_API_LISTEN": "api.listen",
         "CROSSWIRE_API_ADVERTISE": "api.advertise",
         "CROSSWIRE_API_OPERATOR_LISTEN": "api.operator_listen",
@@ -356,8 +384,17 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
                 raise ConfigError(f"{kb}: {b} overlaps {ka} {a} (a cluster's ranges must be disjoint)")
     reserved = _cidr_list(raw.get("reserved_cidrs"), "reserved_cidrs")
 
-    ipam = _section(raw, "ipam", {"pools"})
+    ipam = _section(raw, "ipam", {"pools", "views", "egress_prefix", "quarantine"})
     pools = _cidr_list(ipam["pools"], "ipam.pools", required=True) if "pools" in ipam else None
+    mode = ipam.get("views", "full")
+    if mode not in ("full", "sparse"):
+        raise ConfigError(f"ipam.views: {mode!r} is not full or sparse")
+    ipam_cfg = IpamConfig(
+        views=cast(Literal["full", "sparse"], mode),
+        # /24 (256 addresses) at most: the block only names one peer's clients;
+        # /30 at least: a few addresses give the far side some spread (ClientIP affinity).
+        egress_prefix=_int(ipam.get("egress_prefix", IpamConfig.egress_prefix), "ipam.egress_prefix", 24, 30),
+        quarantine=_float(ipam.get("quarantine", IpamConfig.quarantine), "ipam.quarantine", 10, 86400))
     # The default pools are wide (RFC 1918 and more) and the IPAM carves local
     # ranges out of them; a pool the operator names must not overlap them, or
     # the mistake would surface only at the first peering, as exhaustion.
@@ -429,6 +466,10 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         dns = dns_config.parse(raw.get("dns"), os.environ if env is None else env)
     except dns_config.DnsConfigError as e:
         raise ConfigError(str(e)) from None
+    try:
+        peer_ranges = range_policy.parse(raw.get("peer_ranges"))
+    except range_policy.PolicyError as e:
+        raise ConfigError(str(e)) from None
 
     return Config(
         cluster_id=cluster_id,
@@ -436,6 +477,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         service_cidrs=svc,
         reserved_cidrs=reserved,
         ipam_pools=pools,
+        ipam=ipam_cfg,
         wireguard=wgc,
         api=ApiConfig(listen=listen, advertise=advertise, operator_listen=operator,
                       max_connections=_int(api.get("max_connections", ApiConfig.max_connections),
@@ -450,6 +492,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         nft_table=table,
         exports=exports,
         dns=dns,
+        peer_ranges=peer_ranges,
     )
 
 

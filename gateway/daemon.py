@@ -35,6 +35,7 @@ from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
 from gateway.httpserver import connection_cap, listen, make_server, raise_fd_limit
 from gateway.ipam_adapter import IpamViews, ViewsError
+from gateway.peerranges import admin as ranges_admin
 from gateway.peersources import PeerSources
 from gateway.state import StateStore
 from gateway.statedir import StateDirError
@@ -151,6 +152,7 @@ async def serve(config: Config) -> int:
     gw_ip = await asyncio.to_thread(find_gateway_ip, config)
     # build() refuses damaged state before anything on the host is changed.
     cp = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
+    ranges_admin.audit(cp.exchange)  # peers stored before the policy (or a narrower one): a warning each
     host, port = config.listen_host_port
     op_host, op_port = config.operator_host_port
     fds = raise_fd_limit()

@@ -9,6 +9,7 @@ HTTP side, :mod:`gateway.channel`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import time
@@ -25,8 +26,10 @@ from gateway.exports.config import ExportsError, parse_names
 from gateway.exports.imports import parse_body as parse_exports_body
 from gateway.ipam_adapter import Views, ViewsError, ordered
 from gateway.peering import PeeringError, views_body
+from gateway.peerranges.state import PeerRanges
 from gateway.readmodel import peer_summary
 from gateway.reconciler import Reconciler
+from gateway.sparse import SparseError, claims, mode_of
 from gateway.state import PeerRecord, StateStore, wg_keypair
 from gateway.tokens import TokenError, TokenRecord, check_usable, decode, new_token
 
@@ -43,6 +46,17 @@ class Exchange:
     reconciler: Reconciler
     channel: PeerChannel
     clock: Callable[[], float] = time.time
+    # The gate for every range a peer announces (policy, token grant, quota, approval).
+    peer_ranges: PeerRanges | None = None
+
+    def __post_init__(self) -> None:
+        if self.peer_ranges is None:
+            self.peer_ranges = PeerRanges(self.config.peer_ranges, self.store)
+
+    @property
+    def ranges_gate(self) -> PeerRanges:
+        assert self.peer_ranges is not None
+        return self.peer_ranges
 
     # --- identity ---------------------------------------------------------------------------
 
@@ -57,16 +71,59 @@ class Exchange:
                             url=self.config.advertise_url())
 
     def _check_views_of_us(self, views: list[RangeMap], status: int = 502) -> None:
-        """The peer's views must be of our ranges (502 when a peer answered so, 400 when it asked)."""
+        """The peer's views must be of our ranges (502 when a peer answered so, 400 when it asked):
+        whole ranges (full), or addresses inside them and egress blocks (sparse)."""
         mine = set(self.our_ranges())
+        nets = [ipaddress.ip_network(c) for _, c in mine]
         for m in views:
-            if (m.kind, m.real) not in mine:
+            real = ipaddress.ip_network(m.real)
+            if m.kind in ("pod", "service"):
+                ok = (m.kind, m.real) in mine
+            elif m.kind == "egress":
+                ok = int(real.network_address) == 0
+            else:
+                ok = any(real.version == n.version and real.subnet_of(n) for n in nets)  # type: ignore[arg-type]
+            if not ok:
                 raise GatewayError(f"peer sent a view of {m.kind} range {m.real}, which is not ours", status)
+
+    # --- our views of a peer (ipam.views) ---------------------------------------------------
+
+    def _imports_of(self, peer: str) -> list[dict[str, Any]]:
+        exports = self.reconciler.exports
+        got = exports.imports().get(peer) if exports is not None else None
+        return got[0] if got else []
+
+    def allocate_views(self, peer: str, ranges: tuple[tuple[str, str], ...] | list[tuple[str, str]],
+                  gateway_ip: str | None, *, replace: bool = False,
+                  imports: list[dict[str, Any]] | None = None) -> list[RangeMap]:
+        """Our views of ``peer``, in the mode its views already have (a peering keeps its
+        mode across upgrades and config changes), else in ``ipam.views``."""
+        cfg = self.config.ipam
+        mode = mode_of(self.views.views(peer)) or cfg.views
+        if mode == "full":
+            return self.views.allocate(peer, list(ranges), replace=replace)
+        try:
+            want = claims(cfg, ranges, gateway_ip, self._imports_of(peer) if imports is None else imports)
+        except SparseError as e:
+            raise ViewsError(str(e)) from None
+        return self.views.allocate(peer, want, replace=True, hold=cfg.quarantine)
+
+    def _check_takes_our_mode(self, other: peering.Side, token_hint: str) -> None:
+        """A peer from before sparse views cannot take a sparse gateway's views of it:
+        refused before anything is allocated, naming the way out (upgrade it)."""
+        mode = mode_of(self.views.views(other.cluster_id)) or self.config.ipam.views
+        if mode == "sparse" and "egress" not in other.view_kinds:
+            raise GatewayError(
+                f"{self.config.cluster_id} views new peers sparsely (ipam.views: sparse), but "
+                f"{other.cluster_id} runs a crosswire release from before sparse views (it takes only "
+                f"pod and service views): upgrade {other.cluster_id}, then peer again {token_hint}", 422)
 
     # --- tokens -----------------------------------------------------------------------------
 
-    def create_token(self, ttl: float, reusable: bool, exports: list[str] | None = None) -> dict[str, Any]:
+    def create_token(self, ttl: float, reusable: bool, exports: list[str] | None = None,
+                     ranges: list[str] | None = None) -> dict[str, Any]:
         names = None if exports is None else self.export_names(exports)
+        cidrs = None if ranges is None else self.ranges_gate.token_cidrs(ranges)
         problem = self.config.advertise_problem()
         if problem is not None:
             # A token whose URL leads nowhere fails only later, in the other cluster.
@@ -81,6 +138,8 @@ class Exchange:
                                          expires=tok.expires, reusable=reusable))
         if names is not None and self.reconciler.exports is not None:
             self.reconciler.exports.set_token_names(tok.token_id, names)
+        if cidrs is not None:
+            self.ranges_gate.set_token_cidrs(tok.token_id, cidrs)
         log.info("token %s created (expires in %.0fs, reusable=%s)", tok.token_id, ttl, reusable)
         return {"token": tok.encode(), "token_id": tok.token_id, "expires": tok.expires,
                 "reusable": reusable, "url": url}
@@ -127,6 +186,8 @@ class Exchange:
             # and retries; its row is replaced and its IPAM views are reused.
         elif self.store.peer_by_key(other.public_key) is not None:
             raise GatewayError("that WireGuard key already belongs to another peer", 409)
+        self.ranges_gate.require(other.cluster_id, other.ranges, self.ranges_gate.token_grant(token_id), "join")
+        self._check_takes_our_mode(other, "(this token stays valid)")
 
         eph = peering.Ephemeral.generate()
         allocated = False
@@ -137,9 +198,10 @@ class Exchange:
                 if not self.store.use_token(db, token_id):
                     raise GatewayError("token was already used", 403)
                 try:
-                    ours = self.views.allocate(other.cluster_id, list(other.ranges))
+                    ours = self.allocate_views(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
                 except ViewsError as e:
-                    raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}", 422) from None
+                    raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}{self._hint(e)}",
+                                       422) from None
                 allocated = True
                 env, keys = peering.build_join_response(req, rec.verifier, self.side(), ours, eph, now)
                 self.store.put_peer(db, PeerRecord(
@@ -148,6 +210,7 @@ class Exchange:
                     channel_key=keys.channel_key, psk=keys.psk, created=now))
                 if self.reconciler.exports is not None:  # the token's share of our exports
                     self.reconciler.exports.grant_from_token(db, token_id, other.cluster_id)
+                self.ranges_gate.grant_from_token(db, token_id, other.cluster_id)
         except BaseException:
             if allocated and existing is None:
                 self.views.release(other.cluster_id)
@@ -195,11 +258,18 @@ class Exchange:
         other = resp.side
         self._check_views_of_us(resp.views_of_us)
         try:
-            ours = self.views.allocate(other.cluster_id, list(other.ranges))
+            self.ranges_gate.require(other.cluster_id, other.ranges, None, f"{other.cluster_id}'s ranges")
+            self._check_takes_our_mode(other, "with a new token")
+        except GatewayError:
+            await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key)
+            raise
+        try:
+            ours = self.allocate_views(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
         except ViewsError as e:
             # B already holds a pending peer for us: tell it to drop it.
             await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key, pins)
-            raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}", 422) from None
+            raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}{self._hint(e)}",
+                               422) from None
         rec = PeerRecord(cluster_id=other.cluster_id, public_key=other.public_key,
                          endpoint=other.endpoint, url=other.url, gateway_ip=other.gateway_ip,
                          ranges=other.ranges, their_views=tuple(resp.views_of_us),
@@ -259,12 +329,21 @@ class Exchange:
             # here (same IPAM transaction), so a removal needs no re-peering.
             ranges = list(dict.fromkeys(peering.parse_ranges(msg.body.get("ranges"))))
             gw_ip = peering.check_ip(msg.body.get("gateway_ip"), "gateway_ip")
-            try:
-                self.views.allocate(sender, ranges, replace=True)
-            except ViewsError as e:
-                raise GatewayError(f"cannot allocate views of the announced ranges: {e}", 422) from None
-            self.store.update_peer(sender, ranges=tuple(ranges), gateway_ip=gw_ip or peer.gateway_ip)
-            payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
+            gate = self.ranges_gate
+            gate.require(sender, ranges, gate.grant(sender), "range change")
+            if gate.policy.approval == "manual" and set(ranges) != set(peer.ranges):
+                gate.set_pending(sender, ranges, gw_ip, now)  # the operator approves (peerranges.admin)
+                log.warning("peer %s: range change pending approval (crosswire peer ranges %s): %s", sender,
+                            sender, ", ".join(f"{k} {c}" for k, c in ranges))
+                payload["pending_approval"] = f"{me} requires an operator's approval of range changes"
+            else:
+                try:
+                    self.allocate_views(sender, ranges, gw_ip or peer.gateway_ip, replace=True)
+                except ViewsError as e:
+                    raise GatewayError(f"cannot allocate views of the announced ranges: {e}", 422) from None
+                self.store.update_peer(sender, ranges=tuple(ranges), gateway_ip=gw_ip or peer.gateway_ip)
+                gate.clear_pending(sender)
+                payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
         elif msg.type == "key":
             new_key = peering.check_public_key(msg.body.get("public_key"))
             # Our own key, or another peer's, would make WireGuard's cryptokey routing
@@ -289,6 +368,14 @@ class Exchange:
         elif msg.type == "exports" and self.reconciler.exports is not None:
             # What the sender shares with us (real addresses, inside its ranges).
             body = parse_exports_body(msg.body.get("exports"), peer.ranges)
+            if mode_of(self.views.views(sender)) == "sparse":
+                # Exports drive a sparse peer's views: allocate (or hold) just the
+                # changed addresses before storing, so a refusal changes nothing.
+                try:
+                    self.allocate_views(sender, peer.ranges, peer.gateway_ip, replace=True, imports=body)
+                except ViewsError as e:
+                    raise GatewayError(f"cannot view the exports of {sender}: {e}", 422) from None
+                payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
             self.reconciler.exports.set_imports(sender, body, now)
         # Acknowledge what is programmed, not just stored: the sender reports a change
         # our data plane has not taken yet as pending (the reconcile loop retries it).
@@ -299,12 +386,30 @@ class Exchange:
         log.info("peer %s: %s %s", sender, msg.type, "applied" if applied else "stored, apply pending")
         return peering.build_reply(peer.channel_key, msg, me, payload, self.clock())
 
+    def _hint(self, e: ViewsError) -> str:
+        if "exhausted" in str(e) and self.config.ipam.views == "full":
+            return ("; a gateway that views many peers should set ipam.views: sparse (a view address "
+                    "per export and a small egress block per peer instead of whole ranges)")
+        return ""
+
+    def took_views(self, peer: PeerRecord, reply: dict[str, Any]) -> None:
+        """A reply that carries the peer's new views of us (``views_of_you``): store them."""
+        if "views_of_you" not in reply:
+            return
+        try:
+            views = peering.parse_views(reply.get("views_of_you"), "views_of_you")
+        except PeeringError as e:
+            raise GatewayError(f"bad reply from {peer.cluster_id}: {e}", 502) from None
+        self._check_views_of_us(views)
+        self.store.update_peer(peer.cluster_id, their_views=tuple(views))
+
     def forget(self, cluster_id: str) -> None:
         """Drop a peer and release our views of it (no message, no reconcile)."""
         self.store.delete_peer(cluster_id)
-        self.views.release(cluster_id)
+        self.views.release(cluster_id, hold=self.config.ipam.quarantine)
         if self.reconciler.exports is not None:
             self.reconciler.exports.forget(cluster_id)
+        self.ranges_gate.forget(cluster_id)
 
     # --- admin operations -------------------------------------------------------------------
 
@@ -383,12 +488,15 @@ class Exchange:
         for p in self.store.peers():
             if p.their_views is None:
                 continue
-            if {(m.kind, m.real) for m in p.their_views} == set(mine):
-                continue
+            if mode_of(p.their_views) == "sparse" or {(m.kind, m.real) for m in p.their_views} == set(mine):
+                continue  # a sparse peer views our exports, told by ExportSync
             try:
                 body = await self.channel.send(p, "ranges", {
                     "ranges": [{"kind": k, "cidr": c} for k, c in mine],
                     "gateway_ip": self.reconciler.gateway_ip})
+                if body.get("pending_approval"):  # it told us its views once approved ("views")
+                    result[p.cluster_id] = f"pending: {body['pending_approval']}"
+                    continue
                 views = peering.parse_views(body.get("views_of_you"), "views_of_you")
                 self._check_views_of_us(views)
                 self.store.update_peer(p.cluster_id, their_views=tuple(views))

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from fabric.model import RangeMap
 from ipam import DEFAULT_POOLS, IpamError, IpamStore, LocalRanges, PeerRange, View
+from ipam.model import KINDS
 
 
 def _maps(views: list[View]) -> list[RangeMap]:
@@ -31,9 +32,9 @@ class ViewsError(ValueError):
 
 class Views(Protocol):
     def allocate(self, peer: str, ranges: list[tuple[str, str]], *,
-                 replace: bool = False) -> list[RangeMap]: ...
+                 replace: bool = False, hold: float = 0.0) -> list[RangeMap]: ...
     def views(self, peer: str) -> list[RangeMap]: ...
-    def release(self, peer: str) -> None: ...
+    def release(self, peer: str, *, hold: float = 0.0) -> None: ...
     def all_views(self) -> dict[str, list[RangeMap]]: ...
     def snapshot(self) -> dict[str, Any]: ...
 
@@ -51,19 +52,21 @@ class IpamViews:
             raise ViewsError(str(e)) from None
 
     def allocate(self, peer: str, ranges: list[tuple[str, str]], *,
-                 replace: bool = False) -> list[RangeMap]:
+                 replace: bool = False, hold: float = 0.0) -> list[RangeMap]:
         """All views of ``peer`` after adding ``ranges``; all or nothing.
 
         With ``replace``, ``ranges`` is the peer's full set: views of ranges it
-        no longer has are released in the same IPAM transaction.
+        no longer has are released in the same IPAM transaction (sparse ones
+        held in quarantine for ``hold`` seconds).
         """
         claims = []
+        kinds = {k: k for k in KINDS}
         for kind, cidr in ranges:
-            if kind not in ("pod", "service"):
-                raise ViewsError(f"range kind {kind!r} is not pod or service")
-            claims.append(PeerRange("pod" if kind == "pod" else "service", cidr))
+            if kind not in kinds:
+                raise ViewsError(f"range kind {kind!r} is not one of {', '.join(KINDS)}")
+            claims.append(PeerRange(kinds[kind], cidr))
         try:
-            got = self.store.allocate(peer, claims, replace=replace)
+            got = self.store.allocate(peer, claims, replace=replace, hold=hold)
         except IpamError as e:
             raise ViewsError(str(e)) from None
         return _maps(got)
@@ -71,8 +74,8 @@ class IpamViews:
     def views(self, peer: str) -> list[RangeMap]:
         return _maps(self.store.views(peer))
 
-    def release(self, peer: str) -> None:
-        self.store.release(peer)
+    def release(self, peer: str, *, hold: float = 0.0) -> None:
+        self.store.release(peer, hold=hold)
 
     def all_views(self) -> dict[str, list[RangeMap]]:
         """Every peer's views in one read (the reconcile loop builds the state every second)."""
@@ -88,5 +91,7 @@ class IpamViews:
                   for views in self.store.allocations().values() for v in views]
         conflicts = [{"peer": c.view.peer, "view": c.view.view, "overlaps": c.local}
                      for c in self.store.conflicts()]
+        held = [{"peer": v.peer, "kind": v.kind, "real": v.real, "view": v.view, "until": until}
+                for v, until in self.store.held()]
         return {"pools": list(self.pools), "local": self.local, "allocations": allocs,
-                "conflicts": conflicts}
+                "conflicts": conflicts, "quarantined": held}

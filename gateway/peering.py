@@ -149,6 +149,13 @@ def parse_ranges(v: object, where: str = "ranges") -> list[tuple[str, str]]:
     return out
 
 
+# A full view maps a pod or service range; sparse ones an exported address, the
+# gateway's address or an egress block (ipam/DESIGN.md, "Sparse views").
+VIEW_KINDS = ("pod", "service", "export", "gateway", "egress")
+# What a release from before sparse views takes (its join carries no view_kinds).
+FULL_KINDS = ("pod", "service")
+
+
 def views_body(maps: Iterable[RangeMap]) -> list[dict[str, str]]:
     """Mappings as they travel and as the API shows them: [{"kind", "real", "view"}]."""
     return [{"kind": m.kind, "real": m.real, "view": m.view} for m in maps]
@@ -160,8 +167,8 @@ def parse_views(v: object, where: str = "views") -> list[RangeMap]:
         raise PeeringError(f"{where}: expected a list of {{kind, real, view}}")
     out = []
     for i, r in enumerate(v):
-        if not isinstance(r, dict) or r.get("kind") not in ("pod", "service"):
-            raise PeeringError(f"{where}[{i}]: expected {{'kind': 'pod'|'service', 'real', 'view'}}")
+        if not isinstance(r, dict) or r.get("kind") not in VIEW_KINDS:
+            raise PeeringError(f"{where}[{i}]: expected {{'kind': {'|'.join(VIEW_KINDS)}, 'real', 'view'}}")
         real = _cidr(r.get("real"), f"{where}[{i}].real")
         view = _cidr(r.get("view"), f"{where}[{i}].view")
         rn, vn = ipaddress.ip_network(real), ipaddress.ip_network(view)
@@ -217,11 +224,15 @@ class Side:
     ranges: tuple[tuple[str, str], ...]  # (kind, real cidr)
     gateway_ip: str | None
     url: str
+    # The view kinds this side takes from its peer: a sparse gateway refuses, before
+    # anything is spent, a peer from before sparse views (older releases ignore the field).
+    view_kinds: tuple[str, ...] = VIEW_KINDS
 
     def to_body(self) -> dict[str, Any]:
         return {"cluster_id": self.cluster_id, "public_key": self.public_key,
                 "endpoint": self.endpoint, "gateway_ip": self.gateway_ip, "url": self.url,
-                "ranges": [{"kind": k, "cidr": c} for k, c in self.ranges]}
+                "ranges": [{"kind": k, "cidr": c} for k, c in self.ranges],
+                "view_kinds": list(self.view_kinds)}
 
     @staticmethod
     def from_body(body: Mapping[str, Any]) -> Side:
@@ -230,7 +241,15 @@ class Side:
                     endpoint=check_endpoint(body.get("endpoint")),
                     ranges=tuple(parse_ranges(body.get("ranges"))),
                     gateway_ip=check_ip(body.get("gateway_ip"), "gateway_ip"),
-                    url=_str(body, "url"))
+                    url=_str(body, "url"),
+                    view_kinds=parse_view_kinds(body.get("view_kinds", list(FULL_KINDS))))
+
+
+def parse_view_kinds(v: object) -> tuple[str, ...]:
+    """The view kinds a peer takes; kinds of a later release that we do not know are ignored."""
+    if not isinstance(v, list) or not all(isinstance(k, str) for k in v):
+        raise PeeringError("view_kinds: expected a list of view kinds")
+    return tuple(k for k in VIEW_KINDS if k in v)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from gateway.health import HealthTracker
 from gateway.ipam_adapter import Views, ordered
 from gateway.peering import views_body
 from gateway.reconciler import Reconciler, translate
+from gateway.sparse import mode_of
 from gateway.state import PeerRecord, StateStore
 
 log = logging.getLogger("crosswire.gateway")
@@ -32,11 +33,26 @@ log = logging.getLogger("crosswire.gateway")
 HANDSHAKE_STALE = 180.0  # WireGuard REJECT_AFTER_TIME: no valid session after this
 
 
+def reach(ours: Sequence[RangeMap], imported: Sequence[ImportedService]) -> str:
+    """What our pods can reach at a peer, and under which addresses, in one line."""
+    if mode_of(ours) != "sparse":
+        return "full: " + ", ".join(f"{m.kind} {m.real} as {m.view}" for m in ours
+                                    if m.kind in ("pod", "service"))
+    offered = [f"{s.name} at {', '.join(s.hosts or s.addresses)}" for s in imported if s.addresses]
+    if not offered:
+        # A peer without `exports` shares whole ranges, which a sparse view does not address.
+        return ("sparse: it exports nothing to us, so none of its addresses is reachable from here "
+                "(a peer without exports shares whole ranges: only ipam.views: full addresses them)")
+    return "sparse: " + "; ".join(offered)
+
+
 def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
                  stats: dict[str, dict[str, Any]] | None = None,
                  health: dict[str, dict[str, Any]] | None = None,
-                 endpoint_error: str | None = None) -> dict[str, Any]:
-    """One peer as /api/v1/peers shows it; ``ours`` are our views of it, sorted."""
+                 endpoint_error: str | None = None,
+                 imported: Sequence[ImportedService] = ()) -> dict[str, Any]:
+    """One peer as /api/v1/peers shows it; ``ours`` are our views of it, sorted;
+    ``imported`` what it exports to us."""
     s = (stats or {}).get(p.public_key, {})
     h = (health or {}).get(p.cluster_id, {})
     hs = s.get("last_handshake")
@@ -60,6 +76,9 @@ def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
         "ranges": [{"kind": k, "cidr": c} for k, c in p.ranges],
         "our_views": views_body(ours),
         "their_views": None if p.their_views is None else views_body(p.their_views),
+        # ipam.views of each side for this peering (full | sparse), and what that gives our pods.
+        "views_mode": mode_of(ours), "their_views_mode": mode_of(p.their_views or ()),
+        "reach": reach(ours, imported),
     }
 
 
@@ -119,8 +138,11 @@ class ReadModel:
         except Exception as e:
             log.debug("endpoint problems unavailable: %s", e)
             problems = {}
+        imported: dict[str, list[ImportedService]] = {}
+        for s in self.imported_services():
+            imported.setdefault(s.peer, []).append(s)
         return [peer_summary(p, ordered(self.views.views(p.cluster_id)), now, stats, health,
-                             problems.get(p.cluster_id))
+                             problems.get(p.cluster_id), imported.get(p.cluster_id, ()))
                 for p in self.store.peers()]
 
     def status(self) -> dict[str, Any]:

@@ -5,8 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["pod", "service"]
-KINDS: tuple[Kind, ...] = ("pod", "service")
+Kind = Literal["pod", "service", "export", "gateway", "egress"]
+# Full views: a peer's whole pod/service range, kept as is when free.
+FULL_KINDS: tuple[Kind, ...] = ("pod", "service")
+# Sparse views (DESIGN.md, "Sparse views"): always placed in the pools, never
+# kept as the real range, and held in quarantine for a while when released.
+#   export:  an address (or small CIDR) the peer exports to us
+#   gateway: the peer gateway's pod address (health probes)
+#   egress:  a block naming the peer's clients; its real is 0.0.0.0/N or ::/N,
+#            which only says family and size (every source of the peer maps into it)
+SPARSE_KINDS: tuple[Kind, ...] = ("export", "gateway", "egress")
+KINDS: tuple[Kind, ...] = FULL_KINDS + SPARSE_KINDS
 
 # Default pools for remapped views, tried in order. 100.64.0.0/10 (RFC 6598
 # shared address space) first: no Kubernetes distribution uses it by default.
@@ -37,7 +46,8 @@ class View:
     """How we address one range of a peer.
 
     ``real`` is the peer's CIDR (canonical form), ``view`` ours for it; both
-    have the same prefix length. ``view == real`` means no rewriting.
+    have the same prefix length. ``view == real`` means no rewriting (full
+    kinds only: sparse views always lie in a pool).
     """
 
     peer: str

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from .cidr import SPECIAL, Net, canonical, parse_cidr, special_overlap
 from .errors import IpamError
 from .intervals import IntervalSet
-from .model import KINDS, Conflict, LocalRanges, PeerRange, View
+from .model import FULL_KINDS, KINDS, SPARSE_KINDS, Conflict, LocalRanges, PeerRange, View
 
 MAX_PEER_NAME = 253
 
@@ -38,10 +38,14 @@ class Plan:
     new: tuple[Rec, ...]
     dropped: tuple[Rec, ...]
     generation: int = field(repr=False)  # Planner state this plan was made against
+    # Quarantine (sparse kinds): dropped views held until the given time, and
+    # held views given back to the same (peer, real).
+    held: tuple[tuple[Rec, float], ...] = ()
+    unheld: tuple[Rec, ...] = ()
 
     @property
     def changes(self) -> bool:
-        return bool(self.new or self.dropped)
+        return bool(self.new or self.dropped or self.held or self.unheld)
 
 
 def check_peer_name(peer: object) -> str:
@@ -103,6 +107,9 @@ class Planner:
         self._checked: dict[tuple[PeerRange, ...], tuple[tuple[PeerRange, Net], ...]] = {}
         self._generation = 0
         self._conflicts: list[Conflict] | None = None
+        # Released sparse views in quarantine, by (peer, real): they stay in the
+        # view index (nobody else gets them) but belong to no live allocation.
+        self._held: dict[tuple[str, Net], tuple[Rec, float]] = {}
 
     # -- queries ---------------------------------------------------------
 
@@ -111,6 +118,14 @@ class Planner:
 
     def allocations(self) -> dict[str, list[View]]:
         return {p: [r.view for r in recs] for p, recs in self._by_peer.items()}
+
+    def held(self) -> list[tuple[View, float]]:
+        """Views in quarantine and the time their hold ends."""
+        return [(r.view, until) for r, until in self._held.values()]
+
+    def _is_held(self, r: Rec) -> bool:
+        h = self._held.get((r.view.peer, r.rnet))
+        return h is not None and h[0] is r
 
     def __len__(self) -> int:
         return len(self._by_first)
@@ -123,6 +138,8 @@ class Planner:
             for n, label in self._blocking:
                 for lo, _ in self._views[n.version].overlapping(n.first, n.last):
                     r = self._by_first[(n.version, lo)]
+                    if self._is_held(r):
+                        continue
                     out.append(Conflict(r.view, label.removeprefix("local ")))
             self._conflicts = out
         return list(self._conflicts)
@@ -152,11 +169,17 @@ class Planner:
             if not isinstance(pr, PeerRange):
                 raise IpamError(f"peer range {pr!r}: not a PeerRange")
             if pr.kind not in KINDS:
-                raise IpamError(f"peer range {pr.cidr!r}: kind {pr.kind!r} is not 'pod' or 'service'")
+                raise IpamError(f"peer range {pr.cidr!r}: kind {pr.kind!r} is not one of {', '.join(KINDS)}")
             net = parse_cidr(pr.cidr, f"peer {pr.kind} range")
-            special = special_overlap(net)
-            if special is not None:
-                raise IpamError(f"peer {pr.kind} range {pr.cidr!r}: overlaps special-purpose range {special}")
+            if pr.kind == "egress":
+                # Not an address of the peer's: only the block's family and size.
+                if net.first != 0:
+                    raise IpamError(f"peer egress range {pr.cidr!r}: must be 0.0.0.0/N or ::/N "
+                                    "(it gives only the size of the block)")
+            else:
+                special = special_overlap(net)
+                if special is not None:
+                    raise IpamError(f"peer {pr.kind} range {pr.cidr!r}: overlaps special-purpose range {special}")
             dup = False
             for other, onet in out:  # a peer claims a handful of ranges: pairwise is fine
                 if onet == net and other.kind == pr.kind:
@@ -170,21 +193,26 @@ class Planner:
 
     # -- planning --------------------------------------------------------
 
-    def plan(self, peer: str, ranges: Sequence[PeerRange], *, replace: bool = False) -> Plan:
+    def plan(self, peer: str, ranges: Sequence[PeerRange], *, replace: bool = False,
+             now: float = 0.0, hold: float = 0.0) -> Plan:
         """The peer's views with ``ranges`` added (or, with ``replace``, set to exactly them).
 
         All or nothing: raises IpamError if any range cannot be placed.
         Existing views of the peer are kept as they are. Changes nothing.
+        Sparse views dropped by ``replace`` are held until ``now + hold``: no
+        other allocation gets them meanwhile (a DNS answer may still name
+        them), and the same (peer, real) asking again gets its view back.
         """
         check_peer_name(peer)
-        return self.plan_checked(peer, self.check(ranges), replace=replace)
+        return self.plan_checked(peer, self.check(ranges), replace=replace, now=now, hold=hold)
 
     def plan_checked(self, peer: str, claims: Sequence[tuple[PeerRange, Net]], *,
-                     replace: bool = False) -> Plan:
+                     replace: bool = False, now: float = 0.0, hold: float = 0.0) -> Plan:
         """``plan`` for claims that already went through ``check``."""
         existing = self._by_peer.get(peer)
         kept: list[Rec] = []
         dropped: tuple[Rec, ...] = ()
+        unheld: list[Rec] = []
         if not existing:  # the common case: a new peer
             todo = list(claims)
         else:
@@ -208,14 +236,28 @@ class Planner:
                     if r.rnet.overlaps(net):
                         raise IpamError(f"peer {pr.kind} range {pr.cidr!r}: overlaps the peer's "
                                         f"{r.view.kind} range {r.view.real} (a peer's ranges must be disjoint)")
+        held: tuple[tuple[Rec, float], ...] = ()
+        if hold > 0 and dropped:
+            held = tuple((r, now + hold) for r in dropped if r.view.kind in SPARSE_KINDS)
+            dropped = tuple(r for r in dropped if r.view.kind not in SPARSE_KINDS)
+        if self._held and todo:
+            # A view in quarantine goes back to the same peer's same range.
+            rest = []
+            for pr, net in todo:
+                h = self._held.get((peer, net))
+                if h is not None and h[0].view.kind == pr.kind:
+                    unheld.append(h[0])
+                else:
+                    rest.append((pr, net))
+            todo = rest
 
         # Pass 1 keeps every free real prefix as its own view before pass 2
         # takes pool space, so a remap never steals a range that could have
         # stayed unchanged. Dropped views stay blocked until committed.
         tentative: list[Net] = []
         chosen: list[Net | None] = []
-        for _, net in todo:
-            if self._is_free(net, tentative):
+        for pr, net in todo:
+            if pr.kind in FULL_KINDS and self._is_free(net, tentative):
                 chosen.append(net)
                 tentative.append(net)
             else:
@@ -224,6 +266,9 @@ class Planner:
             if chosen[i] is not None:
                 continue
             found = self._first_fit(net.version, net.plen, tentative)
+            if isinstance(found, str) and pr.kind in SPARSE_KINDS:
+                what = "block" if pr.kind == "egress" else f"range {pr.cidr!r}"
+                raise IpamError(f"peer {pr.kind} {what} of {peer!r}: no free /{net.plen} for its view: {found}")
             if isinstance(found, str):
                 raise IpamError(f"peer {pr.kind} range {pr.cidr!r} of {peer!r}: overlaps "
                                 f"{self._collision(net, tentative)} and cannot be remapped: {found}")
@@ -231,8 +276,8 @@ class Planner:
             tentative.append(found)
         new = tuple([Rec(View(peer, pr.kind, pr.cidr, str(v)), v, net)
                      for (pr, net), v in zip(todo, chosen, strict=True) if v is not None])
-        views = tuple([r.view for r in kept] + [r.view for r in new])
-        return Plan(peer, views, new, dropped, self._generation)
+        views = tuple([r.view for r in kept] + [r.view for r in unheld] + [r.view for r in new])
+        return Plan(peer, views, new, dropped, self._generation, held, tuple(unheld))
 
     def _is_free(self, net: Net, tentative: Sequence[Net]) -> bool:
         v, lo, hi = net.version, net.first, net.last
@@ -302,24 +347,48 @@ class Planner:
             raise RuntimeError("plan was made against an older planner state")
         for r in plan.dropped:
             self._remove(r)
-        for r in plan.new:
-            self._add(r)
-        if plan.dropped:
-            self._by_peer[plan.peer] = [r for r in self._by_peer[plan.peer] if r not in plan.dropped]
+        gone = set(plan.dropped)
+        for r, until in plan.held:
+            self._held[(plan.peer, r.rnet)] = (r, until)
+            gone.add(r)
+            self._conflicts = None
+        if gone:
+            self._by_peer[plan.peer] = [r for r in self._by_peer[plan.peer] if r not in gone]
             if not self._by_peer[plan.peer]:
                 del self._by_peer[plan.peer]
+        for r in plan.unheld:
+            del self._held[(plan.peer, r.rnet)]
+            self._by_peer.setdefault(plan.peer, []).append(r)
+            self._conflicts = None
+        for r in plan.new:
+            self._add(r)
         self._generation += 1
 
-    def release(self, peer: str) -> list[View]:
-        """Forget the peer's views; returns them."""
+    def expire(self, now: float) -> list[Rec]:
+        """End the holds that ran out by ``now``: those views are free again."""
+        done = [r for r, until in self._held.values() if until <= now]
+        for r in done:
+            del self._held[(r.view.peer, r.rnet)]
+            self._remove(r)
+        if done:
+            self._generation += 1
+        return done
+
+    def release(self, peer: str, *, now: float = 0.0, hold: float = 0.0) -> list[View]:
+        """Forget the peer's views (sparse ones held until ``now + hold``); returns them."""
         recs = self._by_peer.pop(peer, [])
         for r in recs:
-            self._remove(r)
+            if hold > 0 and r.view.kind in SPARSE_KINDS:
+                self._held[(peer, r.rnet)] = (r, now + hold)
+                self._conflicts = None
+            else:
+                self._remove(r)
         self._generation += 1
         return [r.view for r in recs]
 
-    def load(self, recs: Iterable[Rec]) -> None:
-        """Add views (from the store, or ``plan()``'s taken list) to an empty planner.
+    def load(self, recs: Iterable[Rec], held: Iterable[tuple[Rec, float]] = ()) -> None:
+        """Add views (from the store, or ``plan()``'s taken list) to an empty planner,
+        and ``held``: views in quarantine with the end of their hold.
 
         Raises IpamError if two of them overlap or a peer has a real range twice.
         """
@@ -328,6 +397,13 @@ class Planner:
         by_first = self._by_first
         by_peer = self._by_peer
         spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        for r, until in held:
+            key = (r.vnet.version, r.vnet.first)
+            if key in by_first:
+                self._corrupt(r, by_first[key])
+            by_first[key] = r
+            spans[r.vnet.version].append((r.vnet.first, r.vnet.last))
+            self._held[(r.view.peer, r.rnet)] = (r, until)
         for r in recs:
             version, first, _, last = r.vnet
             key = (version, first)
@@ -398,7 +474,7 @@ def rec_from_view(view: View) -> Rec:
         raise IpamError(f"taken view {view!r}: not a View")
     check_peer_name(view.peer)
     if view.kind not in KINDS:
-        raise IpamError(f"taken view {view!r}: kind {view.kind!r} is not 'pod' or 'service'")
+        raise IpamError(f"taken view {view!r}: kind {view.kind!r} is not one of {', '.join(KINDS)}")
     rnet = parse_cidr(view.real, "taken view's real range")
     vnet = parse_cidr(view.view, "taken view")
     if rnet.version != vnet.version or rnet.plen != vnet.plen:

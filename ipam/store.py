@@ -14,18 +14,19 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from .cidr import Net, net_from_bytes, parse_cidr
 from .errors import IpamError
-from .model import DEFAULT_POOLS, Conflict, Kind, LocalRanges, PeerRange, View
+from .model import DEFAULT_POOLS, KINDS, SPARSE_KINDS, Conflict, Kind, LocalRanges, PeerRange, View
 from .planner import Plan, Planner, Rec, check_peer_name
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _PlanFn = Callable[[Planner], Plan]
 
@@ -36,19 +37,30 @@ _PlanFn = Callable[[Planner], Plan]
 # as big-endian bytes so a reopen builds its index without parsing text (the
 # prefix length comes from the real range, which repeats across peers and is
 # parsed once per distinct value); seq keeps each peer's views in allocation
-# order.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS views (
+# order. held is NULL for a live view, else the time (epoch seconds) until
+# which a released sparse view stays in quarantine. The kind is checked by
+# the Planner when the rows are loaded.
+_VIEWS = """
+CREATE TABLE IF NOT EXISTS {name} (
     peer   TEXT NOT NULL,
     real   TEXT NOT NULL,
     seq    INTEGER NOT NULL,
-    kind   TEXT NOT NULL CHECK (kind IN ('pod', 'service')),
+    kind   TEXT NOT NULL,
     view   TEXT NOT NULL,
     vfirst BLOB NOT NULL,
+    held   REAL,
     PRIMARY KEY (peer, real)
-) WITHOUT ROWID;
+) WITHOUT ROWID
 """
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+           _VIEWS.format(name="views"))
+# Version 1 (before sparse views) had a CHECK limiting kind to pod/service and
+# no held column: SQLite cannot alter a CHECK, so the table is copied.
+_MIGRATE_1 = (_VIEWS.format(name="views_v2"),
+              "INSERT INTO views_v2 (peer, real, seq, kind, view, vfirst)"
+              " SELECT peer, real, seq, kind, view, vfirst FROM views",
+              "DROP TABLE views",
+              "ALTER TABLE views_v2 RENAME TO views")
 
 
 class IpamStore:
@@ -96,10 +108,17 @@ class IpamStore:
             with store._lock:
                 store._begin()
                 try:
-                    for stmt in _SCHEMA.split(";"):
-                        if stmt.strip():
+                    has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone()
+                    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
+                        if has_meta else None
+                    if row is not None and row[0] == "1":
+                        for stmt in _MIGRATE_1:
                             conn.execute(stmt)
-                    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+                        row = (str(SCHEMA_VERSION),)
+                        log.info("IPAM store %s: upgraded to schema version %d", path, SCHEMA_VERSION)
+                    for stmt in _SCHEMA:
+                        conn.execute(stmt)
                     if row is None:
                         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)",
                                      (str(SCHEMA_VERSION),))
@@ -156,41 +175,55 @@ class IpamStore:
         # Sorting the rows in Python (by their unique leading seq) is cheaper
         # than an ORDER BY, which SQLite would do with a temporary b-tree.
         rows = self._conn.execute(
-            "SELECT seq, peer, kind, real, view, vfirst FROM views").fetchall()
-        kinds: dict[str, Kind] = {"pod": "pod", "service": "service"}
+            "SELECT seq, peer, kind, real, view, vfirst, held FROM views").fetchall()
+        kinds: dict[str, Kind] = {k: k for k in KINDS}
         new_tuple = tuple.__new__  # skips NamedTuple's Python-level __new__ (20k calls)
         try:
             rows.sort()
             self._next_seq = rows[-1][0] + 1 if rows else 0
             reals: dict[str, Net] = {}  # peers share real ranges: parse each once
             recs: list[Rec] = []
-            for _, peer, kind, real, view, vf in rows:
+            held: list[tuple[Rec, float]] = []
+            for _, peer, kind, real, view, vf, until in rows:
                 rnet = reals.get(real)
                 if rnet is None:
                     rnet = reals[real] = parse_cidr(real, "stored real range")
                 vnet = net_from_bytes(vf, rnet.plen)
                 if vnet.version != rnet.version:
                     raise ValueError(f"view {view} of {real}: address family differs")
-                recs.append(new_tuple(Rec, (View(peer, kinds[kind], real, view), vnet, rnet)))
+                rec = new_tuple(Rec, (View(peer, kinds[kind], real, view), vnet, rnet))
+                if until is None:
+                    recs.append(rec)
+                else:
+                    held.append((rec, float(until)))
         except (KeyError, TypeError, ValueError) as e:
             raise IpamError(f"IPAM store {self.path}: malformed row ({e})") from None
-        planner.load(recs)
+        planner.load(recs, held)
         self._planner = planner
 
     def _check_open(self) -> None:
         if self._closed:
             raise IpamError("IPAM store is closed")
 
-    def _write(self, make_plan: _PlanFn) -> Plan:
+    def _write(self, make_plan: _PlanFn, now: float) -> Plan:
         with self._lock:
             self._check_open()
             self._begin()
             try:
                 self._sync_in_txn()
+                expired = self._planner.expire(now)
+                if expired:
+                    self._data_version = None  # memory ran ahead: reload if this rolls back
+                    self._conn.executemany("DELETE FROM views WHERE peer=? AND real=?",
+                                           [(r.view.peer, r.view.real) for r in expired])
                 p = make_plan(self._planner)
                 if p.dropped:
                     self._conn.executemany("DELETE FROM views WHERE peer=? AND real=?",
-                                           [(p.peer, r.view.real) for r in p.dropped])
+                                           [(r.view.peer, r.view.real) for r in p.dropped])
+                if p.held or p.unheld:
+                    self._conn.executemany("UPDATE views SET held=? WHERE peer=? AND real=?",
+                                           [(until, r.view.peer, r.view.real) for r, until in p.held]
+                                           + [(None, r.view.peer, r.view.real) for r in p.unheld])
                 seq = self._next_seq
                 if p.new:
                     self._conn.executemany(
@@ -201,6 +234,8 @@ class IpamStore:
                          for i, r in enumerate(p.new)])
                 self._conn.execute("COMMIT")
                 self._next_seq = seq + len(p.new)
+                if expired:
+                    self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             except BaseException:
                 self._rollback()
                 raise
@@ -213,40 +248,55 @@ class IpamStore:
 
     # -- API -------------------------------------------------------------
 
-    def allocate(self, peer: str, ranges: Sequence[PeerRange], *, replace: bool = False) -> list[View]:
+    def allocate(self, peer: str, ranges: Sequence[PeerRange], *, replace: bool = False,
+                 hold: float = 0.0, now: float | None = None) -> list[View]:
         """Views for ``ranges`` of ``peer``; all or nothing, idempotent.
 
         Existing views of the peer are kept; with ``replace`` the peer's views
-        of ranges not in ``ranges`` are released in the same transaction.
+        of ranges not in ``ranges`` are released in the same transaction
+        (sparse ones into quarantine for ``hold`` seconds).
         Returns every view of the peer.
         """
         check_peer_name(peer)
         claims = self._planner.check(ranges)  # bad input is rejected before taking the lock
+        t = time.time() if now is None else now
         with self._lock:
             self._refresh()
             if self._planner.views(peer):
                 # A known peer asking again (every re-peer does) usually needs no
                 # change: answer from the refreshed state without the write lock.
-                p = self._planner.plan_checked(peer, claims, replace=replace)
+                p = self._planner.plan_checked(peer, claims, replace=replace, now=t, hold=hold)
                 if not p.changes:
                     return list(p.views)
-        p = self._write(lambda pl: pl.plan_checked(peer, claims, replace=replace))
+        p = self._write(lambda pl: pl.plan_checked(peer, claims, replace=replace, now=t, hold=hold), t)
         return list(p.views)
 
-    def release(self, peer: str) -> None:
-        """Free every view of ``peer`` (no error if it has none)."""
+    def release(self, peer: str, *, hold: float = 0.0, now: float | None = None) -> None:
+        """Free every view of ``peer`` (no error if it has none); sparse views are
+        held in quarantine for ``hold`` seconds first."""
         check_peer_name(peer)
+        t = time.time() if now is None else now
         with self._lock:
             self._check_open()
             self._begin()
             try:
                 self._sync_in_txn()
-                self._conn.execute("DELETE FROM views WHERE peer=?", (peer,))
+                if hold > 0:
+                    self._conn.execute(
+                        f"UPDATE views SET held=? WHERE peer=? AND held IS NULL AND kind IN "
+                        f"({','.join('?' * len(SPARSE_KINDS))})", (t + hold, peer, *SPARSE_KINDS))
+                self._conn.execute("DELETE FROM views WHERE peer=? AND held IS NULL", (peer,))
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
-            self._planner.release(peer)
+            self._planner.release(peer, now=t, hold=hold)
+
+    def held(self) -> list[tuple[View, float]]:
+        """Views in quarantine and when their hold ends."""
+        with self._lock:
+            self._refresh()
+            return self._planner.held()
 
     def check(self, ranges: Sequence[PeerRange]) -> None:
         """Validate peer-claimed ranges without allocating (IpamError if malformed)."""

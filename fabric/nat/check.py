@@ -8,6 +8,9 @@ pair), unique cluster IDs and chain names, our views of peers unique in our
 address space (they are map keys and WireGuard allowed IPs) and not
 overlapping our own ranges, and each peer's views of us not overlapping each
 other (they live in that peer's address space, so they may repeat across peers).
+Kinds (``fabric.model.Kind``): an egress block's real side is the placeholder
+0.0.0.0/N or ::/N of the block's own length, at most one block per family and
+side; a gateway mapping is one address.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from fabric.model import Address, FabricState, LocalFabric, Network, PeerFabric
+from fabric.model import KINDS, Address, FabricState, LocalFabric, Network, PeerFabric
 from fabric.nat.names import chain_suffix
 
 
@@ -46,6 +49,11 @@ def _cidr(text: str) -> Cidr:
     return Cidr(net, f"{addr}/{net.prefixlen}", f'{{"prefix":{{"addr":"{addr}","len":{net.prefixlen}}}}}')
 
 
+def cidr(text: str) -> Cidr:
+    """A valid CIDR text, parsed (cached)."""
+    return _cidr(text)
+
+
 def _parse(text: str, what: str) -> Cidr:
     try:
         return _cidr(text)
@@ -60,6 +68,18 @@ class Mapping:
     kind: str
     real: Cidr
     view: Cidr
+
+    @property
+    def block(self) -> bool:
+        """An egress block: no real range, every source of its family maps into ``view``."""
+        return self.kind == "egress"
+
+    @property
+    def single(self) -> bool:
+        """One address (an export or the gateway) rewritten: an element of the peer's
+        one SNAT and one DNAT map per family, not a rule of its own."""
+        return (self.kind in ("export", "gateway") and self.real.net.prefixlen == self.real.net.max_prefixlen
+                and self.real.text != self.view.text)
 
 
 @dataclass(frozen=True)
@@ -132,38 +152,64 @@ def check_peer(peer: PeerFabric) -> CheckedPeer:
 
     def pair(kind: str, real: str, view: str, side: str) -> Mapping:
         what = f"peer {cid!r} {side} {kind}"
-        if kind not in ("pod", "service"):
-            raise NatError(f"{what}: kind must be pod or service, not {kind!r}")
+        if kind not in KINDS:
+            raise NatError(f"{what}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
         r, v = _parse(real, what + " real"), _parse(view, what + " view")
         if r.net.version != v.net.version or r.net.prefixlen != v.net.prefixlen:
             raise NatError(f"{what}: view {v.text} must have the same family and length as {r.text}")
+        if kind == "egress" and int(r.net.network_address) != 0:
+            # Only family and size: the block names every client of the peer.
+            raise NatError(f"{what}: real must be {'0.0.0.0' if r.version == 4 else '::'}/{v.net.prefixlen} "
+                           f"(an egress block has no real range), not {r.text}")
+        if kind == "gateway" and r.net.num_addresses != 1:
+            raise NatError(f"{what}: real {r.text} must be one address (/32 or /128)")
         return Mapping(kind, r, v)
+
+    def one_block(maps: tuple[Mapping, ...], side: str) -> None:
+        for version in (4, 6):
+            blocks = [m.view.text for m in maps if m.kind == "egress" and m.view.version == version]
+            if len(blocks) > 1:
+                raise NatError(f"peer {cid!r} {side} egress: one block per IP family, got {', '.join(blocks)}")
 
     remote = tuple(pair(m.kind, m.real, m.view, "remote") for m in peer.remote)
     local = tuple(pair(m.kind, m.real, m.view, "local") for m in peer.local)
+    one_block(remote, "remote")
+    one_block(local, "local")
+    # One view per address we offer: two would make our source ambiguous (and the
+    # kernel refuses a map with the same key twice).
+    views: dict[str, str] = {}
+    for m in local:
+        if m.kind in ("export", "gateway"):
+            if m.real.text in views:
+                raise NatError(f"peer {cid!r} local {m.kind}: real {m.real.text} has two views, {views[m.real.text]} "
+                               f"and {m.view.text} (one view per address)")
+            views[m.real.text] = m.view.text
     _first_overlap([(m.view.net, "its view of us") for m in local], f"peer {cid!r}: ")
     return CheckedPeer(cid, chain_suffix(cid), remote, local)
 
 
 def check(state: FabricState) -> Checked:
     local = check_local(state.local)
+    return Checked(local, check_peers(local, [check_peer(p) for p in state.peers]))
+
+
+def check_peers(local: CheckedLocal, peers: list[CheckedPeer]) -> tuple[CheckedPeer, ...]:
+    """What depends on all peers together (each checked on its own by ``check_peer``):
+    unique cluster IDs and chain names, our views unique and clear of our ranges."""
     seen_ids: set[str] = set()
     seen_chains: set[str] = set()
     owned: list[tuple[Network, str]] = [(c.net, "local range") for c in local.pods + local.services]
-    peers = []
-    for peer in state.peers:
-        cid = peer.cluster_id
+    for checked in peers:
+        cid = checked.cluster_id
         if cid in seen_ids:
             raise NatError(f"peer {cid!r}: listed twice")
         seen_ids.add(cid)
-        if chain_suffix(cid) in seen_chains:
+        if checked.suffix in seen_chains:
             raise NatError(f"peer {cid!r}: chain name collides with another peer")
-        seen_chains.add(chain_suffix(cid))
-        checked = check_peer(peer)
+        seen_chains.add(checked.suffix)
         owned += [(m.view.net, f"view of peer {cid!r}") for m in checked.remote]
-        peers.append(checked)
     _first_overlap(owned, "", views_only=True)
-    return Checked(local, tuple(peers))
+    return tuple(peers)
 
 
 def _first_overlap(nets: list[tuple[Network, str]], prefix: str, views_only: bool = False) -> None:

@@ -16,7 +16,10 @@ is what ``json.dumps(..., separators=(",", ":"))`` makes of the same objects
 
 ``build`` keeps the tables of the last two states (keyed by the frozen
 ``FabricState``): an apply validates, renders and verifies one state, and the
-API reports the same one, without building it again.
+API reports the same one, without building it again. Each peer's pieces are
+also kept on their own (``peer_pieces``, keyed by our checked side and the
+frozen ``PeerFabric``), so a new state where one peer changed builds that
+peer and runs only the checks that involve all peers.
 """
 
 from __future__ import annotations
@@ -24,13 +27,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import ipaddress
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from fabric.model import Address, FabricState, map_into
-from fabric.nat.check import Checked, CheckedLocal, CheckedPeer, Mapping, check
+from fabric.model import Address, FabricState, PeerFabric, map_into
+from fabric.nat.check import (
+    CheckedLocal,
+    CheckedPeer,
+    Cidr,
+    Mapping,
+    check_local,
+    check_peer,
+    check_peers,
+    cidr,
+)
 from fabric.nat.names import FAMILY, Direction, PeerChain, comment
 
 # json.dumps builds a new encoder on every call with non-default separators;
@@ -67,6 +80,10 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# From this many single-address mappings of one peer and family on, they share
+# one map rule per direction (one lookup, whatever their number) instead of a rule each.
+MAP_MIN = 4
+
 # Iterating an Enum class runs Python code each time; rendering does it per peer.
 CHAINS = tuple(PeerChain)
 
@@ -87,6 +104,30 @@ class Rule(NamedTuple):
     text: str
 
 
+class MappingRules(NamedTuple):
+    """What implements one of the peer's ``local`` mappings (same index)."""
+
+    egress: Rule  # in to-<peer>: our source -> the peer's view of it
+    ingress: Rule | None  # in from-<peer>: the peer's view of us -> our real address (None: an egress block)
+    count_egress: Rule  # its counting twins in cnt-<peer>
+    count_ingress: Rule | None
+    # A single address (``Mapping.single``): the rules are the peer's shared map
+    # rules of that family, and these its elements ("real : view", "view : real").
+    egress_element: str | None = None
+    ingress_element: str | None = None
+    # ... and their counting twins are the two lookups of the peer's counting
+    # set of that family: this mapping is its element (our real address).
+    count_set: str | None = None
+    count_element: str | None = None
+
+
+class Key(NamedTuple):
+    """A key of the maps and sets keyed by our views of the peer."""
+
+    cidr: Cidr
+    note: str  # the element comment: "<peer> <kind>[+<kind>...]"
+
+
 @dataclass(frozen=True)
 class PeerPieces:
     """One peer's chains, rules and elements, as JSON text."""
@@ -94,8 +135,8 @@ class PeerPieces:
     peer: CheckedPeer
     chains: dict[PeerChain, str]  # chain names
     quoted: tuple[str, ...]  # the chain names as JSON strings, in ``CHAINS`` order
-    # One NAT rule per mapping of ours (egress, then ingress) and its counting
-    # twin with the same comment, in the same order.
+    # The rules of the peer's chains in table order: to-<peer>, then
+    # from-<peer> (nat_rules); cnt-<peer>, egress twins then ingress twins (count_rules).
     nat_rules: tuple[Rule, ...]
     count_rules: tuple[Rule, ...]
     # By map or set name (``element_maps``): the peer's elements, comma-separated
@@ -103,10 +144,19 @@ class PeerPieces:
     # the peer's chains, host_v* holds the gateway as the peer sees it.
     elements: dict[str, str]
     host_target: dict[int, Address | None]  # by IP version
+    mapping_rules: tuple[MappingRules, ...] = ()  # per ``peer.local`` mapping
+    keys: tuple[Key, ...] = ()  # of every map/set above, both families
+    # The peer's own sets (name, its "add set" command with elements): one per
+    # family holding our mapped single addresses, a counter on each element.
+    sets: tuple[tuple[str, str], ...] = ()
 
     @property
     def cluster_id(self) -> str:
         return self.peer.cluster_id
+
+    def key_of(self, addr: Address) -> Key | None:
+        """The map key (our view of the peer, maybe collapsed with its neighbours) holding ``addr``."""
+        return next((k for k in self.keys if addr.version == k.cidr.version and addr in k.cidr.net), None)
 
 
 @dataclass(frozen=True)
@@ -123,6 +173,7 @@ class Builder:
     def __init__(self, local: CheckedLocal) -> None:
         self.local = local
         self._rule_head = f'{{"family":"{FAMILY}","table":{dumps(local.table)},"chain":'
+        self._set_head = f'"family":"{FAMILY}","table":{dumps(local.table)}'
         self._maps = {v: element_maps(v) for v in (4, 6)}
         # Shared fragments, keyed by what they depend on (CIDR texts as parsed).
         self._rules: dict[tuple[Direction, str, str, str], tuple[str, str, str]] = {}
@@ -157,6 +208,8 @@ class Builder:
         gateway = self.local.gateway_of(version)
         if gateway is None:
             return None
+        if any(m.block and m.view.version == version for m in peer.local):
+            return None  # the egress block's catch-all in to-<peer> already takes every other source
         for m in peer.local:
             key = (version, m.real.text, m.view.text)  # per family: dual stack has two gateway addresses
             if key not in self._host:  # most peers share their views of us
@@ -167,6 +220,78 @@ class Builder:
                 return target
         return None
 
+    def _block_frags(self, m: Mapping) -> tuple[str, str, str]:
+        """An egress block's rule (match the family only, SNAT into the block's
+        range, ``persistent`` so one client keeps one address), comment, and its
+        counting twin: every packet of that family into the interface (there is
+        no real range to match on)."""
+        key = (Direction.EGRESS, m.kind, m.real.text, m.view.text)
+        frag = self._rules.get(key)
+        if frag is None:
+            p, nf = _proto(m.view.version), "ipv4" if m.view.version == 4 else "ipv6"
+            first, last = str(m.view.net.network_address), str(m.view.net.broadcast_address)
+            family = f'{{"match":{{"op":"==","left":{{"meta":{{"key":"nfproto"}}}},"right":"{nf}"}}}}'
+            wg = f'{{"match":{{"op":"==","left":{{"meta":{{"key":"oifname"}}}},"right":{dumps(self.local.interface)}}}}}'
+            snat = f'{{"snat":{{"family":"{p}","addr":{{"range":["{first}","{last}"]}},"flags":"persistent"}}}}'
+            frag = self._rules[key] = (f"[{family},{COUNTER},{snat}]", f"egress block: any source -> {first}-{last}",
+                                       f"[{wg},{family},{COUNTER}]")
+        return frag
+
+    def _map_frags(self, direction: Direction, maps: list[Mapping], named: str) -> tuple[str, list[str]]:
+        """One rule for all of a family's single-address mappings, rewriting
+        through an anonymous map: one hash lookup, whatever their number.
+        Egress first matches our addresses in the peer's named set ``named``
+        (which also counts them), so its counter counts only their connections;
+        ingress has no match and no counter (a miss ends the rule and the
+        packet meets prerouting's counted drop): anonymous sets cost the kernel
+        as much to create as tens of rules. Returns the expressions and each
+        mapping's element ("from : to")."""
+        p = _proto(maps[0].view.version)
+        pairs = [(m.real.text.split("/")[0], m.view.text.split("/")[0]) for m in maps]
+        if direction is Direction.EGRESS:
+            field, nat = "saddr", "snat"
+        else:
+            field, nat = "daddr", "dnat"
+            pairs = [(v, r) for r, v in pairs]
+        payload = f'{{"payload":{{"protocol":"{p}","field":"{field}"}}}}'
+        data = ",".join(f'["{a}","{b}"]' for a, b in pairs)
+        match = (f'{{"match":{{"op":"==","left":{payload},"right":{dumps("@" + named)}}}}},{COUNTER},'
+                 if direction is Direction.EGRESS else "")
+        expr = f'[{match}{{"{nat}":{{"family":"{p}","addr":{{"map":{{"key":{payload},"data":{{"set":[{data}]}}}}}}}}}}]'
+        return expr, [f"{a} : {b}" for a, b in pairs]
+
+    def _keys(self, peer: CheckedPeer) -> list[Key]:
+        """The map keys: each pod/service view as it is, the sparse views
+        (export, gateway, egress) collapsed into the fewest CIDRs, as IPAM
+        mostly allocates them adjacent (22 /32s of a peer become a few keys)."""
+        cid = peer.cluster_id
+        keys = [Key(m.view, f"{cid} {m.kind}") for m in peer.remote if m.kind in ("pod", "service")]
+        for v in (4, 6):
+            # (first address, last address, mapping), in address order (views never overlap).
+            sparse = sorted(((int(m.view.net.network_address), int(m.view.net.broadcast_address), m)
+                             for m in peer.remote if m.kind not in ("pod", "service") and m.view.version == v),
+                            key=lambda x: x[0])
+            runs: list[tuple[int, int, list[Mapping]]] = []  # adjacent views: (first, last address, views)
+            for lo, hi, m in sparse:
+                if runs and runs[-1][1] + 1 == lo:
+                    runs[-1][2].append(m)
+                    runs[-1] = (runs[-1][0], hi, runs[-1][2])
+                else:
+                    runs.append((lo, hi, [m]))
+            bits = 32 if v == 4 else 128
+            for lo, hi, views in runs:
+                if len(views) == 1:
+                    keys.append(Key(views[0].view, f"{cid} {views[0].kind}"))
+                    continue
+                k = 0  # the views (in order) inside each CIDR of the run
+                for net in _cidrs(lo, hi, bits):
+                    end, kinds = int(net.net.broadcast_address), set()
+                    while k < len(views) and int(views[k].view.net.network_address) <= end:
+                        kinds.add(views[k].kind)
+                        k += 1
+                    keys.append(Key(net, f"{cid} {'+'.join(sorted(kinds))}"))
+        return keys
+
     def peer(self, peer: CheckedPeer) -> PeerPieces:
         cid = peer.cluster_id
         chains = {pc: f"{pc.prefix}-{peer.suffix}" for pc in CHAINS}
@@ -175,6 +300,10 @@ class Builder:
         # One counted NAT rule per mapping in the peer's chain: egress rewrites our
         # source to the peer's view of it, ingress rewrites the peer's view of us
         # back to our real destination (both prefix-for-prefix, netmap).
+        # Single addresses (sparse views: exports, the gateway) share one map rule
+        # per family and direction; an egress block is one catch-all SNAT after
+        # every other rule of its family, with no ingress rule (nothing is
+        # offered under it: prerouting's final drop counts such packets).
         # The counting rules run in forward, where every packet passes (the NAT
         # chains see only a connection's first): egress before SNAT, so the source
         # is still our real range; ingress after DNAT, so the destination already
@@ -183,50 +312,150 @@ class Builder:
         # packet's source is one, and views never overlap our real ranges
         # (check), so an egress packet cannot match an ingress rule nor the
         # reverse. No verdict: counting changes nothing.
-        nat_rules: list[Rule] = []
-        count_rules: list[Rule] = []
         head = self._rule_head
-        for direction, pc, chain in ((Direction.EGRESS, PeerChain.EGRESS, egress),
-                                     (Direction.INGRESS, PeerChain.INGRESS, ingress)):
-            for m in peer.local:
+        targets = {PeerChain.EGRESS: egress, PeerChain.INGRESS: ingress, PeerChain.COUNT: count}
+
+        def rule(pc: PeerChain, expr: str, note: str) -> Rule:
+            return Rule(chains[pc], expr, note, f'{head}{targets[pc]},"expr":{expr},"comment":{dumps(note)}}}')
+
+        to_rules: list[Rule] = []
+        from_rules: list[Rule] = []
+        count_out: list[Rule] = []
+        count_in: list[Rule] = []
+        made: list[MappingRules] = []
+        singles: dict[int, list[int]] = {4: [], 6: []}
+        blocks: list[int] = []
+        sets: list[tuple[str, str]] = []
+        # Few single addresses get a rule each: an anonymous set and map cost the
+        # kernel more to create than a few rules (bench/nat_scale.py --sparse).
+        mapped = {v: sum(m.single and m.view.version == v for m in peer.local) >= MAP_MIN for v in (4, 6)}
+        for m in peer.local:
+            if m.block:
+                expr, after_id, counted = self._block_frags(m)
+                note = comment(f"{cid}: {after_id}")
+                blocks.append(len(made))
+                made.append(MappingRules(rule(PeerChain.EGRESS, expr, note), None,
+                                         rule(PeerChain.COUNT, counted, note), None))
+                count_out.append(made[-1].count_egress)
+                continue
+            pair = []
+            for direction, pc, out in ((Direction.EGRESS, PeerChain.EGRESS, to_rules),
+                                       (Direction.INGRESS, PeerChain.INGRESS, from_rules)):
                 expr, after_id, counted = self._rule_frags(direction, m)
                 note = comment(f"{cid}: {after_id}")
-                text = dumps(note)
-                nat_rules.append(Rule(chains[pc], expr, note, f'{head}{chain},"expr":{expr},"comment":{text}}}'))
-                count_rules.append(Rule(chains[PeerChain.COUNT], counted, note,
-                                        f'{head}{count},"expr":{counted},"comment":{text}}}'))
+                nat = rule(pc, expr, note)
+                if not (m.single and mapped[m.view.version]):
+                    out.append(nat)
+                pair += [nat, rule(PeerChain.COUNT, counted, note)]
+            made.append(MappingRules(pair[0], pair[2], pair[1], pair[3]))
+            if m.single and mapped[m.view.version]:
+                singles[m.view.version].append(len(made) - 1)
+                continue  # counted by the family's set below
+            count_out.append(pair[1])
+            count_in.append(pair[3])
+        for v in (4, 6):
+            js = singles[v]
+            if not js:
+                continue
+            kinds = "+".join(sorted({peer.local[j].kind for j in js}))
+            name = f"exp-{peer.suffix}-v{v}"
+            both = []
+            for direction, pc, out, side in ((Direction.EGRESS, PeerChain.EGRESS, to_rules, "src"),
+                                             (Direction.INGRESS, PeerChain.INGRESS, from_rules, "dst")):
+                expr, elems = self._map_frags(direction, [peer.local[j] for j in js], name)
+                nat = rule(pc, expr, comment(f"{cid}: {direction.value} {kinds} {side} map ({len(js)} addresses)"))
+                # The per-address rules precede the maps (none overlaps a map's address in practice).
+                out.append(nat)
+                both.append((nat, elems))
+            # Per-address counters without a rule per address: the counting
+            # chain looks the address up (source out, destination in) in the
+            # peer's set, whose elements count what they match. Two lookups
+            # per packet whatever the number of addresses; one set, so each
+            # element counts both ways.
+            reals = [peer.local[j].real.text.split("/")[0] for j in js]
+            addr_type = "ipv4_addr" if v == 4 else "ipv6_addr"
+            sets.append((name, f'{{"add":{{"set":{{{self._set_head},"name":{dumps(name)},"type":"{addr_type}",'
+                               f'"stmt":[{{"counter":null}}],"elem":[{",".join(dumps(a) for a in reals)}]}}}}}}'))
+            p = _proto(v)
+            twins: list[Rule] = []
+            for field, direction, side, out in (("saddr", Direction.EGRESS, "src", count_out),
+                                                ("daddr", Direction.INGRESS, "dst", count_in)):
+                expr = (f'[{{"match":{{"op":"==","left":{{"payload":{{"protocol":"{p}","field":"{field}"}}}},'
+                        f'"right":{dumps("@" + name)}}}}}]')
+                twins.append(rule(PeerChain.COUNT, expr, comment(
+                    f"{cid}: {direction.value} {kinds} {side} counted per address in @{name}")))
+                out.append(twins[-1])
+            for n, j in enumerate(js):
+                made[j] = made[j]._replace(egress=both[0][0], ingress=both[1][0],
+                                           egress_element=both[0][1][n], ingress_element=both[1][1][n],
+                                           count_egress=twins[0], count_ingress=twins[1],
+                                           count_set=name, count_element=reals[n])
+        # The blocks last in to-<peer>: every source the rules above did not take.
+        to_rules += [made[j].egress for j in blocks]
+        keys = self._keys(peer)
         elements: dict[str, str] = {}
-        targets: dict[int, Address | None] = {}
+        host: dict[int, Address | None] = {}
         # jump, not goto: a packet no per-peer rule takes comes back to the base
         # chain for the host-network map and the final drop.
         jumps = [f',{{"jump":{{"target":{q}}}}}]' for q in quoted]
         for v in (4, 6):
             *verdict_maps, views_set, host_map = self._maps[v]
             target = self._host_target(peer, v)
-            targets[v] = target[0] if target else None
-            views = [m for m in peer.remote if m.view.version == v]
-            if not views:
+            host[v] = target[0] if target else None
+            mine = [k for k in keys if k.cidr.version == v]
+            if not mine:
                 elements.update(dict.fromkeys(self._maps[v], ""))
                 continue
-            keys = [f'{{"elem":{{"val":{m.view.prefix},"comment":{dumps(comment(f"{cid} {m.kind}"))}}}}}'
-                    for m in views]
+            texts = [f'{{"elem":{{"val":{k.cidr.prefix},"comment":{dumps(comment(k.note))}}}}}' for k in mine]
             for name, jump in zip(verdict_maps, jumps, strict=True):
-                elements[name] = ",".join([f"[{key}{jump}" for key in keys])
-            elements[views_set] = ",".join(keys)
+                elements[name] = ",".join([f"[{t}{jump}" for t in texts])
+            elements[views_set] = ",".join(texts)
             # Keyed by our views of the peer (the destination), valued with the
             # final address, so conntrack holds one rewrite.
             if target is None:
                 elements[host_map] = ""
                 continue
             tail = f',"comment":{dumps(comment(f"{cid}: host network -> {target[1]}"))}}}}},"{target[1]}"]'
-            elements[host_map] = ",".join([f'[{{"elem":{{"val":{m.view.prefix}{tail}' for m in views])
-        return PeerPieces(peer, chains, quoted, tuple(nat_rules), tuple(count_rules), elements, targets)
+            elements[host_map] = ",".join([f'[{{"elem":{{"val":{k.cidr.prefix}{tail}' for k in mine])
+        return PeerPieces(peer, chains, quoted, tuple(to_rules + from_rules), tuple(count_out + count_in),
+                          elements, host, tuple(made), tuple(keys), tuple(sets))
+
+
+def _cidrs(lo: int, hi: int, bits: int) -> list[Cidr]:
+    """The fewest CIDRs covering addresses lo..hi (ints) of a ``bits``-bit family."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << bits  # the largest block aligned at lo ...
+        while size > hi - lo + 1:  # ... that fits
+            size >>= 1
+        out.append(cidr(f"{ipaddress.ip_address(lo) if bits == 32 else ipaddress.IPv6Address(lo)}"
+                        f"/{bits - size.bit_length() + 1}"))
+        lo += size
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _builder(local: CheckedLocal) -> Builder:
+    return Builder(local)
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_pieces(local: CheckedLocal, peer: PeerFabric) -> PeerPieces:
+    """One peer checked on its own and cut into pieces, kept across states: a
+    state that changes a few peers builds only those (the checks that involve
+    every peer run again in ``build``). NatError for a peer that cannot be rendered."""
+    builder = _builder(local)
+    if len(builder._rules) > 100_000:  # shared fragments of views long gone: start again
+        builder._rules.clear()
+        builder._host.clear()
+    return builder.peer(check_peer(peer))
 
 
 @functools.lru_cache(maxsize=2)
 def build(state: FabricState) -> Table:
     """``state`` validated (NatError if it cannot be rendered) and cut into per-peer pieces."""
     with gc_paused():
-        checked: Checked = check(state)
-        builder = Builder(checked.local)
-        return Table(checked.local, tuple(builder.peer(p) for p in checked.peers))
+        local = check_local(state.local)
+        pieces = tuple(peer_pieces(local, p) for p in state.peers)
+        check_peers(local, [p.peer for p in pieces])
+        return Table(local, pieces)

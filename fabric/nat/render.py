@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from fabric.model import FabricState
-from fabric.nat.check import CheckedLocal, check_peer
+from fabric.nat.check import CheckedLocal
 from fabric.nat.names import FAMILY, MARKER_SET, PeerChain, comment
-from fabric.nat.pieces import Builder, PeerPieces, Table, build, dumps, element_maps, gc_paused
+from fabric.nat.pieces import PeerPieces, Table, build, dumps, element_maps, gc_paused, peer_pieces
 
 
 def render_text(state: FabricState) -> str:
@@ -49,6 +49,7 @@ def _full(table: Table) -> str:
     add("chain", {"name": "count", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"})
     head = f'{{"add":{{"chain":{{"family":"{FAMILY}","table":{dumps(t)},"name":'
     cmds += [f"{head}{q}}}}}}}" for p in table.peers for q in p.quoted]
+    cmds += [text for p in table.peers for _, text in p.sets]  # before the rules that look them up
     for v, addr_type in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         *verdict_maps, views, host = element_maps(v)
         for name in verdict_maps:
@@ -160,9 +161,9 @@ def render_delta(previous: FabricState, state: FabricState) -> str | None:
         return None
     table = build(state)
     with gc_paused():
-        # The shared inputs are equal, so the old peers' pieces are built on the new local side.
-        builder = Builder(table.local)
-        out = [builder.peer(check_peer(p)) for p in gone + changed]
+        # The shared inputs are equal, so the old peers' pieces are the new local
+        # side's (kept from building ``previous``, as a rule).
+        out = [peer_pieces(table.local, p) for p in gone + changed]
         by_id = {p.cluster_id: p for p in table.peers}
         into = [by_id[p.cluster_id] for p in changed + added]
         return _delta(table, out, into, {p.cluster_id for p in gone}, {p.cluster_id for p in added})
@@ -182,13 +183,15 @@ def _delta(table: Table, out: list[PeerPieces], into: list[PeerPieces], gone: se
     # Out: the old peers' elements (keys only: our views of them) ...
     for v in (4, 6):
         *keyed, host = element_maps(v)
-        views = [m.view.prefix for p in out for m in p.peer.remote if m.view.version == v]
+        views = [k.cidr.prefix for p in out for k in p.keys if k.cidr.version == v]
         for name in keyed:
             elements("delete", name, views)
-        elements("delete", host, [m.view.prefix for p in out if p.host_target[v] is not None
-                                  for m in p.peer.remote if m.view.version == v])
-    # ... then their rules; chains of removed peers go (nothing jumps to them any more).
+        elements("delete", host, [k.cidr.prefix for p in out if p.host_target[v] is not None
+                                  for k in p.keys if k.cidr.version == v])
+    # ... then their rules, then their sets (no rule looks them up any more);
+    # chains of removed peers go (nothing jumps to them any more).
     chains("flush", out)
+    cmds.extend(f'{{"delete":{{"set":{{{head},"name":{dumps(name)}}}}}}}' for p in out for name, _ in p.sets)
     chains("delete", [p for p in out if p.cluster_id in gone])
     # In: chains of new peers, then rules and elements of new and changed peers.
     for p in into:
@@ -199,6 +202,7 @@ def _delta(table: Table, out: list[PeerPieces], into: list[PeerPieces], gone: se
             for q in p.quoted:
                 cmds.append(f'{{"add":{{"chain":{{{head},"name":{q}}}}}}}')
                 cmds.append(f'{{"flush":{{"chain":{{{head},"name":{q}}}}}}}')
+    cmds += [text for p in into for _, text in p.sets]
     for p in into:
         cmds += [f'{{"add":{{"rule":{r.text}}}}}' for r in p.nat_rules + p.count_rules]
     for v in (4, 6):

@@ -18,8 +18,12 @@ from fabric.nat.pieces import PeerPieces, Rule, build
 def mappings(state: FabricState) -> list[dict[str, Any]]:
     """Per peer: real ranges, our views, the peer's views of us, and what implements them.
 
-    ``rules``: the per-peer NAT chain rules, identified by (chain, comment), each
-    with its per-packet counting rule (``count_chain``, same comment);
+    ``rules``: per mapping and direction, the NAT rule that implements it,
+    identified by (chain, comment), with its per-packet counting rule
+    (``count_chain``, ``count_comment``), its ``direction`` and mapping (``kind``,
+    ``real``, ``view``); a single
+    address's row names its ``element`` of the shared map rule, an egress
+    block's ``shows`` "any source -> first-last";
     ``host_network``: the ``host_v4``/``host_v6`` map elements (key: our view of
     the peer). ``with_counters`` fills in packets/bytes (and rule handles) from
     ``Nft.list_table``.
@@ -29,7 +33,12 @@ def mappings(state: FabricState) -> list[dict[str, Any]]:
 
 
 def _ranges(maps: tuple[Mapping, ...]) -> list[dict[str, str]]:
-    return [{"kind": m.kind, "real": m.real.text, "view": m.view.text} for m in maps]
+    return [{"kind": m.kind, "real": m.real.text, "view": m.view.text, **({"shows": _block(m)} if m.block else {})}
+            for m in maps]
+
+
+def _block(m: Mapping) -> str:
+    return f"any source -> {m.view.net.network_address}-{m.view.net.broadcast_address}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -45,24 +54,42 @@ def _rule(r: Rule, table: str) -> dict[str, Any]:
 
 
 def _peer(p: PeerPieces, table: str) -> dict[str, Any]:
-    rules = [_rule(r, table) for r in p.nat_rules]
-    counts = [_rule(r, table) for r in p.count_rules]
     cid = p.cluster_id
+    rows = []
+    # Egress rows, then ingress rows, each in mapping order (an egress block
+    # has no ingress rule). A single address's NAT rule is its family's shared
+    # map rule: the row names its element, and the rule's counter (connections)
+    # is that of every element, reported once per rule as ``map_connections``.
+    for direction in ("egress", "ingress"):
+        for m, mr in zip(p.peer.local, p.mapping_rules, strict=True):
+            nat, count, element = ((mr.egress, mr.count_egress, mr.egress_element) if direction == "egress" else
+                                   (mr.ingress, mr.count_ingress, mr.ingress_element))
+            if nat is None or count is None:
+                continue
+            row: dict[str, Any] = {"chain": nat.chain, "comment": nat.comment, "rule": _rule(nat, table),
+                   "count_chain": count.chain, "count_comment": count.comment, "count_rule": _rule(count, table),
+                   "direction": direction, "kind": m.kind, "real": m.real.text, "view": m.view.text}
+            if element is not None:
+                row["element"] = element
+            if mr.count_set is not None:  # packets/bytes: the element's counter (both ways)
+                row["count_set"], row["count_element"] = mr.count_set, mr.count_element
+            if m.block:
+                row["shows"] = _block(m)
+            rows.append(row)
     hosts = []
     for v in (4, 6):
         target = p.host_target[v]
         if target is not None:
-            hosts += [{"map": f"host_v{v}", "key": m.view.text, "target": str(target),
+            hosts += [{"map": f"host_v{v}", "key": k.cidr.text, "target": str(target),
                        "comment": comment(f"{cid}: host network -> {target}")}
-                      for m in p.peer.remote if m.view.version == v]
+                      for k in p.keys if k.cidr.version == v]
     return {
         "cluster_id": cid,
         "egress_chain": p.chains[PeerChain.EGRESS],
         "ingress_chain": p.chains[PeerChain.INGRESS],
         "remote": _ranges(p.peer.remote),
         "local": _ranges(p.peer.local),
-        "rules": [{"chain": r["chain"], "comment": r["comment"], "rule": r,
-                   "count_chain": k["chain"], "count_rule": k} for r, k in zip(rules, counts, strict=True)],
+        "rules": rows,
         "host_network": hosts,
     }
 
@@ -89,8 +116,8 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
     kernel = _rule_index(item["rule"] for item in listed.get("nftables", []) if "rule" in item)
     elements: dict[tuple[str, str], dict[str, int]] = {}
     for item in listed.get("nftables", []):
-        m = item.get("map")
-        if not m or not str(m.get("name", "")).startswith("host_v"):
+        m = item.get("map") or item.get("set")
+        if not m or not str(m.get("name", "")).startswith(("host_v", "exp-")):
             continue
         for el in m.get("elem", []):
             head = el[0] if isinstance(el, list) else el
@@ -98,18 +125,29 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
             val = inner.get("val", inner) if isinstance(inner, dict) else inner
             if isinstance(val, dict) and "prefix" in val:
                 key = f"{val['prefix']['addr']}/{val['prefix']['len']}"
-                elements[(m["name"], key)] = dict(inner.get("counter") or {})
+            elif isinstance(val, str):  # a one-address key is listed bare
+                key = f"{val}/{128 if ':' in val else 32}"
+            else:
+                continue
+            elements[(m["name"], key)] = dict(inner.get("counter") or {})
     result: list[dict[str, Any]] = []
     for peer in maps:
         rules = []
         for r in peer["rules"]:
             k = kernel.get((r["chain"], r["comment"]))
-            n = kernel.get((r.get("count_chain", ""), r["comment"]))
+            n = kernel.get((r.get("count_chain", ""), r.get("count_comment", r["comment"])))
             connections = _counter(k)[0]
             packets, bytes_ = _counter(n)
+            if "count_set" in r:
+                bits = 128 if ":" in r["count_element"] else 32
+                counter = elements.get((r["count_set"], f"{r['count_element']}/{bits}"), {})
+                packets, bytes_ = counter.get("packets", 0), counter.get("bytes", 0)
+            shared = "element" in r  # the map rule counts every element's connections: not this one's
+            counted = any("counter" in e for e in r["rule"]["expr"])  # the ingress map rule has no counter
             rules.append({**r, "handle": k.get("handle") if k else None,
                           "count_handle": n.get("handle") if n else None,
-                          "packets": packets, "bytes": bytes_, "connections": connections})
+                          "packets": packets, "bytes": bytes_, "connections": None if shared else connections,
+                          **({"map_connections": connections if counted else None} if shared else {})})
         hosts = []
         for h in peer.get("host_network", []):
             counter = elements.get((h["map"], h["key"]), {})

@@ -24,6 +24,12 @@ Two directions (see the README, "Words and the packet walk"):
   peer, ``from-<peer>`` rewrites the destination (the peer's view of us) to our
   real range, or the packet is dropped.
 
+Sparse views (fabric/DESIGN.md, "Sparse views in the table"): a source no
+mapping takes, towards a peer whose ``local`` holds an egress block, is SNATed
+into the block (shown as its first address: the kernel picks); a source in our
+block view of a peer is that peer's client; a destination in a block is
+dropped by the block's owner; mapped single addresses name their map element.
+
 Anything else is no peer's: the verdict says so (``no-peer``, or ``local``
 for our own ranges). Where exports exist, an ``export`` step (the export
 verdict of the exporting gateway, after translation) is asked of the
@@ -119,7 +125,7 @@ class ExportPoint:
     peer: str
     src: Address
     dst: Address
-    kind: str  # of the destination range: pod | service
+    kind: str  # of the destination's mapping: pod | service | export | gateway
     proto: Proto
     dport: int | None
 
@@ -165,20 +171,32 @@ def _base_rule(local: CheckedLocal, chain: str, *needles: str) -> str:
     raise AssertionError(f"no base rule in {chain} with {needles}")  # the renderer changed: fix here
 
 
-def _element(p: PeerPieces, name: str, key: str) -> str | None:
-    """Map ``name``'s element for ``key`` among the peer's, as nft lists it."""
+def _element(p: PeerPieces, name: str, addr: Address) -> str | None:
+    """Map ``name``'s element holding ``addr`` among the peer's, as nft lists it
+    (the key is our view of the peer, collapsed with adjacent sparse views)."""
+    k = p.key_of(addr)
     text = p.elements.get(name, "")
-    for el in json.loads(f"[{text}]") if text else []:
+    for el in json.loads(f"[{text}]") if text and k is not None else []:
         head, data = (el[0], el[1]) if isinstance(el, list) else (el, None)
         inner = head["elem"]
         val = inner["val"]["prefix"]
-        if f"{val['addr']}/{val['len']}" != key:
+        key = f"{val['addr']}/{val['len']}"
+        if key != k.cidr.text:  # type: ignore[union-attr]
             continue
         out = f'{key} comment "{inner.get("comment", "")}"'
         if isinstance(data, dict) and "jump" in data:
             return f"{out} : jump {data['jump']['target']}"
         return f"{out} : {data}" if data is not None else out
     return None
+
+
+def _what(kind: str) -> str:
+    """How a mapping's range is named in the steps' text: "<cluster>'s <what>"."""
+    return {"export": "exported addresses", "gateway": "gateway", "egress": "egress block"}.get(kind, f"{kind}s")
+
+
+def _block(maps: tuple[Mapping, ...], version: int) -> int | None:
+    return next((i for i, m in enumerate(maps) if m.block and m.view.version == version), None)
 
 
 def _mirror(state: FabricState, peer: PeerFabric, local: CheckedLocal) -> PeerPieces:
@@ -191,6 +209,8 @@ def _mirror(state: FabricState, peer: PeerFabric, local: CheckedLocal) -> PeerPi
 
 def _find(maps: tuple[Mapping, ...], addr: Address, side: Literal["real", "view"]) -> int | None:
     for i, m in enumerate(maps):
+        if side == "real" and m.block:
+            continue  # no real range: the placeholder 0.0.0.0/N holds no client
         net = m.real.net if side == "real" else m.view.net
         if addr.version == net.version and addr in net:
             return i
@@ -269,24 +289,34 @@ class _Walk:
         i = _find(p.peer.remote, self.dst, "view")
         assert i is not None
         view = p.peer.remote[i]
-        self.add(ROUTE, me, f"{self.dst} is in {me}'s view of {them}'s {view.kind}s {view.view.text}: the nodes "
+        self.add(ROUTE, me, f"{self.dst} is in {me}'s view of {them}'s {_what(view.kind)} {view.view.text}: the nodes "
                  f"route it to the gateway pod (proto {AGENT_PROTO}), the gateway into {self.wg} "
                  f"({view.view.text} dev {self.wg} proto {ROUTE_PROTO})")
         self.mss("oifname")
         vmap = PeerChain.EGRESS.map(self.v)
         self.add(PEER, me, f"the destination picks peer {them}: jump to {p.chains[PeerChain.EGRESS]}",
                  chain="postrouting", rule=_base_rule(self.local, "postrouting", f'"@{vmap}"'),
-                 element=f"@{vmap} {_element(p, vmap, view.view.text)}")
+                 element=f"@{vmap} {_element(p, vmap, self.dst)}")
         j = _find(p.peer.local, self.src, "real")
+        b = _block(p.peer.local, self.v)
         if j is not None:
-            m = p.peer.local[j]
+            m, r = p.peer.local[j], p.mapping_rules[j]
             before = self.src
             self.src = map_into(before, m.real.net, m.view.net)
             what = (f"source {before} is in {me}'s {m.kind} range {m.real.text}, which {them} sees as "
                     f"{m.view.text}: rewritten to {self.src}" if m.real.text != m.view.text else
                     f"source {before} is in {me}'s {m.kind} range {m.real.text}, which {them} sees unchanged")
-            self.add(SNAT, me, what, chain=p.nat_rules[j].chain, rule=p.nat_rules[j].comment,
-                     counted=p.count_rules[j].chain)
+            self.add(SNAT, me, what, chain=r.egress.chain, rule=r.egress.comment, counted=r.count_egress.chain,
+                     element=r.egress_element)
+        elif b is not None:
+            # Many-to-few: the kernel picks an address of the block and, where
+            # needed, a source port, keeping every tuple unique.
+            block, r = p.peer.local[b].view, p.mapping_rules[b]
+            before, self.src = self.src, block.net.network_address
+            self.add(SNAT, me, f"source {before} is in no range {them} has a view of: SNAT into the egress block "
+                     f"{block.text} ({them}'s name for {me}'s clients; address and port chosen by the kernel, "
+                     f"shown here as {self.src})", chain=r.egress.chain, rule=r.egress.comment,
+                     counted=r.count_egress.chain)
         else:
             host = f"host_v{self.v}"
             target = p.host_target[self.v]
@@ -299,7 +329,7 @@ class _Walk:
             self.add(SNAT, me, f"source {before} is in no range {them} has a view of (host network): rewritten "
                      f"to this gateway's pod address as {them} sees it, {target}", chain="postrouting",
                      rule=_base_rule(self.local, "postrouting", f'"@{host}"'),
-                     element=f"@{host} {_element(p, host, view.view.text)}")
+                     element=f"@{host} {_element(p, host, self.dst)}")
         endpoint = self.fabric.endpoint or "(no endpoint yet: waits for the peer to reach us)"
         self.add(TUNNEL, me, f"WireGuard {self.wg} to peer {them} (its allowed IPs are {me}'s views of it) at "
                  f"{endpoint}; the destination is left to {them}, whose view of {me} now holds the source")
@@ -308,26 +338,35 @@ class _Walk:
         k = _find(t.peer.remote, self.src, "view")
         vmap = PeerChain.INGRESS.map(self.v)
         if k is not None:
-            key = t.peer.remote[k].view.text
             self.add(PEER, them, f"the source picks peer {me}: jump to {t.chains[PeerChain.INGRESS]}",
-                     chain="prerouting", element=f"@{vmap} {_element(t, vmap, key)}")
+                     chain="prerouting", element=f"@{vmap} {_element(t, vmap, self.src)}")
         # The peer's ingress rule for this view: the i-th of its local mappings (ours, mirrored).
-        m = t.peer.local[i]
+        m, r = t.peer.local[i], t.mapping_rules[i]
+        if r.ingress is None:
+            self.add(DROP, them, f"destination {self.dst} is in {them}'s egress block for {me} (the name {me} gives "
+                     f"{them}'s clients), not an address {them} offers: dropped by {them}'s prerouting (counted)",
+                     chain="prerouting", drop=True)
+            return self.done("egress", "dropped", f"{self.dst} is {them}'s egress block: nothing is offered under it")
         before = self.dst
         self.dst = map_into(before, m.view.net, m.real.net)
-        rule = t.nat_rules[len(t.peer.local) + i]
-        what = (f"destination {before} ({me}'s view of {them}'s {m.kind}s {m.view.text}) rewritten "
-                f"to {self.dst}, in its {m.kind} range {m.real.text}" if m.real.text != m.view.text else
+        what = (f"destination {before} ({me}'s view of {them}'s {_what(m.kind)} {m.view.text}) rewritten "
+                f"to {self.dst}, " + (f"by the element {r.ingress_element} of its map" if r.ingress_element else
+                                      f"in its {m.kind} range {m.real.text}") if m.real.text != m.view.text else
                 f"destination {before} kept ({me} sees {them}'s {m.real.text} unchanged)")
-        self.add(DNAT, them, what, chain=rule.chain, rule=rule.comment,
-                 counted=t.count_rules[len(t.peer.local) + i].chain)
+        self.add(DNAT, them, what, chain=r.ingress.chain, rule=r.ingress.comment,
+                 counted=r.count_ingress.chain if r.count_ingress else None, element=r.ingress_element)
         if not self.export(them, me, m.kind):
             return self.done("egress", "dropped", f"{them} does not export {self.dst}{self.port()}/{self.q.proto} to {me}")
-        where = (f"{them}'s service {self.dst}{self.port()}: {them}'s service proxy picks a pod"
-                 if m.kind == "service" else f"{them}'s pod {self.dst}{self.port()}")
-        self.add(DELIVER, them, f"delivered to {where}; it sees the client as {self.src}")
+        self.add(DELIVER, them, f"delivered to {self.where(them, m.kind)}; it sees the client as {self.src}")
         return self.done("egress", "delivered",
                          f"{self.q.src} -> {self.q.dst} reaches {them} {m.kind} {self.dst}, which sees it from {self.src}")
+
+    def where(self, at: str, kind: str) -> str:
+        target = f"{self.dst}{self.port()}"
+        return {"service": f"{at}'s service {target}: {at}'s service proxy picks a pod" if at != self.me else
+                           f"{at}'s service {target}: the service proxy picks a pod",
+                "export": f"{at}'s exported address {target} (a service's proxy picks a pod)",
+                "gateway": f"{at}'s gateway pod {target}"}.get(kind, f"{at}'s pod {target}")
 
     # --- ingress: from a peer into this cluster
 
@@ -337,40 +376,48 @@ class _Walk:
         assert i is not None
         view = p.peer.remote[i]
         # What the peer did before sending: its egress rule for this range (our view of it, mirrored).
-        m = t.peer.local[i]
-        real = map_into(self.src, view.view.net, view.real.net)
-        rule = t.nat_rules[i]
-        self.steps.append(Step(SNAT, them, f"source {real} (its {view.kind} range {view.real.text}) "
-                               f"rewritten to {self.src}, in {me}'s view of it {view.view.text}"
-                               if m.real.text != m.view.text else
-                               f"source {real} kept ({me} sees {them}'s {view.real.text} unchanged)",
-                               str(self.src), str(self.dst), chain=rule.chain, rule=rule.comment,
-                               counted=t.count_rules[i].chain))
+        m, r = t.peer.local[i], t.mapping_rules[i]
+        if view.block:
+            real = None
+            text = (f"the source, one of {them}'s clients, was SNATed by {them} into {me}'s egress block for it "
+                    f"{view.view.text} (address and port chosen by {them}'s kernel): {self.src}")
+        else:
+            real = map_into(self.src, view.view.net, view.real.net)
+            text = (f"source {real} (its {view.kind} range {view.real.text}) rewritten to {self.src}, in {me}'s "
+                    f"view of it {view.view.text}" if m.real.text != m.view.text else
+                    f"source {real} kept ({me} sees {them}'s {view.real.text} unchanged)")
+        self.steps.append(Step(SNAT, them, text, str(self.src), str(self.dst), chain=r.egress.chain,
+                               rule=r.egress.comment, element=r.egress_element, counted=r.count_egress.chain))
         self.add(TUNNEL, me, f"arrives over WireGuard {self.wg} from peer {them}: {self.src} is in its allowed IPs "
                  f"({view.view.text}), so WireGuard accepts it only from {them}")
         vmap = PeerChain.INGRESS.map(self.v)
         self.add(PEER, me, f"the source picks peer {them}: jump to {p.chains[PeerChain.INGRESS]}",
                  chain="prerouting", rule=_base_rule(self.local, "prerouting", f'"@{vmap}"'),
-                 element=f"@{vmap} {_element(p, vmap, view.view.text)}")
+                 element=f"@{vmap} {_element(p, vmap, self.src)}")
         j = _find(p.peer.local, self.dst, "view")
-        if j is None:
+        if j is None or p.mapping_rules[j].ingress is None:
             hint = ""
-            r = _find(p.peer.local, self.dst, "real")
-            if r is not None:
-                lm = p.peer.local[r]
-                hint = f" ({them} addresses {me}'s {self.dst} as {map_into(self.dst, lm.real.net, lm.view.net)})"
-            self.add(DROP, me, f"destination {self.dst} is in none of {them}'s views of {me}: not offered to "
-                     f"{them}, dropped (counted){hint}", chain="prerouting",
+            rj = _find(p.peer.local, self.dst, "real")
+            if j is not None:
+                hint = f" (it is {them}'s egress block naming {me}'s clients, not an address offered to {them})"
+                what = f"destination {self.dst} is in {them}'s egress block for {me}"
+            else:
+                what = f"destination {self.dst} is in none of {them}'s views of {me}"
+                if rj is not None:
+                    lm = p.peer.local[rj]
+                    hint = f" ({them} addresses {me}'s {self.dst} as {map_into(self.dst, lm.real.net, lm.view.net)})"
+            self.add(DROP, me, f"{what}: not offered to {them}, dropped (counted){hint}", chain="prerouting",
                      rule=_base_rule(self.local, "prerouting", '"drop"'), drop=True)
             return self.done("ingress", "dropped", f"{self.dst} is not offered to {them}{hint}")
-        lm = p.peer.local[j]
-        n = len(p.peer.local)
+        lm, lr = p.peer.local[j], p.mapping_rules[j]
+        assert lr.ingress is not None
         before = self.dst
         self.dst = map_into(before, lm.view.net, lm.real.net)
-        what = (f"destination {before} ({them}'s view of {me}'s {lm.kind}s {lm.view.text}) rewritten to {self.dst}"
-                if lm.real.text != lm.view.text else f"destination {before} kept ({them} sees {lm.real.text} unchanged)")
-        self.add(DNAT, me, what, chain=p.nat_rules[n + j].chain, rule=p.nat_rules[n + j].comment,
-                 counted=p.count_rules[n + j].chain)
+        what = (f"destination {before} ({them}'s view of {me}'s {_what(lm.kind)} {lm.view.text}) rewritten to "
+                f"{self.dst}" if lm.real.text != lm.view.text else
+                f"destination {before} kept ({them} sees {lm.real.text} unchanged)")
+        self.add(DNAT, me, what, chain=lr.ingress.chain, rule=lr.ingress.comment,
+                 counted=lr.count_ingress.chain if lr.count_ingress else None, element=lr.ingress_element)
         self.mss("iifname")
         if not self.export(me, them, lm.kind):
             return self.done("ingress", "dropped", f"{me} does not export {self.dst}{self.port()}/{self.q.proto} to {them}")
@@ -379,8 +426,7 @@ class _Walk:
             before, self.src = self.src, g
             self.add(MASQUERADE, me, f"masquerade: source {before} rewritten to the gateway's pod address {g}",
                      chain="postrouting", rule=_base_rule(self.local, "postrouting", '"@peer_views_'))
-        where = (f"{me}'s service {self.dst}{self.port()}: the service proxy picks a pod"
-                 if lm.kind == "service" else f"{me}'s pod {self.dst}{self.port()}")
-        self.add(DELIVER, me, f"delivered to {where}; it sees the client as {self.src}")
+        self.add(DELIVER, me, f"delivered to {self.where(me, lm.kind)}; it sees the client as {self.src}")
+        sender = f"{them}'s {real}" if real is not None else f"a client of {them} (as {self.q.src})"
         return self.done("ingress", "delivered",
-                         f"{them}'s {real} reaches {me} {lm.kind} {self.dst}, which sees it from {self.src}")
+                         f"{sender} reaches {me} {lm.kind} {self.dst}, which sees it from {self.src}")

@@ -109,7 +109,9 @@ class ExportState:
         if self.exports is None:
             return None
         c = self.config
-        sources = [(p.cluster_id, tuple(m.view for m in p.remote if m.kind == "pod")) for p in peers]
+        # A peer's sources: its pods (full views), or every sparse view of it (its egress
+        # block, and its exported addresses, which leave it under their views).
+        sources = [(p.cluster_id, tuple(m.view for m in p.remote if m.kind != "service")) for p in peers]
         grants = self.grants()
         key = (tuple(sources), tuple(sorted(grants.items())),
                tuple(self.resolver.addresses(e) for e in self.exports))

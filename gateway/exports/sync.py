@@ -58,7 +58,11 @@ class ExportSync:
             if self.acked.get(p.cluster_id) == key or now < self._retry.get(p.cluster_id, (0.0, 0.0))[0]:
                 continue
             try:
-                await ex.channel.send(p, "exports", {"exports": body})
+                reply = await ex.channel.send(p, "exports", {"exports": body})
+                # A sparse peer views us through our exports: its reply holds its new views.
+                if "views_of_you" in reply:
+                    ex.took_views(p, reply)
+                    await ex.reconciler.reconcile()
             except GatewayError as e:
                 delay = min(self._retry.get(p.cluster_id, (0.0, RETRY[0] / 2))[1] * 2, RETRY[1])
                 self._retry[p.cluster_id] = (now + delay, delay)

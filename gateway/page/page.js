@@ -243,6 +243,9 @@
           p.endpoint_error ? ['endpoint error', h('span', {class: 'error'}, text(p.endpoint_error))] : null,
           ['api', text(p.url)],
           ['probe', text(p.probe_ip)],
+          // ipam.views of each side, and what that gives our pods (a sparse view reaches exports only).
+          ['views', text((p.views_mode || '-') + ' (they view us ' + (p.their_views_mode || '-') + ')')],
+          ['reach', h('span', {'data-field': 'reach'}, text(p.reach))],
         ]),
         h('p', {class: 'sub'}, 'how we address ' + id),
         viewsTable(p.our_views, id + "'s range", 'our view of it'),

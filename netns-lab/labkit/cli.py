@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="lab instance name, the prefix of everything it creates (default cwlab)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build the lab and start gateways, agents and pods")
-    up.add_argument("--topology", help="topology YAML (default: clusters gpu and lab)")
+    up.add_argument("--topology", help="topology YAML file, or the name of one in netns-lab/topologies/ "
+                    "(hub, dualstack); default: clusters gpu and lab")
     up.add_argument("--no-gateways", action="store_true", help="clusters only, no crosswire gateways")
     down = sub.add_parser("down", help="remove everything the lab made")
     down.add_argument("--all", action="store_true", help="every lab instance on this machine")
@@ -117,7 +118,7 @@ def render_status(s: dict[str, Any]) -> str:
             health = str(st)
         out.append(f"    gateway {gw['pod_ip']} (public {gw['public']}): {health}")
         for p in c["peers"] if isinstance(c["peers"], list) else []:
-            views = ", ".join(f"{v['real']} -> {v['view']}" for v in p.get("our_views") or [])
+            views = ", ".join(f"{v.get('kind', '')} {v['real']} -> {v['view']}" for v in p.get("our_views") or [])
             age = p.get("handshake_age_s")
             out.append(f"    peer {p.get('cluster_id')}: {p.get('state')}, handshake "
                        f"{'never' if age is None else f'{age:.0f}s ago'}, rtt {p.get('rtt_ms')} ms, "

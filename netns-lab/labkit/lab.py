@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ STATE_ROOT = Path(os.environ.get("CROSSWIRE_LAB_STATE", "/run/crosswire-lab"))
 REPO = Path(__file__).resolve().parents[2]
 PODSERVER = Path(__file__).resolve().parent / "podserver.py"
 WG_SOCK_DIR = Path("/var/run/wireguard")
+BUILD_WORKERS = 4  # clusters built at once
 
 
 class LabError(RuntimeError):
@@ -116,7 +118,11 @@ class Lab:
         self._bridge(p.internet_ns)
         for c in p.clusters:
             log(f"[{c.id}] {len(c.nodes)} nodes, {len(c.pods)} pods, gateway {c.gateway.ip if c.gateway else '-'}")
-            self._build_cluster(c)
+        # Clusters are independent (each in namespaces of its own; the internet bridge
+        # ports are c<i>): build a few at once, most of the time is spent spawning `ip`.
+        with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
+            for f in [pool.submit(self._build_cluster, c) for c in p.clusters]:
+                f.result()
         for c in p.clusters:
             self._start_cluster(c, st, gateways)
         for c in p.clusters:
@@ -234,7 +240,7 @@ class Lab:
         for n in c.nodes:
             self.spawn(st, f"{c.id}-{n.name}-agent", n.ns,
                        [str(venv_bin() / "crosswire"), "agent", "run", "--gateway", c.api_url,
-                        "--interval", "1"])
+                        "--interval", f"{c.spec.agent_interval:g}", "--allow", ",".join(c.spec.agent_allow())])
 
     def _wait_ready(self, c: ClusterPlan, gateways: bool, timeout: float = 60) -> None:
         assert c.gateway is not None
@@ -303,15 +309,17 @@ def teardown(name: str) -> list[str]:
     st: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         st = json.loads((d / "state.json").read_text())
-    for info in st.get("processes", {}).values():
-        _kill_group(int(info["pid"]), info.get("cmd"))
+    # All at once, not one by one: a 31-cluster lab has ~150 processes and namespaces,
+    # and waiting for each in turn took most of a minute.
+    _kill_groups([(int(info["pid"]), info.get("cmd")) for info in st.get("processes", {}).values()])
     existing = run("ip", "netns", "list", check=False).stdout.split("\n")
     existing_names = {line.split()[0] for line in existing if line.strip()}
     wanted = set(st.get("namespaces", [])) | {n for n in existing_names if n.startswith(f"{name}-")}
-    for ns in sorted(wanted & existing_names):
-        _kill_ns_processes(ns)
-        run("ip", "netns", "del", ns, check=False)
-        removed.append(ns)
+    doomed = sorted(wanted & existing_names)
+    _kill_ns_processes(*doomed)
+    if doomed:  # one `ip` for all of them; -force goes on past one that vanished meanwhile
+        run("ip", "-force", "-batch", "-", check=False, input="".join(f"netns del {ns}\n" for ns in doomed))
+    removed += doomed
     sock_re = re.compile(rf"^{name}w\d+\.(sock|stats)$")  # crosswire-wg keeps stats beside the socket
     if WG_SOCK_DIR.is_dir():
         for sock in WG_SOCK_DIR.iterdir():
@@ -383,23 +391,33 @@ def _is_ours(pid: int, cmd: list[str] | None) -> bool:
 
 
 def _kill_group(pid: int, cmd: list[str] | None = None) -> None:
+    _kill_groups([(pid, cmd)], grace=1.0)
+
+
+def _kill_groups(procs: list[tuple[int, list[str] | None]], grace: float = 2.0) -> None:
+    """SIGTERM every group, give them ``grace`` seconds together, SIGKILL what is left."""
     # Each lab process leads its own session (start_new_session), so the group is ours.
-    if not _is_ours(pid, cmd):
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-        for _ in range(20):
-            if not _alive(pid):
-                break
-            time.sleep(0.05)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
+    pids = [pid for pid, cmd in procs if _is_ours(pid, cmd)]
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+        end = time.monotonic() + wait
+        while pids and time.monotonic() < end:
+            for pid in pids:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+            pids = [pid for pid in pids if _alive(pid)]
+            if pids:
+                time.sleep(0.05)
+        if not pids:
+            return
 
 
-def _kill_ns_processes(ns: str) -> None:
+def _kill_ns_processes(*namespaces: str) -> None:
+    """Every process left in these namespaces (the daemonized crosswire-wg too)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = run("ip", "netns", "pids", ns, check=False).stdout.split()
+        pids = [pid for ns in namespaces for pid in run("ip", "netns", "pids", ns, check=False).stdout.split()]
         if not pids:
             return
         for pid in pids:

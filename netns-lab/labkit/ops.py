@@ -99,7 +99,8 @@ def wait_agents(lab: Lab, within: float = 20) -> None:
         want = set(api(lab, c.id, "/api/v1/routes")["cidrs"])
         for n in c.nodes:
             while True:
-                have = {r["dst"] for family in ("-4", "-6")  # dual stack: IPv6 views too
+                # ip -j shows a host route without its /32 (/128): compare networks.
+                have = {str(ipaddress.ip_network(r["dst"])) for family in ("-4", "-6")  # dual stack too
                         for r in json.loads(run("ip", "-j", family, "route", "show", "proto",
                                                 str(AGENT_PROTO), ns=n.ns).stdout or "[]")}
                 if want <= have:

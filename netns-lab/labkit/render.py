@@ -89,6 +89,8 @@ def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, An
     }
     if spec.ipam_pools:
         cfg["ipam"] = {"pools": list(spec.ipam_pools)}
+    if spec.ipam_views != "full":
+        cfg.setdefault("ipam", {})["views"] = spec.ipam_views
     if spec.pod_cidr6:  # dual stack: the IPv6 ranges beside the IPv4 ones
         cfg["pod_cidrs"].append(spec.pod_cidr6)
         if spec.service_cidr6:
@@ -98,4 +100,6 @@ def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, An
         cfg["gateway_ip6"] = c.gateway.ip6
     if spec.exports is not None:
         cfg["exports"] = [dict(e) for e in spec.exports]
+    if spec.peer_ranges is not None:
+        cfg["peer_ranges"] = dict(spec.peer_ranges)
     return cfg

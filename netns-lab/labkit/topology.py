@@ -6,7 +6,8 @@ tests and ``status`` all agree on who lives where.
 
 YAML (every key optional; defaults give the two-cluster demo)::
 
-    internet: 203.0.113.0/24          # the segment only gateway pods attach to
+    internet: 203.0.113.0/24          # the segment only gateway pods attach to (cluster i: .11+i)
+    agent_interval: 1                 # default of every cluster's agent_interval
     clusters:
       - id: gpu
         pod_cidr: 10.244.0.0/16       # nodes get consecutive /24s of it
@@ -20,7 +21,9 @@ YAML (every key optional; defaults give the two-cluster demo)::
         cilium_check: false           # emulate Cilium's source-IP check
         ipam_pools: []                # passed to the gateway's ipam.pools (default topology: gpu
                                       # 100.96.0.0/11, lab 100.64.0.0/11, so their views differ)
+        ipam_views: full              # or sparse: view peers through what they export (a hub)
         wireguard: userspace          # or wireguard-go (the reference implementation)
+        agent_interval: 1             # seconds between the node agents' polls of the gateway
         # Dual stack (optional): IPv6 ranges beside the IPv4 ones. Node k gets the
         # k-th /64 of pod_cidr6; every pod (and the gateway) gets the IPv4 host
         # offset in its node's /64; services get ip6 (default service_cidr6 + 10).
@@ -30,10 +33,15 @@ YAML (every key optional; defaults give the two-cluster demo)::
         exports: [{name: web.default, ports: [80/tcp]}]   # the gateway's ``exports``
                                       # (absent: share everything); a lab service's
                                       # name without addresses gets its fixed IP
+        peer_ranges: {max_view_addresses: {ipv4: /7}}   # the gateway's ``peer_ranges``
+                                      # (absent: its defaults); the node agents route
+                                      # views inside its ``allow`` and ``ipam_pools``
 
 The default topology (``lab up`` without a file, ``lab demo``) has gpu export
 its ``web`` service on 80/tcp and one pod (``trainer.ml``, p3 on 8080/tcp);
-``parse(None)`` is the same two clusters sharing everything.
+``parse(None)`` is the same two clusters sharing everything. ``load`` takes
+a file path or the bare name of a file in ``netns-lab/topologies/``
+(``hub`` is ``netns-lab/topologies/hub.yaml``).
 """
 
 from __future__ import annotations
@@ -52,6 +60,9 @@ OPERATOR_PORT = 8081  # the gateway's operator listener, on its pod address only
 WG_PORT = 51820
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # lab instance name: short, interface-safe
 CID_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
+TOPOLOGY_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # a bare name: netns-lab/topologies/<name>.yaml
+FIRST_INTERNET_HOST = 11  # cluster i's gateway is internet + 11 + i
 
 
 class TopologyError(ValueError):
@@ -79,11 +90,22 @@ class ClusterSpec:
     masquerade: bool = False
     cilium_check: bool = False
     ipam_pools: tuple[str, ...] = ()
+    ipam_views: str = "full"  # the gateway's ipam.views (full | sparse)
     wireguard: str = "userspace"  # the gateway's wireguard.implementation
+    agent_interval: float = 1.0  # the node agents' poll interval (s); big labs raise it to save CPU
     pod_cidr6: str | None = None  # dual stack (see the module docstring)
     service_cidr6: str | None = None
     node_cidr6: str | None = None
     exports: tuple[dict[str, Any], ...] | None = None  # the gateway's exports (None: share everything)
+    peer_ranges: dict[str, Any] | None = None  # the gateway's peer_ranges (None: its defaults)
+
+    def agent_allow(self) -> tuple[str, ...]:
+        """What the node agents may route: the views come from the pools (remaps) or are
+        peer ranges the gateway accepted (identity), inside ``peer_ranges.allow``."""
+        from fabric.model import PEER_SPACE
+
+        allow = (self.peer_ranges or {}).get("allow") or PEER_SPACE
+        return tuple(dict.fromkeys([*map(str, allow), *self.ipam_pools]))
 
 
 @dataclass(frozen=True)
@@ -250,32 +272,43 @@ def parse(data: Any) -> Topology:
         data = {}
     if not isinstance(data, dict):
         raise TopologyError("topology must be a mapping")
-    unknown = set(data) - {"clusters", "internet"}
+    unknown = set(data) - {"clusters", "internet", "agent_interval"}
     if unknown:
         raise TopologyError(f"unknown topology keys: {sorted(unknown)}")
     internet = str(data.get("internet", "203.0.113.0/24"))
-    _net(internet, "internet")
+    inet = _net(internet, "internet")
+    interval = _interval(data.get("agent_interval", 1.0), "agent_interval")
     raw = data.get("clusters")
     if raw is None:
         raw = [dict(c) for c in DEFAULT_CLUSTERS]
     if not isinstance(raw, list) or not raw:
         raise TopologyError("clusters must be a non-empty list")
-    clusters = tuple(_cluster(c) for c in raw)
+    clusters = tuple(_cluster(c, interval) for c in raw)
     ids = [c.id for c in clusters]
     if len(set(ids)) != len(ids):
         raise TopologyError(f"duplicate cluster ids: {ids}")
+    # Gateways sit at internet + 11 + i; the last one must stay below the broadcast address.
+    if FIRST_INTERNET_HOST + len(clusters) > inet.num_addresses - 1:
+        raise TopologyError(f"internet {inet}: room for {max(0, inet.num_addresses - 1 - FIRST_INTERNET_HOST)} "
+                            f"gateways (from .{FIRST_INTERNET_HOST}), not {len(clusters)}")
     return Topology(clusters, internet)
 
 
+def _interval(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.1 <= v <= 60:
+        raise TopologyError(f"{what}: seconds between agent polls, 0.1..60")
+    return float(v)
+
+
 _CLUSTER_KEYS = {"id", "pod_cidr", "service_cidr", "node_cidr", "nodes", "pods_per_node",
-                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "wireguard",
-                 "pod_cidr6", "service_cidr6", "node_cidr6",
-                 "exports"}
+                 "services", "gateway_ip", "masquerade", "cilium_check", "ipam_pools", "ipam_views", "wireguard",
+                 "agent_interval", "pod_cidr6", "service_cidr6", "node_cidr6",
+                 "exports", "peer_ranges"}
 DEFAULT_NODE_CIDR6 = "fd00:192:168:10::/64"
 WG_IMPLEMENTATIONS = ("userspace", "wireguard-go")
 
 
-def _cluster(d: Any) -> ClusterSpec:
+def _cluster(d: Any, agent_interval: float = 1.0) -> ClusterSpec:
     if not isinstance(d, dict) or "id" not in d:
         raise TopologyError("each cluster needs an id")
     cid = str(d["id"])
@@ -331,15 +364,23 @@ def _cluster(d: Any) -> ClusterSpec:
         raise TopologyError(f"{cid}.ipam_pools: a list of CIDRs")
     for p in pools:
         ipaddress.ip_network(str(p))
+    views = d.get("ipam_views", "full")
+    if views not in ("full", "sparse"):
+        raise TopologyError(f"{cid}.ipam_views: full or sparse")
     wg = d.get("wireguard", "userspace")
     if wg not in WG_IMPLEMENTATIONS:
         raise TopologyError(f"{cid}.wireguard: one of {', '.join(WG_IMPLEMENTATIONS)}")
     exports = _exports(cid, d.get("exports"), services)
-    return ClusterSpec(id=cid, wireguard=wg, exports=exports, pod_cidr=str(pod), service_cidr=str(svc), node_cidr=str(node),
+    interval = _interval(d.get("agent_interval", agent_interval), f"{cid}.agent_interval")
+    peer_ranges = d.get("peer_ranges")
+    if peer_ranges is not None and not isinstance(peer_ranges, dict):
+        raise TopologyError(f"{cid}.peer_ranges: a mapping (the gateway's peer_ranges)")
+    return ClusterSpec(id=cid, wireguard=wg, exports=exports, agent_interval=interval,
+                       pod_cidr=str(pod), service_cidr=str(svc), node_cidr=str(node),
                        nodes=nodes, pods_per_node=tuple(ppn), services=tuple(services),
                        gateway_ip=gw, masquerade=bool(d.get("masquerade", False)),
                        cilium_check=bool(d.get("cilium_check", False)),
-                       ipam_pools=tuple(str(p) for p in pools),
+                       ipam_pools=tuple(str(p) for p in pools), ipam_views=views, peer_ranges=peer_ranges,
                        pod_cidr6=str(pod6) if pod6 else None, service_cidr6=str(svc6) if svc6 else None,
                        node_cidr6=str(node6) if node6 else None)
 
@@ -378,9 +419,23 @@ def as_v6(ip4: str, subnet4: str, subnet6: str | None) -> str | None:
     return str(ipaddress.IPv6Network(subnet6).network_address + offset)
 
 
+def resolve(path: str | Path) -> Path:
+    """A topology file: ``path`` itself if it names a file, else a bare name (``hub``) is
+    ``netns-lab/topologies/<name>.yaml``."""
+    p = Path(path)
+    if p.is_file() or not TOPOLOGY_NAME_RE.match(str(path)):
+        return p
+    named = TOPOLOGY_DIR / f"{path}.yaml"
+    if not named.is_file():
+        known = sorted(f.stem for f in TOPOLOGY_DIR.glob("*.yaml"))
+        raise TopologyError(f"topology {str(path)!r}: no such file, and not one of {', '.join(known)}")
+    return named
+
+
 def load(path: str | Path | None) -> Topology:
     if path is None:
         return default_topology()
+    path = resolve(path)
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -396,7 +451,7 @@ def plan(name: str, topo: Topology) -> LabPlan:
     clusters = []
     for ci, spec in enumerate(topo.clusters):
         cp = ClusterPlan(spec=spec, index=ci, switch_ns=f"{name}-{spec.id}-sw",
-                         internet_ip=str(inet.network_address + 11 + ci),
+                         internet_ip=str(inet.network_address + FIRST_INTERNET_HOST + ci),
                          wg_interface=f"{name}w{ci}")
         underlay = ipaddress.IPv4Network(spec.node_cidr)
         pod_net = ipaddress.IPv4Network(spec.pod_cidr)

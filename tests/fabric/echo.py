@@ -26,7 +26,7 @@ def serve(name: str, port: int) -> None:
     tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     tcp.bind(("::", port))
-    tcp.listen(16)
+    tcp.listen(1024)  # flows.py opens hundreds of connections at once
 
     def udp_loop() -> None:
         while True:

@@ -13,6 +13,10 @@ def _val(v: Any) -> str:
         return f"{v['prefix']['addr']}/{v['prefix']['len']}"
     if isinstance(v, dict) and "elem" in v:
         return _val(v["elem"]["val"])
+    if isinstance(v, dict) and "set" in v:  # anonymous set or map
+        return "{ " + ", ".join(" : ".join(x) if isinstance(x, list) else str(x) for x in v["set"]) + " }"
+    if isinstance(v, dict) and "range" in v:
+        return "-".join(v["range"])
     if isinstance(v, list):
         return ",".join(str(x) for x in v)
     return str(v)
@@ -41,9 +45,11 @@ def expr_text(e: dict[str, Any]) -> str:
         return k
     if k in ("snat", "dnat"):
         pre = " prefix" if v.get("type_flags") == "prefix" else ""
+        post = " persistent" if v.get("flags") == "persistent" else ""
         if isinstance(v["addr"], dict) and "map" in v["addr"]:
-            return f"{k} {v['family']}{pre} to {_left(v['addr']['map']['key'])} map {v['addr']['map']['data']}"
-        return f"{k} {v['family']}{pre} to {_val(v['addr'])}"
+            return (f"{k} {v['family']}{pre} to {_left(v['addr']['map']['key'])} map "
+                    f"{_val(v['addr']['map']['data'])}{post}")
+        return f"{k} {v['family']}{pre} to {_val(v['addr'])}{post}"
     if k == "vmap":
         return f"{_left(v['key'])} vmap {v['data']}"
     if k == "mangle":
@@ -120,6 +126,8 @@ def _eval(ruleset: dict[str, Any], rule: dict[str, Any], env: dict[str, Any]) ->
                 a = s if f == "saddr" else d
                 if isinstance(right, str) and right.startswith("@"):
                     hit = any(_in(a, x) for x in elements(ruleset, right[1:]))
+                elif isinstance(right, dict) and "set" in right:
+                    hit = any(_in(a, x) for x in right["set"])
                 else:
                     hit = _in(a, _val(right))
             if hit != (op == "=="):
@@ -143,11 +151,15 @@ def _eval(ruleset: dict[str, Any], rule: dict[str, Any], env: dict[str, Any]) ->
                 if kp["protocol"] != proto:
                     return None
                 a = s if kp["field"] == "saddr" else d
-                hits = [el.split(" : ")[1] for el in elements(ruleset, addr["map"]["data"][1:])
-                        if _in(a, el.split(" : ")[0])]
+                data = addr["map"]["data"]
+                pairs = ([tuple(x) for x in data["set"]] if isinstance(data, dict) else
+                         [tuple(el.split(" : ")) for el in elements(ruleset, data[1:])])
+                hits = [b for k_, b in pairs if _in(a, k_)]
                 if not hits:
                     return None  # no element: the rule does not match
                 to = hits[0]
+            elif isinstance(addr, dict) and "range" in addr:
+                to = addr["range"][0]  # the kernel picks one: the walk takes the first
             else:
                 to = _val(addr)
             field = "src" if k == "snat" else "dst"

@@ -110,7 +110,8 @@ def st_run(gw: Gw, tmp: Path, tag: str, *args: str, admin: bool = False) -> tupl
 
 ADMIN_OPS = {"DELETE /api/v1/peers/{cluster_id}", "DELETE /api/v1/tokens/{token_id}", "GET /api/v1/tokens",
              "POST /api/v1/key/rotate", "POST /api/v1/peers", "POST /api/v1/ranges/announce",
-             "POST /api/v1/tokens", "PUT /api/v1/peers/{cluster_id}/exports", "POST /api/v1/tls/rotate"}
+             "POST /api/v1/tokens", "PUT /api/v1/peers/{cluster_id}/exports", "POST /api/v1/tls/rotate",
+             "GET /api/v1/peers/{cluster_id}/ranges", "POST /api/v1/peers/{cluster_id}/ranges"}
 
 
 def only_401(output: str) -> set[str]:

@@ -36,12 +36,15 @@ GPU: dict[str, Any] = {
     "our_views": [_view("pod", "10.244.0.0/16", "100.64.0.0/16"), _view("service", "10.96.0.0/12", "100.80.0.0/12")],
     "their_views": [_view("pod", "10.244.0.0/16", "100.65.0.0/16"),
                     _view("service", "10.96.0.0/12", "100.96.0.0/12")],
+    "views_mode": "full", "their_views_mode": "full",
+    "reach": "full: pod 10.244.0.0/16 as 100.64.0.0/16, service 10.96.0.0/12 as 100.80.0.0/12",
 }
 EDGE: dict[str, Any] = {  # never connected: no handshake, no RTT (None), its endpoint does not resolve
     "cluster_id": "edge-eu", "state": "connecting", "handshake_age_s": None, "rtt_ms": None, "loss": None,
     "rx_bytes": 0, "tx_bytes": 148, "endpoint": None,
     "endpoint_error": "cannot resolve edge.example.org: Name or service not known",
     "our_views": [_view("pod", "10.8.0.0/16", "10.8.0.0/16")], "their_views": None,
+    "views_mode": "full", "their_views_mode": None, "reach": "full: pod 10.8.0.0/16 as 10.8.0.0/16",
 }
 
 PEERS_TABLE = [
@@ -91,6 +94,11 @@ def test_peer_list_exact() -> None:
     assert clitable.peer_list([GPU, EDGE]) == [
         *PEERS_TABLE,
         "",
+        "what our pods reach",
+        "  PEER     WE VIEW  THEY VIEW  REACH",
+        "  gpu      full     full       full: pod 10.244.0.0/16 as 100.64.0.0/16, service 10.96.0.0/12 as 100.80.0.0/12",
+        "  edge-eu  full     -          full: pod 10.8.0.0/16 as 10.8.0.0/16",
+        "",
         "their ranges -> our views",
         "  PEER     KIND     THEIR RANGE    OUR VIEW",
         "  gpu      pod      10.244.0.0/16  100.64.0.0/16",
@@ -122,16 +130,28 @@ def test_odd_values_stay_in_their_columns() -> None:
     ]
 
 
+def _row(direction: str, kind: str, real: str, view: str) -> dict[str, str]:
+    return {"direction": direction, "kind": kind, "real": real, "view": view}
+
+
 NAT: dict[str, Any] = {"table": "inet crosswire", "peers": [{
     "cluster_id": "gpu", "egress_chain": "cw-egress-gpu", "ingress_chain": "cw-ingress-gpu",
     "remote": [_view("pod", "10.244.0.0/16", "100.64.0.0/16")],
     "local": [_view("pod", "10.244.0.0/16", "100.65.0.0/16"), _view("service", "10.96.0.0/12", "10.96.0.0/12")],
     "rules": [
         {"chain": "cw-egress-gpu", "comment": "c1", "handle": 7, "packets": 123456, "bytes": 98765432,
-         "connections": 321},
-        {"chain": "cw-egress-gpu", "comment": "c2", "handle": 8, "packets": 0, "bytes": 0, "connections": 0},
-        {"chain": "cw-ingress-gpu", "comment": "c3", "handle": 9, "packets": 42, "bytes": 4200, "connections": 2},
-        {"chain": "cw-ingress-gpu", "comment": "c4", "handle": None, "packets": 0, "bytes": 0, "connections": 0},
+         "connections": 321, **_row("egress", "pod", "10.244.0.0/16", "100.65.0.0/16")},
+        {"chain": "cw-egress-gpu", "comment": "c2", "handle": 8, "packets": 0, "bytes": 0, "connections": 0,
+         **_row("egress", "service", "10.96.0.0/12", "10.96.0.0/12")},
+        {"chain": "cw-ingress-gpu", "comment": "c3", "handle": 9, "packets": 42, "bytes": 4200, "connections": 2,
+         **_row("ingress", "pod", "10.244.0.0/16", "100.65.0.0/16")},
+        {"chain": "cw-ingress-gpu", "comment": "c4", "handle": None, "packets": 0, "bytes": 0, "connections": 0,
+         **_row("ingress", "service", "10.96.0.0/12", "10.96.0.0/12")},
+        # A sparse peer's view of us: an egress block (no ingress rule), an address in a shared map rule.
+        {"chain": "cw-egress-gpu", "comment": "c5", "handle": 10, "packets": 9, "bytes": 900, "connections": 3,
+         **_row("egress", "egress", "0.0.0.0/28", "100.64.0.0/28"), "shows": "any source -> 100.64.0.0-100.64.0.15"},
+        {"chain": "cw-ingress-gpu", "comment": "c6", "handle": 11, "packets": 1, "bytes": 60, "connections": None,
+         **_row("ingress", "export", "10.96.0.10/32", "100.64.0.16/32"), "map_connections": 1},
     ],
     "host_network": [{"map": "host_v4", "key": "100.64.0.0/16", "target": "10.244.0.1", "present": True,
                       "packets": 5, "bytes": 420}],
@@ -143,12 +163,14 @@ def test_nat_exact() -> None:
         "table inet crosswire",
         "",
         "peer gpu",
-        "  DIRECTION  KIND     REAL           VIEW           PACKETS     BYTES  CONNS",
-        "  egress     pod      10.244.0.0/16  100.65.0.0/16   123.5k  94.2 MiB    321",
-        "  egress     service  10.96.0.0/12   10.96.0.0/12         0       0 B      0",
-        "  ingress    pod      10.244.0.0/16  100.65.0.0/16       42   4.1 KiB      2",
-        "  ingress    service  10.96.0.0/12   10.96.0.0/12         0       0 B      0",
-        "  remote     pod      10.244.0.0/16  100.64.0.0/16        -         -      -",
+        "  DIRECTION  KIND     REAL           VIEW                    PACKETS     BYTES  CONNS",
+        "  egress     pod      10.244.0.0/16  100.65.0.0/16            123.5k  94.2 MiB    321",
+        "  egress     service  10.96.0.0/12   10.96.0.0/12                  0       0 B      0",
+        "  ingress    pod      10.244.0.0/16  100.65.0.0/16                42   4.1 KiB      2",
+        "  ingress    service  10.96.0.0/12   10.96.0.0/12                  0       0 B      0",
+        "  egress     egress   any source     100.64.0.0-100.64.0.15        9     900 B      3",
+        "  ingress    export   10.96.0.10/32  100.64.0.16/32                1      60 B      -",
+        "  remote     pod      10.244.0.0/16  100.64.0.0/16                 -         -      -",
         "  1 rule(s) missing from the kernel (not applied yet?)",
         "  host network 100.64.0.0/16 -> 10.244.0.1: 5 packets, 420 B",
     ]
@@ -273,6 +295,9 @@ def test_real_api_answers_render(clusters: Any) -> None:
     assert out[12].split()[:2] == ["gpu", peers[0]["state"]] and out[12].endswith("gpu.example:51820")
     assert out[-1].startswith("reconcile: ") and out[-1].endswith("last ok 2s ago")
     views = clitable.peer_list(peers)
+    reach = views[views.index("what our pods reach"):views.index("their ranges -> our views")]
+    assert reach[2].split()[:4] == ["gpu", "full", "full", "full:"] and "as 100." in reach[2]
+    views = views[views.index("their ranges -> our views"):]
     cut = views.index("our ranges -> their views")
     for key, part in (("our_views", views[:cut]), ("their_views", views[cut:])):
         got = [line.split() for line in part if line.startswith("  gpu ")]

@@ -25,7 +25,16 @@ import threading
 import time
 from pathlib import Path
 
-from gwharness import GW_IP, OPERATOR, PODS, Gw, two_gateways, view_of, wait_ping
+from gwharness import (
+    GW_IP,
+    POD_OPERATOR,
+    PODS,
+    Gw,
+    operator_on_pod,
+    two_gateways,
+    view_of,
+    wait_ping,
+)
 from nsutil import Namespaces, require_root, sh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "wg" / "io"))
@@ -172,6 +181,7 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
             text = g.config.read_text().replace("implementation: wireguard-go", "implementation: userspace")
             g.config.write_text(text.replace("api:\n", "api:\n  request_timeout: 3\n"))
         a.wrap = ("prlimit", "--nofile=512:512")
+        operator_on_pod(a, b)  # a pod of a's cluster reaches it, as in Kubernetes
 
     with two_gateways(netns, tmp_path, prepare) as (a, b):
         pid = _daemon_pid(a)
@@ -183,7 +193,7 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
 
         def poll_health() -> None:  # the kubelet's probe: the operator listener, inside the cluster
             while not stop.is_set():
-                r = sh("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3", OPERATOR + "/healthz",
+                r = sh("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3", POD_OPERATOR + "/healthz",
                        ns=a.ns, check=False)
                 health.append(int(r.stdout) if r.stdout.isdigit() else r.stdout)
                 time.sleep(0.5)

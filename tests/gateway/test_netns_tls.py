@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from gwharness import GW_IP, PODS, two_gateways, view_of, wait_ping
+from gwharness import GW_IP, PODS, operator_on_pod, two_gateways, view_of, wait_ping
 from nsutil import Namespaces, require_root, sh
 
 from gateway.tokens import Token, decode
@@ -118,7 +118,7 @@ print(json.dumps(out))
 def test_peer_underlay_sees_only_tls_peering(netns: Namespaces, tmp_path: Path) -> None:
     require_root("wireguard-go", "wg", "nft")
     os.chmod(tmp_path, 0o700)
-    with two_gateways(netns, tmp_path) as (a, b):
+    with two_gateways(netns, tmp_path, operator_on_pod) as (a, b):
         dev = sh("ip", "-o", "addr", "show", "to", f"{a.underlay}/32", ns=a.ns).stdout.split()[1]
         sniff = subprocess.Popen(["ip", "netns", "exec", a.ns, sys.executable, "-c", SNIFFER, dev, "8080"],
                                  stdout=subprocess.PIPE, text=True)

@@ -167,7 +167,7 @@ def test_overlapping_rows_written_behind_our_back_are_detected(tmp_path: Path) -
     with IpamStore.open(db, KUBEADM) as s:
         s.allocate("a", [POD])
     with contextlib.closing(sqlite3.connect(db)) as c:
-        c.execute("INSERT INTO views SELECT 'evil', real, seq + 1, kind, view, vfirst FROM views")
+        c.execute("INSERT INTO views SELECT 'evil', real, seq + 1, kind, view, vfirst, held FROM views")
         c.commit()
     with pytest.raises(IpamError, match="inconsistent"):
         IpamStore.open(db, KUBEADM)

@@ -186,3 +186,40 @@ def test_agent_dual_stack_routes_each_family_via_its_gateway_address(
     assert r.returncode == 0 and "no route to gateway fd00:244::2" in r.stderr
     assert agent_routes(node) == {"100.65.0.0/16": f"10.244.0.2 {v_node}"}
     assert "fd00:1::/48" in sh("ip", "-6", "route", "show", "proto", "246", ns=node).stdout
+
+
+@pytest.mark.root
+def test_agent_never_routes_public_space_or_its_nodes_own_networks(
+        netns: Namespaces, tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    node, gwpod = netns.add("ags1"), netns.add("agsg")
+    v_node, _ = netns.veth(node, gwpod, "10.244.0.1/32", "10.244.0.2/32", name="p")
+    sh("ip", "route", "add", "10.244.0.2/32", "dev", v_node, ns=node)
+    sh("ip", "addr", "add", "192.168.10.11/24", "dev", "lo", ns=node)  # the node's underlay network
+    routes = tmp_path / "routes.json"
+    # What a gateway that believed a hostile peer would publish (issue 22).
+    routes.write_text(json.dumps({"gateway_ip": "10.244.0.2", "cidrs": [
+        "100.64.0.0/16", "8.8.8.0/24", "1.0.0.0/8", "192.168.10.0/25", "10.244.0.0/24", "fd00:1::/48"]}))
+    fake = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, "-c", FAKE_GATEWAY, str(routes)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(fake)
+    wait_for(lambda: sh("curl", "-sf", "http://127.0.0.1:18080/api/v1/routes",
+                        check=False, ns=node).returncode == 0)
+    agent = [str(Path(sys.executable).parent / "crosswire"), "agent", "run", "--once",
+             "--gateway", "http://127.0.0.1:18080"]
+    r = sh(*agent, ns=node)
+    assert agent_routes(node) == {"100.64.0.0/16": f"10.244.0.2 {v_node}"}
+    assert "not routing 8.8.8.0/24 to the gateway: outside the address space routed to peers" in r.stderr
+    assert "not routing 1.0.0.0/8" in r.stderr
+    assert "not routing 192.168.10.0/25 to the gateway: overlaps this node's local range 192.168.10.0/24" \
+        in r.stderr
+    assert "not routing 10.244.0.0/24 to the gateway: overlaps this node's local range 10.244.0.1/32" in r.stderr
+    assert v_node not in sh("ip", "route", "get", "8.8.8.8", ns=node, check=False).stdout  # not to the gateway
+    # An operator widens --allow: what it lists is routed, the rest still is not; --local adds ranges.
+    r = sh(*agent, "--allow", "100.64.0.0/10,8.8.8.0/24", "--local", "100.64.0.0/17", ns=node)
+    assert agent_routes(node) == {"8.8.8.0/24": f"10.244.0.2 {v_node}"}  # 100.64/16 overlaps --local now
+    assert "overlaps this node's local range 100.64.0.0/17" in r.stderr
+    # Back to the defaults: the route the wider policy allowed is removed again.
+    sh(*agent, ns=node)
+    assert agent_routes(node) == {"100.64.0.0/16": f"10.244.0.2 {v_node}"}
+    bad = sh(*agent, "--allow", "8.8.8.1/24", ns=node, check=False)
+    assert bad.returncode == 2 and "--allow" in bad.stderr

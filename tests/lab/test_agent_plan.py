@@ -81,3 +81,52 @@ def test_plan_is_empty_when_converged_and_removes_all_when_nothing_published() -
     assert plan(state, state) == Plan()
     assert plan(state, state).empty
     assert plan({}, state).remove == (N("100.64.0.0/16"),)
+
+
+def test_fetch_routes_reuses_the_agents_client() -> None:
+    # The agent keeps one httpx client (a client per poll costs ~20 ms of CPU); every poll
+    # goes through it, and an error answer still changes nothing.
+    import httpx
+
+    from fabric.agent_api import fetch_routes
+
+    seen: list[str] = []
+    status = [200]
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(str(req.url))
+        return httpx.Response(status[0], json={"gateway_ip": "10.244.0.2", "cidrs": ["100.64.0.0/16"]})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        for _ in range(2):
+            p = fetch_routes("http://gw:8080/", http=http)
+            assert p.cidrs == (N("100.64.0.0/16"),)
+        status[0] = 500
+        with pytest.raises(RoutesError, match="500"):
+            fetch_routes("http://gw:8080", http=http)
+    assert seen == ["http://gw:8080/api/v1/routes"] * 3
+
+
+def test_screen_keeps_private_views_and_names_why_it_refuses_the_rest() -> None:
+    from fabric.agent import parse_cidr_list, screen
+    from fabric.model import PEER_SPACE
+
+    allow = parse_cidr_list(",".join(PEER_SPACE), "--allow")
+    local = (N("192.168.10.0/24"), N("10.244.0.1/32"))
+    gw = (ipaddress.ip_address("10.244.0.2"), ipaddress.ip_address("fd00:244::2"))
+    cidrs = [N(c) for c in ("100.64.0.0/16", "fd00:1::/48", "8.8.8.0/24", "2001:db8::/48", "192.168.0.0/16",
+                            "10.244.0.0/30", "10.244.0.0/31", "172.16.0.0/12")]
+    kept, refused = screen(cidrs, allow, local, gw)
+    assert kept == (N("100.64.0.0/16"), N("fd00:1::/48"), N("172.16.0.0/12"))
+    assert refused == {
+        N("8.8.8.0/24"): "outside the address space routed to peers (--allow 10.0.0.0/8,172.16.0.0/12,"
+                         "192.168.0.0/16,100.64.0.0/10,fd00::/8)",
+        N("2001:db8::/48"): refused[N("8.8.8.0/24")],
+        N("192.168.0.0/16"): "overlaps this node's local range 192.168.10.0/24",
+        N("10.244.0.0/30"): "overlaps this node's local range 10.244.0.1/32",
+        N("10.244.0.0/31"): "overlaps this node's local range 10.244.0.1/32"}
+    # The gateway's own address inside a published CIDR would loop the route.
+    assert screen([N("10.244.0.0/31"), N("10.244.0.2/31")], allow, (), gw)[1] == {
+        N("10.244.0.2/31"): "holds the gateway's own address"}
+    with pytest.raises(ValueError, match="--local: "):
+        parse_cidr_list("10.0.0.1/8", "--local")

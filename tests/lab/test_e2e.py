@@ -97,9 +97,12 @@ def test_partial_overlap(make_lab: MakeLab) -> None:
 def test_containment(make_lab: MakeLab) -> None:
     # b must view a's whole /8 somewhere: no RFC 1918/6598 /8 is free next to its own
     # 10.244/16 and 240/4 is off limits, so its IPAM gets 11.0.0.0/8 (lab-internal only).
+    # A /8 is more than a peer may take by default: b's operator raises the quota, and
+    # b's node agents route its pool (the lab passes ipam_pools to their --allow).
     lab = make_lab({"clusters": [{"id": "a", "pod_cidr": "10.0.0.0/8", "service_cidr": "172.20.0.0/16"},
                                  {"id": "b", "pod_cidr": "10.244.0.0/16",
-                                  "ipam_pools": ["100.64.0.0/10", "11.0.0.0/8"]}]})
+                                  "ipam_pools": ["100.64.0.0/10", "11.0.0.0/8"],
+                                  "peer_ranges": {"max_view_addresses": {"ipv4": "/7"}}}]})
     ops.peer_all(lab)
     both_ways(lab, "a", "b")
     assert not ipaddress.ip_network(views(lab, "a", "b")["10.244.0.0/16"]).overlaps(

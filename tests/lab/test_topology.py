@@ -70,6 +70,7 @@ def test_containment_and_partial_ranges_plan() -> None:
     {"clusters": [{"id": "a", "bogus": 1}]},
     {"clusterz": []},
     {"clusters": [{"id": "a", "wireguard": "kernel"}]},
+    {"clusters": [{"id": "a", "peer_ranges": ["10.0.0.0/8"]}]},
 ])
 def test_bad_topologies_are_rejected(bad: object) -> None:
     with pytest.raises(TopologyError):
@@ -100,3 +101,65 @@ def test_renderers() -> None:
 
     gc = parse_config(cfg, env={})
     assert gc.advertise_url() == "https://203.0.113.11:8080" and gc.gateway_ip == "10.244.0.2"
+
+
+def test_peer_ranges_reach_the_gateway_and_widen_what_the_agents_route() -> None:
+    from gateway.config import parse as parse_config
+
+    lab = plan("x", parse({"clusters": [
+        {"id": "a"},
+        {"id": "b", "ipam_pools": ["100.64.0.0/10", "11.0.0.0/8"],
+         "peer_ranges": {"allow": ["10.0.0.0/8", "198.18.0.0/15"], "max_ranges": 4}}]}))
+    a, b = lab.clusters
+    assert "peer_ranges" not in render.gateway_config(lab, a, "/tmp/s")
+    assert a.spec.agent_allow() == ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fd00::/8")
+    gc = parse_config(render.gateway_config(lab, b, "/tmp/s"), env={})
+    assert gc.peer_ranges.allow == ("10.0.0.0/8", "198.18.0.0/15") and gc.peer_ranges.max_ranges == 4
+    assert b.spec.agent_allow() == ("10.0.0.0/8", "198.18.0.0/15", "100.64.0.0/10", "11.0.0.0/8")
+
+
+def test_hub_topology_by_name_fits_the_internet_segment_and_interface_names() -> None:
+    from labkit.topology import TOPOLOGY_DIR, load, resolve
+
+    # `lab up --topology hub` finds netns-lab/topologies/hub.yaml; a path still works.
+    assert resolve("hub") == TOPOLOGY_DIR / "hub.yaml"
+    assert load("hub") == load(str(TOPOLOGY_DIR / "hub.yaml"))
+    with pytest.raises(TopologyError, match="hub"):  # the error lists the known names
+        load("nosuchtopology")
+    t = load("hub")
+    hub, spokes = t.clusters[0], t.clusters[1:]
+    assert hub.id == "hub" and hub.ipam_views == "sparse" and len(spokes) == 30
+    assert hub.exports == ({"name": "web.default", "ports": ["80/tcp"], "addresses": ["10.96.0.10"]},)
+    for c in t.clusters:
+        assert (c.pod_cidr, c.service_cidr, c.ipam_pools, c.nodes) == (
+            "10.244.0.0/16", "10.96.0.0/12", ("100.64.0.0/10",), 1)
+        assert c.agent_interval == 5.0
+    assert all(c.ipam_views == "full" and c.exports is None and len(c.pods_per_node) == 1 for c in spokes)
+    # The longest lab name: 31 gateways get distinct internet addresses inside 203.0.113.0/24
+    # (.11 .. .41), and every interface name stays unique and within IFNAMSIZ (15).
+    p = plan("abcdefghij", t)
+    inet = ipaddress.ip_network(t.internet)
+    ips = [ipaddress.ip_address(c.internet_ip) for c in p.clusters]
+    assert len(set(ips)) == 31 and all(ip in inet and ip != inet.broadcast_address for ip in ips)
+    wg = [c.wg_interface for c in p.clusters]
+    assert len(set(wg)) == 31 and max(map(len, wg)) <= 15
+    ns = p.namespaces()
+    assert len(ns) == len(set(ns))
+    # The round trip through the lab's state file keeps the agent interval.
+    from labkit.lab import topology_to_data
+
+    assert parse(topology_to_data(t)) == t
+
+
+def test_agent_interval_and_the_internet_segments_room() -> None:
+    t = parse({"agent_interval": 3, "clusters": [{"id": "a"}, {"id": "b", "agent_interval": 0.5}]})
+    assert [c.agent_interval for c in t.clusters] == [3.0, 0.5]
+    assert parse({}).clusters[0].agent_interval == 1.0
+    for bad in ({"agent_interval": 0}, {"agent_interval": "5"},
+                {"clusters": [{"id": "a", "agent_interval": 120}]}):
+        with pytest.raises(TopologyError, match="agent_interval"):
+            parse(bad)
+    # A /28 holds .11 .. .14 below its broadcast address: 4 gateways, not 5.
+    parse({"internet": "203.0.113.0/28", "clusters": [{"id": f"c{i}"} for i in range(4)]})
+    with pytest.raises(TopologyError, match="room for 4 gateways"):
+        parse({"internet": "203.0.113.0/28", "clusters": [{"id": f"c{i}"} for i in range(5)]})

@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT / "tests" / "gateway"), str(ROOT / "tests"), str(ROOT)]
 
-from gwharness import GW_IP, PODS, Gw, build_cluster, ping, view_of  # noqa: E402
+from gwharness import PODS, Gw, build_cluster, ping, view_of  # noqa: E402
 from nsutil import Namespaces, delete_ns, sh  # noqa: E402
 
 from fabric.nft import in_netns  # noqa: E402
@@ -61,7 +61,7 @@ def api(g: Gw, method: str, path: str, body: Any = None, admin: bool = False, ti
         headers["Authorization"] = "Bearer " + (g.state_dir / "admin-token").read_text().strip()
 
     def call() -> tuple[int, Any]:
-        c = http.client.HTTPConnection(GW_IP, 8081, timeout=timeout)  # the operator listener
+        c = http.client.HTTPConnection("127.0.0.1", 8081, timeout=timeout)  # the operator listener
         try:
             c.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
             r = c.getresponse()

@@ -53,7 +53,7 @@ while not done:
         continue
     stats["segments"] += 1
     stats["bytes"] += len(payload)
-    stats["json"] += b'{"' in payload or b'"mac"' in payload or b"HTTP/1.1" in payload
+    stats["json"] += b'"mac":' in payload or b'"body":' in payload or b'"type":' in payload or b"HTTP/1." in payload
     if payload[0] not in stats["record_types"]:
         stats["record_types"].append(payload[0])
 print(json.dumps(stats), flush=True)

@@ -240,3 +240,26 @@ def test_announcement_gives_an_unpinned_peer_the_plain_url(clusters: Any) -> Non
         assert gpu.store.peer("lab").url == "https://lab-3:8080"  # type: ignore[union-attr]
 
     asyncio.run(go())
+
+
+def test_token_pin_is_checked_and_old_readers_still_read_the_token() -> None:
+    """The pin has a tag of its own (h); the legacy tag (t) covers the legacy fields, so a
+    gateway from before TLS still decodes a new token (and is then told to upgrade)."""
+    import hashlib
+    import hmac
+    import json
+
+    from gateway.tokens import TokenError, b64d, b64e, decode, new_token
+
+    tok = new_token("http://gpu:8080", "gpu", "K" * 44, ttl=60, now=0.0, tls_pin="P" * 43)
+    text = tok.encode()
+    assert decode(text).tls_pin == "P" * 43
+    doc = json.loads(b64d(text[4:]))
+    # the previous release's check: HMAC over (u, c, k, i, e) only
+    legacy = json.dumps([doc["u"], doc["c"], doc["k"], doc["i"], doc["e"]], separators=(",", ":")).encode()
+    secret = b64d(doc["s"])
+    assert hmac.compare_digest(hmac.new(secret, legacy, hashlib.sha256).digest()[:16], b64d(doc["t"]))
+    doc["f"] = "Q" * 43  # an edited pin is caught
+    edited = "cw1." + b64e(json.dumps(doc).encode())
+    with pytest.raises(TokenError, match="tampered"):
+        decode(edited)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gwharness import PODS, Gw, ping, two_gateways, view_of, wait_ping
+from gwharness import OPERATOR, PODS, Gw, ping, two_gateways, view_of, wait_ping
 from nsutil import Namespaces, require_root, sh
 
 # A peer's software is its own: this one signs a `ranges` message with its real channel key.
@@ -36,7 +36,7 @@ def seen_by_peers(g: Gw) -> dict[str, Any]:
     routes6 = sh("ip", "-j", "-6", "route", "show", "proto", "245", ns=g.ns).stdout
     allowed = sh("wg", "show", g.iface, "allowed-ips", ns=g.ns).stdout
     agents = sh(sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).text)",
-                f"http://{g.underlay}:8080/api/v1/routes", ns=g.ns).stdout
+                f"{OPERATOR}/api/v1/routes", ns=g.ns).stdout
     return {"routes": sorted(r["dst"] for r in json.loads(routes) + json.loads(routes6)),
             "allowed": sorted(allowed.split()), "ipam": g.cli_json("ipam", "show")["allocations"],
             "agents": json.loads(agents)}

@@ -33,7 +33,7 @@ from gateway.dns.records import ImportsSnapshot
 from gateway.dns.server import bind_from_config as bind_dns
 from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
-from gateway.httpserver import connection_cap, listen, make_server, raise_fd_limit
+from gateway.httpserver import connection_caps, listen, make_server, raise_fd_limit
 from gateway.ipam_adapter import IpamViews, ViewsError
 from gateway.peerranges import admin as ranges_admin
 from gateway.peersources import PeerSources
@@ -181,14 +181,14 @@ async def serve(config: Config) -> int:
     forwarding.enable(forwarding.wanted(config))
     rec = cp.reconciler
     assert cp.tls is not None
-    cap = connection_cap(config.api.max_connections, fds)
+    cap, op_cap = connection_caps(config.api.max_connections, fds)
     server = make_server(create_peering_app(cp), host, port, max_connections=cap,
                          request_timeout=config.api.request_timeout, ssl_context=cp.tls.server_context())
     # Inside the cluster, a few sources (kubelet, Prometheus, node agents, the CLI) may each
     # open many connections: no per-source share there, only the total cap.
-    operator = make_server(create_app(cp), op_host, op_port, max_connections=cap,
-                           request_timeout=config.api.request_timeout, per_source=cap)
-    log.debug("file descriptor limit %d, connection cap %d per listener", fds, cap)
+    operator = make_server(create_app(cp), op_host, op_port, max_connections=op_cap,
+                           request_timeout=config.api.request_timeout, per_source=op_cap)
+    log.debug("file descriptor limit %d, connection caps: peering %d, operator %d", fds, cap, op_cap)
     echo = EchoResponder(config.health.port)
     try:
         await echo.start()

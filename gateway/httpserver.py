@@ -263,11 +263,14 @@ class _AcceptErrorFilter(logging.Filter):
 FD_RESERVE = 128  # descriptors kept for everything but the two listeners' connections
 
 
-def connection_cap(configured: int, fd_limit: int) -> int:
-    """Per listener: the configured cap, lowered so that both listeners full (a peering
-    connection holds two descriptors until its first byte), plus an accept burst, leave
-    FD_RESERVE descriptors (netlink, nftables, SQLite, the data plane)."""
-    return max(8, min(configured, (fd_limit - FD_RESERVE - ACCEPT_BATCH) // 3))
+def connection_caps(configured: int, fd_limit: int) -> tuple[int, int]:
+    """(peering, operator): the configured cap, lowered so that both listeners full (a
+    peering connection holds two descriptors until its first byte), plus an accept burst,
+    leave FD_RESERVE descriptors (netlink, nftables, SQLite, the data plane). The operator
+    listener gets half of what is left: its callers are few and inside the cluster."""
+    budget = fd_limit - FD_RESERVE - ACCEPT_BATCH
+    operator = max(8, min(configured, budget // 2))
+    return max(8, min(configured, (budget - operator) // 2)), operator
 
 
 def raise_fd_limit() -> int:

@@ -118,3 +118,12 @@ def test_trickled_body_gets_408(served: tuple[Any, str]) -> None:
         s.close()
     r = httpx.post(url + "/echo", json={"a": 1}, timeout=5)
     assert r.status_code == 200 and r.json() == {"a": 1}
+
+
+def test_connection_caps_fit_the_descriptor_limit() -> None:
+    from gateway.httpserver import ACCEPT_BATCH, FD_RESERVE, connection_caps
+
+    assert connection_caps(256, 1 << 20) == (256, 256)  # plenty: as configured
+    peering, operator = connection_caps(256, 512)
+    assert (peering, operator) == (80, 160)
+    assert 2 * peering + operator + ACCEPT_BATCH + FD_RESERVE <= 512

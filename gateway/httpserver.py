@@ -267,9 +267,10 @@ def connection_caps(configured: int, fd_limit: int) -> tuple[int, int]:
     """(peering, operator): the configured cap, lowered so that both listeners full (a
     peering connection holds two descriptors until its first byte), plus an accept burst,
     leave FD_RESERVE descriptors (netlink, nftables, SQLite, the data plane). The operator
-    listener gets half of what is left: its callers are few and inside the cluster."""
+    listener gets two thirds of what is left: its callers are inside the cluster and each
+    of their requests is served (the peering listener evicts instead, per source)."""
     budget = fd_limit - FD_RESERVE - ACCEPT_BATCH
-    operator = max(8, min(configured, budget // 2))
+    operator = max(8, min(configured, budget * 2 // 3))
     return max(8, min(configured, (budget - operator) // 2)), operator
 
 

@@ -125,5 +125,5 @@ def test_connection_caps_fit_the_descriptor_limit() -> None:
 
     assert connection_caps(256, 1 << 20) == (256, 256)  # plenty: as configured
     peering, operator = connection_caps(256, 512)
-    assert (peering, operator) == (80, 160)
+    assert (peering, operator) == (53, 213)
     assert 2 * peering + operator + ACCEPT_BATCH + FD_RESERVE <= 512

@@ -15,8 +15,11 @@ While each event lasts, the peer state gateway a reports (GET /api/v1/peers,
 every 100 ms) is sampled: the samples per state, and any sample saying
 "connected" while every probe of the second before it was lost (flagged).
 
-Targets (printed, not asserted): 0 ms gap for a, b, e, f, g, h, j; <= 500 ms
-for c, d, i; the TCP stream survives all of them.
+Targets (printed, not asserted): 0 ms gap for a, b, e, f, g, h, j, k; <= 100 ms
+for c, d (issue 20); <= 500 ms for i; the TCP stream survives all of them.
+(k) moves gateway a's data plane into a "container" of its own first
+(`crosswire dataplane run` beside a daemon with wireguard.supervise: false, the
+layout deploy/ ships) and then restarts the gateway container.
 
     bench/disruption.py [--previous REV] [EVENT_LABEL ...]     # e.g. "a c e"; default: all
 

@@ -108,8 +108,9 @@ def iperf(client_ns: str, server_ip: str, seconds: int) -> float:
     return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6
 
 
-def build_path(made: list[str], label: str) -> tuple[str, str, str, str]:
-    """gateway, pod and remote namespaces; a veth "tunnel" ``tun`` to peer 0's pod.
+def build_path(made: list[str], label: str, target: str | None = None) -> tuple[str, str, str, str]:
+    """gateway, pod and remote namespaces; a veth "tunnel" ``tun`` to peer 0's pod
+    (``target``: the address the remote end answers as, default peer 0's pod .7).
 
     Returns (gateway ns, pod ns, tunnel interface, peer 0 pod address as we view it).
     """
@@ -130,7 +131,7 @@ def build_path(made: list[str], label: str) -> tuple[str, str, str, str]:
     sh("ip", "link", "set", "pod0", "up", ns=gw)
     sh("ip", "route", "add", "10.244.1.5/32", "dev", "pod0", ns=gw)
     # The remote end answers as peer 0's pod (view 32.0.0.0/16, host .7).
-    target = str(ipaddress.ip_network(view(0)).network_address + 7)
+    target = target or str(ipaddress.ip_network(view(0)).network_address + 7)
     sh("ip", "link", "add", tun, "netns", gw, "type", "veth", "peer", "name", "eth0", "netns", remote)
     sh("ip", "link", "set", tun, "mtu", "1420", "up", ns=gw)
     sh("ip", "addr", "add", f"{target}/32", "dev", "eth0", ns=remote)
@@ -248,6 +249,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6, help="concurrent throughput rounds (control and 1/1000)")
     ap.add_argument("--implementation", default="wireguard-go", help="WireGuard for the apply timing")
     ap.add_argument("--sparse", action="store_true", help="only the nft table: sparse hub vs full (issue 23)")
+    ap.add_argument("--shape", choices=("full", "sparse"), default="full",
+                    help="the peers of the apply and throughput runs: full views, or a sparse hub's "
+                         "(20 export /32s, a gateway /32, a /28 egress block each; iperf3 to peer 0's first export)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("nat_scale: needs root (network namespaces)")
@@ -255,9 +259,11 @@ def main() -> int:
         return sparse_main(min(args.rounds, 5))
     made: list[str] = []
     dp: WgProcess | None = None
+    make = peers if args.shape == "full" else lambda n, pubs: sparse_peers(n, pubs, both=False)
+    target = None if args.shape == "full" else str(ipaddress.ip_network(make(1, ["x"])[0].remote[0].view).network_address)
     try:
-        one = build_path(made, "a")   # table with 1 peer
-        many = build_path(made, "b")  # table with 1000 peers; also where apply is timed
+        one = build_path(made, "a", target)   # table with 1 peer
+        many = build_path(made, "b", target)  # table with 1000 peers; also where apply is timed
         gw = many[0]
         wg = f"cwbw{os.urandom(3).hex()}"
         dp = WgProcess(wg, args.implementation, 1420, netns=gw)
@@ -269,7 +275,7 @@ def main() -> int:
         result: dict[str, Any] = {}
         previous: FabricState | None = None
         for n in (1, 100, 1000):
-            state = FabricState(local, peers(n, pubs))
+            state = FabricState(local, make(n, pubs))
             t0, c0 = time.perf_counter(), _cpu()
             apply(state, previous, netns=gw)
             result[f"apply_s_{n}"] = round(time.perf_counter() - t0, 3)
@@ -283,10 +289,14 @@ def main() -> int:
                   f"(render + nft table alone {result[f'nft_s_{n}']:.3f} s)", flush=True)
         # One peer changed among 1000 (its view of our pods): apply rewrites only
         # that peer's chains, rules and elements (nat.render_delta).
-        state = FabricState(local, peers(1000, pubs))
+        state = FabricState(local, make(1000, pubs))
         moved = list(state.peers)
-        moved[1] = dataclasses.replace(moved[1], local=(RangeMap("pod", "10.244.0.0/16", "100.67.0.0/16"),
-                                                        moved[1].local[1]))
+        if args.shape == "full":
+            moved[1] = dataclasses.replace(moved[1], local=(RangeMap("pod", "10.244.0.0/16", "100.67.0.0/16"),
+                                                            moved[1].local[1]))
+        else:  # one more export of peer 1, next to its others
+            moved[1] = dataclasses.replace(moved[1], remote=(*moved[1].remote, RangeMap(
+                "export", "10.96.99.10/32", f"{ipaddress.IPv4Address(int(POOL.network_address) + 64 + 37)}/32")))
         t0 = time.perf_counter()
         apply(FabricState(local, tuple(moved)), state, netns=gw)
         result["apply_s_change1"] = round(time.perf_counter() - t0, 3)
@@ -301,8 +311,8 @@ def main() -> int:
         # paths run at the same time so they share whatever else loads the box.
         def program(path: tuple[str, str, str, str], n: int) -> None:
             g, _pod, tun, _t = path
-            Nft(g).apply(nat.render_text(FabricState(dataclasses.replace(local, interface=tun), peers(n, pubs))))
-            sync_routes(tun, [view(0)], netns=g)
+            Nft(g).apply(nat.render_text(FabricState(dataclasses.replace(local, interface=tun), make(n, pubs))))
+            sync_routes(tun, [view(0) if target is None else f"{target}/32"], netns=g)
 
         def measure(label: str) -> tuple[list[float], list[float], list[float]]:
             a_runs, b_runs, ratios = [], [], []
@@ -335,6 +345,7 @@ def main() -> int:
         result["control_ratio"] = round(statistics.median(control), 3)  # same table on both: noise
         result["control_range"] = [round(min(control), 3), round(max(control), 3)]
         result["tunnel"] = "veth"
+        result["shape"] = args.shape
         result["loadavg_1m"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result), flush=True)
         return 0

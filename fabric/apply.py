@@ -107,7 +107,7 @@ def endpoint_problems(interface: str) -> tuple[dict[str, str], float | None]:
 
 
 def _views(state: FabricState) -> set[str]:
-    return {m.view for p in state.peers for m in p.remote}
+    return {v for p in state.peers for v in p.routed()}
 
 
 def validate(state: FabricState) -> None:

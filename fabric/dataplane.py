@@ -37,10 +37,11 @@ class Dataplane:
     """The real data plane in the current network namespace."""
 
     def __init__(self, interface: str, implementation: Implementation, mtu: int, nft_table: str,
-                 log_path: str | None = None) -> None:
+                 log_path: str | None = None, standby: bool = False, supervise: bool = True) -> None:
         self.interface = interface
         self.nft_table = nft_table
-        self.process = WgProcess(interface, implementation, mtu, log_path=log_path)
+        self.process = WgProcess(interface, implementation, mtu, log_path=log_path, standby=standby,
+                                 supervise=supervise)
 
     def implementation(self) -> dict[str, str]:
         """What serves the interface and why (``auto`` decides on first use; status, metrics)."""

@@ -11,6 +11,7 @@ cluster whose address space it lives in.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
@@ -73,6 +74,12 @@ class PeerFabric:
     probe_ip: str | None = None
     persistent_keepalive: int = 25
 
+    def routed(self) -> tuple[str, ...]:
+        """Our views of the peer as routes and WireGuard allowed IPs: whole-range views
+        as they are, sparse ones (one address per export, mostly allocated adjacent)
+        collapsed into the fewest CIDRs covering exactly the same addresses."""
+        return routed_cidrs(self.remote)
+
 
 # The one MTU range for the WireGuard interface: IPv6 inside the tunnel needs
 # 1280; above 9000 no underlay (jumbo frames) could carry the encapsulation.
@@ -108,3 +115,14 @@ class FabricState:
     peers: tuple[PeerFabric, ...] = ()
     # None: peers reach all of our ranges; else only what each is given (fabric.exports.policy).
     exports: ExportPolicy | None = None
+
+
+@functools.lru_cache(maxsize=8192)
+def routed_cidrs(remote: tuple[RangeMap, ...]) -> tuple[str, ...]:
+    """See ``PeerFabric.routed``."""
+    whole = [m.view for m in remote if m.kind in ("pod", "service")]
+    sparse = [ipaddress.ip_network(m.view) for m in remote if m.kind not in ("pod", "service")]
+    v4 = [n for n in sparse if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in sparse if isinstance(n, ipaddress.IPv6Network)]
+    return tuple(whole + [str(n) for n in ipaddress.collapse_addresses(v4)]
+                 + [str(n) for n in ipaddress.collapse_addresses(v6)])

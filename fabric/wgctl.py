@@ -179,7 +179,7 @@ def render_set(local: LocalFabric, peers: Sequence[PeerFabric], current: DeviceS
         if ep is not None and (cur is None or not cur.endpoint or last_endpoints.get(k) != ep):
             lines.append(f"endpoint={ep}")
         lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
-        allowed = _norm_nets([m.view for m in p.remote])
+        allowed = _norm_nets(list(p.routed()))
         if cur is None or _norm_nets(cur.allowed_ips) != allowed:
             lines.append("replace_allowed_ips=true")
             lines += [f"allowed_ip={a}" for a in allowed]

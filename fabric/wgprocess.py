@@ -19,9 +19,9 @@ directory is not namespaced: interface names must be unique on the machine.
 crosswire-wg runs with ``--persist`` and ``--saved-config`` (a 0600 file
 beside ``log_path``, in the state directory): when it dies its interface and
 routes stay, and the next one re-attaches to them and configures itself from
-the file at once. ``start_early`` starts it that way before the gateway's own
-slow start-up (a container restart), and the WgProcess made later takes that
-process over as its child.
+the file at once. ``fabric.wgearly.start_early`` starts it that way before the
+gateway's own slow start-up (a container restart), and the WgProcess made
+later takes that process over as its child.
 
 Ownership: every link crosswire creates carries the alias ``crosswire``
 (IFLA_IFALIAS, set right after the link appears). A link without it is never
@@ -43,6 +43,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -57,6 +58,7 @@ IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
 # How long a userspace implementation may take to create its TUN and socket. Only
 # emulated machines (the VM tier: a Python start takes seconds there) raise it.
 START_TIMEOUT = float(os.environ.get("CROSSWIRE_WG_START_TIMEOUT", "10"))
+STANDBY_RESPAWN = 5.0  # at most one standby started per this many seconds (one that keeps dying)
 MARK = "crosswire"  # IFLA_IFALIAS of every link crosswire creates
 log = logging.getLogger("crosswire.dataplane")
 
@@ -100,36 +102,19 @@ def _userspace_binary() -> str:
     return found
 
 
-_early: dict[str, subprocess.Popen[bytes]] = {}  # interface -> process start_early began
+# interface -> the process fabric.wgearly.start_early began; the WgProcess made later takes it.
+_early: dict[str, subprocess.Popen[bytes]] = {}
 
 
 def saved_config_path(log_path: str, interface: str) -> str:
     return os.path.join(os.path.dirname(log_path), f"wg-{interface}.conf")
 
 
-def start_early(interface: str, implementation: Implementation, log_path: str) -> bool:
-    """Start crosswire-wg now, without waiting for it, if it saved a configuration
-    before (this gateway ran it) and no data plane answers on ``interface``: it
-    restores that configuration itself while the gateway starts. The WgProcess for
-    ``interface`` takes the process over. True if one was started."""
-    proc = WgProcess(interface, implementation, log_path=log_path)
-    # The saved file first: only then is the choice (a module probe under ``auto``) worth making.
-    if proc.saved_config is None or not os.path.exists(proc.saved_config) or proc.resolved != "userspace":
-        return False
-    if proc._uapi.alive() is not False:
-        return False  # running (a daemon-only restart), or cannot tell: leave it to ensure_up
-    try:
-        _early[interface] = proc._spawn()
-    except WgProcessError as e:
-        log.warning("%s", e)
-        return False
-    return True
-
-
 class WgProcess:
     def __init__(self, interface: str, implementation: Implementation = "auto", mtu: int = 1420,
                  netns: str | None = None, socket_dir: str = SOCKET_DIR,
-                 log_path: str | None = None) -> None:
+                 log_path: str | None = None, standby: bool = False, supervise: bool = True,
+                 saved_config: str | None = None, inherit_output: bool = False) -> None:
         if implementation not in IMPLEMENTATIONS:
             raise WgProcessError(
                 f"wireguard.implementation: {implementation!r} is not one of {', '.join(IMPLEMENTATIONS)}")
@@ -146,8 +131,18 @@ class WgProcess:
         self.starts = 0  # processes started by this object (restarts = starts - 1)
         self.unknown_checks = 0  # liveness checks that could not tell (resources)
         self._unknown_logged = -10.0
-        self.saved_config = saved_config_path(log_path, interface) if log_path else None
+        self.saved_config = saved_config or (saved_config_path(log_path, interface) if log_path else None)
+        # False: another supervisor (the data-plane container, `crosswire dataplane run`)
+        # runs the userspace process; we only wait for it and program it.
+        self.supervise = supervise
+        self.inherit_output = inherit_output  # the process logs to our stdout/stderr (a container's)
         self._proc: subprocess.Popen[bytes] | None = _early.pop(interface, None)
+        # crosswire-wg with a saved configuration: keep a standby ready (fabric/wg/standby.py).
+        self.standby = standby
+        self._standby: subprocess.Popen[bytes] | None = None
+        self._standby_spawned = -STANDBY_RESPAWN
+        self._standby_mutex = threading.Lock()
+        self.takeovers = 0  # restarts a standby served
         self._choice: Choice | None = None
         self._uapi = WgControl(interface, socket_dir=socket_dir)
         self._netlink: NetlinkWgControl | None = None
@@ -177,12 +172,73 @@ class WgProcess:
             return self._netlink
         return self._uapi
 
-    def command(self) -> list[str]:
+    def command(self, standby: bool = False) -> list[str]:
         binary = "wireguard-go" if self.resolved == "wireguard-go" else _userspace_binary()
-        cmd = [binary, "-f", self.interface]
+        cmd = [binary, "--standby" if standby else "-f", self.interface]
         if self.resolved == "userspace" and self.saved_config:
             cmd[2:2] = ["--persist", "--saved-config", self.saved_config]
         return (["ip", "netns", "exec", self.netns] if self.netns else []) + cmd
+
+    def _standby_wanted(self) -> bool:
+        return self.standby and self.supervise and self.resolved == "userspace" and self.saved_config is not None
+
+    def ensure_standby(self) -> None:
+        """Start a standby unless one waits (ours, or one left by a previous gateway)."""
+        if not self._standby_wanted():
+            return
+        with self._standby_mutex:  # alive() runs in the reconcile loop's and the API's threads
+            self._ensure_standby()
+
+    def _ensure_standby(self) -> None:
+        sb = self._standby
+        if sb is not None and sb.poll() is None:
+            if (self._proc is None or self._proc.poll() is not None) and self._uapi.server_pid() == sb.pid:
+                self._proc, self._standby = sb, None  # it took over: our active process now
+                self.starts += 1
+                self.takeovers += 1
+                log.info("%s: the standby took over the data plane", self.interface)
+            else:
+                return
+        self._standby = None  # reaped, or promoted
+        from fabric.wg.standby import standby_waiting
+
+        if standby_waiting(self.interface, self.socket_dir):
+            return
+        now = time.monotonic()
+        if now - self._standby_spawned < STANDBY_RESPAWN:
+            return
+        self._standby_spawned = now
+        try:
+            self._standby = self._spawn(standby=True)
+        except WgProcessError as e:
+            log.warning("%s: no standby: %s", self.interface, e)
+
+    def _await_takeover(self) -> bool:
+        """The active process died and a standby waits: give it the interface instead of
+        starting a competitor. True once it serves (it is then our active process)."""
+        if not self._standby_wanted():
+            return False
+        from fabric.wg.standby import standby_waiting
+
+        ours = self._standby if self._standby is not None and self._standby.poll() is None else None
+        if ours is None and not standby_waiting(self.interface, self.socket_dir):
+            return False
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._uapi.alive() is True:
+                self._proc, self._standby = ours, None  # an adopted one: pid() asks the socket
+                self.starts += 1
+                self.takeovers += 1
+                log.info("%s: the standby took over the data plane", self.interface)
+                return True
+            if ours is not None and ours.poll() is not None:
+                return False  # it gave up (it logs why): start one the usual way
+            if ours is None and not standby_waiting(self.interface, self.socket_dir):
+                if self._uapi.alive() is True:
+                    continue
+                return False
+            time.sleep(0.005)
+        return False
 
     # -------------------------------------------------------------- queries
 
@@ -288,6 +344,10 @@ class WgProcess:
         if answer is None:
             self._note_unknown("UAPI socket busy or out of descriptors")
             return True
+        if answer:
+            # The supervisor's one-second look: a standby that died (or took over) is
+            # replaced here, rate-limited, so the next crash finds one again.
+            self.ensure_standby()
         return answer
 
     def _note_unknown(self, why: str) -> None:
@@ -306,9 +366,23 @@ class WgProcess:
             self._ensure_kernel()
         elif self._proc is not None and self.starts == 0 and self._proc.poll() is None:
             self._wait_started()  # start_early's process: give it its start-up time
-        elif not self.alive():
+        elif not self.supervise:
+            self._await_external()
+        elif not self.alive() and not self._await_takeover():
             self._start_userspace()
         self._set_mtu_up()
+        self.ensure_standby()
+
+    def _await_external(self) -> None:
+        """``supervise`` is off: the process runs in a container of its own. Wait for it
+        (a restart of that container), never start one."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.alive():
+            if time.monotonic() >= deadline:
+                raise WgProcessError(
+                    f"{self.interface}: no {self.resolved} process answers (wireguard.supervise is false: "
+                    "it runs in its own container, `crosswire dataplane run`)")
+            time.sleep(0.05)
 
     def _ensure_kernel(self) -> None:
         with _iproute(self.netns) as ipr:
@@ -348,20 +422,22 @@ class WgProcess:
                     found[1] == "tun" and self.resolved == "userspace" and self.saved_config):
                 ipr.link("del", index=index)
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._uapi.socket_path)
+    def _spawn(self, standby: bool = False) -> subprocess.Popen[bytes]:
+        if not standby:  # a standby must not remove the socket of the process it waits for
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._uapi.socket_path)
         env = dict(os.environ)
         env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"  # wireguard-go refuses otherwise
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log: Any = None if self.inherit_output else (
+            open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL)  # noqa: SIM115
         try:
-            return subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            return subprocess.Popen(self.command(standby), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     env=env, start_new_session=True)
         except OSError as e:
             raise WgProcessError(f"{self.interface}: cannot start {self.resolved}: {e}") from None
         finally:
-            if log is not subprocess.DEVNULL:
-                log.close()  # type: ignore[union-attr]
+            if log not in (None, subprocess.DEVNULL):
+                log.close()
 
     def _wait_started(self) -> None:
         assert self._proc is not None
@@ -404,8 +480,23 @@ class WgProcess:
             proc.kill()
             proc.wait(timeout=3)
 
+    def abandon(self) -> None:
+        """SIGKILL our processes (active and standby), as a container runtime stopping their
+        container does: the persistent interface, its routes and the saved configuration
+        stay for the next start."""
+        for proc in (self._standby, self._proc):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=3)
+        self._standby = self._proc = None
+
     def stop(self) -> None:
-        """Remove the interface and stop the userspace process (ours or adopted)."""
+        """Remove the interface and stop the userspace process (ours or adopted; with
+        ``supervise`` off, its own container's supervisor starts it again)."""
+        standby, self._standby = self._standby, None
+        if standby is not None and standby.poll() is None:  # first: it must not take over
+            standby.kill()
+            standby.wait(timeout=3)
         self._kill_own()
         # Deleting the TUN makes an adopted wireguard-go / crosswire-wg exit too.
         # A link of that name that is not ours stays (LinkOwnershipError).

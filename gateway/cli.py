@@ -69,6 +69,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="YAML config file")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
+    dp = sub.add_parser("dataplane", help="the data plane in a container of its own").add_subparsers(
+        dest="sub", required=True)
+    dpr = dp.add_parser("run", help="run and supervise crosswire-wg and its standby (the gateway runs "
+                                    "with wireguard.supervise: false beside it)")
+    dpr.add_argument("--config", required=True, help="the gateway's YAML config file")
+    dpr.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
     tok = sub.add_parser("token", help="peering tokens").add_subparsers(dest="sub", required=True)
     tc = tok.add_parser("create", parents=[common], help="print a token another gateway uses to peer with us")
     tc.add_argument("--ttl", default="1h", help="lifetime (90s, 15m, 1h, 7d; default 1h)")
@@ -265,16 +272,46 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
         return 2
     # Before the daemon's slow imports: a data plane that died with us (a container
     # restart) restarts from its saved configuration while we start (issue 12, event d).
-    from fabric.wgprocess import start_early
+    from fabric.wgearly import start_early, stop_early
 
-    start_early(cfg.wireguard.interface, cfg.wireguard.implementation, os.path.join(cfg.state_dir, "dataplane.log"))
+    iface = cfg.wireguard.interface
+    # With supervise off the data plane runs in its own container: never start it here.
+    early = cfg.wireguard.supervise and start_early(
+        iface, cfg.wireguard.implementation, os.path.join(cfg.state_dir, "dataplane.log"))
     from gateway.daemon import StartupError, run
 
     try:
         return run(cfg)
     except StartupError as e:
         print(f"crosswire: cannot start: {e}", file=sys.stderr)
+        # Refused (damaged state, a foreign link, a port in use): leave no data plane
+        # running that nobody controls. One that ran before we started is left alone.
+        if early:
+            stop_early(iface)
         return 1
+
+
+def cmd_dataplane_run(args: argparse.Namespace) -> int:
+    """The data-plane container: crosswire-wg and its standby, beside a gateway that
+    runs with wireguard.supervise: false (fabric/wgsupervise.py)."""
+    import logging
+
+    from gateway.config import load
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cfg = load(args.config)  # a ConfigError names the key (main prints it)
+    from fabric import wgsupervise
+    from gateway import statedir
+
+    try:
+        statedir.check(cfg.state_dir)
+    except statedir.StateDirError as e:
+        print(f"crosswire: cannot start: {e}", file=sys.stderr)
+        return 1
+    wg = cfg.wireguard
+    return wgsupervise.run(wg.interface, wg.implementation, wg.mtu, cfg.state_dir, standby=wg.standby,
+                           adopt_unmarked=statedir.has_state(cfg.state_dir))
 
 
 def read_token(args: argparse.Namespace) -> str:
@@ -428,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if (args.cmd, args.sub if hasattr(args, "sub") else None) == ("gateway", "run"):
             return cmd_gateway_run(args)
+        if (args.cmd, args.sub if hasattr(args, "sub") else None) == ("dataplane", "run"):
+            return cmd_dataplane_run(args)
         return dispatch(args)
     except ConfigError as e:
         print(f"crosswire: config error: {e}", file=sys.stderr)

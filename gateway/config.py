@@ -14,7 +14,7 @@ Environment overrides (applied over the file; lists are comma separated):
 ``CROSSWIRE_IPAM_POOLS``           ``ipam.pools``
 ``CROSSWIRE_IPAM_VIEWS``           ``ipam.views`` (full | sparse)
 ``CROSSWIRE_WIREGUARD_<KEY>``      ``wireguard.<key>`` (interface, listen_port, endpoint,
-                                   implementation, mtu)
+                                   implementation, mtu, standby, supervise)
 ``CROSSWIRE_API_LISTEN``           ``api.listen``
 ``CROSSWIRE_API_ADVERTISE``        ``api.advertise``
 ``CROSSWIRE_API_OPERATOR_LISTEN``  ``api.operator_listen``
@@ -66,6 +66,8 @@ class WireguardConfig:
     endpoint: str | None = None  # host:port peers dial; derived from api.advertise if unset
     implementation: Implementation = "auto"
     mtu: int = 1420
+    standby: bool = True  # crosswire-wg: a second process waits ready to take over (fabric/wg/standby.py)
+    supervise: bool = True  # false: crosswire-wg runs in a container of its own (crosswire dataplane run)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class ApiConfig:
 @dataclass(frozen=True)
 class HealthConfig:
     port: int = 51830  # UDP echo responder on the gateway's pod IP
-    interval: float = 1.0
+    interval: float = 0.5  # per peer; an outage shows as "impaired" within ~1 s
     timeout: float = 5.0  # silence after which a peer is in state "error"
 
 
@@ -298,7 +300,7 @@ def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
              "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table",
              "exports", "dns", "peer_ranges"}
-_WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu"}
+_WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu", "standby", "supervise"}
 _API_KEYS = {"listen", "advertise", "operator_listen", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
 
@@ -424,6 +426,8 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         endpoint=endpoint,
         implementation=cast(Implementation, impl),
         mtu=_int(wg.get("mtu", 1420), "wireguard.mtu", MTU_MIN, MTU_MAX),
+        standby=_bool(wg.get("standby", True), "wireguard.standby"),
+        supervise=_bool(wg.get("supervise", True), "wireguard.supervise"),
     )
 
     api = _section(raw, "api", _API_KEYS)

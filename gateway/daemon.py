@@ -119,7 +119,8 @@ def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None
         raise StartupError(str(e)) from None
     dataplane = Dataplane(config.wireguard.interface, config.wireguard.implementation,
                           config.wireguard.mtu, config.nft_table,
-                          log_path=os.path.join(config.state_dir, "dataplane.log"))
+                          log_path=os.path.join(config.state_dir, "dataplane.log"),
+                          standby=config.wireguard.standby, supervise=config.wireguard.supervise)
     # Never touch what crosswire did not create: refuse a foreign link or table
     # before anything (the stores included) is created. In a worker thread:
     # sync pyroute2 cannot run inside the daemon's event loop.

@@ -12,9 +12,11 @@ RTT, loss and a state:
 
 - ``connecting``: no answer yet, for less than ``2 * timeout`` since the peer appeared;
 - ``connected``: the last answer is younger than ``timeout`` and no probe sent
-  since has gone unanswered for a second;
-- ``impaired``: answers came within ``timeout``, but the probes since are not
-  answered: the peer is failing right now (never "connected" while it is);
+  since has gone unanswered for ``FAIL_AFTER`` (0.5 s);
+- ``impaired``: answers came within ``timeout``, but a probe since is not
+  answered after ``FAIL_AFTER``: the peer is failing right now (never
+  "connected" while it is). With the default 0.5 s interval a peer reads
+  ``impaired`` at most ~1 s into an outage (the next probe, then 0.5 s);
 - ``error``: silent for ``timeout`` (default 5 s, so within 10 s of the peer
   going quiet) — and back to ``connected`` with the next answer.
 
@@ -41,6 +43,10 @@ log = logging.getLogger("crosswire.health")
 MAGIC = b"CWP1"
 PROBE_LEN = 20
 LOSS_WINDOW = 20
+# A probe unanswered this long is failing. Far above any RTT between clusters, yet
+# short enough that an outage shows within 0.5 s of its first lost probe; a reply
+# arriving later still counts (for RTT and the next state), only the verdict is early.
+FAIL_AFTER = 0.5
 
 
 @dataclass
@@ -54,7 +60,7 @@ class _Peer:
 
 
 class HealthTracker:
-    def __init__(self, interval: float = 1.0, timeout: float = 5.0) -> None:
+    def __init__(self, interval: float = 0.5, timeout: float = 5.0) -> None:
         self.interval = interval
         self.timeout = timeout
         self.session = secrets.token_bytes(8)
@@ -110,7 +116,7 @@ class HealthTracker:
         out: dict[str, dict[str, Any]] = {}
         for cid, p in self._peers.items():
             # A probe counts for loss once it had a fair chance to come back.
-            settle = min(self.timeout, 1.0)
+            settle = min(self.timeout, FAIL_AFTER)
             settled = [a for _, t, a in p.sent if a or now - t >= settle]
             loss = (settled.count(False) / len(settled)) if settled else None
             failing = any(not a and now - t >= settle and (p.last_reply is None or t > p.last_reply)
@@ -222,7 +228,11 @@ class Prober:
     async def run(self) -> None:
         while True:
             await self.tick()
-            await asyncio.sleep(min(self.tracker.interval, 0.25))
+            # Wake for the next probe on time (a late probe delays the verdict), but at
+            # least every 0.25 s so that peers added meanwhile are probed soon.
+            nxt = self.tracker.next_deadline()
+            wait = 0.25 if nxt is None else nxt - self.clock()
+            await asyncio.sleep(min(max(wait, 0.005), 0.25))
 
     def close(self) -> None:
         for t in self._socks.values():

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fabric.model import RangeMap
+from fabric.model import RangeMap, routed_cidrs
 from fabric.nat.trace import Query
 from fabric.nat.trace import trace as nat_trace
 from gateway.config import Config
@@ -85,8 +85,8 @@ def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
 def routes(peers: Sequence[PeerRecord], all_views: dict[str, list[RangeMap]],
            gateway_ip: str | None, gateway_ip6: str | None) -> dict[str, Any]:
     """/api/v1/routes: our views of every programmed peer and the next hops."""
-    cidrs = sorted({m.view for p in peers if p.their_views is not None
-                    for m in all_views.get(p.cluster_id, [])})
+    cidrs = sorted({c for p in peers if p.their_views is not None
+                    for c in routed_cidrs(tuple(all_views.get(p.cluster_id, ())))})
     out: dict[str, Any] = {"gateway_ip": gateway_ip, "cidrs": cidrs}
     # Node agents route IPv6 views via gateway_ip6; only meaningful (and only
     # accepted by fabric.agent) when gateway_ip itself is the IPv4 address.

@@ -147,6 +147,15 @@ class Reconciler:
                 # A restart costs traffic: act on a death seen twice, CONFIRM_DELAY apart.
                 await asyncio.sleep(CONFIRM_DELAY)
                 alive = await asyncio.to_thread(self.dataplane.alive)
+            if alive and exited and self.applied is not None:
+                # The process we followed exited, yet a data plane answers: its standby took
+                # over already (fabric/wg/standby.py). A restart all the same: count it and
+                # program the new process fully (it restored only the saved configuration).
+                self.stats.restarts += 1
+                log.warning("data plane %s: its process exited and the standby took over",
+                            self.config.wireguard.interface)
+                await self._pass(True, True)
+                return
             drift: list[str] = []
             if alive and verify and self.applied is not None:
                 drift = await asyncio.to_thread(self.dataplane.verify, self.applied)

@@ -29,7 +29,9 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from fabric.wg.tun import Tun, TunError, check_name
@@ -62,6 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--persist", action="store_true",
                    help="keep the interface (and its routes) if this process dies; a restart "
                         "re-attaches to it (a clean stop still removes it)")
+    p.add_argument("--standby", action="store_true",
+                   help="start ready and wait: take over the persistent interface and the saved "
+                        "configuration the moment the running crosswire-wg on IFACE dies (needs "
+                        "--persist and --saved-config; runs in the foreground)")
     p.add_argument("--version", action="version", version="crosswire-wg 0.1.0")
     p.add_argument("interface")
     return p.parse_args(argv)
@@ -84,8 +90,9 @@ def _setup_logging(args: argparse.Namespace, foreground: bool) -> None:
     root.setLevel(level)
 
 
-def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
-    """Create everything, signal readiness, run the loop, clean up. Returns the exit status."""
+def _serve(args: argparse.Namespace, ready_fd: int | None, on_ready: Callable[[], None] | None = None) -> int:
+    """Create everything, signal readiness, run the loop, clean up. Returns the exit status.
+    ``on_ready``: called once the interface, the sockets and the configuration are up."""
     from fabric.wg import savedconfig
     from fabric.wg.daemon import Daemon
     from fabric.wg.device import Device
@@ -114,6 +121,8 @@ def _serve(args: argparse.Namespace, ready_fd: int | None) -> int:
             _restore(daemon, saver, log)
         log.info("device %s up (UAPI %s)%s", args.interface, daemon.uapi.path,
                  " (re-attached to the persistent interface)" if tun.reattached else "")
+        if on_ready is not None:
+            on_ready()
         if ready_fd is not None:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
@@ -209,11 +218,55 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("crosswire-wg: must run as root (CAP_NET_ADMIN)", file=sys.stderr)
         return 1
+    if args.standby:
+        return _standby(args)
     foreground = args.foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
     if not foreground:
         _daemonize(args)
     _setup_logging(args, foreground=True)
     return _serve(args, None)
+
+
+def _standby(args: argparse.Namespace) -> int:
+    """``--standby``: wait ready, take over when the active process dies (fabric.wg.standby)."""
+    if not (args.persist and args.saved_config):
+        print("crosswire-wg: --standby needs --persist and --saved-config", file=sys.stderr)
+        return 2
+    _setup_logging(args, foreground=True)
+    from fabric.wg import standby
+
+    lock = standby.take_lock(args.interface, SOCKET_DIR)
+    if lock is None:
+        logging.getLogger("crosswire.wg").info("standby: another standby waits for %s; exiting",
+                                               args.interface)
+        return 0
+    held = [lock]
+
+    def unlock() -> None:  # once: the fd number may be reused after the close
+        while held:
+            standby.release(held.pop(), args.interface, SOCKET_DIR)
+
+    def on_stop(signum: int, _frame: object) -> None:
+        raise SystemExit(0)  # while waiting: leave through the finally below
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_stop)
+    try:
+        # Everything the takeover runs, imported now: that is the start it saves.
+        from fabric.wg import daemon, device, savedconfig  # noqa: F401
+
+        if not standby.wait(args.interface, SOCKET_DIR, args.saved_config):
+            unlock()
+            return 0
+    except BaseException:
+        unlock()
+        raise
+
+    # Keep the lock until we serve: the supervisor must not start a competitor meanwhile.
+    try:
+        return _serve(args, None, on_ready=unlock)
+    finally:
+        unlock()
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ import collections
 import ipaddress
 from collections.abc import Callable
 
+from fabric.wg.constants import COOKIE_REFRESH_TIME
 from fabric.wg.crypto import InvalidTag, hash_, mac, xaead_decrypt, xaead_encrypt
 from fabric.wg.messages import Endpoint, pack_cookie_reply
-from fabric.wg.timers import COOKIE_REFRESH_TIME
 
 LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"

@@ -11,7 +11,7 @@ only used for TAI64N stamps and last-handshake times.
 This module drives the session: it classifies datagrams, checks mac1/mac2 and
 the load rules, installs keypairs and runs both packet paths. The handshake's
 message steps are in handshake.py, the index table in indextable.py, timer
-hooks and constants in timers.py, per-peer data in peer.py.
+hooks in timers.py, constants in constants.py, per-peer data in peer.py.
 
 Behaviour follows wireguard-go's send/receive/timers (see DESIGN.md):
 the responder keeps its new keypair as "next" until the first transport
@@ -32,6 +32,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fabric.wg import handshake, timers
 from fabric.wg.allowedips import AllowedIPs
+from fabric.wg.constants import (
+    REJECT_AFTER_MESSAGES,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+)
 from fabric.wg.cookie import CookieChecker, LoadMeter, RateLimiter
 from fabric.wg.crypto import clamp, dh, private_bytes, public_key
 from fabric.wg.indextable import IndexTable
@@ -39,11 +44,6 @@ from fabric.wg.messages import Endpoint
 from fabric.wg.peer import Peer
 from fabric.wg.receive import ReceivePath
 from fabric.wg.send import SendPath
-from fabric.wg.timers import (
-    REJECT_AFTER_MESSAGES,
-    REKEY_TIMEOUT,
-    REKEY_TIMEOUT_JITTER_MAX,
-)
 
 # How long sessions agreed under a replaced identity (our private key, or the peer's
 # public key in a replace) stay usable: three handshake attempts' worth.

@@ -18,9 +18,9 @@ from typing import NamedTuple
 
 from fabric.wg import messages as m
 from fabric.wg import noise, tai64n
+from fabric.wg.constants import HANDSHAKE_INITIATION_RATE
 from fabric.wg.indextable import IndexTable
 from fabric.wg.peer import Keypair, Peer, Pending
-from fabric.wg.timers import HANDSHAKE_INITIATION_RATE
 
 
 class ConsumedInitiation(NamedTuple):

@@ -10,10 +10,10 @@ from typing import NamedTuple
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from fabric.wg.constants import LAST_MINUTE_HANDSHAKE_AGE, REJECT_AFTER_TIME, REKEY_AFTER_TIME
 from fabric.wg.cookie import CookieGenerator
 from fabric.wg.messages import Endpoint
 from fabric.wg.replay import ReplayWindow
-from fabric.wg.timers import LAST_MINUTE_HANDSHAKE_AGE, REJECT_AFTER_TIME, REKEY_AFTER_TIME
 
 
 class Pending(NamedTuple):

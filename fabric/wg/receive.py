@@ -22,11 +22,11 @@ from cryptography.exceptions import InvalidTag
 from fabric.wg import handshake, timers
 from fabric.wg import messages as m
 from fabric.wg.allowedips import AllowedIPs
+from fabric.wg.constants import KEEPALIVE_TIMEOUT, REJECT_AFTER_MESSAGES
 from fabric.wg.cookie import CookieChecker, LoadMeter, RateLimiter
 from fabric.wg.indextable import IndexTable
 from fabric.wg.messages import Endpoint
 from fabric.wg.peer import Keypair, Peer
-from fabric.wg.timers import KEEPALIVE_TIMEOUT, REJECT_AFTER_MESSAGES
 
 _T_TRANSPORT = m.TYPE_TRANSPORT
 _T_INIT = m.TYPE_INITIATION

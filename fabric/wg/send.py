@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fabric.wg import timers
 from fabric.wg.allowedips import AllowedIPs
-from fabric.wg.messages import Endpoint
-from fabric.wg.peer import Peer
-from fabric.wg.timers import (
+from fabric.wg.constants import (
     KEEPALIVE_TIMEOUT,
     MAX_STAGED_PACKETS,
     REJECT_AFTER_MESSAGES,
@@ -26,6 +24,8 @@ from fabric.wg.timers import (
     REKEY_AFTER_TIME,
     REKEY_TIMEOUT,
 )
+from fabric.wg.messages import Endpoint
+from fabric.wg.peer import Peer
 
 _ZERO4 = b"\x00\x00\x00\x00"
 _PAD = bytes(16)

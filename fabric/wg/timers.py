@@ -1,5 +1,5 @@
-"""WireGuard's protocol constants and timers (whitepaper section 6, wireguard-go
-constants.go/timers.go), sans-IO.
+"""WireGuard's timers (whitepaper section 6, wireguard-go timers.go), sans-IO; the
+protocol constants they use are in ``fabric.wg.constants``.
 
 A timer is a deadline field on the Peer (monotonic seconds, ``None`` = idle):
 ``t_retransmit`` (handshake retransmit), ``t_send_keepalive`` (passive
@@ -19,25 +19,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from fabric.wg.constants import (
+    KEEPALIVE_TIMEOUT,
+    MAX_TIMER_HANDSHAKES,
+    REKEY_TIMEOUT,
+    ZERO_KEYS_AFTER,
+)
+
 if TYPE_CHECKING:
     from fabric.wg.peer import Peer
-
-REKEY_AFTER_MESSAGES = 1 << 60
-REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
-REKEY_AFTER_TIME = 120.0
-REKEY_ATTEMPT_TIME = 90.0
-REKEY_TIMEOUT = 5.0
-MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)  # 18
-REKEY_TIMEOUT_JITTER_MAX = 1 / 3  # 0..333 ms
-REJECT_AFTER_TIME = 180.0
-KEEPALIVE_TIMEOUT = 10.0
-COOKIE_REFRESH_TIME = 120.0
-HANDSHAKE_INITIATION_RATE = 0.020  # 20 ms flood guard
-MAX_STAGED_PACKETS = 128
-# The initiator starts a new handshake this early before its receive key dies,
-# so it does not fall silent when traffic is one-way.
-LAST_MINUTE_HANDSHAKE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
-ZERO_KEYS_AFTER = REJECT_AFTER_TIME * 3
 
 
 class TimerOwner(Protocol):

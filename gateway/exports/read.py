@@ -9,7 +9,7 @@ addresses in our view of that peer and the DNS names it is found under.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fabric.exports.model import Allowed, ExportPolicy
 from fabric.exports.policy import FORWARD, allowed_comment, allows, counter_name, drop_comment
@@ -18,7 +18,23 @@ from gateway.exports.imports import ImportedService, imported
 from gateway.ipam_adapter import ordered
 
 if TYPE_CHECKING:
-    from gateway.readmodel import ReadModel
+    from gateway.config import Config
+    from gateway.ipam_adapter import Views
+    from gateway.reconciler import Reconciler
+    from gateway.state import StateStore
+
+
+class ReadModel(Protocol):
+    """What these views read from ``gateway.readmodel.ReadModel``, which calls them: a
+    protocol, so that this module does not import the one importing it (a circle)."""
+
+    config: Config
+    store: StateStore
+    views: Views
+    reconciler: Reconciler
+
+    def nat(self) -> list[dict[str, Any]]: ...
+
 
 def exposure(read: ReadModel) -> str:
     return "all" if read.config.exports is None else "exports"

@@ -225,7 +225,8 @@ class Lab:
         assert c.gateway is not None
         self.stop_process(f"{cid}-gateway")
         _kill_ns_processes(c.gateway.ns)
-        (WG_SOCK_DIR / f"{c.wg_interface}.sock").unlink(missing_ok=True)
+        for suffix in (".sock", ".standby"):
+            (WG_SOCK_DIR / f"{c.wg_interface}{suffix}").unlink(missing_ok=True)
         return self.start_gateway(c)
 
     def _start_cluster(self, c: ClusterPlan, st: dict[str, Any], gateways: bool) -> None:
@@ -320,7 +321,8 @@ def teardown(name: str) -> list[str]:
     if doomed:  # one `ip` for all of them; -force goes on past one that vanished meanwhile
         run("ip", "-force", "-batch", "-", check=False, input="".join(f"netns del {ns}\n" for ns in doomed))
     removed += doomed
-    sock_re = re.compile(rf"^{name}w\d+\.(sock|stats)$")  # crosswire-wg keeps stats beside the socket
+    # crosswire-wg keeps stats beside the socket, and a standby its lock
+    sock_re = re.compile(rf"^{name}w\d+\.(sock|stats|standby)$")
     if WG_SOCK_DIR.is_dir():
         for sock in WG_SOCK_DIR.iterdir():
             if sock_re.match(sock.name):

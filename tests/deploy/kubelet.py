@@ -187,7 +187,7 @@ def env_argv(env: dict[str, str], argv: list[str]) -> list[str]:
 
 
 def cleanup_socket(interface: str) -> None:
-    for suffix in (".sock", ".name"):
+    for suffix in (".sock", ".name", ".stats", ".standby"):
         p = Path("/var/run/wireguard") / f"{interface}{suffix}"
         if p.exists() or p.is_symlink():
             os.unlink(p)

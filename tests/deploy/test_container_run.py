@@ -74,6 +74,10 @@ def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: 
     def in_container(*cmd: str) -> list[str]:
         return launch.in_netns(where, list(cmd))
 
+    # The dataplane container first, as the pod lists it: crosswire-wg, adopted by the gateway.
+    dp = kubelet.prepare(res, dep, "dataplane", image, tmp_path, ip, config_edit={"wireguard.interface": iface})
+    assert dp.argv[1:4] == ["dataplane", "run", "--config"]
+    dp_proc = subprocess.Popen(dp.in_netns(where), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = subprocess.Popen(launch.in_netns(where), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -113,14 +117,33 @@ def test_deployment_command_starts_a_ready_gateway(rendered: Rendered, pod_net: 
         probe = f"/cw-ro-{iface}"
         assert sh(*in_container("touch", probe), check=False).returncode != 0
         assert not Path(probe).exists()
-        # The data plane the config asks for is up in the pod's (or node's) namespace.
+        # The data plane the config asks for is up in the pod's (or node's) namespace, run by
+        # the dataplane container (its process and standby), not by the gateway.
         assert iface in sh("ip", "-o", "link", "show", ns=where).stdout
+        assert _wait_two(iface), _wg_pids(iface)  # the active process and its standby
+        assert sum(b"--standby" in Path(f"/proc/{p}/cmdline").read_bytes() for p in _wg_pids(iface)) == 1
+        assert "dataplane.log" not in {p.name for p in launch.mounts["/var/lib/crosswire"].iterdir()}
     finally:
         output = kubelet.stop(proc)
+        dp_output = kubelet.stop(dp_proc)
         kubelet.cleanup_socket(iface)
+    assert "Traceback" not in dp_output and "data plane up" in dp_output, dp_output
     assert "Traceback" not in output, output
     # What `kubectl logs` would show carries no credential.
     assert token not in output and token_file.read_text().strip() not in output
+
+
+def _wg_pids(iface: str) -> list[int]:
+    return [int(p) for p in sh("pgrep", "-f", f"crosswire-wg.* {iface}$", check=False).stdout.split()]
+
+
+def _wait_two(iface: str, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while len(_wg_pids(iface)) != 2:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 FAKE_GATEWAY = """

@@ -112,7 +112,8 @@ def test_image_defaults_match_the_manifests(rendered: dict[str, list[dict[str, A
     gw = container(dep, "gateway")
     mounts = {m["name"]: m["mountPath"] for m in gw["volumeMounts"]}
     assert volumes == [mounts["state"]]
-    assert {f"{p['containerPort']}/{p['protocol'].lower()}" for p in gw["ports"]} == exposed
+    pod_ports = [p for c in dep["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])]
+    assert {f"{p['containerPort']}/{p['protocol'].lower()}" for p in pod_ports} == exposed
     # CMD is what the Deployment passes as args: `docker run IMAGE` behaves like the pod.
     assert dockerfile.exec_form(final.all("CMD")[-1]) == gw["args"]
 

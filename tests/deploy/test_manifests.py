@@ -89,15 +89,13 @@ def test_gateway_deployment(rendered: Rendered, name: str) -> None:
     assert mounts["state"]["mountPath"] == cfg.state_dir
     pvc = find(res, "PersistentVolumeClaim", vols["state"]["persistentVolumeClaim"]["claimName"])
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
-    # The TUN device from the host, and a writable place for the UAPI sockets.
-    assert mounts["tun"]["mountPath"] == "/dev/net/tun"
-    assert vols["tun"]["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
+    # The UAPI sockets of the dataplane container; the TUN device is that container's only.
     assert mounts["wireguard-run"]["mountPath"] == "/var/run/wireguard"
+    assert "tun" not in mounts
 
     # Ports and probes agree with the config.
     ports = {p["name"]: p for p in gw["ports"]}
-    assert ports["wireguard"]["containerPort"] == cfg.wireguard.listen_port
-    assert ports["wireguard"]["protocol"] == "UDP"
+    assert "wireguard" not in ports  # the dataplane container's (test_dataplane_container)
     assert ports["peering"]["containerPort"] == cfg.listen_host_port[1]
     assert ports["operator"]["containerPort"] == cfg.operator_host_port[1]
     # Health on the operator listener: a flood of the published port never fails the probes.
@@ -107,6 +105,44 @@ def test_gateway_deployment(rendered: Rendered, name: str) -> None:
     assert pod["automountServiceAccountToken"] is False
     assert pod["enableServiceLinks"] is False
     assert pod["serviceAccountName"] == "crosswire-gateway"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_dataplane_container(rendered: Rendered, name: str) -> None:
+    """Issue 20: crosswire-wg runs in a container of its own, sharing the pod's network
+    namespace and the state volume; the gateway adopts it (wireguard.supervise: false)."""
+    res = rendered[name]
+    cfg = _load(res)
+    assert cfg.wireguard.supervise is False and cfg.wireguard.standby is True
+    dep = find(res, "Deployment", "crosswire-gateway")
+    pod = _pod(dep)
+    # Two containers (their order does not matter: the gateway waits for the data plane).
+    assert sorted(c["name"] for c in pod["containers"]) == ["dataplane", "gateway"]
+    dp, gw = container(dep, "dataplane"), container(dep, "gateway")
+    assert dp["image"] == gw["image"]
+    args = dp["args"]
+    assert args[:2] == ["dataplane", "run"]
+    assert args[args.index("--config") + 1] == gw["args"][gw["args"].index("--config") + 1]
+    dmounts = {m["name"]: m for m in dp["volumeMounts"]}
+    gmounts = {m["name"]: m for m in gw["volumeMounts"]}
+    # The same state directory (saved configuration) and UAPI socket directory as the gateway.
+    for shared in ("config", "state", "wireguard-run"):
+        assert dmounts[shared]["mountPath"] == gmounts[shared]["mountPath"], shared
+    assert dmounts["state"]["mountPath"] == cfg.state_dir
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert dmounts["tun"]["mountPath"] == "/dev/net/tun"
+    assert vols["tun"]["hostPath"] == {"path": "/dev/net/tun", "type": "CharDevice"}
+    ports = {p["name"]: p for p in dp["ports"]}
+    assert ports["wireguard"] == {"name": "wireguard", "containerPort": cfg.wireguard.listen_port,
+                                  "protocol": "UDP"}
+    sc = dp["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["readOnlyRootFilesystem"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # Resources of its own: CPU for the packets, memory for the process and its standby.
+    assert dp["resources"]["requests"]["cpu"] and dp["resources"]["limits"]["memory"]
+    # No probe may restart it: that would cost the traffic this container exists to keep.
+    assert not {"livenessProbe", "startupProbe"} & set(dp)
 
 
 def test_pod_ip_from_the_downward_api(rendered: Rendered) -> None:
@@ -141,7 +177,7 @@ def test_service_exposes_wireguard_and_peering(rendered: Rendered, name: str) ->
     inside = [find(res, "Service", n)["spec"] for n in ("crosswire-dns", "crosswire-operator")]
     assert all(s["type"] == "ClusterIP" for s in inside)
     assert {p["targetPort"] for p in ports.values()} | {p["targetPort"] for s in inside for p in s["ports"]} == \
-        {p["name"] for p in container(dep, "gateway")["ports"]}
+        {p["name"] for c in _pod(dep)["containers"] for p in c.get("ports", [])}
     # Only crosswire-gateway leaves the cluster.
     assert [r["metadata"]["name"] for r in res if r["kind"] == "Service" and
             r["spec"].get("type", "ClusterIP") != "ClusterIP"] == ["crosswire-gateway"]

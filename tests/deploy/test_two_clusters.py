@@ -147,6 +147,11 @@ def test_readme_walkthrough_peers_gpu_and_lab(rendered: Rendered, netns: Namespa
             init = kubelet.prepare(c["res"], dep, "forwarding", image, tmp_path / name, POD_IP,
                                    init=True)
             sh(*kubelet.env_argv(init.env, init.argv), ns=c["pod"])
+            # The pod's containers in order: the data plane, then the gateway that adopts it.
+            dp = kubelet.prepare(c["res"], dep, "dataplane", image, tmp_path / name, POD_IP,
+                                 config_edit={"wireguard.interface": c["iface"]})
+            procs.append(subprocess.Popen(dp.in_netns(c["pod"]), stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
             c["launch"] = kubelet.prepare(c["res"], dep, "gateway", image, tmp_path / name,
                                           POD_IP, config_edit={"wireguard.interface": c["iface"]})
             c["proc"] = subprocess.Popen(c["launch"].in_netns(c["pod"]), stdout=subprocess.PIPE,

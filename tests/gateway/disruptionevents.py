@@ -7,9 +7,12 @@ Events that cannot be done faithfully here raise ``NotMeasured`` with the reason
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -40,6 +43,8 @@ class Ctx:
     previous_rev: str = ""
     # Waits until the traffic flows again (set by run_event): for set-up inside a driver.
     settle: Callable[[], float] | None = None
+    # a's data-plane "container" once an event moved it there (to_pod_layout).
+    dataplane: subprocess.Popen[bytes] | None = None
 
     def begin(self) -> None:
         self.t0 = time.monotonic()
@@ -81,11 +86,44 @@ def _sigterm(g: Gw) -> None:
     g.proc = None
 
 
+def active_pid(g: Gw) -> int:
+    """The data-plane process serving the interface (its UAPI socket's owner): a standby
+    waiting beside it is not the one that crashes."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(f"/var/run/wireguard/{g.iface}.sock")
+        pid = int(struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
+    finally:
+        s.close()
+    assert pid in dataplane_pids(g), f"{pid} is not a data plane process of {g.iface}"
+    return pid
+
+
+def standby_pids(g: Gw) -> list[int]:
+    """Standbys waiting (a standby that took over keeps --standby in its command line)."""
+    try:
+        serving = active_pid(g)
+    except OSError:
+        serving = None
+    out = []
+    for pid in dataplane_pids(g):
+        with contextlib.suppress(OSError):
+            if pid != serving and b"--standby" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+    return out
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of ``pid`` in KiB: PSS shares the pages it shares (libraries) fairly."""
+    rss = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if ln.startswith("VmRSS:"))
+    pss = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+               if ln.startswith("Pss:"))
+    return rss, pss
+
+
 def _kill_dataplane(g: Gw) -> None:
-    pids = dataplane_pids(g)
-    assert pids, f"no data plane process for {g.iface}"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    os.kill(active_pid(g), signal.SIGKILL)
 
 
 def _restarts(g: Gw) -> int:
@@ -112,8 +150,12 @@ def kill9(ctx: Ctx) -> None:
 
 
 def dataplane_kill9(ctx: Ctx) -> None:
-    """(c) the data plane killed with SIGKILL; the daemon notices and restarts it."""
+    """(c) the data plane killed with SIGKILL; its standby takes over (the daemon then
+    starts a new standby), or without one the daemon restarts it."""
     before = _restarts(ctx.a)
+    for pid in standby_pids(ctx.a):
+        rss, pss = memory_kib(pid)
+        ctx.notes.append(f"standby pid {pid}: RSS {rss / 1024:.1f} MiB, PSS {pss / 1024:.1f} MiB")
     ctx.begin()
     _kill_dataplane(ctx.a)
     deadline = time.monotonic() + 30
@@ -228,12 +270,12 @@ def upgrade(ctx: Ctx) -> None:
     a.wait_ready()
     assert ctx.settle is not None
     ctx.settle()
-    old_pids = dataplane_pids(a)
+    old_pid = active_pid(a)
     ctx.begin()
     _sigterm(a)
     a.start()
     a.wait_ready()
-    kept = dataplane_pids(a) == old_pids
+    kept = active_pid(a) == old_pid  # (the new daemon adds a standby beside it)
     ctx.notes.append(f"real: from {ctx.previous_rev}; its data plane " +
                      ("adopted (same process)" if kept else "REPLACED"))
 
@@ -253,6 +295,38 @@ def upgrade_emulated(ctx: Ctx) -> None:
     adopted = "adopted the running" in log
     ctx.notes.append("emulated: same version both sides; unmarked link " +
                      ("adopted" if adopted else "NOT reported adopted"))
+
+
+def to_pod_layout(ctx: Ctx) -> subprocess.Popen[bytes]:
+    """Set-up, outside any window: gateway a's data plane moves to a "container" of its
+    own, as deploy/ runs it: `crosswire dataplane run` (crosswire-wg and its standby)
+    beside a daemon with wireguard.supervise: false, which adopts it. Idempotent."""
+    a = ctx.a
+    if ctx.dataplane is not None and ctx.dataplane.poll() is None:
+        return ctx.dataplane
+    _sigterm(a)
+    text = a.config.read_text()
+    if "supervise: false" not in text:
+        a.config.write_text(text.replace("  implementation:", "  supervise: false\n  implementation:", 1))
+    out = open(a.state_dir / "dataplane-container.log", "ab")  # noqa: SIM115
+    ctx.dataplane = subprocess.Popen(["ip", "netns", "exec", a.ns, str(BIN / "crosswire"), "dataplane", "run",
+                                      "--config", str(a.config)], stdout=out, stderr=out, start_new_session=True)
+    out.close()
+    a.start()
+    a.wait_ready()
+    return ctx.dataplane
+
+
+def gateway_container_restart(ctx: Ctx) -> None:
+    """(k) the gateway container restarts (everything in it killed with SIGKILL, then
+    started) while the data plane runs in its own container: deploy/'s layout."""
+    to_pod_layout(ctx)
+    if ctx.settle is not None:
+        ctx.settle()
+    ctx.begin()
+    ctx.a.kill9()
+    ctx.a.start()
+    ctx.a.wait_ready()
 
 
 def endpoint_move(ctx: Ctx) -> None:
@@ -331,13 +405,14 @@ def node_agent(ctx: Ctx) -> None:
 EVENTS: list[tuple[str, str, int, Callable[[Ctx], None]]] = [
     ("a", "daemon_restart", 0, restart),
     ("b", "daemon_kill9", 0, kill9),
-    ("c", "dataplane_kill9", 500, dataplane_kill9),
-    ("d", "both_kill9_restart", 500, both_kill9),
+    ("c", "dataplane_kill9", 100, dataplane_kill9),
+    ("d", "both_kill9_restart", 100, both_kill9),
     ("e", "key_rotation", 0, key_rotation),
     ("f", "peer_add_remove", 0, peer_add_remove),
     ("g", "nat_table_replace", 0, nat_replace),
     ("h", "upgrade", 0, upgrade),
     ("j", "node_agent_restart", 0, node_agent),
+    ("k", "gateway_container_restart_pod", 0, gateway_container_restart),
     ("i", "peer_endpoint_move", 500, endpoint_move),
 ]
 

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -40,9 +41,24 @@ def operator_on_pod(*gws: Gw) -> None:
     """A two_gateways ``prepare``: the operator listener on the gateway pod address."""
     for g in gws:
         g.config.write_text(g.config.read_text().replace("api:\n", f"api:\n  operator_listen: {GW_IP}:8081\n", 1))
-# wireguard-go is the reference data plane for these tests; CROSSWIRE_TEST_WG_IMPL=userspace
-# runs them on crosswire-wg instead.
-IMPL = os.environ.get("CROSSWIRE_TEST_WG_IMPL", "wireguard-go")
+
+
+# The data plane these tests run: crosswire-wg (userspace), what ships by default (issue 20).
+# CROSSWIRE_TEST_WG_IMPL=wireguard-go runs them all on the reference implementation; a
+# reduced set (test_netns_gateways, the lab's interop test) always cross-checks with it.
+IMPL = os.environ.get("CROSSWIRE_TEST_WG_IMPL", "userspace")
+
+
+def serving_pid(iface: str) -> int | None:
+    """The process serving ``iface``'s UAPI socket (SO_PEERCRED); None if none answers."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(f"/var/run/wireguard/{iface}.sock")
+        return int(struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
+    except OSError:
+        return None
+    finally:
+        s.close()
 
 
 @dataclass
@@ -98,7 +114,7 @@ class Gw:
         raise AssertionError(f"gateway {self.name} not ready: {last}\n{self.log.read_text()[-3000:]}")
 
 
-def build_cluster(n: Namespaces, name: str, gw_ns: str, underlay: str, tmp: Path) -> Gw:
+def build_cluster(n: Namespaces, name: str, gw_ns: str, underlay: str, tmp: Path, impl: str = IMPL) -> Gw:
     sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=gw_ns)
     sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", ns=gw_ns)
     sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", ns=gw_ns)
@@ -136,7 +152,7 @@ wireguard:
   interface: {iface}
   listen_port: 51820
   endpoint: {underlay}:51820
-  implementation: {IMPL}
+  implementation: {impl}
 api:
   listen: {underlay}:8080
 state_dir: {state}
@@ -149,12 +165,12 @@ health:
 
 
 @contextlib.contextmanager
-def two_gateways(n: Namespaces, tmp: Path, prepare: Callable[[Gw, Gw], None] | None = None
-                 ) -> Iterator[tuple[Gw, Gw]]:
+def two_gateways(n: Namespaces, tmp: Path, prepare: Callable[[Gw, Gw], None] | None = None,
+                 impl: str = IMPL) -> Iterator[tuple[Gw, Gw]]:
     ns_a, ns_b = n.add("gwa"), n.add("gwb")
     n.veth(ns_a, ns_b, "198.18.0.1/24", "198.18.0.2/24", name="u")
-    a = build_cluster(n, "a", ns_a, "198.18.0.1", tmp)
-    b = build_cluster(n, "b", ns_b, "198.18.0.2", tmp)
+    a = build_cluster(n, "a", ns_a, "198.18.0.1", tmp, impl)
+    b = build_cluster(n, "b", ns_b, "198.18.0.2", tmp, impl)
     if prepare is not None:
         prepare(a, b)  # before the daemons start: config edits, wrappers
     try:
@@ -168,7 +184,12 @@ def two_gateways(n: Namespaces, tmp: Path, prepare: Callable[[Gw, Gw], None] | N
             if g.proc is not None and g.proc.poll() is None:
                 g.proc.kill()
                 g.proc.wait(timeout=10)
-        # the data plane outlives the daemon on purpose: the namespace cleanup kills it
+        # the data plane outlives the daemon on purpose: the namespace cleanup kills it, and
+        # what a killed crosswire-wg or standby leaves in the machine-wide socket directory goes
+        for g in (a, b):
+            for suffix in (".sock", ".stats", ".standby"):
+                with contextlib.suppress(OSError):
+                    os.unlink(f"/var/run/wireguard/{g.iface}{suffix}")
 
 
 def view_of(ip: str, views: list[dict[str, str]], kind: str = "pod") -> str:

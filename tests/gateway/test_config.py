@@ -163,3 +163,16 @@ def test_operator_listener_defaults_to_loopback_and_is_overridable() -> None:
     # same port on another address is fine (the peering listener on the underlay only)
     c = parse({**BASE, "api": {"listen": "198.18.0.1:8080", "operator_listen": "127.0.0.1:8080"}}, env={})
     assert c.operator_host_port == ("127.0.0.1", 8080)
+
+
+def test_standby_and_supervise_keys() -> None:
+    # Issue 20: a standby by default; supervise off only where the data plane runs apart.
+    c = parse(BASE, env={})
+    assert c.wireguard.standby is True and c.wireguard.supervise is True
+    c = parse({**BASE, "wireguard": {"standby": False, "supervise": "false"}}, env={})
+    assert c.wireguard.standby is False and c.wireguard.supervise is False
+    c = parse(BASE, env={"CROSSWIRE_WIREGUARD_STANDBY": "0", "CROSSWIRE_WIREGUARD_SUPERVISE": "no"})
+    assert c.wireguard.standby is False and c.wireguard.supervise is False
+    for key in ("standby", "supervise"):
+        with pytest.raises(ConfigError, match=rf"^wireguard\.{key}: 'maybe' is not true or false"):
+            parse({**BASE, "wireguard": {key: "maybe"}}, env={})

@@ -63,3 +63,43 @@ def test_loop_restarts_an_exited_data_plane_at_once(clusters: Any, monkeypatch: 
             proc.wait()
 
     asyncio.run(go())
+
+
+def test_exit_with_the_standby_serving_counts_as_a_restart(clusters: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 20: the followed process exits but a data plane answers at once (its standby
+    # took over). No start of our own, but a restart all the same: counted, re-applied.
+    monkeypatch.setattr(reconciler_mod, "CHECK_INTERVAL", 60.0)
+    lab = clusters("lab")
+
+    async def go() -> None:
+        rec = lab.gw.reconciler
+        assert await rec.reconcile()
+        first = subprocess.Popen(["sleep", "30"])  # the active crosswire-wg
+        standby = subprocess.Popen(["sleep", "30"])  # the standby that takes over
+        lab.fabric.pid = first.pid
+        stop = asyncio.Event()
+        task = asyncio.create_task(rec.run(stop))
+        try:
+            await asyncio.sleep(0.3)
+            ensures, applies = lab.fabric.ensure_calls, len(lab.fabric.applied)
+            lab.fabric.pid = standby.pid  # alive() stays True throughout
+            t0 = time.monotonic()
+            first.kill()
+            while rec.stats.restarts == 0:
+                assert time.monotonic() - t0 < 10, "the takeover went unnoticed"
+                await asyncio.sleep(0.05)
+            assert lab.fabric.ensure_calls == ensures  # nothing of ours was started
+            assert len(lab.fabric.applied) == applies + 1
+            await asyncio.sleep(0.3)  # and the loop now follows the standby
+            standby.kill()
+            while rec.stats.restarts == 1:
+                assert time.monotonic() - t0 < 10, "the new process is not followed"
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            for p in (first, standby):
+                p.kill()
+                p.wait()
+
+    asyncio.run(go())

@@ -3,7 +3,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from gateway.health import EchoResponder, HealthTracker, Prober
+from gateway.config import HealthConfig
+from gateway.health import FAIL_AFTER, EchoResponder, HealthTracker, Prober
 
 
 def test_states_rtt_loss() -> None:
@@ -38,9 +39,9 @@ def test_failing_probes_show_impaired_before_error() -> None:
     h.on_reply(p0, 0.01)
     assert h.report(0.4)["gpu"]["state"] == "connected"
     h.due(0.5)  # unanswered from here on
-    assert h.report(1.4)["gpu"]["state"] == "connected"  # not settled yet (< 1 s)
+    assert h.report(0.99)["gpu"]["state"] == "connected"  # not settled yet (< FAIL_AFTER)
+    assert h.report(1.0)["gpu"]["state"] == "impaired"  # 0.5 s after the first lost probe
     h.due(1.0)
-    assert h.report(1.5)["gpu"]["state"] == "impaired"
     t = 1.5
     while t < 3.1:
         h.due(t)
@@ -49,6 +50,41 @@ def test_failing_probes_show_impaired_before_error() -> None:
     (_, _, p1), = h.due(3.5)
     h.on_reply(p1, 3.52)
     assert h.report(3.53)["gpu"]["state"] == "connected"
+
+
+def test_impaired_within_half_a_second_of_the_first_unanswered_probe() -> None:
+    # Issue 20: "connected" used to last up to ~1.5 s into an outage. Now the verdict
+    # comes FAIL_AFTER (0.5 s) after the first lost probe, whatever the interval.
+    assert FAIL_AFTER <= 0.5
+    for interval in (0.5, 1.0, 2.0):
+        h = HealthTracker(interval=interval, timeout=5.0)
+        h.set_peers({"gpu": "100.64.0.10"}, now=0.0)
+        (_, _, p0), = h.due(0.0)
+        h.on_reply(p0, 0.02)
+        lost_at = interval  # the outage starts after the first answer
+        assert h.due(lost_at)
+        assert h.report(lost_at + FAIL_AFTER - 0.01)["gpu"]["state"] == "connected"
+        assert h.report(lost_at + FAIL_AFTER)["gpu"]["state"] == "impaired", interval
+
+
+def test_slow_answer_counts_once_it_arrives() -> None:
+    # A reply later than FAIL_AFTER (a very long path) reads impaired for a moment,
+    # then connected again with its true RTT: the verdict is early, not final.
+    h = HealthTracker(interval=1.0, timeout=5.0)
+    h.set_peers({"gpu": "100.64.0.10"}, now=0.0)
+    (_, _, p0), = h.due(0.0)
+    h.on_reply(p0, 0.01)
+    (_, _, p1), = h.due(1.0)
+    assert h.report(1.6)["gpu"]["state"] == "impaired"
+    assert h.on_reply(p1, 1.7)
+    r = h.report(1.71)["gpu"]
+    assert r["state"] == "connected" and r["rtt_ms"] == 700.0
+
+
+def test_default_interval_is_half_a_second() -> None:
+    # The probe traffic this costs is stated in gateway/DESIGN.md ("Health").
+    assert HealthTracker().interval == 0.5
+    assert HealthConfig().interval == 0.5
 
 
 def test_never_answering_peer_goes_to_error() -> None:

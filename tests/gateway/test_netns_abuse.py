@@ -31,6 +31,7 @@ from gwharness import (
     PODS,
     Gw,
     operator_on_pod,
+    serving_pid,
     two_gateways,
     view_of,
     wait_ping,
@@ -211,6 +212,7 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
         poller.start()
         results: dict[str, dict[str, object]] = {}
         ping = None
+        t_abuse = time.monotonic()
         try:
             # 300 slow bodies on the peering port; 5 s in, b joins a through that same port.
             flood = threading.Thread(target=lambda: results.setdefault(
@@ -226,9 +228,10 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
             assert joined.returncode == 0, joined.stderr
             dst = view_of(PODS[1], a.cli_json("peer", "list")[0]["our_views"])
             wait_ping(a.pods[0], dst)
-            wg_before = daemon_pids(a.ns, a.iface)
-            assert len(wg_before) == 1
+            wg_before = serving_pid(a.iface)  # (a standby may wait beside it)
+            assert wg_before is not None and wg_before in daemon_pids(a.ns, a.iface)
             # Ping through the tunnel for the rest of the abuse, 10/s.
+            t_abuse = time.monotonic()
             ping = subprocess.Popen(["ip", "netns", "exec", a.pods[0], "ping", "-n", "-i", "0.1", "-W", "1",
                                      "-w", "40", dst], stdout=subprocess.PIPE, text=True)
             for what in ("idle", "loris", "body"):
@@ -236,6 +239,7 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
             # a pod of a's own cluster reaches the operator listener (no NetworkPolicy in a namespace lab)
             results["readyz"] = abuse("readyz", GW_IP, 8081, a.pods[0])
         finally:
+            abuse_s = time.monotonic() - t_abuse
             stop.set()
             poller.join(timeout=10)
             ping_out = ""
@@ -256,13 +260,14 @@ def test_http_abuse_leaves_the_data_plane_alone(netns: Namespaces, tmp_path: Pat
         assert _rss_kb(pid) < 200_000
         assert len(health) >= 20 and all(h == 200 for h in health), health
         # The data plane was never judged dead: same process, no restart, traffic flowed.
-        assert daemon_pids(a.ns, a.iface) == wg_before
+        assert serving_pid(a.iface) == wg_before
         status = a.cli_json("status")
         assert status["reconcile"]["dataplane_restarts"] == 0, status["reconcile"]
         assert status["ready"], status["ready_reason"]
         summary = next(line for line in ping_out.splitlines() if "packets transmitted" in line)
         sent, received = int(summary.split()[0]), int(summary.split(", ")[1].split()[0])
         print(f"ping during abuse: {received}/{sent}")
-        assert sent >= 100 and received >= sent * 0.95, ping_out[-300:]
+        # Pinged (10/s) throughout the abuse, however long it took on this machine.
+        assert sent >= 9 * abuse_s and received >= sent * 0.95, (abuse_s, ping_out[-300:])
         log = a.log.read_text()
         assert "Traceback" not in log and len(log) < 200_000, log[-2000:]

@@ -4,7 +4,8 @@ Each gateway namespace has two pod namespaces attached directly (veth, /32
 routes) and its own pod address 10.244.0.10 on lo. The
 gateways reach each other over an underlay veth (198.18.0.0/24, inside the
 namespaces only). Everything goes through the real CLI and daemon, with
-wireguard-go as the data plane.
+crosswire-wg as the data plane (CROSSWIRE_TEST_WG_IMPL); the main test also
+runs on wireguard-go, the reference implementation, as a cross-check.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from gwharness import (
     GW_IP,
+    IMPL,
     OPERATOR,
     PODS,
     PODS6,
@@ -82,10 +84,12 @@ def nft_rules(g: Gw) -> str:
 
 @pytest.mark.root
 @pytest.mark.slow
-def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
-    require_root("wireguard-go", "wg", "nft", "ping")
+# The shipped data plane, and wireguard-go as the reference cross-check (issue 20).
+@pytest.mark.parametrize("impl", sorted({IMPL, "wireguard-go"}))
+def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path, impl: str) -> None:
+    require_root(*(("wireguard-go",) if impl == "wireguard-go" else ()), "wg", "nft", "ping")
     os.chmod(tmp_path, 0o700)
-    with two_gateways(netns, tmp_path) as (a, b):
+    with two_gateways(netns, tmp_path, impl=impl) as (a, b):
         # --- peer by token through the CLI -----------------------------------------------
         token = b.cli("token", "create", "--ttl", "10m").stdout.strip()
         assert token.startswith("cw1.") and "\n" not in token
@@ -215,7 +219,7 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
         # --- the data plane dies: the daemon restarts and re-programs it --------------------
         wg_pids = [pid for pid in sh("ip", "netns", "pids", a.ns).stdout.split()
                    if a.iface in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
-        assert wg_pids, "wireguard-go not found"
+        assert wg_pids, f"{impl} not found"
         for pid in wg_pids:
             os.kill(int(pid), signal.SIGKILL)
         t_dead = time.monotonic()
@@ -272,7 +276,7 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path) -> None:
 
 @pytest.mark.root
 def test_gateway_ip_autodetected_in_namespace(netns: Namespaces, tmp_path: Path) -> None:
-    require_root("wireguard-go", "wg")
+    require_root(*(("wireguard-go",) if IMPL == "wireguard-go" else ()), "wg")
     os.chmod(tmp_path, 0o700)
     ns = netns.add("gwd")
     sh("ip", "addr", "add", "10.244.3.4/32", "dev", "lo", ns=ns)
@@ -299,7 +303,7 @@ def test_gateway_ip_autodetected_in_namespace(netns: Namespaces, tmp_path: Path)
 
 @pytest.mark.root
 def test_daemon_enables_ip_forwarding_in_namespace(netns: Namespaces, tmp_path: Path) -> None:
-    require_root("wireguard-go", "wg")
+    require_root(*(("wireguard-go",) if IMPL == "wireguard-go" else ()), "wg")
     os.chmod(tmp_path, 0o700)
     ns = netns.add("gwf")
     g = build_cluster(netns, "f", ns, "127.0.0.1", tmp_path)  # dual stack: both sysctls wanted

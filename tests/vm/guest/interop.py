@@ -21,24 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+from guestkit import check, run  # first: it puts the checkout and tests/ on sys.path
+from nsutil import namespaces, sh
 
-from nsutil import namespaces, sh  # noqa: E402
-
-from fabric.model import LocalFabric, PeerFabric, RangeMap  # noqa: E402
-from fabric.nft import in_netns  # noqa: E402
-from fabric.wgnetlink import NetlinkWgControl  # noqa: E402
+from fabric.model import LocalFabric, PeerFabric, RangeMap
+from fabric.nft import in_netns
+from fabric.wgnetlink import NetlinkWgControl
 
 BIN = Path(sys.executable).parent
 MTU = 1420
 MB = int(os.environ.get("CROSSWIRE_VM_TRANSFER_MB", "4"))
-checks: list[dict[str, Any]] = []
-T0 = time.monotonic()
-
-
-def check(name: str, ok: bool, detail: str = "") -> None:
-    checks.append({"name": name, "ok": bool(ok), "detail": detail, "t": round(time.monotonic() - T0, 1)})
 
 
 def keypair() -> tuple[str, str]:
@@ -102,7 +94,7 @@ def wg_dump(ns: str, iface: str) -> dict[str, dict[str, Any]]:
     return peers
 
 
-def main() -> int:
+def main() -> dict[str, Any]:
     out: dict[str, Any] = {}
     with namespaces() as n:
         k, u = n.add("kns"), n.add("uns")
@@ -194,18 +186,8 @@ def main() -> int:
               and shown.get("endpoint") == pk["endpoint"], json.dumps(shown))
         sh("ip", "link", "del", "wgk", ns=k)
         sh("ip", "link", "del", "wgu", ns=u, check=False)
-    out["ok"] = all(c["ok"] for c in checks) and len(checks) > 0
-    out["checks"] = checks
-    out["seconds"] = round(time.monotonic() - T0, 1)
-    print(json.dumps(out))
-    return 0
+    return out
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Exception as e:  # a crash is a result too: report it with what passed so far
-        import traceback
-        traceback.print_exc()
-        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}", "checks": checks}))
-        sys.exit(1)
+    run(main)

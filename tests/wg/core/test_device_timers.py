@@ -6,7 +6,7 @@ import itertools
 
 from wg.core.wgsim import Pair, ipv4_packet, uapi
 
-from fabric.wg import timers
+from fabric.wg import constants
 
 
 def _no_drops(pair: Pair) -> None:
@@ -42,7 +42,7 @@ def test_nothing_sent_on_a_key_older_than_reject_after_time(pair: Pair) -> None:
     kp = pair.peer_b.current
     assert kp is not None
     pair.net.filter = lambda s, d, data: None  # the network goes dark
-    pair.net.advance(timers.REJECT_AFTER_TIME + 1)
+    pair.net.advance(constants.REJECT_AFTER_TIME + 1)
     before = len(pair.net.log)
     pair.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"late"), pair.clock.now)
     pair.b.on_packet(ipv4_packet("10.0.0.2", "10.0.0.1", b"late"), pair.clock.now)
@@ -51,7 +51,7 @@ def test_nothing_sent_on_a_key_older_than_reject_after_time(pair: Pair) -> None:
     # ...and across the whole dark period, no transport datagram used an expired key
     for _, _, data, t in pair.net.log:
         if data[0] == 4:
-            assert t - kp.created < timers.REJECT_AFTER_TIME
+            assert t - kp.created < constants.REJECT_AFTER_TIME
 
 
 def test_receiver_rejects_transport_on_expired_keypair(pair: Pair) -> None:
@@ -64,7 +64,7 @@ def test_receiver_rejects_transport_on_expired_keypair(pair: Pair) -> None:
     pair.a.on_packet(pkt, pair.clock.now)
     data = next(d for d, _ in pair.a.outbox if d[0] == 4)
     pair.a.outbox.clear()
-    pair.b.on_datagram(data, pair.A_EP, pair.clock.now + timers.REJECT_AFTER_TIME)
+    pair.b.on_datagram(data, pair.A_EP, pair.clock.now + constants.REJECT_AFTER_TIME)
     assert pair.b.counters["drop_expired_keypair"] == 1
     pair.b.on_datagram(data, pair.A_EP, pair.clock.now + 1)
     assert pair.b.inbox[-1] == pkt
@@ -78,11 +78,11 @@ def test_retransmit_with_jitter_then_give_up() -> None:
     pair.net.advance(200)
     inits = [t for s, _, d, t in pair.net.log if d[0] == 1 and s == pair.A_EP]
     # first + retries while attempts <= MAX_TIMER_HANDSHAKES (18), as wireguard-go/kernel
-    assert len(inits) == 1 + timers.MAX_TIMER_HANDSHAKES + 1
+    assert len(inits) == 1 + constants.MAX_TIMER_HANDSHAKES + 1
     gaps = [b - a for a, b in itertools.pairwise(inits)]
-    assert all(timers.REKEY_TIMEOUT <= g <= timers.REKEY_TIMEOUT + 0.334 for g in gaps), gaps
+    assert all(constants.REKEY_TIMEOUT <= g <= constants.REKEY_TIMEOUT + 0.334 for g in gaps), gaps
     assert len({round(g, 3) for g in gaps}) > 1  # jittered
-    assert inits[-1] - inits[0] <= timers.REKEY_ATTEMPT_TIME + 20 * 0.334 + 5
+    assert inits[-1] - inits[0] <= constants.REKEY_ATTEMPT_TIME + 20 * 0.334 + 5
     assert pair.a.counters["drop_send_exhausted"] == 1
     assert not pair.peer_b.staged
     # after giving up nothing more is sent until new traffic arrives
@@ -114,7 +114,7 @@ def test_retransmit_then_success_delivers_staged_packet() -> None:
 def test_passive_keepalive_after_data_received(pair: Pair) -> None:
     pair.a_to_b(b"x")
     n = len(pair.net.log)
-    pair.net.advance(timers.KEEPALIVE_TIMEOUT + 0.5)
+    pair.net.advance(constants.KEEPALIVE_TIMEOUT + 0.5)
     # B got data and had nothing to say: it sends one keepalive (empty transport, 32 bytes)
     from_b = [d for s, _, d, _ in pair.net.log[n:] if s == pair.B_EP]
     assert [len(d) for d in from_b] == [32]
@@ -147,14 +147,14 @@ def test_new_handshake_when_data_sent_but_nothing_heard(pair: Pair) -> None:
     pair.net.filter = lambda s, d, data: None if s == pair.B_EP else data
     n = len(pair.net.log)
     pair.a_to_b(b"y")
-    pair.net.advance(timers.KEEPALIVE_TIMEOUT + timers.REKEY_TIMEOUT + 0.5)
+    pair.net.advance(constants.KEEPALIVE_TIMEOUT + constants.REKEY_TIMEOUT + 0.5)
     assert 1 in pair.kinds(n, pair.A_EP)
 
 
 def test_key_material_zeroed_after_three_reject_times(pair: Pair) -> None:
     pair.a_to_b(b"x")
     pair.net.filter = lambda s, d, data: None
-    pair.net.advance(timers.REJECT_AFTER_TIME * 3 + 200)
+    pair.net.advance(constants.REJECT_AFTER_TIME * 3 + 200)
     for peer in (pair.peer_a, pair.peer_b):
         assert peer.current is None and peer.previous is None and peer.next is None
     assert not pair.a._keypairs and not pair.b._keypairs
@@ -174,7 +174,7 @@ def test_rekey_after_messages(pair: Pair) -> None:
     pair.a_to_b(b"x")
     kp = pair.peer_b.current
     assert kp is not None
-    kp.send_counter = timers.REKEY_AFTER_MESSAGES + 1
+    kp.send_counter = constants.REKEY_AFTER_MESSAGES + 1
     pair.clock.now += 6  # past the one-initiation-per-REKEY_TIMEOUT limit
     n = len(pair.net.log)
     pair.a_to_b(b"y")  # still sent on the old key, and a new handshake starts
@@ -187,26 +187,26 @@ def test_reject_after_messages(pair: Pair) -> None:
     kp = pair.peer_b.current
     assert kp is not None
     pair.net.filter = lambda s, d, data: None  # keep the old session in place
-    kp.send_counter = timers.REJECT_AFTER_MESSAGES - 1
+    kp.send_counter = constants.REJECT_AFTER_MESSAGES - 1
     pair.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"last"), pair.clock.now)
     assert [d[0] for d, _ in pair.a.outbox] == [4]  # the very last counter
     pair.a.outbox.clear()
     pair.clock.now += 6
     pair.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"over"), pair.clock.now)
     assert [d[0] for d, _ in pair.a.outbox] == [1]  # only a handshake, no transport
-    assert kp.send_counter == timers.REJECT_AFTER_MESSAGES
+    assert kp.send_counter == constants.REJECT_AFTER_MESSAGES
 
 
 def test_staged_queue_bounded(pair: Pair) -> None:
     pair.net.filter = lambda s, d, data: None
-    for i in range(timers.MAX_STAGED_PACKETS + 10):
+    for i in range(constants.MAX_STAGED_PACKETS + 10):
         pair.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i % 256])), pair.clock.now)
-    assert len(pair.peer_b.staged) == timers.MAX_STAGED_PACKETS
+    assert len(pair.peer_b.staged) == constants.MAX_STAGED_PACKETS
     assert pair.a.counters["drop_staged_overflow"] == 10
     pair.net.flush()  # the first initiation is lost
     pair.net.filter = None
     pair.net.advance(6)
-    assert len(pair.b.inbox) == timers.MAX_STAGED_PACKETS
+    assert len(pair.b.inbox) == constants.MAX_STAGED_PACKETS
     assert pair.b.inbox[0][-1] == 10  # oldest were dropped, order kept
 
 

@@ -40,10 +40,11 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
  && pip uninstall --yes --no-cache-dir setuptools wheel pip
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# WireGuard (UDP) and the HTTP API / peering port (TCP): config defaults; DNS
+# WireGuard (UDP), the peering listener (TLS) and the operator listener (TCP,
+# inside the cluster only: 8081 in the manifests); DNS
 # for imported services on the manifests' dns.listen (10053: no
 # CAP_NET_BIND_SERVICE in the container for the default 53).
-EXPOSE 51820/udp 8080/tcp 10053/udp 10053/tcp
+EXPOSE 51820/udp 8080/tcp 8081/tcp 10053/udp 10053/tcp
 # state_dir (keys, IPAM, peers): keep it on a volume or the cluster's identity
 # is lost with the container.
 VOLUME ["/var/lib/crosswire"]

@@ -47,9 +47,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "gateway")]
 
-from disruptionevents import EVENTS, Ctx, run_event, use_impl  # noqa: E402
+from disruptionevents import EVENTS, Ctx, disruption_prepare, run_event  # noqa: E402
 from disruptionkit import Traffic  # noqa: E402
-from gwharness import BIN, PODS, two_gateways, view_of, wait_ping  # noqa: E402
+from gwharness import BIN, POD_OPERATOR, PODS, two_gateways, view_of, wait_ping  # noqa: E402
 from nsutil import namespaces, sh  # noqa: E402
 
 
@@ -100,13 +100,13 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp_s, namespaces() as n:
         tmp = Path(tmp_s)
         os.chmod(tmp, 0o700)
-        with two_gateways(n, tmp, prepare=use_impl(impl)) as (a, b):
+        with two_gateways(n, tmp, prepare=disruption_prepare(impl)) as (a, b):
             token = b.cli("token", "create", "--ttl", "5m").stdout.strip()
             added = json.loads(sh(str(BIN / "crosswire"), "peer", "add", "-", "--json", "--config",
                                   str(a.config), ns=a.ns, input=token).stdout)
             dst = view_of(PODS[1], added["our_views"])
             wait_ping(a.pods[0], dst, timeout=20)
-            traffic = Traffic(a.pods[0], b.pods[1], dst, tmp, health=(a.ns, f"http://{a.underlay}:8080", "b"))
+            traffic = Traffic(a.pods[0], b.pods[1], dst, tmp, health=(a.ns, POD_OPERATOR, "b"))
             traffic.start()
             try:
                 ctx = Ctx(a=a, b=b, n=n, tmp=tmp, impl=impl)

@@ -163,7 +163,8 @@ class Agent:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="crosswire agent run",
                                  description="keep routes to every peer view towards the gateway")
-    ap.add_argument("--gateway", required=True, help="gateway API base URL, e.g. http://10.244.0.2:8080")
+    ap.add_argument("--gateway", required=True,
+                    help="the gateway's operator listener (api.operator_listen), e.g. http://10.244.0.2:8081")
     ap.add_argument("--interval", type=float, default=5.0, help="poll interval in seconds")
     ap.add_argument("--once", action="store_true", help="reconcile once and exit (1 on failure)")
     ap.add_argument("--allow", default=",".join(PEER_SPACE),

@@ -1,12 +1,17 @@
-"""The HTTP API (FastAPI). OpenAPI at ``/openapi.json``.
+"""The HTTP API (FastAPI): two apps on two listeners.
 
-Public, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
+``create_peering_app`` is what the peering listener (``api.listen``, TLS,
+published to other clusters) serves: ``POST /api/v1/peering/join`` and
+``POST /api/v1/peering/message`` and nothing else (no OpenAPI document, no
+health): every other path is 404, so nobody on the internet reads anything.
+
+``create_app`` is the operator surface (``api.operator_listen``, plain HTTP,
+loopback by default, never published). OpenAPI at ``/openapi.json``.
+Unauthenticated, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
 node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``; ``/api/v1/exports``, ``/api/v1/imports`` and the admin
 ``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exports.api, the admin
 ``GET|POST /api/v1/peers/{cluster_id}/ranges`` in gateway.peerranges.api.
-Peering (authenticated by the token / channel keys inside the body, see
-gateway.peering): ``POST /api/v1/peering/join``, ``POST /api/v1/peering/message``.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
 ``POST /api/v1/tokens``, ``GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}``,
 ``POST /api/v1/peers`` (peer add), ``DELETE
@@ -20,8 +25,10 @@ tests/gateway/test_api_schema.py holds a live daemon to it).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -35,7 +42,9 @@ from starlette.routing import Route
 from fabric.nat import NatError
 from fabric.nat.trace import TraceError, parse_query
 from gateway import apimodels as m
+from gateway import audit, peering
 from gateway.apimodels import errors, ok
+from gateway.audit import audited
 from gateway.controlplane import ControlPlane
 from gateway.errors import GatewayError
 from gateway.exports import api as exportsapi
@@ -44,7 +53,8 @@ from gateway.metrics import render_metrics
 from gateway.page import add_route as add_page_route
 from gateway.peering import PeeringError
 from gateway.peerranges import api as rangesapi
-from gateway.tokens import parse_duration
+from gateway.peersources import PeerSources
+from gateway.tokens import TokenError, decode, parse_duration
 
 log = logging.getLogger("crosswire.api")
 
@@ -75,12 +85,9 @@ def _error(status: int, message: str) -> JSONResponse:
                         headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
-def create_app(cp: ControlPlane) -> FastAPI:
-    app = FastAPI(title="crosswire gateway", version="0.1.0",
-                  description="Per-cluster WireGuard gateway for clusters with overlapping ranges.")
+def _base(**kw: Any) -> FastAPI:
+    app = FastAPI(version="0.1.0", **kw)
     app.add_middleware(BodyLimit)  # before anything reads a body: 413 past 64 KiB
-    _publish_error_schema(app)
-    bearer = HTTPBearer(auto_error=False)
 
     @app.exception_handler(GatewayError)
     async def _gw_error(_: Request, e: GatewayError) -> JSONResponse:
@@ -112,10 +119,85 @@ def create_app(cp: ControlPlane) -> FastAPI:
             parts.append(f"{loc}: {err.get('msg', 'invalid')}")
         return _error(422, "invalid request: " + "; ".join(parts))
 
-    def admin(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+    return app
+
+
+def create_peering_app(cp: ControlPlane) -> FastAPI:
+    """The peering listener's app: the two peering endpoints (authenticated by the token
+    and channel keys inside the body, see gateway.peering) and nothing else."""
+    app = _base(title="crosswire peering", openapi_url=None, docs_url=None, redoc_url=None)
+    _publish_error_schema(app)  # app.openapi() documents it (tests); never served
+    _peering_routes(app, cp)
+    return app
+
+
+UPGRADE = ("this gateway's peering listener speaks TLS, pinned by the token: upgrade crosswire on the "
+           "calling gateway, then peer again (the token stays valid)")
+
+
+def _peering_routes(app: FastAPI, cp: ControlPlane) -> None:
+    # Plain HTTP reaches these routes only from a client that did not start with TLS:
+    # a gateway from before TLS peering. It may still send channel messages for a
+    # peering made then (no pin stored for it: authenticated by the channel MAC as
+    # before); joins, and peers that told us their pin, need TLS.
+    @app.post("/api/v1/peering/join", tags=["peering"], response_model=None, responses={
+        **ok(m.SignedEnvelope, description="join-ok, sealed with the token's response key"),
+        **errors(400, 401, 403, 409, 422, 426)})
+    async def join(env: Envelope, request: Request) -> dict[str, Any]:
+        if request.url.scheme != "https":
+            raise GatewayError(UPGRADE, 426)
+        return cp.exchange.handle_join(env.model_dump())
+
+    @app.post("/api/v1/peering/message", tags=["peering"], response_model=None, responses={
+        **ok(m.SignedEnvelope, description="ack, sealed with the channel key"),
+        **errors(400, 401, 403, 409, 422, 426)})
+    async def message(env: Envelope, request: Request) -> dict[str, Any]:
+        body = env.model_dump()
+        if request.url.scheme != "https":
+            with contextlib.suppress(PeeringError):
+                if cp.store.peer_pins(peering.peek_sender(body)):
+                    raise GatewayError(UPGRADE + " (this peer uses TLS already)", 426)
+        return await cp.exchange.handle_message(body)
+
+
+class RefusePeers:
+    """ASGI middleware of the operator surface: a request whose source lies in one of our
+    views of a peer came through the tunnel (the peer reaches the gateway pod's own
+    address through its view of our pods) and is refused: the operator surface is this
+    cluster's, never a peer's."""
+
+    def __init__(self, app: Any, views: Callable[[], dict[str, list[Any]]]) -> None:
+        self.app = app
+        # ttl 0: an operator request is rare, and a peer added a moment ago must be refused too
+        self.peer_of = PeerSources(views, ttl=0.0).peer_of
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        client = scope.get("client") if scope["type"] == "http" else None
+        host = str(client[0]) if client else ""
+        peer = self.peer_of(host) if host else None
+        if peer is None:
+            await self.app(scope, receive, send)
+            return
+        log.warning("operator API: refused %s %s from %s (peer %s, through the tunnel)",
+                    scope.get("method"), scope.get("path"), host, peer)
+        await JSONResponse({"detail": "not served to peers"}, status_code=403)(scope, receive, send)
+
+
+def create_app(cp: ControlPlane) -> FastAPI:
+    """The operator surface: everything but peering."""
+    app = _base(title="crosswire gateway",
+                description="Per-cluster WireGuard gateway for clusters with overlapping ranges.")
+    app.add_middleware(RefusePeers, views=cp.views.all_views)
+    _publish_error_schema(app)
+    bearer = HTTPBearer(auto_error=False)
+
+    def admin(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         want = cp.store.admin_token()
         if creds is None or creds.scheme.lower() != "bearer" or \
                 not hmac.compare_digest(creds.credentials.encode(), want.encode()):
+            if request.method != "GET":  # a refused change is part of the audit trail
+                audit.refused(request, f"{request.method} {request.url.path}",
+                              "no admin credential" if creds is None else "wrong admin credential")
             raise GatewayError("admin credential required (Bearer token from state_dir/admin-token)", 401)
 
     # --- health ----------------------------------------------------------------------------
@@ -142,7 +224,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.get("/api/v1/status", tags=["read"], response_model=None, responses={**ok(m.Status), **errors()})
     def status() -> dict[str, Any]:
-        return cp.read.status()
+        return {**cp.read.status(), "tls_pins": list(cp.tls.pins()) if cp.tls is not None else []}
 
     @app.get("/api/v1/peers", tags=["read"], response_model=None,
              responses={**ok(list[m.PeerSummary]), **errors()})
@@ -175,31 +257,22 @@ def create_app(cp: ControlPlane) -> FastAPI:
         except NatError as e:
             raise GatewayError(f"the desired state cannot be traced: {e}", 409) from None
 
-    # --- peering ---------------------------------------------------------------------------
-
-    @app.post("/api/v1/peering/join", tags=["peering"], response_model=None, responses={
-        **ok(m.SignedEnvelope, description="join-ok, sealed with the token's response key"),
-        **errors(400, 401, 403, 409, 422)})
-    async def join(env: Envelope) -> dict[str, Any]:
-        return cp.exchange.handle_join(env.model_dump())
-
-    @app.post("/api/v1/peering/message", tags=["peering"], response_model=None, responses={
-        **ok(m.SignedEnvelope, description="ack, sealed with the channel key"),
-        **errors(400, 401, 403, 409, 422)})
-    async def message(env: Envelope) -> dict[str, Any]:
-        return await cp.exchange.handle_message(env.model_dump())
 
     # --- admin -----------------------------------------------------------------------------
 
     @app.post("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], status_code=201,
                response_model=None, responses={**ok(m.TokenCreated, 201, "Created"),
                                                **errors(400, 401, 409, 422)})
-    def token_create(req: TokenCreate) -> dict[str, Any]:
-        try:
-            ttl = parse_duration(str(req.ttl))
-        except ValueError as e:
-            raise GatewayError(f"ttl: {e}", 422) from None
-        return cp.exchange.create_token(ttl, req.reusable, req.exports, req.ranges)
+    def token_create(req: TokenCreate, request: Request) -> dict[str, Any]:
+        with audited(request, "token.create", reusable=req.reusable, exports=req.exports,
+                     ranges=req.ranges) as a:
+            try:
+                ttl = parse_duration(str(req.ttl))
+            except ValueError as e:
+                raise GatewayError(f"ttl: {e}", 422) from None
+            out = cp.exchange.create_token(ttl, req.reusable, req.exports, req.ranges)
+            a.update(token_id=out["token_id"], ttl_s=ttl)
+            return out
 
     @app.get("/api/v1/tokens", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
               responses={**ok(list[m.TokenInfo]), **errors(401)})
@@ -208,32 +281,58 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.delete("/api/v1/tokens/{token_id}", tags=["admin"], dependencies=[Depends(admin)],
                  response_model=None, responses={**ok(m.TokenRevoked), **errors(401, 404)})
-    def token_revoke(token_id: str) -> dict[str, Any]:
-        return cp.exchange.revoke_token(token_id)
+    def token_revoke(token_id: str, request: Request) -> dict[str, Any]:
+        with audited(request, "token.revoke", token_id=token_id):
+            return cp.exchange.revoke_token(token_id)
 
     @app.post("/api/v1/peers", tags=["admin"], dependencies=[Depends(admin)], status_code=201,
                response_model=None, responses={
                    **ok(m.PeerSummary, 201, "Peered"),
                    # the peer's own refusal (< 500) is passed on with its status
                    **errors(400, 401, 403, 404, 409, 422, 502)})
-    async def peer_add(req: PeerAdd) -> dict[str, Any]:
-        return await cp.exchange.peer_add(req.token)
+    async def peer_add(req: PeerAdd, request: Request) -> dict[str, Any]:
+        with audited(request, "peer.add") as a:
+            with contextlib.suppress(TokenError):  # who the token claims to be; never the token
+                a["peer"] = decode(req.token).cluster_id
+            out = await cp.exchange.peer_add(req.token)
+            a["peer"] = out["cluster_id"]
+            return out
 
     @app.delete("/api/v1/peers/{cluster_id}", tags=["admin"], dependencies=[Depends(admin)],
                  response_model=None, responses={**ok(m.PeerRemoved), **errors(401, 404)})
-    async def peer_remove(cluster_id: str) -> dict[str, Any]:
-        return await cp.exchange.remove_peer(cluster_id)
+    async def peer_remove(cluster_id: str, request: Request) -> dict[str, Any]:
+        with audited(request, "peer.remove", peer=cluster_id):
+            return await cp.exchange.remove_peer(cluster_id)
 
     @app.post("/api/v1/key/rotate", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
                responses={**ok(m.KeyRotated), **errors(401, 502)})
-    async def key_rotate() -> dict[str, Any]:
-        return await cp.exchange.rotate_key()
+    async def key_rotate(request: Request) -> dict[str, Any]:
+        with audited(request, "key.rotate") as a:
+            out = await cp.exchange.rotate_key()
+            a.update(public_key=out["public_key"], peers=out["peers_informed"])
+            return out
+
+    @app.post("/api/v1/tls/rotate", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
+               responses={**ok(m.TlsRotated), **errors(401, 409, 502)})
+    async def tls_rotate(request: Request) -> dict[str, Any]:
+        """A new peering certificate; every peer learns its pin before the listener switches."""
+        from gateway.tlsrotate import rotate
+
+        with audited(request, "tls.rotate") as a:
+            if cp.tls is None:
+                raise GatewayError("this gateway has no TLS identity", 409)
+            out = await rotate(cp.exchange, cp.tls)
+            a.update(tls_pins=[out["tls_pin"]], peers=out["peers_informed"])
+            return out
 
     @app.post("/api/v1/ranges/announce", tags=["admin"], dependencies=[Depends(admin)], response_model=None,
                responses={**ok(dict[str, str], description="per peer told: ok or why not"),
                           **errors(401)})
-    async def ranges_announce() -> dict[str, str]:
-        return await cp.exchange.announce_ranges()
+    async def ranges_announce(request: Request) -> dict[str, str]:
+        with audited(request, "ranges.announce") as a:
+            out = await cp.exchange.announce_ranges()
+            a["peers"] = out
+            return out
 
     exportsapi.register(app, cp, admin, lambda: cp.export_sync)
     rangesapi.register(app, cp, admin)

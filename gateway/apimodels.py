@@ -79,6 +79,8 @@ class Status(BaseModel):
     reconcile: ReconcileStats
     exposure: Literal["all", "exports"] = Field(
         description="all: peers reach the whole pod and service ranges; exports: only what is exported to them")
+    tls_pins: list[str] = Field(default=[], description="SHA-256 of the peering listener's public key "
+                                "(base64url; what tokens pin); two during a certificate rotation")
 
 
 class PeerSummary(BaseModel):
@@ -236,6 +238,13 @@ class KeyRotated(BaseModel):
     peers_pending: dict[str, str]
 
 
+class TlsRotated(BaseModel):
+    tls_pin: str = Field(description="the peering listener's new pin")
+    peers_informed: list[str]
+    peers_pending: dict[str, str] = Field(description="peers not yet told that the old pin is gone (they "
+                                          "accept both until the next message)")
+
+
 REASONS = {
     400: "Malformed request or refused input",
     401: "Missing or wrong credential (admin Bearer token, or a message MAC), or a replay",
@@ -245,6 +254,7 @@ REASONS = {
     409: "Conflicts with the current state (already peered, own key, unusable peering URL)",
     413: "Request body too large",
     422: "Request body does not match the schema, or its values cannot be used",
+    426: "Plain HTTP on the peering listener from a gateway that must use TLS",
     502: "A peer gateway could not be reached or gave a bad answer",
 }
 

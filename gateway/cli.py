@@ -4,8 +4,10 @@
 talks to a running gateway over HTTP:
 
 - API URL: ``--api URL``, else env ``CROSSWIRE_API``, else the config's
-  ``api.listen`` (``--config FILE`` or env ``CROSSWIRE_CONFIG``; a wildcard
-  host becomes 127.0.0.1), else ``http://127.0.0.1:8080``.
+  ``api.operator_listen`` (``--config FILE`` or env ``CROSSWIRE_CONFIG``; a
+  wildcard host becomes 127.0.0.1), else ``http://127.0.0.1:8081``. Every
+  command talks to the operator listener; the peering listener (``api.listen``)
+  serves only peers.
 - Admin credential (token create, peer add/remove/ranges, key rotate): env
   ``CROSSWIRE_ADMIN_TOKEN``, else ``<state dir>/admin-token`` where the state
   dir is ``--state-dir``, the config's ``state_dir``, env ``CROSSWIRE_STATE_DIR``
@@ -34,7 +36,7 @@ from gateway.peerranges import cli as rangescli
 if TYPE_CHECKING:
     from gateway.config import Config
 
-DEFAULT_API = "http://127.0.0.1:8080"
+DEFAULT_API = "http://127.0.0.1:8081"  # api.operator_listen's default
 DEFAULT_STATE_DIR = "/var/lib/crosswire"
 
 
@@ -48,7 +50,7 @@ def _common(p: argparse.ArgumentParser, suppress: bool) -> argparse.ArgumentPars
     def d(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
     p.add_argument("--api", default=d(None),
-                   help="gateway API URL (default: $CROSSWIRE_API or the config's api.listen)")
+                   help="gateway operator API URL (default: $CROSSWIRE_API or the config's api.operator_listen)")
     p.add_argument("--config", default=d(None), help="gateway config file (for the API URL and state dir)")
     p.add_argument("--state-dir", default=d(None), help="gateway state dir (for the admin credential)")
     p.add_argument("--json", action="store_true", default=d(False), help="print JSON")
@@ -100,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
 
     key = sub.add_parser("key", help="WireGuard key").add_subparsers(dest="sub", required=True)
     key.add_parser("rotate", parents=[common], help="new WireGuard key, announced to every peer first")
+    tls = sub.add_parser("tls", help="the peering listener's certificate").add_subparsers(dest="sub", required=True)
+    tls.add_parser("rotate", parents=[common], help="new certificate; every peer learns its pin before the switch")
 
     sub.add_parser("status", parents=[common], help="gateway status")
     nat = sub.add_parser("nat", help="NAT table").add_subparsers(dest="sub", required=True)
@@ -138,7 +142,7 @@ def api_url(args: argparse.Namespace, cfg: Config | None) -> str:
     if os.environ.get("CROSSWIRE_API"):
         return os.environ["CROSSWIRE_API"].rstrip("/")
     if cfg is not None:
-        host, port = cfg.listen_host_port
+        host, port = cfg.operator_host_port
         if host in ("0.0.0.0", "", "::"):
             host = "127.0.0.1"
         return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -396,6 +400,13 @@ def dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(out))
         else:
             print(f"new public key {out['public_key']} (announced to {len(out['peers_informed'])} peers)")
+        return 0
+    if key == ("tls", "rotate"):
+        out = call(args, "POST", "/api/v1/tls/rotate", admin=True)
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"new peering certificate, pin {out['tls_pin']} (announced to {len(out['peers_informed'])} peers)")
         return 0
     if args.cmd == "status":
         out = call(args, "GET", "/api/v1/status")

@@ -224,7 +224,8 @@ def status(st: Mapping[str, Any], peers: Sequence[Mapping[str, Any]], now: float
     """/api/v1/status and /api/v1/peers at a glance (the public key only: status carries no secret)."""
     gw = ", ".join(clean(a) for a in (st.get("gateway_ip"), st.get("gateway_ip6")) if a) or "-"
     items = [("public key", st["public_key"]),
-             ("endpoint", st.get("endpoint") or "-"), ("api", st.get("url") or "-"),
+             ("endpoint", st.get("endpoint") or "-"), ("peering", st.get("url") or "-"),
+             ("tls pin", " ".join(clean(p) for p in st.get("tls_pins") or []) or "-"),
              ("interface", f"{st['interface']} ({st['implementation']})"), ("gateway ip", gw),
              ("pods", ", ".join(st.get("pod_cidrs") or []) or "-"),
              ("services", ", ".join(st.get("service_cidrs") or []) or "-"),

@@ -17,6 +17,7 @@ Environment overrides (applied over the file; lists are comma separated):
                                    implementation, mtu, standby, supervise)
 ``CROSSWIRE_API_LISTEN``           ``api.listen``
 ``CROSSWIRE_API_ADVERTISE``        ``api.advertise``
+``CROSSWIRE_API_OPERATOR_LISTEN``  ``api.operator_listen``
 ``CROSSWIRE_STATE_DIR``            ``state_dir``
 ``CROSSWIRE_MASQUERADE``           ``masquerade`` (true/false)
 ``CROSSWIRE_GATEWAY_IP``           ``gateway_ip``
@@ -71,8 +72,10 @@ class WireguardConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    listen: str = "0.0.0.0:8080"
-    advertise: str | None = None  # peering URL written into tokens
+    listen: str = "0.0.0.0:8080"  # the peering listener (TLS, peering endpoints only)
+    advertise: str | None = None  # peering URL written into tokens (always https)
+    # Everything else (read API, /metrics, page, admin, health): never published.
+    operator_listen: str = "127.0.0.1:8081"
     max_connections: int = 256  # open at once; more are closed at once
     request_timeout: float = 10.0  # a connection must start a request within this, or is closed
 
@@ -133,6 +136,10 @@ class Config:
     def listen_host_port(self) -> tuple[str, int]:
         return split_host_port(self.api.listen, "api.listen")
 
+    @property
+    def operator_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.api.operator_listen, "api.operator_listen")
+
     def advertise_url(self) -> str:
         """The peering URL peers use to reach this gateway's API.
 
@@ -141,14 +148,16 @@ class Config:
         IP lies inside the (overlapping) pod range, which no peer can reach.
         """
         if self.api.advertise:
-            return self.api.advertise.rstrip("/")
+            # The peering listener speaks only TLS: an http:// URL from before it did
+            # names the same host and port.
+            return "https://" + self.api.advertise.rstrip("/").split("://", 1)[1]
         host, port = self.listen_host_port
         if host in ("0.0.0.0", "::", ""):
             if self.wireguard.endpoint:
                 host = endpoint_syntax(self.wireguard.endpoint)[0]
             else:
                 host = self.gateway_ip or socket.gethostname()
-        return f"http://{_bracket(host)}:{port}"
+        return f"https://{_bracket(host)}:{port}"
 
     def advertise_problem(self) -> str | None:
         """Why tokens carrying ``advertise_url()`` would lead nowhere (None: they can work)."""
@@ -292,7 +301,7 @@ _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam
              "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table",
              "exports", "dns", "peer_ranges"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu", "standby", "supervise"}
-_API_KEYS = {"listen", "advertise", "max_connections", "request_timeout"}
+_API_KEYS = {"listen", "advertise", "operator_listen", "max_connections", "request_timeout"}
 _HEALTH_KEYS = {"port", "interval", "timeout"}
 
 
@@ -317,6 +326,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         "CROSSWIRE_IPAM_VIEWS": "ipam.views",
         "CROSSWIRE_API_LISTEN": "api.listen",
         "CROSSWIRE_API_ADVERTISE": "api.advertise",
+        "CROSSWIRE_API_OPERATOR_LISTEN": "api.operator_listen",
         "CROSSWIRE_STATE_DIR": "state_dir",
         "CROSSWIRE_MASQUERADE": "masquerade",
         "CROSSWIRE_GATEWAY_IP": "gateway_ip",
@@ -422,7 +432,14 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
 
     api = _section(raw, "api", _API_KEYS)
     listen = _str(api.get("listen", ApiConfig.listen), "api.listen")
-    split_host_port(listen, "api.listen")
+    peering_hp = split_host_port(listen, "api.listen")
+    operator = _str(api.get("operator_listen", ApiConfig.operator_listen), "api.operator_listen")
+    op_hp = split_host_port(operator, "api.operator_listen")
+    wildcard = ("", "0.0.0.0", "::")
+    if op_hp[1] == peering_hp[1] and \
+            (op_hp[0] == peering_hp[0] or op_hp[0] in wildcard or peering_hp[0] in wildcard):
+        raise ConfigError(f"api.operator_listen: {operator!r} overlaps api.listen ({listen}); "
+                          "the operator surface needs a socket of its own")
     advertise = api.get("advertise")
     if advertise is not None:
         advertise = _str(advertise, "api.advertise")
@@ -466,7 +483,7 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         ipam_pools=pools,
         ipam=ipam_cfg,
         wireguard=wgc,
-        api=ApiConfig(listen=listen, advertise=advertise,
+        api=ApiConfig(listen=listen, advertise=advertise, operator_listen=operator,
                       max_connections=_int(api.get("max_connections", ApiConfig.max_connections),
                                            "api.max_connections", 8, 65536),
                       request_timeout=_float(api.get("request_timeout", ApiConfig.request_timeout),

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import forwarding as forwarding_mod
-from gateway.channel import HttpFactory, PeerChannel, default_http
+from gateway import pinhttp
+from gateway.channel import HttpFactory, PeerChannel, TlsPost, default_http
 from gateway.config import Config
 from gateway.exchange import Exchange
 from gateway.exports.config import Resolver
@@ -28,6 +29,7 @@ from gateway.ipam_adapter import Views
 from gateway.readmodel import ReadModel
 from gateway.reconciler import DataplaneDriver, Reconciler
 from gateway.state import StateStore
+from gateway.tlsid import TlsIdentity
 
 
 @dataclass
@@ -39,13 +41,15 @@ class ControlPlane:
     exchange: Exchange
     read: ReadModel
     export_sync: ExportSync | None = None  # tells peers our exports (the daemon runs it)
+    tls: TlsIdentity | None = None  # the peering listener's certificate (state_dir)
 
     @classmethod
     def build(cls, config: Config, store: StateStore, views: Views, dataplane: DataplaneDriver, *,
               clock: Callable[[], float] = time.time, http: HttpFactory = default_http,
               health: HealthTracker | None = None, gateway_ip: str | None = None,
               gateway_ip6: str | None = None, forwarding: tuple[str, ...] = (),
-              sysctl_root: Path = forwarding_mod.PROC_SYS, resolver: Resolver | None = None) -> ControlPlane:
+              sysctl_root: Path = forwarding_mod.PROC_SYS, resolver: Resolver | None = None,
+              tls_post: TlsPost | None = pinhttp.post) -> ControlPlane:
         health = health or HealthTracker()
         gateway_ip6 = config.gateway_ip6 if gateway_ip6 is None else gateway_ip6
         exports = ExportState(config, store, resolver or Resolver(cluster_domain=config.dns.cluster_domain))
@@ -55,8 +59,10 @@ class ControlPlane:
                                 exports=exports)
         read = ReadModel(config=config, store=store, views=views, reconciler=reconciler, health=health,
                          clock=clock, gateway_ip6=gateway_ip6)
-        channel = PeerChannel(config.cluster_id, clock, http)
+        tls = TlsIdentity(Path(config.state_dir), config.cluster_id)
+        channel = PeerChannel(config.cluster_id, clock, http, tls_post=tls_post, pins_of=store.peer_pins,
+                              learn_pins=store.set_peer_pins, own_pins=tls.pins)
         exchange = Exchange(config=config, store=store, views=views, reconciler=reconciler,
                             channel=channel, clock=clock)
         return cls(config=config, store=store, views=views, reconciler=reconciler, exchange=exchange,
-                   read=read, export_sync=ExportSync(exchange))
+                   read=read, export_sync=ExportSync(exchange), tls=tls)

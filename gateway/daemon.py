@@ -1,7 +1,9 @@
 """``crosswire gateway run``: wires config, state, IPAM, fabric, health and the API together.
 
 One asyncio loop (uvicorn with ``loop="asyncio"``: pyroute2 breaks under uvloop)
-runs: the HTTP server, the reconcile loop (``Reconciler.run``: data-plane
+runs: the two HTTP servers (the peering listener, TLS, ``api.listen``; the
+operator listener, ``api.operator_listen``; each with its own connection limits,
+so a flood of the published port never reaches health probes or operators), the reconcile loop (``Reconciler.run``: data-plane
 liveness and drift are judged there), the peer announcements, the health
 prober and the UDP echo responder. Blocking data-plane calls run in worker
 threads.
@@ -24,16 +26,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fabric.dataplane import Dataplane, OwnershipError
 from gateway import forwarding, statedir
-from gateway.api import create_app
+from gateway.api import create_app, create_peering_app
 from gateway.config import Config, detect_gateway_ip
 from gateway.controlplane import ControlPlane
 from gateway.dns.records import ImportsSnapshot
 from gateway.dns.server import bind_from_config as bind_dns
 from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
-from gateway.httpserver import listen, make_server, raise_fd_limit
+from gateway.httpserver import connection_caps, listen, make_server, raise_fd_limit
 from gateway.ipam_adapter import IpamViews, ViewsError
 from gateway.peerranges import admin as ranges_admin
+from gateway.peersources import PeerSources
 from gateway.state import StateStore
 from gateway.statedir import StateDirError
 
@@ -152,6 +155,7 @@ async def serve(config: Config) -> int:
     cp = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
     ranges_admin.audit(cp.exchange)  # peers stored before the policy (or a narrower one): a warning each
     host, port = config.listen_host_port
+    op_host, op_port = config.operator_host_port
     fds = raise_fd_limit()
     try:
         # Bound before anything on the host changes: a port in use stops us cleanly.
@@ -159,18 +163,33 @@ async def serve(config: Config) -> int:
     except OSError as e:
         cp.store.close()
         raise StartupError(f"api.listen: cannot listen on {config.api.listen}: {e.strerror or e}") from None
-    try:  # DNS for imported services (dns.listen; "" disables): bound here for the same reason
-        dns = bind_dns(config.dns.listen_host_port, config.dns.zone, ImportsSnapshot(cp.read.imported_services))
+    try:
+        op_listener = listen(op_host, op_port)
     except OSError as e:
         listener.close()
+        cp.store.close()
+        raise StartupError(f"api.operator_listen: cannot listen on {config.api.operator_listen}: "
+                           f"{e.strerror or e}") from None
+    try:  # DNS for imported services (dns.listen; "" disables): bound here for the same reason
+        dns = bind_dns(config.dns.listen_host_port, config.dns.zone, ImportsSnapshot(cp.read.imported_services),
+                       PeerSources(cp.views.all_views).is_peer)  # a peer gets no answers
+    except OSError as e:
+        listener.close()
+        op_listener.close()
         cp.store.close()
         raise StartupError(f"dns.listen: cannot listen on {config.dns.listen}: {e.strerror or e}") from None
     # Before anything routes: a gateway that cannot forward drops every packet.
     forwarding.enable(forwarding.wanted(config))
     rec = cp.reconciler
-    server = make_server(create_app(cp), host, port, max_connections=config.api.max_connections,
-                         request_timeout=config.api.request_timeout)
-    log.debug("file descriptor limit %d, API connection cap %d", fds, config.api.max_connections)
+    assert cp.tls is not None
+    cap, op_cap = connection_caps(config.api.max_connections, fds)
+    server = make_server(create_peering_app(cp), host, port, max_connections=cap,
+                         request_timeout=config.api.request_timeout, ssl_context=cp.tls.server_context())
+    # Inside the cluster, a few sources (kubelet, Prometheus, node agents, the CLI) may each
+    # open many connections: no per-source share there, only the total cap.
+    operator = make_server(create_app(cp), op_host, op_port, max_connections=op_cap,
+                           request_timeout=config.api.request_timeout, per_source=op_cap)
+    log.debug("file descriptor limit %d, connection caps: peering %d, operator %d", fds, cap, op_cap)
     echo = EchoResponder(config.health.port)
     try:
         await echo.start()
@@ -185,10 +204,12 @@ async def serve(config: Config) -> int:
     def on_signal() -> None:
         log.info("signal received, shutting down")
         server.should_exit = True
+        operator.should_exit = True
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    log.info("crosswire gateway %s (key %s) starting: api %s, wireguard %s (%s) port %d",
-             config.cluster_id, cp.store.public_key(), config.advertise_url(), config.wireguard.interface,
+    log.info("crosswire gateway %s (key %s) starting: peering %s (TLS pin %s), operator http://%s, "
+             "wireguard %s (%s) port %d", config.cluster_id, cp.store.public_key(), config.advertise_url(),
+             cp.tls.pin, config.api.operator_listen, config.wireguard.interface,
              config.wireguard.implementation, config.wireguard.listen_port)
     cp.exchange.channel.client()  # build the peer HTTP client now, not on the first `peer add`
     if not await rec.reconcile(force=True):
@@ -198,7 +219,15 @@ async def serve(config: Config) -> int:
     if cp.export_sync is not None and config.exports is not None:
         tasks.append(loop.create_task(cp.export_sync.run(stop)))  # peers learn what we export to them
     try:
-        await server.serve(sockets=[listener])
+        # Either server ending (a signal, or a failure to start) ends both.
+        serving = [loop.create_task(server.serve(sockets=[listener])),
+                   loop.create_task(operator.serve(sockets=[op_listener]))]
+        await asyncio.wait(serving, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = operator.should_exit = True
+        for what, result in zip(("peering", "operator"), await asyncio.gather(*serving, return_exceptions=True),
+                                strict=True):
+            if isinstance(result, BaseException):
+                log.error("%s listener failed: %s: %s", what, type(result).__name__, result)
     finally:
         stop.set()
         for t in tasks:
@@ -216,7 +245,7 @@ async def serve(config: Config) -> int:
             cp.views.close()
         cp.store.close()
         log.info("stopped (data plane left running)")
-    return 0 if server.started else 1
+    return 0 if server.started and operator.started else 1
 
 
 def _log_unraisable(u: sys.UnraisableHookArgs) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from fabric.model import RangeMap
 from gateway import peering
-from gateway.channel import PeerChannel
+from gateway.channel import PeerChannel, parse_pins
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.exports.config import ExportsError, parse_names
@@ -129,8 +129,11 @@ class Exchange:
             # A token whose URL leads nowhere fails only later, in the other cluster.
             raise GatewayError(problem, 409)
         now = self.clock()
-        tok = new_token(self.config.advertise_url(), self.config.cluster_id, self.store.public_key(),
-                        ttl=ttl, now=now)
+        # The token names the URL as http://: a gateway from before TLS then reaches our
+        # listener in plain HTTP and is told to upgrade (426); upgraded ones use https + pin.
+        url = self.config.advertise_url()
+        tok = new_token("http://" + url.split("://", 1)[1], self.config.cluster_id, self.store.public_key(),
+                        ttl=ttl, now=now, tls_pin=(self.channel.own_pins() or (None,))[0])
         self.store.add_token(TokenRecord(token_id=tok.token_id, verifier=tok.verifier, created=now,
                                          expires=tok.expires, reusable=reusable))
         if names is not None and self.reconciler.exports is not None:
@@ -139,7 +142,7 @@ class Exchange:
             self.ranges_gate.set_token_cidrs(tok.token_id, cidrs)
         log.info("token %s created (expires in %.0fs, reusable=%s)", tok.token_id, ttl, reusable)
         return {"token": tok.encode(), "token_id": tok.token_id, "expires": tok.expires,
-                "reusable": reusable, "url": tok.url}
+                "reusable": reusable, "url": url}
 
     def list_tokens(self) -> list[dict[str, Any]]:
         now = self.clock()
@@ -233,6 +236,12 @@ class Exchange:
             raise GatewayError(f"cluster {token.cluster_id} is already peered", 409)
         if self.store.peer_by_key(token.public_key) is not None:
             raise GatewayError("that WireGuard key already belongs to another peer", 409)
+        if token.tls_pin is None:
+            raise GatewayError(
+                f"this token carries no TLS certificate pin: {token.cluster_id}'s gateway issued it before "
+                f"it spoke TLS on its peering listener. Upgrade {token.cluster_id}'s gateway and run "
+                "`crosswire token create` there again", 400)
+        pins = (token.tls_pin,)
         why = self.config.unreachable_from_peers(token.url)
         if why is not None:
             raise GatewayError(
@@ -242,7 +251,8 @@ class Exchange:
 
         eph = peering.Ephemeral.generate()
         request = peering.build_join(token, self.side(), eph, now)
-        answer = await self.channel.post(token.url + "/api/v1/peering/join", request)
+        url = "https://" + token.url.split("://", 1)[-1]  # peering listeners speak only TLS
+        answer = await self.channel.post(url + "/api/v1/peering/join", request, pins)
         t_join = time.monotonic()
         resp = peering.verify_join_response(answer, token, request, eph, self.clock())
         other = resp.side
@@ -257,7 +267,7 @@ class Exchange:
             ours = self.allocate_views(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
         except ViewsError as e:
             # B already holds a pending peer for us: tell it to drop it.
-            await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key)
+            await self.channel.notify_remove(other.cluster_id, other.url, resp.keys.channel_key, pins)
             raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}{self._hint(e)}",
                                422) from None
         rec = PeerRecord(cluster_id=other.cluster_id, public_key=other.public_key,
@@ -267,6 +277,7 @@ class Exchange:
         try:
             with self.store.tx() as db:
                 self.store.put_peer(db, rec)
+                self.store.set_peer_pins(rec.cluster_id, pins, db)
         except BaseException:
             self.views.release(other.cluster_id)
             raise
@@ -278,7 +289,7 @@ class Exchange:
             await self.channel.send(rec, "views", {"views": views_body(ours)})
         except GatewayError as e:
             # Leave nothing half-done: B drops its pending entry (if it can hear us), we forget B.
-            await self.channel.notify_remove(other.cluster_id, other.url, rec.channel_key)
+            await self.channel.notify_remove(other.cluster_id, other.url, rec.channel_key, pins)
             self.forget(other.cluster_id)
             await self.reconciler.reconcile()
             raise GatewayError(f"peering with {other.cluster_id} failed at the last step and was "
@@ -304,6 +315,11 @@ class Exchange:
             if not self.store.remember_nonce(db, msg.nonce, now + NONCE_TTL, now):
                 raise GatewayError("replayed message (nonce already seen)", 401)
         payload: dict[str, Any] = {}
+        pins = parse_pins(msg.body.get("tls_pins"))
+        if pins is not None and msg.type != "remove":
+            self.store.set_peer_pins(sender, pins)  # its listener's certificate(s), under the channel MAC
+        if self.channel.own_pins():
+            payload["tls_pins"] = list(self.channel.own_pins())
         if msg.type == "views":
             views = peering.parse_views(msg.body.get("views"), "views")
             self._check_views_of_us(views, 400)
@@ -509,7 +525,10 @@ class Exchange:
         result = {}
         for p in live:
             try:
-                await self.channel.send(p, "endpoint", {"endpoint": endpoint, "url": url})
+                # A peer that never told us a pin may predate TLS: it keeps plain HTTP (which
+                # our listener serves its channel messages) until it is upgraded and pins us.
+                told = url if self.store.peer_pins(p.cluster_id) else "http://" + url.split("://", 1)[1]
+                await self.channel.send(p, "endpoint", {"endpoint": endpoint, "url": told})
                 result[p.cluster_id] = "ok"
             except GatewayError as e:
                 result[p.cluster_id] = str(e)

@@ -6,8 +6,20 @@ and then logs a traceback per failed accept. Measured against the gateway:
 2,000 slow-loris connections held for 60 s were never closed, and 1,100 idle
 connections starved the data-plane supervision of descriptors. Here:
 
+- at most ``per_source`` connections from one source address: a new one
+  evicts that source's slowest (the one waiting longest for its request, or
+  idle longest), so one host flooding the port competes only with itself;
 - at most ``max_connections`` connections at once: a new one evicts the
-  connection idle the longest (none idle: the new one is closed at once);
+  connection idle the longest; none idle, the slowest of the source holding
+  the most connections (a distributed flood of slow bodies cannot lock the
+  port: the newest legitimate request still gets a slot);
+- with TLS (``ssl_context``, the peering listener), the protocol does the
+  handshake itself after the checks above, so handshaking connections count
+  too, and it must finish within ``request_timeout``; rotating the
+  certificate reloads that one context, new handshakes see it at once. A
+  connection whose first byte is not a TLS handshake is served as plain HTTP
+  (``scope["scheme"] == "http"``): the peering app answers it only for peers
+  that predate TLS peering;
 - a connection must start a request within ``request_timeout`` of opening or
   of its previous response, or it is closed (slow or idle clients); the body
   of a started request is bounded by :mod:`gateway.limits`;
@@ -22,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -37,58 +51,154 @@ MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT = 10.0
 LOG_EVERY = 10.0
 BACKLOG = 512
+# asyncio accepts up to this many connections per loop iteration (uvicorn's "backlog"),
+# before any eviction closes one: it bounds the descriptors a burst can hold at once
+# (asyncio also makes it the kernel's accept queue length).
+ACCEPT_BATCH = 64
 
 
 class _Limits:
     """Shared by every connection of one server (uvicorn makes one protocol per connection)."""
 
-    def __init__(self, max_connections: int, request_timeout: float) -> None:
+    def __init__(self, max_connections: int, request_timeout: float, per_source: int | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.max_connections = max_connections
+        self.per_source = per_source or max(4, max_connections // 8)
         self.request_timeout = request_timeout
-        self.refused = 0
+        self.ssl_context = ssl_context
+        self.conns: set[Any] = set()  # every open connection, TLS handshakes included
         self.evicted = 0
         self.timed_out = 0
-        self._last_log = 0.0
-
-    def note_refused(self) -> None:
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._last_log >= LOG_EVERY:
-            self._last_log = now
-            log.warning("API: %d connections refused so far (more than %d open at once)",
-                        self.refused, self.max_connections)
 
 
 def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
     class GuardedH11(H11Protocol):
-        """H11Protocol that refuses connections over the cap and closes idle ones."""
+        """H11Protocol that bounds connections per source and in all, closes slow ones and,
+        with a context, does the TLS handshake itself: a connection counts (and can be
+        evicted) from accept on, not only once its handshake is done."""
 
         _watchdog: asyncio.TimerHandle | None = None
         _requests_seen = 0
-
         _since = 0.0  # when this connection opened or last started a request
+        _source = ""
+        _raw: asyncio.Transport | None = None  # the TCP transport (TLS: below the SSL one)
+        _ready = False  # handshake done (always, without TLS)
+        _fd = -1  # watched for the first byte (TLS listener)
+        _early: list[bytes] = []  # replaced per connection in connection_made
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            self._raw = transport
+            self._early = []
             self._since = time.monotonic()
-            # Aborted connections stay in the set until their connection_lost runs.
-            live = [c for c in self.connections if not c.transport.is_closing()]
-            if len(live) > limits.max_connections:
-                # Make room by closing the connection idle the longest, so a flood of
-                # idle or slow clients cannot lock out probes and operators; refuse
-                # the newcomer only when every slot is serving a request.
-                victim = min((c for c in live if c is not self and isinstance(c, GuardedH11) and c.idle()),
-                             key=lambda c: c._since, default=None)
-                if victim is None:
-                    limits.note_refused()
-                    transport.abort()
-                    return
-                limits.evicted += 1
-                victim.transport.abort()
+            peer = transport.get_extra_info("peername")
+            self._source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            self._admit()
+            limits.conns.add(self)
             self._arm(self._requests_seen)
+            if limits.ssl_context is None:
+                self._ready = True
+                super().connection_made(transport)
+                return
+            # The first byte decides: a TLS handshake (0x16), or plain HTTP from a peer
+            # that predates TLS peering (the app serves it only its own channel messages).
+            # The transport owns its descriptor: a duplicate is watched (and peeked at).
+            transport.pause_reading()
+            sock = transport.get_extra_info("socket")
+            try:
+                self._fd = os.dup(sock.fileno())
+            except (OSError, AttributeError):
+                transport.abort()
+                return
+            self.loop.add_reader(self._fd, self._first_byte)
+
+        def _first_byte(self) -> None:
+            raw = self._raw
+            peek = socket.socket(fileno=self._fd)
+            try:
+                first = peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                first = b""
+            finally:
+                peek.detach()  # _unwatch closes the duplicate, once
+                self._unwatch()
+            if raw is None or raw.is_closing():
+                return
+            if first == b"\x16" and limits.ssl_context is not None:
+                self.loop.create_task(self._handshake(raw, limits.ssl_context))
+            elif first:
+                self._ready = True
+                super().connection_made(raw)
+                raw.resume_reading()
+            else:
+                raw.abort()
+
+        def _unwatch(self) -> None:
+            if self._fd >= 0:
+                self.loop.remove_reader(self._fd)
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = -1
+
+        async def _handshake(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+            if raw.is_closing():  # evicted before we got here: no TLS state for a dead socket
+                self._gone()
+                return
+            try:
+                tls = await self.loop.start_tls(raw, self, ctx, server_side=True,
+                                                ssl_handshake_timeout=limits.request_timeout)
+            except (OSError, ssl.SSLError, TimeoutError, RuntimeError):
+                raw.abort()
+                self._gone()
+                return
+            if tls is None or raw.is_closing():
+                self._gone()
+                return
+            self._ready = True
+            super().connection_made(tls)
+            early, self._early = self._early, []
+            for data in early:
+                super().data_received(data)
+
+        def data_received(self, data: bytes) -> None:
+            # The TLS layer hands over the first request before start_tls returns.
+            if not self._ready:
+                self._early.append(data)
+                return
+            super().data_received(data)
+
+        def _admit(self) -> None:
+            # Aborted connections stay in the set until their connection_lost runs.
+            live = [c for c in limits.conns if not c._closing()]
+            by_source: dict[str, list[GuardedH11]] = {}
+            for c in live:
+                by_source.setdefault(c._source, []).append(c)
+            mine = by_source.get(self._source, [])
+            victim: GuardedH11 | None = None
+            if len(mine) >= limits.per_source:
+                victim = min(mine, key=lambda c: c._since)  # this source's slowest
+            elif len(live) >= limits.max_connections:
+                # Make room: the connection idle the longest, else the slowest of the
+                # heaviest source, so no flood of idle or slow clients locks the port.
+                victim = min((c for c in live if c.idle()), key=lambda c: c._since, default=None)
+                if victim is None:
+                    heavy = max(by_source.values(), key=lambda cs: len(cs))
+                    victim = min(heavy, key=lambda c: c._since)
+            if victim is not None:
+                limits.evicted += 1
+                victim._abort()
+
+        def _closing(self) -> bool:
+            return self._raw is None or self._raw.is_closing()
+
+        def _abort(self) -> None:
+            self._unwatch()
+            if self._ready and self.transport is not None:
+                self.transport.abort()
+            if self._raw is not None:
+                self._raw.abort()
 
         def idle(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
+            return not self._ready or self.cycle is None or self.cycle.response_complete
 
         def _arm(self, seen: int) -> None:
             self._watchdog = self.loop.call_later(limits.request_timeout, self._check, seen)
@@ -97,7 +207,10 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
             # Closed unless a request started since the timer was armed or one is running.
             if self._requests_seen == seen_then and self.idle():
                 limits.timed_out += 1
-                self.transport.close()
+                if self._ready:
+                    self.transport.close()
+                else:
+                    self._abort()
                 return
             self._arm(self._requests_seen)
 
@@ -108,11 +221,17 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
                 self._requests_seen += 1
                 self._since = time.monotonic()
 
-        def connection_lost(self, exc: Exception | None) -> None:
+        def _gone(self) -> None:
+            self._unwatch()
+            limits.conns.discard(self)
             if self._watchdog is not None:
                 self._watchdog.cancel()
                 self._watchdog = None
-            super().connection_lost(exc)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._gone()
+            if self._ready:
+                super().connection_lost(exc)
 
     return GuardedH11
 
@@ -139,6 +258,20 @@ class _AcceptErrorFilter(logging.Filter):
         record.exc_text = None
         self.suppressed = 0
         return True
+
+
+FD_RESERVE = 128  # descriptors kept for everything but the two listeners' connections
+
+
+def connection_caps(configured: int, fd_limit: int) -> tuple[int, int]:
+    """(peering, operator): the configured cap, lowered so that both listeners full (a
+    peering connection holds two descriptors until its first byte), plus an accept burst,
+    leave FD_RESERVE descriptors (netlink, nftables, SQLite, the data plane). The operator
+    listener gets two thirds of what is left: its callers are inside the cluster and each
+    of their requests is served (the peering listener evicts instead, per source)."""
+    budget = fd_limit - FD_RESERVE - ACCEPT_BATCH
+    operator = max(8, min(configured, budget * 2 // 3))
+    return max(8, min(configured, (budget - operator) // 2)), operator
 
 
 def raise_fd_limit() -> int:
@@ -178,12 +311,13 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def make_server(app: Any, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
-                request_timeout: float = REQUEST_TIMEOUT) -> Server:
-    limits = _Limits(max_connections, request_timeout)
+                request_timeout: float = REQUEST_TIMEOUT, per_source: int | None = None,
+                ssl_context: ssl.SSLContext | None = None) -> Server:
+    limits = _Limits(max_connections, request_timeout, per_source, ssl_context)
     logging.getLogger("asyncio").addFilter(_AcceptErrorFilter())
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="off",
                             access_log=False, log_level="warning", http=guarded_protocol(limits),
-                            timeout_keep_alive=5, backlog=BACKLOG)
+                            timeout_keep_alive=5, backlog=ACCEPT_BATCH)
     server = Server(config)
     server.limits = limits  # type: ignore[attr-defined]
     return server

@@ -52,7 +52,8 @@ from gateway.tokens import Token, b64d, b64e
 
 VERSION = 1
 WINDOW = 120.0  # seconds of clock skew tolerated; nonces are kept for 2 * WINDOW
-MESSAGE_TYPES = ("views", "ranges", "key", "endpoint", "remove", "exports")
+# "pins": the sender's TLS pins only (every message carries them; this one nothing else)
+MESSAGE_TYPES = ("views", "ranges", "key", "endpoint", "remove", "exports", "pins")
 
 
 class PeeringError(ValueError):

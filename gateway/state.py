@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS peers (
     url TEXT NOT NULL, gateway_ip TEXT, ranges TEXT NOT NULL, their_views TEXT,
     channel_key BLOB NOT NULL, psk BLOB NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS peer_pins (cluster_id TEXT PRIMARY KEY, pins TEXT NOT NULL);
 """
 
 
@@ -269,4 +270,19 @@ class StateStore:
 
     def delete_peer(self, cluster_id: str) -> bool:
         with self.tx() as db:
+            db.execute("DELETE FROM peer_pins WHERE cluster_id=?", (cluster_id,))
             return db.execute("DELETE FROM peers WHERE cluster_id=?", (cluster_id,)).rowcount > 0
+
+    # --- TLS pins of peers' peering listeners (gateway.tlsid; none: peered before TLS) -------
+
+    def peer_pins(self, cluster_id: str) -> tuple[str, ...]:
+        with self._lock:
+            row = self._db.execute("SELECT pins FROM peer_pins WHERE cluster_id=?", (cluster_id,)).fetchone()
+        return () if row is None else tuple(json.loads(str(row[0])))
+
+    def set_peer_pins(self, cluster_id: str, pins: tuple[str, ...], db: sqlite3.Connection | None = None) -> None:
+        if db is None:
+            with self.tx() as db2:
+                self.set_peer_pins(cluster_id, pins, db2)
+            return
+        db.execute("INSERT OR REPLACE INTO peer_pins VALUES (?,?)", (cluster_id, json.dumps(list(pins))))

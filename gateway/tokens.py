@@ -2,11 +2,18 @@
 
 Format: ``cw1.<base64url(JSON)>`` with fields
 
-- ``u``: B's peering URL, ``c``: B's cluster ID, ``k``: B's WireGuard public key
+- ``u``: B's peering URL (written ``http://``: a gateway from before TLS
+  then gets a plain-HTTP "upgrade" answer; upgraded ones always use https and
+  ``f``), ``c``: B's cluster ID, ``k``: B's WireGuard public key
   (A pins it: the exchange fails if B answers with another key),
 - ``i``: token ID, ``s``: 32 random bytes (base64url), ``e``: expiry (unix time),
-- ``t``: a tag, HMAC(secret, fields), so a corrupted or edited line is caught
-  locally before anything is sent.
+- ``f``: the pin of B's peering listener certificate (see :mod:`gateway.tlsid`;
+  A talks to ``u`` over TLS and accepts only that key; tokens from before TLS
+  lack it and are refused by ``peer add``),
+- ``t``: a tag, HMAC(secret, fields without ``f``), so a corrupted or edited
+  line is caught locally before anything is sent (and a gateway from before
+  TLS still reads the token, to be told to upgrade), ``h``: the same over the
+  fields with ``f``.
 
 B keeps only ``verifier(secret)`` (a one-way HMAC of the secret), never the
 secret. Both peering directions are authenticated with keys derived from the
@@ -53,15 +60,20 @@ class Token:
     token_id: str
     expires: float
     secret: bytes = field(repr=False)
+    tls_pin: str | None = None  # None: a token from a gateway without TLS peering
 
-    def _fields(self) -> bytes:
-        return json.dumps([self.url, self.cluster_id, self.public_key, self.token_id, self.expires],
+    def _fields(self, with_pin: bool = False) -> bytes:
+        pin = [self.tls_pin] if with_pin else []
+        return json.dumps([self.url, self.cluster_id, self.public_key, self.token_id, self.expires, *pin],
                           separators=(",", ":")).encode()
 
     def encode(self) -> str:
         tag = hmac.new(self.secret, self._fields(), hashlib.sha256).digest()[:16]
         doc = {"u": self.url, "c": self.cluster_id, "k": self.public_key, "i": self.token_id,
                "e": self.expires, "s": b64e(self.secret), "t": b64e(tag)}
+        if self.tls_pin is not None:
+            doc["f"] = self.tls_pin
+            doc["h"] = b64e(hmac.new(self.secret, self._fields(True), hashlib.sha256).digest()[:16])
         return PREFIX + b64e(json.dumps(doc, separators=(",", ":")).encode())
 
     @property
@@ -69,10 +81,11 @@ class Token:
         return verifier(self.secret)
 
 
-def new_token(url: str, cluster_id: str, public_key: str, *, ttl: float, now: float) -> Token:
+def new_token(url: str, cluster_id: str, public_key: str, *, ttl: float, now: float,
+              tls_pin: str | None = None) -> Token:
     return Token(url=url, cluster_id=cluster_id, public_key=public_key,
                  token_id=b64e(secrets.token_bytes(9)), expires=now + ttl,
-                 secret=secrets.token_bytes(32))
+                 secret=secrets.token_bytes(32), tls_pin=tls_pin)
 
 
 def decode(text: str, *, now: float | None = None) -> Token:
@@ -83,14 +96,19 @@ def decode(text: str, *, now: float | None = None) -> Token:
     try:
         doc = json.loads(b64d(text[len(PREFIX):]))
         tok = Token(url=str(doc["u"]), cluster_id=str(doc["c"]), public_key=str(doc["k"]),
-                    token_id=str(doc["i"]), expires=float(doc["e"]), secret=b64d(doc["s"]))
+                    token_id=str(doc["i"]), expires=float(doc["e"]), secret=b64d(doc["s"]),
+                    tls_pin=None if doc.get("f") is None else str(doc["f"]))
         tag = b64d(doc["t"])
+        pin_tag = b64d(doc["h"]) if tok.tls_pin is not None else b""
     except (ValueError, KeyError, TypeError):
         raise TokenError("token is malformed (truncated or edited?)") from None
     if len(tok.secret) != 32:
         raise TokenError("token is malformed (bad secret length)")
     want = hmac.new(tok.secret, tok._fields(), hashlib.sha256).digest()[:16]
     if not hmac.compare_digest(want, tag):
+        raise TokenError("token is tampered (integrity check failed)")
+    if tok.tls_pin is not None and not hmac.compare_digest(
+            hmac.new(tok.secret, tok._fields(True), hashlib.sha256).digest()[:16], pin_tag):
         raise TokenError("token is tampered (integrity check failed)")
     if now is not None and now >= tok.expires:
         raise TokenError("token has expired")

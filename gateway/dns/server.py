@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import cast
 
 from gateway.dns.answer import TTL, Answerer, Outcome
+from gateway.dns.limit import SourceLimiter
 from gateway.dns.records import Snapshot
 from gateway.dns.stats import STATS, DnsStats
 
@@ -38,6 +39,8 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.server.admit(addr[0]):
+            return
         out = self.server.handle(data, "udp")
         if out is not None and self.transport is not None:
             self.transport.sendto(out, addr)
@@ -49,8 +52,9 @@ class _Udp(asyncio.DatagramProtocol):
 class DnsServer:
     def __init__(self, host: str, port: int, zone: str, snapshot: Callable[[], Snapshot], *,
                  stats: DnsStats = STATS, max_tcp: int = MAX_TCP, tcp_idle: float = TCP_IDLE,
-                 ttl: int = TTL) -> None:
+                 ttl: int = TTL, limiter: SourceLimiter | None = None) -> None:
         self.host, self.port = host, port
+        self.limiter = limiter or SourceLimiter()
         self.answerer = Answerer(zone, ttl)
         self.snapshot = snapshot
         self.stats = stats
@@ -96,6 +100,14 @@ class DnsServer:
         log.info("dns: answering %s on %s:%d (udp, tcp)", self.answerer.zone.to_text(), self.host,
                  self.bound_port)
 
+    def admit(self, source: str) -> bool:
+        """Whether to answer a query from ``source`` (gateway.dns.limit); counts the drops."""
+        verdict = self.limiter.verdict(source, time.monotonic())
+        if verdict == "ok":
+            return True
+        self.stats.dropped[verdict] = self.stats.dropped.get(verdict, 0) + 1
+        return False
+
     def handle(self, wire: bytes, transport: str) -> bytes | None:
         """One query -> the response bytes (None: send nothing). Never raises."""
         try:
@@ -129,6 +141,9 @@ class DnsServer:
                 if size == 0:
                     break
                 body = await asyncio.wait_for(reader.readexactly(size), self.tcp_idle)
+                peer = writer.get_extra_info("peername")
+                if not self.admit(str(peer[0]) if peer else ""):
+                    break
                 out = self.handle(body, "tcp")
                 if out is None:
                     break  # not a query: nothing sensible follows on this stream
@@ -157,11 +172,11 @@ class DnsServer:
                 await asyncio.wait_for(self._tcp.wait_closed(), 2)
 
 
-def bind_from_config(listen: tuple[str, int] | None, zone: str,
-                     snapshot: Callable[[], Snapshot]) -> DnsServer | None:
+def bind_from_config(listen: tuple[str, int] | None, zone: str, snapshot: Callable[[], Snapshot],
+                     from_peer: Callable[[str], bool] = lambda source: False) -> DnsServer | None:
     """The daemon's listener, bound (OSError if it cannot be); None when ``dns.listen`` is ""."""
     if listen is None:
         return None
-    server = DnsServer(listen[0], listen[1], zone, snapshot)
+    server = DnsServer(listen[0], listen[1], zone, snapshot, limiter=SourceLimiter(from_peer=from_peer))
     server.bind()
     return server

@@ -14,6 +14,7 @@ class DnsStats:
     malformed: int = 0
     tcp_rejected: int = 0
     tcp_open: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # why (peer, rate) -> queries dropped unanswered
 
     def count(self, transport: str, outcome: Outcome) -> None:
         self.queries[transport] = self.queries.get(transport, 0) + 1
@@ -45,4 +46,7 @@ def metric_lines(stats: DnsStats = STATS) -> list[str]:
            "DNS TCP connections closed at once because the connection cap was reached.",
            [("", stats.tcp_rejected)])
     family("crosswire_dns_tcp_connections", "gauge", "DNS TCP connections open.", [("", stats.tcp_open)])
+    family("crosswire_dns_dropped_total", "counter",
+           "DNS queries dropped unanswered: from a peer (through the tunnel), or over the per-source rate.",
+           [(f'{{reason="{r}"}}', stats.dropped.get(r, 0)) for r in ("peer", "rate")])
     return out

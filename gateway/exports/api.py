@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.apimodels import errors, ok
+from gateway.audit import audited
 
 if TYPE_CHECKING:
     from gateway.controlplane import ControlPlane
@@ -83,10 +84,11 @@ def register(app: FastAPI, cp: ControlPlane, admin: Callable[..., None],
 
     @app.put("/api/v1/peers/{cluster_id}/exports", tags=["admin"], dependencies=[Depends(admin)],
              response_model=None, responses={**ok(PeerExportsSet), **errors(400, 401, 404, 409, 422)})
-    async def peer_exports(cluster_id: str, req: PeerExports) -> dict[str, Any]:
-        if (req.exports is None) == (not req.all):
-            raise GatewayError("give either exports (a list of names) or all: true", 422)
-        result = await cp.exchange.set_peer_exports(cluster_id, None if req.all else req.exports)
+    async def peer_exports(cluster_id: str, req: PeerExports, request: Request) -> dict[str, Any]:
+        with audited(request, "peer.exports", peer=cluster_id, exports="all" if req.all else req.exports):
+            if (req.exports is None) == (not req.all):
+                raise GatewayError("give either exports (a list of names) or all: true", 422)
+            result = await cp.exchange.set_peer_exports(cluster_id, None if req.all else req.exports)
         s = sync()
         if s is not None:
             s.kick()  # the peer learns its new share now, not at the next interval

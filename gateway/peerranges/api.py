@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.apimodels import errors, ok
+from gateway.audit import audited
 from gateway.peerranges import admin as ranges_admin
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ def register(app: FastAPI, cp: ControlPlane, admin: Callable[..., None]) -> None
 
     @app.post("/api/v1/peers/{cluster_id}/ranges", tags=["admin"], dependencies=[Depends(admin)],
               response_model=None, responses={**ok(PeerRangesDecided), **errors(400, 401, 403, 404, 409, 422)})
-    async def peer_ranges_decide(cluster_id: str, req: RangesDecision) -> dict[str, Any]:
-        if req.approve == req.reject:
-            raise GatewayError("give either approve: true or reject: true", 422)
-        return await ranges_admin.decide(cp.exchange, cluster_id, req.approve)
+    async def peer_ranges_decide(cluster_id: str, req: RangesDecision, request: Request) -> dict[str, Any]:
+        with audited(request, "peer.ranges." + ("approve" if req.approve else "reject"), peer=cluster_id):
+            if req.approve == req.reject:
+                raise GatewayError("give either approve: true or reject: true", 422)
+            return await ranges_admin.decide(cp.exchange, cluster_id, req.approve)

@@ -71,13 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             import asyncio
 
             from .pageforward import serve
-            from .topology import API_PORT
+            from .topology import OPERATOR_PORT
 
-            ns = Lab(a.name).plan.ns_of(a.cluster, "gw")
+            plan = Lab(a.name).plan
+            ns = plan.ns_of(a.cluster, "gw")
+            gw = plan.cluster(a.cluster).gateway
             try:
-                asyncio.run(serve(ns, API_PORT, a.port, lambda port: print(
+                asyncio.run(serve(ns, OPERATOR_PORT, a.port, lambda port: print(
                     f"lab {a.name}: gateway {a.cluster}'s page at http://127.0.0.1:{port}/ (Ctrl-C stops)",
-                    flush=True)))
+                    flush=True), host=gw.ip if gw is not None else "127.0.0.1"))
             except OSError as e:  # the port is taken, or the lab is not up
                 print(f"lab page: {e}", file=sys.stderr)
                 return 1

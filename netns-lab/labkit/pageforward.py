@@ -42,16 +42,17 @@ async def _copy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             w.close()
 
 
-async def serve(ns: str, target: int, port: int, ready: Callable[[int], None] | None = None) -> None:
-    """Forward 127.0.0.1:``port`` (0: any free port) to 127.0.0.1:``target`` in ``ns``;
-    ``ready`` gets the port once listening."""
+async def serve(ns: str, target: int, port: int, ready: Callable[[int], None] | None = None,
+                host: str = "127.0.0.1") -> None:
+    """Forward 127.0.0.1:``port`` (0: any free port) to ``host``:``target`` in ``ns``
+    (the gateway's operator listener); ``ready`` gets the port once listening."""
     if not os.path.exists(f"/run/netns/{ns}"):
         raise OSError(f"network namespace {ns} does not exist (is the lab up?)")
     pool = ThreadPoolExecutor(4, initializer=_join, initargs=(ns,), thread_name_prefix="page")
     loop = asyncio.get_running_loop()
 
     def connect() -> socket.socket:
-        s = socket.create_connection(("127.0.0.1", target), timeout=5)
+        s = socket.create_connection((host, target), timeout=5)
         s.setblocking(False)
         return s
 

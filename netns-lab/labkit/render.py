@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .topology import API_PORT, POD_PORT, WG_PORT, ClusterPlan, LabPlan
+from .topology import API_PORT, OPERATOR_PORT, POD_PORT, WG_PORT, ClusterPlan, LabPlan
 
 KUBEPROXY_TABLE = "cwlab-kubeproxy"
 CILIUM_TABLE = "cwlab-cilium"
@@ -79,7 +79,10 @@ def gateway_config(lab: LabPlan, c: ClusterPlan, state_dir: str) -> dict[str, An
             "endpoint": f"{c.internet_ip}:{WG_PORT}",
             "implementation": spec.wireguard,
         },
-        "api": {"listen": f"0.0.0.0:{API_PORT}", "advertise": c.public_api_url},
+        # Peering on every address (the internet leg); the operator surface on the pod
+        # address only, which the nodes and pods reach and the other clusters do not.
+        "api": {"listen": f"0.0.0.0:{API_PORT}", "advertise": c.public_api_url,
+                "operator_listen": f"{c.gateway.ip}:{OPERATOR_PORT}"},
         "state_dir": state_dir,
         "masquerade": spec.masquerade,
         "gateway_ip": c.gateway.ip,

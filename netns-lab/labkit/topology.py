@@ -55,7 +55,8 @@ from typing import Any
 import yaml
 
 POD_PORT = 8080  # every lab pod's HTTP server; services map their port to it
-API_PORT = 8080  # gateway HTTP API, on the gateway pod
+API_PORT = 8080  # the gateway's peering listener (TLS), published on its internet leg
+OPERATOR_PORT = 8081  # the gateway's operator listener, on its pod address only
 WG_PORT = 51820
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # lab instance name: short, interface-safe
 CID_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -157,11 +158,11 @@ class ClusterPlan:
     @property
     def api_url(self) -> str:
         assert self.gateway is not None
-        return f"http://{self.gateway.ip}:{API_PORT}"
+        return f"http://{self.gateway.ip}:{OPERATOR_PORT}"  # the operator listener
 
     @property
     def public_api_url(self) -> str:
-        return f"http://{self.internet_ip}:{API_PORT}"
+        return f"https://{self.internet_ip}:{API_PORT}"  # the peering listener
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -96,9 +96,11 @@ def test_gateway_deployment(rendered: Rendered, name: str) -> None:
     # Ports and probes agree with the config.
     ports = {p["name"]: p for p in gw["ports"]}
     assert "wireguard" not in ports  # the dataplane container's (test_dataplane_container)
-    assert ports["api"]["containerPort"] == cfg.listen_host_port[1]
-    assert gw["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
-    assert gw["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
+    assert ports["peering"]["containerPort"] == cfg.listen_host_port[1]
+    assert ports["operator"]["containerPort"] == cfg.operator_host_port[1]
+    # Health on the operator listener: a flood of the published port never fails the probes.
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
+        assert gw[probe]["httpGet"] == {"path": path, "port": "operator"}, probe
 
     assert pod["automountServiceAccountToken"] is False
     assert pod["enableServiceLinks"] is False
@@ -168,11 +170,17 @@ def test_service_exposes_wireguard_and_peering(rendered: Rendered, name: str) ->
     dep = find(res, "Deployment", "crosswire-gateway")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     ports = {p["name"]: p for p in svc["spec"]["ports"]}
-    assert (ports["wireguard"]["protocol"], ports["api"]["protocol"]) == ("UDP", "TCP")
-    # Every container port is some Service's target (DNS: the ClusterIP Service crosswire-dns).
-    dns_targets = {p["targetPort"] for p in find(res, "Service", "crosswire-dns")["spec"]["ports"]}
-    assert {p["targetPort"] for p in ports.values()} | dns_targets == \
+    # Published: WireGuard and the peering listener, nothing else.
+    assert {n: (p["protocol"], p["targetPort"]) for n, p in ports.items()} == {
+        "wireguard": ("UDP", "wireguard"), "peering": ("TCP", "peering")}
+    # Every container port is some Service's target; the others are ClusterIP only.
+    inside = [find(res, "Service", n)["spec"] for n in ("crosswire-dns", "crosswire-operator")]
+    assert all(s["type"] == "ClusterIP" for s in inside)
+    assert {p["targetPort"] for p in ports.values()} | {p["targetPort"] for s in inside for p in s["ports"]} == \
         {p["name"] for c in _pod(dep)["containers"] for p in c.get("ports", [])}
+    # Only crosswire-gateway leaves the cluster.
+    assert [r["metadata"]["name"] for r in res if r["kind"] == "Service" and
+            r["spec"].get("type", "ClusterIP") != "ClusterIP"] == ["crosswire-gateway"]
     kind = svc["spec"]["type"]
     assert kind in ("LoadBalancer", "NodePort")
     # What peers are told to dial (config) is what the Service opens.
@@ -180,10 +188,11 @@ def test_service_exposes_wireguard_and_peering(rendered: Rendered, name: str) ->
     advertise_port = urlsplit(cfg.advertise_url()).port
     if kind == "NodePort":
         assert endpoint_port == ports["wireguard"]["nodePort"]
-        assert advertise_port == ports["api"]["nodePort"]
+        assert advertise_port == ports["peering"]["nodePort"]
     else:
         assert endpoint_port == ports["wireguard"]["port"]
-        assert advertise_port == ports["api"]["port"]
+        assert advertise_port == ports["peering"]["port"]
+    assert urlsplit(cfg.advertise_url()).scheme == "https"
 
 
 def test_nodeport_switch(rendered: Rendered) -> None:
@@ -206,14 +215,14 @@ def test_agent_daemonset(rendered: Rendered, name: str) -> None:
     assert agent["securityContext"]["allowPrivilegeEscalation"] is False
     # Same image as the gateway.
     assert agent["image"] == container(find(res, "Deployment"), "gateway")["image"]
-    # `crosswire agent run --gateway URL`, URL = the gateway Service's API port.
+    # `crosswire agent run --gateway URL`, URL = the operator Service (inside the cluster).
     args = agent["args"]
     assert args[:2] == ["agent", "run"]
     url = urlsplit(args[args.index("--gateway") + 1])
-    svc = find(res, "Service", "crosswire-gateway")
-    api_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "api")
+    svc = find(res, "Service", "crosswire-operator")
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "operator")
     assert url.hostname == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
-    assert url.port == api_port
+    assert url.port == port and url.scheme == "http"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -241,3 +250,29 @@ def test_gpu_load_balancer_admits_the_lab_cluster(rendered: Rendered) -> None:
     ranges = find(rendered["gpu"], "Service", "crosswire-gateway")["spec"]["loadBalancerSourceRanges"]
     lab_egress = ipaddress.ip_address(urlsplit(_load(rendered["lab"]).advertise_url()).hostname or "")
     assert any(lab_egress in ipaddress.ip_network(r) for r in ranges), (lab_egress, ranges)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_network_policy_keeps_the_operator_port_in(rendered: Rendered, name: str) -> None:
+    """The operator port admits the nodes (kubelet, node agents) and monitoring only; every
+    other port of the gateway pod stays open (peering, WireGuard, forwarded traffic)."""
+    res = rendered[name]
+    cfg = _load(res)
+    pol = find(res, "NetworkPolicy", "crosswire-gateway")["spec"]
+    dep = find(res, "Deployment", "crosswire-gateway")
+    assert pol["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert pol["policyTypes"] == ["Ingress"]
+    op = cfg.operator_host_port[1]
+    open_rule, op_rule = pol["ingress"]
+    assert "from" not in open_rule
+    tcp = [(p["port"], p.get("endPort", p["port"])) for p in open_rule["ports"] if p["protocol"] == "TCP"]
+    assert not any(lo <= op <= hi for lo, hi in tcp)
+    assert any(lo <= cfg.listen_host_port[1] <= hi for lo, hi in tcp)
+    assert {(p["protocol"], p["port"], p.get("endPort")) for p in open_rule["ports"]} >= {
+        ("UDP", 1, 65535), ("SCTP", 1, 65535)}
+    assert op_rule["ports"] == [{"protocol": "TCP", "port": op}]
+    nodes = [f["ipBlock"]["cidr"] for f in op_rule["from"] if "ipBlock" in f]
+    assert [f["namespaceSelector"] for f in op_rule["from"] if "namespaceSelector" in f] == [
+        {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}]
+    if name != "base":  # the overlays name their own nodes' network (reserved_cidrs)
+        assert nodes and set(nodes) <= set(cfg.reserved_cidrs), (nodes, cfg.reserved_cidrs)

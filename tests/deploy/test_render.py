@@ -24,9 +24,9 @@ K8S_VERSIONS = ("1.34.0", "1.37.0")
 def test_render_has_every_piece(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
     kinds = sorted((r["kind"], r["metadata"]["name"]) for r in rendered[name])
     names = [k for k, _ in kinds]
-    assert names == sorted(["ConfigMap", "DaemonSet", "Deployment", "Namespace",
-                            "PersistentVolumeClaim", "Service", "Service", "ServiceAccount",
-                            "ServiceAccount"]), kinds  # Services: crosswire-gateway, crosswire-dns
+    assert names == sorted(["ConfigMap", "DaemonSet", "Deployment", "Namespace", "NetworkPolicy",
+                            "PersistentVolumeClaim", "Service", "Service", "Service", "ServiceAccount",
+                            "ServiceAccount"]), kinds  # Services: crosswire-gateway, -dns, -operator
     for r in rendered[name]:
         if r["kind"] != "Namespace":
             assert r["metadata"]["namespace"] == "crosswire", r["metadata"]

@@ -158,7 +158,7 @@ def test_readme_walkthrough_peers_gpu_and_lab(rendered: Rendered, netns: Namespa
                                          stderr=subprocess.STDOUT, text=True)
             procs.append(c["proc"])
         for name, c in clusters.items():
-            code, body = kubelet.wait_http(c["node"], f"http://{POD_IP}:8080/readyz", 120, c["proc"])
+            code, body = kubelet.wait_http(c["node"], f"http://{POD_IP}:8081/readyz", 120, c["proc"])
             assert code == 200, f"{name} /readyz {code} {body}\n{kubelet.stop(c['proc'])}"
 
         def crosswire(name: str, *args: str) -> subprocess.CompletedProcess[str]:

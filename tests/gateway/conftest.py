@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fabric import nat
 from fabric.model import FabricState
-from gateway.api import create_app
+from gateway.api import create_app, create_peering_app
 from gateway.config import Config, parse
 from gateway.controlplane import ControlPlane
 from gateway.ipam_adapter import IpamViews
@@ -102,7 +102,8 @@ class RouterTransport(httpx.AsyncBaseTransport):
         self.router = router
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        origin = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+        # keyed "http://host:port" whatever the scheme: the peering listener is https, in-process it has no TLS
+        origin = f"http://{request.url.host}:{request.url.port}"
         app = self.router.get(origin)
         if app is None:
             raise httpx.ConnectError(f"connection refused: {origin}", request=request)
@@ -128,10 +129,12 @@ class Cluster:
         c = self.config
         self.views = IpamViews(self.dir / "ipam.db", c.pod_cidrs, c.service_cidrs, c.reserved_cidrs,
                                c.ipam_pools)
+        # tls_post=None: peers talk through the ASGI router below, https URLs too (no TLS in-process)
         self.gw = ControlPlane.build(c, self.store, self.views, self.fabric, clock=self.clock,
-                                     http=self._http)
+                                     http=self._http, tls_post=None)
         self.app = create_app(self.gw)
-        self.router[f"http://{self.name}:8080"] = self.app
+        self.peering_app = create_peering_app(self.gw)
+        self.router[f"http://{self.name}:8080"] = self.peering_app  # the peering listener
         self.admin = self.store.admin_token()
 
     def close(self) -> None:
@@ -141,13 +144,15 @@ class Cluster:
     def _http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=RouterTransport(self.router), timeout=5)
 
-    def client(self, auth: bool = True) -> httpx.AsyncClient:
+    def client(self, auth: bool = True, peering: bool = False) -> httpx.AsyncClient:
+        """The operator listener's app (``peering``: the peering listener's)."""
         headers = {"Authorization": f"Bearer {self.admin}"} if auth else {}
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
-                                 base_url=f"http://{self.name}:8080", headers=headers)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.peering_app if peering else self.app),
+                                 base_url=f"https://{self.name}:8080" if peering else f"http://{self.name}:8081",
+                                 headers=headers)
 
     async def call(self, method: str, path: str, auth: bool = True, **kw: Any) -> httpx.Response:
-        async with self.client(auth) as c:
+        async with self.client(auth, peering=path.startswith("/api/v1/peering/")) as c:
             return await c.request(method, path, **kw)
 
 

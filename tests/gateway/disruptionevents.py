@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from disruptionkit import Traffic
-from gwharness import BIN, GW_IP, Gw, build_cluster
+from gwharness import BIN, GW_IP, POD_OPERATOR, Gw, build_cluster, operator_on_pod
 from nsutil import Namespaces, sh
 
 
@@ -56,6 +56,14 @@ def use_impl(impl: str) -> Callable[..., None]:
         for g in gws:
             text = g.config.read_text()
             g.config.write_text(text.replace("implementation: wireguard-go", f"implementation: {impl}"))
+    return prepare
+
+
+def disruption_prepare(impl: str) -> Callable[..., None]:
+    """use_impl, and the operator listener on the pod address: (g) runs a node agent in a pod."""
+    def prepare(*gws: Gw) -> None:
+        use_impl(impl)(*gws)
+        operator_on_pod(*gws)
     return prepare
 
 
@@ -233,8 +241,12 @@ def _start_version(g: Gw, tree: Path) -> None:
     dependencies, that tree's code: PYTHONPATH comes before the editable install)."""
     out = open(g.log, "ab")  # noqa: SIM115
     env = dict(os.environ, PYTHONPATH=str(tree))
+    # A release from before the operator listener refuses the key: its copy goes without it.
+    old = g.config.with_name(g.config.stem + "-previous.yaml")
+    old.write_text("".join(line for line in g.config.read_text().splitlines(keepends=True)
+                           if "operator_listen:" not in line))
     g.proc = subprocess.Popen(["ip", "netns", "exec", g.ns, *g.wrap, str(BIN / "crosswire"), "gateway", "run",
-                               "--config", str(g.config)], stdout=out, stderr=out, env=env,
+                               "--config", str(old)], stdout=out, stderr=out, env=env,
                               start_new_session=True)
     out.close()
 
@@ -344,7 +356,7 @@ def _start_agent(ctx: Ctx, ns: str) -> subprocess.Popen[bytes]:
     out = open(ctx.tmp / "agent.log", "ab")  # noqa: SIM115
     try:
         return subprocess.Popen(["ip", "netns", "exec", ns, str(BIN / "crosswire"), "agent", "run", "--gateway",
-                                 f"http://{ctx.a.underlay}:8080", "--interval", "0.5"],
+                                 POD_OPERATOR, "--interval", "0.5"],
                                 stdout=out, stderr=out, start_new_session=True)
     finally:
         out.close()

@@ -30,6 +30,19 @@ BIN = Path(sys.executable).parent
 PODS = ("10.244.1.5", "10.244.2.7")
 PODS6 = ("fd00::1:5", "fd00::2:7")  # dual stack: fd00::/48 on both sides too
 GW_IP = "10.244.0.10"
+# The operator listener: the config default (loopback, in the gateway's namespace: the CLI,
+# the page, metrics); operator_on_pod moves it to the pod address, as in Kubernetes, where
+# pods (node agents) reach it and the peer's namespace (the "internet") does not.
+OPERATOR = "http://127.0.0.1:8081"
+POD_OPERATOR = f"http://{GW_IP}:8081"
+
+
+def operator_on_pod(*gws: Gw) -> None:
+    """A two_gateways ``prepare``: the operator listener on the gateway pod address."""
+    for g in gws:
+        g.config.write_text(g.config.read_text().replace("api:\n", f"api:\n  operator_listen: {GW_IP}:8081\n", 1))
+
+
 # The data plane these tests run: crosswire-wg (userspace), what ships by default (issue 20).
 # CROSSWIRE_TEST_WG_IMPL=wireguard-go runs them all on the reference implementation; a
 # reduced set (test_netns_gateways, the lab's interop test) always cross-checks with it.
@@ -60,9 +73,11 @@ class Gw:
     proc: subprocess.Popen[bytes] | None = None
     pods: tuple[str, ...] = ()
     wrap: tuple[str, ...] = ()  # e.g. ("prlimit", "--nofile=512:512"): runs the daemon under it
+    api: str | None = None  # the CLI's --api (a daemon from before the operator listener: its one port)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return sh(str(BIN / "crosswire"), *args, "--config", str(self.config), ns=self.ns, check=check,
+        api = ("--api", self.api) if self.api else ()
+        return sh(str(BIN / "crosswire"), *args, *api, "--config", str(self.config), ns=self.ns, check=check,
                   timeout=timeout)
 
     def cli_json(self, *args: str) -> Any:

@@ -8,12 +8,13 @@ import re
 import stat
 from typing import Any
 
+import httpx
 import pytest
 
 ADMIN = [("POST", "/api/v1/tokens", {"ttl": "1h"}), ("GET", "/api/v1/tokens", None),
          ("DELETE", "/api/v1/tokens/abc", None), ("POST", "/api/v1/peers", {"token": "cw1.xx"}),
          ("DELETE", "/api/v1/peers/gpu", None), ("POST", "/api/v1/key/rotate", None),
-         ("POST", "/api/v1/ranges/announce", None)]
+         ("POST", "/api/v1/ranges/announce", None), ("POST", "/api/v1/tls/rotate", None)]
 
 
 def snapshot(c: Any) -> Any:
@@ -61,9 +62,11 @@ def test_public_endpoints(clusters: Any) -> None:
         assert 'crosswire_peers{state="connected"} 0' in m.text and "crosswire_ready 1" in m.text
         spec = (await gpu.call("GET", "/openapi.json", auth=False)).json()
         for p in ("/healthz", "/readyz", "/metrics", "/api/v1/status", "/api/v1/peers", "/api/v1/nat",
-                  "/api/v1/ipam", "/api/v1/routes", "/api/v1/peering/join", "/api/v1/peering/message",
-                  "/api/v1/tokens", "/api/v1/key/rotate"):
+                  "/api/v1/ipam", "/api/v1/routes", "/api/v1/tokens", "/api/v1/key/rotate"):
             assert p in spec["paths"], p
+        # peering is another listener's: not served here, not documented here
+        assert not [p for p in spec["paths"] if p.startswith("/api/v1/peering")]
+        assert (await gpu.call("POST", "/api/v1/peering/join", auth=False, json={})).status_code != 404
 
     asyncio.run(go())
 
@@ -146,7 +149,6 @@ def test_replayed_join_and_message_refused(clusters: Any) -> None:
     seen: list[tuple[str, Any]] = []
 
     async def go() -> None:
-        import httpx
 
         # Record what lab sends to gpu.
         orig = lab._http
@@ -244,16 +246,39 @@ def test_tokens_whose_url_leads_nowhere_are_refused(clusters: Any) -> None:
         before = snapshot(gpu)
         r = await gpu.call("POST", "/api/v1/tokens", json={})
         assert r.status_code == 409 and r.json()["detail"].startswith(
-            "api.advertise: the peering URL http://10.244.0.10:8080 lies inside this cluster's own range"), r.text
+            "api.advertise: the peering URL https://10.244.0.10:8080 lies inside this cluster's own range"), r.text
         assert snapshot(gpu) == before
         # Redeeming: a token (from an older gateway) whose URL is inside our own pod range
         # leads back to us; say so instead of "unknown token".
-        tok = new_token("http://10.244.0.10:8080", "gpu", gpu.store.public_key(), ttl=600, now=lab.clock())
+        tok = new_token("http://10.244.0.10:8080", "gpu", gpu.store.public_key(), ttl=600, now=lab.clock(),
+                        tls_pin=gpu.gw.tls.pin)
         before = snapshot(lab)
         r = await lab.call("POST", "/api/v1/peers", json={"token": tok.encode()})
         assert r.status_code == 400, r.text
         assert "leads back to this cluster, not to gpu" in r.json()["detail"]
         assert snapshot(lab) == before
+
+    asyncio.run(go())
+
+
+def test_token_from_before_tls_is_refused_saying_what_to_do(clusters: Any) -> None:
+    """A token without a certificate pin (issued before the peering listener spoke TLS)
+    is refused before anything is sent, naming the fix; nothing changes."""
+    from gateway.tokens import decode, new_token
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        tok = (await gpu.call("POST", "/api/v1/tokens", json={})).json()["token"]
+        assert decode(tok).tls_pin == gpu.gw.tls.pin  # what new tokens carry
+        old = new_token("http://gpu:8080", "gpu", gpu.store.public_key(), ttl=600, now=lab.clock())
+        before, seen = snapshot(lab), snapshot(gpu)
+        r = await lab.call("POST", "/api/v1/peers", json={"token": old.encode()})
+        assert r.status_code == 400
+        assert r.json()["detail"] == (
+            "this token carries no TLS certificate pin: gpu's gateway issued it before it spoke TLS on its "
+            "peering listener. Upgrade gpu's gateway and run `crosswire token create` there again")
+        assert snapshot(lab) == before and snapshot(gpu) == seen
 
     asyncio.run(go())
 
@@ -334,6 +359,8 @@ def test_openapi_documents_what_the_api_answers(clusters: Any) -> None:
         return dict((await gpu.call("GET", "/openapi.json", auth=False)).json())
 
     spec = asyncio.run(go())
+    # the peering listener's document (never served there) covers the peering endpoints
+    spec["paths"].update(gpu.peering_app.openapi()["paths"])
     assert "HTTPValidationError" not in str(spec) and "ValidationError" not in spec["components"]["schemas"]
     assert spec["components"]["schemas"]["Error"] == {
         "additionalProperties": False, "description": spec["components"]["schemas"]["Error"]["description"],
@@ -407,6 +434,7 @@ def test_populated_bodies_match_the_published_schema(clusters: Any) -> None:
 
     async def go() -> None:
         spec = (await gpu.call("GET", "/openapi.json", auth=False)).json()
+        spec["paths"].update(gpu.peering_app.openapi()["paths"])  # same components: one registry
         registry: Registry[Any] = Registry().with_resource(
             "urn:spec", Resource.from_contents(spec, default_specification=DRAFT202012))
 
@@ -443,5 +471,86 @@ def test_populated_bodies_match_the_published_schema(clusters: Any) -> None:
         await call(gpu, "GET", "/api/v1/tokens", auth=False)  # 401
         await call(gpu, "POST", "/api/v1/peering/join", json={"body": {"token_id": "zz"}, "mac": "x"})  # 403
         await call(gpu, "POST", "/api/v1/tokens", json={"ttl": "forever"})  # 422, a string detail
+
+    asyncio.run(go())
+
+
+def test_peering_listener_serves_only_peering(clusters: Any) -> None:
+    """What anyone on the internet reaches (the published port): the two peering
+    endpoints, nothing readable; every path of the operator surface is 404 there."""
+    gpu = clusters("gpu")
+
+    async def go() -> None:
+        assert await gpu.gw.reconciler.reconcile()
+        async with gpu.client(auth=True, peering=True) as c:
+            for route in gpu.app.routes:
+                path = getattr(route, "path", "")
+                for method in sorted(getattr(route, "methods", None) or ()):
+                    if method == "HEAD":
+                        continue
+                    url = path.replace("{cluster_id}", "x").replace("{token_id}", "x")
+                    r = await c.request(method, url, json={})
+                    assert r.status_code == 404, (method, path, r.status_code)
+            for path in ("/", "/openapi.json", "/docs", "/redoc", "/metrics", "/healthz", "/api/v1/peers"):
+                assert (await c.get(path)).status_code == 404, path
+            r = await c.post("/api/v1/peering/join", json={"body": {"token_id": "zz"}, "mac": "x"})
+            assert r.status_code == 403 and "unknown token" in r.json()["detail"]
+
+    asyncio.run(go())
+
+
+def test_admin_changes_are_audited_without_secrets(clusters: Any, caplog: Any) -> None:
+    """One structured line per admin change (what, which peer, from where, the result),
+    refused attempts included; no token, credential or key material in any of them."""
+    import json
+    import logging
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+    caplog.set_level(logging.INFO, logger="crosswire.audit")
+
+    async def go() -> str:
+        tok = (await gpu.call("POST", "/api/v1/tokens", json={"ttl": "10m"})).json()
+        assert (await lab.call("POST", "/api/v1/peers", json={"token": tok["token"]})).status_code == 201
+        assert (await lab.call("POST", "/api/v1/peers", json={"token": tok["token"]})).status_code == 409
+        assert (await lab.call("DELETE", "/api/v1/peers/gpu", auth=False)).status_code == 401
+        assert (await lab.call("POST", "/api/v1/key/rotate")).status_code == 200
+        assert (await lab.call("DELETE", "/api/v1/peers/gpu")).status_code == 200
+        assert (await gpu.call("GET", "/api/v1/tokens")).status_code == 200  # a read: not audited
+        return str(tok["token"])
+
+    token = asyncio.run(go())
+    lines = [r.getMessage() for r in caplog.records if r.name == "crosswire.audit"]
+    entries = [json.loads(line.removeprefix("audit ")) for line in lines]
+    assert [(e["action"], e.get("peer"), e["result"].split(":")[0]) for e in entries] == [
+        ("token.create", None, "ok"), ("peer.add", "gpu", "ok"), ("peer.add", "gpu", "refused 409"),
+        ("DELETE /api/v1/peers/gpu", None, "refused 401"), ("key.rotate", None, "ok"),
+        ("peer.remove", "gpu", "ok")]
+    assert entries[0]["token_id"] and entries[0]["ttl_s"] == 600
+    assert all(e["from"] for e in entries)  # the caller's address
+    assert entries[4]["peers"] == ["gpu"] and entries[4]["public_key"] == lab.store.public_key()
+    text = "\n".join(lines)
+    for secret in (token, token[4:40], gpu.admin, lab.admin, lab.store.private_key()):
+        assert secret not in text
+
+
+def test_operator_surface_refuses_requests_from_a_peer_view(clusters: Any) -> None:
+    """A peer reaches the gateway pod's own address through its view of our pods; what
+    arrives from an address in our view of a peer is refused, whatever the path."""
+    from tests.gateway.test_two_gateways import peer
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, gpu)
+        view = next(m.view for m in lab.views.views("gpu") if m.kind == "pod")
+        inside = str(next(iter(__import__("ipaddress").ip_network(view).hosts())))
+        for client in (inside, "10.244.9.9"):  # a peer's pod as we see it; one of our own pods
+            transport = httpx.ASGITransport(app=lab.app, client=(client, 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://lab:8081") as c:
+                codes = {p: (await c.get(p)).status_code for p in ("/api/v1/peers", "/metrics", "/healthz", "/")}
+            if client == inside:
+                assert set(codes.values()) == {403}, codes
+            else:
+                assert set(codes.values()) == {200}, codes
 
     asyncio.run(go())

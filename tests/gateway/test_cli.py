@@ -99,7 +99,7 @@ def test_cli_api_from_config_and_unreachable(tmp_path: Path, capsys: pytest.Capt
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"cluster_id: x\npod_cidrs: [10.244.0.0/16]\napi:\n  listen: 0.0.0.0:{port}\n")
+    cfg.write_text(f"cluster_id: x\npod_cidrs: [10.244.0.0/16]\napi:\n  operator_listen: 0.0.0.0:{port}\n")
     assert main(["status", "--config", str(cfg)]) == 1
     assert f"cannot reach the gateway at http://127.0.0.1:{port}" in capsys.readouterr().err
     cfg.write_text("cluster_id: x\npod_cidrs: [10.244.0.0/33]\n")

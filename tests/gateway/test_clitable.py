@@ -19,6 +19,7 @@ STATUS: dict[str, Any] = {
     "cluster_id": "lab", "public_key": "m7Lq4xV0cJ1c0n2lXxqkq3cR2pN0Yq9aT6vJbW2kF0E=",
     "endpoint": "203.0.113.10:51820", "url": "https://lab-gw.example.net:8080", "interface": "crosswire0",
     "implementation": "crosswire-wg", "gateway_ip": "10.244.0.1", "gateway_ip6": None,
+    "tls_pins": ["4tu4vQQPd5fI2ZU0j-iXhdgmLQ6DqgBIh8Ueb4wda18"],
     "pod_cidrs": ["10.244.0.0/16"], "service_cidrs": ["10.96.0.0/12"], "ready": True, "ready_reason": "ok",
     "uptime_s": 11045.2, "peers": 2, "peers_by_state": {"connected": 1, "connecting": 1},
     "reconcile": {"runs": 412, "errors": 0, "dataplane_restarts": 0, "last_error": None, "last_ok": 1000.0},
@@ -59,7 +60,8 @@ def test_status_exact() -> None:
         "cluster lab  ready  2 peers: 1 connected, 1 connecting",
         "  public key  m7Lq4xV0cJ1c0n2lXxqkq3cR2pN0Yq9aT6vJbW2kF0E=",
         "  endpoint    203.0.113.10:51820",
-        "  api         https://lab-gw.example.net:8080",
+        "  peering     https://lab-gw.example.net:8080",
+        "  tls pin     4tu4vQQPd5fI2ZU0j-iXhdgmLQ6DqgBIh8Ueb4wda18",
         "  interface   crosswire0 (crosswire-wg)",
         "  gateway ip  10.244.0.1",
         "  pods        10.244.0.0/16",
@@ -80,10 +82,10 @@ def test_status_not_ready_no_peers() -> None:
     out = clitable.status(st, [], now=0.0)
     assert out[0] == "cluster lab  NOT READY: nft: table busy  no peers"
     assert out[2] == "  endpoint    -"
-    assert out[5] == "  gateway ip  10.244.0.1, fd00::1"
-    assert out[7] == "  services    -"
-    assert out[8] == "  uptime      5s"
-    assert out[9:] == ["", "no peers", "",
+    assert out[6] == "  gateway ip  10.244.0.1, fd00::1"
+    assert out[8] == "  services    -"
+    assert out[9] == "  uptime      5s"
+    assert out[10:] == ["", "no peers", "",
                         "reconcile: 3 runs, 2 errors, 1 data-plane restarts, last ok never; "
                         "last error: NftError: busy\\x0aretry"]
 
@@ -288,8 +290,9 @@ def test_real_api_answers_render(clusters: Any) -> None:
     st, peers, natd = asyncio.run(go())
     out = clitable.status(st, peers, now=st["reconcile"]["last_ok"] + 2)
     assert out[0] == f"cluster lab  ready  1 peer: 1 {peers[0]['state']}"
-    assert out[10].split() == ["PEER", "STATE", "HANDSHAKE", "RTT", "LOSS", "RX", "TX", "ENDPOINT"]
-    assert out[11].split()[:2] == ["gpu", peers[0]["state"]] and out[11].endswith("gpu.example:51820")
+    assert out[4] == f"  tls pin     {lab.gw.tls.pin}"
+    assert out[11].split() == ["PEER", "STATE", "HANDSHAKE", "RTT", "LOSS", "RX", "TX", "ENDPOINT"]
+    assert out[12].split()[:2] == ["gpu", peers[0]["state"]] and out[12].endswith("gpu.example:51820")
     assert out[-1].startswith("reconcile: ") and out[-1].endswith("last ok 2s ago")
     views = clitable.peer_list(peers)
     reach = views[views.index("what our pods reach"):views.index("their ranges -> our views")]

@@ -47,6 +47,9 @@ def test_messages_name_key_and_problem() -> None:
     bad("api.listen: port 99999 is out of range 1-65535", api={"listen": ":99999"})
     bad("api.listen: 'localhost:http' has no valid port", api={"listen": "localhost:http"})
     bad("api.advertise: 'ftp://x' is not an http(s)://host:port URL", api={"advertise": "ftp://x"})
+    bad("api.operator_listen: '127.0.0.1:8080' overlaps api.listen (0.0.0.0:8080); the operator surface "
+        "needs a socket of its own", api={"operator_listen": "127.0.0.1:8080"})
+    bad("api.operator_listen: 'x' is not host:port", api={"operator_listen": "x"})
     bad("masquerade: 'maybe' is not true or false", masquerade="maybe")
     bad("gateway_ip: 10.1.2.3 is not inside pod_cidrs", gateway_ip="10.1.2.3")
     bad("gateway_ip: 'x' is not an IP address", gateway_ip="x")
@@ -66,7 +69,7 @@ def test_env_overrides() -> None:
     assert c.cluster_id == "lab" and c.pod_cidrs == ("10.244.0.0/16", "fd00::/48")
     assert c.wireguard.listen_port == 51999 and c.masquerade is True
     assert c.gateway_ip == "10.244.1.7"  # the downward API wins
-    assert c.advertise_url() == "http://gw.lab:8080"
+    assert c.advertise_url() == "https://gw.lab:8080"  # the listener speaks TLS
     assert c.wireguard_endpoint() == "gw.lab:51999"
     bad("pod_cidrs[0]: 'x' is not a valid CIDR", env={"CROSSWIRE_POD_CIDRS": "x"})
 
@@ -75,12 +78,12 @@ def test_default_peering_url_reaches_the_peer() -> None:
     # listen 0.0.0.0, an endpoint, no advertise: the URL used to carry the pod IP,
     # inside the overlapping pod range, so `peer add` elsewhere reached its own gateway.
     c = parse({**BASE, "gateway_ip": "10.244.0.9", "wireguard": {"endpoint": "203.0.113.10:51820"}}, env={})
-    assert c.advertise_url() == "http://203.0.113.10:8080" and c.advertise_problem() is None
+    assert c.advertise_url() == "https://203.0.113.10:8080" and c.advertise_problem() is None
     c = parse({**BASE, "wireguard": {"endpoint": "[2001:db8::1]:51820"}}, env={})
-    assert c.advertise_url() == "http://[2001:db8::1]:8080"
+    assert c.advertise_url() == "https://[2001:db8::1]:8080"
     c = parse({**BASE, "gateway_ip": "10.244.0.9"}, env={})
     assert c.advertise_problem() == (
-        "api.advertise: the peering URL http://10.244.0.9:8080 lies inside this cluster's own range "
+        "api.advertise: the peering URL https://10.244.0.9:8080 lies inside this cluster's own range "
         "10.244.0.0/16, which peers cannot reach; set api.advertise (or wireguard.endpoint) to an "
         "address other clusters reach")
     for url, why in (("http://127.0.0.1:8080", "is a loopback address"), ("http://[::]:8080", "is unspecified"),
@@ -148,6 +151,18 @@ def test_gateway_ip6_key_env_and_validation() -> None:
             parse({**base, "gateway_ip6": bad}, env={})
     with pytest.raises(ConfigError, match="gateway_ip6: gateway_ip is already IPv6"):
         parse({**base, "gateway_ip": "fd00::3", "gateway_ip6": "fd00::4"}, env={})
+
+
+def test_operator_listener_defaults_to_loopback_and_is_overridable() -> None:
+    c = parse(BASE, env={})
+    assert c.api.operator_listen == "127.0.0.1:8081" and c.operator_host_port == ("127.0.0.1", 8081)
+    c = parse(BASE, env={"CROSSWIRE_API_OPERATOR_LISTEN": "0.0.0.0:9090"})
+    assert c.operator_host_port == ("0.0.0.0", 9090)
+    # an advertise URL from before TLS names the same listener, now over TLS
+    assert parse({**BASE, "api": {"advertise": "http://gw:8080"}}, env={}).advertise_url() == "https://gw:8080"
+    # same port on another address is fine (the peering listener on the underlay only)
+    c = parse({**BASE, "api": {"listen": "198.18.0.1:8080", "operator_listen": "127.0.0.1:8080"}}, env={})
+    assert c.operator_host_port == ("127.0.0.1", 8080)
 
 
 def test_standby_and_supervise_keys() -> None:

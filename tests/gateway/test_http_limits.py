@@ -90,7 +90,8 @@ def test_idle_connections_closed_and_keepalive_still_works(served: tuple[Any, st
                 assert c.get(url + "/healthz").status_code == 200
         time.sleep(2.5)
         assert all(_closed_by_server(s) for s in idle)
-        assert server.limits.timed_out >= 10
+        # one source: past its share the oldest were evicted, the rest timed out
+        assert server.limits.timed_out + server.limits.evicted >= 10 and server.limits.timed_out >= 1
     finally:
         for s in idle:
             s.close()
@@ -117,3 +118,12 @@ def test_trickled_body_gets_408(served: tuple[Any, str]) -> None:
         s.close()
     r = httpx.post(url + "/echo", json={"a": 1}, timeout=5)
     assert r.status_code == 200 and r.json() == {"a": 1}
+
+
+def test_connection_caps_fit_the_descriptor_limit() -> None:
+    from gateway.httpserver import ACCEPT_BATCH, FD_RESERVE, connection_caps
+
+    assert connection_caps(256, 1 << 20) == (256, 256)  # plenty: as configured
+    peering, operator = connection_caps(256, 512)
+    assert (peering, operator) == (53, 213)
+    assert 2 * peering + operator + ACCEPT_BATCH + FD_RESERVE <= 512

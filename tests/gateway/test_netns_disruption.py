@@ -22,13 +22,13 @@ from disruptionevents import (
     active_pid,
     both_kill9,
     dataplane_kill9,
+    disruption_prepare,
     gateway_container_restart,
     key_rotation,
     kill9,
     restart,
     run_event,
     standby_pids,
-    use_impl,
 )
 from disruptionkit import ProbeLog, Traffic, health_window, tcp_window, window_stats
 from gwharness import BIN, PODS, Gw, two_gateways, view_of, wait_ping
@@ -96,7 +96,7 @@ def test_tcp_window_reports_breaks_and_stalls() -> None:
 def test_restarts_and_rotation_keep_the_tunnel(netns: Namespaces, tmp_path: Path) -> None:
     require_root("wg", "nft", "ping")
     os.chmod(tmp_path, 0o700)
-    with two_gateways(netns, tmp_path, prepare=use_impl("userspace")) as (a, b):
+    with two_gateways(netns, tmp_path, prepare=disruption_prepare("userspace")) as (a, b):
         token = b.cli("token", "create", "--ttl", "5m").stdout.strip()
         added = json.loads(sh(str(BIN / "crosswire"), "peer", "add", "-", "--json", "--config", str(a.config),
                               ns=a.ns, input=token).stdout)

@@ -183,7 +183,7 @@ def test_the_daemon_answers_its_zone_and_counts_in_metrics(netns: Namespaces, tm
     log.close()
     try:
         deadline = time.monotonic() + 60
-        while sh("curl", "-sf", "-m", "2", "http://127.0.0.1:8080/healthz", ns=ns, check=False).returncode:
+        while sh("curl", "-sf", "-m", "2", "http://127.0.0.1:8081/healthz", ns=ns, check=False).returncode:
             assert p.poll() is None, (tmp_path / "gw.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "gw.log").read_text()
             time.sleep(0.2)
@@ -195,7 +195,7 @@ def test_the_daemon_answers_its_zone_and_counts_in_metrics(netns: Namespaces, tm
         sh(sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
            "s.sendto(b'\\x00\\x01garbage', ('10.244.0.10', 53))", ns=ns)
         time.sleep(0.3)
-        metrics = sh("curl", "-sf", "http://127.0.0.1:8080/metrics", ns=ns).stdout
+        metrics = sh("curl", "-sf", "http://127.0.0.1:8081/metrics", ns=ns).stdout
         for line in ('crosswire_dns_queries_total{transport="udp"} 3',
                      'crosswire_dns_queries_total{transport="tcp"} 1',
                      'crosswire_dns_answers_total{rcode="NXDOMAIN"} 1',

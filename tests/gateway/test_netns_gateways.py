@@ -22,6 +22,7 @@ import pytest
 from gwharness import (
     GW_IP,
     IMPL,
+    OPERATOR,
     PODS,
     PODS6,
     Gw,
@@ -137,7 +138,7 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path, impl: str
         assert nat["peers"][0]["cluster_id"] == "b"
         assert sum(r["packets"] for r in nat["peers"][0]["rules"]) > 0
         metrics = sh(sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).text)",
-                     f"http://{a.underlay}:8080/metrics", ns=a.ns).stdout
+                     f"{OPERATOR}/metrics", ns=a.ns).stdout
         assert 'crosswire_peers{state="connected"} 1' in metrics
         nat_packets = {line.split("{")[1].split("}")[0]: int(line.split()[-1]) for line in metrics.splitlines()
                        if line.startswith("crosswire_nat_packets_total{")}

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gwharness import PODS, Gw, ping, two_gateways, view_of, wait_ping
+from gwharness import OPERATOR, PODS, Gw, ping, two_gateways, view_of, wait_ping
 from nsutil import Namespaces, require_root, sh
 
 # A peer's software is its own: this one signs a `ranges` message with its real channel key.
@@ -22,7 +22,8 @@ from gateway.state import StateStore
 st = StateStore(sys.argv[1]); p = st.peer(sys.argv[2])
 body = {"ranges": json.loads(sys.argv[3]), "gateway_ip": "10.244.0.10"}
 msg = peering.build_message(p.channel_key, sys.argv[4], p.cluster_id, "ranges", body, time.time())
-r = httpx.post(p.url + "/api/v1/peering/message", json=msg, timeout=10)
+url = "https://" + p.url.split("://", 1)[1]  # the peering listener speaks TLS (this test plays the peer)
+r = httpx.post(url + "/api/v1/peering/message", json=msg, timeout=10, verify=False)
 print(json.dumps({"status": r.status_code, "body": r.json()}))
 """
 OWN = [{"kind": "pod", "cidr": "10.244.0.0/16"}, {"kind": "pod", "cidr": "fd00::/48"},
@@ -35,7 +36,7 @@ def seen_by_peers(g: Gw) -> dict[str, Any]:
     routes6 = sh("ip", "-j", "-6", "route", "show", "proto", "245", ns=g.ns).stdout
     allowed = sh("wg", "show", g.iface, "allowed-ips", ns=g.ns).stdout
     agents = sh(sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).text)",
-                f"http://{g.underlay}:8080/api/v1/routes", ns=g.ns).stdout
+                f"{OPERATOR}/api/v1/routes", ns=g.ns).stdout
     return {"routes": sorted(r["dst"] for r in json.loads(routes) + json.loads(routes6)),
             "allowed": sorted(allowed.split()), "ipam": g.cli_json("ipam", "show")["allocations"],
             "agents": json.loads(agents)}

@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 from disruptionevents import Ctx, _sigterm, dataplane_pids, run_event, use_impl
 from disruptionkit import Traffic
-from gwharness import BIN, PODS, Gw, build_cluster, two_gateways, view_of, wait_ping
+from gwharness import BIN, OPERATOR, PODS, Gw, build_cluster, two_gateways, view_of, wait_ping
 from nsutil import IN_CI, Namespaces, require_root, sh
 
 # The previous release: the last commit before sparse views (ipam.db schema 1,
@@ -84,7 +84,8 @@ def on_tree(tree: Path | None) -> tuple[str, ...]:
 
 
 def cli(g: Gw, *args: str, tree: Path | None = None, stdin: str | None = None) -> Any:
-    out = sh(*on_tree(tree), str(BIN / "crosswire"), *args, "--json", "--config", str(g.config), ns=g.ns,
+    api = ("--api", g.api) if g.api else ()
+    out = sh(*on_tree(tree), str(BIN / "crosswire"), *args, *api, "--json", "--config", str(g.config), ns=g.ns,
              input=stdin, timeout=60).stdout
     return json.loads(out)
 
@@ -130,7 +131,8 @@ def readyz(g: Gw) -> int:
     code = ("import sys, urllib.request, urllib.error\n"
             "try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=5).status)\n"
             "except urllib.error.HTTPError as e:\n    print(e.code)\n")
-    return int(sh(sys.executable, "-c", code, f"http://{g.underlay}:8080/readyz", ns=g.ns).stdout)
+    # the previous release serves it on its one port; this one on the operator listener
+    return int(sh(sys.executable, "-c", code, f"{g.api or OPERATOR}/readyz", ns=g.ns).stdout)
 
 
 def set_sparse(g: Gw) -> None:
@@ -145,7 +147,7 @@ def upgrade_daemon(g: Gw) -> Any:
         ctx.begin()
         _sigterm(g)
         set_sparse(g)
-        g.wrap = ()
+        g.wrap, g.api = (), None
         g.start()
         g.wait_ready()
         ctx.notes.append("old data plane " + ("adopted" if dataplane_pids(g) == old else "REPLACED"))
@@ -162,7 +164,7 @@ def upgrade_container(g: Gw) -> Any:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         set_sparse(g)
-        g.wrap = ()
+        g.wrap, g.api = (), None
         g.start()
         g.wait_ready()
         ctx.notes.append("data plane restarted on the new code")
@@ -254,6 +256,7 @@ def test_upgrade_from_the_previous_release_keeps_full_peerings(netns: Namespaces
             use_impl("userspace")(*gws)
             for g in gws:
                 g.wrap = on_tree(tree)
+                g.api = f"http://{g.underlay}:8080"  # its only listener
 
         with two_gateways(netns, tmp_path, prepare=old) as (a, b):
             token = sh(*on_tree(tree), str(BIN / "crosswire"), "token", "create", "--ttl", "5m", "--config",
@@ -315,21 +318,24 @@ def test_upgrade_from_the_previous_release_keeps_full_peerings(netns: Namespaces
             t_c = time.monotonic()
             c = add_third(netns, a, tmp_path)
             c.wrap = on_tree(tree)
+            c.api = f"http://{c.underlay}:8080"
             c.start()
             c.wait_ready()
             token = sh(str(BIN / "crosswire"), "token", "create", "--ttl", "5m", "--config", str(a.config),
                        ns=a.ns).stdout.strip()
             r = sh(*on_tree(tree), str(BIN / "crosswire"), "peer", "add", "-", "--config", str(c.config),
                    ns=c.ns, input=token, check=False)
-            assert r.returncode != 0 and "c runs a crosswire release from before sparse views" in r.stderr \
-                and "upgrade c, then peer again (this token stays valid)" in r.stderr, r
+            # (the token's URL is written http://: c's plain join meets the TLS listener's refusal)
+            assert r.returncode != 0 and "peering listener speaks TLS" in r.stderr \
+                and "upgrade crosswire on the calling gateway, then peer again (the token stays valid)" \
+                in r.stderr, r
             assert [p["cluster_id"] for p in cli(a, "peer", "list")] == ["b"]
             assert [v for v in ipam_rows(a)[1] if v[0] == "c"] == []
 
             # c upgraded, the same token: a views its new peer sparsely; c's pods reach a's
             # through the egress block a gave it (c views a in full, its default).
             _sigterm(c)
-            c.wrap = ()
+            c.wrap, c.api = (), None
             c.start()
             c.wait_ready()
             joined = cli(c, "peer", "add", "-", stdin=token)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from gwharness import PODS, two_gateways, view_of, wait_ping
+from gwharness import OPERATOR, PODS, two_gateways, view_of, wait_ping
 from nsutil import Namespaces, require_root, sh
 from page_fakeapi import HOSTILE, SCRIPT, SVG
 from pagebrowser import ARTIFACTS, browser, require_browser, same_origin
@@ -53,7 +53,7 @@ def test_page_live_against_two_gateways(netns: Namespaces, tmp_path: Path) -> No
         a_sees_b = a.cli_json("peer", "list")[0]["our_views"]
         dst = view_of(PODS[1], a_sees_b)
         wait_ping(a.pods[0], dst)
-        origin = f"http://{a.underlay}:8080"
+        origin = OPERATOR
         optional = {name: sh(sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).status_code)",
                              f"{origin}/api/v1/{name}", ns=a.ns).stdout.strip() for name in ("exports", "imports")}
 

@@ -134,18 +134,19 @@ def test_tampered_and_foreign_tokens_refused(clusters: Any) -> None:
         from gateway.tokens import Token
         otok = decode(await token_of(other))
         forged = Token(url="http://gpu:8080", cluster_id=otok.cluster_id, public_key=otok.public_key,
-                       token_id=otok.token_id, expires=otok.expires, secret=otok.secret).encode()
+                       token_id=otok.token_id, expires=otok.expires, secret=otok.secret,
+                       tls_pin=otok.tls_pin).encode()
         r = await lab.call("POST", "/api/v1/peers", json={"token": forged})
         assert r.status_code == 403 and "unknown token" in r.json()["detail"]
         # a token with gpu's id but a different secret -> MAC fails at gpu
         g = decode(tok)
         wrong = Token(url=g.url, cluster_id=g.cluster_id, public_key=g.public_key, token_id=g.token_id,
-                      expires=g.expires, secret=b"\x01" * 32).encode()
+                      expires=g.expires, secret=b"\x01" * 32, tls_pin=g.tls_pin).encode()
         r = await lab.call("POST", "/api/v1/peers", json={"token": wrong})
         assert r.status_code == 401 and "authentication failed" in r.json()["detail"]
         # pinned key: token claims another key for gpu -> gpu refuses (issued for another gateway)
         pinned = Token(url=g.url, cluster_id=g.cluster_id, public_key=other.store.public_key(),
-                       token_id=g.token_id, expires=g.expires, secret=g.secret).encode()
+                       token_id=g.token_id, expires=g.expires, secret=g.secret, tls_pin=g.tls_pin).encode()
         r = await lab.call("POST", "/api/v1/peers", json={"token": pinned})
         assert r.status_code == 403, r.text
         assert lab.store.peers() == [] and gpu.store.peers() == []
@@ -457,7 +458,7 @@ def test_changed_endpoint_and_url_announced_after_restart(clusters: Any) -> None
 
     async def go() -> None:
         assert await lab.gw.exchange.announce_endpoint() == {}  # first start, no peers: recorded only
-        assert lab.store.announced() == {"endpoint": "lab.example:51820", "url": "http://lab:8080"}
+        assert lab.store.announced() == {"endpoint": "lab.example:51820", "url": "https://lab:8080"}
         await peer(lab, gpu)
         assert await lab.gw.exchange.announce_endpoint() == {}  # unchanged: nothing sent
         # lab restarts with a new WireGuard endpoint and a new peering URL
@@ -467,19 +468,19 @@ def test_changed_endpoint_and_url_announced_after_restart(clusters: Any) -> None
                     "api": {"listen": "127.0.0.1:8080", "advertise": "http://lab-new:8080"}}
         lab.open()
         del lab.router["http://lab:8080"]
-        lab.router["http://lab-new:8080"] = lab.app
+        lab.router["http://lab-new:8080"] = lab.peering_app
         # gpu is down at first: nothing recorded, so the next attempt tells it
         gpu_app = lab.router.pop("http://gpu:8080")
         res = await lab.gw.exchange.announce_endpoint()
         assert res["gpu"] != "ok" and "cannot reach" in res["gpu"]
-        assert lab.store.announced() == {"endpoint": "lab.example:51820", "url": "http://lab:8080"}
+        assert lab.store.announced() == {"endpoint": "lab.example:51820", "url": "https://lab:8080"}
         assert gpu.store.peer("lab").endpoint == "lab.example:51820"
         lab.router["http://gpu:8080"] = gpu_app
         assert await lab.gw.exchange.announce_endpoint() == {"gpu": "ok"}
         p = gpu.store.peer("lab")
-        assert (p.endpoint, p.url) == ("lab2.example:51999", "http://lab-new:8080")
+        assert (p.endpoint, p.url) == ("lab2.example:51999", "https://lab-new:8080")
         assert gpu.fabric.last.peers[0].endpoint == "lab2.example:51999"  # WireGuard re-programmed
-        assert lab.store.announced() == {"endpoint": "lab2.example:51999", "url": "http://lab-new:8080"}
+        assert lab.store.announced() == {"endpoint": "lab2.example:51999", "url": "https://lab-new:8080"}
         assert await lab.gw.exchange.announce_endpoint() == {}
         # gpu reaches lab at the new URL: a key rotation is acknowledged through it
         r = await gpu.call("POST", "/api/v1/key/rotate")
@@ -499,7 +500,7 @@ def test_endpoint_message_validated(clusters: Any) -> None:
                      {"endpoint": "h:1"}):
             with pytest.raises(GatewayError):
                 await lab.gw.exchange.channel.send(p, "endpoint", body)
-        assert gpu.store.peer("lab").url == "http://lab:8080"
+        assert gpu.store.peer("lab").url == "https://lab:8080"
 
     asyncio.run(go())
 

@@ -92,14 +92,15 @@ def test_renderers() -> None:
     assert 'iifname "vgw" ip saddr != 10.244.0.2 counter drop' in render.cilium_ruleset(c)
     cfg = render.gateway_config(lab, c, "/tmp/s")
     assert cfg["wireguard"]["interface"] == "xw0" and cfg["masquerade"] is True
-    assert cfg["api"]["advertise"] == "http://203.0.113.11:8080"
+    assert cfg["api"]["advertise"] == "https://203.0.113.11:8080"
+    assert cfg["api"]["operator_listen"] == "10.244.0.2:8081"  # the pod address: never the internet leg
     assert cfg["wireguard"]["endpoint"] == "203.0.113.11:51820"
     assert "192.168.10.0/24" in cfg["reserved_cidrs"] and cfg["gateway_ip"] == "10.244.0.2"
     # The gateway's own validator accepts what the lab writes.
     from gateway.config import parse as parse_config
 
     gc = parse_config(cfg, env={})
-    assert gc.advertise_url() == "http://203.0.113.11:8080" and gc.gateway_ip == "10.244.0.2"
+    assert gc.advertise_url() == "https://203.0.113.11:8080" and gc.gateway_ip == "10.244.0.2"
 
 
 def test_peer_ranges_reach_the_gateway_and_widen_what_the_agents_route() -> None:

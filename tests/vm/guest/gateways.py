@@ -53,7 +53,7 @@ def api(g: Gw, method: str, path: str, body: Any = None, admin: bool = False, ti
         headers["Authorization"] = "Bearer " + (g.state_dir / "admin-token").read_text().strip()
 
     def call() -> tuple[int, Any]:
-        c = http.client.HTTPConnection(g.underlay, 8080, timeout=timeout)
+        c = http.client.HTTPConnection("127.0.0.1", 8081, timeout=timeout)  # the operator listener
         try:
             c.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
             r = c.getresponse()

@@ -180,26 +180,8 @@ class ReceivePath:
                 nkeepalive += 1
                 continue
             ndata += 1
-            v = pt[0] >> 4
-            if v == 4:
-                if plen < 20:
-                    c["drop_bad_inner"] += 1
-                    continue
-                total = (pt[2] << 8) | pt[3]
-                if total < 20 or total > plen:
-                    c["drop_bad_inner"] += 1
-                    continue
-                key = pt[12:16]
-            elif v == 6:
-                if plen < 40:
-                    c["drop_bad_inner"] += 1
-                    continue
-                total = 40 + ((pt[4] << 8) | pt[5])
-                if total > plen:
-                    c["drop_bad_inner"] += 1
-                    continue
-                key = pt[8:24]
-            else:
+            total, key = inner(pt, plen)
+            if not total:
                 c["drop_bad_inner"] += 1
                 continue
             if key != last_key:
@@ -414,36 +396,33 @@ class ReceivePath:
                 self._deadline = t
         else:
             peer.need_another_keepalive = True
-        v = pt[0] >> 4
-        if v == 4:
-            if plen < 20:
-                c["drop_bad_inner"] += 1
-                return
-            total = (pt[2] << 8) | pt[3]
-            if total < 20 or total > plen:
-                c["drop_bad_inner"] += 1
-                return
-            key = pt[12:16]
-            owner = self._route.get(key, _MISS)
-            if owner is _MISS:
-                owner = self.allowed_ips.lookup_packed(key)
-        elif v == 6:
-            if plen < 40:
-                c["drop_bad_inner"] += 1
-                return
-            total = 40 + ((pt[4] << 8) | pt[5])
-            if total > plen:
-                c["drop_bad_inner"] += 1
-                return
-            key = pt[8:24]
-            owner = self._route.get(key, _MISS)
-            if owner is _MISS:
-                owner = self.allowed_ips.lookup_packed(key)
-        else:
+        total, key = inner(pt, plen)
+        if not total:
             c["drop_bad_inner"] += 1
             return
+        owner = self._route.get(key, _MISS)
+        if owner is _MISS:
+            owner = self.allowed_ips.lookup_packed(key)
         if owner is not peer:
             c["drop_not_allowed_src"] += 1
             return
         c["rx_packets"] += 1
         self.inbox.append(pt if total == plen else pt[:total])
+
+
+def inner(pt: bytes, plen: int) -> tuple[int, bytes]:
+    """A decrypted inner packet's IP total length and packed source address
+    (the allowed-IPs key), or (0, b"") when it is no well-formed IPv4/IPv6 packet
+    of at most ``plen`` bytes (padding after ``total`` is cut by the caller)."""
+    v = pt[0] >> 4
+    if v == 4:
+        if plen < 20:
+            return 0, b""
+        total = (pt[2] << 8) | pt[3]
+        return (total, pt[12:16]) if 20 <= total <= plen else (0, b"")
+    if v == 6:
+        if plen < 40:
+            return 0, b""
+        total = 40 + ((pt[4] << 8) | pt[5])
+        return (total, pt[8:24]) if total <= plen else (0, b"")
+    return 0, b""

@@ -86,24 +86,7 @@ class SendPath:
                 cb = counter.to_bytes(8, "little")
                 data = _JOIN((kp.hdr_prefix, cb, kp.send.encrypt(_ZERO4 + cb, packet, None)))
                 self.outbox.append((data, ep))
-                dn = len(data)
-                c = self.counters
-                c["tx_datagrams"] += 1
-                c["tx_bytes"] += dn
-                c["tx_packets"] += 1
-                peer.tx_bytes += dn
-                # Inlined timers: any_authenticated_packet_traversal, _sent, data_sent.
-                if peer.persistent_keepalive:
-                    peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
-                    if t < self._deadline:
-                        self._deadline = t
-                peer.t_send_keepalive = None
-                if peer.t_new_handshake is None:
-                    peer.t_new_handshake = t = (
-                        now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self.jitter()
-                    )
-                    if t < self._deadline:
-                        self._deadline = t
+                self._sent(peer, len(data), 1, now)
                 return
         staged = peer.staged
         if len(staged) >= MAX_STAGED_PACKETS:
@@ -178,12 +161,17 @@ class SendPath:
             self.on_packet(packets[i], now)
             return i + 1
         kp.send_counter = counter
+        self._sent(peer, nbytes, npkts, now)
+        return i
+
+    def _sent(self, peer: Peer, nbytes: int, npkts: int, now: float) -> None:
+        """Counters and the inlined timers any_authenticated_packet_traversal, _sent
+        and data_sent, once for ``npkts`` data packets of ``nbytes`` sent to ``peer``."""
         c = self.counters
         c["tx_datagrams"] += npkts
         c["tx_bytes"] += nbytes
         c["tx_packets"] += npkts
         peer.tx_bytes += nbytes
-        # Inlined timers, as in on_packet: any_authenticated_packet_traversal, _sent, data_sent.
         if peer.persistent_keepalive:
             peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
             if t < self._deadline:
@@ -193,7 +181,6 @@ class SendPath:
             peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self.jitter()
             if t < self._deadline:
                 self._deadline = t
-        return i
 
     def send_keepalive(self, peer: Peer, now: float) -> None:
         if not peer.staged:

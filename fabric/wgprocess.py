@@ -40,18 +40,20 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from fabric.model import MTU_MAX, MTU_MIN
-from fabric.wgctl import SOCKET_DIR, TRANSIENT_ERRNOS, WgControl
+from fabric.wgctl import SOCKET_DIR, WgControl
+from fabric.wglink import MARK, Link, LinkOwnershipError, WgProcessError, iproute
 from fabric.wgnetlink import NetlinkWgControl
 from fabric.wgselect import Choice, ModuleState, choose, probe_kernel_module
+
+# LinkOwnershipError and WgProcessError live with the link (fabric.wglink); callers import them here.
+__all__ = ["Implementation", "LinkOwnershipError", "WgProcess", "WgProcessError", "saved_config_path"]
 
 Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
@@ -59,39 +61,7 @@ IMPLEMENTATIONS = ("auto", "userspace", "kernel", "wireguard-go")
 # emulated machines (the VM tier: a Python start takes seconds there) raise it.
 START_TIMEOUT = float(os.environ.get("CROSSWIRE_WG_START_TIMEOUT", "10"))
 STANDBY_RESPAWN = 5.0  # at most one standby started per this many seconds (one that keeps dying)
-MARK = "crosswire"  # IFLA_IFALIAS of every link crosswire creates
 log = logging.getLogger("crosswire.dataplane")
-
-
-class WgProcessError(RuntimeError):
-    """The WireGuard interface could not be brought up or removed.
-
-    ``transient``: the check itself failed for want of resources (no descriptors
-    for a netlink socket); it says nothing about the data plane.
-    """
-
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-@contextlib.contextmanager
-def _iproute(netns: str | None) -> Iterator[Any]:
-    from pyroute2 import IPRoute
-
-    try:
-        ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
-    except OSError as e:
-        raise WgProcessError(f"cannot open netlink in netns {netns!r}: {e}",
-                             transient=e.errno in TRANSIENT_ERRNOS) from None
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
-class LinkOwnershipError(WgProcessError):
-    """A link of the configured name exists and was not created by crosswire."""
 
 
 def _userspace_binary() -> str:
@@ -144,6 +114,7 @@ class WgProcess:
         self._standby_mutex = threading.Lock()
         self.takeovers = 0  # restarts a standby served
         self._choice: Choice | None = None
+        self.link = Link(interface, netns)
         self._uapi = WgControl(interface, socket_dir=socket_dir)
         self._netlink: NetlinkWgControl | None = None
 
@@ -242,46 +213,6 @@ class WgProcess:
 
     # -------------------------------------------------------------- queries
 
-    def link_exists(self) -> bool:
-        if self.netns is None:
-            # One ioctl, no pyroute2: this runs every second, also when descriptors are
-            # short, where pyroute2's event loop fails half-built (a traceback on stderr).
-            try:
-                socket.if_nametoindex(self.interface)
-                return True
-            except OSError as e:
-                if e.errno in TRANSIENT_ERRNOS:
-                    raise WgProcessError(f"cannot look up {self.interface}: {e}", transient=True) from None
-                return False
-        with _iproute(self.netns) as ipr:
-            return bool(ipr.link_lookup(ifname=self.interface))
-
-    def _link(self, ipr: Any) -> tuple[int, str, bool] | None:
-        """(index, kind, marked) of the link named ``interface``, None if there is none."""
-        links = ipr.get_links(ifname=self.interface)
-        if not links:
-            return None
-        link = links[0]
-        info = link.get_attr("IFLA_LINKINFO")
-        kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or "device"
-        return int(link["index"]), str(kind), link.get_attr("IFLA_IFALIAS") == MARK
-
-    def _foreign(self, kind: str) -> LinkOwnershipError:
-        return LinkOwnershipError(
-            f"wireguard.interface: a link named {self.interface!r} ({kind}) already exists and was not "
-            "created by crosswire; crosswire never changes or deletes links it did not create: "
-            "choose another wireguard.interface or remove that link")
-
-    def _owned_index(self, ipr: Any) -> int | None:
-        """The link's index if it is ours, None if there is no link; raises if it is not ours."""
-        found = self._link(ipr)
-        if found is None:
-            return None
-        index, kind, marked = found
-        if not marked:
-            raise self._foreign(kind)
-        return index
-
     def claim(self, adopt_unmarked: bool) -> str:
         """Check that the link named ``interface`` is absent or ours, before anything changes.
 
@@ -290,8 +221,8 @@ class WgProcess:
         docstring) is ours: it is marked now. Returns "absent", "ours" or "adopted";
         raises LinkOwnershipError for any other link.
         """
-        with _iproute(self.netns) as ipr:
-            found = self._link(ipr)
+        with iproute(self.netns) as ipr:
+            found = self.link.find(ipr)
             if found is None:
                 return "absent"
             index, kind, marked = found
@@ -300,18 +231,13 @@ class WgProcess:
             expected = "wireguard" if self.resolved == "kernel" else "tun"
             if not (adopt_unmarked and kind == expected
                     and (self.resolved == "kernel" or self._uapi.alive() is True)):
-                raise self._foreign(kind)
+                raise self.link.foreign(kind)
             ipr.link("set", index=index, ifalias=MARK)
         log.info("%s: adopted the running %s link of the previous crosswire version", self.interface, kind)
         return "adopted"
 
-    def _mark(self) -> None:
-        """Mark the link we just created (or started the process that created it)."""
-        with _iproute(self.netns) as ipr:
-            found = self._link(ipr)
-            if found is None:
-                raise WgProcessError(f"{self.interface}: interface vanished")
-            ipr.link("set", index=found[0], ifalias=MARK)
+    def link_exists(self) -> bool:
+        return self.link.exists()
 
     def pid(self) -> int | None:
         """Our child's pid, or for an adopted process the UAPI socket owner's (SO_PEERCRED);
@@ -331,7 +257,7 @@ class WgProcess:
             self._proc = None  # reaped: it died
             return False
         try:
-            if not self.link_exists():
+            if not self.link.exists():
                 return False
         except WgProcessError as e:
             if e.transient:
@@ -370,7 +296,7 @@ class WgProcess:
             self._await_external()
         elif not self.alive() and not self._await_takeover():
             self._start_userspace()
-        self._set_mtu_up()
+        self.link.set_mtu_up(self.mtu)
         self.ensure_standby()
 
     def _await_external(self) -> None:
@@ -385,9 +311,9 @@ class WgProcess:
             time.sleep(0.05)
 
     def _ensure_kernel(self) -> None:
-        with _iproute(self.netns) as ipr:
-            found = self._link(ipr)
-            index = self._owned_index(ipr)
+        with iproute(self.netns) as ipr:
+            found = self.link.find(ipr)
+            index = self.link.owned_index(ipr)
             if index is not None and found is not None and found[1] == "wireguard":
                 return
             if index is not None:  # ours, of another kind (a userspace TUN): replace it
@@ -398,7 +324,7 @@ class WgProcess:
                 raise WgProcessError(
                     f"{self.interface}: cannot create kernel WireGuard interface ({e}); "
                     "use implementation userspace") from None
-        self._mark()
+        self.link.mark()
 
     def _start_userspace(self) -> None:
         self._kill_own()
@@ -415,9 +341,9 @@ class WgProcess:
         self._wait_started()
 
     def _delete_leftover(self) -> None:
-        with _iproute(self.netns) as ipr:
-            index = self._owned_index(ipr)
-            found = self._link(ipr)
+        with iproute(self.netns) as ipr:
+            index = self.link.owned_index(ipr)
+            found = self.link.find(ipr)
             if index is not None and found is not None and not (
                     found[1] == "tun" and self.resolved == "userspace" and self.saved_config):
                 ipr.link("del", index=index)
@@ -449,25 +375,11 @@ class WgProcess:
                 raise WgProcessError(f"{self.interface}: {self.resolved} exited with status {code} at start")
             if self.alive():
                 self.starts += 1
-                self._mark()
+                self.link.mark()
                 return
             time.sleep(0.05)
         self._kill_own()
         raise WgProcessError(f"{self.interface}: {self.resolved} did not come up within {START_TIMEOUT:.0f} s")
-
-    def _set_mtu_up(self) -> None:
-        with _iproute(self.netns) as ipr:
-            index = self._owned_index(ipr)
-            if index is None:
-                raise WgProcessError(f"{self.interface}: interface vanished")
-            ipr.link("set", index=index, mtu=self.mtu, state="up")
-
-    def _delete_link(self) -> None:
-        """Delete the link if it is ours; raises LinkOwnershipError for any other."""
-        with _iproute(self.netns) as ipr:
-            index = self._owned_index(ipr)
-            if index is not None:
-                ipr.link("del", index=index)
 
     def _kill_own(self) -> None:
         proc, self._proc = self._proc, None
@@ -495,7 +407,7 @@ class WgProcess:
         self._kill_own()
         # Deleting the TUN makes an adopted wireguard-go / crosswire-wg exit too.
         # A link of that name that is not ours stays (LinkOwnershipError).
-        self._delete_link()
+        self.link.delete()
         if self.resolved != "kernel":
             deadline = time.monotonic() + 3
             while os.path.exists(self._uapi.socket_path) and time.monotonic() < deadline:

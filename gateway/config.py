@@ -43,6 +43,11 @@ from typing import Any, Literal, cast
 from fabric.endpoints import EndpointError
 from fabric.endpoints import parse as endpoint_syntax
 from fabric.model import MTU_MAX, MTU_MIN
+from gateway import configvalues as v
+
+# Re-exported: callers catch config.ConfigError and split addresses with config.split_host_port.
+from gateway.configvalues import ConfigError as ConfigError
+from gateway.configvalues import split_host_port as split_host_port
 from gateway.dns import config as dns_config
 from gateway.dns.config import DnsConfig
 from gateway.exports.config import Export, ExportsError, parse_exports
@@ -53,10 +58,6 @@ Implementation = Literal["auto", "userspace", "kernel", "wireguard-go"]
 IMPLEMENTATIONS: tuple[str, ...] = ("auto", "userspace", "kernel", "wireguard-go")
 _CLUSTER_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _IFACE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the key and the problem."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ class Config:
                 host = endpoint_syntax(self.wireguard.endpoint)[0]
             else:
                 host = self.gateway_ip or socket.gethostname()
-        return f"https://{_bracket(host)}:{port}"
+        return f"https://{v.bracket(host)}:{port}"
 
     def advertise_problem(self) -> str | None:
         """Why tokens carrying ``advertise_url()`` would lead nowhere (None: they can work)."""
@@ -176,7 +177,7 @@ class Config:
         reaches this cluster (or nothing), never the peer.
         """
         try:
-            ip = ipaddress.ip_address(_url_host(url))
+            ip = ipaddress.ip_address(v.url_host(url))
         except ValueError:
             return None  # a name: only DNS can tell
         if ip.is_loopback:
@@ -191,110 +192,8 @@ class Config:
     def wireguard_endpoint(self) -> str:
         if self.wireguard.endpoint:
             return self.wireguard.endpoint
-        host = _url_host(self.advertise_url())
-        return f"{_bracket(host)}:{self.wireguard.listen_port}"
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def _url_host(url: str) -> str:
-    rest = url.split("://", 1)[-1].split("/", 1)[0]
-    if rest.startswith("["):
-        return rest[1 : rest.index("]")]
-    return rest.rsplit(":", 1)[0] if ":" in rest else rest
-
-
-def split_host_port(value: str, key: str) -> tuple[str, int]:
-    if not isinstance(value, str) or ":" not in value:
-        raise ConfigError(f"{key}: {value!r} is not host:port")
-    host, _, port_s = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ConfigError(f"{key}: {value!r} has no valid port") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"{key}: port {port} is out of range 1-65535")
-    return host, port
-
-
-# --- validation helpers --------------------------------------------------------------------
-
-
-def _cidr(value: object, key: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: {value!r} is not a valid CIDR")
-    try:
-        net = ipaddress.ip_network(value, strict=True)
-    except ValueError as e:
-        if "has host bits set" in str(e):
-            raise ConfigError(f"{key}: {value!r} has host bits set") from None
-        raise ConfigError(f"{key}: {value!r} is not a valid CIDR") from None
-    return str(net)
-
-
-def _cidr_list(value: object, key: str, *, required: bool = False) -> tuple[str, ...]:
-    if value is None:
-        value = []
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list):
-        raise ConfigError(f"{key}: expected a list of CIDRs, got {type(value).__name__}")
-    if required and not value:
-        raise ConfigError(f"{key}: at least one CIDR is required")
-    return tuple(_cidr(v, f"{key}[{i}]") for i, v in enumerate(value))
-
-
-def _int(value: object, key: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: {value!r} is not an integer")
-    try:
-        n = int(cast(Any, value))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: {value!r} is not an integer") from None
-    if isinstance(value, float) and value != n:
-        raise ConfigError(f"{key}: {value!r} is not an integer")
-    if not lo <= n <= hi:
-        raise ConfigError(f"{key}: {n} is out of range {lo}-{hi}")
-    return n
-
-
-def _float(value: object, key: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: {value!r} is not a number")
-    try:
-        x = float(cast(Any, value))
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: {value!r} is not a number") from None
-    if not lo <= x <= hi:
-        raise ConfigError(f"{key}: {x} is out of range {lo}-{hi}")
-    return x
-
-
-def _bool(value: object, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-        return value.lower() in ("true", "yes", "1", "on")
-    raise ConfigError(f"{key}: {value!r} is not true or false")
-
-
-def _str(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _section(raw: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any]:
-    value = raw.get(key) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-    for k in value:
-        if k not in known:
-            raise ConfigError(f"{key}.{k}: unknown key")
-    return dict(value)
+        host = v.url_host(self.advertise_url())
+        return f"{v.bracket(host)}:{self.wireguard.listen_port}"
 
 
 _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam", "wireguard",
@@ -346,7 +245,7 @@ def _pod_address(value: Any, key: str, pod: tuple[str, ...], *, v6_only: bool) -
     if value is None:
         return None
     try:
-        text = _str(value, key)
+        text = v.string(value, key)
         addr = ipaddress.IPv6Address(text) if v6_only else ipaddress.ip_address(text)
     except ValueError:
         kind = "an IPv6 address" if v6_only else "an IP address"
@@ -376,18 +275,18 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
             f"cluster_id: {cluster_id!r} must be a DNS label (lowercase letters, digits, '-', 1-63 chars)")
     if "pod_cidrs" not in raw:
         raise ConfigError("pod_cidrs: required")
-    pod = _cidr_list(raw["pod_cidrs"], "pod_cidrs", required=True)
-    svc = _cidr_list(raw.get("service_cidrs"), "service_cidrs")
+    pod = v.cidr_list(raw["pod_cidrs"], "pod_cidrs", required=True)
+    svc = v.cidr_list(raw.get("service_cidrs"), "service_cidrs")
     own = [(f"pod_cidrs[{i}]", c) for i, c in enumerate(pod)] + \
           [(f"service_cidrs[{i}]", c) for i, c in enumerate(svc)]
     for i, (ka, a) in enumerate(own):
         for kb, b in own[i + 1:]:
             if ipaddress.ip_network(a).overlaps(ipaddress.ip_network(b)):
                 raise ConfigError(f"{kb}: {b} overlaps {ka} {a} (a cluster's ranges must be disjoint)")
-    reserved = _cidr_list(raw.get("reserved_cidrs"), "reserved_cidrs")
+    reserved = v.cidr_list(raw.get("reserved_cidrs"), "reserved_cidrs")
 
-    ipam = _section(raw, "ipam", {"pools", "views", "egress_prefix", "quarantine"})
-    pools = _cidr_list(ipam["pools"], "ipam.pools", required=True) if "pools" in ipam else None
+    ipam = v.section(raw, "ipam", {"pools", "views", "egress_prefix", "quarantine"})
+    pools = v.cidr_list(ipam["pools"], "ipam.pools", required=True) if "pools" in ipam else None
     mode = ipam.get("views", "full")
     if mode not in ("full", "sparse"):
         raise ConfigError(f"ipam.views: {mode!r} is not full or sparse")
@@ -395,8 +294,8 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         views=cast(Literal["full", "sparse"], mode),
         # /24 (256 addresses) at most: the block only names one peer's clients;
         # /30 at least: a few addresses give the far side some spread (ClientIP affinity).
-        egress_prefix=_int(ipam.get("egress_prefix", IpamConfig.egress_prefix), "ipam.egress_prefix", 24, 30),
-        quarantine=_float(ipam.get("quarantine", IpamConfig.quarantine), "ipam.quarantine", 10, 86400))
+        egress_prefix=v.integer(ipam.get("egress_prefix", IpamConfig.egress_prefix), "ipam.egress_prefix", 24, 30),
+        quarantine=v.number(ipam.get("quarantine", IpamConfig.quarantine), "ipam.quarantine", 10, 86400))
     # The default pools are wide (RFC 1918 and more) and the IPAM carves local
     # ranges out of them; a pool the operator names must not overlap them, or
     # the mistake would surface only at the first peering, as exhaustion.
@@ -407,14 +306,14 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
                 raise ConfigError(f"ipam.pools[{i}]: {p} overlaps {kl} {c} "
                                   "(views must never collide with local ranges)")
 
-    wg = _section(raw, "wireguard", _WG_KEYS)
+    wg = v.section(raw, "wireguard", _WG_KEYS)
     iface = wg.get("interface", WireguardConfig.interface)
     if not isinstance(iface, str) or not _IFACE.match(iface):
         raise ConfigError(f"wireguard.interface: {iface!r} is not a valid interface name (1-15 chars)")
     endpoint = wg.get("endpoint")
     if endpoint is not None:
         try:
-            endpoint_syntax(_str(endpoint, "wireguard.endpoint"))
+            endpoint_syntax(v.string(endpoint, "wireguard.endpoint"))
         except EndpointError as e:
             raise ConfigError(f"wireguard.endpoint: {e}") from None
     impl = wg.get("implementation", "auto")
@@ -422,18 +321,18 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"wireguard.implementation: {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
     wgc = WireguardConfig(
         interface=iface,
-        listen_port=_int(wg.get("listen_port", 51820), "wireguard.listen_port", 1, 65535),
+        listen_port=v.integer(wg.get("listen_port", 51820), "wireguard.listen_port", 1, 65535),
         endpoint=endpoint,
         implementation=cast(Implementation, impl),
-        mtu=_int(wg.get("mtu", 1420), "wireguard.mtu", MTU_MIN, MTU_MAX),
-        standby=_bool(wg.get("standby", True), "wireguard.standby"),
-        supervise=_bool(wg.get("supervise", True), "wireguard.supervise"),
+        mtu=v.integer(wg.get("mtu", 1420), "wireguard.mtu", MTU_MIN, MTU_MAX),
+        standby=v.boolean(wg.get("standby", True), "wireguard.standby"),
+        supervise=v.boolean(wg.get("supervise", True), "wireguard.supervise"),
     )
 
-    api = _section(raw, "api", _API_KEYS)
-    listen = _str(api.get("listen", ApiConfig.listen), "api.listen")
+    api = v.section(raw, "api", _API_KEYS)
+    listen = v.string(api.get("listen", ApiConfig.listen), "api.listen")
     peering_hp = split_host_port(listen, "api.listen")
-    operator = _str(api.get("operator_listen", ApiConfig.operator_listen), "api.operator_listen")
+    operator = v.string(api.get("operator_listen", ApiConfig.operator_listen), "api.operator_listen")
     op_hp = split_host_port(operator, "api.operator_listen")
     wildcard = ("", "0.0.0.0", "::")
     if op_hp[1] == peering_hp[1] and \
@@ -442,15 +341,15 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
                           "the operator surface needs a socket of its own")
     advertise = api.get("advertise")
     if advertise is not None:
-        advertise = _str(advertise, "api.advertise")
+        advertise = v.string(advertise, "api.advertise")
         if not re.match(r"^https?://[^/\s]+/?$", advertise):
             raise ConfigError(f"api.advertise: {advertise!r} is not an http(s)://host:port URL")
 
-    h = _section(raw, "health", _HEALTH_KEYS)
+    h = v.section(raw, "health", _HEALTH_KEYS)
     health = HealthConfig(
-        port=_int(h.get("port", HealthConfig.port), "health.port", 1, 65535),
-        interval=_float(h.get("interval", HealthConfig.interval), "health.interval", 0.05, 60),
-        timeout=_float(h.get("timeout", HealthConfig.timeout), "health.timeout", 0.1, 300),
+        port=v.integer(h.get("port", HealthConfig.port), "health.port", 1, 65535),
+        interval=v.number(h.get("interval", HealthConfig.interval), "health.interval", 0.05, 60),
+        timeout=v.number(h.get("timeout", HealthConfig.timeout), "health.timeout", 0.1, 300),
     )
 
     gateway_ip = _pod_address(raw.get("gateway_ip"), "gateway_ip", pod, v6_only=False)
@@ -484,13 +383,13 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         ipam=ipam_cfg,
         wireguard=wgc,
         api=ApiConfig(listen=listen, advertise=advertise, operator_listen=operator,
-                      max_connections=_int(api.get("max_connections", ApiConfig.max_connections),
+                      max_connections=v.integer(api.get("max_connections", ApiConfig.max_connections),
                                            "api.max_connections", 8, 65536),
-                      request_timeout=_float(api.get("request_timeout", ApiConfig.request_timeout),
+                      request_timeout=v.number(api.get("request_timeout", ApiConfig.request_timeout),
                                              "api.request_timeout", 0.5, 300)),
         health=health,
-        state_dir=_str(raw.get("state_dir", Config.state_dir), "state_dir"),
-        masquerade=_bool(raw.get("masquerade", False), "masquerade"),
+        state_dir=v.string(raw.get("state_dir", Config.state_dir), "state_dir"),
+        masquerade=v.boolean(raw.get("masquerade", False), "masquerade"),
         gateway_ip=gateway_ip,
         gateway_ip6=gateway_ip6,
         nft_table=table,
@@ -508,35 +407,12 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     except OSError as e:
         raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
     try:
-        raw = yaml.load(text, Loader=_unique_keys_loader())  # a SafeLoader subclass
-    except _DuplicateKey as e:
+        raw = yaml.load(text, Loader=v.unique_keys_loader())  # a SafeLoader subclass
+    except v.DuplicateKey as e:
         raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config: {path} is not valid YAML: {e}") from None
     return parse(raw, env)
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_keys_loader() -> Any:
-    """A SafeLoader that refuses a key given twice in one mapping: YAML's
-    last-one-wins would silently drop the first (two ``cluster_id`` lines)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: set[object] = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                if key in seen:
-                    line = key_node.start_mark.line + 1
-                    raise _DuplicateKey(f"{key}: given twice (line {line}); each key may appear once")
-                seen.add(key)
-            return super().construct_mapping(node, deep)
-
-    return Loader
 
 
 def detect_gateway_ip(pod_cidrs: tuple[str, ...], version: int | None = None) -> str | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fabric.model import RangeMap
-from gateway import peering
+from gateway import announce, peering
 from gateway.channel import PeerChannel, parse_pins
 from gateway.config import Config
 from gateway.errors import GatewayError
@@ -30,7 +30,7 @@ from gateway.peerranges.state import PeerRanges
 from gateway.readmodel import peer_summary
 from gateway.reconciler import Reconciler
 from gateway.sparse import SparseError, claims, mode_of
-from gateway.state import PeerRecord, StateStore, wg_keypair
+from gateway.state import PeerRecord, StateStore
 from gateway.tokens import TokenError, TokenRecord, check_usable, decode, new_token
 
 log = logging.getLogger("crosswire.gateway")
@@ -70,7 +70,7 @@ class Exchange:
                             ranges=tuple(self.our_ranges()), gateway_ip=self.reconciler.gateway_ip,
                             url=self.config.advertise_url())
 
-    def _check_views_of_us(self, views: list[RangeMap], status: int = 502) -> None:
+    def check_views_of_us(self, views: list[RangeMap], status: int = 502) -> None:
         """The peer's views must be of our ranges (502 when a peer answered so, 400 when it asked):
         whole ranges (full), or addresses inside them and egress blocks (sparse)."""
         mine = set(self.our_ranges())
@@ -256,7 +256,7 @@ class Exchange:
         t_join = time.monotonic()
         resp = peering.verify_join_response(answer, token, request, eph, self.clock())
         other = resp.side
-        self._check_views_of_us(resp.views_of_us)
+        self.check_views_of_us(resp.views_of_us)
         try:
             self.ranges_gate.require(other.cluster_id, other.ranges, None, f"{other.cluster_id}'s ranges")
             self._check_takes_our_mode(other, "with a new token")
@@ -322,7 +322,7 @@ class Exchange:
             payload["tls_pins"] = list(self.channel.own_pins())
         if msg.type == "views":
             views = peering.parse_views(msg.body.get("views"), "views")
-            self._check_views_of_us(views, 400)
+            self.check_views_of_us(views, 400)
             self.store.update_peer(sender, their_views=tuple(views))
         elif msg.type == "ranges":
             # The sender's *full* current set: ranges it dropped release their views
@@ -400,7 +400,7 @@ class Exchange:
             views = peering.parse_views(reply.get("views_of_you"), "views_of_you")
         except PeeringError as e:
             raise GatewayError(f"bad reply from {peer.cluster_id}: {e}", 502) from None
-        self._check_views_of_us(views)
+        self.check_views_of_us(views)
         self.store.update_peer(peer.cluster_id, their_views=tuple(views))
 
     def forget(self, cluster_id: str) -> None:
@@ -447,91 +447,13 @@ class Exchange:
         log.info("peer %s removed (peer notified: %s)", cluster_id, notified)
         return {"removed": cluster_id, "peer_notified": notified}
 
+    # Key rotation and what a restart may need to tell peers: gateway/announce.py.
+
     async def rotate_key(self) -> dict[str, Any]:
-        """New WireGuard key: announce it to every peer first, then switch to it."""
-        priv, pub = wg_keypair()
-        endpoint = self.config.wireguard_endpoint()
-        told, failed, pending = [], {}, {}
-        for p in self.store.peers():
-            try:
-                answer = await self.channel.send(p, "key", {"public_key": pub, "endpoint": endpoint})
-                told.append(p.cluster_id)
-                if answer.get("applied") is False:
-                    pending[p.cluster_id] = str(answer.get("pending") or "not applied yet")
-            except GatewayError as e:
-                failed[p.cluster_id] = str(e)
-        if failed:
-            # Peers that did not learn the new key would lose us: roll the others back.
-            for cid in told:
-                p2 = self.store.peer(cid)
-                if p2 is not None:
-                    try:
-                        await self.channel.send(p2, "key", {"public_key": self.store.public_key(),
-                                                            "endpoint": endpoint})
-                    except GatewayError as e:
-                        log.error("could not roll back the key announcement to %s: %s", cid, e)
-            raise GatewayError("key rotation aborted, unreachable peers: " +
-                               "; ".join(f"{k}: {v}" for k, v in failed.items()), 502)
-        self.store.set_private_key(priv)
-        await self.reconciler.reconcile()
-        log.info("WireGuard key rotated; %d peers informed, %d with the change pending", len(told), len(pending))
-        return {"public_key": pub, "peers_informed": told, "peers_pending": pending}
+        return await announce.rotate_key(self)
 
     async def announce_ranges(self) -> dict[str, str]:
-        """Tell peers our full range set when it differs from what they have views of.
-
-        The message carries the whole set, not a delta: the receiver allocates
-        views of added ranges and releases those of dropped ones.
-        """
-        result = {}
-        mine = self.our_ranges()
-        for p in self.store.peers():
-            if p.their_views is None:
-                continue
-            if mode_of(p.their_views) == "sparse" or {(m.kind, m.real) for m in p.their_views} == set(mine):
-                continue  # a sparse peer views our exports, told by ExportSync
-            try:
-                body = await self.channel.send(p, "ranges", {
-                    "ranges": [{"kind": k, "cidr": c} for k, c in mine],
-                    "gateway_ip": self.reconciler.gateway_ip})
-                if body.get("pending_approval"):  # it told us its views once approved ("views")
-                    result[p.cluster_id] = f"pending: {body['pending_approval']}"
-                    continue
-                views = peering.parse_views(body.get("views_of_you"), "views_of_you")
-                self._check_views_of_us(views)
-                self.store.update_peer(p.cluster_id, their_views=tuple(views))
-                result[p.cluster_id] = "ok"
-            except (GatewayError, PeeringError) as e:
-                result[p.cluster_id] = str(e)
-        await self.reconciler.reconcile()
-        return result
+        return await announce.announce_ranges(self)
 
     async def announce_endpoint(self) -> dict[str, str]:
-        """Tell every peer our WireGuard endpoint and peering URL if they changed.
-
-        The last values every peer acknowledged are kept in state.db; they are
-        updated only when all peers acknowledged, so a peer that was unreachable
-        is told on the next attempt (resending to the others is harmless).
-        """
-        endpoint, url = self.config.wireguard_endpoint(), self.config.advertise_url()
-        last = self.store.announced()
-        if last == {"endpoint": endpoint, "url": url}:
-            return {}
-        live = [p for p in self.store.peers() if p.their_views is not None]
-        if last is None and not live:
-            # First start: peers that join later learn both in the join itself.
-            self.store.set_announced(endpoint, url)
-            return {}
-        result = {}
-        for p in live:
-            try:
-                # A peer that never told us a pin may predate TLS: it keeps plain HTTP (which
-                # our listener serves its channel messages) until it is upgraded and pins us.
-                told = url if self.store.peer_pins(p.cluster_id) else "http://" + url.split("://", 1)[1]
-                await self.channel.send(p, "endpoint", {"endpoint": endpoint, "url": told})
-                result[p.cluster_id] = "ok"
-            except GatewayError as e:
-                result[p.cluster_id] = str(e)
-        if all(v == "ok" for v in result.values()):
-            self.store.set_announced(endpoint, url)
-        return result
+        return await announce.announce_endpoint(self)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -121,8 +122,13 @@ class FabricState:
 def routed_cidrs(remote: tuple[RangeMap, ...]) -> tuple[str, ...]:
     """See ``PeerFabric.routed``."""
     whole = [m.view for m in remote if m.kind in ("pod", "service")]
-    sparse = [ipaddress.ip_network(m.view) for m in remote if m.kind not in ("pod", "service")]
-    v4 = [n for n in sparse if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in sparse if isinstance(n, ipaddress.IPv6Network)]
-    return tuple(whole + [str(n) for n in ipaddress.collapse_addresses(v4)]
-                 + [str(n) for n in ipaddress.collapse_addresses(v6)])
+    return tuple(whole + collapse(m.view for m in remote if m.kind not in ("pod", "service")))
+
+
+def collapse(cidrs: Iterable[str]) -> list[str]:
+    """The fewest CIDRs covering exactly ``cidrs`` (IPv4 first, each family in address order):
+    the one way sparse views are merged (routes, allowed IPs, the NAT table's map keys)."""
+    nets = [ipaddress.ip_network(c) for c in cidrs]
+    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
+    return [str(n) for n in ipaddress.collapse_addresses(v4)] + [str(n) for n in ipaddress.collapse_addresses(v6)]

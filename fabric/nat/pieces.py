@@ -27,13 +27,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import ipaddress
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from fabric.model import Address, FabricState, PeerFabric, map_into
+from fabric.model import Address, FabricState, PeerFabric, collapse, map_into
 from fabric.nat.check import (
     CheckedLocal,
     CheckedPeer,
@@ -266,30 +265,20 @@ class Builder:
         mostly allocates them adjacent (22 /32s of a peer become a few keys)."""
         cid = peer.cluster_id
         keys = [Key(m.view, f"{cid} {m.kind}") for m in peer.remote if m.kind in ("pod", "service")]
-        for v in (4, 6):
-            # (first address, last address, mapping), in address order (views never overlap).
-            sparse = sorted(((int(m.view.net.network_address), int(m.view.net.broadcast_address), m)
-                             for m in peer.remote if m.kind not in ("pod", "service") and m.view.version == v),
-                            key=lambda x: x[0])
-            runs: list[tuple[int, int, list[Mapping]]] = []  # adjacent views: (first, last address, views)
-            for lo, hi, m in sparse:
-                if runs and runs[-1][1] + 1 == lo:
-                    runs[-1][2].append(m)
-                    runs[-1] = (runs[-1][0], hi, runs[-1][2])
-                else:
-                    runs.append((lo, hi, [m]))
-            bits = 32 if v == 4 else 128
-            for lo, hi, views in runs:
-                if len(views) == 1:
-                    keys.append(Key(views[0].view, f"{cid} {views[0].kind}"))
-                    continue
-                k = 0  # the views (in order) inside each CIDR of the run
-                for net in _cidrs(lo, hi, bits):
-                    end, kinds = int(net.net.broadcast_address), set()
-                    while k < len(views) and int(views[k].view.net.network_address) <= end:
-                        kinds.add(views[k].kind)
-                        k += 1
-                    keys.append(Key(net, f"{cid} {'+'.join(sorted(kinds))}"))
+        sparse = sorted((m for m in peer.remote if m.kind not in ("pod", "service")),
+                        key=lambda m: (m.view.version, int(m.view.net.network_address)))
+        k = 0  # the views (in order) inside each collapsed CIDR, also in order
+        for text in collapse(m.view.text for m in sparse):
+            net = cidr(text)
+            end, inside = int(net.net.broadcast_address), []
+            while k < len(sparse) and sparse[k].view.version == net.version \
+                    and int(sparse[k].view.net.network_address) <= end:
+                inside.append(sparse[k])
+                k += 1
+            if len(inside) == 1:
+                keys.append(Key(inside[0].view, f"{cid} {inside[0].kind}"))
+            else:
+                keys.append(Key(net, f"{cid} {'+'.join(sorted({m.kind for m in inside}))}"))
         return keys
 
     def peer(self, peer: CheckedPeer) -> PeerPieces:
@@ -419,19 +408,6 @@ class Builder:
             elements[host_map] = ",".join([f'[{{"elem":{{"val":{k.cidr.prefix}{tail}' for k in mine])
         return PeerPieces(peer, chains, quoted, tuple(to_rules + from_rules), tuple(count_out + count_in),
                           elements, host, tuple(made), tuple(keys), tuple(sets))
-
-
-def _cidrs(lo: int, hi: int, bits: int) -> list[Cidr]:
-    """The fewest CIDRs covering addresses lo..hi (ints) of a ``bits``-bit family."""
-    out = []
-    while lo <= hi:
-        size = lo & -lo if lo else 1 << bits  # the largest block aligned at lo ...
-        while size > hi - lo + 1:  # ... that fits
-            size >>= 1
-        out.append(cidr(f"{ipaddress.ip_address(lo) if bits == 32 else ipaddress.IPv6Address(lo)}"
-                        f"/{bits - size.bit_length() + 1}"))
-        lo += size
-    return out
 
 
 @functools.lru_cache(maxsize=8)

@@ -204,16 +204,7 @@ class ReceivePath:
         peer.rx_bytes += authbytes
         if peer.endpoint != src:
             peer.endpoint = src
-        # keep key fresh (receiving side)
-        if now > kp.last_minute_at and not peer.sent_last_minute_handshake:
-            peer.sent_last_minute_handshake = True
-            self.send_initiation(peer, now, is_retry=False)
-        # Inlined timers: any_authenticated_packet_traversal, _received.
-        if peer.persistent_keepalive:
-            peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
-            if t < self._deadline:
-                self._deadline = t
-        peer.t_new_handshake = None
+        self._authenticated(peer, kp, now)
         if ndata:
             # Inlined "data received", as often as data packets came.
             if peer.t_send_keepalive is None:
@@ -374,16 +365,7 @@ class ReceivePath:
             self._handshake_complete(peer)
             if peer.staged:
                 self.send_staged(peer, now)
-        # keep key fresh (receiving side)
-        if now > kp.last_minute_at and not peer.sent_last_minute_handshake:
-            peer.sent_last_minute_handshake = True
-            self.send_initiation(peer, now, is_retry=False)
-        # Inlined timers: any_authenticated_packet_traversal, _received.
-        if peer.persistent_keepalive:
-            peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
-            if t < self._deadline:
-                self._deadline = t
-        peer.t_new_handshake = None
+        self._authenticated(peer, kp, now)
         plen = len(pt)
         if plen == 0:
             c["rx_keepalive"] += 1
@@ -409,6 +391,19 @@ class ReceivePath:
         c["rx_packets"] += 1
         self.inbox.append(pt if total == plen else pt[:total])
 
+
+    def _authenticated(self, peer: Peer, kp: Keypair, now: float) -> None:
+        """After authenticated transport data from ``peer`` under ``kp``: keep the key
+        fresh (receiving side) and the inlined timers any_authenticated_packet_traversal
+        and _received, once per packet or per batched run."""
+        if now > kp.last_minute_at and not peer.sent_last_minute_handshake:
+            peer.sent_last_minute_handshake = True
+            self.send_initiation(peer, now, is_retry=False)
+        if peer.persistent_keepalive:
+            peer.t_persistent_keepalive = t = now + peer.persistent_keepalive
+            if t < self._deadline:
+                self._deadline = t
+        peer.t_new_handshake = None
 
 def inner(pt: bytes, plen: int) -> tuple[int, bytes]:
     """A decrypted inner packet's IP total length and packed source address

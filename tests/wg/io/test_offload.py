@@ -204,3 +204,15 @@ def test_coalesce_random_streams_preserve_bytes() -> None:
                 assert tcp_ok(merged)
             out += merged[iphl + 32:]
         assert out == payload_in
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_gso_split_without_numpy_is_the_same(v6: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy is optional (the container image has none): the pure-Python chunk sums
+    must split a super-packet into exactly the same segments."""
+    from fabric.wg import offload
+
+    payload = random.Random(7).randbytes(20000)
+    with_np = gso_split(superpacket(payload, 1368, v6))
+    monkeypatch.setattr(offload, "_np", None)
+    assert gso_split(superpacket(payload, 1368, v6)) == with_np

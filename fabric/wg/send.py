@@ -76,15 +76,7 @@ class SendPath:
             counter = kp.send_counter
             if counter < REKEY_AFTER_MESSAGES:
                 kp.send_counter = counter + 1
-                mtu = self.mtu
-                last = n % mtu if n > mtu else n
-                padded = (last + 15) & ~15
-                if padded > mtu:
-                    padded = mtu
-                if padded != last:
-                    packet = packet + _PAD[: padded - last]
-                cb = counter.to_bytes(8, "little")
-                data = _JOIN((kp.hdr_prefix, cb, kp.send.encrypt(_ZERO4 + cb, packet, None)))
+                data = seal(kp.hdr_prefix, kp.send.encrypt, counter, packet, self.mtu)
                 self.outbox.append((data, ep))
                 self._sent(peer, len(data), 1, now)
                 return
@@ -144,14 +136,7 @@ class SendPath:
                 break
             if counter >= REKEY_AFTER_MESSAGES:
                 break
-            last = n % mtu if n > mtu else n
-            padded = (last + 15) & ~15
-            if padded > mtu:
-                padded = mtu
-            if padded != last:
-                pkt = pkt + _PAD[: padded - last]
-            cb = counter.to_bytes(8, "little")
-            data = _JOIN((prefix, cb, encrypt(_ZERO4 + cb, pkt, None)))
+            data = seal(prefix, encrypt, counter, pkt, mtu)
             append((data, ep))
             counter += 1
             nbytes += len(data)
@@ -216,21 +201,11 @@ class SendPath:
                 break
             kp.send_counter = counter + 1
             pkt = staged.popleft()
-            plen = len(pkt)
-            if plen:
+            if pkt:
                 sent_data = True
-                # Pad to 16, never beyond the MTU (the remainder for super-packets).
-                last = plen % mtu if plen > mtu else plen
-                padded = (last + 15) & ~15
-                if padded > mtu:
-                    padded = mtu
-                pad = padded - last
-                if pad:
-                    pkt = pkt + _PAD[:pad]
             else:
                 self.counters["tx_keepalive"] += 1
-            cb = counter.to_bytes(8, "little")
-            data = _JOIN((prefix, cb, send(_ZERO4 + cb, pkt, None)))
+            data = seal(prefix, send, counter, pkt, mtu)
             out.append((data, ep))
             nbytes += len(data)
             npkts += 1
@@ -249,3 +224,17 @@ class SendPath:
                 kp.is_initiator and now - kp.created > REKEY_AFTER_TIME
             ):
                 self.send_initiation(peer, now, is_retry=False)
+
+
+def seal(prefix: bytes, encrypt: Any, counter: int, packet: bytes, mtu: int) -> bytes:
+    """One transport message: ``packet`` padded to a multiple of 16 (never beyond the
+    MTU: the remainder for super-packets; a keepalive stays empty) and encrypted
+    under ``counter`` behind the keypair's header ``prefix``."""
+    n = len(packet)
+    if n:
+        last = n % mtu if n > mtu else n
+        padded = min((last + 15) & ~15, mtu)
+        if padded != last:
+            packet = packet + _PAD[: padded - last]
+    cb = counter.to_bytes(8, "little")
+    return _JOIN((prefix, cb, encrypt(_ZERO4 + cb, packet, None)))

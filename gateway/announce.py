@@ -7,16 +7,29 @@ store and channel it uses (gateway/DESIGN.md, "Peering protocol").
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from fabric.model import RangeMap
 from gateway import peering
+from gateway.channel import PeerChannel
+from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.peering import PeeringError
+from gateway.reconciler import Reconciler
 from gateway.sparse import mode_of
-from gateway.state import wg_keypair
+from gateway.state import StateStore, wg_keypair
 
-if TYPE_CHECKING:
-    from gateway.exchange import Exchange
+
+class Exchange(Protocol):
+    """What these need of :class:`gateway.exchange.Exchange` (which calls them)."""
+
+    config: Config
+    store: StateStore
+    reconciler: Reconciler
+    channel: PeerChannel
+
+    def our_ranges(self) -> list[tuple[str, str]]: ...
+    def check_views_of_us(self, views: list[RangeMap], status: int = 502) -> None: ...
 
 log = logging.getLogger("crosswire.gateway")
 

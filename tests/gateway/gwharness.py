@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nsutil import Namespaces, sh, uniq
+from nsutil import Namespaces, kill_ns_processes, sh, uniq
 
 BIN = Path(sys.executable).parent
 PODS = ("10.244.1.5", "10.244.2.7")
@@ -184,9 +184,10 @@ def two_gateways(n: Namespaces, tmp: Path, prepare: Callable[[Gw, Gw], None] | N
             if g.proc is not None and g.proc.poll() is None:
                 g.proc.kill()
                 g.proc.wait(timeout=10)
-        # the data plane outlives the daemon on purpose: the namespace cleanup kills it, and
-        # what a killed crosswire-wg or standby leaves in the machine-wide socket directory goes
+        # the data plane outlives the daemon on purpose: kill it (and its standby) first, or
+        # it writes its stats again after they are removed from the machine-wide directory
         for g in (a, b):
+            kill_ns_processes(g.ns)
             for suffix in (".sock", ".stats", ".standby"):
                 with contextlib.suppress(OSError):
                     os.unlink(f"/var/run/wireguard/{g.iface}{suffix}")

@@ -23,13 +23,23 @@ over words.
 from __future__ import annotations
 
 import struct
-from types import ModuleType
+from types import EllipsisType, ModuleType
 
-_np: ModuleType | None
-try:  # optional: makes the TSO split affordable (see _chunk_sums)
-    import numpy as _np
-except ImportError:  # pragma: no cover - depends on the installation
-    _np = None
+# numpy is optional (it makes the TSO split affordable, see _chunk_sums) and imported on
+# first use: at ~120 ms it was most of crosswire-wg's start-up, which is on the path of
+# the packets when a data plane restarts (issue 20).
+_np: ModuleType | EllipsisType | None = ...  # ...: not tried yet
+
+
+def _numpy() -> ModuleType | None:
+    global _np
+    if _np is ...:
+        try:
+            import numpy
+            _np = numpy
+        except ImportError:  # pragma: no cover - depends on the installation
+            _np = None
+    return _np
 
 VNET_HDR = struct.Struct("<BBHHHH")
 VNET_HDR_LEN = VNET_HDR.size
@@ -165,10 +175,11 @@ def _chunk_sums(payload: memoryview, size: int) -> list[int]:
     most of what splitting a TSO super-packet costs."""
     plen = len(payload)
     full = plen // size
-    if _np is None or size & 1 or full < 2:
+    np = _numpy() if full >= 2 and not size & 1 else None
+    if np is None:
         return [_sum(payload[off:off + size]) for off in range(0, plen, size)]
-    words = _np.frombuffer(payload, dtype=">u2", count=full * size // 2)
-    sums: list[int] = (words.reshape(full, size // 2).sum(axis=1, dtype=_np.uint64)
+    words = np.frombuffer(payload, dtype=">u2", count=full * size // 2)
+    sums: list[int] = (words.reshape(full, size // 2).sum(axis=1, dtype=np.uint64)
                        % 0xFFFF).tolist()
     if plen > full * size:
         sums.append(_sum(payload[full * size:]))

@@ -12,20 +12,9 @@ pkgs=(iproute2 nftables libnftables1 wireguard-tools wireguard-go iperf3 iputils
       conntrack curl procps python3 python3-venv kmod
       dnsmasq-base dnsutils  # the lab's cluster resolvers; dig for the DNS tests
       chromium chromium-driver)  # the operator page's browser test (tests/gateway/test_page_browser.py)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: missing system packages (${missing[*]}); run as root" >&2
-    exit 1
-  fi
-  echo "setup: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=netns-lab/debian-packages.sh
+. "$root/netns-lab/debian-packages.sh"
+install_missing setup "${pkgs[@]}"
 
 venv="$root/.venv"
 stamp="$venv/.crosswire-installed"

@@ -5,17 +5,7 @@
 # firmware and more); only when missing. virtme-ng itself is in the test extra.
 set -euo pipefail
 pkgs=(qemu-system-x86 linux-image-amd64 busybox-static)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "tests/vm/setup.sh: missing system packages (${missing[*]}); run as root" >&2
-    exit 1
-  fi
-  echo "tests/vm/setup.sh: installing ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=netns-lab/debian-packages.sh
+. "$root/netns-lab/debian-packages.sh"
+install_missing tests/vm/setup.sh "${pkgs[@]}"

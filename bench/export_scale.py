@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from iperfpair import figures, measure
 from nat_scale import build_path, key, peers, sh, view
 
 from fabric import nat
@@ -110,38 +110,20 @@ def main() -> int:
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         remotes = [next(ns for ns in made if ns.startswith(f"cwb{label}r")) for label in ("a", "b")]
 
-        def measure(label: str) -> tuple[list[float], list[float], list[float]]:
-            a_runs, b_runs, ratios = [], [], []
-            for _ in range(args.rounds):
-                procs = [subprocess.Popen(["ip", "netns", "exec", r, "iperf3", "-c", "100.65.1.5", "-B", p[3],
-                                           "-t", str(args.seconds), "-J"], stdout=subprocess.PIPE, text=True)
-                         for r, p in zip(remotes, (one, many), strict=True)]
-                got = []
-                for proc in procs:
-                    out, _ = proc.communicate(timeout=args.seconds + 30)
-                    got.append(float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6)
-                a_runs.append(got[0])
-                b_runs.append(got[1])
-                ratios.append(got[1] / got[0])
-                print(f"{label}: A {got[0]:9.1f} Mbit/s | B {got[1]:9.1f} Mbit/s | B/A {ratios[-1]:.3f}", flush=True)
-            return a_runs, b_runs, ratios
+        clients = [["ip", "netns", "exec", r, "iperf3", "-c", "100.65.1.5", "-B", p[3]]
+                   for r, p in zip(remotes, (one, many), strict=True)]
 
         program(one, 1)
         program(many, 1)
         time.sleep(0.3)
-        _, _, control = measure("control, 1 vs 1 peer")
+        _, _, control = measure(clients, args.rounds, args.seconds, "control, 1 vs 1 peer")
         program(many, 1000)
         for r, p in zip(remotes, (one, many), strict=True):
             assert refused(r, p[3], PORT + 1), "a port peer 0 was not given got through"
-        runs1, runs1000, ratios = measure("1 vs 1000 peers x 20 exports")
+        runs1, runs1000, ratios = measure(clients, args.rounds, args.seconds, "1 vs 1000 peers x 20 exports")
         denied = exportsapply.denied(policy(1000, tun), Nft(gw))["peer0000"]["packets"]
         assert denied >= 1, "the refused connection was not counted"
-        result["mbps_1"] = round(statistics.median(runs1), 1)
-        result["mbps_1000"] = round(statistics.median(runs1000), 1)
-        result["ratio"] = round(statistics.median(ratios), 3)
-        result["ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
-        result["control_ratio"] = round(statistics.median(control), 3)
-        result["control_range"] = [round(min(control), 3), round(max(control), 3)]
+        result.update(figures(runs1, runs1000, ratios, control))
         result["tunnel"] = "veth"
         result["loadavg_1m"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result), flush=True)

@@ -53,6 +53,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from iperfpair import figures, measure
+
 from fabric import nat
 from fabric.apply import apply
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
@@ -314,36 +316,18 @@ def main() -> int:
             Nft(g).apply(nat.render_text(FabricState(dataclasses.replace(local, interface=tun), make(n, pubs))))
             sync_routes(tun, [view(0) if target is None else f"{target}/32"], netns=g)
 
-        def measure(label: str) -> tuple[list[float], list[float], list[float]]:
-            a_runs, b_runs, ratios = [], [], []
-            for _ in range(args.rounds):
-                procs = [subprocess.Popen(["ip", "netns", "exec", p[1], "iperf3", "-c", p[3], "-t", str(args.seconds),
-                                           "-J"], stdout=subprocess.PIPE, text=True) for p in (one, many)]
-                got = []
-                for proc in procs:
-                    out, _ = proc.communicate(timeout=args.seconds + 30)
-                    got.append(float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e6)
-                a_runs.append(got[0])
-                b_runs.append(got[1])
-                ratios.append(got[1] / got[0])
-                print(f"{label}: A {got[0]:9.1f} Mbit/s | B {got[1]:9.1f} Mbit/s | B/A {ratios[-1]:.3f}", flush=True)
-            return a_runs, b_runs, ratios
+        clients = [["ip", "netns", "exec", p[1], "iperf3", "-c", p[3]] for p in (one, many)]
 
         # Control first: both paths with 1 peer, to show the noise of the box.
         program(one, 1)
         program(many, 1)
         time.sleep(0.3)  # iperf3 servers up
-        _, _, control = measure("control, 1 vs 1 peer")
+        _, _, control = measure(clients, args.rounds, args.seconds, "control, 1 vs 1 peer")
         program(many, 1000)
-        runs1, runs1000, ratios = measure("1 vs 1000 peers")
+        runs1, runs1000, ratios = measure(clients, args.rounds, args.seconds, "1 vs 1000 peers")
         counted = sh("nft", "list", "chain", "inet", "crosswire", "to-peer0000", ns=gw)
         assert "packets 0 " not in counted.splitlines()[1], "traffic did not take the NAT path"
-        result["mbps_1"] = round(statistics.median(runs1), 1)
-        result["mbps_1000"] = round(statistics.median(runs1000), 1)
-        result["ratio"] = round(statistics.median(ratios), 3)  # median of concurrent pairs
-        result["ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
-        result["control_ratio"] = round(statistics.median(control), 3)  # same table on both: noise
-        result["control_range"] = [round(min(control), 3), round(max(control), 3)]
+        result.update(figures(runs1, runs1000, ratios, control))
         result["tunnel"] = "veth"
         result["shape"] = args.shape
         result["loadavg_1m"] = round(os.getloadavg()[0], 2)

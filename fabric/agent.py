@@ -270,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per long-poll otherwise
     routes = RouteTable(AGENT_PROTO)
     agent = Agent(args.gateway, routes, allow=allow, local=local, http=client())
     stop, requesting = threading.Event(), threading.Event()

@@ -220,6 +220,7 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
         def hold(self, held: bool) -> None:
             """The app holds this connection's request (True) or answers it now (False)."""
             self._held = held
+            self._pending = 0
             if self._watchdog is not None:
                 self._watchdog.cancel()
                 self._watchdog = None
@@ -318,9 +319,9 @@ def connection_caps(configured: int, fd_limit: int) -> tuple[int, int]:
 
 
 def watcher_cap(configured: int, fd_limit: int) -> int:
-    """``api.max_watchers``, lowered so held long-polls (a descriptor each) take at most half
-    of what the listeners may use; the rest goes to connection_caps."""
-    return max(0, min(configured, (fd_limit - FD_RESERVE - ACCEPT_BATCH) // 2))
+    """``api.max_watchers``, lowered so held long-polls (a descriptor each) take at most a
+    quarter of what the listeners may use; the rest goes to connection_caps."""
+    return max(0, min(configured, (fd_limit - FD_RESERVE - ACCEPT_BATCH) // 4))
 
 
 def raise_fd_limit() -> int:

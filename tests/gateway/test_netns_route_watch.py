@@ -106,10 +106,11 @@ def test_agents_watch_a_real_gateway(netns: Namespaces, tmp_path: Path) -> None:
         procs.append(subprocess.Popen(["ip", "netns", "exec", a.ns, "ip", "-ts", "monitor", "route"],
                                       stdout=open(gw_mon, "wb"), stderr=subprocess.DEVNULL))  # noqa: SIM115
         logs = [tmp_path / f"agent{i}.log" for i in range(len(nodes))]
-        for node, log in zip(nodes, logs, strict=True):
-            procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", node, str(BIN / "crosswire"), "agent", "run", "--gateway", POD_OPERATOR,
-                 "--wait", "30"], stdout=open(log, "wb"), stderr=subprocess.STDOUT))  # noqa: SIM115
+        agents = [subprocess.Popen(
+            ["ip", "netns", "exec", node, str(BIN / "crosswire"), "agent", "run", "--gateway", POD_OPERATOR,
+             "--wait", "30"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+            for node, log in zip(nodes, logs, strict=True)]
+        procs.extend(agents)
 
         def held() -> int:  # long-polls the gateway holds now, by its connections from the nodes
             out = sh("ss", "-Htn", "state", "established", "sport", "=", ":8081", ns=a.ns).stdout
@@ -195,6 +196,12 @@ def test_agents_watch_a_real_gateway(netns: Namespaces, tmp_path: Path) -> None:
                 dels = [e for e in mine if "Deleted" in e]
                 drifted = c == victim  # deleted by the test once on each node (2., 3.), restored once
                 assert len(adds) == 1 + drifted and len(dels) == 1 + drifted, (i, c, mine)
+        # SIGTERM ends a held long-poll at once; the routes stay.
+        sh("ip", "route", "add", "100.126.0.0/16", "via", GW_IP, "proto", "246", ns=nodes[0])
+        for p in agents:
+            p.terminate()
+        assert [p.wait(timeout=5) for p in agents] == [0, 0]
+        assert agent_routes(nodes[0]) == {"100.126.0.0/16"}
         for log in logs:
             text = log.read_text()
             assert "gateway unreachable" in text and "keeping current routes" in text

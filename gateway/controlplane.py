@@ -62,6 +62,7 @@ class ControlPlane:
         read = ReadModel(config=config, store=store, views=views, reconciler=reconciler, health=health,
                          clock=clock, gateway_ip6=gateway_ip6)
         watch = RouteWatch(config.api.max_watchers)
+        read.routewatch = watch
         reconciler.on_pass = lambda: watch.publish(read.routes())  # wakes the node agents' long-polls
         tls = TlsIdentity(Path(config.state_dir), config.cluster_id)
         channel = PeerChannel(config.cluster_id, clock, http, tls_post=tls_post, pins_of=store.peer_pins,

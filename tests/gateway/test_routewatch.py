@@ -111,6 +111,9 @@ def test_long_poll_through_the_api(clusters: Any) -> None:
             assert len(body["cidrs"]) == 2 and body["version"] != v and body["version"] == version(body)
             # a plain GET reads the same set, the same version
             assert (await c.get("/api/v1/routes")).json() == body
+            m = (await c.get("/metrics")).text
+            assert "crosswire_route_watchers 0" in m and "crosswire_route_watchers_max 1" in m
+            assert "crosswire_route_watch_refused_total 1" in m and "crosswire_route_set_changes_total 2" in m
 
     asyncio.run(go())
 

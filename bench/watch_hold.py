@@ -120,9 +120,11 @@ state_dir: {tmp / 'state'}
         clients = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENTS, str(n), version],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert clients.stdout is not None and clients.stdin is not None
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), ticks(pid)
         print(clients.stdout.readline().strip())
         out["open_s"] = round(time.monotonic() - t0, 2)
+        time.sleep(1)  # the last ones parsed and held
+        out["open_cpu_s"] = (ticks(pid) - c0) / HZ
         time.sleep(3)
         out["held"] = held(ns)
         out["idle_cpu_s_30s_held"] = cpu_over(pid, 30)

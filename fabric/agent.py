@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import ipaddress
 import logging
+import random
 import signal
 import sys
 import threading
@@ -195,7 +196,9 @@ class Agent:
         w = agentwatch.Watch()
         while not stop.is_set():
             req = agentwatch.next_request(w, wait, interval)
-            if req.delay > 0 and stop.wait(req.delay):
+            # A restarted gateway must not meet all its agents in the same instant.
+            delay = req.delay * random.uniform(0.75, 1.0) if w.failures else req.delay
+            if delay > 0 and stop.wait(delay):
                 return
             if requesting is not None:
                 requesting.set()

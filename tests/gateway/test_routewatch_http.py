@@ -139,3 +139,21 @@ def test_a_watcher_that_does_not_read_is_dropped_and_slows_no_one() -> None:
         assert time.monotonic() - t0 < 2.0  # the slow one held no one up
         _wait_for(lambda: server.limits.slow_readers >= 1, 10)  # dropped within ~2 request timeouts
         assert watch.watchers == 0
+
+
+def test_a_watcher_that_hangs_up_frees_its_slot_at_once() -> None:
+    app, _, watch = _stub(watchers=1)
+    with serving(app, max_connections=16, request_timeout=5.0, per_source=32, watchers=1) as (_, url), \
+            _sockets() as socks:
+        v = httpx.get(url + "/api/v1/routes").json()["version"]
+        s = _connect(url)
+        _poll(s, v)
+        _wait_for(lambda: watch.watchers == 1, 5)
+        busy = httpx.get(url + "/api/v1/routes", params={"after": v, "wait": "30"})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+        s.close()
+        _wait_for(lambda: watch.watchers == 0, 2)  # not after the 30 s, not after request_timeout
+        s2 = _connect(url)
+        socks.append(s2)
+        _poll(s2, v, wait=1)
+        assert b'"version"' in _answer(s2, 5)  # the slot is usable again; the deadline answers

@@ -32,7 +32,7 @@ RETRY_AFTER = 5  # seconds a refused watcher waits (it polls meanwhile: fabric.a
 
 
 class WatchError(ValueError):
-    """A bad ``after``/``wait``; the message names the parameter (answered 400)."""
+    """A bad ``wait``; the message names the parameter (answered 400)."""
 
 
 class WatchersFull(RuntimeError):

@@ -104,5 +104,15 @@ def render_metrics(read: ReadModel) -> str:
     ready, _ = read.reconciler.ready()
     o.family("crosswire_ready", "gauge", "1 when WireGuard, routes and NAT match the state.")
     o.sample("crosswire_ready", int(ready))
+    watch = getattr(read, "routewatch", None)
+    if watch is not None:
+        o.family("crosswire_route_watchers", "gauge", "Node agents' route long-polls held now.")
+        o.sample("crosswire_route_watchers", watch.watchers)
+        o.family("crosswire_route_watchers_max", "gauge", "api.max_watchers in force (lowered to fit descriptors).")
+        o.sample("crosswire_route_watchers_max", watch.max_watchers)
+        o.family("crosswire_route_watch_refused_total", "counter", "Route long-polls refused at the limit (503).")
+        o.sample("crosswire_route_watch_refused_total", watch.refused)
+        o.family("crosswire_route_set_changes_total", "counter", "New route set versions published to watchers.")
+        o.sample("crosswire_route_set_changes_total", watch.changes)
     o.lines += dns_metric_lines()
     return "\n".join(o.lines) + "\n"

@@ -104,6 +104,7 @@ class ReadModel:
     health: HealthTracker
     clock: Callable[[], float] = time.time
     gateway_ip6: str | None = None  # dual stack: the next hop node agents use for IPv6 views
+    routewatch: Any = None  # gateway.routewatch.RouteWatch: the watchers /metrics counts
     started: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:

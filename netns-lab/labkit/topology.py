@@ -23,7 +23,7 @@ YAML (every key optional; defaults give the two-cluster demo)::
                                       # 100.96.0.0/11, lab 100.64.0.0/11, so their views differ)
         ipam_views: full              # or sparse: view peers through what they export (a hub)
         wireguard: userspace          # or wireguard-go (the reference implementation)
-        agent_interval: 1             # seconds between the node agents' polls of the gateway
+        agent_interval: 1             # the agents' --interval: polls of a gateway from before the watch
         # Dual stack (optional): IPv6 ranges beside the IPv4 ones. Node k gets the
         # k-th /64 of pod_cidr6; every pod (and the gateway) gets the IPv4 host
         # offset in its node's /64; services get ip6 (default service_cidr6 + 10).
@@ -92,7 +92,7 @@ class ClusterSpec:
     ipam_pools: tuple[str, ...] = ()
     ipam_views: str = "full"  # the gateway's ipam.views (full | sparse)
     wireguard: str = "userspace"  # the gateway's wireguard.implementation
-    agent_interval: float = 1.0  # the node agents' poll interval (s); big labs raise it to save CPU
+    agent_interval: float = 1.0  # the agents' --interval (s): they watch; polls only a pre-watch gateway
     pod_cidr6: str | None = None  # dual stack (see the module docstring)
     service_cidr6: str | None = None
     node_cidr6: str | None = None

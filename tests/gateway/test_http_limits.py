@@ -127,3 +127,14 @@ def test_connection_caps_fit_the_descriptor_limit() -> None:
     peering, operator = connection_caps(256, 512)
     assert (peering, operator) == (53, 213)
     assert 2 * peering + operator + ACCEPT_BATCH + FD_RESERVE <= 512
+
+
+def test_watchers_fit_the_descriptor_limit_too() -> None:
+    from gateway.httpserver import ACCEPT_BATCH, FD_RESERVE, connection_caps, watcher_cap
+
+    assert watcher_cap(2048, 1 << 20) == 2048  # plenty: as configured
+    watchers = watcher_cap(2048, 512)
+    assert watchers == (512 - FD_RESERVE - ACCEPT_BATCH) // 4 == 80
+    peering, operator = connection_caps(256, 512 - watchers)
+    assert 2 * peering + operator + watchers + ACCEPT_BATCH + FD_RESERVE <= 512
+    assert watcher_cap(0, 1 << 20) == 0 and watcher_cap(2048, 100) == 0

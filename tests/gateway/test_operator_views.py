@@ -140,3 +140,22 @@ def test_window_and_etag_matching() -> None:
     assert readviews.not_modified('W/"x", "y"', '"x"') and readviews.not_modified("*", '"q"')
     assert not readviews.not_modified(None, '"x"') and not readviews.not_modified('"y"', '"x"')
     assert readviews.digest({"b": 1, "a": [2]}) == readviews.digest({"a": [2], "b": 1})
+
+
+def test_cli_status_prints_the_first_page_and_counts_the_rest(hub: Any, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from gwharness import serving
+
+    from gateway import cli
+
+    monkeypatch.setattr(cli, "STATUS_PEERS", 2)
+    with serving(hub.app) as (_, url):
+        assert cli.main(["status", "--api", url]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith("cluster gpu") and "3 peers" in out[0]
+        table = out[out.index("") + 1:]
+        assert [line.split()[0] for line in table[1:3]] == ["cpu", "edge"]
+        assert table[3] == "... and 1 more peers (crosswire peer list shows every one)"
+        assert cli.main(["peer", "list", "--api", url]) == 0  # every peer, as before
+        listed = capsys.readouterr().out
+        assert all(name in listed for name in PEERS), listed

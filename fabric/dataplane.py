@@ -19,7 +19,7 @@ from collections.abc import Collection
 from typing import Any
 
 from fabric import apply as fabric_apply
-from fabric import nat
+from fabric import nat, nftdump
 from fabric.exports import apply as exportsapply
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
@@ -28,9 +28,9 @@ from fabric.wgprocess import Implementation, LinkOwnershipError, WgProcess, WgPr
 log = logging.getLogger("crosswire.dataplane")
 
 DROP_CHAINS = ("prerouting", "postrouting")  # where the table drops what no mapping took
-# Up to this many peers asked for, their chains and sets are listed one by one;
-# more, and the whole table costs less (bench/page_poll.py measured both).
-PER_PEER_LISTING = 64
+# Up to this many peers asked for, their chains and sets are dumped one by one
+# (fabric.nftdump); more, and one listing of the whole table is cheaper.
+PER_PEER_LISTING = 100
 
 
 class OwnershipError(RuntimeError):
@@ -100,13 +100,17 @@ class Dataplane:
     def nat(self, state: FabricState, only: Collection[str] | None = None) -> list[dict[str, Any]]:
         """``/api/v1/nat``'s peers with their counters; ``only``: just these peers, and
         the kernel is asked for their chains and sets alone when they are few."""
-        try:
-            if only is not None and len(only) <= PER_PEER_LISTING:
-                listing = Nft().list_objects(nat.FAMILY, self.nft_table, *nat.listed_objects(state, only))
-            else:
+        listing: dict[str, Any] | None = None
+        if only is not None and len(only) <= PER_PEER_LISTING:
+            try:
+                listing = nftdump.listing(nat.FAMILY, self.nft_table, *nat.listed_objects(state, only))
+            except OSError as e:  # a chain missing (the table is not what the state says), or no dumps
+                log.debug("per-peer counters unavailable (%s): listing the table", e)
+        if listing is None:
+            try:
                 listing = Nft().list_table(nat.FAMILY, self.nft_table)
-        except NftError:
-            listing = {}  # table (or a peer's chain) missing: rules show handle None and zero counters
+            except NftError:
+                listing = {}  # table missing: rules show handle None and zero counters
         peers = nat.with_counters(nat.mappings(state, only), listing)
         if state.exports is not None:
             # Per peer, what the export policy refused (fabric.exports.policy).

@@ -33,10 +33,10 @@ from fabric_topo import (
 )
 from nsutil import Namespaces, require_root, sh
 
-from fabric import nat
+from fabric import nat, nftdump
 from fabric.apply import ApplyError, apply, verify
 from fabric.model import RangeMap
-from fabric.nft import Nft, NftError
+from fabric.nft import Nft, NftError, in_netns
 from fabric.routes import ROUTE_PROTO
 from fabric.wgctl import WgControl
 
@@ -139,6 +139,8 @@ def test_host_network_sources(fab: Lab) -> None:
     assert maps == ["host_v4"], maps
     alone = Nft(fab.gpu.gw).list_objects("inet", "crosswire", chains, sets, maps)
     assert nat.with_counters(nat.mappings(fab.gpu.state, {cid}), alone) == rows
+    dumped = in_netns(fab.gpu.gw, lambda: nftdump.listing("inet", "crosswire", chains, sets, maps))
+    assert nat.with_counters(nat.mappings(fab.gpu.state, {cid}), dumped) == rows
 
 
 def test_ipv6(fab: Lab) -> None:

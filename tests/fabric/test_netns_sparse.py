@@ -34,10 +34,10 @@ import pytest
 from fabric_topo import PORT, Side, add_pod, ask, make_side, program, start_echo
 from nsutil import Namespaces, require_root, sh
 
-from fabric import nat
+from fabric import nat, nftdump
 from fabric.apply import verify
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
-from fabric.nft import Nft
+from fabric.nft import Nft, in_netns
 
 pytestmark = pytest.mark.root
 
@@ -215,6 +215,9 @@ def test_per_export_counters_from_the_kernel(pair: Pair) -> None:
     alone = nat.with_counters(nat.mappings(pair.spoke.state, {cid}),
                               Nft(pair.spoke.gw).list_objects("inet", "crosswire", chains, sets, maps))
     assert alone == rows
+    # ... and from the kernel's own dumps (fabric.nftdump), which the gateway reads them with
+    dumped = in_netns(pair.spoke.gw, lambda: nftdump.listing("inet", "crosswire", chains, sets, maps))
+    assert nat.with_counters(nat.mappings(pair.spoke.state, {cid}), dumped) == rows
 
 
 def test_mixed_spoke_views_hub_full(pair: Pair) -> None:

@@ -131,6 +131,10 @@ class Dataplane:
 
     def nat_drops(self) -> list[dict[str, Any]]:
         """The drop rules of the table's NAT base chains with their counters ([] without a table)."""
+        try:  # the kernel's dumps of the two chains: libnftables would load the whole table first
+            return nat.drops([nftdump.listing(nat.FAMILY, self.nft_table, DROP_CHAINS)])
+        except OSError as e:
+            log.debug("drop counters: no dump (%s), listing the chains", e)
         try:
             nft = Nft()
             return nat.drops(nft.list_chain(nat.FAMILY, self.nft_table, c) for c in DROP_CHAINS)

@@ -48,15 +48,16 @@ def reach(ours: Sequence[RangeMap], imported: Sequence[ImportedService]) -> str:
     return "sparse: " + "; ".join(offered)
 
 
-def peer_state(p: PeerRecord, now: float, stats: dict[str, dict[str, Any]] | None = None,
+def peer_state(cluster_id: str, public_key: str, pending: bool, now: float,
+               stats: dict[str, dict[str, Any]] | None = None,
                health: dict[str, dict[str, Any]] | None = None) -> str:
     """pending, connecting, connected, impaired or error: the prober's verdict, else the handshake's."""
-    if p.their_views is None:
+    if pending:
         return "pending"
-    h = (health or {}).get(p.cluster_id, {})
+    h = (health or {}).get(cluster_id, {})
     if h.get("state"):
         return str(h["state"])
-    hs = (stats or {}).get(p.public_key, {}).get("last_handshake")
+    hs = (stats or {}).get(public_key, {}).get("last_handshake")
     if hs:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
         return "connected" if now - hs < HANDSHAKE_STALE else "error"
     return "connecting"
@@ -72,7 +73,7 @@ def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
     s = (stats or {}).get(p.public_key, {})
     h = (health or {}).get(p.cluster_id, {})
     hs = s.get("last_handshake")
-    state = peer_state(p, now, stats, health)
+    state = peer_state(p.cluster_id, p.public_key, p.their_views is None, now, stats, health)
     return {
         "cluster_id": p.cluster_id, "public_key": p.public_key, "endpoint": s.get("endpoint") or p.endpoint,
         "url": p.url, "state": state,
@@ -114,6 +115,8 @@ class ReadModel:
     clock: Callable[[], float] = time.time
     gateway_ip6: str | None = None  # dual stack: the next hop node agents use for IPv6 views
     started: float = field(default=0.0, init=False)
+    # the NAT summary's counts and version of the last state asked about
+    _counted: tuple[Any, list[tuple[str, int, int, int]], str] = field(default=(None, [], ""), init=False)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -154,34 +157,37 @@ class ReadModel:
         imported: dict[str, list[ImportedService]] = {}
         for s in self.imported_services():
             imported.setdefault(s.peer, []).append(s)
+        if only is None:
+            records = self.store.peers()
+        else:  # a page: its rows alone (store.peers() parses every peer's views)
+            records = [r for r in map(self.store.peer, sorted(only)) if r is not None]
         return [peer_summary(p, ordered(self.views.views(p.cluster_id)), now, stats, health,
                              problems.get(p.cluster_id), imported.get(p.cluster_id, ()))
-                for p in self.store.peers() if only is None or p.cluster_id in only]
+                for p in records]
 
-    def peer_states(self, records: Sequence[PeerRecord] | None = None,
+    def peer_states(self, index: Sequence[tuple[str, str, bool]] | None = None,
                     stats: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
         """Every peer's state, without building its summary (status, summaries)."""
         now = self.clock()
         health = self.health.report(now)
         stats = self.peer_stats() if stats is None else stats
-        return {p.cluster_id: peer_state(p, now, stats, health)
-                for p in (self.store.peers() if records is None else records)}
+        return {cid: peer_state(cid, key, pending, now, stats, health)
+                for cid, key, pending in (self.store.peer_index()[0] if index is None else index)}
 
     def peers_view(self, q: readviews.Query) -> list[dict[str, Any]] | dict[str, Any]:
         """/api/v1/peers with its query: as before, a summary, or a page computed for its peers only."""
         if q.plain:
             return self.peers()
-        records = self.store.peers()
+        index, digest = self.store.peer_index()
         if q.summary:
             stats = self.peer_stats()
-            all_views = self.views.all_views()
-            config = [(p.cluster_id, p.public_key, p.endpoint, p.url, p.ranges, views_body(p.their_views or ()),
-                       views_body(ordered(all_views.get(p.cluster_id, ())))) for p in records]
-            keys = {p.public_key for p in records}
-            return readviews.peers_summary(self.peer_states(records, stats), config,
+            keys = {key for _, key, _ in index}
+            # the version follows the peers table and our views of them (ipam.db)
+            views = sorted((cid, tuple(map(str, ms))) for cid, ms in self.views.all_views().items())
+            return readviews.peers_summary(self.peer_states(index, stats), [digest, views],
                                            (s for k, s in stats.items() if k in keys),
                                            len(self.endpoint_problems()))
-        page, total = readviews.window([p.cluster_id for p in records], q)
+        page, total = readviews.window([cid for cid, _, _ in index], q)
         return readviews.paged("peers", self.peers(set(page)) if page else [], total, q)
 
     def nat_view(self, q: readviews.Query) -> dict[str, Any]:
@@ -190,13 +196,17 @@ class ReadModel:
         table = f"inet {self.config.nft_table}"
         if q.plain:
             return {"table": table, "peers": self.nat(), "drops": self.nat_drops()}
-        state = self.reconciler.desired()
+        # What is programmed (the state the kernel's counters belong to); the plain report
+        # renders the desired one, which differs only until the next reconcile.
+        state = self.reconciler.applied or self.reconciler.desired()
         if q.summary:
             exports = None if self.config.exports is None else len(self.config.exports)
-            mapped = [(p.cluster_id, p.remote, p.local) for p in state.peers]
-            return readviews.nat_summary(table, nat_counts(state), self.nat_drops(),
-                                         self.reconciler.dataplane.export_denied(state), exports,
-                                         readviews.digest([table, mapped]))
+            if self._counted[0] is not state:  # counts and version: once per programmed state
+                mapped = repr([(p.cluster_id, p.remote, p.local) for p in state.peers])
+                self._counted = (state, nat_counts(state), readviews.digest([table, mapped]))
+            _, counts, version = self._counted
+            return readviews.nat_summary(table, counts, self.nat_drops(),
+                                         self.reconciler.dataplane.export_denied(state), exports, version)
         ids = [p.cluster_id for p in state.peers]
         if q.peer is not None and q.peer not in ids and self.store.peer(q.peer) is not None:
             # known but pending: nothing is programmed for it yet

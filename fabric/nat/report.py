@@ -44,20 +44,25 @@ def counts(state: FabricState) -> list[tuple[str, int, int, int]]:
     return out
 
 
-def listed_objects(state: FabricState, only: Collection[str]) -> tuple[list[str], list[str], list[str]]:
-    """What ``with_counters`` needs of the kernel for these peers: their chains,
-    their counting sets and the shared host maps they have elements in. Listing
-    these costs about the peers asked for, not the whole table."""
+def listed_objects(state: FabricState, only: Collection[str]) -> tuple[
+        list[str], dict[str, list[str]], dict[str, list[str]]]:
+    """What ``with_counters`` needs of the kernel for these peers: their chains, and
+    by set or map name the elements (keys) that count them: their counting sets'
+    addresses, their keys in the shared host maps."""
     chains: list[str] = []
-    sets: list[str] = []
-    maps: set[str] = set()
+    sets: dict[str, list[str]] = {}
+    maps: dict[str, list[str]] = {}
     for p in build(state).peers:
         if p.cluster_id not in only:
             continue
         chains += [p.chains[PeerChain.EGRESS], p.chains[PeerChain.INGRESS], p.chains[PeerChain.COUNT]]
-        sets += [name for name, _ in p.sets]
-        maps.update(f"host_v{v}" for v in (4, 6) if p.host_target[v] is not None)
-    return chains, sets, sorted(maps)
+        for mr in p.mapping_rules:
+            if mr.count_set is not None and mr.count_element is not None:
+                sets.setdefault(mr.count_set, []).append(mr.count_element)
+        for v in (4, 6):
+            if p.host_target[v] is not None:
+                maps.setdefault(f"host_v{v}", []).extend(k.cidr.text for k in p.keys if k.cidr.version == v)
+    return chains, sets, maps
 
 
 def _ranges(maps: tuple[Mapping, ...]) -> list[dict[str, str]]:

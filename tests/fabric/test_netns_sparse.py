@@ -187,6 +187,11 @@ def test_not_offered_destinations_are_dropped_and_counted(pair: Pair) -> None:
     before = prerouting_drops(pair.hub)
     assert ask(pair.clients[1], "udp", "100.70.1.3", check=False) == []
     assert prerouting_drops(pair.hub) - before >= 5
+    # The drop rules as the kernel's chain dumps give them (what /api/v1/nat reads): the same
+    chains = ("prerouting", "postrouting")
+    dumped = nat.drops([in_netns(pair.hub.gw, lambda: nftdump.listing("inet", "crosswire", chains))])
+    assert dumped == nat.drops(Nft(pair.hub.gw).list_chain("inet", "crosswire", c) for c in chains)
+    assert sum(d["packets"] for d in dumped) >= 5 and all(isinstance(d["handle"], int) for d in dumped), dumped
     # The export next to it still answers: the drops were per address, not per peer.
     assert ask(pair.hub.pods["h2"], "udp", "100.64.9.1")[0] == "s0"
 

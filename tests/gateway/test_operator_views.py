@@ -126,6 +126,7 @@ def test_bad_parameters_are_refused_naming_them(hub: Any, query: str, status: in
 
 def test_a_pending_peer_has_no_nat_rows(hub: Any) -> None:
     hub.store.update_peer("lab", their_views=None)
+    asyncio.run(hub.gw.reconciler.reconcile())  # pages report what is programmed
     body = get(hub, "/api/v1/nat?peer=lab").json()
     assert body["peers"] == [] and body["total"] == 0
     assert get(hub, "/api/v1/peers?peer=lab").json()["peers"][0]["state"] == "pending"

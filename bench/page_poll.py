@@ -15,7 +15,8 @@ it) per poll cycle, median of ``--rounds``:
 
 * ``old_cycle_s``: what the page fetched before: status, /api/v1/peers, /api/v1/nat;
 * ``new_cycle_s``: what it fetches now: both summaries, a page of 50 peers, one
-  peer's NAT, plus a fifth of a status (it asks every 5th poll);
+  peer's NAT, plus a 15th of a status (it asks every 15th poll, and when the
+  peers' version moves); ``new_views_s`` the same without the status;
 * each request alone (``*_s``), and the bytes of each answer.
 
 ``*_core_pct`` = CPU per cycle / the 2 s poll interval, in % of one core.
@@ -40,7 +41,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 POLL_S = 2.0
-STATUS_EVERY = 5  # the page's STATUS_EVERY
+STATUS_EVERY = 15  # the page's STATUS_EVERY (it also asks when the peers' version moves)
 
 
 def cpu() -> float:
@@ -164,6 +165,8 @@ async def measure(cp: Any, n: int, rounds: int) -> dict[str, Any]:
             print(f"{name:14} {s * 1000:8.1f} ms CPU  {size:>9} B", flush=True)
         old, old_bytes = await cost([single["status"], single["peers"], single["nat"]])
         new, new_bytes = await cost([single[k] for k in ("peers_summary", "nat_summary", "peers_page", "nat_peer")])
+        out["new_views_s"] = round(new, 4)
+        out["new_views_core_pct"] = round(100 * new / POLL_S, 2)
         new += out["status_s"] / STATUS_EVERY
         new_bytes += out["status_bytes"] // STATUS_EVERY
     out.update(old_cycle_s=round(old, 4), new_cycle_s=round(new, 4), old_cycle_bytes=old_bytes,

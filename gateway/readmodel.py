@@ -244,6 +244,11 @@ class ReadModel:
     def nat_drops(self) -> list[dict[str, Any]]:
         return self.reconciler.dataplane.nat_drops()
 
+    def export_denied(self) -> dict[str, dict[str, int]] | None:
+        """Per peer, what the export policy refused (None without exports)."""
+        state = self.reconciler.applied or self.reconciler.desired()
+        return self.reconciler.dataplane.export_denied(state)
+
     def exports(self) -> dict[str, Any]:
         return exportsread.exports(self)
 

@@ -12,6 +12,7 @@ become an element, the optional section that answers shows and the 404 one hides
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def test_page_live_against_two_gateways(netns: Namespaces, tmp_path: Path) -> No
         dst = view_of(PODS[1], a_sees_b)
         wait_ping(a.pods[0], dst)
         origin = OPERATOR
+        check_views_live(a.ns, origin)
         optional = {name: sh(sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1]).status_code)",
                              f"{origin}/api/v1/{name}", ns=a.ns).stdout.strip() for name in ("exports", "imports")}
 
@@ -116,6 +118,51 @@ def test_page_live_against_two_gateways(netns: Namespaces, tmp_path: Path) -> No
             assert same_origin(urls, origin) == [], "requests outside the gateway's origin"
             assert console_problems(br.logs("browser")) == []
         assert wide.stat().st_size > 10_000 and narrow.stat().st_size > 5_000
+
+
+VIEWS_PROBE = r"""
+import json, sys, httpx
+base = sys.argv[1]
+out = {}
+for q in ("peer=b", "limit=1&offset=0", "offset=1", "summary=true", "peer=nobody", "limit=0", "summary=yes"):
+    for path in ("/api/v1/peers", "/api/v1/nat"):
+        r = httpx.get(f"{base}{path}?{q}")
+        out[f"{path}?{q}"] = [r.status_code, r.json(), r.headers.get("etag")]
+whole = httpx.get(base + "/api/v1/nat").json()
+out["whole"] = whole
+tag = out["/api/v1/nat?summary=true"][2]
+out["304"] = httpx.get(base + "/api/v1/nat?summary=true", headers={"If-None-Match": tag}).status_code
+print(json.dumps(out))
+"""
+
+
+def check_views_live(ns: str, origin: str) -> None:
+    """The query parameters of peers and nat against a live daemon with a real table."""
+    got = json.loads(sh(sys.executable, "-c", VIEWS_PROBE, origin, ns=ns).stdout)
+    code, body, _ = got["/api/v1/nat?peer=b"]
+    assert code == 200 and body["total"] == 1 and [p["cluster_id"] for p in body["peers"]] == ["b"], body
+    whole = got["whole"]["peers"][0]
+    # the same rules, found in the kernel (handles) by the per-peer dumps as by the table listing
+    assert [(r["chain"], r["comment"], r["handle"]) for r in body["peers"][0]["rules"]] == \
+        [(r["chain"], r["comment"], r["handle"]) for r in whole["rules"]]
+    assert all(isinstance(r["handle"], int) for r in whole["rules"]) and whole["rules"]
+    assert [(h["key"], h["present"]) for h in body["peers"][0]["host_network"]] == \
+        [(h["key"], h["present"]) for h in whole["host_network"]]
+    assert sorted(d["chain"] for d in body["drops"]) == ["postrouting", "prerouting"]
+    assert all(isinstance(d["handle"], int) for d in body["drops"]), body["drops"]
+    code, body, _ = got["/api/v1/peers?peer=b"]
+    assert code == 200 and body["peers"][0]["cluster_id"] == "b" and body["peers"][0]["state"] == "connected"
+    assert got["/api/v1/peers?limit=1&offset=0"][1]["total"] == 1
+    assert got["/api/v1/peers?offset=1"][1]["peers"] == [] and got["/api/v1/nat?offset=1"][1]["peers"] == []
+    summary = got["/api/v1/peers?summary=true"][1]
+    assert summary["peers"] == 1 and summary["peers_by_state"] == {"connected": 1} and summary["rx_bytes"] > 0
+    nat = got["/api/v1/nat?summary=true"][1]
+    assert nat["peers"] == 1 and nat["rules"] == len(whole["rules"]) and len(nat["drops"]) == 2
+    assert got["304"] == 304
+    for path in ("/api/v1/peers", "/api/v1/nat"):
+        assert got[f"{path}?peer=nobody"][0] == 404 and "nobody" in got[f"{path}?peer=nobody"][1]["detail"]
+        assert got[f"{path}?limit=0"][0] == 422 and "limit" in got[f"{path}?limit=0"][1]["detail"]
+        assert got[f"{path}?summary=yes"][0] == 200  # "yes" is a boolean to FastAPI
 
 
 def test_page_escapes_everything_and_hides_missing_sections(netns: Namespaces, tmp_path: Path) -> None:

@@ -16,8 +16,12 @@ from typing import Any
 
 class PeerSources:
     def __init__(self, views: Callable[[], dict[str, list[Any]]], ttl: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.views, self.ttl, self.clock = views, ttl, clock
+                 clock: Callable[[], float] = time.monotonic,
+                 generation: Callable[[], object] | None = None) -> None:
+        # generation: a cheap marker that changes with the views (IpamViews.generation);
+        # while it holds still the views are not read at all, whatever the ttl
+        self.views, self.ttl, self.clock, self.generation = views, ttl, clock, generation
+        self._generation: object = None
         self._seen: tuple[tuple[str, tuple[str, ...]], ...] | None = None
         # (IP version, prefix length) -> network address as int -> peer: one dict lookup per
         # prefix length, whatever the number of peers (a hub's 2000 views scanned one by
@@ -29,6 +33,11 @@ class PeerSources:
         now = self.clock()
         if self._at is None or now - self._at >= self.ttl:
             self._at = now
+            if self.generation is not None:
+                gen = self.generation()
+                if gen == self._generation and self._seen is not None:
+                    return self._index
+                self._generation = gen
             seen = tuple((peer, tuple(str(m.view) for m in maps)) for peer, maps in self.views().items())
             if seen != self._seen:  # parse only when the views changed
                 index: dict[tuple[int, int], dict[int, str]] = {}

@@ -40,3 +40,35 @@ def test_views_are_read_once_per_ttl() -> None:
     now[0] = 1.5
     assert src.is_peer("100.64.0.3")
     assert reads == [0.0, 1.5]
+
+
+def test_views_are_read_only_when_their_generation_moves() -> None:
+    reads = []
+    gen = [1]
+    views: dict[str, list[Any]] = {"gpu": [RangeMap("pod", "10.244.0.0/16", "100.64.0.0/16")]}
+
+    def read() -> dict[str, list[Any]]:
+        reads.append(gen[0])
+        return views
+
+    src = PeerSources(read, ttl=0.0, generation=lambda: gen[0])
+    assert [src.peer_of("100.64.0.1") for _ in range(5)] == ["gpu"] * 5
+    assert reads == [1]  # ttl 0, yet read once: the generation held still
+    views["lab"] = [RangeMap("pod", "10.244.0.0/16", "100.65.0.0/16")]
+    gen[0] = 2
+    assert src.peer_of("100.65.0.1") == "lab" and reads == [1, 2]
+
+
+def test_a_peer_added_to_the_ipam_is_refused_at_once(tmp_path: Any) -> None:
+    from gateway.ipam_adapter import IpamViews
+
+    views = IpamViews(tmp_path / "ipam.db", ("10.244.0.0/16",), ("10.96.0.0/12",), (), ("100.64.0.0/10",))
+    try:
+        src = PeerSources(views.all_views, ttl=0.0, generation=views.generation)
+        assert src.peer_of("100.64.0.1") is None
+        got = views.allocate("gpu", [("pod", "10.244.0.0/16")])
+        assert src.peer_of(str(next(iter(got)).view).split("/")[0]) == "gpu"
+        views.release("gpu")
+        assert src.peer_of(str(next(iter(got)).view).split("/")[0]) is None
+    finally:
+        views.close()

@@ -115,6 +115,8 @@ class ReadModel:
     clock: Callable[[], float] = time.time
     gateway_ip6: str | None = None  # dual stack: the next hop node agents use for IPv6 views
     started: float = field(default=0.0, init=False)
+    # the peers summary's digest of our views, by IPAM generation
+    _viewed: tuple[int | None, str] = field(default=(None, ""), init=False)
     # the NAT summary's counts and version of the last state asked about
     _counted: tuple[Any, list[tuple[str, int, int, int]], str] = field(default=(None, [], ""), init=False)
 
@@ -182,9 +184,13 @@ class ReadModel:
         if q.summary:
             stats = self.peer_stats()
             keys = {key for _, key, _ in index}
-            # the version follows the peers table and our views of them (ipam.db)
-            views = sorted((cid, tuple(map(str, ms))) for cid, ms in self.views.all_views().items())
-            return readviews.peers_summary(self.peer_states(index, stats), [digest, views],
+            # the version follows the peers table and our views of them (ipam.db: read and
+            # digested again only when the IPAM's generation moved)
+            gen = self.views.generation()
+            if self._viewed[0] != gen:
+                views = sorted((cid, tuple(map(str, ms))) for cid, ms in self.views.all_views().items())
+                self._viewed = (gen, readviews.digest(views))
+            return readviews.peers_summary(self.peer_states(index, stats), [digest, self._viewed[1]],
                                            (s for k, s in stats.items() if k in keys),
                                            len(self.endpoint_problems()))
         page, total = readviews.window([cid for cid, _, _ in index], q)

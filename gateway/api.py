@@ -8,7 +8,8 @@ health): every other path is 404, so nobody on the internet reads anything.
 ``create_app`` is the operator surface (``api.operator_listen``, plain HTTP,
 loopback by default, never published). OpenAPI at ``/openapi.json``.
 Unauthenticated, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
-``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
+``/api/v1/peers``, ``/api/v1/nat`` (both also ``?peer=``, ``?limit=&offset=``,
+``?summary=true``, with ETags: gateway.readviews), ``/api/v1/ipam``, ``/api/v1/routes`` (the
 node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``; ``/api/v1/exports``, ``/api/v1/imports`` and the admin
 ``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exports.api, the admin
 ``GET|POST /api/v1/peers/{cluster_id}/ranges`` in gateway.peerranges.api.

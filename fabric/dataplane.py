@@ -15,10 +15,11 @@ create); apply and the process supervisor refuse to change them otherwise too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from fabric import apply as fabric_apply
-from fabric import nat
+from fabric import nat, nftdump
 from fabric.exports import apply as exportsapply
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
@@ -27,6 +28,9 @@ from fabric.wgprocess import Implementation, LinkOwnershipError, WgProcess, WgPr
 log = logging.getLogger("crosswire.dataplane")
 
 DROP_CHAINS = ("prerouting", "postrouting")  # where the table drops what no mapping took
+# Up to this many peers asked for, their chains and sets are dumped one by one
+# (fabric.nftdump); more, and one listing of the whole table is cheaper.
+PER_PEER_LISTING = 100
 
 
 class OwnershipError(RuntimeError):
@@ -93,12 +97,21 @@ class Dataplane:
     def peer_stats(self) -> dict[str, dict[str, Any]]:
         return dict(self.process.control().show())
 
-    def nat(self, state: FabricState) -> list[dict[str, Any]]:
-        try:
-            listing = Nft().list_table(nat.FAMILY, self.nft_table)
-        except NftError:
-            listing = {}  # table missing: rules show handle None and zero counters
-        peers = nat.with_counters(nat.mappings(state), listing)
+    def nat(self, state: FabricState, only: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """``/api/v1/nat``'s peers with their counters; ``only``: just these peers, and
+        the kernel is asked for their chains and sets alone when they are few."""
+        listing: dict[str, Any] | None = None
+        if only is not None and len(only) <= PER_PEER_LISTING:
+            try:
+                listing = nftdump.listing(nat.FAMILY, self.nft_table, *nat.listed_objects(state, only))
+            except OSError as e:  # a chain missing (the table is not what the state says), or no dumps
+                log.debug("per-peer counters unavailable (%s): listing the table", e)
+        if listing is None:
+            try:
+                listing = Nft().list_table(nat.FAMILY, self.nft_table)
+            except NftError:
+                listing = {}  # table missing: rules show handle None and zero counters
+        peers = nat.with_counters(nat.mappings(state, only), listing)
         if state.exports is not None:
             # Per peer, what the export policy refused (fabric.exports.policy).
             denied = exportsapply.denied(state.exports, Nft())
@@ -106,8 +119,22 @@ class Dataplane:
                 p["export_denied"] = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
         return peers
 
+    def export_denied(self, state: FabricState) -> dict[str, dict[str, int]] | None:
+        """Per peer, what the export policy refused (None without a policy): named
+        counters, cheap whatever the number of peers."""
+        if state.exports is None:
+            return None
+        try:
+            return exportsapply.denied(state.exports, Nft())
+        except NftError:
+            return {}
+
     def nat_drops(self) -> list[dict[str, Any]]:
         """The drop rules of the table's NAT base chains with their counters ([] without a table)."""
+        try:  # the kernel's dumps of the two chains: libnftables would load the whole table first
+            return nat.drops([nftdump.listing(nat.FAMILY, self.nft_table, DROP_CHAINS)])
+        except OSError as e:
+            log.debug("drop counters: no dump (%s), listing the chains", e)
         try:
             nft = Nft()
             return nat.drops(nft.list_chain(nat.FAMILY, self.nft_table, c) for c in DROP_CHAINS)

@@ -36,6 +36,7 @@ class Views(Protocol):
     def views(self, peer: str) -> list[RangeMap]: ...
     def release(self, peer: str, *, hold: float = 0.0) -> None: ...
     def all_views(self) -> dict[str, list[RangeMap]]: ...
+    def generation(self) -> int: ...
     def snapshot(self) -> dict[str, Any]: ...
 
 
@@ -76,6 +77,11 @@ class IpamViews:
 
     def release(self, peer: str, *, hold: float = 0.0) -> None:
         self.store.release(peer, hold=hold)
+
+    def generation(self) -> int:
+        """Changes whenever the views may have (``IpamStore.generation``): what a reader
+        that caches what it derived from ``all_views`` compares."""
+        return self.store.generation()
 
     def all_views(self) -> dict[str, list[RangeMap]]:
         """Every peer's views in one read (the reconcile loop builds the state every second)."""

@@ -11,13 +11,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fabric.model import RangeMap, routed_cidrs
+from fabric.nat import counts as nat_counts
 from fabric.nat.trace import Query
 from fabric.nat.trace import trace as nat_trace
+from gateway import readviews
 from gateway.config import Config
 from gateway.exports import read as exportsread
 from gateway.exports.imports import ImportedService
@@ -46,6 +48,21 @@ def reach(ours: Sequence[RangeMap], imported: Sequence[ImportedService]) -> str:
     return "sparse: " + "; ".join(offered)
 
 
+def peer_state(cluster_id: str, public_key: str, pending: bool, now: float,
+               stats: dict[str, dict[str, Any]] | None = None,
+               health: dict[str, dict[str, Any]] | None = None) -> str:
+    """pending, connecting, connected, impaired or error: the prober's verdict, else the handshake's."""
+    if pending:
+        return "pending"
+    h = (health or {}).get(cluster_id, {})
+    if h.get("state"):
+        return str(h["state"])
+    hs = (stats or {}).get(public_key, {}).get("last_handshake")
+    if hs:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
+        return "connected" if now - hs < HANDSHAKE_STALE else "error"
+    return "connecting"
+
+
 def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
                  stats: dict[str, dict[str, Any]] | None = None,
                  health: dict[str, dict[str, Any]] | None = None,
@@ -56,14 +73,7 @@ def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
     s = (stats or {}).get(p.public_key, {})
     h = (health or {}).get(p.cluster_id, {})
     hs = s.get("last_handshake")
-    if p.their_views is None:
-        state = "pending"
-    elif h.get("state"):
-        state = h["state"]
-    elif hs:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
-        state = "connected" if now - hs < HANDSHAKE_STALE else "error"
-    else:
-        state = "connecting"
+    state = peer_state(p.cluster_id, p.public_key, p.their_views is None, now, stats, health)
     return {
         "cluster_id": p.cluster_id, "public_key": p.public_key, "endpoint": s.get("endpoint") or p.endpoint,
         "url": p.url, "state": state,
@@ -106,6 +116,10 @@ class ReadModel:
     gateway_ip6: str | None = None  # dual stack: the next hop node agents use for IPv6 views
     routewatch: Any = None  # gateway.routewatch.RouteWatch: the watchers /metrics counts
     started: float = field(default=0.0, init=False)
+    # the peers summary's digest of our views, by IPAM generation
+    _viewed: tuple[int | None, str] = field(default=(None, ""), init=False)
+    # the NAT summary's counts and version of the last state asked about
+    _counted: tuple[Any, list[tuple[str, int, int, int]], str] = field(default=(None, [], ""), init=False)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
@@ -130,28 +144,90 @@ class ReadModel:
         return {"configured": configured, "implementation": configured, "name": configured,
                 "reason": "unknown"}
 
-    def peers(self) -> list[dict[str, Any]]:
+    def endpoint_problems(self) -> dict[str, str]:
+        try:
+            return self.reconciler.dataplane.endpoint_problems()[0]
+        except Exception as e:
+            log.debug("endpoint problems unavailable: %s", e)
+            return {}
+
+    def peers(self, only: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """/api/v1/peers; ``only``: just these peers (their views read one by one)."""
         stats = self.peer_stats()
         now = self.clock()
         health = self.health.report(now)
-        try:
-            problems = self.reconciler.dataplane.endpoint_problems()[0]
-        except Exception as e:
-            log.debug("endpoint problems unavailable: %s", e)
-            problems = {}
+        problems = self.endpoint_problems()
         imported: dict[str, list[ImportedService]] = {}
         for s in self.imported_services():
             imported.setdefault(s.peer, []).append(s)
+        if only is None:
+            records = self.store.peers()
+        else:  # a page: its rows alone (store.peers() parses every peer's views)
+            records = [r for r in map(self.store.peer, sorted(only)) if r is not None]
         return [peer_summary(p, ordered(self.views.views(p.cluster_id)), now, stats, health,
                              problems.get(p.cluster_id), imported.get(p.cluster_id, ()))
-                for p in self.store.peers()]
+                for p in records]
+
+    def peer_states(self, index: Sequence[tuple[str, str, bool]] | None = None,
+                    stats: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+        """Every peer's state, without building its summary (status, summaries)."""
+        now = self.clock()
+        health = self.health.report(now)
+        stats = self.peer_stats() if stats is None else stats
+        return {cid: peer_state(cid, key, pending, now, stats, health)
+                for cid, key, pending in (self.store.peer_index()[0] if index is None else index)}
+
+    def peers_view(self, q: readviews.Query) -> list[dict[str, Any]] | dict[str, Any]:
+        """/api/v1/peers with its query: as before, a summary, or a page computed for its peers only."""
+        if q.plain:
+            return self.peers()
+        index, digest = self.store.peer_index()
+        if q.summary:
+            stats = self.peer_stats()
+            keys = {key for _, key, _ in index}
+            # the version follows the peers table and our views of them (ipam.db: read and
+            # digested again only when the IPAM's generation moved)
+            gen = self.views.generation()
+            if self._viewed[0] != gen:
+                views = sorted((cid, tuple(map(str, ms))) for cid, ms in self.views.all_views().items())
+                self._viewed = (gen, readviews.digest(views))
+            return readviews.peers_summary(self.peer_states(index, stats), [digest, self._viewed[1]],
+                                           (s for k, s in stats.items() if k in keys),
+                                           len(self.endpoint_problems()))
+        page, total = readviews.window([cid for cid, _, _ in index], q)
+        return readviews.paged("peers", self.peers(set(page)) if page else [], total, q)
+
+    def nat_view(self, q: readviews.Query) -> dict[str, Any]:
+        """/api/v1/nat with its query: as before, a summary, or the NAT of a page of peers
+        (the kernel asked for their chains and sets only)."""
+        table = f"inet {self.config.nft_table}"
+        if q.plain:
+            return {"table": table, "peers": self.nat(), "drops": self.nat_drops()}
+        # What is programmed (the state the kernel's counters belong to); the plain report
+        # renders the desired one, which differs only until the next reconcile.
+        state = self.reconciler.applied or self.reconciler.desired()
+        if q.summary:
+            exports = None if self.config.exports is None else len(self.config.exports)
+            if self._counted[0] is not state:  # counts and version: once per programmed state
+                mapped = repr([(p.cluster_id, p.remote, p.local) for p in state.peers])
+                self._counted = (state, nat_counts(state), readviews.digest([table, mapped]))
+            _, counts, version = self._counted
+            return readviews.nat_summary(table, counts, self.nat_drops(),
+                                         self.reconciler.dataplane.export_denied(state), exports, version)
+        ids = [p.cluster_id for p in state.peers]
+        if q.peer is not None and q.peer not in ids and self.store.peer(q.peer) is not None:
+            # known but pending: nothing is programmed for it yet
+            return readviews.paged("peers", [], 0, q, table=table, drops=self.nat_drops())
+        page, total = readviews.window(ids, q)
+        rows = self.reconciler.dataplane.nat(state, set(page)) if page else []
+        return readviews.paged("peers", rows, total, q, table=table, drops=self.nat_drops())
 
     def status(self) -> dict[str, Any]:
         ready, why = self.reconciler.ready()
-        peers = self.peers()
+        states = self.peer_states()
         by_state: dict[str, int] = {}
-        for p in peers:
-            by_state[p["state"]] = by_state.get(p["state"], 0) + 1
+        for state in states.values():
+            by_state[state] = by_state.get(state, 0) + 1
         c, st = self.config, self.reconciler.stats
         impl = self.implementation()
         return {
@@ -162,7 +238,7 @@ class ReadModel:
             "gateway_ip": self.reconciler.gateway_ip, "gateway_ip6": self.gateway_ip6,
             "pod_cidrs": list(c.pod_cidrs), "service_cidrs": list(c.service_cidrs),
             "ready": ready, "ready_reason": why, "uptime_s": round(self.clock() - self.started, 3),
-            "peers": len(peers), "peers_by_state": by_state,
+            "peers": len(states), "peers_by_state": by_state,
             "exposure": exportsread.exposure(self),  # all: whole ranges; exports: only what is exported
             "reconcile": {"runs": st.runs, "errors": st.errors,
                           "dataplane_restarts": st.restarts, "last_error": st.last_error,
@@ -174,6 +250,12 @@ class ReadModel:
 
     def nat_drops(self) -> list[dict[str, Any]]:
         return self.reconciler.dataplane.nat_drops()
+
+    def export_denied(self) -> dict[str, dict[str, int]] | None:
+        """Per peer, what the export policy refused (None without exports)."""
+        state = self.reconciler.applied or self.reconciler.desired()
+        return self.reconciler.dataplane.export_denied(state)
+
     def exports(self) -> dict[str, Any]:
         return exportsread.exports(self)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -242,6 +243,16 @@ class StateStore:
         with self._lock:
             rows = self._db.execute("SELECT * FROM peers ORDER BY cluster_id").fetchall()
         return [self._peer_row(r) for r in rows]
+
+    def peer_index(self) -> tuple[list[tuple[str, str, bool]], str]:
+        """(cluster ID, public key, pending) of every peer, by ID, and a digest of what
+        the peers table says of them (secrets left out): the summaries' change marker,
+        without parsing every peer's ranges and views."""
+        with self._lock:
+            rows = self._db.execute("SELECT cluster_id, public_key, endpoint, url, gateway_ip, ranges, "
+                                    "their_views FROM peers ORDER BY cluster_id").fetchall()
+        digest = hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+        return [(str(r[0]), str(r[1]), r[6] is None) for r in rows], digest
 
     def peer(self, cluster_id: str) -> PeerRecord | None:
         with self._lock:

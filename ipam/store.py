@@ -77,6 +77,9 @@ class IpamStore:
         self._data_version: int | None = None  # None: in-memory state must be reloaded
         self._closed = False
         self._next_seq = 0
+        # Bumped whenever memory may have changed (a write here, a reload of another's):
+        # readers that cache what they derive from the allocations compare it.
+        self._generation = 0
 
     @classmethod
     def open(cls, path: str | Path, local: LocalRanges,
@@ -144,6 +147,7 @@ class IpamStore:
     # -- transactions ----------------------------------------------------
 
     def _begin(self) -> None:
+        self._generation += 1  # every write starts here: whatever it does (a rollback reloads: bumped again)
         self._conn.execute("BEGIN IMMEDIATE")
 
     def _rollback(self) -> None:
@@ -200,6 +204,7 @@ class IpamStore:
             raise IpamError(f"IPAM store {self.path}: malformed row ({e})") from None
         planner.load(recs, held)
         self._planner = planner
+        self._generation += 1
 
     def _check_open(self) -> None:
         if self._closed:
@@ -247,6 +252,13 @@ class IpamStore:
             return p
 
     # -- API -------------------------------------------------------------
+
+    def generation(self) -> int:
+        """A marker that changes whenever the allocations may have (here or, seen
+        through ``PRAGMA data_version``, by another connection): one cheap query."""
+        self._refresh()
+        with self._lock:
+            return self._generation
 
     def allocate(self, peer: str, ranges: Sequence[PeerRange], *, replace: bool = False,
                  hold: float = 0.0, now: float | None = None) -> list[View]:

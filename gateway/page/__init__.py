@@ -76,7 +76,8 @@ def page() -> Page:
     def read(name: str) -> str:
         return files.joinpath(name).read_text(encoding="utf-8")
 
-    return build(read("index.html"), read("page.css"), read("page.js"))
+    # one script: the drawing helpers, then the page that uses them
+    return build(read("index.html"), read("page.css"), read("draw.js") + "\n" + read("page.js"))
 
 
 def add_route(app: FastAPI) -> None:

@@ -33,10 +33,10 @@ from fabric_topo import (
 )
 from nsutil import Namespaces, require_root, sh
 
-from fabric import nat
+from fabric import nat, nftdump
 from fabric.apply import ApplyError, apply, verify
 from fabric.model import RangeMap
-from fabric.nft import Nft, NftError
+from fabric.nft import Nft, NftError, in_netns
 from fabric.routes import ROUTE_PROTO
 from fabric.wgctl import WgControl
 
@@ -133,6 +133,14 @@ def test_host_network_sources(fab: Lab) -> None:
     rows = nat.with_counters(nat.mappings(fab.gpu.state), Nft(fab.gpu.gw).list_table("inet", "crosswire"))
     host = {h["key"]: h for h in rows[0]["host_network"]}
     assert host["100.65.0.0/16"]["present"] and host["100.65.0.0/16"]["packets"] >= 2
+    # The peer's own chains and the host maps it has elements in (/api/v1/nat?peer=): the same rows.
+    cid = fab.gpu.state.peers[0].cluster_id
+    chains, sets, maps = nat.listed_objects(fab.gpu.state, {cid})
+    assert list(maps) == ["host_v4"] and len(maps["host_v4"]) == 2, maps
+    alone = Nft(fab.gpu.gw).list_objects("inet", "crosswire", chains, sets, maps)
+    assert nat.with_counters(nat.mappings(fab.gpu.state, {cid}), alone) == rows
+    dumped = in_netns(fab.gpu.gw, lambda: nftdump.listing("inet", "crosswire", chains, sets, maps))
+    assert nat.with_counters(nat.mappings(fab.gpu.state, {cid}), dumped) == rows
 
 
 def test_ipv6(fab: Lab) -> None:

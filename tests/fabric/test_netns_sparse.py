@@ -34,10 +34,10 @@ import pytest
 from fabric_topo import PORT, Side, add_pod, ask, make_side, program, start_echo
 from nsutil import Namespaces, require_root, sh
 
-from fabric import nat
+from fabric import nat, nftdump
 from fabric.apply import verify
 from fabric.model import FabricState, LocalFabric, PeerFabric, RangeMap
-from fabric.nft import Nft
+from fabric.nft import Nft, in_netns
 
 pytestmark = pytest.mark.root
 
@@ -187,6 +187,11 @@ def test_not_offered_destinations_are_dropped_and_counted(pair: Pair) -> None:
     before = prerouting_drops(pair.hub)
     assert ask(pair.clients[1], "udp", "100.70.1.3", check=False) == []
     assert prerouting_drops(pair.hub) - before >= 5
+    # The drop rules as the kernel's chain dumps give them (what /api/v1/nat reads): the same
+    chains = ("prerouting", "postrouting")
+    dumped = nat.drops([in_netns(pair.hub.gw, lambda: nftdump.listing("inet", "crosswire", chains))])
+    assert dumped == nat.drops(Nft(pair.hub.gw).list_chain("inet", "crosswire", c) for c in chains)
+    assert sum(d["packets"] for d in dumped) >= 5 and all(isinstance(d["handle"], int) for d in dumped), dumped
     # The export next to it still answers: the drops were per address, not per peer.
     assert ask(pair.hub.pods["h2"], "udp", "100.64.9.1")[0] == "s0"
 
@@ -207,6 +212,17 @@ def test_per_export_counters_from_the_kernel(pair: Pair) -> None:
     block = next(r for r in rows[0]["rules"] if r["kind"] == "egress" and r["view"] == HUB_BLOCK)
     assert block["shows"] == "any source -> 100.64.9.4-100.64.9.7" and block["packets"] > 0
     assert block["connections"] >= 1
+    # One peer's rows from its own chains, counting sets and host maps (what /api/v1/nat?peer=
+    # lists): the same rows, counters and handles as from the whole table.
+    cid = pair.spoke.state.peers[0].cluster_id
+    chains, sets, maps = nat.listed_objects(pair.spoke.state, {cid})
+    assert sets, sets  # the counting sets are listed too
+    alone = nat.with_counters(nat.mappings(pair.spoke.state, {cid}),
+                              Nft(pair.spoke.gw).list_objects("inet", "crosswire", chains, sets, maps))
+    assert alone == rows
+    # ... and from the kernel's own dumps (fabric.nftdump), which the gateway reads them with
+    dumped = in_netns(pair.spoke.gw, lambda: nftdump.listing("inet", "crosswire", chains, sets, maps))
+    assert nat.with_counters(nat.mappings(pair.spoke.state, {cid}), dumped) == rows
 
 
 def test_mixed_spoke_views_hub_full(pair: Pair) -> None:

@@ -279,3 +279,21 @@ def test_repeated_request_of_a_known_peer_needs_no_write_lock(tmp_path: Path) ->
                 other.execute("ROLLBACK")
         assert s.allocate("b", [POD])[0].view == "100.65.0.0/16"
         assert s.views("a") == a
+
+
+def test_generation_moves_with_the_allocations_and_holds_still_on_reads(tmp_path: Path) -> None:
+    """What readers caching derived data (gateway.peersources) compare: it must move on
+    every change, here or by another connection, and hold still while nothing changes."""
+    db = tmp_path / "ipam.db"
+    with IpamStore.open(db, KUBEADM) as s, IpamStore.open(db, KUBEADM) as other:
+        g0 = s.generation()
+        s.allocations()
+        assert s.generation() == g0  # reads change nothing
+        s.allocate("gpu", [POD, SVC])
+        g1 = s.generation()
+        assert g1 != g0 and s.generation() == g1
+        other.allocate("lab", [POD])  # another connection's commit: seen through data_version
+        g2 = s.generation()
+        assert g2 != g1 and "lab" in s.allocations()
+        s.release("gpu")
+        assert s.generation() != g2 and "gpu" not in s.allocations()

@@ -1,0 +1,354 @@
+"""``--workers N``: the sans-IO part of running one WireGuard device in N processes.
+
+Worker 0 (the *owner*, ``OwnerDevice``) is a full Device: handshakes, timers,
+UAPI, stats. Workers 1..N-1 (``WorkerDevice``) only move transport data: they
+have the peers (a mirror of the owner's configuration, without the private
+key), the keypairs the owner hands them, and their own replay windows. What
+goes between them is plain tuples (fabric/wg/workers.py carries them over a
+socketpair):
+
+owner -> worker: ``("cfg", set_request)`` (an applied UAPI set, private key lines
+removed), ``("kp", public, send_key, recv_key, local_index, remote_index,
+is_initiator, created, slot)`` (a new keypair, sent before any packet uses it),
+``("zero", public)``, ``("giveup", public)``, ``("ep", public, endpoint)``,
+``("cap", now)`` (our private key changed: cap the sessions).
+
+worker -> owner: ``("facts", [(public, rx_bytes, tx_bytes, data_received,
+endpoint, wants_handshake, confirmed_index), ...], counters)`` every ``TICK``.
+
+Send counters are shared (``SharedCounters``: one 8-byte slot per keypair in a
+shared anonymous mapping, taken under one process-shared lock): every worker
+takes the next counters of the keypair when it sends, so the counters on the
+wire stay one increasing sequence whatever the traffic per worker. See
+DESIGN.md ("More cores") for why a stride (worker i sends i, i+N, ...) is not
+enough.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import struct
+from typing import Any
+
+from fabric.wg import timers
+from fabric.wg.constants import (
+    KEEPALIVE_TIMEOUT,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+)
+from fabric.wg.device import Device
+from fabric.wg.peer import Keypair, Peer
+from fabric.wg.send import seal
+
+TICK = 0.1  # how often workers report traffic facts and the owner sends roams
+SLOTS = 1 << 16  # shared send counters; a slot is reused REJECT_AFTER_TIME + 10 s later
+_SLOT_LIFE = REJECT_AFTER_TIME + 10.0
+_Q = struct.Struct("=Q")
+
+Message = tuple[Any, ...]
+
+
+class SharedCounters:
+    """Send counters in memory shared by the forked workers (create before forking)."""
+
+    def __init__(self, slots: int = SLOTS) -> None:
+        self.mem = mmap.mmap(-1, slots * 8)  # MAP_SHARED | MAP_ANONYMOUS
+        self.lock = multiprocessing.get_context("fork").Lock()
+        self.slots = slots
+        self._next = 0
+        self._free_at = [float("-inf")] * slots  # owner only
+
+    def allocate(self, now: float) -> int:
+        """A slot no live keypair uses, zeroed (the owner, at each new keypair)."""
+        for _ in range(self.slots):
+            slot = self._next
+            self._next = (slot + 1) % self.slots
+            if self._free_at[slot] <= now:
+                self._free_at[slot] = now + _SLOT_LIFE
+                with self.lock:
+                    _Q.pack_into(self.mem, slot * 8, 0)
+                return slot
+        raise RuntimeError("no free shared send counter (more than 65536 keypairs in 190 s)")
+
+    def take(self, slot: int, n: int) -> int:
+        """The first of ``n`` fresh counters of ``slot``."""
+        off = slot * 8
+        with self.lock:
+            c: int = _Q.unpack_from(self.mem, off)[0]
+            _Q.pack_into(self.mem, off, c + n)
+        return c
+
+    def raise_to(self, slot: int, value: int) -> None:
+        off = slot * 8
+        with self.lock:
+            if _Q.unpack_from(self.mem, off)[0] < value:
+                _Q.pack_into(self.mem, off, value)
+
+
+_shared: SharedCounters | None = None
+
+
+class SharedKeypair(Keypair):
+    """A keypair whose send counter lives in ``SharedCounters``. Reading
+    ``send_counter`` takes a fresh counter (the send paths read it once per packet
+    they seal; a read that seals nothing leaves a harmless gap); assigning only
+    ever raises it (``_expire_current_keypairs`` sets REJECT_AFTER_MESSAGES)."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: int, *args: Any, **kwargs: Any) -> None:
+        self.slot = slot
+        super().__init__(*args, **kwargs)
+
+    @property
+    def send_counter(self) -> int:
+        assert _shared is not None
+        return _shared.take(self.slot, 1)
+
+    @send_counter.setter
+    def send_counter(self, value: int) -> None:
+        assert _shared is not None
+        _shared.raise_to(self.slot, value)
+
+
+def use_shared(shared: SharedCounters) -> None:
+    global _shared
+    _shared = shared
+
+
+class _SharedSend(Device):
+    """The batched send run with counters taken from the shared slot, one take per run."""
+
+    def _send_run(self, packets: list[bytes], i: int, key: bytes, peer: Peer,
+                  now: float) -> int:
+        kp = peer.current
+        assert isinstance(kp, SharedKeypair) and peer.endpoint is not None and _shared is not None
+        ep = peer.endpoint
+        encrypt = kp.send.encrypt
+        prefix = kp.hdr_prefix
+        route = self._route
+        append = self.outbox.append
+        mtu = self.mtu
+        count = len(packets)
+        # Counters for the rest of the burst at most; what the run does not use is a gap.
+        counter = _shared.take(kp.slot, count - i)
+        nbytes = npkts = 0
+        while i < count:
+            pkt = packets[i]
+            if len(pkt) < 40:
+                break
+            v = pkt[0] >> 4
+            k = pkt[16:20] if v == 4 else pkt[24:40] if v == 6 else None
+            if k != key and (k is None or route.get(k) is not peer):
+                break
+            if counter >= REKEY_AFTER_MESSAGES:
+                break
+            data = seal(prefix, encrypt, counter, pkt, mtu)
+            append((data, ep))
+            counter += 1
+            nbytes += len(data)
+            npkts += 1
+            i += 1
+        if not npkts:
+            self.on_packet(packets[i], now)
+            return i + 1
+        self._sent(peer, nbytes, npkts, now)
+        return i
+
+
+def _install(dev: Device, peer: Peer, kp: Keypair) -> None:
+    """Put a keypair from the owner into the slot the owner's receive path did."""
+    index = dev.index
+    if kp.is_initiator:
+        if peer.next is not None:
+            index.remove_keypair(peer.previous)
+            index.remove_keypair(peer.current)
+            peer.previous, peer.next = peer.next, None
+        else:
+            index.remove_keypair(peer.previous)
+            peer.previous = peer.current
+        peer.current = kp
+    else:
+        index.remove_keypair(peer.next)
+        index.remove_keypair(peer.previous)
+        peer.next, peer.previous = kp, None
+    index.add_keypair(kp)
+
+
+def _confirm(dev: Device, peer: Peer) -> None:
+    """The responder's next keypair was used by the peer: next -> current (as
+    receive.py does on the first packet)."""
+    kp = peer.next
+    assert kp is not None
+    dev.index.remove_keypair(peer.previous)
+    peer.previous, peer.current, peer.next = peer.current, kp, None
+
+
+class OwnerDevice(_SharedSend):
+    """Worker 0: a full Device whose keypairs have shared send counters; it queues
+    what the workers must know in ``to_workers`` (the loop sends it before the
+    outbox) and applies their facts."""
+
+    def __init__(self, shared: SharedCounters, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shared = shared
+        self.keypair_type = self._make_keypair
+        self.to_workers: list[Message] = []
+        self.next_tick = 0.0
+        self._ep_sent: dict[bytes, object] = {}
+
+    def _make_keypair(self, peer: Peer, send_key: bytes, recv_key: bytes, local_index: int,
+                      remote_index: int, is_initiator: bool, created: float) -> Keypair:
+        slot = self.shared.allocate(created)
+        self.to_workers.append(("kp", peer.public_key, send_key, recv_key, local_index,
+                                remote_index, is_initiator, created, slot))
+        return SharedKeypair(slot, peer, send_key, recv_key, local_index, remote_index,
+                             is_initiator, created)
+
+    def zero_keys(self, peer: Peer) -> None:
+        super().zero_keys(peer)
+        self.to_workers.append(("zero", peer.public_key))
+
+    def give_up_handshake(self, peer: Peer) -> None:
+        super().give_up_handshake(peer)
+        self.to_workers.append(("giveup", peer.public_key))
+
+    def configured(self, request: str, old_private: bytes | None, now: float) -> None:
+        """An applied set request: mirror it to the workers, without our private key."""
+        lines = [ln for ln in request.split("\n") if not ln.startswith("private_key=")]
+        self.to_workers.append(("cfg", "\n".join(lines)))
+        if self.private_key != old_private and self.private_key is not None:
+            self.to_workers.append(("cap", now))
+
+    def next_deadline(self) -> float | None:
+        t = super().next_deadline()
+        return self.next_tick if t is None or t > self.next_tick else t
+
+    def on_timer(self, now: float) -> None:
+        if self._deadline <= now:
+            super().on_timer(now)
+        if now >= self.next_tick:
+            self.next_tick = now + TICK
+            sent = self._ep_sent
+            for pub, peer in self.peers.items():
+                if peer.endpoint is not None and sent.get(pub) != peer.endpoint:
+                    sent[pub] = peer.endpoint
+                    self.to_workers.append(("ep", pub, peer.endpoint))
+
+    def apply_facts(self, facts: list[Message], now: float) -> None:
+        """A worker's traffic since its last report, as if it had happened here: byte
+        counters (``wg show``), roaming, timers, handshake requests."""
+        for pub, rxd, txd, data_rx, ep, wants, confirmed in facts:
+            peer = self.peers.get(pub)
+            if peer is None:
+                continue
+            peer.rx_bytes += rxd
+            peer.tx_bytes += txd
+            if ep is not None:
+                peer.endpoint = ep
+            nxt = peer.next
+            if confirmed is not None and nxt is not None and nxt.local_index == confirmed:
+                _confirm(self, peer)
+                self._handshake_complete(peer)
+                if peer.staged:
+                    self.send_staged(peer, now)
+            if rxd:
+                timers.any_authenticated_packet_traversal(self, peer, now)
+                timers.any_authenticated_packet_received(peer)
+                if data_rx:
+                    if peer.t_send_keepalive is None:
+                        peer.t_send_keepalive = t = now + KEEPALIVE_TIMEOUT
+                        self.arm(t)
+                    else:
+                        peer.need_another_keepalive = True
+            if txd:
+                timers.any_authenticated_packet_traversal(self, peer, now)
+                timers.any_authenticated_packet_sent(peer)
+                timers.data_sent(self, peer, now)
+            if wants:
+                self.send_initiation(peer, now, is_retry=False)
+
+
+class WorkerDevice(_SharedSend):
+    """Workers 1..N-1: transport data only. No private key (it never handshakes);
+    what would start a handshake is reported to the owner instead; its own timers
+    never fire (the owner runs them from the facts)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.to_owner: list[Message] = []
+        self.wants: set[bytes] = set()
+        self.next_tick = 0.0
+        self._reported: dict[bytes, tuple[Peer, int, int, object, int | None]] = {}
+
+    def send_initiation(self, peer: Peer, now: float, is_retry: bool) -> None:
+        self.wants.add(peer.public_key)
+
+    def next_deadline(self) -> float | None:
+        return self.next_tick
+
+    def on_timer(self, now: float) -> None:
+        if now < self.next_tick:
+            return
+        self.next_tick = now + TICK
+        facts = self.collect()
+        if facts:
+            self.to_owner.append(("facts", facts))
+
+    def collect(self) -> list[Message]:
+        facts: list[Message] = []
+        reported = self._reported
+        for pub, peer in self.peers.items():
+            last = reported.get(pub)
+            if last is None or last[0] is not peer:
+                last = (peer, 0, 0, None, None)
+            cur = peer.current.local_index if peer.current is not None else None
+            rxd, txd = peer.rx_bytes - last[1], peer.tx_bytes - last[2]
+            ep = peer.endpoint if peer.endpoint != last[3] else None
+            data_rx = peer.t_send_keepalive is not None
+            peer.t_send_keepalive = None
+            wants = pub in self.wants
+            confirmed = cur if cur != last[4] else None
+            if rxd or txd or ep is not None or wants or confirmed is not None:
+                facts.append((pub, rxd, txd, data_rx, ep, wants, confirmed))
+            reported[pub] = (peer, peer.rx_bytes, peer.tx_bytes, peer.endpoint, cur)
+        self.wants.clear()
+        return facts
+
+    def apply(self, msg: Message, now: float) -> None:
+        """One message from the owner."""
+        kind = msg[0]
+        if kind == "cfg":
+            from fabric.wg import uapi
+
+            reply = uapi.handle(self, msg[1], now)
+            if reply.errno:
+                raise RuntimeError(f"mirrored configuration refused: {reply.error}")
+            return
+        if kind == "cap":
+            for peer in self.peers.values():
+                self.cap_sessions(peer, now)
+            return
+        found = self.peers.get(msg[1])
+        if found is None:
+            return
+        peer = found
+        if kind == "kp":
+            _, _, send_key, recv_key, local_index, remote_index, is_initiator, created, slot = msg
+            kp = SharedKeypair(slot, peer, send_key, recv_key, local_index, remote_index,
+                               is_initiator, created)
+            _install(self, peer, kp)
+            if is_initiator:
+                timers.handshake_complete(peer, self.wallclock())
+            if peer.staged and peer.current is not None:
+                self.send_staged(peer, now)
+        elif kind == "zero":
+            self.zero_keys(peer)
+        elif kind == "giveup":
+            peer.staged.clear()
+        elif kind == "ep":
+            peer.endpoint = msg[2]
+            last = self._reported.get(msg[1])
+            if last is not None and last[0] is peer:
+                self._reported[msg[1]] = (peer, last[1], last[2], msg[2], last[4])

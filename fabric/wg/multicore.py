@@ -9,19 +9,22 @@ socketpair):
 
 owner -> worker: ``("cfg", set_request)`` (an applied UAPI set, private key lines
 removed), ``("kp", public, send_key, recv_key, local_index, remote_index,
-is_initiator, created, slot)`` (a new keypair, sent before any packet uses it),
+is_initiator, created, slot, endpoint)`` (a new keypair, sent before any packet
+uses it),
+``("confirm", public, local_index)`` (a responder keypair confirmed),
 ``("zero", public)``, ``("giveup", public)``, ``("ep", public, endpoint)``,
 ``("cap", now)`` (our private key changed: cap the sessions).
 
 worker -> owner: ``("facts", [(public, rx_bytes, tx_bytes, data_received,
 endpoint, wants_handshake, confirmed_index), ...], counters)`` every ``TICK``.
 
-Send counters are shared (``SharedCounters``: one 8-byte slot per keypair in a
-shared anonymous mapping, taken under one process-shared lock): every worker
-takes the next counters of the keypair when it sends, so the counters on the
-wire stay one increasing sequence whatever the traffic per worker. See
-DESIGN.md ("More cores") for why a stride (worker i sends i, i+N, ...) is not
-enough.
+Send counters and replay windows are shared (``SharedCounters``: one slot per
+keypair in a shared anonymous mapping, changed under process-shared locks):
+every worker takes the next counters of the keypair when it sends, so the
+counters on the wire stay one increasing sequence whatever the traffic per
+worker, and a counter is accepted once by whichever worker gets it. See
+DESIGN.md ("More cores") for why a stride (worker i sends i, i+N, ...) and
+per-worker windows behind counter steering are not enough.
 """
 
 from __future__ import annotations
@@ -42,19 +45,29 @@ from fabric.wg.peer import Keypair, Peer
 from fabric.wg.send import seal
 
 TICK = 0.1  # how often workers report traffic facts and the owner sends roams
-SLOTS = 1 << 16  # shared send counters; a slot is reused REJECT_AFTER_TIME + 10 s later
+SLOTS = 8192  # shared keypair slots; a slot is reused REJECT_AFTER_TIME + 10 s later
+LOCKS = 16  # slot i uses lock i % LOCKS: workers on different keypairs rarely wait
 _SLOT_LIFE = REJECT_AFTER_TIME + 10.0
 _Q = struct.Struct("=Q")
+# A slot: send counter, replay counter (one past the newest accepted), 128 words of
+# replay bitmap (the kernel's 8192-bit ring, as fabric.wg.replay).
+_WORDS = 128
+_SLOT_SIZE = 16 + 8 * _WORDS
+_WINDOW = 8192 - 64
+_REJECT = (1 << 64) - (1 << 13) - 1
+_ZERO_SLOT = bytes(_SLOT_SIZE)
 
 Message = tuple[Any, ...]
 
 
 class SharedCounters:
-    """Send counters in memory shared by the forked workers (create before forking)."""
+    """Per-keypair send counters and replay windows in memory shared by the forked
+    workers (create it before forking). Pages are touched only when used."""
 
     def __init__(self, slots: int = SLOTS) -> None:
-        self.mem = mmap.mmap(-1, slots * 8)  # MAP_SHARED | MAP_ANONYMOUS
-        self.lock = multiprocessing.get_context("fork").Lock()
+        self.mem = mmap.mmap(-1, slots * _SLOT_SIZE)  # MAP_SHARED | MAP_ANONYMOUS
+        ctx = multiprocessing.get_context("fork")
+        self.locks = [ctx.Lock() for _ in range(LOCKS)]
         self.slots = slots
         self._next = 0
         self._free_at = [float("-inf")] * slots  # owner only
@@ -66,40 +79,86 @@ class SharedCounters:
             self._next = (slot + 1) % self.slots
             if self._free_at[slot] <= now:
                 self._free_at[slot] = now + _SLOT_LIFE
-                with self.lock:
-                    _Q.pack_into(self.mem, slot * 8, 0)
+                off = slot * _SLOT_SIZE
+                with self.locks[slot % LOCKS]:
+                    self.mem[off:off + _SLOT_SIZE] = _ZERO_SLOT
                 return slot
-        raise RuntimeError("no free shared send counter (more than 65536 keypairs in 190 s)")
+        raise RuntimeError(f"no free shared keypair slot ({self.slots} keypairs in 190 s)")
 
     def take(self, slot: int, n: int) -> int:
-        """The first of ``n`` fresh counters of ``slot``."""
-        off = slot * 8
-        with self.lock:
+        """The first of ``n`` fresh send counters of ``slot``."""
+        off = slot * _SLOT_SIZE
+        with self.locks[slot % LOCKS]:
             c: int = _Q.unpack_from(self.mem, off)[0]
             _Q.pack_into(self.mem, off, c + n)
         return c
 
     def raise_to(self, slot: int, value: int) -> None:
-        off = slot * 8
-        with self.lock:
+        off = slot * _SLOT_SIZE
+        with self.locks[slot % LOCKS]:
             if _Q.unpack_from(self.mem, off)[0] < value:
                 _Q.pack_into(self.mem, off, value)
+
+    def check(self, slot: int, their: int) -> bool:
+        """fabric.wg.replay.ReplayWindow.check on the slot's shared window, atomically:
+        True (and remembered) if no worker accepted this counter before."""
+        if their >= _REJECT:
+            return False
+        mem = self.mem
+        base = slot * _SLOT_SIZE + 8
+        words = base + 8
+        unpack, pack = _Q.unpack_from, _Q.pack_into
+        their += 1
+        with self.locks[slot % LOCKS]:
+            newest: int = unpack(mem, base)[0]
+            if newest >= _REJECT + 1 or _WINDOW + their < newest:
+                return False
+            index = their >> 6
+            if their > newest:
+                current = newest >> 6
+                for i in range(1, min(index - current, _WORDS) + 1):
+                    pack(mem, words + 8 * ((i + current) & (_WORDS - 1)), 0)
+                pack(mem, base, their)
+            at = words + 8 * (index & (_WORDS - 1))
+            word: int = unpack(mem, at)[0]
+            bit = 1 << (their & 63)
+            if word & bit:
+                return False
+            pack(mem, at, word | bit)
+        return True
 
 
 _shared: SharedCounters | None = None
 
 
+class SharedReplay:
+    """A keypair's replay window in ``SharedCounters``. Its ``counter`` is above any
+    real counter, so receive.py's inline fast path (which updates a private window
+    without a lock) never applies and every datagram goes through ``check``."""
+
+    __slots__ = ("slot",)
+    counter = 1 << 66
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+    def check(self, their_counter: int) -> bool:
+        assert _shared is not None
+        return _shared.check(self.slot, their_counter)
+
+
 class SharedKeypair(Keypair):
-    """A keypair whose send counter lives in ``SharedCounters``. Reading
-    ``send_counter`` takes a fresh counter (the send paths read it once per packet
-    they seal; a read that seals nothing leaves a harmless gap); assigning only
-    ever raises it (``_expire_current_keypairs`` sets REJECT_AFTER_MESSAGES)."""
+    """A keypair whose send counter and replay window live in ``SharedCounters``.
+    Reading ``send_counter`` takes a fresh counter (the send paths read it once per
+    packet they seal; a read that seals nothing leaves a harmless gap); assigning
+    only ever raises it (``_expire_current_keypairs`` sets REJECT_AFTER_MESSAGES)."""
 
     __slots__ = ("slot",)
 
     def __init__(self, slot: int, *args: Any, **kwargs: Any) -> None:
         self.slot = slot
         super().__init__(*args, **kwargs)
+        self.replay = SharedReplay(slot)  # type: ignore[assignment]
 
     @property
     def send_counter(self) -> int:
@@ -201,14 +260,21 @@ class OwnerDevice(_SharedSend):
     def _make_keypair(self, peer: Peer, send_key: bytes, recv_key: bytes, local_index: int,
                       remote_index: int, is_initiator: bool, created: float) -> Keypair:
         slot = self.shared.allocate(created)
+        # With the endpoint: the initiation that made it may come from a new address.
         self.to_workers.append(("kp", peer.public_key, send_key, recv_key, local_index,
-                                remote_index, is_initiator, created, slot))
+                                remote_index, is_initiator, created, slot, peer.endpoint))
         return SharedKeypair(slot, peer, send_key, recv_key, local_index, remote_index,
                              is_initiator, created)
 
     def zero_keys(self, peer: Peer) -> None:
         super().zero_keys(peer)
         self.to_workers.append(("zero", peer.public_key))
+
+    def _handshake_complete(self, peer: Peer) -> None:
+        super()._handshake_complete(peer)
+        if peer.current is not None:
+            # The responder's keypair confirmed here: workers may send on it too.
+            self.to_workers.append(("confirm", peer.public_key, peer.current.local_index))
 
     def give_up_handshake(self, peer: Peer) -> None:
         super().give_up_handshake(peer)
@@ -335,7 +401,10 @@ class WorkerDevice(_SharedSend):
             return
         peer = found
         if kind == "kp":
-            _, _, send_key, recv_key, local_index, remote_index, is_initiator, created, slot = msg
+            _, _, send_key, recv_key, local_index, remote_index, is_initiator, created, slot, \
+                ep = msg
+            if ep is not None:
+                peer.endpoint = ep
             kp = SharedKeypair(slot, peer, send_key, recv_key, local_index, remote_index,
                                is_initiator, created)
             _install(self, peer, kp)
@@ -343,6 +412,13 @@ class WorkerDevice(_SharedSend):
                 timers.handshake_complete(peer, self.wallclock())
             if peer.staged and peer.current is not None:
                 self.send_staged(peer, now)
+        elif kind == "confirm":
+            nxt = peer.next
+            if nxt is not None and nxt.local_index == msg[2]:
+                _confirm(self, peer)
+                timers.handshake_complete(peer, self.wallclock())
+                if peer.staged:
+                    self.send_staged(peer, now)
         elif kind == "zero":
             self.zero_keys(peer)
         elif kind == "giveup":

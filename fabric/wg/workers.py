@@ -6,9 +6,10 @@ TUN queue and a SOCK_SEQPACKET control socket to the owner. The owner
 (``OwnerDaemon``, worker 0: the process that started) binds the UDP sockets
 for everybody: N IPv4 and N IPv6 sockets with SO_REUSEPORT on one port, in
 worker order, with the steering program of ``fabric.wg.steer`` attached, and
-hands each worker its pair with SCM_RIGHTS (again after every rebind). UDP_GRO
-stays off on them: a GRO super-datagram is steered by its first segment's
-counter, which would let a replayed datagram reach another worker's window.
+hands each worker its pair with SCM_RIGHTS (again after every rebind). The
+steering balances; it is not what keeps replays out: a GRO/GSO super-datagram
+goes whole to the socket its first segment's counter picks, so any worker may
+see any counter, and the replay windows are shared (fabric.wg.multicore).
 
 Control messages are pickled tuples (``fabric.wg.multicore``), between
 processes of this program only. A worker that dies, or the owner, ends the
@@ -42,8 +43,6 @@ from fabric.wg.udp import (
     IPPROTO_IPV6,
     IPV6_RECVPKTINFO,
     SO_MARK,
-    SOL_UDP,
-    UDP_GRO,
     BindError,
     tune,
 )
@@ -51,6 +50,8 @@ from fabric.wg.udp import (
 log = logging.getLogger("crosswire.wg")
 
 _INT = array.array("i")
+# Runs of 2**k consecutive counters go to one worker (fabric.wg.steer).
+STEER_BLOCK_LOG2 = int(os.environ.get("CROSSWIRE_WG_STEER_BLOCK_LOG2", "6"))
 CTRL_BUF = 4 << 20  # a mirrored configuration of many peers is one message
 _Pair = tuple[socket.socket, socket.socket | None]
 
@@ -60,7 +61,6 @@ def _socket(family: int, fwmark: int) -> socket.socket:
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         tune(s, fwmark)
-        s.setsockopt(SOL_UDP, UDP_GRO, 0)  # see the module doc
         if family == socket.AF_INET:
             s.setsockopt(IPPROTO_IP, IP_PKTINFO, 1)
         else:
@@ -102,9 +102,9 @@ def bind_group(port: int, fwmark: int, n: int) -> tuple[list[_Pair], int]:
                     if s6 is not None:
                         s6.close()
                 v6 = [None] * n
-            steer.attach(v4[0], n)
+            steer.attach(v4[0], n, STEER_BLOCK_LOG2)
             if v6[0] is not None:
-                steer.attach(v6[0], n)
+                steer.attach(v6[0], n, STEER_BLOCK_LOG2)
             return list(zip(v4, v6, strict=True)), bound
         except OSError as e:
             for s in made:

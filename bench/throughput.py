@@ -7,7 +7,10 @@ In namespaces it creates and removes, one run measures these pairs:
 (sender side) <-> wireguard-go, and, per ``--reference PATH`` (repeatable), a
 pair of that wireguard-go build, named ``ref-VERSION``, and per ``--crosswire
 NAME=PATH`` a pair of that crosswire-wg build (``crosswire-NAME``; before and
-after a change in one run). For each pair: iperf3 TCP
+after a change in one run), and per ``--workers N`` the pairs ``mixed-wN``
+and ``crosswire-wN`` with ``crosswire-wg --workers N``. ``--parallel P``
+runs P iperf3 streams; ``--taskset CPUS`` pins the sending daemon (side a,
+all its processes) to those CPUs. For each pair: iperf3 TCP
 for ``--duration`` seconds (default 10) over the tunnel, the CPU seconds both
 daemons used meanwhile (utime+stime from /proc, all threads) per GB received,
 and the average ping RTT of 100 pings at 10 ms intervals. ``--repeat N`` runs N

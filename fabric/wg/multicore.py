@@ -29,160 +29,33 @@ per-worker windows behind counter steering are not enough.
 
 from __future__ import annotations
 
-import mmap
-import multiprocessing
-import struct
 from typing import Any
 
-from fabric.wg import timers
-from fabric.wg.constants import (
-    KEEPALIVE_TIMEOUT,
-    REJECT_AFTER_TIME,
-    REKEY_AFTER_MESSAGES,
-)
+from cryptography.exceptions import InvalidTag
+
+from fabric.wg import shared, timers
+from fabric.wg.constants import KEEPALIVE_TIMEOUT, REKEY_AFTER_MESSAGES
 from fabric.wg.device import Device
+from fabric.wg.messages import TRANSPORT_HEADER, Endpoint
 from fabric.wg.peer import Keypair, Peer
+from fabric.wg.receive import inner
 from fabric.wg.send import seal
+from fabric.wg.shared import SharedCounters, SharedKeypair, use_shared
+
+__all__ = ["TICK", "Message", "OwnerDevice", "SharedCounters", "WorkerDevice", "use_shared"]
 
 TICK = 0.1  # how often workers report traffic facts and the owner sends roams
-SLOTS = 8192  # shared keypair slots; a slot is reused REJECT_AFTER_TIME + 10 s later
-LOCKS = 16  # slot i uses lock i % LOCKS: workers on different keypairs rarely wait
-_SLOT_LIFE = REJECT_AFTER_TIME + 10.0
-_Q = struct.Struct("=Q")
-# A slot: send counter, replay counter (one past the newest accepted), 128 words of
-# replay bitmap (the kernel's 8192-bit ring, as fabric.wg.replay).
-_WORDS = 128
-_SLOT_SIZE = 16 + 8 * _WORDS
-_WINDOW = 8192 - 64
-_REJECT = (1 << 64) - (1 << 13) - 1
-_ZERO_SLOT = bytes(_SLOT_SIZE)
-
+_HDR_UNPACK_FROM = TRANSPORT_HEADER.unpack_from
+_MISS: Any = object()
 Message = tuple[Any, ...]
-
-
-class SharedCounters:
-    """Per-keypair send counters and replay windows in memory shared by the forked
-    workers (create it before forking). Pages are touched only when used."""
-
-    def __init__(self, slots: int = SLOTS) -> None:
-        self.mem = mmap.mmap(-1, slots * _SLOT_SIZE)  # MAP_SHARED | MAP_ANONYMOUS
-        ctx = multiprocessing.get_context("fork")
-        self.locks = [ctx.Lock() for _ in range(LOCKS)]
-        self.slots = slots
-        self._next = 0
-        self._free_at = [float("-inf")] * slots  # owner only
-
-    def allocate(self, now: float) -> int:
-        """A slot no live keypair uses, zeroed (the owner, at each new keypair)."""
-        for _ in range(self.slots):
-            slot = self._next
-            self._next = (slot + 1) % self.slots
-            if self._free_at[slot] <= now:
-                self._free_at[slot] = now + _SLOT_LIFE
-                off = slot * _SLOT_SIZE
-                with self.locks[slot % LOCKS]:
-                    self.mem[off:off + _SLOT_SIZE] = _ZERO_SLOT
-                return slot
-        raise RuntimeError(f"no free shared keypair slot ({self.slots} keypairs in 190 s)")
-
-    def take(self, slot: int, n: int) -> int:
-        """The first of ``n`` fresh send counters of ``slot``."""
-        off = slot * _SLOT_SIZE
-        with self.locks[slot % LOCKS]:
-            c: int = _Q.unpack_from(self.mem, off)[0]
-            _Q.pack_into(self.mem, off, c + n)
-        return c
-
-    def raise_to(self, slot: int, value: int) -> None:
-        off = slot * _SLOT_SIZE
-        with self.locks[slot % LOCKS]:
-            if _Q.unpack_from(self.mem, off)[0] < value:
-                _Q.pack_into(self.mem, off, value)
-
-    def check(self, slot: int, their: int) -> bool:
-        """fabric.wg.replay.ReplayWindow.check on the slot's shared window, atomically:
-        True (and remembered) if no worker accepted this counter before."""
-        if their >= _REJECT:
-            return False
-        mem = self.mem
-        base = slot * _SLOT_SIZE + 8
-        words = base + 8
-        unpack, pack = _Q.unpack_from, _Q.pack_into
-        their += 1
-        with self.locks[slot % LOCKS]:
-            newest: int = unpack(mem, base)[0]
-            if newest >= _REJECT + 1 or _WINDOW + their < newest:
-                return False
-            index = their >> 6
-            if their > newest:
-                current = newest >> 6
-                for i in range(1, min(index - current, _WORDS) + 1):
-                    pack(mem, words + 8 * ((i + current) & (_WORDS - 1)), 0)
-                pack(mem, base, their)
-            at = words + 8 * (index & (_WORDS - 1))
-            word: int = unpack(mem, at)[0]
-            bit = 1 << (their & 63)
-            if word & bit:
-                return False
-            pack(mem, at, word | bit)
-        return True
-
-
-_shared: SharedCounters | None = None
-
-
-class SharedReplay:
-    """A keypair's replay window in ``SharedCounters``. Its ``counter`` is above any
-    real counter, so receive.py's inline fast path (which updates a private window
-    without a lock) never applies and every datagram goes through ``check``."""
-
-    __slots__ = ("slot",)
-    counter = 1 << 66
-
-    def __init__(self, slot: int) -> None:
-        self.slot = slot
-
-    def check(self, their_counter: int) -> bool:
-        assert _shared is not None
-        return _shared.check(self.slot, their_counter)
-
-
-class SharedKeypair(Keypair):
-    """A keypair whose send counter and replay window live in ``SharedCounters``.
-    Reading ``send_counter`` takes a fresh counter (the send paths read it once per
-    packet they seal; a read that seals nothing leaves a harmless gap); assigning
-    only ever raises it (``_expire_current_keypairs`` sets REJECT_AFTER_MESSAGES)."""
-
-    __slots__ = ("slot",)
-
-    def __init__(self, slot: int, *args: Any, **kwargs: Any) -> None:
-        self.slot = slot
-        super().__init__(*args, **kwargs)
-        self.replay = SharedReplay(slot)  # type: ignore[assignment]
-
-    @property
-    def send_counter(self) -> int:
-        assert _shared is not None
-        return _shared.take(self.slot, 1)
-
-    @send_counter.setter
-    def send_counter(self, value: int) -> None:
-        assert _shared is not None
-        _shared.raise_to(self.slot, value)
-
-
-def use_shared(shared: SharedCounters) -> None:
-    global _shared
-    _shared = shared
-
-
 class _SharedSend(Device):
-    """The batched send run with counters taken from the shared slot, one take per run."""
+    """The batched runs with shared state: send counters taken once per run, replay
+    checks under one lock per run."""
 
     def _send_run(self, packets: list[bytes], i: int, key: bytes, peer: Peer,
                   now: float) -> int:
         kp = peer.current
-        assert isinstance(kp, SharedKeypair) and peer.endpoint is not None and _shared is not None
+        assert isinstance(kp, SharedKeypair) and peer.endpoint is not None
         ep = peer.endpoint
         encrypt = kp.send.encrypt
         prefix = kp.hdr_prefix
@@ -191,7 +64,7 @@ class _SharedSend(Device):
         mtu = self.mtu
         count = len(packets)
         # Counters for the rest of the burst at most; what the run does not use is a gap.
-        counter = _shared.take(kp.slot, count - i)
+        counter = shared.get().take(kp.slot, count - i)
         nbytes = npkts = 0
         while i < count:
             pkt = packets[i]
@@ -214,6 +87,94 @@ class _SharedSend(Device):
             return i + 1
         self._sent(peer, nbytes, npkts, now)
         return i
+
+
+    def _transport_run(self, data: bytes, off: int, size: int, receiver: int, kp: Keypair,
+                       src: Endpoint, now: float) -> int:
+        """receive.py's batched run, with the replay checks of the whole run done under
+        one lock of the shared window (decrypt all, check all, then deliver)."""
+        assert isinstance(kp, SharedKeypair)
+        n = len(data)
+        decrypt = kp.recv.decrypt
+        peer = kp.peer
+        unpack_from = _HDR_UNPACK_FROM
+        c = self.counters
+        ndgrams = nbytes = 0
+        counters: list[int] = []
+        plain: list[tuple[bytes, int]] = []
+        while off < n:
+            end = off + size
+            if end > n:
+                end = n
+            if end - off < 32:
+                break
+            typ, rcv, counter = unpack_from(data, off)
+            if typ != 4 or rcv != receiver:
+                break
+            ndgrams += 1
+            nbytes += end - off
+            off_ct = off + 16
+            off = end
+            try:
+                pt = decrypt((counter << 32).to_bytes(12, "little"), data[off_ct:end], None)
+            except InvalidTag:
+                c["drop_bad_auth"] += 1
+                continue
+            counters.append(counter)
+            plain.append((pt, end - off_ct + 16))
+        c["rx_datagrams"] += ndgrams
+        c["rx_bytes"] += nbytes
+        fresh = shared.get().check_many(kp.slot, counters) if counters else []
+        route = self._route
+        lookup = self.allowed_ips.lookup_packed
+        inbox_append = self.inbox.append
+        nauth = authbytes = ndata = nkeepalive = npackets = 0
+        last_key = None
+        last_owner: Any = None
+        for ok, (pt, authlen) in zip(fresh, plain, strict=True):
+            if not ok:
+                c["drop_replay"] += 1
+                continue
+            nauth += 1
+            authbytes += authlen
+            plen = len(pt)
+            if plen == 0:
+                nkeepalive += 1
+                continue
+            ndata += 1
+            total, key = inner(pt, plen)
+            if not total:
+                c["drop_bad_inner"] += 1
+                continue
+            if key != last_key:
+                owner = route.get(key, _MISS)
+                if owner is _MISS:
+                    owner = lookup(key)
+                last_key, last_owner = key, owner
+            if last_owner is not peer:
+                c["drop_not_allowed_src"] += 1
+                continue
+            npackets += 1
+            inbox_append(pt if total == plen else pt[:total])
+        if not nauth:
+            return off
+        c["rx_packets"] += npackets
+        if nkeepalive:
+            c["rx_keepalive"] += nkeepalive
+        peer.rx_bytes += authbytes
+        if peer.endpoint != src:
+            peer.endpoint = src
+        self._authenticated(peer, kp, now)
+        if ndata:
+            if peer.t_send_keepalive is None:
+                peer.t_send_keepalive = t = now + KEEPALIVE_TIMEOUT
+                if t < self._deadline:
+                    self._deadline = t
+                if ndata > 1:
+                    peer.need_another_keepalive = True
+            else:
+                peer.need_another_keepalive = True
+        return off
 
 
 def _install(dev: Device, peer: Peer, kp: Keypair) -> None:

@@ -7,9 +7,7 @@ key rotation and roaming under load, a worker's death.
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import signal
 import socket
 import struct
@@ -303,6 +301,18 @@ def test_worker_death_takes_the_device_down(pair_factory: PairFactory) -> None:
     assert not os.path.exists(p.a.sock)
 
 
+def test_owner_stop_ends_workers(pair_factory: PairFactory) -> None:
+    p = pair_factory("crosswire", "wggo")
+    _workers(p)
+    p.up(endpoint_on="both")
+    pids = p.a.pids()
+    assert len(pids) == 2
+    os.kill(min(pids), signal.SIGTERM)  # the owner
+    assert p.a.wait_gone(5), "a worker outlived its owner"
+    assert not p.a.iface_exists()
+    assert not os.path.exists(p.a.sock) and not os.path.exists(p.a.stats_path)
+
+
 def test_refused_with_persist() -> None:
     require_root()
     proc = subprocess.run([os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -310,5 +320,3 @@ def test_refused_with_persist() -> None:
         "--workers", "2", "--persist", "cwnotcreated0"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--persist" in proc.stderr
 
-
-_ = (json, select)

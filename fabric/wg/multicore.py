@@ -16,7 +16,9 @@ uses it),
 ``("cap", now)`` (our private key changed: cap the sessions).
 
 worker -> owner: ``("facts", [(public, rx_bytes, tx_bytes, data_received,
-endpoint, wants_handshake, confirmed_index), ...], counters)`` every ``TICK``.
+last_data_sent, last_heard, endpoint, wants_handshake, confirmed_index),
+...])`` every
+``TICK``, ``("counters", counters)`` every second.
 
 Send counters and replay windows are shared (``SharedCounters``: one slot per
 keypair in a shared anonymous mapping, changed under process-shared locks):
@@ -177,6 +179,30 @@ class _SharedSend(Device):
         return off
 
 
+class _Timed(_SharedSend):
+    """Records per peer when data was last sent and when anything authenticated was
+    last heard (once per packet or batched run), so the owner can order events
+    from different workers: "sent and not answered" must compare times."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent_at: dict[bytes, float] = {}
+        self.heard_at: dict[bytes, float] = {}
+
+    def _sent(self, peer: Peer, nbytes: int, npkts: int, now: float) -> None:
+        self.sent_at[peer.public_key] = now
+        super()._sent(peer, nbytes, npkts, now)
+
+    def _authenticated(self, peer: Peer, kp: Keypair, now: float) -> None:
+        self.heard_at[peer.public_key] = now
+        super()._authenticated(peer, kp, now)
+
+    def send_staged(self, peer: Peer, now: float) -> None:
+        if any(peer.staged):  # data, not only a keepalive
+            self.sent_at[peer.public_key] = now
+        super().send_staged(peer, now)
+
+
 def _install(dev: Device, peer: Peer, kp: Keypair) -> None:
     """Put a keypair from the owner into the slot the owner's receive path did."""
     index = dev.index
@@ -205,7 +231,7 @@ def _confirm(dev: Device, peer: Peer) -> None:
     peer.previous, peer.current, peer.next = peer.current, kp, None
 
 
-class OwnerDevice(_SharedSend):
+class OwnerDevice(_Timed):
     """Worker 0: a full Device whose keypairs have shared send counters; it queues
     what the workers must know in ``to_workers`` (the loop sends it before the
     outbox) and applies their facts."""
@@ -266,7 +292,7 @@ class OwnerDevice(_SharedSend):
     def apply_facts(self, facts: list[Message], now: float) -> None:
         """A worker's traffic since its last report, as if it had happened here: byte
         counters (``wg show``), roaming, timers, handshake requests."""
-        for pub, rxd, txd, data_rx, ep, wants, confirmed in facts:
+        for pub, rxd, txd, data_rx, sent_at, heard_at, ep, wants, confirmed in facts:
             peer = self.peers.get(pub)
             if peer is None:
                 continue
@@ -280,6 +306,9 @@ class OwnerDevice(_SharedSend):
                 self._handshake_complete(peer)
                 if peer.staged:
                     self.send_staged(peer, now)
+            heard = self.heard_at.get(pub, float("-inf"))
+            if heard_at is not None and heard_at > heard:
+                self.heard_at[pub] = heard = heard_at
             if rxd:
                 timers.any_authenticated_packet_traversal(self, peer, now)
                 timers.any_authenticated_packet_received(peer)
@@ -292,12 +321,14 @@ class OwnerDevice(_SharedSend):
             if txd:
                 timers.any_authenticated_packet_traversal(self, peer, now)
                 timers.any_authenticated_packet_sent(peer)
-                timers.data_sent(self, peer, now)
+                if sent_at is not None and sent_at > heard:
+                    # Data went out after the last packet any worker heard: expect an answer.
+                    timers.data_sent(self, peer, now)
             if wants:
                 self.send_initiation(peer, now, is_retry=False)
 
 
-class WorkerDevice(_SharedSend):
+class WorkerDevice(_Timed):
     """Workers 1..N-1: transport data only. No private key (it never handshakes);
     what would start a handshake is reported to the owner instead; its own timers
     never fire (the owner runs them from the facts)."""
@@ -335,10 +366,11 @@ class WorkerDevice(_SharedSend):
             ep = peer.endpoint if peer.endpoint != last[3] else None
             data_rx = peer.t_send_keepalive is not None
             peer.t_send_keepalive = None
+            sent_at, heard_at = self.sent_at.get(pub), self.heard_at.get(pub)
             wants = pub in self.wants
             confirmed = cur if cur != last[4] else None
             if rxd or txd or ep is not None or wants or confirmed is not None:
-                facts.append((pub, rxd, txd, data_rx, ep, wants, confirmed))
+                facts.append((pub, rxd, txd, data_rx, sent_at, heard_at, ep, wants, confirmed))
             reported[pub] = (peer, peer.rx_bytes, peer.tx_bytes, peer.endpoint, cur)
         self.wants.clear()
         return facts

@@ -256,3 +256,28 @@ def test_batched_receive_run_checks_the_shared_window() -> None:
     s.worker.on_datagrams(b"".join(dgrams[5:10]), size, B_EP, s.now)
     assert not s.worker.inbox and s.worker.counters["drop_replay"] == 45
     assert s.owner.peers[s.b_pub].rx_bytes - rx0 == sum(len(d) for d in dgrams)
+
+
+def test_facts_arm_the_owners_timers_as_traffic_here_would() -> None:
+    """The worker sends and hears the answer within one report: the owner neither
+    expects an answer (new-handshake timer) nor owes a keepalive beyond the one the
+    received data calls for; sent and not answered: the new-handshake timer runs."""
+    s = Split()
+    s.owner.on_packet(_a_pkt(0), s.now)
+    s.pump()
+    s.b.inbox.clear()
+    s.tick()
+    peer = s.owner.peers[s.b_pub]
+    peer.t_new_handshake = peer.t_send_keepalive = None
+    s.worker.on_packet(_a_pkt(1), s.now)
+    s.pump()
+    # B's answer, steered: whichever worker gets it, the report says "answered".
+    s.b.on_packet(_b_pkt(1), s.now)
+    s.pump()
+    s.tick()
+    assert peer.t_new_handshake is None
+    s.worker.on_packet(_a_pkt(2), s.now)
+    s.pump()
+    s.tick()
+    assert peer.t_new_handshake is not None
+    assert s.owner.peers[s.b_pub].tx_bytes == s.b.peers[s.a_pub].rx_bytes

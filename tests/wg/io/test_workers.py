@@ -173,6 +173,28 @@ def test_interop_both_ways_and_counters(pair_factory: PairFactory, initiator: st
     assert stats["rx_packets"] > 20 * MB // 1500 and stats["drop_replay"] == 0, stats
 
 
+def test_crosswire_both_ends_with_workers(pair_factory: PairFactory) -> None:
+    p = pair_factory("crosswire", "crosswire")
+    for side in p.sides:
+        side.extra_args = ["--workers", "2"]
+    p.up(endpoint_on="both")
+    try:
+        assert " 0% packet loss" in p.ping(p.a, p.b.inner6, count=3)
+        ts = [Transfer(p.a, p.b, p.b.inner4, 20 * MB, port=5220 + i) for i in range(2)]
+        ts += [Transfer(p.b, p.a, p.a.inner4, 20 * MB, port=5230 + i) for i in range(2)]
+        for t in ts:
+            _verified(t, 20 * MB)
+        time.sleep(0.5)
+    except BaseException:
+        print(p.debug_dump())
+        raise
+    a_rx, a_tx = _transfer(p, "a")
+    b_rx, b_tx = _transfer(p, "b")
+    assert a_rx > 40 * MB and b_rx > 40 * MB
+    assert -2000 < a_tx - b_rx < 2000 + _udp_rcvbuf_errors(p.b.ns) * 1500, (a_tx, b_rx)
+    assert -2000 < b_tx - a_rx < 2000 + _udp_rcvbuf_errors(p.a.ns) * 1500, (b_tx, a_rx)
+
+
 def test_replayed_datagram_refused(pair_factory: PairFactory) -> None:
     """Transport datagrams captured on the wire and sent again (to the same port,
     so the kernel steers each to the worker that saw it) are all refused."""

@@ -158,7 +158,14 @@ def start(tun: Tun, n: int, close_in_workers: tuple[int, ...] = ()) -> Pool:
     owner the workers must not hold (the readiness pipe: its reader waits for EOF)."""
     shared = SharedCounters()
     use_shared(shared)
-    queues = [tun.add_queue() for _ in range(n - 1)]
+    queues: list[Tun] = []
+    try:
+        for _ in range(n - 1):
+            queues.append(tun.add_queue())
+    except OSError:
+        for q in queues:
+            q.close()
+        raise
     ctrl: list[socket.socket] = []
     pids: list[int] = []
     try:

@@ -7,7 +7,10 @@ In namespaces it creates and removes, one run measures these pairs:
 (sender side) <-> wireguard-go, and, per ``--reference PATH`` (repeatable), a
 pair of that wireguard-go build, named ``ref-VERSION``, and per ``--crosswire
 NAME=PATH`` a pair of that crosswire-wg build (``crosswire-NAME``; before and
-after a change in one run). For each pair: iperf3 TCP
+after a change in one run), and per ``--workers N`` the pairs ``mixed-wN``
+and ``crosswire-wN`` with ``crosswire-wg --workers N``. ``--parallel P``
+runs P iperf3 streams; ``--taskset CPUS`` pins the sending daemon (side a,
+all its processes) to those CPUs. For each pair: iperf3 TCP
 for ``--duration`` seconds (default 10) over the tunnel, the CPU seconds both
 daemons used meanwhile (utime+stime from /proc, all threads) per GB received,
 and the average ping RTT of 100 pings at 10 ms intervals. ``--repeat N`` runs N
@@ -57,14 +60,14 @@ class Sample:
     sender_share: float = 0.0  # of cpu_s_per_gb, the sending daemon's part
 
 
-def iperf(pair: Pair, seconds: float) -> tuple[float, float]:
-    """(Mbit/s, bytes) received by b from a over the tunnel (iperf3 TCP)."""
+def iperf(pair: Pair, seconds: float, parallel: int = 1) -> tuple[float, float]:
+    """(Mbit/s, bytes) received by b from a over the tunnel (iperf3 TCP, ``parallel`` streams)."""
     server = subprocess.Popen(["ip", "netns", "exec", pair.b.ns, "iperf3", "-s", "-1", "-B",
                                pair.b.inner4], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        out = pair.a.sh("iperf3", "-c", pair.b.inner4, "-t", str(seconds), "-J",
-                        timeout=seconds + 30).stdout
+        out = pair.a.sh("iperf3", "-c", pair.b.inner4, "-t", str(seconds), "-P", str(parallel),
+                        "-J", timeout=seconds + 30).stdout
         received = json.loads(out)["end"]["sum_received"]
         return float(received["bits_per_second"]) / 1e6, float(received["bytes"])
     finally:
@@ -102,7 +105,7 @@ def daemons_cpu_s(pair: Pair) -> tuple[float, float]:
 
 
 def measure(impl_a: str, impl_b: str, seconds: float, workdir: str, binary: str,
-            crosswire_args: list[str]) -> Sample:
+            crosswire_args: list[str], parallel: int = 1, taskset: str = "") -> Sample:
     load1 = os.getloadavg()[0]
     if impl_a == "crosswire" and impl_b == "crosswire":
         pair = Pair(impl_a, impl_b, workdir, crosswire_bin=binary)
@@ -112,10 +115,15 @@ def measure(impl_a: str, impl_b: str, seconds: float, workdir: str, binary: str,
         side.extra_args = list(crosswire_args)
     try:
         pair.up(endpoint_on="both")
+        if taskset:
+            # The sender's daemon (all its processes and threads) on these CPUs only.
+            for pid in pair.a.pids():
+                subprocess.run(["taskset", "-a", "-p", "-c", taskset, str(pid)], check=True,
+                               capture_output=True)
         pair.ping(pair.a, pair.b.inner4, count=2)  # handshake done before timing
         rtt = ping_avg_ms(pair)
         a0, b0 = daemons_cpu_s(pair)
-        mbps, nbytes = iperf(pair, seconds)
+        mbps, nbytes = iperf(pair, seconds, parallel)
         a1, b1 = daemons_cpu_s(pair)
         cpu = a1 - a0 + b1 - b0
         return Sample(mbps, cpu / (nbytes / 1e9) if nbytes else float("nan"), rtt, load1,
@@ -164,6 +172,13 @@ def main() -> int:
                          "e.g. a checkout of the previous commit: before/after in one run")
     ap.add_argument("--crosswire-args", default="", metavar="ARGS",
                     help="extra crosswire-wg options for its pairs, one string (e.g. '--tso')")
+    ap.add_argument("--workers", action="append", type=int, default=[], metavar="N",
+                    help="also measure crosswire-wg --workers N: pairs mixed-wN (it sends to "
+                         "wireguard-go) and crosswire-wN (both ends) (repeatable)")
+    ap.add_argument("--parallel", type=int, default=1, metavar="P",
+                    help="iperf3 -P: parallel TCP streams (a multi-queue TUN spreads flows)")
+    ap.add_argument("--taskset", default="", metavar="CPUS",
+                    help="pin the sending daemon (side a) to these CPUs (taskset -c list)")
     ap.add_argument("--only", action="append",
                     help="measure only these pairs (repeatable: wggo, crosswire, mixed, ref-VERSION); "
                          "the JSON then lacks the others")
@@ -174,8 +189,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/throughput.py needs root (network namespaces)", file=sys.stderr)
         return 1
-    runs = [(name, a, b, CROSSWIRE_WG if name == "crosswire" else "wireguard-go")
-            for name, a, b in RUNS]
+    runs: list[tuple[str, str, str, str, list[str]]] = [
+        (name, a, b, CROSSWIRE_WG if name == "crosswire" else "wireguard-go", [])
+        for name, a, b in RUNS]
     for spec in args.crosswire:
         name, _, path = spec.rpartition("=")
         path = os.path.abspath(path)
@@ -183,14 +199,18 @@ def main() -> int:
             print(f"--crosswire {spec}: not an executable whose path contains 'crosswire-wg'",
                   file=sys.stderr)
             return 1
-        runs.insert(2, (f"crosswire-{name or 'other'}", "crosswire", "crosswire", path))
+        runs.insert(2, (f"crosswire-{name or 'other'}", "crosswire", "crosswire", path, []))
+    for n in args.workers:
+        runs.append((f"mixed-w{n}", "crosswire", "wggo", "wireguard-go", ["--workers", str(n)]))
+        runs.append((f"crosswire-w{n}", "crosswire", "crosswire", CROSSWIRE_WG,
+                     ["--workers", str(n)]))
     for path in args.reference:
         path = os.path.abspath(path)
         if "wireguard-go" not in path or not os.access(path, os.X_OK):
             print(f"--reference {path}: not an executable whose path contains 'wireguard-go'",
                   file=sys.stderr)
             return 1
-        runs.append((reference_name(path), "wggo", "wggo", path))
+        runs.append((reference_name(path), "wggo", "wggo", path, []))
     if args.only:
         runs = [r for r in runs if r[0] in args.only]
     load_start = os.getloadavg()
@@ -198,9 +218,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cwbench") as workdir:
         os.chmod(workdir, 0o700)
         for _ in range(max(1, args.repeat)):
-            for name, impl_a, impl_b, binary in runs:
+            for name, impl_a, impl_b, binary, extra in runs:
                 smp = measure(impl_a, impl_b, args.duration, workdir, binary,
-                              args.crosswire_args.split())
+                              args.crosswire_args.split() + extra, args.parallel, args.taskset)
                 samples.setdefault(name, []).append(smp)
                 print(f"{name:16s} {impl_a}->{impl_b}: {smp.mbps:8.1f} Mbit/s  "
                       f"{smp.cpu_s_per_gb:6.2f} CPU-s/GB ({100 * smp.sender_share:.0f}% sender)  rtt {smp.rtt_ms:.3f} ms  "
@@ -222,6 +242,8 @@ def main() -> int:
                                                    "cpu_per_gb": round(cw.cpu_s_per_gb / r.cpu_s_per_gb, 3)}
     summary["rounds"] = max(1, args.repeat)
     summary["duration_s"] = args.duration
+    summary["parallel"] = args.parallel
+    summary["taskset"] = args.taskset or "all"
     summary["loadavg_start"] = [round(x, 2) for x in load_start]
     summary["loadavg_end"] = [round(x, 2) for x in load_end]
     print(json.dumps(summary), flush=True)

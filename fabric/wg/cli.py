@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="start ready and wait: take over the persistent interface and the saved "
                         "configuration the moment the running crosswire-wg on IFACE dies (needs "
                         "--persist and --saved-config; runs in the foreground)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="serve the device with N processes (one TUN queue and one UDP socket "
+                        "each; see fabric/wg/DESIGN.md, 'More cores'); default 1. Not with "
+                        "--persist or --standby")
     p.add_argument("--version", action="version", version="crosswire-wg 0.1.0")
     p.add_argument("interface")
     return p.parse_args(argv)
@@ -105,14 +109,35 @@ def _serve(args: argparse.Namespace, ready_fd: int | None, on_ready: Callable[[]
         stats = None
     try:
         tun = Tun(args.interface, offload=not args.no_offload, tso=args.tso and not args.no_offload,
-                  persist=args.persist)
+                  persist=args.persist, multi_queue=args.workers > 1)
     except (TunError, OSError) as e:
         return _fail(ready_fd, f"cannot create interface {args.interface}: {e.strerror or e}")
-    device = Device()
+    pool = None
+    if args.workers > 1:
+        from fabric.wg import multicore, workers
+
+        try:
+            pool = workers.start(tun, args.workers, () if ready_fd is None else (ready_fd,))
+        except OSError as e:
+            tun.close()
+            return _fail(ready_fd, f"cannot start workers on {args.interface}: {e.strerror or e}")
+        device: Device = multicore.OwnerDevice(pool.shared)
+    else:
+        device = Device()
     saver = savedconfig.Saver(args.saved_config, device) if args.saved_config else None
     try:
-        daemon = Daemon(device, tun, stats_path=stats, gso=not args.no_offload, on_configured=saver)
+        if pool is not None:
+            from fabric.wg import multicore, workers
+
+            assert isinstance(device, multicore.OwnerDevice)
+            daemon: Daemon = workers.OwnerDaemon(device, tun, pool=pool, stats_path=stats,
+                                                 gso=not args.no_offload, on_configured=saver)
+        else:
+            daemon = Daemon(device, tun, stats_path=stats, gso=not args.no_offload,
+                            on_configured=saver)
     except OSError as e:
+        if pool is not None:
+            pool.stop()
         tun.close()
         return _fail(ready_fd, f"cannot start on {args.interface}: {e.strerror or e}")
     try:
@@ -218,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("crosswire-wg: must run as root (CAP_NET_ADMIN)", file=sys.stderr)
         return 1
+    if not 1 <= args.workers <= 64:
+        print("crosswire-wg: --workers must be 1..64", file=sys.stderr)
+        return 2
+    if args.workers > 1 and (args.persist or args.standby):
+        print("crosswire-wg: --workers > 1 cannot be combined with --persist or --standby "
+              "(a re-attached multi-queue TUN would need every worker back)", file=sys.stderr)
+        return 2
     if args.standby:
         return _standby(args)
     foreground = args.foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"

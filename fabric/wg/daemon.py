@@ -115,6 +115,8 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.linkwatch: LinkWatch | None = None
         self._link_fd = -2
+        # Other fds in the epoll set and their handlers (fabric.wg.workers' control sockets).
+        self.extra: dict[int, Callable[[int], None]] = {}
         try:
             self.linkwatch = LinkWatch(socket.if_nametoindex(tun.name))
             self._link_fd = self.linkwatch.fileno()
@@ -321,6 +323,8 @@ class Daemon:
                         self._drain_wakeup()
                     elif fd == link_fd:
                         self._on_link_change()
+                    elif fd in self.extra:
+                        self.extra[fd](ev)
                     else:
                         self.uapi.on_event(fd, ev)
                 wrote_tun = bool(dev.inbox)

@@ -14,6 +14,7 @@ HANDSHAKE_INITIATION_RATE of the last accepted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from fabric.wg import messages as m
@@ -94,7 +95,8 @@ def consume_initiation(
 
 
 def create_response(
-    init: ConsumedInitiation, *, local_index: int, ephemeral_priv: bytes, now: float
+    init: ConsumedInitiation, *, local_index: int, ephemeral_priv: bytes, now: float,
+    make: Callable[..., Keypair] = Keypair,
 ) -> tuple[bytes, Keypair] | str:
     """Message 2 answering ``init`` and the responder's new keypair."""
     peer = init.peer
@@ -113,12 +115,13 @@ def create_response(
     out = m.pack_response(local_index, init.sender, resp.ephemeral_pub, resp.enc_payload)
     peer.cookie.add_macs(out, now)
     k_i, k_r = noise.transport_keys(resp.ck)
-    kp = Keypair(peer, k_r, k_i, local_index, init.sender, is_initiator=False, created=now)
+    kp = make(peer, k_r, k_i, local_index, init.sender, is_initiator=False, created=now)
     return bytes(out), kp
 
 
 def consume_response(
-    *, static_priv: bytes, handshakes: dict[int, Peer], data: bytes, now: float
+    *, static_priv: bytes, handshakes: dict[int, Peer], data: bytes, now: float,
+    make: Callable[..., Keypair] = Keypair,
 ) -> Keypair | str:
     """A 92-byte message 2 (mac-checked) -> the initiator's new keypair, whose
     ``peer`` and ``local_index`` say which pending handshake it completes."""
@@ -142,7 +145,7 @@ def consume_response(
     if got.payload:
         return "drop_bad_handshake"
     k_i, k_r = noise.transport_keys(got.ck)
-    return Keypair(peer, k_i, k_r, pending.local_index, msg.sender, is_initiator=True, created=now)
+    return make(peer, k_i, k_r, pending.local_index, msg.sender, is_initiator=True, created=now)
 
 
 def consume_cookie_reply(index: IndexTable, data: bytes, now: float) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
@@ -53,6 +54,8 @@ class ReceivePath:
     outbox: collections.deque[tuple[bytes, Endpoint]]
     inbox: collections.deque[bytes]
     _deadline: float
+    # What handshakes make (fabric.wg.multicore: keypairs with a shared send counter).
+    keypair_type: Callable[..., Keypair] = Keypair
 
     if TYPE_CHECKING:
 
@@ -270,7 +273,8 @@ class ReceivePath:
         self._clear_handshake(peer)
         idx = self.index.new_index()
         made = handshake.create_response(
-            init, local_index=idx, ephemeral_priv=self._ephemeral(), now=now
+            init, local_index=idx, ephemeral_priv=self._ephemeral(), now=now,
+            make=self.keypair_type,
         )
         if isinstance(made, str):
             c[made] += 1
@@ -295,7 +299,8 @@ class ReceivePath:
         c["rx_handshake_response"] += 1
         assert self.private_key is not None
         kp = handshake.consume_response(
-            static_priv=self.private_key, handshakes=self.index.handshakes, data=data, now=now
+            static_priv=self.private_key, handshakes=self.index.handshakes, data=data, now=now,
+            make=self.keypair_type,
         )
         if isinstance(kp, str):
             c[kp] += 1

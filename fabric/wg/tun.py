@@ -46,6 +46,7 @@ TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
@@ -103,7 +104,7 @@ class Tun:
     """An open TUN interface. ``fd`` is non-blocking; ``ready.poll(0)`` says whether a read waits."""
 
     def __init__(self, name: str, mtu: int = DEFAULT_MTU, offload: bool = True,
-                 tso: bool = False, persist: bool = False) -> None:
+                 tso: bool = False, persist: bool = False, multi_queue: bool = False) -> None:
         raw = check_name(name)
         self.persist = persist
         self.reattached = False
@@ -116,6 +117,9 @@ class Tun:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+            if multi_queue:
+                flags |= IFF_MULTI_QUEUE
+            self._flags = flags
             ifr = struct.pack(f"{IFNAMSIZ}sH", raw, flags)
             ifr += b"\0" * (40 - len(ifr))
             fcntl.ioctl(fd, TUNSETIFF, ifr)  # EBUSY if another process holds a reattached TUN
@@ -141,6 +145,24 @@ class Tun:
         # Zero-timeout readiness probe (see read_batch).
         self.ready = select.poll()
         self.ready.register(fd, select.POLLIN)
+
+    def add_queue(self) -> Tun:
+        """Another queue of a ``multi_queue`` TUN (``--workers``): its own fd; the kernel
+        spreads the stack's flows over the queues by flow hash. The interface goes when
+        its last queue is closed."""
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            ifr = struct.pack(f"{IFNAMSIZ}sH", self.name.encode(), self._flags)
+            fcntl.ioctl(fd, TUNSETIFF, ifr + b"\0" * (40 - len(ifr)))
+        except OSError as e:
+            os.close(fd)
+            raise TunError(e.errno or errno.EIO, f"cannot add a queue to {self.name}: {e.strerror}") from e
+        q = object.__new__(Tun)
+        q.name, q.fd, q.persist, q.reattached = self.name, fd, False, False
+        q.vnet_hdr, q._flags = self.vnet_hdr, self._flags
+        q.ready = select.poll()
+        q.ready.register(fd, select.POLLIN)
+        return q
 
     def set_mtu(self, mtu: int) -> None:
         _ifreq_ioctl(self.name.encode(), SIOCSIFMTU, mtu)

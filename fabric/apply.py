@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from fabric import nat, routes
 from fabric.exports import apply as exportsapply
+from fabric.exports.guard import table_of
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgctl import WgControl, WgError, key_hex
@@ -176,18 +177,15 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
         except routes.RouteError as e:
             raise ApplyError(f"routes via {local.interface}: {e}") from None
 
-    def do_exports() -> None:
-        # Before anything attracts a new peer's traffic, so it is filtered from its
-        # first packet (a peer missing from the policy is dropped: fail closed).
-        old = previous.exports if previous is not None else None
-        if state.exports is None and previous is not None and old is None:
-            return  # no exports, before or now: nothing to look at (as without the feature)
+    def do_policy() -> None:
+        # Before anything attracts a new peer's traffic, so the guard (and, with exports,
+        # the filter) holds from its first packet (a peer missing is dropped: fail closed).
         try:
-            exportsapply.apply(state.exports, old, nft, local.nft_table)
+            exportsapply.apply(table_of(state), table_of(previous) if previous is not None else None, nft)
         except exportsapply.ExportTableError as e:
             raise ApplyError(str(e)) from None
 
-    do_exports()
+    do_policy()
     steps = {"nat": do_nat, "wireguard": do_wg, "routes": do_routes}
     for name in order(state, previous):
         steps[name]()
@@ -202,6 +200,7 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
             with contextlib.suppress(NftError):
                 if table_owner(nft, old.nft_table) == "ours":
                     nft.delete_table(nat.FAMILY, old.nft_table)
+                exportsapply.remove(old.nft_table, nft)
 
 
 def remove(state: FabricState, *, netns: str | None = None) -> None:
@@ -239,7 +238,7 @@ def verify(state: FabricState, *, netns: str | None = None) -> list[str]:
     nat_problem = _nat_problem(state, Nft(netns))
     if nat_problem:
         problems.append(nat_problem)
-    problems += exportsapply.problems(state.exports, Nft(netns))
+    problems += exportsapply.problems(table_of(state), Nft(netns))
     try:
         present = routes.list_routes(local.interface, netns=netns)
         if present != routes.parse_cidrs(_views(state)):

@@ -20,6 +20,7 @@ from typing import Any
 from fabric import apply as fabric_apply
 from fabric import nat
 from fabric.exports import apply as exportsapply
+from fabric.exports.guard import table_of
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgprocess import Implementation, LinkOwnershipError, WgProcess, WgProcessError
@@ -99,11 +100,11 @@ class Dataplane:
         except NftError:
             listing = {}  # table missing: rules show handle None and zero counters
         peers = nat.with_counters(nat.mappings(state), listing)
-        if state.exports is not None:
-            # Per peer, what the export policy refused (fabric.exports.policy).
-            denied = exportsapply.denied(state.exports, Nft())
-            for p in peers:
-                p["export_denied"] = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
+        # Per peer, every packet of it the policy table dropped: to the gateway itself
+        # (the guard) and, with exports, what it was not given (fabric.exports.policy).
+        denied = exportsapply.denied(table_of(state), Nft())
+        for p in peers:
+            p["export_denied"] = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
         return peers
 
     def nat_drops(self) -> list[dict[str, Any]]:

@@ -113,7 +113,8 @@ class NatPeer(BaseModel):
     rules: list[dict[str, Any]] = Field(description="nftables rules with handles and counters")
     host_network: list[dict[str, Any]]
     export_denied: dict[str, int] | None = Field(
-        default=None, description="with exports: packets and bytes from this peer the policy refused")
+        default=None, description="packets and bytes from this peer the policy table dropped: to the gateway "
+                                   "itself (the guard, always) and, with exports, what it was not given")
 
 
 class NatDrop(BaseModel):

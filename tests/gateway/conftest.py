@@ -60,7 +60,9 @@ class FakeFabric:
                                "tx_bytes": 9} for p in (last.peers if last else ())}
 
     def nat(self, state: FabricState) -> list[dict[str, Any]]:
-        return nat.with_counters(nat.mappings(state), {})
+        # As the real one: every peer has a drop counter (the guard), with or without exports.
+        return [{**m, "export_denied": {"packets": 0, "bytes": 0}}
+                for m in nat.with_counters(nat.mappings(state), {})]
 
     def nat_drops(self) -> list[dict[str, Any]]:
         return []

@@ -152,8 +152,6 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
             if (previous is not None and nat_inputs(previous) == nat_inputs(state)
                     and _nat_problem(state, nft) is None):
                 return  # unchanged and intact: keep the table and its counters
-            if table_owner(nft, local.nft_table) == "foreign":
-                raise _foreign_table(local.nft_table)  # before the delta too: it writes into the table
             delta = nat.render_delta(previous, state) if previous is not None else None
             if delta is not None:
                 try:
@@ -185,6 +183,11 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
         except exportsapply.ExportTableError as e:
             raise ApplyError(str(e)) from None
 
+    try:
+        if table_owner(nft, local.nft_table) == "foreign":
+            raise _foreign_table(local.nft_table)  # before the policy table: nothing half-applied
+    except NftError as e:
+        raise ApplyError(f"nftables table inet {local.nft_table}: {e}") from None
     do_policy()
     steps = {"nat": do_nat, "wireguard": do_wg, "routes": do_routes}
     for name in order(state, previous):

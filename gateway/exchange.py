@@ -200,8 +200,9 @@ class Exchange:
                 try:
                     ours = self.allocate_views(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
                 except ViewsError as e:
-                    raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}{self._hint(e)}",
-                                       422) from None
+                    log.warning("peering: cannot allocate views of %s: %s", other.cluster_id, e)
+                    raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e.for_peer()}"
+                                       f"{self._hint(e)}", 422) from None
                 allocated = True
                 env, keys = peering.build_join_response(req, rec.verifier, self.side(), ours, eph, now)
                 self.store.put_peer(db, PeerRecord(
@@ -340,7 +341,9 @@ class Exchange:
                 try:
                     self.allocate_views(sender, ranges, gw_ip or peer.gateway_ip, replace=True)
                 except ViewsError as e:
-                    raise GatewayError(f"cannot allocate views of the announced ranges: {e}", 422) from None
+                    log.warning("peer %s: cannot allocate views of the announced ranges: %s", sender, e)
+                    raise GatewayError(f"cannot allocate views of the announced ranges: {e.for_peer()}",
+                                       422) from None
                 self.store.update_peer(sender, ranges=tuple(ranges), gateway_ip=gw_ip or peer.gateway_ip)
                 gate.clear_pending(sender)
                 payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
@@ -374,7 +377,8 @@ class Exchange:
                 try:
                     self.allocate_views(sender, peer.ranges, peer.gateway_ip, replace=True, imports=body)
                 except ViewsError as e:
-                    raise GatewayError(f"cannot view the exports of {sender}: {e}", 422) from None
+                    log.warning("peer %s: cannot view its exports: %s", sender, e)
+                    raise GatewayError(f"cannot view the exports of {sender}: {e.for_peer()}", 422) from None
                 payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
             self.reconciler.exports.set_imports(sender, body, now)
         # Acknowledge what is programmed, not just stored: the sender reports a change

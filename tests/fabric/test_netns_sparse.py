@@ -132,9 +132,11 @@ def test_client_reaches_exported_address_through_its_view(pair: Pair) -> None:
     # IPv6: a /128 view of the hub's pod; the hub sees spoke's client in its /126 block.
     name, seen, *_ = ask(pair.clients[3], "tcp", "fd70::5")
     assert name == "h1" and in_net(seen, HUB_BLOCK6), seen
-    # Host network (the spoke gateway itself) to the hub's gateway view: the block takes it too.
-    out = sh("ping", "-c", "2", "-W", "2", "100.70.0.6", ns=pair.spoke.gw, timeout=20)
+    # Host network (the spoke gateway itself) to the hub's pod: the block takes it too.
+    out = sh("ping", "-c", "2", "-W", "2", "100.70.0.5", ns=pair.spoke.gw, timeout=20)
     assert " 0% packet loss" in out.stdout
+    # The hub's gateway itself (its sparse gateway view) is out of the spoke's reach: the guard.
+    assert sh("ping", "-c", "1", "-W", "1", "100.70.0.6", ns=pair.spoke.gw, check=False).returncode != 0
     for side in (pair.hub, pair.spoke):
         assert side.state is not None and verify(side.state, netns=side.gw) == []
 

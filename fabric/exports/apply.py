@@ -35,11 +35,14 @@ def _counters(nft: Nft, name: str) -> dict[str, Any] | None:
 
 
 def _problems(t: PolicyTable, nft: Nft) -> list[str]:
-    counters = _counters(nft, t.table)
-    if counters is None:
+    # The denied maps and the chains, not the counters: listing a table's counters
+    # costs ~0.2 s beside a 1000-peer NAT table, the two maps ~10 ms each.
+    try:
+        maps = [nft.list_map(FAMILY, t.table, f"denied_v{v}") for v in (4, 6)]
+    except NftError:
         return [f"nft table {FAMILY} {t.table} missing"]
     chains = {c for c in (exportpolicy.INPUT, exportpolicy.FORWARD) if nft.has_chain(FAMILY, t.table, c)}
-    return exportpolicy.problems(t, counters, chains)
+    return exportpolicy.problems(t, exportpolicy.counted(maps), chains)
 
 
 def apply(t: PolicyTable, previous: PolicyTable | None, nft: Nft) -> None:

@@ -350,12 +350,24 @@ def denied(t: PolicyTable, counters: dict[str, Any]) -> dict[str, dict[str, int]
     return out
 
 
-def problems(t: PolicyTable, counters: dict[str, Any], chains: set[str]) -> list[str]:
+def counted(listings: Iterable[dict[str, Any]]) -> set[str]:
+    """The counter names the ``denied_v*`` maps' elements point to (``listings``: the maps
+    as ``nft -j list map`` gives them). An element names an existing counter, so these
+    are the peers whose drops are counted."""
+    out: set[str] = set()
+    for listing in listings:
+        for item in listing.get("nftables", []):
+            for e in (item.get("map") or {}).get("elem", []):
+                if isinstance(e, list) and len(e) == 2 and isinstance(e[1], str):
+                    out.add(e[1])
+    return out
+
+
+def problems(t: PolicyTable, names: set[str], chains: set[str]) -> list[str]:
     """What the kernel's policy table lacks: its input chain (the guard), its forward
-    chain (with exports), a peer's counter."""
+    chain (with exports), a peer's counted views (``names``: what ``counted`` read)."""
     for chain in (INPUT, FORWARD) if t.exports is not None else (INPUT,):
         if chain not in chains:
             return [f"nft table {FAMILY} {t.table}: chain {chain} missing"]
-    have = {c["name"] for item in counters.get("nftables", []) if (c := item.get("counter")) is not None}
-    missing = [p.cluster_id for p in t.peers if counter_name(p.cluster_id) not in have]
+    missing = [p.cluster_id for p in t.peers if p.views and counter_name(p.cluster_id) not in names]
     return [f"nft table {FAMILY} {t.table}: peer counters missing for {', '.join(missing)}"] if missing else []

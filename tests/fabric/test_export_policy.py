@@ -197,12 +197,18 @@ def test_denied_and_problems_read_the_counters() -> None:
     listed = {"nftables": [{"metainfo": {}}, {"counter": {"family": "inet", "table": T, "name": "denied-gpu",
                                                           "packets": 7, "bytes": 420}}]}
     assert ep.denied(TABLE, listed) == {"gpu": {"packets": 7, "bytes": 420}, "edge": {"packets": 0, "bytes": 0}}
-    assert ep.problems(TABLE, listed, {"input", "forward"}) == [
+    # What verify reads: the denied maps' elements name the counters they count on.
+    maps = [{"nftables": [{"metainfo": {}}, {"map": {"family": "inet", "table": T, "name": "denied_v4",
+                                                     "elem": [[P65, "denied-gpu"], [P80, "denied-gpu"]]}}]},
+            {"nftables": [{"map": {"family": "inet", "table": T, "name": "denied_v6"}}]}]
+    names = ep.counted(maps)
+    assert names == {"denied-gpu"}
+    assert ep.problems(TABLE, names, {"input", "forward"}) == [
         "nft table inet crosswire-exports: peer counters missing for edge"]
-    assert ep.problems(TABLE, listed, {"input"}) == ["nft table inet crosswire-exports: chain forward missing"]
-    assert ep.problems(TABLE, listed, {"forward"}) == ["nft table inet crosswire-exports: chain input missing"]
+    assert ep.problems(TABLE, names, {"input"}) == ["nft table inet crosswire-exports: chain forward missing"]
+    assert ep.problems(TABLE, names, {"forward"}) == ["nft table inet crosswire-exports: chain input missing"]
     guard_only = PolicyTable("wg0", T, 51830, GUARDS[:1])
-    assert ep.problems(guard_only, listed, {"input"}) == []
+    assert ep.problems(guard_only, names, {"input"}) == []
 
 
 def test_odd_cluster_ids_get_safe_distinct_counter_names() -> None:

@@ -3,7 +3,8 @@
 ``render_text(t)`` is the batch that (re)writes table ``inet <table>`` wholly;
 ``render_delta(previous, t)`` changes only the peers that differ;
 ``denied(t, counters)`` reads each peer's drop counter from a listing of the
-table's counters; ``problems(t, counters, chains)`` says what the kernel lacks.
+table's counters; ``problems(t, counted(maps), chains)`` says what the kernel
+lacks (read from the ``denied_v*`` maps and the chains, cheaper than the counters).
 ``t`` is a ``PolicyTable`` (``fabric.exports.guard.table_of(state)``). Rendered
 commands are plain data, so tests compare them exactly.
 
@@ -58,7 +59,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fabric.exports.guard import table_name
+from fabric.exports.guard import (
+    table_name as table_name,  # re-exported: gateway.exports names the table
+)
 from fabric.exports.model import Allowed, PeerExports, PeerGuard, PolicyTable
 from fabric.nat.names import FAMILY, MARKER_SET, chain_suffix
 
@@ -118,9 +121,6 @@ def _normalized(allowed: tuple[Allowed, ...], version: int) -> tuple[tuple[Any, 
 
 def _sources(p: PeerExports, version: int) -> list[Network]:
     return _parsed(p.sources, version)
-
-
-__all__ = ["table_name"]  # re-exported: the name gateway.exports uses
 
 
 @functools.lru_cache(maxsize=8192)

@@ -369,12 +369,24 @@ class _Walk:
         self.add(DNAT, them, what, chain=r.ingress.chain, rule=r.ingress.comment,
                  counted=r.count_ingress.chain if r.count_ingress else None, element=r.ingress_element)
         if self.fabric.probe_ip is not None and str(self.q.dst) == self.fabric.probe_ip:
-            return self.guard(them, me, self.q.src in self.local.gateways(), "egress")
+            return self.guard(them, me, str(self.src) == self.gateway_as_they_see_it(), "egress")
         if not self.export(them, me, m.kind):
             return self.done("egress", "dropped", f"{them} does not export {self.dst}{self.port()}/{self.q.proto} to {me}")
         self.add(DELIVER, them, f"delivered to {self.where(them, m.kind)}; it sees the client as {self.src}")
         return self.done("egress", "delivered",
                          f"{self.q.src} -> {self.q.dst} reaches {them} {m.kind} {self.dst}, which sees it from {self.src}")
+
+    def gateway_as_they_see_it(self) -> str | None:
+        """Our gateway pod's address as the peer views it: the source our probes carry there."""
+        g = self.local.gateway_of(self.v)
+        if g is None:
+            return None
+        j = _find(self.p.peer.local, g, "real")
+        if j is not None:
+            m = self.p.peer.local[j]
+            return str(map_into(g, m.real.net, m.view.net))
+        target = self.p.host_target[self.v]  # not in a mapped range: the host-network SNAT
+        return None if target is None else str(target)
 
     def guard(self, at: str, sender: str, from_gateway: bool, direction: Literal["egress", "ingress"]) -> Trace:
         """The guard of ``at``'s gateway on a packet from its peer ``sender`` to the gateway

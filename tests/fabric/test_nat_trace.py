@@ -316,6 +316,9 @@ def test_egress_to_the_peers_gateway_shows_its_guard() -> None:
     lab = guarded(LAB, "100.64.0.2")  # gpu's gateway as lab views it
     ok = run(lab, "10.244.0.2", "100.64.0.2", "udp", 51830)  # lab's own probe
     assert ok.verdict == "delivered" and ok.steps[-2].kind == "guard" and ok.steps[-2].at == "gpu"
+    # lab's host network leaves as lab's gateway (host_v4): gpu cannot tell it from a probe.
+    assert run(lab, "192.168.50.1", "100.64.0.2", "udp", 51830).verdict == "delivered"
+    assert run(lab, "10.244.1.5", "100.64.0.2", "udp", 51830).verdict == "dropped"
     bad = run(lab, "10.244.1.5", "100.64.0.2", "tcp", 8081)
     assert bad.verdict == "dropped" and bad.steps[-1].kind == "guard" and bad.steps[-1].at == "gpu"
     assert bad.steps[-1].drop and "denied-lab" in bad.steps[-1].text

@@ -6,9 +6,11 @@ address (as in Kubernetes), DNS on :53, WireGuard on :51820, the health echo
 on :51830. From b's pod, through b's view of a's pod range, a connect scan of
 20 ports of a's gateway (IPv4) and 6 (IPv6) finds nothing: every TCP connect
 times out (no RST) and every datagram goes unanswered, and each packet counts
-against b (`export_denied` in `nat show`, the metric). b's gateway's health
+against b (`export_denied` in `nat show`, the metric), also from a source in
+b's service view. b's gateway's health
 probes still pass (both sides read `connected`); a probe datagram from b's pod
-does not. The scan is also run with the guard's chain deleted by hand, the
+does not (another peer cannot send from b's gateway address at all: WireGuard
+takes from each peer only sources in its allowed IPs). The scan is also run with the guard's chain deleted by hand, the
 way things were before it (printed, for the record), and the drift check puts
 the chain back. A table of the operator's in a's namespace is left as it was.
 """
@@ -149,6 +151,18 @@ def test_a_peer_reaches_the_gateway_only_with_its_health_probes(netns: Namespace
         metrics = sh("curl", "-s", f"http://{GW_IP}:8081/metrics", ns=a.ns).stdout
         line = next(x for x in metrics.splitlines() if x.startswith('crosswire_export_denied_packets_total{peer="b"}'))
         assert int(line.split()[-1]) >= counted
+
+        # From an address of b's service range (b SNATs it into a's view of b's services):
+        # dropped all the same, and counted against b too.
+        sh("ip", "addr", "add", "10.96.0.50/32", "dev", "lo", ns=pod)
+        count1 = denied(a)
+        svc = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('10.96.0.50',0))\n"
+               f"for _ in range(5): s.sendto(b'x',({gw4!r},53))\n")
+        sh(sys.executable, "-c", svc, ns=pod)
+        deadline = time.monotonic() + 5
+        while denied(a) < count1 + 5:
+            assert time.monotonic() < deadline, "drops from b's service view were not counted against b"
+            time.sleep(0.2)
 
         # The guard's verdict in the trace: b's pod (as a sees it) to a's gateway's API.
         a_views = a.cli_json("peer", "list")[0]["our_views"]

@@ -228,6 +228,7 @@ def _nat_problem(state: FabricState, nft: Nft) -> str | None:
     joined = nat.with_counters(nat.mappings(state), listed)
     missing = sum((r["handle"] is None) + (r["count_handle"] is None) for m in joined for r in m["rules"])
     missing += sum(not h["present"] for m in joined for h in m["host_network"])
+    missing += sum(m["not_offered"]["handle"] is None for m in joined if m.get("not_offered"))
     base = {r["rule"]["chain"] for r in listed.get("nftables", []) if "rule" in r}
     if not {"prerouting", "postrouting", "mss-clamp", "count"} <= base:
         return f"nft table {table}: base chain rules missing"

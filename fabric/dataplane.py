@@ -102,9 +102,14 @@ class Dataplane:
         peers = nat.with_counters(nat.mappings(state), listing)
         # Per peer, every packet of it the policy table dropped: to the gateway itself
         # (the guard) and, with exports, what it was not given (fabric.exports.policy).
+        # Plus, from the NAT table, what it sent to addresses not offered to it: one figure
+        # for every packet of the peer the gateway dropped.
         denied = exportsapply.denied(table_of(state), Nft())
         for p in peers:
-            p["export_denied"] = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
+            d = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
+            extra = p.get("not_offered") or {}
+            p["export_denied"] = {"packets": d["packets"] + int(extra.get("packets", 0)),
+                                  "bytes": d["bytes"] + int(extra.get("bytes", 0))}
         return peers
 
     def nat_drops(self) -> list[dict[str, Any]]:

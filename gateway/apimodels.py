@@ -112,9 +112,13 @@ class NatPeer(BaseModel):
     local: list[View]
     rules: list[dict[str, Any]] = Field(description="nftables rules with handles and counters")
     host_network: list[dict[str, Any]]
+    not_offered: dict[str, Any] | None = Field(
+        default=None, description="the last rule of the peer's ingress chain: what it sent to addresses not "
+                                  "offered to it, dropped (chain, comment, handle, packets, bytes)")
     export_denied: dict[str, int] | None = Field(
-        default=None, description="packets and bytes from this peer the policy table dropped: to the gateway "
-                                   "itself (the guard, always) and, with exports, what it was not given")
+        default=None, description="packets and bytes from this peer the gateway dropped: to the gateway itself "
+                                   "(the guard, always), to addresses not offered to it (not_offered) and, "
+                                   "with exports, what it was not given")
 
 
 class NatDrop(BaseModel):

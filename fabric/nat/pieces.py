@@ -381,6 +381,10 @@ class Builder:
                                            count_set=name, count_element=reals[n])
         # The blocks last in to-<peer>: every source the rules above did not take.
         to_rules += [made[j].egress for j in blocks]
+        # Last in from-<peer>: what the peer sends to an address not offered to it is
+        # dropped here, on the peer's own counter (``drop_rule``), not on prerouting's
+        # final drop, which is left with sources in no peer's view.
+        from_rules.append(rule(PeerChain.INGRESS, '[{"counter":null},{"drop":null}]', drop_comment(cid)))
         keys = self._keys(peer)
         elements: dict[str, str] = {}
         host: dict[int, Address | None] = {}
@@ -408,6 +412,11 @@ class Builder:
             elements[host_map] = ",".join([f'[{{"elem":{{"val":{k.cidr.prefix}{tail}' for k in mine])
         return PeerPieces(peer, chains, quoted, tuple(to_rules + from_rules), tuple(count_out + count_in),
                           elements, host, tuple(made), tuple(keys), tuple(sets))
+
+
+def drop_comment(cluster_id: str) -> str:
+    """The comment of the last rule of from-<peer>: the peer's packets to what it was not offered."""
+    return comment(f"{cluster_id}: ingress: destination not offered to {cluster_id}: drop")
 
 
 @functools.lru_cache(maxsize=8)

@@ -56,7 +56,7 @@ from fabric.exports.policy import counter_name, guard_comment, probe_comment
 from fabric.model import Address, FabricState, PeerFabric, map_into
 from fabric.nat.check import CheckedLocal, Mapping, check_peer
 from fabric.nat.names import PeerChain
-from fabric.nat.pieces import Builder, PeerPieces, build
+from fabric.nat.pieces import Builder, PeerPieces, build, drop_comment
 from fabric.nat.render import _base_rules
 from fabric.routes import ROUTE_PROTO
 
@@ -357,8 +357,8 @@ class _Walk:
         m, r = t.peer.local[i], t.mapping_rules[i]
         if r.ingress is None:
             self.add(DROP, them, f"destination {self.dst} is in {them}'s egress block for {me} (the name {me} gives "
-                     f"{them}'s clients), not an address {them} offers: dropped by {them}'s prerouting (counted)",
-                     chain="prerouting", drop=True)
+                     f"{them}'s clients), not an address {them} offers: dropped (counted against {me})",
+                     chain=t.chains[PeerChain.INGRESS], rule=drop_comment(me), drop=True)
             return self.done("egress", "dropped", f"{self.dst} is {them}'s egress block: nothing is offered under it")
         before = self.dst
         self.dst = map_into(before, m.view.net, m.real.net)
@@ -454,8 +454,8 @@ class _Walk:
                 if rj is not None:
                     lm = p.peer.local[rj]
                     hint = f" ({them} addresses {me}'s {self.dst} as {map_into(self.dst, lm.real.net, lm.view.net)})"
-            self.add(DROP, me, f"{what}: not offered to {them}, dropped (counted){hint}", chain="prerouting",
-                     rule=_base_rule(self.local, "prerouting", '"drop"'), drop=True)
+            self.add(DROP, me, f"{what}: not offered to {them}, dropped (counted against {them}){hint}",
+                     chain=p.chains[PeerChain.INGRESS], rule=drop_comment(them), drop=True)
             return self.done("ingress", "dropped", f"{self.dst} is not offered to {them}{hint}")
         lm, lr = p.peer.local[j], p.mapping_rules[j]
         assert lr.ingress is not None

@@ -133,7 +133,7 @@ def test_ingress_to_an_address_not_offered_is_dropped_with_a_hint() -> None:
     assert (t.verdict, t.direction) == ("dropped", "ingress")
     last = t.steps[-1]
     assert (last.kind, last.chain, last.drop, last.rule) == (
-        "drop", "prerouting", True, "from wg0: source in no peer view, or destination not offered to that peer: drop")
+        "drop", "from-lab", True, "lab: ingress: destination not offered to lab: drop")
     assert t.reason == "10.244.2.7 is not offered to lab (lab addresses gpu's 10.244.2.7 as 100.64.2.7)"
 
 

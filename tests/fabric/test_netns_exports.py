@@ -19,7 +19,17 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from fabric_topo import ECHO, Side, add_pod, ask, make_side, make_state, program, start_echo
+from fabric_topo import (
+    ECHO,
+    Side,
+    add_pod,
+    ask,
+    keypair,
+    make_side,
+    make_state,
+    program,
+    start_echo,
+)
 from nsutil import Namespaces, require_root, sh
 
 from fabric.apply import verify
@@ -27,6 +37,7 @@ from fabric.exports import apply as exportsapply
 from fabric.exports import policy as exportpolicy
 from fabric.exports.guard import table_of
 from fabric.exports.model import Allowed, ExportPolicy, PeerExports
+from fabric.model import PeerFabric, RangeMap
 from fabric.nft import Nft
 
 pytestmark = pytest.mark.root
@@ -189,3 +200,22 @@ def test_without_exports_the_guard_stays_and_everything_passes(sides: tuple[Side
     before = denied(gpu)
     assert not reaches(lab.pods["l1"], "tcp", "100.64.0.2", 7000)
     assert denied(gpu) > before
+
+    # Another peer added, then removed: a delta of its elements and counter; lab's count
+    # carries on (a whole-table rewrite would have reset it) and the guard holds.
+    count = denied(gpu)
+    other = PeerFabric(cluster_id="edge", public_key=keypair()[1], endpoint=None, persistent_keepalive=0,
+                       remote=(RangeMap("pod", "10.244.0.0/16", "100.66.0.0/16"),),
+                       local=(RangeMap("pod", "10.244.0.0/16", "100.67.0.0/16"),), probe_ip="100.66.0.1")
+    before_state = gpu.state
+    bigger = dataclasses.replace(gpu.state, peers=(*gpu.state.peers, other))
+    assert exportpolicy.render_delta(table_of(before_state), table_of(bigger)) is not None
+    program(gpu, bigger)
+    assert denied(gpu) == count
+    assert exportsapply.denied(table_of(bigger), Nft(gpu.gw))["edge"]["packets"] == 0
+    assert verify(bigger, netns=gpu.gw) == []
+    program(gpu, before_state)
+    assert denied(gpu) == count
+    assert "denied-edge" not in sh("nft", "list", "table", "inet", table, ns=gpu.gw).stdout
+    assert not reaches(lab.pods["l1"], "tcp", "100.64.0.2", 7000)
+    assert denied(gpu) > count

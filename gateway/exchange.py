@@ -386,7 +386,8 @@ class Exchange:
         applied = await self.reconciler.reconcile()
         payload["applied"] = applied
         if not applied:
-            payload["pending"] = self.reconciler.stats.last_error or "data plane not programmed"
+            # Not the reconciler's error: it may name another peer (an endpoint, a view).
+            payload["pending"] = f"{me}'s data plane has not taken the change yet (its log says why); it retries"
         log.info("peer %s: %s %s", sender, msg.type, "applied" if applied else "stored, apply pending")
         return peering.build_reply(peer.channel_key, msg, me, payload, self.clock())
 

@@ -63,3 +63,21 @@ def test_messages_to_a_peer_carry_only_its_own_share(clusters: Any) -> None:
         assert "edge" not in json.dumps(imports) and "db.prod" not in json.dumps(imports)
 
     asyncio.run(go())
+
+
+def test_a_pending_reply_does_not_carry_the_data_planes_error(clusters: Any) -> None:
+    # gpu's data plane fails with an error naming another peer (edge) while lab's key
+    # change arrives: lab is told it is pending, not why.
+    gpu, lab, edge = clusters("gpu"), clusters("lab"), clusters("edge")
+
+    async def go() -> None:
+        await peer(lab, await token(gpu))
+        await peer(edge, await token(gpu))
+        gpu.fabric.fail_next = RuntimeError("WireGuard cw-gpu: peer edge endpoint edge.example:51820 unreachable")
+        r = await lab.call("POST", "/api/v1/key/rotate")
+        assert r.status_code == 200, r.text
+        pending = r.json()["peers_pending"]["gpu"]
+        assert "not taken the change yet" in pending
+        assert "edge" not in pending and "boom" not in pending
+
+    asyncio.run(go())

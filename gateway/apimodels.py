@@ -253,7 +253,7 @@ class TlsRotated(BaseModel):
 REASONS = {
     400: "Malformed request or refused input",
     401: "Missing or wrong credential (admin Bearer token, or a message MAC), or a replay",
-    403: "Unknown, used or foreign token; unknown peer",
+    403: "Unknown, used or foreign token",
     404: "No such token or peer",
     408: "Request body not received in time",
     409: "Conflicts with the current state (already peered, own key, unusable peering URL)",

@@ -310,7 +310,10 @@ class Exchange:
         sender = peering.peek_sender(envelope)
         peer = self.store.peer(sender)
         if peer is None:
-            raise GatewayError(f"unknown peer {sender}", 403)
+            # Answered exactly as a bad MAC from a known peer: the peering port does not
+            # tell anyone (the internet, another peer) which cluster IDs are peered here.
+            log.warning("peering: message from unknown peer %r refused", sender[:64])
+            raise GatewayError(peering.AUTH_FAILED, 401)
         msg = peering.verify_message(envelope, peer.channel_key, me, now)
         with self.store.tx() as db:
             if not self.store.remember_nonce(db, msg.nonce, now + NONCE_TTL, now):

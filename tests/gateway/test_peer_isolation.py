@@ -81,3 +81,22 @@ def test_a_pending_reply_does_not_carry_the_data_planes_error(clusters: Any) -> 
         assert "edge" not in pending and "boom" not in pending
 
     asyncio.run(go())
+
+
+def test_the_peering_port_does_not_say_who_is_peered(clusters: Any) -> None:
+    # A channel message without the channel key: the same answer whether its sender is a
+    # peer of gpu or not (before, "unknown peer X" 403 against a MAC failure 401).
+    from gateway import peering
+
+    gpu, lab = clusters("gpu"), clusters("lab")
+
+    async def go() -> None:
+        await peer(lab, await token(gpu))
+        answers = []
+        for sender in ("lab", "ghost"):
+            msg = peering.build_message(b"\x00" * 32, sender, "gpu", "views", {"views": []}, gpu.clock())
+            r = await gpu.call("POST", "/api/v1/peering/message", json=msg)
+            answers.append((r.status_code, r.json()))
+        assert answers[0] == answers[1] and answers[0][0] == 401, answers
+
+    asyncio.run(go())

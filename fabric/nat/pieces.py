@@ -292,7 +292,7 @@ class Builder:
         # Single addresses (sparse views: exports, the gateway) share one map rule
         # per family and direction; an egress block is one catch-all SNAT after
         # every other rule of its family, with no ingress rule (nothing is
-        # offered under it: prerouting's final drop counts such packets).
+        # offered under it: the peer's drop, last in from-<peer>, counts such packets).
         # The counting rules run in forward, where every packet passes (the NAT
         # chains see only a connection's first): egress before SNAT, so the source
         # is still our real range; ingress after DNAT, so the destination already
@@ -388,8 +388,8 @@ class Builder:
         keys = self._keys(peer)
         elements: dict[str, str] = {}
         host: dict[int, Address | None] = {}
-        # jump, not goto: a packet no per-peer rule takes comes back to the base
-        # chain for the host-network map and the final drop.
+        # jump, not goto: a packet no rule of to-<peer> takes comes back to the base
+        # chain for the host-network map and the final drop (from-<peer> ends in its own).
         jumps = [f',{{"jump":{{"target":{q}}}}}]' for q in quoted]
         for v in (4, 6):
             *verdict_maps, views_set, host_map = self._maps[v]

@@ -37,7 +37,7 @@ from nat_scale import build_path, key, peers, sh, view
 from fabric import nat
 from fabric.exports import apply as exportsapply
 from fabric.exports import policy as exportpolicy
-from fabric.exports.model import Allowed, ExportPolicy, PeerExports
+from fabric.exports.model import Allowed, ExportPolicy, PeerExports, PeerGuard, PolicyTable
 from fabric.model import FabricState, LocalFabric
 from fabric.nft import Nft
 from fabric.routes import sync_routes
@@ -57,6 +57,12 @@ def policy(n: int, interface: str, tweak: int | None = None) -> ExportPolicy:
             allowed[0] = Allowed(f"10.244.2.{i % 250 + 1}/32", "tcp", 9000)
         out.append(PeerExports(f"peer{i:04d}", (view(2 * i),), tuple(allowed)))
     return ExportPolicy(interface=interface, table=exportpolicy.table_name("crosswire"), peers=tuple(out))
+
+
+def table(pol: ExportPolicy) -> PolicyTable:
+    """The policy table of ``pol`` (its peers' guards keyed by the same views; no health port)."""
+    return PolicyTable(pol.interface, pol.table, None, tuple(PeerGuard(p.cluster_id, p.sources) for p in pol.peers),
+                       pol)
 
 
 def refused(remote: str, src: str, port: int) -> bool:
@@ -84,13 +90,13 @@ def main() -> int:
         for n in (1, 1000):
             pol = policy(n, tun)
             t0 = time.perf_counter()
-            exportsapply.apply(pol, None, Nft(gw), "crosswire")
+            exportsapply.apply(table(pol), None, Nft(gw))
             result[f"apply_s_{n}"] = round(time.perf_counter() - t0, 3)
             print(f"{n:5d} peers x {EXPORTS} exports: whole export table {result[f'apply_s_{n}']:.3f} s", flush=True)
         base = policy(1000, tun)
         result["elements_1000"] = sum(len(exportpolicy.allowed_elements(p, 4)) for p in base.peers)
         t0 = time.perf_counter()
-        exportsapply.apply(policy(1000, tun, tweak=7), base, Nft(gw), "crosswire")
+        exportsapply.apply(table(policy(1000, tun, tweak=7)), table(base), Nft(gw))
         result["apply_s_change1"] = round(time.perf_counter() - t0, 3)
         print(f"1 of 1000 peers' exports changed: {result['apply_s_change1']:.3f} s (delta)", flush=True)
 
@@ -100,7 +106,7 @@ def main() -> int:
                                 pod_cidrs=("10.244.0.0/16",), service_cidrs=("10.96.0.0/16",),
                                 gateway_ip="10.244.0.1")
             Nft(g).apply(nat.render_text(FabricState(local, peers(n, pubs))))
-            exportsapply.apply(policy(n, t), None, Nft(g), "crosswire")
+            exportsapply.apply(table(policy(n, t)), None, Nft(g))
             sync_routes(t, [view(0)], netns=g)
 
         # iperf3 servers in our pods; clients in peer 0's pod (the remote end), so the
@@ -121,7 +127,7 @@ def main() -> int:
         for r, p in zip(remotes, (one, many), strict=True):
             assert refused(r, p[3], PORT + 1), "a port peer 0 was not given got through"
         runs1, runs1000, ratios = measure(clients, args.rounds, args.seconds, "1 vs 1000 peers x 20 exports")
-        denied = exportsapply.denied(policy(1000, tun), Nft(gw))["peer0000"]["packets"]
+        denied = exportsapply.denied(table(policy(1000, tun)), Nft(gw))["peer0000"]["packets"]
         assert denied >= 1, "the refused connection was not counted"
         result.update(figures(runs1, runs1000, ratios, control))
         result["tunnel"] = "veth"

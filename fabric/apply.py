@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from fabric import nat, routes
 from fabric.exports import apply as exportsapply
+from fabric.exports.guard import table_of
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgctl import WgControl, WgError, key_hex
@@ -151,8 +152,6 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
             if (previous is not None and nat_inputs(previous) == nat_inputs(state)
                     and _nat_problem(state, nft) is None):
                 return  # unchanged and intact: keep the table and its counters
-            if table_owner(nft, local.nft_table) == "foreign":
-                raise _foreign_table(local.nft_table)  # before the delta too: it writes into the table
             delta = nat.render_delta(previous, state) if previous is not None else None
             if delta is not None:
                 try:
@@ -176,18 +175,20 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
         except routes.RouteError as e:
             raise ApplyError(f"routes via {local.interface}: {e}") from None
 
-    def do_exports() -> None:
-        # Before anything attracts a new peer's traffic, so it is filtered from its
-        # first packet (a peer missing from the policy is dropped: fail closed).
-        old = previous.exports if previous is not None else None
-        if state.exports is None and previous is not None and old is None:
-            return  # no exports, before or now: nothing to look at (as without the feature)
+    def do_policy() -> None:
+        # Before anything attracts a new peer's traffic, so the guard (and, with exports,
+        # the filter) holds from its first packet (a peer missing is dropped: fail closed).
         try:
-            exportsapply.apply(state.exports, old, nft, local.nft_table)
+            exportsapply.apply(table_of(state), table_of(previous) if previous is not None else None, nft)
         except exportsapply.ExportTableError as e:
             raise ApplyError(str(e)) from None
 
-    do_exports()
+    try:
+        if table_owner(nft, local.nft_table) == "foreign":
+            raise _foreign_table(local.nft_table)  # before the policy table: nothing half-applied
+    except NftError as e:
+        raise ApplyError(f"nftables table inet {local.nft_table}: {e}") from None
+    do_policy()
     steps = {"nat": do_nat, "wireguard": do_wg, "routes": do_routes}
     for name in order(state, previous):
         steps[name]()
@@ -202,6 +203,7 @@ def apply(state: FabricState, previous: FabricState | None = None, *, netns: str
             with contextlib.suppress(NftError):
                 if table_owner(nft, old.nft_table) == "ours":
                     nft.delete_table(nat.FAMILY, old.nft_table)
+                exportsapply.remove(old.nft_table, nft)
 
 
 def remove(state: FabricState, *, netns: str | None = None) -> None:
@@ -226,6 +228,7 @@ def _nat_problem(state: FabricState, nft: Nft) -> str | None:
     joined = nat.with_counters(nat.mappings(state), listed)
     missing = sum((r["handle"] is None) + (r["count_handle"] is None) for m in joined for r in m["rules"])
     missing += sum(not h["present"] for m in joined for h in m["host_network"])
+    missing += sum(m["not_offered"]["handle"] is None for m in joined if m.get("not_offered"))
     base = {r["rule"]["chain"] for r in listed.get("nftables", []) if "rule" in r}
     if not {"prerouting", "postrouting", "mss-clamp", "count"} <= base:
         return f"nft table {table}: base chain rules missing"
@@ -239,7 +242,7 @@ def verify(state: FabricState, *, netns: str | None = None) -> list[str]:
     nat_problem = _nat_problem(state, Nft(netns))
     if nat_problem:
         problems.append(nat_problem)
-    problems += exportsapply.problems(state.exports, Nft(netns))
+    problems += exportsapply.problems(table_of(state), Nft(netns))
     try:
         present = routes.list_routes(local.interface, netns=netns)
         if present != routes.parse_cidrs(_views(state)):

@@ -21,6 +21,7 @@ from typing import Any
 from fabric import apply as fabric_apply
 from fabric import nat, nftdump
 from fabric.exports import apply as exportsapply
+from fabric.exports.guard import table_of
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
 from fabric.wgprocess import Implementation, LinkOwnershipError, WgProcess, WgProcessError
@@ -112,20 +113,22 @@ class Dataplane:
             except NftError:
                 listing = {}  # table missing: rules show handle None and zero counters
         peers = nat.with_counters(nat.mappings(state, only), listing)
-        if state.exports is not None:
-            # Per peer, what the export policy refused (fabric.exports.policy).
-            denied = exportsapply.denied(state.exports, Nft())
-            for p in peers:
-                p["export_denied"] = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
+        # Per peer, every packet of it the gateway dropped: what the policy table dropped
+        # (the guard, and with exports what it was not given; fabric.exports.policy) plus,
+        # from the NAT table, what it sent to addresses not offered to it.
+        denied = self.export_denied(state)
+        for p in peers:
+            d = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
+            extra = p.get("not_offered") or {}
+            p["export_denied"] = {"packets": d["packets"] + int(extra.get("packets", 0)),
+                                  "bytes": d["bytes"] + int(extra.get("bytes", 0))}
         return peers
 
-    def export_denied(self, state: FabricState) -> dict[str, dict[str, int]] | None:
-        """Per peer, what the export policy refused (None without a policy): named
-        counters, cheap whatever the number of peers."""
-        if state.exports is None:
-            return None
+    def export_denied(self, state: FabricState) -> dict[str, dict[str, int]]:
+        """Per peer, what the policy table dropped (the guard, and with exports what the
+        peer was not given): named counters, cheap whatever the number of peers."""
         try:
-            return exportsapply.denied(state.exports, Nft())
+            return exportsapply.denied(table_of(state), Nft())
         except NftError:
             return {}
 

@@ -108,6 +108,9 @@ class LocalFabric:
     # IPv4 one), the same role for IPv6: SNAT source for IPv6 host-network
     # traffic and, with ``masquerade``, for IPv6 delivered inward.
     gateway_ip6: str | None = None
+    # UDP port of the gateway's health echo: the one thing a peer may send to the
+    # gateway itself (from its own gateway address; fabric/DESIGN.md "The guard").
+    health_port: int | None = None
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,12 @@ def _peering_routes(app: FastAPI, cp: ControlPlane) -> None:
         body = env.model_dump()
         if request.url.scheme != "https":
             with contextlib.suppress(PeeringError):
-                if cp.store.peer_pins(peering.peek_sender(body)):
+                sender = peering.peek_sender(body)
+                known = cp.store.peer(sender)
+                if known is not None and cp.store.peer_pins(sender):
+                    # Only a sender that proves it is that peer learns it must use TLS: a bad
+                    # MAC is answered like any other (401 below), not with who is peered here.
+                    peering.open_envelope(known.channel_key, body)
                     raise GatewayError(UPGRADE + " (this peer uses TLS already)", 426)
         return await cp.exchange.handle_message(body)
 

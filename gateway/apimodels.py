@@ -112,8 +112,13 @@ class NatPeer(BaseModel):
     local: list[View]
     rules: list[dict[str, Any]] = Field(description="nftables rules with handles and counters")
     host_network: list[dict[str, Any]]
+    not_offered: dict[str, Any] | None = Field(
+        default=None, description="the last rule of the peer's ingress chain: what it sent to addresses not "
+                                  "offered to it, dropped (chain, comment, handle, packets, bytes)")
     export_denied: dict[str, int] | None = Field(
-        default=None, description="with exports: packets and bytes from this peer the policy refused")
+        default=None, description="packets and bytes from this peer the gateway dropped: to the gateway itself "
+                                   "(the guard, always), to addresses not offered to it (not_offered) and, "
+                                   "with exports, what it was not given")
 
 
 class NatDrop(BaseModel):
@@ -293,7 +298,7 @@ REASONS = {
     304: "Not modified: the answer's ETag is one the client named in If-None-Match",
     400: "Malformed request or refused input",
     401: "Missing or wrong credential (admin Bearer token, or a message MAC), or a replay",
-    403: "Unknown, used or foreign token; unknown peer",
+    403: "Unknown, used or foreign token",
     404: "No such token or peer",
     408: "Request body not received in time",
     409: "Conflicts with the current state (already peered, own key, unusable peering URL)",

@@ -200,8 +200,9 @@ class Exchange:
                 try:
                     ours = self.allocate_views(other.cluster_id, other.ranges, other.gateway_ip, imports=[])
                 except ViewsError as e:
-                    raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e}{self._hint(e)}",
-                                       422) from None
+                    log.warning("peering: cannot allocate views of %s: %s", other.cluster_id, e)
+                    raise GatewayError(f"cannot allocate views of {other.cluster_id}: {e.for_peer()}"
+                                       f"{self._hint(e)}", 422) from None
                 allocated = True
                 env, keys = peering.build_join_response(req, rec.verifier, self.side(), ours, eph, now)
                 self.store.put_peer(db, PeerRecord(
@@ -309,7 +310,10 @@ class Exchange:
         sender = peering.peek_sender(envelope)
         peer = self.store.peer(sender)
         if peer is None:
-            raise GatewayError(f"unknown peer {sender}", 403)
+            # Answered exactly as a bad MAC from a known peer: the peering port does not
+            # tell anyone (the internet, another peer) which cluster IDs are peered here.
+            log.warning("peering: message from unknown peer %r refused", sender[:64])
+            raise GatewayError(peering.AUTH_FAILED, 401)
         msg = peering.verify_message(envelope, peer.channel_key, me, now)
         with self.store.tx() as db:
             if not self.store.remember_nonce(db, msg.nonce, now + NONCE_TTL, now):
@@ -340,7 +344,9 @@ class Exchange:
                 try:
                     self.allocate_views(sender, ranges, gw_ip or peer.gateway_ip, replace=True)
                 except ViewsError as e:
-                    raise GatewayError(f"cannot allocate views of the announced ranges: {e}", 422) from None
+                    log.warning("peer %s: cannot allocate views of the announced ranges: %s", sender, e)
+                    raise GatewayError(f"cannot allocate views of the announced ranges: {e.for_peer()}",
+                                       422) from None
                 self.store.update_peer(sender, ranges=tuple(ranges), gateway_ip=gw_ip or peer.gateway_ip)
                 gate.clear_pending(sender)
                 payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
@@ -374,7 +380,8 @@ class Exchange:
                 try:
                     self.allocate_views(sender, peer.ranges, peer.gateway_ip, replace=True, imports=body)
                 except ViewsError as e:
-                    raise GatewayError(f"cannot view the exports of {sender}: {e}", 422) from None
+                    log.warning("peer %s: cannot view its exports: %s", sender, e)
+                    raise GatewayError(f"cannot view the exports of {sender}: {e.for_peer()}", 422) from None
                 payload["views_of_you"] = views_body(ordered(self.views.views(sender)))
             self.reconciler.exports.set_imports(sender, body, now)
         # Acknowledge what is programmed, not just stored: the sender reports a change
@@ -382,7 +389,8 @@ class Exchange:
         applied = await self.reconciler.reconcile()
         payload["applied"] = applied
         if not applied:
-            payload["pending"] = self.reconciler.stats.last_error or "data plane not programmed"
+            # Not the reconciler's error: it may name another peer (an endpoint, a view).
+            payload["pending"] = f"{me}'s data plane has not taken the change yet (its log says why); it retries"
         log.info("peer %s: %s %s", sender, msg.type, "applied" if applied else "stored, apply pending")
         return peering.build_reply(peer.channel_key, msg, me, payload, self.clock())
 

@@ -29,6 +29,17 @@ def ordered(maps: Iterable[RangeMap]) -> list[RangeMap]:
 class ViewsError(ValueError):
     """Malformed claimed ranges or exhausted pools (wraps ipam.IpamError)."""
 
+    def for_peer(self) -> str:
+        """The text as a peer may read it (a join or channel reply): what the range collided
+        with is left out when it is another peer's view, whose existence and addresses are
+        none of this peer's business (the operator's log has the whole text)."""
+        text = str(self)
+        head, sep, rest = text.partition(": overlaps ")
+        what, sep2, tail = rest.partition(" and cannot be remapped: ")
+        if sep and sep2 and not what.startswith(("local ", "reserved ", "special ")) and "peer" in what:
+            return f"{head}: overlaps a range in use here and cannot be remapped: {tail}"
+        return text
+
 
 class Views(Protocol):
     def allocate(self, peer: str, ranges: list[tuple[str, str]], *,

@@ -84,7 +84,8 @@ def render_metrics(read: ReadModel) -> str:
     for peer, chain, _, _, cn in per:
         o.sample("crosswire_nat_connections_total", cn, peer=peer, chain=chain)
     o.family("crosswire_export_denied_packets_total", "counter",
-             "Packets from each peer that the export policy refused (only with exports configured).")
+             "Packets from each peer that were dropped: to the gateway itself (the guard), to addresses "
+             "not offered to it and, with exports configured, to what it was not given.")
     for m in nat:
         if m.get("export_denied") is not None:
             o.sample("crosswire_export_denied_packets_total", int(m["export_denied"].get("packets", 0)),

@@ -88,6 +88,10 @@ def seal(key: bytes, body: dict[str, Any]) -> dict[str, Any]:
     return {"body": body, "mac": mac(key, body)}
 
 
+# A message whose MAC fails, and one from a cluster not peered here: the same answer.
+AUTH_FAILED = "message authentication failed (wrong token secret or tampered)"
+
+
 def open_envelope(key: bytes, envelope: object) -> tuple[dict[str, Any], str]:
     """Check an envelope's MAC; returns (body, mac). Raises PeeringError(401) if it fails."""
     if not isinstance(envelope, dict) or not isinstance(envelope.get("body"), dict) \
@@ -95,7 +99,7 @@ def open_envelope(key: bytes, envelope: object) -> tuple[dict[str, Any], str]:
         raise PeeringError("malformed message: expected {'body': {...}, 'mac': '...'}")
     body, got = envelope["body"], envelope["mac"]
     if not hmac.compare_digest(mac(key, body), got):
-        raise PeeringError("message authentication failed (wrong token secret or tampered)", 401)
+        raise PeeringError(AUTH_FAILED, 401)
     return body, got
 
 

@@ -116,7 +116,7 @@ class Reconciler:
             listen_port=c.wireguard.listen_port, private_key=self.store.private_key(),
             mtu=c.wireguard.mtu, pod_cidrs=c.pod_cidrs, service_cidrs=c.service_cidrs,
             gateway_ip=self.gateway_ip, masquerade=c.masquerade, nft_table=c.nft_table,
-            gateway_ip6=self.gateway_ip6)
+            gateway_ip6=self.gateway_ip6, health_port=c.health.port)
         peers = []
         all_views = self.views.all_views()
         for p in self.store.peers():

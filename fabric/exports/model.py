@@ -1,9 +1,13 @@
-"""What an exporting gateway lets each peer reach: the data the export policy is made of.
+"""What each peer may reach: the data the policy table (``inet <nft_table>-exports``) is made of.
 
 Frozen dataclasses (stdlib only, so :mod:`fabric.model` can hold one): two
-policies compare equal exactly when nothing in the nftables export table needs
+policies compare equal exactly when nothing in the nftables table needs
 changing. Every address is in *our* real address space: the policy filters
 traffic from a peer after ingress DNAT, when its destination is already ours.
+
+``PolicyTable`` is the whole table: the guard (always: a peer never reaches
+the gateway itself, fabric/DESIGN.md "The guard") and, with ``exports``
+configured, the export filter (``ExportPolicy``).
 """
 
 from __future__ import annotations
@@ -43,3 +47,27 @@ class ExportPolicy:
     interface: str  # the WireGuard interface packets from peers arrive on
     table: str  # the nftables table (inet) that holds the policy
     peers: tuple[PeerExports, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerGuard:
+    """One peer as the guard and the drop counters know it."""
+
+    cluster_id: str
+    # Every view of ours of the peer (collapsed like its routes): a source in them
+    # is this peer's, so each of its dropped packets is counted on its counter.
+    views: tuple[str, ...]
+    # The peer gateway's own address as we view it: its health probes come from it.
+    probe: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyTable:
+    """Table ``inet <table>``: per peer a drop counter, the guard's ``input`` chain,
+    and, when ``exports`` is set, the export filter's ``forward`` chain."""
+
+    interface: str  # the WireGuard interface packets from peers arrive on
+    table: str
+    health_port: int | None  # UDP port of the health echo (None: no probe is let in)
+    peers: tuple[PeerGuard, ...] = ()
+    exports: ExportPolicy | None = None

@@ -292,7 +292,7 @@ class Builder:
         # Single addresses (sparse views: exports, the gateway) share one map rule
         # per family and direction; an egress block is one catch-all SNAT after
         # every other rule of its family, with no ingress rule (nothing is
-        # offered under it: prerouting's final drop counts such packets).
+        # offered under it: the peer's drop, last in from-<peer>, counts such packets).
         # The counting rules run in forward, where every packet passes (the NAT
         # chains see only a connection's first): egress before SNAT, so the source
         # is still our real range; ingress after DNAT, so the destination already
@@ -381,11 +381,15 @@ class Builder:
                                            count_set=name, count_element=reals[n])
         # The blocks last in to-<peer>: every source the rules above did not take.
         to_rules += [made[j].egress for j in blocks]
+        # Last in from-<peer>: what the peer sends to an address not offered to it is
+        # dropped here, on the peer's own counter (``drop_rule``), not on prerouting's
+        # final drop, which is left with sources in no peer's view.
+        from_rules.append(rule(PeerChain.INGRESS, '[{"counter":null},{"drop":null}]', drop_comment(cid)))
         keys = self._keys(peer)
         elements: dict[str, str] = {}
         host: dict[int, Address | None] = {}
-        # jump, not goto: a packet no per-peer rule takes comes back to the base
-        # chain for the host-network map and the final drop.
+        # jump, not goto: a packet no rule of to-<peer> takes comes back to the base
+        # chain for the host-network map and the final drop (from-<peer> ends in its own).
         jumps = [f',{{"jump":{{"target":{q}}}}}]' for q in quoted]
         for v in (4, 6):
             *verdict_maps, views_set, host_map = self._maps[v]
@@ -408,6 +412,11 @@ class Builder:
             elements[host_map] = ",".join([f'[{{"elem":{{"val":{k.cidr.prefix}{tail}' for k in mine])
         return PeerPieces(peer, chains, quoted, tuple(to_rules + from_rules), tuple(count_out + count_in),
                           elements, host, tuple(made), tuple(keys), tuple(sets))
+
+
+def drop_comment(cluster_id: str) -> str:
+    """The comment of the last rule of from-<peer>: the peer's packets to what it was not offered."""
+    return comment(f"{cluster_id}: ingress: destination not offered to {cluster_id}: drop")
 
 
 @functools.lru_cache(maxsize=8)

@@ -88,7 +88,7 @@ def _base_rules(local: CheckedLocal) -> list[tuple[str, list[dict[str, Any]], st
         out.append(("prerouting", [_meta("iifname", wg), lookup(p, "saddr", PeerChain.INGRESS.map(v))],
                     f"from {wg} {p}: the source (our view of a peer) picks the peer"))
     out.append(("prerouting", [_meta("iifname", wg), counter, {"drop": None}],
-                f"from {wg}: source in no peer view, or destination not offered to that peer: drop"))
+                f"from {wg}: source in no peer view: drop"))  # a peer's own misses: from-<peer>
     for v, p in ((4, "ip"), (6, "ip6")):
         out.append(("postrouting", [_meta("oifname", wg), lookup(p, "daddr", PeerChain.EGRESS.map(v))],
                     f"into {wg} {p}: the destination (our view of a peer) picks the peer"))

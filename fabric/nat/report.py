@@ -12,7 +12,7 @@ from typing import Any
 from fabric.model import FabricState
 from fabric.nat.check import Mapping
 from fabric.nat.names import FAMILY, PeerChain, comment
-from fabric.nat.pieces import PeerPieces, Rule, build
+from fabric.nat.pieces import PeerPieces, Rule, build, drop_comment
 
 
 def mappings(state: FabricState, only: Collection[str] | None = None) -> list[dict[str, Any]]:
@@ -28,6 +28,8 @@ def mappings(state: FabricState, only: Collection[str] | None = None) -> list[di
     the peer). ``with_counters`` fills in packets/bytes (and rule handles) from
     ``Nft.list_table``. ``only``: just these peers (the others are not
     reported at all; the table's pieces are cached, so one peer costs one peer).
+    ``not_offered``: the rule (chain, comment) that drops what the peer sends to
+    an address not offered to it, its count filled in likewise.
     """
     table = build(state)
     return [_peer(p, table.local.table) for p in table.peers if only is None or p.cluster_id in only]
@@ -124,6 +126,8 @@ def _peer(p: PeerPieces, table: str) -> dict[str, Any]:
         "local": _ranges(p.peer.local),
         "rules": rows,
         "host_network": hosts,
+        # The last rule of from-<peer>: the peer's packets to addresses not offered to it.
+        "not_offered": {"chain": p.chains[PeerChain.INGRESS], "comment": drop_comment(cid)},
     }
 
 
@@ -186,7 +190,12 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
             counter = elements.get((h["map"], h["key"]), {})
             hosts.append({**h, "present": (h["map"], h["key"]) in elements,
                           "packets": counter.get("packets", 0), "bytes": counter.get("bytes", 0)})
-        result.append({**peer, "rules": rules, "host_network": hosts})
+        drop = peer.get("not_offered")
+        if drop is not None:
+            k = kernel.get((drop["chain"], drop["comment"]))
+            packets, bytes_ = _counter(k)
+            drop = {**drop, "handle": k.get("handle") if k else None, "packets": packets, "bytes": bytes_}
+        result.append({**peer, "rules": rules, "host_network": hosts, "not_offered": drop})
     return result
 
 

@@ -30,6 +30,13 @@ into the block (shown as its first address: the kernel picks); a source in our
 block view of a peer is that peer's client; a destination in a block is
 dropped by the block's owner; mapped single addresses name their map element.
 
+A packet from a peer to the gateway pod itself (after DNAT: its IPv4 or IPv6
+address) is delivered to the gateway, not forwarded: the guard decides it (a
+``guard`` step, chain ``input`` of the policy table), never the export filter.
+Only the peer gateway's health probe passes (UDP ``health_port`` from the peer
+gateway's address as we view it); the peer's own guard is shown likewise for a
+packet to its gateway (assuming its health port is ours).
+
 Anything else is no peer's: the verdict says so (``no-peer``, or ``local``
 for our own ranges). Where exports exist, an ``export`` step (the export
 verdict of the exporting gateway, after translation) is asked of the
@@ -44,10 +51,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from fabric.exports.guard import table_name
+from fabric.exports.policy import counter_name, guard_comment, probe_comment
 from fabric.model import Address, FabricState, PeerFabric, map_into
 from fabric.nat.check import CheckedLocal, Mapping, check_peer
 from fabric.nat.names import PeerChain
-from fabric.nat.pieces import Builder, PeerPieces, build
+from fabric.nat.pieces import Builder, PeerPieces, build, drop_comment
 from fabric.nat.render import _base_rules
 from fabric.routes import ROUTE_PROTO
 
@@ -57,9 +66,11 @@ Verdict = Literal["delivered", "dropped", "no-peer", "local"]
 AGENT_PROTO = 246  # fabric.agent.AGENT_PROTO (not imported: it pulls in the agent's HTTP client)
 
 # Step kinds, in the order they can occur.
-ROUTE, MSS, PEER, SNAT, TUNNEL, DNAT, EXPORT, MASQUERADE, DELIVER, DROP = (
-    "route", "mss-clamp", "peer", "snat", "tunnel", "dnat", "export", "masquerade", "deliver", "drop")
+ROUTE, MSS, PEER, SNAT, TUNNEL, DNAT, EXPORT, GUARD, MASQUERADE, DELIVER, DROP = (
+    "route", "mss-clamp", "peer", "snat", "tunnel", "dnat", "export", "guard", "masquerade", "deliver", "drop")
 # EXPORT is the export verdict: emitted only where exports exist (see ``ExportCheck``).
+# GUARD is the verdict of the gateway's own input (the policy table's ``input``
+# chain) on a packet from a peer to the gateway pod itself.
 
 
 class TraceError(ValueError):
@@ -252,6 +263,8 @@ class _Walk:
         self.steps: list[Step] = []
         self.fabric = next(f for f in state.peers if f.cluster_id == self.them)
         self.theirs = _mirror(state, self.fabric, local)
+        self.health_port = state.local.health_port
+        self.policy_table = table_name(state.local.nft_table)
 
     # --- helpers
 
@@ -344,8 +357,8 @@ class _Walk:
         m, r = t.peer.local[i], t.mapping_rules[i]
         if r.ingress is None:
             self.add(DROP, them, f"destination {self.dst} is in {them}'s egress block for {me} (the name {me} gives "
-                     f"{them}'s clients), not an address {them} offers: dropped by {them}'s prerouting (counted)",
-                     chain="prerouting", drop=True)
+                     f"{them}'s clients), not an address {them} offers: dropped (counted against {me})",
+                     chain=t.chains[PeerChain.INGRESS], rule=drop_comment(me), drop=True)
             return self.done("egress", "dropped", f"{self.dst} is {them}'s egress block: nothing is offered under it")
         before = self.dst
         self.dst = map_into(before, m.view.net, m.real.net)
@@ -355,11 +368,46 @@ class _Walk:
                 f"destination {before} kept ({me} sees {them}'s {m.real.text} unchanged)")
         self.add(DNAT, them, what, chain=r.ingress.chain, rule=r.ingress.comment,
                  counted=r.count_ingress.chain if r.count_ingress else None, element=r.ingress_element)
+        if self.fabric.probe_ip is not None and str(self.q.dst) == self.fabric.probe_ip:
+            return self.guard(them, me, str(self.src) == self.gateway_as_they_see_it(), "egress")
         if not self.export(them, me, m.kind):
             return self.done("egress", "dropped", f"{them} does not export {self.dst}{self.port()}/{self.q.proto} to {me}")
         self.add(DELIVER, them, f"delivered to {self.where(them, m.kind)}; it sees the client as {self.src}")
         return self.done("egress", "delivered",
                          f"{self.q.src} -> {self.q.dst} reaches {them} {m.kind} {self.dst}, which sees it from {self.src}")
+
+    def gateway_as_they_see_it(self) -> str | None:
+        """Our gateway pod's address as the peer views it: the source our probes carry there."""
+        g = self.local.gateway_of(self.v)
+        if g is None:
+            return None
+        j = _find(self.p.peer.local, g, "real")
+        if j is not None:
+            m = self.p.peer.local[j]
+            return str(map_into(g, m.real.net, m.view.net))
+        target = self.p.host_target[self.v]  # not in a mapped range: the host-network SNAT
+        return None if target is None else str(target)
+
+    def guard(self, at: str, sender: str, from_gateway: bool, direction: Literal["egress", "ingress"]) -> Trace:
+        """The guard of ``at``'s gateway on a packet from its peer ``sender`` to the gateway
+        itself: only ``sender``'s gateway's health probe passes (``from_gateway``: the
+        source is that gateway as ``at`` views it)."""
+        port, proto = self.health_port, "ip" if self.v == 4 else "ip6"
+        where = f"{at}'s gateway pod {self.dst}" + self.port()
+        table = self.policy_table if at == self.me else "its policy table"
+        if from_gateway and port is not None and self.q.proto == "udp" and self.q.dport == port:
+            self.add(GUARD, at, f"to {at}'s gateway itself: {sender}'s gateway's health probe (UDP {port} from "
+                     f"{self.src}, {sender}'s gateway as {at} views it): accepted ({table}, chain input)",
+                     chain="input", rule=probe_comment(self.wg, proto) if at == self.me else None)
+            self.add(DELIVER, at, f"delivered to {where}: the health echo answers it")
+            return self.done(direction, "delivered", f"{sender}'s health probe reaches {at}'s gateway {self.dst}")
+        allowed = f"UDP {port}" if port is not None else "nothing"
+        self.add(GUARD, at, f"{self.dst} is {at}'s gateway itself: a peer may send it only its own gateway's health "
+                 f"probes ({allowed}, from its gateway's address), and replies: dropped without an answer (no RST), "
+                 f"counted against {sender} ({table}, chain input, counter {counter_name(sender)})",
+                 chain="input", rule=guard_comment(self.wg) if at == self.me else None, drop=True)
+        return self.done(direction, "dropped", f"{sender} may not reach {where}/{self.q.proto}: the gateway "
+                         "takes only health probes from a peer")
 
     def where(self, at: str, kind: str) -> str:
         target = f"{self.dst}{self.port()}"
@@ -406,8 +454,8 @@ class _Walk:
                 if rj is not None:
                     lm = p.peer.local[rj]
                     hint = f" ({them} addresses {me}'s {self.dst} as {map_into(self.dst, lm.real.net, lm.view.net)})"
-            self.add(DROP, me, f"{what}: not offered to {them}, dropped (counted){hint}", chain="prerouting",
-                     rule=_base_rule(self.local, "prerouting", '"drop"'), drop=True)
+            self.add(DROP, me, f"{what}: not offered to {them}, dropped (counted against {them}){hint}",
+                     chain=p.chains[PeerChain.INGRESS], rule=drop_comment(them), drop=True)
             return self.done("ingress", "dropped", f"{self.dst} is not offered to {them}{hint}")
         lm, lr = p.peer.local[j], p.mapping_rules[j]
         assert lr.ingress is not None
@@ -418,6 +466,9 @@ class _Walk:
                 f"destination {before} kept ({them} sees {lm.real.text} unchanged)")
         self.add(DNAT, me, what, chain=lr.ingress.chain, rule=lr.ingress.comment,
                  counted=lr.count_ingress.chain if lr.count_ingress else None, element=lr.ingress_element)
+        if self.dst in self.local.gateways():
+            probe = self.fabric.probe_ip is not None and str(self.src) == self.fabric.probe_ip
+            return self.guard(me, them, probe, "ingress")
         self.mss("iifname")
         if not self.export(me, them, lm.kind):
             return self.done("ingress", "dropped", f"{me} does not export {self.dst}{self.port()}/{self.q.proto} to {them}")

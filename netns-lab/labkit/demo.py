@@ -137,8 +137,9 @@ def _nat_table(doc: Any) -> str:
             continue
         lines.append(f"   peer {p.get('cluster_id')}:")
         if isinstance(p.get("export_denied"), dict):
-            lines.append(f"     {'exports':<12} {p['export_denied'].get('packets', 0):>6} pkts "
-                         f"{p['export_denied'].get('bytes', 0):>9} B  refused: not exported to {p.get('cluster_id')}")
+            lines.append(f"     {'dropped':<12} {p['export_denied'].get('packets', 0):>6} pkts "
+                         f"{p['export_denied'].get('bytes', 0):>9} B  from {p.get('cluster_id')}: not exported, "
+                         "not offered, or to the gateway itself")
         for r in p.get("rules", []):
             lines.append(f"     {r.get('chain', ''):<12} {r.get('packets', 0):>6} pkts "
                          f"{r.get('bytes', 0):>9} B  {r.get('comment', '')}")

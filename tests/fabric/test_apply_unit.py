@@ -53,10 +53,12 @@ def test_apply_runs_steps_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fabric_apply.Nft, "apply", lambda self, r: touched.append("nat"))
     monkeypatch.setattr(fabric_apply.routes, "sync_routes", lambda *a, **k: touched.append("routes"))
     monkeypatch.setattr(fabric_apply.WgControl, "sync", lambda *a, **k: touched.append("wireguard"))
+    monkeypatch.setattr(fabric_apply.exportsapply, "apply", lambda t, previous, nft: touched.append("policy"))
     one, two = FabricState(LOCAL, (GPU,)), FabricState(LOCAL, (GPU, CPU))
     fabric_apply.apply(two, one)
     fabric_apply.apply(one, two)
-    assert touched == ["nat", "wireguard", "routes", "routes", "wireguard", "nat"]
+    # The policy table (the guard) first, both ways: a new peer is guarded from its first packet.
+    assert touched == ["policy", "nat", "wireguard", "routes", "policy", "routes", "wireguard", "nat"]
     assert json.loads(nat.render_text(one))["nftables"][0] == {"add": {"table": {"family": "inet", "name": "crosswire"}}}
 
 
@@ -64,6 +66,7 @@ def test_unchanged_nat_inputs_keep_the_table(monkeypatch: pytest.MonkeyPatch) ->
     touched: list[str] = []
     monkeypatch.setattr(fabric_apply.Nft, "apply", lambda self, r: touched.append("nat"))
     monkeypatch.setattr(fabric_apply, "_nat_problem", lambda state, nft: None)
+    monkeypatch.setattr(fabric_apply.exportsapply, "apply", lambda t, previous, nft: None)
     monkeypatch.setattr(fabric_apply.routes, "sync_routes", lambda *a, **k: None)
     monkeypatch.setattr(fabric_apply.WgControl, "sync", lambda *a, **k: None)
     one = FabricState(LOCAL, (GPU,))
@@ -92,6 +95,7 @@ def test_changed_peers_go_as_a_delta_and_a_refused_delta_falls_back_to_the_whole
     monkeypatch.setattr(fabric_apply.Nft, "apply", nft_apply)
     monkeypatch.setattr(fabric_apply.routes, "sync_routes", lambda *a, **k: None)
     monkeypatch.setattr(fabric_apply.WgControl, "sync", lambda *a, **k: None)
+    monkeypatch.setattr(fabric_apply.exportsapply, "apply", lambda t, previous, nft: None)  # its own tests
     one, two = FabricState(LOCAL, (GPU,)), FabricState(LOCAL, (GPU, CPU))
     refuse = False
     fabric_apply.apply(two, one)

@@ -70,6 +70,7 @@ def test_both_families_are_translated_by_netmap_rules() -> None:
     assert chain_rules(r, "from-gpu")[2:] == [
         "ip6 daddr fd00:0:3::/48 counter dnat ip6 prefix to fd00::/48",
         "ip6 daddr fd00:0:4::/112 counter dnat ip6 prefix to fd00:96::/112",
+        "counter drop",  # not offered to gpu: dropped, counted against gpu (both families)
     ]
     assert elements(r, "to_peer_v6") == ["fd00:0:1::/48 : jump to-gpu", "fd00:0:2::/112 : jump to-gpu"]
     assert elements(r, "from_peer_v6") == ["fd00:0:1::/48 : jump from-gpu", "fd00:0:2::/112 : jump from-gpu"]

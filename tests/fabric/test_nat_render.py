@@ -113,7 +113,8 @@ def test_identical_ranges_rules() -> None:
         "ip saddr 10.96.0.0/12 counter snat ip prefix to 100.112.0.0/12"]
     assert chain_rules(r, "from-gpu") == [
         "ip daddr 100.65.0.0/16 counter dnat ip prefix to 10.244.0.0/16",
-        "ip daddr 100.112.0.0/12 counter dnat ip prefix to 10.96.0.0/12"]
+        "ip daddr 100.112.0.0/12 counter dnat ip prefix to 10.96.0.0/12",
+        "counter drop"]  # last: what gpu sends to an address not offered to it, counted against gpu
     # Host network: keyed by our views of gpu, straight to lab's gateway as gpu sees it.
     assert elements(r, "host_v4") == ["100.64.0.0/16 : 100.65.0.1", "100.80.0.0/12 : 100.65.0.1"]
     assert elements(r, "host_v6") == []
@@ -186,7 +187,7 @@ def test_no_overlap_view_is_real_no_rewriting() -> None:
         "a", rm(("pod", "10.244.0.0/16", "10.244.0.0/16")), rm(("pod", "10.245.0.0/16", "10.245.0.0/16"))),))
     r = table(a)
     assert chain_rules(r, "to-b") == ["ip saddr 10.244.0.0/16 counter accept"]
-    assert chain_rules(r, "from-b") == ["ip daddr 10.244.0.0/16 counter accept"]
+    assert chain_rules(r, "from-b") == ["ip daddr 10.244.0.0/16 counter accept", "counter drop"]
     assert elements(r, "host_v4") == ["10.245.0.0/16 : 10.244.0.1"]
     assert not any("prefix" in line for c in ("to-b", "from-b") for line in chain_rules(r, c))
     assert cross(a, b, "10.244.1.5", "10.245.2.7") == (("10.244.1.5", "10.245.2.7"), ("10.244.1.5", "10.245.2.7"))
@@ -317,7 +318,9 @@ def test_mappings_and_counters() -> None:
     assert maps[0]["local"][0] == {"kind": "pod", "real": "10.244.0.0/16", "view": "100.65.0.0/16"}
     # Every mapping rule in the rendered table, and only those, is reported.
     rendered = [(r["chain"], r["comment"]) for r in objects(table(LAB), "rule") if r["chain"] in ("to-gpu", "from-gpu")]
-    assert [(r["chain"], r["comment"]) for r in maps[0]["rules"]] == rendered
+    not_offered = (maps[0]["not_offered"]["chain"], maps[0]["not_offered"]["comment"])
+    assert not_offered == ("from-gpu", "gpu: ingress: destination not offered to gpu: drop") == rendered[-1]
+    assert [(r["chain"], r["comment"]) for r in maps[0]["rules"]] == rendered[:-1]
     counted = [(r["chain"], r["comment"]) for r in objects(table(LAB), "rule")
                if r["chain"] == "cnt-gpu"]
     assert [(r["count_chain"], r["comment"]) for r in maps[0]["rules"]] == counted

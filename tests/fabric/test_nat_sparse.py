@@ -112,9 +112,10 @@ def test_peer_sparse_view_of_us_renders_map_rules_and_the_egress_block() -> None
         "nfproto ipv6 counter snat ip6 to fd64::9:8-fd64::9:f persistent"]
     assert chain_rules(r, "from-hub") == [
         "ip6 daddr fd64::9:1/128 counter dnat ip6 prefix to fd00::5:5/128",
-        # No match, no counter: a miss ends the rule (prerouting's drop counts it).
+        # No match, no counter: a miss ends the rule (the peer's drop below counts it).
         "dnat ip to ip daddr map "
-        "{ 100.64.9.1 : 10.96.0.20, 100.64.9.2 : 10.244.5.5, 100.64.9.3 : 10.244.0.2, 100.64.9.4 : 10.96.0.21 }"]
+        "{ 100.64.9.1 : 10.96.0.20, 100.64.9.2 : 10.244.5.5, 100.64.9.3 : 10.244.0.2, 100.64.9.4 : 10.96.0.21 }",
+        "counter drop"]
     # Counting: a twin per unmapped mapping; the blocks count every packet into the
     # interface; the mapped addresses are two lookups in the peer's set, whose
     # elements (our real addresses) carry the counters.
@@ -139,7 +140,8 @@ def test_both_sparse_and_mixed_other_way() -> None:
         "ip saddr 10.244.0.1/32 counter snat ip prefix to 100.70.0.6/32",
         "nfproto ipv4 counter snat ip to 100.70.1.0-100.70.1.3 persistent"]
     assert chain_rules(r, "from-spoke") == ["ip daddr 100.70.0.5/32 counter dnat ip prefix to 10.96.0.10/32",
-                                            "ip daddr 100.70.0.6/32 counter dnat ip prefix to 10.244.0.1/32"]
+                                            "ip daddr 100.70.0.6/32 counter dnat ip prefix to 10.244.0.1/32",
+                                            "counter drop"]
     assert elements(r, "to_peer_v4") == [
         "100.64.9.1/32 : jump to-spoke", "100.64.9.2/31 : jump to-spoke", "100.64.9.4/32 : jump to-spoke",
         "100.64.9.8/29 : jump to-spoke"]
@@ -251,7 +253,8 @@ def test_report_rows_for_sparse_kinds() -> None:
     # Every NAT rule and counting rule of the rendered chains is reported.
     r = table(SPOKE)
     assert {(x["chain"], x["comment"]) for x in objects(r, "rule") if x["chain"] in ("to-hub", "from-hub")} == {
-        (x["chain"], x["comment"]) for x in rows["rules"]}
+        (x["chain"], x["comment"]) for x in rows["rules"]} | {(rows["not_offered"]["chain"],
+                                                               rows["not_offered"]["comment"])}
     assert {(x["chain"], x["comment"]) for x in objects(r, "rule") if x["chain"] == "cnt-hub"} == {
         (x["count_chain"], x["count_comment"]) for x in rows["rules"]}
     # Counters: a mapped row gets its set element's packets, and the shared rule's connections apart.

@@ -133,7 +133,7 @@ def test_ingress_to_an_address_not_offered_is_dropped_with_a_hint() -> None:
     assert (t.verdict, t.direction) == ("dropped", "ingress")
     last = t.steps[-1]
     assert (last.kind, last.chain, last.drop, last.rule) == (
-        "drop", "prerouting", True, "from wg0: source in no peer view, or destination not offered to that peer: drop")
+        "drop", "from-lab", True, "lab: ingress: destination not offered to lab: drop")
     assert t.reason == "10.244.2.7 is not offered to lab (lab addresses gpu's 10.244.2.7 as 100.64.2.7)"
 
 
@@ -271,3 +271,54 @@ def test_query_defaults() -> None:
     q = parse_query(" 10.0.0.1 ", "10.0.0.2", None, "")
     assert (str(q.src), q.proto, q.dport) == ("10.0.0.1", "tcp", None)
     assert parse_query("10.0.0.1", "10.0.0.2", "UDP", 53).dport == 53
+
+
+def guarded(state: FabricState, probe: str) -> FabricState:
+    """``state`` with the health port set and the peer's gateway (probe source) known."""
+    return dataclasses.replace(state, local=dataclasses.replace(state.local, health_port=51830),
+                               peers=(dataclasses.replace(state.peers[0], probe_ip=probe),))
+
+
+def test_ingress_to_the_gateway_itself_meets_the_guard() -> None:
+    from fabric.exports import policy as ep
+    from fabric.exports.guard import table_of
+
+    gpu = guarded(GPU, "100.65.0.2")  # lab's gateway 10.244.0.2 as gpu views it
+    rendered = json.dumps(ep.render(table_of(gpu)))
+    # lab's pod opens gpu's gateway pod (10.244.0.2, lab's 100.64.0.2): the API, any port.
+    t = run(gpu, "100.65.1.5", "100.64.0.2", "tcp", 8081)
+    assert (t.direction, t.peer, t.verdict) == ("ingress", "lab", "dropped")
+    assert [s.kind for s in t.steps] == ["snat", "tunnel", "peer", "dnat", "guard"]
+    last = t.steps[-1]
+    assert (last.at, last.chain, last.rule, last.drop, last.dst) == (
+        "gpu", "input", "from wg0 to this gateway: not for a peer: drop", True, "10.244.0.2")
+    assert f'"comment": "{last.rule}"' in rendered  # the rule the step names is the rendered one
+    assert "no RST" in last.text and "crosswire-exports" in last.text and "denied-lab" in last.text
+    # Not the export filter's verdict: the packet is for the gateway (input), not forwarded.
+    asked: list[ExportPoint] = []
+    run(gpu, "100.65.1.5", "100.64.0.2", "tcp", 8081, exports=lambda p: asked.append(p) or None)
+    assert asked == []
+    # lab's gateway's health probe passes; the same datagram from a lab pod does not.
+    probe = run(gpu, "100.65.0.2", "100.64.0.2", "udp", 51830)
+    assert probe.verdict == "delivered" and probe.steps[-2].kind == "guard" and not probe.steps[-2].drop
+    assert probe.steps[-2].rule == "from wg0 ip: a peer gateway's health probe, from its own address"
+    assert f'"comment": "{probe.steps[-2].rule}"' in rendered
+    assert run(gpu, "100.65.1.5", "100.64.0.2", "udp", 51830).verdict == "dropped"
+    assert run(gpu, "100.65.0.2", "100.64.0.2", "udp", 53).verdict == "dropped"  # its DNS: no
+    # Without a health port nothing passes.
+    assert run(dataclasses.replace(gpu, local=dataclasses.replace(gpu.local, health_port=None)),
+               "100.65.0.2", "100.64.0.2", "udp", 51830).verdict == "dropped"
+    # Other pods of gpu are not the gateway: delivered as before.
+    assert run(gpu, "100.65.1.5", "100.64.2.7", "tcp", 8081).verdict == "delivered"
+
+
+def test_egress_to_the_peers_gateway_shows_its_guard() -> None:
+    lab = guarded(LAB, "100.64.0.2")  # gpu's gateway as lab views it
+    ok = run(lab, "10.244.0.2", "100.64.0.2", "udp", 51830)  # lab's own probe
+    assert ok.verdict == "delivered" and ok.steps[-2].kind == "guard" and ok.steps[-2].at == "gpu"
+    # lab's host network leaves as lab's gateway (host_v4): gpu cannot tell it from a probe.
+    assert run(lab, "192.168.50.1", "100.64.0.2", "udp", 51830).verdict == "delivered"
+    assert run(lab, "10.244.1.5", "100.64.0.2", "udp", 51830).verdict == "dropped"
+    bad = run(lab, "10.244.1.5", "100.64.0.2", "tcp", 8081)
+    assert bad.verdict == "dropped" and bad.steps[-1].kind == "guard" and bad.steps[-1].at == "gpu"
+    assert bad.steps[-1].drop and "denied-lab" in bad.steps[-1].text

@@ -133,4 +133,5 @@ def test_apply_then_remove(dp_ns: tuple[str, list[WgProcess]]) -> None:
     assert WgControl(wg).show() == {}
     assert "crosswire" not in sh("nft", "list", "tables", ns=ns).stdout
     problems = verify(state, netns=ns)
-    assert len(problems) == 3 and any("nft table" in p for p in problems)
+    # The NAT table, the policy table (the guard), routes and WireGuard peers.
+    assert len(problems) == 4 and any("nft table inet crosswire-exports" in p for p in problems)

@@ -5,6 +5,8 @@ Same two-gateway harness as test_netns_fabric (lab views gpu's pods as
 7001/tcp on the same pod, UDP to the same port and another pod (g0) are
 dropped and counted on lab's counter; connections gpu's pods open to lab get
 their replies; a changed policy takes effect without resetting the counter.
+A packet from lab's *service* view is counted on lab's counter too, and
+without exports the policy table stays (the guard) while everything passes.
 """
 
 from __future__ import annotations
@@ -13,16 +15,29 @@ import contextlib
 import dataclasses
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
-from fabric_topo import ECHO, Side, add_pod, ask, make_side, make_state, program, start_echo
+from fabric_topo import (
+    ECHO,
+    Side,
+    add_pod,
+    ask,
+    keypair,
+    make_side,
+    make_state,
+    program,
+    start_echo,
+)
 from nsutil import Namespaces, require_root, sh
 
 from fabric.apply import verify
 from fabric.exports import apply as exportsapply
 from fabric.exports import policy as exportpolicy
+from fabric.exports.guard import table_of
 from fabric.exports.model import Allowed, ExportPolicy, PeerExports
+from fabric.model import PeerFabric, RangeMap
 from fabric.nft import Nft
 
 pytestmark = pytest.mark.root
@@ -92,7 +107,7 @@ def reaches(pod: str, proto: str, host: str, port: int) -> bool:
 
 def denied(gpu: Side) -> int:
     assert gpu.state is not None
-    return exportsapply.denied(gpu.state.exports, Nft(gpu.gw))["lab"]["packets"]
+    return exportsapply.denied(table_of(gpu.state), Nft(gpu.gw))["lab"]["packets"]
 
 
 def test_exported_port_passes_everything_else_is_dropped_and_counted(sides: tuple[Side, Side]) -> None:
@@ -130,7 +145,7 @@ def test_changed_policy_applies_as_a_delta_keeping_the_counter(sides: tuple[Side
     assert gpu.state is not None
     wider = dataclasses.replace(gpu.state, exports=gpu_policy(gpu, (
         Allowed("10.244.2.7/32", "tcp", 7000), Allowed("10.244.2.7/32", "udp", 7000))))
-    assert exportpolicy.render_delta(gpu.state.exports, wider.exports) is not None  # type: ignore[arg-type]
+    assert exportpolicy.render_delta(table_of(gpu.state), table_of(wider)) is not None
     program(gpu, wider)
     assert reaches(l1, "udp", "100.64.2.7", 7000)
     assert denied(gpu) == count  # the delta left lab's counter as it was
@@ -141,12 +156,66 @@ def test_changed_policy_applies_as_a_delta_keeping_the_counter(sides: tuple[Side
     assert denied(gpu) > count
 
 
-def test_without_exports_the_table_goes_and_everything_passes(sides: tuple[Side, Side]) -> None:
+def test_a_source_in_the_peers_service_view_is_counted_against_it(sides: tuple[Side, Side]) -> None:
+    lab, gpu = sides
+    # A lab pod sending from an address of lab's service range: lab SNATs it into
+    # gpu's view of lab's services (100.112/12), which is no pod view, so gpu's
+    # export filter drops it at its catch-all; the drop still counts against lab.
+    l1 = lab.pods["l1"]
+    sh("ip", "addr", "add", "10.96.0.50/32", "dev", "lo", ns=l1)
+    try:
+        before = denied(gpu)
+        code = ("import socket\n"
+                "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(('10.96.0.50',0))\n"
+                "for _ in range(5): s.sendto(b'x',('100.64.2.7',7000))\n")
+        sh(sys.executable, "-c", code, ns=l1, timeout=20)
+        assert wait_for(lambda: denied(gpu) >= before + 5)
+    finally:
+        sh("ip", "addr", "del", "10.96.0.50/32", "dev", "lo", ns=l1, check=False)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def test_without_exports_the_guard_stays_and_everything_passes(sides: tuple[Side, Side]) -> None:
     lab, gpu = sides
     assert gpu.state is not None
     table = exportpolicy.table_name("crosswire")
     assert table in Nft(gpu.gw).tables("inet")
     program(gpu, dataclasses.replace(gpu.state, exports=None))
-    assert table not in Nft(gpu.gw).tables("inet")
+    # The policy table stays for the guard (input), without the export filter (forward).
+    assert table in Nft(gpu.gw).tables("inet")
+    assert Nft(gpu.gw).has_chain("inet", table, "input")
+    assert not Nft(gpu.gw).has_chain("inet", table, "forward")
+    assert verify(gpu.state, netns=gpu.gw) == []
     assert reaches(lab.pods["l1"], "tcp", "100.64.0.1", 7000)
     assert reaches(lab.pods["l1"], "udp", "100.64.2.7", 7000)
+    # gpu's gateway itself (10.244.0.2, 100.64.0.2 to lab) is out of reach, counted against lab.
+    before = denied(gpu)
+    assert not reaches(lab.pods["l1"], "tcp", "100.64.0.2", 7000)
+    assert denied(gpu) > before
+
+    # Another peer added, then removed: a delta of its elements and counter; lab's count
+    # carries on (a whole-table rewrite would have reset it) and the guard holds.
+    count = denied(gpu)
+    other = PeerFabric(cluster_id="edge", public_key=keypair()[1], endpoint=None, persistent_keepalive=0,
+                       remote=(RangeMap("pod", "10.244.0.0/16", "100.66.0.0/16"),),
+                       local=(RangeMap("pod", "10.244.0.0/16", "100.67.0.0/16"),), probe_ip="100.66.0.1")
+    before_state = gpu.state
+    bigger = dataclasses.replace(gpu.state, peers=(*gpu.state.peers, other))
+    assert exportpolicy.render_delta(table_of(before_state), table_of(bigger)) is not None
+    program(gpu, bigger)
+    assert denied(gpu) == count
+    assert exportsapply.denied(table_of(bigger), Nft(gpu.gw))["edge"]["packets"] == 0
+    assert verify(bigger, netns=gpu.gw) == []
+    program(gpu, before_state)
+    assert denied(gpu) == count
+    assert "denied-edge" not in sh("nft", "list", "table", "inet", table, ns=gpu.gw).stdout
+    assert not reaches(lab.pods["l1"], "tcp", "100.64.0.2", 7000)
+    assert denied(gpu) > count

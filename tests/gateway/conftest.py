@@ -62,10 +62,12 @@ class FakeFabric:
 
     def nat(self, state: FabricState, only: Any = None) -> list[dict[str, Any]]:
         self.nat_calls.append(None if only is None else sorted(only))
-        return nat.with_counters(nat.mappings(state, only), {})
+        # As the real one: every peer has a drop counter (the guard), with or without exports.
+        return [{**m, "export_denied": {"packets": 0, "bytes": 0}}
+                for m in nat.with_counters(nat.mappings(state, only), {})]
 
-    def export_denied(self, state: FabricState) -> dict[str, dict[str, int]] | None:
-        return None if state.exports is None else {}
+    def export_denied(self, state: FabricState) -> dict[str, dict[str, int]]:
+        return {}
 
     def nat_drops(self) -> list[dict[str, Any]]:
         return []

@@ -90,7 +90,8 @@ BAD = [
     ("POST", "/api/v1/peering/join", {"body": {}, "mac": "x"}, 400, "token_id"),
     ("POST", "/api/v1/peering/join", {"body": {"token_id": "zz"}, "mac": "x"}, 403, "unknown token"),
     ("POST", "/api/v1/peering/join", {"nope": 1}, 422, "invalid request"),
-    ("POST", "/api/v1/peering/message", {"body": {"from": "ghost"}, "mac": "x"}, 403, "unknown peer"),
+    # An unknown sender is answered as a bad MAC: the port does not say who is peered here.
+    ("POST", "/api/v1/peering/message", {"body": {"from": "ghost"}, "mac": "x"}, 401, "authentication failed"),
     ("POST", "/api/v1/peering/message", {"body": {}, "mac": "x"}, 400, "from"),
 ]
 

@@ -110,8 +110,14 @@ def test_two_gateways_in_namespaces(netns: Namespaces, tmp_path: Path, impl: str
         print(f"first ping after peer add returned: {first:.3f}s (peer add + ping {time.monotonic() - t0:.3f}s)")
         wait_ping(b.pods[1], dst_a)
         assert ping(a.pods[1], view_of(PODS[0], a_sees_b))  # other pod pair too
-        # remote pod whose real IP equals our own gateway's pod IP
-        assert ping(a.pods[0], view_of(GW_IP, a_sees_b))
+        # A remote address equal to our own gateway's pod IP (b's gateway pod) goes to b, not
+        # to a's own gateway: b's guard drops it (a peer never reaches the gateway itself)
+        # and counts it against a, which shows it arrived there.
+        def b_denied() -> int:
+            return int(b.cli_json("nat", "show")["peers"][0]["export_denied"]["packets"])
+        before = b_denied()
+        assert not ping(a.pods[0], view_of(GW_IP, a_sees_b))
+        assert b_denied() > before
 
         # --- the receiver sees the sender as its own view of the sender -------------------
         assert source_seen(a.pods[0], b.pods[1], dst_b) == view_of(PODS[0], b_sees_a)

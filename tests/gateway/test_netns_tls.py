@@ -174,14 +174,15 @@ def test_peer_underlay_sees_only_tls_peering(netns: Namespaces, tmp_path: Path) 
         assert set(probe.values()) == {404}, probe
 
         # Through the tunnel, from b's pod to a's gateway pod (b's view of a's pod range):
-        # the operator listener answers 403 to peers, whatever the path.
-        gw_seen_by_b = view_of(GW_IP, b.cli_json("peer", "list")[0]["our_views"])
-        wait_ping(b.pods[0], gw_seen_by_b)
+        # the guard drops it in nftables (no answer at all; test_netns_guard.py), so the
+        # operator listener's own 403 for peers (test_api.py) is not even reached.
+        b_views = b.cli_json("peer", "list")[0]["our_views"]
+        gw_seen_by_b = view_of(GW_IP, b_views)
+        wait_ping(b.pods[0], view_of(PODS[0], b_views))
         for path in ("/api/v1/peers", "/metrics", "/healthz"):
-            code = sh("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5",
+            code = sh("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
                       f"http://{gw_seen_by_b}:8081{path}", ns=b.pods[0], check=False).stdout
-            assert code == "403", (path, code)
-        assert "refused GET /api/v1/peers from" in a.log.read_text()
+            assert code == "000", (path, code)
 
         # The gateway's DNS answers this cluster's pods, never a peer, and a flood from one
         # pod leaves the others resolving.
@@ -199,4 +200,5 @@ def test_peer_underlay_sees_only_tls_peering(netns: Namespaces, tmp_path: Path) 
         dropped = {line.split('"')[1]: int(line.split()[-1]) for line in metrics.splitlines()
                    if line.startswith("crosswire_dns_dropped_total{")}
         print("dns dropped:", dropped)
-        assert dropped["peer"] >= 1 and dropped["rate"] >= 3000  # 6000 in 4 s: ~400 + 4 x 200 answered
+        # A peer's query never reaches the DNS server (the guard drops it first).
+        assert dropped["rate"] >= 3000  # 6000 in 4 s: ~400 + 4 x 200 answered

@@ -205,6 +205,11 @@ def test_plain_http_on_the_peering_port_only_for_peerings_from_before_tls(cluste
         msg = peering.build_message(p.channel_key, "lab", "gpu", "views", {"views": []}, lab.clock())
         r = await plain("/api/v1/peering/message", msg)
         assert r.status_code == 426 and "uses TLS already" in r.json()["detail"]  # lab pinned itself at gpu
+        # The same sender without its channel key learns nothing, not even that it is peered here.
+        forged = {**msg, "mac": "00" * 32}
+        r = await plain("/api/v1/peering/message", forged)
+        ghost = await plain("/api/v1/peering/message", {**forged, "body": {**forged["body"], "from": "ghost"}})
+        assert (r.status_code, r.json()) == (ghost.status_code, ghost.json()) and r.status_code == 401
         with gpu.store.tx() as db:  # a peering from before TLS: nothing pinned
             db.execute("DELETE FROM peer_pins")
         r = await plain("/api/v1/peering/message", msg)

@@ -160,10 +160,10 @@ def test_trace_table_text_is_exact_and_printable() -> None:
         "      the source picks peer lab: jump to from-lab",
         '      rule    "from wg0 ip: the source (our view of a peer) picks the peer"',
         '      element @from_peer_v4 100.65.0.0/16 comment "lab pod" : jump from-lab',
-        "4  gpu  drop    100.65.1.5  10.244.2.7  prerouting",
-        "      destination 10.244.2.7 is in none of lab's views of gpu: not offered to lab, dropped (counted) "
-        "(lab addresses gpu's 10.244.2.7 as 100.64.2.7)",
-        '      rule    "from wg0: source in no peer view, or destination not offered to that peer: drop"',
+        "4  gpu  drop    100.65.1.5  10.244.2.7  from-lab",
+        "      destination 10.244.2.7 is in none of lab's views of gpu: not offered to lab, dropped (counted "
+        "against lab) (lab addresses gpu's 10.244.2.7 as 100.64.2.7)",
+        '      rule    "lab: ingress: destination not offered to lab: drop"',
     ]
     coloured = trace_table(run(gpu, "100.65.1.5", "10.244.2.7", "icmp").as_json(), color=True)
     assert "\x1b[31mdropped\x1b[0m" in coloured[1] and "\x1b[31mdrop\x1b[0m" in coloured[-3]

@@ -175,7 +175,9 @@ class NatSummary(BaseModel):
     exports: int | None = Field(description="exports configured (null: no exports, peers reach everything)")
     drops: list[NatDrop]
     dropped: Counted = Field(description="what the drop rules counted")
-    export_denied: Counted | None = Field(description="what the export policy refused, every peer")
+    export_denied: Counted | None = Field(description="what the policy table dropped, every peer: to the gateway "
+                                                      "itself (the guard) and, with exports, what was not given "
+                                                      "(each peer's row adds its not_offered drops)")
 
 
 class TraceStep(BaseModel):

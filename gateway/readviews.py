@@ -104,8 +104,8 @@ def nat_summary(table: str, mappings: Sequence[tuple[str, int, int, int]], drops
                 denied: Mapping[str, Mapping[str, int]] | None, exports: int | None,
                 version: str) -> dict[str, Any]:
     """``/api/v1/nat?summary=true``: ``mappings`` per peer (cluster ID, mappings, NAT
-    rules, host-network elements); ``denied`` per peer what the export policy refused
-    (None: no exports configured)."""
+    rules, host-network elements); ``denied`` per peer what the policy table dropped
+    (the guard, and with exports what the peer was not given; None: not known)."""
     out: dict[str, Any] = {
         "table": table, "version": version, "peers": len(mappings),
         "mappings": sum(m[1] for m in mappings), "rules": sum(m[2] for m in mappings),

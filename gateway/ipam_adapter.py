@@ -85,6 +85,9 @@ class IpamViews:
     def close(self) -> None:
         self.store.close()
 
+    def changes(self) -> int:
+        return self.store.changes()
+
     def snapshot(self) -> dict[str, Any]:
         allocs = [{"peer": v.peer, "kind": v.kind, "real": v.real, "view": v.view,
                    "remapped": v.view != v.real}

@@ -43,6 +43,7 @@ log = logging.getLogger("crosswire.gateway")
 CHECK_INTERVAL = 1.0
 CONFIRM_DELAY = 0.2
 VERIFY_INTERVAL = 10.0
+VERIFY_SHARE = 100.0  # at most 1/VERIFY_SHARE of the time verifying (a large table: less often)
 
 
 class DataplaneDriver(Protocol):
@@ -102,10 +103,34 @@ class Reconciler:
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
+        # desired() is built again only when what it reads changed (the loop asks every
+        # second; with 1,000 peers a build reads every row of both stores).
+        self._desired: tuple[tuple[int, ...], FabricState] | None = None
+        self.verify_interval = VERIFY_INTERVAL
+
+    def fingerprint(self) -> tuple[int, ...] | None:
+        """What desired() depends on, as numbers that change when it does; None: unknown
+        (a store without change counts), build every time."""
+        store_changes = getattr(self.store, "changes", None)
+        views_changes = getattr(self.views, "changes", None)
+        if store_changes is None or views_changes is None:
+            return None
+        resolver = self.exports.resolver if self.exports is not None else None
+        return store_changes(), views_changes(), getattr(resolver, "generation", 0)
 
     # --- desired state ----------------------------------------------------------------------
 
     def desired(self) -> FabricState:
+        key = self.fingerprint()
+        if key is not None and self._desired is not None and self._desired[0] == key:
+            return self._desired[1]
+        state = self._build_desired()
+        # Kept only if nothing was written meanwhile (the first build creates the key).
+        if key is not None and key == self.fingerprint():
+            self._desired = (key, state)
+        return state
+
+    def _build_desired(self) -> FabricState:
         c = self.config
         local = LocalFabric(
             cluster_id=c.cluster_id, interface=c.wireguard.interface,
@@ -158,7 +183,11 @@ class Reconciler:
                 return
             drift: list[str] = []
             if alive and verify and self.applied is not None:
+                t0 = time.monotonic()
                 drift = await asyncio.to_thread(self.dataplane.verify, self.applied)
+                # Reading the whole table and every WireGuard peer grows with the peers:
+                # keep it under ~1 % of the time (every 10 s up to a 0.1 s verify).
+                self.verify_interval = max(VERIFY_INTERVAL, VERIFY_SHARE * (time.monotonic() - t0))
                 if drift:
                     log.warning("drift: %s; re-applying", "; ".join(drift))
             # An endpoint that did not resolve is retried (with the resolver's backoff)
@@ -220,7 +249,7 @@ class Reconciler:
                     return
                 exited = watch.exited.is_set()
                 watch.exited.clear()
-                verify = time.monotonic() - last_verify >= VERIFY_INTERVAL
+                verify = time.monotonic() - last_verify >= self.verify_interval
                 if verify:
                     last_verify = time.monotonic()
                 try:

@@ -69,6 +69,10 @@ class IpamStore:
     Thread-safe (one lock around the connection). Open with ``IpamStore.open``.
     """
 
+    def changes(self) -> int:
+        """Rows written through this store so far: equal numbers, same allocations."""
+        return self._conn.total_changes
+
     def __init__(self, conn: sqlite3.Connection, planner: Planner, path: Path) -> None:
         self._conn = conn
         self._planner = planner

@@ -151,3 +151,30 @@ def test_max_probe_rate_is_a_config_key() -> None:
         assert "health.max_probe_rate" in str(e)
     else:
         raise AssertionError("max_probe_rate 0 accepted")
+
+
+def test_readiness_reuses_the_loops_verify_only_for_a_costly_table(clusters: Any) -> None:
+    lab = clusters("lab")
+
+    async def go() -> None:
+        rec = lab.gw.reconciler
+        await rec.check(verify=True)
+        calls = 0
+        real = lab.fabric.verify
+
+        def counting(state: Any) -> list[str]:
+            nonlocal calls
+            calls += 1
+            return real(state)
+        lab.fabric.verify = counting
+        assert rec.ready() == (True, "ok") and calls == 1  # small: verified on every call, as before
+        await rec.check(verify=True)
+        rec.verify_interval = 60.0  # as the loop sets it for a table that takes 0.6 s to read
+        calls = 0
+        assert rec.ready() == (True, "ok") and rec.ready() == (True, "ok")
+        assert calls == 0  # the loop's verdict on this applied state
+        lab.fabric.applied.append(lab.fabric.applied[-1])
+        await rec.reconcile(force=True)  # a new apply: the old verdict no longer counts
+        assert rec.ready() == (True, "ok") and calls == 1
+
+    asyncio.run(go())

@@ -46,6 +46,18 @@ def reach(ours: Sequence[RangeMap], imported: Sequence[ImportedService]) -> str:
     return "sparse: " + "; ".join(offered)
 
 
+def peer_state(p: PeerRecord, now: float, stats: dict[str, Any], health: dict[str, Any]) -> str:
+    """One peer's state from its health report, else its WireGuard handshake."""
+    hs = stats.get("last_handshake")
+    if p.their_views is None:
+        return "pending"
+    if health.get("state"):
+        return str(health["state"])
+    if hs:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
+        return "connected" if now - hs < HANDSHAKE_STALE else "error"
+    return "connecting"
+
+
 def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
                  stats: dict[str, dict[str, Any]] | None = None,
                  health: dict[str, dict[str, Any]] | None = None,
@@ -56,14 +68,7 @@ def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
     s = (stats or {}).get(p.public_key, {})
     h = (health or {}).get(p.cluster_id, {})
     hs = s.get("last_handshake")
-    if p.their_views is None:
-        state = "pending"
-    elif h.get("state"):
-        state = h["state"]
-    elif hs:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
-        state = "connected" if now - hs < HANDSHAKE_STALE else "error"
-    else:
-        state = "connecting"
+    state = peer_state(p, now, s, h)
     return {
         "cluster_id": p.cluster_id, "public_key": p.public_key, "endpoint": s.get("endpoint") or p.endpoint,
         "url": p.url, "state": state,
@@ -147,10 +152,17 @@ class ReadModel:
 
     def status(self) -> dict[str, Any]:
         ready, why = self.reconciler.ready()
-        peers = self.peers()
+        # Counts only: not the whole peers answer (views, stats, reach of 1,000 peers).
+        now = self.clock()
+        health = self.health.report(now)
+        records = self.store.peers()
+        blind = any(p.their_views is not None and not health.get(p.cluster_id, {}).get("state")
+                    for p in records)
+        stats = self.peer_stats() if blind else {}  # handshakes judge peers without probes
         by_state: dict[str, int] = {}
-        for p in peers:
-            by_state[p["state"]] = by_state.get(p["state"], 0) + 1
+        for p in records:
+            state = peer_state(p, now, stats.get(p.public_key, {}), health.get(p.cluster_id, {}))
+            by_state[state] = by_state.get(state, 0) + 1
         c, st = self.config, self.reconciler.stats
         impl = self.implementation()
         return {
@@ -161,7 +173,7 @@ class ReadModel:
             "gateway_ip": self.reconciler.gateway_ip, "gateway_ip6": self.gateway_ip6,
             "pod_cidrs": list(c.pod_cidrs), "service_cidrs": list(c.service_cidrs),
             "ready": ready, "ready_reason": why, "uptime_s": round(self.clock() - self.started, 3),
-            "peers": len(peers), "peers_by_state": by_state,
+            "peers": len(records), "peers_by_state": by_state,
             "exposure": exportsread.exposure(self),  # all: whole ranges; exports: only what is exported
             "reconcile": {"runs": st.runs, "errors": st.errors,
                           "dataplane_restarts": st.restarts, "last_error": st.last_error,

@@ -178,3 +178,34 @@ def test_readiness_reuses_the_loops_verify_only_for_a_costly_table(clusters: Any
         assert rec.ready() == (True, "ok") and calls == 1
 
     asyncio.run(go())
+
+
+def test_status_counts_states_without_building_every_peer(clusters: Any) -> None:
+    lab, gpu, edge = clusters("lab"), clusters("gpu"), clusters("edge")
+
+    async def go() -> None:
+        for c in (gpu, edge):
+            r = await c.call("POST", "/api/v1/tokens", json={"ttl": "1h"})
+            r = await lab.call("POST", "/api/v1/peers", json={"token": r.json()["token"]})
+            assert r.status_code == 201, r.text
+        peers = (await lab.call("GET", "/api/v1/peers", auth=False)).json()
+        want: dict[str, int] = {}
+        for p in peers:
+            want[p["state"]] = want.get(p["state"], 0) + 1
+        built = 0
+        import gateway.readmodel as rm
+        real = rm.peer_summary
+
+        def counting(*a: Any, **k: Any) -> Any:
+            nonlocal built
+            built += 1
+            return real(*a, **k)
+        rm.peer_summary = counting  # type: ignore[assignment]
+        try:
+            st = (await lab.call("GET", "/api/v1/status", auth=False)).json()
+        finally:
+            rm.peer_summary = real  # type: ignore[assignment]
+        assert st["peers"] == 2 and st["peers_by_state"] == want
+        assert built == 0
+
+    asyncio.run(go())

@@ -181,15 +181,7 @@ async def join_all(fleet: Fleet, token: str, n: int, parallel: int) -> None:
         nonlocal done
         async with sem:
             p = await fleet.add(f"f{i:04d}")
-            for attempt in range(5):
-                try:
-                    await p.join(token)
-                    break
-                except Exception as e:
-                    if attempt == 4:
-                        raise
-                    log(f"{p.cluster_id}: join failed ({type(e).__name__}: {e}), retrying")
-                    await asyncio.sleep(1 + attempt)
+            await p.join(token, attempts=5)
             done += 1
             if done % 50 == 0 or done == n:
                 log(f"{done}/{n} peers joined ({time.monotonic() - t0:.0f}s)")
@@ -310,7 +302,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--peers", type=int, default=1000)
     ap.add_argument("--watchers", type=int, default=1000)
-    ap.add_argument("--parallel", type=int, default=16, help="joins at once")
+    ap.add_argument("--parallel", type=int, default=8, help="joins at once")
     ap.add_argument("--settle", type=float, default=15.0)
     ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measurement")
     ap.add_argument("--no-page", dest="page", action="store_false")

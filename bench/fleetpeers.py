@@ -43,6 +43,7 @@ from fabric.wg.device import Device
 from fabric.wg.uapi import handle
 from gateway import peering
 from gateway.channel import PeerChannel
+from gateway.errors import GatewayError
 from gateway.peering import views_body
 from gateway.state import PeerRecord
 from gateway.tokens import decode
@@ -132,9 +133,23 @@ class SyntheticPeer:
                                                    family=socket.AF_INET)
         self.transport = t
 
-    async def join(self, token_text: str) -> None:
+    async def join(self, token_text: str, attempts: int = 1) -> None:
         """The A side of a peering (what ``Exchange.peer_add`` does, without a data plane of
-        our own): join over pinned TLS, configure WireGuard, send our views, await the ack."""
+        our own): join over pinned TLS, configure WireGuard, send our views, await the ack.
+        The views are sent up to ``attempts`` times (a busy gateway may answer late: it
+        stored them, so the join itself is never repeated)."""
+        pins = await self.redeem(token_text)
+        for attempt in range(attempts):
+            try:
+                await self.send_views(pins)
+                return
+            except GatewayError:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(1 + attempt)
+
+    async def redeem(self, token_text: str) -> tuple[str, ...]:
+        """Join with the token; the pins the gateway's listener is accepted by."""
         token = decode(token_text, now=time.time())
         assert token.tls_pin is not None, "the gateway's token carries no TLS pin"
         pins = (token.tls_pin,)
@@ -150,7 +165,12 @@ class SyntheticPeer:
                                  their_views=tuple(resp.views_of_us), channel_key=resp.keys.channel_key,
                                  psk=resp.keys.psk)
         self._configure(gw.public_key, resp.keys.psk, gw.endpoint)
-        ours = [RangeMap(kind, real, VIEW_OF[kind]) for kind, real in gw.ranges if kind in VIEW_OF]
+        return pins
+
+    async def send_views(self, pins: tuple[str, ...]) -> None:
+        assert self.record is not None
+        ours = [RangeMap(kind, real, VIEW_OF[kind]) for kind, real in self.record.ranges if kind in VIEW_OF]
+        channel = PeerChannel(cluster_id=self.cluster_id)
         await channel.send(self.record, "views", {"views": views_body(ours)}, pins_override=pins)
         self.joined_at = self.clock()
 

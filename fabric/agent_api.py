@@ -1,9 +1,14 @@
 """What the node agent reads from the gateway: ``GET {URL}/api/v1/routes``.
 
-The answer is ``{"gateway_ip": "...", "cidrs": [...]}``, optionally with
-``"gateway_ip6"`` (the IPv6 address of a dual-stack gateway pod).
-``parse_routes`` validates it (pure); ``fetch_routes`` is the thin httpx
-adapter. Either raises ``RoutesError`` and then nothing may be changed.
+The answer is ``{"gateway_ip": "...", "cidrs": [...], "version": "..."}``,
+optionally with ``"gateway_ip6"`` (the IPv6 address of a dual-stack gateway
+pod); a gateway from before the watch sends no ``version``. With
+``?after=<version>&wait=<s>`` the gateway holds the request until its route set
+differs from that version (gateway.routesapi). ``parse_routes`` and
+``parse_version`` validate (pure); ``fetch_routes`` and ``fetch_snapshot`` are
+the thin httpx adapters. They raise ``RoutesError`` (``Unreachable`` when no
+answer came, ``WatchersBusy`` for a 503 at the gateway's watcher limit) and
+then nothing may be changed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,26 @@ from fabric.routes import Address, Network, key
 
 class RoutesError(ValueError):
     """The gateway's /api/v1/routes answer is unusable (or absent); nothing is changed."""
+
+
+class Unreachable(RoutesError):
+    """No answer from the gateway (connection refused or dropped, timeout, an HTTP error status)."""
+
+
+class WatchersBusy(RoutesError):
+    """503: the gateway holds its maximum of route watchers (``retry_after`` seconds)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One whole answer: the route set and its version (None: a gateway from before the watch)."""
+
+    published: Published
+    version: str | None
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,15 @@ def parse_routes(body: Any) -> Published:
     return Published(gateway_ip, tuple(sorted(set(nets), key=key)), gateway_ip6)
 
 
+def parse_version(body: Any) -> str | None:
+    v = body.get("version") if isinstance(body, dict) else None
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v or len(v) > 64 or not v.isascii() or not v.isalnum():
+        raise RoutesError(f"bad version {str(v)[:70]!r}")
+    return v
+
+
 def client(timeout: float = 3.0) -> Any:
     """The agent's one HTTP client for its whole life: ``httpx.get`` builds a client, and with
     it a TLS context, per call (~20 ms of CPU, which 31 agents of a big lab polling every
@@ -94,3 +128,45 @@ def fetch_routes(base_url: str, timeout: float = 3.0, http: Any = None) -> Publi
     except (httpx.HTTPError, ValueError) as e:
         raise RoutesError(f"GET {url}: {e}") from e
     return parse_routes(body)
+
+
+WAIT_SLACK = 10.0  # beyond the long-poll's wait before the agent calls the connection dead
+
+
+def fetch_snapshot(base_url: str, http: Any, after: str | None = None, wait: float | None = None,
+                   timeout: float = 3.0) -> Snapshot:
+    """One request: a plain GET (``after`` None), or a long-poll the gateway may hold ``wait`` s."""
+    import httpx
+
+    url = base_url.rstrip("/") + "/api/v1/routes"
+    params: dict[str, str] = {}
+    read = timeout
+    if after is not None:
+        params = {"after": after, "wait": f"{wait if wait is not None else 55:g}"}
+        read = (wait or 0) + WAIT_SLACK
+    try:
+        r = http.get(url, params=params, timeout=httpx.Timeout(timeout, read=read))
+        if r.status_code == 503 and after is not None:
+            raise WatchersBusy(f"GET {url}: 503 {_detail(r)}", _retry_after(r.headers.get("retry-after")))
+        r.raise_for_status()
+    except httpx.HTTPError as e:
+        raise Unreachable(f"GET {url}: {e}") from e
+    try:
+        body = r.json()
+    except ValueError as e:
+        raise RoutesError(f"GET {url}: not JSON ({e})") from e
+    return Snapshot(parse_routes(body), parse_version(body))
+
+
+def _detail(r: Any) -> str:
+    try:
+        return str(r.json().get("detail", ""))[:200]
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value is not None else 5.0
+    except ValueError:
+        return 5.0

@@ -9,7 +9,7 @@ health): every other path is 404, so nobody on the internet reads anything.
 loopback by default, never published). OpenAPI at ``/openapi.json``.
 Unauthenticated, read-only: ``/`` (the operator page, gateway.page), ``/healthz``, ``/readyz``, ``/metrics``, ``/api/v1/status``,
 ``/api/v1/peers``, ``/api/v1/nat``, ``/api/v1/ipam``, ``/api/v1/routes`` (the
-node agents poll it), ``/api/v1/trace?src=&dst=&proto=&dport=``; ``/api/v1/exports``, ``/api/v1/imports`` and the admin
+node agents watch it: gateway.routesapi), ``/api/v1/trace?src=&dst=&proto=&dport=``; ``/api/v1/exports``, ``/api/v1/imports`` and the admin
 ``PUT /api/v1/peers/{cluster_id}/exports`` are in gateway.exports.api, the admin
 ``GET|POST /api/v1/peers/{cluster_id}/ranges`` in gateway.peerranges.api.
 Admin (``Authorization: Bearer <state_dir/admin-token>``, 401 otherwise):
@@ -31,9 +31,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,7 +42,7 @@ from starlette.routing import Route
 from fabric.nat import NatError
 from fabric.nat.trace import TraceError, parse_query
 from gateway import apimodels as m
-from gateway import audit, peering
+from gateway import audit, peering, routesapi
 from gateway.apimodels import errors, ok
 from gateway.audit import audited
 from gateway.controlplane import ControlPlane
@@ -239,9 +239,12 @@ def create_app(cp: ControlPlane) -> FastAPI:
     def ipam() -> dict[str, Any]:
         return cp.read.ipam()
 
-    @app.get("/api/v1/routes", tags=["read"], response_model=None, responses={**ok(m.Routes), **errors()})
-    def routes() -> dict[str, Any]:
-        return cp.read.routes()
+    @app.get("/api/v1/routes", tags=["read"], response_model=None,
+             responses={**ok(m.Routes), **errors(400), **m.watchers_full()})
+    async def routes(request: Request, after: str | None = Query(None, description=routesapi.AFTER),
+                     wait: str | None = Query(None, description=routesapi.WAIT)) -> Response:
+        """The node agents' route set; with ``after``, a long-poll for the next one (gateway.routesapi)."""
+        return await routesapi.answer(cp, request, after, wait)
 
     @app.get("/api/v1/trace", tags=["read"], response_model=None,
              responses={**ok(m.Trace), **errors(409, 422)})

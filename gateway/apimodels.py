@@ -199,6 +199,8 @@ class Routes(BaseModel):
     gateway_ip: str | None
     cidrs: list[str]
     gateway_ip6: str | None = Field(default=None, description="only on dual-stack gateways")
+    version: str = Field(description="short hex digest of this route set (the same set, the same version, "
+                                     "also across restarts): pass it as ?after= to wait for the next one")
 
 
 class SignedEnvelope(BaseModel):
@@ -256,6 +258,7 @@ REASONS = {
     422: "Request body does not match the schema, or its values cannot be used",
     426: "Plain HTTP on the peering listener from a gateway that must use TLS",
     502: "A peer gateway could not be reached or gave a bad answer",
+    503: "The gateway holds api.max_watchers route long-polls already: retry after Retry-After seconds",
 }
 
 
@@ -270,6 +273,13 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
                                                      "description": "Bearer (admin operations)"}}
         out[c] = entry
     return out
+
+
+def watchers_full() -> dict[int | str, dict[str, Any]]:
+    """503 of GET /api/v1/routes?after=: the watcher limit, with Retry-After."""
+    entry = errors(503)[503]
+    entry["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
+    return {503: entry}
 
 
 def ok(model: Any, status: int = 200, description: str = "Success") -> dict[int | str, dict[str, Any]]:

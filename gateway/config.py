@@ -79,6 +79,8 @@ class ApiConfig:
     operator_listen: str = "127.0.0.1:8081"
     max_connections: int = 256  # open at once; more are closed at once
     request_timeout: float = 10.0  # a connection must start a request within this, or is closed
+    # Route long-polls (node agents) held at once on the operator listener; more get 503.
+    max_watchers: int = 2048
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,7 @@ _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam
              "api", "state_dir", "masquerade", "gateway_ip", "gateway_ip6", "health", "nft_table",
              "exports", "dns", "peer_ranges"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu", "standby", "supervise"}
-_API_KEYS = {"listen", "advertise", "operator_listen", "max_connections", "request_timeout"}
+_API_KEYS = {"listen", "advertise", "operator_listen", "max_connections", "request_timeout", "max_watchers"}
 _HEALTH_KEYS = {"port", "interval", "timeout", "max_probe_rate"}
 
 
@@ -391,7 +393,9 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
                       max_connections=v.integer(api.get("max_connections", ApiConfig.max_connections),
                                            "api.max_connections", 8, 65536),
                       request_timeout=v.number(api.get("request_timeout", ApiConfig.request_timeout),
-                                             "api.request_timeout", 0.5, 300)),
+                                             "api.request_timeout", 0.5, 300),
+                      max_watchers=v.integer(api.get("max_watchers", ApiConfig.max_watchers),
+                                             "api.max_watchers", 0, 65536)),
         health=health,
         state_dir=v.string(raw.get("state_dir", Config.state_dir), "state_dir"),
         masquerade=v.boolean(raw.get("masquerade", False), "masquerade"),

@@ -28,6 +28,7 @@ from gateway.health import HealthTracker
 from gateway.ipam_adapter import Views
 from gateway.readmodel import ReadModel
 from gateway.reconciler import DataplaneDriver, Reconciler
+from gateway.routewatch import RouteWatch
 from gateway.state import StateStore
 from gateway.tlsid import TlsIdentity
 
@@ -42,6 +43,7 @@ class ControlPlane:
     read: ReadModel
     export_sync: ExportSync | None = None  # tells peers our exports (the daemon runs it)
     tls: TlsIdentity | None = None  # the peering listener's certificate (state_dir)
+    routewatch: RouteWatch | None = None  # /api/v1/routes' snapshot and its long-polls
 
     @classmethod
     def build(cls, config: Config, store: StateStore, views: Views, dataplane: DataplaneDriver, *,
@@ -59,10 +61,12 @@ class ControlPlane:
                                 exports=exports)
         read = ReadModel(config=config, store=store, views=views, reconciler=reconciler, health=health,
                          clock=clock, gateway_ip6=gateway_ip6)
+        watch = RouteWatch(config.api.max_watchers)
+        reconciler.on_pass = lambda: watch.publish(read.routes())  # wakes the node agents' long-polls
         tls = TlsIdentity(Path(config.state_dir), config.cluster_id)
         channel = PeerChannel(config.cluster_id, clock, http, tls_post=tls_post, pins_of=store.peer_pins,
                               learn_pins=store.set_peer_pins, own_pins=tls.pins)
         exchange = Exchange(config=config, store=store, views=views, reconciler=reconciler,
                             channel=channel, clock=clock)
         return cls(config=config, store=store, views=views, reconciler=reconciler, exchange=exchange,
-                   read=read, export_sync=ExportSync(exchange), tls=tls)
+                   read=read, export_sync=ExportSync(exchange), tls=tls, routewatch=watch)

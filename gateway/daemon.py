@@ -33,7 +33,7 @@ from gateway.dns.records import ImportsSnapshot
 from gateway.dns.server import bind_from_config as bind_dns
 from gateway.exchange import Exchange
 from gateway.health import EchoResponder, HealthTracker, Prober
-from gateway.httpserver import connection_caps, listen, make_server, raise_fd_limit
+from gateway.httpserver import connection_caps, listen, make_server, raise_fd_limit, watcher_cap
 from gateway.ipam_adapter import IpamViews, ViewsError
 from gateway.peerranges import admin as ranges_admin
 from gateway.peersources import PeerSources
@@ -183,14 +183,23 @@ async def serve(config: Config) -> int:
     forwarding.enable(forwarding.wanted(config))
     rec = cp.reconciler
     assert cp.tls is not None
-    cap, op_cap = connection_caps(config.api.max_connections, fds)
+    watchers = watcher_cap(config.api.max_watchers, fds)
+    if watchers < config.api.max_watchers:
+        log.warning("api.max_watchers lowered to %d: the file descriptor limit is %d", watchers, fds)
+    routewatch = cp.routewatch
+    assert routewatch is not None
+    routewatch.max_watchers = watchers
+    cap, op_cap = connection_caps(config.api.max_connections, fds - watchers)
     server = make_server(create_peering_app(cp), host, port, max_connections=cap,
                          request_timeout=config.api.request_timeout, ssl_context=cp.tls.server_context())
     # Inside the cluster, a few sources (kubelet, Prometheus, node agents, the CLI) may each
     # open many connections: no per-source share there, only the total cap.
+    # Node agents' long-polls (up to api.max_watchers) come on top, bounded by gateway.routewatch.
     operator = make_server(create_app(cp), op_host, op_port, max_connections=op_cap,
-                           request_timeout=config.api.request_timeout, per_source=op_cap)
-    log.debug("file descriptor limit %d, connection caps: peering %d, operator %d", fds, cap, op_cap)
+                           request_timeout=config.api.request_timeout, per_source=op_cap + watchers,
+                           watchers=watchers)
+    log.debug("file descriptor limit %d, connection caps: peering %d, operator %d + %d watchers",
+              fds, cap, op_cap, watchers)
     echo = EchoResponder(config.health.port)
     try:
         await echo.start()
@@ -204,6 +213,7 @@ async def serve(config: Config) -> int:
 
     def on_signal() -> None:
         log.info("signal received, shutting down")
+        routewatch.close()  # held long-polls answer now: shutdown waits for no one
         server.should_exit = True
         operator.should_exit = True
     for sig in (signal.SIGTERM, signal.SIGINT):

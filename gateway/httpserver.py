@@ -23,6 +23,16 @@ connections starved the data-plane supervision of descriptors. Here:
 - a connection must start a request within ``request_timeout`` of opening or
   of its previous response, or it is closed (slow or idle clients); the body
   of a started request is bounded by :mod:`gateway.limits`;
+- a connection whose unsent answer does not shrink by a byte for
+  ``request_timeout`` (a client that does not read) is aborted: each holds at
+  most one answer, and a slow one never holds up the others;
+- a request the app holds on purpose (a route long-poll, gateway.routesapi,
+  through the ``crosswire.hold`` scope extension) is the server's wait, not
+  the client's slowness: while held it has no timeout here, is never evicted
+  and is not counted against ``max_connections`` or ``per_source``; the app
+  bounds those (``api.max_watchers``), and up to ``watchers`` connections
+  beyond ``max_connections`` are admitted for them, less those held, so a
+  thousand agents reconnecting at once are not evicted as a flood;
 - RLIMIT_NOFILE is raised to its hard limit at start, so the connection cap,
   not the descriptor limit, is what a flood meets;
 - accept errors (EMFILE and the like) are logged at most once per
@@ -61,14 +71,16 @@ class _Limits:
     """Shared by every connection of one server (uvicorn makes one protocol per connection)."""
 
     def __init__(self, max_connections: int, request_timeout: float, per_source: int | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, watchers: int = 0) -> None:
         self.max_connections = max_connections
+        self.watchers = watchers  # room for held long-polls beyond max_connections
         self.per_source = per_source or max(4, max_connections // 8)
         self.request_timeout = request_timeout
         self.ssl_context = ssl_context
         self.conns: set[Any] = set()  # every open connection, TLS handshakes included
         self.evicted = 0
         self.timed_out = 0
+        self.slow_readers = 0  # aborted: their answer did not drain for request_timeout
 
 
 def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
@@ -85,6 +97,8 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
         _ready = False  # handshake done (always, without TLS)
         _fd = -1  # watched for the first byte (TLS listener)
         _early: list[bytes] = []  # replaced per connection in connection_made
+        _held = False  # the app holds its request on purpose (a route long-poll)
+        _pending = 0  # bytes of answer not yet sent, at the previous watchdog check
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._raw = transport
@@ -167,8 +181,11 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
             super().data_received(data)
 
         def _admit(self) -> None:
-            # Aborted connections stay in the set until their connection_lost runs.
-            live = [c for c in limits.conns if not c._closing()]
+            # Aborted connections stay in the set until their connection_lost runs; held
+            # long-polls are bounded by the app, not here.
+            live = [c for c in limits.conns if not c._closing() and not c._held]
+            held = sum(1 for c in limits.conns if c._held and not c._closing())
+            cap = limits.max_connections + max(0, limits.watchers - held)
             by_source: dict[str, list[GuardedH11]] = {}
             for c in live:
                 by_source.setdefault(c._source, []).append(c)
@@ -176,7 +193,7 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
             victim: GuardedH11 | None = None
             if len(mine) >= limits.per_source:
                 victim = min(mine, key=lambda c: c._since)  # this source's slowest
-            elif len(live) >= limits.max_connections:
+            elif len(live) >= cap:
                 # Make room: the connection idle the longest, else the slowest of the
                 # heaviest source, so no flood of idle or slow clients locks the port.
                 victim = min((c for c in live if c.idle()), key=lambda c: c._since, default=None)
@@ -200,16 +217,39 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
         def idle(self) -> bool:
             return not self._ready or self.cycle is None or self.cycle.response_complete
 
+        def hold(self, held: bool) -> None:
+            """The app holds this connection's request (True) or answers it now (False)."""
+            self._held = held
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+            if not held and not self._closing():
+                self._arm(self._requests_seen)
+
+        def _unsent(self) -> int:
+            t = self.transport if self._ready else self._raw
+            try:
+                return int(t.get_write_buffer_size()) if t is not None else 0
+            except (AttributeError, RuntimeError):
+                return 0
+
         def _arm(self, seen: int) -> None:
             self._watchdog = self.loop.call_later(limits.request_timeout, self._check, seen)
 
         def _check(self, seen_then: int) -> None:
+            unsent = self._unsent()
+            if unsent and self._pending and unsent >= self._pending:
+                # Not a byte of the answer taken for a whole period: a client that does not read.
+                limits.slow_readers += 1
+                self._abort()
+                return
+            self._pending = unsent
             # Closed unless a request started since the timer was armed or one is running.
             if self._requests_seen == seen_then and self.idle():
                 limits.timed_out += 1
-                if self._ready:
+                if self._ready and not unsent:
                     self.transport.close()
-                else:
+                else:  # close() would wait for a reader that does not read
                     self._abort()
                 return
             self._arm(self._requests_seen)
@@ -220,6 +260,9 @@ def guarded_protocol(limits: _Limits) -> type[H11Protocol]:
             if self.cycle is not before:
                 self._requests_seen += 1
                 self._since = time.monotonic()
+                if self.cycle is not None:  # its app task has not run yet
+                    scope: dict[str, Any] = self.cycle.scope  # type: ignore[assignment]
+                    scope.setdefault("extensions", {})["crosswire.hold"] = self.hold
 
         def _gone(self) -> None:
             self._unwatch()
@@ -274,6 +317,12 @@ def connection_caps(configured: int, fd_limit: int) -> tuple[int, int]:
     return max(8, min(configured, (budget - operator) // 2)), operator
 
 
+def watcher_cap(configured: int, fd_limit: int) -> int:
+    """``api.max_watchers``, lowered so held long-polls (a descriptor each) take at most half
+    of what the listeners may use; the rest goes to connection_caps."""
+    return max(0, min(configured, (fd_limit - FD_RESERVE - ACCEPT_BATCH) // 2))
+
+
 def raise_fd_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -312,8 +361,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 def make_server(app: Any, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS,
                 request_timeout: float = REQUEST_TIMEOUT, per_source: int | None = None,
-                ssl_context: ssl.SSLContext | None = None) -> Server:
-    limits = _Limits(max_connections, request_timeout, per_source, ssl_context)
+                ssl_context: ssl.SSLContext | None = None, watchers: int = 0) -> Server:
+    limits = _Limits(max_connections, request_timeout, per_source, ssl_context, watchers)
     logging.getLogger("asyncio").addFilter(_AcceptErrorFilter())
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="off",
                             access_log=False, log_level="warning", http=guarded_protocol(limits),

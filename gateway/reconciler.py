@@ -100,6 +100,9 @@ class Reconciler:
     applied: FabricState | None = None
     # What each peer may reach (gateway.exports.state); None, or no ``exports`` configured: everything.
     exports: ExportState | None = None
+    # Called after every pass: the one place a changed desired state (so a changed route
+    # set) is announced to the node agents' long-polls (gateway.routewatch).
+    on_pass: Callable[[], object] | None = None
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -203,6 +206,16 @@ class Reconciler:
             await self._pass(bool(drift) or due, alive)
 
     async def _pass(self, force: bool, alive: bool | None) -> bool:
+        try:
+            return await self._apply(force, alive)
+        finally:
+            if self.on_pass is not None:
+                try:
+                    self.on_pass()
+                except Exception as e:  # the watchers are told next time; reconcile goes on
+                    log.warning("announcing the route set failed: %s: %s", type(e).__name__, e)
+
+    async def _apply(self, force: bool, alive: bool | None) -> bool:
         want = self.desired()
         self.stats.runs += 1
         try:

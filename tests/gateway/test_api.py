@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.routewatch import version
+
 ADMIN = [("POST", "/api/v1/tokens", {"ttl": "1h"}), ("GET", "/api/v1/tokens", None),
          ("DELETE", "/api/v1/tokens/abc", None), ("POST", "/api/v1/peers", {"token": "cw1.xx"}),
          ("DELETE", "/api/v1/peers/gpu", None), ("POST", "/api/v1/key/rotate", None),
@@ -55,8 +57,8 @@ def test_public_endpoints(clusters: Any) -> None:
         assert nat == {"table": "inet crosswire", "peers": [], "drops": []}
         ipam = (await gpu.call("GET", "/api/v1/ipam", auth=False)).json()
         assert ipam["pools"] == ["100.64.0.0/10"] and ipam["allocations"] == []
-        assert (await gpu.call("GET", "/api/v1/routes", auth=False)).json() == {
-            "gateway_ip": "10.244.0.10", "cidrs": []}
+        routes = {"gateway_ip": "10.244.0.10", "cidrs": []}
+        assert (await gpu.call("GET", "/api/v1/routes", auth=False)).json() == {**routes, "version": version(routes)}
         m = await gpu.call("GET", "/metrics", auth=False)
         assert m.headers["content-type"].startswith("text/plain")
         assert 'crosswire_peers{state="connected"} 0' in m.text and "crosswire_ready 1" in m.text
@@ -395,7 +397,10 @@ def test_openapi_documents_what_the_api_answers(clusters: Any) -> None:
     assert list(op("GET", "/metrics")["200"]["content"]) == ["text/plain"]
     assert op("POST", "/api/v1/tokens")["201"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/TokenCreated"}
-    assert spec["components"]["schemas"]["Routes"]["required"] == ["gateway_ip", "cidrs"]
+    assert spec["components"]["schemas"]["Routes"]["required"] == ["gateway_ip", "cidrs", "version"]
+    routes = op("GET", "/api/v1/routes")  # the long-poll: a bad wait, the watcher limit
+    assert {"400", "503"} <= set(routes) and routes["503"]["headers"]["Retry-After"]
+    assert [p["name"] for p in spec["paths"]["/api/v1/routes"]["get"]["parameters"]] == ["after", "wait"]
 
 
 def test_method_not_allowed_names_every_method(clusters: Any) -> None:

@@ -15,6 +15,7 @@ create); apply and the process supervisor refuse to change them otherwise too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from fabric import apply as fabric_apply
@@ -27,6 +28,9 @@ from fabric.wgprocess import Implementation, LinkOwnershipError, WgProcess, WgPr
 log = logging.getLogger("crosswire.dataplane")
 
 DROP_CHAINS = ("prerouting", "postrouting")  # where the table drops what no mapping took
+# Up to this many peers asked for, their chains and sets are listed one by one;
+# more, and the whole table costs less (bench/page_poll.py measured both).
+PER_PEER_LISTING = 64
 
 
 class OwnershipError(RuntimeError):
@@ -93,18 +97,33 @@ class Dataplane:
     def peer_stats(self) -> dict[str, dict[str, Any]]:
         return dict(self.process.control().show())
 
-    def nat(self, state: FabricState) -> list[dict[str, Any]]:
+    def nat(self, state: FabricState, only: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """``/api/v1/nat``'s peers with their counters; ``only``: just these peers, and
+        the kernel is asked for their chains and sets alone when they are few."""
         try:
-            listing = Nft().list_table(nat.FAMILY, self.nft_table)
+            if only is not None and len(only) <= PER_PEER_LISTING:
+                listing = Nft().list_objects(nat.FAMILY, self.nft_table, *nat.listed_objects(state, only))
+            else:
+                listing = Nft().list_table(nat.FAMILY, self.nft_table)
         except NftError:
-            listing = {}  # table missing: rules show handle None and zero counters
-        peers = nat.with_counters(nat.mappings(state), listing)
+            listing = {}  # table (or a peer's chain) missing: rules show handle None and zero counters
+        peers = nat.with_counters(nat.mappings(state, only), listing)
         if state.exports is not None:
             # Per peer, what the export policy refused (fabric.exports.policy).
             denied = exportsapply.denied(state.exports, Nft())
             for p in peers:
                 p["export_denied"] = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
         return peers
+
+    def export_denied(self, state: FabricState) -> dict[str, dict[str, int]] | None:
+        """Per peer, what the export policy refused (None without a policy): named
+        counters, cheap whatever the number of peers."""
+        if state.exports is None:
+            return None
+        try:
+            return exportsapply.denied(state.exports, Nft())
+        except NftError:
+            return {}
 
     def nat_drops(self) -> list[dict[str, Any]]:
         """The drop rules of the table's NAT base chains with their counters ([] without a table)."""

@@ -31,7 +31,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi import Query as FastQuery
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -54,6 +55,7 @@ from gateway.page import add_route as add_page_route
 from gateway.peering import PeeringError
 from gateway.peerranges import api as rangesapi
 from gateway.peersources import PeerSources
+from gateway.readviews import MAX_LIMIT, Query, etag, not_modified
 from gateway.tokens import TokenError, decode, parse_duration
 
 log = logging.getLogger("crosswire.api")
@@ -226,14 +228,26 @@ def create_app(cp: ControlPlane) -> FastAPI:
     def status() -> dict[str, Any]:
         return {**cp.read.status(), "tls_pins": list(cp.tls.pins()) if cp.tls is not None else []}
 
-    @app.get("/api/v1/peers", tags=["read"], response_model=None,
-             responses={**ok(list[m.PeerSummary]), **errors()})
-    def peers() -> list[dict[str, Any]]:
-        return cp.read.peers()
+    # Without parameters, peers and NAT answer as they always did; ?peer=, ?limit=&offset=
+    # and ?summary=true keep the work to what is asked (gateway.readviews). Every answer
+    # carries an ETag; If-None-Match naming it gets 304.
+    @app.get("/api/v1/peers", tags=["read"], response_model=None, responses={
+        **ok(list[m.PeerSummary] | m.PeerPage | m.PeersSummary, headers=m.ETAG,
+             description="no parameters: every peer (a list); peer/limit/offset: a page; summary: counts"),
+        **errors(304, 404, 422)})
+    def peers(request: Request, peer: str | None = PEER, limit: int | None = LIMIT, offset: int | None = OFFSET,
+              summary: bool = SUMMARY) -> Response:
+        q = Query(peer, limit, offset, summary).check()
+        return _tagged(request, cp.read.peers_view(q))
 
-    @app.get("/api/v1/nat", tags=["read"], response_model=None, responses={**ok(m.Nat), **errors()})
-    def nat() -> dict[str, Any]:
-        return {"table": f"inet {cp.config.nft_table}", "peers": cp.read.nat(), "drops": cp.read.nat_drops()}
+    @app.get("/api/v1/nat", tags=["read"], response_model=None, responses={
+        **ok(m.Nat | m.NatPage | m.NatSummary, headers=m.ETAG,
+             description="no parameters: every peer; peer/limit/offset: a page of peers; summary: counts"),
+        **errors(304, 404, 422)})
+    def nat(request: Request, peer: str | None = PEER, limit: int | None = LIMIT, offset: int | None = OFFSET,
+            summary: bool = SUMMARY) -> Response:
+        q = Query(peer, limit, offset, summary).check()
+        return _tagged(request, cp.read.nat_view(q))
 
     @app.get("/api/v1/ipam", tags=["read"], response_model=None, responses={**ok(m.Ipam), **errors()})
     def ipam() -> dict[str, Any]:
@@ -241,8 +255,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
     @app.get("/api/v1/routes", tags=["read"], response_model=None,
              responses={**ok(m.Routes), **errors(400), **m.watchers_full()})
-    async def routes(request: Request, after: str | None = Query(None, description=routesapi.AFTER),
-                     wait: str | None = Query(None, description=routesapi.WAIT)) -> Response:
+    async def routes(request: Request, after: str | None = FastQuery(None, description=routesapi.AFTER),
+                     wait: str | None = FastQuery(None, description=routesapi.WAIT)) -> Response:
         """The node agents' route set; with ``after``, a long-poll for the next one (gateway.routesapi)."""
         return await routesapi.answer(cp, request, after, wait)
 
@@ -340,6 +354,22 @@ def create_app(cp: ControlPlane) -> FastAPI:
     exportsapi.register(app, cp, admin, lambda: cp.export_sync)
     rangesapi.register(app, cp, admin)
     return app
+
+
+PEER = FastQuery(None, description="only this peer (cluster ID; 404 if unknown)")
+LIMIT = FastQuery(None, ge=1, le=MAX_LIMIT, description="page size (the answer carries total)")
+OFFSET = FastQuery(None, ge=0, description="rows to skip (sorted by cluster ID)")
+SUMMARY = FastQuery(False, description="counts, totals and a version instead of rows")
+
+
+def _tagged(request: Request, body: Any) -> Response:
+    """``body`` as JSON with its ETag, or 304 when the client holds that one already."""
+    r = JSONResponse(body)
+    tag = etag(bytes(r.body))
+    if not_modified(request.headers.get("if-none-match"), tag):
+        return Response(status_code=304, headers={"ETag": tag})
+    r.headers["ETag"] = tag
+    return r
 
 
 def _publish_error_schema(app: FastAPI) -> None:

@@ -131,6 +131,48 @@ class Nat(BaseModel):
         "the table's drop rules (base chains) with their counters: traffic no peer's mapping took"))
 
 
+class Paging(BaseModel):
+    total: int = Field(description="rows before paging (1 with ?peer=, 0 for a pending peer's NAT)")
+    offset: int
+    limit: int | None
+
+
+class PeerPage(Paging):
+    peers: list[PeerSummary]
+
+
+class NatPage(Nat, Paging):
+    pass
+
+
+class PeersSummary(BaseModel):
+    version: str = Field(description="digest of the peers, their states and views: changes when they do "
+                         "(not with counters)")
+    peers: int
+    peers_by_state: dict[str, int]
+    rx_bytes: int = Field(description="WireGuard bytes received from every peer")
+    tx_bytes: int
+    endpoint_errors: int = Field(description="peers programmed without an endpoint (it did not resolve)")
+
+
+class Counted(BaseModel):
+    packets: int
+    bytes: int
+
+
+class NatSummary(BaseModel):
+    table: str
+    version: str = Field(description="digest of the table's mappings: changes when a peer's mappings do")
+    peers: int
+    mappings: int = Field(description="ranges mapped, both directions, every peer")
+    rules: int = Field(description="NAT rule rows (/api/v1/nat's rules)")
+    host_network: int
+    exports: int | None = Field(description="exports configured (null: no exports, peers reach everything)")
+    drops: list[NatDrop]
+    dropped: Counted = Field(description="what the drop rules counted")
+    export_denied: Counted | None = Field(description="what the export policy refused, every peer")
+
+
 class TraceStep(BaseModel):
     step: int
     kind: str = Field(description="route, mss-clamp, peer, snat, tunnel, dnat, export, masquerade, deliver or drop")
@@ -248,6 +290,7 @@ class TlsRotated(BaseModel):
 
 
 REASONS = {
+    304: "Not modified: the answer's ETag is one the client named in If-None-Match",
     400: "Malformed request or refused input",
     401: "Missing or wrong credential (admin Bearer token, or a message MAC), or a replay",
     403: "Unknown, used or foreign token; unknown peer",
@@ -266,6 +309,9 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The error statuses of an operation; 408/413 (the body limit) apply to every one."""
     out: dict[int | str, dict[str, Any]] = {}
     for c in sorted({*codes, 408, 413}):
+        if c == 304:  # no body
+            out[c] = {"description": REASONS[c], "headers": ETAG}
+            continue
         entry: dict[str, Any] = {"description": REASONS[c],
                                  "content": {"application/json": {"schema": {"$ref": ERROR_REF}}}}
         if c == 401:
@@ -282,5 +328,10 @@ def watchers_full() -> dict[int | str, dict[str, Any]]:
     return {503: entry}
 
 
-def ok(model: Any, status: int = 200, description: str = "Success") -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": model, "description": description}}
+def ok(model: Any, status: int = 200, description: str = "Success",
+       headers: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": model, "description": description, **({"headers": headers} if headers else {})}}
+
+
+ETAG = {"ETag": {"schema": {"type": "string"},
+                 "description": "digest of the body: send it back in If-None-Match to get 304 while unchanged"}}

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 DEFAULT_API = "http://127.0.0.1:8081"  # api.operator_listen's default
 DEFAULT_STATE_DIR = "/var/lib/crosswire"
+STATUS_PEERS = 50  # rows of the peers table `status` prints; `peer list` prints all
 
 
 class CliError(Exception):
@@ -415,8 +416,12 @@ def dispatch(args: argparse.Namespace) -> int:
         else:
             import time
 
-            peers = call(args, "GET", "/api/v1/peers")
-            _print(clitable.status(out, peers, time.time(), color=_color()))
+            # The first rows only: a hub's 1,000 peers are `peer list`'s (an older gateway
+            # ignores the parameter and answers the whole list).
+            page = call(args, "GET", f"/api/v1/peers?limit={STATUS_PEERS}")
+            peers = page if isinstance(page, list) else page["peers"]
+            total = len(peers) if isinstance(page, list) else int(page["total"])
+            _print(clitable.status(out, peers, time.time(), color=_color(), more=total - len(peers)))
         return 0
     if key == ("nat", "show"):
         out = call(args, "GET", "/api/v1/nat")

@@ -220,8 +220,9 @@ def headline(st: Mapping[str, Any], *, color: bool = False) -> str:
 
 
 def status(st: Mapping[str, Any], peers: Sequence[Mapping[str, Any]], now: float, *,
-           color: bool = False) -> list[str]:
-    """/api/v1/status and /api/v1/peers at a glance (the public key only: status carries no secret)."""
+           color: bool = False, more: int = 0) -> list[str]:
+    """/api/v1/status and /api/v1/peers at a glance (the public key only: status carries no secret);
+    ``more``: peers not in ``peers`` (the first page of many)."""
     gw = ", ".join(clean(a) for a in (st.get("gateway_ip"), st.get("gateway_ip6")) if a) or "-"
     items = [("public key", st["public_key"]),
              ("endpoint", st.get("endpoint") or "-"), ("peering", st.get("url") or "-"),
@@ -231,7 +232,10 @@ def status(st: Mapping[str, Any], peers: Sequence[Mapping[str, Any]], now: float
              ("services", ", ".join(st.get("service_cidrs") or []) or "-"),
              ("uptime", duration(st.get("uptime_s")))]
     out = [headline(st, color=color), *pairs(items, indent="  ")]
-    out += ["", *peers_table(peers, color=color), "", reconcile_line(st["reconcile"], now)]
+    out += ["", *peers_table(peers, color=color)]
+    if more > 0:
+        out.append(f"... and {more} more peers (crosswire peer list shows every one)")
+    out += ["", reconcile_line(st["reconcile"], now)]
     return out
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fabric.model import RangeMap, routed_cidrs
+from fabric.nat import counts as nat_counts
 from fabric.nat.trace import Query
 from fabric.nat.trace import trace as nat_trace
+from gateway import readviews
 from gateway.config import Config
 from gateway.exports import read as exportsread
 from gateway.exports.imports import ImportedService
@@ -46,13 +48,15 @@ def reach(ours: Sequence[RangeMap], imported: Sequence[ImportedService]) -> str:
     return "sparse: " + "; ".join(offered)
 
 
-def peer_state(p: PeerRecord, now: float, stats: dict[str, Any], health: dict[str, Any]) -> str:
-    """One peer's state from its health report, else its WireGuard handshake."""
-    hs = stats.get("last_handshake")
+def peer_state(p: PeerRecord, now: float, stats: dict[str, dict[str, Any]] | None = None,
+               health: dict[str, dict[str, Any]] | None = None) -> str:
+    """pending, connecting, connected, impaired or error: the prober's verdict, else the handshake's."""
     if p.their_views is None:
         return "pending"
-    if health.get("state"):
-        return str(health["state"])
+    h = (health or {}).get(p.cluster_id, {})
+    if h.get("state"):
+        return str(h["state"])
+    hs = (stats or {}).get(p.public_key, {}).get("last_handshake")
     if hs:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
         return "connected" if now - hs < HANDSHAKE_STALE else "error"
     return "connecting"
@@ -68,7 +72,7 @@ def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
     s = (stats or {}).get(p.public_key, {})
     h = (health or {}).get(p.cluster_id, {})
     hs = s.get("last_handshake")
-    state = peer_state(p, now, s, h)
+    state = peer_state(p, now, stats, health)
     return {
         "cluster_id": p.cluster_id, "public_key": p.public_key, "endpoint": s.get("endpoint") or p.endpoint,
         "url": p.url, "state": state,
@@ -134,34 +138,84 @@ class ReadModel:
         return {"configured": configured, "implementation": configured, "name": configured,
                 "reason": "unknown"}
 
-    def peers(self) -> list[dict[str, Any]]:
+    def endpoint_problems(self) -> dict[str, str]:
+        try:
+            return self.reconciler.dataplane.endpoint_problems()[0]
+        except Exception as e:
+            log.debug("endpoint problems unavailable: %s", e)
+            return {}
+
+    def peers(self, only: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """/api/v1/peers; ``only``: just these peers (their views read one by one)."""
         stats = self.peer_stats()
         now = self.clock()
         health = self.health.report(now)
-        try:
-            problems = self.reconciler.dataplane.endpoint_problems()[0]
-        except Exception as e:
-            log.debug("endpoint problems unavailable: %s", e)
-            problems = {}
+        problems = self.endpoint_problems()
         imported: dict[str, list[ImportedService]] = {}
         for s in self.imported_services():
             imported.setdefault(s.peer, []).append(s)
         return [peer_summary(p, ordered(self.views.views(p.cluster_id)), now, stats, health,
                              problems.get(p.cluster_id), imported.get(p.cluster_id, ()))
-                for p in self.store.peers()]
+                for p in self.store.peers() if only is None or p.cluster_id in only]
+
+    def peer_states(self, records: Sequence[PeerRecord] | None = None,
+                    stats: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+        """Every peer's state, without building its summary (status, summaries)."""
+        now = self.clock()
+        health = self.health.report(now)
+        stats = self.peer_stats() if stats is None else stats
+        return {p.cluster_id: peer_state(p, now, stats, health)
+                for p in (self.store.peers() if records is None else records)}
+
+    def peers_view(self, q: readviews.Query) -> list[dict[str, Any]] | dict[str, Any]:
+        """/api/v1/peers with its query: as before, a summary, or a page computed for its peers only."""
+        if q.plain:
+            return self.peers()
+        records = self.store.peers()
+        if q.summary:
+            stats = self.peer_stats()
+            all_views = self.views.all_views()
+            config = [(p.cluster_id, p.public_key, p.endpoint, p.url, p.ranges, views_body(p.their_views or ()),
+                       views_body(ordered(all_views.get(p.cluster_id, ())))) for p in records]
+            keys = {p.public_key for p in records}
+            return readviews.peers_summary(self.peer_states(records, stats), config,
+                                           (s for k, s in stats.items() if k in keys),
+                                           len(self.endpoint_problems()))
+        page, total = readviews.window([p.cluster_id for p in records], q)
+        return readviews.paged("peers", self.peers(set(page)) if page else [], total, q)
+
+    def nat_view(self, q: readviews.Query) -> dict[str, Any]:
+        """/api/v1/nat with its query: as before, a summary, or the NAT of a page of peers
+        (the kernel asked for their chains and sets only)."""
+        table = f"inet {self.config.nft_table}"
+        if q.plain:
+            return {"table": table, "peers": self.nat(), "drops": self.nat_drops()}
+        state = self.reconciler.desired()
+        if q.summary:
+            exports = None if self.config.exports is None else len(self.config.exports)
+            mapped = [(p.cluster_id, p.remote, p.local) for p in state.peers]
+            return readviews.nat_summary(table, nat_counts(state), self.nat_drops(),
+                                         self.reconciler.dataplane.export_denied(state), exports,
+                                         readviews.digest([table, mapped]))
+        ids = [p.cluster_id for p in state.peers]
+        if q.peer is not None and q.peer not in ids and self.store.peer(q.peer) is not None:
+            # known but pending: nothing is programmed for it yet
+            return readviews.paged("peers", [], 0, q, table=table, drops=self.nat_drops())
+        page, total = readviews.window(ids, q)
+        rows = self.reconciler.dataplane.nat(state, set(page)) if page else []
+        return readviews.paged("peers", rows, total, q, table=table, drops=self.nat_drops())
 
     def status(self) -> dict[str, Any]:
         ready, why = self.reconciler.ready()
-        # Counts only: not the whole peers answer (views, stats, reach of 1,000 peers).
-        now = self.clock()
-        health = self.health.report(now)
+        # Counts only: not the whole peers answer (views, stats, reach of 1,000 peers), and
+        # no WireGuard dump unless a peer without a probe target is judged by its handshake.
         records = self.store.peers()
+        health = self.health.report(self.clock())
         blind = any(p.their_views is not None and not health.get(p.cluster_id, {}).get("state")
                     for p in records)
-        stats = self.peer_stats() if blind else {}  # handshakes judge peers without probes
+        states = self.peer_states(records, None if blind else {})
         by_state: dict[str, int] = {}
-        for p in records:
-            state = peer_state(p, now, stats.get(p.public_key, {}), health.get(p.cluster_id, {}))
+        for state in states.values():
             by_state[state] = by_state.get(state, 0) + 1
         c, st = self.config, self.reconciler.stats
         impl = self.implementation()
@@ -173,7 +227,7 @@ class ReadModel:
             "gateway_ip": self.reconciler.gateway_ip, "gateway_ip6": self.gateway_ip6,
             "pod_cidrs": list(c.pod_cidrs), "service_cidrs": list(c.service_cidrs),
             "ready": ready, "ready_reason": why, "uptime_s": round(self.clock() - self.started, 3),
-            "peers": len(records), "peers_by_state": by_state,
+            "peers": len(states), "peers_by_state": by_state,
             "exposure": exportsread.exposure(self),  # all: whole ranges; exports: only what is exported
             "reconcile": {"runs": st.runs, "errors": st.errors,
                           "dataplane_restarts": st.restarts, "last_error": st.last_error,
@@ -185,6 +239,7 @@ class ReadModel:
 
     def nat_drops(self) -> list[dict[str, Any]]:
         return self.reconciler.dataplane.nat_drops()
+
     def exports(self) -> dict[str, Any]:
         return exportsread.exports(self)
 

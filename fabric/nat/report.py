@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from fabric.model import FabricState
@@ -15,7 +15,7 @@ from fabric.nat.names import FAMILY, PeerChain, comment
 from fabric.nat.pieces import PeerPieces, Rule, build
 
 
-def mappings(state: FabricState) -> list[dict[str, Any]]:
+def mappings(state: FabricState, only: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Per peer: real ranges, our views, the peer's views of us, and what implements them.
 
     ``rules``: per mapping and direction, the NAT rule that implements it,
@@ -26,10 +26,38 @@ def mappings(state: FabricState) -> list[dict[str, Any]]:
     block's ``shows`` "any source -> first-last";
     ``host_network``: the ``host_v4``/``host_v6`` map elements (key: our view of
     the peer). ``with_counters`` fills in packets/bytes (and rule handles) from
-    ``Nft.list_table``.
+    ``Nft.list_table``. ``only``: just these peers (the others are not
+    reported at all; the table's pieces are cached, so one peer costs one peer).
     """
     table = build(state)
-    return [_peer(p, table.local.table) for p in table.peers]
+    return [_peer(p, table.local.table) for p in table.peers if only is None or p.cluster_id in only]
+
+
+def counts(state: FabricState) -> list[tuple[str, int, int, int]]:
+    """Per peer (cluster ID, mappings both ways, NAT rules, host-network elements):
+    what a summary counts, from the cached pieces, without building report rows."""
+    out = []
+    for p in build(state).peers:
+        rules = sum((mr.egress is not None) + (mr.ingress is not None) for mr in p.mapping_rules)
+        hosts = sum(1 for k in p.keys if p.host_target[k.cidr.version] is not None)
+        out.append((p.cluster_id, len(p.peer.remote) + len(p.peer.local), rules, hosts))
+    return out
+
+
+def listed_objects(state: FabricState, only: Collection[str]) -> tuple[list[str], list[str], list[str]]:
+    """What ``with_counters`` needs of the kernel for these peers: their chains,
+    their counting sets and the shared host maps they have elements in. Listing
+    these costs about the peers asked for, not the whole table."""
+    chains: list[str] = []
+    sets: list[str] = []
+    maps: set[str] = set()
+    for p in build(state).peers:
+        if p.cluster_id not in only:
+            continue
+        chains += [p.chains[PeerChain.EGRESS], p.chains[PeerChain.INGRESS], p.chains[PeerChain.COUNT]]
+        sets += [name for name, _ in p.sets]
+        maps.update(f"host_v{v}" for v in (4, 6) if p.host_target[v] is not None)
+    return chains, sets, sorted(maps)
 
 
 def _ranges(maps: tuple[Mapping, ...]) -> list[dict[str, str]]:

@@ -133,6 +133,12 @@ def test_host_network_sources(fab: Lab) -> None:
     rows = nat.with_counters(nat.mappings(fab.gpu.state), Nft(fab.gpu.gw).list_table("inet", "crosswire"))
     host = {h["key"]: h for h in rows[0]["host_network"]}
     assert host["100.65.0.0/16"]["present"] and host["100.65.0.0/16"]["packets"] >= 2
+    # The peer's own chains and the host maps it has elements in (/api/v1/nat?peer=): the same rows.
+    cid = fab.gpu.state.peers[0].cluster_id
+    chains, sets, maps = nat.listed_objects(fab.gpu.state, {cid})
+    assert maps == ["host_v4"], maps
+    alone = Nft(fab.gpu.gw).list_objects("inet", "crosswire", chains, sets, maps)
+    assert nat.with_counters(nat.mappings(fab.gpu.state, {cid}), alone) == rows
 
 
 def test_ipv6(fab: Lab) -> None:

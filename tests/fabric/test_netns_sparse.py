@@ -207,6 +207,14 @@ def test_per_export_counters_from_the_kernel(pair: Pair) -> None:
     block = next(r for r in rows[0]["rules"] if r["kind"] == "egress" and r["view"] == HUB_BLOCK)
     assert block["shows"] == "any source -> 100.64.9.4-100.64.9.7" and block["packets"] > 0
     assert block["connections"] >= 1
+    # One peer's rows from its own chains, counting sets and host maps (what /api/v1/nat?peer=
+    # lists): the same rows, counters and handles as from the whole table.
+    cid = pair.spoke.state.peers[0].cluster_id
+    chains, sets, maps = nat.listed_objects(pair.spoke.state, {cid})
+    assert sets, sets  # the counting sets are listed too
+    alone = nat.with_counters(nat.mappings(pair.spoke.state, {cid}),
+                              Nft(pair.spoke.gw).list_objects("inet", "crosswire", chains, sets, maps))
+    assert alone == rows
 
 
 def test_mixed_spoke_views_hub_full(pair: Pair) -> None:

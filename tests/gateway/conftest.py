@@ -36,6 +36,7 @@ class FakeFabric:
         self.endpoint_errors: dict[str, str] = {}  # what endpoint_problems reports
         self.pid: int | None = None  # what process_pid reports
         self.retry_at: float | None = None
+        self.nat_calls: list[list[str] | None] = []  # the peers each nat() asked for (None: all)
 
     def ensure_up(self) -> None:
         self.ensure_calls += 1
@@ -59,8 +60,12 @@ class FakeFabric:
         return {p.public_key: {"endpoint": p.endpoint, "last_handshake": self.handshake, "rx_bytes": 7,
                                "tx_bytes": 9} for p in (last.peers if last else ())}
 
-    def nat(self, state: FabricState) -> list[dict[str, Any]]:
-        return nat.with_counters(nat.mappings(state), {})
+    def nat(self, state: FabricState, only: Any = None) -> list[dict[str, Any]]:
+        self.nat_calls.append(None if only is None else sorted(only))
+        return nat.with_counters(nat.mappings(state, only), {})
+
+    def export_denied(self, state: FabricState) -> dict[str, dict[str, int]] | None:
+        return None if state.exports is None else {}
 
     def nat_drops(self) -> list[dict[str, Any]]:
         return []

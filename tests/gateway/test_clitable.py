@@ -237,9 +237,11 @@ class _Tty(io.StringIO):
         return self.tty
 
 
-def _run(monkeypatch: pytest.MonkeyPatch, argv: list[str], tty: bool) -> str:
+def _run(monkeypatch: pytest.MonkeyPatch, argv: list[str], tty: bool, older: Any = None) -> str:
     """``crosswire ARGV`` against canned API answers, stdout a (fake) terminal or a pipe."""
-    answers = {"/api/v1/status": STATUS, "/api/v1/peers": [GPU, EDGE], "/api/v1/nat": NAT}
+    answers = {"/api/v1/status": STATUS, "/api/v1/peers": [GPU, EDGE], "/api/v1/nat": NAT,
+               # status asks for the first page (a gateway from before paging answers the list)
+               "/api/v1/peers?limit=50": older or {"total": 2, "offset": 0, "limit": 50, "peers": [GPU, EDGE]}}
 
     def http(method: str, url: str, body: Any, headers: dict[str, str], timeout: float) -> tuple[int, Any]:
         return 200, json.loads(json.dumps(answers[url.removeprefix("http://gw")]))
@@ -271,6 +273,7 @@ def test_cli_text_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
     text = _run(monkeypatch, ["status"], tty=False)
     assert text.splitlines()[0] == "cluster lab  ready  2 peers: 1 connected, 1 connecting"
     assert "\n".join(PEERS_TABLE) in text
+    assert _run(monkeypatch, ["status"], tty=False, older=[GPU, EDGE]) == text  # a gateway from before paging
     # The JSON output is byte for byte what it was: json.dumps(answer, indent=2) + newline.
     assert _run(monkeypatch, ["status", "--json"], tty=False) == json.dumps(STATUS, indent=2) + "\n"
     assert _run(monkeypatch, ["peer", "list", "--json"], tty=False) == json.dumps([GPU, EDGE], indent=2) + "\n"
@@ -335,3 +338,10 @@ def test_peer_add_prints_both_directions(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "  gpu   pod      10.244.0.0/16  100.65.0.0/16",
         "  gpu   service  10.96.0.0/12   100.96.0.0/12",
     ]
+
+
+def test_status_counts_the_peers_it_does_not_show() -> None:
+    out = clitable.status(STATUS, [GPU], now=1003.0, more=999)
+    assert out[-4][:3] == "gpu" and out[-3:] == [
+        "... and 999 more peers (crosswire peer list shows every one)", "",
+        "reconcile: 412 runs, 0 errors, 0 data-plane restarts, last ok 3s ago"]

@@ -108,7 +108,11 @@ def test_page_live_against_two_gateways(netns: Namespaces, tmp_path: Path) -> No
 
             # what the page asked for (from its own document: the browser's pages ask too)
             urls = [u for u, doc in br.requests() if doc.startswith(origin + "/") or u.startswith(origin + "/")]
-            assert any(u.endswith("/api/v1/nat") for u in urls) and any(u == origin + "/" for u in urls), urls
+            assert any(u == origin + "/" for u in urls), urls
+            # summaries and the selected peer's NAT, never the whole tables (they grow with the peers)
+            assert any(u.endswith("/api/v1/nat?peer=b") for u in urls), urls
+            assert any(u.endswith("/api/v1/peers?summary=true") for u in urls), urls
+            assert not [u for u in urls if u.endswith(("/api/v1/nat", "/api/v1/peers"))], urls
             assert same_origin(urls, origin) == [], "requests outside the gateway's origin"
             assert console_problems(br.logs("browser")) == []
         assert wide.stat().st_size > 10_000 and narrow.stat().st_size > 5_000
@@ -179,3 +183,75 @@ def test_browser_dies_when_the_test_fails_and_quit_does_not_work(netns: Namespac
     while any(_running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [p for p in pids if _running(p)] == []
+
+
+SCALE_PEERS = 1000
+ROWS = "[...document.querySelectorAll('#peer-rows tr')].map((e) => e.dataset.peer)"
+POLL_STATS = "return window.crosswirePage.polls.slice(arguments[0])"
+
+
+def test_page_with_a_thousand_peers_fetches_and_draws_a_page(netns: Namespaces, tmp_path: Path) -> None:
+    """Issue 18: a stand-in gateway of 1,000 peers. The page shows the summary, 50 rows
+    at a time, pages through them and shows one peer's NAT; each poll fetches a few KB
+    (the whole tables are ~1 MB here) and its script and DOM work stay small."""
+    require_browser()
+    ns = netns.add("pgk")
+    port = 18081
+    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(HERE / "page_fakeapi.py"), str(port),
+                               str(SCALE_PEERS)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        origin = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while sh("curl", "-fsS", "-o", "/dev/null", origin + "/api/v1/status", ns=ns, check=False).returncode:
+            assert server.poll() is None and time.monotonic() < deadline, "fake API did not start"
+            time.sleep(0.2)
+        whole = sum(len(sh("curl", "-fsS", origin + path, ns=ns).stdout) for path in ("/api/v1/peers", "/api/v1/nat"))
+        with browser(ns, tmp_path / "browser") as br:
+            br.get(origin + "/")
+            br.wait_for(f"return {POLLS} >= 2", "two polls", 30)
+            # the summary: every peer counted, by state
+            summary = br.js("return document.querySelector('#peers-summary [data-field=peers]').textContent")
+            assert summary.startswith("1,000 (") and "connected" in summary, summary
+            assert "1,000 peers, 4,000 mappings" in br.js("return document.getElementById('nat-summary').innerText")
+            # one page of rows, the first peer selected, its NAT shown
+            assert br.js(f"return {ROWS}") == [f"peer{i:04d}" for i in range(50)]
+            assert br.js("return document.getElementById('page-label').textContent") == "1\u201350 of 1,000"
+            br.wait_for(f"return {NAT_PACKETS} !== null", "peer0000's NAT", 10, args=("peer0000",))
+            # the next page
+            br.js("document.getElementById('page-next').click()")
+            br.wait_for(f"return {ROWS}[0] === 'peer0050' && {ROWS}.length === 50", "the second page", 10)
+            assert br.js("return document.getElementById('page-label').textContent") == "51\u2013100 of 1,000"
+            assert br.js("return document.getElementById('page-prev').disabled") is False
+            # another peer's NAT rows, on selecting it
+            br.js("document.querySelector('[data-select=peer0061]').click()")
+            br.wait_for(f"return {NAT_PACKETS} !== null", "peer0061's NAT", 10, args=("peer0061",))
+            rules = br.js("return [...document.querySelectorAll('#nat [data-peer] tbody tr')].map((e) => "
+                          "e.cells[0].textContent)")
+            assert rules == ["to-peer0061", "to-peer0061", "from-peer0061", "from-peer0061"], rules
+            assert "peer0061" in br.js("return document.getElementById('peer-detail').innerText")
+            assert br.js("return document.querySelector('#peer-rows tr.selected').dataset.peer") == "peer0061"
+            # rates and rows move with the counters while nothing is redrawn wholesale: the row stays the same node
+            br.js("window.keptRow = document.querySelector('#peer-rows tr[data-peer=peer0070]')")
+            polls = br.js(f"return {POLLS}")
+            seen = br.js("return window.crosswirePage.polls.length")
+            br.wait_for(f"return {POLLS} >= arguments[0] + 5", "five more polls", 30, args=(polls,))
+            assert br.js("return document.querySelector('#peer-rows tr[data-peer=peer0070]') === window.keptRow")
+            cycles = br.js(POLL_STATS, seen)
+            assert len(cycles) >= 5, cycles
+            most = max(c["bytes"] for c in cycles)
+            render = sorted(c["renderMs"] for c in cycles)[len(cycles) // 2]
+            took = sorted(c["ms"] for c in cycles)[len(cycles) // 2]
+            print(f"1000 peers: per poll at most {most} B fetched (the whole tables: {whole} B), "
+                  f"median script+DOM {render:.1f} ms, median poll {took:.1f} ms")
+            assert most < 150_000 and most * 5 < whole, (most, whole)  # a page, not the tables
+            assert render < 250, cycles  # generous: the headless browser shares 2 cores with other tests
+            urls = [u for u, _ in br.requests() if u.startswith(origin + "/api/")]
+            assert not [u for u in urls if u.endswith(("/api/v1/nat", "/api/v1/peers"))], urls
+            assert console_problems(br.logs("browser")) == []
+            br.screenshot(ARTIFACTS / "page-1000-peers.png", full_page=False)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()

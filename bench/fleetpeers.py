@@ -113,6 +113,7 @@ class SyntheticPeer:
     first_probe: float | None = None  # clock() of the first probe answered
     messages: dict[str, int] = field(default_factory=dict)  # channel messages received by type
     joined_at: float | None = None
+    views_sent_at: float | None = None
 
     def __post_init__(self) -> None:
         self._priv, pub = _keypair()
@@ -171,6 +172,7 @@ class SyntheticPeer:
         assert self.record is not None
         ours = [RangeMap(kind, real, VIEW_OF[kind]) for kind, real in self.record.ranges if kind in VIEW_OF]
         channel = PeerChannel(cluster_id=self.cluster_id)
+        self.views_sent_at = self.clock()  # from here the gateway programs us (routes change)
         await channel.send(self.record, "views", {"views": views_body(ours)}, pins_override=pins)
         self.joined_at = self.clock()
 

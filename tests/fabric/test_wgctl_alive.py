@@ -3,6 +3,7 @@ whole answer only now and then (issue 18); other callers always ask for it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -39,10 +40,8 @@ class FakeUapi:
                     conn.sendall(b"private_key=" + b"0" * 64 + b"\nlisten_port=51820\nerrno=0\n\n")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept(): the listener is gone
-        except OSError:
-            pass
         self.sock.close()
         self.thread.join(timeout=5)
 

@@ -168,10 +168,12 @@ class RefusePeers:
     address through its view of our pods) and is refused: the operator surface is this
     cluster's, never a peer's."""
 
-    def __init__(self, app: Any, views: Callable[[], dict[str, list[Any]]]) -> None:
+    def __init__(self, app: Any, views: Callable[[], dict[str, list[Any]]],
+                 version: Callable[[], int] | None = None) -> None:
         self.app = app
-        # ttl 0: an operator request is rare, and a peer added a moment ago must be refused too
-        self.peer_of = PeerSources(views, ttl=0.0).peer_of
+        # A peer added a moment ago must be refused too: read again whenever the IPAM store
+        # changed (``version``), else on every request (ttl 0).
+        self.peer_of = PeerSources(views, ttl=0.0, version=version).peer_of
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         client = scope.get("client") if scope["type"] == "http" else None
@@ -189,7 +191,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
     """The operator surface: everything but peering."""
     app = _base(title="crosswire gateway",
                 description="Per-cluster WireGuard gateway for clusters with overlapping ranges.")
-    app.add_middleware(RefusePeers, views=cp.views.all_views)
+    app.add_middleware(RefusePeers, views=cp.views.all_views, version=getattr(cp.views, "changes", None))
     _publish_error_schema(app)
     bearer = HTTPBearer(auto_error=False)
 

@@ -173,7 +173,7 @@ async def serve(config: Config) -> int:
                            f"{e.strerror or e}") from None
     try:  # DNS for imported services (dns.listen; "" disables): bound here for the same reason
         dns = bind_dns(config.dns.listen_host_port, config.dns.zone, ImportsSnapshot(cp.read.imported_services),
-                       PeerSources(cp.views.all_views).is_peer)  # a peer gets no answers
+                       PeerSources(cp.views.all_views, version=getattr(cp.views, "changes", None)).is_peer)
     except OSError as e:
         listener.close()
         op_listener.close()

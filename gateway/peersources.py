@@ -3,7 +3,11 @@
 A packet from a peer arrives with its source in one of our views of that peer
 (the peer's side rewrote it there). The operator API and the DNS listener use
 this to refuse peers. The views are read at most once per ``ttl`` seconds
-(the DNS listener asks on every query).
+(the DNS listener asks on every query), or, given ``version`` (the IPAM store's
+write count), whenever it changed: exact at once after a change, and free while
+nothing changes (the operator listener asks on every request; with 1,000 peers
+reading and parsing every view took tens of ms a request, so a thousand node
+agents' long-polls held the event loop for seconds).
 """
 
 from __future__ import annotations
@@ -18,14 +22,22 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class PeerSources:
     def __init__(self, views: Callable[[], dict[str, list[Any]]], ttl: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.views, self.ttl, self.clock = views, ttl, clock
+                 clock: Callable[[], float] = time.monotonic,
+                 version: Callable[[], int] | None = None) -> None:
+        self.views, self.ttl, self.clock, self.version = views, ttl, clock, version
         self._nets: list[tuple[Network, str]] = []
         self._at: float | None = None
+        self._seen: int | None = None
 
     def _networks(self) -> list[tuple[Network, str]]:
         now = self.clock()
-        if self._at is None or now - self._at >= self.ttl:
+        if self.version is not None:
+            seen = self.version()
+            stale = self._at is None or seen != self._seen
+            self._seen = seen
+        else:
+            stale = self._at is None or now - self._at >= self.ttl
+        if stale:
             self._nets = [(ipaddress.ip_network(m.view), peer) for peer, maps in self.views().items() for m in maps]
             self._at = now
         return self._nets

@@ -209,3 +209,47 @@ def test_status_counts_states_without_building_every_peer(clusters: Any) -> None
         assert built == 0
 
     asyncio.run(go())
+
+
+def test_peer_sources_are_read_again_only_when_the_views_changed() -> None:
+    from fabric.model import RangeMap
+    from gateway.peersources import PeerSources
+
+    views = {"gpu": [RangeMap("pod", "10.244.0.0/16", "100.64.0.0/16")]}
+    reads = 0
+    version = [1]
+
+    def read() -> dict[str, list[RangeMap]]:
+        nonlocal reads
+        reads += 1
+        return {k: list(v) for k, v in views.items()}
+    ps = PeerSources(read, ttl=0.0, version=lambda: version[0])
+    for _ in range(100):  # a thousand agents' requests: one read while nothing changes
+        assert ps.peer_of("100.64.3.4") == "gpu" and ps.peer_of("10.0.0.1") is None
+    assert reads == 1
+    views["lab"] = [RangeMap("pod", "10.244.0.0/16", "100.65.0.0/16")]
+    version[0] += 1  # a peer added: refused at once
+    assert ps.peer_of("100.65.0.9") == "lab" and reads == 2
+
+
+def test_the_operator_api_refuses_a_peer_added_a_moment_ago(clusters: Any) -> None:
+    lab, gpu = clusters("lab"), clusters("gpu")
+
+    async def go() -> None:
+        import httpx
+
+        from gateway.api import create_app
+        app = create_app(lab.gw)
+
+        async def get_from(ip: str) -> int:
+            t = httpx.ASGITransport(app=app, client=(ip, 40000))
+            async with httpx.AsyncClient(transport=t, base_url="http://lab") as c:
+                return (await c.get("/api/v1/status")).status_code
+        assert await get_from("10.0.0.5") == 200
+        r = await gpu.call("POST", "/api/v1/tokens", json={"ttl": "1h"})
+        r = await lab.call("POST", "/api/v1/peers", json={"token": r.json()["token"]})
+        assert r.status_code == 201, r.text
+        view = next(m["view"] for m in r.json()["our_views"] if m["kind"] == "pod")
+        assert await get_from(view.split("/")[0]) == 403
+
+    asyncio.run(go())

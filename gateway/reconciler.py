@@ -113,6 +113,9 @@ class Reconciler:
         self.verify_interval = VERIFY_INTERVAL
         # The loop's last verify: (the applied state it checked, its problems, monotonic time).
         self._verified: tuple[FabricState, list[str], float] | None = None
+        # After an apply, a costly verify comes within VERIFY_INTERVAL (not verify_interval),
+        # so /readyz soon has a verdict on the new state without verifying itself.
+        self._verify_due: float | None = None
 
     def fingerprint(self) -> tuple[int, ...] | None:
         """What desired() depends on, as numbers that change when it does; None: unknown
@@ -195,6 +198,7 @@ class Reconciler:
                 # keep it under ~1 % of the time (every 10 s up to a 0.1 s verify).
                 self.verify_interval = max(VERIFY_INTERVAL, VERIFY_SHARE * (time.monotonic() - t0))
                 self._verified = (self.applied, drift, time.monotonic())
+                self._verify_due = None
                 if drift:
                     log.warning("drift: %s; re-applying", "; ".join(drift))
             # An endpoint that did not resolve is retried (with the resolver's backoff)
@@ -235,6 +239,8 @@ class Reconciler:
                 t0 = time.monotonic()
                 await asyncio.to_thread(self.dataplane.apply, want, previous)
                 self._verified = None  # a verdict on what was there before
+                if self.verify_interval > VERIFY_INTERVAL and self._verify_due is None:
+                    self._verify_due = time.monotonic() + VERIFY_INTERVAL
                 log.info("applied %d peers in %.3fs", len(want.peers), time.monotonic() - t0)
             self.applied = want
             self.stats.ok = True
@@ -267,7 +273,9 @@ class Reconciler:
                     return
                 exited = watch.exited.is_set()
                 watch.exited.clear()
-                verify = time.monotonic() - last_verify >= self.verify_interval
+                now = time.monotonic()
+                verify = now - last_verify >= self.verify_interval or \
+                    (self._verify_due is not None and now >= self._verify_due)
                 if verify:
                     last_verify = time.monotonic()
                 try:
@@ -305,6 +313,8 @@ class Reconciler:
         else:
             try:
                 problems = self.dataplane.verify(self.applied)
+                if self.verify_interval > VERIFY_INTERVAL:
+                    self._verified = (self.applied, problems, time.monotonic())  # for the next asker
             except Exception as e:
                 problems = [f"cannot verify the data plane: {type(e).__name__}: {e}"]
         if problems:

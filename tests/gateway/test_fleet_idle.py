@@ -176,6 +176,9 @@ def test_readiness_reuses_the_loops_verify_only_for_a_costly_table(clusters: Any
         lab.fabric.applied.append(lab.fabric.applied[-1])
         await rec.reconcile(force=True)  # a new apply: the old verdict no longer counts
         assert rec.ready() == (True, "ok") and calls == 1
+        assert rec.ready() == (True, "ok") and calls == 1  # its own verdict serves the next asker
+        # ... and the loop verifies the new state within VERIFY_INTERVAL, not verify_interval.
+        assert rec._verify_due is not None and rec._verify_due - time.monotonic() <= VERIFY_INTERVAL
 
     asyncio.run(go())
 

@@ -266,7 +266,7 @@ class WgProcess:
             return False
         if self.resolved == "kernel":
             return True
-        answer = self._uapi.alive()
+        answer = self._uapi.alive(periodic=True)
         if answer is None:
             self._note_unknown("UAPI socket busy or out of descriptors")
             return True

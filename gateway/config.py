@@ -88,6 +88,9 @@ class HealthConfig:
     port: int = 51830  # UDP echo responder on the gateway's pod IP
     interval: float = 0.5  # per peer; an outage shows as "impaired" within ~1 s
     timeout: float = 5.0  # silence after which a peer is in state "error"
+    # Probes a second for all peers together: beyond max_probe_rate * interval peers,
+    # each is probed less often (gateway/health.py), so probing scales with a budget.
+    max_probe_rate: float = 200.0
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,7 @@ _TOP_KEYS = {"cluster_id", "pod_cidrs", "service_cidrs", "reserved_cidrs", "ipam
              "exports", "dns", "peer_ranges"}
 _WG_KEYS = {"interface", "listen_port", "endpoint", "implementation", "mtu", "standby", "supervise"}
 _API_KEYS = {"listen", "advertise", "operator_listen", "max_connections", "request_timeout", "max_watchers"}
-_HEALTH_KEYS = {"port", "interval", "timeout"}
+_HEALTH_KEYS = {"port", "interval", "timeout", "max_probe_rate"}
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -352,6 +355,8 @@ def parse(raw: object, env: Mapping[str, str] | None = None) -> Config:
         port=v.integer(h.get("port", HealthConfig.port), "health.port", 1, 65535),
         interval=v.number(h.get("interval", HealthConfig.interval), "health.interval", 0.05, 60),
         timeout=v.number(h.get("timeout", HealthConfig.timeout), "health.timeout", 0.1, 300),
+        max_probe_rate=v.number(h.get("max_probe_rate", HealthConfig.max_probe_rate), "health.max_probe_rate",
+                                1, 100000),
     )
 
     gateway_ip = _pod_address(raw.get("gateway_ip"), "gateway_ip", pod, v6_only=False)

@@ -146,7 +146,8 @@ def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None
         raise StartupError(f"IPAM: {e}") from None
     return ControlPlane.build(config, store, views, dataplane, gateway_ip=gateway_ip,
                               gateway_ip6=gateway_ip6, forwarding=forwarding.wanted(config),
-                              health=HealthTracker(config.health.interval, config.health.timeout))
+                              health=HealthTracker(config.health.interval, config.health.timeout,
+                                                                  config.health.max_probe_rate))
 
 
 async def serve(config: Config) -> int:

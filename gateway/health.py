@@ -20,6 +20,14 @@ RTT, loss and a state:
 - ``error``: silent for ``timeout`` (default 5 s, so within 10 s of the peer
   going quiet) — and back to ``connected`` with the next answer.
 
+Probes scale with a budget, not with the number of peers: ``max_rate`` probes
+a second for the whole gateway (``health.max_probe_rate``, 200), so each peer is
+probed every ``interval`` or every ``peers / max_rate`` seconds, whichever is
+longer (``effective_interval``): 0.5 s up to 100 peers, 5 s at 1,000. The
+verdict after a lost probe stays FAIL_AFTER; ``error`` counts its timeout from
+when the next probe's answer was due, so a longer interval never reads as
+silence. A heap of deadlines makes each wake-up cost only the probes due.
+
 Probe format: ``b"CWP1" + 8-byte session + 8-byte sequence`` (20 bytes); the
 responder echoes only datagrams of exactly that shape, others are dropped and
 counted.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import secrets
 import socket
@@ -47,6 +56,7 @@ LOSS_WINDOW = 20
 # short enough that an outage shows within 0.5 s of its first lost probe; a reply
 # arriving later still counts (for RTT and the next state), only the verdict is early.
 FAIL_AFTER = 0.5
+MAX_RATE = 200.0  # probes per second for the whole gateway (health.max_probe_rate)
 
 
 @dataclass
@@ -60,13 +70,21 @@ class _Peer:
 
 
 class HealthTracker:
-    def __init__(self, interval: float = 0.5, timeout: float = 5.0) -> None:
+    def __init__(self, interval: float = 0.5, timeout: float = 5.0, max_rate: float = MAX_RATE) -> None:
         self.interval = interval
         self.timeout = timeout
+        self.max_rate = max_rate
         self.session = secrets.token_bytes(8)
         self._seq = 0
         self._peers: dict[str, _Peer] = {}
         self._by_seq: dict[int, str] = {}
+        # (next_probe, cluster_id, peer): entries of removed or replaced peers are skipped lazily.
+        self._heap: list[tuple[float, str, _Peer]] = []
+
+    @property
+    def effective_interval(self) -> float:
+        """Seconds between two probes of one peer: the budget spread over every peer."""
+        return max(self.interval, len(self._peers) / self.max_rate)
 
     def set_peers(self, targets: dict[str, str], now: float) -> None:
         """{cluster_id: probe_ip}; a changed probe IP restarts that peer's history."""
@@ -75,18 +93,27 @@ class HealthTracker:
                 del self._peers[cid]
         for cid, ip in targets.items():
             if cid not in self._peers:
-                self._peers[cid] = _Peer(ip=ip, added=now, next_probe=now)
+                p = self._peers[cid] = _Peer(ip=ip, added=now, next_probe=now)
+                heapq.heappush(self._heap, (now, cid, p))
 
     def due(self, now: float) -> list[tuple[str, str, bytes]]:
         """Probes to send now: (cluster_id, ip, payload)."""
         out = []
-        for cid, p in self._peers.items():
-            if now >= p.next_probe:
-                self._seq += 1
-                p.sent.append((self._seq, now, False))
-                self._by_seq[self._seq] = cid
-                p.next_probe = now + self.interval
-                out.append((cid, p.ip, MAGIC + self.session + struct.pack("!Q", self._seq)))
+        heap = self._heap
+        step = self.effective_interval
+        while heap and heap[0][0] <= now:
+            _, cid, p = heapq.heappop(heap)
+            if self._peers.get(cid) is not p:
+                continue  # removed, or its probe IP changed (a new entry exists)
+            self._seq += 1
+            p.sent.append((self._seq, now, False))
+            self._by_seq[self._seq] = cid
+            p.next_probe = now + step
+            heapq.heappush(heap, (p.next_probe, cid, p))
+            out.append((cid, p.ip, MAGIC + self.session + struct.pack("!Q", self._seq)))
+        if len(heap) > 2 * len(self._peers) + 64:
+            self._heap = [e for e in heap if self._peers.get(e[1]) is e[2]]
+            heapq.heapify(self._heap)
         # Forget sequence numbers that fell out of every window.
         if len(self._by_seq) > 4 * LOSS_WINDOW * max(1, len(self._peers)):
             live = {s for p in self._peers.values() for s, _, _ in p.sent}
@@ -94,7 +121,10 @@ class HealthTracker:
         return out
 
     def next_deadline(self) -> float | None:
-        return min((p.next_probe for p in self._peers.values()), default=None)
+        heap = self._heap
+        while heap and self._peers.get(heap[0][1]) is not heap[0][2]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def on_reply(self, data: bytes, now: float) -> bool:
         if len(data) != PROBE_LEN or not data.startswith(MAGIC) or data[4:12] != self.session:
@@ -114,6 +144,9 @@ class HealthTracker:
 
     def report(self, now: float) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
+        # Silence is counted from when the next probe's answer was due: with probes further
+        # apart than ``interval`` (many peers) a healthy peer never reads as silent.
+        quiet = self.timeout + self.effective_interval - self.interval
         for cid, p in self._peers.items():
             # A probe counts for loss once it had a fair chance to come back.
             settle = min(self.timeout, FAIL_AFTER)
@@ -121,7 +154,7 @@ class HealthTracker:
             loss = (settled.count(False) / len(settled)) if settled else None
             failing = any(not a and now - t >= settle and (p.last_reply is None or t > p.last_reply)
                           for _, t, a in p.sent)
-            if p.last_reply is not None and now - p.last_reply < self.timeout:
+            if p.last_reply is not None and now - p.last_reply < quiet:
                 state = "impaired" if failing else "connected"
             elif p.last_reply is None and now - p.added < 2 * self.timeout:
                 state = "connecting"
@@ -229,10 +262,11 @@ class Prober:
         while True:
             await self.tick()
             # Wake for the next probe on time (a late probe delays the verdict), but at
-            # least every 0.25 s so that peers added meanwhile are probed soon.
+            # least every 0.25 s so that peers added meanwhile are probed soon. At most
+            # every 20 ms: with many peers the probes due go out together, not one per wake.
             nxt = self.tracker.next_deadline()
             wait = 0.25 if nxt is None else nxt - self.clock()
-            await asyncio.sleep(min(max(wait, 0.005), 0.25))
+            await asyncio.sleep(min(max(wait, 0.02), 0.25))
 
     def close(self) -> None:
         for t in self._socks.values():

@@ -224,7 +224,12 @@ class ReadModel:
 
     def status(self) -> dict[str, Any]:
         ready, why = self.reconciler.ready()
-        states = self.peer_states()
+        # Counts only: not the whole peers answer (views, stats, reach of 1,000 peers), and
+        # no WireGuard dump unless a peer without a probe target is judged by its handshake.
+        index, _ = self.store.peer_index()
+        health = self.health.report(self.clock())
+        blind = any(not pending and not health.get(cid, {}).get("state") for cid, _, pending in index)
+        states = self.peer_states(index, None if blind else {})
         by_state: dict[str, int] = {}
         for state in states.values():
             by_state[state] = by_state.get(state, 0) + 1

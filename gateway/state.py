@@ -111,6 +111,11 @@ class StateStore:
         with self._lock:
             self._db.close()
 
+    def changes(self) -> int:
+        """Rows written through this store so far (SQLite's total_changes): equal numbers,
+        same content. Only the daemon writes its state, always through this connection."""
+        return self._db.total_changes
+
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:

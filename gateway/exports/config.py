@@ -180,6 +180,7 @@ class Resolver:
         self.clock = clock
         self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._errors: dict[str, str] = {}
+        self.generation = 0  # counts address changes: what was built from them is stale
 
     def refresh(self, exports: Iterable[Export], force: bool = False) -> bool:
         """Look up what is due (blocking); True when some export's addresses changed."""
@@ -203,6 +204,8 @@ class Resolver:
                 found = old
             self._cache[e.name] = (now, found)
             changed |= found != old
+        if changed:
+            self.generation += 1
         return changed
 
     def addresses(self, e: Export) -> tuple[str, ...]:

@@ -118,9 +118,8 @@ def test_long_poll_through_the_api(clusters: Any) -> None:
 
 
 def test_max_watchers_is_validated_naming_the_key(tmp_path: Any) -> None:
-    from conftest import make_config
-
     from gateway.config import ConfigError
+    from tests.gateway.conftest import make_config
 
     for bad in (-1, "many", 70000, True):
         with pytest.raises(ConfigError, match=r"^api\.max_watchers: "):

@@ -1,0 +1,341 @@
+"""Fleet scale (issue 18): one real gateway with 1,000 peers and 1,000 watching agents.
+
+Real: one ``crosswire gateway run`` (a sparse hub, ``ipam.views: sparse``, one
+export) in a network namespace this bench creates, with its default data
+plane (crosswire-wg and its standby), nftables, config and state_dir in a
+temp dir; its TLS peering listener, its operator listener, the CLI.
+
+Synthetic (bench/fleetpeers.py): the peers, all in this process, in a second
+namespace joined to the hub's by a veth. Each redeems the hub's reusable
+token over pinned TLS with the project's own peering client code, tells the
+hub its views, answers the hub's channel messages (one HTTP listener, a URL
+path per peer) and is a real WireGuard peer (fabric/wg's sans-IO Device on a
+UDP socket of its own) that hand-shakes with the hub's crosswire-wg and
+echoes the hub's health probes through the tunnel. Behind a synthetic peer
+there is no cluster: no pods, no NAT of its own (the probe echo is the packet
+its conntrack would send), and all peers use the same ranges and the same
+views of the hub. The watching agents are long-polls of ``GET
+/api/v1/routes?after=V&wait=S`` (the route watch contract) from 40 source
+addresses; the page poll cost is a real headless Chromium with the operator
+page open (tests/gateway/pagebrowser.py).
+
+Prints progress to stderr and one JSON line to stdout:
+
+- ``idle``: CPU (% of one core) of the gateway daemon and of crosswire-wg over
+  ``--idle`` seconds with every peer connected and nothing changing, and RSS;
+- ``status_s``: ``crosswire status`` wall time (median of 3);
+- ``peer_add``: one more peer at N: ``join_s`` (join + views acknowledged: the
+  hub programmed it), ``first_probe_s`` (its first health probe answered, from
+  the start), ``connected_s`` (the hub's /api/v1/peers says ``connected``);
+- ``route_change_to_last_agent_s``: from that peer's views message (the
+  gateway then programs it) until the last watcher holds the new route version (null when
+  the gateway has no route watch: no ``version`` in /api/v1/routes);
+- ``api``: size (bytes), wall time and the gateway's CPU for /api/v1/nat and
+  /api/v1/peers, full and ``?summary=true`` (null when a summary is not served);
+- ``page_cpu_pct``: gateway daemon CPU with the page open for 30 s, minus idle.
+
+Run as root from the venv: ``.venv/bin/python bench/fleet.py [--peers 1000]``.
+Ctrl-C or a failure removes the namespaces and the processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "gateway"))
+
+from fleethub import OPERATOR, PEERS_IP, Hub, hub, in_namespace
+from fleetpeers import Fleet
+from nsutil import namespaces
+
+TICK = os.sysconf("SC_CLK_TCK")
+WATCH_SOURCES = 40
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def get(path: str, timeout: float = 120) -> tuple[int, bytes, float]:
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(OPERATOR + path, timeout=timeout) as r:
+            return r.status, r.read(), time.monotonic() - t0
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), time.monotonic() - t0
+
+
+def measure_cpu(h: Hub, seconds: float) -> dict[str, float]:
+    pids = h.pids()
+    before = {k: cpu_s(p) for k, p in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    dt = time.monotonic() - t0
+    return {k: round(100 * (cpu_s(p) - before[k]) / dt, 2) for k, p in pids.items()}
+
+
+def api_cost(h: Hub, path: str) -> dict[str, Any] | None:
+    pid = h.pids()["daemon"]
+    c0 = cpu_s(pid)
+    status, body, wall = get(path)
+    cpu = cpu_s(pid) - c0
+    if status != 200:
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if "summary=true" in path and isinstance(parsed, list):
+        return None  # the parameter is ignored: no summary here
+    return {"bytes": len(body), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3)}
+
+
+def peer_states() -> dict[str, int]:
+    _, body, _ = get("/api/v1/peers")
+    out: dict[str, int] = {}
+    data = json.loads(body)
+    for p in data if isinstance(data, list) else data.get("peers", []):
+        out[p["state"]] = out.get(p["state"], 0) + 1
+    return out
+
+
+class Watchers:
+    """Long-polls of /api/v1/routes (the route watch contract), from many source addresses."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.versions: list[str | None] = [None] * count
+        self.seen_at: list[float] = [0.0] * count
+        self.errors = 0
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, version: str) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(self.count):
+            self.versions[i] = version
+            self.tasks.append(loop.create_task(self._poll(i, f"198.18.1.{i % WATCH_SOURCES + 1}")))
+
+    async def _poll(self, i: int, source: str) -> None:
+        host, port = OPERATOR.split("//")[1].split(":")
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+                try:
+                    while True:
+                        writer.write(f"GET /api/v1/routes?after={self.versions[i]}&wait=55 HTTP/1.1\r\n"
+                                     f"Host: {host}\r\n\r\n".encode())
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        length = next(int(x.split(b":")[1]) for x in head.split(b"\r\n")
+                                      if x.lower().startswith(b"content-length:"))
+                        body = json.loads(await reader.readexactly(length))
+                        if not head.startswith(b"HTTP/1.1 200"):
+                            self.errors += 1
+                            await asyncio.sleep(1)
+                            continue
+                        if body.get("version") != self.versions[i]:
+                            self.versions[i] = body.get("version")
+                            self.seen_at[i] = time.monotonic()
+                finally:
+                    writer.close()
+            except (OSError, asyncio.IncompleteReadError, ValueError, StopIteration):
+                self.errors += 1
+                await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def join_all(fleet: Fleet, token: str, n: int, parallel: int) -> None:
+    sem = asyncio.Semaphore(parallel)
+    done = 0
+    t0 = time.monotonic()
+
+    async def one(i: int) -> None:
+        nonlocal done
+        async with sem:
+            p = await fleet.add(f"f{i:04d}")
+            await p.join(token, attempts=5)
+            done += 1
+            if done % 50 == 0 or done == n:
+                log(f"{done}/{n} peers joined ({time.monotonic() - t0:.0f}s)")
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def fleet_run(h: Hub, args: argparse.Namespace, token: str) -> dict[str, Any]:
+    fleet = Fleet(PEERS_IP, 9000, 20000)
+    await fleet.start()
+    result: dict[str, Any] = {"peers": args.peers}
+    watchers: Watchers | None = None
+    try:
+        t0 = time.monotonic()
+        await join_all(fleet, token, args.peers, args.parallel)
+        result["join_all_s"] = round(time.monotonic() - t0, 1)
+        deadline = time.monotonic() + 600
+        while True:
+            states = await asyncio.to_thread(peer_states)
+            log(f"hub says: {states}")
+            if states.get("connected", 0) == args.peers or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(5)
+        result["states"] = states
+        log(f"settling {args.settle:.0f}s, then idle for {args.idle:.0f}s")
+        await asyncio.sleep(args.settle)
+        if args.hold:
+            log(f"holding {args.hold:.0f}s for a profiler: {h.pids()}")
+            await asyncio.sleep(args.hold)
+        load0 = os.getloadavg()[0]
+        cpu = await asyncio.to_thread(measure_cpu, h, args.idle)
+        pids = h.pids()
+        result["idle"] = {"daemon_cpu_pct": cpu.get("daemon"), "wg_cpu_pct": cpu.get("wg"),
+                          "daemon_rss_mb": rss_mb(pids["daemon"]),
+                          "wg_rss_mb": rss_mb(pids["wg"]) if "wg" in pids else None,
+                          "load1": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+        log(f"idle: {result['idle']}")
+        times = []
+        for _ in range(3):
+            t = time.monotonic()
+            await asyncio.to_thread(h.cli, "status")
+            times.append(time.monotonic() - t)
+        result["status_s"] = round(statistics.median(times), 3)
+        api: dict[str, Any] = {}
+        for name, path in (("nat", "/api/v1/nat"), ("nat_summary", "/api/v1/nat?summary=true"),
+                           ("peers", "/api/v1/peers"), ("peers_summary", "/api/v1/peers?summary=true")):
+            api[name] = await asyncio.to_thread(api_cost, h, path)
+        for name in ("nat", "peers"):
+            full, summ = api[name], api[name + "_summary"]
+            if full is not None and summ is not None and summ["bytes"] == full["bytes"]:
+                api[name + "_summary"] = None  # the parameter is ignored: no summary served here
+        result["api"] = api
+        log(f"api: {api}")
+
+        # The route watch: 1,000 agents long-polling, then one more peer joins.
+        status, body, _ = await asyncio.to_thread(get, "/api/v1/routes")
+        version = json.loads(body).get("version") if status == 200 else None
+        if version is not None:
+            watchers = Watchers(args.watchers)
+            await watchers.start(version)
+            await asyncio.sleep(5)  # every long-poll is held by now
+            result["watchers_cpu_pct"] = (await asyncio.to_thread(measure_cpu, h, 10)).get("daemon")
+        extra = await fleet.add("fextra")
+        t0 = time.monotonic()
+        try:
+            await extra.join(token, attempts=3)
+        except Exception as e:
+            result["peer_add_error"] = f"{type(e).__name__}: {e}"
+            log(f"the extra peer could not join: {result['peer_add_error']}")
+        t_join = time.monotonic()
+        t_views = extra.views_sent_at or t_join
+        connected = None
+        while time.monotonic() - t0 < 60:
+            st = json.loads((await asyncio.to_thread(get, "/api/v1/peers?peer=fextra"))[1])
+            rows = [p for p in (st if isinstance(st, list) else st.get("peers", []))
+                    if p["cluster_id"] == "fextra"]
+            if rows and rows[0]["state"] == "connected":
+                connected = time.monotonic() - t0
+                break
+            await asyncio.sleep(0.1)
+        result["peer_add"] = {"join_s": round(t_join - t0, 3),
+                              "first_probe_s": None if extra.first_probe is None else
+                              round(extra.first_probe - t0, 3),
+                              "connected_s": None if connected is None else round(connected, 3)}
+        log(f"peer add: {result['peer_add']}")
+        if watchers is not None:
+            # From the views message on: the gateway programs the peer, so the route set changes.
+            while time.monotonic() - t_views < 60 and min(watchers.seen_at) < t_views:
+                await asyncio.sleep(0.05)
+            late = [s for s in watchers.seen_at if s >= t_views]
+            result["route_change_to_last_agent_s"] = round(max(late) - t_views, 3) \
+                if len(late) == watchers.count else None
+            result["route_change_to_median_agent_s"] = round(statistics.median(late) - t_views, 3) \
+                if late else None
+            result["route_change_agents_reached"] = len(late)
+            result["watch_errors"] = watchers.errors
+        else:
+            result["route_change_to_last_agent_s"] = None
+            result["route_change_note"] = "no route watch (no version in /api/v1/routes)"
+        result["synthetic"] = {"probes_answered": sum(p.probes_answered for p in fleet.peers.values()),
+                               "http_errors": fleet.http_errors}
+        if watchers is not None:
+            await watchers.stop()  # the page's cost is measured against the idle gateway
+            watchers = None
+        if args.page:
+            result["page_cpu_pct"] = await asyncio.to_thread(page_cost, h, result["idle"]["daemon_cpu_pct"])
+        return result
+    finally:
+        if watchers is not None:
+            await watchers.stop()
+        await fleet.aclose()
+
+
+def page_cost(h: Hub, idle_pct: float) -> float | None:
+    """Gateway CPU while a headless Chromium keeps the operator page open 30 s, minus idle."""
+    try:
+        from pagebrowser import browser
+    except ImportError as e:
+        log(f"no page cost: {e}")
+        return None
+    with tempfile.TemporaryDirectory() as work, browser(h.peers_ns, Path(work)) as b:
+        b.get(OPERATOR + "/")
+        time.sleep(3)
+        cpu = measure_cpu(h, 30).get("daemon")
+    return None if cpu is None else round(cpu - idle_pct, 2)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--peers", type=int, default=1000)
+    ap.add_argument("--watchers", type=int, default=1000)
+    ap.add_argument("--parallel", type=int, default=8, help="joins at once")
+    ap.add_argument("--settle", type=float, default=15.0)
+    ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measurement")
+    ap.add_argument("--no-page", dest="page", action="store_false")
+    ap.add_argument("--hold", type=float, default=0.0,
+                    help="seconds to wait, everything up and idle, before measuring (for py-spy)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/fleet.py needs root (network namespaces)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp, namespaces() as n:
+        os.chmod(tmp, 0o700)
+        with hub(n, Path(tmp), extra_addrs=WATCH_SOURCES) as h:
+            log(f"hub up in {h.ns} (pids {h.pids()}); peers in {h.peers_ns}")
+            token = h.cli("token", "create", "--reusable", "--ttl", "6h").stdout.strip()
+
+            with contextlib.suppress(KeyboardInterrupt):
+                result = in_namespace(h.peers_ns, lambda: asyncio.run(fleet_run(h, args, token)))
+                result["load1_end"] = round(os.getloadavg()[0], 2)
+                print(json.dumps(result), flush=True)
+                return 0
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

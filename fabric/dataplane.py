@@ -21,6 +21,7 @@ from typing import Any
 from fabric import apply as fabric_apply
 from fabric import nat, nftdump
 from fabric.exports import apply as exportsapply
+from fabric.exports import policy as exportpolicy
 from fabric.exports.guard import table_of
 from fabric.model import FabricState
 from fabric.nft import Nft, NftError
@@ -127,8 +128,13 @@ class Dataplane:
     def export_denied(self, state: FabricState) -> dict[str, dict[str, int]]:
         """Per peer, what the policy table dropped (the guard, and with exports what the
         peer was not given): named counters, cheap whatever the number of peers."""
+        t = table_of(state)
+        try:  # the kernel's dump of the counters alone: libnftables would load the table first
+            return exportpolicy.denied(t, nftdump.counters(nat.FAMILY, t.table))
+        except OSError as e:
+            log.debug("policy counters: no dump (%s), listing them", e)
         try:
-            return exportsapply.denied(table_of(state), Nft())
+            return exportsapply.denied(t, Nft())
         except NftError:
             return {}
 

@@ -1,4 +1,5 @@
-"""Counters of a few chains and sets straight from the kernel (nfnetlink dumps).
+"""Counters of a few chains and sets, and a table's named counters, straight from the
+kernel (nfnetlink dumps).
 
 Why not libnftables: whatever it lists, it first fills its cache with the
 table's chains, sets and their elements, so ``list chain`` of one peer's chain
@@ -25,6 +26,7 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETRULE = 7
 NFT_MSG_GETSETELEM = 13
+NFT_MSG_GETOBJ = 19
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
@@ -41,6 +43,8 @@ SET_ELEM_KEY, SET_ELEM_EXPR, SET_ELEM_EXPRESSIONS = 1, 7, 11
 DATA_VALUE = 1
 UDATA_RULE_COMMENT = 0
 IMMEDIATE_DATA, DATA_VERDICT, VERDICT_CODE, NF_DROP = 2, 2, 1, 0
+OBJ_TABLE, OBJ_NAME, OBJ_TYPE, OBJ_DATA = 1, 2, 3, 4
+NFT_OBJECT_COUNTER = 1
 
 
 class DumpError(OSError):
@@ -189,6 +193,24 @@ def elements(family: str, table: str, name: str, keys: Iterable[str], *, is_map:
             inner["counter"] = counter
         listed.append([{"elem": inner}, None] if is_map else {"elem": inner})
     return {"map" if is_map else "set": {"family": family, "table": table, "name": name, "elem": listed}}
+
+
+def counters(family: str, table: str) -> dict[str, dict[str, int]]:
+    """The named counters of ``table`` by name: one object dump, filtered by the kernel
+    (libnftables' ``list counters`` loads the whole table first: ~0.1 s beside a 1000-peer
+    policy table, this ~5 ms)."""
+    attrs = _attr(OBJ_TABLE, table.encode() + b"\0") + _attr(OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))
+    out: dict[str, dict[str, int]] = {}
+    for payload in _dump(family, NFT_MSG_GETOBJ, attrs):
+        a = dict(_attrs(payload))
+        kind = a.get(OBJ_TYPE, b"")
+        if _text(a.get(OBJ_TABLE, b"")) != table or len(kind) < 4 or \
+                struct.unpack(">I", kind[:4])[0] != NFT_OBJECT_COUNTER:
+            continue  # a kernel that does not filter the dump
+        data = dict(_attrs(a.get(OBJ_DATA, b"")))
+        out[_text(a.get(OBJ_NAME, b""))] = {"packets": int.from_bytes(data.get(COUNTER_PACKETS, b"\0"), "big"),
+                                            "bytes": int.from_bytes(data.get(COUNTER_BYTES, b"\0"), "big")}
+    return out
 
 
 def listing(family: str, table: str, chains: Iterable[str] = (), sets: Mapping[str, Iterable[str]] | None = None,

@@ -76,7 +76,7 @@ def remove(nft_table: str, nft: Nft) -> None:
 
 def denied(t: PolicyTable, nft: Nft) -> dict[str, dict[str, int]]:
     """Per peer, what the table dropped of it (the guard and the export filter)."""
-    return exportpolicy.denied(t, _counters(nft, t.table) or {})
+    return exportpolicy.denied(t, exportpolicy.listed_counters(_counters(nft, t.table) or {}))
 
 
 def problems(t: PolicyTable, nft: Nft) -> list[str]:

@@ -56,7 +56,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fabric.exports.guard import (
@@ -339,15 +339,21 @@ def _allowed(peers: Iterable[PeerExports], v: int) -> list[dict[str, Any]]:
     return [e for p in peers for e in allowed_elements(p, v)]
 
 
-def denied(t: PolicyTable, counters: dict[str, Any]) -> dict[str, dict[str, int]]:
+def denied(t: PolicyTable, counters: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
     """Per peer, the packets and bytes dropped (zero when its counter is absent);
-    ``counters``: the JSON listing of the table's counters."""
-    by_name = {c["name"]: c for item in counters.get("nftables", []) if (c := item.get("counter")) is not None}
+    ``counters``: the table's named counters by name (``listed_counters``, or the
+    kernel's dump: fabric.nftdump.counters)."""
     out = {}
     for p in t.peers:
-        c = by_name.get(counter_name(p.cluster_id), {})
+        c = counters.get(counter_name(p.cluster_id), {})
         out[p.cluster_id] = {"packets": int(c.get("packets", 0)), "bytes": int(c.get("bytes", 0))}
     return out
+
+
+def listed_counters(listing: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The named counters of libnftables' JSON listing (``list counters``), by name."""
+    return {c["name"]: {"packets": int(c.get("packets", 0)), "bytes": int(c.get("bytes", 0))}
+            for item in listing.get("nftables", []) if (c := item.get("counter")) is not None}
 
 
 def counted(listings: Iterable[dict[str, Any]]) -> set[str]:

@@ -196,7 +196,8 @@ def test_delta_touches_only_the_changed_peer() -> None:
 def test_denied_and_problems_read_the_counters() -> None:
     listed = {"nftables": [{"metainfo": {}}, {"counter": {"family": "inet", "table": T, "name": "denied-gpu",
                                                           "packets": 7, "bytes": 420}}]}
-    assert ep.denied(TABLE, listed) == {"gpu": {"packets": 7, "bytes": 420}, "edge": {"packets": 0, "bytes": 0}}
+    assert ep.denied(TABLE, ep.listed_counters(listed)) == {"gpu": {"packets": 7, "bytes": 420},
+                                                         "edge": {"packets": 0, "bytes": 0}}
     # What verify reads: the denied maps' elements name the counters they count on.
     maps = [{"nftables": [{"metainfo": {}}, {"map": {"family": "inet", "table": T, "name": "denied_v4",
                                                      "elem": [[P65, "denied-gpu"], [P80, "denied-gpu"]]}}]},

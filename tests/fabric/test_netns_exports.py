@@ -32,13 +32,14 @@ from fabric_topo import (
 )
 from nsutil import Namespaces, require_root, sh
 
+from fabric import nftdump
 from fabric.apply import verify
 from fabric.exports import apply as exportsapply
 from fabric.exports import policy as exportpolicy
 from fabric.exports.guard import table_of
 from fabric.exports.model import Allowed, ExportPolicy, PeerExports
 from fabric.model import PeerFabric, RangeMap
-from fabric.nft import Nft
+from fabric.nft import Nft, in_netns
 
 pytestmark = pytest.mark.root
 
@@ -125,6 +126,12 @@ def test_exported_port_passes_everything_else_is_dropped_and_counted(sides: tupl
     assert after_proto > after_port
     assert not reaches(l1, "tcp", "100.64.0.1", 7000)  # another pod
     assert denied(gpu) > after_proto
+    # The kernel's object dump (what the gateway's /api/v1/nat reads) says the same as
+    # libnftables' listing of the counters.
+    t = table_of(gpu.state)
+    dumped = in_netns(gpu.gw, lambda: nftdump.counters("inet", t.table))
+    listed = exportpolicy.listed_counters(Nft(gpu.gw).list_counters("inet", t.table))
+    assert dumped == listed and dumped[exportpolicy.counter_name("lab")]["packets"] == denied(gpu) > 0
     # Still allowed afterwards.
     assert reaches(l1, "tcp", "100.64.2.7", 7000)
 

@@ -139,6 +139,9 @@ class Cluster:
         # tls_post=None: peers talk through the ASGI router below, https URLs too (no TLS in-process)
         self.gw = ControlPlane.build(c, self.store, self.views, self.fabric, clock=self.clock,
                                      http=self._http, tls_post=None)
+        # The fake data plane's counters change between two calls of a test, at once:
+        # no caching of its dump here (tests/gateway/test_fleet_idle.py tests the cache).
+        self.gw.read.stats_ttl = 0.0
         self.app = create_app(self.gw)
         self.peering_app = create_peering_app(self.gw)
         self.router[f"http://{self.name}:8080"] = self.peering_app  # the peering listener

@@ -256,3 +256,27 @@ def test_the_operator_api_refuses_a_peer_added_a_moment_ago(clusters: Any) -> No
         assert await get_from(view.split("/")[0]) == 403
 
     asyncio.run(go())
+
+
+def test_one_wireguard_dump_answers_the_reads_of_a_second(clusters: Any, monkeypatch: Any) -> None:
+    """A page poll's requests share one dump of every peer's counters (STATS_TTL), and a
+    dump older than that is taken again."""
+    import gateway.readmodel as rm
+
+    lab = clusters("lab")
+    read = lab.gw.read
+    read.stats_ttl = rm.STATS_TTL
+    dumps = 0
+
+    def dump() -> dict[str, dict[str, Any]]:
+        nonlocal dumps
+        dumps += 1
+        return {"key": {"rx_bytes": dumps}}
+    monkeypatch.setattr(lab.fabric, "peer_stats", dump)
+    t = [1000.0]
+    monkeypatch.setattr(rm.time, "monotonic", lambda: t[0])
+    assert read.peer_stats() == read.peer_stats() == {"key": {"rx_bytes": 1}} and dumps == 1
+    t[0] += rm.STATS_TTL  # a second later: the counters are read again
+    assert read.peer_stats() == {"key": {"rx_bytes": 2}} and dumps == 2
+    t[0] -= 5  # a clock that went back never serves a stale dump for long
+    assert read.peer_stats() == {"key": {"rx_bytes": 3}}

@@ -43,7 +43,7 @@ import secrets
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,25 +142,44 @@ class HealthTracker:
                 return True
         return False
 
-    def report(self, now: float) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+    def _quiet(self) -> float:
         # Silence is counted from when the next probe's answer was due: with probes further
         # apart than ``interval`` (many peers) a healthy peer never reads as silent.
-        quiet = self.timeout + self.effective_interval - self.interval
-        for cid, p in self._peers.items():
+        return self.timeout + self.effective_interval - self.interval
+
+    def _state(self, p: _Peer, now: float, quiet: float) -> str:
+        # Failing: a probe sent since the last reply and unanswered for FAIL_AFTER. ``sent``
+        # is in sending order, so only the probes after the last reply are looked at.
+        settle = min(self.timeout, FAIL_AFTER)
+        failing = False
+        for _, t, answered in reversed(p.sent):
+            if p.last_reply is not None and t <= p.last_reply:
+                break
+            if not answered and now - t >= settle:
+                failing = True
+                break
+        if p.last_reply is not None and now - p.last_reply < quiet:
+            return "impaired" if failing else "connected"
+        if p.last_reply is None and now - p.added < 2 * self.timeout:
+            return "connecting"
+        return "error"
+
+    def states(self, now: float) -> dict[str, str]:
+        """Every peer's state alone (status and summaries count them): no loss or RTT."""
+        quiet = self._quiet()
+        return {cid: self._state(p, now, quiet) for cid, p in self._peers.items()}
+
+    def report(self, now: float, only: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Per peer (``only``: just these) its state, probe target, RTT, loss and last reply's age."""
+        out: dict[str, dict[str, Any]] = {}
+        quiet = self._quiet()
+        settle = min(self.timeout, FAIL_AFTER)
+        peers = self._peers if only is None else {c: self._peers[c] for c in only if c in self._peers}
+        for cid, p in peers.items():
             # A probe counts for loss once it had a fair chance to come back.
-            settle = min(self.timeout, FAIL_AFTER)
             settled = [a for _, t, a in p.sent if a or now - t >= settle]
             loss = (settled.count(False) / len(settled)) if settled else None
-            failing = any(not a and now - t >= settle and (p.last_reply is None or t > p.last_reply)
-                          for _, t, a in p.sent)
-            if p.last_reply is not None and now - p.last_reply < quiet:
-                state = "impaired" if failing else "connected"
-            elif p.last_reply is None and now - p.added < 2 * self.timeout:
-                state = "connecting"
-            else:
-                state = "error"
-            out[cid] = {"state": state, "probe_ip": p.ip,
+            out[cid] = {"state": self._state(p, now, quiet), "probe_ip": p.ip,
                         "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 3),
                         "loss": loss,
                         "last_reply_age_s": None if p.last_reply is None else round(now - p.last_reply, 3)}

@@ -170,7 +170,7 @@ class ReadModel:
         """/api/v1/peers; ``only``: just these peers (their views read one by one)."""
         stats = self.peer_stats()
         now = self.clock()
-        health = self.health.report(now)
+        health = self.health.report(now, only)
         problems = self.endpoint_problems()
         imported: dict[str, list[ImportedService]] = {}
         for s in self.imported_services():
@@ -187,7 +187,7 @@ class ReadModel:
                     stats: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
         """Every peer's state, without building its summary (status, summaries)."""
         now = self.clock()
-        health = self.health.report(now)
+        health = {cid: {"state": s} for cid, s in self.health.states(now).items()}
         stats = self.peer_stats() if stats is None else stats
         return {cid: peer_state(cid, key, pending, now, stats, health)
                 for cid, key, pending in (self.store.peer_index()[0] if index is None else index)}
@@ -242,8 +242,8 @@ class ReadModel:
         # Counts only: not the whole peers answer (views, stats, reach of 1,000 peers), and
         # no WireGuard dump unless a peer without a probe target is judged by its handshake.
         index, _ = self.store.peer_index()
-        health = self.health.report(self.clock())
-        blind = any(not pending and not health.get(cid, {}).get("state") for cid, _, pending in index)
+        probed = self.health.states(self.clock())
+        blind = any(not pending and cid not in probed for cid, _, pending in index)
         states = self.peer_states(index, None if blind else {})
         by_state: dict[str, int] = {}
         for state in states.values():

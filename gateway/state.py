@@ -106,6 +106,8 @@ class StateStore:
             _secure_file(Path(str(self.path) + suffix))
         self._lock = threading.RLock()
         self._keys: tuple[str, str] | None = None  # (private, public): read on every reconcile
+        # peer_index's answer and the changes() it was read at: summaries ask it on every poll
+        self._index: tuple[int, tuple[list[tuple[str, str, bool]], str]] | None = None
 
     def close(self) -> None:
         with self._lock:
@@ -252,12 +254,18 @@ class StateStore:
     def peer_index(self) -> tuple[list[tuple[str, str, bool]], str]:
         """(cluster ID, public key, pending) of every peer, by ID, and a digest of what
         the peers table says of them (secrets left out): the summaries' change marker,
-        without parsing every peer's ranges and views."""
+        without parsing every peer's ranges and views. Read again only after a write
+        (the caller must not change the list)."""
         with self._lock:
+            at = self._db.total_changes
+            if self._index is not None and self._index[0] == at:  # nothing written since: the same
+                return self._index[1]
             rows = self._db.execute("SELECT cluster_id, public_key, endpoint, url, gateway_ip, ranges, "
                                     "their_views FROM peers ORDER BY cluster_id").fetchall()
         digest = hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
-        return [(str(r[0]), str(r[1]), r[6] is None) for r in rows], digest
+        index = ([(str(r[0]), str(r[1]), r[6] is None) for r in rows], digest)
+        self._index = (at, index)
+        return index
 
     def peer(self, cluster_id: str) -> PeerRecord | None:
         with self._lock:

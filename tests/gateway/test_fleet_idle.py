@@ -52,6 +52,10 @@ def test_a_peer_probed_every_5s_reads_connected_and_impaired_on_time() -> None:
         rep = h.report(t)
         # Answered every 5 s: never "error" (silence is counted from the next answer due).
         assert rep["p1"]["state"] == "connected", (t, rep["p1"])
+        # The states alone (what status and the summaries count) say what the report says,
+        # and a page's report is those peers' rows of the whole one.
+        assert h.states(t) == {cid: r["state"] for cid, r in rep.items()}
+        assert h.report(t, ["p7", "p1", "gone"]) == {"p1": rep["p1"], "p7": rep["p7"]}
     lost = last_probe["p7"]
     assert lost >= 9.0
     assert h.report(lost + FAIL_AFTER - 0.01)["p7"]["state"] == "connected"
@@ -212,6 +216,20 @@ def test_status_counts_states_without_building_every_peer(clusters: Any) -> None
         assert built == 0
 
     asyncio.run(go())
+
+
+def test_the_peer_index_is_read_again_only_after_a_write(tmp_path: Any) -> None:
+    from gateway.state import StateStore
+
+    store = StateStore(tmp_path)
+    try:
+        first = store.peer_index()
+        assert store.peer_index() is first  # nothing written: no query, the same answer
+        store.set_announced(None, "https://lab:8080")  # a write elsewhere: read again, same content
+        again = store.peer_index()
+        assert again == first and again is not first
+    finally:
+        store.close()
 
 
 def test_peer_sources_are_read_again_only_when_the_views_changed() -> None:

@@ -239,7 +239,7 @@ async def fleet_run(h: Hub, args: argparse.Namespace, token: str) -> dict[str, A
         # The route watch: 1,000 agents long-polling, then one more peer joins.
         status, body, _ = await asyncio.to_thread(get, "/api/v1/routes")
         version = json.loads(body).get("version") if status == 200 else None
-        if version is not None:
+        if version is not None and args.watchers > 0:
             watchers = Watchers(args.watchers)
             await watchers.start(version)
             await asyncio.sleep(5)  # every long-poll is held by now
@@ -280,7 +280,8 @@ async def fleet_run(h: Hub, args: argparse.Namespace, token: str) -> dict[str, A
             result["watch_errors"] = watchers.errors
         else:
             result["route_change_to_last_agent_s"] = None
-            result["route_change_note"] = "no route watch (no version in /api/v1/routes)"
+            result["route_change_note"] = ("no watchers asked (--watchers 0)" if args.watchers <= 0 else
+                                           "no route watch (no version in /api/v1/routes)")
         result["synthetic"] = {"probes_answered": sum(p.probes_answered for p in fleet.peers.values()),
                                "http_errors": fleet.http_errors}
         if watchers is not None:

@@ -8,6 +8,8 @@ health port and the table's name. fabric/DESIGN.md, "The guard".
 
 from __future__ import annotations
 
+import functools
+
 from fabric.exports.model import PeerGuard, PolicyTable
 from fabric.model import FabricState
 
@@ -17,6 +19,7 @@ def table_name(nft_table: str) -> str:
     return f"{nft_table}-exports"
 
 
+@functools.lru_cache(maxsize=2)  # the state programmed and the one being read: each read asks
 def table_of(state: FabricState) -> PolicyTable:
     lo = state.local
     peers = tuple(PeerGuard(p.cluster_id, p.routed(), p.probe_ip) for p in state.peers)

@@ -82,7 +82,8 @@ def dataplane_pids(g: Gw) -> list[int]:
 def _sigterm(g: Gw) -> None:
     assert g.proc is not None
     g.proc.send_signal(signal.SIGTERM)
-    assert g.proc.wait(timeout=20) == 0, g.log.read_text()[-2000:]
+    code = g.proc.wait(timeout=20)
+    assert code == 0, f"gateway {g.name} exited {code} on SIGTERM: " + g.log.read_text()[-2000:]
     g.proc = None
 
 

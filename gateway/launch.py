@@ -1,5 +1,5 @@
-"""``crosswire``'s entry point, and the launch record: a restarted gateway starts its
-data plane before its own slow start-up.
+"""The launch record: a restarted gateway starts its data plane before its own slow
+start-up (``crosswire``'s entry point, gateway/entry.py, calls ``launch_early``).
 
 A container restart kills crosswire-wg with the daemon. ``fabric.wgearly`` starts
 it again right after the config is read, but that is one whole Python start
@@ -227,20 +227,3 @@ def write(state_dir: str, want: str, argv: Sequence[str], interface: str, socket
 def remove(state_dir: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(os.path.join(state_dir, RECORD))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``crosswire``: ``gateway run`` may start the data plane first (see above);
-    everything else is ``gateway.cli``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:2] == ["gateway", "run"]:
-        # Any failure here: the normal path does all of this too, only later.
-        with contextlib.suppress(Exception):
-            launch_early(args, os.environ)
-    from gateway.cli import main as cli_main
-
-    return cli_main(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,6 @@ import contextlib
 import os
 import subprocess
 from collections.abc import Sequence
-from typing import Any
 
 # wireguard-go refuses to run without it; crosswire-wg ignores it.
 _ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
@@ -26,11 +25,11 @@ def spawn(argv: Sequence[str], log_path: str | None, socket_path: str | None = N
             os.unlink(socket_path)
     env = dict(os.environ)
     env.update(_ENV)
-    out: Any = None if inherit_output else (
-        open(log_path, "ab") if log_path else subprocess.DEVNULL)  # noqa: SIM115
+    # (no typing import: this runs before the gateway's imports, every ms counts)
+    out = None if inherit_output else (open(log_path, "ab") if log_path else subprocess.DEVNULL)  # noqa: SIM115
     try:
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                                 start_new_session=True)
     finally:
-        if out not in (None, subprocess.DEVNULL):
+        if out is not None and not isinstance(out, int):
             out.close()

@@ -65,6 +65,7 @@ def cmd_gateway_run(args: argparse.Namespace) -> int:
         # running that nobody controls. One that ran before we started is left alone.
         if early:
             stop_early(iface)
+        launch.remove(cfg.state_dir)  # the next start must not start one early to stop it again
         return 1
 
 

@@ -49,7 +49,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "gateway")]
 
 from disruptionevents import EVENTS, Ctx, disruption_prepare, run_event  # noqa: E402
 from disruptionkit import Traffic  # noqa: E402
-from gwharness import BIN, POD_OPERATOR, PODS, two_gateways, view_of, wait_ping  # noqa: E402
+from gwharness import BIN, POD_OPERATOR, PODS, entry_shim, two_gateways, view_of, wait_ping  # noqa: E402
 from nsutil import namespaces, sh  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def export_tree(rev: str, into: Path) -> Path:
     into.mkdir()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(into, filter="data")
-    return into
+    return entry_shim(into)
 
 
 def _states(r: dict[str, object]) -> str:

@@ -291,6 +291,7 @@ def _standby(args: argparse.Namespace) -> int:
         # Everything the takeover runs, imported now: that is the start it saves.
         from fabric.wg import daemon, device, savedconfig  # noqa: F401
 
+        gc.enable()  # it may wait for days: off the packets' path, so collect as usual
         if not standby.wait(args.interface, SOCKET_DIR, args.saved_config):
             unlock()
             return 0

@@ -211,7 +211,9 @@ def write(state_dir: str, want: str, argv: Sequence[str], interface: str, socket
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, body)
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
             os.fchmod(fd, 0o600)
         finally:
             os.close(fd)

@@ -24,9 +24,14 @@ layout deploy/ ships) and then restarts the gateway container.
     bench/disruption.py [--previous REV] [EVENT_LABEL ...]     # e.g. "a c e"; default: all
 
 --previous REV: (h) upgrades for real from that commit of this repository
-(`git archive`, run with this venv's dependencies): gateway a is restarted on
-it (daemon and data plane) before the window, then the current daemon starts
-against its data plane. Without it (h) is emulated (same code both sides).
+(`git archive`, run with this venv's dependencies): gateway a starts on it
+from a fresh state directory (that release writes the state, peers with b and
+starts its data plane), (h) runs first and starts the current daemon on that
+state and data plane; the other events follow on the current code. The
+release must be able to peer with the current b: c51c3b7 cannot (it predates
+TLS peering; b answers 426): tests/gateway/test_netns_upgrade.py upgrades
+from it with both gateways on it. Without it (h) is emulated (same code both
+sides).
 
 Prints one line per event and a final JSON line.
 """
@@ -47,9 +52,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "gateway")]
 
-from disruptionevents import EVENTS, Ctx, disruption_prepare, run_event  # noqa: E402
+from disruptionevents import EVENTS, Ctx, disruption_prepare, on_previous, run_event  # noqa: E402
 from disruptionkit import Traffic  # noqa: E402
-from gwharness import BIN, POD_OPERATOR, PODS, two_gateways, view_of, wait_ping  # noqa: E402
+from gwharness import BIN, POD_OPERATOR, PODS, Gw, entry_shim, two_gateways, view_of, wait_ping  # noqa: E402
 from nsutil import namespaces, sh  # noqa: E402
 
 
@@ -73,7 +78,7 @@ def export_tree(rev: str, into: Path) -> Path:
     into.mkdir()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(into, filter="data")
-    return into
+    return entry_shim(into)
 
 
 def _states(r: dict[str, object]) -> str:
@@ -100,19 +105,32 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp_s, namespaces() as n:
         tmp = Path(tmp_s)
         os.chmod(tmp, 0o700)
-        with two_gateways(n, tmp, prepare=disruption_prepare(impl)) as (a, b):
+        previous, previous_config = None, ""
+        if previous_rev:
+            previous = export_tree(previous_rev, tmp / "previous")
+        prepare_all = disruption_prepare(impl)
+
+        def prepare(a: Gw, b: Gw) -> None:
+            nonlocal previous_config
+            prepare_all(a, b)
+            if previous is not None:  # a starts on the older release: it writes the state (h) upgrades
+                previous_config = on_previous(a, previous)
+
+        with two_gateways(n, tmp, prepare=prepare) as (a, b):
             token = b.cli("token", "create", "--ttl", "5m").stdout.strip()
-            added = json.loads(sh(str(BIN / "crosswire"), "peer", "add", "-", "--json", "--config",
+            api = ("--api", a.api) if a.api else ()
+            added = json.loads(sh(*a.wrap, str(BIN / "crosswire"), "peer", "add", "-", "--json", *api, "--config",
                                   str(a.config), ns=a.ns, input=token).stdout)
             dst = view_of(PODS[1], added["our_views"])
             wait_ping(a.pods[0], dst, timeout=20)
             traffic = Traffic(a.pods[0], b.pods[1], dst, tmp, health=(a.ns, POD_OPERATOR, "b"))
             traffic.start()
             try:
-                ctx = Ctx(a=a, b=b, n=n, tmp=tmp, impl=impl)
-                if previous_rev:
-                    ctx.previous, ctx.previous_rev = export_tree(previous_rev, tmp / "previous"), previous_rev
-                for label, key, target, driver in EVENTS:
+                ctx = Ctx(a=a, b=b, n=n, tmp=tmp, impl=impl, previous=previous, previous_rev=previous_rev,
+                          previous_config=previous_config)
+                # A real upgrade first: a runs the older release until (h) upgrades it.
+                events = sorted(EVENTS, key=lambda e: e[0] != "h") if previous is not None else EVENTS
+                for label, key, target, driver in events:
                     if label not in wanted:
                         continue
                     try:

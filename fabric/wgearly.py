@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Callable
 
 from fabric.wgctl import WgControl
 from fabric.wgprocess import (
@@ -32,14 +33,36 @@ log = logging.getLogger("crosswire.dataplane")
 _started: dict[str, subprocess.Popen[bytes]] = {}  # interface -> what start_early began (for stop_early)
 
 
-def start_early(interface: str, implementation: Implementation, log_path: str) -> bool:
+def start_early(interface: str, implementation: Implementation, log_path: str,
+                launched: tuple[subprocess.Popen[bytes], list[str]] | None = None,
+                record: Callable[[list[str], str], None] | None = None) -> bool:
     """Start crosswire-wg now, without waiting for it, if it saved a configuration
     before (this gateway ran it) and no data plane answers on ``interface``: it
     restores that configuration itself while the gateway starts. The WgProcess for
-    ``interface`` takes the process over. True if one was started."""
+    ``interface`` takes the process over. True if one was started (here, or as
+    ``launched``: the process and argv ``gateway.launch`` started from its record,
+    kept only if that argv is the one this config gives).
+
+    ``record(argv, socket_path)`` is called with the crosswire-wg command
+    line whenever the data plane is crosswire-wg with a saved configuration: what
+    gateway.launch may start next time."""
     proc = WgProcess(interface, implementation, log_path=log_path)
+    if proc.saved_config is None or proc.resolved != "userspace":
+        if launched is not None:
+            stop_launched(launched[0], interface)
+        return False
+    cmd = proc.command()
+    if record is not None:
+        record(cmd, proc._uapi.socket_path)
+    if launched is not None:
+        if launched[1] == cmd:
+            _early[interface] = _started[interface] = launched[0]
+            log.info("%s: the data plane was started from the launch record", interface)
+            return True
+        log.warning("%s: the launch record's data plane is not this config's: stopped", interface)
+        stop_launched(launched[0], interface)
     # The saved file first: only then is the choice (a module probe under ``auto``) worth making.
-    if proc.saved_config is None or not os.path.exists(proc.saved_config) or proc.resolved != "userspace":
+    if not os.path.exists(proc.saved_config):
         return False
     if proc._uapi.alive() is not False:
         return False  # running (a daemon-only restart), or cannot tell: leave it to ensure_up
@@ -49,6 +72,12 @@ def start_early(interface: str, implementation: Implementation, log_path: str) -
         log.warning("%s", e)
         return False
     return True
+
+
+def stop_launched(proc: subprocess.Popen[bytes], interface: str) -> bool:
+    """Stop a process gateway.launch started that this start does not keep."""
+    _started[interface] = proc
+    return stop_early(interface)
 
 
 def stop_early(interface: str) -> bool:

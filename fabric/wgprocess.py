@@ -35,7 +35,6 @@ holds this gateway's state.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -44,13 +43,14 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Literal
+from typing import Literal
 
 from fabric.model import MTU_MAX, MTU_MIN
 from fabric.wgctl import SOCKET_DIR, WgControl
 from fabric.wglink import MARK, Link, LinkOwnershipError, WgProcessError, iproute
 from fabric.wgnetlink import NetlinkWgControl
 from fabric.wgselect import Choice, ModuleState, choose, probe_kernel_module
+from fabric.wgspawn import spawn
 
 # LinkOwnershipError and WgProcessError live with the link (fabric.wglink); callers import them here.
 __all__ = ["Implementation", "LinkOwnershipError", "WgProcess", "WgProcessError", "saved_config_path"]
@@ -349,21 +349,12 @@ class WgProcess:
                 ipr.link("del", index=index)
 
     def _spawn(self, standby: bool = False) -> subprocess.Popen[bytes]:
-        if not standby:  # a standby must not remove the socket of the process it waits for
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._uapi.socket_path)
-        env = dict(os.environ)
-        env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"  # wireguard-go refuses otherwise
-        log: Any = None if self.inherit_output else (
-            open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL)  # noqa: SIM115
+        # A standby must not remove the socket of the process it waits for.
         try:
-            return subprocess.Popen(self.command(standby), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    env=env, start_new_session=True)
+            return spawn(self.command(standby), self.log_path, None if standby else self._uapi.socket_path,
+                         inherit_output=self.inherit_output)
         except OSError as e:
             raise WgProcessError(f"{self.interface}: cannot start {self.resolved}: {e}") from None
-        finally:
-            if log not in (None, subprocess.DEVNULL):
-                log.close()
 
     def _wait_started(self) -> None:
         assert self._proc is not None

@@ -259,62 +259,6 @@ def _https(u: urllib.parse.SplitResult, method: str, path: str, payload: bytes, 
 # --- commands ------------------------------------------------------------------------------
 
 
-def cmd_gateway_run(args: argparse.Namespace) -> int:
-    import logging
-
-    from gateway.config import ConfigError, load
-
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        cfg = load(args.config)
-    except ConfigError as e:
-        print(f"crosswire: config error: {e}", file=sys.stderr)
-        return 2
-    # Before the daemon's slow imports: a data plane that died with us (a container
-    # restart) restarts from its saved configuration while we start (issue 12, event d).
-    from fabric.wgearly import start_early, stop_early
-
-    iface = cfg.wireguard.interface
-    # With supervise off the data plane runs in its own container: never start it here.
-    early = cfg.wireguard.supervise and start_early(
-        iface, cfg.wireguard.implementation, os.path.join(cfg.state_dir, "dataplane.log"))
-    from gateway.daemon import StartupError, run
-
-    try:
-        return run(cfg)
-    except StartupError as e:
-        print(f"crosswire: cannot start: {e}", file=sys.stderr)
-        # Refused (damaged state, a foreign link, a port in use): leave no data plane
-        # running that nobody controls. One that ran before we started is left alone.
-        if early:
-            stop_early(iface)
-        return 1
-
-
-def cmd_dataplane_run(args: argparse.Namespace) -> int:
-    """The data-plane container: crosswire-wg and its standby, beside a gateway that
-    runs with wireguard.supervise: false (fabric/wgsupervise.py)."""
-    import logging
-
-    from gateway.config import load
-
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    cfg = load(args.config)  # a ConfigError names the key (main prints it)
-    from fabric import wgsupervise
-    from gateway import statedir
-
-    try:
-        statedir.check(cfg.state_dir)
-    except statedir.StateDirError as e:
-        print(f"crosswire: cannot start: {e}", file=sys.stderr)
-        return 1
-    wg = cfg.wireguard
-    return wgsupervise.run(wg.interface, wg.implementation, wg.mtu, cfg.state_dir, standby=wg.standby,
-                           adopt_unmarked=statedir.has_state(cfg.state_dir))
-
-
 def read_token(args: argparse.Namespace) -> str:
     """The token of ``peer add``: from --token-file, stdin ('-') or the argument."""
     if args.token_file and args.token:
@@ -467,10 +411,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.config import ConfigError
 
     args = parser().parse_args(argv)
+    args.argv = argv  # gateway run: the launch record's key (gateway/launch.py)
     try:
         if (args.cmd, args.sub if hasattr(args, "sub") else None) == ("gateway", "run"):
+            from gateway.clirun import cmd_gateway_run
+
             return cmd_gateway_run(args)
         if (args.cmd, args.sub if hasattr(args, "sub") else None) == ("dataplane", "run"):
+            from gateway.clirun import cmd_dataplane_run
+
             return cmd_dataplane_run(args)
         return dispatch(args)
     except ConfigError as e:

@@ -22,6 +22,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fabric.dataplane import Dataplane, OwnershipError
@@ -150,10 +151,12 @@ def build(config: Config, gateway_ip: str | None, gateway_ip6: str | None = None
                                                                   config.health.max_probe_rate))
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, on_built: Callable[[], None] | None = None) -> int:
     gw_ip = await asyncio.to_thread(find_gateway_ip, config)
     # build() refuses damaged state before anything on the host is changed.
     cp = build(config, gw_ip, await asyncio.to_thread(find_gateway_ip6, config, gw_ip))
+    if on_built is not None:
+        on_built()
     ranges_admin.audit(cp.exchange)  # peers stored before the policy (or a narrower one): a warning each
     host, port = config.listen_host_port
     op_host, op_port = config.operator_host_port
@@ -266,6 +269,7 @@ def _log_unraisable(u: sys.UnraisableHookArgs) -> None:
                 getattr(u.exc_type, "__name__", u.exc_type), u.exc_value)
 
 
-def run(config: Config) -> int:
+def run(config: Config, on_built: Callable[[], None] | None = None) -> int:
+    """Serve until stopped. ``on_built``: called once the state was accepted and opened."""
     sys.unraisablehook = _log_unraisable
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, on_built))

@@ -268,8 +268,10 @@ class Daemon:
         next_stats_log = next_housekeeping + STATS_LOG_INTERVAL
         # Everything alive now (modules, config) lives for the whole run: keep it out of
         # the collector's full passes, which would otherwise stall the data path for ms.
-        gc.collect()
+        # No full pass first: it costs ~5 ms on the path of the first packets after a
+        # (re)start; the few cycles the imports left are frozen with the rest.
         gc.freeze()
+        gc.enable()  # off since main() (fabric/wg/cli.py): the imports run faster without it
         while self.stop_reason is None:
             now = clock()
             deadline = dev.next_deadline()

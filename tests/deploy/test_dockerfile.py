@@ -101,7 +101,7 @@ def test_entrypoint_is_the_console_script() -> None:
     final = dockerfile.parse(DOCKERFILE)[-1]
     entry = dockerfile.exec_form(final.all("ENTRYPOINT")[-1])
     assert entry == ["crosswire"]
-    assert _pyproject()["project"]["scripts"]["crosswire"] == "gateway.cli:main"
+    assert _pyproject()["project"]["scripts"]["crosswire"] == "gateway.entry:main"
 
 
 def test_image_defaults_match_the_manifests(rendered: dict[str, list[dict[str, Any]]]) -> None:

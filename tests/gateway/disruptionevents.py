@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -41,6 +42,7 @@ class Ctx:
     # A source tree of an older crosswire (bench --previous): (h) upgrades from it.
     previous: Path | None = None
     previous_rev: str = ""
+    previous_config: str = ""  # a's config for the current code (on_previous)
     # Waits until the traffic flows again (set by run_event): for set-up inside a driver.
     settle: Callable[[], float] | None = None
     # a's data-plane "container" once an event moved it there (to_pod_layout).
@@ -237,48 +239,50 @@ def nat_replace(ctx: Ctx) -> None:
     ctx.a.wait_ready()
 
 
-def _start_version(g: Gw, tree: Path) -> None:
-    """Start ``g``'s daemon from another source tree (the venv's interpreter and
-    dependencies, that tree's code: PYTHONPATH comes before the editable install)."""
-    out = open(g.log, "ab")  # noqa: SIM115
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    # A release from before the operator listener refuses the key: its copy goes without it.
-    old = g.config.with_name(g.config.stem + "-previous.yaml")
-    old.write_text("".join(line for line in g.config.read_text().splitlines(keepends=True)
-                           if "operator_listen:" not in line))
-    g.proc = subprocess.Popen(["ip", "netns", "exec", g.ns, *g.wrap, str(BIN / "crosswire"), "gateway", "run",
-                               "--config", str(old)], stdout=out, stderr=out, env=env,
-                              start_new_session=True)
-    out.close()
+def on_previous(g: Gw, tree: Path) -> str:
+    """A two_gateways ``prepare`` step (bench --previous): ``g`` starts, from its fresh
+    state directory, on the release in ``tree`` (the venv's interpreter and
+    dependencies, that tree's code: PYTHONPATH comes before the editable install), so
+    that release writes the state the upgrade (h) then starts on. A release from before
+    the operator listener refuses its key and serves everything on its one port: its
+    config goes without it. Returns the config text to restore for the new release."""
+    text = g.config.read_text()
+    g.wrap = ("env", f"PYTHONPATH={tree}")
+    if "operator_listen" not in (tree / "gateway" / "config.py").read_text():
+        g.config.write_text("".join(line for line in text.splitlines(keepends=True)
+                                    if "operator_listen:" not in line))
+        g.api = f"http://{g.underlay}:8080"
+    return text
+
+
+def ipam_schema(g: Gw) -> str:
+    db = sqlite3.connect(f"file:{g.state_dir / 'ipam.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        return str(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+    finally:
+        db.close()
 
 
 def upgrade(ctx: Ctx) -> None:
     """(h) an upgrade: the new daemon started against the data plane the old version runs.
-    With ``ctx.previous`` (a tree of an older commit), a is first restarted on that version
-    (daemon and data plane, before the window); else EMULATED, see upgrade_emulated."""
+    With ``ctx.previous`` (bench --previous), gateway a has run the older release since it
+    was built (``on_previous``): that release wrote the state and started the data plane;
+    the current code is started on both. Else EMULATED, see upgrade_emulated."""
     if ctx.previous is None:
         upgrade_emulated(ctx)
         return
     a = ctx.a
-    _sigterm(a)
-    for pid in dataplane_pids(a):
-        os.kill(pid, signal.SIGTERM)  # the old version must start its own data plane
-    deadline = time.monotonic() + 10
-    while dataplane_pids(a):
-        assert time.monotonic() < deadline, "the data plane did not stop within 10 s"
-        time.sleep(0.05)
-    _start_version(a, ctx.previous)
-    a.wait_ready()
-    assert ctx.settle is not None
-    ctx.settle()
-    old_pid = active_pid(a)
+    assert a.wrap and ctx.previous_config, "--previous: gateway a must have started on it (on_previous)"
+    old_pid, schema = active_pid(a), ipam_schema(a)
     ctx.begin()
     _sigterm(a)
+    a.wrap, a.api = (), None
+    a.config.write_text(ctx.previous_config)
     a.start()
     a.wait_ready()
     kept = active_pid(a) == old_pid  # (the new daemon adds a standby beside it)
-    ctx.notes.append(f"real: from {ctx.previous_rev}; its data plane " +
-                     ("adopted (same process)" if kept else "REPLACED"))
+    ctx.notes.append(f"real: {ctx.previous_rev} wrote the state (ipam.db schema {schema}, now "
+                     f"{ipam_schema(a)}); its data plane " + ("adopted (same process)" if kept else "REPLACED"))
 
 
 def upgrade_emulated(ctx: Ctx) -> None:

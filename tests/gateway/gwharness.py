@@ -242,3 +242,15 @@ def serving(app: Any, **limits: Any) -> Iterator[tuple[Any, str]]:
         server.should_exit = True
         t.join(timeout=10)
         loop.close()
+
+
+def entry_shim(tree: Path) -> Path:
+    """Let this venv's ``crosswire`` script (``gateway.entry:main``) run an older source
+    tree put first on PYTHONPATH as that release ran: trees from before gateway/entry.py
+    get one that is their ``gateway.cli:main``, their entry point then. Without it the
+    editable install supplies this tree's entry.py, and its launcher (gateway/launch.py)
+    would run as part of the old release. Returns ``tree``."""
+    entry = tree / "gateway" / "entry.py"
+    if not entry.exists():
+        entry.write_text("from gateway.cli import main  # noqa: F401 (added by the test harness)\n")
+    return tree

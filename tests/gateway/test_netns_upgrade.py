@@ -40,7 +40,17 @@ from typing import Any
 import pytest
 from disruptionevents import Ctx, _sigterm, dataplane_pids, run_event, use_impl
 from disruptionkit import Traffic
-from gwharness import BIN, OPERATOR, PODS, Gw, build_cluster, two_gateways, view_of, wait_ping
+from gwharness import (
+    BIN,
+    OPERATOR,
+    PODS,
+    Gw,
+    build_cluster,
+    entry_shim,
+    two_gateways,
+    view_of,
+    wait_ping,
+)
 from nsutil import IN_CI, Namespaces, require_root, sh
 
 # The previous release: the last commit before sparse views (ipam.db schema 1,
@@ -74,7 +84,7 @@ def previous_tree(into: Path) -> Path:
     into.mkdir()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(into, filter="data")
-    return into
+    return entry_shim(into)
 
 
 def on_tree(tree: Path | None) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ over words.
 
 from __future__ import annotations
 
+import functools
 import struct
 from types import EllipsisType, ModuleType
 
@@ -223,6 +224,24 @@ def _tcp_run_key(pkt: bytes) -> tuple[tuple[object, ...], int, int, int, int] | 
     return key, seq, hl, iphl, n - hl
 
 
+@functools.lru_cache(maxsize=64)
+def _run_mask(iphl: int, hl: int) -> int:
+    """Bits of a ``hl``-byte IP+TCP header that must equal the first segment's for a
+    segment to join its run: all but the IP length, IPv4 id and header checksum, the
+    TCP sequence number, PSH and the TCP checksum (the run's first segment carries
+    only ACK, so equal flags but PSH leaves ACK or ACK|PSH)."""
+    m = bytearray(b"\xff" * hl)
+    if iphl == 40:
+        m[4:6] = b"\0\0"  # payload length
+    else:
+        m[2:6] = b"\0\0\0\0"  # total length, id
+        m[10:12] = b"\0\0"  # header checksum
+    m[iphl + 4:iphl + 8] = b"\0\0\0\0"  # sequence number
+    m[iphl + 13] = 0xFF & ~TCP_PSH
+    m[iphl + 16:iphl + 18] = b"\0\0"  # checksum
+    return int.from_bytes(m, "big")
+
+
 def _tcp_checksum_ok(pkt: bytes, iphl: int) -> bool:
     tcp = memoryview(pkt)[iphl:]
     return (_pseudo_sum(pkt, iphl == 40, 6, len(tcp)) + _sum(tcp)) % 0xFFFF == 0
@@ -246,22 +265,30 @@ def coalesce(packets: list[bytes], verify: bool = False) -> list[list[bytes | me
         info = _tcp_run_key(pkt)
         j = i + 1
         if info is not None and j < count and (not verify or _tcp_checksum_ok(pkt, info[3])):
-            key, seq, hl, iphl, size = info
+            _key, seq, hl, iphl, size = info
             total = len(pkt)
             nxt = seq + size
             last_flags = pkt[iphl + 13]
+            # A candidate joins when its header equals the first's outside the fields
+            # that differ within a run (see _run_mask): one big-int compare per packet
+            # instead of unpacking it (~3x cheaper; equal to _tcp_run_key's key test).
+            head = int.from_bytes(pkt[:hl], "big")
+            mask = _run_mask(iphl, hl)
+            seq_shift = (hl - iphl - 8) * 8
             while j < count and not last_flags & TCP_PSH:
                 cand = packets[j]
-                cinfo = _tcp_run_key(cand)
-                if cinfo is None or cinfo[0] != key or cinfo[1] != nxt & 0xFFFFFFFF \
-                        or cinfo[4] > size or total + cinfo[4] > MAX_COALESCED \
+                csize = len(cand) - hl
+                if csize <= 0 or csize > size or total + csize > MAX_COALESCED:
+                    break
+                c = int.from_bytes(cand[:hl], "big")
+                if (c ^ head) & mask or (c >> seq_shift) & 0xFFFFFFFF != nxt & 0xFFFFFFFF \
                         or (verify and not _tcp_checksum_ok(cand, iphl)):
                     break
-                total += cinfo[4]
-                nxt += cinfo[4]
+                total += csize
+                nxt += csize
                 last_flags = cand[iphl + 13]
                 j += 1
-                if cinfo[4] < size:
+                if csize < size:
                     break  # a short segment ends a run
         if j - i < 2:
             out.append([ZERO_VNET_HDR, pkt])

@@ -180,6 +180,28 @@ def test_coalesce_keeps_what_must_not_merge_apart() -> None:
     assert [len(v) for v in coalesce(pkts)] == [5, 2, 4, 2, 2]
 
 
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_joins_only_segments_whose_header_may_differ_there(v6: bool) -> None:
+    """Flip each bit of the second segment's header: it joins the first one's run only
+    where segments of one run differ (IP length/id/header checksum, sequence number
+    (then the run breaks on it), PSH, TCP checksum) and stays apart for any other bit."""
+    mss = 500
+    iphl = 40 if v6 else 20
+    hl = iphl + 32
+    first = tcp_packet(b"a" * mss, 1000, v6, flags=0x10)
+    second = tcp_packet(b"b" * mss, 1000 + mss, v6, flags=0x10)
+    may_differ = set(range(iphl + 16, iphl + 18)) | ({4, 5} if v6 else {2, 3, 4, 5, 10, 11})
+    for byte in range(hl):
+        for bit in range(8):
+            cand = bytearray(second)
+            cand[byte] ^= 1 << bit
+            if not v6 and byte in (2, 3):
+                continue  # the total length: the packet's length stands for it
+            joined = len(coalesce([first, bytes(cand)])) == 1
+            psh = byte == iphl + 13 and 1 << bit == 0x08
+            assert joined == (byte in may_differ or psh), (byte, bit)
+
+
 def test_coalesce_random_streams_preserve_bytes() -> None:
     rnd = random.Random(7)
     for _ in range(30):

@@ -132,6 +132,10 @@ def gso_split(buf: bytes) -> list[bytes]:
         template[2:6] = b"\0\0\0\0"  # total length, id
         template[10:12] = b"\0\0"  # header checksum
         ip_base = _sum(memoryview(template)[:iphl])
+    np = _numpy() if plen >= 16 * gso_size and not (gso_size | hl) & 1 else None
+    if np is not None:
+        return _split_full_np(np, pkt, template, hl, iphl, gso_size, seq, tcp_flags, ip_id,
+                              tcp_base, ip_base, csum_start, csum_offset)
     chunk_sums = _chunk_sums(payload, gso_size)
     pack_into = _U16.pack_into
     out = []
@@ -166,6 +170,71 @@ def gso_split(buf: bytes) -> list[bytes]:
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+
+
+def _split_full_np(np: ModuleType, pkt: bytes, template: bytearray, hl: int, iphl: int,
+                   size: int, seq: int, tcp_flags: int, ip_id: int, tcp_base: int,
+                   ip_base: int, csum_start: int, csum_offset: int) -> list[bytes]:
+    """gso_split's segments built all at once (numpy, even ``size`` and ``hl``): the
+    full segments as rows of one array (template header, then the payload chunk),
+    the fields that differ per row written as columns, checksums computed as
+    vectors; the segments are slices of its bytes. A short last segment goes
+    through gso_split's per-segment arithmetic here too, on its own."""
+    v6 = iphl == 40
+    thl = hl - iphl
+    plen = len(pkt) - hl
+    full = plen // size
+    stride = hl + size
+    rows = np.empty((full, stride), dtype=np.uint8)
+    hdr = np.frombuffer(bytes(template), dtype=np.uint8)
+    rows[:, :hl] = hdr
+    rows[:, hl:] = np.frombuffer(pkt, dtype=np.uint8, count=full * size,
+                                 offset=hl).reshape(full, size)
+    words = rows.view(">u2")  # every field below starts at an even offset
+    idx = np.arange(full, dtype=np.int64)
+    sums = rows[:, hl:].view(">u2").sum(axis=1, dtype=np.int64)
+    s = (seq + idx * size) & 0xFFFFFFFF
+    last = plen == full * size  # the last full row is the super-packet's last segment
+    flags = np.full(full, tcp_flags & ~(TCP_FIN | TCP_PSH | TCP_CWR), dtype=np.int64)
+    flags[0] = tcp_flags & ~(TCP_FIN | TCP_PSH)
+    if last:
+        flags[-1] = tcp_flags & ~TCP_CWR if full > 1 else tcp_flags
+    total = tcp_base + thl + size + (s >> 16) + (s & 0xFFFF) + flags + sums
+    w = iphl // 2
+    words[:, w + 2] = s >> 16
+    words[:, w + 3] = s & 0xFFFF
+    rows[:, iphl + 13] = flags
+    words[:, w + 8] = 0xFFFF - total % 0xFFFF
+    if v6:
+        words[:, 2] = thl + size
+    else:
+        ident = (ip_id + idx) & 0xFFFF
+        words[:, 1] = hl + size
+        words[:, 2] = ident
+        words[:, 5] = 0xFFFF - (ip_base + hl + size + ident) % 0xFFFF
+    data = rows.tobytes()
+    out = [data[off:off + stride] for off in range(0, full * stride, stride)]
+    if not last:
+        off = full * size
+        n = plen - off
+        i = full
+        h = bytearray(template)
+        if v6:
+            _U16.pack_into(h, 4, thl + n)
+        else:
+            ident_i = (ip_id + i) & 0xFFFF
+            _U16.pack_into(h, 2, hl + n)
+            _U16.pack_into(h, 4, ident_i)
+            _U16.pack_into(h, 10, _csum(ip_base + hl + n + ident_i))
+        si = (seq + off) & 0xFFFFFFFF
+        _U32.pack_into(h, iphl + 4, si)
+        f = tcp_flags & ~TCP_CWR
+        h[iphl + 13] = f
+        chunk = memoryview(pkt)[hl + off:]
+        t = tcp_base + thl + n + (si >> 16) + (si & 0xFFFF) + f + _sum(chunk)
+        _U16.pack_into(h, iphl + 16, _csum(t))
+        out.append(b"".join((h, chunk)))
+    return out
 
 
 def _chunk_sums(payload: memoryview, size: int) -> list[int]:

@@ -192,7 +192,15 @@ def _split_full_np(np: ModuleType, pkt: bytes, template: bytearray, hl: int, iph
                                  offset=hl).reshape(full, size)
     words = rows.view(">u2")  # every field below starts at an even offset
     idx = np.arange(full, dtype=np.int64)
-    sums = rows[:, hl:].view(">u2").sum(axis=1, dtype=np.int64)
+    # The payload sums over native little-endian words, 4 bytes at a time where the
+    # size allows (a u32 is w0 + w1 * 2**16 = w0 + w1 mod 0xFFFF): no byte swap and
+    # half the elements; a one's complement sum of byte-swapped words is the
+    # byte-swapped sum, so each is swapped once at the end.
+    wide = not size & 3
+    le = np.frombuffer(pkt, dtype="<u4" if wide else "<u2", offset=hl,
+                       count=full * size // (4 if wide else 2))
+    sums = (le.reshape(full, -1).sum(axis=1, dtype=np.uint64) % 0xFFFF).astype(np.int64)
+    sums = ((sums & 0xFF) << 8) | (sums >> 8)
     s = (seq + idx * size) & 0xFFFFFFFF
     last = plen == full * size  # the last full row is the super-packet's last segment
     flags = np.full(full, tcp_flags & ~(TCP_FIN | TCP_PSH | TCP_CWR), dtype=np.int64)

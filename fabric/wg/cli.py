@@ -18,9 +18,10 @@ second, removed at exit) and logged at info level on SIGUSR1.
 It stops (status 0, removing the interface, socket and stats file) on SIGTERM,
 SIGINT or SIGHUP, when its UAPI socket file is deleted, or when its interface
 is deleted. Offloads (see udp.py and offload.py) are on by default;
-``--no-offload`` turns them off. The TSO split of TUN reads is on where numpy is
-installed (its vectorised split beats a read per packet); ``--no-tso`` turns it
-off, ``--tso`` turns it on without numpy (slower there: for experiments).
+``--no-offload`` turns them off. ``--tso`` adds TSO reads (TCP super-packets from
+the kernel, split here; cheaper for TCP bulk where numpy is installed, but every
+other packet the local stack sends then arrives with a partial checksum to
+complete in Python: off by default, see fabric/wg/DESIGN.md).
 CROSSWIRE_WG_PROFILE=PATH (IFACE in it is replaced) writes a cProfile of the
 loop at exit.
 """
@@ -59,9 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="plain TUN: no TSO/GRO super-packets, no UDP GSO/GRO batching")
     p.add_argument("--tso", action="store_true",
                    help="let the kernel hand over 64 KB TCP super-packets and split them here "
-                        "even without numpy (the default where numpy is installed)")
-    p.add_argument("--no-tso", action="store_true",
-                   help="read packet by packet: no TSO super-packets from the kernel")
+                        "(less CPU for TCP bulk with numpy installed; more for UDP: partial "
+                        "checksums are completed in Python)")
     p.add_argument("--saved-config", default=None, metavar="PATH",
                    help="save the configuration here (0600, atomically) after each applied set "
                         "and restore it at start (it holds the private key)")
@@ -79,19 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--version", action="version", version="crosswire-wg 0.1.0")
     p.add_argument("interface")
     return p.parse_args(argv)
-
-
-def _want_tso(args: argparse.Namespace) -> bool:
-    """TSO reads unless offloads or TSO are off; by default only where numpy is
-    installed (looked up, not imported: the import waits for the first
-    super-packet and stays off the start-up path)."""
-    if args.no_offload or args.no_tso:
-        return False
-    if args.tso:
-        return True
-    import importlib.util
-
-    return importlib.util.find_spec("numpy") is not None
 
 
 def _setup_logging(args: argparse.Namespace, foreground: bool) -> None:
@@ -125,7 +112,7 @@ def _serve(args: argparse.Namespace, ready_fd: int | None, on_ready: Callable[[]
     elif stats == "none":
         stats = None
     try:
-        tun = Tun(args.interface, offload=not args.no_offload, tso=_want_tso(args),
+        tun = Tun(args.interface, offload=not args.no_offload, tso=args.tso and not args.no_offload,
                   persist=args.persist, multi_queue=args.workers > 1)
     except (TunError, OSError) as e:
         return _fail(ready_fd, f"cannot create interface {args.interface}: {e.strerror or e}")

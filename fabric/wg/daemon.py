@@ -45,6 +45,7 @@ from typing import Protocol
 from fabric.wg import statsfile
 from fabric.wg.linkwatch import LinkWatch
 from fabric.wg.messages import Endpoint
+from fabric.wg.tsopolicy import TsoPolicy
 from fabric.wg.tun import Tun
 from fabric.wg.uapi import UapiReply
 from fabric.wg.uapi import handle as handle_uapi
@@ -151,6 +152,9 @@ class Daemon:
         self._link_fd = -2
         # Other fds in the epoll set and their handlers (fabric.wg.workers' control sockets).
         self.extra: dict[int, Callable[[int], None]] = {}
+        # TSO on and off with the traffic mix (fabric.wg.tsopolicy); None: as opened.
+        self.tso_policy: TsoPolicy | None = None
+        self._tso_seen = (0, 0)
 
     def _register_io(self) -> None:
         """Watch the TUN and the wakeup pipe (last: nothing left to undo after it)."""
@@ -390,7 +394,26 @@ class Daemon:
             self.stop_reason = "interface deleted"
             return
         self._follow_mtu()
+        self._adapt_tso()
         self._write_stats()
+
+    def _adapt_tso(self) -> None:
+        policy = self.tso_policy
+        if policy is None:
+            return
+        io = self.io_counters
+        supers, partials = io.get("io_tso_reads", 0), io.get("io_csum_reads", 0)
+        seen_s, seen_p = self._tso_seen
+        self._tso_seen = (supers, partials)
+        change = policy.update(supers - seen_s, partials - seen_p, self.clock())
+        if change is None:
+            return
+        if self.tun.set_tso(change):
+            io["io_tso_on" if change else "io_tso_off"] += 1
+            log.info("TSO reads %s (last second: %d super-packets, %d partial checksums)",
+                     "on" if change else "off", supers - seen_s, partials - seen_p)
+        else:
+            policy.on = self.tun.tso
 
     def counters(self) -> dict[str, int]:
         merged = dict(self.device.counters)

@@ -18,7 +18,10 @@ second, removed at exit) and logged at info level on SIGUSR1.
 It stops (status 0, removing the interface, socket and stats file) on SIGTERM,
 SIGINT or SIGHUP, when its UAPI socket file is deleted, or when its interface
 is deleted. Offloads (see udp.py and offload.py) are on by default;
-``--no-offload`` turns them off, ``--tso`` adds the experimental TSO split.
+``--no-offload`` turns them off. TSO reads (TCP super-packets from the kernel,
+split here) follow the traffic where numpy is installed and one worker runs
+(fabric.wg.tsopolicy: on while they pay, off while partial checksums of other
+packets dominate); ``--tso`` keeps them on, ``--no-tso`` off.
 CROSSWIRE_WG_PROFILE=PATH (IFACE in it is replaced) writes a cProfile of the
 loop at exit.
 """
@@ -57,8 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-offload", action="store_true",
                    help="plain TUN: no TSO/GRO super-packets, no UDP GSO/GRO batching")
     p.add_argument("--tso", action="store_true",
-                   help="let the kernel hand over 64 KB TCP super-packets and split them here "
-                        "(measured slower than plain reads on a 2-core VM; for experiments)")
+                   help="always let the kernel hand over 64 KB TCP super-packets and split them "
+                        "here (default: where numpy is installed, while they pay)")
+    p.add_argument("--no-tso", action="store_true",
+                   help="read packet by packet: no TSO super-packets")
     p.add_argument("--saved-config", default=None, metavar="PATH",
                    help="save the configuration here (0600, atomically) after each applied set "
                         "and restore it at start (it holds the private key)")
@@ -76,6 +81,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--version", action="version", version="crosswire-wg 0.1.0")
     p.add_argument("interface")
     return p.parse_args(argv)
+
+
+def _tso_auto(args: argparse.Namespace) -> bool:
+    """TSO reads that follow the traffic: the default with numpy installed (looked
+    up, not imported: the import waits for the first super-packet) and one worker."""
+    if args.no_offload or args.no_tso or args.tso or args.workers > 1:
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("numpy") is not None
 
 
 def _setup_logging(args: argparse.Namespace, foreground: bool) -> None:
@@ -109,7 +124,9 @@ def _serve(args: argparse.Namespace, ready_fd: int | None, on_ready: Callable[[]
     elif stats == "none":
         stats = None
     try:
-        tun = Tun(args.interface, offload=not args.no_offload, tso=args.tso and not args.no_offload,
+        tso_auto = _tso_auto(args)
+        tun = Tun(args.interface, offload=not args.no_offload,
+                  tso=(args.tso or tso_auto) and not args.no_offload,
                   persist=args.persist, multi_queue=args.workers > 1)
     except (TunError, OSError) as e:
         return _fail(ready_fd, f"cannot create interface {args.interface}: {e.strerror or e}")
@@ -136,6 +153,10 @@ def _serve(args: argparse.Namespace, ready_fd: int | None, on_ready: Callable[[]
         else:
             daemon = Daemon(device, tun, stats_path=stats, gso=not args.no_offload,
                             on_configured=saver)
+            if tso_auto and tun.tso:
+                from fabric.wg.tsopolicy import TsoPolicy
+
+                daemon.tso_policy = TsoPolicy()
     except OSError as e:
         if pool is not None:
             pool.stop()

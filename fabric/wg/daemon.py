@@ -45,6 +45,7 @@ from typing import Protocol
 from fabric.wg import statsfile
 from fabric.wg.linkwatch import LinkWatch
 from fabric.wg.messages import Endpoint
+from fabric.wg.tsopolicy import TsoPolicy
 from fabric.wg.tun import Tun
 from fabric.wg.uapi import UapiReply
 from fabric.wg.uapi import handle as handle_uapi
@@ -88,35 +89,20 @@ UapiHandler = Callable[[DeviceLike, str, float], UapiReply]
 class Daemon:
     """Owns the fds around one Device; ``run()`` blocks until ``stop()`` or a shutdown cause."""
 
+    stats_path: str | None
+    # After each applied set request (crosswire-wg saves its configuration there).
+    on_configured: Callable[[], None] | None
+    linkwatch: LinkWatch | None
+
     def __init__(self, device: DeviceLike, tun: Tun, *, uapi_dir: str | None = None,
                  stats_path: str | None = None, clock: Callable[[], float] = time.monotonic,
                  gso: bool = True, uapi: UapiHandler | None = None,
                  on_configured: Callable[[], None] | None = None) -> None:
-        self.device = device
-        # After each applied set request (crosswire-wg saves its configuration there).
+        self._init_io(device, tun, clock=clock, gso=gso)
+        self.stats_path = stats_path
         self.on_configured = on_configured
         # fabric.wg.uapi.handle over a real Device; tests drive the loop with a fake of both.
         self._uapi: UapiHandler = uapi if uapi is not None else handle_uapi  # type: ignore[assignment]
-        self.tun = tun
-        self.clock = clock
-        self.epoll = select.epoll()
-        self.stats_path = stats_path
-        self.stop_reason: str | None = None
-        self.io_counters: collections.defaultdict[str, int] = collections.defaultdict(int)
-        self.s4: socket.socket | None = None
-        self.s6: socket.socket | None = None
-        self.s4_fd = self.s6_fd = -2
-        # Zero-timeout readiness probes for the UDP reads (see fabric.wg.udp.read_batch).
-        self._s4_ready = self._s6_ready = select.poll()
-        self.bound_port = 0
-        self.generation = -1
-        self._dump_requested = False
-        self.gso = gso
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.linkwatch: LinkWatch | None = None
-        self._link_fd = -2
-        # Other fds in the epoll set and their handlers (fabric.wg.workers' control sockets).
-        self.extra: dict[int, Callable[[int], None]] = {}
         try:
             self.linkwatch = LinkWatch(socket.if_nametoindex(tun.name))
             self._link_fd = self.linkwatch.fileno()
@@ -136,10 +122,44 @@ class Daemon:
             os.close(self._wake_r)
             os.close(self._wake_w)
             raise
-        self.epoll.register(tun.fd, select.EPOLLIN)
-        self.epoll.register(self._wake_r, select.EPOLLIN)
+        self._register_io()
         if self.linkwatch is not None:
             self.epoll.register(self._link_fd, select.EPOLLIN)
+
+    def _init_io(self, device: DeviceLike, tun: Tun, *, clock: Callable[[], float],
+                 gso: bool) -> None:
+        """The loop's I/O state before any socket is bound: shared with
+        fabric.wg.workers.WorkerDaemon, which binds no UAPI socket of its own."""
+        self.device = device
+        self.tun = tun
+        self.clock = clock
+        self.epoll = select.epoll()
+        self.stats_path = None
+        self.on_configured = None
+        self.stop_reason: str | None = None
+        self.io_counters: collections.defaultdict[str, int] = collections.defaultdict(int)
+        self.s4: socket.socket | None = None
+        self.s6: socket.socket | None = None
+        self.s4_fd = self.s6_fd = -2
+        # Zero-timeout readiness probes for the UDP reads (see fabric.wg.udp.read_batch).
+        self._s4_ready = self._s6_ready = select.poll()
+        self.bound_port = 0
+        self.generation = -1
+        self._dump_requested = False
+        self.gso = gso
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.linkwatch = None
+        self._link_fd = -2
+        # Other fds in the epoll set and their handlers (fabric.wg.workers' control sockets).
+        self.extra: dict[int, Callable[[int], None]] = {}
+        # TSO on and off with the traffic mix (fabric.wg.tsopolicy); None: as opened.
+        self.tso_policy: TsoPolicy | None = None
+        self._tso_seen = (0, 0)
+
+    def _register_io(self) -> None:
+        """Watch the TUN and the wakeup pipe (last: nothing left to undo after it)."""
+        self.epoll.register(self.tun.fd, select.EPOLLIN)
+        self.epoll.register(self._wake_r, select.EPOLLIN)
 
     # -- configuration ------------------------------------------------------------------
 
@@ -376,7 +396,26 @@ class Daemon:
             self.stop_reason = "interface deleted"
             return
         self._follow_mtu()
+        self._adapt_tso()
         self._write_stats()
+
+    def _adapt_tso(self) -> None:
+        policy = self.tso_policy
+        if policy is None:
+            return
+        io = self.io_counters
+        supers, partials = io.get("io_tso_reads", 0), io.get("io_csum_reads", 0)
+        seen_s, seen_p = self._tso_seen
+        self._tso_seen = (supers, partials)
+        change = policy.update(supers - seen_s, partials - seen_p, self.clock())
+        if change is None:
+            return
+        if self.tun.set_tso(change):
+            io["io_tso_on" if change else "io_tso_off"] += 1
+            log.info("TSO reads %s (last second: %d super-packets, %d partial checksums)",
+                     "on" if change else "off", supers - seen_s, partials - seen_p)
+        else:
+            policy.on = self.tun.tso
 
     def counters(self) -> dict[str, int]:
         merged = dict(self.device.counters)

@@ -129,10 +129,10 @@ class Tun:
                 fcntl.ioctl(fd, TUNSETPERSIST, 1)
             # vnet_hdr: every read/write carries a virtio_net_hdr (fabric.wg.offload).
             self.vnet_hdr = offload
+            self.tso = False
             if offload and tso:
                 # Without TSO, reads are single packets, still behind a (zero) header.
-                with contextlib.suppress(OSError):
-                    fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                self.set_tso(True)
             self.set_mtu(mtu)
             # A deeper ring than the default 500: between two of our reads a TCP sender
             # may queue up to tcp_limit_output_bytes; overflowing the ring is a drop that
@@ -229,8 +229,8 @@ class Tun:
                     except (OffloadError, struct.error):
                         counters["io_tun_bad_offload"] += 1
                         segments = []
-                    else:
-                        counters["io_tso_reads"] += 1
+                    else:  # a super-packet, or one packet with a partial checksum
+                        counters["io_tso_reads" if buf[1] else "io_csum_reads"] += 1
                     if on_packets is not None:
                         if batch:  # in order: what was read before goes first
                             on_packets(batch, now)
@@ -249,6 +249,16 @@ class Tun:
             if batch:
                 assert on_packets is not None
                 on_packets(batch, now)
+
+    def set_tso(self, on: bool) -> bool:
+        """TSO (with the checksum offload it needs) on or off; it applies to packets
+        queued from then on, and reads handle both kinds. False if the kernel refused."""
+        try:
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 if on else 0)
+        except OSError:
+            return False
+        self.tso = on
+        return True
 
     def write_batch(self, packets: collections.deque[bytes],
                     counters: collections.defaultdict[str, int]) -> bool:

@@ -322,34 +322,14 @@ class WorkerDaemon(Daemon):
     no stats file, no link watch (the MTU is re-read each second)."""
 
     def __init__(self, device: WorkerDevice, tun: Tun, ctrl: socket.socket) -> None:
-        # Not Daemon.__init__: no UAPI socket and no binding of our own.
-        self.device = device
+        # Not Daemon.__init__: no UAPI socket, no binding and no link watch of our own.
+        self._init_io(device, tun, clock=time.monotonic, gso=True)
         self.worker = device
-        self.tun = tun
         self.ctrl = ctrl
-        self.clock = time.monotonic
-        self.epoll = select.epoll()
-        self.stats_path = None
-        self.stop_reason = None
-        import collections
-
-        self.io_counters = collections.defaultdict(int)
-        self.s4 = self.s6 = None
-        self.s4_fd = self.s6_fd = -2
-        self._s4_ready = self._s6_ready = select.poll()
-        self.bound_port = 0
-        self.generation = -1
-        self._dump_requested = False
-        self.gso = True
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.linkwatch = None
-        self._link_fd = -2
-        self.on_configured = None
-        self.extra = {ctrl.fileno(): self._on_owner}
+        self.extra[ctrl.fileno()] = self._on_owner
         self._next_counters = 0.0
         device.mtu = tun.mtu()
-        self.epoll.register(tun.fd, select.EPOLLIN)
-        self.epoll.register(self._wake_r, select.EPOLLIN)
+        self._register_io()
         self.epoll.register(ctrl.fileno(), select.EPOLLIN)
 
     def _on_owner(self, ev: int) -> None:

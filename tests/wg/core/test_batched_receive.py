@@ -5,7 +5,7 @@ one fed datagram by datagram, the other batched."""
 
 from __future__ import annotations
 
-from wg.core.wgsim import Pair, ipv4_packet
+from wg.core.wgsim import Pair, ipv4_packet, ipv6_packet
 
 SRC = ("192.0.2.1", 51820)
 
@@ -30,9 +30,24 @@ def _capture_first_flight(p: Pair, payloads: list[bytes]) -> list[bytes]:
     return held
 
 
+def _odd_inner() -> list[bytes]:
+    """Inner packets of the bulk's size (1020 bytes) that the receiver checks: IPv4
+    claiming more than it has or less than a header (dropped), IPv4 with padding
+    after its total length (cut), IPv6."""
+    out = []
+    for total in (1100, 19, 500):
+        pkt = bytearray(ipv4_packet("10.0.0.1", "10.0.0.2", b"i" * 1000))
+        pkt[2:4] = total.to_bytes(2, "big")
+        out.append(bytes(pkt))
+    out.append(ipv6_packet("fd00::1", "fd00::2", b"6" * 980))
+    return out
+
+
 def _bulk(p: Pair, payloads: list[tuple[str, bytes]]) -> list[bytes]:
     for src, pl in payloads:
         p.a.on_packet(ipv4_packet(src, "10.0.0.2", pl), p.clock.now)
+    for pkt in _odd_inner():
+        p.a.on_packet(pkt, p.clock.now)
     out = [d for d, _ in p.a.outbox]
     p.a.outbox.clear()
     return out
@@ -92,9 +107,12 @@ def _run(batched: bool) -> tuple[object, ...]:
 def test_batched_receive_equals_one_by_one() -> None:
     one, batch = _run(False), _run(True)
     inbox = one[0]
-    assert isinstance(inbox, list) and len(inbox) == 2 + 12 - 1 - 1 - 1  # lost: bad, unknown, not allowed
+    # lost: bad, unknown, not allowed; and of the odd inner packets two
+    assert isinstance(inbox, list) and len(inbox) == 2 + 12 - 1 - 1 - 1 + 2
+    assert len(inbox[-2]) == 500 and inbox[-1][0] >> 4 == 6
     counters = one[1]
     assert isinstance(counters, dict)
+    assert counters["drop_bad_inner"] == 2
     for key in ("drop_bad_auth", "drop_replay", "drop_unknown_index", "drop_not_allowed_src",
                 "rx_keepalive"):
         assert counters[key] == 1, key

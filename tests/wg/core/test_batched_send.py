@@ -15,6 +15,9 @@ def _packets() -> list[bytes]:
     pk.insert(4, b"\x45" * 10)  # too short: drop
     pk.append(ipv6_packet("fd00::1", "fd00::2", b"six" * 100))  # same peer, other key
     pk.append(ipv4_packet("10.0.0.1", "10.0.0.2", b"odd"))  # padded
+    # Unpadded (the inlined seal): exactly the MTU (1420), and a multiple of 16.
+    pk.append(ipv4_packet("10.0.0.1", "10.0.0.2", b"m" * 1400))
+    pk.append(ipv4_packet("10.0.0.1", "10.0.0.2", b"s" * 1004))
     return pk
 
 

@@ -77,9 +77,10 @@ def tcp_packet(payload: bytes, seq: int, v6: bool = False, flags: int = 0x18,
     return with_tcp_csum(bytearray(ip + tcp + payload), v6)
 
 
-def superpacket(payload: bytes, mss: int, v6: bool, seq: int = 0xFFFFF000) -> bytes:
+def superpacket(payload: bytes, mss: int, v6: bool, seq: int = 0xFFFFF000,
+                flags: int = 0x18) -> bytes:
     """What the kernel hands a TSO-enabled TUN: partial checksum, gso metadata."""
-    pkt = bytearray(tcp_packet(payload, seq, v6))
+    pkt = bytearray(tcp_packet(payload, seq, v6, flags=flags))
     iphl = 40 if v6 else 20
     thl = 32
     seed = ones_sum(pseudo(bytes(pkt), v6, len(pkt) - iphl))
@@ -90,7 +91,8 @@ def superpacket(payload: bytes, mss: int, v6: bool, seq: int = 0xFFFFF000) -> by
 
 
 @pytest.mark.parametrize("v6", [False, True])
-@pytest.mark.parametrize("size", [1, 1367, 1368, 1369, 20000, 65000 - 72])
+@pytest.mark.parametrize("size", [1, 1367, 1368, 1369, 20000, 1368 * 16, 1368 * 20 + 1,
+                                  65000 - 72])
 def test_gso_split_segments_with_valid_checksums(v6: bool, size: int) -> None:
     rnd = random.Random(size)
     payload = rnd.randbytes(size)
@@ -180,6 +182,28 @@ def test_coalesce_keeps_what_must_not_merge_apart() -> None:
     assert [len(v) for v in coalesce(pkts)] == [5, 2, 4, 2, 2]
 
 
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_joins_only_segments_whose_header_may_differ_there(v6: bool) -> None:
+    """Flip each bit of the second segment's header: it joins the first one's run only
+    where segments of one run differ (IP length/id/header checksum, sequence number
+    (then the run breaks on it), PSH, TCP checksum) and stays apart for any other bit."""
+    mss = 500
+    iphl = 40 if v6 else 20
+    hl = iphl + 32
+    first = tcp_packet(b"a" * mss, 1000, v6, flags=0x10)
+    second = tcp_packet(b"b" * mss, 1000 + mss, v6, flags=0x10)
+    may_differ = set(range(iphl + 16, iphl + 18)) | ({4, 5} if v6 else {2, 3, 4, 5, 10, 11})
+    for byte in range(hl):
+        for bit in range(8):
+            cand = bytearray(second)
+            cand[byte] ^= 1 << bit
+            if not v6 and byte in (2, 3):
+                continue  # the total length: the packet's length stands for it
+            joined = len(coalesce([first, bytes(cand)])) == 1
+            psh = byte == iphl + 13 and 1 << bit == 0x08
+            assert joined == (byte in may_differ or psh), (byte, bit)
+
+
 def test_coalesce_random_streams_preserve_bytes() -> None:
     rnd = random.Random(7)
     for _ in range(30):
@@ -212,7 +236,15 @@ def test_gso_split_without_numpy_is_the_same(v6: bool, monkeypatch: pytest.Monke
     must split a super-packet into exactly the same segments."""
     from fabric.wg import offload
 
-    payload = random.Random(7).randbytes(20000)
-    with_np = gso_split(superpacket(payload, 1368, v6))
+    # Short (numpy for the chunk sums), long (all full segments in one array, with and
+    # without a short last one), and flags that belong to the first (CWR) or last
+    # (FIN, PSH) segment only.
+    cases = [(size, flags) for size in (20000, 1368 * 16, 1368 * 30 + 7, 65000 - 72)
+             for flags in (0x18, 0x99)]
+    rnd = random.Random(7)
+    sps = [superpacket(rnd.randbytes(size), 1368, v6, flags=flags) for size, flags in cases]
+    with_np = [gso_split(sp) for sp in sps]
+    assert with_np[-1][0][(40 if v6 else 20) + 13] == 0x90  # CWR|ACK, first segment
+    assert with_np[-1][-1][(40 if v6 else 20) + 13] == 0x19  # FIN|PSH|ACK, last segment
     monkeypatch.setattr(offload, "_np", None)
-    assert gso_split(superpacket(payload, 1368, v6)) == with_np
+    assert [gso_split(sp) for sp in sps] == with_np

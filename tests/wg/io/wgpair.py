@@ -137,6 +137,18 @@ class Side:
             data: dict[str, int] = json.load(f)
         return data
 
+    def stats_after(self, t: float, timeout: float = 15.0) -> dict[str, int]:
+        """The counters from a stats file written after wall-clock ``t`` (the daemon
+        rewrites it once a second; on a loaded machine that second can stretch): a
+        file from before ``t`` would miss what happened just before it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.stats_path).st_mtime > t:
+                    return self.stats()
+            assert time.monotonic() < deadline, f"{self.stats_path} not rewritten since {t}"
+            time.sleep(0.1)
+
     def log_text(self) -> str:
         try:
             with open(self.log_path, errors="replace") as f:
@@ -206,6 +218,13 @@ class Pair:
         if keepalive:
             args += ["persistent-keepalive", str(keepalive)]
         s.wg(*args)
+
+    def warm_up(self, src: Side, dst_addr: str, timeout: float = 20) -> None:
+        """Ping until one reply comes back: the packets that start the handshake may be
+        lost (a loaded machine can stretch it past ping's wait), so an assertion on
+        loss belongs to the pings after this one."""
+        out = self.ping(src, dst_addr, count=1, timeout=timeout)
+        assert " 1 received" in out, out
 
     def ping(self, src: Side, dst_addr: str, count: int = 3, timeout: float = 20) -> str:
         return src.sh("ping", "-c", str(count), "-i", "0.2", "-W", "2", "-w", str(int(timeout)),

@@ -125,8 +125,8 @@ def _serve(args: argparse.Namespace, ready_fd: int | None, on_ready: Callable[[]
         stats = None
     try:
         tso_auto = _tso_auto(args)
-        tun = Tun(args.interface, offload=not args.no_offload,
-                  tso=(args.tso or tso_auto) and not args.no_offload,
+        # Under the policy TSO starts off: it goes on once numpy is loaded (Daemon._adapt_tso).
+        tun = Tun(args.interface, offload=not args.no_offload, tso=args.tso and not args.no_offload,
                   persist=args.persist, multi_queue=args.workers > 1)
     except (TunError, OSError) as e:
         return _fail(ready_fd, f"cannot create interface {args.interface}: {e.strerror or e}")
@@ -153,10 +153,10 @@ def _serve(args: argparse.Namespace, ready_fd: int | None, on_ready: Callable[[]
         else:
             daemon = Daemon(device, tun, stats_path=stats, gso=not args.no_offload,
                             on_configured=saver)
-            if tso_auto and tun.tso:
+            if tso_auto and tun.vnet_hdr:
                 from fabric.wg.tsopolicy import TsoPolicy
 
-                daemon.tso_policy = TsoPolicy()
+                daemon.tso_policy = TsoPolicy(on=False)  # the first pass with numpy loaded turns it on
     except OSError as e:
         if pool is not None:
             pool.stop()
@@ -173,6 +173,10 @@ def _serve(args: argparse.Namespace, ready_fd: int | None, on_ready: Callable[[]
         if ready_fd is not None:
             os.write(ready_fd, b"ok")
             os.close(ready_fd)
+        if daemon.tso_policy is not None:
+            from fabric.wg import offload
+
+            offload.preload_numpy()
         profile_path = os.environ.get("CROSSWIRE_WG_PROFILE", "").replace("IFACE", args.interface)
         if profile_path:
             # Development aid: cProfile the loop, stats written at exit (pstats format).
@@ -311,6 +315,11 @@ def _standby(args: argparse.Namespace) -> int:
     try:
         # Everything the takeover runs, imported now: that is the start it saves.
         from fabric.wg import daemon, device, savedconfig  # noqa: F401
+
+        if _tso_auto(args):
+            from fabric.wg import offload
+
+            offload.preload_numpy()  # the split's numpy too (the active one loads it after its start)
 
         gc.enable()  # it may wait for days: off the packets' path, so collect as usual
         if not standby.wait(args.interface, SOCKET_DIR, args.saved_config):

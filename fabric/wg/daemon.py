@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from fabric.wg import statsfile
+from fabric.wg import offload, statsfile
 from fabric.wg.linkwatch import LinkWatch
 from fabric.wg.messages import Endpoint
 from fabric.wg.tsopolicy import TsoPolicy
@@ -401,8 +401,8 @@ class Daemon:
 
     def _adapt_tso(self) -> None:
         policy = self.tso_policy
-        if policy is None:
-            return
+        if policy is None or not offload.numpy_loaded():
+            return  # off until numpy is in (offload.preload_numpy): no packet waits for its import
         io = self.io_counters
         supers, partials = io.get("io_tso_reads", 0), io.get("io_csum_reads", 0)
         seen_s, seen_p = self._tso_seen

@@ -27,9 +27,10 @@ import functools
 import struct
 from types import EllipsisType, ModuleType
 
-# numpy is optional (it makes the TSO split affordable, see _chunk_sums) and imported on
-# first use: at ~120 ms it was most of crosswire-wg's start-up, which is on the path of
-# the packets when a data plane restarts (issue 20).
+# numpy makes the TSO split affordable (see _chunk_sums). It is imported after start-up
+# (preload_numpy) or on first use, never at start: at ~120 ms it was most of crosswire-wg's
+# start, which is on the path of the packets when a data plane restarts. TSO reads are
+# turned on only once it is loaded (Daemon._adapt_tso), so no packet waits for the import.
 _np: ModuleType | EllipsisType | None = ...  # ...: not tried yet
 
 
@@ -42,6 +43,20 @@ def _numpy() -> ModuleType | None:
         except ImportError:  # pragma: no cover - depends on the installation
             _np = None
     return _np
+
+
+def numpy_loaded() -> bool:
+    """numpy is imported (TSO reads are then affordable, see fabric.wg.tsopolicy)."""
+    return _np is not ... and _np is not None
+
+
+def preload_numpy() -> None:
+    """Import numpy off the packets' path: in a thread after the device is up (the loop
+    keeps running between the import's bytecodes), or in a waiting standby."""
+    import threading
+
+    if _np is ...:
+        threading.Thread(target=_numpy, name="preload-numpy", daemon=True).start()
 
 VNET_HDR = struct.Struct("<BBHHHH")
 VNET_HDR_LEN = VNET_HDR.size

@@ -53,6 +53,21 @@ def sh(*args: str, check: bool = True, ns: str | None = None, timeout: float = 6
     return proc
 
 
+def wg_processes(iface: str) -> list[int]:
+    """Pids of crosswire-wg processes whose command line names ``iface`` (unique on the machine)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if iface.encode() in argv and any(b"crosswire-wg" in a for a in argv):
+                out.append(int(d))
+    return out
+
+
 def kill_ns_processes(ns: str) -> None:
     pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
     for sig in (signal.SIGTERM, signal.SIGKILL):

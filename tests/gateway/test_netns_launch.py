@@ -12,23 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from nsutil import Namespaces, require_root, sh, uniq
+from nsutil import Namespaces, require_root, sh, uniq, wg_processes
 
 BIN = Path(sys.executable).parent
-
-
-def _wg_processes(iface: str) -> list[int]:
-    """Pids whose command line names the interface (unique on the machine) and crosswire-wg."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                argv = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if iface.encode() in argv and any(b"crosswire-wg" in a for a in argv):
-                out.append(int(d.name))
-    return out
 
 
 def _gateway(netns: Namespaces, tmp_path: Path) -> tuple[str, str, Path, Path]:
@@ -63,9 +49,9 @@ def _kill_all(gw: subprocess.Popen[bytes], iface: str) -> None:
     """A container restart: the daemon and every data-plane process, SIGKILL."""
     gw.kill()
     gw.wait(timeout=10)
-    for pid in _wg_processes(iface):
+    for pid in wg_processes(iface):
         os.kill(pid, signal.SIGKILL)
-    _wait("the data plane did not die", lambda: not _wg_processes(iface), 10)
+    _wait("the data plane did not die", lambda: not wg_processes(iface), 10)
 
 
 def test_restart_starts_the_data_plane_from_the_record(netns: Namespaces, tmp_path: Path) -> None:
@@ -86,7 +72,7 @@ def test_restart_starts_the_data_plane_from_the_record(netns: Namespaces, tmp_pa
         _wait("not started from the record", lambda: "started from the launch record" in log.read_text())
         _wait("the data plane is not up", sock.exists)
         # The daemon took it over: the process it adopted is the one serving, and a standby waits.
-        _wait("no standby", lambda: len(_wg_processes(iface)) == 2)
+        _wait("no standby", lambda: len(wg_processes(iface)) == 2)
         assert gw.poll() is None
         assert "re-attached to the persistent interface" in (sd / "dataplane.log").read_text()
     finally:
@@ -108,7 +94,7 @@ def test_refused_restart_stops_what_the_record_started(netns: Namespaces, tmp_pa
                             str(cfg)], capture_output=True, text=True, timeout=60)
         assert p.returncode == 1, p.stderr
         assert "started from the launch record" in p.stderr and "state.db: is empty" in p.stderr, p.stderr
-        assert _wg_processes(iface) == []
+        assert wg_processes(iface) == []
         assert sh("ip", "link", "show", iface, ns=ns, check=False).returncode != 0
         assert not Path(f"/var/run/wireguard/{iface}.sock").exists()
         assert not (sd / "launch.json").exists()  # a refused start leaves no record to start from

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from nsutil import Namespaces, require_root, sh, uniq
+from nsutil import Namespaces, require_root, sh, uniq, wg_processes
 
 BIN = Path(sys.executable).parent
 
@@ -76,20 +76,6 @@ def _run_refused(ns: str, cfg: Path) -> None:
     assert "cannot start:" in p.stderr and "state.db: is empty" in p.stderr, p.stderr
 
 
-def _wg_processes(iface: str) -> list[int]:
-    """Pids whose command line names the interface (unique on the machine)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                argv = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if iface.encode() in argv and any(b"crosswire-wg" in a for a in argv):
-                out.append(int(d.name))
-    return out
-
-
 def test_refused_start_stops_the_data_plane_it_started_early(netns: Namespaces, tmp_path: Path) -> None:
     require_root()
     ns, iface, sd, cfg = _refused_setup(netns, tmp_path)
@@ -99,7 +85,7 @@ def test_refused_start_stops_the_data_plane_it_started_early(netns: Namespaces, 
     assert "restored the saved configuration" in log, log
     # ... and stopped it cleanly: no process, no interface, no UAPI socket.
     assert "shut down, removed" in log, log
-    assert _wg_processes(iface) == []
+    assert wg_processes(iface) == []
     assert sh("ip", "link", "show", iface, ns=ns, check=False).returncode != 0
     assert not Path(f"/var/run/wireguard/{iface}.sock").exists()
 

@@ -141,6 +141,9 @@ def test_host_network_sources(fab: Lab) -> None:
     assert nat.with_counters(nat.mappings(fab.gpu.state, {cid}), alone) == rows
     dumped = in_netns(fab.gpu.gw, lambda: nftdump.listing("inet", "crosswire", chains, sets, maps))
     assert nat.with_counters(nat.mappings(fab.gpu.state, {cid}), dumped) == rows
+    everything = in_netns(fab.gpu.gw, lambda: {"nftables": nftdump.rules("inet", "crosswire", None) + nftdump.listing(
+        "inet", "crosswire", (), sets, maps)["nftables"]})  # one table-wide rule dump: the same rows
+    assert nat.with_counters(nat.mappings(fab.gpu.state), everything) == rows
 
 
 def test_ipv6(fab: Lab) -> None:

@@ -235,6 +235,10 @@ def test_per_export_counters_from_the_kernel(pair: Pair) -> None:
     # ... and from the kernel's own dumps (fabric.nftdump), which the gateway reads them with
     dumped = in_netns(pair.spoke.gw, lambda: nftdump.listing("inet", "crosswire", chains, sets, maps))
     assert nat.with_counters(nat.mappings(pair.spoke.state, {cid}), dumped) == rows
+    # ... and every peer's from one table-wide rule dump and the elements (a scrape, the full report)
+    everything = in_netns(pair.spoke.gw, lambda: {"nftables": nftdump.rules("inet", "crosswire", None) + nftdump.listing(
+        "inet", "crosswire", (), sets, maps)["nftables"]})
+    assert nat.with_counters(nat.mappings(pair.spoke.state), everything) == rows
 
 
 def test_mixed_spoke_views_hub_full(pair: Pair) -> None:

@@ -43,3 +43,96 @@ def test_a_pass_with_nothing_new_does_not_rebuild_the_route_set(clusters: Any, m
         assert watch.version != v and watch.body is not None and watch.body["gateway_ip"] == "10.244.0.11"
 
     asyncio.run(go())
+
+
+async def _peered(lab: Any, gpu: Any) -> None:
+    r = await gpu.call("POST", "/api/v1/tokens", json={"ttl": "1h"})
+    r = await lab.call("POST", "/api/v1/peers", json={"token": r.json()["token"]})
+    assert r.status_code == 201, r.text
+    assert await lab.gw.reconciler.reconcile()
+
+
+def test_counters_are_one_snapshot_for_every_request_until_the_interval_passed(clusters: Any,
+                                                                               monkeypatch: Any) -> None:
+    """The page's requests, other tabs and a scrape read the drop rules, the policy counters
+    and the NAT counters once per STATS_TTL between them; later reads see new values."""
+    import gateway.readmodel as rm
+
+    lab, gpu = clusters("lab"), clusters("gpu")
+    t = [1000.0]
+    monkeypatch.setattr(rm.time, "monotonic", lambda: t[0])  # the module gateway.snapshot reads too
+    reads = {"drops": 0, "denied": 0, "nat": 0}
+    real_nat = lab.fabric.nat
+
+    def drops() -> list[dict[str, Any]]:
+        reads["drops"] += 1
+        return [{"chain": "forward", "comment": "x", "packets": reads["drops"], "bytes": 1, "handle": 1}]
+
+    def denied(state: Any) -> dict[str, dict[str, int]]:
+        reads["denied"] += 1
+        return {"gpu": {"packets": reads["denied"], "bytes": 0}}
+
+    def nat(state: Any, only: Any = None) -> list[dict[str, Any]]:
+        if only is None:
+            reads["nat"] += 1
+        return list(real_nat(state, only))
+    monkeypatch.setattr(lab.fabric, "nat_drops", drops)
+    monkeypatch.setattr(lab.fabric, "export_denied", denied)
+    monkeypatch.setattr(lab.fabric, "nat", nat)
+
+    async def go() -> None:
+        await _peered(lab, gpu)
+        lab.gw.read.stats_ttl = rm.STATS_TTL
+        for _ in range(3):  # three viewers' polls, and two scrapes, within the interval
+            s = (await lab.call("GET", "/api/v1/nat?summary=true", auth=False)).json()
+            assert s["drops"][0]["packets"] == 1
+            await lab.call("GET", "/api/v1/nat?peer=gpu", auth=False)
+            await lab.call("GET", "/metrics", auth=False)
+        assert reads == {"drops": 1, "denied": 1, "nat": 1}
+        t[0] += rm.STATS_TTL  # the interval passed: read again, once
+        s = (await lab.call("GET", "/api/v1/nat?summary=true", auth=False)).json()
+        m = (await lab.call("GET", "/metrics", auth=False)).text
+        assert s["drops"][0]["packets"] == 2 and reads["drops"] == 2 and reads["nat"] == 2
+        assert 'crosswire_export_denied_packets_total{peer="gpu"} ' in m
+        # A newly programmed state is never answered with the counters of the old one.
+        r = await lab.call("DELETE", "/api/v1/peers/gpu")
+        assert r.status_code == 200, r.text
+        await lab.gw.reconciler.reconcile()
+        m = (await lab.call("GET", "/metrics", auth=False)).text
+        assert reads["nat"] == 3 and 'peer="gpu"' not in m
+
+    asyncio.run(go())
+
+
+def test_metrics_values_are_the_sums_of_the_nat_report(clusters: Any, monkeypatch: Any) -> None:
+    lab, gpu = clusters("lab"), clusters("gpu")
+    real_nat = lab.fabric.nat
+
+    def counted(state: Any, only: Any = None) -> list[dict[str, Any]]:
+        rows = real_nat(state, only)
+        for p in rows:
+            for i, r in enumerate(p["rules"]):
+                r.update(packets=10 + i, bytes=1000 + i, connections=None if "element" in r else 2)
+            p["export_denied"] = {"packets": 7, "bytes": 70}
+        return list(rows)
+    monkeypatch.setattr(lab.fabric, "nat", counted)
+
+    async def go() -> None:
+        await _peered(lab, gpu)
+        report = (await lab.call("GET", "/api/v1/nat", auth=False)).json()["peers"]
+        want: dict[tuple[str, str], list[int]] = {}
+        for p in report:
+            for r in p["rules"]:
+                c = want.setdefault((p["cluster_id"], r["chain"]), [0, 0, 0])
+                c[0] += r["packets"]
+                c[1] += r["bytes"]
+                c[2] += r["connections"] or 0
+        assert len(want) == 2 and all(v[0] > 0 for v in want.values())
+        text = (await lab.call("GET", "/metrics", auth=False)).text
+        for (peer, chain), (pk, by, cn) in want.items():
+            assert f'crosswire_nat_packets_total{{peer="{peer}",chain="{chain}"}} {pk}\n' in text
+            assert f'crosswire_nat_bytes_total{{peer="{peer}",chain="{chain}"}} {by}\n' in text
+            assert f'crosswire_nat_connections_total{{peer="{peer}",chain="{chain}"}} {cn}\n' in text
+        assert 'crosswire_export_denied_packets_total{peer="gpu"} 7\n' in text
+
+    asyncio.run(go())

@@ -136,3 +136,40 @@ def test_metrics_values_are_the_sums_of_the_nat_report(clusters: Any, monkeypatc
         assert 'crosswire_export_denied_packets_total{peer="gpu"} 7\n' in text
 
     asyncio.run(go())
+
+
+def test_the_page_poll_answers_what_its_four_requests_answer(clusters: Any) -> None:
+    lab, gpu, edge = clusters("lab"), clusters("gpu"), clusters("edge")
+
+    async def go() -> None:
+        await _peered(lab, gpu)
+        await _peered(lab, edge)
+
+        async def get(path: str) -> Any:
+            r = await lab.call("GET", path, auth=False)
+            assert r.status_code == 200, (path, r.text)
+            return r.json()
+        # the selected peer on the page: no separate row
+        both = await get("/api/v1/page?limit=1&offset=0&peer=edge")
+        assert both == {"peers_summary": await get("/api/v1/peers?summary=true"),
+                        "nat_summary": await get("/api/v1/nat?summary=true"),
+                        "peers": await get("/api/v1/peers?limit=1&offset=0"),
+                        "selected": None, "nat": await get("/api/v1/nat?peer=edge")}
+        assert [p["cluster_id"] for p in both["peers"]["peers"]] == ["edge"] and both["nat"]["peers"]
+        # the selected peer elsewhere: its row as /api/v1/peers?peer= answers it
+        both = await get("/api/v1/page?limit=1&offset=0&peer=gpu")
+        assert both["selected"] == await get("/api/v1/peers?peer=gpu")
+        assert both["nat"] == await get("/api/v1/nat?peer=gpu")
+        # no peer selected, or one removed meanwhile: no row, no NAT (the page picks another)
+        for q in ("", "&peer=gone"):
+            both = await get("/api/v1/page?limit=50&offset=0" + q)
+            assert both["selected"] is None and both["nat"] is None and both["peers"]["total"] == 2
+        # an ETag, and 304 while nothing changed
+        r = await lab.call("GET", "/api/v1/page?limit=50&offset=0&peer=gpu", auth=False)
+        again = await lab.call("GET", "/api/v1/page?limit=50&offset=0&peer=gpu", auth=False,
+                               headers={"If-None-Match": r.headers["ETag"]})
+        assert again.status_code == 304
+        bad = await lab.call("GET", "/api/v1/page?limit=0", auth=False)
+        assert bad.status_code == 422 and "limit" in bad.text
+
+    asyncio.run(go())

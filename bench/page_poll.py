@@ -66,9 +66,9 @@ class BenchFabric:
     def peer_stats(self) -> dict[str, dict[str, Any]]:
         return dict(self.stats)
 
-    def nat(self, state: Any, only: Any = None) -> list[dict[str, Any]]:
+    def nat(self, state: Any, only: Any = None, *, denied: Any = None) -> list[dict[str, Any]]:
         from fabric.dataplane import Dataplane
-        return Dataplane.nat(self, state, only)  # type: ignore[arg-type]
+        return Dataplane.nat(self, state, only, denied=denied)  # type: ignore[arg-type]
 
     def export_denied(self, state: Any) -> Any:
         from fabric.dataplane import Dataplane

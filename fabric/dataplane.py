@@ -99,9 +99,11 @@ class Dataplane:
     def peer_stats(self) -> dict[str, dict[str, Any]]:
         return dict(self.process.control().show())
 
-    def nat(self, state: FabricState, only: Collection[str] | None = None) -> list[dict[str, Any]]:
+    def nat(self, state: FabricState, only: Collection[str] | None = None, *,
+            denied: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:
         """``/api/v1/nat``'s peers with their counters; ``only``: just these peers, and
-        the kernel is asked for their chains and sets alone when they are few."""
+        the kernel is asked for their chains and sets alone when they are few. ``denied``:
+        ``export_denied(state)`` read already (the gateway's snapshot), else read here."""
         listing: dict[str, Any] | None = None
         try:
             if only is not None and len(only) <= PER_PEER_LISTING:
@@ -119,7 +121,7 @@ class Dataplane:
         # Per peer, every packet of it the gateway dropped: what the policy table dropped
         # (the guard, and with exports what it was not given; fabric.exports.policy) plus,
         # from the NAT table, what it sent to addresses not offered to it.
-        denied = self.export_denied(state)
+        denied = self.export_denied(state) if denied is None else denied
         for p in peers:
             d = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
             extra = p.get("not_offered") or {}

@@ -227,7 +227,8 @@ class ReadModel:
             # known but pending: nothing is programmed for it yet
             return readviews.paged("peers", [], 0, q, table=table, drops=self.nat_drops())
         page, total = readviews.window(ids, q)
-        rows = self.reconciler.dataplane.nat(state, set(page)) if page else []
+        rows = self.reconciler.dataplane.nat(state, set(page), denied=self.snapshots.denied.get(state)) \
+            if page else []
         return readviews.paged("peers", rows, total, q, table=table, drops=self.nat_drops())
 
     def page_view(self, limit: int | None, offset: int | None, peer: str | None) -> dict[str, Any]:
@@ -363,4 +364,5 @@ class Counters:
         self.denied: Snapshot[dict[str, dict[str, int]] | None] = Snapshot(
             "policy counters", lambda state: plane().export_denied(state), ttl, {})
         self.totals: Snapshot[NatTotals] = Snapshot(
-            "NAT counters", lambda state: nat_totals(plane().nat(state)), ttl, ([], {}))
+            "NAT counters", lambda state: nat_totals(plane().nat(state, denied=self.denied.get(state))), ttl,
+            ([], {}))

@@ -72,7 +72,8 @@ def test_counters_are_one_snapshot_for_every_request_until_the_interval_passed(c
         reads["denied"] += 1
         return {"gpu": {"packets": reads["denied"], "bytes": 0}}
 
-    def nat(state: Any, only: Any = None) -> list[dict[str, Any]]:
+    def nat(state: Any, only: Any = None, denied: Any = None) -> list[dict[str, Any]]:
+        assert denied is not None  # the snapshot's, never read again
         if only is None:
             reads["nat"] += 1
         return list(real_nat(state, only))
@@ -108,7 +109,7 @@ def test_metrics_values_are_the_sums_of_the_nat_report(clusters: Any, monkeypatc
     lab, gpu = clusters("lab"), clusters("gpu")
     real_nat = lab.fabric.nat
 
-    def counted(state: Any, only: Any = None) -> list[dict[str, Any]]:
+    def counted(state: Any, only: Any = None, denied: Any = None) -> list[dict[str, Any]]:
         rows = real_nat(state, only)
         for p in rows:
             for i, r in enumerate(p["rules"]):

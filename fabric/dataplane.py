@@ -129,6 +129,20 @@ class Dataplane:
                                   "bytes": d["bytes"] + int(extra.get("bytes", 0))}
         return peers
 
+    def nat_totals(self, state: FabricState, *, denied: dict[str, dict[str, int]] | None = None
+                   ) -> tuple[list[tuple[str, str, int, int, int]], dict[str, int]]:
+        """What ``nat(state)``'s rows sum to per peer and chain, and each peer's dropped
+        packets (/metrics), from the same dumps without building the rows."""
+        try:
+            listing = self._dump_all(state, None)
+        except OSError as e:
+            log.debug("counters from the kernel's dumps unavailable (%s): listing the table", e)
+            try:
+                listing = Nft().list_table(nat.FAMILY, self.nft_table)
+            except NftError:
+                listing = {}
+        return nat.totals(state, listing, self.export_denied(state) if denied is None else denied)
+
     def _dump_all(self, state: FabricState, only: Collection[str] | None) -> dict[str, Any]:
         """Every rule of the table (one dump) and the counting elements of the peers, by
         PER_PEER_LISTING peers a request (the kernel answers each element in a message of

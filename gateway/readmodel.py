@@ -363,6 +363,11 @@ class Counters:
             "drop counters", lambda _: plane().nat_drops(), ttl, [])
         self.denied: Snapshot[dict[str, dict[str, int]] | None] = Snapshot(
             "policy counters", lambda state: plane().export_denied(state), ttl, {})
-        self.totals: Snapshot[NatTotals] = Snapshot(
-            "NAT counters", lambda state: nat_totals(plane().nat(state, denied=self.denied.get(state))), ttl,
-            ([], {}))
+        def totals(state: Any) -> NatTotals:
+            denied = self.denied.get(state)
+            cheap = getattr(plane(), "nat_totals", None)  # without it (test doubles): the rows' sums
+            if cheap is not None:
+                return cheap(state, denied=denied)  # type: ignore[no-any-return]
+            return nat_totals(plane().nat(state, denied=denied))
+
+        self.totals: Snapshot[NatTotals] = Snapshot("NAT counters", totals, ttl, ([], {}))

@@ -129,6 +129,10 @@ class FabricState:
             object.__setattr__(self, "_hash", h)
         return h
 
+    def __getstate__(self) -> dict[str, object]:
+        # str hashes differ between processes (PYTHONHASHSEED): never carry one over
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
 
 @functools.lru_cache(maxsize=8192)
 def routed_cidrs(remote: tuple[RangeMap, ...]) -> tuple[str, ...]:

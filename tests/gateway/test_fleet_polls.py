@@ -174,3 +174,22 @@ def test_the_page_poll_answers_what_its_four_requests_answer(clusters: Any) -> N
         assert bad.status_code == 422 and "limit" in bad.text
 
     asyncio.run(go())
+
+
+def test_a_failed_read_is_not_held(monkeypatch: Any) -> None:
+    import gateway.snapshot as snap
+
+    t = [50.0]
+    monkeypatch.setattr(snap.time, "monotonic", lambda: t[0])
+    answers: list[Any] = [OSError("no table"), {"a": 1}, {"a": 2}]
+
+    def read(key: object) -> dict[str, int]:
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return dict(a)
+    s: snap.Snapshot[dict[str, int]] = snap.Snapshot("test counters", read, lambda: 1.0, {})
+    assert s.get() == {} and s.reads == 0  # the fallback, not kept
+    assert s.get() == {"a": 1} and s.get() == {"a": 1} and s.reads == 1
+    key = object()
+    assert s.get(key) == {"a": 2} and s.reads == 2  # another key: read afresh

@@ -66,9 +66,17 @@ class BenchFabric:
     def peer_stats(self) -> dict[str, dict[str, Any]]:
         return dict(self.stats)
 
-    def nat(self, state: Any, only: Any = None) -> list[dict[str, Any]]:
+    def nat(self, state: Any, only: Any = None, *, denied: Any = None) -> list[dict[str, Any]]:
         from fabric.dataplane import Dataplane
-        return Dataplane.nat(self, state, only)  # type: ignore[arg-type]
+        return Dataplane.nat(self, state, only, denied=denied)  # type: ignore[arg-type]
+
+    def nat_totals(self, state: Any, *, denied: Any = None) -> Any:
+        from fabric.dataplane import Dataplane
+        return Dataplane.nat_totals(self, state, denied=denied)  # type: ignore[arg-type]
+
+    def _dump_all(self, state: Any, only: Any) -> Any:
+        from fabric.dataplane import Dataplane
+        return Dataplane._dump_all(self, state, only)  # type: ignore[arg-type]
 
     def export_denied(self, state: Any) -> Any:
         from fabric.dataplane import Dataplane
@@ -145,6 +153,8 @@ async def measure(cp: Any, n: int, rounds: int) -> dict[str, Any]:
         async def cost(paths: list[str]) -> tuple[float, int]:
             runs, size = [], 0
             for _ in range(rounds):
+                # a poll comes 2 s after the last: the counters' snapshots (1 s) are read afresh
+                cp.read.snapshots = type(cp.read.snapshots)(cp.read)
                 t = cpu()
                 size = 0
                 for p in paths:
@@ -158,7 +168,8 @@ async def measure(cp: Any, n: int, rounds: int) -> dict[str, Any]:
         single = {"status": "/api/v1/status", "peers": "/api/v1/peers", "nat": "/api/v1/nat",
                   "peers_summary": "/api/v1/peers?summary=true", "nat_summary": "/api/v1/nat?summary=true",
                   "peers_page": f"/api/v1/peers?limit=50&offset={n // 2}",
-                  "nat_peer": f"/api/v1/nat?peer={mid}", "nat_page": f"/api/v1/nat?limit=50&offset={n // 2}"}
+                  "nat_peer": f"/api/v1/nat?peer={mid}", "nat_page": f"/api/v1/nat?limit=50&offset={n // 2}",
+                  "page_poll": f"/api/v1/page?limit=50&offset={n // 2}&peer={mid}", "metrics": "/metrics"}
         for name, path in single.items():
             s, size = await cost([path])
             out[f"{name}_s"], out[f"{name}_bytes"] = round(s, 4), size
@@ -166,6 +177,8 @@ async def measure(cp: Any, n: int, rounds: int) -> dict[str, Any]:
         old, old_bytes = await cost([single["status"], single["peers"], single["nat"]])
         new, new_bytes = await cost([single[k] for k in ("peers_summary", "nat_summary", "peers_page", "nat_peer")])
         out["new_views_s"] = round(new, 4)
+        # the page now: one request a poll (/api/v1/page), the status as before
+        out["page_poll_core_pct"] = round(100 * (out["page_poll_s"] + out["status_s"] / STATUS_EVERY) / POLL_S, 2)
         out["new_views_core_pct"] = round(100 * new / POLL_S, 2)
         new += out["status_s"] / STATUS_EVERY
         new_bytes += out["status_bytes"] // STATUS_EVERY

@@ -99,15 +99,19 @@ class Dataplane:
     def peer_stats(self) -> dict[str, dict[str, Any]]:
         return dict(self.process.control().show())
 
-    def nat(self, state: FabricState, only: Collection[str] | None = None) -> list[dict[str, Any]]:
+    def nat(self, state: FabricState, only: Collection[str] | None = None, *,
+            denied: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:
         """``/api/v1/nat``'s peers with their counters; ``only``: just these peers, and
-        the kernel is asked for their chains and sets alone when they are few."""
+        the kernel is asked for their chains and sets alone when they are few. ``denied``:
+        ``export_denied(state)`` read already (the gateway's snapshot), else read here."""
         listing: dict[str, Any] | None = None
-        if only is not None and len(only) <= PER_PEER_LISTING:
-            try:
+        try:
+            if only is not None and len(only) <= PER_PEER_LISTING:
                 listing = nftdump.listing(nat.FAMILY, self.nft_table, *nat.listed_objects(state, only))
-            except OSError as e:  # a chain missing (the table is not what the state says), or no dumps
-                log.debug("per-peer counters unavailable (%s): listing the table", e)
+            else:
+                listing = self._dump_all(state, only)
+        except OSError as e:  # a chain missing (the table is not what the state says), or no dumps
+            log.debug("counters from the kernel's dumps unavailable (%s): listing the table", e)
         if listing is None:
             try:
                 listing = Nft().list_table(nat.FAMILY, self.nft_table)
@@ -117,13 +121,39 @@ class Dataplane:
         # Per peer, every packet of it the gateway dropped: what the policy table dropped
         # (the guard, and with exports what it was not given; fabric.exports.policy) plus,
         # from the NAT table, what it sent to addresses not offered to it.
-        denied = self.export_denied(state)
+        denied = self.export_denied(state) if denied is None else denied
         for p in peers:
             d = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
             extra = p.get("not_offered") or {}
             p["export_denied"] = {"packets": d["packets"] + int(extra.get("packets", 0)),
                                   "bytes": d["bytes"] + int(extra.get("bytes", 0))}
         return peers
+
+    def nat_totals(self, state: FabricState, *, denied: dict[str, dict[str, int]] | None = None
+                   ) -> tuple[list[tuple[str, str, int, int, int]], dict[str, int]]:
+        """What ``nat(state)``'s rows sum to per peer and chain, and each peer's dropped
+        packets (/metrics), from the same dumps without building the rows."""
+        try:
+            listing = self._dump_all(state, None)
+        except OSError as e:
+            log.debug("counters from the kernel's dumps unavailable (%s): listing the table", e)
+            try:
+                listing = Nft().list_table(nat.FAMILY, self.nft_table)
+            except NftError:
+                listing = {}
+        return nat.totals(state, listing, self.export_denied(state) if denied is None else denied)
+
+    def _dump_all(self, state: FabricState, only: Collection[str] | None) -> dict[str, Any]:
+        """Every rule of the table (one dump) and the counting elements of the peers, by
+        PER_PEER_LISTING peers a request (the kernel answers each element in a message of
+        its own: a socket buffer's worth). ~3x cheaper than libnftables' JSON listing,
+        which renders the whole table first (1,000 peers: ~0.15 s against ~0.5 s)."""
+        items = nftdump.rules(nat.FAMILY, self.nft_table, None)
+        ids = [p.cluster_id for p in state.peers if only is None or p.cluster_id in only]
+        for i in range(0, len(ids), PER_PEER_LISTING):
+            _, sets, maps = nat.listed_objects(state, set(ids[i:i + PER_PEER_LISTING]))
+            items += nftdump.listing(nat.FAMILY, self.nft_table, (), sets, maps)["nftables"]
+        return {"nftables": items}
 
     def export_denied(self, state: FabricState) -> dict[str, dict[str, int]]:
         """Per peer, what the policy table dropped (the guard, and with exports what the

@@ -92,6 +92,13 @@ class DeviceStatus:
     peers: dict[str, PeerStatus] = field(default_factory=dict)  # by base64 public key
 
 
+@functools.lru_cache(maxsize=16384)
+def _allowed_ip(text: str) -> str:
+    # The same few thousand CIDRs in every dump: parsed once (a 1,000-peer dump is read
+    # every second while a page is open).
+    return str(ipaddress.ip_network(text, strict=False))
+
+
 def parse_get(text: str) -> DeviceStatus:
     """Parse a UAPI ``get=1`` reply (raises WgError on a non-zero errno)."""
     dev = DeviceStatus()
@@ -126,7 +133,7 @@ def parse_get(text: str) -> DeviceStatus:
         elif k == "persistent_keepalive_interval":
             peer.persistent_keepalive = int(v)
         elif k == "allowed_ip":
-            peer.allowed_ips.append(str(ipaddress.ip_network(v, strict=False)))
+            peer.allowed_ips.append(_allowed_ip(v))
         elif k == "preshared_key":
             peer.has_preshared_key = v != _ZERO_KEY
     if errno_value is None:

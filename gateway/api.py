@@ -257,6 +257,15 @@ def create_app(cp: ControlPlane) -> FastAPI:
         q = Query(peer, limit, offset, summary).check()
         return _tagged(request, cp.read.nat_view(q))
 
+    # The operator page's poll in one request: both summaries, a page of peers, the selected
+    # peer's row (when not on the page) and NAT; each part as its own request answers it.
+    @app.get("/api/v1/page", tags=["read"], response_model=None, responses={
+        **ok(m.PagePoll, headers=m.ETAG, description="what the operator page shows, in one answer"),
+        **errors(304, 422)})
+    def page(request: Request, limit: int | None = LIMIT, offset: int | None = OFFSET,
+             peer: str | None = FastQuery(None, description="the selected peer (its row and NAT)")) -> Response:
+        return _tagged(request, cp.read.page_view(limit, offset, peer))
+
     @app.get("/api/v1/ipam", tags=["read"], response_model=None, responses={**ok(m.Ipam), **errors()})
     def ipam() -> dict[str, Any]:
         return cp.read.ipam()

@@ -160,6 +160,17 @@ class PeersSummary(BaseModel):
     endpoint_errors: int = Field(description="peers programmed without an endpoint (it did not resolve)")
 
 
+class PagePoll(BaseModel):
+    """/api/v1/page: what the operator page asks every poll, in one answer. Each part is
+    exactly what its own request answers (named in the field's description)."""
+    peers_summary: PeersSummary = Field(description="/api/v1/peers?summary=true")
+    nat_summary: NatSummary = Field(description="/api/v1/nat?summary=true")
+    peers: PeerPage = Field(description="/api/v1/peers?limit=&offset=")
+    selected: PeerPage | None = Field(description="/api/v1/peers?peer=: only when that peer is not on the "
+                                                  "page's rows (null: on them, none asked, or unknown)")
+    nat: NatPage | None = Field(description="/api/v1/nat?peer= (null: none asked, or unknown)")
+
+
 class Counted(BaseModel):
     packets: int
     bytes: int

@@ -33,6 +33,25 @@ from gateway.state import StateStore
 from gateway.tlsid import TlsIdentity
 
 
+def route_publisher(reconciler: Reconciler, read: ReadModel, watch: RouteWatch) -> Callable[[], bool]:
+    """The reconciler's ``on_pass``: publish the route set only when what it is built from
+    moved (the desired-state fingerprint and the next hops). A pass with nothing new (a
+    verify, an endpoint retry) would otherwise rebuild and hash 1,000 peers' routes to find
+    the version unchanged. An unknown fingerprint (None) publishes every time."""
+    last: list[object] = [None]
+
+    def on_pass() -> bool:
+        fp = reconciler.fingerprint()
+        key = None if fp is None else (fp, reconciler.gateway_ip, read.gateway_ip6)
+        if key is not None and key == last[0]:
+            return False
+        changed = watch.publish(read.routes())
+        last[0] = key  # only once published: a failed read is retried on the next pass
+        return changed
+
+    return on_pass
+
+
 @dataclass
 class ControlPlane:
     config: Config
@@ -63,7 +82,7 @@ class ControlPlane:
                          clock=clock, gateway_ip6=gateway_ip6)
         watch = RouteWatch(config.api.max_watchers)
         read.routewatch = watch
-        reconciler.on_pass = lambda: watch.publish(read.routes())  # wakes the node agents' long-polls
+        reconciler.on_pass = route_publisher(reconciler, read, watch)  # wakes the node agents' long-polls
         tls = TlsIdentity(Path(config.state_dir), config.cluster_id)
         channel = PeerChannel(config.cluster_id, clock, http, tls_post=tls_post, pins_of=store.peer_pins,
                               learn_pins=store.set_peer_pins, own_pins=tls.pins)

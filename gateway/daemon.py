@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fabric.dataplane import Dataplane, OwnershipError
-from gateway import forwarding, statedir
+from gateway import forwarding, memory, statedir
 from gateway.api import create_app, create_peering_app
 from gateway.config import Config, detect_gateway_ip
 from gateway.controlplane import ControlPlane
@@ -272,4 +272,8 @@ def _log_unraisable(u: sys.UnraisableHookArgs) -> None:
 def run(config: Config, on_built: Callable[[], None] | None = None) -> int:
     """Serve until stopped. ``on_built``: called once the state was accepted and opened."""
     sys.unraisablehook = _log_unraisable
+    # Before any thread: arenas are made as threads first allocate (gateway.memory).
+    arenas = memory.limit_arenas()
+    if arenas is not None:
+        log.debug("malloc arenas capped at %d", arenas)
     return asyncio.run(serve(config, on_built))

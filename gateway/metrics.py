@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.dns.stats import metric_lines as dns_metric_lines
 
@@ -56,20 +56,9 @@ def render_metrics(read: ReadModel) -> str:
     o.family("crosswire_peer_probe_loss_ratio", "gauge", "Lost probes among the last 20.")
     for p in peers:
         o.sample("crosswire_peer_probe_loss_ratio", p["loss"], peer=p["cluster_id"])
-    try:
-        nat: list[dict[str, Any]] = read.nat()
-    except Exception:
-        nat = []
-    per: list[tuple[str, str, int, int, int]] = []  # (peer, chain, packets, bytes, connections)
-    for m in nat:
-        peer = str(m.get("cluster_id") or "")
-        per_chain: dict[str, list[int]] = {}
-        for r in m.get("rules", []):
-            c = per_chain.setdefault(str(r.get("chain", "")), [0, 0, 0])
-            c[0] += int(r.get("packets") or 0)
-            c[1] += int(r.get("bytes") or 0)
-            c[2] += int(r.get("connections") or 0)
-        per += [(peer, chain, pk, by, cn) for chain, (pk, by, cn) in sorted(per_chain.items())]
+    # Sums of the programmed state's counters from a snapshot (ReadModel.nat_totals): a
+    # scrape no longer builds the whole NAT report (~0.7 s of CPU with 1,000 peers).
+    per, denied = read.nat_totals()
     # One family at a time: the text format wants each family's samples together.
     o.family("crosswire_nat_packets_total", "counter",
              "Packets through the mappings of each peer, per chain (to-PEER egress, from-PEER ingress); "
@@ -86,10 +75,8 @@ def render_metrics(read: ReadModel) -> str:
     o.family("crosswire_export_denied_packets_total", "counter",
              "Packets from each peer that were dropped: to the gateway itself (the guard), to addresses "
              "not offered to it and, with exports configured, to what it was not given.")
-    for m in nat:
-        if m.get("export_denied") is not None:
-            o.sample("crosswire_export_denied_packets_total", int(m["export_denied"].get("packets", 0)),
-                     peer=str(m.get("cluster_id") or ""))
+    for peer, packets in denied.items():
+        o.sample("crosswire_export_denied_packets_total", packets, peer=peer)
     st = read.reconciler.stats
     o.family("crosswire_reconcile_runs_total", "counter", "Reconcile passes.")
     o.sample("crosswire_reconcile_runs_total", st.runs)

@@ -21,12 +21,14 @@ from fabric.nat.trace import Query
 from fabric.nat.trace import trace as nat_trace
 from gateway import readviews
 from gateway.config import Config
+from gateway.errors import GatewayError
 from gateway.exports import read as exportsread
 from gateway.exports.imports import ImportedService
 from gateway.health import HealthTracker
 from gateway.ipam_adapter import Views, ordered
 from gateway.peering import views_body
 from gateway.reconciler import Reconciler, translate
+from gateway.snapshot import Snapshot
 from gateway.sparse import mode_of
 from gateway.state import PeerRecord, StateStore
 
@@ -105,7 +107,7 @@ def routes(peers: Sequence[PeerRecord], all_views: dict[str, list[RangeMap]],
     return out
 
 
-STATS_TTL = 1.0  # seconds a WireGuard dump answers reads (counters at most this old)
+STATS_TTL = 1.0  # seconds a WireGuard dump or a read of nft counters answers reads (at most this old)
 
 
 @dataclass
@@ -124,27 +126,18 @@ class ReadModel:
     _viewed: tuple[int | None, str] = field(default=(None, ""), init=False)
     # the NAT summary's counts and version of the last state asked about
     _counted: tuple[Any, list[tuple[str, int, int, int]], str] = field(default=(None, [], ""), init=False)
-    # the last WireGuard dump and when (time.monotonic): see STATS_TTL
-    _stats: tuple[float, dict[str, dict[str, Any]]] | None = field(default=None, init=False)
+    # The data plane's counters, each read at most once per stats_ttl (gateway.snapshot).
+    snapshots: Counters = field(init=False)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
+        self.snapshots = Counters(self)
 
     def peer_stats(self) -> dict[str, dict[str, Any]]:
         """Every peer's WireGuard counters and handshake. One dump serves every read within
         ``stats_ttl``: a page poll's few requests or a scrape ask together, and with 1,000
         peers a dump is ~10 ms of the gateway's CPU and more of the data plane's."""
-        now = time.monotonic()
-        cached = self._stats
-        if cached is not None and 0 <= now - cached[0] < self.stats_ttl:
-            return cached[1]
-        try:
-            stats = self.reconciler.dataplane.peer_stats()
-        except Exception as e:
-            log.debug("peer stats unavailable: %s", e)
-            return {}
-        self._stats = (now, stats)
-        return stats
+        return self.snapshots.stats.get()
 
     def implementation(self) -> dict[str, str]:
         """Which WireGuard implementation serves the interface and why (``auto``'s choice)."""
@@ -228,14 +221,35 @@ class ReadModel:
                 self._counted = (state, nat_counts(state), readviews.digest([table, mapped]))
             _, counts, version = self._counted
             return readviews.nat_summary(table, counts, self.nat_drops(),
-                                         self.reconciler.dataplane.export_denied(state), exports, version)
+                                         self.snapshots.denied.get(state), exports, version)
         ids = [p.cluster_id for p in state.peers]
         if q.peer is not None and q.peer not in ids and self.store.peer(q.peer) is not None:
             # known but pending: nothing is programmed for it yet
             return readviews.paged("peers", [], 0, q, table=table, drops=self.nat_drops())
         page, total = readviews.window(ids, q)
-        rows = self.reconciler.dataplane.nat(state, set(page)) if page else []
+        rows = self.reconciler.dataplane.nat(state, set(page), denied=self.snapshots.denied.get(state)) \
+            if page else []
         return readviews.paged("peers", rows, total, q, table=table, drops=self.nat_drops())
+
+    def page_view(self, limit: int | None, offset: int | None, peer: str | None) -> dict[str, Any]:
+        """/api/v1/page: the operator page's poll in one answer (gateway.apimodels.PagePoll):
+        one request instead of four, the counters' snapshots shared by its parts."""
+        rows = self.peers_view(readviews.Query(limit=limit, offset=offset or 0).check())
+        assert isinstance(rows, dict)  # with an offset: a page, never the plain list
+        out: dict[str, Any] = {"peers_summary": self.peers_view(readviews.Query(summary=True)),
+                               "nat_summary": self.nat_view(readviews.Query(summary=True)),
+                               "peers": rows, "selected": None, "nat": None}
+        if peer is None:
+            return out
+        q = readviews.Query(peer=peer).check()
+        try:
+            if not any(r["cluster_id"] == peer for r in rows["peers"]):
+                out["selected"] = self.peers_view(q)
+            out["nat"] = self.nat_view(q)
+        except GatewayError as e:
+            if e.status != 404:  # removed meanwhile: the page selects another
+                raise
+        return out
 
     def status(self) -> dict[str, Any]:
         ready, why = self.reconciler.ready()
@@ -269,12 +283,17 @@ class ReadModel:
         return self.reconciler.dataplane.nat(self.reconciler.desired())
 
     def nat_drops(self) -> list[dict[str, Any]]:
-        return self.reconciler.dataplane.nat_drops()
+        """The table's drop rules and counters (a snapshot: every reader of a second shares it)."""
+        return self.snapshots.drops.get()
 
     def export_denied(self) -> dict[str, dict[str, int]] | None:
-        """Per peer, what the export policy refused (None without exports)."""
-        state = self.reconciler.applied or self.reconciler.desired()
-        return self.reconciler.dataplane.export_denied(state)
+        """Per peer, what the export policy refused (None without exports); a snapshot."""
+        return self.snapshots.denied.get(self.reconciler.applied or self.reconciler.desired())
+
+    def nat_totals(self) -> NatTotals:
+        """Per peer and chain the NAT counters' sums, and what each peer had dropped: what
+        /metrics exports, from a snapshot of the programmed state's counters."""
+        return self.snapshots.totals.get(self.reconciler.applied or self.reconciler.desired())
 
     def exports(self) -> dict[str, Any]:
         return exportsread.exports(self)
@@ -300,3 +319,55 @@ class ReadModel:
             self.config.cluster_id, self.config.wireguard.interface, state.exports,
             {cid: body for cid, (body, _) in exports.imports().items()})
         return nat_trace(state, query, exports=check).as_json()
+
+
+# (peer, chain, packets, bytes, connections) sums, and per peer its dropped packets
+NatTotals = tuple[list[tuple[str, str, int, int, int]], dict[str, int]]
+
+
+def nat_totals(rows: Sequence[dict[str, Any]]) -> NatTotals:
+    """What /metrics exports of a NAT report (``Dataplane.nat``'s rows): per peer and
+    chain the sums of its rules' counters, and per peer its ``export_denied`` packets."""
+    per: list[tuple[str, str, int, int, int]] = []
+    denied: dict[str, int] = {}
+    for m in rows:
+        peer = str(m.get("cluster_id") or "")
+        per_chain: dict[str, list[int]] = {}
+        for r in m.get("rules", []):
+            c = per_chain.setdefault(str(r.get("chain", "")), [0, 0, 0])
+            c[0] += int(r.get("packets") or 0)
+            c[1] += int(r.get("bytes") or 0)
+            c[2] += int(r.get("connections") or 0)
+        per += [(peer, chain, pk, by, cn) for chain, (pk, by, cn) in sorted(per_chain.items())]
+        if m.get("export_denied") is not None:
+            denied[peer] = int(m["export_denied"].get("packets", 0))
+    return per, denied
+
+
+class Counters:
+    """The snapshots a ReadModel serves counters from (one place; see gateway.snapshot):
+    the WireGuard dump, the NAT drop rules, the policy's denied counters and the NAT
+    totals /metrics exports, each read at most once per ``stats_ttl``. The totals are
+    kept, not the report they are summed from (5 MB of rows with 1,000 peers)."""
+
+    def __init__(self, read: ReadModel) -> None:
+        def ttl() -> float:
+            return read.stats_ttl
+
+        def plane() -> Any:  # asked each time: tests swap the data plane
+            return read.reconciler.dataplane
+
+        self.stats: Snapshot[dict[str, dict[str, Any]]] = Snapshot(
+            "peer stats", lambda _: plane().peer_stats(), ttl, {})
+        self.drops: Snapshot[list[dict[str, Any]]] = Snapshot(
+            "drop counters", lambda _: plane().nat_drops(), ttl, [])
+        self.denied: Snapshot[dict[str, dict[str, int]] | None] = Snapshot(
+            "policy counters", lambda state: plane().export_denied(state), ttl, {})
+        def totals(state: Any) -> NatTotals:
+            denied = self.denied.get(state)
+            cheap = getattr(plane(), "nat_totals", None)  # without it (test doubles): the rows' sums
+            if cheap is not None:
+                return cheap(state, denied=denied)  # type: ignore[no-any-return]
+            return nat_totals(plane().nat(state, denied=denied))
+
+        self.totals: Snapshot[NatTotals] = Snapshot("NAT counters", totals, ttl, ([], {}))

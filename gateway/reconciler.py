@@ -19,6 +19,7 @@ The reconciler depends on the small ``DataplaneDriver`` protocol below;
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -54,7 +55,8 @@ class DataplaneDriver(Protocol):
     def apply(self, state: FabricState, previous: FabricState | None) -> None: ...
     def stop(self) -> None: ...
     def peer_stats(self) -> dict[str, dict[str, Any]]: ...
-    def nat(self, state: FabricState, only: Collection[str] | None = None) -> list[dict[str, Any]]: ...
+    def nat(self, state: FabricState, only: Collection[str] | None = None, *,
+            denied: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]: ...
     def export_denied(self, state: FabricState) -> dict[str, dict[str, int]] | None: ...
     def nat_drops(self) -> list[dict[str, Any]]: ...
     def verify(self, state: FabricState) -> list[str]: ...
@@ -76,6 +78,11 @@ def translate(ip: str | None, views: Sequence[RangeMap]) -> str | None:
     """An address in the peer's space -> ours, through the view containing it."""
     if ip is None:
         return None
+    return _translate(ip, tuple(views))
+
+
+@functools.lru_cache(maxsize=4096)  # each peer's probe address, for every page of rows
+def _translate(ip: str, views: tuple[RangeMap, ...]) -> str | None:
     addr = ipaddress.ip_address(ip)
     for m in views:
         rn, vn = ipaddress.ip_network(m.real), ipaddress.ip_network(m.view)

@@ -40,9 +40,10 @@ from fabric.nat.names import (
 )
 from fabric.nat.pieces import build
 from fabric.nat.render import render_delta, render_text
-from fabric.nat.report import counts, drops, listed_objects, mappings, with_counters
+from fabric.nat.report import counts, drops, listed_objects, mappings, totals, with_counters
 
 __all__ = [
     "BASE_CHAINS", "FAMILY", "MARKER_SET", "NatError", "build", "chain_suffix", "count_chain", "counts", "drops", "egress_chain",
-    "ingress_chain", "listed_objects", "mappings", "render_delta", "render_text", "with_counters",
+    "ingress_chain", "listed_objects", "mappings", "render_delta", "render_text", "totals",
+    "with_counters",
 ]

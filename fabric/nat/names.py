@@ -9,6 +9,7 @@ makes them safe (unchanged for DNS-label-like IDs) and keeps distinct IDs distin
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import re
 
@@ -31,6 +32,7 @@ def comment(text: str) -> str:
     return text if len(text) <= COMMENT_MAX else text[: COMMENT_MAX - 3] + "..."
 
 
+@functools.lru_cache(maxsize=8192)  # every peer's name, on every read of the policy counters
 def chain_suffix(cluster_id: str) -> str:
     """A chain-name-safe form of a cluster ID (unchanged for DNS-label-like IDs)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", cluster_id)[:64]

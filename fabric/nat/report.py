@@ -115,8 +115,9 @@ def _peer(p: PeerPieces, table: str) -> dict[str, Any]:
     for v in (4, 6):
         target = p.host_target[v]
         if target is not None:
-            hosts += [{"map": f"host_v{v}", "key": k.cidr.text, "target": str(target),
-                       "comment": comment(f"{cid}: host network -> {target}")}
+            t = str(target)  # once per peer, not per key: formatting an address is slow
+            note = comment(f"{cid}: host network -> {t}")
+            hosts += [{"map": f"host_v{v}", "key": k.cidr.text, "target": t, "comment": note}
                       for k in p.keys if k.cidr.version == v]
     return {
         "cluster_id": cid,
@@ -142,15 +143,8 @@ def _counter(rule: dict[str, Any] | None) -> tuple[int, int]:
     return 0, 0
 
 
-def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[dict[str, Any]]:
-    """``mappings()`` joined with a listed table: each rule gains handle, packets,
-    bytes (every packet, from the counting rule), connections (the NAT rule's
-    packets: the first of each connection) and count_handle.
-
-    A rule missing from the kernel gets ``handle: None`` and zero counters
-    (the table is not what the state says: the caller should re-apply).
-    """
-    kernel = _rule_index(item["rule"] for item in listed.get("nftables", []) if "rule" in item)
+def with_counters_elements(listed: dict[str, Any]) -> dict[tuple[str, str], dict[str, int]]:
+    """The counters of the listed host-map and counting-set elements, by (name, CIDR)."""
     elements: dict[tuple[str, str], dict[str, int]] = {}
     for item in listed.get("nftables", []):
         m = item.get("map") or item.get("set")
@@ -167,6 +161,19 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
             else:
                 continue
             elements[(m["name"], key)] = dict(inner.get("counter") or {})
+    return elements
+
+
+def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[dict[str, Any]]:
+    """``mappings()`` joined with a listed table: each rule gains handle, packets,
+    bytes (every packet, from the counting rule), connections (the NAT rule's
+    packets: the first of each connection) and count_handle.
+
+    A rule missing from the kernel gets ``handle: None`` and zero counters
+    (the table is not what the state says: the caller should re-apply).
+    """
+    kernel = _rule_index(item["rule"] for item in listed.get("nftables", []) if "rule" in item)
+    elements = with_counters_elements(listed)
     result: list[dict[str, Any]] = []
     for peer in maps:
         rules = []
@@ -197,6 +204,59 @@ def with_counters(maps: list[dict[str, Any]], listed: dict[str, Any]) -> list[di
             drop = {**drop, "handle": k.get("handle") if k else None, "packets": packets, "bytes": bytes_}
         result.append({**peer, "rules": rules, "host_network": hosts, "not_offered": drop})
     return result
+
+
+# Per peer: (cluster ID, its rows as (chain, NAT rule key, counting rule key, counting
+# element (set, CIDR) or None, shared map rule?), its not-offered drop rule key).
+_Keys = tuple[tuple[str, tuple[tuple[str, tuple[str, str], tuple[str, str], tuple[str, str] | None, bool], ...],
+                    tuple[str, str]], ...]
+
+
+@functools.lru_cache(maxsize=2)
+def _total_keys(state: FabricState) -> _Keys:
+    """What ``totals`` looks up for a state: built once per state from the report rows,
+    which are then dropped (a few hundred KB of keys instead of the rows)."""
+    out = []
+    for peer in mappings(state):
+        rows = []
+        for r in peer["rules"]:
+            element = None
+            if "count_set" in r:
+                bits = 128 if ":" in r["count_element"] else 32
+                element = (r["count_set"], f"{r['count_element']}/{bits}")
+            rows.append((r["chain"], (r["chain"], r["comment"]),
+                         (r.get("count_chain", ""), r.get("count_comment", r["comment"])), element, "element" in r))
+        drop = peer["not_offered"]
+        out.append((peer["cluster_id"], tuple(rows), (drop["chain"], drop["comment"])))
+    return tuple(out)
+
+
+def totals(state: FabricState, listed: dict[str, Any], denied: dict[str, dict[str, int]]
+           ) -> tuple[list[tuple[str, str, int, int, int]], dict[str, int]]:
+    """What ``with_counters`` rows sum to, without building them (a scrape of 1,000 peers):
+    per peer and NAT chain (packets, bytes, connections), and per peer the packets it had
+    dropped (``denied``, the policy's, plus its not-offered rule's)."""
+    kernel = _rule_index(item["rule"] for item in listed.get("nftables", []) if "rule" in item)
+    elements = with_counters_elements(listed)
+    per: list[tuple[str, str, int, int, int]] = []
+    dropped: dict[str, int] = {}
+    for cid, rows, drop in _total_keys(state):
+        sums: dict[str, list[int]] = {}
+        for chain, nat_key, count_key, element, shared in rows:
+            c = sums.setdefault(chain, [0, 0, 0])
+            if element is not None:
+                counter = elements.get(element, {})
+                c[0] += counter.get("packets", 0)
+                c[1] += counter.get("bytes", 0)
+            else:
+                packets, bytes_ = _counter(kernel.get(count_key))
+                c[0] += packets
+                c[1] += bytes_
+            if not shared:
+                c[2] += _counter(kernel.get(nat_key))[0]
+        per += [(cid, chain, pk, by, cn) for chain, (pk, by, cn) in sorted(sums.items())]
+        dropped[cid] = denied.get(cid, {}).get("packets", 0) + _counter(kernel.get(drop))[0]
+    return per, dropped
 
 
 def drops(listed: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

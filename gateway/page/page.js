@@ -5,8 +5,8 @@
 // an HTML sink throws).
 //
 // It stays small with many peers (gateway/DESIGN.md, "The operator page"): every
-// poll fetches the two summaries, one page of peer rows and the NAT of the selected
-// peer, each with If-None-Match (304: nothing to draw); the status every 30 s and
+// poll is one request, /api/v1/page: the two summaries, one page of peer rows and the
+// selected peer's row and NAT, with If-None-Match (304: nothing to draw); the status every 30 s and
 // when the peers changed (its readiness check lists the whole table). It updates
 // the cells that changed instead of rebuilding sections.
 (function () {
@@ -23,7 +23,7 @@
   const OPTIONAL_RETRY = 15;   // polls before asking again for an endpoint that answered 404
   const NAT_KNOWN = new Set(['cluster_id', 'egress_chain', 'ingress_chain', 'remote', 'local', 'rules',
     'host_network']);
-  const API = {status: 'api/v1/status', peers: 'api/v1/peers', nat: 'api/v1/nat'};
+  const API = {status: 'api/v1/status', peers: 'api/v1/peers', nat: 'api/v1/nat', page: 'api/v1/page'};
 
   const history = new Map();   // peer -> ring buffer of {rtt, loss}
   const cache = new Map();     // URL -> {tag, body}: what a 304 means
@@ -33,6 +33,7 @@
   const drawn = {status: '', summary: '', detail: '', nat: null, natRising: false, drops: '', dropsRising: false,
     rows: new Map()};
   let polls = 0;
+  const held = {natKey: '', nat: null};  // the selected peer's NAT as last drawn from /api/v1/page
   let timer = null;
   let busy = false;
   // What the last polls cost in the browser (tests/gateway/test_page_browser.py reads it).
@@ -373,31 +374,48 @@
     let work = 0;
     try {
       const wantStatus = polls % STATUS_EVERY === 0;
-      const [st, ps, ns, page] = await Promise.all([
+      const asked = view.selected;  // the combined answer's row and NAT are this peer's
+      const params = {limit: PAGE, offset: view.offset};
+      if (asked !== null) params.peer = asked;
+      const [st, both] = await Promise.all([
         wantStatus ? get(API.status) : null,
-        get(query(API.peers, {summary: 'true'})),
-        get(query(API.nat, {summary: 'true'})),
-        getTagged(query(API.peers, {limit: PAGE, offset: view.offset}))]);
+        getTagged(query(API.page, params))]);
+      const ps = both.body.peers_summary || {};
+      const ns = both.body.nat_summary || {};
+      const page = both.body.peers || {};
       const peersMoved = ps.version !== view.peersVersion;
       view.peersVersion = ps.version;
       const status = st || (peersMoved ? await get(API.status) : null);
-      let rows = Array.isArray(page.body.peers) ? page.body.peers : [];
-      view.total = isNum(page.body.total) ? page.body.total : rows.length;
+      let rows = Array.isArray(page.peers) ? page.peers : [];
+      view.total = isNum(page.total) ? page.total : rows.length;
       if (view.offset >= view.total && view.total > 0) {  // peers went away: back to the last page
         view.offset = Math.floor((view.total - 1) / PAGE) * PAGE;
         rows = (await getTagged(query(API.peers, {limit: PAGE, offset: view.offset}))).body.peers || [];
       }
       if (view.selected === null && rows.length) view.selected = text(rows[0].cluster_id);
-      let sel = view.selected === null ? null : await selectedPeer(rows);
+      const answered = view.selected !== null && view.selected === asked;
+      let sel = null;
+      if (view.selected !== null) {
+        sel = rows.find((p) => text(p.cluster_id) === view.selected) ||
+          (answered ? ((both.body.selected || {}).peers || [])[0] || null : await selectedPeer(rows));
+      }
       if (sel === null && view.selected !== null) {
         view.selected = rows.length ? text(rows[0].cluster_id) : null;
         sel = rows.length ? rows[0] : null;
       }
       let nat = null;
       let natChanged = false;
-      if (view.selected !== null) {
+      if (view.selected !== null && view.selected === asked) {
+        // The same NAT as last poll (only counters elsewhere moved): the object on screen.
+        nat = both.body.nat || null;
+        const key = JSON.stringify(nat);
+        natChanged = key !== held.natKey;
+        if (natChanged) { held.natKey = key; held.nat = nat; } else nat = held.nat;
+      } else if (view.selected !== null) {  // a peer chosen in this poll: asked for alone
         try {
           ({body: nat, changed: natChanged} = await getTagged(query(API.nat, {peer: view.selected})));
+          held.natKey = JSON.stringify(nat);
+          held.nat = nat;
         } catch (e) {
           if (e.status !== 404) throw e;
         }

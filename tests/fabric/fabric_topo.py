@@ -13,6 +13,7 @@ import base64
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -139,3 +140,18 @@ def start_wg(dp_ns: tuple[str, list[WgProcess]], prefix: str) -> tuple[str, str]
     made.append(dp)
     dp.ensure_up()
     return ns, wg
+
+
+def summed(rows: list[dict[str, Any]]) -> list[tuple[str, str, int, int, int]]:
+    """Per peer and chain the sums of report rows' counters, as /metrics exports them
+    (what ``fabric.nat.totals`` must give without the rows)."""
+    out: list[tuple[str, str, int, int, int]] = []
+    for m in rows:
+        chains: dict[str, list[int]] = {}
+        for r in m["rules"]:
+            c = chains.setdefault(r["chain"], [0, 0, 0])
+            c[0] += r["packets"]
+            c[1] += r["bytes"]
+            c[2] += r["connections"] or 0
+        out += [(m["cluster_id"], chain, pk, by, cn) for chain, (pk, by, cn) in sorted(chains.items())]
+    return out

@@ -30,6 +30,7 @@ from fabric_topo import (
     make_state,
     program,
     start_echo,
+    summed,
 )
 from nsutil import Namespaces, require_root, sh
 
@@ -141,6 +142,11 @@ def test_host_network_sources(fab: Lab) -> None:
     assert nat.with_counters(nat.mappings(fab.gpu.state, {cid}), alone) == rows
     dumped = in_netns(fab.gpu.gw, lambda: nftdump.listing("inet", "crosswire", chains, sets, maps))
     assert nat.with_counters(nat.mappings(fab.gpu.state, {cid}), dumped) == rows
+    everything = in_netns(fab.gpu.gw, lambda: {"nftables": nftdump.rules("inet", "crosswire", None) + nftdump.listing(
+        "inet", "crosswire", (), sets, maps)["nftables"]})  # one table-wide rule dump: the same rows
+    assert nat.with_counters(nat.mappings(fab.gpu.state), everything) == rows
+    per, _ = nat.totals(fab.gpu.state, everything, {})  # /metrics' sums, without the rows
+    assert per == summed(rows) and len(per) == 2
 
 
 def test_ipv6(fab: Lab) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fabric_topo import PORT, Side, add_pod, ask, make_side, program, start_echo
+from fabric_topo import PORT, Side, add_pod, ask, make_side, program, start_echo, summed
 from nsutil import Namespaces, require_root, sh
 
 from fabric import nat, nftdump
@@ -235,6 +235,14 @@ def test_per_export_counters_from_the_kernel(pair: Pair) -> None:
     # ... and from the kernel's own dumps (fabric.nftdump), which the gateway reads them with
     dumped = in_netns(pair.spoke.gw, lambda: nftdump.listing("inet", "crosswire", chains, sets, maps))
     assert nat.with_counters(nat.mappings(pair.spoke.state, {cid}), dumped) == rows
+    # ... and every peer's from one table-wide rule dump and the elements (a scrape, the full report)
+    everything = in_netns(pair.spoke.gw, lambda: {"nftables": nftdump.rules("inet", "crosswire", None) + nftdump.listing(
+        "inet", "crosswire", (), sets, maps)["nftables"]})
+    assert nat.with_counters(nat.mappings(pair.spoke.state), everything) == rows
+    # /metrics' sums from the same dumps, without the rows: what the rows add up to
+    per, dropped = nat.totals(pair.spoke.state, everything, {cid: {"packets": 2, "bytes": 0}})
+    assert per == summed(rows) and any(pk > 0 for _, _, pk, _, _ in per)
+    assert dropped == {cid: 2 + rows[0]["not_offered"]["packets"]}
 
 
 def test_mixed_spoke_views_hub_full(pair: Pair) -> None:

@@ -60,7 +60,7 @@ class FakeFabric:
         return {p.public_key: {"endpoint": p.endpoint, "last_handshake": self.handshake, "rx_bytes": 7,
                                "tx_bytes": 9} for p in (last.peers if last else ())}
 
-    def nat(self, state: FabricState, only: Any = None) -> list[dict[str, Any]]:
+    def nat(self, state: FabricState, only: Any = None, *, denied: Any = None) -> list[dict[str, Any]]:
         self.nat_calls.append(None if only is None else sorted(only))
         # As the real one: every peer has a drop counter (the guard), with or without exports.
         return [{**m, "export_denied": {"packets": 0, "bytes": 0}}

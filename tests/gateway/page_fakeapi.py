@@ -142,37 +142,59 @@ def create(many: int = 0) -> FastAPI:
             "uptime_s": 3725.0, "peers": 1, "peers_by_state": {HOSTILE: 1},
             "reconcile": {"runs": 3, "errors": 1, "dataplane_restarts": 0, "last_error": SCRIPT, "last_ok": None}})
 
+    def peers_body(q: Query) -> Any:
+        rows = peer_rows()
+        if q.plain:
+            return rows
+        if q.summary:
+            return peers_summary({p["cluster_id"]: p["state"] for p in rows},
+                                 [(p["cluster_id"], p["our_views"]) for p in rows], rows, 0)
+        ids = sorted(p["cluster_id"] for p in rows)
+        page, total = window(ids, q)
+        return paged("peers", [p for p in rows if p["cluster_id"] in set(page)], total, q)
+
+    def nat_body(q: Query) -> Any:
+        n = polls["n"]
+        ids = sorted(p["cluster_id"] for p in peer_rows())
+        if q.summary:
+            return nat_summary(HOSTILE if not many else "inet crosswire", [(cid, 4, 4, 0) for cid in ids],
+                               drops_of(n), None, None, digest(ids))
+        table = "inet crosswire" if many else HOSTILE
+        if q.plain:
+            return {"table": table, "peers": nat_rows(ids if many else [HOSTILE]), "drops": drops_of(n)}
+        page, total = window(ids, q)
+        rows = nat_rows(page) if many else nat_rows([HOSTILE] if HOSTILE in page else [])
+        return paged("peers", rows, total, q, table=table, drops=drops_of(n))
+
     @app.get("/api/v1/peers")
     def peers(request: Request) -> Response:
         q = query(request)
         if q.summary:
-            polls["n"] += 1  # the page asks for the summary once per poll
-        rows = peer_rows()
-        if q.plain:
-            return answer(request, rows)
-        if q.summary:
-            return answer(request, peers_summary({p["cluster_id"]: p["state"] for p in rows},
-                                                 [(p["cluster_id"], p["our_views"]) for p in rows], rows, 0))
-        ids = sorted(p["cluster_id"] for p in rows)
-        page, total = window(ids, q)
-        return answer(request, paged("peers", [p for p in rows if p["cluster_id"] in set(page)], total, q))
+            polls["n"] += 1  # the page asks for the summary once per poll (or for /api/v1/page)
+        return answer(request, peers_body(q))
 
     @app.get("/api/v1/nat")
     def nat(request: Request) -> Response:
-        q = query(request)
-        n = polls["n"]
-        ids = sorted(p["cluster_id"] for p in peer_rows())
-        if q.summary:
-            return answer(request, nat_summary(HOSTILE if not many else "inet crosswire",
-                                               [(cid, 4, 4, 0) for cid in ids], drops_of(n), None, None,
-                                               digest(ids)))
-        table = "inet crosswire" if many else HOSTILE
-        if q.plain:
-            return answer(request, {"table": table, "peers": nat_rows(ids if many else [HOSTILE]),
-                                    "drops": drops_of(n)})
-        page, total = window(ids, q)
-        rows = nat_rows(page) if many else nat_rows([HOSTILE] if HOSTILE in page else [])
-        return answer(request, paged("peers", rows, total, q, table=table, drops=drops_of(n)))
+        return answer(request, nat_body(query(request)))
+
+    @app.get("/api/v1/page")
+    def page(request: Request) -> Response:
+        """As gateway.readmodel.ReadModel.page_view: the four answers in one."""
+        polls["n"] += 1
+        p = request.query_params
+        rows = peers_body(Query(None, int(p["limit"]) if "limit" in p else None, int(p.get("offset") or 0)))
+        out = {"peers_summary": peers_body(Query(summary=True)), "nat_summary": nat_body(Query(summary=True)),
+               "peers": rows, "selected": None, "nat": None}
+        peer = p.get("peer")
+        if peer is not None:
+            try:
+                if peer not in {r["cluster_id"] for r in rows["peers"]}:
+                    out["selected"] = peers_body(Query(peer=peer))
+                out["nat"] = nat_body(Query(peer=peer))
+            except GatewayError as e:
+                if e.status != 404:
+                    raise
+        return answer(request, out)
 
     @app.get("/api/v1/exports")
     def exports(request: Request) -> Response:

@@ -238,7 +238,8 @@ def test_denied_counter_in_metrics_and_nat(clusters: Any) -> None:
     async def go() -> None:
         await peer(lab, await token(gpu))
         real = gpu.fabric.nat
-        gpu.fabric.nat = lambda st: [{**m, "export_denied": {"packets": 3, "bytes": 180}} for m in real(st)]
+        gpu.fabric.nat = lambda st, only=None, **kw: [{**m, "export_denied": {"packets": 3, "bytes": 180}}
+                                                   for m in real(st, only)]
         # /api/v1/exports reads the denied counters alone (not the whole NAT report)
         gpu.fabric.export_denied = lambda st: {"lab": {"packets": 3, "bytes": 180}}
         text = (await gpu.call("GET", "/metrics", auth=False)).text

@@ -53,7 +53,7 @@ def test_page_is_served_with_a_strict_policy(clusters: Any) -> None:
         assert sink not in scripts[0], sink
     # the page reads only the public GET API
     assert set(re.findall(r"'api/v1/[a-z]*'", scripts[0])) == {
-        "'api/v1/status'", "'api/v1/peers'", "'api/v1/nat'", "'api/v1/'"}
+        "'api/v1/status'", "'api/v1/peers'", "'api/v1/nat'", "'api/v1/page'", "'api/v1/'"}
     # not an API operation
     assert "/" not in get(gpu, "/openapi.json").json()["paths"]
 

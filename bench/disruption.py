@@ -33,6 +33,12 @@ TLS peering; b answers 426): tests/gateway/test_netns_upgrade.py upgrades
 from it with both gateways on it. Without it (h) is emulated (same code both
 sides).
 
+Start-up times count here ((d) is two Python starts): run it with the Python of
+a regular install, as the image has it (``python3 -m venv V && V/bin/pip install
+. pytest && V/bin/python bench/disruption.py``). An editable install (the dev
+venv of netns-lab/setup.sh) adds its import hook to every Python start, ~10 ms
+each; the JSON line says which install ran (``install``).
+
 Prints one line per event and a final JSON line.
 """
 
@@ -89,6 +95,17 @@ def _states(r: dict[str, object]) -> str:
     return text + (f", CONNECTED WHILE PROBES FAILED x{lies}" if lies else ", never connected while probes failed")
 
 
+def _install() -> str:
+    """'editable' (a dev venv: an import hook in every Python start) or 'regular'."""
+    from importlib import metadata
+
+    try:
+        direct = metadata.distribution("crosswire").read_text("direct_url.json") or "{}"
+    except metadata.PackageNotFoundError:
+        return "none"
+    return "editable" if json.loads(direct).get("dir_info", {}).get("editable") else "regular"
+
+
 def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print("bench/disruption.py needs root (network namespaces)", file=sys.stderr)
@@ -143,7 +160,7 @@ def main(argv: list[str]) -> int:
             finally:
                 traffic.stop()
     load = os.getloadavg()[0]
-    print(json.dumps({"impl": impl, "previous": previous_rev or None, "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    print(json.dumps({"impl": impl, "install": _install(), "previous": previous_rev or None, "date": time.strftime("%Y-%m-%d", time.gmtime()),
                       "machine": f"{platform.machine()} {os.cpu_count()} cores", "loadavg_1m": round(load, 2),
                       "events": results}))
     return 0

@@ -68,6 +68,15 @@ def wg_processes(iface: str) -> list[int]:
     return out
 
 
+def remove_wg_runtime(iface: str) -> None:
+    """The machine-wide runtime files of a data plane on ``iface`` (socket, stats, the
+    standby's lock: a SIGKILLed standby cannot remove its own). Kill its processes first,
+    or a live one writes its stats again."""
+    for suffix in (".sock", ".stats", ".standby"):
+        with contextlib.suppress(OSError):
+            os.unlink(f"/var/run/wireguard/{iface}{suffix}")
+
+
 def kill_ns_processes(ns: str) -> None:
     pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
     for sig in (signal.SIGTERM, signal.SIGKILL):

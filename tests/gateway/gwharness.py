@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nsutil import Namespaces, kill_ns_processes, sh, uniq
+from nsutil import Namespaces, kill_ns_processes, remove_wg_runtime, sh, uniq
 
 BIN = Path(sys.executable).parent
 PODS = ("10.244.1.5", "10.244.2.7")
@@ -188,9 +188,7 @@ def two_gateways(n: Namespaces, tmp: Path, prepare: Callable[[Gw, Gw], None] | N
         # it writes its stats again after they are removed from the machine-wide directory
         for g in (a, b):
             kill_ns_processes(g.ns)
-            for suffix in (".sock", ".stats", ".standby"):
-                with contextlib.suppress(OSError):
-                    os.unlink(f"/var/run/wireguard/{g.iface}{suffix}")
+            remove_wg_runtime(g.iface)
 
 
 def view_of(ip: str, views: list[dict[str, str]], kind: str = "pod") -> str:

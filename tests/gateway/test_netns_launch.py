@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from nsutil import Namespaces, require_root, sh, uniq, wg_processes
+from nsutil import Namespaces, remove_wg_runtime, require_root, sh, uniq, wg_processes
 
 BIN = Path(sys.executable).parent
 
@@ -78,6 +78,8 @@ def test_restart_starts_the_data_plane_from_the_record(netns: Namespaces, tmp_pa
     finally:
         gw.terminate()
         gw.wait(timeout=30)
+        _kill_all(gw, iface)
+        remove_wg_runtime(iface)
 
 
 def test_refused_restart_stops_what_the_record_started(netns: Namespaces, tmp_path: Path) -> None:
@@ -102,3 +104,5 @@ def test_refused_restart_stops_what_the_record_started(netns: Namespaces, tmp_pa
         if gw.poll() is None:
             gw.terminate()
             gw.wait(timeout=30)
+        _kill_all(gw, iface)
+        remove_wg_runtime(iface)  # the standby killed above could not remove its lock

@@ -325,25 +325,6 @@ class ReadModel:
 NatTotals = tuple[list[tuple[str, str, int, int, int]], dict[str, int]]
 
 
-def nat_totals(rows: Sequence[dict[str, Any]]) -> NatTotals:
-    """What /metrics exports of a NAT report (``Dataplane.nat``'s rows): per peer and
-    chain the sums of its rules' counters, and per peer its ``export_denied`` packets."""
-    per: list[tuple[str, str, int, int, int]] = []
-    denied: dict[str, int] = {}
-    for m in rows:
-        peer = str(m.get("cluster_id") or "")
-        per_chain: dict[str, list[int]] = {}
-        for r in m.get("rules", []):
-            c = per_chain.setdefault(str(r.get("chain", "")), [0, 0, 0])
-            c[0] += int(r.get("packets") or 0)
-            c[1] += int(r.get("bytes") or 0)
-            c[2] += int(r.get("connections") or 0)
-        per += [(peer, chain, pk, by, cn) for chain, (pk, by, cn) in sorted(per_chain.items())]
-        if m.get("export_denied") is not None:
-            denied[peer] = int(m["export_denied"].get("packets", 0))
-    return per, denied
-
-
 class Counters:
     """The snapshots a ReadModel serves counters from (one place; see gateway.snapshot):
     the WireGuard dump, the NAT drop rules, the policy's denied counters and the NAT
@@ -363,11 +344,5 @@ class Counters:
             "drop counters", lambda _: plane().nat_drops(), ttl, [])
         self.denied: Snapshot[dict[str, dict[str, int]] | None] = Snapshot(
             "policy counters", lambda state: plane().export_denied(state), ttl, {})
-        def totals(state: Any) -> NatTotals:
-            denied = self.denied.get(state)
-            cheap = getattr(plane(), "nat_totals", None)  # without it (test doubles): the rows' sums
-            if cheap is not None:
-                return cheap(state, denied=denied)  # type: ignore[no-any-return]
-            return nat_totals(plane().nat(state, denied=denied))
-
-        self.totals: Snapshot[NatTotals] = Snapshot("NAT counters", totals, ttl, ([], {}))
+        self.totals: Snapshot[NatTotals] = Snapshot(
+            "NAT counters", lambda state: plane().nat_totals(state, denied=self.denied.get(state)), ttl, ([], {}))

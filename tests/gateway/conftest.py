@@ -69,6 +69,22 @@ class FakeFabric:
     def export_denied(self, state: FabricState) -> dict[str, dict[str, int]]:
         return {}
 
+    def nat_totals(self, state: FabricState, *, denied: Any = None
+                   ) -> tuple[list[tuple[str, str, int, int, int]], dict[str, int]]:
+        """What this double's ``nat`` rows sum to (the real one sums the kernel's dumps)."""
+        per: list[tuple[str, str, int, int, int]] = []
+        dropped: dict[str, int] = {}
+        for m in self.nat(state, denied=denied):
+            sums: dict[str, list[int]] = {}
+            for r in m["rules"]:
+                c = sums.setdefault(str(r.get("chain", "")), [0, 0, 0])
+                c[0] += int(r.get("packets") or 0)
+                c[1] += int(r.get("bytes") or 0)
+                c[2] += int(r.get("connections") or 0)
+            per += [(m["cluster_id"], chain, pk, by, cn) for chain, (pk, by, cn) in sorted(sums.items())]
+            dropped[m["cluster_id"]] = int(m["export_denied"].get("packets", 0))
+        return per, dropped
+
     def nat_drops(self) -> list[dict[str, Any]]:
         return []
 

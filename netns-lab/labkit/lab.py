@@ -313,6 +313,7 @@ def teardown(name: str) -> list[str]:
     # All at once, not one by one: a 31-cluster lab has ~150 processes and namespaces,
     # and waiting for each in turn took most of a minute.
     _kill_groups([(int(info["pid"]), info.get("cmd")) for info in st.get("processes", {}).values()])
+    _stop_stray_ip(name)
     existing = run("ip", "netns", "list", check=False).stdout.split("\n")
     existing_names = {line.split()[0] for line in existing if line.strip()}
     wanted = set(st.get("namespaces", [])) | {n for n in existing_names if n.startswith(f"{name}-")}
@@ -414,6 +415,30 @@ def _kill_groups(procs: list[tuple[int, list[str] | None]], grace: float = 2.0) 
                 time.sleep(0.05)
         if not pids:
             return
+
+
+def _stop_stray_ip(name: str, wait: float = 2.0) -> None:
+    """Kill `ip` commands an interrupted `up` left running for this lab.
+
+    A killed `up` orphans the `ip netns add` it was waiting for; left alone, it could
+    create its namespace after `down` has listed them.
+    """
+    prefix = f"{name}-"
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if os.path.basename(argv[0]) == b"ip" and any(a.decode(errors="replace").startswith(prefix)
+                                                          for a in argv[1:]):
+                pids.append(int(proc.name))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + wait
+    while (pids := [pid for pid in pids if _alive(pid)]) and time.monotonic() < end:
+        time.sleep(0.02)
 
 
 def _kill_ns_processes(*namespaces: str) -> None:

@@ -34,7 +34,13 @@ Prints progress to stderr and one JSON line to stdout:
   /api/v1/peers, full and ``?summary=true`` (null when a summary is not served);
 - ``page_cpu_pct``: gateway daemon CPU with the page open minus with it closed, the median
   over three pairs of alternating 30 s windows (each window in ``page_open_pct`` /
-  ``page_closed_pct``); ``daemon_rss_after_page_mb``.
+  ``page_closed_pct``); ``daemon_rss_after_page_mb``;
+- ``page_poll``: the page's poll as page.js makes it (``/api/v1/page`` with a page of 50
+  rows and a selected peer, every 2 s, the status every 15th poll), each request bracketed
+  by the daemon's and crosswire-wg's CPU time (schedstat, ns): ``daemon_ms`` and ``wg_ms``
+  per poll (median and mean of ``polls``) and ``daemon_pct`` = mean / period. The windows
+  above measure the whole page but are decided by the daemon's own periodic work (a table
+  verify is ~1 s of CPU); the brackets hold only the poll's own work.
 
 Run as root from the venv: ``.venv/bin/python bench/fleet.py [--peers 1000]``.
 Ctrl-C or a failure removes the namespaces and the processes.
@@ -74,6 +80,16 @@ def log(msg: str) -> None:
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def run_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of every thread of ``pid`` (schedstat: exact, where the
+    stat file's utime/stime count 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def rss_mb(pid: int) -> float:
@@ -290,6 +306,7 @@ async def fleet_run(h: Hub, args: argparse.Namespace, token: str) -> dict[str, A
             await watchers.stop()  # the page's cost is measured against the idle gateway
             watchers = None
         if args.page:
+            result["page_poll"] = await asyncio.to_thread(page_poll_cost, h, "fextra")
             result.update(await asyncio.to_thread(page_cost, h))
             result["daemon_rss_after_page_mb"] = rss_mb(h.pids()["daemon"])
         return result
@@ -297,6 +314,49 @@ async def fleet_run(h: Hub, args: argparse.Namespace, token: str) -> dict[str, A
         if watchers is not None:
             await watchers.stop()
         await fleet.aclose()
+
+
+POLL_PERIOD = 2.0  # page.js: POLL_MS
+POLL_ROWS = 50  # page.js: PAGE
+POLL_STATUS_EVERY = 15  # page.js: STATUS_EVERY
+POLLS = 30
+
+
+def page_poll_cost(h: Hub, selected: str) -> dict[str, Any]:
+    """The page's poll, request by request, with the CPU it costs the daemon and crosswire-wg."""
+    pids = h.pids()
+    daemon: list[float] = []
+    wg: list[float] = []
+    tag = ""
+    for i in range(POLLS):
+        t0 = time.monotonic()
+        d0, w0 = run_ns(pids["daemon"]), run_ns(pids["wg"]) if "wg" in pids else 0
+        paths = [f"/api/v1/page?limit={POLL_ROWS}&offset=0&peer={selected}"]
+        if i % POLL_STATUS_EVERY == 0:
+            paths.append("/api/v1/status")
+        for path in paths:
+            req = urllib.request.Request(OPERATOR + path, headers={"If-None-Match": tag} if tag else {})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    r.read()
+                    if "page" in path:
+                        tag = r.headers.get("ETag") or ""
+            except urllib.error.HTTPError as e:
+                if e.code != 304:
+                    raise
+        daemon.append((run_ns(pids["daemon"]) - d0) / 1e6)
+        if "wg" in pids:
+            wg.append((run_ns(pids["wg"]) - w0) / 1e6)
+        time.sleep(max(0.0, POLL_PERIOD - (time.monotonic() - t0)))
+
+    def ms(xs: list[float]) -> dict[str, float] | None:
+        return {"median": round(statistics.median(xs), 2), "mean": round(statistics.mean(xs), 2)} \
+            if xs else None
+
+    out = {"polls": POLLS, "daemon_ms": ms(daemon), "wg_ms": ms(wg),
+           "daemon_pct": round(100 * statistics.mean(daemon) / (1000 * POLL_PERIOD), 2)}
+    log(f"page poll: {out}")
+    return out
 
 
 PAGE_WINDOW = 30.0  # the page fetches the status and the optional views once per 30 s

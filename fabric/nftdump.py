@@ -246,18 +246,47 @@ def elements(family: str, table: str, name: str, keys: Iterable[str], *, is_map:
 def counters(family: str, table: str) -> dict[str, dict[str, int]]:
     """The named counters of ``table`` by name: one object dump, filtered by the kernel
     (libnftables' ``list counters`` loads the whole table first: ~0.1 s beside a 1000-peer
-    policy table, this ~5 ms)."""
-    attrs = _attr(OBJ_TABLE, table.encode() + b"\0") + _attr(OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))
+    policy table, this ~3 ms). Read every second while the page is open or a scrape
+    comes: the attributes are walked inline (a generator and dicts per object cost
+    twice the dump)."""
+    want = table.encode() + b"\0"
+    attrs = _attr(OBJ_TABLE, want) + _attr(OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))
+    counter_type = struct.pack(">I", NFT_OBJECT_COUNTER)
+    unpack = struct.unpack_from
     out: dict[str, dict[str, int]] = {}
     for payload in _dump(family, NFT_MSG_GETOBJ, attrs):
-        a = dict(_attrs(payload))
-        kind = a.get(OBJ_TYPE, b"")
-        if _text(a.get(OBJ_TABLE, b"")) != table or len(kind) < 4 or \
-                struct.unpack(">I", kind[:4])[0] != NFT_OBJECT_COUNTER:
+        name = data = None
+        ours = counter = False
+        i, end = 0, len(payload)
+        while i + 4 <= end:
+            length, kind = unpack("=HH", payload, i)
+            if length < 4:
+                break
+            kind &= NLA_TYPE_MASK
+            if kind == OBJ_NAME:
+                name = payload[i + 4:i + length]
+            elif kind == OBJ_TABLE:
+                ours = payload[i + 4:i + 4 + len(want)] == want
+            elif kind == OBJ_TYPE:
+                counter = payload[i + 4:i + 8] == counter_type
+            elif kind == OBJ_DATA:
+                data = payload[i + 4:i + length]
+            i += (length + 3) & ~3
+        if not (ours and counter) or name is None:
             continue  # a kernel that does not filter the dump
-        data = dict(_attrs(a.get(OBJ_DATA, b"")))
-        out[_text(a.get(OBJ_NAME, b""))] = {"packets": int.from_bytes(data.get(COUNTER_PACKETS, b"\0"), "big"),
-                                            "bytes": int.from_bytes(data.get(COUNTER_BYTES, b"\0"), "big")}
+        values = {"packets": 0, "bytes": 0}
+        j, dend = 0, len(data or b"")
+        while data is not None and j + 4 <= dend:
+            length, kind = unpack("=HH", data, j)
+            if length < 4:
+                break
+            kind &= NLA_TYPE_MASK
+            if kind == COUNTER_PACKETS:
+                values["packets"] = int.from_bytes(data[j + 4:j + length], "big")
+            elif kind == COUNTER_BYTES:
+                values["bytes"] = int.from_bytes(data[j + 4:j + length], "big")
+            j += (length + 3) & ~3
+        out[_text(name)] = values
     return out
 
 

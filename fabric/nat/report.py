@@ -5,6 +5,7 @@ that implement them (``mappings``), joined with the kernel's counters
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -73,7 +74,15 @@ def _ranges(maps: tuple[Mapping, ...]) -> list[dict[str, str]]:
 
 
 def _block(m: Mapping) -> str:
-    return f"any source -> {m.view.net.network_address}-{m.view.net.broadcast_address}"
+    return _span(m.view.text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _span(view: str) -> str:
+    # Formatting addresses is slow and the table's verify reports every peer's blocks
+    # every time: each view once.
+    net = ipaddress.ip_network(view)
+    return f"any source -> {net.network_address}-{net.broadcast_address}"
 
 
 @functools.lru_cache(maxsize=4096)

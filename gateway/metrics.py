@@ -33,29 +33,28 @@ class _Out:
 
 def render_metrics(read: ReadModel) -> str:
     o = _Out()
-    peers = read.peers()
+    peers = read.peer_metrics()
     o.family("crosswire_peers", "gauge", "Peers by state.")
     for s in STATES:
-        o.sample("crosswire_peers", sum(1 for p in peers if p["state"] == s), state=s)
+        o.sample("crosswire_peers", sum(1 for p in peers if p.state == s), state=s)
     o.family("crosswire_peer_up", "gauge", "1 if the peer answers probes through the tunnel.")
     for p in peers:
-        o.sample("crosswire_peer_up", int(p["state"] == "connected"), peer=p["cluster_id"])
+        o.sample("crosswire_peer_up", int(p.state == "connected"), peer=p.cluster_id)
     o.family("crosswire_peer_handshake_age_seconds", "gauge", "Seconds since the latest WireGuard handshake.")
     for p in peers:
-        o.sample("crosswire_peer_handshake_age_seconds", p["handshake_age_s"], peer=p["cluster_id"])
+        o.sample("crosswire_peer_handshake_age_seconds", p.handshake_age_s, peer=p.cluster_id)
     o.family("crosswire_peer_rx_bytes_total", "counter", "Bytes received from the peer (WireGuard).")
     for p in peers:
-        o.sample("crosswire_peer_rx_bytes_total", p["rx_bytes"], peer=p["cluster_id"])
+        o.sample("crosswire_peer_rx_bytes_total", p.rx_bytes, peer=p.cluster_id)
     o.family("crosswire_peer_tx_bytes_total", "counter", "Bytes sent to the peer (WireGuard).")
     for p in peers:
-        o.sample("crosswire_peer_tx_bytes_total", p["tx_bytes"], peer=p["cluster_id"])
+        o.sample("crosswire_peer_tx_bytes_total", p.tx_bytes, peer=p.cluster_id)
     o.family("crosswire_peer_rtt_seconds", "gauge", "Round-trip time of the latest probe through the tunnel.")
     for p in peers:
-        rtt = p["rtt_ms"]
-        o.sample("crosswire_peer_rtt_seconds", None if rtt is None else rtt / 1000, peer=p["cluster_id"])
+        o.sample("crosswire_peer_rtt_seconds", None if p.rtt_ms is None else p.rtt_ms / 1000, peer=p.cluster_id)
     o.family("crosswire_peer_probe_loss_ratio", "gauge", "Lost probes among the last 20.")
     for p in peers:
-        o.sample("crosswire_peer_probe_loss_ratio", p["loss"], peer=p["cluster_id"])
+        o.sample("crosswire_peer_probe_loss_ratio", p.loss, peer=p.cluster_id)
     # Sums of the programmed state's counters from a snapshot (ReadModel.nat_totals): a
     # scrape no longer builds the whole NAT report (~0.7 s of CPU with 1,000 peers).
     per, denied = read.nat_totals()

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from fabric.model import RangeMap, routed_cidrs
 from fabric.nat import counts as nat_counts
@@ -176,6 +176,22 @@ class ReadModel:
                              problems.get(p.cluster_id), imported.get(p.cluster_id, ()))
                 for p in records]
 
+    def peer_metrics(self) -> list[PeerMetrics]:
+        """What /metrics exports of each peer, as peer_summary computes it, without building
+        the summaries (views, ranges, reach: ~0.1 s of every scrape at 1,000 peers)."""
+        index, _ = self.store.peer_index()
+        stats = self.peer_stats()
+        now = self.clock()
+        health = self.health.report(now)
+        rows = []
+        for cid, key, pending in index:
+            s, h = stats.get(key, {}), health.get(cid, {})
+            hs = s.get("last_handshake")
+            rows.append(PeerMetrics(cid, peer_state(cid, key, pending, now, stats, health),
+                                    round(now - hs, 3) if hs else None, s.get("rx_bytes", 0),
+                                    s.get("tx_bytes", 0), h.get("rtt_ms"), h.get("loss")))
+        return rows
+
     def peer_states(self, index: Sequence[tuple[str, str, bool]] | None = None,
                     stats: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
         """Every peer's state, without building its summary (status, summaries)."""
@@ -319,6 +335,17 @@ class ReadModel:
             self.config.cluster_id, self.config.wireguard.interface, state.exports,
             {cid: body for cid, (body, _) in exports.imports().items()})
         return nat_trace(state, query, exports=check).as_json()
+
+
+class PeerMetrics(NamedTuple):
+    """One peer's row of /metrics (the fields of its peer_summary that are exported)."""
+    cluster_id: str
+    state: str
+    handshake_age_s: float | None
+    rx_bytes: int
+    tx_bytes: int
+    rtt_ms: float | None
+    loss: float | None
 
 
 # (peer, chain, packets, bytes, connections) sums, and per peer its dropped packets

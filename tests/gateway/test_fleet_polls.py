@@ -193,3 +193,34 @@ def test_a_failed_read_is_not_held(monkeypatch: Any) -> None:
     assert s.get() == {"a": 1} and s.get() == {"a": 1} and s.reads == 1
     key = object()
     assert s.get(key) == {"a": 2} and s.reads == 2  # another key: read afresh
+
+
+def test_metrics_per_peer_values_are_the_peer_summaries(clusters: Any) -> None:
+    """/metrics takes each peer's state, handshake age, bytes, RTT and loss from lean rows
+    (no summaries built): they are what /api/v1/peers says, for a connected and a pending peer."""
+    lab, gpu, edge = clusters("lab"), clusters("gpu"), clusters("edge")
+
+    async def go() -> None:
+        await _peered(lab, gpu)
+        r = await edge.call("POST", "/api/v1/tokens", json={"ttl": "1h"})
+        r = await lab.call("POST", "/api/v1/peers", json={"token": r.json()["token"]})
+        assert r.status_code == 201, r.text
+        lab.fabric.handshake = lab.gw.read.clock() - 5
+        lab.gw.read.stats_ttl = 0  # every read asks the data plane: both answers see the same
+        rows = {p.cluster_id: p for p in lab.gw.read.peer_metrics()}
+        summaries = {p["cluster_id"]: p for p in (await lab.call("GET", "/api/v1/peers", auth=False)).json()}
+        assert set(rows) == set(summaries) == {"gpu", "edge"}
+        for cid, s in summaries.items():
+            row = rows[cid]
+            assert (row.state, row.rx_bytes, row.tx_bytes, row.rtt_ms, row.loss) == \
+                (s["state"], s["rx_bytes"], s["tx_bytes"], s["rtt_ms"], s["loss"])
+            assert (row.handshake_age_s is None) == (s["handshake_age_s"] is None)
+        assert rows["gpu"].rx_bytes == 7 and rows["gpu"].handshake_age_s is not None
+        assert 4 < rows["gpu"].handshake_age_s < 60
+        m = (await lab.call("GET", "/metrics", auth=False)).text
+        assert 'crosswire_peer_rx_bytes_total{peer="gpu"} 7' in m
+        assert f'crosswire_peers{{state="{rows["edge"].state}"}} ' in m
+        assert sum(int(line.rsplit(" ", 1)[1]) for line in m.splitlines()
+                   if line.startswith("crosswire_peers{")) == 2
+
+    asyncio.run(go())

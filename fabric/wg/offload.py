@@ -335,6 +335,12 @@ def _run_mask(iphl: int, hl: int) -> int:
     return int.from_bytes(m, "big")
 
 
+def seq_shift_of(iphl: int, hl: int) -> int:
+    """Where the TCP sequence number sits in a ``hl``-byte header read as one
+    big-endian integer (bits below it)."""
+    return (hl - iphl - 8) * 8
+
+
 def _tcp_checksum_ok(pkt: bytes, iphl: int) -> bool:
     tcp = memoryview(pkt)[iphl:]
     return (_pseudo_sum(pkt, iphl == 40, 6, len(tcp)) + _sum(tcp)) % 0xFFFF == 0
@@ -358,31 +364,32 @@ def coalesce(packets: list[bytes], verify: bool = False) -> list[list[bytes | me
         info = _tcp_run_key(pkt)
         j = i + 1
         if info is not None and j < count and (not verify or _tcp_checksum_ok(pkt, info[3])):
-            _key, seq, hl, iphl, size = info
+            _key, _seq, hl, iphl, size = info
             total = len(pkt)
-            nxt = seq + size
             last_flags = pkt[iphl + 13]
             # A candidate joins when its header equals the first's outside the fields
-            # that differ within a run (see _run_mask): one big-int compare per packet
-            # instead of unpacking it (~3x cheaper; equal to _tcp_run_key's key test).
-            head = int.from_bytes(pkt[:hl], "big")
-            mask = _run_mask(iphl, hl)
-            seq_shift = (hl - iphl - 8) * 8
+            # that differ within a run (see _run_mask) and its sequence number follows:
+            # one masked big-int compare per packet against the expected header, stepped
+            # by a segment per match, instead of unpacking it (~3x cheaper; equal to
+            # _tcp_run_key's key test). A sequence wrap carries into the ports: the run
+            # then just ends early.
+            mask = _run_mask(iphl, hl) | 0xFFFFFFFF << seq_shift_of(iphl, hl)
+            step = size << seq_shift_of(iphl, hl)
+            want = (int.from_bytes(pkt[:hl], "big") & mask) + step
+            flags_at = iphl + 13
             while j < count and not last_flags & TCP_PSH:
                 cand = packets[j]
                 csize = len(cand) - hl
-                if csize <= 0 or csize > size or total + csize > MAX_COALESCED:
-                    break
-                c = int.from_bytes(cand[:hl], "big")
-                if (c ^ head) & mask or (c >> seq_shift) & 0xFFFFFFFF != nxt & 0xFFFFFFFF \
+                if csize <= 0 or csize > size or total + csize > MAX_COALESCED \
+                        or int.from_bytes(cand[:hl], "big") & mask != want \
                         or (verify and not _tcp_checksum_ok(cand, iphl)):
                     break
                 total += csize
-                nxt += csize
-                last_flags = cand[iphl + 13]
+                last_flags = cand[flags_at]
                 j += 1
                 if csize < size:
                     break  # a short segment ends a run
+                want += step
         if j - i < 2:
             out.append([ZERO_VNET_HDR, pkt])
             i += 1
@@ -403,8 +410,7 @@ def coalesce(packets: list[bytes], verify: bool = False) -> list[list[bytes | me
         vhdr = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, GSO_TCPV6 if v6 else GSO_TCPV4,
                              hl, size, iphl, 16)
         vec: list[bytes | memoryview] = [vhdr, bytes(h)]
-        for k in range(i, j):
-            vec.append(memoryview(packets[k])[hl:])
+        vec += [p[hl:] for p in packets[i:j]]  # a bytes slice: half a memoryview's cost
         out.append(vec)
         i = j
     return out

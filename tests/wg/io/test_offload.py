@@ -204,6 +204,26 @@ def test_coalesce_joins_only_segments_whose_header_may_differ_there(v6: bool) ->
             assert joined == (byte in may_differ or psh), (byte, bit)
 
 
+@pytest.mark.parametrize("v6", [False, True])
+def test_coalesce_across_a_sequence_wrap(v6: bool) -> None:
+    """The expected header steps by one segment per match; where the sequence number
+    wraps past 2**32 the run ends (the step carries into the ports) and a new one
+    starts: two writes, every byte in order, both checksums completable."""
+    mss = 1000
+    seq0 = (1 << 32) - 3 * mss
+    pkts = [tcp_packet(bytes([i]) * mss, (seq0 + i * mss) & 0xFFFFFFFF, v6, flags=0x10)
+            for i in range(6)]
+    vecs = coalesce(pkts)
+    assert [len(v) for v in vecs] == [2 + 3, 2 + 3]
+    iphl = 40 if v6 else 20
+    out = b""
+    for vec in vecs:
+        _hdr, merged = _merge(vec)
+        assert tcp_ok(complete_checksum(merged, iphl, 16))
+        out += merged[iphl + 32:]
+    assert out == b"".join(p[iphl + 32:] for p in pkts)
+
+
 def test_coalesce_random_streams_preserve_bytes() -> None:
     rnd = random.Random(7)
     for _ in range(30):

@@ -203,7 +203,14 @@ class ReceivePath:
             if plen == 0:
                 nkeepalive += 1
                 continue
-            total, key = inner(pt, plen)
+            # inner() inlined for IPv4 (the call costs ~60 ns of ~1.7 us a datagram)
+            if pt[0] >> 4 == 4 and plen >= 20:
+                total = (pt[2] << 8) | pt[3]
+                key = pt[12:16]
+                if not 20 <= total <= plen:
+                    total = 0
+            else:
+                total, key = inner(pt, plen)
             if not total:
                 c["drop_bad_inner"] += 1
                 nlost += 1

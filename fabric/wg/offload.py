@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import struct
 from types import EllipsisType, ModuleType
+from typing import Any
 
 # numpy makes the TSO split affordable (see _chunk_sums). It is imported after start-up
 # (preload_numpy) or on first use, never at start: at ~120 ms it was most of crosswire-wg's
@@ -201,41 +202,52 @@ def _split_full_np(np: ModuleType, pkt: bytes, template: bytearray, hl: int, iph
     plen = len(pkt) - hl
     full = plen // size
     stride = hl + size
+    # numpy costs ~0.5-1 us a call on these 44-row vectors, most of the split's cost:
+    # what is equal in all full rows goes into the template (lengths, the common
+    # flags), the rest in as few whole-column operations as the sums allow.
+    last = plen == full * size  # the last full row is the super-packet's last segment
+    common = tcp_flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+    hdr = bytearray(template)
+    hdr[iphl + 13] = common
+    if v6:
+        hdr[4:6] = (thl + size).to_bytes(2, "big")
+    else:
+        hdr[2:4] = (hl + size).to_bytes(2, "big")
     rows = np.empty((full, stride), dtype=np.uint8)
-    hdr = np.frombuffer(bytes(template), dtype=np.uint8)
-    rows[:, :hl] = hdr
+    rows[:, :hl] = np.frombuffer(hdr, dtype=np.uint8)
     rows[:, hl:] = np.frombuffer(pkt, dtype=np.uint8, count=full * size,
                                  offset=hl).reshape(full, size)
-    words = rows.view(">u2")  # every field below starts at an even offset
-    idx = np.arange(full, dtype=np.int64)
     # The payload sums over native little-endian words, 4 bytes at a time where the
     # size allows (a u32 is w0 + w1 * 2**16 = w0 + w1 mod 0xFFFF): no byte swap and
-    # half the elements; a one's complement sum of byte-swapped words is the
-    # byte-swapped sum, so each is swapped once at the end.
+    # half the elements. A one's complement sum of byte-swapped words is the
+    # byte-swapped sum, and swapping a 16-bit value is multiplying by 256 mod 0xFFFF.
     wide = not size & 3
     le = np.frombuffer(pkt, dtype="<u4" if wide else "<u2", offset=hl,
                        count=full * size // (4 if wide else 2))
-    sums = (le.reshape(full, -1).sum(axis=1, dtype=np.uint64) % 0xFFFF).astype(np.int64)
-    sums = ((sums & 0xFF) << 8) | (sums >> 8)
-    s = (seq + idx * size) & 0xFFFFFFFF
-    last = plen == full * size  # the last full row is the super-packet's last segment
-    flags = np.full(full, tcp_flags & ~(TCP_FIN | TCP_PSH | TCP_CWR), dtype=np.int64)
-    flags[0] = tcp_flags & ~(TCP_FIN | TCP_PSH)
-    if last:
-        flags[-1] = tcp_flags & ~TCP_CWR if full > 1 else tcp_flags
-    total = tcp_base + thl + size + (s >> 16) + (s & 0xFFFF) + flags + sums
+    sums = le.reshape(full, -1).sum(axis=1, dtype=np.int64)
+    # The sequence number as one 32-bit field: hi + lo = s mod 0xFFFF.
+    s = (_offsets(np, full, size) + seq) & 0xFFFFFFFF
+    total = sums * 256 + s
+    total += tcp_base + thl + size + common
+    # Only the first and the last segment differ in flags (CWR first, FIN/PSH last).
+    first_f = tcp_flags & ~(TCP_FIN | TCP_PSH)
+    last_f = (tcp_flags & ~TCP_CWR if full > 1 else tcp_flags) if last else common
+    if full == 1:
+        first_f = last_f if last else first_f
+    total[0] += first_f - common
+    rows[0, iphl + 13] = first_f
+    if full > 1:
+        total[-1] += last_f - common
+        rows[-1, iphl + 13] = last_f
+    np.ndarray((full,), dtype=">u4", buffer=rows, offset=iphl + 4, strides=(stride,))[:] = s
+    words = rows.view(">u2")  # every field below starts at an even offset
     w = iphl // 2
-    words[:, w + 2] = s >> 16
-    words[:, w + 3] = s & 0xFFFF
-    rows[:, iphl + 13] = flags
     words[:, w + 8] = 0xFFFF - total % 0xFFFF
-    if v6:
-        words[:, 2] = thl + size
-    else:
-        ident = (ip_id + idx) & 0xFFFF
-        words[:, 1] = hl + size
+    if not v6:
+        ident = (_offsets(np, full, 1) + ip_id) & 0xFFFF
         words[:, 2] = ident
-        words[:, 5] = 0xFFFF - (ip_base + hl + size + ident) % 0xFFFF
+        ident += ip_base + hl + size
+        words[:, 5] = 0xFFFF - ident % 0xFFFF
     data = rows.tobytes()
     out = [data[off:off + stride] for off in range(0, full * stride, stride)]
     if not last:
@@ -259,6 +271,15 @@ def _split_full_np(np: ModuleType, pkt: bytes, template: bytearray, hl: int, iph
         _U16.pack_into(h, iphl + 16, _csum(t))
         out.append(b"".join((h, chunk)))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets(np: ModuleType, full: int, step: int) -> Any:
+    """0, step, 2 * step, ... (``full`` of them) as int64: cached, as a super-packet's
+    row count and segment size repeat."""
+    v = np.arange(0, full * step, step, dtype=np.int64)
+    v.flags.writeable = False
+    return v
 
 
 def _chunk_sums(payload: memoryview, size: int) -> list[int]:

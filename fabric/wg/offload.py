@@ -393,31 +393,38 @@ def coalesce(packets: list[bytes], verify: bool = False) -> list[list[bytes | me
         j = i + 1
         if info is not None and j < count and (not verify or _tcp_checksum_ok(pkt, info[3])):
             _key, _seq, hl, iphl, size = info
-            total = len(pkt)
-            last_flags = pkt[iphl + 13]
+            full_len = len(pkt)
+            flags_at = iphl + 13
             # A candidate joins when its header equals the first's outside the fields
             # that differ within a run (see _run_mask) and its sequence number follows:
             # one masked big-int compare per packet against the expected header, stepped
             # by a segment per match, instead of unpacking it (~3x cheaper; equal to
             # _tcp_run_key's key test). A sequence wrap carries into the ports: the run
-            # then just ends early.
+            # then just ends early. Full-sized segments first (as many as fit in
+            # MAX_COALESCED, counted once), then at most one shorter one ends the run.
             mask = _run_mask(iphl, hl) | 0xFFFFFFFF << seq_shift_of(iphl, hl)
             step = size << seq_shift_of(iphl, hl)
             want = (int.from_bytes(pkt[:hl], "big") & mask) + step
-            flags_at = iphl + 13
-            while j < count and not last_flags & TCP_PSH:
+            psh = pkt[flags_at] & TCP_PSH
+            jmax = min(count, i + (MAX_COALESCED - hl) // size)
+            while not psh and j < jmax:
                 cand = packets[j]
-                csize = len(cand) - hl
-                if csize <= 0 or csize > size or total + csize > MAX_COALESCED \
-                        or int.from_bytes(cand[:hl], "big") & mask != want \
+                if len(cand) != full_len or int.from_bytes(cand[:hl], "big") & mask != want \
                         or (verify and not _tcp_checksum_ok(cand, iphl)):
                     break
-                total += csize
-                last_flags = cand[flags_at]
                 j += 1
-                if csize < size:
-                    break  # a short segment ends a run
+                psh = cand[flags_at] & TCP_PSH
                 want += step
+            total = hl + (j - i) * size
+            if not psh and j < count:
+                cand = packets[j]
+                csize = len(cand) - hl
+                if 0 < csize < size and total + csize <= MAX_COALESCED \
+                        and int.from_bytes(cand[:hl], "big") & mask == want \
+                        and (not verify or _tcp_checksum_ok(cand, iphl)):
+                    total += csize
+                    j += 1
+            last_flags = packets[j - 1][flags_at]
         if j - i < 2:
             out.append([ZERO_VNET_HDR, pkt])
             i += 1

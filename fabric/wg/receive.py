@@ -14,6 +14,7 @@ initiator's as "current").
 from __future__ import annotations
 
 import collections
+import functools
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -154,25 +155,38 @@ class ReceivePath:
         counters: list[int] = []
         plain: list[bytes] = []
         add_counter, add_plain = counters.append, plain.append
-        while off < n:
-            end = off + size
-            if end > n:
-                end = n
-            if end - off < 32:
-                break
+        full = (n - off) // size if size >= 32 else 0
+        if full:
+            # The full-sized datagrams' headers and ciphertexts from one C iterator
+            # (~70 ns a datagram less than an unpack and a slice each).
+            for typ, rcv, counter, ct in _datagrams(size).iter_unpack(
+                    memoryview(data)[off:off + full * size]):
+                if typ != 4 or rcv != receiver:
+                    break
+                try:
+                    # Nonce: 4 zero bytes + the LE counter: counter << 32 as 12 LE bytes.
+                    add_plain(decrypt((counter << 32).to_bytes(12, "little"), ct, None))
+                except InvalidTag:
+                    nfail += 1
+                    continue
+                add_counter(counter)
+            taken = len(counters) + nfail  # each one taken decrypted or failed
+            failbytes = nfail * size
+            off += taken * size
+        if 32 <= n - off < size:
+            # The tail: the read's shorter last datagram (not reached when a full one
+            # for another keypair ended the run: then n - off >= size).
             typ, rcv, counter = unpack_from(data, off)
-            if typ != 4 or rcv != receiver:
-                break
-            off_ct = off + 16
-            off = end
-            try:
-                # Nonce: 4 zero bytes + the LE counter, i.e. counter << 32 as 12 LE bytes.
-                add_plain(decrypt((counter << 32).to_bytes(12, "little"), data[off_ct:end], None))
-            except InvalidTag:
-                nfail += 1
-                failbytes += end - off_ct + 16
-                continue
-            add_counter(counter)
+            if typ == 4 and rcv == receiver:
+                try:
+                    add_plain(decrypt((counter << 32).to_bytes(12, "little"), data[off + 16:],
+                                      None))
+                except InvalidTag:
+                    nfail += 1
+                    failbytes += n - off
+                else:
+                    add_counter(counter)
+                off = n
         nbytes = off - start
         ndgrams = (nbytes + size - 1) // size  # all but the last are ``size`` long
         c["rx_datagrams"] += ndgrams
@@ -436,6 +450,12 @@ class ReceivePath:
             if t < self._deadline:
                 self._deadline = t
         peer.t_new_handshake = None
+
+@functools.lru_cache(maxsize=16)
+def _datagrams(size: int) -> struct.Struct:
+    """One ``size``-byte transport datagram: type, receiver, counter, ciphertext."""
+    return struct.Struct(f"<IIQ{size - 16}s")
+
 
 def inner(pt: bytes, plen: int) -> tuple[int, bytes]:
     """A decrypted inner packet's IP total length and packed source address

@@ -164,3 +164,48 @@ def test_batched_receive_runs_and_their_replay_checks() -> None:
     assert isinstance(counters, dict)
     assert counters["drop_replay"] == 20 + 1 and counters["drop_bad_auth"] == 1
     assert one == batch
+
+
+def _tails(batched: bool) -> tuple[object, ...]:
+    """GRO reads whose shorter last datagram is the only one, fails authentication, or
+    belongs to an unknown keypair (the run ends before it; the per-datagram path
+    counts it), and whose full datagrams all fail."""
+    p = Pair()
+    p.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"hello"), p.clock.now)
+    p.net.flush()
+    p.b.inbox.clear()
+    for i in range(9):
+        p.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i]) * 1000), p.clock.now)
+    d = [x for x, _ in p.a.outbox]
+    p.a.outbox.clear()
+    keepalives = []
+    for _ in range(3):
+        p.a.send_keepalive(p.peer_b, p.clock.now)
+        keepalives += [x for x, _ in p.a.outbox]
+        p.a.outbox.clear()
+    size = len(d[0])
+    unknown = bytearray(keepalives[1])
+    unknown[4:8] = b"\xff\xff\xff\x7f"
+    bad_tag = bytearray(keepalives[2])
+    bad_tag[-1] ^= 1
+    spoilt = [bytearray(x) for x in d[6:9]]
+    for x in spoilt:
+        x[-1] ^= 1
+    reads = [[keepalives[0]], [*d[0:3], bytes(unknown)], [*d[3:6], bytes(bad_tag)],
+             [bytes(x) for x in spoilt]]
+    for read in reads:
+        if batched:
+            p.b.on_datagrams(b"".join(read), size, SRC, p.clock.now)
+        else:
+            for dg in read:
+                p.b.on_datagram(dg, SRC, p.clock.now)
+    return _state(p)
+
+
+def test_batched_receive_tails() -> None:
+    one, batch = _tails(False), _tails(True)
+    counters = batch[1]
+    assert isinstance(counters, dict)
+    assert counters["drop_unknown_index"] == 1 and counters["drop_bad_auth"] == 4
+    assert counters["rx_keepalive"] == 1 and len(batch[0]) == 6  # type: ignore[arg-type]
+    assert one == batch

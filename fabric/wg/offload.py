@@ -244,10 +244,18 @@ def _split_full_np(np: ModuleType, pkt: bytes, template: bytearray, hl: int, iph
     w = iphl // 2
     words[:, w + 8] = 0xFFFF - total % 0xFFFF
     if not v6:
-        ident = (_offsets(np, full, 1) + ip_id) & 0xFFFF
-        words[:, 2] = ident
-        ident += ip_base + hl + size
-        words[:, 5] = 0xFFFF - ident % 0xFFFF
+        if full <= _RAMP_ROWS and ip_id + full <= 0x10000:
+            # ids ip_id, ip_id + 1, ... and their header checksums are runs of
+            # consecutive values: slices of two cached ramps, no arithmetic per call.
+            up, down = _ramps(np)
+            words[:, 2] = up[ip_id:ip_id + full]
+            start = (ip_base + hl + size + ip_id) % 0xFFFF
+            words[:, 5] = down[start:start + full]
+        else:  # the id wraps within this super-packet
+            ident = (_offsets(np, full, 1) + ip_id) & 0xFFFF
+            words[:, 2] = ident
+            ident += ip_base + hl + size
+            words[:, 5] = 0xFFFF - ident % 0xFFFF
     # The rows as bytes objects in one C call (no copy of the whole array first, no
     # slice per row in the interpreter: ~1.3 us against ~3.9 for a super-packet).
     out: list[bytes] = list(_rows_struct(full, stride).unpack_from(rows))
@@ -281,6 +289,19 @@ def _offsets(np: ModuleType, full: int, step: int) -> Any:
     v = np.arange(0, full * step, step, dtype=np.int64)
     v.flags.writeable = False
     return v
+
+
+_RAMP_ROWS = 64  # a 1,368-byte MSS makes at most 47 rows; more take the arithmetic
+
+
+@functools.lru_cache(maxsize=1)
+def _ramps(np: ModuleType) -> tuple[Any, Any]:
+    """0 .. 0xFFFF, and 0xFFFF - (k mod 0xFFFF) for k = 0 .. 0xFFFF + _RAMP_ROWS
+    (256 KB together): a super-packet's IPv4 ids and header checksums are slices."""
+    up = np.arange(0x10000, dtype=np.uint16)
+    down = (0xFFFF - np.arange(0xFFFF + _RAMP_ROWS, dtype=np.int64) % 0xFFFF).astype(np.uint16)
+    up.flags.writeable = down.flags.writeable = False
+    return up, down
 
 
 @functools.lru_cache(maxsize=64)

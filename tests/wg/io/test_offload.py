@@ -277,22 +277,23 @@ def test_gso_split_vectorised_equals_python_for_random_super_packets(
     """The vectorised split (lengths and common flags in the row template, flags of the
     first/last row patched, the sequence number written as one 32-bit column, the
     checksums from sums * 256) against the per-segment Python split: segment sizes
-    that are 4k and 4k + 2 bytes, sequence numbers and IPv4 ids about to wrap, every
-    flag mix, with and without a short last segment."""
+    that are 4k and 4k + 2 bytes, more rows than the id ramps cover, sequence numbers
+    and IPv4 ids about to wrap (last row at 0xFFFF, or wrapped), every flag mix, with
+    and without a short last segment."""
     from fabric.wg import offload
 
     rnd = random.Random(20)
     sps = []
-    for _ in range(40):
-        mss = rnd.choice([1368, 1366, 1000, 1222, 536, 1440])
-        full = rnd.randrange(16, min(48, 64000 // mss))
+    for _ in range(48):
+        mss = rnd.choice([1368, 1366, 1000, 1222, 536, 1440, 200])  # 200: > 64 rows
+        full = rnd.randrange(16, min(48 if mss > 200 else 300, 64000 // mss))
         size = full * mss + rnd.choice([0, 0, 2, 17, mss - 2])
         seq = rnd.choice([rnd.getrandbits(32), 0xFFFFFFFF - rnd.randrange(0, 40000)])
         sp = bytearray(superpacket(rnd.randbytes(size), mss, v6, seq=seq,
                                    flags=rnd.choice([0x10, 0x18, 0x19, 0x90, 0x99, 0x11])))
         if not v6:
-            sp[VNET_HDR_LEN + 4:VNET_HDR_LEN + 6] = rnd.choice([0xFFF0, rnd.getrandbits(16)]) \
-                .to_bytes(2, "big")  # the IPv4 id
+            ident = rnd.choice([0xFFF0, 0x10000 - full, 0x10000 - full + 1, rnd.getrandbits(16)])
+            sp[VNET_HDR_LEN + 4:VNET_HDR_LEN + 6] = ident.to_bytes(2, "big")  # the IPv4 id
         sps.append(bytes(sp))
     with_np = [gso_split(sp) for sp in sps]
     assert all(tcp_ok(seg) and (v6 or ip_ok(seg)) for segs in with_np for seg in segs)

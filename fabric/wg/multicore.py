@@ -33,153 +33,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-
-from fabric.wg import shared, timers
-from fabric.wg.constants import KEEPALIVE_TIMEOUT, REKEY_AFTER_MESSAGES
+from fabric.wg import timers
+from fabric.wg.constants import KEEPALIVE_TIMEOUT
 from fabric.wg.device import Device
-from fabric.wg.messages import TRANSPORT_HEADER, Endpoint
 from fabric.wg.peer import Keypair, Peer
-from fabric.wg.receive import inner
-from fabric.wg.send import seal
 from fabric.wg.shared import SharedCounters, SharedKeypair, use_shared
 
 __all__ = ["TICK", "Message", "OwnerDevice", "SharedCounters", "WorkerDevice", "use_shared"]
 
 TICK = 0.1  # how often workers report traffic facts and the owner sends roams
-_HDR_UNPACK_FROM = TRANSPORT_HEADER.unpack_from
-_MISS: Any = object()
 Message = tuple[Any, ...]
-class _SharedSend(Device):
-    """The batched runs with shared state: send counters taken once per run, replay
-    checks under one lock per run."""
-
-    def _send_run(self, packets: list[bytes], i: int, key: bytes, peer: Peer,
-                  now: float) -> int:
-        kp = peer.current
-        assert isinstance(kp, SharedKeypair) and peer.endpoint is not None
-        ep = peer.endpoint
-        encrypt = kp.send.encrypt
-        prefix = kp.hdr_prefix
-        route = self._route
-        append = self.outbox.append
-        mtu = self.mtu
-        count = len(packets)
-        # Counters for the rest of the burst at most; what the run does not use is a gap.
-        counter = shared.get().take(kp.slot, count - i)
-        nbytes = npkts = 0
-        while i < count:
-            pkt = packets[i]
-            if len(pkt) < 40:
-                break
-            v = pkt[0] >> 4
-            k = pkt[16:20] if v == 4 else pkt[24:40] if v == 6 else None
-            if k != key and (k is None or route.get(k) is not peer):
-                break
-            if counter >= REKEY_AFTER_MESSAGES:
-                break
-            data = seal(prefix, encrypt, counter, pkt, mtu)
-            append((data, ep))
-            counter += 1
-            nbytes += len(data)
-            npkts += 1
-            i += 1
-        if not npkts:
-            self.on_packet(packets[i], now)
-            return i + 1
-        self._sent(peer, nbytes, npkts, now)
-        return i
 
 
-    def _transport_run(self, data: bytes, off: int, size: int, receiver: int, kp: Keypair,
-                       src: Endpoint, now: float) -> int:
-        """receive.py's batched run, with the replay checks of the whole run done under
-        one lock of the shared window (decrypt all, check all, then deliver)."""
-        assert isinstance(kp, SharedKeypair)
-        n = len(data)
-        decrypt = kp.recv.decrypt
-        peer = kp.peer
-        unpack_from = _HDR_UNPACK_FROM
-        c = self.counters
-        ndgrams = nbytes = 0
-        counters: list[int] = []
-        plain: list[tuple[bytes, int]] = []
-        while off < n:
-            end = off + size
-            if end > n:
-                end = n
-            if end - off < 32:
-                break
-            typ, rcv, counter = unpack_from(data, off)
-            if typ != 4 or rcv != receiver:
-                break
-            ndgrams += 1
-            nbytes += end - off
-            off_ct = off + 16
-            off = end
-            try:
-                pt = decrypt((counter << 32).to_bytes(12, "little"), data[off_ct:end], None)
-            except InvalidTag:
-                c["drop_bad_auth"] += 1
-                continue
-            counters.append(counter)
-            plain.append((pt, end - off_ct + 16))
-        c["rx_datagrams"] += ndgrams
-        c["rx_bytes"] += nbytes
-        fresh = shared.get().check_many(kp.slot, counters) if counters else []
-        route = self._route
-        lookup = self.allowed_ips.lookup_packed
-        inbox_append = self.inbox.append
-        nauth = authbytes = ndata = nkeepalive = npackets = 0
-        last_key = None
-        last_owner: Any = None
-        for ok, (pt, authlen) in zip(fresh, plain, strict=True):
-            if not ok:
-                c["drop_replay"] += 1
-                continue
-            nauth += 1
-            authbytes += authlen
-            plen = len(pt)
-            if plen == 0:
-                nkeepalive += 1
-                continue
-            ndata += 1
-            total, key = inner(pt, plen)
-            if not total:
-                c["drop_bad_inner"] += 1
-                continue
-            if key != last_key:
-                owner = route.get(key, _MISS)
-                if owner is _MISS:
-                    owner = lookup(key)
-                last_key, last_owner = key, owner
-            if last_owner is not peer:
-                c["drop_not_allowed_src"] += 1
-                continue
-            npackets += 1
-            inbox_append(pt if total == plen else pt[:total])
-        if not nauth:
-            return off
-        c["rx_packets"] += npackets
-        if nkeepalive:
-            c["rx_keepalive"] += nkeepalive
-        peer.rx_bytes += authbytes
-        if peer.endpoint != src:
-            peer.endpoint = src
-        self._authenticated(peer, kp, now)
-        if ndata:
-            if peer.t_send_keepalive is None:
-                peer.t_send_keepalive = t = now + KEEPALIVE_TIMEOUT
-                if t < self._deadline:
-                    self._deadline = t
-                if ndata > 1:
-                    peer.need_another_keepalive = True
-            else:
-                peer.need_another_keepalive = True
-        return off
-
-
-class _Timed(_SharedSend):
+class _Timed(Device):
     """Records per peer when data was last sent and when anything authenticated was
     last heard (once per packet or batched run), so the owner can order events
     from different workers: "sent and not answered" must compare times."""

@@ -77,6 +77,15 @@ class Keypair:
             created + LAST_MINUTE_HANDSHAKE_AGE if is_initiator else float("inf")
         )
 
+    def take_run(self, n: int) -> int:
+        """The first send counter for a batched run of up to ``n`` packets; the run
+        reports the next unused one to ``end_run`` (shared.SharedKeypair takes all
+        ``n`` at once instead)."""
+        return self.send_counter
+
+    def end_run(self, counter: int) -> None:
+        self.send_counter = counter
+
     def __repr__(self) -> str:
         return f"Keypair(local={self.local_index:#x}, remote={self.remote_index:#x}, initiator={self.is_initiator})"
 

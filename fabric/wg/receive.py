@@ -14,6 +14,7 @@ initiator's as "current").
 from __future__ import annotations
 
 import collections
+import functools
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -138,54 +139,92 @@ class ReceivePath:
                        src: Endpoint, now: float) -> int:
         """Transport datagrams from ``off`` on while they go to ``receiver``; returns
         the offset of the first one it did not take. The per-datagram part of
-        ``_on_transport``, with its per-peer part once at the end."""
+        ``_on_transport``, with its per-peer part once at the end. In three passes:
+        decrypt all, check all counters (``check_run``: a run of consecutive counters
+        is marked at once; a shared window takes its lock once), deliver the fresh:
+        so the same code serves one process and ``--workers N``."""
         n = len(data)
         start = off
         decrypt = kp.recv.decrypt
-        rw = kp.replay
         peer = kp.peer
-        route = self._route
-        lookup = self.allowed_ips.lookup_packed
-        inbox_append = self.inbox.append
         unpack_from = _HDR_UNPACK_FROM
         c = self.counters
         # Per datagram only what differs; the counts are derived at the end from the
         # bytes taken and the (rare) drops: each += costs as much as a line of work.
         nfail = failbytes = nkeepalive = nlost = 0
+        counters: list[int] = []
+        plain: list[bytes] = []
+        add_counter, add_plain = counters.append, plain.append
+        full = (n - off) // size if size >= 32 else 0
+        if full:
+            # The full-sized datagrams' headers and ciphertexts from one C iterator
+            # (~70 ns a datagram less than an unpack and a slice each).
+            for typ, rcv, counter, ct in _datagrams(size).iter_unpack(
+                    memoryview(data)[off:off + full * size]):
+                if typ != 4 or rcv != receiver:
+                    break
+                try:
+                    # Nonce: 4 zero bytes + the LE counter: counter << 32 as 12 LE bytes.
+                    add_plain(decrypt((counter << 32).to_bytes(12, "little"), ct, None))
+                except InvalidTag:
+                    nfail += 1
+                    continue
+                add_counter(counter)
+            taken = len(counters) + nfail  # each one taken decrypted or failed
+            failbytes = nfail * size
+            off += taken * size
+        if 32 <= n - off < size:
+            # The tail: the read's shorter last datagram (not reached when a full one
+            # for another keypair ended the run: then n - off >= size).
+            typ, rcv, counter = unpack_from(data, off)
+            if typ == 4 and rcv == receiver:
+                try:
+                    add_plain(decrypt((counter << 32).to_bytes(12, "little"), data[off + 16:],
+                                      None))
+                except InvalidTag:
+                    nfail += 1
+                    failbytes += n - off
+                else:
+                    add_counter(counter)
+                off = n
+        nbytes = off - start
+        ndgrams = (nbytes + size - 1) // size  # all but the last are ``size`` long
+        c["rx_datagrams"] += ndgrams
+        c["rx_bytes"] += nbytes
+        if nfail:
+            c["drop_bad_auth"] += nfail
+        if not plain:
+            return off
+        fresh = kp.replay.check_run(counters)
+        if fresh is not None:  # replays (rare): keep the fresh ones
+            kept = [pt for ok, pt in zip(fresh, plain, strict=True) if ok]
+            nreplay = len(plain) - len(kept)
+            c["drop_replay"] += nreplay
+            nfail += nreplay
+            # An authenticated datagram is its plaintext + header + tag.
+            failbytes += sum(len(pt) for ok, pt in zip(fresh, plain, strict=True) if not ok) \
+                + 32 * nreplay
+            plain = kept
+            if not plain:
+                return off
+        route = self._route
+        lookup = self.allowed_ips.lookup_packed
+        inbox_append = self.inbox.append
         last_key = None
         last_owner: Any = None
-        while off < n:
-            end = off + size
-            if end > n:
-                end = n
-            if end - off < 32:
-                break
-            typ, rcv, counter = unpack_from(data, off)
-            if typ != 4 or rcv != receiver:
-                break
-            off_ct = off + 16
-            off = end
-            try:
-                pt = decrypt((counter << 32).to_bytes(12, "little"), data[off_ct:end], None)
-            except InvalidTag:
-                c["drop_bad_auth"] += 1
-                nfail += 1
-                failbytes += end - off_ct + 16
-                continue
-            newest = rw.counter
-            if counter >= newest and (counter + 1) >> 6 == newest >> 6 and counter < _REJECT_MSGS:
-                rw.backtrack[((counter + 1) >> 6) & 127] |= 1 << ((counter + 1) & 63)
-                rw.counter = counter + 1
-            elif not rw.check(counter):
-                c["drop_replay"] += 1
-                nfail += 1
-                failbytes += end - off_ct + 16
-                continue
+        for pt in plain:
             plen = len(pt)
             if plen == 0:
                 nkeepalive += 1
                 continue
-            total, key = inner(pt, plen)
+            # inner() inlined for IPv4 (the call costs ~60 ns of ~1.7 us a datagram)
+            if pt[0] >> 4 == 4 and plen >= 20:
+                total = (pt[2] << 8) | pt[3]
+                key = pt[12:16]
+                if not 20 <= total <= plen:
+                    total = 0
+            else:
+                total, key = inner(pt, plen)
             if not total:
                 c["drop_bad_inner"] += 1
                 nlost += 1
@@ -200,17 +239,10 @@ class ReceivePath:
                 nlost += 1
                 continue
             inbox_append(pt if total == plen else pt[:total])
-        nbytes = off - start
-        ndgrams = (nbytes + size - 1) // size  # all but the last are ``size`` long
         nauth = ndgrams - nfail
         authbytes = nbytes - failbytes
         ndata = nauth - nkeepalive
-        npackets = ndata - nlost
-        c["rx_datagrams"] += ndgrams
-        c["rx_bytes"] += nbytes
-        if not nauth:
-            return off
-        c["rx_packets"] += npackets
+        c["rx_packets"] += ndata - nlost
         if nkeepalive:
             c["rx_keepalive"] += nkeepalive
         peer.rx_bytes += authbytes
@@ -418,6 +450,12 @@ class ReceivePath:
             if t < self._deadline:
                 self._deadline = t
         peer.t_new_handshake = None
+
+@functools.lru_cache(maxsize=16)
+def _datagrams(size: int) -> struct.Struct:
+    """One ``size``-byte transport datagram: type, receiver, counter, ciphertext."""
+    return struct.Struct(f"<IIQ{size - 16}s")
+
 
 def inner(pt: bytes, plen: int) -> tuple[int, bytes]:
     """A decrypted inner packet's IP total length and packed source address

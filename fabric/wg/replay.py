@@ -47,3 +47,31 @@ class ReplayWindow:
             return False
         self.backtrack[index] = word | bit
         return True
+
+    def check_run(self, counters: list[int]) -> list[bool] | None:
+        """``check`` on each of a batched run's counters in order: None when all were
+        fresh, else each one's result. A run of consecutive counters above everything
+        seen (one sender's GSO burst, the bulk case) is marked a word at a time."""
+        first = counters[0]
+        last = counters[-1]
+        if not (first >= self.counter and last < REJECT_AFTER_MESSAGES
+                and last - first + 1 == len(counters)
+                and counters == list(range(first, last + 1))):
+            results = [self.check(c) for c in counters]
+            return None if all(results) else results
+        self.check(first)  # fresh: clears the words it passes, as one by one would
+        lo, hi = first + 2, last + 1  # the stored form is counter + 1
+        bt = self.backtrack
+        word = (first + 1) >> 6
+        while lo <= hi:
+            w = lo >> 6
+            top = min(hi, w << 6 | 63)
+            mask = ((1 << (top - lo + 1)) - 1) << (lo & 63)
+            if w != word:  # entered now: one by one would clear it first
+                bt[w & _WORD_MASK] = mask
+                word = w
+            else:
+                bt[w & _WORD_MASK] |= mask
+            lo = top + 1
+        self.counter = hi
+        return None

@@ -122,9 +122,9 @@ class SendPath:
         route = self._route
         append = self.outbox.append
         mtu = self.mtu
-        counter = kp.send_counter
-        nbytes = npkts = 0
         count = len(packets)
+        counter = kp.take_run(count - i)
+        nbytes = npkts = 0
         to_bytes, join, zero4 = int.to_bytes, _JOIN, _ZERO4
         while i < count:
             pkt = packets[i]
@@ -153,7 +153,7 @@ class SendPath:
         if not npkts:  # the first packet needs the general path (e.g. rekey due)
             self.on_packet(packets[i], now)
             return i + 1
-        kp.send_counter = counter
+        kp.end_run(counter)
         self._sent(peer, nbytes, npkts, now)
         return i
 

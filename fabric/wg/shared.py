@@ -111,7 +111,8 @@ _shared: SharedCounters | None = None
 class SharedReplay:
     """A keypair's replay window in ``SharedCounters``. Its ``counter`` is above any
     real counter, so receive.py's inline fast path (which updates a private window
-    without a lock) never applies and every datagram goes through ``check``."""
+    without a lock) never applies and every datagram goes through ``check``, or
+    through ``check_run`` (one lock for a batched run)."""
 
     __slots__ = ("slot",)
     counter = 1 << 66
@@ -122,6 +123,12 @@ class SharedReplay:
     def check(self, their_counter: int) -> bool:
         assert _shared is not None
         return _shared.check(self.slot, their_counter)
+
+    def check_run(self, counters: list[int]) -> list[bool] | None:
+        """ReplayWindow.check_run: a batched run's counters under one lock."""
+        assert _shared is not None
+        results = _shared.check_many(self.slot, counters)
+        return None if all(results) else results
 
 
 class SharedKeypair(Keypair):
@@ -146,6 +153,15 @@ class SharedKeypair(Keypair):
     def send_counter(self, value: int) -> None:
         assert _shared is not None
         _shared.raise_to(self.slot, value)
+
+    def take_run(self, n: int) -> int:
+        """Counters for a batched run of up to ``n`` packets, taken at once (what the
+        run leaves unused is a gap, which any window accepts)."""
+        assert _shared is not None
+        return _shared.take(self.slot, n)
+
+    def end_run(self, counter: int) -> None:
+        """Nothing: ``take_run`` already moved the shared counter past the run."""
 
 
 def use_shared(shared: SharedCounters) -> None:

@@ -118,3 +118,94 @@ def test_batched_receive_equals_one_by_one() -> None:
         assert counters[key] == 1, key
     assert one[8] is None  # the responder's keypair was rotated in
     assert one == batch
+
+
+def _reads_of_a_session(batched: bool) -> tuple[tuple[object, ...], list[bytes]]:
+    """A session's datagrams in GRO reads that take the word-at-a-time replay check
+    (consecutive fresh counters) and every way out of it: the same read again (all
+    replays), a failed decryption mid-read, a counter seen before the read, IPv6 and
+    padded inner packets, a short last datagram."""
+    p = Pair()
+    p.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"hello"), p.clock.now)
+    p.net.flush()
+    p.b.inbox.clear()
+    sent = []
+    for i in range(40):
+        if i % 7 == 3:
+            sent.append(ipv6_packet("fd00::1", "fd00::2", bytes([i]) * 980))
+        else:
+            sent.append(ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i]) * 992))
+    sent[19] = ipv4_packet("10.0.0.1", "10.0.0.2", b"p" * 305)  # padded, shorter: ends a read
+    for pkt in sent:
+        p.a.on_packet(pkt, p.clock.now)
+    d = [x for x, _ in p.a.outbox]
+    p.a.outbox.clear()
+    bad = bytearray(d[25])
+    bad[-1] ^= 1  # its tag fails
+    d[25] = bytes(bad)
+    reads = [d[0:20], d[0:20], d[20:30], [d[35]], d[30:40]]
+    for read in reads:
+        if batched and len(read) > 1:
+            p.b.on_datagrams(b"".join(read), len(read[0]), SRC, p.clock.now)
+        else:
+            for dg in read:
+                p.b.on_datagram(dg, SRC, p.clock.now)
+    return _state(p), sent
+
+
+def test_batched_receive_runs_and_their_replay_checks() -> None:
+    one, sent = _reads_of_a_session(False)
+    batch, _ = _reads_of_a_session(True)
+    inbox = batch[0]
+    # everything once in the order read, but the packet whose tag failed; padding cut off
+    order = [*range(25), *range(26, 30), 35, *range(30, 35), *range(36, 40)]
+    assert inbox == [sent[i] for i in order]
+    counters = batch[1]
+    assert isinstance(counters, dict)
+    assert counters["drop_replay"] == 20 + 1 and counters["drop_bad_auth"] == 1
+    assert one == batch
+
+
+def _tails(batched: bool) -> tuple[object, ...]:
+    """GRO reads whose shorter last datagram is the only one, fails authentication, or
+    belongs to an unknown keypair (the run ends before it; the per-datagram path
+    counts it), and whose full datagrams all fail."""
+    p = Pair()
+    p.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"hello"), p.clock.now)
+    p.net.flush()
+    p.b.inbox.clear()
+    for i in range(9):
+        p.a.on_packet(ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i]) * 1000), p.clock.now)
+    d = [x for x, _ in p.a.outbox]
+    p.a.outbox.clear()
+    keepalives = []
+    for _ in range(3):
+        p.a.send_keepalive(p.peer_b, p.clock.now)
+        keepalives += [x for x, _ in p.a.outbox]
+        p.a.outbox.clear()
+    size = len(d[0])
+    unknown = bytearray(keepalives[1])
+    unknown[4:8] = b"\xff\xff\xff\x7f"
+    bad_tag = bytearray(keepalives[2])
+    bad_tag[-1] ^= 1
+    spoilt = [bytearray(x) for x in d[6:9]]
+    for x in spoilt:
+        x[-1] ^= 1
+    reads = [[keepalives[0]], [*d[0:3], bytes(unknown)], [*d[3:6], bytes(bad_tag)],
+             [bytes(x) for x in spoilt]]
+    for read in reads:
+        if batched:
+            p.b.on_datagrams(b"".join(read), size, SRC, p.clock.now)
+        else:
+            for dg in read:
+                p.b.on_datagram(dg, SRC, p.clock.now)
+    return _state(p)
+
+
+def test_batched_receive_tails() -> None:
+    one, batch = _tails(False), _tails(True)
+    counters = batch[1]
+    assert isinstance(counters, dict)
+    assert counters["drop_unknown_index"] == 1 and counters["drop_bad_auth"] == 4
+    assert counters["rx_keepalive"] == 1 and len(batch[0]) == 6  # type: ignore[arg-type]
+    assert one == batch

@@ -312,3 +312,12 @@ def test_fuzzed_input_never_raises() -> None:
             dev.on_datagram(data, B_EP, s.now)
         dev.on_packet(rnd.randbytes(rnd.randrange(0, 80)), s.now)
     assert not s.owner.inbox and not s.worker.inbox
+
+
+def test_workers_run_the_single_process_batched_paths() -> None:
+    """One implementation of the batched runs: whatever speeds up receive.py's and
+    send.py's runs serves --workers N too (the differences live in the keypair's
+    take_run/end_run and the replay window's check_run)."""
+    for cls in (OwnerDevice, WorkerDevice):
+        assert cls._send_run is Device._send_run
+        assert cls._transport_run is Device._transport_run

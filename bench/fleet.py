@@ -35,10 +35,12 @@ Prints progress to stderr and one JSON line to stdout:
 - ``page_cpu_pct``: gateway daemon CPU with the page open minus with it closed, the median
   over three pairs of alternating 30 s windows (each window in ``page_open_pct`` /
   ``page_closed_pct``); ``daemon_rss_after_page_mb``;
-- ``page_poll``: the page's poll as page.js makes it (``/api/v1/page`` with a page of 50
-  rows and a selected peer, every 2 s, the status every 15th poll), each request bracketed
-  by the daemon's and crosswire-wg's CPU time (schedstat, ns): ``daemon_ms`` and ``wg_ms``
-  per poll (median and mean of ``polls``) and ``daemon_pct`` = mean / period. The windows
+- ``page_poll``: the page's polls as page.js makes them (``/api/v1/page`` with a page of
+  50 rows and a selected peer every 2 s; the status, exports and imports when page.js
+  would ask: ``asked`` counts each path), each poll bracketed by the daemon's and
+  crosswire-wg's CPU time (schedstat, ns): ``daemon_ms`` and ``wg_ms`` per poll (median
+  and mean of ``polls``) and ``daemon_pct`` = median / period (a poll that overlaps the
+  daemon's own periodic work, a table verify, counts that work too, which lifts the mean). The windows
   above measure the whole page but are decided by the daemon's own periodic work (a table
   verify is ~1 s of CPU); the brackets hold only the poll's own work.
 
@@ -323,27 +325,43 @@ POLLS = 30
 
 
 def page_poll_cost(h: Hub, selected: str) -> dict[str, Any]:
-    """The page's poll, request by request, with the CPU it costs the daemon and crosswire-wg."""
+    """The page's polls as page.js makes them, each bracketed by the daemon's and
+    crosswire-wg's CPU time: /api/v1/page (50 rows, ``selected``) every 2 s with its ETag;
+    the status every 15th poll and whenever the peers summary's version moved; exports and
+    imports every 15th poll and whenever the NAT summary's version moved."""
     pids = h.pids()
     daemon: list[float] = []
     wg: list[float] = []
-    tag = ""
+    tags: dict[str, str] = {}
+    asked: dict[str, int] = {}
+    versions: dict[str, Any] = {}
+
+    def fetch(path: str) -> Any:
+        asked[path.split("?")[0]] = asked.get(path.split("?")[0], 0) + 1
+        req = urllib.request.Request(OPERATOR + path, headers={"If-None-Match": tags[path]} if path in tags else {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                body = json.loads(r.read())
+                if r.headers.get("ETag"):
+                    tags[path] = r.headers["ETag"]
+                return body
+        except urllib.error.HTTPError as e:
+            if e.code != 304:
+                raise
+            return None
+
     for i in range(POLLS):
         t0 = time.monotonic()
         d0, w0 = run_ns(pids["daemon"]), run_ns(pids["wg"]) if "wg" in pids else 0
-        paths = [f"/api/v1/page?limit={POLL_ROWS}&offset=0&peer={selected}"]
-        if i % POLL_STATUS_EVERY == 0:
-            paths.append("/api/v1/status")
-        for path in paths:
-            req = urllib.request.Request(OPERATOR + path, headers={"If-None-Match": tag} if tag else {})
-            try:
-                with urllib.request.urlopen(req, timeout=30) as r:
-                    r.read()
-                    if "page" in path:
-                        tag = r.headers.get("ETag") or ""
-            except urllib.error.HTTPError as e:
-                if e.code != 304:
-                    raise
+        body = fetch(f"/api/v1/page?limit={POLL_ROWS}&offset=0&peer={selected}") or {}
+        peers_v = (body.get("peers_summary") or {}).get("version", versions.get("peers"))
+        nat_v = (body.get("nat_summary") or {}).get("version", versions.get("nat"))
+        if i % POLL_STATUS_EVERY == 0 or peers_v != versions.get("peers"):
+            fetch("/api/v1/status")
+        if i % POLL_STATUS_EVERY == 0 or nat_v != versions.get("nat"):
+            fetch("/api/v1/exports")
+            fetch("/api/v1/imports")
+        versions.update(peers=peers_v, nat=nat_v)
         daemon.append((run_ns(pids["daemon"]) - d0) / 1e6)
         if "wg" in pids:
             wg.append((run_ns(pids["wg"]) - w0) / 1e6)
@@ -353,9 +371,9 @@ def page_poll_cost(h: Hub, selected: str) -> dict[str, Any]:
         return {"median": round(statistics.median(xs), 2), "mean": round(statistics.mean(xs), 2)} \
             if xs else None
 
-    out = {"polls": POLLS, "daemon_ms": ms(daemon), "wg_ms": ms(wg),
-           "daemon_pct": round(100 * statistics.mean(daemon) / (1000 * POLL_PERIOD), 2)}
-    log(f"page poll: {out}")
+    out = {"polls": POLLS, "asked": asked, "daemon_ms": ms(daemon), "wg_ms": ms(wg),
+           "daemon_pct": round(100 * statistics.median(daemon) / (1000 * POLL_PERIOD), 2)}
+    log(f"page poll: {out}; daemon ms per poll {[round(x, 1) for x in daemon]}")
     return out
 
 

@@ -229,7 +229,7 @@ async def serve(config: Config, on_built: Callable[[], None] | None = None) -> i
     if not await rec.reconcile(force=True):
         log.error("initial reconcile failed (will retry): %s", rec.stats.last_error)
     tasks = [loop.create_task(rec.run(stop)), loop.create_task(prober.run()),
-             loop.create_task(announce(cp.exchange, stop))]
+             loop.create_task(announce(cp.exchange, stop)), loop.create_task(memory.trim_every())]
     if cp.export_sync is not None and config.exports is not None:
         tasks.append(loop.create_task(cp.export_sync.run(stop)))  # peers learn what we export to them
     try:

@@ -14,10 +14,20 @@ measurable cost for a daemon whose threads mostly wait.
 
 ``MALLOC_ARENA_MAX`` in the environment, if set, is the operator's choice and
 is left alone (glibc read it already). Not glibc (musl, no mallopt): nothing done.
+
+Large transient answers (a full NAT report is ~5 MB of JSON at 1,000 peers, a
+scrape's table dump ~4 MB) come from the heap once glibc has raised its mmap
+threshold (it does when such a block is freed), and what they free between
+long-lived blocks stays resident (tests/gateway/test_memory.py shows ~120 MB
+kept). The fleet bench saw a 228 MB idle daemon at 307 MB after three
+minutes of an open page. ``trim_every`` gives free pages back
+(``malloc_trim``) once a minute: ~12 ms for 200 MB freed, well under 1 ms
+when there is little.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -26,6 +36,7 @@ log = logging.getLogger("crosswire.gateway")
 
 ARENAS = 2
 M_ARENA_MAX = -8  # glibc's <malloc.h>
+TRIM_EVERY = 60.0  # seconds between malloc_trim calls
 
 
 def limit_arenas(arenas: int = ARENAS, environ: dict[str, str] | None = None) -> int | None:
@@ -45,3 +56,23 @@ def limit_arenas(arenas: int = ARENAS, environ: dict[str, str] | None = None) ->
         log.debug("mallopt(M_ARENA_MAX, %d) refused", arenas)
         return None
     return arenas
+
+
+def trim() -> bool:
+    """Return the heaps' free pages to the kernel (glibc ``malloc_trim``); False: not glibc."""
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True
+
+
+async def trim_every(seconds: float = TRIM_EVERY) -> None:
+    """``trim`` forever, every ``seconds`` (a task the daemon cancels at exit)."""
+    while True:
+        await asyncio.sleep(seconds)
+        if not trim():
+            return

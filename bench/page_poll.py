@@ -74,10 +74,6 @@ class BenchFabric:
         from fabric.dataplane import Dataplane
         return Dataplane.nat_totals(self, state, denied=denied)  # type: ignore[arg-type]
 
-    def _dump_all(self, state: Any, only: Any) -> Any:
-        from fabric.dataplane import Dataplane
-        return Dataplane._dump_all(self, state, only)  # type: ignore[arg-type]
-
     def export_denied(self, state: Any) -> Any:
         from fabric.dataplane import Dataplane
         return Dataplane.export_denied(self, state)  # type: ignore[arg-type]

@@ -28,13 +28,14 @@ leave it alone. ``claim_table`` is the start-up check (and the upgrade path).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from typing import Any, Literal
 
-from fabric import nat, routes
+from fabric import nat, nftdump, routes
 from fabric.exports import apply as exportsapply
 from fabric.exports.guard import table_of
 from fabric.model import FabricState
-from fabric.nft import Nft, NftError
+from fabric.nft import Nft, NftError, in_netns
 from fabric.wgctl import WgControl, WgError, key_hex
 from fabric.wgnetlink import NetlinkWgControl
 
@@ -218,13 +219,37 @@ def remove(state: FabricState, *, netns: str | None = None) -> None:
     exportsapply.remove(local.nft_table, nft)
 
 
-def _nat_problem(state: FabricState, nft: Nft) -> str | None:
+# Peers whose counting and host-network elements one GET asks for: the kernel answers
+# each element in a message of its own, and a socket buffer holds about this many peers'.
+PEERS_PER_GET = 100
+
+
+def nat_listing(state: FabricState, only: Collection[str] | None = None) -> dict[str, Any]:
+    """The NAT table as ``nat.with_counters`` reads it, from the kernel's dumps in the
+    current namespace: every rule (one dump) and the counting and host-network elements
+    of the peers (``only``: these), PEERS_PER_GET peers a GET. ~3x cheaper than
+    libnftables' JSON listing, which renders the whole table first (1,000 peers: ~0.15 s
+    against ~0.5 s). Raises OSError (nftdump.DumpError) when the kernel refuses: the table
+    or an element missing, or no dumps here."""
+    table = state.local.nft_table
+    items = nftdump.rules(nat.FAMILY, table, None)
+    ids = [p.cluster_id for p in state.peers if only is None or p.cluster_id in only]
+    for i in range(0, len(ids), PEERS_PER_GET):
+        _, sets, maps = nat.listed_objects(state, set(ids[i:i + PEERS_PER_GET]))
+        items += nftdump.listing(nat.FAMILY, table, (), sets, maps)["nftables"]
+    return {"nftables": items}
+
+
+def _nat_problem(state: FabricState, nft: Nft, netns: str | None = None) -> str | None:
     """None when every rule and host-network element of ``state`` is in the kernel's table."""
     table = state.local.nft_table
-    try:
-        listed = nft.list_table(nat.FAMILY, table)
-    except NftError:
-        return f"nft table inet {table} missing"
+    try:  # the kernel's dumps; what they refuse (drift, no dumps) libnftables lists
+        listed = nat_listing(state) if netns is None else in_netns(netns, lambda: nat_listing(state))
+    except (OSError, NftError):
+        try:
+            listed = nft.list_table(nat.FAMILY, table)
+        except NftError:
+            return f"nft table inet {table} missing"
     joined = nat.with_counters(nat.mappings(state), listed)
     missing = sum((r["handle"] is None) + (r["count_handle"] is None) for m in joined for r in m["rules"])
     missing += sum(not h["present"] for m in joined for h in m["host_network"])
@@ -239,7 +264,7 @@ def verify(state: FabricState, *, netns: str | None = None) -> list[str]:
     """What differs between the kernel and ``state`` (empty: programmed as the state says)."""
     problems: list[str] = []
     local = state.local
-    nat_problem = _nat_problem(state, Nft(netns))
+    nat_problem = _nat_problem(state, Nft(netns), netns)
     if nat_problem:
         problems.append(nat_problem)
     problems += exportsapply.problems(table_of(state), Nft(netns))

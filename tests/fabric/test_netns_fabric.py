@@ -35,7 +35,7 @@ from fabric_topo import (
 from nsutil import Namespaces, require_root, sh
 
 from fabric import nat, nftdump
-from fabric.apply import ApplyError, apply, verify
+from fabric.apply import ApplyError, apply, nat_listing, verify
 from fabric.model import RangeMap
 from fabric.nft import Nft, NftError, in_netns
 from fabric.routes import ROUTE_PROTO
@@ -147,6 +147,13 @@ def test_host_network_sources(fab: Lab) -> None:
     assert nat.with_counters(nat.mappings(fab.gpu.state), everything) == rows
     per, _ = nat.totals(fab.gpu.state, everything, {})  # /metrics' sums, without the rows
     assert per == summed(rows) and len(per) == 2
+    assert in_netns(fab.gpu.gw, lambda: nat_listing(fab.gpu.state)) == everything  # what verify reads
+    # A host-network element gone (the kernel refuses the dump's GET): verify still sees it.
+    assert verify(fab.gpu.state, netns=fab.gpu.gw) == []
+    sh("nft", "delete", "element", "inet", "crosswire", "host_v4", "{ 100.65.0.0/16 }", ns=fab.gpu.gw)
+    assert any("1 mapping rules/elements missing" in p for p in verify(fab.gpu.state, netns=fab.gpu.gw))
+    apply(fab.gpu.state, fab.gpu.state, netns=fab.gpu.gw)
+    assert verify(fab.gpu.state, netns=fab.gpu.gw) == []
 
 
 def test_ipv6(fab: Lab) -> None:

@@ -411,7 +411,8 @@ def main() -> int:
     ap.add_argument("--watchers", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=8, help="joins at once")
     ap.add_argument("--settle", type=float, default=15.0)
-    ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measurement")
+    ap.add_argument("--idle", type=float, default=120.0,
+                    help="seconds of idle CPU measurement (long enough to hold the table verifies in proportion)")
     ap.add_argument("--no-page", dest="page", action="store_false")
     ap.add_argument("--hold", type=float, default=0.0,
                     help="seconds to wait, everything up and idle, before measuring (for py-spy)")

@@ -18,11 +18,9 @@ is left alone (glibc read it already). Not glibc (musl, no mallopt): nothing don
 Large transient answers (a full NAT report is ~5 MB of JSON at 1,000 peers, a
 scrape's table dump ~4 MB) come from the heap once glibc has raised its mmap
 threshold (it does when such a block is freed), and what they free between
-long-lived blocks stays resident (tests/gateway/test_memory.py shows ~120 MB
-kept). The fleet bench saw a 228 MB idle daemon at 307 MB after three
-minutes of an open page. ``trim_every`` gives free pages back
-(``malloc_trim``) once a minute: ~12 ms for 200 MB freed, well under 1 ms
-when there is little.
+long-lived blocks stays resident (tests/gateway/test_memory.py shows it).
+``trim_every`` gives free pages back (``malloc_trim``) once a minute: ~12 ms
+for 200 MB freed, well under 1 ms when there is little.
 """
 
 from __future__ import annotations

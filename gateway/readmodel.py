@@ -50,6 +50,18 @@ def reach(ours: Sequence[RangeMap], imported: Sequence[ImportedService]) -> str:
     return "sparse: " + "; ".join(offered)
 
 
+class PeerMetrics(NamedTuple):
+    """One peer's row of /metrics (the fields of its peer_summary that are exported)."""
+    cluster_id: str
+    state: str
+    latest_handshake: float | None
+    handshake_age_s: float | None
+    rx_bytes: int
+    tx_bytes: int
+    rtt_ms: float | None
+    loss: float | None
+
+
 def peer_state(cluster_id: str, public_key: str, pending: bool, now: float,
                stats: dict[str, dict[str, Any]] | None = None,
                health: dict[str, dict[str, Any]] | None = None) -> str:
@@ -65,6 +77,19 @@ def peer_state(cluster_id: str, public_key: str, pending: bool, now: float,
     return "connecting"
 
 
+def peer_metrics(cluster_id: str, public_key: str, pending: bool, now: float,
+                 stats: dict[str, dict[str, Any]] | None = None,
+                 health: dict[str, dict[str, Any]] | None = None) -> PeerMetrics:
+    """A peer's state, handshake age, bytes, RTT and loss: what /metrics exports of it,
+    and the same fields of its peer_summary."""
+    s = (stats or {}).get(public_key, {})
+    h = (health or {}).get(cluster_id, {})
+    hs = s.get("last_handshake")
+    return PeerMetrics(cluster_id, peer_state(cluster_id, public_key, pending, now, stats, health),
+                       hs or None, round(now - hs, 3) if hs else None, s.get("rx_bytes", 0),
+                       s.get("tx_bytes", 0), h.get("rtt_ms"), h.get("loss"))
+
+
 def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
                  stats: dict[str, dict[str, Any]] | None = None,
                  health: dict[str, dict[str, Any]] | None = None,
@@ -72,19 +97,16 @@ def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
                  imported: Sequence[ImportedService] = ()) -> dict[str, Any]:
     """One peer as /api/v1/peers shows it; ``ours`` are our views of it, sorted;
     ``imported`` what it exports to us."""
-    s = (stats or {}).get(p.public_key, {})
-    h = (health or {}).get(p.cluster_id, {})
-    hs = s.get("last_handshake")
-    state = peer_state(p.cluster_id, p.public_key, p.their_views is None, now, stats, health)
+    m = peer_metrics(p.cluster_id, p.public_key, p.their_views is None, now, stats, health)
     return {
-        "cluster_id": p.cluster_id, "public_key": p.public_key, "endpoint": s.get("endpoint") or p.endpoint,
-        "url": p.url, "state": state,
+        "cluster_id": p.cluster_id, "public_key": p.public_key,
+        "endpoint": (stats or {}).get(p.public_key, {}).get("endpoint") or p.endpoint,
+        "url": p.url, "state": m.state,
         # Why WireGuard has no endpoint for this peer (unresolvable, retried with backoff).
         "endpoint_error": endpoint_error,
-        "latest_handshake": hs or None,
-        "handshake_age_s": round(now - hs, 3) if hs else None,
-        "rx_bytes": s.get("rx_bytes", 0), "tx_bytes": s.get("tx_bytes", 0),
-        "rtt_ms": h.get("rtt_ms"), "loss": h.get("loss"), "probe_ip": translate(p.gateway_ip, ours),
+        "latest_handshake": m.latest_handshake, "handshake_age_s": m.handshake_age_s,
+        "rx_bytes": m.rx_bytes, "tx_bytes": m.tx_bytes,
+        "rtt_ms": m.rtt_ms, "loss": m.loss, "probe_ip": translate(p.gateway_ip, ours),
         "ranges": [{"kind": k, "cidr": c} for k, c in p.ranges],
         "our_views": views_body(ours),
         "their_views": None if p.their_views is None else views_body(p.their_views),
@@ -177,20 +199,13 @@ class ReadModel:
                 for p in records]
 
     def peer_metrics(self) -> list[PeerMetrics]:
-        """What /metrics exports of each peer, as peer_summary computes it, without building
-        the summaries (views, ranges, reach: ~0.1 s of every scrape at 1,000 peers)."""
+        """What /metrics exports of each peer, without building the summaries (views,
+        ranges, reach: ~0.1 s of every scrape at 1,000 peers)."""
         index, _ = self.store.peer_index()
         stats = self.peer_stats()
         now = self.clock()
         health = self.health.report(now)
-        rows = []
-        for cid, key, pending in index:
-            s, h = stats.get(key, {}), health.get(cid, {})
-            hs = s.get("last_handshake")
-            rows.append(PeerMetrics(cid, peer_state(cid, key, pending, now, stats, health),
-                                    round(now - hs, 3) if hs else None, s.get("rx_bytes", 0),
-                                    s.get("tx_bytes", 0), h.get("rtt_ms"), h.get("loss")))
-        return rows
+        return [peer_metrics(cid, key, pending, now, stats, health) for cid, key, pending in index]
 
     def peer_states(self, index: Sequence[tuple[str, str, bool]] | None = None,
                     stats: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
@@ -335,17 +350,6 @@ class ReadModel:
             self.config.cluster_id, self.config.wireguard.interface, state.exports,
             {cid: body for cid, (body, _) in exports.imports().items()})
         return nat_trace(state, query, exports=check).as_json()
-
-
-class PeerMetrics(NamedTuple):
-    """One peer's row of /metrics (the fields of its peer_summary that are exported)."""
-    cluster_id: str
-    state: str
-    handshake_age_s: float | None
-    rx_bytes: int
-    tx_bytes: int
-    rtt_ms: float | None
-    loss: float | None
 
 
 # (peer, chain, packets, bytes, connections) sums, and per peer its dropped packets

@@ -66,14 +66,15 @@ def test_an_operators_malloc_arena_max_is_left_alone() -> None:
 
 
 TRIM_PROBE = textwrap.dedent("""
-    import asyncio, sys
+    import asyncio
     from gateway import memory
 
     def rss_mb():
         for line in open("/proc/self/status"):
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
+                return int(line.split()[1]) / 1024
 
+    base = rss_mb()
     big = b"x" * (20 << 20)  # a large answer, freed: glibc raises its mmap threshold
     del big
     answers, kept = [], []
@@ -82,29 +83,27 @@ TRIM_PROBE = textwrap.dedent("""
         kept.append(b"k" * 600)
     del answers
     freed = rss_mb()
-    if sys.argv[1] == "trim":
-        async def one_round():
-            task = asyncio.ensure_future(memory.trim_every(0.01))
-            await asyncio.sleep(0.2)
-            task.cancel()
-        asyncio.run(one_round())
-    print(freed, rss_mb())
+
+    async def one_round():
+        task = asyncio.ensure_future(memory.trim_every(0.01))
+        await asyncio.sleep(0.2)
+        task.cancel()
+    asyncio.run(one_round())
+    print(base, freed, rss_mb())
 """)
 
 
-def _rss_after(mode: str) -> tuple[int, int]:
-    out = subprocess.run([sys.executable, "-c", TRIM_PROBE, mode], capture_output=True, text=True, timeout=60,
-                         env={"PATH": "/usr/bin:/bin"}, cwd=str(Path(memory.__file__).parent.parent))
-    assert out.returncode == 0, out.stderr
-    freed, after = map(int, out.stdout.split())
-    return freed, after
-
-
 def test_trim_gives_freed_answers_back() -> None:
-    """What large answers free stays resident until trimmed; the daemon's trim task returns it."""
+    """What large answers free stays resident until trimmed; the daemon's trim task returns it.
+
+    The bounds are relative to the probe's own starting RSS: machines differ in how much
+    of the freed answers stays resident (CI once kept 89 MB where this box keeps 137)."""
     if not hasattr(ctypes.CDLL(None), "malloc_trim"):
         pytest.fail("not glibc: no malloc_trim (the daemon's image is Debian)")
-    freed, after = _rss_after("keep")
-    assert freed > 100 and after > 100, (freed, after)  # ~120 MB freed but still resident
-    freed, after = _rss_after("trim")
-    assert freed > 100 and after < freed - 80, (freed, after)
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin"}, cwd=str(Path(memory.__file__).parent.parent))
+    assert out.returncode == 0, out.stderr
+    base, freed, after = map(float, out.stdout.split())
+    held = freed - base  # up to ~120 MB of answers: freed, still resident
+    assert held > 40, (base, freed, after)
+    assert after - base < held / 3, (base, freed, after)  # the trim task gave most of it back

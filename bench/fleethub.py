@@ -165,7 +165,8 @@ def in_namespace(ns: str, fn: Callable[[], T]) -> T:
 
     t = threading.Thread(target=run, name=f"in-{ns}", daemon=True)
     t.start()
-    t.join()
+    while t.is_alive():  # a bare join() would hold off Ctrl-C until the thread ends
+        t.join(0.5)
     if "error" in box:
         raise box["error"]
     return box["result"]  # type: ignore[no-any-return]

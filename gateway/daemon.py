@@ -276,4 +276,5 @@ def run(config: Config, on_built: Callable[[], None] | None = None) -> int:
     arenas = memory.limit_arenas()
     if arenas is not None:
         log.debug("malloc arenas capped at %d", arenas)
+    log.debug("gc thresholds %s", memory.tune_gc())
     return asyncio.run(serve(config, on_built))

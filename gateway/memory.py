@@ -1,4 +1,5 @@
-"""The daemon's malloc arenas: at most ``ARENAS``, whatever the threads.
+"""The daemon's memory: glibc's malloc arenas (at most ``ARENAS``, whatever the
+threads), its free pages given back, and the garbage collector's pace.
 
 Why (bench/RESULTS.md, "Fleet", issue 18): with 1,000 peers the daemon's RSS
 varied 177-375 MB over runs of the same code path. /proc/PID/smaps of a
@@ -21,14 +22,22 @@ threshold (it does when such a block is freed), and what they free between
 long-lived blocks stays resident (tests/gateway/test_memory.py shows it).
 ``trim_every`` gives free pages back (``malloc_trim``) once a minute: ~12 ms
 for 200 MB freed, well under 1 ms when there is little.
+
+The collector: with 1,000 peers the heap holds about a million objects, and
+CPython's default pace (a young collection every 700 allocations) promoted
+the transient objects of each request, so full collections of that heap
+(~120 ms each) came 2-3 times a minute: 40 % of an idle daemon's CPU.
+``tune_gc`` lets a request's garbage die by reference counting first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 import os
+import time
 
 log = logging.getLogger("crosswire.gateway")
 
@@ -74,3 +83,45 @@ async def trim_every(seconds: float = TRIM_EVERY) -> None:
         await asyncio.sleep(seconds)
         if not trim():
             return
+
+
+class GcClock:
+    """Collections and the time they took, per generation (``gc.callbacks``): what
+    /metrics shows as ``crosswire_gc_*``. The collector's pauses are the daemon's
+    largest hidden cost with a big heap (1,000 peers' state), so they are counted."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        gen = info["generation"]
+        self.collections[gen] += 1
+        self.seconds[gen] += time.perf_counter() - self._started
+
+    def install(self) -> GcClock:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+        return self
+
+
+GC_CLOCK = GcClock()
+
+
+GC_YOUNG = 10_000  # allocations between young collections (CPython's default: 700)
+
+
+def tune_gc(young: int = GC_YOUNG) -> tuple[int, int, int]:
+    """Fewer young collections, so a request's transient objects (a WireGuard dump of
+    1,000 peers is ~5,000 containers) are freed by reference counting before a
+    collection sees them, instead of being promoted and then found by full collections
+    of the whole heap (~120 ms each at 1,000 peers, 2-3 a minute; bench/RESULTS.md,
+    "Fleet, fifth stop"). Counts collections for /metrics; returns the thresholds."""
+    _, mid, old = gc.get_threshold()
+    gc.set_threshold(young, mid, old)
+    GC_CLOCK.install()
+    return gc.get_threshold()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gateway import memory
 from gateway.dns.stats import metric_lines as dns_metric_lines
 
 if TYPE_CHECKING:
@@ -101,5 +102,11 @@ def render_metrics(read: ReadModel) -> str:
         o.sample("crosswire_route_watch_refused_total", watch.refused)
         o.family("crosswire_route_set_changes_total", "counter", "New route set versions published to watchers.")
         o.sample("crosswire_route_set_changes_total", watch.changes)
+    o.family("crosswire_gc_collections_total", "counter", "The daemon's garbage collections, per generation.")
+    for gen, n in enumerate(memory.GC_CLOCK.collections):
+        o.sample("crosswire_gc_collections_total", n, generation=str(gen))
+    o.family("crosswire_gc_seconds_total", "counter", "Time the daemon spent in garbage collections, per generation.")
+    for gen, secs in enumerate(memory.GC_CLOCK.seconds):
+        o.sample("crosswire_gc_seconds_total", round(secs, 6), generation=str(gen))
     o.lines += dns_metric_lines()
     return "\n".join(o.lines) + "\n"

@@ -62,6 +62,8 @@ def test_public_endpoints(clusters: Any) -> None:
         m = await gpu.call("GET", "/metrics", auth=False)
         assert m.headers["content-type"].startswith("text/plain")
         assert 'crosswire_peers{state="connected"} 0' in m.text and "crosswire_ready 1" in m.text
+        assert 'crosswire_gc_collections_total{generation="2"} ' in m.text
+        assert 'crosswire_gc_seconds_total{generation="0"} ' in m.text
         spec = (await gpu.call("GET", "/openapi.json", auth=False)).json()
         for p in ("/healthz", "/readyz", "/metrics", "/api/v1/status", "/api/v1/peers", "/api/v1/nat",
                   "/api/v1/ipam", "/api/v1/routes", "/api/v1/tokens", "/api/v1/key/rotate"):

@@ -107,3 +107,22 @@ def test_trim_gives_freed_answers_back() -> None:
     held = freed - base  # up to ~120 MB of answers: freed, still resident
     assert held > 40, (base, freed, after)
     assert after - base < held / 3, (base, freed, after)  # the trim task gave most of it back
+
+
+def test_tune_gc_paces_young_collections_and_counts_them() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        assert memory.tune_gc(5000) == (5000, before[1], before[2])
+        assert memory.GC_CLOCK in gc.callbacks and gc.callbacks.count(memory.GC_CLOCK) == 1
+        memory.tune_gc(5000)  # again: still one callback
+        assert gc.callbacks.count(memory.GC_CLOCK) == 1
+        n, secs = list(memory.GC_CLOCK.collections), list(memory.GC_CLOCK.seconds)
+        gc.collect(1)
+        gc.collect()
+        assert memory.GC_CLOCK.collections[1] == n[1] + 1 and memory.GC_CLOCK.collections[2] == n[2] + 1
+        assert memory.GC_CLOCK.seconds[2] > secs[2]
+    finally:
+        gc.set_threshold(*before)
+        gc.callbacks.remove(memory.GC_CLOCK)

@@ -62,18 +62,15 @@ class PeerMetrics(NamedTuple):
     loss: float | None
 
 
-def peer_state(cluster_id: str, public_key: str, pending: bool, now: float,
-               stats: dict[str, dict[str, Any]] | None = None,
-               health: dict[str, dict[str, Any]] | None = None) -> str:
-    """pending, connecting, connected, impaired or error: the prober's verdict, else the handshake's."""
+def peer_state(pending: bool, probed: str | None, handshake: float | None, now: float) -> str:
+    """pending, connecting, connected, impaired or error: the prober's verdict (``probed``),
+    else the WireGuard handshake's (unix time; None or 0: never)."""
     if pending:
         return "pending"
-    h = (health or {}).get(cluster_id, {})
-    if h.get("state"):
-        return str(h["state"])
-    hs = (stats or {}).get(public_key, {}).get("last_handshake")
-    if hs:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
-        return "connected" if now - hs < HANDSHAKE_STALE else "error"
+    if probed:
+        return probed
+    if handshake:  # no probe target (peer gateway IP unknown): judge by the WireGuard handshake
+        return "connected" if now - handshake < HANDSHAKE_STALE else "error"
     return "connecting"
 
 
@@ -85,7 +82,7 @@ def peer_metrics(cluster_id: str, public_key: str, pending: bool, now: float,
     s = (stats or {}).get(public_key, {})
     h = (health or {}).get(cluster_id, {})
     hs = s.get("last_handshake")
-    return PeerMetrics(cluster_id, peer_state(cluster_id, public_key, pending, now, stats, health),
+    return PeerMetrics(cluster_id, peer_state(pending, h.get("state"), hs, now),
                        hs or None, round(now - hs, 3) if hs else None, s.get("rx_bytes", 0),
                        s.get("tx_bytes", 0), h.get("rtt_ms"), h.get("loss"))
 
@@ -209,12 +206,19 @@ class ReadModel:
 
     def peer_states(self, index: Sequence[tuple[str, str, bool]] | None = None,
                     stats: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
-        """Every peer's state, without building its summary (status, summaries)."""
+        """Every peer's state, without building its summary (status, summaries): the
+        prober's verdicts, the WireGuard dump read only for peers the prober has none of."""
         now = self.clock()
-        health = {cid: {"state": s} for cid, s in self.health.states(now).items()}
-        stats = self.peer_stats() if stats is None else stats
-        return {cid: peer_state(cid, key, pending, now, stats, health)
-                for cid, key, pending in (self.store.peer_index()[0] if index is None else index)}
+        probed = self.health.states(now)
+        out: dict[str, str] = {}
+        for cid, key, pending in self.store.peer_index()[0] if index is None else index:
+            state, handshake = probed.get(cid), None
+            if not pending and not state:
+                if stats is None:
+                    stats = self.peer_stats()
+                handshake = stats.get(key, {}).get("last_handshake")
+            out[cid] = peer_state(pending, state, handshake, now)
+        return out
 
     def peers_view(self, q: readviews.Query) -> list[dict[str, Any]] | dict[str, Any]:
         """/api/v1/peers with its query: as before, a summary, or a page computed for its peers only."""
@@ -286,10 +290,7 @@ class ReadModel:
         ready, why = self.reconciler.ready()
         # Counts only: not the whole peers answer (views, stats, reach of 1,000 peers), and
         # no WireGuard dump unless a peer without a probe target is judged by its handshake.
-        index, _ = self.store.peer_index()
-        probed = self.health.states(self.clock())
-        blind = any(not pending and cid not in probed for cid, _, pending in index)
-        states = self.peer_states(index, None if blind else {})
+        states = self.peer_states()
         by_state: dict[str, int] = {}
         for state in states.values():
             by_state[state] = by_state.get(state, 0) + 1

@@ -20,6 +20,7 @@ Error texts name the offending key, never a key's value.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -327,27 +328,31 @@ def _apply_peer(device: Device, pset: PeerSet, now: float, removed: list[tuple[P
 def render_get(device: Device) -> str:
     lines: list[str] = []
     if device.private_key is not None:
-        lines.append(f"private_key={device.private_key.hex()}")
+        lines.append(f"private_key={device.private_key.hex()}\n")
     port = device.bound_port or device.listen_port
     if port:
-        lines.append(f"listen_port={port}")
+        lines.append(f"listen_port={port}\n")
     if device.fwmark:
-        lines.append(f"fwmark={device.fwmark}")
+        lines.append(f"fwmark={device.fwmark}\n")
+    # One string a peer: the gateway dumps 1,000 peers every second or two while its
+    # operator page is open, so this runs ~10^3 times a second on the data plane.
+    entries = device.allowed_ips.entries
     for peer in device.peers.values():
-        lines.append(f"public_key={peer.public_key.hex()}")
-        lines.append(f"preshared_key={peer.preshared_key.hex()}")
-        lines.append("protocol_version=1")
-        if peer.endpoint is not None:
-            lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
         secs, nsec = divmod(peer.last_handshake_ns, 1_000_000_000)
-        lines.append(f"last_handshake_time_sec={secs}")
-        lines.append(f"last_handshake_time_nsec={nsec}")
-        lines.append(f"tx_bytes={peer.tx_bytes}")
-        lines.append(f"rx_bytes={peer.rx_bytes}")
-        lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
-        for family, net, plen in device.allowed_ips.entries(peer):
-            lines.append(f"allowed_ip={format_cidr(family, net, plen)}")
-    return "".join(line + "\n" for line in lines)
+        endpoint = "" if peer.endpoint is None else f"endpoint={format_endpoint(peer.endpoint)}\n"
+        lines.append(
+            f"public_key={peer.public_key.hex()}\npreshared_key={peer.preshared_key.hex()}\n"
+            f"protocol_version=1\n{endpoint}last_handshake_time_sec={secs}\n"
+            f"last_handshake_time_nsec={nsec}\ntx_bytes={peer.tx_bytes}\nrx_bytes={peer.rx_bytes}\n"
+            f"persistent_keepalive_interval={peer.persistent_keepalive}\n"
+            + "".join(f"allowed_ip={_cidr_text(e)}\n" for e in entries(peer)))
+    return "".join(lines)
+
+
+@functools.lru_cache(maxsize=16384)
+def _cidr_text(entry: tuple[int, int, int]) -> str:
+    # The same CIDRs in every dump; formatting one through ipaddress costs ~1 us.
+    return format_cidr(*entry)
 
 
 # ---------------------------------------------------------------- requests

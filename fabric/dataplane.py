@@ -15,7 +15,7 @@ create); apply and the process supervisor refuse to change them otherwise too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from fabric import apply as fabric_apply
@@ -96,8 +96,8 @@ class Dataplane:
     def stop(self) -> None:
         self.process.stop()
 
-    def peer_stats(self) -> dict[str, dict[str, Any]]:
-        return dict(self.process.control().show())
+    def peer_stats(self) -> Mapping[str, dict[str, Any]]:
+        return self.process.control().show()
 
     def nat(self, state: FabricState, only: Collection[str] | None = None, *,
             denied: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,48 +105,122 @@ def _allowed_ip(text: str) -> str:
     return str(ipaddress.ip_network(text, strict=False))
 
 
+def _peer_fields(block: str) -> dict[str, Any]:
+    """A peer's key=value lines (after its public_key line) -> PeerStatus's fields."""
+    out: dict[str, Any] = {"endpoint": None, "last_handshake": 0.0, "rx_bytes": 0, "tx_bytes": 0,
+                           "persistent_keepalive": 0, "allowed_ips": [], "has_preshared_key": False}
+    secs = nsec = 0
+    for line in block.split("\n"):
+        k, _, v = line.partition("=")
+        if k == "allowed_ip":
+            out["allowed_ips"].append(_allowed_ip(v))
+        elif k == "rx_bytes":
+            out["rx_bytes"] = int(v)
+        elif k == "tx_bytes":
+            out["tx_bytes"] = int(v)
+        elif k == "last_handshake_time_sec":
+            secs = int(v)
+        elif k == "last_handshake_time_nsec":
+            nsec = int(v)
+        elif k == "endpoint":
+            out["endpoint"] = v
+        elif k == "persistent_keepalive_interval":
+            out["persistent_keepalive"] = int(v)
+        elif k == "preshared_key":
+            out["has_preshared_key"] = v != _ZERO_KEY
+    if secs:
+        out["last_handshake"] = secs + nsec / 1e9
+    return out
+
+
+def _split_get(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A ``get=1`` reply -> (its device lines by key, each peer's lines by base64 public
+    key); raises WgError on a missing or non-zero errno."""
+    body, sep, tail = text.rpartition("errno=")
+    if not sep or not tail.strip().isdigit():
+        raise WgError("UAPI get: reply without errno")
+    if int(tail) != 0:
+        raise WgError(f"UAPI get failed: errno={int(tail)}")
+    head, *peers = ("\n" + body).split("\npublic_key=")
+    device = dict(line.partition("=")[::2] for line in head.split("\n") if line)
+    blocks = {}
+    for block in peers:
+        hexkey, _, lines = block.partition("\n")
+        blocks[_public_key_b64(hexkey)] = lines
+    return device, blocks
+
+
 def parse_get(text: str) -> DeviceStatus:
     """Parse a UAPI ``get=1`` reply (raises WgError on a non-zero errno)."""
+    device, blocks = _split_get(text)
     dev = DeviceStatus()
-    peer: PeerStatus | None = None
-    errno_value: int | None = None
-    for line in text.split("\n"):
-        if not line:
-            continue
-        k, _, v = line.partition("=")
-        if k == "errno":
-            errno_value = int(v)
-        elif k == "public_key":
-            peer = PeerStatus(public_key=_public_key_b64(v))
-            dev.peers[peer.public_key] = peer
-        elif peer is None:
-            if k == "listen_port":
-                dev.listen_port = int(v)
-            elif k == "private_key":
-                dev.has_private_key = v != _ZERO_KEY
-                dev.private_key_hex = v
-        elif k == "endpoint":
-            peer.endpoint = v
-        elif k == "last_handshake_time_sec":
-            peer.last_handshake = float(v)
-        elif k == "last_handshake_time_nsec":
-            if peer.last_handshake:
-                peer.last_handshake += int(v) / 1e9
-        elif k == "rx_bytes":
-            peer.rx_bytes = int(v)
-        elif k == "tx_bytes":
-            peer.tx_bytes = int(v)
-        elif k == "persistent_keepalive_interval":
-            peer.persistent_keepalive = int(v)
-        elif k == "allowed_ip":
-            peer.allowed_ips.append(_allowed_ip(v))
-        elif k == "preshared_key":
-            peer.has_preshared_key = v != _ZERO_KEY
-    if errno_value is None:
-        raise WgError("UAPI get: reply without errno")
-    if errno_value != 0:
-        raise WgError(f"UAPI get failed: errno={errno_value}")
+    if "listen_port" in device:
+        dev.listen_port = int(device["listen_port"])
+    if "private_key" in device:
+        dev.has_private_key = device["private_key"] != _ZERO_KEY
+        dev.private_key_hex = device["private_key"]
+    for key, lines in blocks.items():
+        dev.peers[key] = PeerStatus(public_key=key, **_peer_fields(lines))
     return dev
+
+
+class PeerDump(Mapping[str, dict[str, Any]]):
+    """A ``get=1`` reply's peers by base64 public key, as ``WgControl.show`` gives them,
+    each parsed when first looked up: a page poll reads 50 rows and the byte totals of
+    a 1,000-peer dump, and parsing every peer was most of its cost."""
+
+    def __init__(self, text: str) -> None:
+        self._blocks = _split_get(text)[1]
+        self._parsed: dict[str, dict[str, Any]] = {}
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        try:
+            return self._parsed[key]
+        except KeyError:
+            fields = _peer_fields(self._blocks[key])
+            del fields["has_preshared_key"]
+            self._parsed[key] = fields
+            return fields
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._blocks)
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def byte_totals(self, keys: Collection[str]) -> tuple[int, int]:
+        """(rx, tx) bytes summed over the peers in ``keys``, without parsing them."""
+        rx = tx = 0
+        for key in keys:
+            block = self._blocks.get(key)
+            if block is not None:
+                rx += _count(block, "rx_bytes=")
+                tx += _count(block, "tx_bytes=")
+        return rx, tx
+
+
+def _count(block: str, field: str) -> int:
+    at = block.find(field)
+    if at != 0 and (at < 0 or block[at - 1] != "\n"):  # not a line of its own: look properly
+        at = block.find("\n" + field) + 1
+        if at == 0:
+            return 0
+    start = at + len(field)
+    end = block.find("\n", start)
+    return int(block[start:] if end < 0 else block[start:end])
+
+
+def byte_totals(stats: Mapping[str, Mapping[str, Any]], keys: Collection[str]) -> tuple[int, int]:
+    """(rx, tx) bytes of the peers in ``keys``: a PeerDump's without parsing, else summed."""
+    if isinstance(stats, PeerDump):
+        return stats.byte_totals(keys)
+    rx = tx = 0
+    for key in keys:
+        s = stats.get(key)
+        if s is not None:
+            rx += int(s.get("rx_bytes") or 0)
+            tx += int(s.get("tx_bytes") or 0)
+    return rx, tx
 
 
 def _norm_nets(cidrs: Sequence[str]) -> list[str]:
@@ -321,9 +395,9 @@ class WgControl:
         finally:
             s.close()
 
-    def show(self) -> dict[str, dict[str, Any]]:
+    def show(self) -> PeerDump:
         """Per base64 public key: endpoint, last_handshake (unix time), rx_bytes, tx_bytes, ..."""
-        return {k: p.as_dict() for k, p in self.device().peers.items()}
+        return PeerDump(self._call("get=1\n\n"))
 
     def alive(self, periodic: bool = False) -> bool | None:
         """True: the socket answers. False: confirmed gone (no socket, refused, bad

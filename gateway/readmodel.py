@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ from fabric.model import RangeMap, routed_cidrs
 from fabric.nat import counts as nat_counts
 from fabric.nat.trace import Query
 from fabric.nat.trace import trace as nat_trace
+from fabric.wgctl import byte_totals
 from gateway import readviews
 from gateway.config import Config
 from gateway.errors import GatewayError
@@ -75,7 +76,7 @@ def peer_state(pending: bool, probed: str | None, handshake: float | None, now: 
 
 
 def peer_metrics(cluster_id: str, public_key: str, pending: bool, now: float,
-                 stats: dict[str, dict[str, Any]] | None = None,
+                 stats: Mapping[str, dict[str, Any]] | None = None,
                  health: dict[str, dict[str, Any]] | None = None) -> PeerMetrics:
     """A peer's state, handshake age, bytes, RTT and loss: what /metrics exports of it,
     and the same fields of its peer_summary."""
@@ -88,7 +89,7 @@ def peer_metrics(cluster_id: str, public_key: str, pending: bool, now: float,
 
 
 def peer_summary(p: PeerRecord, ours: Sequence[RangeMap], now: float,
-                 stats: dict[str, dict[str, Any]] | None = None,
+                 stats: Mapping[str, dict[str, Any]] | None = None,
                  health: dict[str, dict[str, Any]] | None = None,
                  endpoint_error: str | None = None,
                  imported: Sequence[ImportedService] = ()) -> dict[str, Any]:
@@ -152,7 +153,7 @@ class ReadModel:
         self.started = self.clock()
         self.snapshots = Counters(self)
 
-    def peer_stats(self) -> dict[str, dict[str, Any]]:
+    def peer_stats(self) -> Mapping[str, dict[str, Any]]:
         """Every peer's WireGuard counters and handshake. One dump serves every read within
         ``stats_ttl``: a page poll's few requests or a scrape ask together, and with 1,000
         peers a dump is ~10 ms of the gateway's CPU and more of the data plane's."""
@@ -205,7 +206,7 @@ class ReadModel:
         return [peer_metrics(cid, key, pending, now, stats, health) for cid, key, pending in index]
 
     def peer_states(self, index: Sequence[tuple[str, str, bool]] | None = None,
-                    stats: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+                    stats: Mapping[str, dict[str, Any]] | None = None) -> dict[str, str]:
         """Every peer's state, without building its summary (status, summaries): the
         prober's verdicts, the WireGuard dump read only for peers the prober has none of."""
         now = self.clock()
@@ -235,8 +236,7 @@ class ReadModel:
                 views = sorted((cid, tuple(map(str, ms))) for cid, ms in self.views.all_views().items())
                 self._viewed = (gen, readviews.digest(views))
             return readviews.peers_summary(self.peer_states(index, stats), [digest, self._viewed[1]],
-                                           (s for k, s in stats.items() if k in keys),
-                                           len(self.endpoint_problems()))
+                                           byte_totals(stats, keys), len(self.endpoint_problems()))
         page, total = readviews.window([cid for cid, _, _ in index], q)
         return readviews.paged("peers", self.peers(set(page)) if page else [], total, q)
 
@@ -370,7 +370,7 @@ class Counters:
         def plane() -> Any:  # asked each time: tests swap the data plane
             return read.reconciler.dataplane
 
-        self.stats: Snapshot[dict[str, dict[str, Any]]] = Snapshot(
+        self.stats: Snapshot[Mapping[str, dict[str, Any]]] = Snapshot(
             "peer stats", lambda _: plane().peer_stats(), ttl, {})
         self.drops: Snapshot[list[dict[str, Any]]] = Snapshot(
             "drop counters", lambda _: plane().nat_drops(), ttl, [])

@@ -83,20 +83,16 @@ def not_modified(if_none_match: str | None, tag: str) -> bool:
     return "*" in wanted or tag in wanted
 
 
-def peers_summary(states: Mapping[str, str], config: Iterable[Any], stats: Iterable[Mapping[str, Any]],
+def peers_summary(states: Mapping[str, str], config: Iterable[Any], rx_tx: tuple[int, int],
                   endpoint_errors: int) -> dict[str, Any]:
     """``/api/v1/peers?summary=true``: ``states`` by cluster ID; ``config`` each peer's
-    configuration (what ``version`` follows besides the states); ``stats`` the
-    WireGuard counters of the programmed peers."""
+    configuration (what ``version`` follows besides the states); ``rx_tx`` the
+    WireGuard byte counters of the programmed peers, summed."""
     by_state: dict[str, int] = {}
     for state in states.values():
         by_state[state] = by_state.get(state, 0) + 1
-    rx = tx = 0
-    for st in stats:
-        rx += int(st.get("rx_bytes") or 0)
-        tx += int(st.get("tx_bytes") or 0)
     return {"version": digest([sorted(states.items()), list(config)]), "peers": len(states),
-            "peers_by_state": dict(sorted(by_state.items())), "rx_bytes": rx, "tx_bytes": tx,
+            "peers_by_state": dict(sorted(by_state.items())), "rx_bytes": rx_tx[0], "tx_bytes": rx_tx[1],
             "endpoint_errors": endpoint_errors}
 
 

@@ -55,10 +55,10 @@ def exports(read: ReadModel) -> dict[str, Any]:
     except Exception:
         denied = {}
     grants = state.grants()
-    for p in read.store.peers():
-        out["peers"].append({"cluster_id": p.cluster_id, "all": p.cluster_id not in grants,
-                             "exports": [e.name for e in state.shared_with(p.cluster_id)],
-                             "denied": denied.get(p.cluster_id) or {"packets": 0, "bytes": 0}})
+    for cid, _, _ in read.store.peer_index()[0]:  # IDs only: store.peers() parses every peer's views
+        out["peers"].append({"cluster_id": cid, "all": cid not in grants,
+                             "exports": [e.name for e in state.shared_with(cid)],
+                             "denied": denied.get(cid) or {"packets": 0, "bytes": 0}})
     return out
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import random
 
 import pytest
 
 from fabric.model import LocalFabric, PeerFabric, RangeMap
+from fabric.wg.device import Device
+from fabric.wg.uapi import render_get
 from fabric.wgctl import (
     DeviceStatus,
+    PeerDump,
     PeerStatus,
     WgError,
+    byte_totals,
     key_hex,
     parse_get,
     render_set,
@@ -115,6 +120,60 @@ def test_render_set_errors_do_not_echo_keys() -> None:
         key_hex(base64.b64encode(b"x" * 31).decode(), "psk")
     with pytest.raises(WgError, match="used by peer"):
         render_set(LOCAL, [peer(PUB_A), peer(PUB_A)], DeviceStatus(), {}, {})
+
+
+def test_parse_get_without_errno_or_peers() -> None:
+    with pytest.raises(WgError, match="without errno"):
+        parse_get(GET.replace("errno=0", ""))
+    dev = parse_get("listen_port=1\nerrno=0\n\n")
+    assert dev.listen_port == 1 and not dev.has_private_key and dev.peers == {}
+    assert dict(PeerDump("errno=0\n\n")) == {}
+    with pytest.raises(WgError, match="errno=19"):
+        PeerDump("errno=19\n\n")
+
+
+def _shuffled(text: str, seed: int) -> str:
+    """The same reply with each peer's lines after public_key in another order (the UAPI
+    fixes no order; crosswire-wg and wireguard-go happen to agree)."""
+    rng = random.Random(seed)
+    head, *peers = text.removesuffix("errno=0\n\n").split("public_key=")
+    out = [head]
+    for block in peers:
+        key, *lines = block.rstrip("\n").split("\n")
+        rng.shuffle(lines)
+        out.append("\n".join([key, *lines]) + "\n")
+    return "public_key=".join(out) + "errno=0\n\n"
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2, 3])
+def test_peer_dump_reads_as_parse_get(seed: int | None) -> None:
+    """What show() gives lazily is what parse_get gives, for crosswire-wg's own dumps."""
+    rng = random.Random(seed or 0)
+    dev = Device()
+    dev.private_key, dev.listen_port = bytes(range(32)), 51820
+    for i in range(60):
+        p = dev.add_peer(rng.randbytes(32))
+        if i % 3:
+            p.endpoint = ("198.18.0.2", 20000 + i) if i % 2 else ("fd00::1", 443)
+        p.persistent_keepalive, p.tx_bytes, p.rx_bytes = 25 * (i % 2), rng.randrange(1 << 40), rng.randrange(1 << 40)
+        p.last_handshake_ns = rng.randrange(1 << 62) if i % 4 else 0
+        if i % 5:
+            dev.allowed_ips.insert(4, (100 << 24) | (i << 8), 24, p)
+    text = render_get(dev) + "errno=0\n\n"
+    if seed is not None:
+        text = _shuffled(text, seed)
+    parsed = parse_get(text)
+    dump = PeerDump(text)
+    keys = list(dump)
+    assert keys == list(parsed.peers) and len(dump) == 60
+    rx, tx = byte_totals(dump, [*keys[::2], "not-a-peer"])  # without parsing
+    assert dump._parsed == {}
+    assert (rx, tx) == (sum(parsed.peers[k].rx_bytes for k in keys[::2]),
+                        sum(parsed.peers[k].tx_bytes for k in keys[::2]))
+    assert (rx, tx) == byte_totals({k: parsed.peers[k].as_dict() for k in keys}, keys[::2])
+    for k in keys:
+        assert dump[k] == parsed.peers[k].as_dict() and dump.get(k) is dump[k]
+    assert dump.get("not-a-peer") is None
 
 
 def test_peer_status_dict() -> None:

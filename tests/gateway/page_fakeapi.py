@@ -148,7 +148,8 @@ def create(many: int = 0) -> FastAPI:
             return rows
         if q.summary:
             return peers_summary({p["cluster_id"]: p["state"] for p in rows},
-                                 [(p["cluster_id"], p["our_views"]) for p in rows], rows, 0)
+                                 [(p["cluster_id"], p["our_views"]) for p in rows],
+                                 (sum(p["rx_bytes"] for p in rows), sum(p["tx_bytes"] for p in rows)), 0)
         ids = sorted(p["cluster_id"] for p in rows)
         page, total = window(ids, q)
         return paged("peers", [p for p in rows if p["cluster_id"] in set(page)], total, q)

@@ -200,8 +200,9 @@ class PeerDump(Mapping[str, dict[str, Any]]):
 
 
 def _count(block: str, field: str) -> int:
+    """The number on a peer's ``field`` line (``field`` ends in "="; 0 without one)."""
     at = block.find(field)
-    if at != 0 and (at < 0 or block[at - 1] != "\n"):  # not a line of its own: look properly
+    if at != 0 and (at < 0 or block[at - 1] != "\n"):  # absent, or inside another line
         at = block.find("\n" + field) + 1
         if at == 0:
             return 0
@@ -414,7 +415,7 @@ class WgControl:
         if periodic and t0 < self._full_due:
             return self._accepts()
         try:
-            self.device()
+            _split_get(self._call("get=1\n\n"))  # a whole, well-formed answer; its peers unparsed
         except WgError as e:
             return None if e.transient else False
         except ValueError:

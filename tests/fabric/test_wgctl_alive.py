@@ -16,8 +16,10 @@ from fabric.wgctl import ALIVE_SHARE, WgControl
 class FakeUapi:
     """A UAPI listener that answers ``get`` after ``delay`` seconds and counts requests."""
 
-    def __init__(self, path: str, delay: float) -> None:
+    def __init__(self, path: str, delay: float,
+                 reply: bytes = b"private_key=" + b"0" * 64 + b"\nlisten_port=51820\nerrno=0\n\n") -> None:
         self.delay = delay
+        self.reply = reply
         self.gets = 0
         self.connections = 0
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -37,7 +39,7 @@ class FakeUapi:
                 if conn.recv(100).startswith(b"get=1"):
                     self.gets += 1
                     time.sleep(self.delay)
-                    conn.sendall(b"private_key=" + b"0" * 64 + b"\nlisten_port=51820\nerrno=0\n\n")
+                    conn.sendall(self.reply)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -79,3 +81,13 @@ def test_a_fast_device_is_asked_again_once_its_short_window_passed() -> None:
             srv.close()
     # The reconcile loop looks every second: a device answering in 3 ms is asked every time.
     assert ALIVE_SHARE * 0.003 < 1.0
+
+
+def test_an_answer_without_errno_or_with_an_error_is_not_alive() -> None:
+    for reply in (b"garbage\n\n", b"errno=19\n\n", b"public_key=zz\nerrno=0\n\n"):
+        with tempfile.TemporaryDirectory() as d:
+            srv = FakeUapi(os.path.join(d, "cwz.sock"), delay=0.0, reply=reply)
+            try:
+                assert WgControl("cwz", socket_dir=d).alive() is False, reply
+            finally:
+                srv.close()

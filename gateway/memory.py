@@ -26,7 +26,7 @@ for 200 MB freed, well under 1 ms when there is little.
 The collector: with 1,000 peers the heap holds about a million objects, and
 CPython's default pace (a young collection every 700 allocations) promoted
 the transient objects of each request, so full collections of that heap
-(~120 ms each) came 2-3 times a minute: 40 % of an idle daemon's CPU.
+(~120 ms each) came 1-3 times a minute: 20-40 % of an idle daemon's CPU.
 ``tune_gc`` lets a request's garbage die by reference counting first.
 """
 
@@ -87,8 +87,8 @@ async def trim_every(seconds: float = TRIM_EVERY) -> None:
 
 class GcClock:
     """Collections and the time they took, per generation (``gc.callbacks``): what
-    /metrics shows as ``crosswire_gc_*``. The collector's pauses are the daemon's
-    largest hidden cost with a big heap (1,000 peers' state), so they are counted."""
+    /metrics shows as ``crosswire_gc_*``. With a big heap (1,000 peers' state) the
+    collector's pauses were a large hidden cost, so they are counted."""
 
     def __init__(self) -> None:
         self.collections = [0, 0, 0]
@@ -119,7 +119,7 @@ def tune_gc(young: int = GC_YOUNG) -> tuple[int, int, int]:
     """Fewer young collections, so a request's transient objects (a WireGuard dump of
     1,000 peers is ~5,000 containers) are freed by reference counting before a
     collection sees them, instead of being promoted and then found by full collections
-    of the whole heap (~120 ms each at 1,000 peers, 2-3 a minute; bench/RESULTS.md,
+    of the whole heap (~120 ms each at 1,000 peers, 1-3 a minute; bench/RESULTS.md,
     "Fleet, fifth stop"). Counts collections for /metrics; returns the thresholds."""
     _, mid, old = gc.get_threshold()
     gc.set_threshold(young, mid, old)

@@ -406,7 +406,7 @@ class WgControl:
 
         ``periodic`` (the reconcile loop's look every second): the only read the
         protocol has returns every peer, so with many peers (a 1,000-peer dump costs
-        both processes tens of ms) the whole answer is asked for at most every
+        both processes a few ms, and waiting for it more) the whole answer is asked for at most every
         ALIVE_SHARE times its own duration; in between, a listener accepting the
         connection is the answer (a process that died leaves its socket refusing,
         and the daemon's pidfd sees the exit at once). Start-up and take-over

@@ -33,6 +33,8 @@ DROP_CHAINS = ("prerouting", "postrouting")  # where the table drops what no map
 # Up to this many peers asked for, their chains and sets are dumped one by one
 # (fabric.nftdump); more, and one listing of the whole table is cheaper.
 PER_PEER_LISTING = 100
+# Up to this many peers' policy counters are read one by one (a GET each), more in one dump.
+FEW_COUNTERS = 10
 
 
 class OwnershipError(RuntimeError):
@@ -121,7 +123,7 @@ class Dataplane:
         # Per peer, every packet of it the gateway dropped: what the policy table dropped
         # (the guard, and with exports what it was not given; fabric.exports.policy) plus,
         # from the NAT table, what it sent to addresses not offered to it.
-        denied = self.export_denied(state) if denied is None else denied
+        denied = self.export_denied(state, only) if denied is None else denied
         for p in peers:
             d = denied.get(p["cluster_id"], {"packets": 0, "bytes": 0})
             extra = p.get("not_offered") or {}
@@ -143,18 +145,36 @@ class Dataplane:
                 listing = {}
         return nat.totals(state, listing, self.export_denied(state) if denied is None else denied)
 
-    def export_denied(self, state: FabricState) -> dict[str, dict[str, int]]:
-        """Per peer, what the policy table dropped (the guard, and with exports what the
-        peer was not given): named counters, cheap whatever the number of peers."""
+    def export_denied(self, state: FabricState, only: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+        """Per peer (``only``: just these), what the policy table dropped (the guard, and
+        with exports what the peer was not given): named counters, a few peers' read by
+        name, else all of them in one dump."""
         t = table_of(state)
-        try:  # the kernel's dump of the counters alone: libnftables would load the table first
-            return exportpolicy.denied(t, nftdump.counters(nat.FAMILY, t.table))
+        try:  # the kernel's dumps of the counters alone: libnftables would load the table first
+            if only is not None and len(only) <= FEW_COUNTERS:
+                names = {exportpolicy.counter_name(c) for c in only}
+                named = {n: c for n in names if (c := nftdump.counter(nat.FAMILY, t.table, n)) is not None}
+                return exportpolicy.denied(t, named, only)
+            return exportpolicy.denied(t, nftdump.counters(nat.FAMILY, t.table), only)
         except OSError as e:
             log.debug("policy counters: no dump (%s), listing them", e)
         try:
-            return exportsapply.denied(t, Nft())
+            return exportsapply.denied(t, Nft(), only)
         except NftError:
             return {}
+
+    def denied_total(self, state: FabricState) -> dict[str, int]:
+        """What the policy table dropped of every peer since it was written: one counter
+        the kernel sums (the peers' own are 1,000 objects to read), else their sum."""
+        t = table_of(state)
+        try:
+            total = nftdump.counter(nat.FAMILY, t.table, exportpolicy.TOTAL_COUNTER)
+            if total is not None:
+                return total
+        except OSError as e:
+            log.debug("policy total: no dump (%s), summing the peers'", e)
+        per = self.export_denied(state).values()
+        return {"packets": sum(d["packets"] for d in per), "bytes": sum(d["bytes"] for d in per)}
 
     def nat_drops(self) -> list[dict[str, Any]]:
         """The drop rules of the table's NAT base chains with their counters ([] without a table)."""

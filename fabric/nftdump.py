@@ -15,11 +15,13 @@ nothing here writes to the kernel.
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import os
 import socket
 import struct
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -267,19 +269,67 @@ def elements(family: str, table: str, name: str, keys: Iterable[str], *, is_map:
 def counters(family: str, table: str) -> dict[str, dict[str, int]]:
     """The named counters of ``table`` by name: one object dump, filtered by the kernel
     (libnftables' ``list counters`` loads the whole table first: ~0.1 s beside a 1000-peer
-    policy table, this ~3 ms)."""
-    attrs = _attr(OBJ_TABLE, table.encode() + b"\0") + _attr(OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))
+    policy table, this ~1.5 ms)."""
+    kind = struct.pack(">I", NFT_OBJECT_COUNTER)
+    head = _attr(OBJ_TABLE, table.encode() + b"\0")
     out: dict[str, dict[str, int]] = {}
-    for payload in _dump(family, NFT_MSG_GETOBJ, attrs):
-        a = _attr_map(payload)
-        kind = a.get(OBJ_TYPE, b"")
-        if _text(a.get(OBJ_TABLE, b"")) != table or len(kind) < 4 or \
-                struct.unpack(">I", kind[:4])[0] != NFT_OBJECT_COUNTER:
-            continue  # a kernel that does not filter the dump
-        data = _attr_map(a.get(OBJ_DATA, b""))
-        out[_text(a.get(OBJ_NAME, b""))] = {"packets": int.from_bytes(data.get(COUNTER_PACKETS, b"\0"), "big"),
-                                            "bytes": int.from_bytes(data.get(COUNTER_BYTES, b"\0"), "big")}
+    for payload in _dump(family, NFT_MSG_GETOBJ, head + _attr(OBJ_TYPE, kind)):
+        named = _counter_as_laid_out(payload, head) or _counter_object(payload, table, kind)
+        if named is not None:
+            out[named[0]] = {"packets": named[1], "bytes": named[2]}
     return out
+
+
+def counter(family: str, table: str, name: str) -> dict[str, int] | None:
+    """One named counter of ``table`` (None: there is none): one GET, not a dump."""
+    kind = struct.pack(">I", NFT_OBJECT_COUNTER)
+    head = _attr(OBJ_TABLE, table.encode() + b"\0")
+    try:
+        for payload in _dump(family, NFT_MSG_GETOBJ, head + _attr(OBJ_NAME, name.encode() + b"\0")
+                             + _attr(OBJ_TYPE, kind), flags=NLM_F_ACK):
+            named = _counter_as_laid_out(payload, head) or _counter_object(payload, table, kind)
+            if named is not None and named[0] == name:
+                return {"packets": named[1], "bytes": named[2]}
+    except DumpError as e:
+        if e.errno != errno.ENOENT:
+            raise
+    return None
+
+
+# The tail of a counter object as the kernel lays it out (nf_tables_fill_obj_info):
+# its data last, bytes then packets, each a u64 (attribute headers in host order).
+_COUNTER_TAIL = struct.pack("=HHHH", 28, OBJ_DATA, 12, COUNTER_BYTES)
+_PACKETS_HEAD = struct.pack("=HH", 12, COUNTER_PACKETS)
+
+
+_COUNTER_TYPE = _attr(OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))
+
+
+def _counter_as_laid_out(data: bytes, head: bytes) -> tuple[str, int, int] | None:
+    """(name, packets, bytes) of a counter object that begins with ``head`` (its table),
+    its name and its type, and ends in its data: the kernel's layout, read by slicing (the
+    page reads 1,000 of these every poll; walking every attribute took 3x as long). None
+    for any other layout (``_counter_object`` reads those)."""
+    n = len(head)
+    if not (data.startswith(head) and data[-28:-20] == _COUNTER_TAIL and data[-12:-8] == _PACKETS_HEAD
+            and len(data) >= n + 4 and data[n + 2] == OBJ_NAME and data[n + 3] == 0):
+        return None
+    name_end = n + int.from_bytes(data[n:n + 2], sys.byteorder)
+    typed = (name_end + 3) & ~3
+    if data[typed:typed + 8] != _COUNTER_TYPE:
+        return None
+    return _text(data[n + 4:name_end]), int.from_bytes(data[-8:], "big"), int.from_bytes(data[-20:-12], "big")
+
+
+def _counter_object(data: bytes, table: str, kind: bytes) -> tuple[str, int, int] | None:
+    """(name, packets, bytes) of one object of the dump, attribute by attribute; None for
+    another table's or type's object (a kernel that does not filter the dump)."""
+    a = _attr_map(data)
+    if _text(a.get(OBJ_TABLE, b"")) != table or a.get(OBJ_TYPE, b"")[:4] != kind:
+        return None
+    counts = _attr_map(a.get(OBJ_DATA, b""))
+    return (_text(a.get(OBJ_NAME, b"")), int.from_bytes(counts.get(COUNTER_PACKETS, b"\0"), "big"),
+            int.from_bytes(counts.get(COUNTER_BYTES, b"\0"), "big"))
 
 
 def listing(family: str, table: str, chains: Iterable[str] = (), sets: Mapping[str, Iterable[str]] | None = None,

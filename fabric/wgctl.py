@@ -189,7 +189,8 @@ class PeerDump(Mapping[str, dict[str, Any]]):
         return len(self._blocks)
 
     def byte_totals(self, keys: Collection[str]) -> tuple[int, int]:
-        """(rx, tx) bytes summed over the peers in ``keys``, without parsing them."""
+        """(rx, tx) bytes summed over the peers in ``keys``, without parsing them (a
+        regular expression over the whole text was 3x slower)."""
         rx = tx = 0
         for key in keys:
             block = self._blocks.get(key)

@@ -56,6 +56,8 @@ class ReconcileStats(BaseModel):
     dataplane_restarts: int
     last_error: str | None
     last_ok: float | None
+    verifies: int = Field(description="Drift checks of the data plane (the reconcile loop's, /readyz's).")
+    verify_cpu_s: float = Field(description="CPU seconds those checks took.")
 
 
 class Status(BaseModel):
@@ -186,9 +188,11 @@ class NatSummary(BaseModel):
     exports: int | None = Field(description="exports configured (null: no exports, peers reach everything)")
     drops: list[NatDrop]
     dropped: Counted = Field(description="what the drop rules counted")
-    export_denied: Counted | None = Field(description="what the policy table dropped, every peer: to the gateway "
-                                                      "itself (the guard) and, with exports, what was not given "
-                                                      "(each peer's row adds its not_offered drops)")
+    export_denied: Counted | None = Field(description="what the policy table dropped, every peer, since it was "
+                                                      "written (one counter the kernel sums: removed peers' drops "
+                                                      "stay in it): to the gateway itself (the guard) and, with "
+                                                      "exports, what was not given (each peer's row adds its "
+                                                      "not_offered drops)")
 
 
 class TraceStep(BaseModel):

@@ -167,7 +167,16 @@ class HealthTracker:
     def states(self, now: float) -> dict[str, str]:
         """Every peer's state alone (status and summaries count them): no loss or RTT."""
         quiet = self._quiet()
-        return {cid: self._state(p, now, quiet) for cid, p in self._peers.items()}
+        out: dict[str, str] = {}
+        for cid, p in self._peers.items():
+            # The common case first, without a call: answered recently, and its newest
+            # probe sent before that answer (so no unanswered one since): connected.
+            last, sent = p.last_reply, p.sent
+            if last is not None and now - last < quiet and (not sent or sent[-1][1] <= last):
+                out[cid] = "connected"
+            else:
+                out[cid] = self._state(p, now, quiet)
+        return out
 
     def report(self, now: float, only: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
         """Per peer (``only``: just these) its state, probe target, RTT, loss and last reply's age."""

@@ -84,6 +84,10 @@ def render_metrics(read: ReadModel) -> str:
     o.sample("crosswire_reconcile_errors_total", st.errors)
     o.family("crosswire_dataplane_restarts_total", "counter", "Times the data plane was found dead and restarted.")
     o.sample("crosswire_dataplane_restarts_total", st.restarts)
+    o.family("crosswire_verify_total", "counter", "Drift checks of the data plane against the applied state.")
+    o.sample("crosswire_verify_total", st.verifies)
+    o.family("crosswire_verify_seconds_total", "counter", "CPU seconds the drift checks took.")
+    o.sample("crosswire_verify_seconds_total", round(st.verify_cpu_s, 6))
     impl = read.implementation()
     o.family("crosswire_wireguard_implementation", "gauge",
              "1 for the WireGuard implementation serving the interface (reason: why auto chose it).")

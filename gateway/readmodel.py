@@ -145,7 +145,7 @@ class ReadModel:
     # the peers summary's digest of our views, by IPAM generation
     _viewed: tuple[int | None, str] = field(default=(None, ""), init=False)
     # the NAT summary's counts and version of the last state asked about
-    _counted: tuple[Any, list[tuple[str, int, int, int]], str] = field(default=(None, [], ""), init=False)
+    _counted: tuple[Any, tuple[int, int, int, int], str] = field(default=(None, (0, 0, 0, 0), ""), init=False)
     # The data plane's counters, each read at most once per stats_ttl (gateway.snapshot).
     snapshots: Counters = field(init=False)
 
@@ -253,17 +253,18 @@ class ReadModel:
             exports = None if self.config.exports is None else len(self.config.exports)
             if self._counted[0] is not state:  # counts and version: once per programmed state
                 mapped = repr([(p.cluster_id, p.remote, p.local) for p in state.peers])
-                self._counted = (state, nat_counts(state), readviews.digest([table, mapped]))
+                self._counted = (state, readviews.mapping_totals(nat_counts(state)),
+                                 readviews.digest([table, mapped]))
             _, counts, version = self._counted
             return readviews.nat_summary(table, counts, self.nat_drops(),
-                                         self.snapshots.denied.get(state), exports, version)
+                                         self.snapshots.denied_total.get(state), exports, version)
         ids = [p.cluster_id for p in state.peers]
         if q.peer is not None and q.peer not in ids and self.store.peer(q.peer) is not None:
             # known but pending: nothing is programmed for it yet
             return readviews.paged("peers", [], 0, q, table=table, drops=self.nat_drops())
         page, total = readviews.window(ids, q)
-        rows = self.reconciler.dataplane.nat(state, set(page), denied=self.snapshots.denied.get(state)) \
-            if page else []
+        # a page's own policy counters (a few are read by name; the summary reads their total)
+        rows = self.reconciler.dataplane.nat(state, set(page)) if page else []
         return readviews.paged("peers", rows, total, q, table=table, drops=self.nat_drops())
 
     def page_view(self, limit: int | None, offset: int | None, peer: str | None) -> dict[str, Any]:
@@ -308,7 +309,8 @@ class ReadModel:
             "exposure": exportsread.exposure(self),  # all: whole ranges; exports: only what is exported
             "reconcile": {"runs": st.runs, "errors": st.errors,
                           "dataplane_restarts": st.restarts, "last_error": st.last_error,
-                          "last_ok": st.last_ok},
+                          "last_ok": st.last_ok, "verifies": st.verifies,
+                          "verify_cpu_s": round(st.verify_cpu_s, 6)},
         }
 
     def nat(self) -> list[dict[str, Any]]:
@@ -359,8 +361,8 @@ NatTotals = tuple[list[tuple[str, str, int, int, int]], dict[str, int]]
 
 class Counters:
     """The snapshots a ReadModel serves counters from (one place; see gateway.snapshot):
-    the WireGuard dump, the NAT drop rules, the policy's denied counters and the NAT
-    totals /metrics exports, each read at most once per ``stats_ttl``. The totals are
+    the WireGuard dump, the NAT drop rules, the policy's denied counters (and their
+    total, what the summary shows) and the NAT totals /metrics exports, each read at most once per ``stats_ttl``. The totals are
     kept, not the report they are summed from (5 MB of rows with 1,000 peers)."""
 
     def __init__(self, read: ReadModel) -> None:
@@ -376,5 +378,7 @@ class Counters:
             "drop counters", lambda _: plane().nat_drops(), ttl, [])
         self.denied: Snapshot[dict[str, dict[str, int]] | None] = Snapshot(
             "policy counters", lambda state: plane().export_denied(state), ttl, {})
+        self.denied_total: Snapshot[dict[str, int] | None] = Snapshot(
+            "policy total", lambda state: plane().denied_total(state), ttl, None)
         self.totals: Snapshot[NatTotals] = Snapshot(
             "NAT counters", lambda state: plane().nat_totals(state, denied=self.denied.get(state)), ttl, ([], {}))

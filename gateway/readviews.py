@@ -91,27 +91,35 @@ def peers_summary(states: Mapping[str, str], config: Iterable[Any], rx_tx: tuple
     by_state: dict[str, int] = {}
     for state in states.values():
         by_state[state] = by_state.get(state, 0) + 1
-    return {"version": digest([sorted(states.items()), list(config)]), "peers": len(states),
+    # the states as one string first: json.dumps of 1,000 pairs was a third of a summary
+    listed = "\n".join(map("\t".join, sorted(states.items())))
+    return {"version": digest([listed, list(config)]), "peers": len(states),
             "peers_by_state": dict(sorted(by_state.items())), "rx_bytes": rx_tx[0], "tx_bytes": rx_tx[1],
             "endpoint_errors": endpoint_errors}
 
 
-def nat_summary(table: str, mappings: Sequence[tuple[str, int, int, int]], drops: list[dict[str, Any]],
-                denied: Mapping[str, Mapping[str, int]] | None, exports: int | None,
+def mapping_totals(mappings: Iterable[tuple[str, int, int, int]]) -> tuple[int, int, int, int]:
+    """(peers, mappings, NAT rules, host-network elements) summed over ``mappings`` per
+    peer (cluster ID, mappings, NAT rules, host-network elements)."""
+    rows = list(mappings)
+    return len(rows), sum(m[1] for m in rows), sum(m[2] for m in rows), sum(m[3] for m in rows)
+
+
+def nat_summary(table: str, totals: tuple[int, int, int, int], drops: list[dict[str, Any]],
+                denied: Mapping[str, int] | None, exports: int | None,
                 version: str) -> dict[str, Any]:
-    """``/api/v1/nat?summary=true``: ``mappings`` per peer (cluster ID, mappings, NAT
-    rules, host-network elements); ``denied`` per peer what the policy table dropped
-    (the guard, and with exports what the peer was not given; None: not known)."""
+    """``/api/v1/nat?summary=true``: ``totals`` of the mappings (``mapping_totals``: they
+    change only with the programmed state); ``denied`` what the policy table dropped of
+    every peer (the guard, and with exports what was not given; None: not known)."""
+    peers, mappings, rules, hosts = totals
     out: dict[str, Any] = {
-        "table": table, "version": version, "peers": len(mappings),
-        "mappings": sum(m[1] for m in mappings), "rules": sum(m[2] for m in mappings),
-        "host_network": sum(m[3] for m in mappings), "exports": exports,
+        "table": table, "version": version, "peers": peers,
+        "mappings": mappings, "rules": rules, "host_network": hosts, "exports": exports,
         "drops": drops,
         "dropped": {"packets": sum(int(d.get("packets") or 0) for d in drops),
                     "bytes": sum(int(d.get("bytes") or 0) for d in drops)},
         "export_denied": None,
     }
     if denied is not None:
-        out["export_denied"] = {"packets": sum(int(d.get("packets", 0)) for d in denied.values()),
-                                "bytes": sum(int(d.get("bytes", 0)) for d in denied.values())}
+        out["export_denied"] = {"packets": int(denied.get("packets", 0)), "bytes": int(denied.get("bytes", 0))}
     return out

@@ -9,6 +9,7 @@ crosswire did not create (no marker set) is never changed or deleted.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from fabric.exports import policy as exportpolicy
@@ -74,9 +75,9 @@ def remove(nft_table: str, nft: Nft) -> None:
         nft.delete_table(FAMILY, name)
 
 
-def denied(t: PolicyTable, nft: Nft) -> dict[str, dict[str, int]]:
-    """Per peer, what the table dropped of it (the guard and the export filter)."""
-    return exportpolicy.denied(t, exportpolicy.listed_counters(_counters(nft, t.table) or {}))
+def denied(t: PolicyTable, nft: Nft, only: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per peer (``only``: just these), what the table dropped of it (the guard and the export filter)."""
+    return exportpolicy.denied(t, exportpolicy.listed_counters(_counters(nft, t.table) or {}), only)
 
 
 def problems(t: PolicyTable, nft: Nft) -> list[str]:

@@ -12,6 +12,7 @@ commands are plain data, so tests compare them exactly.
 
   table inet crosswire-exports {
     set created_by_crosswire { type ipv4_addr; }              # the table is ours
+    counter denied_total { }                                  # every refusal the peers' counters count
     counter denied-gpu { }                                    # one per peer: every packet of it dropped here
     map denied_v4 { type ipv4_addr : counter; flags interval;
                     elements = { 100.65.0.0/16 : "denied-gpu", 100.80.0.0/12 : "denied-gpu" } }  # all our views of it
@@ -25,8 +26,8 @@ commands are plain data, so tests compare them exactly.
       iifname "wg0" ct state related accept                   # ICMP errors about those (PMTU)
       iifname "wg0" ip saddr @probes_v4 udp dport 51830 accept   # a peer gateway's health probe
       iifname "wg0" ip6 saddr @probes_v6 udp dport 51830 accept
-      iifname "wg0" counter name ip saddr map @denied_v4      # count the refusal per peer
-      iifname "wg0" counter name ip6 saddr map @denied_v6
+      iifname "wg0" counter name ip saddr map @denied_v4 counter name denied_total   # count the refusal per peer
+      iifname "wg0" counter name ip6 saddr map @denied_v6 counter name denied_total
       iifname "wg0" counter drop                              # nothing else reaches the gateway: no RST
     }
     chain forward { type filter hook forward priority filter - 5; policy accept;   # with exports only
@@ -34,8 +35,8 @@ commands are plain data, so tests compare them exactly.
       iifname "wg0" ct state related accept                   # ICMP errors about those
       iifname "wg0" ip saddr . ip daddr . meta l4proto . th dport @allowed_v4 accept
       iifname "wg0" ip6 saddr . ip6 daddr . meta l4proto . th dport @allowed_v6 accept
-      iifname "wg0" counter name ip saddr map @denied_v4      # count the refusal per peer
-      iifname "wg0" counter name ip6 saddr map @denied_v6
+      iifname "wg0" counter name ip saddr map @denied_v4 counter name denied_total   # count the refusal per peer
+      iifname "wg0" counter name ip6 saddr map @denied_v6 counter name denied_total
       iifname "wg0" counter drop                              # everything else from peers
     }
   }
@@ -56,7 +57,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from fabric.exports.guard import (
@@ -71,6 +72,11 @@ INPUT = "input"
 _SEP = (",", ":")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _EVERY = [{"range": [0, 255]}, {"range": [0, 65535]}]
+
+
+# Every refusal the per-peer counters count, summed by the kernel: the NAT summary reads
+# one object instead of 1,000 (a cluster ID's counter is always "denied-...").
+TOTAL_COUNTER = "denied_total"
 
 
 def counter_name(cluster_id: str) -> str:
@@ -179,6 +185,7 @@ def render(t: PolicyTable) -> list[dict[str, Any]]:
     table = {"family": FAMILY, "name": t.table}
     b.cmds += [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": dict(table)}}]
     b.add("add", "set", name=MARKER_SET, type="ipv4_addr")
+    b.add("add", "counter", name=TOTAL_COUNTER)
     for p in t.peers:
         b.add("add", "counter", name=counter_name(p.cluster_id))
     for v in (4, 6):
@@ -214,8 +221,9 @@ def _replies(b: _Batch, wg: str, chain: str, who: str) -> None:
 
 def _count_per_peer(b: _Batch, wg: str, chain: str) -> None:
     for v, proto in ((4, "ip"), (6, "ip6")):
+        # A source in no peer's views ends the rule at the map: the total counts what the peers' counters do.
         b.rule([_meta("iifname", wg), {"counter": {"map": {"key": {"payload": {"protocol": proto, "field": "saddr"}},
-                                                           "data": f"@denied_v{v}"}}}],
+                                                           "data": f"@denied_v{v}"}}}, {"counter": TOTAL_COUNTER}],
                f"from {wg} {proto}: count the refusal per peer", chain)
 
 
@@ -339,12 +347,15 @@ def _allowed(peers: Iterable[PeerExports], v: int) -> list[dict[str, Any]]:
     return [e for p in peers for e in allowed_elements(p, v)]
 
 
-def denied(t: PolicyTable, counters: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
-    """Per peer, the packets and bytes dropped (zero when its counter is absent);
-    ``counters``: the table's named counters by name (``listed_counters``, or the
-    kernel's dump: fabric.nftdump.counters)."""
+def denied(t: PolicyTable, counters: Mapping[str, Mapping[str, int]],
+           only: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per peer (``only``: just these), the packets and bytes dropped (zero when its
+    counter is absent); ``counters``: the table's named counters by name
+    (``listed_counters``, or the kernel's: fabric.nftdump.counters)."""
     out = {}
     for p in t.peers:
+        if only is not None and p.cluster_id not in only:
+            continue
         c = counters.get(counter_name(p.cluster_id), {})
         out[p.cluster_id] = {"packets": int(c.get("packets", 0)), "bytes": int(c.get("bytes", 0))}
     return out

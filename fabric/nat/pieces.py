@@ -28,7 +28,7 @@ import contextlib
 import functools
 import gc
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -164,6 +164,17 @@ class Table:
 
     local: CheckedLocal
     peers: tuple[PeerPieces, ...]
+
+    @functools.cached_property
+    def _position(self) -> dict[str, int]:
+        return {p.peer.cluster_id: i for i, p in enumerate(self.peers)}
+
+    def of(self, only: Collection[str] | None) -> Sequence[PeerPieces]:
+        """The pieces of the peers in ``only`` (None: all), in the state's order, found
+        by ID: a page's NAT asks for one peer of 1,000 every poll."""
+        if only is None:
+            return self.peers
+        return [self.peers[i] for i in sorted({self._position[c] for c in only if c in self._position})]
 
 
 class Builder:

@@ -33,7 +33,7 @@ def mappings(state: FabricState, only: Collection[str] | None = None) -> list[di
     an address not offered to it, its count filled in likewise.
     """
     table = build(state)
-    return [_peer(p, table.local.table) for p in table.peers if only is None or p.cluster_id in only]
+    return [_peer(p, table.local.table) for p in table.of(only)]
 
 
 def counts(state: FabricState) -> list[tuple[str, int, int, int]]:
@@ -55,9 +55,7 @@ def listed_objects(state: FabricState, only: Collection[str]) -> tuple[
     chains: list[str] = []
     sets: dict[str, list[str]] = {}
     maps: dict[str, list[str]] = {}
-    for p in build(state).peers:
-        if p.cluster_id not in only:
-            continue
+    for p in build(state).of(only):
         chains += [p.chains[PeerChain.EGRESS], p.chains[PeerChain.INGRESS], p.chains[PeerChain.COUNT]]
         for mr in p.mapping_rules:
             if mr.count_set is not None and mr.count_element is not None:

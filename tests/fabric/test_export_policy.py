@@ -47,7 +47,7 @@ def key(proto: str) -> dict[str, Any]:
 def count_rules(chain: str) -> list[dict[str, Any]]:
     return [{"add": {"rule": head(chain=chain, expr=[
         iif(), {"counter": {"map": {"key": {"payload": {"protocol": proto, "field": "saddr"}},
-                                    "data": f"@denied_v{v}"}}}],
+                                    "data": f"@denied_v{v}"}}}, {"counter": "denied_total"}],
         comment=f"from wg0 {proto}: count the refusal per peer")}} for v, proto in ((4, "ip"), (6, "ip6"))]
 
 
@@ -82,6 +82,7 @@ def test_render_exactly() -> None:
     assert ep.render(TABLE) == [
         {"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}},
         {"add": {"set": head(name="created_by_crosswire", type="ipv4_addr")}},
+        {"add": {"counter": head(name="denied_total")}},  # what the per-peer counters count, summed
         {"add": {"counter": head(name="denied-gpu")}},
         {"add": {"counter": head(name="denied-edge")}},
         # Every view of the peer, its service view too: each packet it sends that is dropped counts.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import struct
 import subprocess
 import sys
 import time
@@ -132,6 +133,18 @@ def test_exported_port_passes_everything_else_is_dropped_and_counted(sides: tupl
     dumped = in_netns(gpu.gw, lambda: nftdump.counters("inet", t.table))
     listed = exportpolicy.listed_counters(Nft(gpu.gw).list_counters("inet", t.table))
     assert dumped == listed and dumped[exportpolicy.counter_name("lab")]["packets"] == denied(gpu) > 0
+    # The table's total counts what the peers' counters count, read as one object by name.
+    total, nobody = in_netns(gpu.gw, lambda: (nftdump.counter("inet", t.table, exportpolicy.TOTAL_COUNTER),
+                                              nftdump.counter("inet", t.table, "denied-nobody")))
+    peers = [c for name, c in dumped.items() if name != exportpolicy.TOTAL_COUNTER]
+    assert total == {"packets": sum(c["packets"] for c in peers), "bytes": sum(c["bytes"] for c in peers)}
+    assert total["packets"] > 0 and nobody is None
+    # ... each object read by slicing (the kernel's layout), as the attribute walk reads it
+    head, kind = nftdump._attr(nftdump.OBJ_TABLE, t.table.encode() + b"\0"), struct.pack(">I", nftdump.NFT_OBJECT_COUNTER)
+    raw = in_netns(gpu.gw, lambda: list(nftdump._dump("inet", nftdump.NFT_MSG_GETOBJ,
+                                                      head + nftdump._attr(nftdump.OBJ_TYPE, kind))))
+    assert raw and all(nftdump._counter_as_laid_out(m, head) == nftdump._counter_object(m, t.table, kind) is not None
+                       for m in raw)
     # Still allowed afterwards.
     assert reaches(l1, "tcp", "100.64.2.7", 7000)
 

@@ -66,8 +66,11 @@ class FakeFabric:
         return [{**m, "export_denied": {"packets": 0, "bytes": 0}}
                 for m in nat.with_counters(nat.mappings(state, only), {})]
 
-    def export_denied(self, state: FabricState) -> dict[str, dict[str, int]]:
+    def export_denied(self, state: FabricState, only: Any = None) -> dict[str, dict[str, int]]:
         return {}
+
+    def denied_total(self, state: FabricState) -> dict[str, int]:
+        return {"packets": 0, "bytes": 0}
 
     def nat_totals(self, state: FabricState, *, denied: Any = None
                    ) -> tuple[list[tuple[str, str, int, int, int]], dict[str, int]]:

@@ -27,6 +27,7 @@ from gateway.readviews import (
     Query,
     digest,
     etag,
+    mapping_totals,
     nat_summary,
     not_modified,
     paged,
@@ -158,7 +159,7 @@ def create(many: int = 0) -> FastAPI:
         n = polls["n"]
         ids = sorted(p["cluster_id"] for p in peer_rows())
         if q.summary:
-            return nat_summary(HOSTILE if not many else "inet crosswire", [(cid, 4, 4, 0) for cid in ids],
+            return nat_summary(HOSTILE if not many else "inet crosswire", mapping_totals((cid, 4, 4, 0) for cid in ids),
                                drops_of(n), None, None, digest(ids))
         table = "inet crosswire" if many else HOSTILE
         if q.plain:

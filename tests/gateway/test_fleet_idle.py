@@ -6,6 +6,7 @@ by its own cost. Behaviour, not timing: bench/fleet.py measures the CPU."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -140,6 +141,40 @@ def test_verify_is_spaced_by_its_own_cost(clusters: Any) -> None:
         lab.fabric.verify = slow_verify
         await rec.check(verify=True)
         assert rec.verify_interval >= 30.0  # 200 x its duration: at most 0.5 % of the time
+
+    asyncio.run(go())
+
+
+def test_verify_cpu_is_counted(clusters: Any) -> None:
+    """The drift checks' count and CPU reach status and /metrics: a sleeping check costs
+    no CPU, a spinning one costs what it spun."""
+    lab = clusters("lab")
+
+    async def go() -> None:
+        rec = lab.gw.reconciler
+        assert await rec.reconcile(force=True) and rec.applied is not None
+        slow = lab.fabric.verify
+
+        def spin(state: Any) -> list[str]:
+            t0 = time.thread_time()
+            while time.thread_time() - t0 < 0.05:
+                pass
+            return slow(state)
+        before = rec.stats.verifies, rec.stats.verify_cpu_s
+        lab.fabric.verify = lambda state: (time.sleep(0.05), slow(state))[1]
+        await rec.check(verify=True)
+        assert rec.stats.verifies == before[0] + 1
+        assert rec.stats.verify_cpu_s - before[1] < 0.04
+        lab.fabric.verify = spin
+        await rec.check(verify=True)
+        assert rec.stats.verifies == before[0] + 2
+        assert rec.stats.verify_cpu_s - before[1] >= 0.05
+        st = (await lab.call("GET", "/api/v1/status")).json()["reconcile"]
+        assert st["verifies"] == rec.stats.verifies and st["verify_cpu_s"] >= 0.05
+        text = (await lab.call("GET", "/metrics")).text
+        assert f"crosswire_verify_total {rec.stats.verifies}" in text
+        seconds = re.search(r"^crosswire_verify_seconds_total (\S+)$", text, re.M)
+        assert seconds and float(seconds.group(1)) == round(rec.stats.verify_cpu_s, 6) >= 0.05
 
     asyncio.run(go())
 

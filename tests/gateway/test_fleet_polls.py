@@ -54,14 +54,15 @@ async def _peered(lab: Any, gpu: Any) -> None:
 
 def test_counters_are_one_snapshot_for_every_request_until_the_interval_passed(clusters: Any,
                                                                                monkeypatch: Any) -> None:
-    """The page's requests, other tabs and a scrape read the drop rules, the policy counters
-    and the NAT counters once per STATS_TTL between them; later reads see new values."""
+    """The page's requests, other tabs and a scrape read the drop rules, the policy counters,
+    their total and the NAT counters once per STATS_TTL between them; later reads see new
+    values. A page of NAT rows reads its own peers' policy counters."""
     import gateway.readmodel as rm
 
     lab, gpu = clusters("lab"), clusters("gpu")
     t = [1000.0]
     monkeypatch.setattr(rm.time, "monotonic", lambda: t[0])  # the module gateway.snapshot reads too
-    reads = {"drops": 0, "denied": 0, "nat": 0}
+    reads = {"drops": 0, "denied": 0, "total": 0, "nat": 0}
     real_nat = lab.fabric.nat
 
     def drops() -> list[dict[str, Any]]:
@@ -72,13 +73,18 @@ def test_counters_are_one_snapshot_for_every_request_until_the_interval_passed(c
         reads["denied"] += 1
         return {"gpu": {"packets": reads["denied"], "bytes": 0}}
 
+    def total(state: Any) -> dict[str, int]:
+        reads["total"] += 1
+        return {"packets": 40 + reads["total"], "bytes": 0}
+
     def nat(state: Any, only: Any = None, denied: Any = None) -> list[dict[str, Any]]:
-        assert denied is not None  # the snapshot's, never read again
         if only is None:
+            assert denied is not None  # the scrape's: the snapshot's, never read again
             reads["nat"] += 1
         return list(real_nat(state, only))
     monkeypatch.setattr(lab.fabric, "nat_drops", drops)
     monkeypatch.setattr(lab.fabric, "export_denied", denied)
+    monkeypatch.setattr(lab.fabric, "denied_total", total)
     monkeypatch.setattr(lab.fabric, "nat", nat)
 
     async def go() -> None:
@@ -86,14 +92,15 @@ def test_counters_are_one_snapshot_for_every_request_until_the_interval_passed(c
         lab.gw.read.stats_ttl = rm.STATS_TTL
         for _ in range(3):  # three viewers' polls, and two scrapes, within the interval
             s = (await lab.call("GET", "/api/v1/nat?summary=true", auth=False)).json()
-            assert s["drops"][0]["packets"] == 1
+            assert s["drops"][0]["packets"] == 1 and s["export_denied"]["packets"] == 41
             await lab.call("GET", "/api/v1/nat?peer=gpu", auth=False)
             await lab.call("GET", "/metrics", auth=False)
-        assert reads == {"drops": 1, "denied": 1, "nat": 1}
+        assert reads == {"drops": 1, "denied": 1, "total": 1, "nat": 1}
         t[0] += rm.STATS_TTL  # the interval passed: read again, once
         s = (await lab.call("GET", "/api/v1/nat?summary=true", auth=False)).json()
         m = (await lab.call("GET", "/metrics", auth=False)).text
         assert s["drops"][0]["packets"] == 2 and reads["drops"] == 2 and reads["nat"] == 2
+        assert s["export_denied"]["packets"] == 42 and reads["total"] == 2
         assert 'crosswire_export_denied_packets_total{peer="gpu"} ' in m
         # A newly programmed state is never answered with the counters of the old one.
         r = await lab.call("DELETE", "/api/v1/peers/gpu")

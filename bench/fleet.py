@@ -33,12 +33,13 @@ Prints progress to stderr and one JSON line to stdout:
   the gateway has no route watch: no ``version`` in /api/v1/routes);
 - ``api``: size (bytes), wall time and the gateway's CPU for /api/v1/nat and
   /api/v1/peers, full and ``?summary=true`` (null when a summary is not served);
-- ``page_cpu_pct``: gateway daemon CPU with the page open minus with it closed, the median
-  over three pairs of alternating 30 s windows, each begun 5 s after the switch, each
-  without the daemon's drift checks (status's ``reconcile.verify_cpu_s``; one is 0.3-0.5 s
-  of CPU at 1,000 peers and falls into a window or not; ``page_windows_less_verify``
-  says whether they were left out) (each window in ``page_open_pct`` /
-  ``page_closed_pct``; ``page_wg_cpu_pct`` the same for crosswire-wg);
+- ``page_cpu_pct``: gateway daemon CPU with the page open minus with it closed: four
+  pairs of alternating 30 s windows, each begun 5 s after the switch, each without the
+  daemon's drift checks (status's ``reconcile.verify_cpu_s``; one is 0.3-0.5 s of CPU at
+  1,000 peers, 1-1.5 points of a window it falls into; ``page_windows_less_verify`` says
+  whether they were left out); the median of the open windows less that of the closed
+  ones (every window in ``page_open_pct`` / ``page_closed_pct``; ``page_wg_cpu_pct`` the
+  same for crosswire-wg);
   ``page_load_ms``: the daemon's CPU over the 5 s after opening the page (its load and first
   polls); ``daemon_rss_after_page_mb``;
 - ``page_poll``: the page's polls as page.js makes them (``/api/v1/page`` with a page of
@@ -134,9 +135,10 @@ def measure_cpu(h: Hub, seconds: float) -> dict[str, float]:
     before = {k: cpu_s(p) for k, p in pids.items()}
     t0 = time.monotonic()
     time.sleep(seconds)
+    # read before the CPU: a status request can make a drift check itself (then it is in both)
+    v1 = verify_cpu_s()
     dt = time.monotonic() - t0
     out = {k: round(100 * (cpu_s(p) - before[k]) / dt, 2) for k, p in pids.items()}
-    v1 = verify_cpu_s()
     if v0 is not None and v1 is not None and "daemon" in out:
         out["daemon_less_verify"] = round(out["daemon"] - 100 * (v1 - v0) / dt, 2)
     return out
@@ -403,7 +405,7 @@ def page_poll_cost(h: Hub, selected: str) -> dict[str, Any]:
 
 PAGE_WINDOW = 30.0  # the page fetches the status and the optional views once per 30 s
 PAGE_SETTLE = 5.0  # after opening or closing: the page's load and first polls, measured apart
-PAGE_PAIRS = 3
+PAGE_PAIRS = 4
 
 
 def page_cost(h: Hub) -> dict[str, Any]:
@@ -412,38 +414,36 @@ def page_cost(h: Hub) -> dict[str, Any]:
     ``PAGE_SETTLE`` s after the switch: the page's load (the first poll without a selected
     peer, then its row and NAT, the status, exports and imports) is ``page_load_ms``, the
     daemon's CPU over those seconds. The daemon verifies its table every ~60-90 s at 1,000
-    peers (0.3-0.5 s of CPU): a window that holds a verify would be off by ~1-1.5 points,
-    so the daemon's windows leave its drift checks out (``daemon_less_verify``) and the
-    cost is the median of the pairs' differences."""
+    peers (0.3-0.5 s of CPU, 1-1.5 points of a window it falls into), so its windows leave
+    its drift checks out (``daemon_less_verify``); the cost is the median of the open
+    windows less the median of the closed ones."""
     try:
         from pagebrowser import browser
     except ImportError as e:
         log(f"no page cost: {e}")
         return {"page_cpu_pct": None}
-    opened: list[dict[str, float]] = []
-    closed: list[dict[str, float]] = []
+    windows: list[dict[str, Any]] = []
     loads: list[float] = []
     daemon = h.pids()["daemon"]
     with tempfile.TemporaryDirectory() as work, browser(h.peers_ns, Path(work)) as b:
-        for _ in range(PAGE_PAIRS):
-            b.get("about:blank")
-            time.sleep(PAGE_SETTLE)
-            closed.append(measure_cpu(h, PAGE_WINDOW))
+        for i in range(2 * PAGE_PAIRS):
+            opened = i % 2 == 1
             c0 = cpu_s(daemon)
-            b.get(OPERATOR + "/")
+            b.get(OPERATOR + "/" if opened else "about:blank")
             time.sleep(PAGE_SETTLE)
-            loads.append(round(1000 * (cpu_s(daemon) - c0)))
-            opened.append(measure_cpu(h, PAGE_WINDOW))
+            if opened:
+                loads.append(round(1000 * (cpu_s(daemon) - c0)))
+            windows.append({"open": opened, **measure_cpu(h, PAGE_WINDOW)})
+    log(f"page windows (% of a core, {PAGE_WINDOW:g} s): {windows}; loads {loads} ms")
+    daemon_key = "daemon_less_verify" if all("daemon_less_verify" in w for w in windows) else "daemon"
 
-    def diff(who: str) -> float:
-        diffs = sorted(o.get(who, float("nan")) - c.get(who, float("nan")) for o, c in zip(opened, closed, strict=True))
-        return round(diffs[len(diffs) // 2], 2)
-
-    log(f"page open {opened} closed {closed} (% of a core, {PAGE_WINDOW:g} s windows); loads {loads} ms")
-    daemon_key = "daemon_less_verify" if all("daemon_less_verify" in w for w in opened + closed) else "daemon"
-    return {"page_cpu_pct": diff(daemon_key), "page_wg_cpu_pct": diff("wg") if "wg" in h.pids() else None,
-            "page_open_pct": [o.get(daemon_key) for o in opened],
-            "page_closed_pct": [c.get(daemon_key) for c in closed],
+    def cost(who: str) -> float:
+        o = sorted(w[who] for w in windows if w["open"])
+        c = sorted(w[who] for w in windows if not w["open"])
+        return round((o[len(o) // 2] + o[(len(o) - 1) // 2]) / 2 - (c[len(c) // 2] + c[(len(c) - 1) // 2]) / 2, 2)
+    return {"page_cpu_pct": cost(daemon_key), "page_wg_cpu_pct": cost("wg") if "wg" in h.pids() else None,
+            "page_open_pct": [w[daemon_key] for w in windows if w["open"]],
+            "page_closed_pct": [w[daemon_key] for w in windows if not w["open"]],
             "page_windows_less_verify": daemon_key != "daemon", "page_load_ms": loads}
 
 

@@ -188,10 +188,7 @@ class ReadModel:
         imported: dict[str, list[ImportedService]] = {}
         for s in self.imported_services():
             imported.setdefault(s.peer, []).append(s)
-        if only is None:
-            records = self.store.peers()
-        else:  # a page: its rows alone (store.peers() parses every peer's views)
-            records = [r for r in map(self.store.peer, sorted(only)) if r is not None]
+        records = self.store.peers(only)  # a page: its rows alone (all would parse every peer's views)
         return [peer_summary(p, ordered(self.views.views(p.cluster_id)), now, stats, health,
                              problems.get(p.cluster_id), imported.get(p.cluster_id, ()))
                 for p in records]

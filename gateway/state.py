@@ -21,7 +21,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -246,9 +246,19 @@ class StateStore:
             their_views=None if tv is None else tuple(RangeMap(k, r, v) for k, r, v in json.loads(str(tv))),
             channel_key=bytes(row[7]), psk=bytes(row[8]), created=float(row[9]))
 
-    def peers(self) -> list[PeerRecord]:
+    def peers(self, only: Collection[str] | None = None) -> list[PeerRecord]:
+        """Every peer by ID; ``only``: just these (a page's rows: one query, not one each)."""
+        if only is None:
+            with self._lock:
+                rows = self._db.execute("SELECT * FROM peers ORDER BY cluster_id").fetchall()
+            return [self._peer_row(r) for r in rows]
+        ids = sorted(set(only))
+        rows = []
         with self._lock:
-            rows = self._db.execute("SELECT * FROM peers ORDER BY cluster_id").fetchall()
+            for i in range(0, len(ids), 500):  # within any SQLite's limit of bound parameters
+                chunk = ids[i:i + 500]
+                rows += self._db.execute(f"SELECT * FROM peers WHERE cluster_id IN ({','.join('?' * len(chunk))}) "
+                                         "ORDER BY cluster_id", chunk).fetchall()
         return [self._peer_row(r) for r in rows]
 
     def peer_index(self) -> tuple[list[tuple[str, str, bool]], str]:

@@ -214,10 +214,16 @@ def test_readiness_reuses_the_loops_verify_only_for_a_costly_table(clusters: Any
         assert calls == 0  # the loop's verdict on this applied state
         lab.fabric.applied.append(lab.fabric.applied[-1])
         await rec.reconcile(force=True)  # a new apply: the old verdict no longer counts
+        # ... and the loop verifies the new state within VERIFY_INTERVAL, not verify_interval,
+        now = time.monotonic()
+        assert rec._verify_due is not None and rec._verify_due - now <= VERIFY_INTERVAL
+        assert rec._verify_now(now + VERIFY_INTERVAL, now)
         assert rec.ready() == (True, "ok") and calls == 1
         assert rec.ready() == (True, "ok") and calls == 1  # its own verdict serves the next asker
-        # ... and the loop verifies the new state within VERIFY_INTERVAL, not verify_interval.
-        assert rec._verify_due is not None and rec._verify_due - time.monotonic() <= VERIFY_INTERVAL
+        # ... and the loop's: it verifies again only verify_interval after that check.
+        now = time.monotonic()
+        assert not rec._verify_now(now + VERIFY_INTERVAL, 0.0)
+        assert not rec._verify_now(now + 59.0, 0.0) and rec._verify_now(now + 60.5, 0.0)
 
     asyncio.run(go())
 
@@ -263,6 +269,25 @@ def test_the_peer_index_is_read_again_only_after_a_write(tmp_path: Any) -> None:
         store.set_announced(None, "https://lab:8080")  # a write elsewhere: read again, same content
         again = store.peer_index()
         assert again == first and again is not first
+    finally:
+        store.close()
+
+
+def test_a_page_of_peers_is_one_query_of_its_rows(tmp_path: Any) -> None:
+    from gateway.state import PeerRecord, StateStore
+
+    store = StateStore(tmp_path)
+    try:
+        with store.tx() as db:
+            for i in range(1200):
+                store.put_peer(db, PeerRecord(cluster_id=f"p{i:04d}", public_key=f"k{i}", endpoint=None,
+                                              url=f"http://p{i}:8080", gateway_ip=None, ranges=(("pod", "10.244.0.0/16"),),
+                                              their_views=None, channel_key=b"c" * 32, psk=b"p" * 32))
+        every = store.peers()
+        assert [p.cluster_id for p in store.peers(["p0007", "p0003", "nobody", "p0003"])] == ["p0003", "p0007"]
+        # more IDs than one statement binds: in chunks, still by ID, each once
+        assert store.peers({p.cluster_id for p in every} | {"nobody"}) == every and len(every) == 1200
+        assert store.peers([]) == []
     finally:
         store.close()
 

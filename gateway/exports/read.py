@@ -57,7 +57,7 @@ def exports(read: ReadModel) -> dict[str, Any]:
     grants = state.grants()
     for cid, _, _ in read.store.peer_index()[0]:  # IDs only: store.peers() parses every peer's views
         out["peers"].append({"cluster_id": cid, "all": cid not in grants,
-                             "exports": [e.name for e in state.shared_with(cid)],
+                             "exports": [e.name for e in state.shared_with(cid, grants)],
                              "denied": denied.get(cid) or {"packets": 0, "bytes": 0}})
     return out
 

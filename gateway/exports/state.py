@@ -96,8 +96,10 @@ class ExportState:
 
     # --- what we share ----------------------------------------------------------------------
 
-    def shared_with(self, cluster_id: str) -> list[Export]:
-        return shared(self.exports or (), self.grant(cluster_id))
+    def shared_with(self, cluster_id: str, grants: dict[str, tuple[str, ...] | None] | None = None) -> list[Export]:
+        """What we share with one peer; ``grants``: every peer's, read once by a caller
+        going through many peers (a query each was most of /api/v1/exports at 1,000)."""
+        return shared(self.exports or (), self.grant(cluster_id) if grants is None else grants.get(cluster_id))
 
     def body_for(self, cluster_id: str, grants: dict[str, tuple[str, ...] | None] | None = None) -> list[dict[str, Any]]:
         """Our exports for one peer, as the peering channel carries them (real addresses);

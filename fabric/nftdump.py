@@ -300,8 +300,6 @@ def counter(family: str, table: str, name: str) -> dict[str, int] | None:
 # its data last, bytes then packets, each a u64 (attribute headers in host order).
 _COUNTER_TAIL = struct.pack("=HHHH", 28, OBJ_DATA, 12, COUNTER_BYTES)
 _PACKETS_HEAD = struct.pack("=HH", 12, COUNTER_PACKETS)
-
-
 _COUNTER_TYPE = _attr(OBJ_TYPE, struct.pack(">I", NFT_OBJECT_COUNTER))
 
 

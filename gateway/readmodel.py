@@ -359,8 +359,9 @@ NatTotals = tuple[list[tuple[str, str, int, int, int]], dict[str, int]]
 class Counters:
     """The snapshots a ReadModel serves counters from (one place; see gateway.snapshot):
     the WireGuard dump, the NAT drop rules, the policy's denied counters (and their
-    total, what the summary shows) and the NAT totals /metrics exports, each read at most once per ``stats_ttl``. The totals are
-    kept, not the report they are summed from (5 MB of rows with 1,000 peers)."""
+    total, what the summary shows) and the NAT totals /metrics exports, each read at
+    most once per ``stats_ttl``. The totals are kept, not the report they are summed
+    from (5 MB of rows with 1,000 peers)."""
 
     def __init__(self, read: ReadModel) -> None:
         def ttl() -> float:

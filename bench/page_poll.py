@@ -74,9 +74,13 @@ class BenchFabric:
         from fabric.dataplane import Dataplane
         return Dataplane.nat_totals(self, state, denied=denied)  # type: ignore[arg-type]
 
-    def export_denied(self, state: Any) -> Any:
+    def export_denied(self, state: Any, only: Any = None) -> Any:
         from fabric.dataplane import Dataplane
-        return Dataplane.export_denied(self, state)  # type: ignore[arg-type]
+        return Dataplane.export_denied(self, state, only)  # type: ignore[arg-type]
+
+    def denied_total(self, state: Any) -> Any:
+        from fabric.dataplane import Dataplane
+        return Dataplane.denied_total(self, state)  # type: ignore[arg-type]
 
     def nat_drops(self) -> list[dict[str, Any]]:
         from fabric.dataplane import Dataplane

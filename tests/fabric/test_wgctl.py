@@ -171,7 +171,7 @@ def test_peer_dump_reads_as_parse_get(seed: int | None) -> None:
     assert (rx, tx) == (sum(parsed.peers[k].rx_bytes for k in keys[::2]),
                         sum(parsed.peers[k].tx_bytes for k in keys[::2]))
     assert (rx, tx) == byte_totals({k: parsed.peers[k].as_dict() for k in keys}, keys[::2])
-    # every peer of the dump asked for (the usual case: summed over the whole text at once)
+    # every peer of the dump asked for (the usual case), and more
     everyone = (sum(p.rx_bytes for p in parsed.peers.values()), sum(p.tx_bytes for p in parsed.peers.values()))
     assert byte_totals(dump, {*keys, "not-a-peer"}) == byte_totals(dump, [*keys]) == everyone
     assert dump._parsed == {}

@@ -148,6 +148,11 @@ class HealthTracker:
         return self.timeout + self.effective_interval - self.interval
 
     def _state(self, p: _Peer, now: float, quiet: float) -> str:
+        last = p.last_reply
+        if last is not None and now - last < quiet and (not p.sent or p.sent[-1][1] <= last):
+            # the common case, decided at once (1,000 peers each poll): answered recently,
+            # and the newest probe was sent before that answer, so none is outstanding
+            return "connected"
         # Failing: a probe sent since the last reply and unanswered for FAIL_AFTER. ``sent``
         # is in sending order, so only the probes after the last reply are looked at.
         settle = min(self.timeout, FAIL_AFTER)
@@ -167,16 +172,7 @@ class HealthTracker:
     def states(self, now: float) -> dict[str, str]:
         """Every peer's state alone (status and summaries count them): no loss or RTT."""
         quiet = self._quiet()
-        out: dict[str, str] = {}
-        for cid, p in self._peers.items():
-            # The common case first, without a call: answered recently, and its newest
-            # probe sent before that answer (so no unanswered one since): connected.
-            last, sent = p.last_reply, p.sent
-            if last is not None and now - last < quiet and (not sent or sent[-1][1] <= last):
-                out[cid] = "connected"
-            else:
-                out[cid] = self._state(p, now, quiet)
-        return out
+        return {cid: self._state(p, now, quiet) for cid, p in self._peers.items()}
 
     def report(self, now: float, only: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
         """Per peer (``only``: just these) its state, probe target, RTT, loss and last reply's age."""

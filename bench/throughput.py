@@ -13,11 +13,12 @@ runs P iperf3 streams; ``--taskset CPUS`` pins the sending daemon (side a,
 all its processes) to those CPUs. For each pair: iperf3 TCP
 for ``--duration`` seconds (default 10) over the tunnel, the CPU seconds both
 daemons used meanwhile (utime+stime from /proc, all threads) per GB received,
-and the average ping RTT of 100 pings at 10 ms intervals. ``--repeat N`` runs N
+each daemon's CPU as % of one core over the run (``cores S%+R%``: a sender near
+100 % with one worker is what limits a single flow), and the average ping RTT of 100 pings at 10 ms intervals. ``--repeat N`` runs N
 rounds, each measuring every pair once in turn (alternating, so load drifts hit
 all alike); medians are reported. Each line carries the 1-minute load average
 at its start, since the machine is shared. A final JSON line holds, per pair,
-mbps, cpu_s_per_gb, rtt_ms, the ratios crosswire/reference, and the load
+mbps, cpu_s_per_gb, rtt_ms, sender_pct, receiver_pct, the ratios crosswire/reference, and the load
 averages at start and end; a PNG bar chart goes to ``--png`` (default
 bench/throughput.png next to this script).
 
@@ -58,10 +59,15 @@ class Sample:
     rtt_ms: float
     load1: float
     sender_share: float = 0.0  # of cpu_s_per_gb, the sending daemon's part
+    # each daemon's CPU over the iperf3 run's wall time, % of one core: a side near
+    # 100 % with one worker is the bottleneck, whatever the other cores do
+    sender_pct: float = 0.0
+    receiver_pct: float = 0.0
 
 
-def iperf(pair: Pair, seconds: float, parallel: int = 1) -> tuple[float, float]:
-    """(Mbit/s, bytes) received by b from a over the tunnel (iperf3 TCP, ``parallel`` streams)."""
+def iperf(pair: Pair, seconds: float, parallel: int = 1) -> tuple[float, float, float]:
+    """(Mbit/s, bytes, seconds) received by b from a over the tunnel (iperf3 TCP,
+    ``parallel`` streams)."""
     server = subprocess.Popen(["ip", "netns", "exec", pair.b.ns, "iperf3", "-s", "-1", "-B",
                                pair.b.inner4], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -69,7 +75,8 @@ def iperf(pair: Pair, seconds: float, parallel: int = 1) -> tuple[float, float]:
         out = pair.a.sh("iperf3", "-c", pair.b.inner4, "-t", str(seconds), "-P", str(parallel),
                         "-J", timeout=seconds + 30).stdout
         received = json.loads(out)["end"]["sum_received"]
-        return float(received["bits_per_second"]) / 1e6, float(received["bytes"])
+        return (float(received["bits_per_second"]) / 1e6, float(received["bytes"]),
+                float(received["seconds"]))
     finally:
         if server.poll() is None:
             server.kill()
@@ -123,11 +130,12 @@ def measure(impl_a: str, impl_b: str, seconds: float, workdir: str, binary: str,
         pair.ping(pair.a, pair.b.inner4, count=2)  # handshake done before timing
         rtt = ping_avg_ms(pair)
         a0, b0 = daemons_cpu_s(pair)
-        mbps, nbytes = iperf(pair, seconds, parallel)
+        mbps, nbytes, wall = iperf(pair, seconds, parallel)
         a1, b1 = daemons_cpu_s(pair)
         cpu = a1 - a0 + b1 - b0
         return Sample(mbps, cpu / (nbytes / 1e9) if nbytes else float("nan"), rtt, load1,
-                      (a1 - a0) / cpu if cpu else 0.0)
+                      (a1 - a0) / cpu if cpu else 0.0,
+                      100 * (a1 - a0) / wall, 100 * (b1 - b0) / wall)
     finally:
         pair.close()
 
@@ -223,17 +231,19 @@ def main() -> int:
                               args.crosswire_args.split() + extra, args.parallel, args.taskset)
                 samples.setdefault(name, []).append(smp)
                 print(f"{name:16s} {impl_a}->{impl_b}: {smp.mbps:8.1f} Mbit/s  "
-                      f"{smp.cpu_s_per_gb:6.2f} CPU-s/GB ({100 * smp.sender_share:.0f}% sender)  rtt {smp.rtt_ms:.3f} ms  "
+                      f"{smp.cpu_s_per_gb:6.2f} CPU-s/GB ({100 * smp.sender_share:.0f}% sender)  "
+                      f"cores {smp.sender_pct:.0f}%+{smp.receiver_pct:.0f}%  rtt {smp.rtt_ms:.3f} ms  "
                       f"load {smp.load1:.2f}", flush=True)
     load_end = os.getloadavg()
     results = {name: Sample(*(statistics.median(getattr(x, f) for x in v)
                               for f in ("mbps", "cpu_s_per_gb", "rtt_ms", "load1",
-                                        "sender_share")))
+                                        "sender_share", "sender_pct", "receiver_pct")))
                for name, v in samples.items()}
     chart(results, args.png)
     summary: dict[str, object] = {
         name: {"mbps": round(r.mbps, 1), "cpu_s_per_gb": round(r.cpu_s_per_gb, 2),
-               "rtt_ms": round(r.rtt_ms, 3)} for name, r in results.items()}
+               "rtt_ms": round(r.rtt_ms, 3), "sender_pct": round(r.sender_pct),
+               "receiver_pct": round(r.receiver_pct)} for name, r in results.items()}
     if "crosswire" in results:
         cw = results["crosswire"]
         for name, r in results.items():

@@ -13,14 +13,15 @@ runs P iperf3 streams; ``--taskset CPUS`` pins the sending daemon (side a,
 all its processes) to those CPUs. For each pair: iperf3 TCP
 for ``--duration`` seconds (default 10) over the tunnel, the CPU seconds both
 daemons used meanwhile (utime+stime from /proc, all threads) per GB received,
-each daemon's CPU as % of one core over the run (``cores S%+R%``: a sender near
-100 % with one worker is what limits a single flow), and the average ping RTT of 100 pings at 10 ms intervals. ``--repeat N`` runs N
-rounds, each measuring every pair once in turn (alternating, so load drifts hit
-all alike); medians are reported. Each line carries the 1-minute load average
-at its start, since the machine is shared. A final JSON line holds, per pair,
-mbps, cpu_s_per_gb, rtt_ms, sender_pct, receiver_pct, the ratios crosswire/reference, and the load
-averages at start and end; a PNG bar chart goes to ``--png`` (default
-bench/throughput.png next to this script).
+each daemon's CPU as % of one core over the run (``cores S%+R%``: a sender
+near 100 % with one worker is what limits a single flow), and the average
+ping RTT of 100 pings at 10 ms intervals. ``--repeat N`` runs N rounds, each
+measuring every pair once in turn (alternating, so load drifts hit all
+alike); medians are reported. Each line carries the 1-minute load average at
+its start, since the machine is shared. A final JSON line holds, per pair,
+mbps, cpu_s_per_gb, rtt_ms, sender_pct, receiver_pct, the ratios
+crosswire/reference, and the load averages at start and end; a PNG bar chart
+goes to ``--png`` (default bench/throughput.png next to this script).
 
 Run as root from the repository: ``.venv/bin/python bench/throughput.py
 [--reference /path/to/wireguard-go]``. The two namespaces are joined by a veth

@@ -443,9 +443,8 @@ def page_cost(h: Hub) -> dict[str, Any]:
     daemon_key = "daemon_less_verify" if all("daemon_less_verify" in w for w in windows) else "daemon"
 
     def cost(who: str) -> float:
-        o = sorted(w[who] for w in windows if w["open"])
-        c = sorted(w[who] for w in windows if not w["open"])
-        return round((o[len(o) // 2] + o[(len(o) - 1) // 2]) / 2 - (c[len(c) // 2] + c[(len(c) - 1) // 2]) / 2, 2)
+        return round(statistics.median(w[who] for w in windows if w["open"])
+                     - statistics.median(w[who] for w in windows if not w["open"]), 2)
     return {"page_cpu_pct": cost(daemon_key), "page_wg_cpu_pct": cost("wg") if "wg" in h.pids() else None,
             "page_open_pct": [w[daemon_key] for w in windows if w["open"]],
             "page_closed_pct": [w[daemon_key] for w in windows if not w["open"]],

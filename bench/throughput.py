@@ -59,11 +59,16 @@ class Sample:
     cpu_s_per_gb: float
     rtt_ms: float
     load1: float
-    sender_share: float = 0.0  # of cpu_s_per_gb, the sending daemon's part
     # each daemon's CPU over the iperf3 run's wall time, % of one core: a side near
     # 100 % with one worker is the bottleneck, whatever the other cores do
     sender_pct: float = 0.0
     receiver_pct: float = 0.0
+
+    @property
+    def sender_share(self) -> float:
+        """Of cpu_s_per_gb, the sending daemon's part."""
+        both = self.sender_pct + self.receiver_pct
+        return self.sender_pct / both if both else 0.0
 
 
 def iperf(pair: Pair, seconds: float, parallel: int = 1) -> tuple[float, float, float]:
@@ -135,7 +140,6 @@ def measure(impl_a: str, impl_b: str, seconds: float, workdir: str, binary: str,
         a1, b1 = daemons_cpu_s(pair)
         cpu = a1 - a0 + b1 - b0
         return Sample(mbps, cpu / (nbytes / 1e9) if nbytes else float("nan"), rtt, load1,
-                      (a1 - a0) / cpu if cpu else 0.0,
                       100 * (a1 - a0) / wall, 100 * (b1 - b0) / wall)
     finally:
         pair.close()
@@ -238,7 +242,7 @@ def main() -> int:
     load_end = os.getloadavg()
     results = {name: Sample(*(statistics.median(getattr(x, f) for x in v)
                               for f in ("mbps", "cpu_s_per_gb", "rtt_ms", "load1",
-                                        "sender_share", "sender_pct", "receiver_pct")))
+                                        "sender_pct", "receiver_pct")))
                for name, v in samples.items()}
     chart(results, args.png)
     summary: dict[str, object] = {

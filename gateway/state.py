@@ -248,17 +248,15 @@ class StateStore:
 
     def peers(self, only: Collection[str] | None = None) -> list[PeerRecord]:
         """Every peer by ID; ``only``: just these (a page's rows: one query, not one each)."""
-        if only is None:
-            with self._lock:
-                rows = self._db.execute("SELECT * FROM peers ORDER BY cluster_id").fetchall()
-            return [self._peer_row(r) for r in rows]
-        ids = sorted(set(only))
-        rows = []
         with self._lock:
-            for i in range(0, len(ids), 500):  # within any SQLite's limit of bound parameters
-                chunk = ids[i:i + 500]
-                rows += self._db.execute(f"SELECT * FROM peers WHERE cluster_id IN ({','.join('?' * len(chunk))}) "
-                                         "ORDER BY cluster_id", chunk).fetchall()
+            if only is None:
+                rows = self._db.execute("SELECT * FROM peers ORDER BY cluster_id").fetchall()
+            else:
+                ids, rows = sorted(set(only)), []
+                for i in range(0, len(ids), 500):  # within any SQLite's limit of bound parameters
+                    chunk = ids[i:i + 500]
+                    rows += self._db.execute(f"SELECT * FROM peers WHERE cluster_id IN "
+                                             f"({','.join('?' * len(chunk))}) ORDER BY cluster_id", chunk).fetchall()
         return [self._peer_row(r) for r in rows]
 
     def peer_index(self) -> tuple[list[tuple[str, str, bool]], str]:

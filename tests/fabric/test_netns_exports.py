@@ -143,7 +143,7 @@ def test_exported_port_passes_everything_else_is_dropped_and_counted(sides: tupl
     head, kind = nftdump._attr(nftdump.OBJ_TABLE, t.table.encode() + b"\0"), struct.pack(">I", nftdump.NFT_OBJECT_COUNTER)
     raw = in_netns(gpu.gw, lambda: list(nftdump._dump("inet", nftdump.NFT_MSG_GETOBJ,
                                                       head + nftdump._attr(nftdump.OBJ_TYPE, kind))))
-    assert raw and all(nftdump._counter_as_laid_out(m, head) == nftdump._counter_object(m, t.table, kind) is not None
+    assert raw and all(nftdump._counter_as_laid_out(m, head) == nftdump._counter_object(m, t.table) is not None
                        for m in raw)
     # Still allowed afterwards.
     assert reaches(l1, "tcp", "100.64.2.7", 7000)

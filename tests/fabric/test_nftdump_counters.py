@@ -31,7 +31,7 @@ def message(table: str, name: str, packets: int, nbytes: int, *, kind: bytes = K
 
 def read(data: bytes, table: str = "crosswire-exports") -> tuple[tuple[str, int, int] | None, ...]:
     head = nftdump._attr(OBJ_TABLE, table.encode() + b"\0")
-    return nftdump._counter_as_laid_out(data, head), nftdump._counter_object(data, table, KIND)
+    return nftdump._counter_as_laid_out(data, head), nftdump._counter_object(data, table)
 
 
 def test_the_kernels_layout_is_read_by_slicing_as_by_attributes() -> None:
